@@ -3,7 +3,8 @@
 # k8s.io/kubernetes cannot be `go install`ed (its go.mod points the staging modules at local paths),
 # so we build it from a throw-away module that requires it and replaces each staging module with the
 # published one of the same patch. Output: $HERALD_CACHE/k8s-$K8S_VERSION/{kube-apiserver,...} and
-# $HERALD_CACHE/etcd-$ETCD_VERSION/etcd. Prints the k8s directory on stdout.
+# $HERALD_CACHE/etcd-$ETCD_VERSION/etcd, and $HERALD_CACHE/assets-$K8S_VERSION/ with links to all of
+# them (the layout controller-runtime's envtest wants in KUBEBUILDER_ASSETS). Prints the k8s directory.
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.5}
@@ -12,9 +13,10 @@ k8sdir=$CACHE/k8s-$K8S_VERSION
 etcddir=$CACHE/etcd-$ETCD_VERSION
 tools=(kube-apiserver kube-controller-manager kube-proxy kubectl)
 
+assets=$CACHE/assets-$K8S_VERSION
 have_all() {
   for t in "${tools[@]}"; do [ -x "$k8sdir/$t" ] || return 1; done
-  [ -x "$etcddir/etcd" ]
+  [ -x "$etcddir/etcd" ] && [ -e "$assets/etcd" ]
 }
 if have_all; then echo "$k8sdir"; exit 0; fi
 
@@ -64,4 +66,7 @@ ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/com
 for t in "${tools[@]}"; do
   [ -x "$k8sdir/$t" ] || go build -tags tools -ldflags "$ld" -o "$k8sdir/$t" "k8s.io/kubernetes/cmd/$t" >&2
 done
+mkdir -p "$assets"
+for t in "${tools[@]}"; do ln -sf "$k8sdir/$t" "$assets/$t"; done
+ln -sf "$etcddir/etcd" "$assets/etcd"
 echo "$k8sdir"
