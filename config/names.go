@@ -1,0 +1,91 @@
+// Package config holds the names Herald's parts share with users: Service annotations (with the
+// MetalLB aliases Herald reads so users can migrate without touching their Services), status
+// condition types and reasons, finalizers and labels. The API types are in config/v1beta1 and the
+// generated CRDs in config/crd.
+package config
+
+// Annotations read from Services.
+const (
+	// AnnotationAddressPool names the IPAddressPool a Service takes its IPs from.
+	AnnotationAddressPool = "herald.io/address-pool"
+	// AnnotationLoadBalancerIPs requests IPs: a comma list, at most one per family.
+	AnnotationLoadBalancerIPs = "herald.io/loadBalancerIPs"
+	// AnnotationAllowSharedIP is a sharing key: Services with the same key may share an IP.
+	AnnotationAllowSharedIP = "herald.io/allow-shared-ip"
+	// AnnotationIPVSScheduler picks the IPVS scheduler (rr, wrr, lc, wlc, dh, sh, sed, nq, mh).
+	AnnotationIPVSScheduler = "herald.io/ipvs-scheduler"
+)
+
+// annotationAliases lists, for each Herald annotation, the MetalLB names read in its place.
+var annotationAliases = map[string][]string{
+	AnnotationAddressPool:     {"metallb.io/address-pool", "metallb.universe.tf/address-pool"},
+	AnnotationLoadBalancerIPs: {"metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs"},
+	AnnotationAllowSharedIP:   {"metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip"},
+}
+
+// Annotation returns the value of a Herald annotation, falling back to its MetalLB aliases; a
+// Herald annotation wins when both are set. The second result names the key the value came from,
+// so messages can quote what the user wrote; it is empty when none is set.
+func Annotation(annotations map[string]string, name string) (value, key string) {
+	if v, ok := annotations[name]; ok {
+		return v, name
+	}
+	for _, alias := range annotationAliases[name] {
+		if v, ok := annotations[alias]; ok {
+			return v, alias
+		}
+	}
+	return "", ""
+}
+
+// Service condition types, in status.conditions, written in the same patch as
+// status.loadBalancer.
+const (
+	ConditionAllocated = "herald.io/Allocated"
+	ConditionAnnounced = "herald.io/Announced"
+)
+
+// Reasons of the herald.io/Allocated condition.
+const (
+	ReasonAllocated              = "Allocated"
+	ReasonNoPool                 = "NoPool"
+	ReasonPoolExhausted          = "PoolExhausted"
+	ReasonRequestedIPUnavailable = "RequestedIPUnavailable"
+	ReasonRequestedIPOutside     = "RequestedIPOutsidePools"
+	ReasonSharingConflict        = "SharingConflict"
+	ReasonInvalidRequest         = "InvalidRequest"
+	ReasonFamilyUnavailable      = "FamilyUnavailable"
+	ReasonPoolRemoved            = "PoolRemoved"
+)
+
+// Reasons of the herald.io/Announced condition.
+const (
+	ReasonAnnounced        = "Announced"
+	ReasonNoEligibleNode   = "NoEligibleNode"
+	ReasonNoLocalEndpoints = "NoLocalEndpoints"
+	ReasonNoBGPSession     = "NoBGPSession"
+	ReasonNoAdvertisement  = "NoAdvertisement"
+)
+
+// Condition types on Herald's own objects.
+const (
+	// ConditionValid is False when an object refers to something missing or malformed; the message
+	// says what and how to fix it.
+	ConditionValid = "Valid"
+	// ConditionOverlap is True on a pool holding addresses an older pool also holds.
+	ConditionOverlap = "Overlap"
+	// ConditionNotSupported is True when an object sets a field Herald accepts (for migration from
+	// MetalLB) but does not implement yet; the message names the fields.
+	ConditionNotSupported = "NotSupported"
+)
+
+// Finalizers and labels.
+const (
+	// FinalizerPoolInUse keeps a pool while Services still hold its addresses.
+	FinalizerPoolInUse = "herald.io/pool-in-use"
+	// LabelExcludeFromLB is the well-known label that keeps a node from announcing.
+	LabelExcludeFromLB = "node.kubernetes.io/exclude-from-external-load-balancers"
+)
+
+// DefaultLoadBalancerClass is the spec.loadBalancerClass Herald handles by default.
+const DefaultLoadBalancerClass = "herald.io/lb"

@@ -1,0 +1,131 @@
+package v1beta1
+
+import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+// SpeakerStatus reports what one node's speaker is doing. It is named after the node and written
+// only by that node's speaker; the controller reads them all to set each Service's
+// herald.io/Announced condition.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=spk
+// +kubebuilder:printcolumn:name="Announced",type=integer,JSONPath=`.status.announcedIPs`
+// +kubebuilder:printcolumn:name="BGP Up",type=integer,JSONPath=`.status.bgpSessionsUp`
+// +kubebuilder:printcolumn:name="BGP Total",type=integer,JSONPath=`.status.bgpSessionsTotal`
+// +kubebuilder:printcolumn:name="Dataplane",type=string,JSONPath=`.status.dataplane.backend`
+// +kubebuilder:printcolumn:name="Members",type=integer,JSONPath=`.status.membersAlive`
+// +kubebuilder:printcolumn:name="Updated",type=date,JSONPath=`.status.lastUpdate`
+type SpeakerStatus struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Status SpeakerStatusStatus `json:"status,omitempty"`
+}
+
+// SpeakerStatusStatus is one node's announcements, sessions and data plane.
+type SpeakerStatusStatus struct {
+	// LastUpdate is when the speaker last wrote this status.
+	// +optional
+	LastUpdate *metav1.Time `json:"lastUpdate,omitempty"`
+
+	// AnnouncedIPs counts the entries of announcements.
+	AnnouncedIPs int32 `json:"announcedIPs"`
+	// Announcements: each IP this node makes reachable, and how.
+	// +listType=map
+	// +listMapKey=ip
+	// +listMapKey=protocol
+	// +optional
+	Announcements []Announcement `json:"announcements,omitempty"`
+
+	// BGPSessionsUp and BGPSessionsTotal count the entries of bgpSessions.
+	BGPSessionsUp    int32 `json:"bgpSessionsUp"`
+	BGPSessionsTotal int32 `json:"bgpSessionsTotal"`
+	// BGPSessions: one per BGPPeer this node peers with.
+	// +listType=map
+	// +listMapKey=peer
+	// +optional
+	BGPSessions []BGPSessionStatus `json:"bgpSessions,omitempty"`
+
+	// MembersAlive counts the speakers (this one included) this node hears from.
+	// +optional
+	MembersAlive int32 `json:"membersAlive,omitempty"`
+
+	// Dataplane is the embedded service proxy's state on this node.
+	// +optional
+	Dataplane DataplaneStatus `json:"dataplane,omitempty"`
+
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// AnnouncementProtocol is how an IP is made reachable.
+// +kubebuilder:validation:Enum=L2;BGP
+type AnnouncementProtocol string
+
+const (
+	ProtocolL2  AnnouncementProtocol = "L2"
+	ProtocolBGP AnnouncementProtocol = "BGP"
+)
+
+// Announcement is one IP this node announces.
+type Announcement struct {
+	IP       string               `json:"ip"`
+	Protocol AnnouncementProtocol `json:"protocol"`
+	// Interfaces answering ARP/NDP (L2).
+	// +optional
+	Interfaces []string `json:"interfaces,omitempty"`
+	// Peers the route is advertised to (BGP), by BGPPeer name.
+	// +optional
+	Peers []string `json:"peers,omitempty"`
+	// Services using the IP, as namespace/name.
+	// +optional
+	Services []string `json:"services,omitempty"`
+	// Since when this node announces the IP.
+	// +optional
+	Since *metav1.Time `json:"since,omitempty"`
+}
+
+// BGPSessionStatus is one BGP session of this node.
+type BGPSessionStatus struct {
+	// Peer is the BGPPeer's name.
+	Peer        string `json:"peer"`
+	PeerAddress string `json:"peerAddress"`
+	// State is the BGP FSM state: Idle, Connect, Active, OpenSent, OpenConfirm, Established.
+	State string `json:"state"`
+	// BFDState: Up, Down, Init, AdminDown; empty without BFD.
+	// +optional
+	BFDState string `json:"bfdState,omitempty"`
+	// Since the session entered State.
+	// +optional
+	Since *metav1.Time `json:"since,omitempty"`
+	// PrefixesAdvertised to this peer.
+	// +optional
+	PrefixesAdvertised int32 `json:"prefixesAdvertised,omitempty"`
+	// LastError says why a session is not established, and what to check.
+	// +optional
+	LastError string `json:"lastError,omitempty"`
+}
+
+// DataplaneStatus is the embedded service proxy's state.
+type DataplaneStatus struct {
+	// Backend: ipvs, nftables, or off.
+	// +optional
+	Backend string `json:"backend,omitempty"`
+	// Reason the backend was chosen (e.g. "kube-proxy rules present", "kernel has no ip_vs").
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Services programmed.
+	// +optional
+	Services int32 `json:"services,omitempty"`
+}
+
+// SpeakerStatusList is a list of SpeakerStatuses.
+//
+// +kubebuilder:object:root=true
+type SpeakerStatusList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []SpeakerStatus `json:"items"`
+}
