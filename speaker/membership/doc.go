@@ -1,0 +1,30 @@
+// Package membership tells each speaker which of its peers are alive, within a few hundred
+// milliseconds and without the Kubernetes API server, and carries a small piece of state from each
+// speaker to the others (the L2 announcer uses it for the IPs a node owns).
+//
+// Mechanism: every speaker sends an authenticated UDP heartbeat to every peer (port 9652) every
+// Interval (50 ms by default) and declares a peer dead when no valid heartbeat arrived for
+// DeadAfter (250 ms by default).
+//
+// Why not hashicorp/memberlist: its SWIM failure detector confirms a death only after an indirect
+// probe round and a suspicion timeout that grows with the cluster (log(n) × ProbeInterval ×
+// SuspicionMult); pushing it under 300 ms means probe intervals of a few tens of milliseconds, where
+// its TCP push-pull and its indirect probes become the dominant cost and tuning it is fighting its
+// design. Its "encryption" (AES-GCM with a keyring) authenticates messages but does not stop a
+// captured message from being replayed, which is exactly how a stranger could keep a dead owner
+// "alive". A direct all-to-all heartbeat is O(n²) packets, which is fine for the node counts an L2
+// segment holds (100 nodes × 20 Hz = 2,000 small packets/s per node), gives a detection time that is
+// simply DeadAfter, and lets us choose the replay protection.
+//
+// Security: each message carries the sender's name, its boot epoch (nanoseconds at process start),
+// a sequence number and a send timestamp, and ends with HMAC-SHA256 over all of it keyed by a key
+// derived from the shared secret (--secret-file). A receiver accepts a message only if the MAC is
+// valid, (epoch, seq) is strictly greater than the last one accepted from that sender (replays of
+// anything already seen are dropped), and the timestamp is within MaxClockSkew of its own clock (so
+// a receiver that restarted and lost its counters cannot be fed an old capture either).
+//
+// Split brain: a speaker that sees at most half of the members alive (itself included) has no
+// quorum and must not announce anything (see View.Quorum): the majority side will have moved its
+// IPs after the same DeadAfter. With one or two members there is no majority to consult and quorum
+// is always granted (a two-node cluster cannot tell a dead peer from a cut link).
+package membership

@@ -1,0 +1,367 @@
+package membership
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Port is the UDP port speakers exchange heartbeats on (docs/contracts.md).
+const Port = 9652
+
+// Config configures one member.
+type Config struct {
+	Name string // this node's name
+	Key  []byte // from DeriveKey
+	// Listen is the local UDP address, normally [::]:9652.
+	Listen netip.AddrPort
+	// Interval between heartbeats (default 50 ms); DeadAfter without a valid heartbeat declares a
+	// peer dead (default 250 ms, five intervals, so one or two lost datagrams or a scheduling hiccup
+	// on a busy node never cost an ownership change).
+	Interval  time.Duration
+	DeadAfter time.Duration
+	// MaxClockSkew bounds how far a message's send time may be from the receiver's clock (default
+	// 5 s). Nodes are expected to run NTP.
+	MaxClockSkew time.Duration
+	Logger       *slog.Logger
+	// Now replaces the clock in tests.
+	Now func() time.Time
+}
+
+// Peer is one alive member as this node sees it.
+type Peer struct {
+	Name       string
+	AliveSince time.Time // since when it has been continuously alive in this epoch
+	Payload    []byte    // the last state it sent
+}
+
+// View is one consistent picture of the membership.
+type View struct {
+	Self    string
+	Members int             // configured peers + this node
+	Alive   map[string]Peer // alive members, this node included (with its own payload)
+	// Quorum: this node sees a strict majority of the members alive (always true with fewer than
+	// three members). Without quorum a node must not announce anything.
+	Quorum      bool
+	QuorumSince time.Time // when Quorum last became true
+}
+
+type peerState struct {
+	addr       netip.AddrPort
+	alive      bool
+	aliveSince time.Time
+	lastSeen   time.Time
+	epoch, seq uint64 // last accepted; kept after death so replays stay rejected
+	payload    []byte
+}
+
+// Membership sends this node's heartbeats and tracks its peers'.
+type Membership struct {
+	cfg   Config
+	conn  *net.UDPConn
+	epoch uint64
+	kick  chan struct{}
+	notes chan struct{}
+
+	mu          sync.Mutex
+	peers       map[string]*peerState
+	payload     []byte
+	seq         uint64
+	quorum      bool
+	quorumSince time.Time
+}
+
+var (
+	messagesAccepted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_membership_messages_accepted_total",
+		Help: "Valid heartbeats accepted from peers.",
+	})
+	messagesRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_membership_messages_rejected_total",
+		Help: "Heartbeats dropped, by reason (bad_mac, replay, clock_skew, unknown_peer, malformed).",
+	}, []string{"reason"})
+	peersAlive = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "herald_membership_peers_alive",
+		Help: "Peers this node currently sees alive (itself excluded).",
+	})
+	quorumGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "herald_membership_quorum",
+		Help: "1 when this node sees a majority of the members alive.",
+	})
+)
+
+func init() {
+	prometheus.MustRegister(messagesAccepted, messagesRejected, peersAlive, quorumGauge)
+}
+
+// New binds the heartbeat socket.
+func New(cfg Config) (*Membership, error) {
+	if cfg.Name == "" || len(cfg.Key) == 0 {
+		return nil, errors.New("membership needs a node name and a key")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 50 * time.Millisecond
+	}
+	if cfg.DeadAfter <= 0 {
+		cfg.DeadAfter = 5 * cfg.Interval
+	}
+	if cfg.MaxClockSkew <= 0 {
+		cfg.MaxClockSkew = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(cfg.Listen))
+	if err != nil {
+		return nil, fmt.Errorf("membership: listen on %s: %w", cfg.Listen, err)
+	}
+	now := cfg.Now()
+	return &Membership{
+		cfg:   cfg,
+		conn:  conn,
+		epoch: uint64(now.UnixNano()),
+		kick:  make(chan struct{}, 1),
+		notes: make(chan struct{}, 1),
+		peers: map[string]*peerState{},
+		// Alone, or with one peer, a node has quorum from the start (see View.Quorum).
+		quorum:      true,
+		quorumSince: now,
+	}, nil
+}
+
+// LocalAddr is the bound address (useful when Listen had port 0).
+func (m *Membership) LocalAddr() netip.AddrPort {
+	return m.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// SetPeers replaces the set of other members and their heartbeat addresses. Peers that stay keep
+// their liveness and replay state.
+func (m *Membership) SetPeers(peers map[string]netip.AddrPort) {
+	m.mu.Lock()
+	for name := range m.peers {
+		if _, ok := peers[name]; !ok {
+			delete(m.peers, name)
+		}
+	}
+	for name, addr := range peers {
+		if name == m.cfg.Name {
+			continue
+		}
+		if p, ok := m.peers[name]; ok {
+			p.addr = addr
+		} else {
+			m.peers[name] = &peerState{addr: addr}
+		}
+	}
+	m.updateQuorumLocked(m.cfg.Now())
+	m.mu.Unlock()
+	m.notify()
+}
+
+// SetPayload sets the state carried by this node's heartbeats; a change is sent at once rather than
+// at the next interval, so peers learn of a new owner within one round trip.
+func (m *Membership) SetPayload(p []byte) {
+	m.mu.Lock()
+	changed := !bytes.Equal(m.payload, p)
+	m.payload = append([]byte(nil), p...)
+	m.mu.Unlock()
+	if changed {
+		select {
+		case m.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Changes signals (coalesced) that the view may have changed: a peer came or went, a payload or
+// quorum changed.
+func (m *Membership) Changes() <-chan struct{} { return m.notes }
+
+// View returns the current membership.
+func (m *Membership) View() View {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v := View{
+		Self:        m.cfg.Name,
+		Members:     len(m.peers) + 1,
+		Alive:       map[string]Peer{m.cfg.Name: {Name: m.cfg.Name, AliveSince: time.Unix(0, int64(m.epoch)), Payload: m.payload}},
+		Quorum:      m.quorum,
+		QuorumSince: m.quorumSince,
+	}
+	for name, p := range m.peers {
+		if p.alive {
+			v.Alive[name] = Peer{Name: name, AliveSince: p.aliveSince, Payload: p.payload}
+		}
+	}
+	return v
+}
+
+// Run sends heartbeats, receives peers' and expires dead peers until ctx ends.
+func (m *Membership) Run(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		m.conn.Close()
+	}()
+	go m.receiveLoop()
+	send := time.NewTicker(m.cfg.Interval)
+	defer send.Stop()
+	// Expiry is checked five times per interval: detection is late by at most Interval/5.
+	check := time.NewTicker(m.cfg.Interval / 5)
+	defer check.Stop()
+	m.send()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-send.C:
+			m.send()
+		case <-m.kick:
+			m.send()
+		case <-check.C:
+			m.expire()
+		}
+	}
+}
+
+func (m *Membership) send() {
+	m.mu.Lock()
+	m.seq++
+	msg := message{Name: m.cfg.Name, Epoch: m.epoch, Seq: m.seq, SentNS: m.cfg.Now().UnixNano(), Payload: m.payload}
+	addrs := make([]netip.AddrPort, 0, len(m.peers))
+	for _, p := range m.peers {
+		if p.addr.IsValid() {
+			addrs = append(addrs, p.addr)
+		}
+	}
+	m.mu.Unlock()
+	b, err := msg.marshal(m.cfg.Key)
+	if err != nil {
+		m.cfg.Logger.Error("membership: cannot encode heartbeat", "err", err)
+		return
+	}
+	for _, a := range addrs {
+		// Errors (no route while a link is down, ICMP refusals) are expected while peers are away.
+		_, _ = m.conn.WriteToUDPAddrPort(b, a)
+	}
+}
+
+func (m *Membership) receiveLoop() {
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := m.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if m.accept(buf[:n]) {
+			m.notify()
+		}
+	}
+}
+
+// accept authenticates one datagram and applies it; it reports whether the view changed.
+func (m *Membership) accept(b []byte) bool {
+	msg, err := unmarshal(b, m.cfg.Key)
+	if err != nil {
+		reason := "malformed"
+		if errors.Is(err, errBadMAC) {
+			reason = "bad_mac"
+		}
+		messagesRejected.WithLabelValues(reason).Inc()
+		return false
+	}
+	now := m.cfg.Now()
+	if d := now.Sub(time.Unix(0, msg.SentNS)); d > m.cfg.MaxClockSkew || d < -m.cfg.MaxClockSkew {
+		messagesRejected.WithLabelValues("clock_skew").Inc()
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.peers[msg.Name]
+	if !ok {
+		messagesRejected.WithLabelValues("unknown_peer").Inc()
+		return false
+	}
+	if msg.Epoch < p.epoch || (msg.Epoch == p.epoch && msg.Seq <= p.seq) {
+		messagesRejected.WithLabelValues("replay").Inc()
+		return false
+	}
+	messagesAccepted.Inc()
+	changed := !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, msg.Payload)
+	if !p.alive || msg.Epoch != p.epoch {
+		// A restarted peer (new epoch) starts a new life even if it came back within DeadAfter.
+		p.aliveSince = now
+		if !p.alive {
+			m.cfg.Logger.Info("membership: peer alive", "peer", msg.Name)
+		}
+	}
+	p.alive, p.lastSeen, p.epoch, p.seq, p.payload = true, now, msg.Epoch, msg.Seq, msg.Payload
+	if changed {
+		m.updateQuorumLocked(now)
+	}
+	return changed
+}
+
+func (m *Membership) expire() {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	changed := false
+	for name, p := range m.peers {
+		if p.alive && now.Sub(p.lastSeen) > m.cfg.DeadAfter {
+			p.alive = false
+			changed = true
+			m.cfg.Logger.Info("membership: peer dead", "peer", name, "silentFor", now.Sub(p.lastSeen))
+		}
+	}
+	if changed {
+		m.updateQuorumLocked(now)
+	}
+	m.mu.Unlock()
+	if changed {
+		m.notify()
+	}
+}
+
+func (m *Membership) updateQuorumLocked(now time.Time) {
+	alive := 1
+	for _, p := range m.peers {
+		if p.alive {
+			alive++
+		}
+	}
+	members := len(m.peers) + 1
+	q := members < 3 || alive*2 > members
+	if q && !m.quorum {
+		m.quorumSince = now
+		m.cfg.Logger.Info("membership: quorum regained", "alive", alive, "members", members)
+	} else if !q && m.quorum {
+		m.cfg.Logger.Warn("membership: quorum lost; announcing nothing until it returns", "alive", alive, "members", members)
+	}
+	m.quorum = q
+	peersAlive.Set(float64(alive - 1))
+	if q {
+		quorumGauge.Set(1)
+	} else {
+		quorumGauge.Set(0)
+	}
+}
+
+func (m *Membership) notify() {
+	select {
+	case m.notes <- struct{}{}:
+	default:
+	}
+}

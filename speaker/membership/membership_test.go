@@ -1,0 +1,165 @@
+package membership
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func newMember(t *testing.T, name string, key []byte) *Membership {
+	t.Helper()
+	m, err := New(Config{Name: name, Key: key, Listen: netip.MustParseAddrPort("127.0.0.1:0"),
+		Interval: 20 * time.Millisecond, DeadAfter: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.conn.Close() })
+	return m
+}
+
+func connect(ms ...*Membership) {
+	peers := map[string]netip.AddrPort{}
+	for _, m := range ms {
+		peers[m.cfg.Name] = m.LocalAddr()
+	}
+	for _, m := range ms {
+		m.SetPeers(peers)
+	}
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < d {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", d, what)
+	return 0
+}
+
+func TestMessageRoundTripAndTamper(t *testing.T) {
+	key := DeriveKey([]byte("s3cret"))
+	in := message{Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, Payload: []byte("claims")}
+	b, err := in.marshal(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := unmarshal(b, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Name != in.Name || out.Epoch != 7 || out.Seq != 9 || out.SentNS != 123 || string(out.Payload) != "claims" {
+		t.Fatalf("round trip changed the message: %+v", out)
+	}
+	if _, err := unmarshal(b, DeriveKey([]byte("other"))); err != errBadMAC {
+		t.Fatalf("wrong key: got %v, want errBadMAC", err)
+	}
+	for i := range b {
+		c := append([]byte(nil), b...)
+		c[i] ^= 0x40
+		if _, err := unmarshal(c, key); err == nil {
+			t.Fatalf("flipping byte %d was not detected", i)
+		}
+	}
+	if _, err := unmarshal(b[:10], key); err == nil {
+		t.Fatal("truncated message accepted")
+	}
+}
+
+func TestLivenessQuorumAndPayload(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	a, b, c := newMember(t, "a", key), newMember(t, "b", key), newMember(t, "c", key)
+	connect(a, b, c)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctxC, killC := context.WithCancel(ctx)
+	go a.Run(ctx)
+	go b.Run(ctx)
+	go c.Run(ctxC)
+
+	waitFor(t, "a sees b and c", time.Second, func() bool { return len(a.View().Alive) == 3 })
+	c.SetPayload([]byte("owned: 10.0.0.1"))
+	waitFor(t, "a receives c's payload", time.Second, func() bool {
+		return string(a.View().Alive["c"].Payload) == "owned: 10.0.0.1"
+	})
+
+	killC()
+	took := waitFor(t, "a declares c dead", time.Second, func() bool { _, ok := a.View().Alive["c"]; return !ok })
+	if took > 300*time.Millisecond {
+		t.Errorf("death detected after %v, want about DeadAfter (100ms)", took)
+	}
+	if v := a.View(); !v.Quorum || v.Members != 3 {
+		t.Errorf("a with 2 of 3 alive: quorum %v members %d, want quorum", v.Quorum, v.Members)
+	}
+
+	// b also goes: a alone of three has no quorum.
+	b.conn.Close()
+	waitFor(t, "a loses quorum", time.Second, func() bool { return !a.View().Quorum })
+}
+
+func TestReplayAndWrongKeyChangeNothing(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	now := time.Unix(1000, 0)
+	a := newMember(t, "a", key)
+	a.cfg.Now = func() time.Time { return now }
+	a.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1")})
+
+	valid := func(epoch, seq uint64, payload string) []byte {
+		b, err := (&message{Name: "b", Epoch: epoch, Seq: seq, SentNS: now.UnixNano(), Payload: []byte(payload)}).marshal(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	first := valid(5, 1, "x")
+	if !a.accept(first) {
+		t.Fatal("first valid message did not change the view")
+	}
+	replays := testutil.ToFloat64(messagesRejected.WithLabelValues("replay"))
+	if a.accept(first) {
+		t.Fatal("replayed message accepted")
+	}
+	if got := testutil.ToFloat64(messagesRejected.WithLabelValues("replay")) - replays; got != 1 {
+		t.Fatalf("replay counter rose by %v, want 1", got)
+	}
+	// An old epoch (before the peer restarted) is a replay too, even with a higher sequence.
+	a.accept(valid(6, 1, "y"))
+	if a.accept(valid(5, 99, "stale")) || string(a.View().Alive["b"].Payload) != "y" {
+		t.Fatal("message from an older epoch changed the view")
+	}
+	// A stranger with a well-formed message under another key changes nothing.
+	forged, _ := (&message{Name: "b", Epoch: 7, Seq: 1, SentNS: now.UnixNano(), Payload: []byte("evil")}).marshal(DeriveKey([]byte("guess")))
+	if a.accept(forged) || string(a.View().Alive["b"].Payload) != "y" {
+		t.Fatal("message under a wrong key changed the view")
+	}
+	// A capture replayed to a receiver that lost its counters is refused by its timestamp.
+	b2 := newMember(t, "a2", key)
+	b2.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1")})
+	b2.cfg.Now = func() time.Time { return now.Add(time.Minute) }
+	if b2.accept(first) {
+		t.Fatal("minute-old capture accepted by a fresh receiver")
+	}
+	// A message from a name not in the peer list is ignored.
+	u, _ := (&message{Name: "zed", Epoch: 1, Seq: 1, SentNS: now.UnixNano()}).marshal(key)
+	if a.accept(u) {
+		t.Fatal("unknown peer accepted")
+	}
+}
+
+func TestTwoMembersAlwaysHaveQuorum(t *testing.T) {
+	a := newMember(t, "a", DeriveKey([]byte("k")))
+	a.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1")})
+	if !a.View().Quorum {
+		t.Fatal("a member of a two-node cluster must keep quorum alone")
+	}
+	a.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1"), "c": netip.MustParseAddrPort("127.0.0.1:2")})
+	if a.View().Quorum {
+		t.Fatal("one of three alive must not have quorum")
+	}
+}
