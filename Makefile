@@ -1,0 +1,42 @@
+# Herald's two commands: `make demo` (the built-in lab, a whole cluster in network namespaces) and
+# `make test` (every test, against real parts). Everything else is a step of those.
+SHELL := /bin/bash
+BINARIES := controller speaker heraldctl lab
+GO_BUILD := CGO_ENABLED=0 go build -trimpath
+
+.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins generate lint unit fuzz e2e test demo bench test-ipvs clean
+all: build
+
+build: $(BINARIES:%=bin/%)
+
+# Each binary is built only if its main package exists yet, so a partial tree still builds.
+$(BINARIES:%=bin/%): bin/%:
+	@if [ -d cmd/$* ]; then $(GO_BUILD) -o $@ ./cmd/$*; else echo "build: cmd/$* does not exist yet, skipped"; fi
+
+deps:
+	@hack/deps.sh
+
+k8s-bins:
+	@hack/k8s-bins.sh >/dev/null
+
+generate:
+	hack/generate.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	go vet ./...
+
+test: deps k8s-bins build
+	hack/test.sh
+
+demo: deps k8s-bins build
+	hack/demo.sh
+
+bench: deps k8s-bins build
+	hack/bench.sh
+
+test-ipvs: build
+	hack/ipvs-vm/run-tests.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the lab, the tests and the demo use, once. Quick when all are there.
+set -euo pipefail
+pkgs=(bird2 arping ndisc6 nftables iproute2 conntrack tcpdump curl qemu-system-x86 busybox-static kmod cpio ipvsadm socat)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: missing Debian packages: ${missing[*]}; run as root or install them" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
