@@ -1,0 +1,256 @@
+package l2
+
+import (
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+)
+
+// Policy is what the Kubernetes configuration says about one IP.
+type Policy struct {
+	// Candidates are the nodes allowed to announce the IP: selected by an L2Advertisement, not
+	// excluded from load balancers, and for externalTrafficPolicy Local holding a ready endpoint.
+	Candidates []string
+	// Interfaces from the L2Advertisement; empty means the interface whose subnet holds the IP.
+	Interfaces []string
+}
+
+// Member is one alive node as the election sees it.
+type Member struct {
+	AliveSince time.Time
+	State      NodeState
+}
+
+// Round is everything one election round looks at.
+type Round struct {
+	Now         time.Time
+	Quorum      bool
+	QuorumSince time.Time
+	Members     map[string]Member // alive nodes; this node's entry supplies its links
+	IPs         map[netip.Addr]Policy
+}
+
+// ElectionTiming holds the election's delays.
+type ElectionTiming struct {
+	// Settle: after gaining quorum (or starting), wait this long before taking IPs nobody owns, so
+	// this node has heard every alive peer's claims first (at least DeadAfter).
+	Settle time.Duration
+	// RebalanceAfter: a node must have been alive this long before IPs are handed to it, so a
+	// flapping node never pulls IPs back and forth.
+	RebalanceAfter time.Duration
+	// RebalanceEvery: at most one handover offer per this period from each owner.
+	RebalanceEvery time.Duration
+	// OfferTimeout: an offer not taken up by then is withdrawn.
+	OfferTimeout time.Duration
+}
+
+// DefaultElectionTiming suits the default membership timers (50 ms heartbeats, 250 ms dead).
+var DefaultElectionTiming = ElectionTiming{
+	Settle:         300 * time.Millisecond,
+	RebalanceAfter: 10 * time.Second,
+	RebalanceEvery: 500 * time.Millisecond,
+	OfferTimeout:   time.Second,
+}
+
+// Election decides which IPs this node answers for. Every node runs the same rules on the same
+// gossiped states, so they agree on one owner per IP:
+//
+//   - An IP claimed by an eligible alive node stays with it: healthy owners are never disturbed
+//     (every move costs clients a stale-ARP window). If two eligible nodes claim it (after a
+//     partition heals, or when configuration views differ for a moment), the one the owner offered
+//     it to wins, else the highest rendezvous hash; the other stops at once.
+//   - An IP nobody eligible claims goes to the eligible node with the highest rendezvous hash of
+//     (IP, node): a deterministic choice every node computes alike, spreading orphans evenly.
+//   - Balance: an owner holding at least two IPs more than another eligible node that has been
+//     alive for RebalanceAfter offers it one IP. The receiver starts answering (with its gratuitous
+//     burst) when it sees the offer; the giver stops when it sees the receiver's claim, so a planned
+//     move has no window without an answer.
+//   - Without quorum a node owns nothing.
+type Election struct {
+	self      string
+	timing    ElectionTiming
+	owned     map[netip.Addr]bool
+	offers    map[netip.Addr]pendingOffer
+	lastOffer time.Time
+}
+
+type pendingOffer struct {
+	to string
+	at time.Time
+}
+
+// NewElection starts with nothing owned.
+func NewElection(self string, timing ElectionTiming) *Election {
+	return &Election{self: self, timing: timing, owned: map[netip.Addr]bool{}, offers: map[netip.Addr]pendingOffer{}}
+}
+
+// Owned returns the IPs this node currently owns, sorted.
+func (e *Election) Owned() []netip.Addr {
+	out := make([]netip.Addr, 0, len(e.owned))
+	for ip := range e.owned {
+		out = append(out, ip)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// State is this node's NodeState for its heartbeats.
+func (e *Election) State(links []Link) NodeState {
+	s := NodeState{Links: links, Owned: e.Owned()}
+	for ip, o := range e.offers {
+		s.Offers = append(s.Offers, Offer{IP: ip, To: o.to})
+	}
+	slices.SortFunc(s.Offers, func(a, b Offer) int { return a.IP.Compare(b.IP) })
+	return s
+}
+
+// Decide runs one round and returns the IPs this node gained and lost.
+func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
+	next := map[netip.Addr]bool{}
+	if r.Quorum {
+		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle
+		for ip, pol := range r.IPs {
+			if e.decideIP(r, ip, pol, settled) {
+				next[ip] = true
+			}
+		}
+	}
+	for ip := range next {
+		if !e.owned[ip] {
+			gained = append(gained, ip)
+		}
+	}
+	for ip := range e.owned {
+		if !next[ip] {
+			lost = append(lost, ip)
+		}
+	}
+	e.owned = next
+	for ip, o := range e.offers {
+		if !next[ip] || r.Now.Sub(o.at) > e.timing.OfferTimeout {
+			delete(e.offers, ip)
+		}
+	}
+	if r.Quorum && len(e.offers) == 0 && r.Now.Sub(e.lastOffer) >= e.timing.RebalanceEvery {
+		e.offerOne(r)
+	}
+	slices.SortFunc(gained, netip.Addr.Compare)
+	slices.SortFunc(lost, netip.Addr.Compare)
+	return gained, lost
+}
+
+// decideIP reports whether this node owns ip after this round.
+func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bool {
+	eligible := e.eligible(r, ip, pol)
+	if !slices.Contains(eligible, e.self) {
+		return false
+	}
+	var claimants []string
+	offeredTo := map[string]string{} // claimant -> the node it offers ip to
+	for _, n := range eligible {
+		if n == e.self {
+			if e.owned[ip] {
+				claimants = append(claimants, n)
+				if o, ok := e.offers[ip]; ok {
+					offeredTo[n] = o.to
+				}
+			}
+			continue
+		}
+		st := r.Members[n].State
+		if _, ok := slices.BinarySearchFunc(st.Owned, ip, netip.Addr.Compare); ok {
+			claimants = append(claimants, n)
+			for _, o := range st.Offers {
+				if o.IP == ip {
+					offeredTo[n] = o.To
+				}
+			}
+		}
+	}
+	// Take up an offer made to this node by the current owner.
+	for giver, to := range offeredTo {
+		if giver != e.self && to == e.self {
+			return true
+		}
+	}
+	switch len(claimants) {
+	case 0:
+		return settled && rendezvousWinner(ip, eligible) == e.self
+	case 1:
+		return claimants[0] == e.self
+	}
+	for giver, to := range offeredTo {
+		if slices.Contains(claimants, to) && slices.Contains(claimants, giver) {
+			return to == e.self
+		}
+	}
+	return rendezvousWinner(ip, claimants) == e.self
+}
+
+// eligible lists, sorted, the alive candidates that have a link to answer for ip on.
+func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
+	var out []string
+	for _, n := range pol.Candidates {
+		m, alive := r.Members[n]
+		if alive && canAnswer(m.State.Links, ip, pol.Interfaces) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// offerOne offers one IP to the least loaded eligible node if this node holds at least two more.
+func (e *Election) offerOne(r Round) {
+	load := map[string]int{}
+	for n, m := range r.Members {
+		if n != e.self {
+			load[n] = len(m.State.Owned)
+		}
+	}
+	mine := len(e.owned)
+	var bestIP netip.Addr
+	bestTo := ""
+	for _, ip := range e.Owned() {
+		for _, n := range e.eligible(r, ip, r.IPs[ip]) {
+			if n == e.self || r.Now.Sub(r.Members[n].AliveSince) < e.timing.RebalanceAfter || mine-load[n] < 2 {
+				continue
+			}
+			if bestTo == "" || load[n] < load[bestTo] || (load[n] == load[bestTo] && n < bestTo) {
+				bestIP, bestTo = ip, n
+			}
+		}
+	}
+	if bestTo != "" {
+		e.offers[bestIP] = pendingOffer{to: bestTo, at: r.Now}
+		e.lastOffer = r.Now
+	}
+}
+
+// rendezvousWinner is the node with the highest hash of (ip, node): a choice every node computes
+// alike, and removing a node only moves the IPs it had won.
+func rendezvousWinner(ip netip.Addr, nodes []string) string {
+	best, bestScore := "", uint64(0)
+	for _, n := range nodes {
+		if s := rendezvousScore(ip, n); best == "" || s > bestScore || (s == bestScore && n < best) {
+			best, bestScore = n, s
+		}
+	}
+	return best
+}
+
+func rendezvousScore(ip netip.Addr, node string) uint64 {
+	h := fnv.New64a()
+	b := ip.As16()
+	h.Write(b[:])
+	h.Write([]byte(node))
+	// splitmix64 finalizer: FNV alone leaves similar inputs with correlated high bits.
+	x := h.Sum64()
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}

@@ -1,0 +1,309 @@
+package l2
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+// cluster simulates nodes running elections on each other's last published states, one
+// heartbeat (50 ms) per step.
+type cluster struct {
+	t       *testing.T
+	now     time.Time
+	nodes   map[string]*simNode
+	ips     map[netip.Addr]Policy
+	changes int // ownership changes seen (gains)
+}
+
+type simNode struct {
+	el          *Election
+	alive       bool // running and connected
+	links       []Link
+	aliveSince  time.Time
+	quorumSince time.Time
+	published   NodeState
+}
+
+var segment = []Link{{Name: "eth0", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.10/24")}}}
+
+func newCluster(t *testing.T, nodes []string, nIPs int) *cluster {
+	c := &cluster{t: t, now: time.Unix(1000, 0), nodes: map[string]*simNode{}, ips: map[netip.Addr]Policy{}}
+	for _, n := range nodes {
+		c.nodes[n] = &simNode{el: NewElection(n, DefaultElectionTiming), alive: true, links: segment, aliveSince: c.now, quorumSince: c.now}
+	}
+	for i := range nIPs {
+		c.ips[netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)})] = Policy{Candidates: nodes}
+	}
+	return c
+}
+
+// step runs one round on every alive node and checks that no IP has two owners except during a
+// planned handover (offer taken up, giver not yet aware).
+func (c *cluster) step() {
+	c.now = c.now.Add(50 * time.Millisecond)
+	alive := 0
+	for _, n := range c.nodes {
+		if n.alive {
+			alive++
+		}
+	}
+	quorum := len(c.nodes) < 3 || alive*2 > len(c.nodes)
+	members := map[string]Member{}
+	for name, n := range c.nodes {
+		if n.alive {
+			members[name] = Member{AliveSince: n.aliveSince, State: n.published}
+		}
+	}
+	for name, n := range c.nodes {
+		if !n.alive {
+			continue
+		}
+		m := members[name]
+		m.State.Links = n.links
+		members[name] = m
+		gained, _ := n.el.Decide(Round{Now: c.now, Quorum: quorum, QuorumSince: n.quorumSince, Members: members, IPs: c.ips})
+		c.changes += len(gained)
+		m.State.Links = c.nodes[name].published.Links
+		members[name] = m
+	}
+	for _, n := range c.nodes {
+		if n.alive {
+			n.published = n.el.State(n.links)
+		}
+	}
+	for ip, owners := range c.owners() {
+		if len(owners) > 1 && !c.handingOver(ip, owners) {
+			c.t.Fatalf("at %v %s has owners %v outside a handover", c.now, ip, owners)
+		}
+	}
+}
+
+func (c *cluster) handingOver(ip netip.Addr, owners []string) bool {
+	for _, n := range owners {
+		for _, o := range c.nodes[n].published.Offers {
+			if o.IP == ip && slices.Contains(owners, o.To) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (c *cluster) run(d time.Duration) {
+	for end := c.now.Add(d); c.now.Before(end); {
+		c.step()
+	}
+}
+
+func (c *cluster) owners() map[netip.Addr][]string {
+	out := map[netip.Addr][]string{}
+	for name, n := range c.nodes {
+		if !n.alive {
+			continue
+		}
+		for _, ip := range n.el.Owned() {
+			out[ip] = append(out[ip], name)
+		}
+	}
+	for _, o := range out {
+		slices.Sort(o)
+	}
+	return out
+}
+
+// ownerOf returns the single owner of every IP, failing if any IP has none or several.
+func (c *cluster) ownerOf() map[netip.Addr]string {
+	c.t.Helper()
+	owners := c.owners()
+	out := map[netip.Addr]string{}
+	for ip := range c.ips {
+		if len(owners[ip]) != 1 {
+			c.t.Fatalf("at %v %s has owners %v, want exactly one", c.now, ip, owners[ip])
+		}
+		out[ip] = owners[ip][0]
+	}
+	return out
+}
+
+func loads(owner map[netip.Addr]string) map[string]int {
+	l := map[string]int{}
+	for _, n := range owner {
+		l[n]++
+	}
+	return l
+}
+
+func (c *cluster) kill(name string) {
+	n := c.nodes[name]
+	n.alive = false
+	n.el = NewElection(name, DefaultElectionTiming)
+	n.published = NodeState{}
+}
+
+func (c *cluster) revive(name string) {
+	n := c.nodes[name]
+	n.alive, n.aliveSince, n.quorumSince = true, c.now, c.now
+}
+
+func TestOneOwnerPerIPSpreadOverNodes(t *testing.T) {
+	c := newCluster(t, []string{"node-a", "node-b", "node-c"}, 30)
+	c.run(time.Second)
+	for n, l := range loads(c.ownerOf()) {
+		if l < 5 || l > 15 {
+			t.Errorf("%s owns %d of 30 IPs, want 5..15", n, l)
+		}
+	}
+}
+
+func TestFailoverMovesOnlyTheDeadNodesIPs(t *testing.T) {
+	c := newCluster(t, []string{"node-a", "node-b", "node-c"}, 30)
+	c.run(15 * time.Second)
+	before := c.ownerOf()
+	c.kill("node-b")
+	// The real membership takes DeadAfter to notice; here the next round does.
+	c.run(time.Second)
+	after := c.ownerOf()
+	for ip, n := range before {
+		if n != "node-b" && after[ip] != n {
+			t.Errorf("%s moved from healthy %s to %s", ip, n, after[ip])
+		}
+		if after[ip] == "node-b" {
+			t.Errorf("%s still owned by the dead node", ip)
+		}
+	}
+	// node-b returns: nothing moves before RebalanceAfter, and afterwards only planned handovers
+	// towards node-b, one at a time, until the loads are within one of each other.
+	c.revive("node-b")
+	changes := c.changes
+	c.run(DefaultElectionTiming.RebalanceAfter - time.Second)
+	if c.changes != changes {
+		t.Fatalf("%d ownership changes within RebalanceAfter of node-b's return", c.changes-changes)
+	}
+	c.run(30 * time.Second)
+	l := loads(c.ownerOf())
+	if l["node-a"]-l["node-b"] > 1 || l["node-c"]-l["node-b"] > 1 {
+		t.Errorf("after rebalancing loads are %v", l)
+	}
+	moved := c.changes - changes
+	if moved > 12 {
+		t.Errorf("rebalancing made %d moves for 10 IPs", moved)
+	}
+	// Settled: no more changes.
+	changes = c.changes
+	c.run(time.Minute)
+	if c.changes != changes {
+		t.Errorf("%d ownership changes in a settled cluster", c.changes-changes)
+	}
+}
+
+func TestMinorityOwnsNothing(t *testing.T) {
+	c := newCluster(t, []string{"node-a", "node-b", "node-c"}, 6)
+	c.run(time.Second)
+	c.kill("node-b")
+	c.kill("node-c")
+	c.step()
+	if owned := c.nodes["node-a"].el.Owned(); len(owned) != 0 {
+		t.Fatalf("node-a alone of three owns %v", owned)
+	}
+}
+
+func TestIneligibleOwnerGivesUp(t *testing.T) {
+	c := newCluster(t, []string{"node-a", "node-b", "node-c"}, 1)
+	c.run(time.Second)
+	var ip netip.Addr
+	for k := range c.ips {
+		ip = k
+	}
+	first := c.ownerOf()[ip]
+
+	// externalTrafficPolicy Local: the endpoint moves to another node.
+	other := "node-a"
+	if first == other {
+		other = "node-b"
+	}
+	c.ips[ip] = Policy{Candidates: []string{other}}
+	c.step()
+	c.step()
+	if got := c.ownerOf()[ip]; got != other {
+		t.Fatalf("after the endpoint moved to %s the owner is %s", other, got)
+	}
+
+	// The owner's interface goes down: it advertises no link for the subnet and gives up.
+	c.ips[ip] = Policy{Candidates: []string{"node-a", "node-b", "node-c"}}
+	c.nodes[other].links = nil
+	c.step()
+	c.step()
+	if got := c.ownerOf()[ip]; got == other {
+		t.Fatalf("%s kept %s with its link down", other, ip)
+	}
+}
+
+func TestNamedInterfaces(t *testing.T) {
+	links := []Link{
+		{Name: "eth0", Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.10/24")}},
+		{Name: "eth1", Prefixes: []netip.Prefix{netip.MustParsePrefix("192.168.5.1/24"), netip.MustParsePrefix("fe80::1/64")}},
+	}
+	for _, tc := range []struct {
+		ip    string
+		ifs   []string
+		want  bool
+		about string
+	}{
+		{"10.0.0.7", nil, true, "subnet match"},
+		{"10.9.0.7", nil, false, "no subnet holds it"},
+		{"10.9.0.7", []string{"eth1"}, true, "named interface with IPv4"},
+		{"10.9.0.7", []string{"eth9"}, false, "named interface absent"},
+		{"2001:db8::7", []string{"eth1"}, true, "IPv6 on named interface with link-local"},
+		{"2001:db8::7", []string{"eth0"}, false, "named interface without IPv6"},
+	} {
+		if got := canAnswer(links, netip.MustParseAddr(tc.ip), tc.ifs); got != tc.want {
+			t.Errorf("%s: canAnswer(%s, %v) = %v", tc.about, tc.ip, tc.ifs, got)
+		}
+	}
+}
+
+func TestConflictingClaimsResolveToOne(t *testing.T) {
+	// After a partition in a two-node cluster heals both nodes own every IP.
+	c := newCluster(t, []string{"node-a", "node-b"}, 8)
+	c.run(time.Second)
+	for _, n := range c.nodes {
+		for ip := range c.ips {
+			n.el.owned[ip] = true
+		}
+		n.published = n.el.State(n.links)
+	}
+	c.nodes["node-a"].el.offers = map[netip.Addr]pendingOffer{}
+	// One round to see each other's claims: exactly one owner each.
+	c.now = c.now.Add(50 * time.Millisecond)
+	members := map[string]Member{}
+	for name, n := range c.nodes {
+		members[name] = Member{AliveSince: n.aliveSince, State: n.published}
+	}
+	for _, n := range c.nodes {
+		n.el.Decide(Round{Now: c.now, Quorum: true, QuorumSince: n.quorumSince, Members: members, IPs: c.ips})
+	}
+	c.ownerOf()
+}
+
+func TestNodeStateEncodingIsStable(t *testing.T) {
+	s := NodeState{Links: segment, Owned: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")},
+		Offers: []Offer{{IP: netip.MustParseAddr("10.0.0.1"), To: "node-b"}}}
+	a, err := s.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.encode()
+	if string(a) != string(b) {
+		t.Fatal("equal states encode differently")
+	}
+	got, err := decodeNodeState(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(s) {
+		t.Fatalf("decoded %v, want %v", got, s)
+	}
+}

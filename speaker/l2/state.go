@@ -1,0 +1,65 @@
+package l2
+
+import (
+	"bytes"
+	"encoding/gob"
+	"net/netip"
+	"slices"
+)
+
+// NodeState is what a speaker tells its peers in every heartbeat: the links it can answer on, the
+// IPs it answers for, and the IPs it is handing over. Every speaker elects owners from the same
+// NodeStates, so they agree without asking the API server.
+type NodeState struct {
+	Links  []Link
+	Owned  []netip.Addr
+	Offers []Offer
+}
+
+// Link is a usable interface: up, ARP-capable, not enslaved to a bridge or bond.
+type Link struct {
+	Name     string
+	Prefixes []netip.Prefix // its addresses with their subnets
+}
+
+// Offer hands an owned IP over to another node (rebalancing). The receiver takes the IP when it
+// sees the offer; the giver stops answering when it sees the receiver's claim.
+type Offer struct {
+	IP netip.Addr
+	To string
+}
+
+// canAnswer reports whether a node with these links may answer for ip: on one of the named
+// interfaces if the advertisement names some (the link needs an address of ip's family to send
+// from), otherwise on a link whose subnet holds ip.
+func canAnswer(links []Link, ip netip.Addr, interfaces []string) bool {
+	for _, l := range links {
+		for _, p := range l.Prefixes {
+			if len(interfaces) > 0 {
+				if slices.Contains(interfaces, l.Name) && p.Addr().Is4() == ip.Is4() {
+					return true
+				}
+			} else if p.Contains(ip) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// encode is deterministic for equal states (slices are kept sorted), so an unchanged state gives
+// identical heartbeat payloads.
+func (s NodeState) encode() ([]byte, error) {
+	var b bytes.Buffer
+	err := gob.NewEncoder(&b).Encode(s)
+	return b.Bytes(), err
+}
+
+func decodeNodeState(b []byte) (NodeState, error) {
+	var s NodeState
+	if len(b) == 0 {
+		return s, nil
+	}
+	err := gob.NewDecoder(bytes.NewReader(b)).Decode(&s)
+	return s, err
+}
