@@ -1,0 +1,80 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+)
+
+// BackendCommand is the hidden first argument that makes a program using the lab run a backend
+// server instead of its own main (see RunBackendIfAsked). The lab starts backends as
+// `<Config.Backend...> __lab-backend --name node1-pod1 --node node1` inside the pod's namespace.
+const BackendCommand = "__lab-backend"
+
+// RunBackendIfAsked runs the backend server and exits when the program was started as a backend;
+// otherwise it returns at once. Call it first thing in main (bin/lab) or TestMain (e2e tests), so one
+// binary serves as the lab's tool and its backend "pods".
+func RunBackendIfAsked() {
+	if len(os.Args) < 2 || os.Args[1] != BackendCommand {
+		return
+	}
+	fs := flag.NewFlagSet(BackendCommand, flag.ExitOnError)
+	name := fs.String("name", "", "the backend's name, returned in every answer")
+	node := fs.String("node", "", "the node the backend runs behind")
+	port := fs.Int("port", BackendPort, "TCP (HTTP) and UDP (echo) port")
+	_ = fs.Parse(os.Args[2:])
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := ServeBackend(ctx, *name, *node, *port); err != nil {
+		fmt.Fprintln(os.Stderr, "backend:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// ServeBackend answers every HTTP request on port (all addresses, both families) and every UDP
+// datagram on the same port with a JSON BackendReply naming the backend and the client address it
+// saw, until ctx ends. The client address is what makes SNAT and source-IP preservation testable.
+func ServeBackend(ctx context.Context, name, node string, port int) error {
+	addr := ":" + strconv.Itoa(port)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	udp, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(BackendReply{Backend: name, Node: node, Client: r.RemoteAddr})
+	})}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := udp.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			b, _ := json.Marshal(BackendReply{Backend: name, Node: node, Client: from.String()})
+			_, _ = udp.WriteTo(append(b, '\n'), from)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		udp.Close()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(ln); err != http.ErrServerClosed {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,391 @@
+// Package lab builds a whole bare-metal cluster inside network namespaces on one machine, as root:
+// a switch (a bridge in a namespace of its own), a real control plane (etcd, kube-apiserver,
+// kube-controller-manager and the Herald controller), N nodes each running the real speaker, backend
+// "pods" behind each node, a BIRD 2 router with an upstream segment, and two clients (one on the
+// segment, one behind the router). Nothing of it lives in the machine's own namespace and nothing
+// routes out. It is the test bed of the end-to-end tests and the demo (`bin/lab`).
+//
+// A lab is named by its directory (state.json, kubeconfig, logs) and its namespace prefix; tests use
+// their own of both, never the user's demo lab.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/heraldlb/herald/e2e/controlplane"
+	"github.com/heraldlb/herald/e2e/proc"
+)
+
+// Defaults for the user's lab (`bin/lab up`).
+const (
+	DefaultDir    = "/tmp/herald-lab"
+	DefaultPrefix = "herald-"
+)
+
+// Config says what lab to build.
+type Config struct {
+	Dir         string // default $HERALD_LAB_DIR, else DefaultDir
+	Prefix      string // namespace prefix, default DefaultPrefix
+	Nodes       int    // default 3
+	PodsPerNode int    // backend pods per node, default 1
+	// BinDir holds the Herald binaries (controller, speaker); those missing are not started.
+	BinDir string
+	// CRDDir holds the CustomResourceDefinitions to install (config/crd); empty: none.
+	CRDDir string
+	// Backend is the command line that runs RunBackendIfAsked's server (this program by default);
+	// the lab appends the backend's arguments.
+	Backend []string
+	// Binaries are the Kubernetes binaries; zero means the cached ones (hack/k8s-bins.sh).
+	Binaries controlplane.Binaries
+	// Logf reports progress; nil is silent.
+	Logf func(format string, args ...any)
+}
+
+// State is everything a lab is made of; it is saved as state.json so `lab down`, `lab exec` and
+// tests in other processes find the lab again.
+type State struct {
+	Dir          string                     `json:"dir"`
+	Topology     *Topology                  `json:"topology"`
+	ControlPlane *controlplane.ControlPlane `json:"controlPlane,omitempty"`
+	Kubectl      string                     `json:"kubectl"`
+	BirdSocket   string                     `json:"birdSocket"`
+	SecretFile   string                     `json:"secretFile"` // the speakers' shared key
+	BinDir       string                     `json:"binDir,omitempty"`
+	Backend      []string                   `json:"backend"`
+	// Processes by role: "bird", "controller", "speaker/node1", "backend/node1-pod1".
+	Processes map[string]proc.Process `json:"processes"`
+}
+
+// Lab is a running lab.
+type Lab struct {
+	State
+	logf func(format string, args ...any)
+}
+
+// Process roles in State.Processes.
+const (
+	RoleBird       = "bird"
+	RoleController = "controller"
+)
+
+// SpeakerRole and BackendRole name the per-host processes in State.Processes.
+func SpeakerRole(node string) string { return "speaker/" + node }
+func BackendRole(pod string) string  { return "backend/" + pod }
+
+func (c *Config) defaults() error {
+	if c.Dir == "" {
+		c.Dir = os.Getenv("HERALD_LAB_DIR")
+	}
+	if c.Dir == "" {
+		c.Dir = DefaultDir
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Nodes == 0 {
+		c.Nodes = 3
+	}
+	if c.PodsPerNode == 0 {
+		c.PodsPerNode = 1
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+	if len(c.Backend) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		c.Backend = []string{self}
+	}
+	if c.Binaries.KubeDir == "" {
+		b, err := controlplane.CachedBinaries()
+		if err != nil {
+			return err
+		}
+		c.Binaries = b
+	}
+	return nil
+}
+
+// Up builds a lab, first removing what an earlier lab with the same directory and prefix left. On
+// error the partial lab is left in place for inspection; Down removes it.
+func Up(ctx context.Context, cfg Config) (*Lab, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the lab needs root (network namespaces)")
+	}
+	began := time.Now()
+	if err := Down(ctx, cfg.Dir, cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("clearing an earlier lab: %w", err)
+	}
+	topo, err := NewTopology(cfg.Prefix, cfg.Nodes, cfg.PodsPerNode)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	l := &Lab{logf: cfg.Logf, State: State{
+		Dir: cfg.Dir, Topology: topo, Kubectl: cfg.Binaries.Kubectl(),
+		BirdSocket: filepath.Join(cfg.Dir, "bird.ctl"), SecretFile: filepath.Join(cfg.Dir, "speaker-secret"),
+		BinDir: cfg.BinDir, Backend: cfg.Backend, Processes: map[string]proc.Process{},
+	}}
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+
+	l.logf("network: %d namespaces", len(topo.Hosts))
+	var adds []string
+	for _, h := range topo.Hosts {
+		adds = append(adds, "netns add "+h.Netns)
+	}
+	if _, err := run(ctx, strings.Join(adds, "\n")+"\n", "ip", "-batch", "-"); err != nil {
+		return l, err
+	}
+	for _, s := range topo.Plan() {
+		if err := applyStep(ctx, s); err != nil {
+			return l, err
+		}
+	}
+
+	l.logf("backends and router")
+	for _, p := range topo.HostsOf(KindPod) {
+		if err := l.startBackend(p); err != nil {
+			return l, err
+		}
+	}
+	if err := l.startBird(); err != nil {
+		return l, err
+	}
+
+	l.logf("control plane: etcd, kube-apiserver, kube-controller-manager in %s", topo.Host(HostControlPlane).Netns)
+	cpHost := topo.Host(HostControlPlane)
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Dir:           filepath.Join(cfg.Dir, "cp"),
+		Binaries:      cfg.Binaries,
+		Address:       cpHost.IPv4.String(),
+		BindAddress:   "::", // inside herald-cp only: eth0 and lo
+		ServiceCIDRs:  ServiceCIDRV4 + "," + ServiceCIDRV6,
+		NodePortRange: NodePortRange,
+		Wrap:          func(argv []string) []string { return inNetns(cpHost.Netns, argv...) },
+		Dial:          DialerIn(cpHost.Netns),
+	})
+	if cp != nil {
+		l.ControlPlane = cp
+	}
+	if err != nil {
+		return l, err
+	}
+	if err := l.save(); err != nil {
+		return l, err
+	}
+	client, err := l.Client()
+	if err != nil {
+		return l, err
+	}
+	l.logf("cluster objects: Nodes, namespace %s, CRDs", HeraldNamespace)
+	if err := l.registerNodes(ctx, client); err != nil {
+		return l, err
+	}
+	if err := ensureNamespace(ctx, client, HeraldNamespace); err != nil {
+		return l, err
+	}
+	if err := l.installCRDs(ctx, cfg.CRDDir); err != nil {
+		return l, err
+	}
+
+	if err := l.writeSecret(); err != nil {
+		return l, err
+	}
+	if l.hasBinary("controller") {
+		if err := l.StartController(); err != nil {
+			return l, err
+		}
+	}
+	if l.hasBinary("speaker") {
+		for _, n := range topo.HostsOf(KindNode) {
+			if err := l.StartSpeaker(n.Name); err != nil {
+				return l, err
+			}
+		}
+	}
+	l.logf("lab up in %s", time.Since(began).Round(10*time.Millisecond))
+	return l, l.save()
+}
+
+// Load finds the lab whose state is in dir.
+func Load(dir string) (*Lab, error) {
+	if dir == "" {
+		dir = os.Getenv("HERALD_LAB_DIR")
+	}
+	if dir == "" {
+		dir = DefaultDir
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("no lab in %s (run `lab up`)", dir)
+		}
+		return nil, err
+	}
+	l := &Lab{logf: func(string, ...any) {}}
+	if err := json.Unmarshal(b, &l.State); err != nil {
+		return nil, fmt.Errorf("%s/state.json: %w", dir, err)
+	}
+	return l, nil
+}
+
+// Down removes a lab: its processes (Herald's first, so speakers withdraw while the router still
+// listens, then the rest), every namespace matching the prefix (killing whatever still runs in them),
+// and the files it wrote in dir. It works from the namespace names alone when state.json is gone.
+func Down(ctx context.Context, dir, prefix string) error {
+	var errs []error
+	if l, err := Load(dir); err == nil {
+		if l.Topology != nil && l.Topology.Prefix != prefix {
+			return fmt.Errorf("%s holds a lab with prefix %q, not %q", dir, l.Topology.Prefix, prefix)
+		}
+		var roles []string
+		for role := range l.Processes {
+			roles = append(roles, role)
+		}
+		sort.Slice(roles, func(i, j int) bool { return stopOrder(roles[i]) < stopOrder(roles[j]) })
+		for _, role := range roles {
+			if err := l.Processes[role].Stop(3 * time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if l.ControlPlane != nil {
+			l.ControlPlane.Stop()
+		}
+	}
+	names, err := listNetns(prefix)
+	if err != nil {
+		return err
+	}
+	var dels []string
+	for _, ns := range names {
+		out, err := run(ctx, "", "ip", "netns", "pids", ns)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, f := range strings.Fields(string(out)) {
+			var pid int
+			if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		dels = append(dels, "netns del "+ns)
+	}
+	if len(dels) > 0 {
+		if _, err := run(ctx, strings.Join(dels, "\n")+"\n", "ip", "-force", "-batch", "-"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Only what the lab writes: dir may be a directory the user chose for other things too.
+	for _, f := range []string{"state.json", "kubeconfig", "bird.conf", "bird.ctl", "bird.pid", "bird.log",
+		"speaker-secret", "logs", "cp"} {
+		if err := os.RemoveAll(filepath.Join(dir, f)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	_ = os.Remove(dir) // only if empty
+	return errors.Join(errs...)
+}
+
+// stopOrder: Herald's processes first, then backends, then the router.
+func stopOrder(role string) int {
+	switch {
+	case strings.HasPrefix(role, "speaker/"):
+		return 0
+	case role == RoleController:
+		return 1
+	case strings.HasPrefix(role, "backend/"):
+		return 2
+	default:
+		return 3
+	}
+}
+
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l.State, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(l.Dir, "state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(l.Dir, "state.json"))
+}
+
+// Host returns a host by name ("node1", "client", "router", ...).
+func (l *Lab) Host(name string) (*Host, error) {
+	if h := l.Topology.Host(name); h != nil {
+		return h, nil
+	}
+	var names []string
+	for _, h := range l.Topology.Hosts {
+		names = append(names, h.Name)
+	}
+	return nil, fmt.Errorf("no host %q in the lab (hosts: %s)", name, strings.Join(names, ", "))
+}
+
+// Nodes returns the node hosts in order.
+func (l *Lab) Nodes() []*Host { return l.Topology.HostsOf(KindNode) }
+
+// Pods returns the backend pod hosts in order.
+func (l *Lab) Pods() []*Host { return l.Topology.HostsOf(KindPod) }
+
+// Kubeconfig is the path of the admin kubeconfig (its server is reachable only from lab hosts).
+func (l *Lab) Kubeconfig() string { return l.ControlPlane.Kubeconfig }
+
+// RESTConfig returns an admin client configuration whose connections are opened inside the control
+// plane's namespace, for Go programs in the machine's own namespace.
+func (l *Lab) RESTConfig() (*rest.Config, error) {
+	if l.ControlPlane == nil {
+		return nil, errors.New("the lab has no control plane")
+	}
+	return l.ControlPlane.RESTConfig(DialerIn(l.Topology.Host(HostControlPlane).Netns))
+}
+
+// Client returns an admin clientset (see RESTConfig).
+func (l *Lab) Client() (kubernetes.Interface, error) {
+	rc, err := l.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(rc)
+}
+
+func (l *Lab) writeSecret() error {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	return os.WriteFile(l.SecretFile, []byte(hex.EncodeToString(raw)+"\n"), 0o600)
+}
+
+func (l *Lab) hasBinary(name string) bool {
+	if l.BinDir == "" {
+		return false
+	}
+	st, err := os.Stat(filepath.Join(l.BinDir, name))
+	return err == nil && st.Mode().IsRegular()
+}

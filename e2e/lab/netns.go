@@ -1,0 +1,131 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netns"
+)
+
+// netnsDir is where `ip netns` keeps its named namespaces.
+const netnsDir = "/run/netns"
+
+// run runs a command and returns its combined output, with the output in the error.
+func run(ctx context.Context, stdin string, argv ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("%s: %w\n%s", strings.Join(argv, " "), err, out.String())
+	}
+	return out.Bytes(), nil
+}
+
+// inNetns prefixes a command line so it runs inside the named namespace. `ip netns exec` execs the
+// command in place, so the pid we start is the command's own.
+func inNetns(ns string, argv ...string) []string {
+	return append([]string{"ip", "netns", "exec", ns}, argv...)
+}
+
+// applyStep creates nothing outside ns: sysctls via `ip netns exec`, links via `ip -n`.
+func applyStep(ctx context.Context, s Step) error {
+	if len(s.Sysctls) > 0 {
+		if _, err := run(ctx, "", inNetns(s.Netns, append([]string{"sysctl", "-q", "-w"}, s.Sysctls...)...)...); err != nil {
+			return err
+		}
+	}
+	if len(s.IP) > 0 {
+		if _, err := run(ctx, strings.Join(s.IP, "\n")+"\n", "ip", "-n", s.Netns, "-batch", "-"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// listNetns returns the names of the named namespaces that match the lab's pattern.
+func listNetns(prefix string) ([]string, error) {
+	entries, err := os.ReadDir(netnsDir)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	pat := NetnsPattern(prefix)
+	var out []string
+	for _, e := range entries {
+		if pat.MatchString(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// DialerIn returns a dial function whose sockets are created inside the named namespace, so a Go
+// program in the machine's own namespace (a test, `lab`) talks to lab hosts without any route or
+// link in its own namespace. The socket is created on an OS thread switched into the namespace for
+// that one call; a socket keeps its namespace for life, whatever thread later uses it.
+func DialerIn(ns string) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		var c net.Conn
+		err := doInNetns(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+			return err
+		})
+		return c, err
+	}
+}
+
+// ListenPacketIn opens a UDP socket inside the named namespace.
+func ListenPacketIn(ns, network, address string) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := doInNetns(ns, func() error {
+		var err error
+		c, err = net.ListenPacket(network, address)
+		return err
+	})
+	return c, err
+}
+
+// doInNetns runs fn on a locked OS thread switched into ns. If the thread cannot be switched back,
+// it stays locked so the runtime discards it rather than reuse a thread in the wrong namespace.
+func doInNetns(ns string, fn func() error) error {
+	target, err := netns.GetFromPath(filepath.Join(netnsDir, ns))
+	if err != nil {
+		return fmt.Errorf("namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- err
+			return
+		}
+		fnErr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("returning from %s: %w", ns, err)
+			return // the thread stays locked and dies with this goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- fnErr
+	}()
+	return <-errc
+}

@@ -1,0 +1,148 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/heraldlb/herald/e2e/proc"
+)
+
+// start runs argv inside host's namespace under role, logging to logs/<role>.log.
+func (l *Lab) start(role string, host *Host, env []string, argv ...string) error {
+	logName := filepath.Join(l.Dir, "logs", filepath.Base(role)+".log")
+	if filepath.Dir(role) != "." {
+		logName = filepath.Join(l.Dir, "logs", filepath.Dir(role)+"-"+filepath.Base(role)+".log")
+	}
+	p, err := proc.Start(role, inNetns(host.Netns, argv...), logName, env)
+	if err != nil {
+		return err
+	}
+	l.Processes[role] = p
+	return l.save()
+}
+
+func (l *Lab) startBackend(pod *Host) error {
+	argv := append(append([]string{}, l.Backend...), BackendCommand, "--name", pod.Name, "--node", pod.Node)
+	return l.start(BackendRole(pod.Name), pod, nil, argv...)
+}
+
+func (l *Lab) startBird() error {
+	conf, err := renderBirdConf(l.Topology, l.Dir)
+	if err != nil {
+		return err
+	}
+	confPath := filepath.Join(l.Dir, "bird.conf")
+	if err := os.WriteFile(confPath, conf, 0o644); err != nil {
+		return err
+	}
+	// -f: stay in the foreground, so the pid we record is BIRD's own.
+	if err := l.start(RoleBird, l.Topology.Host(HostRouter), nil, "bird", "-f", "-c", confPath,
+		"-s", l.BirdSocket, "-P", filepath.Join(l.Dir, "bird.pid")); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := l.Birdc(context.Background(), "show", "status"); err == nil {
+			return nil
+		} else if time.Now().After(deadline) || !l.Processes[RoleBird].Alive() {
+			return fmt.Errorf("BIRD did not start: %v\n%s", err, l.Processes[RoleBird].Tail(2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// StartController starts the Herald controller (bin/controller) in the control plane's namespace,
+// replacing a running one.
+func (l *Lab) StartController() error {
+	if p, ok := l.Processes[RoleController]; ok {
+		_ = p.Stop(5 * time.Second)
+	}
+	return l.start(RoleController, l.Topology.Host(HostControlPlane), nil,
+		filepath.Join(l.BinDir, "controller"), "--kubeconfig", l.Kubeconfig())
+}
+
+// StartSpeaker starts the speaker (bin/speaker) of a node inside the node, replacing a running one.
+func (l *Lab) StartSpeaker(node string) error {
+	h, err := l.node(node)
+	if err != nil {
+		return err
+	}
+	if p, ok := l.Processes[SpeakerRole(node)]; ok {
+		_ = p.Stop(5 * time.Second)
+	}
+	return l.start(SpeakerRole(node), h, []string{"NODE_NAME=" + node},
+		filepath.Join(l.BinDir, "speaker"), "--node-name", node, "--kubeconfig", l.Kubeconfig(),
+		"--secret-file", l.SecretFile)
+}
+
+// SignalSpeaker sends sig to a node's speaker: SIGKILL to kill it, SIGSTOP to freeze it (SIGCONT
+// thaws it), SIGTERM for a graceful stop.
+func (l *Lab) SignalSpeaker(node string, sig syscall.Signal) error {
+	p, ok := l.Processes[SpeakerRole(node)]
+	if !ok {
+		return fmt.Errorf("no speaker on %s", node)
+	}
+	return p.Signal(sig)
+}
+
+// Speaker returns a node's speaker process.
+func (l *Lab) Speaker(node string) (proc.Process, bool) {
+	p, ok := l.Processes[SpeakerRole(node)]
+	return p, ok
+}
+
+func (l *Lab) node(name string) (*Host, error) {
+	h, err := l.Host(name)
+	if err != nil {
+		return nil, err
+	}
+	if h.Kind != KindNode {
+		return nil, fmt.Errorf("%s is not a node", name)
+	}
+	return h, nil
+}
+
+// CutLink takes a host's switch port down: its eth0 loses carrier, as when a cable is pulled.
+func (l *Lab) CutLink(ctx context.Context, host string) error {
+	return l.switchPort(ctx, host, "ip", "link", "set", "%s", "down")
+}
+
+// DropFrames makes the switch silently drop every frame from and to a host while its carrier stays
+// up (the bridge port is put in the disabled STP state), as when a node hangs or a switch port
+// misbehaves: nothing on the host notices.
+func (l *Lab) DropFrames(ctx context.Context, host string) error {
+	return l.switchPort(ctx, host, "bridge", "link", "set", "dev", "%s", "state", "0")
+}
+
+// RestoreLink undoes CutLink and DropFrames.
+func (l *Lab) RestoreLink(ctx context.Context, host string) error {
+	if err := l.switchPort(ctx, host, "ip", "link", "set", "%s", "up"); err != nil {
+		return err
+	}
+	return l.switchPort(ctx, host, "bridge", "link", "set", "dev", "%s", "state", "3")
+}
+
+// switchPort runs tool (ip or bridge) in the switch's namespace with the host's port name in
+// place of "%s".
+func (l *Lab) switchPort(ctx context.Context, host string, tool string, args ...string) error {
+	h, err := l.Host(host)
+	if err != nil {
+		return err
+	}
+	if h.Port == "" {
+		return fmt.Errorf("%s is not on the switch", host)
+	}
+	argv := []string{tool, "-n", l.Topology.Host(HostSwitch).Netns}
+	for _, a := range args {
+		if a == "%s" {
+			a = h.Port
+		}
+		argv = append(argv, a)
+	}
+	_, err = run(ctx, "", argv...)
+	return err
+}
