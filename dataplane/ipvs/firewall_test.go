@@ -1,0 +1,68 @@
+package ipvs
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/knftables"
+)
+
+// countingNFT records the size of each transaction it runs.
+type countingNFT struct {
+	*knftables.Fake
+	ops []int
+}
+
+func (c *countingNFT) Run(ctx context.Context, tx *knftables.Transaction) error {
+	c.ops = append(c.ops, tx.NumOperations())
+	return c.Fake.Run(ctx, tx)
+}
+
+func TestFirewallSendsOnlyDeltas(t *testing.T) {
+	nft := &countingNFT{Fake: knftables.NewFake(knftables.InetFamily, TableName)}
+	fw := newFirewall(nft)
+	ctx := context.Background()
+	desired := firewallSets{}
+	for i := 0; i < 1000; i++ {
+		desired.add(setServicePorts+familySuffixIPv4, "10.96.3."+itoa(i%250), "tcp", itoa(1000+i))
+	}
+	desired.add(setFirewall+familySuffixIPv4, "10.255.0.10", "tcp", "80")
+	desired.add(setFirewallAllow+familySuffixIPv4, "10.255.0.10", "tcp", "80", "10.0.1.0/24")
+	if err := fw.Sync(ctx, desired); err != nil {
+		t.Fatal(err)
+	}
+	if e := nft.Table.Sets[setFirewallAllow+familySuffixIPv4].FindElement("10.255.0.10", "tcp", "80", "10.0.1.0/24"); e == nil {
+		t.Fatalf("allow element missing:\n%s", nft.Dump())
+	}
+	// Unchanged: no transaction at all.
+	if err := fw.Sync(ctx, copySets(desired)); err != nil {
+		t.Fatal(err)
+	}
+	if len(nft.ops) != 1 {
+		t.Fatalf("no-op sync ran a transaction: %v", nft.ops)
+	}
+	// One element added, one removed: a transaction of exactly two operations.
+	next := copySets(desired)
+	delete(next[setServicePorts+familySuffixIPv4], "10.96.3.0 . tcp . 1000")
+	next.add(setNoEndpoints+familySuffixIPv4, "10.96.9.9", "udp", "53")
+	if err := fw.Sync(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	if got := nft.ops[len(nft.ops)-1]; got != 2 {
+		t.Fatalf("incremental transaction has %d operations, want 2", got)
+	}
+	dump := nft.Dump()
+	if strings.Contains(dump, "10.96.3.0 . tcp . 1000") || !strings.Contains(dump, "10.96.9.9 . udp . 53") {
+		t.Fatalf("table after delta:\n%s", dump)
+	}
+	if err := fw.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if nft.Table != nil {
+		t.Fatalf("table left after Delete:\n%s", nft.Dump())
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
