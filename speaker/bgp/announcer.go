@@ -1,0 +1,405 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
+)
+
+// Options configure an Announcer.
+type Options struct {
+	// ListenPort is the TCP port GoBGP accepts sessions on, so a router can connect first (which
+	// makes reconnection after a restart faster than GoBGP's own 1.5–2 s first connect attempt).
+	// 0 means 179; -1 means do not listen.
+	ListenPort int32
+	// ListenAddresses restrict the listener; empty means all of the node's addresses.
+	ListenAddresses []string
+	Logger          *slog.Logger
+}
+
+// Announcer runs one in-process GoBGP instance for the node and converges it on a Desired state
+// by diffs: a session is only created, replaced or removed when its own Peer changed, and routes
+// are added, moved and withdrawn one prefix at a time.
+type Announcer struct {
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	srv      *server.BgpServer
+	cancel   context.CancelFunc // stops the peer-state watcher of srv
+	routerID netip.Addr
+	peers    map[string]Peer
+	groups   map[string]*routeGroup
+	// routes is the applied Routes: peer name -> prefix -> route group name.
+	routes map[string]map[netip.Prefix]string
+	// paths counts, per prefix in the RIB, the peers it is advertised to.
+	paths map[netip.Prefix]int
+
+	events *sessionEvents
+}
+
+// routeGroup is the set of prefixes advertised to one peer with one set of attributes; see
+// policy.go for how it maps onto GoBGP's export policy.
+type routeGroup struct {
+	peer     string
+	attrs    Attributes
+	prefixes map[netip.Prefix]struct{}
+}
+
+// NewAnnouncer returns an Announcer; GoBGP starts with the first Apply that has a peer.
+func NewAnnouncer(opts Options) *Announcer {
+	if opts.ListenPort == 0 {
+		opts.ListenPort = 179
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Announcer{
+		opts:   opts,
+		log:    log.With("component", "bgp"),
+		peers:  map[string]Peer{},
+		groups: map[string]*routeGroup{},
+		routes: map[string]map[netip.Prefix]string{},
+		paths:  map[netip.Prefix]int{},
+		events: newSessionEvents(),
+	}
+}
+
+// Changes delivers a value whenever a session changes state, so the caller can refresh the
+// node's SpeakerStatus without polling.
+func (a *Announcer) Changes() <-chan struct{} { return a.events.changed }
+
+// Apply converges GoBGP on d. Errors of one peer do not stop the others; the joined error names
+// every peer that failed, and the next Apply retries them.
+func (a *Announcer) Apply(ctx context.Context, d Desired) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+
+	if len(d.Peers) == 0 && a.srv == nil {
+		return nil
+	}
+	if a.srv != nil && d.RouterID != a.routerID {
+		// GoBGP's router ID is global: changing it restarts the instance, and so every session.
+		a.log.Info("router ID changed, restarting BGP", "from", a.routerID, "to", d.RouterID)
+		a.stopLocked(false)
+	}
+	if a.srv == nil {
+		if err := a.startLocked(ctx, d.RouterID); err != nil {
+			return err
+		}
+	}
+
+	var errs []error
+	// Sessions that went away or changed are closed first (with a Cease), so their routes are
+	// dropped before anything else moves.
+	var added []Peer
+	for name, old := range a.peers {
+		if p, ok := d.Peers[name]; !ok || !peerEqual(old, p) {
+			if err := a.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: old.Address.String()}); err != nil {
+				errs = append(errs, fmt.Errorf("peer %s: closing session: %w", name, err))
+				continue
+			}
+			delete(a.peers, name)
+			a.events.forget(old.Address)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.Peers)) {
+		p := d.Peers[name]
+		if _, ok := a.peers[name]; ok {
+			continue
+		}
+		// The neighbor set must exist before the peer's route-group policies refer to it.
+		if err := a.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: neighborSet(name, p.Address), Replace: true}); err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: %w", name, err))
+			continue
+		}
+		added = append(added, p)
+	}
+
+	if err := a.applyRoutes(ctx, d); err != nil {
+		errs = append(errs, err)
+	}
+
+	// New sessions start last: their first UPDATEs already follow the new export policy.
+	for _, p := range added {
+		if err := a.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: starting session: %w", p.Name, err))
+			continue
+		}
+		a.peers[p.Name] = p
+	}
+	for name := range a.routes {
+		if _, ok := d.Peers[name]; !ok && len(a.routes[name]) == 0 {
+			delete(a.routes, name)
+			_ = a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
+				DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: neighborSetName(name)},
+				All:        true,
+			})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// applyRoutes moves the applied route groups and RIB paths to d.Routes (restricted to d.Peers).
+func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
+	want := map[string]map[netip.Prefix]string{} // peer -> prefix -> group
+	wantGroups := map[string]Attributes{}        // group -> attributes
+	wantPaths := map[netip.Prefix]int{}          // prefix -> peers
+	for peer, routes := range d.Routes {
+		if _, ok := d.Peers[peer]; !ok {
+			continue
+		}
+		want[peer] = map[netip.Prefix]string{}
+		for prefix, attrs := range routes {
+			prefix = prefix.Masked()
+			g := groupName(peer, attrs)
+			want[peer][prefix] = g
+			wantGroups[g] = attrs
+			wantPaths[prefix]++
+		}
+	}
+
+	// Additions per group, removals per group, and the peers whose advertised set shrinks or
+	// changes attributes while the path stays in the RIB (they need a soft reset out).
+	adds := map[string][]netip.Prefix{}
+	removes := map[string][]netip.Prefix{}
+	resetPeers := map[string]bool{}
+	for peer, routes := range want {
+		for prefix, g := range routes {
+			if old, ok := a.routes[peer][prefix]; !ok || old != g {
+				adds[g] = append(adds[g], prefix)
+			}
+		}
+	}
+	for peer, routes := range a.routes {
+		for prefix, g := range routes {
+			if want[peer][prefix] != g {
+				removes[g] = append(removes[g], prefix)
+				if wantPaths[prefix] > 0 {
+					resetPeers[peer] = true
+				}
+			}
+		}
+	}
+
+	var errs []error
+	groupsChanged := false
+	for _, g := range slices.Sorted(maps.Keys(adds)) {
+		prefixes := adds[g]
+		grp, exists := a.groups[g]
+		if !exists {
+			grp = &routeGroup{peer: peerOfGroup(want, g), attrs: wantGroups[g], prefixes: map[netip.Prefix]struct{}{}}
+		}
+		if err := a.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: prefixSet(g, prefixes)}); err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: adding prefixes: %w", grp.peer, err))
+			continue
+		}
+		if !exists {
+			if err := a.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: groupPolicy(grp.peer, g, grp.attrs)}); err != nil {
+				errs = append(errs, fmt.Errorf("peer %s: adding export policy: %w", grp.peer, err))
+				continue
+			}
+			a.groups[g] = grp
+			groupsChanged = true
+		}
+		for _, p := range prefixes {
+			grp.prefixes[p] = struct{}{}
+			if a.routes[grp.peer] == nil {
+				a.routes[grp.peer] = map[netip.Prefix]string{}
+			}
+			a.routes[grp.peer][p] = g
+		}
+	}
+	if groupsChanged {
+		if err := a.setExportPolicy(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	// The RIB: new prefixes in one batch (GoBGP evaluates the export policy as they go in).
+	var newPaths, oldPaths []*apiutil.Path
+	for prefix, n := range wantPaths {
+		if a.paths[prefix] == 0 && n > 0 {
+			newPaths = append(newPaths, localPath(prefix))
+		}
+	}
+	for prefix := range a.paths {
+		if wantPaths[prefix] == 0 {
+			oldPaths = append(oldPaths, localPath(prefix))
+		}
+	}
+	if len(newPaths) > 0 {
+		if _, err := a.srv.AddPath(apiutil.AddPathRequest{Paths: newPaths}); err != nil {
+			errs = append(errs, fmt.Errorf("adding %d routes: %w", len(newPaths), err))
+		}
+	}
+	if len(oldPaths) > 0 {
+		if err := a.srv.DeletePath(apiutil.DeletePathRequest{Paths: oldPaths}); err != nil {
+			errs = append(errs, fmt.Errorf("withdrawing %d routes: %w", len(oldPaths), err))
+		}
+	}
+	a.paths = wantPaths
+
+	// Removals from groups happen after the withdrawals, so no peer sees a route lose its
+	// attributes before it is withdrawn.
+	for _, g := range slices.Sorted(maps.Keys(removes)) {
+		grp := a.groups[g]
+		prefixes := removes[g]
+		if err := a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: prefixSet(g, prefixes)}); err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: removing prefixes: %w", grp.peer, err))
+			continue
+		}
+		for _, p := range prefixes {
+			delete(grp.prefixes, p)
+			if a.routes[grp.peer][p] == g {
+				delete(a.routes[grp.peer], p)
+			}
+		}
+	}
+	var emptied []string
+	for g, grp := range a.groups {
+		if len(grp.prefixes) == 0 {
+			emptied = append(emptied, g)
+		}
+	}
+	if len(emptied) > 0 {
+		for _, g := range emptied {
+			delete(a.groups, g)
+		}
+		if err := a.setExportPolicy(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		for _, g := range emptied {
+			_ = a.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: g}, All: true})
+			_ = a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
+				DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: g}, All: true,
+			})
+		}
+	}
+
+	for _, peer := range slices.Sorted(maps.Keys(resetPeers)) {
+		p, ok := a.peers[peer]
+		if !ok {
+			continue
+		}
+		if err := a.srv.ResetPeer(ctx, &api.ResetPeerRequest{
+			Address: p.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_OUT,
+		}); err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: re-sending routes: %w", peer, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func peerOfGroup(want map[string]map[netip.Prefix]string, g string) string {
+	for peer, routes := range want {
+		for _, group := range routes {
+			if group == g {
+				return peer
+			}
+		}
+	}
+	return ""
+}
+
+func (a *Announcer) setExportPolicy(ctx context.Context) error {
+	err := a.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{
+		Assignment: exportAssignment(slices.Sorted(maps.Keys(a.groups))),
+	})
+	if err != nil {
+		return fmt.Errorf("setting export policy: %w", err)
+	}
+	return nil
+}
+
+// localPath is a locally originated route for prefix with an unspecified next hop, which GoBGP
+// replaces with the session's local address for every peer.
+func localPath(prefix netip.Prefix) *apiutil.Path {
+	nlri, _ := gobgp.NewIPAddrPrefix(prefix)
+	attrs := []gobgp.PathAttributeInterface{gobgp.NewPathAttributeOrigin(gobgp.BGP_ORIGIN_ATTR_TYPE_IGP)}
+	family := gobgp.RF_IPv4_UC
+	if prefix.Addr().Is4() {
+		nh, _ := gobgp.NewPathAttributeNextHop(netip.IPv4Unspecified())
+		attrs = append(attrs, nh)
+	} else {
+		family = gobgp.RF_IPv6_UC
+		mp, _ := gobgp.NewPathAttributeMpReachNLRI(family, []gobgp.PathNLRI{{NLRI: nlri}}, netip.IPv6Unspecified())
+		attrs = append(attrs, mp)
+	}
+	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: attrs}
+}
+
+func (a *Announcer) startLocked(ctx context.Context, routerID netip.Addr) error {
+	if !routerID.Is4() {
+		return fmt.Errorf("router ID %v is not an IPv4 address", routerID)
+	}
+	srv := server.NewBgpServer(server.LoggerOption(a.log, nil))
+	go srv.Serve()
+	global := &api.Global{
+		// Every session sets its own local ASN; the global one only has to be valid.
+		Asn:             64512,
+		RouterId:        routerID.String(),
+		ListenPort:      a.opts.ListenPort,
+		ListenAddresses: a.opts.ListenAddresses,
+	}
+	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: global}); err != nil {
+		srv.Stop()
+		return fmt.Errorf("starting BGP: %w", err)
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	if err := srv.WatchEvent(wctx, server.WatchEventMessageCallbacks{OnPeerUpdate: a.events.record}, server.WatchPeer()); err != nil {
+		cancel()
+		srv.Stop()
+		return fmt.Errorf("watching sessions: %w", err)
+	}
+	a.srv, a.cancel, a.routerID = srv, cancel, routerID
+	if err := a.setExportPolicy(ctx); err != nil {
+		a.stopLocked(false)
+		return err
+	}
+	return nil
+}
+
+// Stop closes every session and stops GoBGP. By default each router gets a Cease and drops this
+// node's routes at once, so traffic moves to the other nodes. With keepGracefulRestart, peers that
+// negotiated graceful restart get no notification: the router keeps forwarding to this node on
+// the stale routes until the speaker is back (or the restart time passes); use that for planned
+// restarts of the speaker while the node's data plane keeps forwarding.
+func (a *Announcer) Stop(keepGracefulRestart bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stopLocked(keepGracefulRestart)
+}
+
+func (a *Announcer) stopLocked(keepGracefulRestart bool) {
+	if a.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if keepGracefulRestart {
+		if err := a.srv.StopBgp(ctx, &api.StopBgpRequest{AllowGracefulRestart: true}); err != nil {
+			a.log.Error("stopping BGP", "err", err)
+		}
+	}
+	a.srv.Stop() // Ceases the remaining sessions and stops BFD
+	a.cancel()
+	a.srv, a.cancel = nil, nil
+	a.peers = map[string]Peer{}
+	a.groups = map[string]*routeGroup{}
+	a.routes = map[string]map[netip.Prefix]string{}
+	a.paths = map[netip.Prefix]int{}
+	a.events.reset()
+}

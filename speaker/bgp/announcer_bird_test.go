@@ -1,0 +1,244 @@
+package bgp_test
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/heraldlb/herald/speaker/bgp"
+	"github.com/heraldlb/herald/speaker/bgp/bgptest"
+)
+
+// These tests run the announcer in node namespaces against a real BIRD 2 router (see bgptest).
+
+func TestMain(m *testing.M) {
+	bgptest.RunAgentIfAsked()
+	os.Exit(m.Run())
+}
+
+const nodeASN = 64512
+
+var (
+	routerV4 = netip.MustParseAddr("10.88.0.1")
+	routerV6 = netip.MustParseAddr("fd88::1")
+)
+
+func newBed(t *testing.T, nodes int, peers []bgptest.BirdPeer) *bgptest.Topology {
+	t.Helper()
+	bgptest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topo, err := bgptest.New(ctx, t.TempDir(), nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range topo.Nodes {
+				if b, err := os.ReadFile(topo.LogPath(n)); err == nil {
+					t.Logf("%s log:\n%s", n.Name, tail(string(b), 40))
+				}
+			}
+			if b, err := os.ReadFile(topo.Dir + "/bird.log"); err == nil {
+				t.Logf("BIRD log:\n%s", tail(string(b), 40))
+			}
+		}
+		topo.Close()
+	})
+	if err := topo.StartBird(ctx, peers); err != nil {
+		t.Fatal(err)
+	}
+	return topo
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func startAgent(t *testing.T, topo *bgptest.Topology, h bgptest.Host, opts bgptest.AgentOptions) *bgptest.Agent {
+	t.Helper()
+	a, err := topo.StartAgent(h, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Kill)
+	return a
+}
+
+// routerPeer is a session from a node to the router.
+func routerPeer(name string, addr netip.Addr, myASN uint32) bgp.Peer {
+	return bgp.Peer{
+		Name: name, MyASN: myASN, ASN: bgptest.RouterASN, Address: addr,
+		HoldTime: 9 * time.Second, KeepaliveTime: 3 * time.Second, ConnectTime: 2 * time.Second,
+	}
+}
+
+func desired(h bgptest.Host, peers []bgp.Peer, routes map[string]map[netip.Prefix]bgp.Attributes) bgp.Desired {
+	d := bgp.Desired{RouterID: h.IPv4, Peers: map[string]bgp.Peer{}, Routes: routes}
+	for _, p := range peers {
+		d.Peers[p.Name] = p
+	}
+	return d
+}
+
+func waitRoutes(t *testing.T, topo *bgptest.Topology, prefix netip.Prefix, want int, timeout time.Duration) []bgptest.Route {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var routes []bgptest.Route
+	err := bgptest.WaitFor(ctx, 10*time.Millisecond, func() (bool, error) {
+		var err error
+		routes, err = topo.Bird.Routes(prefix)
+		return err == nil && len(routes) == want, err
+	})
+	if err != nil {
+		t.Fatalf("BIRD has %d routes for %s, want %d: %v (%+v)", len(routes), prefix, want, err, routes)
+	}
+	return routes
+}
+
+func routeFrom(t *testing.T, routes []bgptest.Route, proto string) bgptest.Route {
+	t.Helper()
+	for _, r := range routes {
+		if r.Protocol == proto {
+			return r
+		}
+	}
+	t.Fatalf("no route from %s in %+v", proto, routes)
+	return bgptest.Route{}
+}
+
+func TestRoutesReachBIRDWithAttributes(t *testing.T) {
+	topo := newBed(t, 2, nil)
+	n1, n2 := topo.Nodes[0], topo.Nodes[1]
+	if err := topo.Reconfigure([]bgptest.BirdPeer{
+		{Name: "n1", Neighbor: n1.IPv4, ASN: nodeASN},
+		{Name: "n1v6", Neighbor: n1.IPv6, ASN: nodeASN},
+		{Name: "n2", Neighbor: n2.IPv4, ASN: bgptest.RouterASN}, // iBGP: local preference travels
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a1 := startAgent(t, topo, n1, bgptest.AgentOptions{})
+	a2 := startAgent(t, topo, n2, bgptest.AgentOptions{})
+
+	v4 := netip.MustParsePrefix("192.0.2.10/32")
+	agg := netip.MustParsePrefix("198.51.100.0/24")
+	v6 := netip.MustParsePrefix("2001:db8::10/128")
+	if err := a1.Apply(desired(n1,
+		[]bgp.Peer{routerPeer("r4", routerV4, nodeASN), routerPeer("r6", routerV6, nodeASN)},
+		map[string]map[netip.Prefix]bgp.Attributes{
+			"r4": {
+				v4:  {Communities: []string{"65000:1", "65000:2"}, LargeCommunities: []string{"64512:1:2"}},
+				agg: {},
+			},
+			"r6": {v6: {Communities: []string{"65000:6"}}},
+		})); err != nil {
+		t.Fatal(err)
+	}
+	if err := a2.Apply(desired(n2,
+		[]bgp.Peer{routerPeer("r4", routerV4, bgptest.RouterASN)},
+		map[string]map[netip.Prefix]bgp.Attributes{"r4": {v4: {LocalPref: 250}}})); err != nil {
+		t.Fatal(err)
+	}
+
+	routes := waitRoutes(t, topo, v4, 2, 15*time.Second)
+	r1 := routeFrom(t, routes, "n1")
+	if r1.NextHop != n1.IPv4 {
+		t.Errorf("route from node1 via %v, want %v", r1.NextHop, n1.IPv4)
+	}
+	if got := r1.Attrs["BGP.community"]; got != "(65000,1) (65000,2)" {
+		t.Errorf("node1's communities = %q", got)
+	}
+	if got := r1.Attrs["BGP.large_community"]; got != "(64512, 1, 2)" {
+		t.Errorf("node1's large communities = %q", got)
+	}
+	r2 := routeFrom(t, routes, "n2")
+	if r2.NextHop != n2.IPv4 {
+		t.Errorf("route from node2 via %v, want %v", r2.NextHop, n2.IPv4)
+	}
+	if got := r2.Attrs["BGP.local_pref"]; got != "250" {
+		t.Errorf("node2's local preference = %q, want 250", got)
+	}
+	if _, ok := r2.Attrs["BGP.community"]; ok {
+		t.Errorf("node2's route carries communities it was not given: %v", r2.Attrs)
+	}
+	waitRoutes(t, topo, agg, 1, 5*time.Second)
+	r6 := routeFrom(t, waitRoutes(t, topo, v6, 1, 15*time.Second), "n1v6")
+	if r6.NextHop != n1.IPv6 {
+		t.Errorf("IPv6 route via %v, want %v", r6.NextHop, n1.IPv6)
+	}
+	if got := r6.Attrs["BGP.community"]; got != "(65000,6)" {
+		t.Errorf("IPv6 route's communities = %q", got)
+	}
+
+	st, err := a1.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 2 || !st[0].Established || !st[1].Established || st[0].PrefixesAdvertised != 2 {
+		t.Errorf("node1 status = %+v", st)
+	}
+
+	// Changing node1's communities on v4 moves it between route groups: BIRD sees the new ones,
+	// and the sessions stay up.
+	before, err := topo.Bird.Protocol("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a1.Apply(desired(n1,
+		[]bgp.Peer{routerPeer("r4", routerV4, nodeASN), routerPeer("r6", routerV6, nodeASN)},
+		map[string]map[netip.Prefix]bgp.Attributes{
+			"r4": {v4: {Communities: []string{"65000:3"}}},
+			"r6": {v6: {Communities: []string{"65000:6"}}},
+		})); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = bgptest.WaitFor(ctx, 10*time.Millisecond, func() (bool, error) {
+		routes, err := topo.Bird.Routes(v4)
+		for _, r := range routes {
+			if r.Protocol == "n1" && r.Attrs["BGP.community"] == "(65000,3)" && r.Attrs["BGP.large_community"] == "" {
+				return true, nil
+			}
+		}
+		return false, err
+	})
+	if err != nil {
+		t.Fatalf("BIRD did not get node1's new communities: %v", err)
+	}
+	waitRoutes(t, topo, agg, 0, 5*time.Second) // removed from the only peer: withdrawn
+	after, err := topo.Bird.Protocol("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Since != after.Since || after.Info != "Established" {
+		t.Errorf("changing routes reset the session: before %+v, after %+v", before, after)
+	}
+
+	// Withdrawal: node2 stops advertising v4.
+	if err := a2.Apply(desired(n2, []bgp.Peer{routerPeer("r4", routerV4, bgptest.RouterASN)}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	routeFrom(t, waitRoutes(t, topo, v4, 1, 5*time.Second), "n1")
+
+	// SIGTERM: node1 closes its sessions with a Cease and BIRD drops its routes at once.
+	start := time.Now()
+	if err := a1.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, v4, 0, 2*time.Second)
+	t.Logf("routes gone from BIRD %v after SIGTERM", time.Since(start))
+	logb, _ := os.ReadFile(topo.Dir + "/bird.log")
+	if !strings.Contains(string(logb), "n1: Received: Peer de-configured") {
+		t.Errorf("BIRD's log shows no Cease from node1:\n%s", tail(string(logb), 20))
+	}
+}

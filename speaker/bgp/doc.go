@@ -1,0 +1,13 @@
+// Package bgp is the speaker's BGP mode: an in-process GoBGP instance that advertises this node's
+// Service IPs to the routers named by BGPPeer objects, with BFD, and reports each session's state.
+//
+// Why GoBGP v4 (github.com/osrg/gobgp/v4) and not v3: v4 implements BFD (RFC 5880/5881, single
+// hop, asynchronous mode), which v3 lacks, and it interoperates with BIRD 2's `protocol bfd`: with
+// 100 ms x 3 timers, BIRD 2.0.12 dropped a frozen (SIGSTOP) v4 speaker's routes after about 300 ms,
+// far inside any hold time (see bgptest and bench/bgp). Its BFD has no echo, demand mode,
+// authentication or passive mode; BFDProfile fields needing those are answered with NotSupported.
+//
+// The package has three parts: the translation from the API objects to a Desired state (pure,
+// translate.go), the Announcer that converges GoBGP on a Desired state by diffs (announcer.go,
+// policy.go, peer.go), and session status and metrics (status.go, metrics.go).
+package bgp

@@ -1,0 +1,74 @@
+package bgp
+
+import (
+	"net/netip"
+	"time"
+
+	api "github.com/osrg/gobgp/v4/api"
+)
+
+// gracefulRestartTime is how long a router keeps this node's routes after the speaker went away
+// without a Cease (RFC 4724 restart time), in seconds: long enough for a pod restart.
+const gracefulRestartTime = 120
+
+func peerEqual(a, b Peer) bool {
+	bfdA, bfdB := a.BFD, b.BFD
+	a.BFD, b.BFD = nil, nil
+	if a != b {
+		return false
+	}
+	if bfdA == nil || bfdB == nil {
+		return bfdA == bfdB
+	}
+	return *bfdA == *bfdB
+}
+
+func family(a netip.Addr) *api.Family {
+	if a.Is4() {
+		return &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	}
+	return &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+}
+
+func seconds(d time.Duration) uint64 { return uint64(d.Round(time.Second) / time.Second) }
+
+// apiPeer is the GoBGP neighbor for p. A session carries the address family of its peer's
+// address: IPv4 Service IPs go to IPv4 peers and IPv6 ones to IPv6 peers (a dual-stack Service
+// is announced over both).
+func apiPeer(p Peer) *api.Peer {
+	out := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			LocalAsn:        p.MyASN,
+			AuthPassword:    p.Password,
+			Description:     p.Name,
+		},
+		Transport: &api.Transport{RemotePort: uint32(p.Port)},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          seconds(p.HoldTime),
+			KeepaliveInterval: seconds(p.KeepaliveTime),
+			ConnectRetry:      seconds(p.ConnectTime),
+		}},
+		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family(p.Address), Enabled: true}}},
+	}
+	if p.SourceAddress.IsValid() {
+		out.Transport.LocalAddress = p.SourceAddress.String()
+	}
+	if p.EBGPMultiHop {
+		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
+	}
+	if p.GracefulRestart {
+		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: gracefulRestartTime}
+		out.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+	}
+	if p.BFD != nil {
+		out.Bfd = &api.BfdPeerConfig{
+			Enabled:                  true,
+			DesiredMinimumTxInterval: uint32(p.BFD.TransmitInterval / time.Microsecond),
+			RequiredMinimumReceive:   uint32(p.BFD.ReceiveInterval / time.Microsecond),
+			DetectionMultiplier:      p.BFD.DetectMultiplier,
+		}
+	}
+	return out
+}
