@@ -242,3 +242,207 @@ func TestRoutesReachBIRDWithAttributes(t *testing.T) {
 		t.Errorf("BIRD's log shows no Cease from node1:\n%s", tail(string(logb), 20))
 	}
 }
+
+func waitStatus(t *testing.T, a *bgptest.Agent, peer string, timeout time.Duration, cond func(bgp.PeerStatus) bool) bgp.PeerStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var last bgp.PeerStatus
+	err := bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
+		st, err := a.Status()
+		for _, s := range st {
+			if s.Name == peer {
+				last = s
+				return cond(s), err
+			}
+		}
+		return false, err
+	})
+	if err != nil {
+		t.Fatalf("peer %s: %v; last status %+v", peer, err, last)
+	}
+	return last
+}
+
+func TestMD5AndSessionReasons(t *testing.T) {
+	topo := newBed(t, 3, nil)
+	n1, n2, n3 := topo.Nodes[0], topo.Nodes[1], topo.Nodes[2]
+	if err := topo.Reconfigure([]bgptest.BirdPeer{
+		{Name: "n1", Neighbor: n1.IPv4, ASN: nodeASN, Password: "s3cret"},
+		{Name: "n2", Neighbor: n2.IPv4, ASN: nodeASN, Password: "s3cret"},
+		{Name: "n3", Neighbor: n3.IPv4, ASN: nodeASN},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	prefix := netip.MustParsePrefix("192.0.2.20/32")
+	routes := map[string]map[netip.Prefix]bgp.Attributes{"r": {prefix: {}}}
+
+	good := routerPeer("r", routerV4, nodeASN)
+	good.Password = "s3cret"
+	a1 := startAgent(t, topo, n1, bgptest.AgentOptions{})
+	if err := a1.Apply(desired(n1, []bgp.Peer{good}, routes)); err != nil {
+		t.Fatal(err)
+	}
+	bad := good
+	bad.Password = "wrong"
+	a2 := startAgent(t, topo, n2, bgptest.AgentOptions{})
+	if err := a2.Apply(desired(n2, []bgp.Peer{bad}, routes)); err != nil {
+		t.Fatal(err)
+	}
+	wrongASN := routerPeer("r", routerV4, nodeASN)
+	wrongASN.ASN = 64999
+	a3 := startAgent(t, topo, n3, bgptest.AgentOptions{})
+	if err := a3.Apply(desired(n3, []bgp.Peer{wrongASN}, routes)); err != nil {
+		t.Fatal(err)
+	}
+
+	routeFrom(t, waitRoutes(t, topo, prefix, 1, 15*time.Second), "n1")
+	waitStatus(t, a1, "r", 5*time.Second, func(s bgp.PeerStatus) bool { return s.Established })
+	st := waitStatus(t, a3, "r", 15*time.Second, func(s bgp.PeerStatus) bool { return strings.Contains(s.Reason, "wrong ASN") })
+	t.Logf("wrong ASN: %s", st.Reason)
+	// Give the mismatched MD5 session several connect attempts: it must never come up.
+	time.Sleep(5 * time.Second)
+	st = waitStatus(t, a2, "r", time.Second, func(s bgp.PeerStatus) bool { return !s.Established })
+	if !strings.Contains(st.Reason, "check the password") {
+		t.Errorf("MD5 mismatch reason = %q", st.Reason)
+	}
+	if p, err := topo.Bird.Protocol("n2"); err != nil || p.Info == "Established" {
+		t.Errorf("BIRD's session with the wrong password: %+v %v", p, err)
+	}
+	if routes, _ := topo.Bird.Routes(prefix); len(routes) != 1 {
+		t.Errorf("BIRD has %d routes for %s, want node1's only", len(routes), prefix)
+	}
+}
+
+func TestBFDDetectsFrozenSpeaker(t *testing.T) {
+	topo := newBed(t, 1, nil)
+	n1 := topo.Nodes[0]
+	if err := topo.Reconfigure([]bgptest.BirdPeer{{Name: "n1", Neighbor: n1.IPv4, ASN: nodeASN, BFD: true}}); err != nil {
+		t.Fatal(err)
+	}
+	prefix := netip.MustParsePrefix("192.0.2.30/32")
+	p := routerPeer("r", routerV4, nodeASN)
+	p.BFD = &bgp.BFD{ReceiveInterval: 100 * time.Millisecond, TransmitInterval: 100 * time.Millisecond, DetectMultiplier: 3}
+	a := startAgent(t, topo, n1, bgptest.AgentOptions{})
+	if err := a.Apply(desired(n1, []bgp.Peer{p}, map[string]map[netip.Prefix]bgp.Attributes{"r": {prefix: {}}})); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, prefix, 1, 15*time.Second)
+	waitStatus(t, a, "r", 10*time.Second, func(s bgp.PeerStatus) bool { return s.BFD == "Up" })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
+		out, err := topo.Bird.Command("show bfd sessions")
+		return strings.Contains(out, n1.IPv4.String()) && strings.Contains(out, " Up "), err
+	}); err != nil {
+		t.Fatalf("BIRD's BFD session never came up: %v", err)
+	}
+
+	start := time.Now()
+	if err := a.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, prefix, 0, 3*time.Second)
+	took := time.Since(start)
+	t.Logf("routes gone from BIRD %v after SIGSTOP (BFD 100 ms x 3, hold time 9 s)", took)
+	if took > time.Second {
+		t.Errorf("BIRD dropped the frozen speaker's routes after %v: that is not BFD (detection 300 ms)", took)
+	}
+}
+
+func TestChangingOnePeerKeepsTheOthers(t *testing.T) {
+	topo := newBed(t, 1, nil)
+	n1 := topo.Nodes[0]
+	if err := topo.Reconfigure([]bgptest.BirdPeer{
+		{Name: "n1", Neighbor: n1.IPv4, ASN: nodeASN},
+		{Name: "n1v6", Neighbor: n1.IPv6, ASN: nodeASN},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	v4, v6 := netip.MustParsePrefix("192.0.2.40/32"), netip.MustParsePrefix("2001:db8::40/128")
+	r4, r6 := routerPeer("r4", routerV4, nodeASN), routerPeer("r6", routerV6, nodeASN)
+	routes := map[string]map[netip.Prefix]bgp.Attributes{"r4": {v4: {}}, "r6": {v6: {}}}
+	a := startAgent(t, topo, n1, bgptest.AgentOptions{})
+	if err := a.Apply(desired(n1, []bgp.Peer{r4, r6}, routes)); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, v4, 1, 15*time.Second)
+	waitRoutes(t, topo, v6, 1, 15*time.Second)
+	before4, _ := topo.Bird.Protocol("n1")
+	before6, _ := topo.Bird.Protocol("n1v6")
+
+	// The IPv6 peer changes (hold time): only its session is replaced.
+	r6.HoldTime = 6 * time.Second
+	if err := a.Apply(desired(n1, []bgp.Peer{r4, r6}, routes)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
+		p, err := topo.Bird.Protocol("n1v6")
+		return p.Info == "Established" && p.Since != before6.Since, err
+	}); err != nil {
+		t.Fatalf("the changed IPv6 session did not come back: %v", err)
+	}
+	waitRoutes(t, topo, v6, 1, 5*time.Second)
+	// An advertisement change towards the IPv6 peer (a community) does not touch the IPv4 one.
+	routes["r6"] = map[netip.Prefix]bgp.Attributes{v6: {Communities: []string{"65000:9"}}}
+	if err := a.Apply(desired(n1, []bgp.Peer{r4, r6}, routes)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bgptest.WaitFor(ctx, 10*time.Millisecond, func() (bool, error) {
+		r, err := topo.Bird.Routes(v6)
+		return len(r) == 1 && r[0].Attrs["BGP.community"] == "(65000,9)", err
+	}); err != nil {
+		t.Fatalf("community change did not reach BIRD: %v", err)
+	}
+	after4, _ := topo.Bird.Protocol("n1")
+	if after4 != before4 || after4.Info != "Established" {
+		t.Errorf("the IPv4 session was touched: before %+v, after %+v", before4, after4)
+	}
+}
+
+func TestGracefulRestartKeepsRoutes(t *testing.T) {
+	topo := newBed(t, 1, nil)
+	n1 := topo.Nodes[0]
+	if err := topo.Reconfigure([]bgptest.BirdPeer{{Name: "n1", Neighbor: n1.IPv4, ASN: nodeASN, GracefulRestart: true}}); err != nil {
+		t.Fatal(err)
+	}
+	prefix := netip.MustParsePrefix("192.0.2.50/32")
+	p := routerPeer("r", routerV4, nodeASN)
+	p.GracefulRestart = true
+	d := desired(n1, []bgp.Peer{p}, map[string]map[netip.Prefix]bgp.Attributes{"r": {prefix: {}}})
+	a := startAgent(t, topo, n1, bgptest.AgentOptions{KeepGracefulRestart: true})
+	if err := a.Apply(d); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, prefix, 1, 15*time.Second)
+	if err := a.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !a.Wait(5 * time.Second) {
+		t.Fatal("agent did not exit on SIGTERM")
+	}
+	time.Sleep(2 * time.Second)
+	if routes, err := topo.Bird.Routes(prefix); err != nil || len(routes) != 1 {
+		t.Fatalf("with graceful restart BIRD should keep the route while the speaker is away: %+v %v", routes, err)
+	}
+	if proto, _ := topo.Bird.Command("show protocols all n1"); !strings.Contains(proto, "Neighbor graceful restart active") {
+		t.Fatalf("BIRD is not in graceful restart for node1:\n%s", proto)
+	}
+	// The speaker comes back: its session re-establishes and the route is fresh again.
+	a = startAgent(t, topo, n1, bgptest.AgentOptions{KeepGracefulRestart: true})
+	if err := a.Apply(d); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, a, "r", 15*time.Second, func(s bgp.PeerStatus) bool { return s.Established })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
+		proto, err := topo.Bird.Command("show protocols all n1")
+		routes, _ := topo.Bird.Routes(prefix)
+		return len(routes) == 1 && strings.Contains(proto, "Established") && !strings.Contains(proto, "graceful restart active"), err
+	}); err != nil {
+		t.Fatalf("route not refreshed after the restart: %v", err)
+	}
+}
