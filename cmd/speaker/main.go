@@ -1,0 +1,127 @@
+// Command speaker runs on every node: membership, L2 (ARP/NDP), BGP and the data plane.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/speaker"
+	"github.com/heraldlb/herald/speaker/l2"
+	"github.com/heraldlb/herald/speaker/membership"
+)
+
+func main() {
+	if err := run(); err != nil {
+		slog.Error("speaker: " + err.Error())
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+		nodeName    = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+		secretFile  = flag.String("secret-file", "", "file holding the secret shared by all speakers; authenticates membership messages")
+		dataplane   = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables or off")
+		metricsAddr = flag.String("metrics-addr", ":9651", "address of the Prometheus metrics endpoint")
+		lbClass     = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
+		cleanup     = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")
+	)
+	flag.Parse()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	slog.SetDefault(log)
+
+	switch *dataplane {
+	case "auto", "ipvs", "nftables", "off":
+	default:
+		return fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables or off", *dataplane)
+	}
+	if *cleanup {
+		// Membership and L2 keep no state outside the process (responders are sockets).
+		log.Info("speaker: cleanup done")
+		return nil
+	}
+	if *nodeName == "" {
+		return errors.New("--node-name (or $NODE_NAME) is required")
+	}
+	secret, err := os.ReadFile(*secretFile)
+	if err != nil {
+		return fmt.Errorf("--secret-file: %w", err)
+	}
+	if secret = bytes.TrimSpace(secret); len(secret) < 16 {
+		return errors.New("--secret-file: the shared secret must be at least 16 bytes")
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// Membership outlives the announcers by a moment at shutdown, so the peers hear "owns nothing"
+	// and take over at once instead of after DeadAfter.
+	memberCtx, stopMembership := context.WithCancel(context.Background())
+	defer stopMembership()
+
+	members, err := membership.New(membership.Config{
+		Name: *nodeName, Key: membership.DeriveKey(secret),
+		Listen: netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	go members.Run(memberCtx)
+
+	cs, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	events := record.NewBroadcaster()
+	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
+	defer events.Shutdown()
+	recorder := events.NewRecorder(speaker.Scheme(), corev1.EventSource{Component: "herald-speaker", Host: *nodeName})
+
+	spk, err := speaker.New(speaker.Config{
+		NodeName: *nodeName, RestConfig: restCfg, LBClass: *lbClass, Logger: log,
+		MembersAlive: func() int { return len(members.View().Alive) },
+	}, recorder)
+	if err != nil {
+		return err
+	}
+	spk.AddAnnouncer(speaker.NewL2(spk, l2.Config{Node: *nodeName, Membership: members, Links: l2.NetlinkLinks{}, Logger: log}))
+	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
+		return err
+	}
+	log.Info("speaker: starting", "node", *nodeName, "dataplane", *dataplane)
+
+	go serveMetrics(*metricsAddr, log)
+	err = spk.Run(ctx)
+	time.Sleep(100 * time.Millisecond)
+	return err
+}
+
+func serveMetrics(addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		log.Error("speaker: metrics endpoint", "addr", addr, "err", err)
+	}
+}

@@ -1,0 +1,327 @@
+// Package l2 makes Service IPs reachable on the nodes' own segment: one node per IP answers ARP
+// (IPv4, github.com/mdlayher/arp) and NDP (IPv6, github.com/mdlayher/ndp) for it, and another takes
+// over within DeadAfter of membership when it fails. It knows nothing of Kubernetes: the speaker
+// gives it, per IP, the candidate nodes and interfaces (SetIPs).
+package l2
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/heraldlb/herald/speaker/membership"
+)
+
+var ownershipChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "herald_l2_ownership_changes_total",
+	Help: "IPs this node started (gained) or stopped (lost) answering for.",
+}, []string{"change"})
+
+func init() { prometheus.MustRegister(ownershipChanges) }
+
+// Membership is the part of membership.Membership the announcer uses.
+type Membership interface {
+	View() membership.View
+	SetPayload([]byte)
+	Changes() <-chan struct{}
+}
+
+// Change is one IP this node gained or lost.
+type Change struct {
+	IP         netip.Addr
+	Gained     bool
+	Interfaces []string
+}
+
+// Config configures an Announcer.
+type Config struct {
+	Node       string
+	Membership Membership
+	Links      LinkSource
+	Timing     ElectionTiming
+	Logger     *slog.Logger
+	// OnChange is called (from the announcer's goroutine; it must not block) after this node
+	// gained or lost IPs.
+	OnChange func([]Change)
+}
+
+// Announced is one IP this node answers for.
+type Announced struct {
+	IP         netip.Addr
+	Interfaces []string
+	Since      time.Time
+}
+
+// Announcer runs the election and the responders.
+type Announcer struct {
+	cfg      Config
+	election *Election
+	setKick  chan struct{}
+
+	mu        sync.Mutex
+	ips       map[netip.Addr]Policy
+	announced map[netip.Addr]Announced
+
+	// Owned by the Run goroutine.
+	links      []Link
+	decoded    map[string]decodedState
+	responders map[responderKey]responder
+	bursts     map[netip.Addr]context.CancelFunc
+}
+
+type responderKey struct {
+	link string
+	v6   bool
+}
+
+type decodedState struct {
+	raw   string
+	state NodeState
+}
+
+// New returns an Announcer that announces nothing until SetIPs and Run.
+func New(cfg Config) *Announcer {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Timing == (ElectionTiming{}) {
+		cfg.Timing = DefaultElectionTiming
+	}
+	return &Announcer{
+		cfg:        cfg,
+		election:   NewElection(cfg.Node, cfg.Timing),
+		setKick:    make(chan struct{}, 1),
+		ips:        map[netip.Addr]Policy{},
+		announced:  map[netip.Addr]Announced{},
+		decoded:    map[string]decodedState{},
+		responders: map[responderKey]responder{},
+		bursts:     map[netip.Addr]context.CancelFunc{},
+	}
+}
+
+// SetIPs replaces the IPs to announce and their policies.
+func (a *Announcer) SetIPs(ips map[netip.Addr]Policy) {
+	a.mu.Lock()
+	changed := !maps.EqualFunc(a.ips, ips, func(x, y Policy) bool {
+		return slices.Equal(x.Candidates, y.Candidates) && slices.Equal(x.Interfaces, y.Interfaces)
+	})
+	a.ips = ips
+	a.mu.Unlock()
+	if changed {
+		select {
+		case a.setKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Announced lists what this node answers for now, sorted by IP.
+func (a *Announcer) Announced() []Announced {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := slices.Collect(maps.Values(a.announced))
+	slices.SortFunc(out, func(x, y Announced) int { return x.IP.Compare(y.IP) })
+	return out
+}
+
+// Run elects and answers until ctx ends; then it stops answering.
+func (a *Announcer) Run(ctx context.Context) error {
+	linkChanges := a.cfg.Links.Changes(ctx)
+	a.refreshLinks()
+	// Rounds also run on a timer: settling, offers and their timeouts depend on time alone.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	defer a.stopAll()
+	for {
+		a.round()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.cfg.Membership.Changes():
+		case <-a.setKick:
+		case <-linkChanges:
+			a.refreshLinks()
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Announcer) refreshLinks() {
+	links, err := a.cfg.Links.Usable()
+	if err != nil {
+		a.cfg.Logger.Error("l2: cannot list links", "err", err)
+		return
+	}
+	a.links = links
+}
+
+// round runs one election and applies its result.
+func (a *Announcer) round() {
+	view := a.cfg.Membership.View()
+	members := map[string]Member{}
+	for name, p := range view.Alive {
+		if name == a.cfg.Node {
+			members[name] = Member{AliveSince: p.AliveSince, State: NodeState{Links: a.links}}
+			continue
+		}
+		members[name] = Member{AliveSince: p.AliveSince, State: a.decode(name, p.Payload)}
+	}
+	a.mu.Lock()
+	ips := a.ips
+	a.mu.Unlock()
+	gained, lost := a.election.Decide(Round{Now: time.Now(), Quorum: view.Quorum, QuorumSince: view.QuorumSince, Members: members, IPs: ips})
+
+	// Stop answering before anything else, then start, then tell the peers.
+	a.applyResponders(ips)
+	for _, ip := range lost {
+		if cancel, ok := a.bursts[ip]; ok {
+			cancel()
+			delete(a.bursts, ip)
+		}
+	}
+	var changes []Change
+	for _, ip := range lost {
+		changes = append(changes, Change{IP: ip})
+	}
+	for _, ip := range gained {
+		rs, names := a.respondersFor(ip, ips[ip])
+		ctx, cancel := context.WithCancel(context.Background())
+		a.bursts[ip] = cancel
+		go func() {
+			gratuitousBurst(ctx, ip, rs, a.cfg.Logger)
+			cancel()
+		}()
+		changes = append(changes, Change{IP: ip, Gained: true, Interfaces: names})
+	}
+	if payload, err := a.election.State(a.links).encode(); err != nil {
+		a.cfg.Logger.Error("l2: cannot encode node state", "err", err)
+	} else {
+		a.cfg.Membership.SetPayload(payload)
+	}
+	if len(changes) == 0 {
+		return
+	}
+	now := time.Now()
+	a.mu.Lock()
+	for _, c := range changes {
+		if c.Gained {
+			a.announced[c.IP] = Announced{IP: c.IP, Interfaces: c.Interfaces, Since: now}
+			ownershipChanges.WithLabelValues("gained").Inc()
+			a.cfg.Logger.Info("l2: answering", "ip", c.IP, "interfaces", c.Interfaces)
+		} else {
+			delete(a.announced, c.IP)
+			ownershipChanges.WithLabelValues("lost").Inc()
+			a.cfg.Logger.Info("l2: stopped answering", "ip", c.IP)
+		}
+	}
+	a.mu.Unlock()
+	if a.cfg.OnChange != nil {
+		a.cfg.OnChange(changes)
+	}
+}
+
+func (a *Announcer) decode(name string, payload []byte) NodeState {
+	if d, ok := a.decoded[name]; ok && d.raw == string(payload) {
+		return d.state
+	}
+	s, err := decodeNodeState(payload)
+	if err != nil {
+		a.cfg.Logger.Warn("l2: undecodable state from peer", "peer", name, "err", err)
+	}
+	a.decoded[name] = decodedState{raw: string(payload), state: s}
+	return s
+}
+
+// selectedLinks are the usable links that answer for ip.
+func (a *Announcer) selectedLinks(ip netip.Addr, pol Policy) []Link {
+	var out []Link
+	for _, l := range a.links {
+		if canAnswer([]Link{l}, ip, pol.Interfaces) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// applyResponders gives every responder exactly the owned IPs selected for its link, opening and
+// closing responders as needed.
+func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
+	want := map[responderKey]map[netip.Addr]bool{}
+	for _, ip := range a.election.Owned() {
+		for _, l := range a.selectedLinks(ip, ips[ip]) {
+			k := responderKey{link: l.Name, v6: ip.Is6()}
+			if want[k] == nil {
+				want[k] = map[netip.Addr]bool{}
+			}
+			want[k][ip] = true
+		}
+	}
+	for k, r := range a.responders {
+		if want[k] == nil {
+			r.setIPs(nil)
+			r.close()
+			delete(a.responders, k)
+		}
+	}
+	for k, set := range want {
+		r, ok := a.responders[k]
+		if !ok {
+			var err error
+			if r, err = a.openResponder(k); err != nil {
+				a.cfg.Logger.Error("l2: cannot answer on interface", "interface", k.link, "err", err)
+				continue
+			}
+			a.responders[k] = r
+		}
+		r.setIPs(set)
+	}
+}
+
+func (a *Announcer) openResponder(k responderKey) (responder, error) {
+	ifi, err := net.InterfaceByName(k.link)
+	if err != nil {
+		return nil, err
+	}
+	if k.v6 {
+		return newNDPResponder(ifi, a.cfg.Logger)
+	}
+	return newARPResponder(ifi, a.cfg.Logger)
+}
+
+func (a *Announcer) respondersFor(ip netip.Addr, pol Policy) ([]responder, []string) {
+	var rs []responder
+	var names []string
+	for _, l := range a.selectedLinks(ip, pol) {
+		if r, ok := a.responders[responderKey{link: l.Name, v6: ip.Is6()}]; ok {
+			rs = append(rs, r)
+			names = append(names, l.Name)
+		}
+	}
+	return rs, names
+}
+
+// stopAll stops answering and tells the peers this node owns nothing, so they take over at once
+// instead of after DeadAfter.
+func (a *Announcer) stopAll() {
+	for _, cancel := range a.bursts {
+		cancel()
+	}
+	for k, r := range a.responders {
+		r.close()
+		delete(a.responders, k)
+	}
+	a.election = NewElection(a.cfg.Node, a.cfg.Timing)
+	if payload, err := a.election.State(nil).encode(); err == nil {
+		a.cfg.Membership.SetPayload(payload)
+	}
+	a.mu.Lock()
+	a.announced = map[netip.Addr]Announced{}
+	a.mu.Unlock()
+}

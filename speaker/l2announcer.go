@@ -1,0 +1,127 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/heraldlb/herald/config/v1beta1"
+	"github.com/heraldlb/herald/speaker/l2"
+)
+
+// EventL2Announcing is the reason of the event a node puts on a Service when it starts answering
+// ARP/NDP for one of its IPs (once per change of announcing node, not per resync).
+const EventL2Announcing = "L2Announcing"
+
+// L2 adapts an l2.Announcer to the speaker: it turns snapshots into per-IP policies, and reports
+// ownership changes as Service events and SpeakerStatus entries.
+type L2 struct {
+	announcer *l2.Announcer
+	speaker   *Speaker
+
+	mu   sync.Mutex
+	ips  map[netip.Addr]ServiceIP
+	node string
+}
+
+// NewL2 builds the L2 announcer for this speaker; cfg.OnChange is set here.
+func NewL2(s *Speaker, cfg l2.Config) *L2 {
+	a := &L2{speaker: s, node: cfg.Node, ips: map[netip.Addr]ServiceIP{}}
+	cfg.OnChange = a.onChange
+	a.announcer = l2.New(cfg)
+	return a
+}
+
+// L2Policies computes, for every IP an L2Advertisement covers, the nodes that may answer for it and
+// on which interfaces. Several advertisements covering one IP add their nodes; their interface
+// lists are merged, and one advertisement without interfaces means "the subnet's interface".
+func L2Policies(snap *Snapshot) map[netip.Addr]l2.Policy {
+	out := map[netip.Addr]l2.Policy{}
+	for _, ip := range snap.IPs {
+		var pol l2.Policy
+		anyDefault, matched := false, false
+		for _, adv := range snap.L2Advertisements {
+			if adv.DeletionTimestamp != nil || !snap.Selects(adv.Spec.AdvertisementSelection, ip) {
+				continue
+			}
+			matched = true
+			pol.Candidates = append(pol.Candidates, snap.Candidates(adv.Spec.AdvertisementSelection, ip)...)
+			if len(adv.Spec.Interfaces) == 0 {
+				anyDefault = true
+			}
+			pol.Interfaces = append(pol.Interfaces, adv.Spec.Interfaces...)
+		}
+		if !matched {
+			continue
+		}
+		slices.Sort(pol.Candidates)
+		pol.Candidates = slices.Compact(pol.Candidates)
+		if anyDefault {
+			pol.Interfaces = nil
+		} else {
+			slices.Sort(pol.Interfaces)
+			pol.Interfaces = slices.Compact(pol.Interfaces)
+		}
+		out[ip.IP] = pol
+	}
+	return out
+}
+
+// Apply implements Announcer.
+func (a *L2) Apply(snap *Snapshot) {
+	ips := map[netip.Addr]ServiceIP{}
+	for _, ip := range snap.IPs {
+		ips[ip.IP] = ip
+	}
+	a.mu.Lock()
+	a.ips = ips
+	a.mu.Unlock()
+	a.announcer.SetIPs(L2Policies(snap))
+}
+
+// Run implements Announcer.
+func (a *L2) Run(ctx context.Context) error { return a.announcer.Run(ctx) }
+
+// Announcements implements Announcer.
+func (a *L2) Announcements() []v1beta1.Announcement {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []v1beta1.Announcement
+	for _, an := range a.announcer.Announced() {
+		since := metav1.NewTime(an.Since)
+		out = append(out, v1beta1.Announcement{
+			IP: an.IP.String(), Protocol: v1beta1.ProtocolL2, Interfaces: an.Interfaces,
+			Services: a.ips[an.IP].ServiceNames(), Since: &since,
+		})
+	}
+	return out
+}
+
+// onChange puts one event on each Service of an IP this node started answering for. The node that
+// lost the IP stays quiet: the gainer's event says where it went.
+func (a *L2) onChange(changes []l2.Change) {
+	a.speaker.StatusChanged()
+	if a.speaker.recorder == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range changes {
+		if !c.Gained {
+			continue
+		}
+		proto := "ARP"
+		if c.IP.Is6() {
+			proto = "NDP"
+		}
+		for _, svc := range a.ips[c.IP].Services {
+			a.speaker.recorder.Event(svc, corev1.EventTypeNormal, EventL2Announcing,
+				fmt.Sprintf("node %s answers %s for %s on %v", a.node, proto, c.IP, c.Interfaces))
+		}
+	}
+}

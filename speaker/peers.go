@@ -1,0 +1,90 @@
+package speaker
+
+import (
+	"context"
+	"maps"
+	"net/netip"
+
+	corev1 "k8s.io/api/core/v1"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/heraldlb/herald/config/v1beta1"
+)
+
+// MembershipPeers lists the speakers this node exchanges heartbeats with, by node name, at the
+// node's first InternalIP on port. A node counts as running a speaker once its speaker has written
+// its SpeakerStatus (which is deleted with the Node): counting every Node would make nodes without
+// a speaker (say, control-plane nodes) count as dead members and cost the cluster its quorum.
+func MembershipPeers(nodes []corev1.Node, statuses []v1beta1.SpeakerStatus, port uint16) map[string]netip.AddrPort {
+	running := map[string]bool{}
+	for _, s := range statuses {
+		running[s.Name] = true
+	}
+	out := map[string]netip.AddrPort{}
+	for _, n := range nodes {
+		if !running[n.Name] {
+			continue
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type != corev1.NodeInternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				out[n.Name] = netip.AddrPortFrom(ip, port)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// WatchPeers calls set with the membership peers now and whenever Nodes or SpeakerStatuses come,
+// go, or change address; call before Run (it registers on the speaker's informers).
+func (s *Speaker) WatchPeers(ctx context.Context, port uint16, set func(map[string]netip.AddrPort)) error {
+	kick := make(chan struct{}, 1)
+	handler := toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { signal(kick) },
+		UpdateFunc: func(any, any) { signal(kick) },
+		DeleteFunc: func(any) { signal(kick) },
+	}
+	for _, obj := range []client.Object{&corev1.Node{}, &v1beta1.SpeakerStatus{}} {
+		inf, err := s.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return err
+		}
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+	}
+	go func() {
+		var last map[string]netip.AddrPort
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-kick:
+			}
+			var nodes corev1.NodeList
+			var statuses v1beta1.SpeakerStatusList
+			if s.cache.List(ctx, &nodes, client.UnsafeDisableDeepCopy) != nil ||
+				s.cache.List(ctx, &statuses, client.UnsafeDisableDeepCopy) != nil {
+				continue
+			}
+			peers := MembershipPeers(nodes.Items, statuses.Items, port)
+			if !maps.Equal(peers, last) {
+				s.cfg.Logger.Info("speaker: membership peers", "peers", peers)
+				set(peers)
+				last = peers
+			}
+		}
+	}()
+	return nil
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

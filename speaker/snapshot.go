@@ -1,0 +1,190 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
+)
+
+// Announcer makes Service IPs reachable one way (L2 in speaker/l2, BGP in speaker/bgp). The speaker
+// hands every announcer the same Snapshot after each relevant change.
+type Announcer interface {
+	// Apply gives the announcer the whole desired configuration. It must not block: announcers keep
+	// the latest snapshot and act on it in Run.
+	Apply(s *Snapshot)
+	// Run does the announcer's work until ctx ends; on return it has withdrawn its announcements.
+	Run(ctx context.Context) error
+	// Announcements lists what this node announces now, for its SpeakerStatus.
+	Announcements() []v1beta1.Announcement
+}
+
+// LocalEndpointView says which nodes hold a ready endpoint of a Service (dataplane.LocalEndpoints,
+// the one view the announcers and the health-check servers share).
+type LocalEndpointView interface {
+	NodesWithReady(svc types.NamespacedName) []string
+}
+
+// Snapshot is the configuration announcers work from. Announcers must not modify it.
+type Snapshot struct {
+	NodeName          string
+	Nodes             map[string]*corev1.Node
+	Pools             []*v1beta1.IPAddressPool
+	L2Advertisements  []*v1beta1.L2Advertisement
+	BGPAdvertisements []*v1beta1.BGPAdvertisement
+	BGPPeers          []*v1beta1.BGPPeer
+	Communities       []*v1beta1.Community
+	BFDProfiles       []*v1beta1.BFDProfile
+	// IPs: every ingress IP of a LoadBalancer Service Herald handles that lies in a pool, sorted.
+	IPs       []ServiceIP
+	Endpoints LocalEndpointView
+}
+
+// ServiceIP is one announced address and the Services sharing it.
+type ServiceIP struct {
+	IP       netip.Addr
+	Pool     *v1beta1.IPAddressPool
+	Services []*corev1.Service // sorted by namespace/name
+}
+
+// ServiceNames lists the Services as namespace/name.
+func (s ServiceIP) ServiceNames() []string {
+	out := make([]string, len(s.Services))
+	for i, svc := range s.Services {
+		out[i] = svc.Namespace + "/" + svc.Name
+	}
+	return out
+}
+
+// Selects reports whether an advertisement's pool and Service selection covers ip.
+func (s *Snapshot) Selects(sel v1beta1.AdvertisementSelection, ip ServiceIP) bool {
+	if len(sel.IPAddressPools) > 0 || len(sel.IPAddressPoolSelectors) > 0 {
+		if !slices.Contains(sel.IPAddressPools, ip.Pool.Name) && !anySelectorMatches(sel.IPAddressPoolSelectors, ip.Pool.Labels) {
+			return false
+		}
+	}
+	if len(sel.ServiceSelectors) > 0 {
+		for _, svc := range ip.Services {
+			if !anySelectorMatches(sel.ServiceSelectors, svc.Labels) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Candidates lists, sorted, the nodes an advertisement lets announce ip: selected by its node
+// selectors (none: every node), not labelled node.kubernetes.io/exclude-from-external-load-balancers,
+// and, when a Service on the IP has externalTrafficPolicy Local, holding a ready endpoint of every
+// such Service (Services sharing an IP with Local policy must have the same selector, so in
+// practice the same endpoints).
+func (s *Snapshot) Candidates(sel v1beta1.AdvertisementSelection, ip ServiceIP) []string {
+	var out []string
+	for name, node := range s.Nodes {
+		if _, excluded := node.Labels[config.LabelExcludeFromLB]; excluded {
+			continue
+		}
+		if len(sel.NodeSelectors) > 0 && !anySelectorMatches(sel.NodeSelectors, node.Labels) {
+			continue
+		}
+		out = append(out, name)
+	}
+	for _, svc := range ip.Services {
+		if svc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal {
+			continue
+		}
+		ready := []string{}
+		if s.Endpoints != nil {
+			ready = s.Endpoints.NodesWithReady(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
+		}
+		out = slices.DeleteFunc(out, func(n string) bool { return !slices.Contains(ready, n) })
+	}
+	slices.Sort(out)
+	return out
+}
+
+// anySelectorMatches: selectors are ORed; an invalid selector matches nothing (the controller
+// reports it on the object).
+func anySelectorMatches(selectors []metav1.LabelSelector, l map[string]string) bool {
+	for i := range selectors {
+		sel, err := metav1.LabelSelectorAsSelector(&selectors[i])
+		if err == nil && sel.Matches(labels.Set(l)) {
+			return true
+		}
+	}
+	return false
+}
+
+// poolHolding returns the pool whose addresses include ip, or nil.
+func poolHolding(pools []*v1beta1.IPAddressPool, ip netip.Addr) *v1beta1.IPAddressPool {
+	for _, p := range pools {
+		for _, b := range p.Spec.Addresses {
+			if blockContains(b, ip) {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
+// blockContains parses a pool's CIDR or inclusive range (validated by the CRD) and tests ip.
+func blockContains(b v1beta1.AddressBlock, ip netip.Addr) bool {
+	s := string(b)
+	if from, to, isRange := strings.Cut(s, "-"); isRange {
+		lo, err1 := netip.ParseAddr(strings.TrimSpace(from))
+		hi, err2 := netip.ParseAddr(strings.TrimSpace(to))
+		return err1 == nil && err2 == nil && lo.BitLen() == ip.BitLen() && lo.Compare(ip) <= 0 && ip.Compare(hi) <= 0
+	}
+	p, err := netip.ParsePrefix(s)
+	return err == nil && p.Contains(ip)
+}
+
+// serviceIPs groups the ingress IPs of the handled LoadBalancer Services that lie in a pool.
+func serviceIPs(services []*corev1.Service, pools []*v1beta1.IPAddressPool, lbClass string) []ServiceIP {
+	byIP := map[netip.Addr]*ServiceIP{}
+	for _, svc := range services {
+		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+			continue
+		}
+		if svc.Spec.LoadBalancerClass != nil && *svc.Spec.LoadBalancerClass != lbClass {
+			continue
+		}
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			ip, err := netip.ParseAddr(ing.IP)
+			if err != nil {
+				continue
+			}
+			pool := poolHolding(pools, ip)
+			if pool == nil {
+				continue
+			}
+			e, ok := byIP[ip]
+			if !ok {
+				e = &ServiceIP{IP: ip, Pool: pool}
+				byIP[ip] = e
+			}
+			e.Services = append(e.Services, svc)
+		}
+	}
+	out := make([]ServiceIP, 0, len(byIP))
+	for _, e := range byIP {
+		slices.SortFunc(e.Services, func(a, b *corev1.Service) int {
+			return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+		})
+		out = append(out, *e)
+	}
+	slices.SortFunc(out, func(a, b ServiceIP) int { return a.IP.Compare(b.IP) })
+	return out
+}
+
+// String is for logs.
+func (s ServiceIP) String() string { return fmt.Sprintf("%s%v", s.IP, s.ServiceNames()) }

@@ -1,0 +1,296 @@
+// Package speaker is the per-node agent's orchestration: it watches Nodes, Services and the
+// herald.io configuration, builds one Snapshot of what should be announced, hands it to every
+// Announcer (L2, BGP), and writes this node's SpeakerStatus.
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
+)
+
+// Config configures a Speaker.
+type Config struct {
+	NodeName   string
+	RestConfig *rest.Config
+	// LBClass: Services with another spec.loadBalancerClass are not announced (unset class is).
+	LBClass   string
+	Endpoints LocalEndpointView
+	Logger    *slog.Logger
+	// MembersAlive, if set, reports how many speakers this node hears (itself included).
+	MembersAlive func() int
+}
+
+// Speaker runs the announcers on this node.
+type Speaker struct {
+	cfg        Config
+	cache      cache.Cache
+	client     client.Client
+	recorder   record.EventRecorder
+	announcers []Announcer
+	statusFns  []func(*v1beta1.SpeakerStatusStatus)
+	kick       chan struct{}
+	statusKick chan struct{}
+
+	mu       sync.Mutex
+	snapshot *Snapshot
+}
+
+// Scheme knows the core kinds and herald.io/v1beta1.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := v1beta1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// New connects to the API server (nothing is watched until Run).
+func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.LBClass == "" {
+		cfg.LBClass = config.DefaultLoadBalancerClass
+	}
+	scheme := Scheme()
+	c, err := cache.New(cfg.RestConfig, cache.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("speaker: cache: %w", err)
+	}
+	cl, err := client.New(cfg.RestConfig, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("speaker: client: %w", err)
+	}
+	return &Speaker{cfg: cfg, cache: c, client: cl, recorder: recorder,
+		kick: make(chan struct{}, 1), statusKick: make(chan struct{}, 1)}, nil
+}
+
+// Cache is the speaker's informer cache, for parts that watch more (the local-endpoint view
+// registers on its EndpointSlice informer).
+func (s *Speaker) Cache() cache.Cache { return s.cache }
+
+// Client writes to the API server.
+func (s *Speaker) Client() client.Client { return s.client }
+
+// Recorder emits events as this node's speaker.
+func (s *Speaker) Recorder() record.EventRecorder { return s.recorder }
+
+// AddAnnouncer registers an announcer; call before Run.
+func (s *Speaker) AddAnnouncer(a Announcer) { s.announcers = append(s.announcers, a) }
+
+// AddStatusSource registers a function that fills its part of this node's SpeakerStatus (BGP
+// sessions, data plane) each time it is written; call before Run. It must be quick.
+func (s *Speaker) AddStatusSource(fill func(*v1beta1.SpeakerStatusStatus)) {
+	s.statusFns = append(s.statusFns, fill)
+}
+
+// Changed asks for a new snapshot (announcers call it when, e.g., local endpoints changed).
+func (s *Speaker) Changed() { signal(s.kick) }
+
+// StatusChanged asks for this node's SpeakerStatus to be rewritten soon.
+func (s *Speaker) StatusChanged() { signal(s.statusKick) }
+
+// watched lists the kinds whose changes rebuild the snapshot.
+func watched() []client.Object {
+	return []client.Object{&corev1.Node{}, &corev1.Service{}, &v1beta1.IPAddressPool{}, &v1beta1.L2Advertisement{},
+		&v1beta1.BGPAdvertisement{}, &v1beta1.BGPPeer{}, &v1beta1.Community{}, &v1beta1.BFDProfile{}}
+}
+
+// Run watches, applies snapshots and runs the announcers until ctx ends.
+func (s *Speaker) Run(ctx context.Context) error {
+	for _, obj := range watched() {
+		inf, err := s.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("speaker: informer for %T: %w", obj, err)
+		}
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { s.Changed() },
+			UpdateFunc: func(any, any) { s.Changed() },
+			DeleteFunc: func(any) { s.Changed() },
+		}); err != nil {
+			return err
+		}
+	}
+	cacheErr := make(chan error, 1)
+	go func() { cacheErr <- s.cache.Start(ctx) }()
+	if !s.cache.WaitForCacheSync(ctx) {
+		return fmt.Errorf("speaker: caches did not sync: %w", <-cacheErr)
+	}
+	s.cfg.Logger.Info("speaker: caches synced", "node", s.cfg.NodeName)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(s.announcers))
+	for _, a := range s.announcers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Run(ctx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); s.statusLoop(ctx) }()
+
+	s.Changed()
+	// The first status write also makes this node a membership peer of the others (MembershipPeers).
+	s.StatusChanged()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case err := <-errs:
+			return err
+		case <-s.kick:
+			snap, err := s.buildSnapshot(ctx)
+			if err != nil {
+				s.cfg.Logger.Error("speaker: cannot build snapshot", "err", err)
+				continue
+			}
+			s.mu.Lock()
+			s.snapshot = snap
+			s.mu.Unlock()
+			for _, a := range s.announcers {
+				a.Apply(snap)
+			}
+		}
+	}
+}
+
+// Snapshot returns the last snapshot applied (nil before the first).
+func (s *Speaker) Snapshot() *Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapshot
+}
+
+func (s *Speaker) buildSnapshot(ctx context.Context) (*Snapshot, error) {
+	noCopy := client.UnsafeDisableDeepCopy // the snapshot is read-only
+	var (
+		nodes    corev1.NodeList
+		services corev1.ServiceList
+		pools    v1beta1.IPAddressPoolList
+		l2s      v1beta1.L2AdvertisementList
+		bgps     v1beta1.BGPAdvertisementList
+		peers    v1beta1.BGPPeerList
+		comms    v1beta1.CommunityList
+		bfds     v1beta1.BFDProfileList
+	)
+	for _, l := range []client.ObjectList{&nodes, &services, &pools, &l2s, &bgps, &peers, &comms, &bfds} {
+		if err := s.cache.List(ctx, l, noCopy); err != nil {
+			return nil, err
+		}
+	}
+	snap := &Snapshot{
+		NodeName:          s.cfg.NodeName,
+		Nodes:             map[string]*corev1.Node{},
+		Pools:             ptrs(pools.Items),
+		L2Advertisements:  ptrs(l2s.Items),
+		BGPAdvertisements: ptrs(bgps.Items),
+		BGPPeers:          ptrs(peers.Items),
+		Communities:       ptrs(comms.Items),
+		BFDProfiles:       ptrs(bfds.Items),
+		Endpoints:         s.cfg.Endpoints,
+	}
+	for i := range nodes.Items {
+		snap.Nodes[nodes.Items[i].Name] = &nodes.Items[i]
+	}
+	// Pools being deleted still announce their addresses until the controller moves them.
+	slices.SortFunc(snap.Pools, func(a, b *v1beta1.IPAddressPool) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
+	snap.IPs = serviceIPs(ptrs(services.Items), snap.Pools, s.cfg.LBClass)
+	return snap, nil
+}
+
+func ptrs[T any](items []T) []*T {
+	out := make([]*T, len(items))
+	for i := range items {
+		out[i] = &items[i]
+	}
+	return out
+}
+
+// statusLoop writes this node's SpeakerStatus when asked (at most twice a second) and every
+// minute, so a reader can tell a live speaker from a dead one by lastUpdate.
+func (s *Speaker) statusLoop(ctx context.Context) {
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-s.statusKick:
+		}
+		var anns []v1beta1.Announcement
+		for _, a := range s.announcers {
+			anns = append(anns, a.Announcements()...)
+		}
+		slices.SortFunc(anns, func(a, b v1beta1.Announcement) int {
+			return strings.Compare(a.IP+string(a.Protocol), b.IP+string(b.Protocol))
+		})
+		if err := s.writeStatus(ctx, anns); err != nil {
+			s.cfg.Logger.Error("speaker: cannot write SpeakerStatus", "err", err)
+			s.StatusChanged() // retry after the pause below
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) error {
+	var st v1beta1.SpeakerStatus
+	err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &st)
+	if apierrors.IsNotFound(err) {
+		st = v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.NodeName}}
+		// Owned by the Node, so the status goes when the node does.
+		var node corev1.Node
+		if err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &node); err == nil {
+			st.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}
+		}
+		if err := s.client.Create(ctx, &st); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		if err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &st); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	now := metav1.Now()
+	st.Status.LastUpdate = &now
+	st.Status.Announcements = anns
+	st.Status.AnnouncedIPs = int32(len(anns))
+	if s.cfg.MembersAlive != nil {
+		st.Status.MembersAlive = int32(s.cfg.MembersAlive())
+	}
+	for _, fill := range s.statusFns {
+		fill(&st.Status)
+	}
+	return s.client.Status().Update(ctx, &st)
+}
