@@ -2,7 +2,6 @@ package ipvs
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -64,5 +63,3 @@ func TestFirewallSendsOnlyDeltas(t *testing.T) {
 		t.Fatalf("table left after Delete:\n%s", nft.Dump())
 	}
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }

@@ -36,7 +36,7 @@ type netlinkLinks struct {
 
 // NewNetlinkLinks returns Links for the network namespace of the calling process.
 func NewNetlinkLinks() (Links, error) {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, err
 	}

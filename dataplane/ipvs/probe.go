@@ -18,14 +18,20 @@ const probeMark = 0x48524c44 // "HRLD"
 // github.com/moby/ipvs cannot answer this: when the kernel lacks ip_vs its handle still "succeeds"
 // (moby/ipvs issue 27). So Probe first looks up the generic netlink family "IPVS" (the lookup makes
 // the kernel load ip_vs when it can, through the module's family alias), then adds a throwaway
-// virtual server through h and reads it back, as kube-proxy's CanUseIPVSProxier does.
+// virtual server and reads it back, as kube-proxy's CanUseIPVSProxier does. It works in the
+// calling process's network namespace.
 //
 // Call Probe before the first ipvs.New of the process: moby/ipvs resolves the family once per
 // process, and a process that asked before ip_vs was loaded stays broken.
-func Probe(h Handle) error {
+func Probe() error {
 	if _, err := netlink.GenlFamilyGet("IPVS"); err != nil {
 		return fmt.Errorf("the kernel has no IPVS generic netlink family (ip_vs module missing or not loadable): %w", err)
 	}
+	h, err := ipvs.New("")
+	if err != nil {
+		return fmt.Errorf("opening IPVS: %w", err)
+	}
+	defer h.Close()
 	return probeHandle(h)
 }
 
