@@ -157,3 +157,32 @@ func (f *fakeHandle) dump() []string {
 }
 
 func (f *fakeHandle) resetCalls() { f.calls = map[string]int{} }
+
+// fakeLinks is an in-memory dummy link and node address list.
+type fakeLinks struct {
+	dummy     map[netip.Addr]bool // nil: no dummy link
+	nodeAddrs []netip.Addr
+}
+
+func (f *fakeLinks) EnsureDummy() error {
+	if f.dummy == nil {
+		f.dummy = map[netip.Addr]bool{}
+	}
+	return nil
+}
+
+func (f *fakeLinks) DummyAddrs() ([]netip.Addr, error) {
+	if f.dummy == nil {
+		return nil, fmt.Errorf("link %s not found", DummyLinkName)
+	}
+	var out []netip.Addr
+	for a := range f.dummy {
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (f *fakeLinks) AddDummyAddr(a netip.Addr) error  { f.dummy[a] = true; return nil }
+func (f *fakeLinks) DelDummyAddr(a netip.Addr) error  { delete(f.dummy, a); return nil }
+func (f *fakeLinks) NodeAddrs() ([]netip.Addr, error) { return f.nodeAddrs, nil }
+func (f *fakeLinks) DeleteDummy() error               { f.dummy = nil; return nil }
