@@ -152,17 +152,11 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	}
 
 	l.logf("network: %d namespaces", len(topo.Hosts))
-	var adds []string
-	for _, h := range topo.Hosts {
-		adds = append(adds, "netns add "+h.Netns)
-	}
-	if _, err := run(ctx, strings.Join(adds, "\n")+"\n", "ip", "-batch", "-"); err != nil {
+	if err := addNetns(ctx, topo.Hosts); err != nil {
 		return l, err
 	}
-	for _, s := range topo.Plan() {
-		if err := applyStep(ctx, s); err != nil {
-			return l, err
-		}
+	if err := applyPlan(ctx, topo.Plan()); err != nil {
+		return l, err
 	}
 
 	l.logf("backends and router")

@@ -37,19 +37,35 @@ func inNetns(ns string, argv ...string) []string {
 	return append([]string{"ip", "netns", "exec", ns}, argv...)
 }
 
-// applyStep creates nothing outside ns: sysctls via `ip netns exec`, links via `ip -n`.
-func applyStep(ctx context.Context, s Step) error {
-	if len(s.Sysctls) > 0 {
-		if _, err := run(ctx, "", inNetns(s.Netns, append([]string{"sysctl", "-q", "-w"}, s.Sysctls...)...)...); err != nil {
-			return err
+// applyPlan creates nothing outside the steps' namespaces: sysctls via `ip netns exec`, links via
+// `ip -n`. Every namespace's sysctls are set before any link is made, because a veth peer created
+// from another namespace takes its new namespace's defaults (accept_dad) at creation.
+func applyPlan(ctx context.Context, steps []Step) error {
+	for _, s := range steps {
+		if len(s.Sysctls) > 0 {
+			if _, err := run(ctx, "", inNetns(s.Netns, append([]string{"sysctl", "-q", "-w"}, s.Sysctls...)...)...); err != nil {
+				return err
+			}
 		}
 	}
-	if len(s.IP) > 0 {
-		if _, err := run(ctx, strings.Join(s.IP, "\n")+"\n", "ip", "-n", s.Netns, "-batch", "-"); err != nil {
-			return err
+	for _, s := range steps {
+		if len(s.IP) > 0 {
+			if _, err := run(ctx, strings.Join(s.IP, "\n")+"\n", "ip", "-n", s.Netns, "-batch", "-"); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// addNetns creates the named namespaces.
+func addNetns(ctx context.Context, hosts []*Host) error {
+	var adds []string
+	for _, h := range hosts {
+		adds = append(adds, "netns add "+h.Netns)
+	}
+	_, err := run(ctx, strings.Join(adds, "\n")+"\n", "ip", "-batch", "-")
+	return err
 }
 
 // listNetns returns the names of the named namespaces that match the lab's pattern.

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -235,4 +236,25 @@ func TimeToFirstSuccess(ctx context.Context, event func(ctx context.Context) err
 		case <-time.After(interval):
 		}
 	}
+}
+
+// Reachable reports whether ip answers at all from a lab host: it opens a TCP connection to a port
+// nobody listens on (9, discard) and counts a refusal (the peer's kernel sent a reset) as reached,
+// like ping but without needing ICMP tools or sockets.
+func (l *Lab) Reachable(ctx context.Context, host string, ip netip.Addr, timeout time.Duration) error {
+	h, err := l.Host(host)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := DialerIn(h.Netns)(ctx, "tcp", netip.AddrPortFrom(ip, 9).String())
+	if err == nil {
+		c.Close()
+		return nil
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	return fmt.Errorf("%s cannot reach %s: %w", host, ip, err)
 }

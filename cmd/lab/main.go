@@ -1,0 +1,212 @@
+// Command lab runs Herald's built-in lab: a whole bare-metal cluster in network namespaces on this
+// machine (see package e2e/lab). It is a development and test tool, not part of the product.
+//
+//	lab up [--nodes N] [--pods-per-node N]   build the lab (removing an earlier one first)
+//	lab down                                  remove everything the lab made
+//	lab status                                hosts, processes, BGP sessions
+//	lab demo                                  up + a LoadBalancer Service walk-through
+//	lab kubectl ARGS...                       kubectl against the lab's apiserver
+//	lab exec HOST -- CMD...                   run a command inside a lab host
+//
+// The lab's directory is $HERALD_LAB_DIR (default /tmp/herald-lab), its namespaces are prefixed
+// herald- (--prefix to change).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/heraldlb/herald/e2e/lab"
+)
+
+func main() {
+	lab.RunBackendIfAsked()
+
+	fs := flag.NewFlagSet("lab", flag.ExitOnError)
+	fs.Usage = usage
+	dir := fs.String("dir", envOr("HERALD_LAB_DIR", lab.DefaultDir), "the lab's state directory")
+	prefix := fs.String("prefix", lab.DefaultPrefix, "namespace prefix")
+	_ = fs.Parse(os.Args[1:])
+	if fs.NArg() == 0 {
+		usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	cmd, args := fs.Arg(0), fs.Args()[1:]
+	var err error
+	switch cmd {
+	case "up":
+		_, err = up(ctx, *dir, *prefix, args)
+	case "down":
+		err = lab.Down(ctx, *dir, *prefix)
+		if err == nil {
+			fmt.Println("lab down: no", *prefix+"* namespace or lab process left")
+		}
+	case "status":
+		err = status(ctx, *dir)
+	case "demo":
+		err = demo(ctx, *dir, *prefix, args)
+	case "kubectl":
+		err = kubectl(ctx, *dir, args)
+	case "exec":
+		err = execIn(ctx, *dir, args)
+	default:
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			os.Exit(exit.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: lab [--dir DIR] [--prefix herald-] COMMAND
+  up [--nodes 3] [--pods-per-node 1] [--bin-dir DIR] [--crds DIR]
+                         build the lab (an earlier one is removed first)
+  down                   remove every namespace, link, process and file the lab made
+  status                 hosts, addresses, processes, BGP sessions
+  demo                   up, then a LoadBalancer Service walk-through (CI=true: no pauses)
+  kubectl ARGS...        kubectl against the lab's apiserver (runs inside herald-cp)
+  exec HOST -- CMD...    run CMD inside a lab host (node1, client, ext, router, cp, node1-pod1, ...)
+`)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	binDir := filepath.Dir(self)
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	nodes := fs.Int("nodes", 3, "number of nodes")
+	pods := fs.Int("pods-per-node", 1, "backend pods behind each node")
+	bins := fs.String("bin-dir", binDir, "directory holding Herald's controller and speaker (those missing are not started)")
+	crds := fs.String("crds", filepath.Join(binDir, "..", "config", "crd"), "directory of CRD manifests to install")
+	_ = fs.Parse(args)
+	l, err := lab.Up(ctx, lab.Config{
+		Dir: dir, Prefix: prefix, Nodes: *nodes, PodsPerNode: *pods, BinDir: *bins, CRDDir: *crds,
+		Logf: func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w\n(the partial lab is left for inspection in %s; `lab down` removes it)", err, dir)
+	}
+	if _, ok := l.Processes[lab.RoleController]; !ok {
+		fmt.Printf("  note: no %s: the Herald controller is not running\n", filepath.Join(*bins, "controller"))
+	}
+	if _, ok := l.Speaker(l.Nodes()[0].Name); !ok {
+		fmt.Printf("  note: no %s: no speaker runs on the nodes\n", filepath.Join(*bins, "speaker"))
+	}
+	return l, nil
+}
+
+func status(ctx context.Context, dir string) error {
+	l, err := lab.Load(dir)
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "HOST\tNAMESPACE\tKIND\tIPV4\tIPV6\tMAC")
+	for _, h := range l.Topology.Hosts {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, h.Netns, h.Kind, addr(h.IPv4.String()), addr(h.IPv6.String()), addr(h.MAC))
+	}
+	fmt.Fprintln(w, "\nPROCESS\tPID\tSTATE\tLOG")
+	procs := l.Processes
+	if l.ControlPlane != nil {
+		for _, p := range l.ControlPlane.Processes {
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", p.Name, p.PID, alive(p.Alive()), p.Log)
+		}
+	}
+	for _, role := range sortedKeys(procs) {
+		p := procs[role]
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", role, p.PID, alive(p.Alive()), p.Log)
+	}
+	w.Flush()
+	if ps, err := l.BirdProtocols(ctx); err == nil {
+		fmt.Println("\nBGP sessions at the router (BIRD):")
+		for _, p := range ps {
+			if p.Proto == "BGP" {
+				fmt.Printf("  %-10s %-6s since %s  %s\n", p.Name, p.State, p.Since, p.Info)
+			}
+		}
+	} else {
+		fmt.Println("\nBIRD:", err)
+	}
+	fmt.Printf("\nkubeconfig: %s (its server is reachable only inside the lab: use `lab kubectl`)\n", l.Kubeconfig())
+	fmt.Printf("BIRD: birdc -s %s show route\n", l.BirdSocket)
+	return nil
+}
+
+func addr(s string) string {
+	if s == "" || s == "invalid IP" {
+		return "-"
+	}
+	return s
+}
+
+func alive(ok bool) string {
+	if ok {
+		return "running"
+	}
+	return "gone"
+}
+
+func kubectl(ctx context.Context, dir string, args []string) error {
+	l, err := lab.Load(dir)
+	if err != nil {
+		return err
+	}
+	cmd, err := l.Command(ctx, lab.HostControlPlane, append([]string{l.Kubectl, "--kubeconfig", l.Kubeconfig()}, args...)...)
+	if err != nil {
+		return err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return cmd.Run()
+}
+
+func execIn(ctx context.Context, dir string, args []string) error {
+	if len(args) < 3 || args[1] != "--" {
+		return errors.New("usage: lab exec HOST -- CMD [ARGS...]")
+	}
+	l, err := lab.Load(dir)
+	if err != nil {
+		return err
+	}
+	cmd, err := l.Command(ctx, args[0], args[2:]...)
+	if err != nil {
+		return err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return cmd.Run()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
