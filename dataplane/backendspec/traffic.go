@@ -243,3 +243,13 @@ func dialSCTP(src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	}
 	return net.FileConn(f)
 }
+
+// sctpSupported reports whether this kernel can open SCTP sockets (the build machines' cannot).
+func sctpSupported() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
