@@ -214,12 +214,14 @@ type Measurement struct {
 }
 
 // TimeToFirstSuccess runs event (create a Service, kill a node, ...), then runs probe in a tight
-// loop (pausing `interval` after each failure) until it succeeds, and reports how long that took
-// from the moment event returned. This is the figure a user feels: how long after X can clients
+// loop (pausing `interval` after each failure) until it succeeds or ctx ends, and reports how long
+// that took from the moment event returned (a nil event: from the call). This is the figure a user feels: how long after X can clients
 // reach the service. Other benchmarks reuse it with their own events and probes.
 func TimeToFirstSuccess(ctx context.Context, event func(ctx context.Context) error, probe Probe, interval time.Duration) (Measurement, error) {
-	if err := event(ctx); err != nil {
-		return Measurement{}, fmt.Errorf("event: %w", err)
+	if event != nil {
+		if err := event(ctx); err != nil {
+			return Measurement{}, fmt.Errorf("event: %w", err)
+		}
 	}
 	start := time.Now()
 	var m Measurement
