@@ -186,6 +186,22 @@ func TestRoutesReachBIRDWithAttributes(t *testing.T) {
 	if len(st) != 2 || !st[0].Established || !st[1].Established || st[0].PrefixesAdvertised != 2 {
 		t.Errorf("node1 status = %+v", st)
 	}
+	metrics, err := a1.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`herald_bgp_session_up{address="10.88.0.1",peer="r4"} 1`,
+		`herald_bgp_announced_prefixes{address="10.88.0.1",peer="r4"} 2`,
+		`herald_bgp_announced_prefixes{address="fd88::1",peer="r6"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s:\n%s", want, metrics)
+		}
+	}
+	if !strings.Contains(metrics, `herald_bgp_updates_sent_total{address="10.88.0.1",peer="r4"}`) {
+		t.Errorf("metrics lack updates sent:\n%s", metrics)
+	}
 
 	// Changing node1's communities on v4 moves it between route groups: BIRD sees the new ones,
 	// and the sessions stay up.

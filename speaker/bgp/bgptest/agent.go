@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+
 	"github.com/heraldlb/herald/speaker/bgp"
 )
 
@@ -29,13 +32,14 @@ const (
 )
 
 type request struct {
-	Op      string       `json:"op"` // apply, status
+	Op      string       `json:"op"` // apply, status, metrics
 	Desired *bgp.Desired `json:"desired,omitempty"`
 }
 
 type reply struct {
-	Error  string           `json:"error,omitempty"`
-	Status []bgp.PeerStatus `json:"status,omitempty"`
+	Error   string           `json:"error,omitempty"`
+	Status  []bgp.PeerStatus `json:"status,omitempty"`
+	Metrics string           `json:"metrics,omitempty"`
 }
 
 // RunAgentIfAsked runs the agent and exits when this process was started as one; call it first in
@@ -82,6 +86,14 @@ func runAgent() int {
 			case "status":
 				st, err := a.Status(ctx)
 				rep.Status = st
+				if err != nil {
+					rep.Error = err.Error()
+				}
+			case "metrics":
+				text, err := testutil.CollectAndFormat(bgp.NewCollector(a), expfmt.TypeTextPlain,
+					"herald_bgp_session_up", "herald_bgp_bfd_session_up", "herald_bgp_announced_prefixes",
+					"herald_bgp_updates_sent_total", "herald_bgp_updates_received_total")
+				rep.Metrics = string(text)
 				if err != nil {
 					rep.Error = err.Error()
 				}
@@ -184,6 +196,12 @@ func (a *Agent) Apply(d bgp.Desired) error {
 func (a *Agent) Status() ([]bgp.PeerStatus, error) {
 	rep, err := a.call(request{Op: "status"})
 	return rep.Status, err
+}
+
+// Metrics returns the announcer's Prometheus metrics in the text format.
+func (a *Agent) Metrics() (string, error) {
+	rep, err := a.call(request{Op: "metrics"})
+	return rep.Metrics, err
 }
 
 // PID is the agent's process id (ip netns exec execs in place).

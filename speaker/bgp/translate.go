@@ -1,0 +1,641 @@
+package bgp
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
+)
+
+// Input is everything one node's speaker needs to decide what its BGP announcer does.
+type Input struct {
+	Node           Node
+	Peers          []v1beta1.BGPPeer
+	Advertisements []v1beta1.BGPAdvertisement
+	Communities    []v1beta1.Community
+	BFDProfiles    []v1beta1.BFDProfile
+	Pools          []v1beta1.IPAddressPool
+	// Passwords holds the "password" key of the Secrets BGPPeers refer to, by "namespace/name";
+	// a Secret that is missing (or has no such key) is absent.
+	Passwords map[string]string
+	// SecretNamespace is where a passwordSecret without a namespace is looked up (Herald's own).
+	SecretNamespace string
+	Services        []Service
+}
+
+// Node is the node the speaker runs on.
+type Node struct {
+	Name   string
+	Labels map[string]string
+	// Addresses are the node's addresses; the first IPv4 one is the default router ID.
+	Addresses []netip.Addr
+}
+
+// Service is a LoadBalancer Service with its ingress IPs.
+type Service struct {
+	// Name is "namespace/name".
+	Name   string
+	Labels map[string]string
+	IPs    []netip.Addr
+	// Pool is the IPAddressPool the IPs were allocated from.
+	Pool string
+	// LocalTrafficOnly is externalTrafficPolicy: Local; such a Service is advertised only by nodes
+	// with a ready local endpoint (HasLocalEndpoints, from the data plane's local-endpoint view).
+	LocalTrafficOnly  bool
+	HasLocalEndpoints bool
+}
+
+// Problem is something wrong (or not supported) in one object: the caller sets it as a condition
+// on the object and records an event. Other objects keep working.
+type Problem struct {
+	Kind string // BGPPeer, BGPAdvertisement, Community, BFDProfile
+	Name string
+	// Condition is config.ConditionValid (the object is not used, or partly) or
+	// config.ConditionNotSupported (a field is ignored).
+	Condition string
+	Reason    string
+	Message   string
+}
+
+// Reasons of Problems.
+const (
+	ReasonInvalidASN        = "InvalidASN"
+	ReasonInvalidAddress    = "InvalidAddress"
+	ReasonInvalidTimers     = "InvalidTimers"
+	ReasonSecretNotFound    = "SecretNotFound"
+	ReasonBFDProfileMissing = "BFDProfileNotFound"
+	ReasonDuplicatePeer     = "DuplicatePeerAddress"
+	ReasonRouterIDConflict  = "RouterIDConflict"
+	ReasonUnknownPool       = "UnknownPool"
+	ReasonUnknownPeer       = "UnknownPeer"
+	ReasonInvalidCommunity  = "InvalidCommunity"
+	ReasonInvalidSelector   = "InvalidSelector"
+	ReasonAggregation       = "InvalidAggregationLength"
+	ReasonLocalPrefConflict = "LocalPrefConflict"
+	ReasonNotSupported      = "NotSupported"
+)
+
+// Result is the translation of an Input.
+type Result struct {
+	Desired  Desired
+	Problems []Problem
+	// Announced lists, per Service IP this node advertises, the peers and Services: the BGP
+	// entries of the node's SpeakerStatus announcements.
+	Announced map[netip.Addr]Announced
+}
+
+// Announced is one advertised IP.
+type Announced struct {
+	Peers    []string
+	Services []string
+}
+
+// Default BGPPeer timers (MetalLB's) and BFDProfile values.
+const (
+	defaultHoldTime        = 90 * time.Second
+	defaultConnectTime     = 10 * time.Second
+	defaultBFDInterval     = 300 // ms
+	defaultBFDMultiplier   = 3
+	minimumNonZeroHoldTime = 3 * time.Second
+)
+
+// Translate computes what the node's announcer should do. It is a pure function of its input.
+func Translate(in Input) Result {
+	t := translation{in: in, res: Result{
+		Desired:   Desired{Peers: map[string]Peer{}, Routes: map[string]map[netip.Prefix]Attributes{}},
+		Announced: map[netip.Addr]Announced{},
+	}}
+	t.communityAliases()
+	t.bfdProfiles()
+	t.peers()
+	t.routerID()
+	t.advertisements()
+	sort.SliceStable(t.res.Problems, func(i, j int) bool {
+		a, b := t.res.Problems[i], t.res.Problems[j]
+		return a.Kind+"/"+a.Name < b.Kind+"/"+b.Name
+	})
+	return t.res
+}
+
+type translation struct {
+	in      Input
+	res     Result
+	aliases map[string]community
+	bfd     map[string]*BFD
+	// allPeers are the names of every BGPPeer (selected for this node or not).
+	allPeers map[string]bool
+	// routerIDs are the routerIDs set on this node's peers, by peer name.
+	routerIDs map[string]netip.Addr
+}
+
+func (t *translation) problem(kind, name, cond, reason, format string, args ...any) {
+	t.res.Problems = append(t.res.Problems, Problem{Kind: kind, Name: name, Condition: cond, Reason: reason, Message: fmt.Sprintf(format, args...)})
+}
+
+func (t *translation) communityAliases() {
+	t.aliases = map[string]community{}
+	objects := slices.Clone(t.in.Communities)
+	slices.SortFunc(objects, func(a, b v1beta1.Community) int { return strings.Compare(a.Name, b.Name) })
+	for _, c := range objects {
+		for _, a := range c.Spec.Communities {
+			v, err := parseCommunity(a.Value)
+			if err != nil {
+				t.problem("Community", c.Name, config.ConditionValid, ReasonInvalidCommunity, "alias %q: %v", a.Name, err)
+				continue
+			}
+			if _, dup := t.aliases[a.Name]; dup {
+				t.problem("Community", c.Name, config.ConditionValid, ReasonInvalidCommunity,
+					"alias %q is defined more than once; the first definition (by object name) is used", a.Name)
+				continue
+			}
+			t.aliases[a.Name] = v
+		}
+	}
+}
+
+func (t *translation) bfdProfiles() {
+	t.bfd = map[string]*BFD{}
+	for _, p := range t.in.BFDProfiles {
+		s := p.Spec
+		var unsupported []string
+		if s.PassiveMode {
+			unsupported = append(unsupported, "passiveMode")
+		}
+		if s.MinimumTTL != nil {
+			unsupported = append(unsupported, "minimumTtl")
+		}
+		if s.EchoMode || s.EchoInterval != nil {
+			unsupported = append(unsupported, "echoMode/echoInterval")
+		}
+		if len(unsupported) > 0 {
+			t.problem("BFDProfile", p.Name, config.ConditionNotSupported, ReasonNotSupported,
+				"%s not supported by the embedded BFD (asynchronous single-hop only); the profile's timers are used without them",
+				strings.Join(unsupported, ", "))
+		}
+		t.bfd[p.Name] = &BFD{
+			ReceiveInterval:  time.Duration(int32Or(s.ReceiveInterval, defaultBFDInterval)) * time.Millisecond,
+			TransmitInterval: time.Duration(int32Or(s.TransmitInterval, defaultBFDInterval)) * time.Millisecond,
+			DetectMultiplier: uint32(int32Or(s.DetectMultiplier, defaultBFDMultiplier)),
+		}
+	}
+}
+
+func int32Or(p *int32, def int32) int32 {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// nodeSelected reports whether the node matches any of selectors (none selects every node).
+func nodeSelected(selectors []metav1.LabelSelector, l map[string]string) (bool, error) {
+	if len(selectors) == 0 {
+		return true, nil
+	}
+	for _, ls := range selectors {
+		sel, err := metav1.LabelSelectorAsSelector(&ls)
+		if err != nil {
+			return false, err
+		}
+		if sel.Matches(labels.Set(l)) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func validASN(n int64) bool { return n >= 1 && n <= 1<<32-1 }
+
+func (t *translation) peers() {
+	t.allPeers = map[string]bool{}
+	t.routerIDs = map[string]netip.Addr{}
+	byAddr := map[netip.Addr]string{}
+	peers := slices.Clone(t.in.Peers)
+	slices.SortFunc(peers, func(a, b v1beta1.BGPPeer) int { return strings.Compare(a.Name, b.Name) })
+	for _, bp := range peers {
+		t.allPeers[bp.Name] = true
+		p, ok := t.peer(bp)
+		if !ok {
+			continue
+		}
+		if other, dup := byAddr[p.Address]; dup {
+			t.problem("BGPPeer", bp.Name, config.ConditionValid, ReasonDuplicatePeer,
+				"node %s already peers with %s through BGPPeer %s; one session per router address", t.in.Node.Name, p.Address, other)
+			continue
+		}
+		byAddr[p.Address] = bp.Name
+		t.res.Desired.Peers[p.Name] = p
+	}
+}
+
+// peer resolves one BGPPeer for this node; false when it does not apply here or is invalid.
+func (t *translation) peer(bp v1beta1.BGPPeer) (Peer, bool) {
+	s := bp.Spec
+	bad := func(reason, format string, args ...any) (Peer, bool) {
+		t.problem("BGPPeer", bp.Name, config.ConditionValid, reason, format, args...)
+		return Peer{}, false
+	}
+	selected, err := nodeSelected(s.NodeSelectors, t.in.Node.Labels)
+	if err != nil {
+		return bad(ReasonInvalidSelector, "nodeSelectors: %v", err)
+	}
+	if !selected {
+		return Peer{}, false
+	}
+	if s.VRF != "" {
+		t.problem("BGPPeer", bp.Name, config.ConditionNotSupported, ReasonNotSupported,
+			"vrf %q: per-VRF sessions are not supported yet; the session is not opened", s.VRF)
+		return Peer{}, false
+	}
+	if !validASN(s.MyASN) {
+		return bad(ReasonInvalidASN, "myASN %d is out of range (1-4294967295)", s.MyASN)
+	}
+	peerASN := s.PeerASN
+	switch {
+	case s.DynamicASN == "internal" && peerASN == 0:
+		peerASN = s.MyASN
+	case s.DynamicASN == "external" && peerASN == 0:
+		t.problem("BGPPeer", bp.Name, config.ConditionNotSupported, ReasonNotSupported,
+			"dynamicASN external is not supported yet: set peerASN; the session is not opened")
+		return Peer{}, false
+	}
+	if !validASN(peerASN) {
+		return bad(ReasonInvalidASN, "peerASN %d is out of range (1-4294967295)", peerASN)
+	}
+	addr, err := netip.ParseAddr(s.PeerAddress)
+	if err != nil {
+		return bad(ReasonInvalidAddress, "peerAddress: %v", err)
+	}
+	p := Peer{
+		Name: bp.Name, MyASN: uint32(s.MyASN), ASN: uint32(peerASN), Address: addr.Unmap(),
+		EBGPMultiHop: s.EBGPMultiHop, GracefulRestart: s.EnableGracefulRestart,
+		HoldTime: defaultHoldTime, ConnectTime: defaultConnectTime,
+	}
+	if s.PeerPort != 0 && s.PeerPort != 179 {
+		p.Port = uint16(s.PeerPort)
+	}
+	if s.SourceAddress != "" {
+		src, err := netip.ParseAddr(s.SourceAddress)
+		if err != nil {
+			return bad(ReasonInvalidAddress, "sourceAddress: %v", err)
+		}
+		if src.Unmap().Is4() != p.Address.Is4() {
+			return bad(ReasonInvalidAddress, "sourceAddress %s and peerAddress %s are of different families", src, p.Address)
+		}
+		p.SourceAddress = src.Unmap()
+	}
+	if s.RouterID != "" {
+		id, err := netip.ParseAddr(s.RouterID)
+		if err != nil || !id.Is4() {
+			return bad(ReasonInvalidAddress, "routerID %q is not an IPv4 address", s.RouterID)
+		}
+		t.routerIDs[bp.Name] = id
+	}
+	if s.HoldTime != nil {
+		p.HoldTime = s.HoldTime.Duration
+	}
+	if p.HoldTime != 0 && p.HoldTime < minimumNonZeroHoldTime {
+		return bad(ReasonInvalidTimers, "holdTime %v: must be 0 (no keepalives) or at least 3s (RFC 4271)", p.HoldTime)
+	}
+	p.KeepaliveTime = p.HoldTime / 3
+	if s.KeepaliveTime != nil {
+		p.KeepaliveTime = s.KeepaliveTime.Duration
+		if p.HoldTime != 0 && p.KeepaliveTime >= p.HoldTime {
+			return bad(ReasonInvalidTimers, "keepaliveTime %v must be shorter than holdTime %v", p.KeepaliveTime, p.HoldTime)
+		}
+	}
+	if s.ConnectTime != nil {
+		if s.ConnectTime.Duration < time.Second {
+			return bad(ReasonInvalidTimers, "connectTime %v: must be at least 1s", s.ConnectTime.Duration)
+		}
+		p.ConnectTime = s.ConnectTime.Duration
+	}
+	switch {
+	case s.Password != "" && s.PasswordSecret != nil:
+		return bad(ReasonSecretNotFound, "set password or passwordSecret, not both")
+	case s.Password != "":
+		p.Password = s.Password
+	case s.PasswordSecret != nil:
+		ns := s.PasswordSecret.Namespace
+		if ns == "" {
+			ns = t.in.SecretNamespace
+		}
+		pw, ok := t.in.Passwords[ns+"/"+s.PasswordSecret.Name]
+		if !ok || pw == "" {
+			return bad(ReasonSecretNotFound,
+				"passwordSecret %s/%s does not exist or has no \"password\" key; the session is not opened without its password", ns, s.PasswordSecret.Name)
+		}
+		p.Password = pw
+	}
+	if s.BFDProfile != "" {
+		b, ok := t.bfd[s.BFDProfile]
+		if !ok {
+			return bad(ReasonBFDProfileMissing, "bfdProfile %q does not exist; create it or remove bfdProfile", s.BFDProfile)
+		}
+		bfd := *b
+		p.BFD = &bfd
+	}
+	return p, true
+}
+
+// routerID picks the node's BGP identifier: the routerID its peers set (GoBGP has one per
+// instance, so peers of one node must agree), else the node's first IPv4 address, else one
+// derived from the node's name (IPv6-only nodes).
+func (t *translation) routerID() {
+	for _, name := range slices.Sorted(maps.Keys(t.routerIDs)) {
+		if _, used := t.res.Desired.Peers[name]; !used {
+			continue
+		}
+		id := t.routerIDs[name]
+		if !t.res.Desired.RouterID.IsValid() {
+			t.res.Desired.RouterID = id
+		} else if id != t.res.Desired.RouterID {
+			t.problem("BGPPeer", name, config.ConditionNotSupported, ReasonRouterIDConflict,
+				"routerID %s differs from %s, set by another peer of node %s; one node has one router ID, %s is used",
+				id, t.res.Desired.RouterID, t.in.Node.Name, t.res.Desired.RouterID)
+		}
+	}
+	if t.res.Desired.RouterID.IsValid() {
+		return
+	}
+	for _, a := range t.in.Node.Addresses {
+		if a.Unmap().Is4() {
+			t.res.Desired.RouterID = a.Unmap()
+			return
+		}
+	}
+	sum := sha256.Sum256([]byte(t.in.Node.Name))
+	sum[0] |= 1 // never 0.0.0.0
+	t.res.Desired.RouterID = netip.AddrFrom4([4]byte(sum[:4]))
+}
+
+// advertisement is a validated BGPAdvertisement.
+type advertisement struct {
+	name             string
+	pools            map[string]bool
+	serviceSelectors []labels.Selector
+	peers            []string // peers of this node it goes to
+	lenV4, lenV6     int
+	attrs            Attributes
+}
+
+func (t *translation) advertisements() {
+	pools := map[string]v1beta1.IPAddressPool{}
+	for _, p := range t.in.Pools {
+		pools[p.Name] = p
+	}
+	var ads []advertisement
+	for _, ba := range t.in.Advertisements {
+		if ad, ok := t.advertisement(ba, pools); ok {
+			ads = append(ads, ad)
+		}
+	}
+	slices.SortFunc(ads, func(a, b advertisement) int { return strings.Compare(a.name, b.name) })
+
+	// localPrefOwner remembers which advertisement set the local preference of a (peer, prefix).
+	localPrefOwner := map[string]string{}
+	// conflictReported keeps one problem per pair of advertisements, not one per prefix.
+	conflictReported := map[[2]string]bool{}
+	services := slices.Clone(t.in.Services)
+	slices.SortFunc(services, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
+	for _, svc := range services {
+		if svc.LocalTrafficOnly && !svc.HasLocalEndpoints {
+			continue
+		}
+		for _, ip := range svc.IPs {
+			ip = ip.Unmap()
+			for _, ad := range ads {
+				if !ad.pools[svc.Pool] || !selectorsMatch(ad.serviceSelectors, svc.Labels) {
+					continue
+				}
+				bits := ad.lenV4
+				if ip.Is6() {
+					bits = ad.lenV6
+				}
+				prefix := netip.PrefixFrom(ip, bits).Masked()
+				for _, peer := range ad.peers {
+					if t.res.Desired.Peers[peer].Address.Is4() != ip.Is4() {
+						continue
+					}
+					routes := t.res.Desired.Routes[peer]
+					if routes == nil {
+						routes = map[netip.Prefix]Attributes{}
+						t.res.Desired.Routes[peer] = routes
+					}
+					old, exists := routes[prefix]
+					key := peer + "|" + prefix.String()
+					pair := [2]string{ad.name, localPrefOwner[key]}
+					if exists && ad.attrs.LocalPref != 0 && old.LocalPref != 0 && old.LocalPref != ad.attrs.LocalPref && !conflictReported[pair] {
+						conflictReported[pair] = true
+						t.problem("BGPAdvertisement", ad.name, config.ConditionValid, ReasonLocalPrefConflict,
+							"localPref %d for %s towards %s conflicts with %d from BGPAdvertisement %s; the higher one is used",
+							ad.attrs.LocalPref, prefix, peer, old.LocalPref, localPrefOwner[key])
+					}
+					if ad.attrs.LocalPref > old.LocalPref {
+						localPrefOwner[key] = ad.name
+					}
+					routes[prefix] = old.merge(ad.attrs)
+					an := t.res.Announced[ip]
+					an.Peers = appendUnique(an.Peers, peer)
+					an.Services = appendUnique(an.Services, svc.Name)
+					t.res.Announced[ip] = an
+				}
+			}
+		}
+	}
+}
+
+func appendUnique(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	list = append(list, s)
+	slices.Sort(list)
+	return list
+}
+
+func selectorsMatch(sels []labels.Selector, l map[string]string) bool {
+	if len(sels) == 0 {
+		return true
+	}
+	for _, s := range sels {
+		if s.Matches(labels.Set(l)) {
+			return true
+		}
+	}
+	return false
+}
+
+// advertisement validates one BGPAdvertisement for this node; false when it does not apply here
+// or is invalid (then nothing of it is advertised, and a Problem says why).
+func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[string]v1beta1.IPAddressPool) (advertisement, bool) {
+	s := ba.Spec
+	bad := func(reason, format string, args ...any) (advertisement, bool) {
+		t.problem("BGPAdvertisement", ba.Name, config.ConditionValid, reason, format, args...)
+		return advertisement{}, false
+	}
+	ad := advertisement{name: ba.Name, pools: map[string]bool{}, lenV4: 32, lenV6: 128}
+	if s.AggregationLength != nil {
+		ad.lenV4 = int(*s.AggregationLength)
+	}
+	if s.AggregationLengthV6 != nil {
+		ad.lenV6 = int(*s.AggregationLengthV6)
+	}
+	if ad.lenV4 < 0 || ad.lenV4 > 32 || ad.lenV6 < 0 || ad.lenV6 > 128 {
+		return bad(ReasonAggregation, "aggregationLength must be 0-32 and aggregationLengthV6 0-128")
+	}
+
+	// Pools: named, selected by label, or (neither) all.
+	for _, name := range s.IPAddressPools {
+		if _, ok := pools[name]; !ok {
+			return bad(ReasonUnknownPool, "ipAddressPools names %q, which does not exist", name)
+		}
+		ad.pools[name] = true
+	}
+	for _, ls := range s.IPAddressPoolSelectors {
+		sel, err := metav1.LabelSelectorAsSelector(&ls)
+		if err != nil {
+			return bad(ReasonInvalidSelector, "ipAddressPoolSelectors: %v", err)
+		}
+		for name, p := range pools {
+			if sel.Matches(labels.Set(p.Labels)) {
+				ad.pools[name] = true
+			}
+		}
+	}
+	if len(s.IPAddressPools) == 0 && len(s.IPAddressPoolSelectors) == 0 {
+		for name := range pools {
+			ad.pools[name] = true
+		}
+	}
+	for name := range ad.pools {
+		if err := checkAggregation(pools[name], ad.lenV4, ad.lenV6); err != nil {
+			return bad(ReasonAggregation, "pool %s: %v", name, err)
+		}
+	}
+	for _, ls := range s.ServiceSelectors {
+		sel, err := metav1.LabelSelectorAsSelector(&ls)
+		if err != nil {
+			return bad(ReasonInvalidSelector, "serviceSelectors: %v", err)
+		}
+		ad.serviceSelectors = append(ad.serviceSelectors, sel)
+	}
+
+	for _, c := range s.Communities {
+		v, ok := t.aliases[c]
+		if !ok {
+			var err error
+			if v, err = parseCommunity(c); err != nil {
+				return bad(ReasonInvalidCommunity, "communities: %v", err)
+			}
+		}
+		if v.large {
+			ad.attrs.LargeCommunities = append(ad.attrs.LargeCommunities, v.text)
+		} else {
+			ad.attrs.Communities = append(ad.attrs.Communities, v.text)
+		}
+	}
+	ad.attrs = ad.attrs.merge(Attributes{}) // sorted, unique
+	if s.LocalPref != nil {
+		if *s.LocalPref < 0 || *s.LocalPref > 1<<32-1 {
+			return bad(ReasonInvalidASN, "localPref %d is out of range (0-4294967295)", *s.LocalPref)
+		}
+		ad.attrs.LocalPref = uint32(*s.LocalPref)
+	}
+
+	for _, name := range s.Peers {
+		if !t.allPeers[name] {
+			return bad(ReasonUnknownPeer, "peers names %q, which is not a BGPPeer", name)
+		}
+	}
+	selected, err := nodeSelected(s.NodeSelectors, t.in.Node.Labels)
+	if err != nil {
+		return bad(ReasonInvalidSelector, "nodeSelectors: %v", err)
+	}
+	if !selected {
+		return advertisement{}, false
+	}
+	for name := range t.res.Desired.Peers {
+		if len(s.Peers) == 0 || slices.Contains(s.Peers, name) {
+			ad.peers = append(ad.peers, name)
+		}
+	}
+	slices.Sort(ad.peers)
+	return ad, true
+}
+
+// checkAggregation refuses aggregation lengths shorter than a pool's blocks: the aggregated route
+// would attract traffic for addresses outside the pool.
+func checkAggregation(pool v1beta1.IPAddressPool, lenV4, lenV6 int) error {
+	for _, block := range pool.Spec.Addresses {
+		prefixes, err := blockPrefixes(string(block))
+		if err != nil {
+			return err
+		}
+		for _, p := range prefixes {
+			l := lenV4
+			if p.Addr().Is6() {
+				l = lenV6
+			}
+			if l < p.Bits() {
+				return fmt.Errorf("aggregation length /%d is shorter than the pool's %s: the route would cover addresses outside the pool", l, p)
+			}
+		}
+	}
+	return nil
+}
+
+// blockPrefixes returns the CIDRs that exactly cover an address block ("CIDR" or "first-last").
+func blockPrefixes(block string) ([]netip.Prefix, error) {
+	first, last, isRange := strings.Cut(block, "-")
+	if !isRange {
+		p, err := netip.ParsePrefix(strings.TrimSpace(block))
+		if err != nil {
+			return nil, fmt.Errorf("address block %q: %v", block, err)
+		}
+		return []netip.Prefix{p.Masked()}, nil
+	}
+	a, err1 := netip.ParseAddr(strings.TrimSpace(first))
+	b, err2 := netip.ParseAddr(strings.TrimSpace(last))
+	if err1 != nil || err2 != nil || a.Is4() != b.Is4() || b.Less(a) {
+		return nil, fmt.Errorf("address block %q is not a range of one family", block)
+	}
+	var out []netip.Prefix
+	for {
+		// The largest prefix starting at a that does not go past b.
+		bits := a.BitLen()
+		for bits > 0 {
+			p := netip.PrefixFrom(a, bits-1)
+			if p.Masked().Addr() != a || lastOf(p).Compare(b) > 0 {
+				break
+			}
+			bits--
+		}
+		p := netip.PrefixFrom(a, bits)
+		out = append(out, p)
+		end := lastOf(p)
+		if end.Compare(b) >= 0 {
+			return out, nil
+		}
+		a = end.Next()
+	}
+}
+
+func lastOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 1 << (7 - i%8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
