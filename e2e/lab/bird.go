@@ -124,3 +124,21 @@ func ParseBirdProtocols(out []byte) ([]BirdProtocol, error) {
 	}
 	return ps, sc.Err()
 }
+
+// parseBirdRouteCount sums the "N of M routes for K networks in table T" lines of `show route count`.
+func parseBirdRouteCount(out []byte) (int, error) {
+	total, found := 0, false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		var n, m, k int
+		var table string
+		if _, err := fmt.Sscanf(strings.TrimSpace(sc.Text()), "%d of %d routes for %d networks in table %s", &n, &m, &k, &table); err == nil {
+			total += n
+			found = true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("no route count in %q", out)
+	}
+	return total, sc.Err()
+}

@@ -99,3 +99,13 @@ func TestParseMACs(t *testing.T) {
 		t.Errorf("ndisc6 output: %v", got)
 	}
 }
+
+func TestParseBirdRouteCount(t *testing.T) {
+	out := "BIRD 2.0.12 ready.\n3 of 3 routes for 2 networks in table master4\n0 of 0 routes for 0 networks in table master6\nTotal: 3 of 3 routes for 2 networks in 2 tables\n"
+	if n, err := parseBirdRouteCount([]byte(out)); err != nil || n != 3 {
+		t.Errorf("count = %d, %v; want 3", n, err)
+	}
+	if _, err := parseBirdRouteCount([]byte("BIRD 2.0.12 ready.\n")); err == nil {
+		t.Error("output without counts was accepted")
+	}
+}

@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,6 +50,40 @@ func (l *Lab) BirdRoutes(ctx context.Context) ([]BirdRoute, error) {
 		return nil, err
 	}
 	return ParseBirdRoutes(out)
+}
+
+// BirdRouteCount returns how many routes BIRD holds in all its tables (`show route count`), cheaper
+// than listing them when a benchmark waits for thousands.
+func (l *Lab) BirdRouteCount(ctx context.Context) (int, error) {
+	out, err := l.Birdc(ctx, "show", "route", "count")
+	if err != nil {
+		return 0, err
+	}
+	return parseBirdRouteCount(out)
+}
+
+// BirdLog is the path of BIRD's log (session events such as a received Cease).
+func (l *Lab) BirdLog() string { return filepath.Join(l.Dir, "bird.log") }
+
+// ReconfigureBird appends extra to the lab's BIRD configuration (e.g. another protocol with a
+// password) and makes BIRD reload it; sessions whose configuration did not change stay up. An
+// empty extra restores the committed configuration.
+func (l *Lab) ReconfigureBird(ctx context.Context, extra string) error {
+	conf, err := renderBirdConf(l.Topology, l.Dir)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(l.Dir, "bird.conf"), append(conf, extra...), 0o644); err != nil {
+		return err
+	}
+	out, err := l.Birdc(ctx, "configure")
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(out), "Reconfigured") && !strings.Contains(string(out), "Reconfiguration in progress") {
+		return fmt.Errorf("birdc configure: %s", out)
+	}
+	return nil
 }
 
 // BirdProtocols returns BIRD's protocols (BGP sessions are named <node>v4 and <node>v6).
