@@ -347,7 +347,9 @@ func TestAPIServerIsDualStackWithRoomForTenThousandServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.CoreV1().Services(svc.Namespace).Delete(context.Background(), svc.Name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = c.CoreV1().Services(svc.Namespace).Delete(context.Background(), svc.Name, metav1.DeleteOptions{})
+	})
 	if len(svc.Spec.ClusterIPs) != 2 {
 		t.Errorf("ClusterIPs = %v, want one per family", svc.Spec.ClusterIPs)
 	}
