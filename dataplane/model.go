@@ -1,0 +1,141 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// ServicePortName identifies one port of one Service: the unit every backend programs.
+type ServicePortName struct {
+	types.NamespacedName
+	// Port is the Service port's name; empty for a single unnamed port.
+	Port     string
+	Protocol v1.Protocol
+}
+
+// String is "namespace/name/protocol/port", stable and unique; backends derive object names from it.
+func (n ServicePortName) String() string {
+	return fmt.Sprintf("%s/%s/%s/%s", n.Namespace, n.Name, strings.ToLower(string(n.Protocol)), n.Port)
+}
+
+// ServicePort is the desired state of one Service port on this node, with the endpoints the
+// policy chose already filled in. Backends read it and never look at Service objects.
+type ServicePort struct {
+	Name     ServicePortName
+	Protocol v1.Protocol
+	Port     int32
+	// ClusterIPs holds one address per family, in the Service's order.
+	ClusterIPs []netip.Addr
+	// NodePort is 0 when the Service has none (not NodePort/LoadBalancer, or a LoadBalancer
+	// with allocateLoadBalancerNodePorts: false).
+	NodePort        int32
+	ExternalIPs     []netip.Addr
+	LoadBalancerIPs []netip.Addr
+	// SourceRanges are the loadBalancerSourceRanges: when set, other sources are dropped at the
+	// LoadBalancer IPs (ClusterIP, NodePort and externalIPs stay open, as in kube-proxy).
+	SourceRanges []netip.Prefix
+	// AffinityTimeout is the sessionAffinity: ClientIP timeout; 0 means no affinity.
+	AffinityTimeout time.Duration
+	// ExternalPolicyLocal is externalTrafficPolicy: Local: external traffic (NodePort, LB IPs,
+	// externalIPs) goes only to this node's endpoints and keeps its source address.
+	ExternalPolicyLocal bool
+	// InternalPolicyLocal is internalTrafficPolicy: Local (ClusterIP traffic to local endpoints only).
+	InternalPolicyLocal bool
+	// HealthCheckNodePort is the port of the Service's health-check server, 0 if none.
+	HealthCheckNodePort int32
+	// Scheduler is the raw herald.io/ipvs-scheduler annotation; the IPVS backend validates it.
+	Scheduler string
+
+	// ClusterEndpoints serve traffic to the ClusterIPs (internalTrafficPolicy applied).
+	ClusterEndpoints []Endpoint
+	// ExternalEndpoints serve traffic to NodePort, LB IPs and externalIPs (externalTrafficPolicy
+	// applied: with Local, only this node's endpoints).
+	ExternalEndpoints []Endpoint
+	// HasEndpoints is true when the Service has any usable endpoint anywhere. When a list above
+	// is empty, backends reject the traffic if HasEndpoints is false (nothing can serve it, tell
+	// the client at once) and drop it otherwise (served elsewhere: e.g. a Local policy with
+	// endpoints on other nodes, where the load balancer's health check steers clients away).
+	HasEndpoints bool
+}
+
+// ExternalAddrs are the destination addresses of external traffic other than NodePorts.
+func (p *ServicePort) ExternalAddrs() []netip.Addr {
+	return append(slices.Clone(p.ExternalIPs), p.LoadBalancerIPs...)
+}
+
+// Endpoint is one backend of a ServicePort, its target port resolved for that port.
+type Endpoint struct {
+	Addr netip.Addr
+	Port int32
+	// NodeName and Zone say where it runs; Local is NodeName == this node.
+	NodeName string
+	Zone     string
+	Local    bool
+	// Ready, Serving and Terminating are the EndpointSlice conditions (unset Ready/Serving read
+	// as true, unset Terminating as false).
+	Ready, Serving, Terminating bool
+	// ForZones and ForNodes are the topology hints.
+	ForZones []string
+	ForNodes []string
+}
+
+// AddrPort is the endpoint's address and port.
+func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.Addr, uint16(e.Port)) }
+
+// EndpointsOfFamily keeps the endpoints in the same family as addr; a dual-stack Service's IPv4
+// address must only be translated to IPv4 endpoints.
+func EndpointsOfFamily(eps []Endpoint, addr netip.Addr) []Endpoint {
+	out := make([]Endpoint, 0, len(eps))
+	for _, e := range eps {
+		if e.Addr.Is4() == addr.Is4() {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// State is the whole desired state of the data plane on this node.
+type State struct {
+	NodeName string
+	// Services maps each proxied Service to its ports, sorted by name.
+	Services map[types.NamespacedName][]*ServicePort
+}
+
+// SyncRequest is what a Backend commits.
+type SyncRequest struct {
+	State *State
+	// Changed lists the Services whose ports differ from the last successful sync (added,
+	// changed, or removed: a removed one is absent from State.Services).
+	Changed map[types.NamespacedName]struct{}
+	// Full asks the backend to reconcile everything, not just Changed: on the first sync and
+	// after a failed one (the backend's memory of what the kernel holds may then be wrong).
+	// Only a full sync may read the kernel's whole state.
+	Full bool
+}
+
+// Backend programs the kernel. The nftables backend (dataplane/nftables) and the IPVS backend
+// (dataplane/ipvs) implement it; neither knows about Services, EndpointSlices or the endpoint
+// policy: they receive ServicePorts with endpoints already chosen.
+//
+// Contract:
+//   - Sync is called from one goroutine at a time. It commits the request in one transaction
+//     where the kernel allows (nftables does; IPVS cannot, so apply changes in an order that
+//     never sends traffic to a removed endpoint).
+//   - An incremental sync (Full false) touches only what belongs to Changed Services and must
+//     cost O(changes), not O(Services): keep what was committed in memory and send deltas.
+//   - On error the proxy retries with Full set.
+//   - Stale UDP conntrack entries are cleared by the proxy after Sync; backends need not.
+//   - Cleanup removes everything the backend made (also leftovers of an earlier process) and
+//     is safe to call when nothing exists.
+type Backend interface {
+	Name() string
+	Sync(ctx context.Context, req SyncRequest) error
+	Cleanup(ctx context.Context) error
+}

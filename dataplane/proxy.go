@@ -1,0 +1,174 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
+)
+
+// ProxyOptions configure a Proxy.
+type ProxyOptions struct {
+	NodeName string
+	Backend  Backend
+	// Conntrack clears stale UDP entries after each sync; nil disables it.
+	Conntrack Conntrack
+	// MinSyncInterval bounds how often the backend runs (events in between fold into one
+	// sync); MaxSyncInterval is the period of the full resync. Defaults 10 ms and 1 h.
+	MinSyncInterval, MaxSyncInterval time.Duration
+	// OnSynced is called after every successful sync with the committed state (read-only, valid
+	// until the next sync); the healthCheckNodePort servers hook in here.
+	OnSynced func(*State)
+	Logger   *slog.Logger
+}
+
+// Proxy is the service proxy: informer events go into a ChangeTracker, a bounded-frequency
+// runner folds them into the desired State and hands the changes to the Backend.
+type Proxy struct {
+	opts    ProxyOptions
+	tracker *ChangeTracker
+	runner  *boundedRunner
+	synced  []cache.InformerSynced
+
+	// Only the sync goroutine touches these.
+	state        State
+	needFull     bool
+	unsynced     map[types.NamespacedName]struct{} // changes not yet committed (a sync failed)
+	staleFilters []ConntrackFilter
+
+	mu       sync.Mutex
+	lastSync time.Time
+	lastErr  error
+}
+
+// NewProxy returns a Proxy; call Register for its informers, then Run.
+func NewProxy(opts ProxyOptions) *Proxy {
+	if opts.MinSyncInterval == 0 {
+		opts.MinSyncInterval = 10 * time.Millisecond
+	}
+	if opts.MaxSyncInterval == 0 {
+		opts.MaxSyncInterval = time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	p := &Proxy{
+		opts:     opts,
+		tracker:  NewChangeTracker(opts.NodeName),
+		needFull: true,
+		unsynced: map[types.NamespacedName]struct{}{},
+	}
+	p.runner = newBoundedRunner(p.sync, opts.MinSyncInterval, opts.MaxSyncInterval)
+	return p
+}
+
+// Tracker is the proxy's change tracker, for callers that feed events themselves.
+func (p *Proxy) Tracker() *ChangeTracker { return p.tracker }
+
+// Register feeds the proxy from Service, EndpointSlice and Node informers (nodes may be nil).
+func (p *Proxy) Register(services, slices, nodes EventHandlerRegistrar) error {
+	add := func(inf EventHandlerRegistrar, update, del func(any)) error {
+		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { update(o); p.runner.Trigger() },
+			UpdateFunc: func(_, o any) { update(o); p.runner.Trigger() },
+			DeleteFunc: func(o any) { del(o); p.runner.Trigger() },
+		})
+		if err == nil {
+			p.synced = append(p.synced, reg.HasSynced)
+		}
+		return err
+	}
+	if err := add(services,
+		func(o any) { p.tracker.OnServiceUpdate(asService(o)) },
+		func(o any) { p.tracker.OnServiceDelete(asService(o)) }); err != nil {
+		return err
+	}
+	if err := add(slices,
+		func(o any) { p.tracker.OnEndpointSliceUpdate(asSlice(o)) },
+		func(o any) { p.tracker.OnEndpointSliceDelete(asSlice(o)) }); err != nil {
+		return err
+	}
+	if nodes != nil {
+		return add(nodes, func(o any) { n, _ := o.(*v1.Node); p.tracker.OnNodeUpdate(n) }, func(any) {})
+	}
+	return nil
+}
+
+// Run waits for the informers' first lists (so the first sync is complete, never a partial
+// table that drops half the Services), then syncs until ctx ends.
+func (p *Proxy) Run(ctx context.Context) {
+	if !cache.WaitForCacheSync(ctx.Done(), p.synced...) {
+		return
+	}
+	p.runner.Loop(ctx)
+}
+
+// Trigger asks for a sync soon (for callers that feed the tracker themselves).
+func (p *Proxy) Trigger() { p.runner.Trigger() }
+
+// SyncOnce runs one sync now, on the caller's goroutine; for tests and benchmarks that do not
+// call Run (never call both).
+func (p *Proxy) SyncOnce(ctx context.Context) error { return p.sync(ctx) }
+
+// Healthy reports whether the last sync succeeded and when it finished; /healthz uses it.
+func (p *Proxy) Healthy() (ok bool, last time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr == nil && !p.lastSync.IsZero(), p.lastSync
+}
+
+func (p *Proxy) sync(ctx context.Context) error {
+	start := time.Now()
+	changes := p.tracker.Apply(&p.state)
+	for _, c := range changes {
+		p.unsynced[c.Service] = struct{}{}
+		p.staleFilters = append(p.staleFilters, staleUDPFilters(c.Old, c.New)...)
+	}
+	if !p.needFull && len(p.unsynced) == 0 {
+		p.recordSync(nil)
+		return nil
+	}
+	req := SyncRequest{State: &p.state, Changed: p.unsynced, Full: p.needFull}
+	err := p.opts.Backend.Sync(ctx, req)
+	if err != nil {
+		err = fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
+		p.needFull = true
+		p.opts.Logger.Error("data plane sync failed; retrying with a full sync", "error", err)
+		p.recordSync(err)
+		return err
+	}
+	p.opts.Logger.Debug("data plane synced", "backend", p.opts.Backend.Name(), "full", req.Full,
+		"changedServices", len(req.Changed), "services", len(p.state.Services), "took", time.Since(start))
+	p.needFull = false
+	p.unsynced = map[types.NamespacedName]struct{}{}
+	if p.opts.Conntrack != nil && len(p.staleFilters) > 0 {
+		if err := p.opts.Conntrack.DeleteUDP(p.staleFilters); err != nil {
+			p.opts.Logger.Warn("clearing stale UDP conntrack entries", "error", err)
+		}
+	}
+	p.staleFilters = nil
+	if p.opts.OnSynced != nil {
+		p.opts.OnSynced(&p.state)
+	}
+	p.recordSync(nil)
+	return nil
+}
+
+func (p *Proxy) recordSync(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastSync, p.lastErr = time.Now(), err
+}
+
+func asService(obj any) *v1.Service {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	s, _ := obj.(*v1.Service)
+	return s
+}

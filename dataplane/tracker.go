@@ -1,0 +1,359 @@
+package dataplane
+
+import (
+	"net/netip"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Annotations the tracker reads.
+const (
+	// annotationIPVSScheduler is passed through to ServicePort.Scheduler.
+	annotationIPVSScheduler = "herald.io/ipvs-scheduler"
+	// annotationTopologyMode (and its deprecated predecessor) turn on zone hints like
+	// trafficDistribution: PreferClose does.
+	annotationTopologyMode      = "service.kubernetes.io/topology-mode"
+	annotationTopologyAwareHint = "service.kubernetes.io/topology-aware-hints"
+	// defaultAffinityTimeout is the API's default sessionAffinityConfig.clientIP.timeoutSeconds.
+	defaultAffinityTimeout = 10800 * time.Second
+)
+
+// ChangeTracker turns informer events into changes of the desired State. Events only record
+// the latest object per key (repeated updates merge: only the last one matters) and mark the
+// Service dirty; Apply then rebuilds the dirty Services' ports and drops those that come out
+// unchanged, so informer resyncs and irrelevant edits (labels, unrelated annotations, slices of
+// an unrelated port) cost no kernel work.
+type ChangeTracker struct {
+	mu         sync.Mutex
+	node       Node
+	nodeDirty  bool
+	services   map[types.NamespacedName]*v1.Service
+	slices     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice // by Service, slice name
+	sliceOwner map[types.NamespacedName]types.NamespacedName                  // slice -> Service
+	dirty      map[types.NamespacedName]struct{}
+}
+
+// NewChangeTracker returns a tracker for the node named nodeName.
+func NewChangeTracker(nodeName string) *ChangeTracker {
+	return &ChangeTracker{
+		node:       Node{Name: nodeName},
+		services:   map[types.NamespacedName]*v1.Service{},
+		slices:     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
+		sliceOwner: map[types.NamespacedName]types.NamespacedName{},
+		dirty:      map[types.NamespacedName]struct{}{},
+	}
+}
+
+// Service change events. A nil object is ignored.
+func (t *ChangeTracker) OnServiceUpdate(svc *v1.Service) {
+	if svc == nil {
+		return
+	}
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if prev := t.services[key]; prev != nil && prev.ResourceVersion == svc.ResourceVersion && svc.ResourceVersion != "" {
+		return // informer resync: nothing new
+	}
+	t.services[key] = svc
+	t.dirty[key] = struct{}{}
+}
+
+func (t *ChangeTracker) OnServiceDelete(svc *v1.Service) {
+	if svc == nil {
+		return
+	}
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.services, key)
+	t.dirty[key] = struct{}{}
+}
+
+// EndpointSlice change events. Slices without the kubernetes.io/service-name label belong to
+// no Service and are ignored; FQDN slices are not proxied.
+func (t *ChangeTracker) OnEndpointSliceUpdate(slice *discoveryv1.EndpointSlice) {
+	if slice == nil || slice.AddressType == discoveryv1.AddressTypeFQDN {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}
+	if prevSvc, ok := t.sliceOwner[key]; ok {
+		if prev := t.slices[prevSvc][slice.Name]; prev != nil && prev.ResourceVersion == slice.ResourceVersion && slice.ResourceVersion != "" {
+			return
+		}
+	}
+	t.removeSliceLocked(key)
+	svc, ok := sliceService(slice)
+	if !ok {
+		return
+	}
+	if t.slices[svc] == nil {
+		t.slices[svc] = map[string]*discoveryv1.EndpointSlice{}
+	}
+	t.slices[svc][slice.Name] = slice
+	t.sliceOwner[key] = svc
+	t.dirty[svc] = struct{}{}
+}
+
+func (t *ChangeTracker) OnEndpointSliceDelete(slice *discoveryv1.EndpointSlice) {
+	if slice == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.removeSliceLocked(types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name})
+}
+
+func (t *ChangeTracker) removeSliceLocked(key types.NamespacedName) {
+	svc, ok := t.sliceOwner[key]
+	if !ok {
+		return
+	}
+	delete(t.slices[svc], key.Name)
+	if len(t.slices[svc]) == 0 {
+		delete(t.slices, svc)
+	}
+	delete(t.sliceOwner, key)
+	t.dirty[svc] = struct{}{}
+}
+
+// OnNodeUpdate records this node's zone (topology.kubernetes.io/zone); a change re-evaluates
+// every Service, since zone hints depend on it.
+func (t *ChangeTracker) OnNodeUpdate(node *v1.Node) {
+	if node == nil || node.Name != t.node.Name {
+		return
+	}
+	zone := node.Labels[v1.LabelTopologyZone]
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if zone != t.node.Zone {
+		t.node.Zone = zone
+		t.nodeDirty = true
+	}
+}
+
+// PortChange is one Service whose desired ports changed in Apply.
+type PortChange struct {
+	Service  types.NamespacedName
+	Old, New []*ServicePort
+}
+
+// Apply folds every event since the last Apply into state and returns the Services whose ports
+// really changed, sorted by name.
+func (t *ChangeTracker) Apply(state *State) []PortChange {
+	t.mu.Lock()
+	dirty := t.dirty
+	t.dirty = map[types.NamespacedName]struct{}{}
+	if t.nodeDirty {
+		for k := range t.services {
+			dirty[k] = struct{}{}
+		}
+		t.nodeDirty = false
+	}
+	node := t.node
+	built := make(map[types.NamespacedName][]*ServicePort, len(dirty))
+	for k := range dirty {
+		built[k] = buildServicePorts(t.services[k], t.slices[k], node)
+	}
+	t.mu.Unlock()
+
+	state.NodeName = node.Name
+	if state.Services == nil {
+		state.Services = map[types.NamespacedName][]*ServicePort{}
+	}
+	var changes []PortChange
+	for k, ports := range built {
+		old := state.Services[k]
+		if reflect.DeepEqual(old, ports) {
+			continue // a no-op change: dropped here
+		}
+		if len(ports) == 0 {
+			delete(state.Services, k)
+		} else {
+			state.Services[k] = ports
+		}
+		changes = append(changes, PortChange{Service: k, Old: old, New: ports})
+	}
+	sort.Slice(changes, func(i, j int) bool {
+		a, b := changes[i].Service, changes[j].Service
+		return a.Namespace < b.Namespace || (a.Namespace == b.Namespace && a.Name < b.Name)
+	})
+	return changes
+}
+
+// buildServicePorts computes a Service's desired ports. Headless and ExternalName Services, and
+// deleted ones, have none.
+func buildServicePorts(svc *v1.Service, slices map[string]*discoveryv1.EndpointSlice, node Node) []*ServicePort {
+	if svc == nil || svc.Spec.Type == v1.ServiceTypeExternalName || svc.Spec.ClusterIP == v1.ClusterIPNone || svc.Spec.ClusterIP == "" {
+		return nil
+	}
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	policy := TrafficPolicy{
+		ExternalLocal: svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal,
+		InternalLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
+	}
+	if td := svc.Spec.TrafficDistribution; td != nil {
+		switch *td {
+		case v1.ServiceTrafficDistributionPreferClose, v1.ServiceTrafficDistributionPreferSameZone:
+			policy.PreferZone = true
+		case v1.ServiceTrafficDistributionPreferSameNode:
+			policy.PreferNode = true
+		}
+	}
+	for _, a := range []string{annotationTopologyMode, annotationTopologyAwareHint} {
+		if v := strings.ToLower(svc.Annotations[a]); v == "auto" {
+			policy.PreferZone = true
+		}
+	}
+
+	base := ServicePort{
+		ClusterIPs:          parseAddrs(svc.Spec.ClusterIPs),
+		ExternalIPs:         parseAddrs(svc.Spec.ExternalIPs),
+		SourceRanges:        parsePrefixes(svc.Spec.LoadBalancerSourceRanges),
+		ExternalPolicyLocal: policy.ExternalLocal,
+		InternalPolicyLocal: policy.InternalLocal,
+		Scheduler:           svc.Annotations[annotationIPVSScheduler],
+	}
+	if len(base.ClusterIPs) == 0 {
+		base.ClusterIPs = parseAddrs([]string{svc.Spec.ClusterIP})
+	}
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			// ipMode Proxy means a proxy in front terminates the traffic: not ours to capture.
+			if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
+				continue
+			}
+			if a, err := netip.ParseAddr(ing.IP); err == nil {
+				base.LoadBalancerIPs = append(base.LoadBalancerIPs, a.Unmap())
+			}
+		}
+		if policy.ExternalLocal {
+			base.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+		}
+	}
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		base.AffinityTimeout = defaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			base.AffinityTimeout = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		}
+	}
+
+	ports := make([]*ServicePort, 0, len(svc.Spec.Ports))
+	for i := range svc.Spec.Ports {
+		sp := &svc.Spec.Ports[i]
+		p := base
+		p.Name = ServicePortName{NamespacedName: key, Port: sp.Name, Protocol: sp.Protocol}
+		p.Protocol = sp.Protocol
+		p.Port = sp.Port
+		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+			// With allocateLoadBalancerNodePorts: false the apiserver leaves nodePort 0 and
+			// there is nothing to open; a port the user set by hand is still honoured.
+			p.NodePort = sp.NodePort
+		}
+		all := endpointsForPort(slices, sp, node)
+		p.ClusterEndpoints, p.ExternalEndpoints, p.HasEndpoints = SelectEndpoints(all, policy, node)
+		ports = append(ports, &p)
+	}
+	sort.Slice(ports, func(i, j int) bool { return ports[i].Name.String() < ports[j].Name.String() })
+	return ports
+}
+
+// endpointsForPort lists the endpoints of one Service port. The target port is resolved per
+// slice: the EndpointSlice controller puts endpoints whose named targetPort resolves to the
+// same number in the same slice, and the slice port carries the Service port's name.
+func endpointsForPort(slices map[string]*discoveryv1.EndpointSlice, sp *v1.ServicePort, node Node) []Endpoint {
+	seen := map[netip.AddrPort]bool{}
+	var out []Endpoint
+	names := make([]string, 0, len(slices))
+	for n := range slices {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		s := slices[n]
+		var port int32
+		for _, p := range s.Ports {
+			proto := v1.ProtocolTCP
+			if p.Protocol != nil {
+				proto = *p.Protocol
+			}
+			if p.Port != nil && proto == sp.Protocol && (p.Name == nil && sp.Name == "" || p.Name != nil && *p.Name == sp.Name) {
+				port = *p.Port
+				break
+			}
+		}
+		if port == 0 {
+			continue
+		}
+		for i := range s.Endpoints {
+			e := &s.Endpoints[i]
+			if len(e.Addresses) == 0 {
+				continue
+			}
+			addr, err := netip.ParseAddr(e.Addresses[0])
+			if err != nil {
+				continue
+			}
+			ep := Endpoint{Addr: addr.Unmap(), Port: port, Ready: isReady(e)}
+			ep.Serving = ep.Ready
+			if e.Conditions.Serving != nil {
+				ep.Serving = *e.Conditions.Serving
+			}
+			ep.Terminating = e.Conditions.Terminating != nil && *e.Conditions.Terminating
+			if e.NodeName != nil {
+				ep.NodeName = *e.NodeName
+				ep.Local = ep.NodeName == node.Name
+			}
+			if e.Zone != nil {
+				ep.Zone = *e.Zone
+			}
+			if e.Hints != nil {
+				for _, z := range e.Hints.ForZones {
+					ep.ForZones = append(ep.ForZones, z.Name)
+				}
+				for _, nh := range e.Hints.ForNodes {
+					ep.ForNodes = append(ep.ForNodes, nh.Name)
+				}
+			}
+			// The same endpoint can sit in two slices while the controller moves it.
+			if seen[ep.AddrPort()] {
+				continue
+			}
+			seen[ep.AddrPort()] = true
+			out = append(out, ep)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].AddrPort().Compare(out[j].AddrPort()) < 0 })
+	return out
+}
+
+func parseAddrs(in []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range in {
+		if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// parsePrefixes reads loadBalancerSourceRanges; the apiserver validates them, so an
+// unparsable entry is skipped rather than failing the Service.
+func parsePrefixes(in []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range in {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
