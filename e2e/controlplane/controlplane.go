@@ -97,7 +97,7 @@ type ControlPlane struct {
 
 // Start writes keys and configuration into cfg.Dir, starts etcd, kube-apiserver and
 // kube-controller-manager, and returns once the apiserver reports ready.
-func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
+func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	if cfg.Port == 0 {
 		cfg.Port = 6443
 	}
@@ -120,7 +120,7 @@ func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cp = &ControlPlane{
+	cp := &ControlPlane{
 		Kubeconfig: filepath.Join(cfg.Dir, "kubeconfig"),
 		Server:     "https://" + net.JoinHostPort(cfg.Address, strconv.Itoa(cfg.Port)),
 		Token:      files.token,
