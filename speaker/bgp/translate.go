@@ -111,15 +111,31 @@ const (
 
 // Translate computes what the node's announcer should do. It is a pure function of its input.
 func Translate(in Input) Result {
-	t := translation{in: in, res: Result{
+	return translate(in, false)
+}
+
+// Validate checks the BGP objects of in for every node at once (in.Node and in.Services are
+// ignored): the Problems the controller turns into Valid and NotSupported conditions. Problems
+// that only exist on some node (two peers of one node with the same address or different router
+// IDs) are left to the speakers, which report them as events.
+func Validate(in Input) []Problem {
+	return translate(in, true).Problems
+}
+
+func translate(in Input, everyNode bool) Result {
+	t := translation{in: in, everyNode: everyNode, res: Result{
 		Desired:   Desired{Peers: map[string]Peer{}, Routes: map[string]map[netip.Prefix]Attributes{}},
 		Announced: map[netip.Addr]Announced{},
 	}}
 	t.communityAliases()
 	t.bfdProfiles()
 	t.peers()
-	t.routerID()
-	t.advertisements()
+	if !everyNode {
+		t.routerID()
+		t.advertisements()
+	} else {
+		t.validateAdvertisements()
+	}
 	sort.SliceStable(t.res.Problems, func(i, j int) bool {
 		a, b := t.res.Problems[i], t.res.Problems[j]
 		return a.Kind+"/"+a.Name < b.Kind+"/"+b.Name
@@ -128,10 +144,12 @@ func Translate(in Input) Result {
 }
 
 type translation struct {
-	in      Input
-	res     Result
-	aliases map[string]community
-	bfd     map[string]*BFD
+	in Input
+	// everyNode validates for all nodes: node selectors select every node.
+	everyNode bool
+	res       Result
+	aliases   map[string]community
+	bfd       map[string]*BFD
 	// allPeers are the names of every BGPPeer (selected for this node or not).
 	allPeers map[string]bool
 	// routerIDs are the routerIDs set on this node's peers, by peer name.
@@ -228,7 +246,7 @@ func (t *translation) peers() {
 		if !ok {
 			continue
 		}
-		if other, dup := byAddr[p.Address]; dup {
+		if other, dup := byAddr[p.Address]; dup && !t.everyNode {
 			t.problem("BGPPeer", bp.Name, config.ConditionValid, ReasonDuplicatePeer,
 				"node %s already peers with %s through BGPPeer %s; one session per router address", t.in.Node.Name, p.Address, other)
 			continue
@@ -249,7 +267,7 @@ func (t *translation) peer(bp v1beta1.BGPPeer) (Peer, bool) {
 	if err != nil {
 		return bad(ReasonInvalidSelector, "nodeSelectors: %v", err)
 	}
-	if !selected {
+	if !selected && !t.everyNode {
 		return Peer{}, false
 	}
 	if s.VRF != "" {
@@ -389,11 +407,23 @@ type advertisement struct {
 	attrs            Attributes
 }
 
-func (t *translation) advertisements() {
+func (t *translation) poolsByName() map[string]v1beta1.IPAddressPool {
 	pools := map[string]v1beta1.IPAddressPool{}
 	for _, p := range t.in.Pools {
 		pools[p.Name] = p
 	}
+	return pools
+}
+
+func (t *translation) validateAdvertisements() {
+	pools := t.poolsByName()
+	for _, ba := range t.in.Advertisements {
+		t.advertisement(ba, pools)
+	}
+}
+
+func (t *translation) advertisements() {
+	pools := t.poolsByName()
 	var ads []advertisement
 	for _, ba := range t.in.Advertisements {
 		if ad, ok := t.advertisement(ba, pools); ok {
@@ -562,7 +592,7 @@ func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[strin
 	if err != nil {
 		return bad(ReasonInvalidSelector, "nodeSelectors: %v", err)
 	}
-	if !selected {
+	if !selected && !t.everyNode {
 		return advertisement{}, false
 	}
 	for name := range t.res.Desired.Peers {

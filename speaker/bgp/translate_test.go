@@ -306,3 +306,37 @@ func TestBlockPrefixes(t *testing.T) {
 		t.Error("backwards range accepted")
 	}
 }
+
+func TestValidateIgnoresNodeSelection(t *testing.T) {
+	in := baseInput()
+	in.Node = Node{}
+	in.Peers = []v1beta1.BGPPeer{
+		bgpPeer("rack-a", "10.0.0.1", func(s *v1beta1.BGPPeerSpec) {
+			s.NodeSelectors = []metav1.LabelSelector{{MatchLabels: map[string]string{"rack": "a"}}}
+			s.RouterID = "1.1.1.1"
+		}),
+		// Same address and another router ID, but for other nodes: fine.
+		bgpPeer("rack-b", "10.0.0.1", func(s *v1beta1.BGPPeerSpec) {
+			s.NodeSelectors = []metav1.LabelSelector{{MatchLabels: map[string]string{"rack": "b"}}}
+			s.RouterID = "2.2.2.2"
+		}),
+		bgpPeer("rack-c", "10.0.0.3", func(s *v1beta1.BGPPeerSpec) {
+			s.NodeSelectors = []metav1.LabelSelector{{MatchLabels: map[string]string{"rack": "c"}}}
+			s.MyASN = 0
+		}),
+	}
+	in.Advertisements = []v1beta1.BGPAdvertisement{adv("elsewhere", v1beta1.BGPAdvertisementSpec{
+		AdvertisementSelection: v1beta1.AdvertisementSelection{
+			NodeSelectors: []metav1.LabelSelector{{MatchLabels: map[string]string{"rack": "z"}}},
+		},
+		Communities: []string{"bogus"},
+	})}
+	var got []string
+	for _, p := range Validate(in) {
+		got = append(got, p.Kind+"/"+p.Name+"/"+p.Reason)
+	}
+	want := []string{"BGPAdvertisement/elsewhere/" + ReasonInvalidCommunity, "BGPPeer/rack-c/" + ReasonInvalidASN}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Validate = %v, want %v", got, want)
+	}
+}
