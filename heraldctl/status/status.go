@@ -1,0 +1,224 @@
+// Package status gathers what Herald is doing into one report: pools and their usage, Services
+// with their IPs and who announces them, and each node's BGP/BFD sessions. Build is pure (objects
+// in, report out); Collect reads the objects from a cluster.
+package status
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
+	"github.com/heraldlb/herald/controller/allocator"
+)
+
+// Report is heraldctl status's output; -o json|yaml prints it as is.
+type Report struct {
+	Pools    []Pool    `json:"pools"`
+	Services []Service `json:"services"`
+	Nodes    []Node    `json:"nodes"`
+}
+
+// Pool is one IPAddressPool and its usage as the controller counted it.
+type Pool struct {
+	Name      string                 `json:"name"`
+	Addresses []string               `json:"addresses"`
+	IPv4      *v1beta1.AddressCounts `json:"ipv4,omitempty"`
+	IPv6      *v1beta1.AddressCounts `json:"ipv6,omitempty"`
+	// Problems are the pool's conditions that need attention (Valid=False, Overlap=True,
+	// NotSupported=True), as "Type: message".
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Service is one Service of type LoadBalancer.
+type Service struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Class     string   `json:"loadBalancerClass,omitempty"`
+	IPs       []string `json:"ips,omitempty"`
+	// Pool holding the IPs ("" when none does).
+	Pool string `json:"pool,omitempty"`
+	// Allocated and Announced are the herald.io conditions; nil when the controller has not
+	// written them (the Service is not Herald's, or the controller is not running).
+	Allocated *Condition `json:"allocated,omitempty"`
+	Announced *Condition `json:"announced,omitempty"`
+	// AnnouncedBy lists the nodes announcing the Service's IPs, from their SpeakerStatus.
+	AnnouncedBy []Announcer `json:"announcedBy,omitempty"`
+}
+
+// Condition is a status condition in short.
+type Condition struct {
+	Status  metav1.ConditionStatus `json:"status"`
+	Reason  string                 `json:"reason,omitempty"`
+	Message string                 `json:"message,omitempty"`
+}
+
+// Announcer is one node announcing one IP.
+type Announcer struct {
+	Node       string                       `json:"node"`
+	IP         string                       `json:"ip"`
+	Protocol   v1beta1.AnnouncementProtocol `json:"protocol"`
+	Interfaces []string                     `json:"interfaces,omitempty"`
+	Peers      []string                     `json:"peers,omitempty"`
+}
+
+// Node is one node's speaker as its SpeakerStatus tells.
+type Node struct {
+	Name         string                     `json:"name"`
+	LastUpdate   *metav1.Time               `json:"lastUpdate,omitempty"`
+	AnnouncedIPs int32                      `json:"announcedIPs"`
+	MembersAlive int32                      `json:"membersAlive"`
+	Dataplane    string                     `json:"dataplane,omitempty"`
+	Sessions     []v1beta1.BGPSessionStatus `json:"sessions,omitempty"`
+}
+
+// Collect reads pools, Services and SpeakerStatuses through c and builds the report. c's scheme
+// must know core/v1 and herald.io/v1beta1.
+func Collect(ctx context.Context, c client.Reader) (Report, error) {
+	var pools v1beta1.IPAddressPoolList
+	if err := c.List(ctx, &pools); err != nil {
+		return Report{}, listError("ipaddresspools.herald.io", err)
+	}
+	var speakers v1beta1.SpeakerStatusList
+	if err := c.List(ctx, &speakers); err != nil {
+		return Report{}, listError("speakerstatuses.herald.io", err)
+	}
+	var services corev1.ServiceList
+	if err := c.List(ctx, &services); err != nil {
+		return Report{}, listError("services", err)
+	}
+	return Build(pools.Items, services.Items, speakers.Items), nil
+}
+
+func listError(what string, err error) error {
+	switch {
+	case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
+		return fmt.Errorf("listing %s: %w; are Herald's CRDs installed (kubectl get crd %s)? Install them with the Helm chart or kubectl apply -f config/crd/", what, err, what)
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("listing %s: %w; your user needs list access to it (kubectl auth can-i list %s)", what, err, what)
+	default:
+		return fmt.Errorf("listing %s: %w; is the cluster reachable (kubectl get nodes) and --kubeconfig right?", what, err)
+	}
+}
+
+// Build assembles the report from the objects: pure, so its rules are testable without a cluster.
+func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []v1beta1.SpeakerStatus) Report {
+	r := Report{Pools: []Pool{}, Services: []Service{}, Nodes: []Node{}}
+	type poolRanges struct {
+		name   string
+		ranges []allocator.Range
+	}
+	var ranges []poolRanges
+	for _, p := range pools {
+		out := Pool{Name: p.Name, IPv4: p.Status.IPv4, IPv6: p.Status.IPv6}
+		var pr poolRanges
+		pr.name = p.Name
+		for _, a := range p.Spec.Addresses {
+			out.Addresses = append(out.Addresses, string(a))
+			if rg, err := allocator.ParseRange(string(a)); err == nil {
+				pr.ranges = append(pr.ranges, rg)
+			}
+		}
+		for _, c := range p.Status.Conditions {
+			bad := (c.Type == config.ConditionValid && c.Status == metav1.ConditionFalse) ||
+				(c.Type != config.ConditionValid && c.Status == metav1.ConditionTrue)
+			if bad {
+				out.Problems = append(out.Problems, c.Type+": "+c.Message)
+			}
+		}
+		r.Pools = append(r.Pools, out)
+		// An overlapping pool does not give out the addresses an older pool also holds, so a
+		// Service's IP is looked up in the pools without overlap first.
+		if meta.IsStatusConditionTrue(p.Status.Conditions, config.ConditionOverlap) {
+			ranges = append(ranges, pr)
+		} else {
+			ranges = append([]poolRanges{pr}, ranges...)
+		}
+	}
+	poolOf := func(ip netip.Addr) string {
+		for _, p := range ranges {
+			for _, rg := range p.ranges {
+				if rg.Contains(ip) {
+					return p.name
+				}
+			}
+		}
+		return ""
+	}
+
+	// Who announces each IP.
+	announcers := map[string][]Announcer{}
+	for _, s := range speakers {
+		for _, a := range s.Status.Announcements {
+			announcers[a.IP] = append(announcers[a.IP], Announcer{
+				Node: s.Name, IP: a.IP, Protocol: a.Protocol, Interfaces: a.Interfaces, Peers: a.Peers,
+			})
+		}
+		n := Node{
+			Name: s.Name, LastUpdate: s.Status.LastUpdate, AnnouncedIPs: s.Status.AnnouncedIPs,
+			MembersAlive: s.Status.MembersAlive, Dataplane: s.Status.Dataplane.Backend, Sessions: s.Status.BGPSessions,
+		}
+		if s.Status.Dataplane.Reason != "" {
+			n.Dataplane += " (" + s.Status.Dataplane.Reason + ")"
+		}
+		r.Nodes = append(r.Nodes, n)
+	}
+
+	for _, svc := range services {
+		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+			continue
+		}
+		out := Service{Namespace: svc.Namespace, Name: svc.Name}
+		if svc.Spec.LoadBalancerClass != nil {
+			out.Class = *svc.Spec.LoadBalancerClass
+		}
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IP == "" {
+				continue
+			}
+			out.IPs = append(out.IPs, ing.IP)
+			if ip, err := netip.ParseAddr(ing.IP); err == nil && out.Pool == "" {
+				out.Pool = poolOf(ip)
+			}
+			out.AnnouncedBy = append(out.AnnouncedBy, announcers[ing.IP]...)
+		}
+		out.Allocated = condition(svc.Status.Conditions, config.ConditionAllocated)
+		out.Announced = condition(svc.Status.Conditions, config.ConditionAnnounced)
+		r.Services = append(r.Services, out)
+	}
+
+	sort.Slice(r.Pools, func(i, j int) bool { return r.Pools[i].Name < r.Pools[j].Name })
+	sort.Slice(r.Nodes, func(i, j int) bool { return r.Nodes[i].Name < r.Nodes[j].Name })
+	sort.Slice(r.Services, func(i, j int) bool {
+		if r.Services[i].Namespace != r.Services[j].Namespace {
+			return r.Services[i].Namespace < r.Services[j].Namespace
+		}
+		return r.Services[i].Name < r.Services[j].Name
+	})
+	for i := range r.Services {
+		sort.Slice(r.Services[i].AnnouncedBy, func(a, b int) bool {
+			x, y := r.Services[i].AnnouncedBy[a], r.Services[i].AnnouncedBy[b]
+			if x.IP != y.IP {
+				return x.IP < y.IP
+			}
+			return x.Node < y.Node
+		})
+	}
+	return r
+}
+
+func condition(conds []metav1.Condition, typ string) *Condition {
+	c := meta.FindStatusCondition(conds, typ)
+	if c == nil {
+		return nil
+	}
+	return &Condition{Status: c.Status, Reason: c.Reason, Message: c.Message}
+}
