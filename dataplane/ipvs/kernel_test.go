@@ -254,3 +254,20 @@ func TestKernelDataPath(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestProbeAgreesWithKernel runs the real probe: it must succeed in the VM and, anywhere, agree with
+// /proc/net/ip_vs (which exists exactly when ip_vs is loaded; the probe loads it when it can).
+func TestProbeAgreesWithKernel(t *testing.T) {
+	if !backendspec.InNodeNetns() {
+		t.Skip("needs root and a private node network namespace")
+	}
+	err := Probe()
+	_, statErr := os.Stat("/proc/net/ip_vs")
+	if os.Getenv("HERALD_IN_VM") == "1" && err != nil {
+		t.Fatalf("probe failed on the VM's kernel, which has ip_vs: %v", err)
+	}
+	if (err == nil) != (statErr == nil) {
+		t.Fatalf("probe says %v but /proc/net/ip_vs: %v", err, statErr)
+	}
+	t.Logf("probe: %v", err)
+}

@@ -2,7 +2,7 @@
 // from Debian's cloud kernel, which ships ip_vs, its schedulers, dummy, veth, SCTP and nf_tables as
 // modules. This machine's kernel lacks ip_vs, dummy and SCTP, so the IPVS backend is tested here.
 //
-//	go run ./hack/ipvs-vm -test ./dataplane/ipvs/vmtest -- -test.v
+//	go run ./hack/ipvs-vm -test ./dataplane/ipvs,./dataplane/backendspec
 //	go run ./hack/ipvs-vm -build ./bench/ipvs -- -services 10000
 //
 // The kernel package is fetched once with apt-get download and cached, with a base initramfs (busybox,
@@ -36,7 +36,7 @@ const exitMarker = "HERALD-VM-EXIT "
 
 func main() {
 	var (
-		testPkg  = flag.String("test", "", "package to compile with 'go test -c' and run in the VM")
+		testPkg  = flag.String("test", "", "comma-separated packages to compile with 'go test -c' and run one after the other in the VM")
 		buildPkg = flag.String("build", "", "main package to compile with 'go build' and run in the VM")
 		kernel   = flag.String("kernel", os.Getenv("HERALD_IPVS_KERNEL"), "Debian kernel ABI, e.g. 6.1.0-56-cloud-amd64 (default: apt's candidate of linux-image-cloud-amd64)")
 		timeout  = flag.Duration("timeout", 20*time.Minute, "hard limit for the whole VM run")
@@ -70,22 +70,26 @@ func main() {
 	}
 	defer os.RemoveAll(work)
 
-	payload := filepath.Join(work, "payload")
+	var payloads []payload
 	if *testPkg != "" {
-		err = goBuild(ctx, payload, "test", "-c", *testPkg)
+		for i, pkg := range strings.Split(*testPkg, ",") {
+			p := payload{pkg: pkg, file: filepath.Join(work, fmt.Sprintf("payload%d", i)),
+				// Verbose output is how results are counted; a later -test.v in args still wins.
+				args: append([]string{"-test.v"}, flag.Args()...)}
+			if err := goBuild(ctx, p.file, "test", "-c", pkg); err != nil {
+				fatalf("%v", err)
+			}
+			payloads = append(payloads, p)
+		}
 	} else {
-		err = goBuild(ctx, payload, "build", *buildPkg)
-	}
-	if err != nil {
-		fatalf("%v", err)
+		p := payload{pkg: *buildPkg, file: filepath.Join(work, "payload0"), args: flag.Args()}
+		if err := goBuild(ctx, p.file, "build", *buildPkg); err != nil {
+			fatalf("%v", err)
+		}
+		payloads = append(payloads, p)
 	}
 	initrd := filepath.Join(work, "initrd")
-	args := flag.Args()
-	if *testPkg != "" {
-		// Verbose output is how results are counted; a later -test.v in args still wins.
-		args = append([]string{"-test.v"}, args...)
-	}
-	if err := writeInitrd(initrd, env.baseArchive, payload, args, *timeout); err != nil {
+	if err := writeInitrd(initrd, env.baseArchive, payloads, *timeout); err != nil {
 		fatalf("initrd: %v", err)
 	}
 	start := time.Now()
@@ -127,9 +131,16 @@ func goBuild(ctx context.Context, out string, args ...string) error {
 	return nil
 }
 
-// writeInitrd concatenates the cached base archive with a second cpio archive holding the payload and
-// the script init runs; the kernel unpacks concatenated archives in order.
-func writeInitrd(dst, base, payload string, args []string, timeout time.Duration) error {
+// payload is one program to run in the VM.
+type payload struct {
+	pkg  string
+	file string
+	args []string
+}
+
+// writeInitrd concatenates the cached base archive with a second cpio archive holding the payloads
+// and the script init runs; the kernel unpacks concatenated archives in order.
+func writeInitrd(dst, base string, payloads []payload, timeout time.Duration) error {
 	stage, err := os.MkdirTemp(filepath.Dir(dst), "stage-")
 	if err != nil {
 		return err
@@ -137,14 +148,20 @@ func writeInitrd(dst, base, payload string, args []string, timeout time.Duration
 	if err := os.MkdirAll(filepath.Join(stage, "herald"), 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(payload, filepath.Join(stage, "herald", "payload")); err != nil {
-		return err
+	// The run script runs every payload, even after a failure, and exits non-zero if any failed.
+	run := "#!/bin/sh\nrc=0\n"
+	for i, p := range payloads {
+		name := fmt.Sprintf("payload%d", i)
+		if err := os.Rename(p.file, filepath.Join(stage, "herald", name)); err != nil {
+			return err
+		}
+		quoted := make([]string, len(p.args))
+		for j, a := range p.args {
+			quoted[j] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		run += fmt.Sprintf("echo '### %s'\n/herald/%s %s || rc=1\n", p.pkg, name, strings.Join(quoted, " "))
 	}
-	quoted := make([]string, len(args))
-	for i, a := range args {
-		quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-	}
-	run := "#!/bin/sh\nexec /herald/payload " + strings.Join(quoted, " ") + "\n"
+	run += "exit $rc\n"
 	if err := os.WriteFile(filepath.Join(stage, "herald", "run"), []byte(run), 0o755); err != nil {
 		return err
 	}
