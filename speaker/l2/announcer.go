@@ -166,17 +166,21 @@ func (a *Announcer) refreshLinks() {
 func (a *Announcer) round() {
 	view := a.cfg.Membership.View()
 	members := map[string]Member{}
+	unknown := 0
 	for name, p := range view.Alive {
-		if name == a.cfg.Node {
+		switch {
+		case name == a.cfg.Node:
 			members[name] = Member{AliveSince: p.AliveSince, State: NodeState{Links: a.links}}
-			continue
+		case len(p.Payload) == 0:
+			unknown++
+		default:
+			members[name] = Member{AliveSince: p.AliveSince, State: a.decode(name, p.Payload)}
 		}
-		members[name] = Member{AliveSince: p.AliveSince, State: a.decode(name, p.Payload)}
 	}
 	a.mu.Lock()
 	ips := a.ips
 	a.mu.Unlock()
-	gained, lost := a.election.Decide(Round{Now: time.Now(), Quorum: view.Quorum, QuorumSince: view.QuorumSince, Members: members, IPs: ips})
+	gained, lost := a.election.Decide(Round{Now: time.Now(), Quorum: view.Quorum, QuorumSince: view.QuorumSince, Members: members, Unknown: unknown, IPs: ips})
 
 	// Stop answering before anything else, then start, then tell the peers.
 	a.applyResponders(ips)

@@ -29,6 +29,9 @@ type Round struct {
 	Quorum      bool
 	QuorumSince time.Time
 	Members     map[string]Member // alive nodes; this node's entry supplies its links
+	// Unknown counts alive peers whose state has not arrived yet (their first heartbeat can come
+	// before their first election). Their claims are unknown, so no orphan is taken meanwhile.
+	Unknown int
 	IPs         map[netip.Addr]Policy
 }
 
@@ -110,7 +113,7 @@ func (e *Election) State(links []Link) NodeState {
 func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 	next := map[netip.Addr]bool{}
 	if r.Quorum {
-		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle
+		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle && r.Unknown == 0
 		for ip, pol := range r.IPs {
 			if e.decideIP(r, ip, pol, settled) {
 				next[ip] = true

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/arp"
@@ -16,6 +17,7 @@ import (
 	"github.com/mdlayher/ndp"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -124,14 +126,17 @@ func (r *arpResponder) close() {
 	r.client.Close()
 }
 
-// ndpResponder answers neighbor solicitations through mdlayher/ndp's ICMPv6 socket. The socket
-// only sees solicitations sent to the solicited-node multicast groups it joined, so it joins the
-// group of every IP it answers for (a snooping switch does not flood them).
+// ndpResponder answers neighbor solicitations on one interface. mdlayher/ndp parses and builds
+// the messages; the socket is our own raw ICMPv6 socket with IPV6_FREEBIND, because an
+// advertisement must come from the target address itself (tools such as ndisc6 ignore answers
+// from any other source, and ndp.Conn can only send from an address the interface holds). The
+// socket only sees solicitations sent to the solicited-node multicast groups it joined, so it
+// joins the group of every IP it answers for (a snooping switch does not flood them).
 type ndpResponder struct {
 	ipSet
 	closed atomic.Bool
 	ifi    *net.Interface
-	conn   *ndp.Conn
+	conn   *ipv6.PacketConn
 	log    *slog.Logger
 
 	mu     sync.Mutex
@@ -141,16 +146,36 @@ type ndpResponder struct {
 var allNodes = netip.MustParseAddr("ff02::1")
 
 func newNDPResponder(ifi *net.Interface, log *slog.Logger) (*ndpResponder, error) {
-	c, _, err := ndp.Listen(ifi, ndp.LinkLocal)
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); serr != nil {
+				return
+			}
+			serr = unix.BindToDevice(int(fd), ifi.Name)
+		})
+		return errors.Join(err, serr)
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "ip6:ipv6-icmp", "::")
 	if err != nil {
 		return nil, fmt.Errorf("ndp on %s: %w", ifi.Name, err)
 	}
+	c := ipv6.NewPacketConn(pc)
 	var f ipv6.ICMPFilter
 	f.SetAll(true)
 	f.Accept(ipv6.ICMPTypeNeighborSolicitation)
-	if err := c.SetICMPFilter(&f); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("ndp on %s: filter: %w", ifi.Name, err)
+	for _, set := range []func() error{
+		func() error { return c.SetICMPFilter(&f) },
+		func() error { return c.SetChecksum(true, 2) },
+		// RFC 4861: neighbor discovery messages carry hop limit 255, proof they were not routed.
+		func() error { return c.SetHopLimit(ndp.HopLimit) },
+		func() error { return c.SetMulticastHopLimit(ndp.HopLimit) },
+		func() error { return c.SetControlMessage(ipv6.FlagHopLimit, true) },
+	} {
+		if err := set(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("ndp on %s: %w", ifi.Name, err)
+		}
 	}
 	r := &ndpResponder{ifi: ifi, conn: c, log: log, groups: map[netip.Addr]int{}}
 	go r.serve()
@@ -169,29 +194,38 @@ func (r *ndpResponder) setIPs(ips map[netip.Addr]bool) {
 	defer r.mu.Unlock()
 	for g := range want {
 		if r.groups[g] == 0 {
-			if err := r.conn.JoinGroup(g); err != nil {
+			if err := r.conn.JoinGroup(r.ifi, &net.IPAddr{IP: g.AsSlice()}); err != nil {
 				r.log.Warn("l2: cannot join solicited-node group", "interface", r.ifi.Name, "group", g, "err", err)
 			}
 		}
 	}
 	for g := range r.groups {
 		if want[g] == 0 {
-			_ = r.conn.LeaveGroup(g)
+			_ = r.conn.LeaveGroup(r.ifi, &net.IPAddr{IP: g.AsSlice()})
 		}
 	}
 	r.groups = want
 }
 
 func (r *ndpResponder) serve() {
+	buf := make([]byte, 1500)
 	for {
-		m, _, src, err := r.conn.ReadFrom()
+		n, cm, from, err := r.conn.ReadFrom(buf)
 		if err != nil {
 			if r.closed.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
+		if cm == nil || cm.HopLimit != ndp.HopLimit {
+			continue
+		}
+		m, err := ndp.ParseMessage(buf[:n])
+		if err != nil {
+			continue
+		}
 		ns, ok := m.(*ndp.NeighborSolicitation)
+		src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
 		if !ok || !r.has(ns.TargetAddress) {
 			continue
 		}
@@ -208,14 +242,20 @@ func (r *ndpResponder) serve() {
 	}
 }
 
+// advertise sends a neighbor advertisement for ip, from ip, with this interface's MAC.
 func (r *ndpResponder) advertise(ip, dst netip.Addr, solicited bool) error {
-	na := &ndp.NeighborAdvertisement{
+	b, err := ndp.MarshalMessage(&ndp.NeighborAdvertisement{
 		Solicited:     solicited,
 		Override:      true,
 		TargetAddress: ip,
 		Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: r.ifi.HardwareAddr}},
+	})
+	if err != nil {
+		return err
 	}
-	return r.conn.WriteTo(na, nil, dst)
+	cm := &ipv6.ControlMessage{HopLimit: ndp.HopLimit, Src: ip.AsSlice(), IfIndex: r.ifi.Index}
+	_, err = r.conn.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice(), Zone: r.ifi.Name})
+	return err
 }
 
 // announce sends an unsolicited neighbor advertisement with the override flag to all nodes.

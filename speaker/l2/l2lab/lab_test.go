@@ -1,0 +1,379 @@
+package l2lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldlb/herald/speaker/l2"
+)
+
+// Real packets between network namespaces: l2node processes (membership + election + ARP/NDP
+// responders) in three node namespaces on a snooping bridge, probed from a client namespace.
+
+const prefix = "herald-l2t-"
+
+var l2nodeBinary string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if Prerequisites() == nil {
+			dir, err := os.MkdirTemp("", "herald-l2t-bin")
+			if err != nil {
+				panic(err)
+			}
+			defer os.RemoveAll(dir)
+			l2nodeBinary = filepath.Join(dir, "l2node")
+			if out, err := exec.Command("go", "build", "-o", l2nodeBinary, "github.com/heraldlb/herald/speaker/l2/l2lab/l2node").CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "building l2node: %v\n%s", err, out)
+				return 1
+			}
+		}
+		return m.Run()
+	}()
+	Cleanup(prefix)
+	os.Exit(code)
+}
+
+// up starts a lab with three nodes and ips (all nodes candidates), and waits until every IPv4 IP
+// answers.
+func up(t *testing.T, ips map[netip.Addr]l2.Policy, nodeArgs ...string) *Lab {
+	t.Helper()
+	if err := Prerequisites(); err != nil {
+		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
+			t.Fatalf("L2 lab: %v", err)
+		}
+		t.Skipf("L2 lab: %v (set HERALD_REQUIRE_REAL=1 to fail instead)", err)
+	}
+	l, err := Up(prefix, 3, l2nodeBinary, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range l.Nodes {
+				b, _ := os.ReadFile(filepath.Join(l.Dir, n.Name+".log"))
+				t.Logf("--- %s log:\n%s", n.Name, tail(string(b), 40))
+			}
+		}
+		l.Down()
+	})
+	if err := l.SetIPs(ips); err != nil {
+		t.Fatal(err)
+	}
+	l.SetNodeArgs(nodeArgs...)
+	for _, n := range l.Nodes {
+		if err := l.Start(n.Name, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return l
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func policies(nodes []string, ips ...netip.Addr) map[netip.Addr]l2.Policy {
+	out := map[netip.Addr]l2.Policy{}
+	for _, ip := range ips {
+		out[ip] = l2.Policy{Candidates: nodes}
+	}
+	return out
+}
+
+// owner waits until ip is answered by exactly one MAC in the last rounds and returns its node.
+func owner(t *testing.T, l *Lab, p *Prober, ip netip.Addr) *Node {
+	t.Helper()
+	var n *Node
+	ok := WaitFor(5*time.Second, func() bool {
+		macs := p.MACsSince(ip, time.Now().Add(-100*time.Millisecond))
+		if len(macs) != 1 {
+			return false
+		}
+		hw, _ := net.ParseMAC(macs[0])
+		n = l.NodeByMAC(hw)
+		return n != nil
+	})
+	if !ok {
+		t.Fatalf("%s is not answered by exactly one node's MAC: %v", ip, p.MACsSince(ip, time.Now().Add(-100*time.Millisecond)))
+	}
+	return n
+}
+
+func TestEachIPResolvesToOneNode(t *testing.T) {
+	var v4, v6 []netip.Addr
+	for i := range 6 {
+		v4 = append(v4, ServiceIPv4(i))
+	}
+	for i := range 3 {
+		v6 = append(v6, ServiceIPv6(i))
+	}
+	l := up(t, policies([]string{"n1", "n2", "n3"}, append(slices.Clone(v4), v6...)...), "--rebalance-after", "1h")
+	p, err := l.StartProber(v4, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	owners := map[string]bool{}
+	for _, ip := range v4 {
+		owners[owner(t, l, p, ip).Name] = true
+	}
+	if len(owners) < 2 {
+		t.Errorf("6 IPs all on %v: owners should spread", owners)
+	}
+	ctx := context.Background()
+	for _, ip := range v4 {
+		macs, _ := l.ArpingMACs(ctx, ip)
+		if len(macs) != 1 {
+			t.Errorf("arping %s: MACs %v, want exactly one", ip, macs)
+		}
+	}
+	for _, ip := range v6 {
+		var macs []string
+		// The first NDP round may race the responder's MLD report to the snooping bridge.
+		WaitFor(3*time.Second, func() bool { macs, _ = l.Ndisc6MACs(ctx, ip); return len(macs) > 0 })
+		if len(macs) != 1 {
+			t.Errorf("ndisc6 %s: MACs %v, want exactly one", ip, macs)
+			continue
+		}
+		hw, _ := net.ParseMAC(macs[0])
+		if l.NodeByMAC(hw) == nil {
+			t.Errorf("ndisc6 %s answered by %s, not a node", ip, macs[0])
+		}
+	}
+	if d := p.DoubleAnswers(); len(d) > 0 {
+		t.Errorf("two MACs answered in one round: %v", d)
+	}
+}
+
+// TestFailover breaks the owner of an IP three ways and checks that another node answers within a
+// second, that the old owner stays silent, and that its return changes nothing.
+func TestFailover(t *testing.T) {
+	ip := ServiceIPv4(0)
+	// Handovers to a returning node are pushed out of the observation window; TestRebalance covers them.
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ip), "--rebalance-after", "1h")
+	p, err := l.StartProber([]netip.Addr{ip}, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	for _, breakage := range []struct {
+		name         string
+		break_, mend func(*Lab, string) error
+	}{
+		{"SIGKILL", (*Lab).Kill, func(l *Lab, n string) error { return l.Start(n, "") }},
+		{"carrier down", func(l *Lab, n string) error { return l.SetCarrier(n, false) }, func(l *Lab, n string) error { return l.SetCarrier(n, true) }},
+		{"frames dropped at the bridge", func(l *Lab, n string) error { return l.Cut(n, true) }, func(l *Lab, n string) error { return l.Cut(n, false) }},
+	} {
+		t.Run(breakage.name, func(t *testing.T) {
+			old := owner(t, l, p, ip)
+			t0 := time.Now()
+			if err := breakage.break_(l, old.Name); err != nil {
+				t.Fatal(err)
+			}
+			if !WaitFor(2*time.Second, func() bool { _, ok := p.FirstReplyAfter(ip, t0, old.MAC); return ok }) {
+				t.Fatalf("no other node answered within 2s after %s of %s", breakage.name, old.Name)
+			}
+			r, _ := p.FirstReplyAfter(ip, t0, old.MAC)
+			took := r.At.Sub(t0)
+			t.Logf("%s of %s: %s answered after %v", breakage.name, old.Name, r.MAC, took)
+			if took > time.Second {
+				t.Errorf("failover took %v, want under 1s", took)
+			}
+			// While cut off, the old owner must have stopped answering (it lost quorum or its link).
+			time.Sleep(500 * time.Millisecond)
+			if breakage.name != "SIGKILL" {
+				b, _ := os.ReadFile(filepath.Join(l.Dir, old.Name+".log"))
+				if !strings.Contains(string(b), "stopped answering") {
+					t.Errorf("%s never stopped answering while cut off", old.Name)
+				}
+			}
+			if err := breakage.mend(l, old.Name); err != nil {
+				t.Fatal(err)
+			}
+			t1 := time.Now()
+			time.Sleep(1500 * time.Millisecond)
+			if macs := p.MACsSince(ip, t1); len(macs) != 1 || macs[0] != r.MAC.String() {
+				t.Errorf("after %s returned, %s was answered by %v; want only the new owner %s", old.Name, ip, macs, r.MAC)
+			}
+			if d := p.DoubleAnswers(); len(d) > 0 {
+				t.Errorf("two MACs answered in one round: %v", d)
+			}
+		})
+	}
+}
+
+// TestLocalEndpointsMoveTheOwner: with externalTrafficPolicy Local only nodes holding an endpoint
+// are candidates, so the owner follows the endpoints.
+func TestLocalEndpointsMoveTheOwner(t *testing.T) {
+	ip := ServiceIPv4(1)
+	l := up(t, policies([]string{"n2"}, ip))
+	p, err := l.StartProber([]netip.Addr{ip}, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if n := owner(t, l, p, ip); n.Name != "n2" {
+		t.Fatalf("owner %s, want n2 (the only node with an endpoint)", n.Name)
+	}
+	t0 := time.Now()
+	if err := l.SetIPs(policies([]string{"n3"}, ip)); err != nil {
+		t.Fatal(err)
+	}
+	if !WaitFor(2*time.Second, func() bool { _, ok := p.FirstReplyAfter(ip, t0, l.Node("n2").MAC); return ok }) {
+		t.Fatal("owner did not move when the endpoint moved to n3")
+	}
+	r, _ := p.FirstReplyAfter(ip, t0, l.Node("n2").MAC)
+	if n := l.NodeByMAC(r.MAC); n == nil || n.Name != "n3" {
+		t.Fatalf("new owner %s, want n3", r.MAC)
+	}
+	t.Logf("owner moved to n3 %v after the endpoint did", r.At.Sub(t0))
+	// An endpoint appears on n1 as well: the healthy owner n3 keeps the IP.
+	if err := l.SetIPs(policies([]string{"n1", "n3"}, ip)); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Now()
+	time.Sleep(time.Second)
+	if macs := p.MACsSince(ip, t1); len(macs) != 1 || macs[0] != l.Node("n3").MAC.String() {
+		t.Errorf("after n1 became a candidate the IP was answered by %v, want n3 alone", macs)
+	}
+}
+
+// TestReplayAndForgeryChangeNothing: a stranger replays the owner's captured heartbeats (and
+// tampered copies) after the owner dies; the others must still take over, because they reject
+// them; had they accepted them, the dead owner would look alive and keep its IP.
+func TestReplayAndForgeryChangeNothing(t *testing.T) {
+	ip := ServiceIPv4(2)
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ip))
+	p, err := l.StartProber([]netip.Addr{ip}, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	old := owner(t, l, p, ip)
+	captured, err := l.CaptureHeartbeats(old.Name, 20, 3*time.Second)
+	if err != nil || len(captured) < 10 {
+		t.Fatalf("captured %d heartbeats of %s: %v", len(captured), old.Name, err)
+	}
+	forged := make([][]byte, len(captured))
+	for i, c := range captured {
+		f := append([]byte(nil), c...)
+		f[len(f)-40]++ // inside the payload: the MAC no longer matches
+		forged[i] = f
+	}
+	if err := l.Kill(old.Name); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			for _, n := range l.Nodes {
+				if n != old {
+					_ = l.SendFromClient(n.Name, captured)
+					_ = l.SendFromClient(n.Name, forged)
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	ok := WaitFor(2*time.Second, func() bool { _, ok := p.FirstReplyAfter(ip, t0, old.MAC); return ok })
+	close(stop)
+	<-done
+	if !ok {
+		t.Fatal("no failover while a stranger replayed the dead owner's heartbeats: replays were accepted")
+	}
+	r, _ := p.FirstReplyAfter(ip, t0, old.MAC)
+	t.Logf("failover under replay took %v", r.At.Sub(t0))
+}
+
+// TestRebalance: a node that joins late receives IPs through planned handovers, without a round
+// in which nobody or two nodes answer.
+func TestRebalance(t *testing.T) {
+	var ips []netip.Addr
+	for i := range 6 {
+		ips = append(ips, ServiceIPv4(10+i))
+	}
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ips...), "--rebalance-after", "2s")
+	if err := l.Kill("n3"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.StartProber(ips, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, ip := range ips {
+		if n := owner(t, l, p, ip); n.Name == "n3" {
+			t.Fatalf("%s still owned by the stopped n3", ip)
+		}
+	}
+	if err := l.Start("n3", ""); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if !WaitFor(10*time.Second, func() bool {
+		count := 0
+		for _, ip := range ips {
+			if macs := p.MACsSince(ip, time.Now().Add(-50*time.Millisecond)); len(macs) == 1 && macs[0] == l.Node("n3").MAC.String() {
+				count++
+			}
+		}
+		return count >= 1
+	}) {
+		t.Fatal("n3 received no IP through rebalancing")
+	}
+	time.Sleep(3 * time.Second)
+	// Every round got an answer for every IP after n3 came back.
+	rounds := map[netip.Addr]map[int]bool{}
+	minRound, maxRound := -1, 0
+	for _, r := range p.Replies() {
+		if r.At.Before(t0) {
+			continue
+		}
+		if rounds[r.IP] == nil {
+			rounds[r.IP] = map[int]bool{}
+		}
+		rounds[r.IP][r.Round] = true
+		if minRound < 0 || r.Round < minRound {
+			minRound = r.Round
+		}
+		maxRound = max(maxRound, r.Round)
+	}
+	for _, ip := range ips {
+		missed := 0
+		for rd := minRound; rd < maxRound; rd++ {
+			if !rounds[ip][rd] {
+				missed++
+			}
+		}
+		// A request or reply can be lost to scheduling on a loaded machine; a handover gap would
+		// miss many consecutive rounds.
+		if missed > 3 {
+			t.Errorf("%s went unanswered in %d of %d rounds during rebalancing", ip, missed, maxRound-minRound)
+		}
+	}
+	if d := p.DoubleAnswers(); len(d) > 1 {
+		t.Errorf("two MACs answered in one round more than once: %v", d)
+	}
+}
