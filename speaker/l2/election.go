@@ -32,7 +32,7 @@ type Round struct {
 	// Unknown counts alive peers whose state has not arrived yet (their first heartbeat can come
 	// before their first election). Their claims are unknown, so no orphan is taken meanwhile.
 	Unknown int
-	IPs         map[netip.Addr]Policy
+	IPs     map[netip.Addr]Policy
 }
 
 // ElectionTiming holds the election's delays.
