@@ -89,17 +89,6 @@ func TestBirdConfNamesEveryNode(t *testing.T) {
 	}
 }
 
-func TestParseMACs(t *testing.T) {
-	got := parseMACs("02:4c:00:77:00:0b\n02:4C:00:77:00:0C\n02:4c:00:77:00:0b\n")
-	if len(got) != 2 || got[0] != "02:4c:00:77:00:0b" || got[1] != "02:4c:00:77:00:0c" {
-		t.Errorf("arping -r output: %v", got)
-	}
-	ndisc := "Soliciting fd00:77::200 (fd00:77::200) on eth0...\nTarget link-layer address: 02:4C:00:77:00:0D\n from fd00:77::13\n"
-	if got := parseMACs(ndisc); len(got) != 1 || got[0] != "02:4c:00:77:00:0d" {
-		t.Errorf("ndisc6 output: %v", got)
-	}
-}
-
 func TestParseBirdRouteCount(t *testing.T) {
 	out := "BIRD 2.0.12 ready.\n3 of 3 routes for 2 networks in table master4\n0 of 0 routes for 0 networks in table master6\nTotal: 3 of 3 routes for 2 networks in 2 tables\n"
 	if n, err := parseBirdRouteCount([]byte(out)); err != nil || n != 3 {

@@ -159,32 +159,42 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		return l, err
 	}
 
-	l.logf("backends and router")
-	for _, p := range topo.HostsOf(KindPod) {
-		if err := l.startBackend(p); err != nil {
-			return l, err
-		}
-	}
-	if err := l.startBird(); err != nil {
-		return l, err
-	}
-
+	// The apiserver takes seconds to get ready: start the control plane first and the rest while
+	// it boots.
 	l.logf("control plane: etcd, kube-apiserver, kube-controller-manager in %s", topo.Host(HostControlPlane).Netns)
 	cpHost := topo.Host(HostControlPlane)
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Dir:           filepath.Join(cfg.Dir, "cp"),
-		Binaries:      cfg.Binaries,
-		Address:       cpHost.IPv4.String(),
-		BindAddress:   "::", // inside herald-cp only: eth0 and lo
-		ServiceCIDRs:  ServiceCIDRV4 + "," + ServiceCIDRV6,
-		NodePortRange: NodePortRange,
-		Wrap:          func(argv []string) []string { return inNetns(cpHost.Netns, argv...) },
-		Dial:          DialerIn(cpHost.Netns),
-	})
-	if cp != nil {
-		l.ControlPlane = cp
+	type cpResult struct {
+		cp  *controlplane.ControlPlane
+		err error
 	}
-	if err != nil {
+	cpDone := make(chan cpResult, 1)
+	go func() {
+		cp, err := controlplane.Start(ctx, controlplane.Config{
+			Dir:           filepath.Join(cfg.Dir, "cp"),
+			Binaries:      cfg.Binaries,
+			Address:       cpHost.IPv4.String(),
+			BindAddress:   "::", // inside herald-cp only: eth0 and lo
+			ServiceCIDRs:  ServiceCIDRV4 + "," + ServiceCIDRV6,
+			NodePortRange: NodePortRange,
+			Wrap:          func(argv []string) []string { return inNetns(cpHost.Netns, argv...) },
+			Dial:          DialerIn(cpHost.Netns),
+		})
+		cpDone <- cpResult{cp, err}
+	}()
+
+	l.logf("backends and router")
+	var startErr error
+	for _, p := range topo.HostsOf(KindPod) {
+		if startErr = l.startBackend(p); startErr != nil {
+			break
+		}
+	}
+	if startErr == nil {
+		startErr = l.startBird()
+	}
+	res := <-cpDone
+	l.ControlPlane = res.cp
+	if err := errors.Join(startErr, res.err); err != nil {
 		return l, err
 	}
 	if err := l.save(); err != nil {

@@ -296,3 +296,41 @@ func (l *Lab) Reachable(ctx context.Context, host string, ip netip.Addr, timeout
 	}
 	return fmt.Errorf("%s cannot reach %s: %w", host, ip, err)
 }
+
+// MulticastGroups returns, per switch port (host name), the multicast groups the switch has seen it
+// join (`bridge mdb show`). With snooping on, a group's traffic reaches only these ports, so an NDP
+// responder must join its addresses' solicited-node groups (ff02::1:ffXX:XXXX) to be asked.
+func (l *Lab) MulticastGroups(ctx context.Context) (map[string][]netip.Addr, error) {
+	out, err := run(ctx, "", "bridge", "-n", l.Topology.Host(HostSwitch).Netns, "-j", "mdb", "show")
+	if err != nil {
+		return nil, err
+	}
+	var dump []struct {
+		MDB []struct {
+			Port  string `json:"port"`
+			Group string `json:"grp"`
+		} `json:"mdb"`
+	}
+	if err := json.Unmarshal(out, &dump); err != nil {
+		return nil, fmt.Errorf("bridge mdb show: %w: %s", err, out)
+	}
+	groups := map[string][]netip.Addr{}
+	for _, d := range dump {
+		for _, e := range d.MDB {
+			g, err := netip.ParseAddr(e.Group)
+			if err != nil {
+				continue // layer-2 (MAC) groups
+			}
+			groups[e.Port] = append(groups[e.Port], g)
+		}
+	}
+	return groups, nil
+}
+
+// SolicitedNodeGroup is the multicast group NDP asks for ip on: ff02::1:ff + its last 24 bits.
+func SolicitedNodeGroup(ip netip.Addr) netip.Addr {
+	a := ip.As16()
+	g := netip.MustParseAddr("ff02::1:ff00:0").As16()
+	g[13], g[14], g[15] = a[13], a[14], a[15]
+	return netip.AddrFrom16(g)
+}

@@ -283,6 +283,21 @@ func TestClientResolvesEachNodeToItsOwnMAC(t *testing.T) {
 			}
 		}
 	}
+	// The switch snoops multicast: it learned that each host joined its solicited-node group.
+	groups, err := l.MulticastGroups(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range l.Nodes() {
+		want := lab.SolicitedNodeGroup(n.IPv6)
+		found := false
+		for _, g := range groups[n.Port] {
+			found = found || g == want
+		}
+		if !found {
+			t.Errorf("switch port %s has not joined %s (groups %v)", n.Port, want, groups[n.Port])
+		}
+	}
 	// Nobody has this address: no answer, and no error.
 	if macs, err := l.ResolveMACs(ctx, lab.HostClient, netip.MustParseAddr("10.77.0.199"), 1); err != nil || len(macs) != 0 {
 		t.Errorf("unused address: %v, %v", macs, err)
