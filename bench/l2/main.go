@@ -1,0 +1,185 @@
+// Command l2 benchmarks L2 failover with the method of issue 4: three nodes (network namespaces,
+// each running l2node, the speaker's membership + election + ARP/NDP responders, with the default
+// timers) on a snooping bridge, and a client namespace probing the Service IP with ARP every 5 ms.
+// It prints one BENCH line per figure:
+//
+//   - SIGKILL of the owner -> first ARP reply from the new owner, as seen by the client,
+//   - carrier down on the owner's link -> the same,
+//   - new IP configured on the nodes -> first ARP reply (the L2 part of "Service created -> client
+//     reaches the IP"; the API server watch is not included).
+//
+// Each over -trials trials: p50, p99 (nearest rank) and max. Needs root, iproute2, nftables,
+// arping and ndisc6; everything runs in herald-l2b-* namespaces.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/heraldlb/herald/speaker/l2"
+	"github.com/heraldlb/herald/speaker/l2/l2lab"
+)
+
+const (
+	prefix  = "herald-l2b-"
+	command = "BENCH_ONLY=l2 make bench"
+)
+
+type figure struct {
+	Figure  string  `json:"figure"`
+	Value   float64 `json:"value"`
+	Unit    string  `json:"unit"`
+	Target  string  `json:"target,omitempty"`
+	Command string  `json:"command"`
+}
+
+func main() {
+	trials := flag.Int("trials", 20, "trials per figure")
+	l2node := flag.String("l2node", "", "l2node binary (built from speaker/l2/l2lab/l2node if empty)")
+	flag.Parse()
+	if err := l2lab.Prerequisites(); err != nil {
+		log.Fatalf("bench/l2: %v", err)
+	}
+	dir, err := os.MkdirTemp("", "herald-l2-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if *l2node == "" {
+		*l2node = filepath.Join(dir, "l2node")
+		if out, err := exec.Command("go", "build", "-o", *l2node, "github.com/heraldlb/herald/speaker/l2/l2lab/l2node").CombinedOutput(); err != nil {
+			log.Fatalf("bench/l2: building l2node: %v\n%s", err, out)
+		}
+	}
+	lab, err := l2lab.Up(prefix, 3, *l2node, dir)
+	if err != nil {
+		log.Fatalf("bench/l2: %v", err)
+	}
+	defer lab.Down()
+	if err := run(lab, *trials); err != nil {
+		lab.Down()
+		log.Fatalf("bench/l2: %v", err)
+	}
+}
+
+func run(lab *l2lab.Lab, trials int) error {
+	ip := l2lab.ServiceIPv4(0)
+	ips := map[netip.Addr]l2.Policy{ip: {Candidates: lab.AllNodes()}}
+	if err := lab.SetIPs(ips); err != nil {
+		return err
+	}
+	for _, n := range lab.Nodes {
+		if err := lab.Start(n.Name, ""); err != nil {
+			return err
+		}
+	}
+	probeIPs := []netip.Addr{ip}
+	for i := 1; i <= trials; i++ {
+		probeIPs = append(probeIPs, l2lab.ServiceIPv4(i))
+	}
+	p, err := lab.StartProber(probeIPs, 5*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+
+	breakages := []struct {
+		name         string
+		break_, mend func(string) error
+	}{
+		{"SIGKILL of the owner", lab.Kill, func(n string) error { return lab.Start(n, "") }},
+		{"carrier down on the owner's link", func(n string) error { return lab.SetCarrier(n, false) }, func(n string) error { return lab.SetCarrier(n, true) }},
+	}
+	for _, b := range breakages {
+		var took []time.Duration
+		for range trials {
+			old, err := owner(lab, p, ip)
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			if err := b.break_(old.Name); err != nil {
+				return err
+			}
+			if !l2lab.WaitFor(5*time.Second, func() bool { _, ok := p.FirstReplyAfter(ip, t0, old.MAC); return ok }) {
+				return fmt.Errorf("%s: no other node answered within 5 s", b.name)
+			}
+			r, _ := p.FirstReplyAfter(ip, t0, old.MAC)
+			took = append(took, r.At.Sub(t0))
+			if err := b.mend(old.Name); err != nil {
+				return err
+			}
+			// Let the node rejoin (and its first heartbeats settle) before the next trial.
+			time.Sleep(1500 * time.Millisecond)
+		}
+		report("L2 failover, "+b.name+" -> first ARP reply from the new owner", took, "p50 < 300 ms, p99 < 1000 ms")
+	}
+
+	var took []time.Duration
+	for i := 1; i <= trials; i++ {
+		newIP := l2lab.ServiceIPv4(i)
+		ips[newIP] = l2.Policy{Candidates: lab.AllNodes()}
+		t0 := time.Now()
+		if err := lab.SetIPs(ips); err != nil {
+			return err
+		}
+		if !l2lab.WaitFor(5*time.Second, func() bool { _, ok := p.FirstReplyAfter(newIP, t0, nil); return ok }) {
+			return fmt.Errorf("new IP %s not answered within 5 s", newIP)
+		}
+		r, _ := p.FirstReplyAfter(newIP, t0, nil)
+		took = append(took, r.At.Sub(t0))
+		time.Sleep(200 * time.Millisecond)
+	}
+	report("L2 new IP configured -> first ARP reply (no API server)", took, "")
+	return nil
+}
+
+func owner(lab *l2lab.Lab, p *l2lab.Prober, ip netip.Addr) (*l2lab.Node, error) {
+	var n *l2lab.Node
+	ok := l2lab.WaitFor(5*time.Second, func() bool {
+		macs := p.MACsSince(ip, time.Now().Add(-100*time.Millisecond))
+		if len(macs) != 1 {
+			return false
+		}
+		for _, node := range lab.Nodes {
+			if node.MAC.String() == macs[0] {
+				n = node
+			}
+		}
+		return n != nil
+	})
+	if !ok {
+		return nil, fmt.Errorf("%s has no single owner", ip)
+	}
+	return n, nil
+}
+
+func report(name string, d []time.Duration, target string) {
+	slices.Sort(d)
+	ms := func(x time.Duration) float64 { return float64(x.Microseconds()) / 1000 }
+	rank := func(q float64) time.Duration { // nearest rank
+		i := int(q*float64(len(d))+0.999999) - 1
+		return d[max(0, min(i, len(d)-1))]
+	}
+	for _, f := range []figure{
+		{Figure: name + ", p50", Value: ms(rank(0.50)), Unit: "ms"},
+		{Figure: name + ", p99", Value: ms(rank(0.99)), Unit: "ms"},
+		{Figure: name + ", max", Value: ms(d[len(d)-1]), Unit: "ms"},
+	} {
+		f.Command = command
+		if target != "" {
+			f.Target = target
+		}
+		b, _ := json.Marshal(f)
+		fmt.Printf("BENCH %s\n", b)
+	}
+	fmt.Fprintf(os.Stderr, "%s: %d trials, all: %v\n", name, len(d), d)
+}
