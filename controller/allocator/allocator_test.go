@@ -1,0 +1,336 @@
+package allocator
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// pool builds an auto-assigning pool created `age` minutes after epoch.
+func mkPool(name string, age int, addrs ...string) Pool {
+	rs, err := ParseRanges(addrs)
+	if err != nil {
+		panic(err)
+	}
+	return Pool{Name: name, Created: epoch.Add(time.Duration(age) * time.Minute), Ranges: rs, AutoAssign: true}
+}
+
+func svc(key string, mods ...func(*Service)) Service {
+	ns, _, _ := strings.Cut(key, "/")
+	s := Service{Key: key, Namespace: ns, Ports: []Port{{corev1.ProtocolTCP, 80}}}
+	for _, m := range mods {
+		m(&s)
+	}
+	return s
+}
+
+func ips(s ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, x := range s {
+		out = append(out, netip.MustParseAddr(x))
+	}
+	return out
+}
+
+func shared(key string, ports ...int32) func(*Service) {
+	return func(s *Service) {
+		s.SharingKey = key
+		s.Ports = nil
+		for _, p := range ports {
+			s.Ports = append(s.Ports, Port{corev1.ProtocolTCP, p})
+		}
+	}
+}
+func requested(a ...string) func(*Service) { return func(s *Service) { s.RequestedIPs = ips(a...) } }
+func inPool(p string) func(*Service)        { return func(s *Service) { s.Pool = p } }
+func status(a ...string) func(*Service)     { return func(s *Service) { s.Current = ips(a...) } }
+func dual(policy corev1.IPFamilyPolicy, fams ...corev1.IPFamily) func(*Service) {
+	return func(s *Service) { s.FamilyPolicy, s.Families = policy, fams }
+}
+
+const (
+	v4 = corev1.IPv4Protocol
+	v6 = corev1.IPv6Protocol
+)
+
+type step struct {
+	assign  *Service // nil: release `release`
+	release string
+	want    []string // addresses expected (nil for none)
+	reason  Reason
+	msg     string // substring of the message, if set
+}
+
+func assign(s Service, reason Reason, want ...string) step {
+	return step{assign: &s, want: want, reason: reason}
+}
+func release(key string) step { return step{release: key} }
+func (s step) saying(m string) step {
+	s.msg = m
+	return s
+}
+
+func TestAssign(t *testing.T) {
+	nsSel, _ := labels.Parse("team=blue")
+	svcSel, _ := labels.Parse("tier=edge")
+	for _, tc := range []struct {
+		name  string
+		pools []Pool
+		steps []step
+	}{
+		{"lowest free address, then the next", []Pool{mkPool("p", 0, "10.0.0.0/30")}, []step{
+			assign(svc("a/x"), Allocated, "10.0.0.0").saying("10.0.0.0 from pool p"),
+			assign(svc("a/y"), Allocated, "10.0.0.1"),
+			assign(svc("a/x"), Allocated, "10.0.0.0"), // idempotent
+		}},
+		{"exhausted pool, then a release makes room", []Pool{mkPool("p", 0, "10.0.0.1-10.0.0.2")}, []step{
+			assign(svc("a/x"), Allocated, "10.0.0.1"),
+			assign(svc("a/y"), Allocated, "10.0.0.2"),
+			assign(svc("a/z"), PoolExhausted).saying("IPAddressPool p has no free IPv4"),
+			release("a/x"),
+			assign(svc("a/z"), Allocated, "10.0.0.1"),
+		}},
+		{"avoidBuggyIPs skips .0 and .255", []Pool{func() Pool {
+			p := mkPool("p", 0, "10.0.0.255-10.0.1.1")
+			p.AvoidBuggyIPs = true
+			return p
+		}()}, []step{
+			assign(svc("a/x"), Allocated, "10.0.1.1"),
+			assign(svc("a/y"), PoolExhausted),
+			assign(svc("a/z", requested("10.0.1.0")), RequestedIPUnavailable).saying("avoidBuggyIPs"),
+		}},
+		{"requested address, taken and outside pools", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
+			assign(svc("a/x", requested("10.0.0.5")), Allocated, "10.0.0.5"),
+			assign(svc("a/y", requested("10.0.0.5")), RequestedIPUnavailable).saying("in use by Service a/x"),
+			assign(svc("a/z", requested("192.168.0.1")), RequestedIPOutsidePool),
+			assign(svc("a/w"), Allocated, "10.0.0.0"),
+		}},
+		{"requested address changes move the Service", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
+			assign(svc("a/x", requested("10.0.0.5")), Allocated, "10.0.0.5"),
+			assign(svc("a/x", requested("10.0.0.6")), Allocated, "10.0.0.6"),
+			assign(svc("a/y", requested("10.0.0.5")), Allocated, "10.0.0.5"),
+		}},
+		{"pool annotation: named, unknown, not serving", []Pool{mkPool("a", 0, "10.0.0.0/30"), func() Pool {
+			p := mkPool("b", 1, "10.1.0.0/30")
+			p.AutoAssign = false
+			return p
+		}(), func() Pool {
+			p := mkPool("c", 2, "10.2.0.0/30")
+			p.Namespaces = []string{"other"}
+			return p
+		}()}, []step{
+			assign(svc("n/x", inPool("b")), Allocated, "10.1.0.0"),
+			assign(svc("n/y", inPool("nope")), NoPool).saying(`"nope" does not exist`),
+			assign(svc("n/z", inPool("c")), NoPool).saying("does not serve"),
+			assign(svc("n/w"), Allocated, "10.0.0.0"), // b is not autoAssign, c does not serve n
+			assign(svc("n/v", requested("10.1.0.3"), inPool("a")), RequestedIPOutsidePool).saying(`belongs to "b"`),
+			assign(svc("n/x", inPool("a")), Allocated, "10.0.0.1"), // annotation changed: moves
+		}},
+		{"priority, selectors", []Pool{
+			mkPool("late-default", 0, "10.9.0.0/30"),
+			func() Pool { p := mkPool("prio2", 1, "10.2.0.0/30"); p.Priority = 2; return p }(),
+			func() Pool { p := mkPool("prio1", 2, "10.1.0.0/30"); p.Priority = 1; p.NamespaceSelectors = []labels.Selector{nsSel}; return p }(),
+			func() Pool { p := mkPool("edge", 3, "10.3.0.0/30"); p.Priority = 1; p.ServiceSelectors = []labels.Selector{svcSel}; return p }(),
+		}, []step{
+			assign(svc("red/x"), Allocated, "10.2.0.0"),
+			assign(svc("blue/x", func(s *Service) { s.NamespaceLabels = labels.Set{"team": "blue"} }), Allocated, "10.1.0.0"),
+			assign(svc("red/y", func(s *Service) { s.Labels = labels.Set{"tier": "edge"} }), Allocated, "10.3.0.0"),
+		}},
+		{"no pool at all", nil, []step{
+			assign(svc("a/x"), NoPool).saying("no IPAddressPool with autoAssign"),
+		}},
+		{"sharing: same key, disjoint ports", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
+			assign(svc("a/x", shared("k", 80)), Allocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 443)), Allocated, "10.0.0.0"),
+			assign(svc("a/z", shared("k", 80)), Allocated, "10.0.0.1"),        // port clash: another address
+			assign(svc("a/w", shared("other", 22)), Allocated, "10.0.0.2"),    // other key: own address
+			assign(svc("b/x", shared("k", 8080)), Allocated, "10.0.0.3"),      // other namespace
+			assign(svc("a/v", shared("k", 443), requested("10.0.0.0")), SharingConflict).saying("already uses TCP/443"),
+			assign(svc("a/u", requested("10.0.0.0")), RequestedIPUnavailable).saying("same herald.io/allow-shared-ip key"),
+			assign(svc("b/y", shared("k", 9), requested("10.0.0.0")), SharingConflict).saying("another namespace"),
+			release("a/x"),
+			assign(svc("a/t"), Allocated, "10.0.0.4"), // 10.0.0.0 is still held by a/y
+			release("a/y"),
+			assign(svc("a/s"), Allocated, "10.0.0.0"),
+		}},
+		{"sharing across namespaces when the pool allows it", []Pool{func() Pool {
+			p := mkPool("p", 0, "10.0.0.0/29")
+			p.AllowCrossNamespaceSharing = true
+			return p
+		}()}, []step{
+			assign(svc("a/x", shared("k", 80)), Allocated, "10.0.0.0"),
+			assign(svc("b/x", shared("k", 443)), Allocated, "10.0.0.0"),
+		}},
+		{"sharing with externalTrafficPolicy Local needs the same selector", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
+			assign(svc("a/x", shared("k", 80), func(s *Service) { s.BackendKey = "app=a" }), Allocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 81), func(s *Service) { s.BackendKey = "app=b" }), Allocated, "10.0.0.1"),
+			assign(svc("a/z", shared("k", 82), func(s *Service) { s.BackendKey = "app=a" }), Allocated, "10.0.0.0"),
+			assign(svc("a/w", shared("k", 83), requested("10.0.0.0")), SharingConflict).saying("externalTrafficPolicy Local"),
+		}},
+		{"a port change that clashes moves the Service", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
+			assign(svc("a/x", shared("k", 80)), Allocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 443)), Allocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 80)), Allocated, "10.0.0.1"),
+		}},
+		{"dual-stack policies", []Pool{mkPool("d", 0, "10.0.0.0/30", "fd00::/126"), func() Pool {
+			p := mkPool("v6only", 1, "fd01::/126")
+			p.AutoAssign = false
+			return p
+		}()}, []step{
+			assign(svc("a/x", dual(corev1.IPFamilyPolicyRequireDualStack, v6, v4)), Allocated, "fd00::", "10.0.0.0"),
+			assign(svc("a/y", dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6)), Allocated, "10.0.0.1", "fd00::1"),
+			assign(svc("a/z", dual(corev1.IPFamilyPolicySingleStack, v6)), Allocated, "fd00::2"),
+			assign(svc("a/w", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), inPool("v6only")), FamilyUnavailable).saying("RequireDualStack"),
+			assign(svc("a/v", dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6), inPool("v6only")), Allocated, "fd01::"),
+			assign(svc("a/u", dual(corev1.IPFamilyPolicySingleStack, v4), inPool("v6only")), FamilyUnavailable),
+			assign(svc("a/t", dual(corev1.IPFamilyPolicySingleStack, v4), requested("fd00::3")), InvalidRequest).saying("allow only IPv4"),
+			assign(svc("a/s", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), requested("10.0.0.3")), InvalidRequest),
+			assign(svc("a/r", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), requested("fd00::3", "10.0.0.3")), Allocated, "10.0.0.3", "fd00::3"),
+			assign(svc("a/q", dual(corev1.IPFamilyPolicyRequireDualStack, v4)), InvalidRequest),
+		}},
+		{"overlapping pools: the later one gives out nothing in the overlap", []Pool{
+			mkPool("late", 5, "10.0.0.0/30"), mkPool("early", 0, "10.0.0.2-10.0.0.5"),
+		}, []step{
+			assign(svc("a/x", inPool("late")), Allocated, "10.0.0.0"),
+			assign(svc("a/y", inPool("late")), Allocated, "10.0.0.1"),
+			assign(svc("a/z", inPool("late")), PoolExhausted),
+			assign(svc("a/w", requested("10.0.0.3")), Allocated, "10.0.0.3").saying("pool early"),
+		}},
+		{"status is kept when it fits, replaced when it does not", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
+			assign(svc("a/x", status("10.0.0.6")), Allocated, "10.0.0.6"),
+			assign(svc("a/y", status("10.0.0.6")), Allocated, "10.0.0.0"), // taken: not two holders
+			assign(svc("a/z", status("fd00::1")), Allocated, "10.0.0.1"),  // wrong family
+		}},
+		{"status outside every pool is kept with PoolRemoved", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
+			assign(svc("a/x", status("10.9.9.9")), PoolRemoved, "10.9.9.9").saying("no IPAddressPool holds"),
+			assign(svc("a/y", requested("10.9.9.9")), RequestedIPOutsidePool),
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := New()
+			a.SetPools(tc.pools)
+			for i, st := range tc.steps {
+				if st.assign == nil {
+					a.Release(st.release)
+					continue
+				}
+				res := a.Assign(*st.assign)
+				if got := res.IPs; !slices.Equal(got, ips(st.want...)) || res.Reason != st.reason || !strings.Contains(res.Message, st.msg) {
+					t.Fatalf("step %d (%s): got %v %s %q, want %v %s %q", i, st.assign.Key, got, res.Reason, res.Message, st.want, st.reason, st.msg)
+				}
+				if again := a.Assign(*st.assign); !slices.Equal(again.IPs, res.IPs) || again.Reason != res.Reason {
+					t.Fatalf("step %d (%s): not idempotent: %v %s then %v %s", i, st.assign.Key, res.IPs, res.Reason, again.IPs, again.Reason)
+				}
+			}
+		})
+	}
+}
+
+func TestPoolShrinksAndGrows(t *testing.T) {
+	a := New()
+	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/30")})
+	for _, k := range []string{"a/0", "a/1", "a/2", "a/3"} {
+		if r := a.Assign(svc(k)); r.Reason != Allocated {
+			t.Fatalf("%s: %v", k, r)
+		}
+	}
+	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/31")})
+	if r := a.Assign(svc("a/3")); r.Reason != PoolRemoved || !slices.Equal(r.IPs, ips("10.0.0.3")) {
+		t.Fatalf("shrunk: %v", r)
+	}
+	if n := a.HeldOutsidePools([]Range{mustRange("10.0.0.0/30")}); n != 2 {
+		t.Fatalf("HeldOutsidePools = %d, want 2", n)
+	}
+	rep, _ := a.Report("p")
+	if u := rep.Usage[v4]; u.Total.Int64() != 2 || u.InUse != 2 || u.Free.Int64() != 0 {
+		t.Fatalf("usage after shrink: %+v", u)
+	}
+	// Growing back: the held addresses stay taken, nothing is given twice.
+	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/29")})
+	if r := a.Assign(svc("a/4")); !slices.Equal(r.IPs, ips("10.0.0.4")) {
+		t.Fatalf("after growing: %v", r)
+	}
+	if r := a.Assign(svc("a/3")); r.Reason != Allocated {
+		t.Fatalf("back in the pool: %v", r)
+	}
+	a.SetPools(nil)
+	if r := a.Assign(svc("a/0")); r.Reason != PoolRemoved {
+		t.Fatalf("pool deleted: %v", r)
+	}
+	if r := a.Assign(svc("a/9")); r.Reason != NoPool {
+		t.Fatalf("no pool: %v", r)
+	}
+}
+
+func TestRestoreKeepsEveryAddress(t *testing.T) {
+	pools := []Pool{mkPool("p", 0, "10.0.0.0/29", "fd00::/125")}
+	a := New()
+	a.SetPools(pools)
+	statuses := map[string][]netip.Addr{}
+	for i := range 6 {
+		s := svc("a/" + string(rune('a'+i)), dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6))
+		statuses[s.Key] = a.Assign(s).IPs
+	}
+	a.Release("a/b")
+	delete(statuses, "a/b")
+
+	b := New()
+	b.SetPools(pools)
+	for k, cur := range statuses {
+		b.Restore(svc(k, status(toStrings(cur)...)))
+	}
+	// A new Service must not get any restored address, and every old one keeps its own.
+	n := b.Assign(svc("a/new", dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6)))
+	if !slices.Equal(n.IPs, ips("10.0.0.1", "fd00::1")) {
+		t.Fatalf("new Service got %v, want the freed 10.0.0.1, fd00::1", n.IPs)
+	}
+	for k, cur := range statuses {
+		r := b.Assign(svc(k, dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6), status(toStrings(cur)...)))
+		if !slices.Equal(r.IPs, cur) {
+			t.Errorf("%s moved from %v to %v", k, cur, r.IPs)
+		}
+	}
+	rep, _ := b.Report("p")
+	if rep.Usage[v4].InUse != 6 || rep.Usage[v6].InUse != 6 || rep.Usage[v6].Free.Int64() != 2 {
+		t.Errorf("usage: %+v", rep.Usage)
+	}
+}
+
+func TestOverlapReport(t *testing.T) {
+	a := New()
+	a.SetPools([]Pool{mkPool("b", 1, "10.0.0.0/24", "fd00::/64"), mkPool("a", 0, "10.0.0.128/25"), mkPool("c", 2, "10.0.1.0/24")})
+	rep, _ := a.Report("b")
+	if !slices.Equal(rep.Overlaps, []string{"a"}) || rep.Usage[v4].Total.Int64() != 128 ||
+		rep.Usage[v6].Total.String() != "18446744073709551616" {
+		t.Fatalf("b: %+v", rep)
+	}
+	if rep, _ := a.Report("c"); len(rep.Overlaps) != 0 {
+		t.Fatalf("c overlaps %v", rep.Overlaps)
+	}
+	if _, ok := a.Report("zzz"); ok {
+		t.Fatal("unknown pool reported")
+	}
+}
+
+func mustRange(s string) Range {
+	r, err := ParseRange(s)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+func toStrings(a []netip.Addr) []string {
+	out := make([]string, len(a))
+	for i, ip := range a {
+		out[i] = ip.String()
+	}
+	return out
+}
