@@ -49,8 +49,8 @@ func shared(key string, ports ...int32) func(*Service) {
 	}
 }
 func requested(a ...string) func(*Service) { return func(s *Service) { s.RequestedIPs = ips(a...) } }
-func inPool(p string) func(*Service)        { return func(s *Service) { s.Pool = p } }
-func status(a ...string) func(*Service)     { return func(s *Service) { s.Current = ips(a...) } }
+func inPool(p string) func(*Service)       { return func(s *Service) { s.Pool = p } }
+func status(a ...string) func(*Service)    { return func(s *Service) { s.Current = ips(a...) } }
 func dual(policy corev1.IPFamilyPolicy, fams ...corev1.IPFamily) func(*Service) {
 	return func(s *Service) { s.FamilyPolicy, s.Families = policy, fams }
 }
@@ -136,8 +136,18 @@ func TestAssign(t *testing.T) {
 		{"priority, selectors", []Pool{
 			mkPool("late-default", 0, "10.9.0.0/30"),
 			func() Pool { p := mkPool("prio2", 1, "10.2.0.0/30"); p.Priority = 2; return p }(),
-			func() Pool { p := mkPool("prio1", 2, "10.1.0.0/30"); p.Priority = 1; p.NamespaceSelectors = []labels.Selector{nsSel}; return p }(),
-			func() Pool { p := mkPool("edge", 3, "10.3.0.0/30"); p.Priority = 1; p.ServiceSelectors = []labels.Selector{svcSel}; return p }(),
+			func() Pool {
+				p := mkPool("prio1", 2, "10.1.0.0/30")
+				p.Priority = 1
+				p.NamespaceSelectors = []labels.Selector{nsSel}
+				return p
+			}(),
+			func() Pool {
+				p := mkPool("edge", 3, "10.3.0.0/30")
+				p.Priority = 1
+				p.ServiceSelectors = []labels.Selector{svcSel}
+				return p
+			}(),
 		}, []step{
 			assign(svc("red/x"), Allocated, "10.2.0.0"),
 			assign(svc("blue/x", func(s *Service) { s.NamespaceLabels = labels.Set{"team": "blue"} }), Allocated, "10.1.0.0"),
@@ -149,9 +159,9 @@ func TestAssign(t *testing.T) {
 		{"sharing: same key, disjoint ports", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
 			assign(svc("a/x", shared("k", 80)), Allocated, "10.0.0.0"),
 			assign(svc("a/y", shared("k", 443)), Allocated, "10.0.0.0"),
-			assign(svc("a/z", shared("k", 80)), Allocated, "10.0.0.1"),        // port clash: another address
-			assign(svc("a/w", shared("other", 22)), Allocated, "10.0.0.2"),    // other key: own address
-			assign(svc("b/x", shared("k", 8080)), Allocated, "10.0.0.3"),      // other namespace
+			assign(svc("a/z", shared("k", 80)), Allocated, "10.0.0.1"),     // port clash: another address
+			assign(svc("a/w", shared("other", 22)), Allocated, "10.0.0.2"), // other key: own address
+			assign(svc("b/x", shared("k", 8080)), Allocated, "10.0.0.3"),   // other namespace
 			assign(svc("a/v", shared("k", 443), requested("10.0.0.0")), SharingConflict).saying("already uses TCP/443"),
 			assign(svc("a/u", requested("10.0.0.0")), RequestedIPUnavailable).saying("same herald.io/allow-shared-ip key"),
 			assign(svc("b/y", shared("k", 9), requested("10.0.0.0")), SharingConflict).saying("another namespace"),
@@ -275,7 +285,7 @@ func TestRestoreKeepsEveryAddress(t *testing.T) {
 	a.SetPools(pools)
 	statuses := map[string][]netip.Addr{}
 	for i := range 6 {
-		s := svc("a/" + string(rune('a'+i)), dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6))
+		s := svc("a/"+string(rune('a'+i)), dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6))
 		statuses[s.Key] = a.Assign(s).IPs
 	}
 	a.Release("a/b")
