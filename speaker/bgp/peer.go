@@ -11,6 +11,10 @@ import (
 // without a Cease (RFC 4724 restart time), in seconds: long enough for a pod restart.
 const gracefulRestartTime = 120
 
+// idleHoldTimeAfterReset is how long, in seconds, a session waits after a reset before it
+// reconnects.
+const idleHoldTimeAfterReset = 1
+
 func peerEqual(a, b Peer) bool {
 	bfdA, bfdB := a.BFD, b.BFD
 	a.BFD, b.BFD = nil, nil
@@ -49,6 +53,9 @@ func apiPeer(p Peer) *api.Peer {
 			HoldTime:          seconds(p.HoldTime),
 			KeepaliveInterval: seconds(p.KeepaliveTime),
 			ConnectRetry:      seconds(p.ConnectTime),
+			// GoBGP waits 30 s by default before reconnecting after a reset (a BFD failure is
+			// one): reconnect as soon as the path is back instead.
+			IdleHoldTimeAfterReset: idleHoldTimeAfterReset,
 		}},
 		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family(p.Address), Enabled: true}}},
 	}

@@ -1,0 +1,253 @@
+// Command bgp benchmarks the BGP announcer against a real BIRD 2, with the method of issue 5: three
+// nodes (network namespaces, each running the announcer in a process of its own) peer with a BIRD
+// router using the lab's BIRD timers and BFD at 100 ms x 3. It prints one BENCH line per figure:
+//
+//   - route added -> BIRD holds it from all 3 nodes: p50 and p99 over -routes additions,
+//   - announcer restarted with -restart-routes routes -> all of them back in BIRD, from process start,
+//   - SIGTERM -> all of the node's routes gone from BIRD,
+//   - SIGSTOP (frozen speaker) -> all of its routes gone from BIRD, through BFD.
+//
+// The clock starts when the announcer is handed the change (the speaker's snapshot), so the
+// figures cover the announcer, GoBGP, the BGP session and BIRD, not the API server watch.
+// Needs root, iproute2 and bird2; everything runs in herald-bgpt-* namespaces.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/heraldlb/herald/speaker/bgp"
+	"github.com/heraldlb/herald/speaker/bgp/bgptest"
+)
+
+const (
+	nodeASN = 64512
+	command = "BENCH_ONLY=bgp make bench"
+)
+
+var routerV4 = netip.MustParseAddr("10.88.0.1")
+
+func main() {
+	bgptest.RunAgentIfAsked()
+	routes := flag.Int("routes", 1000, "route additions timed one by one")
+	restartRoutes := flag.Int("restart-routes", 5000, "routes of the restarted speaker")
+	flag.Parse()
+	if err := bgptest.Available(); err != nil {
+		log.Fatalf("bench/bgp: %v", err)
+	}
+	dir, err := os.MkdirTemp("", "herald-bgp-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := run(dir, *routes, *restartRoutes); err != nil {
+		log.Fatalf("bench/bgp: %v (logs in %s)", err, dir)
+	}
+}
+
+type figure struct {
+	Figure  string  `json:"figure"`
+	Value   float64 `json:"value"`
+	Unit    string  `json:"unit"`
+	Target  string  `json:"target"`
+	Command string  `json:"command"`
+}
+
+func report(name string, d time.Duration, target string) {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(figure{Figure: name, Value: float64(d.Microseconds()) / 1000, Unit: "ms", Target: target, Command: command})
+	fmt.Printf("BENCH %s", b.String())
+}
+
+func peer() bgp.Peer {
+	return bgp.Peer{
+		Name: "tor", MyASN: nodeASN, ASN: bgptest.RouterASN, Address: routerV4,
+		HoldTime: 9 * time.Second, KeepaliveTime: 3 * time.Second, ConnectTime: 2 * time.Second,
+		BFD: &bgp.BFD{ReceiveInterval: 100 * time.Millisecond, TransmitInterval: 100 * time.Millisecond, DetectMultiplier: 3},
+	}
+}
+
+func desired(h bgptest.Host, prefixes []netip.Prefix) bgp.Desired {
+	routes := map[netip.Prefix]bgp.Attributes{}
+	for _, p := range prefixes {
+		routes[p] = bgp.Attributes{}
+	}
+	p := peer()
+	return bgp.Desired{RouterID: h.IPv4, Peers: map[string]bgp.Peer{p.Name: p}, Routes: map[string]map[netip.Prefix]bgp.Attributes{p.Name: routes}}
+}
+
+// nthPrefix is the i-th Service /32 in 100.64.0.0/10.
+func nthPrefix(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{100, byte(64 + i>>16), byte(i >> 8), byte(i)}), 32)
+}
+
+func run(dir string, n, restartN int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topo, err := bgptest.New(ctx, dir, 3)
+	if err != nil {
+		return err
+	}
+	defer topo.Close()
+	var birdPeers []bgptest.BirdPeer
+	for i, h := range topo.Nodes {
+		birdPeers = append(birdPeers, bgptest.BirdPeer{Name: fmt.Sprintf("n%d", i+1), Neighbor: h.IPv4, ASN: nodeASN, BFD: true})
+	}
+	if err := topo.StartBird(ctx, birdPeers); err != nil {
+		return err
+	}
+	agents := make([]*bgptest.Agent, len(topo.Nodes))
+	for i, h := range topo.Nodes {
+		if agents[i], err = topo.StartAgent(h, bgptest.AgentOptions{}); err != nil {
+			return err
+		}
+		defer agents[i].Kill()
+		if err := agents[i].Apply(desired(h, nil)); err != nil {
+			return err
+		}
+	}
+	if err := waitEstablished(topo, birdPeers); err != nil {
+		return err
+	}
+
+	// 1. One route at a time, added on all three nodes at once.
+	var took []time.Duration
+	var prefixes []netip.Prefix
+	for i := range n {
+		p := nthPrefix(i)
+		prefixes = append(prefixes, p)
+		start := time.Now()
+		if err := applyAll(topo, agents, prefixes); err != nil {
+			return err
+		}
+		if err := waitCount(topo, p, len(agents), 5*time.Second); err != nil {
+			return fmt.Errorf("route %d: %w", i, err)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	report("BGP: route added -> in BIRD from all 3 nodes, p50", took[len(took)/2], "")
+	report("BGP: route added -> in BIRD from all 3 nodes, p99", took[len(took)*99/100], "< 50 ms")
+
+	// 2. Node 1 restarts with restartN routes: from the new process's start to all of them in BIRD.
+	node1 := topo.Nodes[0]
+	big := make([]netip.Prefix, restartN)
+	for i := range big {
+		big[i] = nthPrefix(i)
+	}
+	if err := agents[0].Apply(desired(node1, big)); err != nil {
+		return err
+	}
+	if err := waitProtoCount(topo, "n1", restartN, 30*time.Second); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := agents[0].Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	if err := waitProtoCount(topo, "n1", 0, 10*time.Second); err != nil {
+		return err
+	}
+	report(fmt.Sprintf("BGP: SIGTERM -> %d routes gone from BIRD", restartN), time.Since(start), "< 200 ms")
+	agents[0].Wait(5 * time.Second)
+
+	start = time.Now()
+	if agents[0], err = topo.StartAgent(node1, bgptest.AgentOptions{}); err != nil {
+		return err
+	}
+	if err := agents[0].Apply(desired(node1, big)); err != nil {
+		return err
+	}
+	if err := waitProtoCount(topo, "n1", restartN, 30*time.Second); err != nil {
+		return err
+	}
+	report(fmt.Sprintf("BGP: speaker restarted with %d routes -> all back in BIRD", restartN), time.Since(start), "< 2000 ms")
+
+	// 3. Frozen speaker: BFD (100 ms x 3) makes BIRD drop its routes.
+	if err := waitBFDUp(agents[0]); err != nil {
+		return err
+	}
+	start = time.Now()
+	if err := agents[0].Signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	if err := waitProtoCount(topo, "n1", 0, 10*time.Second); err != nil {
+		return err
+	}
+	report(fmt.Sprintf("BGP: SIGSTOP (BFD 100 ms x 3) -> %d routes gone from BIRD", restartN), time.Since(start), "< 500 ms")
+	return nil
+}
+
+func applyAll(topo *bgptest.Topology, agents []*bgptest.Agent, prefixes []netip.Prefix) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(agents))
+	for i, a := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = a.Apply(desired(topo.Nodes[i], prefixes))
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func waitEstablished(topo *bgptest.Topology, peers []bgptest.BirdPeer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
+		for _, p := range peers {
+			info, err := topo.Bird.Protocol(p.Name)
+			if err != nil || info.Info != "Established" {
+				return false, err
+			}
+		}
+		return true, nil
+	})
+}
+
+// waitCount polls BIRD (a query on its control socket costs well under a millisecond) until it
+// holds want routes for prefix.
+func waitCount(topo *bgptest.Topology, prefix netip.Prefix, want int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return bgptest.WaitFor(ctx, 500*time.Microsecond, func() (bool, error) {
+		r, err := topo.Bird.Routes(prefix)
+		return len(r) == want, err
+	})
+}
+
+func waitProtoCount(topo *bgptest.Topology, proto string, want int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return bgptest.WaitFor(ctx, time.Millisecond, func() (bool, error) {
+		n, err := topo.Bird.Count(proto)
+		return n == want, err
+	})
+}
+
+func waitBFDUp(a *bgptest.Agent) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
+		st, err := a.Status()
+		return err == nil && len(st) == 1 && st[0].BFD == "Up" && st[0].Established, err
+	})
+}
