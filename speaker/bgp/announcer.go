@@ -162,9 +162,15 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 			continue
 		}
 		want[peer] = map[netip.Prefix]string{}
+		groupOf := map[string]string{} // attribute key -> group name: one hash per group, not per route
 		for prefix, attrs := range routes {
 			prefix = prefix.Masked()
-			g := groupName(peer, attrs)
+			key := attrs.key()
+			g, ok := groupOf[key]
+			if !ok {
+				g = groupName(peer, attrs)
+				groupOf[key] = g
+			}
 			want[peer][prefix] = g
 			wantGroups[g] = attrs
 			wantPaths[prefix]++
