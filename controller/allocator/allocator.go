@@ -18,6 +18,8 @@ import (
 	"github.com/google/btree"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/heraldlb/herald/config"
 )
 
 // Pool is an IPAddressPool as the allocator sees it.
@@ -62,27 +64,11 @@ type Service struct {
 	Current      []netip.Addr // status.loadBalancer.ingress, the truth after a restart
 }
 
-// Reason says why a Service has, keeps or lacks addresses.
-type Reason string
-
-// The values match the herald.io/Allocated condition reasons of docs/contracts.md.
-const (
-	Allocated              Reason = "Allocated"
-	NoPool                 Reason = "NoPool"
-	PoolExhausted          Reason = "PoolExhausted"
-	RequestedIPUnavailable Reason = "RequestedIPUnavailable"
-	RequestedIPOutsidePool Reason = "RequestedIPOutsidePools"
-	SharingConflict        Reason = "SharingConflict"
-	InvalidRequest         Reason = "InvalidRequest"
-	FamilyUnavailable      Reason = "FamilyUnavailable"
-	PoolRemoved            Reason = "PoolRemoved"
-)
-
-// Result of Assign. IPs is empty on refusal; PoolRemoved keeps addresses no pool holds any more.
+// Result of Assign. IPs is empty on refusal; reason PoolRemoved keeps addresses no pool holds any more.
 type Result struct {
 	IPs     []netip.Addr // one per family, in spec.ipFamilies order
 	Pool    string       // the pool(s) the addresses come from, comma-separated
-	Reason  Reason
+	Reason  string       // one of config.Reason*
 	Message string
 	// Freed reports that this call gave addresses back, so Services waiting for room may now fit.
 	Freed bool
@@ -304,7 +290,7 @@ func (a *Allocator) Restore(s Service) {
 func (a *Allocator) Assign(s Service) Result {
 	fams, err := wantedFamilies(s)
 	if err != nil {
-		return a.refuse(s.Key, InvalidRequest, err.Error())
+		return a.refuse(s.Key, config.ReasonInvalidRequest, err.Error())
 	}
 	if res, ok := a.keep(s, fams); ok {
 		return res
@@ -351,7 +337,7 @@ func (a *Allocator) Release(key string) bool {
 	return freed
 }
 
-func (a *Allocator) refuse(key string, reason Reason, msg string) Result {
+func (a *Allocator) refuse(key string, reason, msg string) Result {
 	return Result{Reason: reason, Message: msg, Freed: a.Release(key)}
 }
 
@@ -394,7 +380,7 @@ func (a *Allocator) keep(s Service, fams []corev1.IPFamily) (Result, bool) {
 	return a.answer(ips), true
 }
 
-// answer describes addresses a Service holds: Allocated, or PoolRemoved when a pool no longer has one.
+// answer describes addresses a Service holds: Allocated, or PoolRemoved when no pool holds one any more.
 func (a *Allocator) answer(ips []netip.Addr) Result {
 	var pools, orphans []string
 	for _, ip := range ips {
@@ -408,53 +394,53 @@ func (a *Allocator) answer(ips []netip.Addr) Result {
 	}
 	res := Result{IPs: ips, Pool: strings.Join(pools, ",")}
 	if len(orphans) > 0 {
-		res.Reason = PoolRemoved
+		res.Reason = config.ReasonPoolRemoved
 		res.Message = fmt.Sprintf("%s: no IPAddressPool holds this any more (pool deleted or shrunk); "+
 			"the Service keeps it until it is deleted or asks for another address", strings.Join(orphans, ", "))
 		return res
 	}
-	res.Reason = Allocated
+	res.Reason = config.ReasonAllocated
 	res.Message = fmt.Sprintf("%s from pool %s", joinIPs(ips), res.Pool)
 	return res
 }
 
 func (a *Allocator) assignRequested(s Service, fams []corev1.IPFamily) Result {
 	if s.Pool != "" && a.pools[s.Pool] == nil {
-		return Result{Reason: NoPool, Message: fmt.Sprintf("IPAddressPool %q does not exist", s.Pool)}
+		return Result{Reason: config.ReasonNoPool, Message: fmt.Sprintf("IPAddressPool %q does not exist", s.Pool)}
 	}
 	ips := normalise(s.RequestedIPs)
 	seen := map[corev1.IPFamily]bool{}
 	for _, ip := range ips {
 		f := familyOf(ip)
 		if !slices.Contains(fams, f) {
-			return Result{Reason: InvalidRequest, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonInvalidRequest, Message: fmt.Sprintf(
 				"requested %s is %s but the Service's ipFamilies (with ipFamilyPolicy %s) allow only %s",
 				ip, f, policyName(s.FamilyPolicy), familyList(fams))}
 		}
 		if seen[f] {
-			return Result{Reason: InvalidRequest, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonInvalidRequest, Message: fmt.Sprintf(
 				"requested addresses %s name two %s addresses; give at most one per family", joinIPs(ips), f)}
 		}
 		seen[f] = true
 	}
 	if s.FamilyPolicy == corev1.IPFamilyPolicyRequireDualStack && len(ips) != len(fams) {
-		return Result{Reason: InvalidRequest, Message: fmt.Sprintf(
+		return Result{Reason: config.ReasonInvalidRequest, Message: fmt.Sprintf(
 			"ipFamilyPolicy RequireDualStack needs one requested address per family, got %s", joinIPs(ips))}
 	}
 	for _, ip := range ips {
 		p := a.owner(ip)
 		switch {
 		case p == nil:
-			return Result{Reason: RequestedIPOutsidePool, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonRequestedIPOutside, Message: fmt.Sprintf(
 				"requested %s is not in any IPAddressPool; add it to a pool or request another address", ip)}
 		case s.Pool != "" && p.Name != s.Pool:
-			return Result{Reason: RequestedIPOutsidePool, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonRequestedIPOutside, Message: fmt.Sprintf(
 				"requested %s is not in IPAddressPool %q (it belongs to %q)", ip, s.Pool, p.Name)}
 		case !p.serves(s):
-			return Result{Reason: NoPool, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonNoPool, Message: fmt.Sprintf(
 				"IPAddressPool %q, which holds requested %s, does not serve this Service's namespace or labels", p.Name, ip)}
 		case p.AvoidBuggyIPs && isBuggy(ip) && a.ips[ip] == nil:
-			return Result{Reason: RequestedIPUnavailable, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonRequestedIPUnavailable, Message: fmt.Sprintf(
 				"requested %s ends in .0 or .255 and IPAddressPool %q has avoidBuggyIPs", ip, p.Name)}
 		}
 		if reason, msg := a.conflict(ip, s); msg != "" {
@@ -471,11 +457,11 @@ func (a *Allocator) assignFromPools(s Service, fams []corev1.IPFamily) Result {
 	if s.Pool != "" {
 		p := a.pools[s.Pool]
 		if p == nil {
-			return Result{Reason: NoPool, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonNoPool, Message: fmt.Sprintf(
 				"IPAddressPool %q does not exist; create it or change the address-pool annotation", s.Pool)}
 		}
 		if !p.serves(s) {
-			return Result{Reason: NoPool, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonNoPool, Message: fmt.Sprintf(
 				"IPAddressPool %q does not serve namespace %q or this Service's labels (see its serviceAllocation)", s.Pool, s.Namespace)}
 		}
 		candidates = []*pool{p}
@@ -487,7 +473,7 @@ func (a *Allocator) assignFromPools(s Service, fams []corev1.IPFamily) Result {
 		}
 		sort.Slice(candidates, func(i, j int) bool { return candidates[i].before(candidates[j]) })
 		if len(candidates) == 0 {
-			return Result{Reason: NoPool, Message: fmt.Sprintf(
+			return Result{Reason: config.ReasonNoPool, Message: fmt.Sprintf(
 				"no IPAddressPool with autoAssign serves namespace %q and this Service's labels; "+
 					"create one or name a pool in the herald.io/address-pool annotation", s.Namespace)}
 		}
@@ -514,11 +500,11 @@ func (a *Allocator) assignFromPools(s Service, fams []corev1.IPFamily) Result {
 		exhausted = append(exhausted, p.Name)
 	}
 	if len(exhausted) > 0 {
-		return Result{Reason: PoolExhausted, Message: fmt.Sprintf(
+		return Result{Reason: config.ReasonPoolExhausted, Message: fmt.Sprintf(
 			"IPAddressPool %s has no free %s address; add addresses or free some",
 			strings.Join(exhausted, ", "), familyList(fams))}
 	}
-	return Result{Reason: FamilyUnavailable, Message: fmt.Sprintf(
+	return Result{Reason: config.ReasonFamilyUnavailable, Message: fmt.Sprintf(
 		"IPAddressPool %s offers no %s addresses as ipFamilyPolicy %s needs; add such addresses or change ipFamilies",
 		strings.Join(noFamily, ", "), familyList(fams), policyName(s.FamilyPolicy))}
 }
@@ -580,7 +566,7 @@ func (a *Allocator) claim(s Service, ips []netip.Addr) {
 }
 
 // conflict says why s may not hold ip next to its current holders ("" when it may).
-func (a *Allocator) conflict(ip netip.Addr, s Service) (Reason, string) {
+func (a *Allocator) conflict(ip netip.Addr, s Service) (reason, msg string) {
 	u := a.ips[ip]
 	if u == nil {
 		return "", ""
@@ -602,17 +588,17 @@ func (a *Allocator) conflict(ip netip.Addr, s Service) (Reason, string) {
 		o := u.holders[k].svc
 		switch {
 		case s.SharingKey == "" || o.SharingKey != s.SharingKey:
-			return RequestedIPUnavailable, fmt.Sprintf(
+			return config.ReasonRequestedIPUnavailable, fmt.Sprintf(
 				"%s is in use by Service %s; to share it both need the same herald.io/allow-shared-ip key", ip, k)
 		case o.Namespace != s.Namespace && !crossNS:
-			return SharingConflict, fmt.Sprintf(
+			return config.ReasonSharingConflict, fmt.Sprintf(
 				"%s is shared by Service %s in another namespace and its pool does not allow sharing across namespaces", ip, k)
 		case o.BackendKey != s.BackendKey:
-			return SharingConflict, fmt.Sprintf(
+			return config.ReasonSharingConflict, fmt.Sprintf(
 				"%s is shared with Service %s; with externalTrafficPolicy Local both need Local and the same selector", ip, k)
 		}
 		if port, clash := overlap(o.Ports, s.Ports); clash {
-			return SharingConflict, fmt.Sprintf("%s is shared with Service %s, which already uses %s/%d", ip, k, port.Protocol, port.Port)
+			return config.ReasonSharingConflict, fmt.Sprintf("%s is shared with Service %s, which already uses %s/%d", ip, k, port.Protocol, port.Port)
 		}
 	}
 	return "", ""

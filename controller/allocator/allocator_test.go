@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/heraldlb/herald/config"
 )
 
 var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -64,11 +66,11 @@ type step struct {
 	assign  *Service // nil: release `release`
 	release string
 	want    []string // addresses expected (nil for none)
-	reason  Reason
+	reason  string
 	msg     string // substring of the message, if set
 }
 
-func assign(s Service, reason Reason, want ...string) step {
+func assign(s Service, reason string, want ...string) step {
 	return step{assign: &s, want: want, reason: reason}
 }
 func release(key string) step { return step{release: key} }
@@ -86,36 +88,36 @@ func TestAssign(t *testing.T) {
 		steps []step
 	}{
 		{"lowest free address, then the next", []Pool{mkPool("p", 0, "10.0.0.0/30")}, []step{
-			assign(svc("a/x"), Allocated, "10.0.0.0").saying("10.0.0.0 from pool p"),
-			assign(svc("a/y"), Allocated, "10.0.0.1"),
-			assign(svc("a/x"), Allocated, "10.0.0.0"), // idempotent
+			assign(svc("a/x"), config.ReasonAllocated, "10.0.0.0").saying("10.0.0.0 from pool p"),
+			assign(svc("a/y"), config.ReasonAllocated, "10.0.0.1"),
+			assign(svc("a/x"), config.ReasonAllocated, "10.0.0.0"), // idempotent
 		}},
 		{"exhausted pool, then a release makes room", []Pool{mkPool("p", 0, "10.0.0.1-10.0.0.2")}, []step{
-			assign(svc("a/x"), Allocated, "10.0.0.1"),
-			assign(svc("a/y"), Allocated, "10.0.0.2"),
-			assign(svc("a/z"), PoolExhausted).saying("IPAddressPool p has no free IPv4"),
+			assign(svc("a/x"), config.ReasonAllocated, "10.0.0.1"),
+			assign(svc("a/y"), config.ReasonAllocated, "10.0.0.2"),
+			assign(svc("a/z"), config.ReasonPoolExhausted).saying("IPAddressPool p has no free IPv4"),
 			release("a/x"),
-			assign(svc("a/z"), Allocated, "10.0.0.1"),
+			assign(svc("a/z"), config.ReasonAllocated, "10.0.0.1"),
 		}},
 		{"avoidBuggyIPs skips .0 and .255", []Pool{func() Pool {
 			p := mkPool("p", 0, "10.0.0.255-10.0.1.1")
 			p.AvoidBuggyIPs = true
 			return p
 		}()}, []step{
-			assign(svc("a/x"), Allocated, "10.0.1.1"),
-			assign(svc("a/y"), PoolExhausted),
-			assign(svc("a/z", requested("10.0.1.0")), RequestedIPUnavailable).saying("avoidBuggyIPs"),
+			assign(svc("a/x"), config.ReasonAllocated, "10.0.1.1"),
+			assign(svc("a/y"), config.ReasonPoolExhausted),
+			assign(svc("a/z", requested("10.0.1.0")), config.ReasonRequestedIPUnavailable).saying("avoidBuggyIPs"),
 		}},
 		{"requested address, taken and outside pools", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
-			assign(svc("a/x", requested("10.0.0.5")), Allocated, "10.0.0.5"),
-			assign(svc("a/y", requested("10.0.0.5")), RequestedIPUnavailable).saying("in use by Service a/x"),
-			assign(svc("a/z", requested("192.168.0.1")), RequestedIPOutsidePool),
-			assign(svc("a/w"), Allocated, "10.0.0.0"),
+			assign(svc("a/x", requested("10.0.0.5")), config.ReasonAllocated, "10.0.0.5"),
+			assign(svc("a/y", requested("10.0.0.5")), config.ReasonRequestedIPUnavailable).saying("in use by Service a/x"),
+			assign(svc("a/z", requested("192.168.0.1")), config.ReasonRequestedIPOutside),
+			assign(svc("a/w"), config.ReasonAllocated, "10.0.0.0"),
 		}},
 		{"requested address changes move the Service", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
-			assign(svc("a/x", requested("10.0.0.5")), Allocated, "10.0.0.5"),
-			assign(svc("a/x", requested("10.0.0.6")), Allocated, "10.0.0.6"),
-			assign(svc("a/y", requested("10.0.0.5")), Allocated, "10.0.0.5"),
+			assign(svc("a/x", requested("10.0.0.5")), config.ReasonAllocated, "10.0.0.5"),
+			assign(svc("a/x", requested("10.0.0.6")), config.ReasonAllocated, "10.0.0.6"),
+			assign(svc("a/y", requested("10.0.0.5")), config.ReasonAllocated, "10.0.0.5"),
 		}},
 		{"pool annotation: named, unknown, not serving", []Pool{mkPool("a", 0, "10.0.0.0/30"), func() Pool {
 			p := mkPool("b", 1, "10.1.0.0/30")
@@ -126,12 +128,12 @@ func TestAssign(t *testing.T) {
 			p.Namespaces = []string{"other"}
 			return p
 		}()}, []step{
-			assign(svc("n/x", inPool("b")), Allocated, "10.1.0.0"),
-			assign(svc("n/y", inPool("nope")), NoPool).saying(`"nope" does not exist`),
-			assign(svc("n/z", inPool("c")), NoPool).saying("does not serve"),
-			assign(svc("n/w"), Allocated, "10.0.0.0"), // b is not autoAssign, c does not serve n
-			assign(svc("n/v", requested("10.1.0.3"), inPool("a")), RequestedIPOutsidePool).saying(`belongs to "b"`),
-			assign(svc("n/x", inPool("a")), Allocated, "10.0.0.1"), // annotation changed: moves
+			assign(svc("n/x", inPool("b")), config.ReasonAllocated, "10.1.0.0"),
+			assign(svc("n/y", inPool("nope")), config.ReasonNoPool).saying(`"nope" does not exist`),
+			assign(svc("n/z", inPool("c")), config.ReasonNoPool).saying("does not serve"),
+			assign(svc("n/w"), config.ReasonAllocated, "10.0.0.0"), // b is not autoAssign, c does not serve n
+			assign(svc("n/v", requested("10.1.0.3"), inPool("a")), config.ReasonRequestedIPOutside).saying(`belongs to "b"`),
+			assign(svc("n/x", inPool("a")), config.ReasonAllocated, "10.0.0.1"), // annotation changed: moves
 		}},
 		{"priority, selectors", []Pool{
 			mkPool("late-default", 0, "10.9.0.0/30"),
@@ -149,78 +151,78 @@ func TestAssign(t *testing.T) {
 				return p
 			}(),
 		}, []step{
-			assign(svc("red/x"), Allocated, "10.2.0.0"),
-			assign(svc("blue/x", func(s *Service) { s.NamespaceLabels = labels.Set{"team": "blue"} }), Allocated, "10.1.0.0"),
-			assign(svc("red/y", func(s *Service) { s.Labels = labels.Set{"tier": "edge"} }), Allocated, "10.3.0.0"),
+			assign(svc("red/x"), config.ReasonAllocated, "10.2.0.0"),
+			assign(svc("blue/x", func(s *Service) { s.NamespaceLabels = labels.Set{"team": "blue"} }), config.ReasonAllocated, "10.1.0.0"),
+			assign(svc("red/y", func(s *Service) { s.Labels = labels.Set{"tier": "edge"} }), config.ReasonAllocated, "10.3.0.0"),
 		}},
 		{"no pool at all", nil, []step{
-			assign(svc("a/x"), NoPool).saying("no IPAddressPool with autoAssign"),
+			assign(svc("a/x"), config.ReasonNoPool).saying("no IPAddressPool with autoAssign"),
 		}},
 		{"sharing: same key, disjoint ports", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
-			assign(svc("a/x", shared("k", 80)), Allocated, "10.0.0.0"),
-			assign(svc("a/y", shared("k", 443)), Allocated, "10.0.0.0"),
-			assign(svc("a/z", shared("k", 80)), Allocated, "10.0.0.1"),     // port clash: another address
-			assign(svc("a/w", shared("other", 22)), Allocated, "10.0.0.2"), // other key: own address
-			assign(svc("b/x", shared("k", 8080)), Allocated, "10.0.0.3"),   // other namespace
-			assign(svc("a/v", shared("k", 443), requested("10.0.0.0")), SharingConflict).saying("already uses TCP/443"),
-			assign(svc("a/u", requested("10.0.0.0")), RequestedIPUnavailable).saying("same herald.io/allow-shared-ip key"),
-			assign(svc("b/y", shared("k", 9), requested("10.0.0.0")), SharingConflict).saying("another namespace"),
+			assign(svc("a/x", shared("k", 80)), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 443)), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("a/z", shared("k", 80)), config.ReasonAllocated, "10.0.0.1"),     // port clash: another address
+			assign(svc("a/w", shared("other", 22)), config.ReasonAllocated, "10.0.0.2"), // other key: own address
+			assign(svc("b/x", shared("k", 8080)), config.ReasonAllocated, "10.0.0.3"),   // other namespace
+			assign(svc("a/v", shared("k", 443), requested("10.0.0.0")), config.ReasonSharingConflict).saying("already uses TCP/443"),
+			assign(svc("a/u", requested("10.0.0.0")), config.ReasonRequestedIPUnavailable).saying("same herald.io/allow-shared-ip key"),
+			assign(svc("b/y", shared("k", 9), requested("10.0.0.0")), config.ReasonSharingConflict).saying("another namespace"),
 			release("a/x"),
-			assign(svc("a/t"), Allocated, "10.0.0.4"), // 10.0.0.0 is still held by a/y
+			assign(svc("a/t"), config.ReasonAllocated, "10.0.0.4"), // 10.0.0.0 is still held by a/y
 			release("a/y"),
-			assign(svc("a/s"), Allocated, "10.0.0.0"),
+			assign(svc("a/s"), config.ReasonAllocated, "10.0.0.0"),
 		}},
 		{"sharing across namespaces when the pool allows it", []Pool{func() Pool {
 			p := mkPool("p", 0, "10.0.0.0/29")
 			p.AllowCrossNamespaceSharing = true
 			return p
 		}()}, []step{
-			assign(svc("a/x", shared("k", 80)), Allocated, "10.0.0.0"),
-			assign(svc("b/x", shared("k", 443)), Allocated, "10.0.0.0"),
+			assign(svc("a/x", shared("k", 80)), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("b/x", shared("k", 443)), config.ReasonAllocated, "10.0.0.0"),
 		}},
 		{"sharing with externalTrafficPolicy Local needs the same selector", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
-			assign(svc("a/x", shared("k", 80), func(s *Service) { s.BackendKey = "app=a" }), Allocated, "10.0.0.0"),
-			assign(svc("a/y", shared("k", 81), func(s *Service) { s.BackendKey = "app=b" }), Allocated, "10.0.0.1"),
-			assign(svc("a/z", shared("k", 82), func(s *Service) { s.BackendKey = "app=a" }), Allocated, "10.0.0.0"),
-			assign(svc("a/w", shared("k", 83), requested("10.0.0.0")), SharingConflict).saying("externalTrafficPolicy Local"),
+			assign(svc("a/x", shared("k", 80), func(s *Service) { s.BackendKey = "app=a" }), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 81), func(s *Service) { s.BackendKey = "app=b" }), config.ReasonAllocated, "10.0.0.1"),
+			assign(svc("a/z", shared("k", 82), func(s *Service) { s.BackendKey = "app=a" }), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("a/w", shared("k", 83), requested("10.0.0.0")), config.ReasonSharingConflict).saying("externalTrafficPolicy Local"),
 		}},
 		{"a port change that clashes moves the Service", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
-			assign(svc("a/x", shared("k", 80)), Allocated, "10.0.0.0"),
-			assign(svc("a/y", shared("k", 443)), Allocated, "10.0.0.0"),
-			assign(svc("a/y", shared("k", 80)), Allocated, "10.0.0.1"),
+			assign(svc("a/x", shared("k", 80)), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 443)), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("a/y", shared("k", 80)), config.ReasonAllocated, "10.0.0.1"),
 		}},
 		{"dual-stack policies", []Pool{mkPool("d", 0, "10.0.0.0/30", "fd00::/126"), func() Pool {
 			p := mkPool("v6only", 1, "fd01::/126")
 			p.AutoAssign = false
 			return p
 		}()}, []step{
-			assign(svc("a/x", dual(corev1.IPFamilyPolicyRequireDualStack, v6, v4)), Allocated, "fd00::", "10.0.0.0"),
-			assign(svc("a/y", dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6)), Allocated, "10.0.0.1", "fd00::1"),
-			assign(svc("a/z", dual(corev1.IPFamilyPolicySingleStack, v6)), Allocated, "fd00::2"),
-			assign(svc("a/w", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), inPool("v6only")), FamilyUnavailable).saying("RequireDualStack"),
-			assign(svc("a/v", dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6), inPool("v6only")), Allocated, "fd01::"),
-			assign(svc("a/u", dual(corev1.IPFamilyPolicySingleStack, v4), inPool("v6only")), FamilyUnavailable),
-			assign(svc("a/t", dual(corev1.IPFamilyPolicySingleStack, v4), requested("fd00::3")), InvalidRequest).saying("allow only IPv4"),
-			assign(svc("a/s", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), requested("10.0.0.3")), InvalidRequest),
-			assign(svc("a/r", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), requested("fd00::3", "10.0.0.3")), Allocated, "10.0.0.3", "fd00::3"),
-			assign(svc("a/q", dual(corev1.IPFamilyPolicyRequireDualStack, v4)), InvalidRequest),
+			assign(svc("a/x", dual(corev1.IPFamilyPolicyRequireDualStack, v6, v4)), config.ReasonAllocated, "fd00::", "10.0.0.0"),
+			assign(svc("a/y", dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6)), config.ReasonAllocated, "10.0.0.1", "fd00::1"),
+			assign(svc("a/z", dual(corev1.IPFamilyPolicySingleStack, v6)), config.ReasonAllocated, "fd00::2"),
+			assign(svc("a/w", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), inPool("v6only")), config.ReasonFamilyUnavailable).saying("RequireDualStack"),
+			assign(svc("a/v", dual(corev1.IPFamilyPolicyPreferDualStack, v4, v6), inPool("v6only")), config.ReasonAllocated, "fd01::"),
+			assign(svc("a/u", dual(corev1.IPFamilyPolicySingleStack, v4), inPool("v6only")), config.ReasonFamilyUnavailable),
+			assign(svc("a/t", dual(corev1.IPFamilyPolicySingleStack, v4), requested("fd00::3")), config.ReasonInvalidRequest).saying("allow only IPv4"),
+			assign(svc("a/s", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), requested("10.0.0.3")), config.ReasonInvalidRequest),
+			assign(svc("a/r", dual(corev1.IPFamilyPolicyRequireDualStack, v4, v6), requested("fd00::3", "10.0.0.3")), config.ReasonAllocated, "10.0.0.3", "fd00::3"),
+			assign(svc("a/q", dual(corev1.IPFamilyPolicyRequireDualStack, v4)), config.ReasonInvalidRequest),
 		}},
 		{"overlapping pools: the later one gives out nothing in the overlap", []Pool{
 			mkPool("late", 5, "10.0.0.0/30"), mkPool("early", 0, "10.0.0.2-10.0.0.5"),
 		}, []step{
-			assign(svc("a/x", inPool("late")), Allocated, "10.0.0.0"),
-			assign(svc("a/y", inPool("late")), Allocated, "10.0.0.1"),
-			assign(svc("a/z", inPool("late")), PoolExhausted),
-			assign(svc("a/w", requested("10.0.0.3")), Allocated, "10.0.0.3").saying("pool early"),
+			assign(svc("a/x", inPool("late")), config.ReasonAllocated, "10.0.0.0"),
+			assign(svc("a/y", inPool("late")), config.ReasonAllocated, "10.0.0.1"),
+			assign(svc("a/z", inPool("late")), config.ReasonPoolExhausted),
+			assign(svc("a/w", requested("10.0.0.3")), config.ReasonAllocated, "10.0.0.3").saying("pool early"),
 		}},
 		{"status is kept when it fits, replaced when it does not", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
-			assign(svc("a/x", status("10.0.0.6")), Allocated, "10.0.0.6"),
-			assign(svc("a/y", status("10.0.0.6")), Allocated, "10.0.0.0"), // taken: not two holders
-			assign(svc("a/z", status("fd00::1")), Allocated, "10.0.0.1"),  // wrong family
+			assign(svc("a/x", status("10.0.0.6")), config.ReasonAllocated, "10.0.0.6"),
+			assign(svc("a/y", status("10.0.0.6")), config.ReasonAllocated, "10.0.0.0"), // taken: not two holders
+			assign(svc("a/z", status("fd00::1")), config.ReasonAllocated, "10.0.0.1"),  // wrong family
 		}},
 		{"status outside every pool is kept with PoolRemoved", []Pool{mkPool("p", 0, "10.0.0.0/29")}, []step{
-			assign(svc("a/x", status("10.9.9.9")), PoolRemoved, "10.9.9.9").saying("no IPAddressPool holds"),
-			assign(svc("a/y", requested("10.9.9.9")), RequestedIPOutsidePool),
+			assign(svc("a/x", status("10.9.9.9")), config.ReasonPoolRemoved, "10.9.9.9").saying("no IPAddressPool holds"),
+			assign(svc("a/y", requested("10.9.9.9")), config.ReasonRequestedIPOutside),
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -247,12 +249,12 @@ func TestPoolShrinksAndGrows(t *testing.T) {
 	a := New()
 	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/30")})
 	for _, k := range []string{"a/0", "a/1", "a/2", "a/3"} {
-		if r := a.Assign(svc(k)); r.Reason != Allocated {
+		if r := a.Assign(svc(k)); r.Reason != config.ReasonAllocated {
 			t.Fatalf("%s: %v", k, r)
 		}
 	}
 	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/31")})
-	if r := a.Assign(svc("a/3")); r.Reason != PoolRemoved || !slices.Equal(r.IPs, ips("10.0.0.3")) {
+	if r := a.Assign(svc("a/3")); r.Reason != config.ReasonPoolRemoved || !slices.Equal(r.IPs, ips("10.0.0.3")) {
 		t.Fatalf("shrunk: %v", r)
 	}
 	if n := a.HeldOutsidePools([]Range{mustRange("10.0.0.0/30")}); n != 2 {
@@ -267,14 +269,14 @@ func TestPoolShrinksAndGrows(t *testing.T) {
 	if r := a.Assign(svc("a/4")); !slices.Equal(r.IPs, ips("10.0.0.4")) {
 		t.Fatalf("after growing: %v", r)
 	}
-	if r := a.Assign(svc("a/3")); r.Reason != Allocated {
+	if r := a.Assign(svc("a/3")); r.Reason != config.ReasonAllocated {
 		t.Fatalf("back in the pool: %v", r)
 	}
 	a.SetPools(nil)
-	if r := a.Assign(svc("a/0")); r.Reason != PoolRemoved {
+	if r := a.Assign(svc("a/0")); r.Reason != config.ReasonPoolRemoved {
 		t.Fatalf("pool deleted: %v", r)
 	}
-	if r := a.Assign(svc("a/9")); r.Reason != NoPool {
+	if r := a.Assign(svc("a/9")); r.Reason != config.ReasonNoPool {
 		t.Fatalf("no pool: %v", r)
 	}
 }

@@ -2,6 +2,7 @@ package allocator
 
 import (
 	"fmt"
+	"github.com/heraldlb/herald/config"
 	"math/rand"
 	"runtime"
 	"testing"
@@ -32,7 +33,7 @@ func BenchmarkAssign(b *testing.B) {
 			s := Service{Key: "ns/new", Namespace: "ns"}
 			b.ResetTimer()
 			for b.Loop() {
-				if res := a.Assign(s); res.Reason != Allocated {
+				if res := a.Assign(s); res.Reason != config.ReasonAllocated {
 					b.Fatal(res)
 				}
 				a.Release(s.Key)
