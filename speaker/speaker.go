@@ -13,9 +13,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
+	"github.com/heraldlb/herald/dataplane"
 )
 
 // Config configures a Speaker.
@@ -32,8 +35,10 @@ type Config struct {
 	NodeName   string
 	RestConfig *rest.Config
 	// LBClass: Services with another spec.loadBalancerClass are not announced (unset class is).
-	LBClass   string
-	Endpoints LocalEndpointView
+	LBClass string
+	// Endpoints is the node's one local-endpoint view; the speaker feeds it from its EndpointSlice
+	// informer and rebuilds the snapshot when it changes. The data plane reads the same instance.
+	Endpoints *dataplane.LocalEndpoints
 	Logger    *slog.Logger
 	// MembersAlive, if set, reports how many speakers this node hears (itself included).
 	MembersAlive func() int
@@ -133,6 +138,17 @@ func (s *Speaker) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if s.cfg.Endpoints != nil {
+		inf, err := s.cache.GetInformer(ctx, &discoveryv1.EndpointSlice{})
+		if err != nil {
+			return fmt.Errorf("speaker: EndpointSlice informer: %w", err)
+		}
+		if err := s.cfg.Endpoints.Register(inf); err != nil {
+			return err
+		}
+		unsubscribe := s.cfg.Endpoints.Subscribe(func(types.NamespacedName) { s.Changed() })
+		defer unsubscribe()
+	}
 	cacheErr := make(chan error, 1)
 	go func() { cacheErr <- s.cache.Start(ctx) }()
 	if !s.cache.WaitForCacheSync(ctx) {
@@ -213,7 +229,9 @@ func (s *Speaker) buildSnapshot(ctx context.Context) (*Snapshot, error) {
 		BGPPeers:          ptrs(peers.Items),
 		Communities:       ptrs(comms.Items),
 		BFDProfiles:       ptrs(bfds.Items),
-		Endpoints:         s.cfg.Endpoints,
+	}
+	if s.cfg.Endpoints != nil {
+		snap.Endpoints = s.cfg.Endpoints
 	}
 	for i := range nodes.Items {
 		snap.Nodes[nodes.Items[i].Name] = &nodes.Items[i]

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/speaker"
 	"github.com/heraldlb/herald/speaker/l2"
 	"github.com/heraldlb/herald/speaker/membership"
@@ -37,22 +38,22 @@ func main() {
 
 func run() error {
 	var (
-		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
-		nodeName    = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
-		secretFile  = flag.String("secret-file", "", "file holding the secret shared by all speakers; authenticates membership messages")
-		dataplane   = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables or off")
-		metricsAddr = flag.String("metrics-addr", ":9651", "address of the Prometheus metrics endpoint")
-		lbClass     = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
-		cleanup     = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")
+		kubeconfig    = flag.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+		nodeName      = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+		secretFile    = flag.String("secret-file", "", "file holding the secret shared by all speakers; authenticates membership messages")
+		dataplaneMode = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables or off")
+		metricsAddr   = flag.String("metrics-addr", ":9651", "address of the Prometheus metrics endpoint")
+		lbClass       = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
+		cleanup       = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	slog.SetDefault(log)
 
-	switch *dataplane {
+	switch *dataplaneMode {
 	case "auto", "ipvs", "nftables", "off":
 	default:
-		return fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables or off", *dataplane)
+		return fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables or off", *dataplaneMode)
 	}
 	if *cleanup {
 		// Membership and L2 keep no state outside the process (responders are sockets).
@@ -99,8 +100,10 @@ func run() error {
 	defer events.Shutdown()
 	recorder := events.NewRecorder(speaker.Scheme(), corev1.EventSource{Component: "herald-speaker", Host: *nodeName})
 
+	// The one local-endpoint view of this node: announcers and the data plane share it.
+	localEndpoints := dataplane.NewLocalEndpoints()
 	spk, err := speaker.New(speaker.Config{
-		NodeName: *nodeName, RestConfig: restCfg, LBClass: *lbClass, Logger: log,
+		NodeName: *nodeName, RestConfig: restCfg, LBClass: *lbClass, Logger: log, Endpoints: localEndpoints,
 		MembersAlive: func() int { return len(members.View().Alive) },
 	}, recorder)
 	if err != nil {
@@ -110,7 +113,7 @@ func run() error {
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
-	log.Info("speaker: starting", "node", *nodeName, "dataplane", *dataplane)
+	log.Info("speaker: starting", "node", *nodeName, "dataplane", *dataplaneMode)
 
 	go serveMetrics(*metricsAddr, log)
 	err = spk.Run(ctx)
