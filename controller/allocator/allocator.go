@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/btree"
@@ -111,8 +112,9 @@ type ipUse struct {
 	holders map[string]*holding
 }
 
-// Allocator assigns addresses. It is not safe for concurrent use; callers serialise.
+// Allocator assigns addresses. It is safe for concurrent use.
 type Allocator struct {
+	mu       sync.Mutex
 	pools    map[string]*pool
 	ranges   []ownedRange // every pool's effective ranges, sorted: owner lookup by binary search
 	ips      map[netip.Addr]*ipUse
@@ -134,6 +136,8 @@ func New() *Allocator {
 
 // SetPools replaces the pool set. Addresses in use stay in use whether or not a pool still holds them.
 func (a *Allocator) SetPools(pools []Pool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	sorted := slices.Clone(pools)
 	sort.SliceStable(sorted, func(i, j int) bool {
 		if !sorted[i].Created.Equal(sorted[j].Created) {
@@ -211,6 +215,8 @@ func (a *Allocator) owner(ip netip.Addr) *pool {
 
 // Report returns a pool's overlaps and per-family usage; false when the pool is unknown.
 func (a *Allocator) Report(name string) (PoolReport, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	p, ok := a.pools[name]
 	if !ok {
 		return PoolReport{}, false
@@ -244,6 +250,8 @@ func (a *Allocator) Report(name string) (PoolReport, bool) {
 // HeldOutsidePools counts addresses in the given ranges that Services hold although no pool gives
 // them out any more: while it is not zero, a deleted pool that had these ranges must stay.
 func (a *Allocator) HeldOutsidePools(ranges []Range) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	n := 0
 	for _, r := range ranges {
 		a.used.AscendGreaterOrEqual(r.First, func(ip netip.Addr) bool {
@@ -261,6 +269,8 @@ func (a *Allocator) HeldOutsidePools(ranges []Range) int {
 
 // Holding returns the addresses the allocator has recorded for a Service.
 func (a *Allocator) Holding(key string) []netip.Addr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if h, ok := a.services[key]; ok {
 		return slices.Clone(h.ips)
 	}
@@ -271,6 +281,8 @@ func (a *Allocator) Holding(key string) []netip.Addr {
 // every Service before the first Assign after a start, so no address can go to a second Service.
 // An address already restored for an unrelated Service is skipped; Assign later moves that Service.
 func (a *Allocator) Restore(s Service) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if _, ok := a.services[s.Key]; ok {
 		return
 	}
@@ -288,6 +300,8 @@ func (a *Allocator) Restore(s Service) {
 // Assign gives the Service its addresses: the ones it has if they still fit its spec, else new ones.
 // On refusal the Service holds nothing afterwards.
 func (a *Allocator) Assign(s Service) Result {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	fams, err := wantedFamilies(s)
 	if err != nil {
 		return a.refuse(s.Key, config.ReasonInvalidRequest, err.Error())
@@ -295,7 +309,7 @@ func (a *Allocator) Assign(s Service) Result {
 	if res, ok := a.keep(s, fams); ok {
 		return res
 	}
-	freed := a.Release(s.Key)
+	freed := a.release(s.Key)
 	var res Result
 	if len(s.RequestedIPs) > 0 {
 		res = a.assignRequested(s, fams)
@@ -308,6 +322,12 @@ func (a *Allocator) Assign(s Service) Result {
 
 // Release gives back everything a Service holds; true if an address became free.
 func (a *Allocator) Release(key string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.release(key)
+}
+
+func (a *Allocator) release(key string) bool {
 	h, ok := a.services[key]
 	if !ok {
 		return false
@@ -338,7 +358,7 @@ func (a *Allocator) Release(key string) bool {
 }
 
 func (a *Allocator) refuse(key string, reason, msg string) Result {
-	return Result{Reason: reason, Message: msg, Freed: a.Release(key)}
+	return Result{Reason: reason, Message: msg, Freed: a.release(key)}
 }
 
 // keep decides whether the Service's addresses (recorded, or from its status) still fit its spec and
@@ -374,7 +394,7 @@ func (a *Allocator) keep(s Service, fams []corev1.IPFamily) (Result, bool) {
 			return Result{}, false
 		}
 	}
-	a.Release(s.Key) // re-record under the current request (ports or sharing key may have changed)
+	a.release(s.Key) // re-record under the current request (ports or sharing key may have changed)
 	ips := orderByFamily(current, fams)
 	a.claim(s, ips)
 	return a.answer(ips), true
