@@ -1,0 +1,164 @@
+package speaker
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/heraldlb/herald/config/v1beta1"
+	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/internal/realapi"
+	"github.com/heraldlb/herald/speaker/l2"
+)
+
+// recordingAnnouncer keeps the snapshots it is given and claims one fixed announcement.
+type recordingAnnouncer struct {
+	mu   sync.Mutex
+	last *Snapshot
+}
+
+func (r *recordingAnnouncer) Apply(s *Snapshot) { r.mu.Lock(); r.last = s; r.mu.Unlock() }
+func (r *recordingAnnouncer) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+func (r *recordingAnnouncer) Announcements() []v1beta1.Announcement {
+	return []v1beta1.Announcement{{IP: "10.0.0.100", Protocol: v1beta1.ProtocolL2, Interfaces: []string{"eth0"}, Services: []string{"default/web"}}}
+}
+func (r *recordingAnnouncer) policies() map[netip.Addr]l2.Policy {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil {
+		return nil
+	}
+	return L2Policies(r.last)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestSpeakerAgainstARealAPIServer: the speaker builds its snapshot from real objects (pools,
+// advertisements, Services, Nodes, EndpointSlices through the data plane's local-endpoint view),
+// writes its SpeakerStatus, finds its membership peers from SpeakerStatuses, and puts one event on
+// a Service when it starts announcing it.
+func TestSpeakerAgainstARealAPIServer(t *testing.T) {
+	api := realapi.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := client.New(api.Config, client.Options{Scheme: Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(obj client.Object) {
+		t.Helper()
+		if err := c.Create(ctx, obj); err != nil {
+			t.Fatalf("create %T %s: %v", obj, obj.GetName(), err)
+		}
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		node := node(n, map[string]string{"zone": "1"}, "")
+		node.Status = corev1.NodeStatus{}
+		create(node)
+		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.0.0." + map[string]string{"a": "1", "b": "2", "c": "3"}[n]}}
+		if err := c.Status().Update(ctx, node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create(pool("lan", nil, "10.0.0.100-10.0.0.120"))
+	create(&v1beta1.L2Advertisement{ObjectMeta: metav1.ObjectMeta{Name: "all"}})
+	web := lbService("default", "web", corev1.ServiceExternalTrafficPolicyLocal, nil)
+	web.Spec.Ports = []corev1.ServicePort{{Port: 80}}
+	create(web)
+	web.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "10.0.0.100", IPMode: ptr.To(corev1.LoadBalancerIPModeVIP)}}
+	if err := c.Status().Update(ctx, web); err != nil {
+		t.Fatal(err)
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.5"}, NodeName: ptr.To("b"), Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+	}
+	create(slice)
+
+	cs := kubernetes.NewForConfigOrDie(api.Config)
+	events := record.NewBroadcaster()
+	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
+	defer events.Shutdown()
+	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints()},
+		events.NewRecorder(Scheme(), corev1.EventSource{Component: "herald-speaker", Host: "a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingAnnouncer{}
+	spk.AddAnnouncer(rec)
+	var peersMu sync.Mutex
+	var peers map[string]netip.AddrPort
+	if err := spk.WatchPeers(ctx, 9652, func(p map[string]netip.AddrPort) { peersMu.Lock(); peers = p; peersMu.Unlock() }); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if err := spk.Run(ctx); err != nil {
+			t.Errorf("speaker: %v", err)
+		}
+	}()
+
+	ip := netip.MustParseAddr("10.0.0.100")
+	eventually(t, "web's IP with candidate b (the node with its endpoint)", func() bool {
+		return slices.Equal(rec.policies()[ip].Candidates, []string{"b"})
+	})
+	// The endpoint moves to c: so does the candidacy.
+	slice.Endpoints[0].NodeName = ptr.To("c")
+	if err := c.Update(ctx, slice); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "candidate c after the endpoint moved", func() bool {
+		return slices.Equal(rec.policies()[ip].Candidates, []string{"c"})
+	})
+
+	var st v1beta1.SpeakerStatus
+	eventually(t, "SpeakerStatus a with the announcer's entries", func() bool {
+		return c.Get(ctx, client.ObjectKey{Name: "a"}, &st) == nil && st.Status.AnnouncedIPs == 1 && len(st.Status.Announcements) == 1
+	})
+	if len(st.OwnerReferences) != 1 || st.OwnerReferences[0].Kind != "Node" || st.OwnerReferences[0].Name != "a" {
+		t.Errorf("SpeakerStatus owner references %v, want Node a", st.OwnerReferences)
+	}
+	if st.Status.LastUpdate == nil {
+		t.Error("SpeakerStatus without lastUpdate")
+	}
+
+	// Membership peers are the nodes whose speaker wrote a SpeakerStatus: a only, then b too.
+	eventually(t, "peer a", func() bool { peersMu.Lock(); defer peersMu.Unlock(); return len(peers) == 1 && peers["a"].IsValid() })
+	create(&v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: "b"}})
+	eventually(t, "peers a and b", func() bool {
+		peersMu.Lock()
+		defer peersMu.Unlock()
+		return len(peers) == 2 && peers["b"] == netip.MustParseAddrPort("10.0.0.2:9652")
+	})
+
+	// Becoming the announcing node puts one event on the Service.
+	adapter := &L2{speaker: spk, node: "a", ips: map[netip.Addr]ServiceIP{ip: {IP: ip, Services: []*corev1.Service{web}}}}
+	adapter.onChange([]l2.Change{{IP: ip, Gained: true, Interfaces: []string{"eth0"}}})
+	eventually(t, "an L2Announcing event on default/web", func() bool {
+		list, err := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=web,reason=" + EventL2Announcing})
+		return err == nil && len(list.Items) == 1 && list.Items[0].Message == "node a answers ARP for 10.0.0.100 on [eth0]"
+	})
+}
