@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -25,6 +26,7 @@ import (
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/speaker"
+	"github.com/heraldlb/herald/speaker/bgp"
 	"github.com/heraldlb/herald/speaker/l2"
 	"github.com/heraldlb/herald/speaker/membership"
 )
@@ -110,6 +112,10 @@ func run() error {
 		return err
 	}
 	spk.AddAnnouncer(speaker.NewL2(spk, l2.Config{Node: *nodeName, Membership: members, Links: l2.NetlinkLinks{}, Logger: log}))
+	// BGP: GoBGP in-process; passwordSecrets without a namespace are read from the speaker's own.
+	bgpAnnouncer := speaker.NewBGP(spk, podNamespace(), bgp.Options{Logger: log})
+	spk.AddAnnouncer(bgpAnnouncer)
+	prometheus.MustRegister(bgpAnnouncer.Collector())
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
@@ -127,4 +133,13 @@ func serveMetrics(addr string, log *slog.Logger) {
 	if err := http.ListenAndServe(addr, mux); err != nil {
 		log.Error("speaker: metrics endpoint", "addr", addr, "err", err)
 	}
+}
+
+// podNamespace is the namespace the speaker runs in ($POD_NAMESPACE, from the downward API),
+// herald-system by default.
+func podNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return "herald-system"
 }

@@ -1,0 +1,316 @@
+package speaker
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
+	"github.com/heraldlb/herald/speaker/bgp"
+)
+
+// bgpRetry is how soon a failed BGP apply is retried, and how often session counters are re-read
+// for the SpeakerStatus when nothing else happens.
+const bgpRetry = 5 * time.Second
+
+// BGP adapts the BGP announcer (speaker/bgp) to the speaker: it translates snapshots, reports bad
+// configuration as events on the objects, and fills the BGP part of the node's SpeakerStatus.
+type BGP struct {
+	announcer *bgp.Announcer
+	speaker   *Speaker
+	// secretNamespace is where a passwordSecret without a namespace lives (Herald's namespace).
+	secretNamespace string
+	kick            chan struct{}
+
+	mu        sync.Mutex
+	snap      *Snapshot
+	announced map[netip.Addr]bgp.Announced
+	since     map[netip.Addr]time.Time
+	sessions  []bgp.PeerStatus
+	reported  map[bgp.Problem]bool
+}
+
+// NewBGP builds the BGP announcer of this speaker and registers its SpeakerStatus part.
+func NewBGP(s *Speaker, secretNamespace string, opts bgp.Options) *BGP {
+	if opts.Logger == nil {
+		opts.Logger = s.cfg.Logger
+	}
+	b := &BGP{
+		announcer: bgp.NewAnnouncer(opts), speaker: s, secretNamespace: secretNamespace,
+		kick: make(chan struct{}, 1), since: map[netip.Addr]time.Time{}, reported: map[bgp.Problem]bool{},
+	}
+	s.AddStatusSource(b.fillStatus)
+	return b
+}
+
+// Collector exposes the sessions as Prometheus metrics.
+func (b *BGP) Collector() *bgp.Collector { return bgp.NewCollector(b.announcer) }
+
+// Apply implements Announcer.
+func (b *BGP) Apply(snap *Snapshot) {
+	b.mu.Lock()
+	b.snap = snap
+	b.mu.Unlock()
+	signal(b.kick)
+}
+
+// Run implements Announcer. On return every session is closed: with a Cease, so routers move
+// traffic to the other nodes at once, except on peers with graceful restart, which keep
+// forwarding to this node until the speaker is back.
+func (b *BGP) Run(ctx context.Context) error {
+	defer b.announcer.Stop(true)
+	retry := time.NewTicker(bgpRetry)
+	defer retry.Stop()
+	failed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-b.kick:
+			failed = !b.sync(ctx)
+		case <-retry.C:
+			if failed {
+				failed = !b.sync(ctx)
+			}
+			b.refreshSessions(ctx)
+		case <-b.announcer.Changes():
+			b.refreshSessions(ctx)
+		}
+	}
+}
+
+// sync applies the latest snapshot; false when the announcer reported an error (retried later).
+func (b *BGP) sync(ctx context.Context) bool {
+	b.mu.Lock()
+	snap := b.snap
+	b.mu.Unlock()
+	if snap == nil {
+		return true
+	}
+	in := BGPInput(snap, b.secretNamespace, b.passwords(ctx, snap))
+	res := bgp.Translate(in)
+	b.reportProblems(snap, res.Problems)
+	err := b.announcer.Apply(ctx, res.Desired)
+	if err != nil {
+		b.speaker.cfg.Logger.Error("speaker: BGP", "err", err)
+	}
+	now := time.Now()
+	b.mu.Lock()
+	b.announced = res.Announced
+	for ip := range b.since {
+		if _, ok := res.Announced[ip]; !ok {
+			delete(b.since, ip)
+		}
+	}
+	for ip := range res.Announced {
+		if _, ok := b.since[ip]; !ok {
+			b.since[ip] = now
+		}
+	}
+	b.mu.Unlock()
+	b.refreshSessions(ctx)
+	return err == nil
+}
+
+// BGPInput is the translation input for this node's snapshot. passwords holds the "password" key
+// of the Secrets the BGPPeers name, by "namespace/name".
+func BGPInput(snap *Snapshot, secretNamespace string, passwords map[string]string) bgp.Input {
+	in := bgp.Input{
+		Node:            bgp.Node{Name: snap.NodeName},
+		Passwords:       passwords,
+		SecretNamespace: secretNamespace,
+	}
+	for _, p := range snap.BGPPeers {
+		in.Peers = append(in.Peers, *p)
+	}
+	for _, a := range snap.BGPAdvertisements {
+		if a.DeletionTimestamp == nil {
+			in.Advertisements = append(in.Advertisements, *a)
+		}
+	}
+	for _, c := range snap.Communities {
+		in.Communities = append(in.Communities, *c)
+	}
+	for _, p := range snap.BFDProfiles {
+		in.BFDProfiles = append(in.BFDProfiles, *p)
+	}
+	for _, p := range snap.Pools {
+		in.Pools = append(in.Pools, *p)
+	}
+	node := snap.Nodes[snap.NodeName]
+	if node == nil {
+		return in
+	}
+	in.Node.Labels = node.Labels
+	for _, a := range node.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			in.Node.Addresses = append(in.Node.Addresses, ip)
+		}
+	}
+	if _, excluded := node.Labels[config.LabelExcludeFromLB]; excluded {
+		return in
+	}
+	for _, ip := range snap.IPs {
+		for _, svc := range ip.Services {
+			s := bgp.Service{
+				Name: svc.Namespace + "/" + svc.Name, Labels: svc.Labels, IPs: []netip.Addr{ip.IP}, Pool: ip.Pool.Name,
+				LocalTrafficOnly: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+			}
+			if s.LocalTrafficOnly && snap.Endpoints != nil {
+				ready := snap.Endpoints.NodesWithReady(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
+				s.HasLocalEndpoints = slices.Contains(ready, snap.NodeName)
+			}
+			in.Services = append(in.Services, s)
+		}
+	}
+	return in
+}
+
+// passwords reads the Secrets the BGPPeers name (only those: the speaker does not watch Secrets).
+func (b *BGP) passwords(ctx context.Context, snap *Snapshot) map[string]string {
+	out := map[string]string{}
+	for _, p := range snap.BGPPeers {
+		ref := p.Spec.PasswordSecret
+		if ref == nil {
+			continue
+		}
+		ns := ref.Namespace
+		if ns == "" {
+			ns = b.secretNamespace
+		}
+		var secret corev1.Secret
+		if err := b.speaker.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, &secret); err != nil {
+			continue // reported by the translation as a missing secret
+		}
+		if pw, ok := secret.Data["password"]; ok {
+			out[ns+"/"+ref.Name] = string(pw)
+		}
+	}
+	return out
+}
+
+// reportProblems records one Warning event per new problem on the object it concerns.
+func (b *BGP) reportProblems(snap *Snapshot, problems []bgp.Problem) {
+	current := map[bgp.Problem]bool{}
+	for _, p := range problems {
+		current[p] = true
+		if b.reported[p] || b.speaker.recorder == nil {
+			continue
+		}
+		if obj := problemObject(snap, p); obj != nil {
+			b.speaker.recorder.Eventf(obj, corev1.EventTypeWarning, p.Reason, "node %s: %s", snap.NodeName, p.Message)
+		}
+	}
+	b.reported = current
+}
+
+func problemObject(snap *Snapshot, p bgp.Problem) runtime.Object {
+	find := func(name string, objs []metav1.Object) runtime.Object {
+		for _, o := range objs {
+			if o.GetName() == name {
+				return o.(runtime.Object)
+			}
+		}
+		return nil
+	}
+	switch p.Kind {
+	case "BGPPeer":
+		return find(p.Name, asObjects(snap.BGPPeers))
+	case "BGPAdvertisement":
+		return find(p.Name, asObjects(snap.BGPAdvertisements))
+	case "Community":
+		return find(p.Name, asObjects(snap.Communities))
+	case "BFDProfile":
+		return find(p.Name, asObjects(snap.BFDProfiles))
+	}
+	return nil
+}
+
+func asObjects[T any, PT interface {
+	*T
+	metav1.Object
+}](items []*T) []metav1.Object {
+	out := make([]metav1.Object, len(items))
+	for i, it := range items {
+		out[i] = PT(it)
+	}
+	return out
+}
+
+func (b *BGP) refreshSessions(ctx context.Context) {
+	st, err := b.announcer.Status(ctx)
+	if err != nil {
+		b.speaker.cfg.Logger.Error("speaker: BGP session status", "err", err)
+		return
+	}
+	// Message counters change with every update and are not part of the status: leave them out.
+	for i := range st {
+		st[i].UpdatesSent, st[i].UpdatesReceived = 0, 0
+	}
+	b.mu.Lock()
+	changed := !slices.Equal(st, b.sessions)
+	b.sessions = st
+	b.mu.Unlock()
+	if changed {
+		b.speaker.StatusChanged()
+	}
+}
+
+// Announcements implements Announcer: the IPs advertised to at least one established session.
+func (b *BGP) Announcements() []v1beta1.Announcement {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	up := map[string]bool{}
+	for _, s := range b.sessions {
+		up[s.Name] = s.Established
+	}
+	var out []v1beta1.Announcement
+	for ip, an := range b.announced {
+		var peers []string
+		for _, p := range an.Peers {
+			if up[p] {
+				peers = append(peers, p)
+			}
+		}
+		if len(peers) == 0 {
+			continue
+		}
+		since := metav1.NewTime(b.since[ip])
+		out = append(out, v1beta1.Announcement{
+			IP: ip.String(), Protocol: v1beta1.ProtocolBGP, Peers: peers, Services: an.Services, Since: &since,
+		})
+	}
+	return out
+}
+
+// fillStatus writes the BGP sessions into the node's SpeakerStatus.
+func (b *BGP) fillStatus(st *v1beta1.SpeakerStatusStatus) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st.BGPSessions = nil
+	st.BGPSessionsUp, st.BGPSessionsTotal = 0, int32(len(b.sessions))
+	for _, s := range b.sessions {
+		out := v1beta1.BGPSessionStatus{
+			Peer: s.Name, PeerAddress: s.Address.String(), State: s.State, BFDState: s.BFD,
+			PrefixesAdvertised: int32(s.PrefixesAdvertised), LastError: s.Reason,
+		}
+		if s.Established {
+			st.BGPSessionsUp++
+			since := metav1.NewTime(s.Since)
+			out.Since = &since
+		}
+		st.BGPSessions = append(st.BGPSessions, out)
+	}
+}
