@@ -87,7 +87,9 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 
-	if len(d.Peers) == 0 && a.srv == nil {
+	if len(d.Peers) == 0 {
+		// No session on this node: no GoBGP, and nothing listening on the BGP port.
+		a.stopLocked(false)
 		return nil
 	}
 	if a.srv != nil && d.RouterID != a.routerID {
