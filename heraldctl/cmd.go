@@ -57,7 +57,7 @@ func NewCommand(s Streams) *cobra.Command {
 	root.SetErr(s.Err)
 	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
 	root.PersistentFlags().StringVar(&g.context, "context", "", "kubeconfig context to use (default: the current context)")
-	root.AddCommand(newStatusCommand(g, s), newMigrateCommand(g, s))
+	root.AddCommand(newStatusCommand(g, s), newMigrateCommand(g, s), newUninstallCommand(g, s))
 	return root
 }
 

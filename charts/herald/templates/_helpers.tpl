@@ -1,0 +1,65 @@
+{{/* Base name of every object: the release name, unless it already says "herald". */}}
+{{- define "herald.fullname" -}}
+{{- if contains "herald" .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-herald" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "herald.labels" -}}
+app.kubernetes.io/name: herald
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: include "herald.selector" (list . "speaker") */}}
+{{- define "herald.selector" -}}
+{{- $top := index . 0 -}}
+app.kubernetes.io/name: herald
+app.kubernetes.io/instance: {{ $top.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "herald.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "herald.secretName" -}}
+{{- .Values.speaker.existingSecret | default (printf "%s-speaker-key" (include "herald.fullname" .)) -}}
+{{- end -}}
+
+{{- define "herald.priorityClassName" -}}
+{{- if .Values.priorityClass.create -}}{{ include "herald.fullname" . }}{{- end -}}
+{{- end -}}
+
+{{/* Speaker flags shared by the speaker DaemonSet and the cleanup DaemonSet. */}}
+{{- define "herald.dataplaneOn" -}}
+{{- if ne .Values.dataplane.mode "off" -}}true{{- end -}}
+{{- end -}}
+
+{{/* The speaker container's security context: the capabilities it needs, and privileged only
+for the data plane's sysctls (see values.yaml, dataplane). */}}
+{{- define "herald.speakerSecurityContext" -}}
+{{- if include "herald.dataplaneOn" . -}}
+# The data plane writes net.* sysctls (ip_forward, net.ipv4.vs.*, strict ARP) at runtime and
+# restores them on cleanup; /proc/sys is read-only in unprivileged containers.
+privileged: true
+{{- else -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+  add:
+    # Addresses, links and routes (netlink); answering ARP/NDP for Service IPs.
+    - NET_ADMIN
+    # Raw packet sockets for ARP and NDP (speaker/l2).
+    - NET_RAW
+    {{- if .Values.bgp.enabled }}
+    # GoBGP listens on TCP 179 for peers that connect to the node.
+    - NET_BIND_SERVICE
+    {{- end }}
+{{- end }}
+{{- end -}}
