@@ -1,0 +1,346 @@
+// Package bgp is the BGP mode's end-to-end suite: a lab of its own (namespace prefix herald-bge-),
+// the real bin/speaker on three nodes, BIRD 2 as the router, and the configuration written as
+// herald.io objects through the real API server.
+//
+// Needs what the lab needs (root, bird2, arping, ndisc6, the Kubernetes binaries of
+// hack/k8s-bins.sh); without it the tests skip, or fail when HERALD_REQUIRE_REAL=1.
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/e2e/controlplane"
+	"github.com/heraldlb/herald/e2e/lab"
+)
+
+const prefix = "herald-bge-"
+
+var (
+	theLab  *lab.Lab
+	missing string // a prerequisite is missing: skip (or fail under HERALD_REQUIRE_REAL=1)
+	labErr  error
+)
+
+func TestMain(m *testing.M) {
+	lab.RunBackendIfAsked()
+	os.Exit(runWithLab(m))
+}
+
+func runWithLab(m *testing.M) int {
+	if missing = prerequisites(); missing != "" {
+		return m.Run()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "herald-bgp-e2e-")
+	if err != nil {
+		labErr = err
+		return m.Run()
+	}
+	defer os.RemoveAll(dir)
+	root := repoRoot()
+	bin := filepath.Join(dir, "bin")
+	if labErr = build(ctx, root, bin); labErr != nil {
+		return m.Run()
+	}
+	labDir := filepath.Join(dir, "lab")
+	theLab, labErr = lab.Up(ctx, lab.Config{Dir: labDir, Prefix: prefix, BinDir: bin, CRDDir: filepath.Join(root, "config", "crd")})
+	code := m.Run()
+	if code != 0 {
+		logs, _ := filepath.Glob(filepath.Join(labDir, "logs", "*speaker*.log"))
+		for _, f := range append(logs, filepath.Join(labDir, "bird.log")) {
+			b, _ := os.ReadFile(f)
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			fmt.Printf("----- %s (tail)\n%s\n", f, b)
+		}
+	}
+	if err := lab.Down(context.Background(), labDir, prefix); err != nil {
+		fmt.Fprintln(os.Stderr, "lab down:", err)
+		code = 1
+	}
+	return code
+}
+
+func prerequisites() string {
+	if os.Geteuid() != 0 {
+		return "the lab needs root (network namespaces)"
+	}
+	for _, tool := range []string{"ip", "bridge", "bird", "birdc", "arping", "ndisc6"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return tool + " not installed (apt-get install iproute2 bird2 arping ndisc6)"
+		}
+	}
+	if _, err := controlplane.CachedBinaries(); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// build puts the speaker (and the controller, once it exists) into out, unless $HERALD_BIN_DIR
+// already holds them.
+func build(ctx context.Context, root, out string) error {
+	if d := os.Getenv("HERALD_BIN_DIR"); d != "" {
+		return os.Symlink(d, out)
+	}
+	for _, name := range []string{"speaker", "controller"} {
+		if _, err := os.Stat(filepath.Join(root, "cmd", name)); err != nil {
+			continue
+		}
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(out, name), "./cmd/"+name)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %v\n%s", name, err, b)
+		}
+	}
+	return nil
+}
+
+func repoRoot() string {
+	wd, _ := os.Getwd()
+	for d := wd; d != "/"; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+	}
+	return wd
+}
+
+func needLab(t *testing.T) *lab.Lab {
+	t.Helper()
+	switch {
+	case missing != "" && os.Getenv("HERALD_REQUIRE_REAL") == "1":
+		t.Fatalf("prerequisite missing and HERALD_REQUIRE_REAL=1: %s", missing)
+	case missing != "":
+		t.Skipf("skipped: %s (set HERALD_REQUIRE_REAL=1 to make this a failure)", missing)
+	case labErr != nil:
+		t.Fatalf("lab up: %v", labErr)
+	}
+	return theLab
+}
+
+func gvr(resource string) schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: "herald.io", Version: "v1beta1", Resource: resource}
+}
+
+// create makes a cluster-scoped herald.io object and deletes it when the test ends.
+func create(t *testing.T, dyn dynamic.Interface, resource, kind, name string, spec map[string]any) {
+	t.Helper()
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "herald.io/v1beta1", "kind": kind, "metadata": map[string]any{"name": name}, "spec": spec,
+	}}
+	if _, err := dyn.Resource(gvr(resource)).Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating %s %s: %v", kind, name, err)
+	}
+	t.Cleanup(func() { _ = dyn.Resource(gvr(resource)).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+}
+
+// routesOf returns, per BIRD protocol, the routes BIRD holds for prefix.
+func routesOf(ctx context.Context, l *lab.Lab, prefix netip.Prefix) (map[string]lab.BirdRoute, error) {
+	all, err := l.BirdRoutes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]lab.BirdRoute{}
+	for _, r := range all {
+		if r.Prefix == prefix {
+			out[r.Protocol] = r
+		}
+	}
+	return out, nil
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last string
+	for time.Since(start) < timeout {
+		var ok bool
+		if ok, last = cond(); ok {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v; last: %s", what, timeout, last)
+	return 0
+}
+
+func protocols(routes map[string]lab.BirdRoute) []string {
+	var out []string
+	for p := range routes {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
+	l := needLab(t)
+	if _, ok := l.Speaker(l.Nodes()[0].Name); !ok {
+		t.Fatal("no speaker in the lab")
+	}
+	ctx := context.Background()
+	rc, err := l.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamic.NewForConfigOrDie(rc)
+	c := kubernetes.NewForConfigOrDie(rc)
+	router := l.Topology.Host(lab.HostRouter)
+
+	create(t, dyn, "bfdprofiles", "BFDProfile", "fast", map[string]any{
+		"receiveInterval": int64(100), "transmitInterval": int64(100), "detectMultiplier": int64(3),
+	})
+	for _, peer := range []struct {
+		name string
+		addr netip.Addr
+	}{{"router-v4", router.IPv4}, {"router-v6", router.IPv6}} {
+		create(t, dyn, "bgppeers", "BGPPeer", peer.name, map[string]any{
+			"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": peer.addr.String(),
+			"holdTime": "9s", "bfdProfile": "fast",
+		})
+	}
+	create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp", map[string]any{
+		"addresses": []any{lab.BGPPoolV4, lab.BGPPoolV6},
+	})
+	create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp", map[string]any{
+		"ipAddressPools": []any{"bgp"}, "communities": []any{"65000:77"},
+	})
+
+	v4, v6 := netip.MustParseAddr("10.79.0.10"), netip.MustParseAddr("fd00:79::10")
+	svc := lab.LoadBalancerService("bgp-e2e", "web")
+	svc.Annotations = map[string]string{config.AnnotationLoadBalancerIPs: v4.String() + "," + v6.String()}
+	created, err := l.CreateBackendService(ctx, c, svc, l.Pods())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.CoreV1().Services(created.Namespace).Delete(context.Background(), created.Name, metav1.DeleteOptions{})
+	})
+	if _, ok := l.Processes[lab.RoleController]; !ok {
+		// No controller in the lab yet: write the status it would write.
+		created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: v4.String()}, {IP: v6.String()}}
+		if _, err := c.CoreV1().Services(created.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	nodes := l.Nodes()
+	for _, fam := range []struct {
+		ip     netip.Addr
+		suffix string
+	}{{v4, "v4"}, {v6, "v6"}} {
+		prefix := netip.PrefixFrom(fam.ip, fam.ip.BitLen())
+		took := waitFor(t, 60*time.Second, "routes for "+prefix.String()+" from every node", func() (bool, string) {
+			routes, err := routesOf(ctx, l, prefix)
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(routes) == len(nodes), fmt.Sprint(protocols(routes))
+		})
+		t.Logf("%s in BIRD from all %d nodes %v after the Service got its IP", prefix, len(nodes), took)
+		routes, _ := routesOf(ctx, l, prefix)
+		for _, n := range nodes {
+			r, ok := routes[n.Name+fam.suffix]
+			if !ok {
+				t.Errorf("no route for %s from %s: %v", prefix, n.Name, protocols(routes))
+				continue
+			}
+			want := n.IPv4
+			if fam.ip.Is6() {
+				want = n.IPv6
+			}
+			if len(r.NextHops) != 1 || r.NextHops[0] != want {
+				t.Errorf("route for %s from %s via %v, want %v", prefix, n.Name, r.NextHops, want)
+			}
+			if got := r.Attrs["BGP.community"]; got != "(65000,77)" {
+				t.Errorf("route from %s has communities %q, want (65000,77)", n.Name, got)
+			}
+		}
+	}
+
+	// The node's SpeakerStatus shows both sessions Established with BFD Up.
+	waitFor(t, 20*time.Second, "node1's SpeakerStatus", func() (bool, string) {
+		st, err := dyn.Resource(gvr("speakerstatuses")).Get(ctx, nodes[0].Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		sessions, _, _ := unstructured.NestedSlice(st.Object, "status", "bgpSessions")
+		up := 0
+		for _, s := range sessions {
+			m := s.(map[string]any)
+			if m["state"] == "Established" && m["bfdState"] == "Up" {
+				up++
+			}
+		}
+		return up == 2, fmt.Sprint(sessions)
+	})
+
+	// A frozen speaker: BFD (100 ms x 3) makes BIRD drop node2's routes, far inside the 9 s hold time.
+	v4Prefix := netip.PrefixFrom(v4, 32)
+	if err := l.SignalSpeaker(nodes[1].Name, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 5*time.Second, "node2's route gone after SIGSTOP", func() (bool, string) {
+		routes, err := routesOf(ctx, l, v4Prefix)
+		_, present := routes[nodes[1].Name+"v4"]
+		return err == nil && !present, fmt.Sprint(protocols(routes), err)
+	})
+	t.Logf("frozen speaker's route gone from BIRD after %v", took)
+	if took > 2*time.Second {
+		t.Errorf("BIRD dropped the frozen speaker's route after %v: slower than BFD's 300 ms detection", took)
+	}
+	if err := l.SignalSpeaker(nodes[1].Name, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+
+	// SIGTERM: node3's speaker closes its sessions with a Cease; BIRD drops its routes at once.
+	if err := l.SignalSpeaker(nodes[2].Name, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, 5*time.Second, "node3's route gone after SIGTERM", func() (bool, string) {
+		routes, err := routesOf(ctx, l, v4Prefix)
+		_, present := routes[nodes[2].Name+"v4"]
+		return err == nil && !present, fmt.Sprint(protocols(routes), err)
+	})
+	t.Logf("stopped speaker's route gone from BIRD after %v", took)
+	logb, _ := os.ReadFile(l.BirdLog())
+	if !strings.Contains(string(logb), nodes[2].Name+"v4: Received: Peer de-configured") {
+		t.Errorf("BIRD's log shows no Cease from %s", nodes[2].Name)
+	}
+	if err := l.StartSpeaker(nodes[2].Name); err != nil {
+		t.Fatal(err)
+	}
+
+	// Deleting the Service withdraws it everywhere (node2 and node3 are back by then).
+	waitFor(t, 30*time.Second, "every node's route back", func() (bool, string) {
+		routes, err := routesOf(ctx, l, v4Prefix)
+		return err == nil && len(routes) == len(nodes), fmt.Sprint(protocols(routes), err)
+	})
+	if err := c.CoreV1().Services(created.Namespace).Delete(ctx, created.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "routes withdrawn after the Service was deleted", func() (bool, string) {
+		routes, err := routesOf(ctx, l, v4Prefix)
+		return err == nil && len(routes) == 0, fmt.Sprint(protocols(routes), err)
+	})
+}
