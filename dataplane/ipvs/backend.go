@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/moby/ipvs"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/knftables"
+
+	"github.com/heraldlb/herald/dataplane"
 )
 
 // Options configures a Backend. Zero fields get the real kernel in the caller's network namespace.
@@ -24,6 +28,10 @@ type Options struct {
 	SysctlStateFile string
 	// TerminationGrace bounds how long a removed endpoint keeps its established connections.
 	TerminationGrace time.Duration
+	// OnInvalidScheduler hears about Services whose herald.io/ipvs-scheduler annotation is not a
+	// scheduler (they run with DefaultScheduler); the speaker turns it into a Warning event.
+	// It is called on every sync that renders such a Service.
+	OnInvalidScheduler func(svc types.NamespacedName, err error)
 }
 
 // DefaultSysctlStateFile is on tmpfs: the values it records die with the boot, as do the changes.
@@ -33,17 +41,30 @@ const DefaultSysctlStateFile = "/run/herald/ipvs-sysctls.json"
 const DefaultTerminationGrace = 60 * time.Second
 
 // Backend commits the data plane's desired state to IPVS, the dummy link and the nftables table.
+// It implements dataplane.Backend.
 type Backend struct {
-	links   Links
-	sysctls *sysctlKeeper
-	strict  bool
-	vs      *virtualServers
-	fw      *firewall
+	links        Links
+	sysctls      *sysctlKeeper
+	strict       bool
+	vs           *virtualServers
+	fw           *firewall
+	badScheduler func(types.NamespacedName, error)
+
+	// fragments is what each Service contributed at the last successful sync.
+	fragments map[types.NamespacedName]*fragment
+	// ipRefs and setRefs count the Services using each dummy address and set element: a shared
+	// LoadBalancer IP stays while any of its Services does.
+	ipRefs  map[netip.Addr]int
+	setRefs map[fwElement]int
+	// nodeAddrs are the addresses NodePort virtual servers were expanded over.
+	nodeAddrs []netip.Addr
 	// serviceIPs are the addresses this backend put on the dummy link.
 	serviceIPs map[netip.Addr]struct{}
 	// initialized is set once the kernel state was adopted after a start.
 	initialized bool
 }
+
+var _ dataplane.Backend = (*Backend)(nil)
 
 // New returns a Backend; it touches the kernel only on the first Sync or Cleanup.
 func New(opts Options) (*Backend, error) {
@@ -73,32 +94,204 @@ func New(opts Options) (*Backend, error) {
 		opts.TerminationGrace = DefaultTerminationGrace
 	}
 	return &Backend{
-		links:      opts.Links,
-		sysctls:    &sysctlKeeper{s: opts.Sysctls, stateFile: opts.SysctlStateFile},
-		strict:     opts.StrictARP,
-		vs:         newVirtualServers(opts.Handle, opts.TerminationGrace),
-		fw:         newFirewall(opts.NFT),
-		serviceIPs: map[netip.Addr]struct{}{},
+		links:        opts.Links,
+		sysctls:      &sysctlKeeper{s: opts.Sysctls, stateFile: opts.SysctlStateFile},
+		strict:       opts.StrictARP,
+		vs:           newVirtualServers(opts.Handle, opts.TerminationGrace),
+		fw:           newFirewall(opts.NFT),
+		badScheduler: opts.OnInvalidScheduler,
+		fragments:    map[types.NamespacedName]*fragment{},
+		ipRefs:       map[netip.Addr]int{},
+		setRefs:      map[fwElement]int{},
+		serviceIPs:   map[netip.Addr]struct{}{},
 	}, nil
 }
 
 // Name is the backend's name in logs, metrics and SpeakerStatus.
 func (b *Backend) Name() string { return "ipvs" }
 
-// desiredState is one sync's target in IPVS terms, derived from the data plane's desired state.
-type desiredState struct {
-	// ServiceIPs go on the dummy link.
-	ServiceIPs map[netip.Addr]struct{}
-	// VirtualServers on Service IPs.
-	VirtualServers map[vsKey]*virtualServer
-	// NodePorts are virtual servers on every node address, by protocol and port.
-	NodePorts map[protoPort]*virtualServer
-	Firewall  firewallSets
+// delta is what one sync changes in the kernel.
+type delta struct {
+	setAdd, setDel []fwElement
+	ipAdd, ipDel   []netip.Addr
+	vsSet          map[vsKey]*virtualServer
+	vsDel          []vsKey
 }
 
-type protoPort struct {
-	Proto uint16
-	Port  uint16
+// Sync commits req. An incremental sync renders only the changed Services and sends the
+// difference between their old and new fragments; a full one (first sync, after a failure, or
+// when the node's addresses changed under the NodePorts) re-renders everything and diffs it
+// against what was committed.
+func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
+	if err := b.init(); err != nil {
+		return err
+	}
+	nodeAddrs, err := b.links.NodeAddrs()
+	if err != nil {
+		return fmt.Errorf("listing node addresses: %w", err)
+	}
+	full := req.Full || !slices.Equal(nodeAddrs, b.nodeAddrs)
+	b.nodeAddrs = nodeAddrs
+	var d *delta
+	if full {
+		d = b.fullDelta(req.State)
+	} else {
+		d = b.incrementalDelta(req.State, req.Changed)
+	}
+	return b.apply(ctx, d)
+}
+
+// fullDelta re-renders every Service and diffs the result against the committed kernel state.
+func (b *Backend) fullDelta(state *dataplane.State) *delta {
+	b.fragments = make(map[types.NamespacedName]*fragment, len(state.Services))
+	b.ipRefs, b.setRefs = map[netip.Addr]int{}, map[fwElement]int{}
+	d := &delta{vsSet: map[vsKey]*virtualServer{}}
+	for svc, ports := range state.Services {
+		fr := render(svc, ports, b.badScheduler)
+		b.fragments[svc] = fr
+		for a := range fr.serviceIPs {
+			b.ipRefs[a]++
+		}
+		for set, elems := range fr.sets {
+			for k := range elems {
+				b.setRefs[fwElement{set, k}]++
+			}
+		}
+		b.expand(fr, d.vsSet)
+	}
+	for a := range b.ipRefs {
+		if _, ok := b.serviceIPs[a]; !ok {
+			d.ipAdd = append(d.ipAdd, a)
+		}
+	}
+	for a := range b.serviceIPs {
+		if _, ok := b.ipRefs[a]; !ok {
+			d.ipDel = append(d.ipDel, a)
+		}
+	}
+	committed := b.fw.committed
+	if !b.fw.defined {
+		committed = nil
+	}
+	for e := range b.setRefs {
+		if _, ok := committed[e.set][e.key]; !ok {
+			d.setAdd = append(d.setAdd, e)
+		}
+	}
+	for set, elems := range committed {
+		for k := range elems {
+			if _, ok := b.setRefs[fwElement{set, k}]; !ok {
+				d.setDel = append(d.setDel, fwElement{set, k})
+			}
+		}
+	}
+	for k := range b.vs.committed {
+		if _, ok := d.vsSet[k]; !ok {
+			d.vsDel = append(d.vsDel, k)
+		}
+	}
+	return d
+}
+
+// incrementalDelta re-renders the changed Services only.
+func (b *Backend) incrementalDelta(state *dataplane.State, changed map[types.NamespacedName]struct{}) *delta {
+	d := &delta{vsSet: map[vsKey]*virtualServer{}}
+	for svc := range changed {
+		old := b.fragments[svc]
+		if old == nil {
+			old = newFragment()
+		}
+		next := newFragment()
+		if ports, ok := state.Services[svc]; ok {
+			next = render(svc, ports, b.badScheduler)
+			b.fragments[svc] = next
+		} else {
+			delete(b.fragments, svc)
+		}
+		for a := range next.serviceIPs {
+			if b.ipRefs[a]++; b.ipRefs[a] == 1 {
+				d.ipAdd = append(d.ipAdd, a)
+			}
+		}
+		for a := range old.serviceIPs {
+			if b.ipRefs[a]--; b.ipRefs[a] == 0 {
+				delete(b.ipRefs, a)
+				d.ipDel = append(d.ipDel, a)
+			}
+		}
+		for set, elems := range next.sets {
+			for k := range elems {
+				e := fwElement{set, k}
+				if b.setRefs[e]++; b.setRefs[e] == 1 {
+					d.setAdd = append(d.setAdd, e)
+				}
+			}
+		}
+		for set, elems := range old.sets {
+			for k := range elems {
+				e := fwElement{set, k}
+				if b.setRefs[e]--; b.setRefs[e] == 0 {
+					delete(b.setRefs, e)
+					d.setDel = append(d.setDel, e)
+				}
+			}
+		}
+		newKeys := map[vsKey]*virtualServer{}
+		b.expand(next, newKeys)
+		oldKeys := map[vsKey]*virtualServer{}
+		b.expand(old, oldKeys)
+		for k, v := range newKeys {
+			d.vsSet[k] = v
+		}
+		for k := range oldKeys {
+			if _, ok := newKeys[k]; !ok {
+				d.vsDel = append(d.vsDel, k)
+			}
+		}
+	}
+	// An address or element that moved from one changed Service to another was counted up and
+	// down in the same sync: it must not be both added and deleted.
+	d.ipAdd, d.ipDel = cancelOut(d.ipAdd, d.ipDel)
+	d.setAdd, d.setDel = cancelOut(d.setAdd, d.setDel)
+	return d
+}
+
+// cancelOut drops the items present in both lists.
+func cancelOut[T comparable](add, del []T) ([]T, []T) {
+	if len(add) == 0 || len(del) == 0 {
+		return add, del
+	}
+	in := map[T]int{}
+	for _, a := range add {
+		in[a]++
+	}
+	for _, x := range del {
+		in[x]--
+	}
+	keep := func(list []T, sign int) []T {
+		var out []T
+		for _, x := range list {
+			if in[x]*sign > 0 {
+				out = append(out, x)
+			}
+		}
+		return out
+	}
+	return keep(add, 1), keep(del, -1)
+}
+
+// expand adds fr's virtual servers, NodePorts expanded over the node's addresses, to into.
+func (b *Backend) expand(fr *fragment, into map[vsKey]*virtualServer) {
+	for k, v := range fr.virtualServers {
+		into[k] = v
+	}
+	for np, v := range fr.nodePorts {
+		for _, a := range b.nodeAddrs {
+			if a.Is6() == np.IPv6 {
+				into[vsKey{Addr: a, Proto: np.Proto, Port: np.Port}] = v
+			}
+		}
+	}
 }
 
 // init adopts what an earlier run left in the kernel, so a restart updates rather than rebuilds.
@@ -112,6 +305,16 @@ func (b *Backend) init() error {
 	if err := b.links.EnsureDummy(); err != nil {
 		return err
 	}
+	if err := b.adopt(); err != nil {
+		return err
+	}
+	b.initialized = true
+	return nil
+}
+
+// adopt takes over the Service IPs on the dummy link and the virtual servers on them or on the
+// node's addresses (Herald owns IPVS on those addresses when it runs the IPVS data plane).
+func (b *Backend) adopt() error {
 	owned, err := b.ownedAddrs()
 	if err != nil {
 		return err
@@ -126,11 +329,7 @@ func (b *Backend) init() error {
 	for _, a := range nodeAddrs {
 		owned[a] = struct{}{}
 	}
-	if err := b.vs.Adopt(func(k vsKey) bool { _, ok := owned[k.Addr]; return ok }); err != nil {
-		return err
-	}
-	b.initialized = true
-	return nil
+	return b.vs.Adopt(func(k vsKey) bool { _, ok := owned[k.Addr]; return ok })
 }
 
 func (b *Backend) ownedAddrs() (map[netip.Addr]struct{}, error) {
@@ -145,49 +344,24 @@ func (b *Backend) ownedAddrs() (map[netip.Addr]struct{}, error) {
 	return m, nil
 }
 
-// commit makes the kernel match want. The nftables table goes first so a new Service IP is never
-// reachable on ports it does not serve; addresses are removed last, after their virtual servers.
-func (b *Backend) commit(ctx context.Context, want *desiredState) error {
-	if err := b.init(); err != nil {
-		return err
-	}
-	if err := b.fw.Sync(ctx, want.Firewall); err != nil {
+// apply sends a delta. The nftables table goes first so a new Service IP is never reachable on
+// ports it does not serve; addresses are removed last, after their virtual servers.
+func (b *Backend) apply(ctx context.Context, d *delta) error {
+	if err := b.fw.Apply(ctx, d.setAdd, d.setDel); err != nil {
 		return err
 	}
 	var errs []error
-	for a := range want.ServiceIPs {
-		if _, ok := b.serviceIPs[a]; ok {
-			continue
-		}
+	for _, a := range d.ipAdd {
 		if err := b.links.AddDummyAddr(a); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		b.serviceIPs[a] = struct{}{}
 	}
-	all := want.VirtualServers
-	if len(want.NodePorts) > 0 {
-		nodeAddrs, err := b.links.NodeAddrs()
-		if err != nil {
-			return errors.Join(append(errs, fmt.Errorf("listing node addresses: %w", err))...)
-		}
-		all = make(map[vsKey]*virtualServer, len(want.VirtualServers)+len(want.NodePorts)*len(nodeAddrs))
-		for k, v := range want.VirtualServers {
-			all[k] = v
-		}
-		for pp, v := range want.NodePorts {
-			for _, a := range nodeAddrs {
-				all[vsKey{Addr: a, Proto: pp.Proto, Port: pp.Port}] = v
-			}
-		}
-	}
-	if err := b.vs.Sync(all, time.Now()); err != nil {
+	if err := b.vs.Apply(d.vsSet, d.vsDel, time.Now()); err != nil {
 		errs = append(errs, err)
 	}
-	for a := range b.serviceIPs {
-		if _, ok := want.ServiceIPs[a]; ok {
-			continue
-		}
+	for _, a := range d.ipDel {
 		if err := b.links.DelDummyAddr(a); err != nil {
 			errs = append(errs, err)
 			continue
@@ -205,18 +379,7 @@ func (b *Backend) Draining() int { return b.vs.Draining() }
 // this backend made (speaker --cleanup), including those of an earlier process.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	var errs []error
-	owned, err := b.ownedAddrs()
-	if err != nil {
-		owned = map[netip.Addr]struct{}{} // no dummy link: no Service IPs either
-	}
-	nodeAddrs, err := b.links.NodeAddrs()
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, a := range nodeAddrs {
-		owned[a] = struct{}{}
-	}
-	if err := b.vs.Adopt(func(k vsKey) bool { _, ok := owned[k.Addr]; return ok }); err != nil {
+	if err := b.adopt(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := b.vs.DeleteAll(); err != nil {
@@ -232,6 +395,8 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	b.initialized = false
+	b.fragments = map[types.NamespacedName]*fragment{}
+	b.ipRefs, b.setRefs = map[netip.Addr]int{}, map[fwElement]int{}
 	b.serviceIPs = map[netip.Addr]struct{}{}
 	return errors.Join(errs...)
 }

@@ -2,81 +2,216 @@ package ipvs
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
-	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/knftables"
+
+	"github.com/heraldlb/herald/dataplane"
 )
 
-func newFakeBackend(t *testing.T, h *fakeHandle, links *fakeLinks, nft *knftables.Fake, sysctls fakeSysctls, state string) *Backend {
+type fakeKernel struct {
+	h       *fakeHandle
+	links   *fakeLinks
+	nft     *countingNFT
+	sysctls fakeSysctls
+	state   string
+}
+
+func newFakeKernel(t *testing.T) *fakeKernel {
+	return &fakeKernel{
+		h:       newFakeHandle(),
+		links:   &fakeLinks{nodeAddrs: []netip.Addr{netip.MustParseAddr("192.168.0.5"), netip.MustParseAddr("2001:db8::5")}},
+		nft:     &countingNFT{Fake: knftables.NewFake(knftables.InetFamily, TableName)},
+		sysctls: fakeSysctls{"net/ipv4/conf/all/arp_ignore": "0"},
+		state:   filepath.Join(t.TempDir(), "sysctls.json"),
+	}
+}
+
+// backend is a fresh Backend on the fake kernel, as a newly started speaker would make.
+func (k *fakeKernel) backend(t *testing.T, invalid func(types.NamespacedName, error)) *Backend {
 	t.Helper()
-	b, err := New(Options{Handle: h, Links: links, NFT: nft, Sysctls: sysctls, SysctlStateFile: state, StrictARP: true})
+	b, err := New(Options{Handle: k.h, Links: k.links, NFT: k.nft, Sysctls: k.sysctls, SysctlStateFile: k.state,
+		StrictARP: true, OnInvalidScheduler: invalid})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
-func TestBackendCommitRestartCleanup(t *testing.T) {
-	h := newFakeHandle()
-	links := &fakeLinks{nodeAddrs: []netip.Addr{netip.MustParseAddr("192.168.0.5"), netip.MustParseAddr("2001:db8::5")}}
-	nft := knftables.NewFake(knftables.InetFamily, TableName)
-	sysctls := fakeSysctls{"net/ipv4/conf/all/arp_ignore": "0"}
-	state := filepath.Join(t.TempDir(), "sysctls.json")
+func ep(addrPort string) dataplane.Endpoint {
+	ap := netip.MustParseAddrPort(addrPort)
+	return dataplane.Endpoint{Addr: ap.Addr(), Port: int32(ap.Port()), Ready: true, Serving: true}
+}
+
+// lbPort is a LoadBalancer Service port: ClusterIP 10.96.x.y, LB IP 10.255.x.y, NodePort.
+func lbPort(name string, n int, eps ...dataplane.Endpoint) *dataplane.ServicePort {
+	return &dataplane.ServicePort{
+		Name:     dataplane.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns", Name: name}, Protocol: v1.ProtocolTCP},
+		Protocol: v1.ProtocolTCP, Port: 80,
+		ClusterIPs:       []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(n >> 8), byte(n)})},
+		LoadBalancerIPs:  []netip.Addr{netip.AddrFrom4([4]byte{10, 255, byte(n >> 8), byte(n)})},
+		NodePort:         int32(30000 + n),
+		ClusterEndpoints: eps, ExternalEndpoints: eps, HasEndpoints: len(eps) > 0,
+	}
+}
+
+func stateOf(ports ...*dataplane.ServicePort) *dataplane.State {
+	s := &dataplane.State{NodeName: "node-1", Services: map[types.NamespacedName][]*dataplane.ServicePort{}}
+	for _, p := range ports {
+		s.Services[p.Name.NamespacedName] = append(s.Services[p.Name.NamespacedName], p)
+	}
+	return s
+}
+
+func changed(names ...string) map[types.NamespacedName]struct{} {
+	m := map[types.NamespacedName]struct{}{}
+	for _, n := range names {
+		m[types.NamespacedName{Namespace: "ns", Name: n}] = struct{}{}
+	}
+	return m
+}
+
+func TestBackendRendersServicePort(t *testing.T) {
+	k := newFakeKernel(t)
+	var invalid []string
+	b := k.backend(t, func(svc types.NamespacedName, err error) { invalid = append(invalid, svc.Name+": "+err.Error()) })
+	web := lbPort("web", 1, ep("10.1.0.1:8080"), ep("10.1.0.2:8080"))
+	web.AffinityTimeout = 3 * time.Hour
+	web.Scheduler = "nonsense"
+	web.SourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	local := lbPort("local", 2, ep("10.1.0.3:8080"))
+	local.ExternalPolicyLocal = true
+	local.ExternalEndpoints = nil // the endpoint runs on another node
 	ctx := context.Background()
-
-	vip := netip.MustParseAddr("10.96.0.10")
-	want := &desiredState{
-		ServiceIPs:     map[netip.Addr]struct{}{vip: {}},
-		VirtualServers: map[vsKey]*virtualServer{tcpKey("10.96.0.10", 80): {Scheduler: "rr", Reals: reals(1, "10.1.0.1:8080")}},
-		NodePorts:      map[protoPort]*virtualServer{{Proto: unix.IPPROTO_TCP, Port: 30080}: {Scheduler: "rr", Reals: reals(1, "10.1.0.1:8080")}},
-		Firewall:       firewallSets{},
-	}
-	want.Firewall.add(setServiceIPs+familySuffixIPv4, vip.String())
-	b := newFakeBackend(t, h, links, nft, sysctls, state)
-	if err := b.commit(ctx, want); err != nil {
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: stateOf(web, local), Full: true}); err != nil {
 		t.Fatal(err)
 	}
-	wantDump(t, h,
-		"6:10.96.0.10:80 rr [10.1.0.1:8080 w1]",
-		"6:192.168.0.5:30080 rr [10.1.0.1:8080 w1]",
-		"6:[2001:db8::5]:30080 rr [10.1.0.1:8080 w1]")
-	if !links.dummy[vip] || sysctls["net/ipv4/conf/all/arp_ignore"] != "1" {
-		t.Fatalf("dummy %v, sysctls %v", links.dummy, sysctls)
+	wantDump(t, k.h,
+		"6:10.255.0.1:80 rr persistent 10800 [10.1.0.1:8080 w1 10.1.0.2:8080 w1]",
+		"6:10.255.0.2:80 rr []",
+		"6:10.96.0.1:80 rr persistent 10800 [10.1.0.1:8080 w1 10.1.0.2:8080 w1]",
+		"6:10.96.0.2:80 rr [10.1.0.3:8080 w1]",
+		"6:192.168.0.5:30001 rr persistent 10800 [10.1.0.1:8080 w1 10.1.0.2:8080 w1]",
+		"6:192.168.0.5:30002 rr []")
+	if len(invalid) != 1 || !strings.Contains(invalid[0], `web: unknown IPVS scheduler "nonsense"`) {
+		t.Fatalf("invalid scheduler reports: %v", invalid)
 	}
+	for _, a := range []string{"10.96.0.1", "10.255.0.1", "10.96.0.2", "10.255.0.2"} {
+		if !k.links.dummy[netip.MustParseAddr(a)] {
+			t.Errorf("%s not on the dummy link: %v", a, k.links.dummy)
+		}
+	}
+	sets := k.nft.Table.Sets
+	for _, want := range []struct {
+		set string
+		key []string
+	}{
+		{familyIPv4.set(setFirewall), []string{"10.255.0.1", "tcp", "80"}},
+		{familyIPv4.set(setFirewallAllow), []string{"10.255.0.1", "tcp", "80", "203.0.113.0/24"}},
+		{familyIPv4.set(setMasquerade), []string{"10.255.0.1", "tcp", "80"}},
+		{familyIPv4.set(setNodePortMasq), []string{"tcp", "30001"}},
+		// Local policy with endpoints elsewhere: dropped here, not rejected, and not masqueraded.
+		{familyIPv4.set(setNoLocal), []string{"10.255.0.2", "tcp", "80"}},
+		{familyIPv4.set(setNodePortNoLoc), []string{"tcp", "30002"}},
+		{familyIPv4.set(setHairpin), []string{"10.1.0.1", "10.1.0.1"}},
+	} {
+		if sets[want.set].FindElement(want.key...) == nil {
+			t.Errorf("set %s lacks %v", want.set, want.key)
+		}
+	}
+	if sets[familyIPv4.set(setMasquerade)].FindElement("10.255.0.2", "tcp", "80") != nil {
+		t.Error("Local policy traffic is masqueraded")
+	}
+}
 
-	// A restarted speaker adopts the kernel state: the same desired state sends nothing.
-	h.resetCalls()
-	restarted := newFakeBackend(t, h, links, nft, sysctls, state)
-	if err := restarted.commit(ctx, want); err != nil {
+func TestBackendIncrementalRestartCleanup(t *testing.T) {
+	k := newFakeKernel(t)
+	// knftables.Fake scans its elements linearly; at 10,000 Services only the transaction sizes
+	// matter here, so count them without storing anything.
+	k.nft = &countingNFT{Fake: knftables.NewFake(knftables.InetFamily, TableName), discard: true}
+	ctx := context.Background()
+	const n = 10000
+	var ports []*dataplane.ServicePort
+	for i := 1; i <= n; i++ {
+		ports = append(ports, lbPort(fmt.Sprintf("svc%d", i), i, ep(fmt.Sprintf("10.1.%d.%d:8080", i>>8, i&0xff)), ep("10.2.0.1:8080")))
+	}
+	state := stateOf(ports...)
+	b := k.backend(t, nil)
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: state, Full: true}); err != nil {
 		t.Fatal(err)
 	}
-	for call, n := range h.calls {
-		if call != "GetServices" && call != "GetDestinations" && n > 0 {
-			t.Fatalf("restart re-sent state: %v", h.calls)
+	if got := len(k.h.svcs); got != 3*n {
+		t.Fatalf("%d virtual servers, want %d", got, 3*n)
+	}
+
+	// One Service changes with 10,000 present: a handful of calls and one small transaction.
+	k.h.resetCalls()
+	k.nft.ops = nil
+	state.Services[types.NamespacedName{Namespace: "ns", Name: "svc7"}][0].ClusterEndpoints = []dataplane.Endpoint{ep("10.3.0.1:8080")}
+	state.Services[types.NamespacedName{Namespace: "ns", Name: "svc7"}][0].ExternalEndpoints = []dataplane.Endpoint{ep("10.3.0.1:8080")}
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: state, Changed: changed("svc7")}); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	for _, c := range k.h.calls {
+		calls += c
+	}
+	// 3 virtual servers x (1 new real server, 2 set to weight 0 and, having no connections,
+	// deleted, 1 listing to see that) = 18; the table changes only in its hairpin set.
+	if calls != 18 || len(k.nft.ops) != 1 || k.nft.ops[0] != 2 {
+		t.Fatalf("one change cost %d IPVS calls %v and transactions %v", calls, k.h.calls, k.nft.ops)
+	}
+
+	// Two Services share an LB IP; deleting one keeps the address for the other.
+	shared := lbPort("shared", 1, ep("10.9.0.1:8080"))
+	shared.Port = 443
+	shared.ClusterIPs = []netip.Addr{netip.MustParseAddr("10.97.0.1")}
+	shared.NodePort = 0 // allocateLoadBalancerNodePorts: false
+	state.Services[shared.Name.NamespacedName] = []*dataplane.ServicePort{shared}
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: state, Changed: changed("shared")}); err != nil {
+		t.Fatal(err)
+	}
+	delete(state.Services, types.NamespacedName{Namespace: "ns", Name: "svc1"})
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: state, Changed: changed("svc1")}); err != nil {
+		t.Fatal(err)
+	}
+	if !k.links.dummy[netip.MustParseAddr("10.255.0.1")] || k.links.dummy[netip.MustParseAddr("10.96.0.1")] {
+		t.Fatal("shared LB IP removed with one of its Services, or the deleted ClusterIP kept")
+	}
+	if _, ok := k.h.svcs["6:10.255.0.1:80"]; ok {
+		t.Fatal("deleted Service's virtual server kept")
+	}
+	if _, ok := k.h.svcs["6:10.255.0.1:443"]; !ok {
+		t.Fatal("sharing Service's virtual server lost")
+	}
+
+	// A restarted speaker adopts the kernel state: its full sync changes nothing.
+	k.h.resetCalls()
+	restarted := k.backend(t, nil)
+	if err := restarted.Sync(ctx, dataplane.SyncRequest{State: state, Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	for call, c := range k.h.calls {
+		if call != "GetServices" && call != "GetDestinations" && c > 0 {
+			t.Fatalf("restart re-sent state: %v", k.h.calls)
 		}
 	}
 
-	// The Service goes: its virtual servers and address go with it.
-	if err := restarted.commit(ctx, &desiredState{Firewall: firewallSets{}}); err != nil {
+	// Cleanup from yet another process removes everything, sysctls included.
+	if err := k.backend(t, nil).Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantDump(t, h)
-	if len(links.dummy) != 0 {
-		t.Fatalf("dummy still holds %v", links.dummy)
+	if len(k.h.svcs) != 0 || k.links.dummy != nil || k.sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {
+		t.Fatalf("after cleanup: %d virtual servers, dummy %v, sysctls %v", len(k.h.svcs), k.links.dummy != nil, k.sysctls)
 	}
-
-	// Cleanup from a fresh process removes what an earlier one made, sysctls included.
-	if err := restarted.commit(ctx, want); err != nil {
-		t.Fatal(err)
-	}
-	if err := newFakeBackend(t, h, links, nft, sysctls, state).Cleanup(ctx); err != nil {
-		t.Fatal(err)
-	}
-	wantDump(t, h)
-	if links.dummy != nil || nft.Table != nil || sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {
-		t.Fatalf("after cleanup: dummy %v, table %v, sysctls %v", links.dummy, nft.Table != nil, sysctls)
+	if last := k.nft.last; !strings.Contains(last, "delete table inet "+TableName) {
+		t.Fatalf("cleanup's transaction does not delete the table:\n%s", last)
 	}
 }

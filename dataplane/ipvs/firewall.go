@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"sigs.k8s.io/knftables"
@@ -15,22 +16,22 @@ const TableName = "herald-ipvs"
 // same bit kube-proxy uses, so CNI plugins that know it keep working.
 const masqueradeMark = "0x4000"
 
-// Set names. The -v4/-v6 sets are keyed by an address; the nodeport sets by protocol and port only
-// (they apply to every local address that is not a Service IP).
+// Set names; every set exists once per family (suffix -v4/-v6).
 const (
-	setServiceIPs    = "service-ips"    // addresses on herald-ipvs0
-	setServicePorts  = "service-ports"  // addr . proto . port served by a virtual server
-	setNoEndpoints   = "no-endpoints"   // addr . proto . port of Service ports without endpoints
-	setMasquerade    = "masquerade"     // addr . proto . port whose traffic is masqueraded
-	setFirewall      = "firewall"       // addr . proto . port restricted by loadBalancerSourceRanges
-	setFirewallAllow = "firewall-allow" // addr . proto . port . source range allowed through
-	setNodePortNoEP  = "nodeport-no-endpoints"
-	setNodePortMasq  = "nodeport-masquerade"
+	setServiceIPs    = "service-ips"           // addresses on herald-ipvs0
+	setServicePorts  = "service-ports"         // addr . proto . port served by a virtual server
+	setNoEndpoints   = "no-endpoints"          // addr . proto . port without endpoints anywhere: reject
+	setNoLocal       = "no-local"              // addr . proto . port with endpoints only elsewhere: drop
+	setMasquerade    = "masquerade"            // addr . proto . port whose traffic is masqueraded
+	setFirewall      = "firewall"              // addr . proto . port restricted by loadBalancerSourceRanges
+	setFirewallAllow = "firewall-allow"        // addr . proto . port . source range let through
+	setNodePortNoEP  = "nodeport-no-endpoints" // proto . port: reject on node addresses
+	setNodePortNoLoc = "nodeport-no-local"     // proto . port: drop on node addresses
+	setNodePortMasq  = "nodeport-masquerade"   // proto . port: masquerade on node addresses
+	setHairpin       = "hairpin"               // endpoint . endpoint: an endpoint reaching itself
 	chainInput       = "filter-input"
 	chainOutput      = "filter-output"
 	chainPostrouting = "nat-postrouting"
-	familySuffixIPv4 = "-v4"
-	familySuffixIPv6 = "-v6"
 	keySeparator     = " . "
 )
 
@@ -49,20 +50,19 @@ type ipFamily struct {
 	suffix   string // set name suffix
 	match    string // "ip" or "ip6" in rules
 	addrType string // nft type of an address
+	ipv6     bool
 }
 
-var families = []ipFamily{
-	{suffix: familySuffixIPv4, match: "ip", addrType: "ipv4_addr"},
-	{suffix: familySuffixIPv6, match: "ip6", addrType: "ipv6_addr"},
-}
+var (
+	familyIPv4 = ipFamily{suffix: "-v4", match: "ip", addrType: "ipv4_addr"}
+	familyIPv6 = ipFamily{suffix: "-v6", match: "ip6", addrType: "ipv6_addr", ipv6: true}
+	families   = []ipFamily{familyIPv4, familyIPv6}
+)
 
-// setFor names the per-family set for addr's family.
-func setFor(name string, is4 bool) string {
-	if is4 {
-		return name + familySuffixIPv4
-	}
-	return name + familySuffixIPv6
-}
+func (f ipFamily) of(a netip.Addr) bool { return a.Is6() == f.ipv6 }
+
+// set names the family's instance of a set.
+func (f ipFamily) set(name string) string { return name + f.suffix }
 
 // firewall keeps the nftables table next to IPVS. It remembers the elements it committed, so each
 // sync sends only added and deleted elements in one transaction and never lists the table.
@@ -80,25 +80,45 @@ func newFirewall(nft knftables.Interface) *firewall {
 // Sync makes the table's sets hold exactly desired. The first sync (and the one after a failure)
 // recreates the whole table atomically, so leftovers of an older version never survive.
 func (fw *firewall) Sync(ctx context.Context, desired firewallSets) error {
-	tx := fw.nft.NewTransaction()
+	var add, del []fwElement
 	committed := fw.committed
 	if !fw.defined {
-		fw.define(tx)
-		committed = firewallSets{}
+		committed = nil
 	}
 	for set, elems := range desired {
 		for key := range elems {
 			if _, ok := committed[set][key]; !ok {
-				tx.Add(&knftables.Element{Set: set, Key: splitKey(key)})
+				add = append(add, fwElement{set, key})
 			}
 		}
 	}
 	for set, elems := range committed {
 		for key := range elems {
 			if _, ok := desired[set][key]; !ok {
-				tx.Delete(&knftables.Element{Set: set, Key: splitKey(key)})
+				del = append(del, fwElement{set, key})
 			}
 		}
+	}
+	return fw.Apply(ctx, add, del)
+}
+
+// fwElement is one element of one set.
+type fwElement struct{ set, key string }
+
+// Apply adds and deletes elements in one transaction (defining the table first when needed). The
+// caller guarantees add holds no committed element and del only committed ones.
+func (fw *firewall) Apply(ctx context.Context, add, del []fwElement) error {
+	tx := fw.nft.NewTransaction()
+	if !fw.defined {
+		fw.define(tx)
+		fw.committed = firewallSets{}
+		del = nil // the table was just recreated empty
+	}
+	for _, e := range add {
+		tx.Add(&knftables.Element{Set: e.set, Key: splitKey(e.key)})
+	}
+	for _, e := range del {
+		tx.Delete(&knftables.Element{Set: e.set, Key: splitKey(e.key)})
 	}
 	if tx.NumOperations() == 0 {
 		return nil
@@ -108,7 +128,15 @@ func (fw *firewall) Sync(ctx context.Context, desired firewallSets) error {
 		return fmt.Errorf("nftables table %s: %w", TableName, err)
 	}
 	fw.defined = true
-	fw.committed = copySets(desired)
+	for _, e := range add {
+		if fw.committed[e.set] == nil {
+			fw.committed[e.set] = map[string]struct{}{}
+		}
+		fw.committed[e.set][e.key] = struct{}{}
+	}
+	for _, e := range del {
+		delete(fw.committed[e.set], e.key)
+	}
 	return nil
 }
 
@@ -128,17 +156,18 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 	tx.Delete(&knftables.Table{})
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("Herald IPVS data plane: filtering, masquerade, source ranges")})
 
-	addrPortKey := func(f ipFamily) string { return f.addrType + " . inet_proto . inet_service" }
 	for _, f := range families {
-		tx.Add(&knftables.Set{Name: setServiceIPs + f.suffix, Type: f.addrType})
-		for _, name := range []string{setServicePorts, setNoEndpoints, setMasquerade, setFirewall} {
-			tx.Add(&knftables.Set{Name: name + f.suffix, Type: addrPortKey(f)})
+		addrPort := f.addrType + " . inet_proto . inet_service"
+		tx.Add(&knftables.Set{Name: f.set(setServiceIPs), Type: f.addrType})
+		for _, name := range []string{setServicePorts, setNoEndpoints, setNoLocal, setMasquerade, setFirewall} {
+			tx.Add(&knftables.Set{Name: f.set(name), Type: addrPort})
 		}
-		tx.Add(&knftables.Set{Name: setFirewallAllow + f.suffix, Type: addrPortKey(f) + " . " + f.addrType,
+		tx.Add(&knftables.Set{Name: f.set(setFirewallAllow), Type: addrPort + " . " + f.addrType,
 			Flags: []knftables.SetFlag{knftables.IntervalFlag}})
-	}
-	for _, name := range []string{setNodePortNoEP, setNodePortMasq} {
-		tx.Add(&knftables.Set{Name: name, Type: "inet_proto . inet_service"})
+		for _, name := range []string{setNodePortNoEP, setNodePortNoLoc, setNodePortMasq} {
+			tx.Add(&knftables.Set{Name: f.set(name), Type: "inet_proto . inet_service"})
+		}
+		tx.Add(&knftables.Set{Name: f.set(setHairpin), Type: f.addrType + " . " + f.addrType})
 	}
 
 	// Filter chains run at priority filter (0), before IPVS takes packets in LOCAL_IN (98).
@@ -156,41 +185,34 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 	markMasq := "meta mark set meta mark | " + masqueradeMark
 	for _, f := range families {
 		dst := f.match + " daddr . meta l4proto . th dport"
-		// Incoming traffic: source ranges, Services without endpoints, unknown ports on Service IPs,
-		// then the masquerade mark for what must return through this node.
-		tx.Add(&knftables.Rule{Chain: chainInput, Rule: knftables.Concat(
-			l4, dst, "@"+setFirewall+f.suffix, dst, ".", f.match, "saddr", "!=", "@"+setFirewallAllow+f.suffix, "drop")})
-		tx.Add(&knftables.Rule{Chain: chainInput, Rule: knftables.Concat(
-			l4, dst, "@"+setNoEndpoints+f.suffix, "reject")})
-		tx.Add(&knftables.Rule{Chain: chainInput, Rule: knftables.Concat(
-			l4, f.match, "daddr", "@"+setServiceIPs+f.suffix, dst, "!=", "@"+setServicePorts+f.suffix, "drop")})
-		tx.Add(&knftables.Rule{Chain: chainInput, Rule: knftables.Concat(
-			l4, dst, "@"+setMasquerade+f.suffix, markMasq)})
-		nodePort := knftables.Concat(l4, "fib daddr type local", f.match, "daddr", "!=", "@"+setServiceIPs+f.suffix,
+		rule := func(chain string, parts ...any) {
+			tx.Add(&knftables.Rule{Chain: chain, Rule: knftables.Concat(append([]any{l4}, parts...)...)})
+		}
+		// Incoming traffic: source ranges, Services without (local) endpoints, unknown ports on
+		// Service IPs, then the masquerade mark for what must come back through this node.
+		rule(chainInput, dst, "@"+f.set(setFirewall), dst, ".", f.match, "saddr", "!=", "@"+f.set(setFirewallAllow), "drop")
+		rule(chainInput, dst, "@"+f.set(setNoEndpoints), "reject")
+		rule(chainInput, dst, "@"+f.set(setNoLocal), "drop")
+		rule(chainInput, f.match, "daddr", "@"+f.set(setServiceIPs), dst, "!=", "@"+f.set(setServicePorts), "drop")
+		rule(chainInput, dst, "@"+f.set(setMasquerade), markMasq)
+		nodePort := knftables.Concat("fib daddr type local", f.match, "daddr", "!=", "@"+f.set(setServiceIPs),
 			"meta l4proto . th dport")
-		tx.Add(&knftables.Rule{Chain: chainInput, Rule: knftables.Concat(nodePort, "@"+setNodePortNoEP, "reject")})
-		tx.Add(&knftables.Rule{Chain: chainInput, Rule: knftables.Concat(nodePort, "@"+setNodePortMasq, markMasq)})
-		// Traffic from this node itself to a Service: reject when there is no endpoint, and
+		rule(chainInput, nodePort, "@"+f.set(setNodePortNoEP), "reject")
+		rule(chainInput, nodePort, "@"+f.set(setNodePortNoLoc), "drop")
+		rule(chainInput, nodePort, "@"+f.set(setNodePortMasq), markMasq)
+		// Traffic from this node itself to a Service: reject or drop like incoming traffic, and
 		// masquerade so replies come back to an address the node really owns on that path.
-		tx.Add(&knftables.Rule{Chain: chainOutput, Rule: knftables.Concat(
-			l4, dst, "@"+setNoEndpoints+f.suffix, "reject")})
-		tx.Add(&knftables.Rule{Chain: chainOutput, Rule: knftables.Concat(
-			l4, dst, "@"+setServicePorts+f.suffix, markMasq)})
+		rule(chainOutput, dst, "@"+f.set(setNoEndpoints), "reject")
+		rule(chainOutput, dst, "@"+f.set(setNoLocal), "drop")
+		rule(chainOutput, dst, "@"+f.set(setServicePorts), markMasq)
+		// Hairpin: an endpoint that reached its own Service and was picked itself must see the
+		// node as the source, or its reply would skip IPVS.
+		tx.Add(&knftables.Rule{Chain: chainPostrouting, Rule: knftables.Concat(
+			f.match, "saddr .", f.match, "daddr", "@"+f.set(setHairpin), "masquerade")})
 	}
 	tx.Add(&knftables.Rule{Chain: chainPostrouting, Rule: knftables.Concat(
 		"meta mark &", masqueradeMark, "==", masqueradeMark,
 		"meta mark set meta mark ^", masqueradeMark, "masquerade fully-random")})
-}
-
-func copySets(s firewallSets) firewallSets {
-	c := make(firewallSets, len(s))
-	for set, elems := range s {
-		c[set] = make(map[string]struct{}, len(elems))
-		for k := range elems {
-			c[set][k] = struct{}{}
-		}
-	}
-	return c
 }
 
 func splitKey(key string) []string { return strings.Split(key, keySeparator) }

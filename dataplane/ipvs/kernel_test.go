@@ -97,13 +97,13 @@ func TestKernelDataPath(t *testing.T) {
 		empty:    {Scheduler: "rr", Reals: map[realKey]int{}},
 	}
 	sets := firewallSets{}
-	sets.add(setServiceIPs+familySuffixIPv4, lb.String())
+	sets.add(familyIPv4.set(setServiceIPs), lb.String())
 	for _, k := range []vsKey{web, dns, sctp, empty} {
-		sets.add(setServicePorts+familySuffixIPv4, k.Addr.String(), protoName(k.Proto), itoa(int(k.Port)))
+		sets.add(familyIPv4.set(setServicePorts), k.Addr.String(), protoName(k.Proto), itoa(int(k.Port)))
 	}
-	sets.add(setMasquerade+familySuffixIPv4, lb.String(), "tcp", "80")
-	sets.add(setNodePortMasq, "tcp", "30080")
-	sets.add(setNoEndpoints+familySuffixIPv4, lb.String(), "tcp", "81")
+	sets.add(familyIPv4.set(setMasquerade), lb.String(), "tcp", "80")
+	sets.add(familyIPv4.set(setNodePortMasq), "tcp", "30080")
+	sets.add(familyIPv4.set(setNoEndpoints), lb.String(), "tcp", "81")
 	sync := func() {
 		t.Helper()
 		if err := vs.Sync(desired, time.Now()); err != nil {
@@ -171,12 +171,12 @@ func TestKernelDataPath(t *testing.T) {
 		}
 	})
 	t.Run("source ranges", func(t *testing.T) {
-		sets.add(setFirewall+familySuffixIPv4, lb.String(), "tcp", "80")
-		sets.add(setFirewallAllow+familySuffixIPv4, lb.String(), "tcp", "80", "10.0.1.2/32")
+		sets.add(familyIPv4.set(setFirewall), lb.String(), "tcp", "80")
+		sets.add(familyIPv4.set(setFirewallAllow), lb.String(), "tcp", "80", "10.0.1.2/32")
 		sync()
 		defer func() {
-			delete(sets, setFirewall+familySuffixIPv4)
-			delete(sets, setFirewallAllow+familySuffixIPv4)
+			delete(sets, familyIPv4.set(setFirewall))
+			delete(sets, familyIPv4.set(setFirewallAllow))
 			sync()
 		}()
 		if _, err := client.Request(backendspec.TCP, client.Addrs[0], netip.AddrPortFrom(lb, 80)); err != nil {

@@ -18,7 +18,7 @@ const DummyLinkName = "herald-ipvs0"
 type Links interface {
 	// EnsureDummy creates the dummy link if it is missing.
 	EnsureDummy() error
-	// DummyAddrs lists the addresses on the dummy link.
+	// DummyAddrs lists the addresses on the dummy link (none when it does not exist).
 	DummyAddrs() ([]netip.Addr, error)
 	AddDummyAddr(netip.Addr) error
 	DelDummyAddr(netip.Addr) error
@@ -63,6 +63,10 @@ func (l *netlinkLinks) EnsureDummy() error {
 func (l *netlinkLinks) DummyAddrs() ([]netip.Addr, error) {
 	link, err := l.dummy()
 	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil, nil
+		}
 		return nil, err
 	}
 	addrs, err := l.h.AddrList(link, netlink.FAMILY_ALL)

@@ -102,26 +102,40 @@ func (v *virtualServers) Adopt(owned func(vsKey) bool) error {
 }
 
 // Sync makes the kernel hold exactly desired (plus draining real servers), and removes drained ones.
-// It carries on past individual failures so one bad virtual server does not block the others, and
-// returns them joined.
 func (v *virtualServers) Sync(desired map[vsKey]*virtualServer, now time.Time) error {
-	var errs []error
-	for key, want := range desired {
-		if err := v.syncOne(key, want, now); err != nil {
-			errs = append(errs, err)
+	var remove []vsKey
+	for key := range v.committed {
+		if _, ok := desired[key]; !ok {
+			remove = append(remove, key)
 		}
 	}
-	for key := range v.committed {
-		if _, ok := desired[key]; ok {
-			continue
+	return v.Apply(desired, remove, now)
+}
+
+// Apply creates or updates the virtual servers in set, deletes those in remove, and reaps drained
+// real servers; it touches nothing else, so an incremental sync costs O(changes). It carries on
+// past individual failures so one bad virtual server does not block the others, and returns them
+// joined.
+func (v *virtualServers) Apply(set map[vsKey]*virtualServer, remove []vsKey, now time.Time) error {
+	var errs []error
+	// Deletions first: a Service that moved its port frees the key for another one.
+	for _, key := range remove {
+		have, ok := v.committed[key]
+		if _, reused := set[key]; !ok || reused {
+			continue // a key another Service takes over in this sync is updated, not re-created
 		}
 		// The Service (or this port of it) is gone: its connections have nowhere to go.
-		if err := v.h.DelService(v.service(key, v.committed[key])); err != nil && !isNotExist(err) {
+		if err := v.h.DelService(v.service(key, have)); err != nil && !isNotExist(err) {
 			errs = append(errs, fmt.Errorf("deleting IPVS virtual server %s: %w", key, err))
 			continue
 		}
 		delete(v.committed, key)
 		delete(v.terminating, key)
+	}
+	for key, want := range set {
+		if err := v.syncOne(key, want, now); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := v.ReapTerminating(now); err != nil {
 		errs = append(errs, err)

@@ -1,0 +1,161 @@
+package ipvs
+
+import (
+	"net/netip"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/heraldlb/herald/dataplane"
+)
+
+// fragment is everything one Service contributes: addresses on the dummy link, virtual servers,
+// NodePort virtual servers (expanded over the node's addresses at commit time) and elements of the
+// nftables sets. It is a pure function of the Service's ports, so an incremental sync diffs a
+// Service's old fragment against its new one and sends only the difference.
+type fragment struct {
+	serviceIPs     map[netip.Addr]struct{}
+	virtualServers map[vsKey]*virtualServer
+	nodePorts      map[nodePortKey]*virtualServer
+	sets           firewallSets
+}
+
+// nodePortKey is a NodePort of one family: it becomes a virtual server on each node address of
+// that family, with that family's endpoints.
+type nodePortKey struct {
+	IPv6  bool
+	Proto uint16
+	Port  uint16
+}
+
+func newFragment() *fragment {
+	return &fragment{serviceIPs: map[netip.Addr]struct{}{}, virtualServers: map[vsKey]*virtualServer{},
+		nodePorts: map[nodePortKey]*virtualServer{}, sets: firewallSets{}}
+}
+
+func protoNumber(p v1.Protocol) (uint16, bool) {
+	switch p {
+	case v1.ProtocolTCP:
+		return unix.IPPROTO_TCP, true
+	case v1.ProtocolUDP:
+		return unix.IPPROTO_UDP, true
+	case v1.ProtocolSCTP:
+		return unix.IPPROTO_SCTP, true
+	}
+	return 0, false
+}
+
+// render computes a Service's fragment. badScheduler is told about an invalid scheduler
+// annotation (the port then uses DefaultScheduler).
+func render(svc types.NamespacedName, ports []*dataplane.ServicePort, badScheduler func(types.NamespacedName, error)) *fragment {
+	fr := newFragment()
+	for _, p := range ports {
+		proto, ok := protoNumber(p.Protocol)
+		if !ok {
+			continue
+		}
+		sched, err := ParseScheduler(p.Scheduler)
+		if err != nil && badScheduler != nil {
+			badScheduler(svc, err)
+		}
+		for _, f := range families {
+			renderFamily(fr, p, f, proto, sched)
+		}
+	}
+	return fr
+}
+
+// renderFamily renders one Service port for one address family.
+func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint16, sched string) {
+	clusterIPs := addrsOf(p.ClusterIPs, f)
+	externalIPs := addrsOf(p.ExternalAddrs(), f)
+	if len(clusterIPs) == 0 && len(externalIPs) == 0 {
+		return // the Service does not have this family
+	}
+	affinity := uint32(p.AffinityTimeout.Seconds())
+	port := uint16(p.Port)
+	pr, portText := protoName(proto), strconv.Itoa(int(p.Port))
+	clusterEps := endpointsOf(p.ClusterEndpoints, f)
+	externalEps := endpointsOf(p.ExternalEndpoints, f)
+	// Without endpoints here: reject when nothing anywhere can serve (tell the client at once),
+	// drop when endpoints exist elsewhere (Local policy; the load balancer steers clients away).
+	emptySet, emptyNodePortSet := setNoEndpoints, setNodePortNoEP
+	if p.HasEndpoints {
+		emptySet, emptyNodePortSet = setNoLocal, setNodePortNoLoc
+	}
+	serve := func(addr netip.Addr, eps []dataplane.Endpoint, masquerade bool) {
+		fr.serviceIPs[addr] = struct{}{}
+		fr.virtualServers[vsKey{Addr: addr, Proto: proto, Port: port}] = newVirtualServer(sched, affinity, eps)
+		fr.sets.add(f.set(setServicePorts), addr.String(), pr, portText)
+		if len(eps) == 0 {
+			fr.sets.add(f.set(emptySet), addr.String(), pr, portText)
+		}
+		if masquerade {
+			fr.sets.add(f.set(setMasquerade), addr.String(), pr, portText)
+		}
+	}
+	for _, ip := range clusterIPs {
+		serve(ip, clusterEps, false)
+	}
+	for _, ip := range externalIPs {
+		serve(ip, externalEps, !p.ExternalPolicyLocal)
+	}
+	if p.NodePort != 0 {
+		nodePort := strconv.Itoa(int(p.NodePort))
+		fr.nodePorts[nodePortKey{IPv6: f.ipv6, Proto: proto, Port: uint16(p.NodePort)}] = newVirtualServer(sched, affinity, externalEps)
+		if len(externalEps) == 0 {
+			fr.sets.add(f.set(emptyNodePortSet), pr, nodePort)
+		}
+		if !p.ExternalPolicyLocal {
+			fr.sets.add(f.set(setNodePortMasq), pr, nodePort)
+		}
+	}
+	// loadBalancerSourceRanges: at the LoadBalancer IPs, sources outside the ranges are dropped.
+	if len(p.SourceRanges) > 0 {
+		for _, ip := range addrsOf(p.LoadBalancerIPs, f) {
+			fr.sets.add(f.set(setFirewall), ip.String(), pr, portText)
+			for _, r := range p.SourceRanges {
+				if f.of(r.Addr()) {
+					fr.sets.add(f.set(setFirewallAllow), ip.String(), pr, portText, r.Masked().String())
+				}
+			}
+		}
+	}
+	for _, eps := range [][]dataplane.Endpoint{clusterEps, externalEps} {
+		for _, ep := range eps {
+			fr.sets.add(f.set(setHairpin), ep.Addr.String(), ep.Addr.String())
+		}
+	}
+}
+
+func newVirtualServer(sched string, affinity uint32, eps []dataplane.Endpoint) *virtualServer {
+	vs := &virtualServer{Scheduler: sched, AffinitySeconds: affinity, Reals: make(map[realKey]int, len(eps))}
+	for _, ep := range eps {
+		vs.Reals[realKey{Addr: ep.Addr, Port: uint16(ep.Port)}] = 1
+	}
+	return vs
+}
+
+func addrsOf(in []netip.Addr, f ipFamily) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range in {
+		if f.of(a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// endpointsOf keeps the endpoints of family f: an IPv4 virtual server only gets IPv4 real servers.
+// (dataplane.EndpointsOfFamily does the same; its signature is changing while this is written.)
+func endpointsOf(eps []dataplane.Endpoint, f ipFamily) []dataplane.Endpoint {
+	var out []dataplane.Endpoint
+	for _, e := range eps {
+		if f.of(e.Addr) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
