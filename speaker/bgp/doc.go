@@ -7,6 +7,15 @@
 // far inside any hold time (see bgptest and bench/bgp). Its BFD has no echo, demand mode,
 // authentication or passive mode; BFDProfile fields needing those are answered with NotSupported.
 //
+// Stopping: by default the speaker closes every session with a Cease (NOTIFICATION 6/3) before it
+// exits, so each router drops this node's routes at once (about 10 ms against BIRD) and ECMP moves
+// the traffic to the other nodes. A BGPPeer with enableGracefulRestart instead gets no Cease: the
+// router keeps this node's routes as stale (RFC 4724, restart time 120 s) and keeps forwarding to
+// it until the restarted speaker has sent its routes again. Choose graceful restart for peers when
+// speaker restarts are planned (upgrades) and the node's data plane keeps forwarding meanwhile;
+// keep the default when a stopping speaker usually means a node going away (drain, reboot), where
+// stale routes would blackhole traffic for the restart time.
+//
 // The package has three parts: the translation from the API objects to a Desired state (pure,
 // translate.go), the Announcer that converges GoBGP on a Desired state by diffs (announcer.go,
 // policy.go, peer.go), and session status and metrics (status.go, metrics.go).
