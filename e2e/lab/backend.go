@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 // BackendCommand is the hidden first argument that makes a program using the lab run a backend
@@ -28,22 +29,21 @@ func RunBackendIfAsked() {
 	fs := flag.NewFlagSet(BackendCommand, flag.ExitOnError)
 	name := fs.String("name", "", "the backend's name, returned in every answer")
 	node := fs.String("node", "", "the node the backend runs behind")
-	port := fs.Int("port", BackendPort, "TCP (HTTP) and UDP (echo) port")
+	listen := fs.String("listen", ":"+strconv.Itoa(BackendPort), "TCP (HTTP) and UDP (echo) address")
 	_ = fs.Parse(os.Args[2:])
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := ServeBackend(ctx, *name, *node, *port); err != nil {
+	if err := ServeBackend(ctx, *name, *node, *listen); err != nil {
 		fmt.Fprintln(os.Stderr, "backend:", err)
 		os.Exit(1)
 	}
 	os.Exit(0)
 }
 
-// ServeBackend answers every HTTP request on port (all addresses, both families) and every UDP
-// datagram on the same port with a JSON BackendReply naming the backend and the client address it
+// ServeBackend answers every HTTP request on address (":8080": all addresses, both families) and
+// every UDP datagram on the same address with a JSON BackendReply naming the backend and the client address it
 // saw, until ctx ends. The client address is what makes SNAT and source-IP preservation testable.
-func ServeBackend(ctx context.Context, name, node string, port int) error {
-	addr := ":" + strconv.Itoa(port)
+func ServeBackend(ctx context.Context, name, node, addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -53,10 +53,38 @@ func ServeBackend(ctx context.Context, name, node string, port int) error {
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(BackendReply{Backend: name, Node: node, Client: r.RemoteAddr})
-	})}
+	})
+	// /stream?interval=10ms answers with one reply line per interval until the client goes away:
+	// a long-lived connection for tests that change endpoints under an open stream.
+	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
+		interval, err := time.ParseDuration(r.URL.Query().Get("interval"))
+		if err != nil || interval <= 0 {
+			interval = 10 * time.Millisecond
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		enc := json.NewEncoder(w)
+		flusher, _ := w.(http.Flusher)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			if err := enc.Encode(BackendReply{Backend: name, Node: node, Client: r.RemoteAddr}); err != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	srv := &http.Server{Handler: mux}
 	go func() {
 		buf := make([]byte, 2048)
 		for {
