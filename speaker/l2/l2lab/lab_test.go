@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -379,5 +380,66 @@ func TestRebalance(t *testing.T) {
 	}
 	if d := p.DoubleAnswers(); len(d) > 1 {
 		t.Errorf("two MACs answered in one round more than once: %v", d)
+	}
+}
+
+// TestIdleUnderCPULoad: with every CPU kept busy, a settled cluster makes no ownership change. The
+// issue asks for ten minutes (HERALD_L2_SOAK=10m); by default it runs one.
+func TestIdleUnderCPULoad(t *testing.T) {
+	soak := time.Minute
+	if v := os.Getenv("HERALD_L2_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("HERALD_L2_SOAK=%q: %v", v, err)
+		}
+		soak = d
+	}
+	var ips []netip.Addr
+	for i := range 6 {
+		ips = append(ips, ServiceIPv4(20+i))
+	}
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ips...))
+	p, err := l.StartProber(ips, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, ip := range ips {
+		owner(t, l, p, ip)
+	}
+	// Let rebalancing (RebalanceAfter) finish before counting.
+	time.Sleep(l2.DefaultElectionTiming.RebalanceAfter + 3*time.Second)
+	changes := func() int {
+		n := 0
+		for _, node := range l.Nodes {
+			b, _ := os.ReadFile(filepath.Join(l.Dir, node.Name+".log"))
+			n += strings.Count(string(b), "l2: answering") + strings.Count(string(b), "l2: stopped answering")
+		}
+		return n
+	}
+	before := changes()
+	start := time.Now()
+	var burners []*exec.Cmd
+	for range 2 * runtime.NumCPU() {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		burners = append(burners, c)
+	}
+	defer func() {
+		for _, c := range burners {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	}()
+	time.Sleep(soak)
+	if got := changes() - before; got != 0 {
+		t.Errorf("%d ownership changes in %v idle under CPU load", got, soak)
+	}
+	for _, ip := range ips {
+		if macs := p.MACsSince(ip, start); len(macs) != 1 {
+			t.Errorf("%s answered by %v during the soak, want one MAC", ip, macs)
+		}
 	}
 }
