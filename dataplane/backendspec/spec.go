@@ -193,6 +193,7 @@ var cases = []specCase{
 		_, v := w.AddService(t, TCP, w.top.Backends)
 		for _, dst := range []netip.AddrPort{
 			netip.AddrPortFrom(v.LBIP, 80),
+			netip.AddrPortFrom(v.ClusterIP, 80),
 			netip.AddrPortFrom(w.top.NodeIP, v.NodePort),
 		} {
 			got := w.spread(t, TCP, netip.Addr{}, dst, spreadRequests)
