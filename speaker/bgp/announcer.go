@@ -107,6 +107,7 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 	// Sessions that went away or changed are closed first (with a Cease), so their routes are
 	// dropped before anything else moves.
 	var added []Peer
+	var removed []string
 	for name, old := range a.peers {
 		if p, ok := d.Peers[name]; !ok || !peerEqual(old, p) {
 			if err := a.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: old.Address.String()}); err != nil {
@@ -115,6 +116,9 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 			}
 			delete(a.peers, name)
 			a.events.forget(old.Address)
+			if _, ok := d.Peers[name]; !ok {
+				removed = append(removed, name)
+			}
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(d.Peers)) {
@@ -142,14 +146,16 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 		}
 		a.peers[p.Name] = p
 	}
-	for name := range a.routes {
-		if _, ok := d.Peers[name]; !ok && len(a.routes[name]) == 0 {
+	// A removed peer's neighbor set goes once its route groups are gone (applyRoutes removed them;
+	// a group whose removal failed keeps the set in use, and the deletion fails harmlessly).
+	for _, name := range removed {
+		if len(a.routes[name]) == 0 {
 			delete(a.routes, name)
-			_ = a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
-				DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: neighborSetName(name)},
-				All:        true,
-			})
 		}
+		_ = a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
+			DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: neighborSetName(name)},
+			All:        true,
+		})
 	}
 	return errors.Join(errs...)
 }
@@ -398,11 +404,14 @@ func (a *Announcer) stopLocked(keepGracefulRestart bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if keepGracefulRestart {
+		// Sessions go (their BFD sessions with them); graceful-restart peers get no Cease. The
+		// BFD server has nothing left to do; srv.Stop would only fail to stop BGP a second time.
 		if err := a.srv.StopBgp(ctx, &api.StopBgpRequest{AllowGracefulRestart: true}); err != nil {
 			a.log.Error("stopping BGP", "err", err)
 		}
+	} else {
+		a.srv.Stop() // a Cease to every session, then BFD stops
 	}
-	a.srv.Stop() // Ceases the remaining sessions and stops BFD
 	a.cancel()
 	a.srv, a.cancel = nil, nil
 	a.peers = map[string]Peer{}

@@ -412,9 +412,19 @@ func TestChangingOnePeerKeepsTheOthers(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("community change did not reach BIRD: %v", err)
 	}
+	// Removing the IPv6 peer closes its session and withdraws its route, still without touching
+	// the IPv4 session.
+	delete(routes, "r6")
+	if err := a.Apply(desired(n1, []bgp.Peer{r4}, routes)); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, v6, 0, 5*time.Second)
 	after4, _ := topo.Bird.Protocol("n1")
 	if after4 != before4 || after4.Info != "Established" {
 		t.Errorf("the IPv4 session was touched: before %+v, after %+v", before4, after4)
+	}
+	if st, err := a.Status(); err != nil || len(st) != 1 || st[0].Name != "r4" {
+		t.Errorf("status after removing r6: %+v %v", st, err)
 	}
 }
 
