@@ -1,0 +1,350 @@
+// Package controller gives LoadBalancer Services their addresses and writes their status. It
+// watches Services, Namespaces and IPAddressPools, rebuilds the allocator from every Service's
+// status before it allocates anything (so addresses never move on restart or leader change), and
+// writes each change as one patch of the status subresource. Mode cloud-provider runs the upstream
+// service controller with the allocator as its LoadBalancer instead (cloud.go).
+package controller
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/controller/allocator"
+)
+
+// Options configure a Controller.
+type Options struct {
+	// LoadBalancerClass is the spec.loadBalancerClass handled besides (with TakeClassless) none.
+	LoadBalancerClass string
+	TakeClassless     bool
+	// Workers process Services in parallel; the allocator itself is serialised, the status writes are not.
+	Workers int
+	Logger  *slog.Logger
+	Metrics *Metrics
+}
+
+// fieldManager names Herald in managedFields and events.
+const fieldManager = "herald-controller"
+
+// Controller is the native controller.
+type Controller struct {
+	opts       Options
+	log        *slog.Logger
+	client     kubernetes.Interface
+	pools      dynamic.NamespaceableResourceInterface
+	factory    informers.SharedInformerFactory
+	dynFactory dynamicinformer.DynamicSharedInformerFactory
+	svcInf     cache.SharedIndexInformer
+	// services is the informer's store overlaid with our own patch results, so a reconcile that runs
+	// before the watch delivers our write does not see the old status and write again.
+	services   cache.MutationCache
+	namespaces corelisters.NamespaceLister
+	poolInf    cache.SharedIndexInformer
+	queue      workqueue.TypedRateLimitingInterface[string]
+	poolQueue  workqueue.TypedRateLimitingInterface[string]
+	recorder   record.EventRecorder
+	alloc      *allocator.Allocator
+
+	// mu makes Assign and the pending set one step, so an address freed by one worker is never
+	// missed by a Service another worker has just found no room for.
+	mu      sync.Mutex
+	pending map[string]struct{}
+}
+
+// New builds a controller; Run starts it.
+func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Controller {
+	if opts.Workers <= 0 {
+		opts.Workers = 32
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics()
+	}
+	// Services are the bulk of the memory: drop managedFields, which the controller never reads.
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
+	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	c := &Controller{
+		opts:       opts,
+		log:        opts.Logger,
+		client:     client,
+		pools:      dyn.Resource(poolsGVR),
+		factory:    factory,
+		dynFactory: dynFactory,
+		svcInf:     factory.Core().V1().Services().Informer(),
+		namespaces: factory.Core().V1().Namespaces().Lister(),
+		poolInf:    dynFactory.ForResource(poolsGVR).Informer(),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "services", MetricsProvider: opts.Metrics.queues}),
+		poolQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pools", MetricsProvider: opts.Metrics.queues}),
+		alloc:   allocator.New(),
+		pending: map[string]struct{}{},
+	}
+	c.services = cache.NewIntegerResourceVersionMutationCache(klogFor(opts.Logger), c.svcInf.GetStore(), c.svcInf.GetIndexer(), time.Minute, false)
+	factory.Core().V1().Namespaces().Informer()
+	return c
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// Run starts the informers, rebuilds the allocator from the Services' status, then processes
+// Services until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	defer utilruntime.HandleCrash()
+	defer c.queue.ShutDown()
+	defer c.poolQueue.ShutDown()
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	c.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: fieldManager})
+
+	if err := c.start(ctx, c.serviceHandlers()); err != nil {
+		return err
+	}
+	for range c.opts.Workers {
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
+	}
+	c.log.Info("controller running", "workers", c.opts.Workers, "class", c.opts.LoadBalancerClass, "takeClassless", c.opts.TakeClassless)
+	<-ctx.Done()
+	return nil
+}
+
+// start registers the handlers, syncs the informers, loads the pools and restores every Service's
+// addresses; only then may anything be allocated.
+func (c *Controller) start(ctx context.Context, svcHandlers cache.ResourceEventHandler) error {
+	if _, err := c.svcInf.AddEventHandler(svcHandlers); err != nil {
+		return err
+	}
+	if _, err := c.factory.Core().V1().Namespaces().Informer().AddEventHandler(c.namespaceHandlers()); err != nil {
+		return err
+	}
+	if _, err := c.poolInf.AddEventHandler(c.poolHandlers()); err != nil {
+		return err
+	}
+	c.factory.Start(ctx.Done())
+	c.dynFactory.Start(ctx.Done())
+	begin := time.Now()
+	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("cache of %v did not sync", typ)
+		}
+	}
+	for gvr, ok := range c.dynFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("cache of %v did not sync (are the CRDs of config/crd applied?)", gvr)
+		}
+	}
+	c.loadPools()
+	n := c.restore()
+	c.log.Info("state rebuilt from Service status", "servicesWithAddresses", n, "took", time.Since(begin))
+	go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.poolQueue, c.syncPool) }, time.Second)
+	return nil
+}
+
+// restore records every handled Service's current addresses, oldest Service first (if two claim
+// one address without sharing it, the older keeps it).
+func (c *Controller) restore() int {
+	svcs := c.svcInf.GetStore().List()
+	sort.Slice(svcs, func(i, j int) bool {
+		a, b := svcs[i].(*corev1.Service), svcs[j].(*corev1.Service)
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	})
+	n := 0
+	for _, obj := range svcs {
+		svc := obj.(*corev1.Service)
+		if !c.handles(svc) || len(svc.Status.LoadBalancer.Ingress) == 0 {
+			continue
+		}
+		req, _ := allocator.ServiceFromAPI(svc, c.namespaceLabels(svc.Namespace)) // Current is read even if the rest is malformed
+		c.alloc.Restore(req)
+		n++
+	}
+	return n
+}
+
+// handles reports whether the Service is ours: type LoadBalancer, and our class or (if we take
+// them) no class.
+func (c *Controller) handles(svc *corev1.Service) bool {
+	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+		return false
+	}
+	if svc.Spec.LoadBalancerClass == nil {
+		return c.opts.TakeClassless
+	}
+	return *svc.Spec.LoadBalancerClass == c.opts.LoadBalancerClass
+}
+
+func (c *Controller) namespaceLabels(ns string) map[string]string {
+	if n, err := c.namespaces.Get(ns); err == nil {
+		return n.Labels
+	}
+	return nil
+}
+
+func (c *Controller) serviceHandlers() cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.enqueue(obj) },
+		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
+		DeleteFunc: func(obj any) { c.enqueue(obj) },
+	}
+}
+
+func (c *Controller) enqueue(obj any) {
+	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+		c.queue.Add(key)
+	}
+}
+
+// namespaceHandlers re-examine a namespace's Services when its labels change (pools may select
+// namespaces by label).
+func (c *Controller) namespaceHandlers() cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, obj any) {
+			o, n := old.(*corev1.Namespace), obj.(*corev1.Namespace)
+			if labels.Equals(o.Labels, n.Labels) {
+				return
+			}
+			for _, svc := range c.svcInf.GetStore().List() {
+				if s := svc.(*corev1.Service); s.Namespace == n.Name {
+					c.enqueue(s)
+				}
+			}
+		},
+	}
+}
+
+// work processes a queue's items one at a time until the queue shuts down.
+func (c *Controller) work(ctx context.Context, q workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
+	for {
+		key, quit := q.Get()
+		if quit {
+			return
+		}
+		if err := sync(ctx, key); err != nil {
+			c.log.Warn("sync failed, will retry", "key", key, "err", err)
+			q.AddRateLimited(key)
+		} else {
+			q.Forget(key)
+		}
+		q.Done(key)
+	}
+}
+
+// syncService brings one Service's addresses and status to what its spec asks for.
+func (c *Controller) syncService(ctx context.Context, key string) error {
+	obj, exists, err := c.services.GetByKey(key)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		c.release(key)
+		return nil
+	}
+	svc := obj.(*corev1.Service)
+	if !c.handles(svc) {
+		c.release(key)
+		return c.clearStatus(ctx, svc)
+	}
+	req, parseErr := allocator.ServiceFromAPI(svc, c.namespaceLabels(svc.Namespace))
+	c.mu.Lock()
+	var res allocator.Result
+	if parseErr != nil {
+		res = allocator.Result{Reason: config.ReasonInvalidRequest, Message: parseErr.Error(), Freed: c.alloc.Release(key)}
+	} else {
+		res = c.alloc.Assign(req)
+	}
+	if len(res.IPs) == 0 {
+		c.pending[key] = struct{}{}
+	} else {
+		delete(c.pending, key)
+	}
+	c.mu.Unlock()
+	if res.Freed {
+		c.retryPending()
+	}
+	if res.Freed || !slices.Equal(res.IPs, req.Current) {
+		c.poolUsageChanged()
+	}
+	return c.writeStatus(ctx, svc, req.Current, res)
+}
+
+// release forgets a Service that is gone or no longer ours, and lets waiting Services use what it had.
+func (c *Controller) release(key string) {
+	c.mu.Lock()
+	freed := c.alloc.Release(key)
+	delete(c.pending, key)
+	c.mu.Unlock()
+	if freed {
+		c.retryPending()
+		c.poolUsageChanged()
+	}
+}
+
+// retryPending queues every Service waiting for an address: room may have appeared.
+func (c *Controller) retryPending() {
+	c.mu.Lock()
+	keys := make([]string, 0, len(c.pending))
+	for k := range c.pending {
+		keys = append(keys, k)
+	}
+	c.mu.Unlock()
+	for _, k := range keys {
+		c.queue.Add(k)
+	}
+}
+
+// resyncAll queues every Service: after a pool change any Service's answer may differ (pending
+// ones may fit, PoolRemoved ones may be back in a pool).
+func (c *Controller) resyncAll() {
+	for _, key := range c.svcInf.GetStore().ListKeys() {
+		c.queue.Add(key)
+	}
+}
+
+// serviceGone reports whether the error means the Service no longer exists (nothing to retry).
+func serviceGone(err error) bool { return apierrors.IsNotFound(err) }
+
+// allocatedCondition is the herald.io/Allocated condition for an allocation result.
+func allocatedCondition(svc *corev1.Service, res allocator.Result) metav1.Condition {
+	status := metav1.ConditionFalse
+	if res.Reason == config.ReasonAllocated {
+		status = metav1.ConditionTrue
+	}
+	return metav1.Condition{Type: config.ConditionAllocated, Status: status, Reason: res.Reason,
+		Message: res.Message, ObservedGeneration: svc.Generation}
+}

@@ -1,0 +1,142 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/klog/v2"
+)
+
+// Config is the controller binary's command line (docs/contracts.md).
+type Config struct {
+	Kubeconfig        string // empty: in-cluster ServiceAccount
+	Mode              string // "native" or "cloud-provider"
+	LoadBalancerClass string
+	TakeClassless     bool
+	LeaderElect       bool
+	Namespace         string // of the Lease (events about a Service go to its own namespace)
+	MetricsAddr       string
+	Logger            *slog.Logger
+}
+
+// Modes of the controller.
+const (
+	ModeNative        = "native"
+	ModeCloudProvider = "cloud-provider"
+)
+
+// Lease timing: a new leader takes over at most leaseDuration after the old one stopped renewing.
+const (
+	leaseName     = "herald-controller"
+	leaseDuration = 10 * time.Second
+	renewDeadline = 7 * time.Second
+	retryPeriod   = 2 * time.Second
+)
+
+// Client rate: MetalLB's 20 QPS needs 100 s for 2,000 Services; the apiserver's own flow control
+// (priority and fairness) is the limit that matters, so the client's is set far above it.
+const (
+	clientQPS   = 2000
+	clientBurst = 4000
+)
+
+// Main runs the controller until ctx ends or leadership is lost.
+func Main(ctx context.Context, cfg Config) error {
+	if cfg.Mode != ModeNative && cfg.Mode != ModeCloudProvider {
+		return fmt.Errorf("--mode must be %s or %s, not %q", ModeNative, ModeCloudProvider, cfg.Mode)
+	}
+	log := cfg.Logger
+	klog.SetSlogLogger(log)
+	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig) // no kubeconfig: in-cluster
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	rc.QPS, rc.Burst = clientQPS, clientBurst
+	rc.UserAgent = fieldManager
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	metrics := NewMetrics()
+	if cfg.MetricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
+		srv := &http.Server{Addr: cfg.MetricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server", "addr", cfg.MetricsAddr, "err", err)
+			}
+		}()
+		defer srv.Close()
+	}
+	opts := Options{LoadBalancerClass: cfg.LoadBalancerClass, TakeClassless: cfg.TakeClassless, Logger: log, Metrics: metrics}
+	if cfg.Mode == ModeCloudProvider {
+		// The upstream service controller serves class-less Services only.
+		opts.LoadBalancerClass, opts.TakeClassless = "", true
+	}
+	run := func(ctx context.Context) error {
+		c := New(client, dyn, opts)
+		if cfg.Mode == ModeCloudProvider {
+			return c.RunCloudProvider(ctx)
+		}
+		return c.Run(ctx)
+	}
+	if !cfg.LeaderElect {
+		return run(ctx)
+	}
+	host, _ := os.Hostname()
+	id := host + "_" + uuid.NewString()
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: leaseName, Namespace: cfg.Namespace},
+		Client:     client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	var runErr error
+	lost := make(chan struct{})
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock: lock, LeaseDuration: leaseDuration, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
+		ReleaseOnCancel: true, Name: leaseName,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				log.Info("became leader", "identity", id)
+				runErr = run(ctx)
+			},
+			OnStoppedLeading: func() { close(lost) },
+			OnNewLeader: func(leader string) {
+				if leader != id {
+					log.Info("waiting: another replica leads", "leader", leader)
+				}
+			},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("waiting for leadership", "lease", cfg.Namespace+"/"+leaseName, "identity", id)
+	le.Run(ctx)
+	<-lost
+	if runErr != nil {
+		return runErr
+	}
+	if ctx.Err() == nil {
+		return errors.New("lost leadership")
+	}
+	return nil
+}
