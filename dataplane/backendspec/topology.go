@@ -118,10 +118,13 @@ func configureLink(h *netlink.Handle, name string, addrs []netip.Prefix) error {
 	return h.LinkSetUp(link)
 }
 
+// RequireReal reports whether HERALD_REQUIRE_REAL=1: a missing prerequisite is then a failure.
+func RequireReal() bool { return os.Getenv("HERALD_REQUIRE_REAL") == "1" }
+
 // skipOrFail skips, or fails when HERALD_REQUIRE_REAL=1 so CI can never pass by skipping.
 func skipOrFail(t *testing.T, why string) {
 	t.Helper()
-	if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
+	if RequireReal() {
 		t.Fatalf("prerequisite missing (HERALD_REQUIRE_REAL=1): %s", why)
 	}
 	t.Skip(why)
