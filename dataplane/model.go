@@ -89,12 +89,12 @@ type Endpoint struct {
 // AddrPort is the endpoint's address and port.
 func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.Addr, uint16(e.Port)) }
 
-// EndpointsOfFamily keeps the endpoints in the same family as addr; a dual-stack Service's IPv4
-// address must only be translated to IPv4 endpoints.
-func EndpointsOfFamily(eps []Endpoint, addr netip.Addr) []Endpoint {
-	out := make([]Endpoint, 0, len(eps))
+// EndpointsOfFamily keeps the IPv6 (or IPv4) endpoints; a dual-stack Service's IPv4 address
+// must only be translated to IPv4 endpoints.
+func EndpointsOfFamily(eps []Endpoint, ipv6 bool) []Endpoint {
+	var out []Endpoint
 	for _, e := range eps {
-		if e.Addr.Is4() == addr.Is4() {
+		if e.Addr.Is6() == ipv6 {
 			out = append(out, e)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/moby/ipvs"
@@ -43,6 +44,8 @@ const DefaultTerminationGrace = 60 * time.Second
 // Backend commits the data plane's desired state to IPVS, the dummy link and the nftables table.
 // It implements dataplane.Backend.
 type Backend struct {
+	// mu serializes Sync, Cleanup and the reaper of draining real servers.
+	mu           sync.Mutex
 	links        Links
 	sysctls      *sysctlKeeper
 	strict       bool
@@ -123,6 +126,8 @@ type delta struct {
 // when the node's addresses changed under the NodePorts) re-renders everything and diffs it
 // against what was committed.
 func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err := b.init(); err != nil {
 		return err
 	}
@@ -371,13 +376,39 @@ func (b *Backend) apply(ctx context.Context, d *delta) error {
 	return errors.Join(errs...)
 }
 
-// Draining reports how many removed endpoints still drain; while it is above zero the runner should
-// sync again within a few seconds so they are removed once their connections end.
-func (b *Backend) Draining() int { return b.vs.Draining() }
+// Draining reports how many removed endpoints still drain their connections at weight 0.
+func (b *Backend) Draining() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.vs.Draining()
+}
+
+// RunReaper removes drained real servers (no connections left, or past TerminationGrace) every
+// interval until ctx ends. Syncs reap too, but they only run on changes; without the reaper a
+// quiet cluster would keep weight-0 real servers until the next change.
+func (b *Backend) RunReaper(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			b.mu.Lock()
+			if b.vs.Draining() > 0 {
+				// A failure is retried at the next tick; the next sync reports persistent ones.
+				_ = b.vs.ReapTerminating(now)
+			}
+			b.mu.Unlock()
+		}
+	}
+}
 
 // Cleanup removes every virtual server, the dummy link, the nftables table and the sysctl changes
 // this backend made (speaker --cleanup), including those of an earlier process.
 func (b *Backend) Cleanup(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	var errs []error
 	if err := b.adopt(); err != nil {
 		errs = append(errs, err)

@@ -215,3 +215,39 @@ func TestBackendIncrementalRestartCleanup(t *testing.T) {
 		t.Fatalf("cleanup's transaction does not delete the table:\n%s", last)
 	}
 }
+
+func TestReaperRemovesDrainedEndpointsWithoutASync(t *testing.T) {
+	k := newFakeKernel(t)
+	b := k.backend(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	web := lbPort("web", 1, ep("10.1.0.1:8080"), ep("10.1.0.2:8080"))
+	web.NodePort, web.LoadBalancerIPs = 0, nil
+	state := stateOf(web)
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: state, Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	k.h.dsts["6:10.96.0.1:80"]["10.1.0.2:8080"].ActiveConnections = 1
+	web.ClusterEndpoints = []dataplane.Endpoint{ep("10.1.0.1:8080")}
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: state, Changed: changed("web")}); err != nil {
+		t.Fatal(err)
+	}
+	if b.Draining() != 1 {
+		t.Fatalf("draining %d, want 1", b.Draining())
+	}
+	go b.RunReaper(ctx, 10*time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	if b.Draining() != 1 {
+		t.Fatal("reaper removed a real server that still has a connection")
+	}
+	b.mu.Lock()
+	k.h.dsts["6:10.96.0.1:80"]["10.1.0.2:8080"].ActiveConnections = 0
+	b.mu.Unlock()
+	deadline := time.Now().Add(2 * time.Second)
+	for b.Draining() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	wantDump(t, k.h, "6:10.96.0.1:80 rr [10.1.0.1:8080 w1]")
+}

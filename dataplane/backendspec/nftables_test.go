@@ -1,0 +1,24 @@
+package backendspec_test
+
+import (
+	"testing"
+
+	"github.com/heraldlb/herald/dataplane/backendspec"
+	"github.com/heraldlb/herald/dataplane/nftables"
+)
+
+// TestSpecNFTables runs the backend spec against the nftables backend: on the build machine (SCTP
+// skips there, its kernel has none) and inside the IPVS VM (with SCTP).
+func TestSpecNFTables(t *testing.T) {
+	if !backendspec.InNodeNetns() {
+		if backendspec.RequireReal() {
+			t.Fatal("needs root for a private node network namespace (HERALD_REQUIRE_REAL=1)")
+		}
+		t.Skip("needs root and a private node network namespace")
+	}
+	backend, err := nftables.New()
+	if err != nil {
+		t.Fatalf("nftables backend: %v", err)
+	}
+	backendspec.Run(t, backendspec.NewProxyHarness(t, "node-1", backend))
+}

@@ -1,0 +1,91 @@
+package nftables
+
+import (
+	"sigs.k8s.io/knftables"
+)
+
+// The fixed part of the table. Packet path:
+//
+//	prerouting  filter -110: new connections to a LoadBalancer IP with source ranges
+//	                         -> firewall-ips -> fw chain (allowed ranges return, rest drop)
+//	prerouting  nat dstnat:  services: mark external Cluster-policy traffic for masquerade,
+//	output      nat -100     then daddr . l4proto . dport -> service-ips -> svc/ext chain (DNAT),
+//	                         NodePorts on local addresses -> service-nodeports
+//	input/forward/output filter -110: new connections to a Service without endpoints ->
+//	                         no-endpoint-ips / no-endpoint-nodeports -> reject (or drop)
+//	postrouting nat srcnat:  masquerade marked packets and hairpin connections
+func addBaseRuleset(tx *knftables.Transaction) {
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("Herald service proxy")})
+
+	for _, f := range []family{ipv4, ipv6} {
+		vip := f.addrType + " . inet_proto . inet_service"
+		tx.Add(&knftables.Map{Name: f.serviceIPs(), Type: vip + " : verdict"})
+		tx.Add(&knftables.Map{Name: f.serviceNodePorts(), Type: "inet_proto . inet_service : verdict"})
+		tx.Add(&knftables.Map{Name: f.noEndpointIPs(), Type: vip + " : verdict"})
+		tx.Add(&knftables.Map{Name: f.noEndpointNodePorts(), Type: "inet_proto . inet_service : verdict"})
+		tx.Add(&knftables.Map{Name: f.firewallIPs(), Type: vip + " : verdict"})
+		tx.Add(&knftables.Set{Name: f.masqIPs(), Type: vip})
+		tx.Add(&knftables.Set{Name: f.hairpin(), Type: f.addrType + " . " + f.addrType})
+	}
+	tx.Add(&knftables.Set{Name: masqNodePorts, Type: "inet_proto . inet_service"})
+
+	chain := func(name string, rules ...string) {
+		tx.Add(&knftables.Chain{Name: name})
+		for _, r := range rules {
+			tx.Add(&knftables.Rule{Chain: name, Rule: r})
+		}
+	}
+	base := func(name string, typ knftables.BaseChainType, hook knftables.BaseChainHook, prio knftables.BaseChainPriority, rules ...string) {
+		tx.Add(&knftables.Chain{Name: name, Type: &typ, Hook: &hook, Priority: &prio})
+		for _, r := range rules {
+			tx.Add(&knftables.Rule{Chain: name, Rule: r})
+		}
+	}
+	// localV4/localV6 match a node address, as NodePorts do (loopback excluded: a NodePort on
+	// 127.0.0.1 would need route_localnet).
+	const localV4 = "fib daddr type local ip daddr != 127.0.0.0/8"
+	const localV6 = "fib daddr type local ip6 daddr != ::1"
+
+	chain(rejectChain, "reject")
+	chain(markForMasqueradeChain, "meta mark set meta mark | "+masqueradeMark)
+	chain("firewall-check",
+		"ip daddr . meta l4proto . th dport vmap @"+ipv4.firewallIPs(),
+		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.firewallIPs())
+	chain("endpoints-check",
+		"ip daddr . meta l4proto . th dport vmap @"+ipv4.noEndpointIPs(),
+		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.noEndpointIPs(),
+		localV4+" meta l4proto . th dport vmap @"+ipv4.noEndpointNodePorts(),
+		localV6+" meta l4proto . th dport vmap @"+ipv6.noEndpointNodePorts())
+	chain("services",
+		"ip daddr . meta l4proto . th dport @"+ipv4.masqIPs()+" jump "+markForMasqueradeChain,
+		"ip6 daddr . meta l4proto . th dport @"+ipv6.masqIPs()+" jump "+markForMasqueradeChain,
+		"fib daddr type local meta l4proto . th dport @"+masqNodePorts+" jump "+markForMasqueradeChain,
+		"ip daddr . meta l4proto . th dport vmap @"+ipv4.serviceIPs(),
+		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.serviceIPs(),
+		localV4+" meta l4proto . th dport vmap @"+ipv4.serviceNodePorts(),
+		localV6+" meta l4proto . th dport vmap @"+ipv6.serviceNodePorts())
+	chain("masquerading",
+		"ct status dnat ip saddr . ip daddr @"+ipv4.hairpin()+" masquerade",
+		"ct status dnat ip6 saddr . ip6 daddr @"+ipv6.hairpin()+" masquerade",
+		"meta mark & "+masqueradeMark+" == 0 return",
+		"meta mark set meta mark ^ "+masqueradeMark,
+		"masquerade fully-random")
+
+	base("filter-prerouting", knftables.FilterType, knftables.PreroutingHook, "-110", "ct state new jump firewall-check")
+	base("filter-input", knftables.FilterType, knftables.InputHook, "-110", "ct state new jump endpoints-check")
+	base("filter-forward", knftables.FilterType, knftables.ForwardHook, "-110", "ct state new jump endpoints-check")
+	base("filter-output", knftables.FilterType, knftables.OutputHook, "-110",
+		"ct state new jump endpoints-check", "ct state new jump firewall-check")
+	base("nat-prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, "jump services")
+	base("nat-output", knftables.NATType, knftables.OutputHook, "-100", "jump services")
+	base("nat-postrouting", knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, "jump masquerading")
+}
+
+// isMap tells the shared maps from the shared sets by name.
+func isMap(container string) bool {
+	switch container {
+	case ipv4.masqIPs(), ipv6.masqIPs(), ipv4.hairpin(), ipv6.hairpin(), masqNodePorts:
+		return false
+	}
+	return true
+}

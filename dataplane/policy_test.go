@@ -1,0 +1,80 @@
+package dataplane
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func pe(addr string, local, ready, serving, terminating bool, zones ...string) Endpoint {
+	return Endpoint{Addr: netip.MustParseAddr(addr), Port: 80, Local: local, Ready: ready, Serving: serving, Terminating: terminating, ForZones: zones}
+}
+
+func addrsOf(eps []Endpoint) []string {
+	var out []string
+	for _, e := range eps {
+		out = append(out, e.Addr.String())
+	}
+	return out
+}
+
+func TestSelectEndpoints(t *testing.T) {
+	node := Node{Name: "n1", Zone: "a"}
+	ready := func(a string, local bool, zones ...string) Endpoint { return pe(a, local, true, true, false, zones...) }
+	draining := func(a string, local bool) Endpoint { return pe(a, local, false, true, true) }
+	dead := func(a string, local bool) Endpoint { return pe(a, local, false, false, true) }
+
+	for _, tc := range []struct {
+		name              string
+		eps               []Endpoint
+		policy            TrafficPolicy
+		cluster, external []string
+		hasAny            bool
+	}{
+		{name: "ready only", eps: []Endpoint{ready("10.0.0.1", true), draining("10.0.0.2", false), pe("10.0.0.3", false, false, false, false)},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "all draining: serving+terminating fallback", eps: []Endpoint{draining("10.0.0.1", false), dead("10.0.0.2", false)},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "nothing usable", eps: []Endpoint{dead("10.0.0.1", true)}, hasAny: false},
+		{name: "ETP Local", eps: []Endpoint{ready("10.0.0.1", true), ready("10.0.0.2", false)}, policy: TrafficPolicy{ExternalLocal: true},
+			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "ETP Local without local endpoints", eps: []Endpoint{ready("10.0.0.2", false)}, policy: TrafficPolicy{ExternalLocal: true},
+			cluster: []string{"10.0.0.2"}, external: nil, hasAny: true},
+		{name: "ETP Local, local one draining", eps: []Endpoint{draining("10.0.0.1", true), ready("10.0.0.2", false)}, policy: TrafficPolicy{ExternalLocal: true},
+			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "ITP Local", eps: []Endpoint{ready("10.0.0.1", true), ready("10.0.0.2", false)}, policy: TrafficPolicy{InternalLocal: true},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
+		{name: "zone hints used", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b")}, policy: TrafficPolicy{PreferZone: true},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "zone hints incomplete: ignored", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false)}, policy: TrafficPolicy{PreferZone: true},
+			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
+		{name: "zone hints none for us: ignored", eps: []Endpoint{ready("10.0.0.1", false, "b"), ready("10.0.0.2", false, "c")}, policy: TrafficPolicy{PreferZone: true},
+			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
+		{name: "hints without PreferClose: ignored", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b")},
+			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, e, any := SelectEndpoints(tc.eps, tc.policy, node)
+			if got := addrsOf(c); !equalStrings(got, tc.cluster) {
+				t.Errorf("cluster = %v, want %v", got, tc.cluster)
+			}
+			if got := addrsOf(e); !equalStrings(got, tc.external) {
+				t.Errorf("external = %v, want %v", got, tc.external)
+			}
+			if any != tc.hasAny {
+				t.Errorf("hasAny = %v, want %v", any, tc.hasAny)
+			}
+		})
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
