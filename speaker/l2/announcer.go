@@ -106,8 +106,14 @@ func New(cfg Config) *Announcer {
 	}
 }
 
-// SetIPs replaces the IPs to announce and their policies.
+// SetIPs replaces the IPs to announce and their policies; the announcer keeps (and may sort) ips.
 func (a *Announcer) SetIPs(ips map[netip.Addr]Policy) {
+	for ip, pol := range ips {
+		if !slices.IsSorted(pol.Candidates) {
+			pol.Candidates = slices.Compact(slices.Sorted(slices.Values(pol.Candidates)))
+			ips[ip] = pol
+		}
+	}
 	a.mu.Lock()
 	changed := !maps.EqualFunc(a.ips, ips, func(x, y Policy) bool {
 		return slices.Equal(x.Candidates, y.Candidates) && slices.Equal(x.Interfaces, y.Interfaces)
@@ -136,7 +142,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 	linkChanges := a.cfg.Links.Changes(ctx)
 	a.refreshLinks()
 	// Rounds also run on a timer: settling, offers and their timeouts depend on time alone.
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	defer a.stopAll()
 	for {
@@ -239,6 +245,7 @@ func (a *Announcer) decode(name string, payload []byte) NodeState {
 	if err != nil {
 		a.cfg.Logger.Warn("l2: undecodable state from peer", "peer", name, "err", err)
 	}
+	s = s.indexed()
 	a.decoded[name] = decodedState{raw: string(payload), state: s}
 	return s
 }

@@ -4,7 +4,6 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
-	"sort"
 	"time"
 )
 
@@ -77,6 +76,8 @@ type Election struct {
 	owned     map[netip.Addr]bool
 	offers    map[netip.Addr]pendingOffer
 	lastOffer time.Time
+	// Scratch space reused across decideIP calls.
+	eligibleBuf, claimants []string
 }
 
 type pendingOffer struct {
@@ -111,7 +112,7 @@ func (e *Election) State(links []Link) NodeState {
 
 // Decide runs one round and returns the IPs this node gained and lost.
 func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
-	next := map[netip.Addr]bool{}
+	next := make(map[netip.Addr]bool, len(e.owned)+8)
 	if r.Quorum {
 		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle && r.Unknown == 0
 		for ip, pol := range r.IPs {
@@ -144,37 +145,38 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 	return gained, lost
 }
 
-// decideIP reports whether this node owns ip after this round.
+// decideIP reports whether this node owns ip after this round. It runs for every IP on every
+// round, so it allocates nothing in the common cases.
 func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bool {
 	eligible := e.eligible(r, ip, pol)
 	if !slices.Contains(eligible, e.self) {
 		return false
 	}
-	var claimants []string
-	offeredTo := map[string]string{} // claimant -> the node it offers ip to
+	claimants := e.claimants[:0]
+	type offer struct{ from, to string }
+	var offers []offer
 	for _, n := range eligible {
 		if n == e.self {
 			if e.owned[ip] {
 				claimants = append(claimants, n)
 				if o, ok := e.offers[ip]; ok {
-					offeredTo[n] = o.to
+					offers = append(offers, offer{n, o.to})
 				}
 			}
 			continue
 		}
 		st := r.Members[n].State
-		if _, ok := slices.BinarySearchFunc(st.Owned, ip, netip.Addr.Compare); ok {
+		if st.owns(ip) {
 			claimants = append(claimants, n)
-			for _, o := range st.Offers {
-				if o.IP == ip {
-					offeredTo[n] = o.To
-				}
+			if to, ok := st.offeredTo(ip); ok {
+				offers = append(offers, offer{n, to})
 			}
 		}
 	}
+	e.claimants = claimants
 	// Take up an offer made to this node by the current owner.
-	for giver, to := range offeredTo {
-		if giver != e.self && to == e.self {
+	for _, o := range offers {
+		if o.from != e.self && o.to == e.self {
 			return true
 		}
 	}
@@ -184,25 +186,26 @@ func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bo
 	case 1:
 		return claimants[0] == e.self
 	}
-	for giver, to := range offeredTo {
-		if slices.Contains(claimants, to) && slices.Contains(claimants, giver) {
-			return to == e.self
+	for _, o := range offers {
+		if slices.Contains(claimants, o.to) {
+			return o.to == e.self
 		}
 	}
 	return rendezvousWinner(ip, claimants) == e.self
 }
 
-// eligible lists, sorted, the alive candidates that have a link to answer for ip on.
+// eligible lists the alive candidates that have a link to answer for ip, in the candidates' order
+// (sorted: SetIPs sorts them). The slice is reused by the next call.
 func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
-	var out []string
+	out := e.eligibleBuf[:0]
 	for _, n := range pol.Candidates {
 		m, alive := r.Members[n]
 		if alive && canAnswer(m.State.Links, ip, pol.Interfaces) {
 			out = append(out, n)
 		}
 	}
-	sort.Strings(out)
-	return slices.Compact(out)
+	e.eligibleBuf = out
+	return out
 }
 
 // offerOne offers one IP to the least loaded eligible node if this node holds at least two more.
@@ -214,10 +217,17 @@ func (e *Election) offerOne(r Round) {
 		}
 	}
 	mine := len(e.owned)
+	underloaded := false
+	for n, l := range load {
+		underloaded = underloaded || (mine-l >= 2 && r.Now.Sub(r.Members[n].AliveSince) >= e.timing.RebalanceAfter)
+	}
+	if !underloaded {
+		return
+	}
 	var bestIP netip.Addr
 	bestTo := ""
 	for _, ip := range e.Owned() {
-		for _, n := range e.eligible(r, ip, r.IPs[ip]) {
+		for _, n := range slices.Clone(e.eligible(r, ip, r.IPs[ip])) {
 			if n == e.self || r.Now.Sub(r.Members[n].AliveSince) < e.timing.RebalanceAfter || mine-load[n] < 2 {
 				continue
 			}

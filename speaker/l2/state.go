@@ -12,8 +12,37 @@ import (
 // NodeStates, so they agree without asking the API server.
 type NodeState struct {
 	Links  []Link
-	Owned  []netip.Addr
-	Offers []Offer
+	Owned  []netip.Addr // sorted
+	Offers []Offer      // sorted by IP
+
+	ownedSet map[netip.Addr]struct{} // index of Owned, built once per received state
+}
+
+// indexed returns s with a set of its owned IPs, for the many owns calls of each round.
+func (s NodeState) indexed() NodeState {
+	s.ownedSet = make(map[netip.Addr]struct{}, len(s.Owned))
+	for _, ip := range s.Owned {
+		s.ownedSet[ip] = struct{}{}
+	}
+	return s
+}
+
+// owns reports whether the state claims ip.
+func (s NodeState) owns(ip netip.Addr) bool {
+	if s.ownedSet != nil {
+		_, ok := s.ownedSet[ip]
+		return ok
+	}
+	_, ok := slices.BinarySearchFunc(s.Owned, ip, netip.Addr.Compare)
+	return ok
+}
+
+// offeredTo returns the node an owned ip is being handed to.
+func (s NodeState) offeredTo(ip netip.Addr) (string, bool) {
+	if i, ok := slices.BinarySearchFunc(s.Offers, ip, func(o Offer, ip netip.Addr) int { return o.IP.Compare(ip) }); ok {
+		return s.Offers[i].To, true
+	}
+	return "", false
 }
 
 // Link is a usable interface: up, ARP-capable, not enslaved to a bridge or bond.
