@@ -54,9 +54,6 @@ type Speaker struct {
 	statusFns  []func(*v1beta1.SpeakerStatusStatus)
 	kick       chan struct{}
 	statusKick chan struct{}
-
-	mu       sync.Mutex
-	snapshot *Snapshot
 }
 
 // Scheme knows the core kinds and herald.io/v1beta1.
@@ -186,21 +183,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 				s.cfg.Logger.Error("speaker: cannot build snapshot", "err", err)
 				continue
 			}
-			s.mu.Lock()
-			s.snapshot = snap
-			s.mu.Unlock()
 			for _, a := range s.announcers {
 				a.Apply(snap)
 			}
 		}
 	}
-}
-
-// Snapshot returns the last snapshot applied (nil before the first).
-func (s *Speaker) Snapshot() *Snapshot {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.snapshot
 }
 
 func (s *Speaker) buildSnapshot(ctx context.Context) (*Snapshot, error) {
@@ -236,7 +223,7 @@ func (s *Speaker) buildSnapshot(ctx context.Context) (*Snapshot, error) {
 	for i := range nodes.Items {
 		snap.Nodes[nodes.Items[i].Name] = &nodes.Items[i]
 	}
-	// Pools being deleted still announce their addresses until the controller moves them.
+	// Oldest pool first: where pools overlap, the older one holds the address (as for the controller).
 	slices.SortFunc(snap.Pools, func(a, b *v1beta1.IPAddressPool) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
 	snap.IPs = serviceIPs(ptrs(services.Items), snap.Pools, s.cfg.LBClass)
 	return snap, nil
