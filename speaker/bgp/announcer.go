@@ -66,7 +66,7 @@ func NewAnnouncer(opts Options) *Announcer {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Announcer{
+	a := &Announcer{
 		opts:   opts,
 		log:    log.With("component", "bgp"),
 		peers:  map[string]Peer{},
@@ -74,6 +74,41 @@ func NewAnnouncer(opts Options) *Announcer {
 		routes: map[string]map[netip.Prefix]string{},
 		paths:  map[netip.Prefix]int{},
 		events: newSessionEvents(),
+	}
+	a.events.onDown = a.renewBFDSession
+	return a
+}
+
+// renewBFDSession replaces the GoBGP neighbor of a BFD peer whose session just went down.
+//
+// GoBGP v4.8.0's BFD does not recover from a failure against BIRD on its own: BIRD starts a new
+// BFD session (new discriminator) whenever its BGP session drops, GoBGP's BFD peer, still bound to
+// the old discriminator, drops BIRD's packets and expires, and the reset it then asks for is
+// queued in the idle session and tears down the next one as soon as it is established; BIRD
+// renews its BFD session again, and so on (seen in TestBFDDetectsFrozenSpeaker). A fresh neighbor
+// has a fresh BFD peer and no queued reset, so the session comes back at the next connection.
+func (a *Announcer) renewBFDSession(addr netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.srv == nil {
+		return
+	}
+	for _, p := range a.peers {
+		if p.Address != addr || p.BFD == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := a.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+			a.log.Error("renewing the session after BFD", "peer", p.Name, "err", err)
+			return
+		}
+		if err := a.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+			// The next Apply retries: the peer is no longer configured.
+			delete(a.peers, p.Name)
+			a.log.Error("renewing the session after BFD", "peer", p.Name, "err", err)
+		}
+		return
 	}
 }
 

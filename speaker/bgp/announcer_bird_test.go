@@ -364,6 +364,32 @@ func TestBFDDetectsFrozenSpeaker(t *testing.T) {
 	if took > time.Second {
 		t.Errorf("BIRD dropped the frozen speaker's routes after %v: that is not BFD (detection 300 ms)", took)
 	}
+
+	// Thawed, the speaker's session comes back; then the node is cut off silently (frames dropped,
+	// carrier up): BFD again.
+	if err := a.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, prefix, 1, 20*time.Second)
+	waitStatus(t, a, "r", 10*time.Second, func(s bgp.PeerStatus) bool { return s.BFD == "Up" })
+	start = time.Now()
+	if err := topo.DropFrames(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, prefix, 0, 3*time.Second)
+	took = time.Since(start)
+	t.Logf("routes gone from BIRD %v after the node was cut off silently", took)
+	if took > time.Second {
+		t.Errorf("BIRD dropped the cut-off node's routes after %v: that is not BFD (detection 300 ms)", took)
+	}
+	st := waitStatus(t, a, "r", 5*time.Second, func(s bgp.PeerStatus) bool { return !s.Established })
+	if !strings.Contains(st.Reason, "BFD detected") || st.BFD == "Up" {
+		t.Errorf("the node's own view of the cut: %+v", st)
+	}
+	if err := topo.RestoreFrames(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, topo, prefix, 1, 20*time.Second)
 }
 
 func TestChangingOnePeerKeepsTheOthers(t *testing.T) {

@@ -65,19 +65,21 @@ func TestNotEstablishedReason(t *testing.T) {
 	p := Peer{MyASN: 64512, ASN: 64500, Address: netip.MustParseAddr("10.0.0.1")}
 	md5 := p
 	md5.Password = "x"
+	withBFD := p
+	withBFD.BFD = &BFD{DetectMultiplier: 3}
 	for _, c := range []struct {
 		peer Peer
 		h    sessionHistory
 		want string
 	}{
+		{withBFD, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_NOTIFICATION_SENT, message: "notification-sent code 6(cease) subcode 4(administrative reset)"}, "BFD detected"},
 		{p, sessionHistory{}, "no TCP connection to 10.0.0.1:179"},
 		{md5, sessionHistory{}, "check the password"},
 		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_BAD_PEER_AS}, "wrong ASN"},
 		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_NOTIFICATION_RECEIVED, message: "notification-received code open subcode bad peer AS"}, "wrong ASN"},
 		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_HOLD_TIMER_EXPIRED}, "hold timer expired"},
-		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_HARD_RESET, message: "BFD is down"}, "BFD"},
 	} {
-		if got := notEstablishedReason(c.peer, c.h); !strings.Contains(got, c.want) {
+		if got := notEstablishedReason(c.peer, c.h, "Down"); !strings.Contains(got, c.want) {
 			t.Errorf("reason(%+v) = %q, want it to say %q", c.h, got, c.want)
 		}
 	}

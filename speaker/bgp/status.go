@@ -69,7 +69,7 @@ func (a *Announcer) Status(ctx context.Context) ([]PeerStatus, error) {
 			}
 		}
 		if !st.Established {
-			st.Reason = notEstablishedReason(p, a.events.last(p.Address))
+			st.Reason = notEstablishedReason(p, a.events.last(p.Address), st.BFD)
 		}
 		out = append(out, st)
 	}
@@ -109,14 +109,15 @@ func bfdStateName(s api.BfdSessionState) string {
 // sessionHistory is what the announcer saw of one session since it was configured.
 type sessionHistory struct {
 	// opened is true once the TCP connection came up (the FSM reached OpenSent or OpenConfirm).
-	opened bool
+	opened      bool
+	established bool
 	// reason and message describe the last time the session went down.
 	reason  api.PeerState_DisconnectReason
 	message string
 }
 
-// notEstablishedReason explains a session that is not Established.
-func notEstablishedReason(p Peer, h sessionHistory) string {
+// notEstablishedReason explains a session that is not Established; bfd is its BFD state.
+func notEstablishedReason(p Peer, h sessionHistory, bfd string) string {
 	port := p.Port
 	if port == 0 {
 		port = 179
@@ -127,8 +128,9 @@ func notEstablishedReason(p Peer, h sessionHistory) string {
 	case h.reason == api.PeerState_DISCONNECT_REASON_BAD_PEER_AS || strings.Contains(msg, "bad peer as"):
 		return fmt.Sprintf("wrong ASN: the router at %s does not use peerASN %d, or does not expect this node as myASN %d (%s)",
 			target, p.ASN, p.MyASN, h.message)
-	case h.reason == api.PeerState_DISCONNECT_REASON_HARD_RESET && strings.Contains(msg, "bfd"):
-		return fmt.Sprintf("BFD detected the path to %s down; the session is reconnecting", target)
+	case p.BFD != nil && bfd != "Up" && (strings.Contains(msg, "bfd") || strings.Contains(msg, "administrative reset")):
+		// GoBGP resets a session whose BFD session failed with an administrative reset.
+		return fmt.Sprintf("BFD detected the path to %s down (or the router's BFD stopped); the session reconnects once BFD packets flow again", target)
 	case h.reason == api.PeerState_DISCONNECT_REASON_HOLD_TIMER_EXPIRED:
 		return fmt.Sprintf("hold timer expired: the router at %s stopped answering", target)
 	case h.reason == api.PeerState_DISCONNECT_REASON_NOTIFICATION_RECEIVED:
@@ -153,6 +155,8 @@ type sessionEvents struct {
 	mu      sync.Mutex
 	history map[netip.Addr]sessionHistory
 	changed chan struct{}
+	// onDown is called (on a goroutine of its own) when an established session goes down.
+	onDown func(netip.Addr)
 }
 
 func newSessionEvents() *sessionEvents {
@@ -170,11 +174,19 @@ func (e *sessionEvents) record(ev *apiutil.WatchEventMessage_PeerEvent, _ time.T
 	case gobgp.BGP_FSM_OPENSENT, gobgp.BGP_FSM_OPENCONFIRM, gobgp.BGP_FSM_ESTABLISHED:
 		h.opened = true
 	}
-	if st.DisconnectReason != api.PeerState_DISCONNECT_REASON_UNSPECIFIED {
+	// An idle timer expiring says nothing about why the session went down: keep the cause.
+	if st.DisconnectReason != api.PeerState_DISCONNECT_REASON_UNSPECIFIED &&
+		st.DisconnectReason != api.PeerState_DISCONNECT_REASON_IDLE_TIMER_EXPIRED {
 		h.reason, h.message = st.DisconnectReason, st.DisconnectMessage
 	}
+	wentDown := h.established && st.SessionState != gobgp.BGP_FSM_ESTABLISHED
+	h.established = st.SessionState == gobgp.BGP_FSM_ESTABLISHED
 	e.history[st.NeighborAddress] = h
+	onDown := e.onDown
 	e.mu.Unlock()
+	if wentDown && onDown != nil {
+		go onDown(st.NeighborAddress)
+	}
 	select {
 	case e.changed <- struct{}{}:
 	default:

@@ -52,7 +52,11 @@ func RunAgentIfAsked() {
 }
 
 func runAgent() int {
-	opts := bgp.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	level := slog.LevelInfo
+	if os.Getenv("HERALD_BGPT_DEBUG") == "1" {
+		level = slog.LevelDebug
+	}
+	opts := bgp.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	if os.Getenv(agentListenEnv) == "0" {
 		opts.ListenPort = -1
 	}

@@ -105,6 +105,12 @@ func (t *Topology) build(ctx context.Context) error {
 		"link set lo up",
 		"link add br0 type bridge",
 		"link set br0 up",
+		// A port that never goes away keeps the bridge's carrier up when a node's port is
+		// disabled (DropFrames), so the router notices nothing but the missing frames.
+		"link add keep0 type veth peer name keep1",
+		"link set keep1 up",
+		"link set keep0 master br0",
+		"link set keep0 up",
 		"addr add "+t.Router.IPv4.String()+"/24 dev br0",
 		"addr add "+t.Router.IPv6.String()+"/64 dev br0 nodad",
 	); err != nil {
@@ -204,3 +210,14 @@ func Exec(ctx context.Context, h Host, argv ...string) ([]byte, error) {
 
 // LogPath is where a host's process logs.
 func (t *Topology) LogPath(h Host) string { return filepath.Join(t.Dir, h.Name+".log") }
+
+// DropFrames makes the segment silently drop every frame from and to node i (0-based) while its
+// carrier stays up (its bridge port goes to the disabled STP state): a node that dies silently.
+func (t *Topology) DropFrames(ctx context.Context, i int) error {
+	return run(ctx, "bridge", "-n", t.Router.Netns, "link", "set", "dev", fmt.Sprintf("p%d", i+1), "state", "0")
+}
+
+// RestoreFrames undoes DropFrames.
+func (t *Topology) RestoreFrames(ctx context.Context, i int) error {
+	return run(ctx, "bridge", "-n", t.Router.Netns, "link", "set", "dev", fmt.Sprintf("p%d", i+1), "state", "3")
+}
