@@ -197,6 +197,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := errors.Join(startErr, res.err); err != nil {
 		return l, err
 	}
+	// The contract's place for the kubeconfig: $HERALD_LAB_DIR/kubeconfig.
+	kc, err := os.ReadFile(res.cp.Kubeconfig)
+	if err != nil {
+		return l, err
+	}
+	if err := os.WriteFile(l.Kubeconfig(), kc, 0o600); err != nil {
+		return l, err
+	}
 	if err := l.save(); err != nil {
 		return l, err
 	}
@@ -358,7 +366,7 @@ func (l *Lab) Nodes() []*Host { return l.Topology.HostsOf(KindNode) }
 func (l *Lab) Pods() []*Host { return l.Topology.HostsOf(KindPod) }
 
 // Kubeconfig is the path of the admin kubeconfig (its server is reachable only from lab hosts).
-func (l *Lab) Kubeconfig() string { return l.ControlPlane.Kubeconfig }
+func (l *Lab) Kubeconfig() string { return filepath.Join(l.Dir, "kubeconfig") }
 
 // RESTConfig returns an admin client configuration whose connections are opened inside the control
 // plane's namespace, for Go programs in the machine's own namespace.
