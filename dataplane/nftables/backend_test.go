@@ -124,10 +124,10 @@ func TestRulesForEveryFeature(t *testing.T) {
 		"add element inet herald masq-ips4 { 192.0.2.10 . tcp . 80 }",
 		"add element inet herald masq-nodeports { tcp . 30080 }",
 		// affinity first, then random choice recording the client
-		"add rule inet herald svc4-ns/web/tcp/http ip saddr @aff4-ns/web/tcp/http__10.1.0.1:8080 meta l4proto tcp dnat ip to 10.1.0.1:8080",
-		"add rule inet herald svc4-ns/web/tcp/http numgen random mod 2 0 update @aff4-ns/web/tcp/http__10.1.0.1:8080 { ip saddr } meta l4proto tcp dnat ip to 10.1.0.1:8080",
-		"add rule inet herald svc4-ns/web/tcp/http update @aff4-ns/web/tcp/http__10.2.0.1:8080 { ip saddr } meta l4proto tcp dnat ip to 10.2.0.1:8080",
-		"add set inet herald aff4-ns/web/tcp/http__10.1.0.1:8080 { type ipv4_addr ; flags dynamic,timeout ; timeout 30s ; }",
+		"add rule inet herald svc4-ns/web/tcp/http ip saddr @aff4-ns/web/tcp/http__10.1.0.1_8080 meta l4proto tcp dnat ip to 10.1.0.1:8080",
+		"add rule inet herald svc4-ns/web/tcp/http numgen random mod 2 0 update @aff4-ns/web/tcp/http__10.1.0.1_8080 { ip saddr } meta l4proto tcp dnat ip to 10.1.0.1:8080",
+		"add rule inet herald svc4-ns/web/tcp/http update @aff4-ns/web/tcp/http__10.2.0.1_8080 { ip saddr } meta l4proto tcp dnat ip to 10.2.0.1:8080",
+		"add set inet herald aff4-ns/web/tcp/http__10.1.0.1_8080 { type ipv4_addr ; flags dynamic,timeout ; timeout 30s ; }",
 		// source ranges
 		"add element inet herald firewall-ips4 { 192.0.2.10 . tcp . 80 : goto fw4-ns/web/tcp/http }",
 		"add rule inet herald fw4-ns/web/tcp/http ip saddr 203.0.113.0/24 return",

@@ -96,8 +96,11 @@ func chainName(kind string, f family, p *dataplane.ServicePort) string {
 	return kind + f.suffix + "-" + p.Name.String()
 }
 
+// affinitySetName names an endpoint's affinity set; nft does not accept ':' in names, so an
+// address's colons (IPv6) and the port separator become '_'.
 func affinitySetName(f family, p *dataplane.ServicePort, ep dataplane.Endpoint) string {
-	return setPrefixAffinity + f.suffix + "-" + p.Name.String() + "__" + ep.AddrPort().String()
+	addr := strings.ReplaceAll(ep.Addr.String(), ":", "_")
+	return setPrefixAffinity + f.suffix + "-" + p.Name.String() + "__" + addr + "_" + port(ep.Port)
 }
 
 func key(parts ...string) string { return strings.Join(parts, " . ") }

@@ -6,14 +6,20 @@ import (
 
 // The fixed part of the table. Packet path:
 //
-//	prerouting  filter -110: new connections to a LoadBalancer IP with source ranges
-//	                         -> firewall-ips -> fw chain (allowed ranges return, rest drop)
-//	prerouting  nat dstnat:  services: mark external Cluster-policy traffic for masquerade,
-//	output      nat -100     then daddr . l4proto . dport -> service-ips -> svc/ext chain (DNAT),
+//	prerouting filter -110:  new connections to a LoadBalancer IP with source ranges
+//	output     filter -110   -> firewall-ips -> fw chain (allowed ranges return, rest drop);
+//	                         to a Service without endpoints -> no-endpoint-ips /
+//	                         no-endpoint-nodeports -> reject (or drop)
+//	prerouting nat dstnat:   services: mark external Cluster-policy traffic for masquerade,
+//	output     nat -100      then daddr . l4proto . dport -> service-ips -> svc/ext chain (DNAT),
 //	                         NodePorts on local addresses -> service-nodeports
-//	input/forward/output filter -110: new connections to a Service without endpoints ->
-//	                         no-endpoint-ips / no-endpoint-nodeports -> reject (or drop)
 //	postrouting nat srcnat:  masquerade marked packets and hairpin connections
+//
+// Rejecting happens in prerouting, before the routing decision, not in forward: a client on the
+// node's own segment whose packet would be routed back out the same interface makes the kernel
+// send an ICMP redirect first, and that redirect uses up the per-host ICMP rate-limit token, so
+// a reject from the forward hook never reaches the client (seen in the packet test). Reject in
+// prerouting needs Linux >= 5.11.
 func addBaseRuleset(tx *knftables.Transaction) {
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("Herald service proxy")})
 
@@ -71,11 +77,10 @@ func addBaseRuleset(tx *knftables.Transaction) {
 		"meta mark set meta mark ^ "+masqueradeMark,
 		"masquerade fully-random")
 
-	base("filter-prerouting", knftables.FilterType, knftables.PreroutingHook, "-110", "ct state new jump firewall-check")
-	base("filter-input", knftables.FilterType, knftables.InputHook, "-110", "ct state new jump endpoints-check")
-	base("filter-forward", knftables.FilterType, knftables.ForwardHook, "-110", "ct state new jump endpoints-check")
-	base("filter-output", knftables.FilterType, knftables.OutputHook, "-110",
-		"ct state new jump endpoints-check", "ct state new jump firewall-check")
+	for _, hook := range []knftables.BaseChainHook{knftables.PreroutingHook, knftables.OutputHook} {
+		base("filter-"+string(hook), knftables.FilterType, hook, "-110",
+			"ct state new jump firewall-check", "ct state new jump endpoints-check")
+	}
 	base("nat-prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, "jump services")
 	base("nat-output", knftables.NATType, knftables.OutputHook, "-100", "jump services")
 	base("nat-postrouting", knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, "jump masquerading")
