@@ -1,19 +1,11 @@
-// Package labtest holds the lab's own end-to-end scenarios: one lab (its own directory and the
-// namespace prefix herald-lt-, never the user's demo lab) is built for the package, the scenarios
-// run against it, and it is removed at the end.
-//
-// They need root, BIRD (bird2), arping, ndisc6 and the Kubernetes binaries from hack/k8s-bins.sh;
-// without them they skip with the reason, or fail when HERALD_REQUIRE_REAL=1. The Herald controller
-// and speaker are taken from $HERALD_BIN_DIR when set, else built from ./cmd.
+// Package labtest holds the lab's own end-to-end scenarios, run against one lab built for the
+// package (prefix herald-lt-) by labsuite: see there for prerequisites and skipping.
 package labtest
 
 import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,132 +19,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/lab"
+	"github.com/heraldlb/herald/e2e/lab/labsuite"
 )
 
-const prefix = "herald-lt-"
-
-var (
-	theLab *lab.Lab
-	// missing says why the lab could not be built for lack of a prerequisite (skip, or fail
-	// under HERALD_REQUIRE_REAL=1); labErr is a real failure to build it.
-	missing string
-	labErr  error
-)
-
-func TestMain(m *testing.M) {
-	lab.RunBackendIfAsked() // the lab runs this test binary as its backend pods
-	os.Exit(runWithLab(m))
-}
-
-func runWithLab(m *testing.M) int {
-	missing = prerequisites()
-	if missing != "" {
-		return m.Run()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	root := repoRoot()
-	dir, err := os.MkdirTemp("", "herald-labtest-")
-	if err != nil {
-		labErr = err
-		return m.Run()
-	}
-	defer os.RemoveAll(dir)
-	binDir, err := heraldBinaries(ctx, root, filepath.Join(dir, "bin"))
-	if err != nil {
-		labErr = err
-		return m.Run()
-	}
-	labDir := filepath.Join(dir, "lab")
-	began := time.Now()
-	theLab, labErr = lab.Up(ctx, lab.Config{
-		Dir: labDir, Prefix: prefix, BinDir: binDir, CRDDir: filepath.Join(root, "config", "crd"),
-	})
-	fmt.Printf("labtest: lab up in %s (err: %v)\n", time.Since(began).Round(time.Millisecond), labErr)
-	code := m.Run()
-	if code != 0 && theLab != nil {
-		dumpLogs(labDir)
-	}
-	began = time.Now()
-	if err := lab.Down(context.Background(), labDir, prefix); err != nil {
-		fmt.Fprintln(os.Stderr, "labtest: lab down:", err)
-		code = 1
-	}
-	fmt.Printf("labtest: lab down in %s\n", time.Since(began).Round(time.Millisecond))
-	return code
-}
-
-func prerequisites() string {
-	if os.Geteuid() != 0 {
-		return "the lab needs root (network namespaces)"
-	}
-	for _, tool := range []string{"ip", "bridge", "bird", "birdc", "arping", "ndisc6"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " not installed (apt-get install iproute2 bird2 arping ndisc6)"
-		}
-	}
-	if _, err := controlplane.CachedBinaries(); err != nil {
-		return err.Error()
-	}
-	return ""
-}
-
-// heraldBinaries returns the directory holding controller and speaker: $HERALD_BIN_DIR, or out with
-// whichever of ./cmd/controller and ./cmd/speaker exist built into it.
-func heraldBinaries(ctx context.Context, root, out string) (string, error) {
-	if d := os.Getenv("HERALD_BIN_DIR"); d != "" {
-		return d, nil
-	}
-	for _, name := range []string{"controller", "speaker"} {
-		if _, err := os.Stat(filepath.Join(root, "cmd", name)); err != nil {
-			continue
-		}
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(out, name), "./cmd/"+name)
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("building %s: %v\n%s", name, err, b)
-		}
-	}
-	return out, nil
-}
-
-func repoRoot() string {
-	wd, _ := os.Getwd()
-	for d := wd; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-	}
-	return wd
-}
-
-func dumpLogs(dir string) {
-	files, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
-	more, _ := filepath.Glob(filepath.Join(dir, "cp", "*.log"))
-	for _, f := range append(files, more...) {
-		b, _ := os.ReadFile(f)
-		if len(b) > 3000 {
-			b = b[len(b)-3000:]
-		}
-		fmt.Printf("----- %s (tail)\n%s\n", f, b)
-	}
-}
+func TestMain(m *testing.M) { labsuite.Main(m, "herald-lt-") }
 
 // needLab returns the package's lab, or skips/fails the test with the reason there is none.
-func needLab(t *testing.T) *lab.Lab {
-	t.Helper()
-	switch {
-	case missing != "" && os.Getenv("HERALD_REQUIRE_REAL") == "1":
-		t.Fatalf("prerequisite missing and HERALD_REQUIRE_REAL=1: %s", missing)
-	case missing != "":
-		t.Skipf("skipped: %s (set HERALD_REQUIRE_REAL=1 to make this a failure)", missing)
-	case labErr != nil:
-		t.Fatalf("lab up: %v", labErr)
-	}
-	return theLab
-}
+func needLab(t *testing.T) *lab.Lab { return labsuite.Lab(t) }
 
 func clientset(t *testing.T, l *lab.Lab) kubernetes.Interface {
 	t.Helper()
