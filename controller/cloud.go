@@ -4,11 +4,11 @@ import (
 	"context"
 
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/cache"
 	cloudprovider "k8s.io/cloud-provider"
 	servicecontroller "k8s.io/cloud-provider/controllers/service"
 	"k8s.io/component-base/featuregate"
 	controllersmetrics "k8s.io/component-base/metrics/prometheus/controllers"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/heraldlb/herald/controller/allocator"
 )
@@ -44,11 +44,11 @@ type heraldCloud struct {
 var _ cloudprovider.Interface = (*heraldCloud)(nil)
 
 func (h *heraldCloud) Initialize(cloudprovider.ControllerClientBuilder, <-chan struct{}) {}
-func (h *heraldCloud) LoadBalancer() (cloudprovider.LoadBalancer, bool)                { return h.lb, true }
-func (h *heraldCloud) Instances() (cloudprovider.Instances, bool)                      { return nil, false }
-func (h *heraldCloud) InstancesV2() (cloudprovider.InstancesV2, bool)                  { return nil, false }
-func (h *heraldCloud) Zones() (cloudprovider.Zones, bool)                              { return nil, false }
-func (h *heraldCloud) Clusters() (cloudprovider.Clusters, bool)                        { return nil, false }
-func (h *heraldCloud) Routes() (cloudprovider.Routes, bool)                            { return nil, false }
-func (h *heraldCloud) ProviderName() string                                            { return "herald" }
-func (h *heraldCloud) HasClusterID() bool                                              { return true }
+func (h *heraldCloud) LoadBalancer() (cloudprovider.LoadBalancer, bool)                  { return h.lb, true }
+func (h *heraldCloud) Instances() (cloudprovider.Instances, bool)                        { return nil, false }
+func (h *heraldCloud) InstancesV2() (cloudprovider.InstancesV2, bool)                    { return nil, false }
+func (h *heraldCloud) Zones() (cloudprovider.Zones, bool)                                { return nil, false }
+func (h *heraldCloud) Clusters() (cloudprovider.Clusters, bool)                          { return nil, false }
+func (h *heraldCloud) Routes() (cloudprovider.Routes, bool)                              { return nil, false }
+func (h *heraldCloud) ProviderName() string                                              { return "herald" }
+func (h *heraldCloud) HasClusterID() bool                                                { return true }
