@@ -17,6 +17,9 @@ import (
 // K8sVersion is the version of the binaries hack/k8s-bins.sh builds.
 const K8sVersion = "v1.34.4"
 
+// ServiceCIDRs are the apiserver's ClusterIP ranges (room for 10,000s of Services, both families).
+const ServiceCIDRs = "10.96.0.0/12,fd00:10:96::/108"
+
 // API is a running apiserver.
 type API struct {
 	// Config is an admin client configuration.
@@ -51,6 +54,9 @@ func Start(t testing.TB) API {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd")},
 		ErrorIfCRDPathMissing: true,
 	}
+	// Wide, dual-stack Service ranges: envtest's default /24 runs out at 256 Services, and dual-stack
+	// Services (ipFamilyPolicy RequireDualStack) need an IPv6 range.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", ServiceCIDRs)
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("starting kube-apiserver and etcd from %s: %v", assets, err)
