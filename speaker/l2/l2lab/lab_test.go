@@ -313,17 +313,17 @@ func TestReplayAndForgeryChangeNothing(t *testing.T) {
 }
 
 // TestRebalance: a node that joins late receives IPs through planned handovers, without a round
-// in which nobody or two nodes answer.
+// in which nobody answers, until 30 IPs are spread 5 to 15 per node.
 func TestRebalance(t *testing.T) {
 	var ips []netip.Addr
-	for i := range 6 {
+	for i := range 30 {
 		ips = append(ips, ServiceIPv4(10+i))
 	}
 	l := up(t, policies([]string{"n1", "n2", "n3"}, ips...), "--rebalance-after", "2s")
 	if err := l.Kill("n3"); err != nil {
 		t.Fatal(err)
 	}
-	p, err := l.StartProber(ips, 5*time.Millisecond)
+	p, err := l.StartProber(ips, 20*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,17 +337,31 @@ func TestRebalance(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	if !WaitFor(10*time.Second, func() bool {
-		count := 0
+	loads := func() map[string]int {
+		out := map[string]int{}
 		for _, ip := range ips {
-			if macs := p.MACsSince(ip, time.Now().Add(-50*time.Millisecond)); len(macs) == 1 && macs[0] == l.Node("n3").MAC.String() {
-				count++
+			if macs := p.MACsSince(ip, time.Now().Add(-100*time.Millisecond)); len(macs) == 1 {
+				hw, _ := net.ParseMAC(macs[0])
+				if n := l.NodeByMAC(hw); n != nil {
+					out[n.Name]++
+				}
 			}
 		}
-		return count >= 1
-	}) {
-		t.Fatal("n3 received no IP through rebalancing")
+		return out
 	}
+	spread := func() bool {
+		lo := loads()
+		for _, n := range l.Nodes {
+			if lo[n.Name] < 5 || lo[n.Name] > 15 {
+				return false
+			}
+		}
+		return true
+	}
+	if !WaitFor(30*time.Second, spread) {
+		t.Fatalf("30 IPs on 3 nodes are spread %v after n3 returned, want 5..15 each", loads())
+	}
+	t.Logf("spread %v %v after n3 returned", loads(), time.Since(t0).Round(time.Millisecond))
 	time.Sleep(3 * time.Second)
 	// Every round got an answer for every IP after n3 came back.
 	rounds := map[netip.Addr]map[int]bool{}
@@ -378,8 +392,15 @@ func TestRebalance(t *testing.T) {
 			t.Errorf("%s went unanswered in %d of %d rounds during rebalancing", ip, missed, maxRound-minRound)
 		}
 	}
-	if d := p.DoubleAnswers(); len(d) > 1 {
-		t.Errorf("two MACs answered in one round more than once: %v", d)
+	// A planned handover overlaps by about one message delay (no window without an answer), so a
+	// round may catch both the giver and n3; never two others, and at most once per IP.
+	n3 := l.Node("n3").MAC.String()
+	seen := map[netip.Addr]bool{}
+	for _, d := range p.DoubleAnswers() {
+		if (d.First != n3 && d.Too != n3) || seen[d.IP] {
+			t.Errorf("two MACs answered in one round outside a handover to n3: %v", d)
+		}
+		seen[d.IP] = true
 	}
 }
 

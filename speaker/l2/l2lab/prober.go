@@ -142,22 +142,34 @@ func (p *Prober) FirstReplyAfter(ip netip.Addr, t time.Time, not net.HardwareAdd
 	return Reply{}, false
 }
 
+// Double is a round in which two different MACs answered for one IP.
+type Double struct {
+	IP         netip.Addr
+	Round      int
+	First, Too string // the MACs, in the order they answered
+	At         time.Time
+}
+
+func (d Double) String() string {
+	return d.IP.String() + " answered by " + d.First + " and " + d.Too + " at " + d.At.Format("15:04:05.000")
+}
+
 // DoubleAnswers lists rounds in which two different MACs answered for the same IP.
-func (p *Prober) DoubleAnswers() []string {
+func (p *Prober) DoubleAnswers() []Double {
 	type key struct {
 		round int
 		ip    netip.Addr
 	}
 	first := map[key]string{}
 	reported := map[key]bool{}
-	var out []string
+	var out []Double
 	for _, r := range p.Replies() {
 		k := key{r.Round, r.IP}
 		if m, ok := first[k]; !ok {
 			first[k] = r.MAC.String()
 		} else if m != r.MAC.String() && !reported[k] {
 			reported[k] = true
-			out = append(out, r.IP.String()+" answered by "+m+" and "+r.MAC.String()+" at "+r.At.Format("15:04:05.000"))
+			out = append(out, Double{IP: r.IP, Round: r.Round, First: m, Too: r.MAC.String(), At: r.At})
 		}
 	}
 	return out
