@@ -137,6 +137,7 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 	n.step("Create a LoadBalancer Service with three backends",
 		"Service demo/web, port 80, and its endpoints: one backend pod behind each node. (The lab",
 		"has no kubelet, so it writes the EndpointSlices itself; Herald reads them as usual.)")
+	created := time.Now()
 	svc, err := l.CreateBackendService(ctx, client, lab.LoadBalancerService(demoNamespace, demoService), l.Pods())
 	if err != nil {
 		return err
@@ -151,13 +152,14 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 		n.say("NOT THERE YET: bin/controller is not built, so EXTERNAL-IP stays <pending>.")
 		return finish(n)
 	}
-	ips, took, err := waitForIngress(ctx, client, svc, 30*time.Second)
+	ips, err := waitForIngress(ctx, client, svc, 30*time.Second)
+	took := time.Since(created)
 	_ = run(ctx, n, l, "kubectl", "get", "svc", "-n", demoNamespace, "-o", "wide")
 	if err != nil {
 		_ = run(ctx, n, l, "kubectl", "describe", "svc", "-n", demoNamespace, demoService)
 		return fmt.Errorf("the controller runs but gave the Service no IP: %w", err)
 	}
-	n.say("Service IPs %v, %s after the Service was created.", ips, took.Round(time.Millisecond))
+	n.say("Service IPs %v, seen %s after the Service was created.", ips, took.Round(time.Millisecond))
 	n.wait()
 
 	ip4 := firstOf(ips, true)
@@ -312,7 +314,7 @@ func indent(s string) string {
 	return b.String()
 }
 
-func waitForIngress(ctx context.Context, c kubernetes.Interface, svc *corev1.Service, timeout time.Duration) ([]netip.Addr, time.Duration, error) {
+func waitForIngress(ctx context.Context, c kubernetes.Interface, svc *corev1.Service, timeout time.Duration) ([]netip.Addr, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		got, err := c.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
@@ -323,10 +325,10 @@ func waitForIngress(ctx context.Context, c kubernetes.Interface, svc *corev1.Ser
 					ips = append(ips, a)
 				}
 			}
-			return ips, time.Since(svc.CreationTimestamp.Time), nil
+			return ips, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, 0, errors.New("no status.loadBalancer.ingress after " + timeout.String())
+			return nil, errors.New("no status.loadBalancer.ingress after " + timeout.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
