@@ -344,3 +344,65 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 		return err == nil && len(routes) == 0, fmt.Sprint(protocols(routes), err)
 	})
 }
+
+// TestLocalTrafficPolicyFollowsEndpoints: with externalTrafficPolicy Local only nodes holding a
+// ready endpoint advertise the Service, and a node withdraws when its last endpoint goes.
+func TestLocalTrafficPolicyFollowsEndpoints(t *testing.T) {
+	l := needLab(t)
+	ctx := context.Background()
+	rc, err := l.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamic.NewForConfigOrDie(rc)
+	c := kubernetes.NewForConfigOrDie(rc)
+	router := l.Topology.Host(lab.HostRouter)
+	create(t, dyn, "bgppeers", "BGPPeer", "local-v4", map[string]any{
+		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
+	})
+	create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp-local", map[string]any{"addresses": []any{"10.79.0.128/25"}})
+	create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp-local", map[string]any{"ipAddressPools": []any{"bgp-local"}})
+
+	ip := netip.MustParseAddr("10.79.0.200")
+	svc := lab.LoadBalancerService("bgp-e2e-local", "web")
+	svc.Spec.IPFamilyPolicy = nil
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	svc.Annotations = map[string]string{config.AnnotationLoadBalancerIPs: ip.String()}
+	var node1Pods, node2Pods []*lab.Host
+	for _, p := range l.Pods() {
+		switch p.Node {
+		case l.Nodes()[0].Name:
+			node1Pods = append(node1Pods, p)
+		case l.Nodes()[1].Name:
+			node2Pods = append(node2Pods, p)
+		}
+	}
+	created, err := l.CreateBackendService(ctx, c, svc, node1Pods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.CoreV1().Services(created.Namespace).Delete(context.Background(), created.Name, metav1.DeleteOptions{})
+	})
+	if _, ok := l.Processes[lab.RoleController]; !ok {
+		created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip.String()}}
+		if _, err := c.CoreV1().Services(created.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prefix := netip.PrefixFrom(ip, 32)
+	only := func(node string) func() (bool, string) {
+		return func() (bool, string) {
+			routes, err := routesOf(ctx, l, prefix)
+			_, ok := routes[node+"v4"]
+			return err == nil && len(routes) == 1 && ok, fmt.Sprint(protocols(routes), err)
+		}
+	}
+	waitFor(t, 60*time.Second, "route from node1 only", only(l.Nodes()[0].Name))
+	// The endpoints move to node2: node1 withdraws, node2 advertises.
+	if err := l.SetEndpoints(ctx, c, created, node2Pods); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 10*time.Second, "route from node2 only", only(l.Nodes()[1].Name))
+	t.Logf("route moved with the endpoints in %v", took)
+}
