@@ -42,8 +42,9 @@ type Proxy struct {
 	staleFilters []ConntrackFilter
 
 	mu       sync.Mutex
-	lastSync time.Time
-	lastErr  error
+	lastSync time.Time // end of the last successful sync
+	// oldestPending is when the oldest event not yet committed arrived (zero: none).
+	oldestPending time.Time
 }
 
 // NewProxy returns a Proxy; call Register for its informers, then Run.
@@ -74,9 +75,9 @@ func (p *Proxy) Tracker() *ChangeTracker { return p.tracker }
 func (p *Proxy) Register(services, slices, nodes EventHandlerRegistrar) error {
 	add := func(inf EventHandlerRegistrar, update, del func(any)) error {
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { update(o); p.runner.Trigger() },
-			UpdateFunc: func(_, o any) { update(o); p.runner.Trigger() },
-			DeleteFunc: func(o any) { del(o); p.runner.Trigger() },
+			AddFunc:    func(o any) { update(o); p.Trigger() },
+			UpdateFunc: func(_, o any) { update(o); p.Trigger() },
+			DeleteFunc: func(o any) { del(o); p.Trigger() },
 		})
 		if err == nil {
 			p.synced = append(p.synced, reg.HasSynced)
@@ -109,17 +110,26 @@ func (p *Proxy) Run(ctx context.Context) {
 }
 
 // Trigger asks for a sync soon (for callers that feed the tracker themselves).
-func (p *Proxy) Trigger() { p.runner.Trigger() }
+func (p *Proxy) Trigger() {
+	p.mu.Lock()
+	if p.oldestPending.IsZero() {
+		p.oldestPending = time.Now()
+	}
+	p.mu.Unlock()
+	p.runner.Trigger()
+}
 
 // SyncOnce runs one sync now, on the caller's goroutine; for tests and benchmarks that do not
 // call Run (never call both).
 func (p *Proxy) SyncOnce(ctx context.Context) error { return p.sync(ctx) }
 
-// Healthy reports whether the last sync succeeded and when it finished; /healthz uses it.
-func (p *Proxy) Healthy() (ok bool, last time.Time) {
+// Health says whether the proxy keeps up, with kube-proxy's rule: unhealthy when a change has
+// waited longer than timeout to be committed (a failing or stuck backend); healthy while
+// starting and when idle. lastUpdated is the end of the last successful sync.
+func (p *Proxy) Health(timeout time.Duration) (healthy bool, lastUpdated time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.lastErr == nil && !p.lastSync.IsZero(), p.lastSync
+	return p.oldestPending.IsZero() || time.Since(p.oldestPending) < timeout, p.lastSync
 }
 
 func (p *Proxy) sync(ctx context.Context) error {
@@ -130,7 +140,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 		p.staleFilters = append(p.staleFilters, staleUDPFilters(c.Old, c.New)...)
 	}
 	if !p.needFull && len(p.unsynced) == 0 {
-		p.recordSync(nil)
+		p.recordSync(start)
 		return nil
 	}
 	req := SyncRequest{State: &p.state, Changed: p.unsynced, Full: p.needFull}
@@ -139,7 +149,6 @@ func (p *Proxy) sync(ctx context.Context) error {
 		err = fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
 		p.needFull = true
 		p.opts.Logger.Error("data plane sync failed; retrying with a full sync", "error", err)
-		p.recordSync(err)
 		return err
 	}
 	p.opts.Logger.Debug("data plane synced", "backend", p.opts.Backend.Name(), "full", req.Full,
@@ -155,14 +164,18 @@ func (p *Proxy) sync(ctx context.Context) error {
 	if p.opts.OnSynced != nil {
 		p.opts.OnSynced(&p.state)
 	}
-	p.recordSync(nil)
+	p.recordSync(start)
 	return nil
 }
 
-func (p *Proxy) recordSync(err error) {
+// recordSync notes a successful sync that covered every event that arrived before start.
+func (p *Proxy) recordSync(start time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.lastSync, p.lastErr = time.Now(), err
+	p.lastSync = time.Now()
+	if !p.oldestPending.After(start) {
+		p.oldestPending = time.Time{}
+	}
 }
 
 func asService(obj any) *v1.Service {

@@ -1,0 +1,199 @@
+// Package healthcheck serves what load balancers and kubelet ask a service proxy: one
+// healthCheckNodePort listener per externalTrafficPolicy: Local Service, and the proxy's own
+// /healthz and /livez (port 10256). Answers are byte for byte kube-proxy's (v1.34), so load
+// balancers configured for kube-proxy work unchanged.
+package healthcheck
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/heraldlb/herald/dataplane"
+)
+
+// ProxyHealthPort is kube-proxy's health port; Herald's data plane answers on it when it runs.
+const ProxyHealthPort = 10256
+
+// toBeDeletedTaint marks a node the cluster autoscaler is removing; /healthz then answers 503
+// so load balancers drain it first (kube-proxy does the same).
+const toBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// ProxyHealth reports whether the proxy keeps up (see dataplane.Proxy.Health).
+type ProxyHealth func() (healthy bool, lastUpdated time.Time)
+
+// ServiceServers runs the healthCheckNodePort listeners. Each answers 200 when this node has at
+// least one ready endpoint of its Service (from the shared LocalEndpoints view) and the proxy is
+// healthy, else 503.
+type ServiceServers struct {
+	node   string
+	view   *dataplane.LocalEndpoints
+	health ProxyHealth
+	listen func(port int32) (net.Listener, error)
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	servers map[types.NamespacedName]*serviceServer
+}
+
+type serviceServer struct {
+	port int32
+	srv  *http.Server
+}
+
+// NewServiceServers returns the listeners' manager; listen opens a port (nil: all addresses).
+func NewServiceServers(node string, view *dataplane.LocalEndpoints, health ProxyHealth, listen func(port int32) (net.Listener, error), log *slog.Logger) *ServiceServers {
+	if listen == nil {
+		listen = func(port int32) (net.Listener, error) { return net.Listen("tcp", ":"+strconv.Itoa(int(port))) }
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &ServiceServers{node: node, view: view, health: health, listen: listen, log: log,
+		servers: map[types.NamespacedName]*serviceServer{}}
+}
+
+// Ports lists the healthCheckNodePort of every Service in the state that has one.
+func Ports(st *dataplane.State) map[types.NamespacedName]int32 {
+	out := map[types.NamespacedName]int32{}
+	for svc, ports := range st.Services {
+		for _, p := range ports {
+			if p.HealthCheckNodePort != 0 {
+				out[svc] = p.HealthCheckNodePort
+			}
+		}
+	}
+	return out
+}
+
+// Sync opens listeners for new Services (or moved ports) and closes the ones no longer wanted.
+// A port that cannot be opened is logged and retried at the next Sync.
+func (s *ServiceServers) Sync(want map[types.NamespacedName]int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for svc, cur := range s.servers {
+		if port, ok := want[svc]; !ok || port != cur.port {
+			cur.srv.Close()
+			delete(s.servers, svc)
+		}
+	}
+	for svc, port := range want {
+		if _, ok := s.servers[svc]; ok {
+			continue
+		}
+		ln, err := s.listen(port)
+		if err != nil {
+			s.log.Error("healthCheckNodePort: cannot listen", "service", svc, "port", port, "error", err)
+			continue
+		}
+		srv := &http.Server{Handler: s.handler(svc), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		s.servers[svc] = &serviceServer{port: port, srv: srv}
+	}
+}
+
+// Close stops every listener.
+func (s *ServiceServers) Close() { s.Sync(nil) }
+
+func (s *ServiceServers) handler(svc types.NamespacedName) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		count := s.view.LocalReadyCount(svc, s.node)
+		healthy, _ := s.health()
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(count))
+		if count != 0 && healthy {
+			w.WriteHeader(http.StatusOK)
+		} else {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		// kube-proxy's body: a dedented, tab-indented literal without a trailing newline.
+		fmt.Fprintf(w, "{\n\t\"service\": {\n\t\t\"namespace\": %q,\n\t\t\"name\": %q\n\t},\n\t\"localEndpoints\": %d,\n\t\"serviceProxyHealthy\": %v\n}",
+			svc.Namespace, svc.Name, count, healthy)
+	})
+}
+
+// ProxyServer answers /healthz and /livez like kube-proxy's health server.
+type ProxyServer struct {
+	health ProxyHealth
+	// node returns this node's object (nil while unknown); /healthz is 503 for a node being
+	// deleted, so load balancers stop sending new connections before it goes.
+	node func() *v1.Node
+	now  func() time.Time
+}
+
+// NewProxyServer returns the /healthz and /livez handler.
+func NewProxyServer(health ProxyHealth, node func() *v1.Node) *ProxyServer {
+	return &ProxyServer{health: health, node: node, now: time.Now}
+}
+
+// proxyHealth is kube-proxy's JSON document.
+type proxyHealth struct {
+	LastUpdated  time.Time `json:"lastUpdated"`
+	CurrentTime  time.Time `json:"currentTime"`
+	NodeEligible *bool     `json:"nodeEligible,omitempty"`
+	Healthy      bool      `json:"healthy"`
+}
+
+// Handler serves /healthz and /livez.
+func (p *ProxyServer) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		eligible := p.nodeEligible()
+		p.write(w, &eligible)
+	})
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { p.write(w, nil) })
+	return mux
+}
+
+func (p *ProxyServer) write(w http.ResponseWriter, nodeEligible *bool) {
+	healthy, last := p.health()
+	h := proxyHealth{LastUpdated: last, CurrentTime: p.now(), NodeEligible: nodeEligible, Healthy: healthy}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if healthy && (nodeEligible == nil || *nodeEligible) {
+		// As kube-proxy: a healthy proxy reports "now" (older releases' semantics).
+		h.LastUpdated = h.CurrentTime
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	out, _ := json.Marshal(h)
+	w.Write(out)
+}
+
+func (p *ProxyServer) nodeEligible() bool {
+	n := p.node()
+	if n == nil || n.DeletionTimestamp != nil {
+		return false
+	}
+	for _, t := range n.Spec.Taints {
+		if t.Key == toBeDeletedTaint {
+			return false
+		}
+	}
+	return true
+}
+
+// Serve runs the proxy health server on addr until ctx ends.
+func (p *ProxyServer) Serve(ctx context.Context, addr string) error {
+	srv := &http.Server{Addr: addr, Handler: p.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
