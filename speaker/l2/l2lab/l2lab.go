@@ -385,3 +385,21 @@ func WaitFor(d time.Duration, cond func() bool) bool {
 	}
 	return cond()
 }
+
+// SetClientNeighbor puts ip -> mac in the client's neighbour cache, as a client that talked to the
+// IP before would have it.
+func (l *Lab) SetClientNeighbor(ip netip.Addr, mac net.HardwareAddr) error {
+	return sh("ip", "-n", l.ClientNS, "neigh", "replace", ip.String(), "lladdr", mac.String(), "dev", "eth0", "nud", "stale")
+}
+
+// ClientNeighbor returns the MAC the client's neighbour cache holds for ip ("" if none).
+func (l *Lab) ClientNeighbor(ip netip.Addr) string {
+	out, _ := exec.Command("ip", "-n", l.ClientNS, "neigh", "show", ip.String(), "dev", "eth0").Output()
+	f := strings.Fields(string(out))
+	for i := range f {
+		if f[i] == "lladdr" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	return ""
+}

@@ -199,6 +199,7 @@ func TestFailover(t *testing.T) {
 			if took > breakage.within {
 				t.Errorf("failover took %v, want under %v", took, breakage.within)
 			}
+
 			// While cut off, the old owner must have stopped answering (it lost quorum or its link).
 			time.Sleep(500 * time.Millisecond)
 			if breakage.name != "SIGKILL" && breakage.name != "SIGTERM" {
@@ -220,6 +221,38 @@ func TestFailover(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGratuitousARPUpdatesClients: a client that talked to the IP holds the old owner's MAC; the
+// new owner's gratuitous ARP corrects it without the client asking (nothing else sends ARP for
+// the IP here: no prober runs).
+func TestGratuitousARPUpdatesClients(t *testing.T) {
+	ip := ServiceIPv4(3)
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ip))
+	var old *Node
+	if !WaitFor(5*time.Second, func() bool {
+		macs, _ := l.ArpingMACs(context.Background(), ip)
+		if len(macs) != 1 {
+			return false
+		}
+		hw, _ := net.ParseMAC(macs[0])
+		old = l.NodeByMAC(hw)
+		return old != nil
+	}) {
+		t.Fatalf("%s not answered by one node", ip)
+	}
+	// arping used a raw socket: put the entry a client's own traffic would have left.
+	if err := l.SetClientNeighbor(ip, old.MAC); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := l.Kill(old.Name); err != nil {
+		t.Fatal(err)
+	}
+	if !WaitFor(2*time.Second, func() bool { mac := l.ClientNeighbor(ip); return mac != "" && mac != old.MAC.String() }) {
+		t.Fatalf("the client's neighbour cache still says %s for %s 2s after %s died: no gratuitous ARP", l.ClientNeighbor(ip), ip, old.Name)
+	}
+	t.Logf("client's cache moved to %s %v after the owner was killed", l.ClientNeighbor(ip), time.Since(t0).Round(time.Millisecond))
 }
 
 // TestLocalEndpointsMoveTheOwner: with externalTrafficPolicy Local only nodes holding an endpoint
