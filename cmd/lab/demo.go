@@ -74,6 +74,7 @@ type narrator struct {
 	pause   bool
 	in      *bufio.Reader
 	stepNum int
+	ip      netip.Addr // the Service's IPv4 once assigned, for the closing commands
 }
 
 func (n *narrator) step(title string, explain ...string) {
@@ -107,12 +108,10 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 		"kube-apiserver, three nodes each running Herald's speaker, a backend pod behind each node,",
 		"a BGP router (BIRD 2), a client on the nodes' segment and one behind the router.",
 		"Nothing is added to this machine's own network namespace.")
-	began := time.Now()
 	l, err := up(ctx, dir, prefix, args)
 	if err != nil {
 		return err
 	}
-	n.say("lab up in %s", since(began))
 	if err := run(ctx, n, l, "status"); err != nil {
 		return err
 	}
@@ -163,6 +162,7 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 	n.wait()
 
 	ip4 := firstOf(ips, true)
+	n.ip = ip4
 	n.step("The client on the segment reaches the Service",
 		"The client asks for the IP's MAC (ARP) and sends HTTP requests; each backend answers with",
 		"its name and the client address it saw.")
@@ -263,10 +263,14 @@ func bgpStep(ctx context.Context, n *narrator, l *lab.Lab, ip netip.Addr) {
 }
 
 func finish(n *narrator) error {
+	ip := "<EXTERNAL-IP>"
+	if n.ip.IsValid() {
+		ip = n.ip.String()
+	}
 	fmt.Printf("\n\033[1m==> The lab stays up. Explore it:\033[0m\n")
 	for _, c := range []string{
 		"status", "kubectl get svc -A", "kubectl get ipaddresspools,l2advertisements,bgppeers",
-		"exec client -- curl -s http://<EXTERNAL-IP>/", "exec client -- arping -c 3 -i eth0 <EXTERNAL-IP>",
+		"exec client -- curl -s http://" + ip + "/", "exec client -- arping -c 3 -i eth0 " + ip,
 		"exec router -- birdc -s " + n.dir + "/bird.ctl show route",
 	} {
 		fmt.Printf("    %s %s\n", n.self, c)
@@ -367,6 +371,3 @@ func within(ctx context.Context, d time.Duration, fn func(ctx context.Context) (
 	defer cancel()
 	return fn(ctx)
 }
-
-// since formats the time elapsed since t for the narration.
-func since(t time.Time) string { return time.Since(t).Round(time.Millisecond).String() }
