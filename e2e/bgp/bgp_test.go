@@ -406,3 +406,51 @@ func TestLocalTrafficPolicyFollowsEndpoints(t *testing.T) {
 	took := waitFor(t, 10*time.Second, "route from node2 only", only(l.Nodes()[1].Name))
 	t.Logf("route moved with the endpoints in %v", took)
 }
+
+// TestBadPeerIsReportedAndIsolated: a BGPPeer whose password Secret is missing gets an event from
+// each speaker and no session, while a good peer next to it establishes.
+func TestBadPeerIsReportedAndIsolated(t *testing.T) {
+	l := needLab(t)
+	ctx := context.Background()
+	rc, err := l.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamic.NewForConfigOrDie(rc)
+	c := kubernetes.NewForConfigOrDie(rc)
+	router := l.Topology.Host(lab.HostRouter)
+	create(t, dyn, "bgppeers", "BGPPeer", "good-v6", map[string]any{
+		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv6.String(),
+	})
+	create(t, dyn, "bgppeers", "BGPPeer", "no-secret", map[string]any{
+		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
+		"passwordSecret": map[string]any{"name": "missing"},
+	})
+	waitFor(t, 30*time.Second, "a SecretNotFound event on BGPPeer no-secret", func() (bool, string) {
+		events, err := c.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=no-secret"})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, e := range events.Items {
+			if e.Reason == "SecretNotFound" && e.InvolvedObject.Kind == "BGPPeer" && strings.Contains(e.Message, "missing") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(len(events.Items), " events")
+	})
+	node := l.Nodes()[0].Name
+	waitFor(t, 30*time.Second, "good-v6 established and no-secret absent in "+node+"'s SpeakerStatus", func() (bool, string) {
+		st, err := dyn.Resource(gvr("speakerstatuses")).Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		sessions, _, _ := unstructured.NestedSlice(st.Object, "status", "bgpSessions")
+		good, bad := false, false
+		for _, s := range sessions {
+			m := s.(map[string]any)
+			good = good || (m["peer"] == "good-v6" && m["state"] == "Established")
+			bad = bad || m["peer"] == "no-secret"
+		}
+		return good && !bad, fmt.Sprint(sessions)
+	})
+}
