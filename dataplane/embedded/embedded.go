@@ -1,0 +1,180 @@
+// Package embedded runs Herald's data plane inside the speaker: it picks the backend for
+// --dataplane (dataplane/mode), feeds the service proxy from informers, and serves the proxy's
+// health (:10256) and the healthCheckNodePort listeners. The speaker calls New, then Run; and
+// Cleanup for --cleanup.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/dataplane/healthcheck"
+	"github.com/heraldlb/herald/dataplane/ipvs"
+	"github.com/heraldlb/herald/dataplane/mode"
+	"github.com/heraldlb/herald/dataplane/nftables"
+)
+
+// Options configure the data plane.
+type Options struct {
+	// Mode is the --dataplane flag: auto, ipvs, nftables or off.
+	Mode     string
+	NodeName string
+	Client   kubernetes.Interface
+	// LocalEndpoints is the speaker's view (already fed by its informers); the healthCheckNodePort
+	// servers answer from it, so they agree with the announcers.
+	LocalEndpoints *dataplane.LocalEndpoints
+	Recorder       record.EventRecorder
+	Logger         *slog.Logger
+	// HealthAddr is where /healthz and /livez are served; default ":10256".
+	HealthAddr string
+	// HealthTimeout is how long a change may wait for a sync before /healthz says unhealthy;
+	// default 60 s (kube-proxy: twice its 30 s sync period).
+	HealthTimeout time.Duration
+	// ListenHealthCheck opens a healthCheckNodePort listener; default: all addresses.
+	ListenHealthCheck func(port int32) (net.Listener, error)
+}
+
+// DataPlane is the running data plane, or the decision not to run one.
+type DataPlane struct {
+	opts     Options
+	decision mode.Decision
+	backend  dataplane.Backend
+	proxy    *dataplane.Proxy
+	factory  informers.SharedInformerFactory
+	nodes    informers.SharedInformerFactory
+	checks   *healthcheck.ServiceServers
+}
+
+// proxiedSelector skips Services another proxy claims and headless ones, as kube-proxy does.
+const proxiedSelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+
+// New decides the backend (reporting the decision in the log, as a Node event and as a metric)
+// and prepares it. With the decision "off" nothing else is made and Run returns at once.
+func New(ctx context.Context, opts Options) (*DataPlane, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.HealthAddr == "" {
+		opts.HealthAddr = ":" + strconv.Itoa(healthcheck.ProxyHealthPort)
+	}
+	if opts.HealthTimeout == 0 {
+		opts.HealthTimeout = 60 * time.Second
+	}
+	decision, err := mode.Decide(ctx, opts.Mode, mode.Probes{KubeProxy: mode.KubeProxyRules, IPVS: ipvs.Probe})
+	if err != nil {
+		return nil, err
+	}
+	if opts.Recorder != nil {
+		mode.Report(decision, opts.Logger, opts.Recorder, opts.NodeName)
+	}
+	d := &DataPlane{opts: opts, decision: decision}
+	switch decision.Backend {
+	case mode.Off:
+		return d, nil
+	case mode.NFTables:
+		d.backend, err = nftables.New()
+	case mode.IPVS:
+		d.backend, err = ipvs.New(ipvs.Options{StrictARP: true, OnInvalidScheduler: d.invalidScheduler})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s backend: %w", decision.Backend, err)
+	}
+
+	d.factory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxiedSelector }))
+	d.nodes = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
+		}))
+	d.checks = healthcheck.NewServiceServers(opts.NodeName, opts.LocalEndpoints, d.health, opts.ListenHealthCheck, opts.Logger)
+	d.proxy = dataplane.NewProxy(dataplane.ProxyOptions{
+		NodeName:  opts.NodeName,
+		Backend:   d.backend,
+		Conntrack: dataplane.KernelConntrack{},
+		OnSynced:  func(st *dataplane.State) { d.checks.Sync(healthcheck.Ports(st)) },
+		Logger:    opts.Logger,
+	})
+	err = d.proxy.Register(d.factory.Core().V1().Services().Informer(),
+		d.factory.Discovery().V1().EndpointSlices().Informer(),
+		d.nodes.Core().V1().Nodes().Informer())
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Backend is the backend that runs: "nftables", "ipvs" or "off" (for SpeakerStatus).
+func (d *DataPlane) Backend() string { return d.decision.Backend }
+
+// Run runs the data plane until ctx ends. It leaves the rules in place on exit: connections
+// keep flowing across a speaker restart, and the next start adopts or replaces them.
+func (d *DataPlane) Run(ctx context.Context) error {
+	if d.decision.Backend == mode.Off {
+		return nil
+	}
+	d.factory.Start(ctx.Done())
+	d.nodes.Start(ctx.Done())
+	defer d.checks.Close()
+	if b, ok := d.backend.(*ipvs.Backend); ok {
+		go b.RunReaper(ctx, 5*time.Second)
+	}
+	go func() {
+		// Without its health port the data plane still forwards; say so and carry on.
+		if err := healthcheck.NewProxyServer(d.health, d.node).Serve(ctx, d.opts.HealthAddr); err != nil {
+			d.opts.Logger.Error("dataplane: proxy health server", "addr", d.opts.HealthAddr, "error", err)
+		}
+	}()
+	d.proxy.Run(ctx)
+	return nil
+}
+
+func (d *DataPlane) health() (bool, time.Time) { return d.proxy.Health(d.opts.HealthTimeout) }
+
+func (d *DataPlane) node() *corev1.Node {
+	n, err := d.nodes.Core().V1().Nodes().Lister().Get(d.opts.NodeName)
+	if err != nil {
+		return nil
+	}
+	return n
+}
+
+func (d *DataPlane) invalidScheduler(svc types.NamespacedName, err error) {
+	if d.opts.Recorder == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: svc.Namespace, Name: svc.Name}
+	d.opts.Recorder.Eventf(ref, corev1.EventTypeWarning, "InvalidIPVSScheduler", "%v; using the default scheduler", err)
+}
+
+// Cleanup removes everything either backend made on this node (speaker --cleanup). The IPVS
+// part runs only where the kernel has IPVS: elsewhere that backend can never have run.
+func Cleanup(ctx context.Context, log *slog.Logger) error {
+	var errs []error
+	if nft, err := nftables.New(); err != nil {
+		errs = append(errs, fmt.Errorf("nftables: %w", err))
+	} else if err := nft.Cleanup(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("nftables cleanup: %w", err))
+	}
+	if err := ipvs.Probe(); err != nil {
+		log.Info("dataplane cleanup: no IPVS in this kernel, nothing of it to remove", "reason", err)
+	} else if b, err := ipvs.New(ipvs.Options{}); err != nil {
+		errs = append(errs, fmt.Errorf("ipvs: %w", err))
+	} else if err := b.Cleanup(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("ipvs cleanup: %w", err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,142 @@
+package embedded
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
+
+	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/dataplane/backendspec"
+	"github.com/heraldlb/herald/dataplane/nftables"
+)
+
+// The whole test process runs in a private network namespace (root only), so the data plane,
+// nft and the health ports touch nothing of the machine's.
+func TestMain(m *testing.M) { os.Exit(backendspec.RunInNodeNetns(m)) }
+
+func endpointSlice(node string) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To(int32(8080))}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.2"}, NodeName: ptr.To(node)}},
+	}
+}
+
+func TestDataPlaneFromAPIObjects(t *testing.T) {
+	if !backendspec.InNodeNetns() {
+		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
+			t.Fatal("needs root for a private network namespace (HERALD_REQUIRE_REAL=1)")
+		}
+		t.Skip("needs root for a private network namespace")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft")
+	}
+	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v %s", err, out)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
+			Ports:                 []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: 30080}},
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal, HealthCheckNodePort: 32100,
+		},
+		Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: "192.0.2.10"}}}},
+	}
+	client := fake.NewClientset(svc, endpointSlice("n1"), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The speaker's local-endpoint view, fed by its own informer.
+	view := dataplane.NewLocalEndpoints()
+	speakerInformers := informers.NewSharedInformerFactory(client, 0)
+	if err := view.Register(speakerInformers.Discovery().V1().EndpointSlices().Informer()); err != nil {
+		t.Fatal(err)
+	}
+	speakerInformers.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), view.HasSynced)
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	d, err := New(ctx, Options{Mode: "auto", NodeName: "n1", Client: client, LocalEndpoints: view, Logger: log, HealthAddr: "127.0.0.1:10256"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Backend() != "nftables" {
+		t.Fatalf("auto chose %q in a namespace without kube-proxy or IPVS, want nftables", d.Backend())
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+
+	eventually(t, "the Service's rules", func() bool {
+		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "service-ips4").CombinedOutput()
+		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : goto svc4-ns/web/tcp/http")
+	})
+	eventually(t, "healthCheckNodePort 200", func() bool { return status("http://127.0.0.1:32100/") == 200 })
+	eventually(t, "/healthz 200", func() bool { return status("http://127.0.0.1:10256/healthz") == 200 })
+
+	// The endpoint moves to another node: this node's health check says so, and external
+	// traffic here is dropped (Local policy, endpoints elsewhere).
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, endpointSlice("n2"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "healthCheckNodePort 503", func() bool { return status("http://127.0.0.1:32100/") == 503 })
+	eventually(t, "external traffic dropped", func() bool {
+		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "no-endpoint-ips4").CombinedOutput()
+		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : drop")
+	})
+
+	// Deleting the Service closes its health-check port.
+	if err := client.CoreV1().Services("ns").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "health-check port closed", func() bool { return status("http://127.0.0.1:32100/") == 0 })
+
+	cancel()
+	<-done
+	if err := Cleanup(context.Background(), log); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := exec.Command("nft", "list", "tables").CombinedOutput(); strings.Contains(string(out), nftables.TableName) {
+		t.Fatalf("cleanup left the table:\n%s", out)
+	}
+}
+
+// status is the HTTP status of a GET, 0 when nothing answers.
+func status(url string) int {
+	c := &http.Client{Timeout: time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
