@@ -281,12 +281,13 @@ func waitStatus(t *testing.T, a *bgptest.Agent, peer string, timeout time.Durati
 }
 
 func TestMD5AndSessionReasons(t *testing.T) {
-	topo := newBed(t, 3, nil)
-	n1, n2, n3 := topo.Nodes[0], topo.Nodes[1], topo.Nodes[2]
+	topo := newBed(t, 4, nil)
+	n1, n2, n3, n4 := topo.Nodes[0], topo.Nodes[1], topo.Nodes[2], topo.Nodes[3]
 	if err := topo.Reconfigure([]bgptest.BirdPeer{
 		{Name: "n1", Neighbor: n1.IPv4, ASN: nodeASN, Password: "s3cret"},
 		{Name: "n2", Neighbor: n2.IPv4, ASN: nodeASN, Password: "s3cret"},
 		{Name: "n3", Neighbor: n3.IPv4, ASN: nodeASN},
+		{Name: "n4", Neighbor: n4.IPv4, ASN: nodeASN},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,17 @@ func TestMD5AndSessionReasons(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	routeFrom(t, waitRoutes(t, topo, prefix, 1, 15*time.Second), "n1")
+	// dynamicASN external: the router's ASN is not configured; any is accepted.
+	anyASN := routerPeer("r", routerV4, nodeASN)
+	anyASN.ASN = 0
+	a4 := startAgent(t, topo, n4, bgptest.AgentOptions{})
+	if err := a4.Apply(desired(n4, []bgp.Peer{anyASN}, routes)); err != nil {
+		t.Fatal(err)
+	}
+
+	routes4 := waitRoutes(t, topo, prefix, 2, 15*time.Second)
+	routeFrom(t, routes4, "n1")
+	routeFrom(t, routes4, "n4")
 	waitStatus(t, a1, "r", 5*time.Second, func(s bgp.PeerStatus) bool { return s.Established })
 	st := waitStatus(t, a3, "r", 15*time.Second, func(s bgp.PeerStatus) bool { return strings.Contains(s.Reason, "wrong ASN") })
 	t.Logf("wrong ASN: %s", st.Reason)
@@ -325,8 +336,8 @@ func TestMD5AndSessionReasons(t *testing.T) {
 	if p, err := topo.Bird.Protocol("n2"); err != nil || p.Info == "Established" {
 		t.Errorf("BIRD's session with the wrong password: %+v %v", p, err)
 	}
-	if routes, _ := topo.Bird.Routes(prefix); len(routes) != 1 {
-		t.Errorf("BIRD has %d routes for %s, want node1's only", len(routes), prefix)
+	if routes, _ := topo.Bird.Routes(prefix); len(routes) != 2 {
+		t.Errorf("BIRD has %d routes for %s, want node1's and node4's only", len(routes), prefix)
 	}
 }
 

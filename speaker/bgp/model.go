@@ -13,8 +13,9 @@ import (
 // replaces a session only when its Peer changed, so sessions whose Peer did not change are never reset.
 type Peer struct {
 	// Name is the BGPPeer's name; it keys the session in status, metrics and GoBGP policy names.
-	Name          string
-	MyASN         uint32
+	Name  string
+	MyASN uint32
+	// ASN is the router's; 0 accepts whatever ASN it opens with (dynamicASN external).
 	ASN           uint32
 	Address       netip.Addr
 	Port          uint16 // 0 means 179

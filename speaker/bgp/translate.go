@@ -282,12 +282,9 @@ func (t *translation) peer(bp v1beta1.BGPPeer) (Peer, bool) {
 	switch {
 	case s.DynamicASN == "internal" && peerASN == 0:
 		peerASN = s.MyASN
-	case s.DynamicASN == "external" && peerASN == 0:
-		t.problem("BGPPeer", bp.Name, config.ConditionNotSupported, ReasonNotSupported,
-			"dynamicASN external is not supported yet: set peerASN; the session is not opened")
-		return Peer{}, false
 	}
-	if !validASN(peerASN) {
+	// dynamicASN external: ASN 0 makes GoBGP accept whatever ASN the router opens with.
+	if !validASN(peerASN) && (s.DynamicASN != "external" || peerASN != 0) {
 		return bad(ReasonInvalidASN, "peerASN %d is out of range (1-4294967295)", peerASN)
 	}
 	addr, err := netip.ParseAddr(s.PeerAddress)

@@ -212,6 +212,7 @@ func TestTranslateBFDAndRouterID(t *testing.T) {
 		bgpPeer("a", "10.0.0.1", func(s *v1beta1.BGPPeerSpec) { s.BFDProfile = "fast"; s.RouterID = "1.1.1.1" }),
 		bgpPeer("b", "10.0.0.2", func(s *v1beta1.BGPPeerSpec) { s.BFDProfile = "default"; s.RouterID = "2.2.2.2" }),
 		bgpPeer("c", "10.0.0.3", func(s *v1beta1.BGPPeerSpec) { s.DynamicASN = "internal"; s.PeerASN = 0 }),
+		bgpPeer("d", "10.0.0.4", func(s *v1beta1.BGPPeerSpec) { s.DynamicASN = "external"; s.PeerASN = 0 }),
 	}
 	res := Translate(in)
 	if got := *res.Desired.Peers["a"].BFD; got != (BFD{ReceiveInterval: 100 * time.Millisecond, TransmitInterval: 150 * time.Millisecond, DetectMultiplier: 3}) {
@@ -222,6 +223,9 @@ func TestTranslateBFDAndRouterID(t *testing.T) {
 	}
 	if res.Desired.Peers["c"].ASN != 64512 {
 		t.Errorf("dynamicASN internal: ASN = %d, want myASN", res.Desired.Peers["c"].ASN)
+	}
+	if d, ok := res.Desired.Peers["d"]; !ok || d.ASN != 0 {
+		t.Errorf("dynamicASN external: %+v, want ASN 0 (any)", d)
 	}
 	if res.Desired.RouterID != netip.MustParseAddr("1.1.1.1") {
 		t.Errorf("router ID = %v", res.Desired.RouterID)
