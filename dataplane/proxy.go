@@ -42,6 +42,7 @@ type Proxy struct {
 	staleFilters []ConntrackFilter
 
 	mu       sync.Mutex
+	services int       // Services committed by the last successful sync
 	lastSync time.Time // end of the last successful sync
 	// oldestPending is when the oldest event not yet committed arrived (zero: none).
 	oldestPending time.Time
@@ -151,6 +152,9 @@ func (p *Proxy) sync(ctx context.Context) error {
 		p.opts.Logger.Error("data plane sync failed; retrying with a full sync", "error", err)
 		return err
 	}
+	p.mu.Lock()
+	p.services = len(p.state.Services)
+	p.mu.Unlock()
 	p.opts.Logger.Debug("data plane synced", "backend", p.opts.Backend.Name(), "full", req.Full,
 		"changedServices", len(req.Changed), "services", len(p.state.Services), "took", time.Since(start))
 	p.needFull = false
@@ -166,6 +170,13 @@ func (p *Proxy) sync(ctx context.Context) error {
 	}
 	p.recordSync(start)
 	return nil
+}
+
+// Services is how many Services the last successful sync committed (for SpeakerStatus).
+func (p *Proxy) Services() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.services
 }
 
 // recordSync notes a successful sync that covered every event that arrived before start.

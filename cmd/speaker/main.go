@@ -25,6 +25,7 @@ import (
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/dataplane/embedded"
 	"github.com/heraldlb/herald/speaker"
 	"github.com/heraldlb/herald/speaker/bgp"
 	"github.com/heraldlb/herald/speaker/l2"
@@ -58,7 +59,11 @@ func run() error {
 		return fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables or off", *dataplaneMode)
 	}
 	if *cleanup {
-		// Membership and L2 keep no state outside the process (responders are sockets).
+		// Membership and L2 keep no state outside the process (responders are sockets); the
+		// data plane's tables, IPVS services, dummy link and sysctls are removed here.
+		if err := embedded.Cleanup(context.Background(), log); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
 		log.Info("speaker: cleanup done")
 		return nil
 	}
@@ -87,6 +92,8 @@ func run() error {
 	members, err := membership.New(membership.Config{
 		Name: *nodeName, Key: membership.DeriveKey(secret),
 		Listen: netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port), Logger: log,
+		// Speakers starting together find each other through their SpeakerStatuses.
+		JoinGrace: 2 * time.Second,
 	})
 	if err != nil {
 		return err
@@ -119,7 +126,19 @@ func run() error {
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
-	log.Info("speaker: starting", "node", *nodeName, "dataplane", *dataplaneMode)
+	// The data plane (service proxy): decided by --dataplane, fed by its own informers, answering
+	// health checks from the same local-endpoint view as the announcers.
+	dp, err := embedded.New(ctx, embedded.Options{Mode: *dataplaneMode, NodeName: *nodeName, Client: cs,
+		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log})
+	if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	go func() {
+		if err := dp.Run(ctx); err != nil {
+			log.Error("speaker: dataplane", "err", err)
+		}
+	}()
+	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend())
 
 	go serveMetrics(*metricsAddr, log)
 	err = spk.Run(ctx)

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/healthcheck"
 	"github.com/heraldlb/herald/dataplane/ipvs"
@@ -117,8 +118,17 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 	return d, nil
 }
 
-// Backend is the backend that runs: "nftables", "ipvs" or "off" (for SpeakerStatus).
+// Backend is the backend that runs: "nftables", "ipvs" or "off".
 func (d *DataPlane) Backend() string { return d.decision.Backend }
+
+// Status is the data plane's part of this node's SpeakerStatus.
+func (d *DataPlane) Status() v1beta1.DataplaneStatus {
+	st := v1beta1.DataplaneStatus{Backend: d.decision.Backend, Reason: d.decision.Reason}
+	if d.proxy != nil {
+		st.Services = int32(d.proxy.Services())
+	}
+	return st
+}
 
 // Run runs the data plane until ctx ends. It leaves the rules in place on exit: connections
 // keep flowing across a speaker restart, and the next start adopts or replaces them.

@@ -88,6 +88,9 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "service-ips4").CombinedOutput()
 		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : goto svc4-ns/web/tcp/http")
 	})
+	if st := d.Status(); st.Backend != "nftables" || st.Services != 1 || st.Reason == "" {
+		t.Fatalf("status = %+v", st)
+	}
 	eventually(t, "healthCheckNodePort 200", func() bool { return status("http://127.0.0.1:32100/") == 200 })
 	eventually(t, "/healthz 200", func() bool { return status("http://127.0.0.1:10256/healthz") == 200 })
 
