@@ -2,9 +2,9 @@ package controller
 
 import (
 	"context"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/tools/cache"
 	cloudprovider "k8s.io/cloud-provider"
 	servicecontroller "k8s.io/cloud-provider/controllers/service"
 	"k8s.io/component-base/featuregate"
@@ -18,9 +18,12 @@ import (
 // and status writes. Pools, their status and finalizers are kept as in the native mode, and the
 // allocator is rebuilt from every Service's status before the upstream controller starts.
 func (c *Controller) RunCloudProvider(ctx context.Context) error {
-	if err := c.start(ctx, cache.ResourceEventHandlerFuncs{}); err != nil {
+	// Services with a class are not the upstream controller's: their addresses are only reserved.
+	c.cloud = true
+	if err := c.start(ctx, c.serviceHandlers()); err != nil {
 		return err
 	}
+	go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
 	cloud := &heraldCloud{lb: &allocator.CloudLoadBalancer{Allocator: c.alloc, NamespaceLabels: c.namespaceLabels}}
 	sc, err := servicecontroller.New(cloud, c.client, c.factory.Core().V1().Services(), c.factory.Core().V1().Nodes(),
 		"herald", featuregate.NewFeatureGate())

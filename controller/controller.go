@@ -69,6 +69,9 @@ type Controller struct {
 	recorder   record.EventRecorder
 	alloc      *allocator.Allocator
 
+	// cloud: the upstream service controller handles class-less Services (RunCloudProvider).
+	cloud bool
+
 	// mu makes Assign and the pending set one step, so an address freed by one worker is never
 	// missed by a Service another worker has just found no room for.
 	mu      sync.Mutex
@@ -173,8 +176,8 @@ func (c *Controller) start(ctx context.Context, svcHandlers cache.ResourceEventH
 	return nil
 }
 
-// restore records every handled Service's current addresses, oldest Service first (if two claim
-// one address without sharing it, the older keeps it).
+// restore records the current addresses of every LoadBalancer Service, ours or not, oldest first
+// (if two claim one address without sharing it, the older keeps it).
 func (c *Controller) restore() int {
 	svcs := c.svcInf.GetStore().List()
 	sort.Slice(svcs, func(i, j int) bool {
@@ -187,7 +190,7 @@ func (c *Controller) restore() int {
 	n := 0
 	for _, obj := range svcs {
 		svc := obj.(*corev1.Service)
-		if !c.handles(svc) || len(svc.Status.LoadBalancer.Ingress) == 0 {
+		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || len(svc.Status.LoadBalancer.Ingress) == 0 {
 			continue
 		}
 		req, _ := allocator.ServiceFromAPI(svc, c.namespaceLabels(svc.Namespace)) // Current is read even if the rest is malformed
@@ -276,8 +279,17 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 		return nil
 	}
 	svc := obj.(*corev1.Service)
-	if !c.handles(svc) {
+	switch {
+	case c.cloud && svc.Spec.Type == corev1.ServiceTypeLoadBalancer && svc.Spec.LoadBalancerClass == nil:
+		return nil // the upstream service controller's
+	case svc.Spec.Type == corev1.ServiceTypeLoadBalancer && (c.cloud || !c.handles(svc)):
+		c.reserve(svc)
+		return nil
+	case svc.Spec.Type != corev1.ServiceTypeLoadBalancer:
 		c.release(key)
+		if c.cloud {
+			return nil
+		}
 		return c.clearStatus(ctx, svc)
 	}
 	req, parseErr := allocator.ServiceFromAPI(svc, c.namespaceLabels(svc.Namespace))
@@ -301,6 +313,19 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 		c.poolUsageChanged()
 	}
 	return c.writeStatus(ctx, svc, req.Current, res)
+}
+
+// reserve records the addresses in the status of a LoadBalancer Service that is not ours (another
+// class, or another Herald configuration gave them): they are never given to a second Service.
+func (c *Controller) reserve(svc *corev1.Service) {
+	req, _ := allocator.ServiceFromAPI(svc, nil)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if slices.Equal(c.alloc.Holding(req.Key), req.Current) {
+		return
+	}
+	c.alloc.Release(req.Key)
+	c.alloc.Restore(req)
 }
 
 // release forgets a Service that is gone or no longer ours, and lets waiting Services use what it had.

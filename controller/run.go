@@ -87,10 +87,6 @@ func Main(ctx context.Context, cfg Config) error {
 		defer srv.Close()
 	}
 	opts := Options{LoadBalancerClass: cfg.LoadBalancerClass, TakeClassless: cfg.TakeClassless, Logger: log, Metrics: metrics}
-	if cfg.Mode == ModeCloudProvider {
-		// The upstream service controller serves class-less Services only.
-		opts.LoadBalancerClass, opts.TakeClassless = "", true
-	}
 	run := func(ctx context.Context) error {
 		c := New(client, dyn, opts)
 		if cfg.Mode == ModeCloudProvider {
