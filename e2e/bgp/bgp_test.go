@@ -454,3 +454,61 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 		return good && !bad, fmt.Sprint(sessions)
 	})
 }
+
+// TestClientBehindRouterReachesService: the router learns the Service IP from every node (ECMP in
+// its kernel table) and a client behind it gets answers from the backends through the nodes' data
+// plane.
+func TestClientBehindRouterReachesService(t *testing.T) {
+	l := needLab(t)
+	ctx := context.Background()
+	rc, err := l.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamic.NewForConfigOrDie(rc)
+	c := kubernetes.NewForConfigOrDie(rc)
+	router := l.Topology.Host(lab.HostRouter)
+	create(t, dyn, "bgppeers", "BGPPeer", "reach-v4", map[string]any{
+		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
+	})
+	create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp-reach", map[string]any{"addresses": []any{"10.79.0.64/26"}})
+	create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp-reach", map[string]any{"ipAddressPools": []any{"bgp-reach"}})
+	ip := netip.MustParseAddr("10.79.0.70")
+	svc := lab.LoadBalancerService("bgp-e2e-reach", "web")
+	svc.Spec.IPFamilyPolicy = nil
+	svc.Annotations = map[string]string{config.AnnotationLoadBalancerIPs: ip.String()}
+	created, err := l.CreateBackendService(ctx, c, svc, l.Pods())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.CoreV1().Services(created.Namespace).Delete(context.Background(), created.Name, metav1.DeleteOptions{})
+	})
+	if _, ok := l.Processes[lab.RoleController]; !ok {
+		created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip.String()}}
+		if _, err := c.CoreV1().Services(created.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prefix := netip.PrefixFrom(ip, 32)
+	waitFor(t, 60*time.Second, "routes from every node", func() (bool, string) {
+		routes, err := routesOf(ctx, l, prefix)
+		return err == nil && len(routes) == len(l.Nodes()), fmt.Sprint(protocols(routes), err)
+	})
+	st, err := dyn.Resource(gvr("speakerstatuses")).Get(ctx, l.Nodes()[0].Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if backend, _, _ := unstructured.NestedString(st.Object, "status", "dataplane", "backend"); backend == "" || backend == "off" {
+		t.Skipf("skipped: the speaker runs no data plane yet (SpeakerStatus dataplane.backend %q); the routes are in place", backend)
+	}
+	addr := netip.AddrPortFrom(ip, 80)
+	counts, err := l.Spread(ctx, lab.HostExternal, addr, 20, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[""] > 0 {
+		t.Errorf("%d of 20 requests from behind the router to %s failed: %v", counts[""], addr, counts)
+	}
+	t.Logf("answers per backend: %v", counts)
+}
