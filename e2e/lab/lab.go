@@ -151,7 +151,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		return nil, err
 	}
 
-	l.logf("network: %d namespaces", len(topo.Hosts))
+	l.logf("network: %d namespaces (%s after clearing an earlier lab)", len(topo.Hosts), time.Since(began).Round(time.Millisecond))
 	if err := addNetns(ctx, topo.Hosts); err != nil {
 		return l, err
 	}
@@ -161,7 +161,8 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 
 	// The apiserver takes seconds to get ready: start the control plane first and the rest while
 	// it boots.
-	l.logf("control plane: etcd, kube-apiserver, kube-controller-manager in %s", topo.Host(HostControlPlane).Netns)
+	l.logf("network wired (%s); control plane starting: etcd, kube-apiserver, kube-controller-manager in %s",
+		time.Since(began).Round(time.Millisecond), topo.Host(HostControlPlane).Netns)
 	cpHost := topo.Host(HostControlPlane)
 	type cpResult struct {
 		cp  *controlplane.ControlPlane
@@ -212,7 +213,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err != nil {
 		return l, err
 	}
-	l.logf("cluster objects: Nodes, namespace %s, CRDs", HeraldNamespace)
+	l.logf("apiserver ready (%s); cluster objects: Nodes, namespace %s, CRDs", time.Since(began).Round(time.Millisecond), HeraldNamespace)
 	if err := l.registerNodes(ctx, client); err != nil {
 		return l, err
 	}
