@@ -1,14 +1,14 @@
-// Package charts holds the tests of the Helm chart in charts/herald: CRDs in sync with
-// config/crd, helm lint, helm template with several value sets (schema, security context, flags
-// the binaries really have), and a real helm install and upgrade against a real kube-apiserver.
-// helm is built by hack/helm.sh; tests needing it skip without it (fail with HERALD_REQUIRE_REAL=1).
 package charts
+
+// The chart's tests: CRDs in sync with config/crd, helm lint, helm template with several value
+// sets (schema, security contexts, flags the binaries really have), and a real helm install and
+// upgrade against a real kube-apiserver. Tests needing helm skip without it (hack/helm.sh builds
+// it), or fail with HERALD_REQUIRE_REAL=1.
 
 import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,8 +21,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/internal/realapi"
@@ -30,38 +28,21 @@ import (
 
 const chartDir = "herald"
 
-// helm returns the path of the helm binary hack/helm.sh builds.
-func helm(t *testing.T) string {
+// requireHelm skips the test when helm is not built (fails with HERALD_REQUIRE_REAL=1).
+func requireHelm(t *testing.T) {
 	t.Helper()
-	cache := os.Getenv("HERALD_CACHE")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache", "herald")
-	}
-	path := filepath.Join(cache, "helm-v3.19.0", "helm")
-	if _, err := os.Stat(path); err != nil {
-		msg := "helm v3.19.0 not built (" + path + "): run hack/helm.sh"
+	if _, err := Helm(); err != nil {
 		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatal(msg)
+			t.Fatal(err)
 		}
-		t.Skip(msg)
+		t.Skip(err)
 	}
-	return path
 }
 
-// runHelm runs helm with a private home (no user repositories or plugins) and returns stdout.
 func runHelm(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(helm(t), args...)
-	home := t.TempDir()
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("helm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.String(), err
+	requireHelm(t)
+	return RunHelm(args...)
 }
 
 func TestCRDsInSyncWithConfig(t *testing.T) {
@@ -99,68 +80,31 @@ func TestLint(t *testing.T) {
 	}
 }
 
-// render runs helm template with the --set flags and decodes every document.
+// render renders the chart with the --set values.
 func render(t *testing.T, sets ...string) []*unstructured.Unstructured {
 	t.Helper()
-	args := []string{"template", "herald", chartDir, "--namespace", "herald-system"}
-	for _, s := range sets {
-		args = append(args, "--set", s)
-	}
-	out, err := runHelm(t, args...)
+	requireHelm(t)
+	objs, err := Render(sets...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return decodeAll(t, out)
-}
-
-func decodeAll(t *testing.T, manifest string) []*unstructured.Unstructured {
-	t.Helper()
-	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
-	var objs []*unstructured.Unstructured
-	for {
-		var m map[string]any
-		if err := dec.Decode(&m); err == io.EOF {
-			return objs
-		} else if err != nil {
-			t.Fatalf("rendered manifest does not parse: %v", err)
-		}
-		if len(m) > 0 {
-			objs = append(objs, &unstructured.Unstructured{Object: m})
-		}
-	}
-}
-
-func find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
-	for _, o := range objs {
-		if o.GetKind() == kind && o.GetName() == name {
-			return o
-		}
-	}
-	return nil
+	return objs
 }
 
 func daemonSet(t *testing.T, objs []*unstructured.Unstructured, name string) *appsv1.DaemonSet {
 	t.Helper()
-	u := find(objs, "DaemonSet", name)
-	if u == nil {
-		t.Fatalf("no DaemonSet %s rendered", name)
-	}
 	var ds appsv1.DaemonSet
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, &ds, true); err != nil {
-		t.Fatalf("DaemonSet %s: %v", name, err)
+	if err := As(objs, "DaemonSet", name, &ds); err != nil {
+		t.Fatal(err)
 	}
 	return &ds
 }
 
 func deployment(t *testing.T, objs []*unstructured.Unstructured, name string) *appsv1.Deployment {
 	t.Helper()
-	u := find(objs, "Deployment", name)
-	if u == nil {
-		t.Fatalf("no Deployment %s rendered", name)
-	}
 	var d appsv1.Deployment
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, &d, true); err != nil {
-		t.Fatalf("Deployment %s: %v", name, err)
+	if err := As(objs, "Deployment", name, &d); err != nil {
+		t.Fatal(err)
 	}
 	return &d
 }
@@ -230,6 +174,22 @@ func TestTemplateDefaults(t *testing.T) {
 	}
 }
 
+// TestRenderWorkloads checks the helper the lab uses to run the binaries as the chart does.
+func TestRenderWorkloads(t *testing.T) {
+	requireHelm(t)
+	w, err := RenderWorkloads("dataplane.mode=off")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, s := w.Controller.Containers[0], w.Speaker.Containers[0]
+	if c.Command[0] != "/usr/local/bin/controller" || s.Command[0] != "/usr/local/bin/speaker" || !w.Speaker.HostNetwork {
+		t.Errorf("controller %v, speaker %v", c.Command, s.Command)
+	}
+	if len(s.Env) < 2 || s.Env[0].Name != "NODE_NAME" || s.SecurityContext.Capabilities == nil {
+		t.Errorf("speaker env %v, security context %+v", s.Env, s.SecurityContext)
+	}
+}
+
 func TestTemplateValueSets(t *testing.T) {
 	t.Run("data plane off: capabilities instead of privileged", func(t *testing.T) {
 		objs := render(t, "dataplane.mode=off")
@@ -257,7 +217,7 @@ func TestTemplateValueSets(t *testing.T) {
 		if k["ServiceMonitor"] != 1 || k["PrometheusRule"] != 1 || k["ConfigMap"] != 1 || k["Service"] != 2 {
 			t.Fatalf("kinds %v", k)
 		}
-		rule := find(objs, "PrometheusRule", "herald")
+		rule := Find(objs, "PrometheusRule", "herald")
 		rules, _, _ := unstructured.NestedSlice(rule.Object, "spec", "groups")
 		text := fmt.Sprint(rules)
 		for _, want := range []string{"HeraldPoolNearlyExhausted", "> 0.8", "HeraldBGPSessionDown", "HeraldBFDSessionDown", "HeraldFailoverStorm"} {
@@ -265,7 +225,7 @@ func TestTemplateValueSets(t *testing.T) {
 				t.Errorf("PrometheusRule lacks %q", want)
 			}
 		}
-		dash, _, _ := unstructured.NestedString(find(objs, "ConfigMap", "herald-dashboard").Object, "data", "herald.json")
+		dash, _, _ := unstructured.NestedString(Find(objs, "ConfigMap", "herald-dashboard").Object, "data", "herald.json")
 		if !strings.Contains(dash, `"uid": "herald-overview"`) {
 			t.Errorf("dashboard ConfigMap does not hold the dashboard")
 		}
@@ -323,7 +283,7 @@ func flagsOf(t *testing.T, pkg string) map[string]bool {
 // TestRenderedFlagsExist checks that every flag the chart passes is one the binary has, for the
 // default values and for values that switch on the optional flags.
 func TestRenderedFlagsExist(t *testing.T) {
-	helm(t)
+	requireHelm(t)
 	for _, component := range []struct{ kind, name, pkg string }{
 		{"DaemonSet", "herald-speaker", "cmd/speaker"},
 		{"Deployment", "herald-controller", "cmd/controller"},
@@ -335,7 +295,7 @@ func TestRenderedFlagsExist(t *testing.T) {
 			have := flagsOf(t, component.pkg)
 			check := func(sets []string, planned bool) {
 				objs := render(t, sets...)
-				u := find(objs, component.kind, component.name)
+				u := Find(objs, component.kind, component.name)
 				containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
 				args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
 				var missing []string
@@ -362,7 +322,7 @@ func TestRenderedFlagsExist(t *testing.T) {
 // TestInstallAndUpgrade installs the chart into a real kube-apiserver, upgrades it, and checks
 // that the speakers' key survived and the upgrade took effect.
 func TestInstallAndUpgrade(t *testing.T) {
-	helm(t)
+	requireHelm(t)
 	api := realapi.Start(t)
 	cs, err := kubernetes.NewForConfig(api.Config)
 	if err != nil {

@@ -1,0 +1,149 @@
+// Package charts renders the Helm chart in charts/herald with the helm binary hack/helm.sh
+// builds, so that tests, and the lab, run the controller and the speakers exactly as the chart
+// would: same command, arguments, environment and capabilities.
+package charts
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	runtimeconv "k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+)
+
+// HelmVersion is the helm hack/helm.sh builds.
+const HelmVersion = "v3.19.0"
+
+// ErrNoHelm is returned when the helm binary has not been built.
+var ErrNoHelm = errors.New("helm " + HelmVersion + " not built: run hack/helm.sh")
+
+// Dir is the chart's directory.
+func Dir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "herald")
+}
+
+// Helm returns the path of the cached helm binary, or ErrNoHelm.
+func Helm() (string, error) {
+	cache := os.Getenv("HERALD_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "herald")
+	}
+	path := filepath.Join(cache, "helm-"+HelmVersion, "helm")
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("%w (%s)", ErrNoHelm, path)
+	}
+	return path, nil
+}
+
+// RunHelm runs helm with args, with private configuration and cache directories (no user
+// repositories or plugins), and returns its standard output.
+func RunHelm(args ...string) (string, error) {
+	helm, err := Helm()
+	if err != nil {
+		return "", err
+	}
+	home, err := os.MkdirTemp("", "herald-helm-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(home)
+	cmd := exec.Command(helm, args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("helm %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// Render runs helm template for release "herald" in namespace herald-system with the given
+// --set values (KEY=VALUE) and returns every object.
+func Render(sets ...string) ([]*unstructured.Unstructured, error) {
+	args := []string{"template", "herald", Dir(), "--namespace", "herald-system"}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	out, err := RunHelm(args...)
+	if err != nil {
+		return nil, err
+	}
+	return Decode(out)
+}
+
+// Decode splits a multi-document manifest into objects.
+func Decode(manifest string) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			return objs, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("rendered manifest does not parse: %w", err)
+		}
+		if len(m) > 0 {
+			objs = append(objs, &unstructured.Unstructured{Object: m})
+		}
+	}
+}
+
+// Workloads are the pod specs the chart runs the controller and the speakers with.
+type Workloads struct {
+	Controller corev1.PodSpec
+	Speaker    corev1.PodSpec
+}
+
+// RenderWorkloads renders the chart with the given values and returns the controller's and the
+// speaker's pod specs.
+func RenderWorkloads(sets ...string) (Workloads, error) {
+	objs, err := Render(sets...)
+	if err != nil {
+		return Workloads{}, err
+	}
+	var w Workloads
+	var d appsv1.Deployment
+	if err := As(objs, "Deployment", "herald-controller", &d); err != nil {
+		return w, err
+	}
+	var ds appsv1.DaemonSet
+	if err := As(objs, "DaemonSet", "herald-speaker", &ds); err != nil {
+		return w, err
+	}
+	w.Controller, w.Speaker = d.Spec.Template.Spec, ds.Spec.Template.Spec
+	return w, nil
+}
+
+// Find returns the object of that kind and name, or nil.
+func Find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			return o
+		}
+	}
+	return nil
+}
+
+// As decodes the object of that kind and name into out, strictly (an unknown field is an error).
+func As(objs []*unstructured.Unstructured, kind, name string, out any) error {
+	u := Find(objs, kind, name)
+	if u == nil {
+		return fmt.Errorf("the chart rendered no %s %s", kind, name)
+	}
+	if err := runtimeconv.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, out, true); err != nil {
+		return fmt.Errorf("%s %s: %w", kind, name, err)
+	}
+	return nil
+}
