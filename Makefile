@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BINARIES := controller speaker heraldctl lab
 GO_BUILD := CGO_ENABLED=0 go build -trimpath
 
-.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins generate lint unit fuzz e2e test demo bench test-ipvs clean
+.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins generate lint unit fuzz e2e test demo bench test-ipvs images clean
 all: build
 
 build: $(BINARIES:%=bin/%)
@@ -37,6 +37,10 @@ bench: deps k8s-bins build
 
 test-ipvs: build
 	hack/ipvs-vm/run-tests.sh
+
+# OCI image layout tarball of the binaries, named and tagged as the Helm chart expects (no Docker).
+images: build
+	hack/images.sh
 
 clean:
 	rm -rf bin
