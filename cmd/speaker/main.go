@@ -92,6 +92,8 @@ func run() error {
 	members, err := membership.New(membership.Config{
 		Name: *nodeName, Key: membership.DeriveKey(secret),
 		Listen: netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port), Logger: log,
+		// Speakers starting together find each other through their SpeakerStatuses.
+		JoinGrace: 2 * time.Second,
 	})
 	if err != nil {
 		return err

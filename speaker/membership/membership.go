@@ -31,7 +31,12 @@ type Config struct {
 	// MaxClockSkew bounds how far a message's send time may be from the receiver's clock (default
 	// 5 s). Nodes are expected to run NTP.
 	MaxClockSkew time.Duration
-	Logger       *slog.Logger
+	// JoinGrace: until SetPeers was first called, and for this long after, the node has no quorum:
+	// a starting speaker learns its peers from the API server, whose first list may not yet hold
+	// speakers starting at the same time, and meanwhile it would believe itself alone (and the
+	// majority). Zero when the peers are known from the start.
+	JoinGrace time.Duration
+	Logger    *slog.Logger
 	// Now replaces the clock in tests.
 	Now func() time.Time
 }
@@ -49,9 +54,11 @@ type View struct {
 	Members int             // configured peers + this node
 	Alive   map[string]Peer // alive members, this node included (with its own payload)
 	// Quorum: this node sees a strict majority of the members alive (always true with fewer than
-	// three members). Without quorum a node must not announce anything.
-	Quorum      bool
-	QuorumSince time.Time // when Quorum last became true
+	// three members), and knows its peers (see Config.JoinGrace). Without quorum a node must not
+	// announce anything.
+	Quorum bool
+	// QuorumSince: when Quorum last became true, or the set of members last changed.
+	QuorumSince time.Time
 }
 
 type peerState struct {
@@ -72,6 +79,7 @@ type Membership struct {
 	notes chan struct{}
 
 	mu          sync.Mutex
+	joined      time.Time // first SetPeers + JoinGrace; zero before SetPeers
 	peers       map[string]*peerState
 	payload     []byte
 	seq         uint64
@@ -148,10 +156,13 @@ func (m *Membership) LocalAddr() netip.AddrPort {
 // SetPeers replaces the set of other members and their heartbeat addresses. Peers that stay keep
 // their liveness and replay state.
 func (m *Membership) SetPeers(peers map[string]netip.AddrPort) {
+	now := m.cfg.Now()
 	m.mu.Lock()
+	changed := false
 	for name := range m.peers {
 		if _, ok := peers[name]; !ok {
 			delete(m.peers, name)
+			changed = true
 		}
 	}
 	for name, addr := range peers {
@@ -162,9 +173,17 @@ func (m *Membership) SetPeers(peers map[string]netip.AddrPort) {
 			p.addr = addr
 		} else {
 			m.peers[name] = &peerState{addr: addr}
+			changed = true
 		}
 	}
-	m.updateQuorumLocked(m.cfg.Now())
+	if m.joined.IsZero() {
+		m.joined = now.Add(m.cfg.JoinGrace)
+	}
+	m.updateQuorumLocked(now)
+	if changed {
+		// A new member may hold claims this node has not heard yet: settle again.
+		m.quorumSince = now
+	}
 	m.mu.Unlock()
 	m.notify()
 }
@@ -196,8 +215,11 @@ func (m *Membership) View() View {
 		Self:        m.cfg.Name,
 		Members:     len(m.peers) + 1,
 		Alive:       map[string]Peer{m.cfg.Name: {Name: m.cfg.Name, AliveSince: time.Unix(0, int64(m.epoch)), Payload: m.payload}},
-		Quorum:      m.quorum,
+		Quorum:      m.quorum && !m.joined.IsZero() && !m.cfg.Now().Before(m.joined),
 		QuorumSince: m.quorumSince,
+	}
+	if v.QuorumSince.Before(m.joined) {
+		v.QuorumSince = m.joined
 	}
 	for name, p := range m.peers {
 		if p.alive {

@@ -163,3 +163,30 @@ func TestTwoMembersAlwaysHaveQuorum(t *testing.T) {
 		t.Fatal("one of three alive must not have quorum")
 	}
 }
+
+func TestNoQuorumBeforePeersAreKnown(t *testing.T) {
+	now := time.Unix(1000, 0)
+	m, err := New(Config{Name: "a", Key: DeriveKey([]byte("k")), Listen: netip.MustParseAddrPort("127.0.0.1:0"),
+		JoinGrace: 2 * time.Second, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.conn.Close()
+	if m.View().Quorum {
+		t.Fatal("quorum before the peers were set")
+	}
+	now = now.Add(10 * time.Second) // the API server took its time
+	m.SetPeers(map[string]netip.AddrPort{})
+	if m.View().Quorum {
+		t.Fatal("quorum within JoinGrace of the first peer list: it may not hold peers starting alongside")
+	}
+	now = now.Add(2 * time.Second)
+	if v := m.View(); !v.Quorum || v.QuorumSince.Before(time.Unix(1012, 0)) {
+		t.Fatalf("after JoinGrace alone: quorum %v since %v, want true since the end of the grace", v.Quorum, v.QuorumSince)
+	}
+	now = now.Add(time.Second)
+	m.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1")})
+	if v := m.View(); !v.Quorum || !v.QuorumSince.Equal(now) {
+		t.Fatalf("a member joined: quorum since %v, want a new settle from %v", v.QuorumSince, now)
+	}
+}
