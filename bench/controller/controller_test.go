@@ -1,0 +1,90 @@
+// Package controllerbench measures the controller on a real kube-apiserver: N pending LoadBalancer
+// Services exist, then bin/controller starts; how long until all have addresses, how many status
+// writes the apiserver counted per Service, and the controller's peak RSS. Prints one JSON line per
+// figure ({figure, value, unit, command}) for bench/results.json.
+//
+//	go test -run='^$' -bench=BenchmarkAllocate -benchtime=1x -timeout=30m ./bench/controller
+package controllerbench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	controllere2e "github.com/heraldlb/herald/e2e/controller"
+	"github.com/heraldlb/herald/internal/realapi"
+)
+
+const command = "go test -run='^$' -bench=BenchmarkAllocate -benchtime=1x -timeout=30m ./bench/controller"
+
+func BenchmarkAllocate(b *testing.B) {
+	for _, n := range []int{2000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			allocate(b, n) // once: -benchtime=1x; the figures come from ReportMetric and the JSON lines
+		})
+	}
+}
+
+func allocate(b *testing.B, n int) {
+	bin := controllere2e.BuildController(b)
+	api := realapi.Start(b)
+	cfg := *api.Config
+	cfg.QPS, cfg.Burst = 2000, 4000
+	cs := kubernetes.NewForConfigOrDie(&cfg)
+	dyn := dynamic.NewForConfigOrDie(&cfg)
+	controllere2e.Namespace(b, cs, "herald-system")
+	controllere2e.Namespace(b, cs, "bench")
+	controllere2e.Pool(b, dyn, "bench", "10.0.0.0/16", "fd00:b::/64")
+	created := time.Now()
+	controllere2e.CreateServices(b, cs, "bench", n)
+	b.Logf("%d pending Services created in %v", n, time.Since(created).Round(time.Millisecond))
+
+	writesBefore, err := realapi.Requests(cs, "services", "status", "PATCH", "PUT")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	p := controllere2e.StartController(b, bin, api.Kubeconfig)
+	done, err := controllere2e.WaitAllocated(ctx, cs, "bench", n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	took := done.Sub(start)
+	time.Sleep(3 * time.Second) // anything written after the last allocation counts too
+	rss, err := p.PeakRSS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	writesAfter, err := realapi.Requests(cs, "services", "status", "PATCH", "PUT")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addrs := controllere2e.Addresses(b, cs, "bench")
+	if dup := controllere2e.Duplicates(addrs); len(dup) > 0 || len(addrs) != n {
+		b.Fatalf("%d of %d Services have addresses; duplicates: %v", len(addrs), n, dup)
+	}
+	perService := float64(writesAfter-writesBefore) / float64(n)
+	b.ReportMetric(took.Seconds(), "s-to-all-allocated")
+	b.ReportMetric(perService, "status-writes/service")
+	b.ReportMetric(float64(rss)/(1<<20), "MiB-peak-RSS")
+	out := json.NewEncoder(os.Stdout)
+	for _, fig := range []struct {
+		figure string
+		value  float64
+		unit   string
+	}{
+		{fmt.Sprintf("controller: %d pending Services allocated", n), took.Seconds(), "s"},
+		{fmt.Sprintf("controller: status writes per Service (%d Services)", n), perService, "writes"},
+		{fmt.Sprintf("controller: peak RSS (%d Services)", n), float64(rss) / (1 << 20), "MiB"},
+	} {
+		_ = out.Encode(map[string]any{"figure": fig.figure, "value": fig.value, "unit": fig.unit, "command": command})
+	}
+}
