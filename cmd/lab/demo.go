@@ -171,7 +171,6 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 		return finish(n)
 	}
 	target := netip.AddrPortFrom(ip4, 80)
-	owner := announcer(ctx, n, l, ip4)
 	reach, err := l.HTTPProbe(lab.HostClient, target, 500*time.Millisecond)
 	if err != nil {
 		return err
@@ -185,8 +184,9 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 		bgpStep(ctx, n, l, ip4)
 		return finish(n)
 	}
+	n.say("first successful request %s after the IP was assigned", first.Elapsed.Round(time.Millisecond))
+	owner := announcer(ctx, n, l, ip4)
 	_ = run(ctx, n, l, "exec", "client", "--", "curl", "-s", "http://"+target.String()+"/")
-	n.say("(first successful request %s after the IP was assigned and checked)", first.Elapsed.Round(time.Millisecond))
 	counts, err := l.Spread(ctx, lab.HostClient, target, 30, time.Second)
 	if err == nil {
 		n.say("30 requests, answered by: %v", counts)
@@ -194,26 +194,29 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 	n.wait()
 
 	if owner != nil {
-		n.step("Kill the announcing node's speaker",
-			fmt.Sprintf("%s answers for %s. Its speaker gets SIGKILL; another node must take over,", owner.Name, ip4),
-			"and we time how long until the client's requests succeed again.")
+		n.step("The announcing node fails",
+			fmt.Sprintf("%s answers for %s. Now it dies: its speaker gets SIGKILL and its link is cut", owner.Name, ip4),
+			"(carrier down, as when a server loses power). Another node must take over the IP and tell",
+			"the client (gratuitous ARP); we time how long until the client's requests succeed again.")
+		fast, err := l.HTTPProbe(lab.HostClient, target, 100*time.Millisecond)
+		if err != nil {
+			return err
+		}
 		m, err := within(ctx, 20*time.Second, func(ctx context.Context) (lab.Measurement, error) {
-			return lab.TimeToFirstSuccess(ctx, func(context.Context) error {
-				return l.SignalSpeaker(owner.Name, syscall.SIGKILL)
-			}, reach, time.Millisecond)
+			return lab.TimeToFirstSuccess(ctx, func(ctx context.Context) error {
+				return errors.Join(l.SignalSpeaker(owner.Name, syscall.SIGKILL), l.CutLink(ctx, owner.Name))
+			}, fast, time.Millisecond)
 		})
 		if err != nil {
 			n.say("NOT THERE YET: no other node took over (%v).", err)
 		} else {
-			n.say("traffic back after %s (%d attempts)", m.Elapsed.Round(time.Millisecond), m.Attempts)
-			if now := announcer(ctx, n, l, ip4); now != nil {
-				n.say("%s now answers for %s", now.Name, ip4)
-			}
+			n.say("traffic back %s after the node died (%d attempts)", m.Elapsed.Round(time.Millisecond), m.Attempts)
+			announcer(ctx, n, l, ip4)
 		}
-		if err := l.StartSpeaker(owner.Name); err != nil {
+		if err := errors.Join(l.RestoreLink(ctx, owner.Name), l.StartSpeaker(owner.Name)); err != nil {
 			return err
 		}
-		n.say("%s's speaker restarted.", owner.Name)
+		n.say("%s is back (link restored, speaker restarted).", owner.Name)
 		n.wait()
 	}
 	bgpStep(ctx, n, l, ip4)
@@ -229,9 +232,11 @@ func bgpStep(ctx context.Context, n *narrator, l *lab.Lab, ip netip.Addr) {
 		n.say("could not create the BGP objects: %v", err)
 		return
 	}
+	// Wait until every node's route is in (or 15 s), then show what BIRD has.
 	deadline := time.Now().Add(15 * time.Second)
 	var routes []lab.BirdRoute
-	for time.Now().Before(deadline) && len(routes) == 0 {
+	for time.Now().Before(deadline) && len(routes) < len(l.Nodes()) {
+		routes = routes[:0]
 		all, err := l.BirdRoutes(ctx)
 		if err == nil {
 			for _, r := range all {
@@ -260,6 +265,15 @@ func bgpStep(ctx context.Context, n *narrator, l *lab.Lab, ip netip.Addr) {
 		return
 	}
 	_ = run(ctx, n, l, "exec", "ext", "--", "curl", "-s", "http://"+target.String()+"/")
+	if r, err := l.Get(ctx, lab.HostExternal, target, time.Second); err == nil {
+		ext, _ := l.Host(lab.HostExternal)
+		if r.ClientIP() == ext.IPv4 {
+			n.say("%s saw the client's own address %s.", r.Backend, r.ClientIP())
+		} else {
+			n.say("%s saw %s, not the client's %s: with externalTrafficPolicy Cluster the node", r.Backend, r.ClientIP(), ext.IPv4)
+			n.say("masquerades; with Local it keeps the client's address and uses only local backends.")
+		}
+	}
 }
 
 func finish(n *narrator) error {
