@@ -125,6 +125,22 @@ func TestL2SpeakersAnswerForServiceIPs(t *testing.T) {
 		owners[ip] = answeringNode(t, l, netip.MustParseAddr(ip), 15*time.Second).Name
 	}
 	t.Logf("owners: %v", owners)
+	// NDP: the owner of the IPv6 address joined its solicited-node group, which is how the
+	// snooping switch delivers the solicitations to it (and to no other node).
+	v6 := netip.MustParseAddr(ips[3])
+	groups, err := l.MulticastGroups(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range l.Nodes() {
+		joined := false
+		for _, g := range groups[n.Port] {
+			joined = joined || g == lab.SolicitedNodeGroup(v6)
+		}
+		if joined != (n.Name == owners[ips[3]]) {
+			t.Errorf("%s joined %s: %v; only the owner %s should", n.Name, lab.SolicitedNodeGroup(v6), joined, owners[ips[3]])
+		}
+	}
 
 	// Each node's SpeakerStatus lists exactly the IPs it answers for.
 	deadline := time.Now().Add(10 * time.Second)
@@ -241,4 +257,38 @@ func TestL2LocalTrafficPolicyFollowsEndpoints(t *testing.T) {
 		}
 	}
 	t.Logf("owner followed the endpoints to %s within %v", second, time.Since(t0))
+}
+
+// TestL2FailoverWithoutAPIServer: the control plane is cut off the segment (frames dropped at the
+// switch), then the owner's speaker is killed: the others still take over, because liveness comes
+// from the speakers' own heartbeats.
+func TestL2FailoverWithoutAPIServer(t *testing.T) {
+	l := needLab(t)
+	_, cs := l2Setup(t, l, "10.77.0.244")
+	ip := netip.MustParseAddr("10.77.0.244")
+	l2Service(t, l, cs, "noapi", ip.String(), corev1.ServiceExternalTrafficPolicyCluster, l.Pods())
+	old := answeringNode(t, l, ip, 15*time.Second)
+	ctx := context.Background()
+	if err := l.DropFrames(ctx, lab.HostControlPlane); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.RestoreLink(context.Background(), lab.HostControlPlane) })
+	if err := l.SignalSpeaker(old.Name, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	next := answeringNode(t, l, ip, 5*time.Second)
+	for next.Name == old.Name && time.Since(t0) < 5*time.Second {
+		next = answeringNode(t, l, ip, 5*time.Second)
+	}
+	if next.Name == old.Name {
+		t.Fatalf("%s still answered by the killed %s", ip, old.Name)
+	}
+	t.Logf("with the API server unreachable, %s took %s over within %v", next.Name, ip, time.Since(t0))
+	if err := l.RestoreLink(ctx, lab.HostControlPlane); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartSpeaker(old.Name); err != nil {
+		t.Fatal(err)
+	}
 }
