@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -227,32 +228,42 @@ func TestOneChangeAmongTenThousandIsSmallAndFixed(t *testing.T) {
 	}
 	name := types.NamespacedName{Namespace: "bench", Name: "svc-00042"}
 
-	// One endpoint replaced: flush the chain, its 2 rules, hairpin element out and in.
+	// One (remote) endpoint replaced: flush the chain and add its 2 rules.
 	p := *st.Services[name][0]
 	p.ClusterEndpoints = []dataplane.Endpoint{ep("10.1.0.43", 8080, false), ep("10.3.0.1", 8080, false)}
 	p.ExternalEndpoints = p.ClusterEndpoints
 	st.Services[name] = []*dataplane.ServicePort{&p}
 	incremental(t, b, st, name)
-	if got := b.LastTransactionSize(); got != 5 {
-		t.Errorf("endpoint change: %d operations, want 5:\n%s", got, fake.last)
+	if got := b.LastTransactionSize(); got != 3 {
+		t.Errorf("endpoint change: %d operations, want 3:\n%s", got, fake.last)
 	}
 
-	// A new LoadBalancer Service: chain + 2 rules + ClusterIP, LB IP and NodePort dispatch
-	// + 2 masquerade keys + 2 hairpin elements.
+	// A local endpoint added: the chain's rules plus its hairpin element.
+	p2 := p
+	p2.ClusterEndpoints = append(slices.Clone(p.ClusterEndpoints), ep("10.1.9.9", 8080, true))
+	p2.ExternalEndpoints = p2.ClusterEndpoints
+	st.Services[name] = []*dataplane.ServicePort{&p2}
+	incremental(t, b, st, name)
+	if got := b.LastTransactionSize(); got != 5 {
+		t.Errorf("local endpoint added: %d operations, want 5 (flush, 3 rules, hairpin):\n%s", got, fake.last)
+	}
+
+	// A new LoadBalancer Service with remote endpoints: chain + 2 rules + ClusterIP, LB IP and
+	// NodePort dispatch + 2 masquerade keys.
 	nn := svcPort("bench", "new", "10.97.0.1", 80, ep("10.4.0.1", 80, false), ep("10.4.0.2", 80, false))
 	nn.NodePort = 40000
 	nn.LoadBalancerIPs = addrs("192.168.200.1")
 	st.Services[nn.Name.NamespacedName] = []*dataplane.ServicePort{nn}
 	incremental(t, b, st, nn.Name.NamespacedName)
-	if got := b.LastTransactionSize(); got != 10 {
-		t.Errorf("new Service: %d operations, want 10:\n%s", got, fake.last)
+	if got := b.LastTransactionSize(); got != 8 {
+		t.Errorf("new Service: %d operations, want 8:\n%s", got, fake.last)
 	}
 
-	// Its deletion undoes exactly that: 5 elements, 2 hairpin, flush + delete chain.
+	// Its deletion undoes exactly that: 5 elements, flush + delete chain.
 	delete(st.Services, nn.Name.NamespacedName)
 	incremental(t, b, st, nn.Name.NamespacedName)
-	if got := b.LastTransactionSize(); got != 9 {
-		t.Errorf("deleted Service: %d operations, want 9:\n%s", got, fake.last)
+	if got := b.LastTransactionSize(); got != 7 {
+		t.Errorf("deleted Service: %d operations, want 7:\n%s", got, fake.last)
 	}
 }
 

@@ -229,9 +229,13 @@ func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []datap
 		rules = append(rules, strings.Join(append(r, dnat(ep)), " "))
 	}
 	// Hairpin: an endpoint reaching its own Service and picked itself must see the node as the
-	// source, or its reply would bypass the DNAT. One shared set, checked in postrouting.
+	// source, or its reply would bypass the DNAT. One shared set, checked in postrouting. Only
+	// this node's endpoints can hairpin here (a remote pod's traffic goes through its own node),
+	// so only they are listed: in a cluster of N nodes that is about 1/N of the endpoints.
 	for _, ep := range eps {
-		fr.elements[elementKey{f.hairpin(), key(ep.Addr.String(), ep.Addr.String())}] = ""
+		if ep.Local {
+			fr.elements[elementKey{f.hairpin(), key(ep.Addr.String(), ep.Addr.String())}] = ""
+		}
 	}
 	return rules
 }

@@ -1,0 +1,232 @@
+// Command dataplane measures Herald's embedded service proxy with its nftables backend: the time
+// to program N Services x M endpoints from start (API objects through the change tracker, the
+// endpoint policy and one nft transaction), the time from one change with N present to its rule
+// being live, and the process's memory. It runs in a private network namespace (it re-executes
+// itself under `unshare -n`, so it needs root) and prints one BENCH line per figure for
+// bench/report.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/dataplane/nftables"
+)
+
+const (
+	command  = "go run ./bench/dataplane"
+	netnsEnv = "HERALD_DPT_BENCH_NETNS"
+)
+
+func main() {
+	services := flag.Int("services", 10000, "Services to program")
+	endpoints := flag.Int("endpoints", 2, "endpoints per Service")
+	changes := flag.Int("changes", 20, "single changes to time (the median and the maximum are reported)")
+	flag.Parse()
+	if os.Getenv(netnsEnv) != "1" {
+		reexecInNetns()
+		return
+	}
+
+	backend, err := nftables.New()
+	if err != nil {
+		fail("nftables: %v", err)
+	}
+	proxy := dataplane.NewProxy(dataplane.ProxyOptions{NodeName: "node-0", Backend: backend,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	tracker := proxy.Tracker()
+	ctx := context.Background()
+
+	// Build the objects first: an apiserver would hold them already.
+	svcs := make([]*corev1.Service, *services)
+	eps := make([]*discoveryv1.EndpointSlice, *services)
+	for i := range *services {
+		svcs[i], eps[i] = objects(i, *endpoints, 0)
+	}
+	runtime.GC()
+
+	start, cpu0 := time.Now(), cpuTimes()
+	for i := range svcs {
+		tracker.OnServiceUpdate(svcs[i])
+		tracker.OnEndpointSliceUpdate(eps[i])
+	}
+	if err := proxy.SyncOnce(ctx); err != nil {
+		fail("full sync: %v", err)
+	}
+	full, fullCPU := time.Since(start), cpuTimes().sub(cpu0)
+	if err := live(*services - 1); err != nil {
+		fail("after the full sync: %v", err)
+	}
+	desc := fmt.Sprintf("%d Services x %d endpoints", *services, *endpoints)
+	bench("nftables data plane: program "+desc+" from start", full.Seconds(), "s", "< 3 s")
+	bench("nftables data plane: program "+desc+", CPU time of the speaker", fullCPU.self.Seconds(), "s", "")
+	bench("nftables data plane: program "+desc+", CPU time of nft (user+sys)", fullCPU.children.Seconds(), "s", "")
+	bench(fmt.Sprintf("nftables data plane: transaction of the full sync (%s)", desc), float64(backend.LastTransactionSize()), "operations", "")
+
+	// One change at a time with N present: alternately a new Service, and new endpoints for an
+	// existing one; each timed from the informer event to the committed transaction, then
+	// checked live in the kernel.
+	var times []time.Duration
+	var changeCPU []cpu
+	for c := range *changes {
+		var svc *corev1.Service
+		var slice *discoveryv1.EndpointSlice
+		idx := *services + c
+		if c%2 == 1 {
+			idx = c * 7 % *services
+			svc = svcs[idx]
+			_, slice = objects(idx, *endpoints, c)
+		} else {
+			svc, slice = objects(idx, *endpoints, 0)
+		}
+		t0, c0 := time.Now(), cpuTimes()
+		tracker.OnServiceUpdate(svc)
+		tracker.OnEndpointSliceUpdate(slice)
+		if err := proxy.SyncOnce(ctx); err != nil {
+			fail("change %d: %v", c, err)
+		}
+		times = append(times, time.Since(t0))
+		changeCPU = append(changeCPU, cpuTimes().sub(c0))
+		if err := live(idx); err != nil {
+			fail("change %d not live: %v", c, err)
+		}
+	}
+	slices.Sort(times)
+	bench("nftables data plane: one change with "+strconv.Itoa(*services)+" Services present, to live (median)", ms(times[len(times)/2]), "ms", "< 50 ms")
+	bench("nftables data plane: one change with "+strconv.Itoa(*services)+" Services present, to live (max)", ms(times[len(times)-1]), "ms", "")
+	slices.SortFunc(changeCPU, func(a, b cpu) int { return int((a.self + a.children) - (b.self + b.children)) })
+	med := changeCPU[len(changeCPU)/2]
+	bench("nftables data plane: one change, CPU time of the speaker (median)", ms(med.self), "ms", "")
+	bench("nftables data plane: one change, CPU time of nft (median)", ms(med.children), "ms", "")
+	bench("nftables data plane: transaction of one new Service", float64(backend.LastTransactionSize()), "operations", "")
+
+	rss, hwm := memory()
+	bench("nftables data plane: RSS with "+desc, rss, "MiB", "")
+	bench("nftables data plane: peak RSS with "+desc, hwm, "MiB", "")
+}
+
+// objects returns Service i (a LoadBalancer with a NodePort for even i, ClusterIP otherwise)
+// and its EndpointSlice; gen varies the endpoint addresses.
+func objects(i, endpoints, gen int) (*corev1.Service, *discoveryv1.EndpointSlice) {
+	name := fmt.Sprintf("svc-%05d", i)
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: name, ResourceVersion: "1"},
+		Spec: corev1.ServiceSpec{
+			Type:      corev1.ServiceTypeClusterIP,
+			ClusterIP: clusterIP(i), ClusterIPs: []string{clusterIP(i)},
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}
+	if i%2 == 0 {
+		svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+		svc.Spec.Ports[0].NodePort = int32(30000 + i/2)
+		svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: fmt.Sprintf("192.168.%d.%d", i/250, i%250+1)}}
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "bench", Name: name + "-1", ResourceVersion: strconv.Itoa(gen + 1), Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To(int32(8080))}},
+	}
+	for e := range endpoints {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses: []string{fmt.Sprintf("10.%d.%d.%d", 1+e+gen%50, i/250, i%250+1)},
+			NodeName:  ptr.To(fmt.Sprintf("node-%d", e)),
+		})
+	}
+	return svc, slice
+}
+
+func clusterIP(i int) string { return fmt.Sprintf("10.96.%d.%d", i/250, i%250+1) }
+
+// live asks the kernel for Service i's dispatch element (a lookup, not a listing).
+func live(i int) error {
+	out, err := exec.Command("nft", "get", "element", "inet", nftables.TableName, "service-ips4",
+		"{ "+clusterIP(i)+" . tcp . 80 }").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	if !strings.Contains(string(out), "goto svc4-bench/svc-") {
+		return fmt.Errorf("unexpected element: %s", out)
+	}
+	return nil
+}
+
+// cpu is CPU time (user+sys) of this process and of its finished children (the nft runs). On a
+// shared machine wall times swing with the load; CPU times show the work itself.
+type cpu struct{ self, children time.Duration }
+
+func (c cpu) sub(o cpu) cpu { return cpu{c.self - o.self, c.children - o.children} }
+
+func cpuTimes() cpu {
+	var self, children syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	d := func(r syscall.Rusage) time.Duration {
+		return time.Duration(r.Utime.Nano() + r.Stime.Nano())
+	}
+	return cpu{d(self), d(children)}
+}
+
+// memory returns VmRSS and VmHWM of this process in MiB.
+func memory() (rss, hwm float64) {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
+
+// reexecInNetns runs this program again in a new network namespace, which disappears with it.
+func reexecInNetns() {
+	self, err := os.Executable()
+	if err != nil {
+		fail("%v", err)
+	}
+	cmd := exec.Command("unshare", append([]string{"-n", "--", self}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), netnsEnv+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fail("in a private network namespace (needs root and unshare): %v", err)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func bench(figure string, value float64, unit, target string) {
+	b, _ := json.Marshal(map[string]any{"figure": figure, "value": value, "unit": unit, "target": target, "command": command})
+	fmt.Printf("BENCH %s\n", b)
+}
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench/dataplane: "+format+"\n", args...)
+	os.Exit(1)
+}
