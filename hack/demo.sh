@@ -31,7 +31,7 @@ echo "==> building Herald"
 mkdir -p bin
 for cmd in lab controller speaker; do
   if [ -d "cmd/$cmd" ]; then
-    go build -o "bin/$cmd" "./cmd/$cmd"
+    CGO_ENABLED=0 go build -trimpath -o "bin/$cmd" "./cmd/$cmd" # as `make build` does: no rebuild after it
   fi
 done
 
