@@ -187,6 +187,9 @@ func (a *Announcer) round() {
 	ips := a.ips
 	a.mu.Unlock()
 	gained, lost := a.election.Decide(Round{Now: time.Now(), Quorum: view.Quorum, QuorumSince: view.QuorumSince, Members: members, Unknown: unknown, IPs: ips})
+	if a.election.OverCap() && len(gained) > 0 {
+		a.cfg.Logger.Error("l2: this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
+	}
 
 	// Stop answering before anything else, then start, then tell the peers.
 	a.applyResponders(ips)

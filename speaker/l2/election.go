@@ -56,6 +56,11 @@ var DefaultElectionTiming = ElectionTiming{
 	OfferTimeout:   time.Second,
 }
 
+// MaxOwnedIPs caps the IPs one node answers for, so that its state fits one heartbeat
+// (membership.MaxPayload; an IPv6 address takes 17 bytes of it). IPs beyond the cap that this
+// node should take stay unannounced, and Election.OverCap reports it.
+const MaxOwnedIPs = 3000
+
 // Election decides which IPs this node answers for. Every node runs the same rules on the same
 // gossiped states, so they agree on one owner per IP:
 //
@@ -76,6 +81,7 @@ type Election struct {
 	owned     map[netip.Addr]bool
 	offers    map[netip.Addr]pendingOffer
 	lastOffer time.Time
+	overCap   bool
 	// Scratch space reused across decideIP calls.
 	eligibleBuf, claimants []string
 }
@@ -89,6 +95,9 @@ type pendingOffer struct {
 func NewElection(self string, timing ElectionTiming) *Election {
 	return &Election{self: self, timing: timing, owned: map[netip.Addr]bool{}, offers: map[netip.Addr]pendingOffer{}}
 }
+
+// OverCap reports whether the last round left IPs unannounced because of MaxOwnedIPs.
+func (e *Election) OverCap() bool { return e.overCap }
 
 // Owned returns the IPs this node currently owns, sorted.
 func (e *Election) Owned() []netip.Addr {
@@ -113,12 +122,25 @@ func (e *Election) State(links []Link) NodeState {
 // Decide runs one round and returns the IPs this node gained and lost.
 func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 	next := make(map[netip.Addr]bool, len(e.owned)+8)
+	e.overCap = false
 	if r.Quorum {
 		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle && r.Unknown == 0
+		var fresh []netip.Addr
 		for ip, pol := range r.IPs {
 			if e.decideIP(r, ip, pol, settled) {
-				next[ip] = true
+				if e.owned[ip] {
+					next[ip] = true
+				} else {
+					fresh = append(fresh, ip)
+				}
 			}
+		}
+		for _, ip := range fresh {
+			if len(next) >= MaxOwnedIPs {
+				e.overCap = true
+				break
+			}
+			next[ip] = true
 		}
 	}
 	for ip := range next {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/heraldlb/herald/speaker/membership"
 )
 
 // cluster simulates nodes running elections on each other's last published states, one
@@ -328,5 +330,26 @@ func BenchmarkDecide10kIPs(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		n.el.Decide(Round{Now: c.now, Quorum: true, QuorumSince: n.quorumSince, Members: members, IPs: c.ips})
+	}
+}
+
+func TestOwnedIPsAreCapped(t *testing.T) {
+	c := newCluster(t, []string{"node-a"}, 0)
+	for i := range MaxOwnedIPs + 10 {
+		c.ips[netip.AddrFrom16([16]byte{0xfd, 14: byte(i >> 8), 15: byte(i)})] = Policy{Candidates: []string{"node-a"}}
+	}
+	v6 := []Link{{Name: "eth0", Prefixes: []netip.Prefix{netip.MustParsePrefix("fd00::1/64")}}}
+	c.nodes["node-a"].links = v6
+	c.run(time.Second)
+	el := c.nodes["node-a"].el
+	if got := len(el.Owned()); got != MaxOwnedIPs || !el.OverCap() {
+		t.Fatalf("owns %d (over cap %v), want the cap %d", got, el.OverCap(), MaxOwnedIPs)
+	}
+	b, err := el.State(v6).encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > membership.MaxPayload {
+		t.Fatalf("state of %d IPv6 addresses takes %d bytes, more than a heartbeat's %d", MaxOwnedIPs, len(b), membership.MaxPayload)
 	}
 }
