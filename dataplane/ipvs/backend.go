@@ -23,7 +23,7 @@ type Options struct {
 	NFT     knftables.Interface
 	Sysctls Sysctls
 	// StrictARP sets arp_ignore=1 and arp_announce=2 so no node answers ARP for Service IPs just
-	// because they sit on its dummy link (needed with L2 announcements; harmless otherwise).
+	// because they are local to it (needed with L2 announcements; harmless otherwise).
 	StrictARP bool
 	// SysctlStateFile records the sysctl values the backend replaced, for Cleanup.
 	SysctlStateFile string
@@ -55,13 +55,13 @@ type Backend struct {
 
 	// fragments is what each Service contributed at the last successful sync.
 	fragments map[types.NamespacedName]*fragment
-	// ipRefs and setRefs count the Services using each dummy address and set element: a shared
+	// ipRefs and setRefs count the Services using each Service IP and set element: a shared
 	// LoadBalancer IP stays while any of its Services does.
 	ipRefs  map[netip.Addr]int
 	setRefs map[fwElement]int
 	// nodeAddrs are the addresses NodePort virtual servers were expanded over.
 	nodeAddrs []netip.Addr
-	// serviceIPs are the addresses this backend put on the dummy link.
+	// serviceIPs are the Service IPs this backend routed to the dummy link.
 	serviceIPs map[netip.Addr]struct{}
 	// initialized is set once the kernel state was adopted after a start.
 	initialized bool
@@ -317,7 +317,7 @@ func (b *Backend) init() error {
 	return nil
 }
 
-// adopt takes over the Service IPs on the dummy link and the virtual servers on them or on the
+// adopt takes over the Service IPs routed to the dummy link and the virtual servers on them or on the
 // node's addresses (Herald owns IPVS on those addresses when it runs the IPVS data plane).
 func (b *Backend) adopt() error {
 	owned, err := b.ownedAddrs()
@@ -338,7 +338,7 @@ func (b *Backend) adopt() error {
 }
 
 func (b *Backend) ownedAddrs() (map[netip.Addr]struct{}, error) {
-	addrs, err := b.links.DummyAddrs()
+	addrs, err := b.links.ServiceIPs()
 	if err != nil {
 		return nil, fmt.Errorf("listing %s addresses: %w", DummyLinkName, err)
 	}
@@ -357,7 +357,7 @@ func (b *Backend) apply(ctx context.Context, d *delta) error {
 	}
 	var errs []error
 	for _, a := range d.ipAdd {
-		if err := b.links.AddDummyAddr(a); err != nil {
+		if err := b.links.AddServiceIP(a); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -367,7 +367,7 @@ func (b *Backend) apply(ctx context.Context, d *delta) error {
 		errs = append(errs, err)
 	}
 	for _, a := range d.ipDel {
-		if err := b.links.DelDummyAddr(a); err != nil {
+		if err := b.links.DelServiceIP(a); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -171,7 +171,7 @@ func (f *fakeLinks) EnsureDummy() error {
 	return nil
 }
 
-func (f *fakeLinks) DummyAddrs() ([]netip.Addr, error) {
+func (f *fakeLinks) ServiceIPs() ([]netip.Addr, error) {
 	var out []netip.Addr
 	for a := range f.dummy {
 		out = append(out, a)
@@ -179,7 +179,7 @@ func (f *fakeLinks) DummyAddrs() ([]netip.Addr, error) {
 	return out, nil
 }
 
-func (f *fakeLinks) AddDummyAddr(a netip.Addr) error  { f.dummy[a] = true; return nil }
-func (f *fakeLinks) DelDummyAddr(a netip.Addr) error  { delete(f.dummy, a); return nil }
+func (f *fakeLinks) AddServiceIP(a netip.Addr) error  { f.dummy[a] = true; return nil }
+func (f *fakeLinks) DelServiceIP(a netip.Addr) error  { delete(f.dummy, a); return nil }
 func (f *fakeLinks) NodeAddrs() ([]netip.Addr, error) { return f.nodeAddrs, nil }
 func (f *fakeLinks) DeleteDummy() error               { f.dummy = nil; return nil }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -67,8 +68,14 @@ func TestKernelDataPath(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = links.DeleteDummy() })
 	lb := netip.MustParseAddr("10.255.0.10")
-	if err := links.AddDummyAddr(lb); err != nil {
+	if err := links.AddServiceIP(lb); err != nil {
 		t.Fatal(err)
+	}
+	if ips, err := links.ServiceIPs(); err != nil || len(ips) != 1 || ips[0] != lb {
+		t.Fatalf("Service IPs routed to %s: %v, %v; want [%s]", DummyLinkName, ips, err, lb)
+	}
+	if nodeAddrs, err := links.NodeAddrs(); err != nil || !slices.Contains(nodeAddrs, top.NodeIP) || slices.Contains(nodeAddrs, lb) {
+		t.Fatalf("node addresses %v, %v: want %s and not the Service IP", nodeAddrs, err, top.NodeIP)
 	}
 	ctx := context.Background()
 	fw := newFirewall(nft)

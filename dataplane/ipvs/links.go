@@ -10,18 +10,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DummyLinkName is the link holding every Service IP (ClusterIP, LoadBalancer ingress IP,
-// externalIP): IPVS only sees packets addressed to the node itself.
+// DummyLinkName is the link that carries every Service IP (ClusterIP, LoadBalancer ingress IP,
+// externalIP) as a local route: IPVS only sees packets addressed to the node itself.
 const DummyLinkName = "herald-ipvs0"
 
-// Links is the link and address access the backend needs; tests use a fake.
+// routeProtocol marks Herald's local routes (the rtm_protocol field; 72 is "H" and unassigned), so
+// they are told apart from the kernel's routes for the link's own addresses.
+const routeProtocol = netlink.RouteProtocol(72)
+
+// Links is the link and route access the backend needs; tests use a fake.
+//
+// Service IPs are local routes (`ip route show table local dev herald-ipvs0`), not addresses on
+// the link as kube-proxy's kube-ipvs0 has them: the kernel adds and removes a route in O(log n),
+// while every address added to one link walks that link's address list, and every address dump
+// (which routing daemons and this backend's NodeAddrs do) returns them all. Measured in the VM at
+// 10,000 Services: about 19 s to add the addresses against 7 s for the routes. The node treats
+// both as its own (packets reach LOCAL_IN, where IPVS takes them); strict-ARP sysctls keep it from
+// answering ARP for either.
 type Links interface {
-	// EnsureDummy creates the dummy link if it is missing.
+	// EnsureDummy creates the dummy link if it is missing and sets it up.
 	EnsureDummy() error
-	// DummyAddrs lists the addresses on the dummy link (none when it does not exist).
-	DummyAddrs() ([]netip.Addr, error)
-	AddDummyAddr(netip.Addr) error
-	DelDummyAddr(netip.Addr) error
+	// ServiceIPs lists the Service IPs routed to the dummy link (none when it does not exist).
+	ServiceIPs() ([]netip.Addr, error)
+	AddServiceIP(netip.Addr) error
+	DelServiceIP(netip.Addr) error
 	// NodeAddrs lists the node's own unicast addresses (not loopback, link-local or the dummy's):
 	// the addresses NodePorts are served on.
 	NodeAddrs() ([]netip.Addr, error)
@@ -47,68 +59,91 @@ func (l *netlinkLinks) dummy() (netlink.Link, error) {
 	return l.h.LinkByName(DummyLinkName)
 }
 
-func (l *netlinkLinks) EnsureDummy() error {
-	if _, err := l.dummy(); err == nil {
-		return nil
-	}
-	// Left down, like kube-proxy's kube-ipvs0: its addresses are still local, and a down NOARP
-	// link never answers neighbour requests itself.
-	err := l.h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: DummyLinkName}})
-	if err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("creating dummy link %s: %w", DummyLinkName, err)
-	}
-	return nil
+func isLinkNotFound(err error) bool {
+	var notFound netlink.LinkNotFoundError
+	return errors.As(err, &notFound)
 }
 
-func (l *netlinkLinks) DummyAddrs() ([]netip.Addr, error) {
+func (l *netlinkLinks) EnsureDummy() error {
 	link, err := l.dummy()
-	if err != nil {
-		var notFound netlink.LinkNotFoundError
-		if errors.As(err, &notFound) {
-			return nil, nil
+	if isLinkNotFound(err) {
+		err = l.h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: DummyLinkName}})
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("creating dummy link %s: %w", DummyLinkName, err)
 		}
-		return nil, err
+		link, err = l.dummy()
 	}
-	addrs, err := l.h.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return err
+	}
+	// Routes through a down link are dead. A dummy link sends nothing, so up is harmless.
+	return l.h.LinkSetUp(link)
+}
+
+func (l *netlinkLinks) ServiceIPs() ([]netip.Addr, error) {
+	link, err := l.dummy()
+	if isLinkNotFound(err) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	out := make([]netip.Addr, 0, len(addrs))
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+	routes, err := l.h.RouteListFiltered(netlink.FAMILY_ALL,
+		&netlink.Route{LinkIndex: link.Attrs().Index, Table: unix.RT_TABLE_LOCAL, Protocol: routeProtocol},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, r := range routes {
+		if r.Type != unix.RTN_LOCAL || r.Dst == nil {
+			continue
+		}
+		if ones, bits := r.Dst.Mask.Size(); ones != bits {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(r.Dst.IP); ok {
 			out = append(out, ip.Unmap())
 		}
 	}
 	return out, nil
 }
 
-func hostAddr(a netip.Addr) *netlink.Addr {
-	bits := a.BitLen()
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, bits)}}
-	if a.Is6() {
-		addr.Flags = unix.IFA_F_NODAD
+// localRoute is "local <a> dev herald-ipvs0 table local proto 72 scope host".
+func (l *netlinkLinks) localRoute(a netip.Addr) (*netlink.Route, error) {
+	link, err := l.dummy()
+	if err != nil {
+		return nil, err
 	}
-	return addr
+	bits := a.BitLen()
+	return &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, bits)},
+		Type:      unix.RTN_LOCAL,
+		Table:     unix.RT_TABLE_LOCAL,
+		Scope:     netlink.SCOPE_HOST,
+		Protocol:  routeProtocol,
+	}, nil
 }
 
-func (l *netlinkLinks) AddDummyAddr(a netip.Addr) error {
-	link, err := l.dummy()
+func (l *netlinkLinks) AddServiceIP(a netip.Addr) error {
+	r, err := l.localRoute(a)
 	if err != nil {
 		return err
 	}
-	if err := l.h.AddrAdd(link, hostAddr(a)); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("adding %s to %s: %w", a, DummyLinkName, err)
+	if err := l.h.RouteReplace(r); err != nil {
+		return fmt.Errorf("routing %s to %s: %w", a, DummyLinkName, err)
 	}
 	return nil
 }
 
-func (l *netlinkLinks) DelDummyAddr(a netip.Addr) error {
-	link, err := l.dummy()
+func (l *netlinkLinks) DelServiceIP(a netip.Addr) error {
+	r, err := l.localRoute(a)
 	if err != nil {
 		return err
 	}
-	if err := l.h.AddrDel(link, hostAddr(a)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-		return fmt.Errorf("removing %s from %s: %w", a, DummyLinkName, err)
+	if err := l.h.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("removing the route of %s: %w", a, err)
 	}
 	return nil
 }
@@ -118,21 +153,24 @@ func (l *netlinkLinks) NodeAddrs() ([]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []netip.Addr
+	skip := map[int]bool{}
 	for _, link := range links {
-		attrs := link.Attrs()
-		if attrs.Name == DummyLinkName || attrs.Flags&net.FlagLoopback != 0 {
+		if attrs := link.Attrs(); attrs.Name == DummyLinkName || attrs.Flags&net.FlagLoopback != 0 {
+			skip[attrs.Index] = true
+		}
+	}
+	// One dump of every address, rather than one per link (each of which is a full dump too).
+	addrs, err := l.h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if skip[a.LinkIndex] {
 			continue
 		}
-		addrs, err := l.h.AddrList(link, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil, err
-		}
-		for _, a := range addrs {
-			ip, ok := netip.AddrFromSlice(a.IP)
-			if ok && ip.Unmap().IsGlobalUnicast() {
-				out = append(out, ip.Unmap())
-			}
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
+			out = append(out, ip.Unmap())
 		}
 	}
 	return out, nil
@@ -140,11 +178,10 @@ func (l *netlinkLinks) NodeAddrs() ([]netip.Addr, error) {
 
 func (l *netlinkLinks) DeleteDummy() error {
 	link, err := l.dummy()
+	if isLinkNotFound(err) {
+		return nil
+	}
 	if err != nil {
-		var notFound netlink.LinkNotFoundError
-		if errors.As(err, &notFound) {
-			return nil
-		}
 		return err
 	}
 	return l.h.LinkDel(link)
