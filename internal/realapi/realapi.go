@@ -16,10 +16,14 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // K8sVersion is the version of the binaries hack/k8s-bins.sh builds.
@@ -57,10 +61,15 @@ func Start(t testing.TB) API {
 			t.Skip(msg)
 		}
 	}
+	// controller-runtime logs through a global logger that complains (with a stack) until set.
+	ctrllog.SetLogger(logr.Discard())
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd")},
-		ErrorIfCRDPathMissing: true,
+		// The machine running the tests may be busy: the default 20 s is not always enough.
+		ControlPlaneStartTimeout: 2 * time.Minute,
+		ControlPlaneStopTimeout:  time.Minute,
+		CRDDirectoryPaths:        []string{filepath.Join(RepoRoot(), "config", "crd")},
+		ErrorIfCRDPathMissing:    true,
 	}
 	// Wide, dual-stack Service ranges: envtest's default /24 runs out at 256 Services, and dual-stack
 	// Services (ipFamilyPolicy RequireDualStack) need an IPv6 range.
