@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,18 @@ func endpointSlice(node string) *discoveryv1.EndpointSlice {
 	}
 }
 
+func dnsSlice(addrs ...string) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "dns-1", Labels: map[string]string{discoveryv1.LabelServiceName: "dns"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("dns"), Protocol: ptr.To(corev1.ProtocolUDP), Port: ptr.To(int32(5353))}},
+	}
+	for _, a := range addrs {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, NodeName: ptr.To("n2")})
+	}
+	return s
+}
+
 func TestDataPlaneFromAPIObjects(t *testing.T) {
 	if !backendspec.InNodeNetns() {
 		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
@@ -45,8 +58,13 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 		}
 		t.Skip("needs root for a private network namespace")
 	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft")
+	for _, tool := range []string{"nft", "conntrack"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
+				t.Fatalf("needs %s (HERALD_REQUIRE_REAL=1)", tool)
+			}
+			t.Skip("needs " + tool)
+		}
 	}
 	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("lo up: %v %s", err, out)
@@ -60,7 +78,13 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 		},
 		Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: "192.0.2.10"}}}},
 	}
-	client := fake.NewClientset(svc, endpointSlice("n1"), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	dns := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "dns"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.20", ClusterIPs: []string{"10.96.0.20"},
+			Ports: []corev1.ServicePort{{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53, TargetPort: intstr.FromInt32(5353)}}},
+	}
+	client := fake.NewClientset(svc, endpointSlice("n1"), dns, dnsSlice("10.244.1.3", "10.244.1.4"),
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -88,7 +112,7 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "service-ips4").CombinedOutput()
 		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : goto svc4-ns/web/tcp/http")
 	})
-	if st := d.Status(); st.Backend != "nftables" || st.Services != 1 || st.Reason == "" {
+	if st := d.Status(); st.Backend != "nftables" || st.Services != 2 || st.Reason == "" {
 		t.Fatalf("status = %+v", st)
 	}
 	eventually(t, "healthCheckNodePort 200", func() bool { return status("http://127.0.0.1:32100/") == 200 })
@@ -103,6 +127,27 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 	eventually(t, "external traffic dropped", func() bool {
 		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "no-endpoint-ips4").CombinedOutput()
 		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : drop")
+	})
+
+	// UDP: a flow translated to an endpoint that goes away is cleared (UDP has no end, the client
+	// would keep talking to the gone endpoint); flows to endpoints that stay are kept.
+	eventually(t, "the UDP Service's rules", func() bool {
+		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "service-ips4").CombinedOutput()
+		return strings.Contains(string(out), "10.96.0.20 . udp . 53")
+	})
+	for i, ep := range []string{"10.244.1.3", "10.244.1.4"} {
+		sport := strconv.Itoa(40000 + i)
+		if out, err := exec.Command("conntrack", "-I", "-p", "udp", "-s", "172.31.1.2", "-d", "10.96.0.20", "--sport", sport, "--dport", "53",
+			"-r", ep, "-q", "172.31.1.2", "--reply-port-src", "5353", "--reply-port-dst", sport, "-t", "120").CombinedOutput(); err != nil {
+			t.Fatalf("conntrack -I: %v %s", err, out)
+		}
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, dnsSlice("10.244.1.4"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the stale UDP flow cleared", func() bool {
+		out, _ := exec.Command("conntrack", "-L", "-p", "udp").CombinedOutput()
+		return !strings.Contains(string(out), "src=10.244.1.3") && strings.Contains(string(out), "src=10.244.1.4")
 	})
 
 	// Deleting the Service closes its health-check port.
