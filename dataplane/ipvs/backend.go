@@ -174,22 +174,11 @@ func (b *Backend) fullDelta(state *dataplane.State) *delta {
 			d.ipDel = append(d.ipDel, a)
 		}
 	}
-	committed := b.fw.committed
-	if !b.fw.defined {
-		committed = nil
-	}
+	desiredSets := firewallSets{}
 	for e := range b.setRefs {
-		if _, ok := committed[e.set][e.key]; !ok {
-			d.setAdd = append(d.setAdd, e)
-		}
+		desiredSets.add(e.set, e.key)
 	}
-	for set, elems := range committed {
-		for k := range elems {
-			if _, ok := b.setRefs[fwElement{set, k}]; !ok {
-				d.setDel = append(d.setDel, fwElement{set, k})
-			}
-		}
-	}
+	d.setAdd, d.setDel = b.fw.diff(desiredSets)
 	for k := range b.vs.committed {
 		if _, ok := d.vsSet[k]; !ok {
 			d.vsDel = append(d.vsDel, k)

@@ -77,10 +77,9 @@ func newFirewall(nft knftables.Interface) *firewall {
 	return &firewall{nft: nft}
 }
 
-// Sync makes the table's sets hold exactly desired. The first sync (and the one after a failure)
-// recreates the whole table atomically, so leftovers of an older version never survive.
-func (fw *firewall) Sync(ctx context.Context, desired firewallSets) error {
-	var add, del []fwElement
+// diff returns the elements to add and delete so the sets hold exactly desired. Before the table
+// is (re)defined nothing counts as committed: the definition recreates it empty.
+func (fw *firewall) diff(desired firewallSets) (add, del []fwElement) {
 	committed := fw.committed
 	if !fw.defined {
 		committed = nil
@@ -99,14 +98,15 @@ func (fw *firewall) Sync(ctx context.Context, desired firewallSets) error {
 			}
 		}
 	}
-	return fw.Apply(ctx, add, del)
+	return add, del
 }
 
 // fwElement is one element of one set.
 type fwElement struct{ set, key string }
 
-// Apply adds and deletes elements in one transaction (defining the table first when needed). The
-// caller guarantees add holds no committed element and del only committed ones.
+// Apply adds and deletes elements in one transaction, defining the table first when needed (the
+// first time, and after a failure, so leftovers of an older version never survive). The caller
+// guarantees add holds no committed element and del only committed ones.
 func (fw *firewall) Apply(ctx context.Context, add, del []fwElement) error {
 	tx := fw.nft.NewTransaction()
 	if !fw.defined {

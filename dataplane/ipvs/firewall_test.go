@@ -36,14 +36,14 @@ func TestFirewallSendsOnlyDeltas(t *testing.T) {
 	}
 	desired.add(familyIPv4.set(setFirewall), "10.255.0.10", "tcp", "80")
 	desired.add(familyIPv4.set(setFirewallAllow), "10.255.0.10", "tcp", "80", "10.0.1.0/24")
-	if err := fw.Sync(ctx, desired); err != nil {
+	if err := syncSets(ctx, fw, desired); err != nil {
 		t.Fatal(err)
 	}
 	if e := nft.Table.Sets[familyIPv4.set(setFirewallAllow)].FindElement("10.255.0.10", "tcp", "80", "10.0.1.0/24"); e == nil {
 		t.Fatalf("allow element missing:\n%s", nft.Dump())
 	}
 	// Unchanged: no transaction at all.
-	if err := fw.Sync(ctx, copySets(desired)); err != nil {
+	if err := syncSets(ctx, fw, copySets(desired)); err != nil {
 		t.Fatal(err)
 	}
 	if len(nft.ops) != 1 {
@@ -53,7 +53,7 @@ func TestFirewallSendsOnlyDeltas(t *testing.T) {
 	next := copySets(desired)
 	delete(next[familyIPv4.set(setServicePorts)], "10.96.3.0 . tcp . 1000")
 	next.add(familyIPv4.set(setNoEndpoints), "10.96.9.9", "udp", "53")
-	if err := fw.Sync(ctx, next); err != nil {
+	if err := syncSets(ctx, fw, next); err != nil {
 		t.Fatal(err)
 	}
 	if got := nft.ops[len(nft.ops)-1]; got != 2 {
@@ -80,4 +80,10 @@ func copySets(s firewallSets) firewallSets {
 		}
 	}
 	return c
+}
+
+// syncSets makes the table's sets hold exactly desired.
+func syncSets(ctx context.Context, fw *firewall, desired firewallSets) error {
+	add, del := fw.diff(desired)
+	return fw.Apply(ctx, add, del)
 }

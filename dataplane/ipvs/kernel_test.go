@@ -116,7 +116,7 @@ func TestKernelDataPath(t *testing.T) {
 		if err := vs.Sync(desired, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if err := fw.Sync(ctx, sets); err != nil {
+		if err := syncSets(ctx, fw, sets); err != nil {
 			t.Fatal(err)
 		}
 	}
