@@ -1,7 +1,8 @@
-// Command dataplane measures Herald's embedded service proxy with its nftables backend: the time
-// to program N Services x M endpoints from start (API objects through the change tracker, the
-// endpoint policy and one nft transaction), the time from one change with N present to its rule
-// being live, and the process's memory. It runs in a private network namespace (it re-executes
+// Command dataplane measures Herald's embedded service proxy with its nftables backend: HTTP
+// requests/s through a LoadBalancer IP against straight to the backend; the time to program N
+// Services x M endpoints from start (API objects through the change tracker, the endpoint policy
+// and one nft transaction); the time from one change with N present to its rule being live; and
+// the process's memory. It runs in a private network namespace (it re-executes
 // itself under `unshare -n`, so it needs root) and prints one BENCH line per figure for
 // bench/report.
 package main
@@ -41,10 +42,17 @@ func main() {
 	services := flag.Int("services", 10000, "Services to program")
 	endpoints := flag.Int("endpoints", 2, "endpoints per Service")
 	changes := flag.Int("changes", 20, "single changes to time (the median and the maximum are reported)")
+	rounds := flag.Int("throughput-rounds", 5, "rounds of the throughput comparison (0: skip it)")
 	flag.Parse()
+	if helperRole() {
+		return
+	}
 	if os.Getenv(netnsEnv) != "1" {
 		reexecInNetns()
 		return
+	}
+	if *rounds > 0 {
+		throughput(*rounds)
 	}
 
 	backend, err := nftables.New()
