@@ -206,9 +206,11 @@ func writeLayoutTar(img v1.Image, ref, out string) error {
 		if err != nil {
 			return err
 		}
-		hdr.Name, hdr.ModTime, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = rel, time.Unix(0, 0), 0, 0, "", ""
+		// Fixed owner, times and modes, so the tarball depends on the image only.
+		hdr.Name, hdr.ModTime, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname, hdr.Mode = rel, time.Unix(0, 0), 0, 0, "", "", 0o644
 		if info.IsDir() {
 			hdr.Name += "/"
+			hdr.Mode = 0o755
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err

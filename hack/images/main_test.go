@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
 	"io"
 	"os"
 	"path/filepath"
@@ -45,6 +46,9 @@ func untar(t *testing.T, tarPath, dir string) {
 		}
 		if err != nil {
 			t.Fatal(err)
+		}
+		if want := map[bool]int64{true: 0o755, false: 0o644}[h.Typeflag == tar.TypeDir]; h.Mode != want || h.Uid != 0 || !h.ModTime.Equal(time.Unix(0, 0)) {
+			t.Errorf("%s: mode %o uid %d time %s: not normalised", h.Name, h.Mode, h.Uid, h.ModTime)
 		}
 		p := filepath.Join(dir, h.Name)
 		if h.Typeflag == tar.TypeDir {
@@ -144,5 +148,14 @@ func TestImageLayoutTarball(t *testing.T) {
 	d2, _ := again.Digest()
 	if d1 != d2 {
 		t.Errorf("two builds differ: %s vs %s", d1, d2)
+	}
+	out2 := filepath.Join(t.TempDir(), "again.oci.tar")
+	if err := writeLayoutTar(again, ref, out2); err != nil {
+		t.Fatal(err)
+	}
+	b1, _ := os.ReadFile(out)
+	b2, _ := os.ReadFile(out2)
+	if !bytes.Equal(b1, b2) {
+		t.Errorf("two tarballs of the same image differ")
 	}
 }
