@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/internal/realapi"
 )
@@ -154,6 +153,13 @@ func Pool(tb testing.TB, dyn dynamic.Interface, name string, addresses ...string
 // parallel.
 func CreateServices(tb testing.TB, cs kubernetes.Interface, ns string, n int) {
 	tb.Helper()
+	CreateServicesFrom(tb, cs, ns, 0, n)
+}
+
+// CreateServicesFrom creates the Services svc-from … svc-(to-1).
+func CreateServicesFrom(tb testing.TB, cs kubernetes.Interface, ns string, from, to int) {
+	tb.Helper()
+	n := to - from
 	no := false
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -174,7 +180,7 @@ func CreateServices(tb testing.TB, cs kubernetes.Interface, ns string, n int) {
 			}
 		}()
 	}
-	for i := range n {
+	for i := from; i < to; i++ {
 		next <- i
 	}
 	close(next)
@@ -219,38 +225,46 @@ func Duplicates(addrs map[string]string) []string {
 }
 
 // WaitAllocated watches the namespace until want Services have addresses, and returns when that
-// happened. It starts from the listed state, so it may be called before or after the controller starts.
+// happened. It starts from the listed state, so it may be called before or after the controller
+// starts, and lists again whenever the apiserver ends the watch.
 func WaitAllocated(ctx context.Context, cs kubernetes.Interface, ns string, want int) (time.Time, error) {
+	for {
+		done, n, err := watchAllocated(ctx, cs, ns, want)
+		if err != nil || !done.IsZero() {
+			return done, err
+		}
+		if ctx.Err() != nil {
+			return time.Time{}, fmt.Errorf("%d of %d Services allocated: %v", n, want, ctx.Err())
+		}
+	}
+}
+
+// watchAllocated lists, then watches until want Services have addresses (done set) or the watch
+// ends (done zero, n the count so far).
+func watchAllocated(ctx context.Context, cs kubernetes.Interface, ns string, want int) (done time.Time, n int, err error) {
 	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, 0, err
 	}
 	has := map[string]bool{}
 	for _, s := range list.Items {
-		has[s.Name] = len(s.Status.LoadBalancer.Ingress) > 0
-	}
-	count := func() int {
-		n := 0
-		for _, v := range has {
-			if v {
-				n++
-			}
+		if len(s.Status.LoadBalancer.Ingress) > 0 {
+			has[s.Name] = true
+			n++
 		}
-		return n
 	}
-	if count() >= want {
-		return time.Now(), nil
+	if n >= want {
+		return time.Now(), n, nil
 	}
 	w, err := cs.CoreV1().Services(ns).Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, n, err
 	}
 	defer w.Stop()
-	n := count()
 	for ev := range w.ResultChan() {
 		s, ok := ev.Object.(*corev1.Service)
 		if !ok {
-			return time.Time{}, fmt.Errorf("watch: %v", ev.Object)
+			return time.Time{}, n, nil // an error event (e.g. expired resourceVersion): list again
 		}
 		now := ev.Type != watch.Deleted && len(s.Status.LoadBalancer.Ingress) > 0
 		if now != has[s.Name] {
@@ -262,18 +276,8 @@ func WaitAllocated(ctx context.Context, cs kubernetes.Interface, ns string, want
 			has[s.Name] = now
 		}
 		if n >= want {
-			return time.Now(), nil
+			return time.Now(), n, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("watch ended with %d of %d Services allocated: %v", n, want, ctx.Err())
-}
-
-// Allocated reports whether the Service's herald.io/Allocated condition is True.
-func Allocated(s *corev1.Service) bool {
-	for _, c := range s.Status.Conditions {
-		if c.Type == config.ConditionAllocated {
-			return c.Status == metav1.ConditionTrue
-		}
-	}
-	return false
+	return time.Time{}, n, nil
 }
