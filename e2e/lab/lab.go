@@ -239,6 +239,11 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			}
 		}
 	}
+	for role, p := range l.Processes {
+		if !p.Alive() {
+			l.logf("WARNING: %s exited right after starting; see %s", role, p.Log)
+		}
+	}
 	l.logf("lab up in %s", time.Since(began).Round(10*time.Millisecond))
 	return l, l.save()
 }
