@@ -15,7 +15,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -360,9 +359,6 @@ func (c *Controller) resyncAll() {
 		c.queue.Add(key)
 	}
 }
-
-// serviceGone reports whether the error means the Service no longer exists (nothing to retry).
-func serviceGone(err error) bool { return apierrors.IsNotFound(err) }
 
 // allocatedCondition is the herald.io/Allocated condition for an allocation result.
 func allocatedCondition(svc *corev1.Service, res allocator.Result) metav1.Condition {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -81,7 +82,7 @@ func (c *Controller) patchStatus(ctx context.Context, svc *corev1.Service, patch
 	}
 	updated, err := c.client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.StrategicMergePatchType,
 		data, metav1.PatchOptions{FieldManager: fieldManager}, "status")
-	if serviceGone(err) {
+	if apierrors.IsNotFound(err) { // deleted meanwhile: nothing to write, nothing to retry
 		return nil
 	}
 	if err != nil {
