@@ -85,7 +85,8 @@ func assertSameAsFull(t *testing.T, fake *knftables.Fake, st *dataplane.State) {
 	}
 }
 
-func TestRulesForEveryFeature(t *testing.T) {
+// everyFeature is a state using every rule shape the backend renders.
+func everyFeature() *dataplane.State {
 	lb := svcPort("ns", "web", "10.96.0.10", 80, ep("10.1.0.1", 8080, true), ep("10.2.0.1", 8080, false))
 	lb.NodePort = 30080
 	lb.LoadBalancerIPs = addrs("192.0.2.10")
@@ -113,7 +114,16 @@ func TestRulesForEveryFeature(t *testing.T) {
 	dual := svcPort("ns", "dual", "10.96.0.15", 80, ep("10.1.0.5", 80, true), ep("fd00:1::5", 80, true))
 	dual.ClusterIPs = addrs("10.96.0.15", "fd00:96::15")
 
-	_, fake := fullSync(t, state(lb, local, empty, remoteOnly, sctp, dual))
+	dualAffinity := svcPort("ns", "dual-sticky", "10.96.0.16", 80, ep("10.1.0.6", 80, true), ep("fd00:1::6", 80, true))
+	dualAffinity.ClusterIPs = addrs("10.96.0.16", "fd00:96::16")
+	dualAffinity.LoadBalancerIPs = addrs("192.0.2.16", "2001:db8::16")
+	dualAffinity.SourceRanges = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
+	dualAffinity.AffinityTimeout = time.Minute
+	return state(lb, local, empty, remoteOnly, sctp, dual, dualAffinity)
+}
+
+func TestRulesForEveryFeature(t *testing.T) {
+	_, fake := fullSync(t, everyFeature())
 	dump := fake.Dump()
 	for _, want := range []string{
 		// dispatch
@@ -147,6 +157,11 @@ func TestRulesForEveryFeature(t *testing.T) {
 		"add rule inet herald svc4-ns/dual/tcp/http meta l4proto tcp dnat ip to 10.1.0.5:80",
 		// hairpin
 		"add element inet herald hairpin4 { 10.1.0.1 . 10.1.0.1 }",
+		// IPv6 affinity and source ranges; IPv6-only ranges drop every IPv4 source
+		"add rule inet herald svc6-ns/dual-sticky/tcp/http ip6 saddr @aff6-ns/dual-sticky/tcp/http__fd00_1__6_80 meta l4proto tcp dnat ip6 to [fd00:1::6]:80",
+		"add rule inet herald fw6-ns/dual-sticky/tcp/http ip6 saddr 2001:db8:1::/48 return",
+		"add element inet herald firewall-ips6 { 2001:db8::16 . tcp . 80 : goto fw6-ns/dual-sticky/tcp/http }",
+		"add rule inet herald fw4-ns/dual-sticky/tcp/http drop",
 	} {
 		if !strings.Contains(dump, want+"\n") {
 			t.Errorf("missing: %s", want)

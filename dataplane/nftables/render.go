@@ -183,6 +183,8 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 	}
 
 	// loadBalancerSourceRanges: other sources are dropped at the LoadBalancer IPs, before DNAT.
+	// A family without any range gets only the drop: kube-proxy would leave it open, but a
+	// user who restricted the sources did not mean "all of IPv4" by listing only IPv6 ranges.
 	if len(p.SourceRanges) > 0 && len(lbIPs) > 0 {
 		fw := chainName(chainPrefixFirewall, f, p)
 		var rules []string
