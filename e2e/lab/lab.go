@@ -155,22 +155,24 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := addNetns(ctx, topo.Hosts); err != nil {
 		return l, err
 	}
-	if err := applyPlan(ctx, topo.Plan()); err != nil {
+
+	// The apiserver takes seconds to get ready: start the control plane as soon as its namespace has
+	// a loopback (etcd listens there; the apiserver binds the wildcard address), and wire the
+	// network, start backends and BIRD while it boots.
+	cpHost := topo.Host(HostControlPlane)
+	if _, err := run(ctx, "", "ip", "-n", cpHost.Netns, "link", "set", "lo", "up"); err != nil {
 		return l, err
 	}
-
-	// The apiserver takes seconds to get ready: start the control plane first and the rest while
-	// it boots.
-	l.logf("network wired (%s); control plane starting: etcd, kube-apiserver, kube-controller-manager in %s",
-		time.Since(began).Round(time.Millisecond), topo.Host(HostControlPlane).Netns)
-	cpHost := topo.Host(HostControlPlane)
+	l.logf("control plane starting: etcd, kube-apiserver, kube-controller-manager in %s", cpHost.Netns)
 	type cpResult struct {
 		cp  *controlplane.ControlPlane
 		err error
 	}
+	cpCtx, cancelCP := context.WithCancel(ctx)
+	defer cancelCP()
 	cpDone := make(chan cpResult, 1)
 	go func() {
-		cp, err := controlplane.Start(ctx, controlplane.Config{
+		cp, err := controlplane.Start(cpCtx, controlplane.Config{
 			Dir:           filepath.Join(cfg.Dir, "cp"),
 			Binaries:      cfg.Binaries,
 			Address:       cpHost.IPv4.String(),
@@ -182,6 +184,12 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		})
 		cpDone <- cpResult{cp, err}
 	}()
+	if err := applyPlan(ctx, topo.Plan()); err != nil {
+		cancelCP()
+		<-cpDone
+		return l, err
+	}
+	l.logf("network wired (%s)", time.Since(began).Round(time.Millisecond))
 
 	l.logf("backends and router")
 	var startErr error
