@@ -48,6 +48,7 @@ type ServiceServers struct {
 
 type serviceServer struct {
 	port int32
+	addr string // where it listens
 	srv  *http.Server
 }
 
@@ -98,7 +99,7 @@ func (s *ServiceServers) Sync(want map[types.NamespacedName]int32) {
 		}
 		srv := &http.Server{Handler: s.handler(svc), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
-		s.servers[svc] = &serviceServer{port: port, srv: srv}
+		s.servers[svc] = &serviceServer{port: port, addr: ln.Addr().String(), srv: srv}
 	}
 }
 
