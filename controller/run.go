@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -110,12 +111,15 @@ func Main(ctx context.Context, cfg Config) error {
 		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
 	}
 	var runErr error
-	lost := make(chan struct{})
+	var led atomic.Bool
+	lost, ran := make(chan struct{}), make(chan struct{})
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock: lock, LeaseDuration: leaseDuration, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
 		ReleaseOnCancel: true, Name: leaseName,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
+				led.Store(true)
+				defer close(ran)
 				log.Info("became leader", "identity", id)
 				runErr = run(ctx)
 			},
@@ -133,6 +137,9 @@ func Main(ctx context.Context, cfg Config) error {
 	log.Info("waiting for leadership", "lease", cfg.Namespace+"/"+leaseName, "identity", id)
 	le.Run(ctx)
 	<-lost
+	if led.Load() {
+		<-ran // the controller's context is cancelled; let it finish before reading its error
+	}
 	if runErr != nil {
 		return runErr
 	}
