@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,7 @@ type Membership interface {
 	View() membership.View
 	SetPayload([]byte)
 	Changes() <-chan struct{}
+	Stalled() (stalls uint64, now bool)
 }
 
 // Change is one IP this node gained or lost.
@@ -64,6 +66,8 @@ type Announcer struct {
 	cfg      Config
 	election *Election
 	setKick  chan struct{}
+	// stallsHandled is the membership's stall count this announcer has started over after.
+	stallsHandled atomic.Uint64
 
 	mu        sync.Mutex
 	ips       map[netip.Addr]Policy
@@ -186,6 +190,11 @@ func (a *Announcer) round() {
 	a.mu.Lock()
 	ips := a.ips
 	a.mu.Unlock()
+	if view.Stalls != a.stallsHandled.Load() {
+		// This process was stalled: the peers took its IPs meanwhile. Start over from nothing
+		// rather than defend old claims against theirs.
+		a.election = NewElection(a.cfg.Node, a.cfg.Timing)
+	}
 	gained, lost := a.election.Decide(Round{Now: time.Now(), Quorum: view.Quorum, QuorumSince: view.QuorumSince, Members: members, Unknown: unknown, IPs: ips})
 	if a.election.OverCap() && len(gained) > 0 {
 		a.cfg.Logger.Error("l2: this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
@@ -193,6 +202,7 @@ func (a *Announcer) round() {
 
 	// Stop answering before anything else, then start, then tell the peers.
 	a.applyResponders(ips)
+	a.stallsHandled.Store(view.Stalls)
 	for _, ip := range lost {
 		if cancel, ok := a.bursts[ip]; ok {
 			cancel()
@@ -304,9 +314,16 @@ func (a *Announcer) openResponder(k responderKey) (responder, error) {
 		return nil, err
 	}
 	if k.v6 {
-		return newNDPResponder(ifi, a.cfg.Logger)
+		return newNDPResponder(ifi, a.mayAnswer, a.cfg.Logger)
 	}
-	return newARPResponder(ifi, a.cfg.Logger)
+	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger)
+}
+
+// mayAnswer is false while this process is stalled, and after a stall until a round has dropped
+// the old claims: requests queued during a freeze must not be answered from a stale state.
+func (a *Announcer) mayAnswer() bool {
+	stalls, now := a.cfg.Membership.Stalled()
+	return !now && stalls == a.stallsHandled.Load()
 }
 
 func (a *Announcer) respondersFor(ip netip.Addr, pol Policy) ([]responder, []string) {

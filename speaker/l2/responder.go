@@ -52,14 +52,16 @@ type responder interface {
 	close()
 }
 
-// ipSet is swapped atomically so the receive loop never waits on the control loop.
+// ipSet is swapped atomically so the receive loop never waits on the control loop. mayAnswer
+// vetoes every answer while the announcer's state may be stale (see Announcer.mayAnswer).
 type ipSet struct {
-	p atomic.Pointer[map[netip.Addr]bool]
+	p         atomic.Pointer[map[netip.Addr]bool]
+	mayAnswer func() bool
 }
 
 func (s *ipSet) has(ip netip.Addr) bool {
 	m := s.p.Load()
-	return m != nil && (*m)[ip]
+	return m != nil && (*m)[ip] && s.mayAnswer()
 }
 
 func (s *ipSet) set(ips map[netip.Addr]bool) { s.p.Store(&ips) }
@@ -73,12 +75,12 @@ type arpResponder struct {
 	log    *slog.Logger
 }
 
-func newARPResponder(ifi *net.Interface, log *slog.Logger) (*arpResponder, error) {
+func newARPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger) (*arpResponder, error) {
 	c, err := arp.Dial(ifi)
 	if err != nil {
 		return nil, fmt.Errorf("arp on %s: %w", ifi.Name, err)
 	}
-	r := &arpResponder{ifi: ifi, client: c, log: log}
+	r := &arpResponder{ipSet: ipSet{mayAnswer: mayAnswer}, ifi: ifi, client: c, log: log}
 	go r.serve()
 	return r, nil
 }
@@ -145,7 +147,7 @@ type ndpResponder struct {
 
 var allNodes = netip.MustParseAddr("ff02::1")
 
-func newNDPResponder(ifi *net.Interface, log *slog.Logger) (*ndpResponder, error) {
+func newNDPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger) (*ndpResponder, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
@@ -177,7 +179,7 @@ func newNDPResponder(ifi *net.Interface, log *slog.Logger) (*ndpResponder, error
 			return nil, fmt.Errorf("ndp on %s: %w", ifi.Name, err)
 		}
 	}
-	r := &ndpResponder{ifi: ifi, conn: c, log: log, groups: map[netip.Addr]int{}}
+	r := &ndpResponder{ipSet: ipSet{mayAnswer: mayAnswer}, ifi: ifi, conn: c, log: log, groups: map[netip.Addr]int{}}
 	go r.serve()
 	return r, nil
 }

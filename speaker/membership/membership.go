@@ -59,6 +59,9 @@ type View struct {
 	Quorum bool
 	// QuorumSince: when Quorum last became true, or the set of members last changed.
 	QuorumSince time.Time
+	// Stalls counts the times this process was found stalled (see Membership.Stalled): its view
+	// was stale, and whatever it decided from it must be dropped.
+	Stalls uint64
 }
 
 type peerState struct {
@@ -80,6 +83,8 @@ type Membership struct {
 
 	mu          sync.Mutex
 	joined      time.Time // first SetPeers + JoinGrace; zero before SetPeers
+	lastCheck   time.Time // last run of the expiry check
+	stalls      uint64
 	peers       map[string]*peerState
 	payload     []byte
 	seq         uint64
@@ -136,12 +141,13 @@ func New(cfg Config) (*Membership, error) {
 	}
 	now := cfg.Now()
 	return &Membership{
-		cfg:   cfg,
-		conn:  conn,
-		epoch: uint64(now.UnixNano()),
-		kick:  make(chan struct{}, 1),
-		notes: make(chan struct{}, 1),
-		peers: map[string]*peerState{},
+		cfg:       cfg,
+		conn:      conn,
+		epoch:     uint64(now.UnixNano()),
+		kick:      make(chan struct{}, 1),
+		notes:     make(chan struct{}, 1),
+		peers:     map[string]*peerState{},
+		lastCheck: now,
 		// Alone, or with one peer, a node has quorum from the start (see View.Quorum).
 		quorum:      true,
 		quorumSince: now,
@@ -211,12 +217,14 @@ func (m *Membership) Changes() <-chan struct{} { return m.notes }
 func (m *Membership) View() View {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.detectStallLocked(m.cfg.Now())
 	v := View{
 		Self:        m.cfg.Name,
 		Members:     len(m.peers) + 1,
 		Alive:       map[string]Peer{m.cfg.Name: {Name: m.cfg.Name, AliveSince: time.Unix(0, int64(m.epoch)), Payload: m.payload}},
 		Quorum:      m.quorum && !m.joined.IsZero() && !m.cfg.Now().Before(m.joined),
 		QuorumSince: m.quorumSince,
+		Stalls:      m.stalls,
 	}
 	if v.QuorumSince.Before(m.joined) {
 		v.QuorumSince = m.joined
@@ -258,6 +266,9 @@ func (m *Membership) Run(ctx context.Context) error {
 
 func (m *Membership) send() {
 	m.mu.Lock()
+	if m.detectStallLocked(m.cfg.Now()) {
+		m.notify()
+	}
 	m.seq++
 	msg := message{Name: m.cfg.Name, Epoch: m.epoch, Seq: m.seq, SentNS: m.cfg.Now().UnixNano(), Payload: m.payload}
 	addrs := make([]netip.AddrPort, 0, len(m.peers))
@@ -312,6 +323,7 @@ func (m *Membership) accept(b []byte) bool {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	stalled := m.detectStallLocked(now)
 	p, ok := m.peers[msg.Name]
 	if !ok {
 		messagesRejected.WithLabelValues("unknown_peer").Inc()
@@ -322,7 +334,7 @@ func (m *Membership) accept(b []byte) bool {
 		return false
 	}
 	messagesAccepted.Inc()
-	changed := !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, msg.Payload)
+	changed := stalled || !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, msg.Payload)
 	if !p.alive || msg.Epoch != p.epoch {
 		// A restarted peer (new epoch) starts a new life even if it came back within DeadAfter.
 		p.aliveSince = now
@@ -340,7 +352,8 @@ func (m *Membership) accept(b []byte) bool {
 func (m *Membership) expire() {
 	now := m.cfg.Now()
 	m.mu.Lock()
-	changed := false
+	changed := m.detectStallLocked(now)
+	m.lastCheck = now
 	for name, p := range m.peers {
 		if p.alive && now.Sub(p.lastSeen) > m.cfg.DeadAfter {
 			p.alive = false
@@ -355,6 +368,36 @@ func (m *Membership) expire() {
 	if changed {
 		m.notify()
 	}
+}
+
+// Stalled reports whether this process looks stalled right now: the expiry check, which runs five
+// times per Interval, has not run for DeadAfter. A process frozen (SIGSTOP, a paused VM) or starved
+// that long has been declared dead by its peers, who took its IPs; it must not answer from its old
+// state, not even for the requests that queued up meanwhile.
+func (m *Membership) Stalled() (stalls uint64, now bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stalls, m.cfg.Now().Sub(m.lastCheck) > m.cfg.DeadAfter
+}
+
+// detectStallLocked notices a stall (see Stalled) the first time anything runs after it: it counts
+// it, forgets which peers are alive (their next heartbeats tell), and starts settling again.
+func (m *Membership) detectStallLocked(now time.Time) bool {
+	if now.Sub(m.lastCheck) <= m.cfg.DeadAfter {
+		return false
+	}
+	m.cfg.Logger.Warn("membership: this node was stalled; its view was stale, starting over", "stalledFor", now.Sub(m.lastCheck))
+	m.stalls++
+	m.lastCheck = now
+	// The payload was this node's state before the stall: sending it now would re-assert claims
+	// the peers have since taken over. Until the application sets a new one, peers see none.
+	m.payload = nil
+	for _, p := range m.peers {
+		p.alive = false
+	}
+	m.updateQuorumLocked(now)
+	m.quorumSince = now
+	return true
 }
 
 func (m *Membership) updateQuorumLocked(now time.Time) {

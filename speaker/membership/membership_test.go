@@ -190,3 +190,47 @@ func TestNoQuorumBeforePeersAreKnown(t *testing.T) {
 		t.Fatalf("a member joined: quorum since %v, want a new settle from %v", v.QuorumSince, now)
 	}
 }
+
+func TestStallStartsOver(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	now := time.Unix(1000, 0)
+	m, err := New(Config{Name: "a", Key: key, Listen: netip.MustParseAddrPort("127.0.0.1:0"),
+		Interval: 50 * time.Millisecond, DeadAfter: 250 * time.Millisecond, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.conn.Close()
+	m.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1"), "c": netip.MustParseAddrPort("127.0.0.1:2")})
+	m.SetPayload([]byte("owns 10.0.0.1"))
+	seq := uint64(0)
+	from := func(name string) []byte {
+		seq++
+		b, _ := (&message{Name: name, Epoch: 1, Seq: seq, SentNS: now.UnixNano()}).marshal(key)
+		return b
+	}
+	m.accept(from("b"))
+	m.accept(from("c"))
+	m.expire()
+	if v := m.View(); !v.Quorum || v.Stalls != 0 {
+		t.Fatalf("healthy: quorum %v stalls %d", v.Quorum, v.Stalls)
+	}
+	// Frozen for a second: nothing ran. The first thing that runs after it sees the stall.
+	now = now.Add(time.Second)
+	if stalls, stalled := m.Stalled(); !stalled || stalls != 0 {
+		t.Fatalf("Stalled() = %d, %v right after a freeze, want 0, true", stalls, stalled)
+	}
+	m.accept(from("b")) // a heartbeat queued during the freeze
+	v := m.View()
+	if v.Stalls != 1 || !v.QuorumSince.Equal(now) {
+		t.Fatalf("after the freeze: stalls %d, quorum since %v; want 1 and a new settle from %v", v.Stalls, v.QuorumSince, now)
+	}
+	if _, ok := v.Alive["c"]; ok {
+		t.Fatal("c counted alive from before the freeze")
+	}
+	if len(v.Alive["a"].Payload) != 0 {
+		t.Fatalf("the pre-freeze payload %q would still be sent", v.Alive["a"].Payload)
+	}
+	if _, stalled := m.Stalled(); stalled {
+		t.Fatal("still stalled after the stall was handled")
+	}
+}

@@ -290,6 +290,17 @@ func (l *Lab) Stop(name string) error {
 	return err
 }
 
+// Signal sends sig to a node's l2node (SIGSTOP freezes it, SIGCONT thaws it).
+func (l *Lab) Signal(name string, sig syscall.Signal) error {
+	l.mu.Lock()
+	c := l.procs[name]
+	l.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("%s is not running", name)
+	}
+	return c.Process.Signal(sig)
+}
+
 // SetCarrier takes a node's bridge port down or up: the node's eth0 loses or regains carrier.
 func (l *Lab) SetCarrier(name string, up bool) error {
 	state := "down"

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,6 +221,41 @@ func TestFailover(t *testing.T) {
 				t.Errorf("two MACs answered in one round: %v", d)
 			}
 		})
+	}
+}
+
+// TestFrozenOwnerStaysQuietWhenThawed: the owner is frozen (SIGSTOP) for a second; another node
+// takes over, and when the old one thaws it neither answers the requests queued meanwhile nor
+// takes its IP back.
+func TestFrozenOwnerStaysQuietWhenThawed(t *testing.T) {
+	ip := ServiceIPv4(4)
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ip), "--rebalance-after", "1h")
+	p, err := l.StartProber([]netip.Addr{ip}, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	old := owner(t, l, p, ip)
+	t0 := time.Now()
+	if err := l.Signal(old.Name, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if !WaitFor(2*time.Second, func() bool { _, ok := p.FirstReplyAfter(ip, t0, old.MAC); return ok }) {
+		t.Fatalf("nobody took over from the frozen %s", old.Name)
+	}
+	r, _ := p.FirstReplyAfter(ip, t0, old.MAC)
+	t.Logf("%s frozen: %s answered after %v", old.Name, r.MAC, r.At.Sub(t0))
+	time.Sleep(time.Second - time.Since(t0))
+	thaw := time.Now()
+	if err := l.Signal(old.Name, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if macs := p.MACsSince(ip, thaw); len(macs) != 1 || macs[0] != r.MAC.String() {
+		t.Errorf("after %s thawed %s was answered by %v, want only %s", old.Name, ip, macs, r.MAC)
+	}
+	if d := p.DoubleAnswers(); len(d) > 0 {
+		t.Errorf("two MACs answered in one round: %v", d)
 	}
 }
 
