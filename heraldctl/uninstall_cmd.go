@@ -28,7 +28,7 @@ func newUninstallCommand(g *globalOptions, s Streams) *cobra.Command {
 		Short: "Wait until no process on this node holds the speakers' membership port",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := waitPortFree(cmd.Context(), net.JoinHostPort("::", strconv.Itoa(port)), settle); err != nil {
+			if err := waitPortFree(cmd.Context(), net.JoinHostPort("", strconv.Itoa(port)), settle); err != nil {
 				// Clean up anyway: an uninstall must not hang on a stuck speaker.
 				fmt.Fprintf(s.Err, "heraldctl: %v; cleaning up anyway\n", err)
 			}
