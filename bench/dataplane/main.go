@@ -43,16 +43,18 @@ func main() {
 	endpoints := flag.Int("endpoints", 2, "endpoints per Service")
 	changes := flag.Int("changes", 20, "single changes to time (the median and the maximum are reported)")
 	rounds := flag.Int("throughput-rounds", 5, "rounds of the throughput comparison (0: skip it)")
+	vsKubeProxy := flag.Bool("kube-proxy", false, "also run kube-proxy v1.34.4 and Herald side by side on a real apiserver (minutes; needs hack/k8s-bins.sh)")
 	flag.Parse()
+	if *heraldProxyKubeconfig != "" {
+		runHeraldProxy(*heraldProxyKubeconfig)
+		return
+	}
 	if helperRole() {
 		return
 	}
 	if os.Getenv(netnsEnv) != "1" {
 		reexecInNetns()
 		return
-	}
-	if *rounds > 0 {
-		throughput(*rounds)
 	}
 
 	backend, err := nftables.New()
@@ -130,6 +132,17 @@ func main() {
 	rss, hwm := memory()
 	bench("nftables data plane: RSS with "+desc, rss, "MiB", "")
 	bench("nftables data plane: peak RSS with "+desc, hwm, "MiB", "")
+	if err := backend.Cleanup(ctx); err != nil {
+		fail("cleanup: %v", err)
+	}
+
+	// These run other processes: after the CPU accounting above.
+	if *rounds > 0 {
+		throughput(*rounds)
+	}
+	if *vsKubeProxy {
+		versusKubeProxy(*services, *endpoints)
+	}
 }
 
 // objects returns Service i (a LoadBalancer with a NodePort for even i, ClusterIP otherwise)

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/dataplane/embedded"
+	"github.com/heraldlb/herald/e2e/controlplane"
+	"github.com/heraldlb/herald/e2e/proc"
+)
+
+var heraldProxyKubeconfig = flag.String("herald-proxy", "", "internal: run Herald's data plane against this kubeconfig until SIGTERM")
+
+const benchNode = "bench-node"
+
+// runHeraldProxy is the helper role: Herald's embedded data plane (nftables), fed by informers
+// from the apiserver, exactly as the speaker runs it.
+func runHeraldProxy(kubeconfig string) {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		fail("%v", err)
+	}
+	rc.QPS, rc.Burst = 1000, 2000
+	cs := kubernetes.NewForConfigOrDie(rc)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	view := dataplane.NewLocalEndpoints()
+	f := informers.NewSharedInformerFactory(cs, 0)
+	if err := view.Register(f.Discovery().V1().EndpointSlices().Informer()); err != nil {
+		fail("%v", err)
+	}
+	f.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), view.HasSynced)
+	d, err := embedded.New(ctx, embedded.Options{Mode: "nftables", NodeName: benchNode, Client: cs, LocalEndpoints: view,
+		HealthAddr: "127.0.0.1:10256"})
+	if err != nil {
+		fail("%v", err)
+	}
+	d.Run(ctx)
+}
+
+// versusKubeProxy runs a real apiserver and, one after the other, kube-proxy v1.34.4 in nftables
+// mode and Herald's data plane against the same N Services x M endpoints, in a network namespace
+// of their own, and reports for each: from process start to every Service programmed, one new
+// Service from its creation to its rule in the kernel, and peak RSS.
+func versusKubeProxy(services, endpoints int) {
+	bins, err := controlplane.CachedBinaries()
+	kubeProxy := filepath.Join(bins.KubeDir, "kube-proxy")
+	if err == nil {
+		_, err = os.Stat(kubeProxy)
+	}
+	if err != nil {
+		fail("kube-proxy comparison: %v", err)
+	}
+	self, _ := os.Executable()
+	cleanupNS()
+	defer cleanupNS()
+	ns := benchNSPrefix + "kp"
+	run("ip", "netns", "add", ns)
+	run("ip", "-n", ns, "link", "set", "lo", "up")
+	wrap := func(argv []string) []string { return append([]string{"ip", "netns", "exec", ns}, argv...) }
+	dial := dialIn(ns)
+	dir, err := os.MkdirTemp("", "herald-bench-kp-")
+	if err != nil {
+		fail("%v", err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: filepath.Join(dir, "cp"), Binaries: bins, Address: "127.0.0.1",
+		ServiceCIDRs: "10.96.0.0/12", NodePortRange: "20000-39999", Wrap: wrap, Dial: dial})
+	if err != nil {
+		fail("control plane: %v", err)
+	}
+	defer cp.Stop()
+	rc, err := cp.RESTConfig(dial)
+	if err != nil {
+		fail("%v", err)
+	}
+	cs := kubernetes.NewForConfigOrDie(rc)
+	retry(func() error {
+		_, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: benchNode}}, metav1.CreateOptions{})
+		return err
+	})
+	t0 := time.Now()
+	ips := createServices(ctx, cs, 0, services, endpoints)
+	fmt.Fprintf(os.Stderr, "bench/dataplane: %d Services and EndpointSlices created in %v\n", services, time.Since(t0).Round(time.Second))
+	last := ips[len(ips)-1]
+
+	type result struct {
+		full, change time.Duration
+		hwm          float64
+	}
+	measure := func(name string, argv []string, table, mapName string, extra int) result {
+		p, err := proc.Start(name, wrap(argv), filepath.Join(dir, name+".log"), nil)
+		if err != nil {
+			fail("%v", err)
+		}
+		defer p.Stop(10 * time.Second)
+		start := time.Now()
+		waitElement(ns, table, mapName, last, 10*time.Minute, p)
+		full := time.Since(start)
+		newIP := createServices(ctx, cs, services+extra, 1, endpoints)[0]
+		changeStart := time.Now()
+		waitElement(ns, table, mapName, newIP, time.Minute, p)
+		change := time.Since(changeStart)
+		return result{full, change, peakRSS(p.PID)}
+	}
+	kp := measure("kube-proxy", []string{kubeProxy, "--kubeconfig=" + cp.Kubeconfig, "--proxy-mode=nftables",
+		"--hostname-override=" + benchNode, "--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249",
+		"--nodeport-addresses=127.0.0.0/8", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16"},
+		"ip kube-proxy", "service-ips", 0)
+	run("ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "kube-proxy")
+	run("ip", "netns", "exec", ns, "nft", "delete", "table", "ip6", "kube-proxy")
+	hp := measure("herald", []string{self, "-herald-proxy", cp.Kubeconfig}, "inet herald", "service-ips4", 1)
+
+	desc := fmt.Sprintf("%d Services x %d endpoints, real apiserver", services, endpoints)
+	for _, r := range []struct {
+		who string
+		r   result
+	}{{"kube-proxy v1.34.4 nftables", kp}, {"Herald nftables data plane", hp}} {
+		bench(r.who+": process start to every Service programmed, "+desc, r.r.full.Seconds(), "s", "")
+		bench(r.who+": one new Service, creation to rule in the kernel, "+desc, ms(r.r.change), "ms", "")
+		bench(r.who+": peak RSS, "+desc, r.r.hwm, "MiB", "")
+	}
+}
+
+// createServices creates n Services (NodePort for even indexes) with one EndpointSlice each, from
+// index first on, 16 at a time, and returns their ClusterIPs.
+func createServices(ctx context.Context, cs kubernetes.Interface, first, n, endpoints int) []string {
+	ips := make([]string, n)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				svc, slice := objects(first+i, endpoints, 0)
+				svc.ResourceVersion, slice.ResourceVersion = "", ""
+				svc.Spec.ClusterIP, svc.Spec.ClusterIPs = "", nil
+				if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+					svc.Spec.Type = corev1.ServiceTypeNodePort
+					svc.Spec.Ports[0].NodePort = 0
+					svc.Status = corev1.ServiceStatus{}
+				}
+				svc.Namespace, slice.Namespace = "default", "default"
+				var created *corev1.Service
+				retry(func() (err error) {
+					created, err = cs.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+					return err
+				})
+				retry(func() error {
+					_, err := cs.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{})
+					return err
+				})
+				ips[i] = created.Spec.ClusterIP
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return ips
+}
+
+// waitElement polls for a ClusterIP's dispatch element (a lookup, not a listing) in ns.
+func waitElement(ns, table, mapName, ip string, limit time.Duration, p proc.Process) {
+	fam, name, _ := strings.Cut(table, " ")
+	deadline := time.Now().Add(limit)
+	for {
+		err := exec.Command("ip", "netns", "exec", ns, "nft", "get", "element", fam, name, mapName, "{ "+ip+" . tcp . 80 }").Run()
+		if err == nil {
+			return
+		}
+		if !p.Alive() || time.Now().After(deadline) {
+			fail("%s never programmed %s:\n%s", p.Name, ip, p.Tail(3000))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func peakRSS(pid int) float64 {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func retry(fn func() error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			fail("%v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// dialIn opens connections from inside the named namespace (on a thread switched into it).
+func dialIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type res struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			h, err := netns.GetFromName(ns)
+			if err != nil {
+				ch <- res{nil, err}
+				return
+			}
+			defer h.Close()
+			if err := netns.Set(h); err != nil {
+				ch <- res{nil, err}
+				return
+			}
+			c, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			ch <- res{c, err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
+}
