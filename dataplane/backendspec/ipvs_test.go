@@ -1,8 +1,10 @@
 package backendspec_test
 
 import (
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -54,6 +56,18 @@ func TestSpecIPVS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
+	t.Cleanup(h.Close)
+	// Registered before the harness, so it runs after the backend's Cleanup: nothing may remain.
+	t.Cleanup(func() {
+		if svcs, err := h.GetServices(); err != nil || len(svcs) != 0 {
+			t.Errorf("after cleanup: %d IPVS virtual servers (%v)", len(svcs), err)
+		}
+		if _, err := net.InterfaceByName(ipvs.DummyLinkName); err == nil {
+			t.Errorf("after cleanup: link %s still exists", ipvs.DummyLinkName)
+		}
+		if out, err := exec.Command("nft", "list", "table", "inet", ipvs.TableName).CombinedOutput(); err == nil {
+			t.Errorf("after cleanup: table %s still exists:\n%s", ipvs.TableName, out)
+		}
+	})
 	backendspec.Run(t, ipvsHarness{ProxyHarness: backendspec.NewProxyHarness(t, "node-1", backend), h: h})
 }

@@ -38,17 +38,18 @@ func main() {
 	var (
 		testPkg  = flag.String("test", "", "comma-separated packages to compile with 'go test -c' and run one after the other in the VM")
 		buildPkg = flag.String("build", "", "main package to compile with 'go build' and run in the VM")
+		binPath  = flag.String("bin", "", "static binary (CGO_ENABLED=0) to run in the VM as it is")
 		kernel   = flag.String("kernel", os.Getenv("HERALD_IPVS_KERNEL"), "Debian kernel ABI, e.g. 6.1.0-56-cloud-amd64 (default: apt's candidate of linux-image-cloud-amd64)")
 		timeout  = flag.Duration("timeout", 20*time.Minute, "hard limit for the whole VM run")
 		memory   = flag.String("m", "2048", "VM memory in MiB")
 		console  = flag.Bool("console", false, "print the kernel console as well (it is always printed on failure)")
 	)
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: ipvs-vm (-test PKG | -build PKG) [flags] [-- payload args]\n")
+		fmt.Fprintf(os.Stderr, "usage: ipvs-vm (-test PKG[,PKG...] | -build PKG | -bin FILE) [flags] [-- payload args]\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if (*testPkg == "") == (*buildPkg == "") {
+	if n := btoi(*testPkg != "") + btoi(*buildPkg != "") + btoi(*binPath != ""); n != 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -81,9 +82,15 @@ func main() {
 			}
 			payloads = append(payloads, p)
 		}
-	} else {
+	} else if *buildPkg != "" {
 		p := payload{pkg: *buildPkg, file: filepath.Join(work, "payload0"), args: flag.Args()}
 		if err := goBuild(ctx, p.file, "build", *buildPkg); err != nil {
+			fatalf("%v", err)
+		}
+		payloads = append(payloads, p)
+	} else {
+		p := payload{pkg: *binPath, file: filepath.Join(work, "payload0"), args: flag.Args()}
+		if err := copyFile(*binPath, p.file, 0o755); err != nil {
 			fatalf("%v", err)
 		}
 		payloads = append(payloads, p)
@@ -107,6 +114,13 @@ func main() {
 	case *testPkg != "" && res.passed == 0:
 		fatalf("no test passed in the VM")
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // skipError means a prerequisite is unavailable on this machine (as opposed to broken).
