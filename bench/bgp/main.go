@@ -1,15 +1,20 @@
-// Command bgp benchmarks the BGP announcer against a real BIRD 2, with the method of issue 5: three
-// nodes (network namespaces, each running the announcer in a process of its own) peer with a BIRD
-// router using the lab's BIRD timers and BFD at 100 ms x 3. It prints one BENCH line per figure:
+// Command bgp benchmarks BGP mode against a real BIRD 2, with the method of issue 5, twice:
+//
+//   - "announcer": three nodes (network namespaces, each running the announcer in a process of
+//     its own) peer with a BIRD router using the lab's BIRD timers and BFD at 100 ms x 3; the
+//     clock starts when the announcer is handed the change (no API server);
+//   - "lab" (lab.go): the whole product in e2e/lab: Services through the real API server, the real
+//     speakers, the lab's BIRD.
+//
+// It prints one BENCH line per figure:
 //
 //   - route added -> BIRD holds it from all 3 nodes: p50 and p99 over -routes additions,
 //   - announcer restarted with -restart-routes routes -> all of them back in BIRD, from process start,
 //   - SIGTERM -> all of the node's routes gone from BIRD,
 //   - SIGSTOP (frozen speaker) -> all of its routes gone from BIRD, through BFD.
 //
-// The clock starts when the announcer is handed the change (the speaker's snapshot), so the
-// figures cover the announcer, GoBGP, the BGP session and BIRD, not the API server watch.
-// Needs root, iproute2 and bird2; everything runs in herald-bgpt-* namespaces.
+// Needs root, iproute2 and bird2 (and, for the lab, what the lab needs); everything runs in
+// herald-bgpt-* and herald-bgb-* namespaces.
 package main
 
 import (
@@ -26,6 +31,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/speaker/bgp"
 	"github.com/heraldlb/herald/speaker/bgp/bgptest"
 )
@@ -39,19 +45,35 @@ var routerV4 = netip.MustParseAddr("10.88.0.1")
 
 func main() {
 	bgptest.RunAgentIfAsked()
-	routes := flag.Int("routes", 1000, "route additions timed one by one")
-	restartRoutes := flag.Int("restart-routes", 5000, "routes of the restarted speaker")
+	lab.RunBackendIfAsked() // the lab runs this program as its backend pods
+	routes := flag.Int("routes", 1000, "route additions (Services) timed one by one")
+	restartRoutes := flag.Int("restart-routes", 5000, "routes (Services) of the restarted speaker")
+	parts := flag.String("parts", "announcer,lab", "which figures: announcer (namespaces and BIRD only), lab (the whole product in the lab)")
 	flag.Parse()
 	if err := bgptest.Available(); err != nil {
 		log.Fatalf("bench/bgp: %v", err)
 	}
-	dir, err := os.MkdirTemp("", "herald-bgp-bench-")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := run(dir, *routes, *restartRoutes); err != nil {
-		log.Fatalf("bench/bgp: %v (logs in %s)", err, dir)
+	for _, part := range strings.Split(*parts, ",") {
+		dir, err := os.MkdirTemp("", "herald-bgp-bench-")
+		if err != nil {
+			log.Fatal(err)
+		}
+		switch part {
+		case "announcer":
+			err = run(dir, *routes, *restartRoutes)
+		case "lab":
+			err = runLab(dir, *routes, *restartRoutes)
+		default:
+			err = fmt.Errorf("-parts: unknown %q", part)
+		}
+		if err != nil {
+			log.Fatalf("bench/bgp %s: %v (logs in %s)", part, err, dir)
+		}
+		if os.Getenv("BGP_BENCH_KEEP") == "" {
+			os.RemoveAll(dir)
+		} else {
+			log.Printf("kept %s", dir)
+		}
 	}
 }
 
@@ -118,7 +140,7 @@ func run(dir string, n, restartN int) error {
 			return err
 		}
 	}
-	if err := waitEstablished(topo, birdPeers); err != nil {
+	if err := waitEstablishedBird(topo.Bird, birdPeers, 20*time.Second); err != nil {
 		return err
 	}
 
@@ -132,7 +154,7 @@ func run(dir string, n, restartN int) error {
 		if err := applyAll(topo, agents, prefixes); err != nil {
 			return err
 		}
-		if err := waitCount(topo, p, len(agents), 5*time.Second); err != nil {
+		if err := waitRoutesBird(topo.Bird, p, len(agents), 5*time.Second); err != nil {
 			return fmt.Errorf("route %d: %w", i, err)
 		}
 		took = append(took, time.Since(start))
@@ -150,14 +172,14 @@ func run(dir string, n, restartN int) error {
 	if err := agents[0].Apply(desired(node1, big)); err != nil {
 		return err
 	}
-	if err := waitProtoCount(topo, "n1", restartN, 30*time.Second); err != nil {
+	if err := waitProtoCountBird(topo.Bird, "n1", restartN, 30*time.Second); err != nil {
 		return err
 	}
 	start := time.Now()
 	if err := agents[0].Signal(syscall.SIGTERM); err != nil {
 		return err
 	}
-	if err := waitProtoCount(topo, "n1", 0, 10*time.Second); err != nil {
+	if err := waitProtoCountBird(topo.Bird, "n1", 0, 10*time.Second); err != nil {
 		return err
 	}
 	report(fmt.Sprintf("BGP: SIGTERM -> %d routes gone from BIRD", restartN), time.Since(start), "< 200 ms")
@@ -170,20 +192,20 @@ func run(dir string, n, restartN int) error {
 	if err := agents[0].Apply(desired(node1, big)); err != nil {
 		return err
 	}
-	if err := waitProtoCount(topo, "n1", restartN, 30*time.Second); err != nil {
+	if err := waitProtoCountBird(topo.Bird, "n1", restartN, 30*time.Second); err != nil {
 		return err
 	}
 	report(fmt.Sprintf("BGP: speaker restarted with %d routes -> all back in BIRD", restartN), time.Since(start), "< 2000 ms")
 
 	// 3. Frozen speaker: BFD (100 ms x 3) makes BIRD drop its routes.
-	if err := waitBFDUp(agents[0]); err != nil {
+	if err := waitBFDUpBird(topo.Bird, node1.IPv4, 15*time.Second); err != nil {
 		return err
 	}
 	start = time.Now()
 	if err := agents[0].Signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
-	if err := waitProtoCount(topo, "n1", 0, 10*time.Second); err != nil {
+	if err := waitProtoCountBird(topo.Bird, "n1", 0, 10*time.Second); err != nil {
 		return err
 	}
 	report(fmt.Sprintf("BGP: SIGSTOP (BFD 100 ms x 3) -> %d routes gone from BIRD", restartN), time.Since(start), "< 500 ms")
@@ -209,12 +231,12 @@ func applyAll(topo *bgptest.Topology, agents []*bgptest.Agent, prefixes []netip.
 	return nil
 }
 
-func waitEstablished(topo *bgptest.Topology, peers []bgptest.BirdPeer) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+func waitEstablishedBird(bird *bgptest.Bird, peers []bgptest.BirdPeer, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
 		for _, p := range peers {
-			info, err := topo.Bird.Protocol(p.Name)
+			info, err := bird.Protocol(p.Name)
 			if err != nil || info.Info != "Established" {
 				return false, err
 			}
@@ -223,31 +245,37 @@ func waitEstablished(topo *bgptest.Topology, peers []bgptest.BirdPeer) error {
 	})
 }
 
-// waitCount polls BIRD (a query on its control socket costs well under a millisecond) until it
-// holds want routes for prefix.
-func waitCount(topo *bgptest.Topology, prefix netip.Prefix, want int, timeout time.Duration) error {
+// waitRoutesBird polls BIRD (a query on its control socket costs well under a millisecond) until
+// it holds want routes for prefix.
+func waitRoutesBird(bird *bgptest.Bird, prefix netip.Prefix, want int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return bgptest.WaitFor(ctx, 500*time.Microsecond, func() (bool, error) {
-		r, err := topo.Bird.Routes(prefix)
+		r, err := bird.Routes(prefix)
 		return len(r) == want, err
 	})
 }
 
-func waitProtoCount(topo *bgptest.Topology, proto string, want int, timeout time.Duration) error {
+func waitProtoCountBird(bird *bgptest.Bird, proto string, want int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return bgptest.WaitFor(ctx, time.Millisecond, func() (bool, error) {
-		n, err := topo.Bird.Count(proto)
+		n, err := bird.Count(proto)
 		return n == want, err
 	})
 }
 
-func waitBFDUp(a *bgptest.Agent) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+// waitBFDUpBird waits until BIRD's BFD session with addr is Up.
+func waitBFDUpBird(bird *bgptest.Bird, addr netip.Addr, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return bgptest.WaitFor(ctx, 50*time.Millisecond, func() (bool, error) {
-		st, err := a.Status()
-		return err == nil && len(st) == 1 && st[0].BFD == "Up" && st[0].Established, err
+		out, err := bird.Command("show bfd sessions")
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) >= 3 && f[0] == addr.String() && f[2] == "Up" {
+				return true, nil
+			}
+		}
+		return false, err
 	})
 }

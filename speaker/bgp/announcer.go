@@ -13,6 +13,7 @@ import (
 
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/config/oc"
 	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 )
@@ -279,9 +280,11 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 
 	// The RIB: new prefixes in one batch (GoBGP evaluates the export policy as they go in).
 	var newPaths, oldPaths []*apiutil.Path
+	var newPrefixes, failed []netip.Prefix
 	for prefix, n := range wantPaths {
 		if a.paths[prefix] == 0 && n > 0 {
 			newPaths = append(newPaths, localPath(prefix))
+			newPrefixes = append(newPrefixes, prefix)
 		}
 	}
 	for prefix := range a.paths {
@@ -290,8 +293,15 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 		}
 	}
 	if len(newPaths) > 0 {
-		if _, err := a.srv.AddPath(apiutil.AddPathRequest{Paths: newPaths}); err != nil {
+		rsp, err := a.srv.AddPath(apiutil.AddPathRequest{Paths: newPaths})
+		if err != nil {
 			errs = append(errs, fmt.Errorf("adding %d routes: %w", len(newPaths), err))
+		}
+		for i, r := range rsp {
+			if r.Error != nil {
+				errs = append(errs, fmt.Errorf("adding route %s: %w", newPaths[i].Nlri, r.Error))
+				failed = append(failed, newPrefixes[i])
+			}
 		}
 	}
 	if len(oldPaths) > 0 {
@@ -300,6 +310,9 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 		}
 	}
 	a.paths = wantPaths
+	for _, p := range failed {
+		delete(a.paths, p) // added again by the next Apply
+	}
 
 	// Removals from groups happen after the withdrawals, so no peer sees a route lose its
 	// attributes before it is withdrawn.
@@ -402,6 +415,12 @@ func (a *Announcer) startLocked(ctx context.Context, routerID netip.Addr) error 
 		RouterId:        routerID.String(),
 		ListenPort:      a.opts.ListenPort,
 		ListenAddresses: a.opts.ListenAddresses,
+		// Only the families Herald advertises: with GoBGP's default (every family it knows)
+		// StartBgp alone takes 200-300 ms, which a restarting speaker cannot spare.
+		Families: []uint32{
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV4_UNICAST]),
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV6_UNICAST]),
+		},
 	}
 	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: global}); err != nil {
 		srv.Stop()

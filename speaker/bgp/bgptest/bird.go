@@ -127,6 +127,15 @@ func (t *Topology) Reconfigure(peers []BirdPeer) error {
 	return nil
 }
 
+// DialBird connects to a running BIRD's control socket (the lab's, for instance).
+func DialBird(socket string) (*Bird, error) {
+	b := &Bird{Socket: socket}
+	return b, b.connect()
+}
+
+// Close closes the control connection.
+func (b *Bird) Close() error { return b.conn.Close() }
+
 func (b *Bird) connect() error {
 	conn, err := net.Dial("unix", b.Socket)
 	if err != nil {
