@@ -2,6 +2,8 @@ package controllere2e
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -64,9 +66,20 @@ func TestSIGKILLMidAllocation(t *testing.T) {
 	}
 	t.Logf("killed with %d of %d allocated", len(before), n)
 
-	StartController(t, bin, c.api.Kubeconfig) // waits for the dead leader's Lease to expire
+	second := StartController(t, bin, c.api.Kubeconfig) // waits for the dead leader's Lease to expire
 	waitAll(t, c, n, 3*time.Minute)
 	time.Sleep(2 * time.Second)
+	metrics := scrape(t, second.MetricsAddr)
+	for _, want := range []string{
+		`herald_controller_addresses_in_use{family="IPv4",pool="e2e"} 2000`,
+		`herald_controller_addresses_total{family="IPv4",pool="e2e"} 4096`,
+		`herald_controller_workqueue_queue_duration_seconds_count{name="services"}`,
+		`herald_controller_allocations_total{pool="e2e"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	after := Addresses(t, c.cs, "e2e")
 	for svc, ip := range before {
 		if after[svc] != ip {
@@ -129,6 +142,20 @@ func TestTwoReplicas(t *testing.T) {
 	if dup := Duplicates(after); len(dup) > 0 {
 		t.Errorf("addresses held twice: %v", dup)
 	}
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 // ledBy reports whether the process logged that it became leader (with this identity, if given).

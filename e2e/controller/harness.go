@@ -124,6 +124,26 @@ func (p *Process) PeakRSS() (int64, error) {
 	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.Cmd.Process.Pid)
 }
 
+// CPUSeconds is the user+system CPU time the process has used so far.
+func (p *Process) CPUSeconds() (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) start at state, field 3; utime and
+	// stime are fields 14 and 15, in clock ticks of 1/100 s on Linux.
+	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", p.Cmd.Process.Pid)
+	}
+	utime, err1 := strconv.ParseFloat(fields[11], 64)
+	stime, err2 := strconv.ParseFloat(fields[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %v %v", p.Cmd.Process.Pid, err1, err2)
+	}
+	return (utime + stime) / 100, nil
+}
+
 // Namespace creates a namespace if it is missing.
 func Namespace(tb testing.TB, cs kubernetes.Interface, name string) {
 	tb.Helper()
