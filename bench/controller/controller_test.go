@@ -36,8 +36,10 @@ func allocate(b *testing.B, n int) {
 	api := realapi.Start(b)
 	cfg := *api.Config
 	cfg.QPS, cfg.Burst = 2000, 4000
-	cs := kubernetes.NewForConfigOrDie(&cfg)
 	dyn := dynamic.NewForConfigOrDie(&cfg)
+	// Protobuf, like the controller: the apiserver then encodes each watch event once for both.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cs := kubernetes.NewForConfigOrDie(&cfg)
 	controllere2e.Namespace(b, cs, "herald-system")
 	controllere2e.Namespace(b, cs, "bench")
 	controllere2e.Pool(b, dyn, "bench", "10.0.0.0/16", "fd00:b::/64")

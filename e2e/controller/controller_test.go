@@ -28,7 +28,10 @@ func start(t *testing.T) cluster {
 	api := realapi.Start(t)
 	cfg := *api.Config
 	cfg.QPS, cfg.Burst = 2000, 4000
-	c := cluster{api: api, cs: kubernetes.NewForConfigOrDie(&cfg), dyn: dynamic.NewForConfigOrDie(&cfg)}
+	dyn := dynamic.NewForConfigOrDie(&cfg)
+	// Protobuf, like the controller: the apiserver then encodes each watch event once for both.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	c := cluster{api: api, cs: kubernetes.NewForConfigOrDie(&cfg), dyn: dyn}
 	Namespace(t, c.cs, "herald-system")
 	Namespace(t, c.cs, "e2e")
 	return c
