@@ -75,7 +75,7 @@ func (f *fixture) namespace(name string, labels map[string]string) {
 	}
 }
 
-// pool creates an IPAddressPool from its spec (as in YAML).
+// pool creates an IPAddressPool from its spec (as in YAML) and waits until the controller has it.
 func (f *fixture) pool(name string, spec map[string]any) {
 	f.t.Helper()
 	u := &unstructured.Unstructured{Object: map[string]any{
@@ -85,6 +85,9 @@ func (f *fixture) pool(name string, spec map[string]any) {
 	if _, err := f.dyn.Resource(poolsGVR).Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
 		f.t.Fatalf("pool %s: %v", name, err)
 	}
+	// Wait until the controller has seen the pool (it writes Valid after loading it), so Services
+	// created next are answered once, not NoPool first.
+	f.waitPool(name, "seen by the controller", func(p poolView) bool { return p.valid != "" })
 }
 
 func (f *fixture) getPool(name string) (*v1beta1.IPAddressPool, error) {
