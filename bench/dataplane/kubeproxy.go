@@ -75,7 +75,8 @@ func versusKubeProxy(services, endpoints int) {
 	}
 	self, _ := os.Executable()
 	cleanupNS()
-	defer cleanupNS()
+	atExit(cleanupNS)
+	defer runCleanups()
 	ns := benchNSPrefix + "kp"
 	run("ip", "netns", "add", ns)
 	run("ip", "-n", ns, "link", "set", "lo", "up")
@@ -85,14 +86,14 @@ func versusKubeProxy(services, endpoints int) {
 	if err != nil {
 		fail("%v", err)
 	}
-	defer os.RemoveAll(dir)
+	atExit(func() { os.RemoveAll(dir) })
 	ctx := context.Background()
 	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: filepath.Join(dir, "cp"), Binaries: bins, Address: "127.0.0.1",
 		ServiceCIDRs: "10.96.0.0/12", NodePortRange: "20000-39999", Wrap: wrap, Dial: dial})
 	if err != nil {
 		fail("control plane: %v", err)
 	}
-	defer cp.Stop()
+	atExit(cp.Stop)
 	rc, err := cp.RESTConfig(dial)
 	if err != nil {
 		fail("%v", err)
@@ -116,6 +117,8 @@ func versusKubeProxy(services, endpoints int) {
 		if err != nil {
 			fail("%v", err)
 		}
+		// Stopped when this measurement ends, or by fail; stopping twice is harmless.
+		atExit(func() { p.Stop(10 * time.Second) })
 		defer p.Stop(10 * time.Second)
 		start := time.Now()
 		waitElement(ns, table, mapName, last, 10*time.Minute, p)

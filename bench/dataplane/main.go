@@ -247,7 +247,21 @@ func bench(figure string, value float64, unit, target string) {
 	fmt.Printf("BENCH %s\n", b)
 }
 
+// cleanups undo what the benchmark started (processes, namespaces, tables), last first; fail
+// runs them too, since os.Exit skips deferred calls.
+var cleanups []func()
+
+func atExit(fn func()) { cleanups = append(cleanups, fn) }
+
+func runCleanups() {
+	for i := len(cleanups) - 1; i >= 0; i-- {
+		cleanups[i]()
+	}
+	cleanups = nil
+}
+
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench/dataplane: "+format+"\n", args...)
+	runCleanups()
 	os.Exit(1)
 }

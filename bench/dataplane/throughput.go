@@ -85,7 +85,8 @@ func throughput(rounds int) {
 		fail("%v", err)
 	}
 	cleanupNS()
-	defer cleanupNS()
+	atExit(cleanupNS)
+	defer runCleanups()
 	client, be := benchNSPrefix+"client", benchNSPrefix+"be"
 	// This process is the node: its namespace is the private one unshare made.
 	node := strconv.Itoa(os.Getpid())
@@ -110,7 +111,7 @@ func throughput(rounds int) {
 	if err := server.Start(); err != nil {
 		fail("backend server: %v", err)
 	}
-	defer server.Process.Kill()
+	atExit(func() { server.Process.Kill(); server.Wait() })
 
 	backend, err := nftables.New()
 	if err != nil {
@@ -128,7 +129,7 @@ func throughput(rounds int) {
 	if err := backend.Sync(context.Background(), dataplane.SyncRequest{State: st, Full: true}); err != nil {
 		fail("sync: %v", err)
 	}
-	defer backend.Cleanup(context.Background())
+	atExit(func() { backend.Cleanup(context.Background()) })
 	run("ip", "-n", client, "route", "add", "192.0.2.0/24", "via", "172.31.9.1")
 
 	measure := func(url string) float64 {
