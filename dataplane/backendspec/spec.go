@@ -322,6 +322,18 @@ var cases = []specCase{
 			t.Fatal("no answers after an invalid scheduler annotation")
 		}
 	}},
+	{"hairpin: an endpoint reaching its own Service through the ClusterIP", func(t *testing.T, w *World) {
+		self := w.top.Backends[0]
+		_, v := w.AddService(t, TCP, []*Host{self})
+		r, err := self.Request(TCP, netip.Addr{}, netip.AddrPortFrom(v.ClusterIP, 80))
+		if err != nil {
+			t.Fatalf("endpoint to its own ClusterIP: %v", err)
+		}
+		// Its own address as source would make it answer itself directly, past the translation.
+		if r.Backend != self.Name || r.Source == self.Addrs[0] {
+			t.Fatalf("hairpin answer from %s seen from %s, want %s seen from the node", r.Backend, r.Source, self.Name)
+		}
+	}},
 	{"Service deleted: unreachable", func(t *testing.T, w *World) {
 		svc, v := w.AddService(t, TCP, w.top.Backends)
 		w.Delete(t, svc)
