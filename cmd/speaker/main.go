@@ -89,6 +89,9 @@ func run() error {
 	memberCtx, stopMembership := context.WithCancel(context.Background())
 	defer stopMembership()
 
+	if err := membership.RaisePriority(membership.Nice); err != nil {
+		log.Warn("speaker: cannot raise its CPU priority (CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
+	}
 	members, err := membership.New(membership.Config{
 		Name: *nodeName, Key: membership.DeriveKey(secret),
 		Listen: netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port), Logger: log,

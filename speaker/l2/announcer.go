@@ -66,8 +66,11 @@ type Announcer struct {
 	cfg      Config
 	election *Election
 	setKick  chan struct{}
-	// stallsHandled is the membership's stall count this announcer has started over after.
-	stallsHandled atomic.Uint64
+	// stallsHandled is the membership's stall count this announcer has noticed; after a stall it
+	// recovers (defers to the peers, answers nothing) until recoveringUntil.
+	stallsHandled   atomic.Uint64
+	recovering      atomic.Bool
+	recoveringUntil time.Time
 
 	mu        sync.Mutex
 	ips       map[netip.Addr]Policy
@@ -190,12 +193,16 @@ func (a *Announcer) round() {
 	a.mu.Lock()
 	ips := a.ips
 	a.mu.Unlock()
+	now := time.Now()
 	if view.Stalls != a.stallsHandled.Load() {
-		// This process was stalled: the peers took its IPs meanwhile. Start over from nothing
-		// rather than defend old claims against theirs.
-		a.election = NewElection(a.cfg.Node, a.cfg.Timing)
+		// This process was stalled: the peers may have taken its IPs meanwhile. Until their fresh
+		// claims are in, answer nothing; and yield whatever they claim.
+		a.recoveringUntil = now.Add(a.cfg.Timing.Settle)
+		a.recovering.Store(true)
 	}
-	gained, lost := a.election.Decide(Round{Now: time.Now(), Quorum: view.Quorum, QuorumSince: view.QuorumSince, Members: members, Unknown: unknown, IPs: ips})
+	recovering := now.Before(a.recoveringUntil)
+	gained, lost := a.election.Decide(Round{Now: now, Quorum: view.Quorum, QuorumSince: view.QuorumSince,
+		Members: members, Unknown: unknown, IPs: ips, Recovering: recovering})
 	if a.election.OverCap() && len(gained) > 0 {
 		a.cfg.Logger.Error("l2: this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
 	}
@@ -203,6 +210,7 @@ func (a *Announcer) round() {
 	// Stop answering before anything else, then start, then tell the peers.
 	a.applyResponders(ips)
 	a.stallsHandled.Store(view.Stalls)
+	a.recovering.Store(recovering)
 	for _, ip := range lost {
 		if cancel, ok := a.bursts[ip]; ok {
 			cancel()
@@ -223,7 +231,7 @@ func (a *Announcer) round() {
 		}()
 		changes = append(changes, Change{IP: ip, Gained: true, Interfaces: names})
 	}
-	if payload, err := a.election.State(a.links).encode(); err != nil {
+	if payload, err := a.election.State(a.links, recovering).encode(); err != nil {
 		a.cfg.Logger.Error("l2: cannot encode node state", "err", err)
 	} else {
 		a.cfg.Membership.SetPayload(payload)
@@ -231,7 +239,6 @@ func (a *Announcer) round() {
 	if len(changes) == 0 {
 		return
 	}
-	now := time.Now()
 	a.mu.Lock()
 	for _, c := range changes {
 		if c.Gained {
@@ -319,11 +326,11 @@ func (a *Announcer) openResponder(k responderKey) (responder, error) {
 	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger)
 }
 
-// mayAnswer is false while this process is stalled, and after a stall until a round has dropped
-// the old claims: requests queued during a freeze must not be answered from a stale state.
+// mayAnswer is false while this process is stalled and while it recovers from a stall: requests
+// queued during a freeze must not be answered from a stale state.
 func (a *Announcer) mayAnswer() bool {
 	stalls, now := a.cfg.Membership.Stalled()
-	return !now && stalls == a.stallsHandled.Load()
+	return !now && stalls == a.stallsHandled.Load() && !a.recovering.Load()
 }
 
 func (a *Announcer) respondersFor(ip netip.Addr, pol Policy) ([]responder, []string) {
@@ -349,7 +356,7 @@ func (a *Announcer) stopAll() {
 		delete(a.responders, k)
 	}
 	a.election = NewElection(a.cfg.Node, a.cfg.Timing)
-	if payload, err := a.election.State(nil).encode(); err == nil {
+	if payload, err := a.election.State(nil, false).encode(); err == nil {
 		a.cfg.Membership.SetPayload(payload)
 	}
 	a.mu.Lock()

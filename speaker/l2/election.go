@@ -32,6 +32,9 @@ type Round struct {
 	// before their first election). Their claims are unknown, so no orphan is taken meanwhile.
 	Unknown int
 	IPs     map[netip.Addr]Policy
+	// Recovering: this node has just come out of a stall. It takes nothing and yields every IP
+	// another, not recovering, node claims.
+	Recovering bool
 }
 
 // ElectionTiming holds the election's delays.
@@ -110,8 +113,8 @@ func (e *Election) Owned() []netip.Addr {
 }
 
 // State is this node's NodeState for its heartbeats.
-func (e *Election) State(links []Link) NodeState {
-	s := NodeState{Links: links, Owned: e.Owned()}
+func (e *Election) State(links []Link, recovering bool) NodeState {
+	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering}
 	for ip, o := range e.offers {
 		s.Offers = append(s.Offers, Offer{IP: ip, To: o.to})
 	}
@@ -124,7 +127,7 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 	next := make(map[netip.Addr]bool, len(e.owned)+8)
 	e.overCap = false
 	if r.Quorum {
-		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle && r.Unknown == 0
+		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle && r.Unknown == 0 && !r.Recovering
 		var fresh []netip.Addr
 		for ip, pol := range r.IPs {
 			if e.decideIP(r, ip, pol, settled) {
@@ -159,7 +162,7 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 			delete(e.offers, ip)
 		}
 	}
-	if r.Quorum && len(e.offers) == 0 && r.Now.Sub(e.lastOffer) >= e.timing.RebalanceEvery {
+	if r.Quorum && !r.Recovering && len(e.offers) == 0 && r.Now.Sub(e.lastOffer) >= e.timing.RebalanceEvery {
 		e.offerOne(r)
 	}
 	slices.SortFunc(gained, netip.Addr.Compare)
@@ -177,12 +180,16 @@ func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bo
 	claimants := e.claimants[:0]
 	type offer struct{ from, to string }
 	var offers []offer
+	var recovering []string // claimants just out of a stall
 	for _, n := range eligible {
 		if n == e.self {
 			if e.owned[ip] {
 				claimants = append(claimants, n)
 				if o, ok := e.offers[ip]; ok {
 					offers = append(offers, offer{n, o.to})
+				}
+				if r.Recovering {
+					recovering = append(recovering, n)
 				}
 			}
 			continue
@@ -193,7 +200,14 @@ func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bo
 			if to, ok := st.offeredTo(ip); ok {
 				offers = append(offers, offer{n, to})
 			}
+			if st.Recovering {
+				recovering = append(recovering, n)
+			}
 		}
+	}
+	if len(recovering) > 0 && len(recovering) < len(claimants) {
+		// Whoever took an IP over while its owner was stalled keeps it.
+		claimants = slices.DeleteFunc(claimants, func(n string) bool { return slices.Contains(recovering, n) })
 	}
 	e.claimants = claimants
 	// Take up an offer made to this node by the current owner.

@@ -73,7 +73,7 @@ func (c *cluster) step() {
 	}
 	for _, n := range c.nodes {
 		if n.alive {
-			n.published = n.el.State(n.links)
+			n.published = n.el.State(n.links, false)
 		}
 	}
 	for ip, owners := range c.owners() {
@@ -275,7 +275,7 @@ func TestConflictingClaimsResolveToOne(t *testing.T) {
 		for ip := range c.ips {
 			n.el.owned[ip] = true
 		}
-		n.published = n.el.State(n.links)
+		n.published = n.el.State(n.links, false)
 	}
 	c.nodes["node-a"].el.offers = map[netip.Addr]pendingOffer{}
 	// One round to see each other's claims: exactly one owner each.
@@ -345,11 +345,43 @@ func TestOwnedIPsAreCapped(t *testing.T) {
 	if got := len(el.Owned()); got != MaxOwnedIPs || !el.OverCap() {
 		t.Fatalf("owns %d (over cap %v), want the cap %d", got, el.OverCap(), MaxOwnedIPs)
 	}
-	b, err := el.State(v6).encode()
+	b, err := el.State(v6, false).encode()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(b) > membership.MaxPayload {
 		t.Fatalf("state of %d IPv6 addresses takes %d bytes, more than a heartbeat's %d", MaxOwnedIPs, len(b), membership.MaxPayload)
+	}
+}
+
+func TestRecoveringNodeYields(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.100")
+	now := time.Unix(1000, 0)
+	ips := map[netip.Addr]Policy{ip: {Candidates: []string{"node-a", "node-b", "node-c"}}}
+	// node-a owned ip, froze; node-b took it over meanwhile. Both now claim it.
+	a, b := NewElection("node-a", DefaultElectionTiming), NewElection("node-b", DefaultElectionTiming)
+	a.owned[ip], b.owned[ip] = true, true
+	members := func(aRecovering bool) map[string]Member {
+		return map[string]Member{
+			"node-a": {AliveSince: now.Add(-time.Hour), State: a.State(segment, aRecovering)},
+			"node-b": {AliveSince: now.Add(-time.Hour), State: b.State(segment, false)},
+			"node-c": {AliveSince: now.Add(-time.Hour), State: NodeState{Links: segment}},
+		}
+	}
+	m := members(true)
+	round := func(recovering bool) Round {
+		return Round{Now: now, Quorum: true, QuorumSince: now.Add(-time.Hour), Members: m, IPs: ips, Recovering: recovering}
+	}
+	if _, lost := a.Decide(round(true)); !slices.Equal(lost, []netip.Addr{ip}) {
+		t.Fatalf("recovering node-a lost %v, want it to yield %s to node-b", lost, ip)
+	}
+	if _, lost := b.Decide(round(false)); len(lost) != 0 {
+		t.Fatalf("node-b lost %v to a recovering node", lost)
+	}
+	// Recovering, node-a takes no orphan either, even where it wins the hash.
+	b.owned = map[netip.Addr]bool{}
+	m = members(true)
+	if gained, _ := a.Decide(round(true)); len(gained) != 0 {
+		t.Fatalf("recovering node-a took %v", gained)
 	}
 }

@@ -14,6 +14,9 @@ type NodeState struct {
 	Links  []Link
 	Owned  []netip.Addr // sorted
 	Offers []Offer      // sorted by IP
+	// Recovering: the node has just come out of a stall (see membership.Membership.Stalled); its
+	// claims yield to those of any node that is not recovering.
+	Recovering bool
 
 	ownedSet map[netip.Addr]struct{} // index of Owned, built once per received state
 }

@@ -380,23 +380,31 @@ func (m *Membership) Stalled() (stalls uint64, now bool) {
 	return m.stalls, m.cfg.Now().Sub(m.lastCheck) > m.cfg.DeadAfter
 }
 
-// detectStallLocked notices a stall (see Stalled) the first time anything runs after it: it counts
-// it, forgets which peers are alive (their next heartbeats tell), and starts settling again.
+// detectStallLocked notices, the first time anything runs after it, that this process was not
+// running for a while (the expiry check runs five times per Interval):
+//   - a gap over DeadAfter/2: this node could not hear its peers meanwhile, so their silence proves
+//     nothing; every alive peer gets DeadAfter from now to be heard again, rather than being
+//     declared dead for this node's own hiccup (on a saturated machine, every node hiccups at once);
+//   - a gap over DeadAfter (a stall, see Stalled): the peers have declared this node dead and may
+//     have taken its IPs. It is counted (View.Stalls) so the application can defer to them, and the
+//     old payload is dropped: sending it would re-assert claims the peers have since taken over.
 func (m *Membership) detectStallLocked(now time.Time) bool {
-	if now.Sub(m.lastCheck) <= m.cfg.DeadAfter {
+	gap := now.Sub(m.lastCheck)
+	if gap <= m.cfg.DeadAfter/2 {
 		return false
 	}
-	m.cfg.Logger.Warn("membership: this node was stalled; its view was stale, starting over", "stalledFor", now.Sub(m.lastCheck))
-	m.stalls++
 	m.lastCheck = now
-	// The payload was this node's state before the stall: sending it now would re-assert claims
-	// the peers have since taken over. Until the application sets a new one, peers see none.
-	m.payload = nil
 	for _, p := range m.peers {
-		p.alive = false
+		if p.alive {
+			p.lastSeen = now
+		}
 	}
-	m.updateQuorumLocked(now)
-	m.quorumSince = now
+	if gap <= m.cfg.DeadAfter {
+		return false
+	}
+	m.cfg.Logger.Warn("membership: this node was stalled; deferring to its peers' claims", "stalledFor", gap)
+	m.stalls++
+	m.payload = nil
 	return true
 }
 

@@ -59,6 +59,9 @@ func run() error {
 		}
 		peers[n] = netip.AddrPortFrom(a, membership.Port)
 	}
+	if err := membership.RaisePriority(membership.Nice); err != nil {
+		log.Warn("cannot raise CPU priority", "err", err)
+	}
 	m, err := membership.New(membership.Config{Name: *name, Key: membership.DeriveKey(secret),
 		Listen:   netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port),
 		Interval: *interval, DeadAfter: *deadAfter, Logger: log})
