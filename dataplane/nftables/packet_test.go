@@ -34,7 +34,7 @@ type packetLab struct {
 
 func newPacketLab(t *testing.T) *packetLab {
 	netnstest.Require(t, "nft")
-	l := netnstest.New(t, "herald-dpt-")
+	l := netnstest.New(t, "herald-dpt-pkt-")
 	pl := &packetLab{lab: l, node: l.AddNS("node"), client: l.AddNS("client"), c2: l.AddNS("client2")}
 	l.Run(pl.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	l.Link(pl.node, "c1", "172.31.1.1/24", pl.client, "eth0", "172.31.1.2/24")

@@ -45,7 +45,9 @@ type Lab struct {
 	prefix string
 }
 
-// New removes leftovers with this prefix and registers removal at the end of the test.
+// New removes leftovers with this prefix and registers removal at the end of the test. Every
+// namespace whose name starts with prefix is removed, so a prefix must not be the beginning of
+// another test's (tests of several packages run at the same time).
 func New(t *testing.T, prefix string) *Lab {
 	if !strings.HasPrefix(prefix, "herald-") {
 		t.Fatalf("namespace prefix %q must start with herald-", prefix)
