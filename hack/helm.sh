@@ -12,8 +12,10 @@ flock 9
 if [ -x "$dir/helm" ]; then echo "$dir/helm"; exit 0; fi
 # Outside any module, so the repository's go.mod plays no part; helm's own go.sum pins its deps.
 cd "$dir"
+# The Kubernetes version helm assumes without a cluster (helm template) is set at link time, as
+# helm's own Makefile does; unset it is 1.20.
 CGO_ENABLED=0 GOBIN="$dir/.build" GOFLAGS= go install -trimpath \
-  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34" \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
 mv "$dir/.build/helm" "$dir/helm"
 rmdir "$dir/.build"
