@@ -46,6 +46,8 @@ type Announcer struct {
 	routes map[string]map[netip.Prefix]string
 	// paths counts, per prefix in the RIB, the peers it is advertised to.
 	paths map[netip.Prefix]int
+	// added is when each peer's GoBGP neighbor was (re)created.
+	added map[string]time.Time
 
 	events *sessionEvents
 }
@@ -74,6 +76,7 @@ func NewAnnouncer(opts Options) *Announcer {
 		groups: map[string]*routeGroup{},
 		routes: map[string]map[netip.Prefix]string{},
 		paths:  map[netip.Prefix]int{},
+		added:  map[string]time.Time{},
 		events: newSessionEvents(),
 	}
 	a.events.onDown = a.renewBFDSession
@@ -88,14 +91,15 @@ func NewAnnouncer(opts Options) *Announcer {
 // queued in the idle session and tears down the next one as soon as it is established; BIRD
 // renews its BFD session again, and so on (seen in TestBFDDetectsFrozenSpeaker). A fresh neighbor
 // has a fresh BFD peer and no queued reset, so the session comes back at the next connection.
-func (a *Announcer) renewBFDSession(addr netip.Addr) {
+func (a *Announcer) renewBFDSession(addr netip.Addr, wentDown time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.srv == nil {
 		return
 	}
 	for _, p := range a.peers {
-		if p.Address != addr || p.BFD == nil {
+		// A neighbor created after the session went down (Apply replaced it) is fresh already.
+		if p.Address != addr || p.BFD == nil || a.added[p.Name].After(wentDown) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -108,7 +112,9 @@ func (a *Announcer) renewBFDSession(addr netip.Addr) {
 			// The next Apply retries: the peer is no longer configured.
 			delete(a.peers, p.Name)
 			a.log.Error("renewing the session after BFD", "peer", p.Name, "err", err)
+			return
 		}
+		a.added[p.Name] = time.Now()
 		return
 	}
 }
@@ -151,6 +157,7 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 				continue
 			}
 			delete(a.peers, name)
+			delete(a.added, name)
 			a.events.forget(old.Address)
 			if _, ok := d.Peers[name]; !ok {
 				removed = append(removed, name)
@@ -181,6 +188,7 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 			continue
 		}
 		a.peers[p.Name] = p
+		a.added[p.Name] = time.Now()
 	}
 	// A removed peer's neighbor set goes once its route groups are gone (applyRoutes removed them;
 	// a group whose removal failed keeps the set in use, and the deletion fails harmlessly).
@@ -469,6 +477,7 @@ func (a *Announcer) stopLocked(keepGracefulRestart bool) {
 	a.cancel()
 	a.srv, a.cancel = nil, nil
 	a.peers = map[string]Peer{}
+	a.added = map[string]time.Time{}
 	a.groups = map[string]*routeGroup{}
 	a.routes = map[string]map[netip.Prefix]string{}
 	a.paths = map[netip.Prefix]int{}

@@ -156,14 +156,14 @@ type sessionEvents struct {
 	history map[netip.Addr]sessionHistory
 	changed chan struct{}
 	// onDown is called (on a goroutine of its own) when an established session goes down.
-	onDown func(netip.Addr)
+	onDown func(addr netip.Addr, at time.Time)
 }
 
 func newSessionEvents() *sessionEvents {
 	return &sessionEvents{history: map[netip.Addr]sessionHistory{}, changed: make(chan struct{}, 1)}
 }
 
-func (e *sessionEvents) record(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+func (e *sessionEvents) record(ev *apiutil.WatchEventMessage_PeerEvent, at time.Time) {
 	if ev.Type != apiutil.PEER_EVENT_STATE {
 		return
 	}
@@ -185,7 +185,7 @@ func (e *sessionEvents) record(ev *apiutil.WatchEventMessage_PeerEvent, _ time.T
 	onDown := e.onDown
 	e.mu.Unlock()
 	if wentDown && onDown != nil {
-		go onDown(st.NeighborAddress)
+		go onDown(st.NeighborAddress, at)
 	}
 	select {
 	case e.changed <- struct{}{}:
