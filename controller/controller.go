@@ -109,7 +109,6 @@ func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Cont
 		pending: map[string]struct{}{},
 	}
 	c.services = cache.NewIntegerResourceVersionMutationCache(klogFor(opts.Logger), c.svcInf.GetStore(), c.svcInf.GetIndexer(), time.Minute, false)
-	factory.Core().V1().Namespaces().Informer()
 	return c
 }
 
