@@ -293,7 +293,7 @@ func TestRenderedFlagsExist(t *testing.T) {
 				t.Skipf("%s does not exist yet", component.pkg)
 			}
 			have := flagsOf(t, component.pkg)
-			check := func(sets []string, planned bool) {
+			check := func(t *testing.T, sets []string, planned bool) {
 				objs := render(t, sets...)
 				u := Find(objs, component.kind, component.name)
 				containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
@@ -312,9 +312,13 @@ func TestRenderedFlagsExist(t *testing.T) {
 					t.Errorf("%s lacks flags %v that the chart passes with values %v", component.pkg, missing, sets)
 				}
 			}
-			check(nil, false)
-			check([]string{"dataplane.mode=off", "loadBalancerClass=x.io/y"}, false)
-			check([]string{"l2.enabled=false", "bgp.enabled=false", "failover.detectAfter=500ms", "logLevel=debug"}, true)
+			t.Run("defaults", func(t *testing.T) { check(t, nil, false) })
+			t.Run("data plane off, own class", func(t *testing.T) {
+				check(t, []string{"dataplane.mode=off", "loadBalancerClass=x.io/y"}, false)
+			})
+			t.Run("planned flags", func(t *testing.T) {
+				check(t, []string{"l2.enabled=false", "bgp.enabled=false", "failover.detectAfter=500ms", "logLevel=debug"}, true)
+			})
 		})
 	}
 }
