@@ -58,7 +58,7 @@ capabilities:
     # Raw packet sockets for ARP and NDP (speaker/l2).
     - NET_RAW
     {{- if .Values.bgp.enabled }}
-    # GoBGP listens on TCP 179 for peers that connect to the node.
+    # GoBGP listens on TCP 179 for routers that connect first (speaker/bgp/announcer.go ListenPort).
     - NET_BIND_SERVICE
     {{- end }}
 {{- end }}
