@@ -161,11 +161,11 @@ func runLab(dir string, n, restartN int) error {
 	}
 	slices.Sort(took)
 	slices.Sort(fromStatus)
-	report("BGP lab: Service created -> route from all 3 nodes in BIRD, p50", took[len(took)/2], "")
-	report("BGP lab: Service created -> route from all 3 nodes in BIRD, p99", took[len(took)*99/100], "< 50 ms")
-	if len(fromStatus) > 0 {
-		report("BGP lab: Service IP in status -> route from all 3 nodes in BIRD (speakers only), p50", fromStatus[len(fromStatus)/2], "")
-		report("BGP lab: Service IP in status -> route from all 3 nodes in BIRD (speakers only), p99", fromStatus[len(fromStatus)*99/100], "")
+	report(fmt.Sprintf("BGP lab: Service created -> route from all 3 nodes in BIRD, p50 of %d", n), took[len(took)/2], "")
+	report(fmt.Sprintf("BGP lab: Service created -> route from all 3 nodes in BIRD, p99 of %d", n), took[len(took)*99/100], "< 50 ms")
+	if m := len(fromStatus); m > 0 {
+		report(fmt.Sprintf("BGP lab: Service IP in status -> route from all 3 nodes in BIRD (speakers only), p50 of %d", m), fromStatus[m/2], "")
+		report(fmt.Sprintf("BGP lab: Service IP in status -> route from all 3 nodes in BIRD (speakers only), p99 of %d", m), fromStatus[m*99/100], "")
 	}
 
 	// 2. Up to restartN Services, then node1's speaker stops (SIGTERM) and starts again.
