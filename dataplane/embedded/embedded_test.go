@@ -125,8 +125,8 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 	}
 	eventually(t, "healthCheckNodePort 503", func() bool { return status("http://127.0.0.1:32100/") == 503 })
 	eventually(t, "external traffic dropped", func() bool {
-		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "no-endpoint-ips4").CombinedOutput()
-		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : drop")
+		out, _ := exec.Command("nft", "list", "chain", "inet", nftables.TableName, "ext4-ns/web/tcp/http").CombinedOutput()
+		return strings.HasSuffix(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(string(out)), "}")), "}")), "drop")
 	})
 
 	// UDP: a flow translated to an endpoint that goes away is cleared (UDP has no end, the client

@@ -166,14 +166,15 @@ func diff(tx *knftables.Transaction, old, cur *fragment, rc refCounter) {
 			tx.Delete(element(k, v))
 		}
 	}
-	// 2. Chains that go away or whose rules change: flush; delete the ones that go away.
+	// 2. Chains that go away or whose rules change: flush them all, then delete the ones that go
+	// away (a chain's rules may jump to another of the Service's chains).
 	for _, c := range sortedKeys(old.chains) {
-		rules, keep := cur.chains[c]
-		if keep && equalRules(rules, old.chains[c]) {
-			continue
+		if rules, keep := cur.chains[c]; !keep || !equalRules(rules, old.chains[c]) {
+			tx.Flush(&knftables.Chain{Name: c})
 		}
-		tx.Flush(&knftables.Chain{Name: c})
-		if !keep {
+	}
+	for _, c := range sortedKeys(old.chains) {
+		if _, keep := cur.chains[c]; !keep {
 			tx.Delete(&knftables.Chain{Name: c})
 		}
 	}
@@ -190,13 +191,15 @@ func diff(tx *knftables.Transaction, old, cur *fragment, rc refCounter) {
 			tx.Add(&knftables.Set{Name: s, Type: spec.keyType, Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: &spec.timeout})
 		}
 	}
+	// Every new chain exists before any rule is added, since rules may jump between them.
 	for _, c := range sortedKeys(cur.chains) {
-		oldRules, had := old.chains[c]
-		if had && equalRules(oldRules, cur.chains[c]) {
-			continue
-		}
-		if !had {
+		if _, had := old.chains[c]; !had {
 			tx.Add(&knftables.Chain{Name: c})
+		}
+	}
+	for _, c := range sortedKeys(cur.chains) {
+		if oldRules, had := old.chains[c]; had && equalRules(oldRules, cur.chains[c]) {
+			continue
 		}
 		for _, r := range cur.chains[c] {
 			tx.Add(&knftables.Rule{Chain: c, Rule: r})

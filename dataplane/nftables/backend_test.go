@@ -146,9 +146,13 @@ func TestRulesForEveryFeature(t *testing.T) {
 		// ETP Local: own chain with the local endpoint only, no masquerade
 		"add element inet herald service-ips4 { 192.0.2.11 . tcp . 80 : goto ext4-ns/local/tcp/http }",
 		"add rule inet herald ext4-ns/local/tcp/http meta l4proto tcp dnat ip to 10.1.0.2:80",
-		// no endpoints at all: reject; only remote endpoints with Local policy: drop
+		// no endpoints at all: reject; only remote endpoints with Local policy: drop (below)
 		"add element inet herald no-endpoint-ips4 { 10.96.0.12 . udp . 53 : goto reject-chain }",
-		"add element inet herald no-endpoint-ips4 { 192.0.2.13 . tcp . 80 : drop }",
+		"add element inet herald service-ips4 { 192.0.2.13 . tcp . 80 : goto ext4-ns/remote/tcp/http }",
+		"add rule inet herald ext4-ns/remote/tcp/http drop",
+		// Local policy: the node's own connections go to any endpoint, masqueraded
+		"add rule inet herald ext4-ns/local/tcp/http fib saddr type local jump mark-for-masquerade",
+		"add rule inet herald ext4-ns/local/tcp/http fib saddr type local goto svc4-ns/local/tcp/http",
 		// SCTP and dual stack
 		"add element inet herald service-ips4 { 10.96.0.14 . sctp . 3868 : goto svc4-ns/sctp/sctp/http }",
 		"add rule inet herald svc4-ns/sctp/sctp/http meta l4proto sctp dnat ip to 10.1.0.4:3868",

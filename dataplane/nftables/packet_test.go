@@ -257,6 +257,16 @@ func TestPacketsThroughNFTables(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Local policy: the node's own connections reach any endpoint", func(t *testing.T) {
+		seen := map[string]bool{}
+		for range 30 {
+			be, _ := pl.mustGet(t, pl.node, "192.0.2.13:80")
+			seen[be] = true
+		}
+		if len(seen) < 2 {
+			t.Fatalf("from the node, the Local Service reached only %v (want any endpoint, not just the local one)", seen)
+		}
+	})
 	t.Run("no endpoints: rejected at once", func(t *testing.T) {
 		start := time.Now()
 		_, err := get(pl.client, "192.0.2.14:80")

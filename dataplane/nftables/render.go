@@ -154,7 +154,11 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 	if len(externalIPs) == 0 && p.NodePort == 0 {
 		return
 	}
-	if len(externalEps) == 0 {
+	// With a Local policy, traffic the node itself sends to its external addresses is not
+	// external: like kube-proxy, send it to any endpoint, masqueraded, even when this node has
+	// none of its own (rather than dropping the node's own connections).
+	shortCircuit := p.ExternalPolicyLocal && len(clusterEps) > 0
+	if len(externalEps) == 0 && !shortCircuit {
 		for _, ip := range externalIPs {
 			fr.elements[elementKey{f.noEndpointIPs(), key(ip.String(), pr, port(p.Port))}] = noEndpoints
 		}
@@ -166,7 +170,18 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 		if !slices.EqualFunc(externalEps, clusterEps, sameEndpoint) {
 			// Local policies make the two lists differ: external traffic gets its own chain.
 			target = chainName(chainPrefixExternal, f, p)
-			fr.chains[target] = endpointRules(fr, p, f, externalEps)
+			var rules []string
+			if shortCircuit {
+				rules = append(rules, "fib saddr type local jump "+markForMasqueradeChain, "fib saddr type local goto "+svcChain)
+			}
+			if len(externalEps) > 0 {
+				rules = append(rules, endpointRules(fr, p, f, externalEps)...)
+			} else {
+				// Endpoints only elsewhere: drop, so the client's load balancer, told by the
+				// health check, retries another node.
+				rules = append(rules, verdictDrop)
+			}
+			fr.chains[target] = rules
 		}
 		for _, ip := range externalIPs {
 			fr.elements[elementKey{f.serviceIPs(), key(ip.String(), pr, port(p.Port))}] = "goto " + target
