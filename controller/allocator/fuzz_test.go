@@ -51,10 +51,10 @@ func fuzzService(i, b1, b2 byte) Service {
 	return s
 }
 
-// FuzzNoDoubleAllocation drives random assign / release / restart / pool-change sequences and checks
+// FuzzAllocator drives random assign / release / restart / pool-change sequences and checks
 // after every step that no address is held by two Services that did not ask to share it, that the
 // allocator agrees with the Services' status, and that Assign is idempotent.
-func FuzzNoDoubleAllocation(f *testing.F) {
+func FuzzAllocator(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0})
 	f.Add([]byte{0, 0, 1, 2, 0, 1, 1, 2, 4, 0, 0, 0, 0, 2, 1, 2, 5, 7, 0, 0, 0, 3, 1, 2})
 	f.Add([]byte{0, 0, 4, 8, 0, 4, 4, 9, 6, 2, 0, 0, 4, 0, 0, 0, 0, 1, 164, 3})

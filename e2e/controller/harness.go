@@ -29,9 +29,13 @@ import (
 	"github.com/heraldlb/herald/internal/realapi"
 )
 
-// BuildController builds bin/controller from the working tree (once per test binary) and returns its path.
+// BuildController returns $HERALD_BIN_DIR/controller when that is set (make test builds it), else
+// builds bin/controller from the working tree (once per test binary).
 func BuildController(tb testing.TB) string {
 	tb.Helper()
+	if d := os.Getenv("HERALD_BIN_DIR"); d != "" {
+		return filepath.Join(d, "controller")
+	}
 	buildOnce.Do(func() {
 		bin := filepath.Join(realapi.RepoRoot(), "bin", "controller")
 		out, err := exec.Command("go", "build", "-o", bin, "github.com/heraldlb/herald/cmd/controller").CombinedOutput()
