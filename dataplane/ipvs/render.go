@@ -123,9 +123,12 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint
 			}
 		}
 	}
+	// Hairpin traffic leaves a pod through its own node, so only this node's endpoints need it.
 	for _, eps := range [][]dataplane.Endpoint{clusterEps, externalEps} {
 		for _, ep := range eps {
-			fr.sets.add(f.set(setHairpin), ep.Addr.String(), ep.Addr.String())
+			if ep.Local {
+				fr.sets.add(f.set(setHairpin), ep.Addr.String(), ep.Addr.String())
+			}
 		}
 	}
 }
