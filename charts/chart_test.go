@@ -201,7 +201,7 @@ func TestTemplateValueSets(t *testing.T) {
 		for _, c := range sc.Capabilities.Add {
 			add = append(add, string(c))
 		}
-		if strings.Join(add, ",") != "NET_ADMIN,NET_RAW,NET_BIND_SERVICE" || len(sc.Capabilities.Drop) != 1 {
+		if strings.Join(add, ",") != "NET_ADMIN,NET_RAW,SYS_NICE,NET_BIND_SERVICE" || len(sc.Capabilities.Drop) != 1 {
 			t.Errorf("capabilities: add %v drop %v", add, sc.Capabilities.Drop)
 		}
 		for _, v := range daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Volumes {

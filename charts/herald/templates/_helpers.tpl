@@ -57,6 +57,9 @@ capabilities:
     - NET_ADMIN
     # Raw packet sockets for ARP and NDP (speaker/l2).
     - NET_RAW
+    # Raised CPU priority, so a saturated node still sends its heartbeats in time
+    # (speaker/membership/priority.go).
+    - SYS_NICE
     {{- if .Values.bgp.enabled }}
     # GoBGP listens on TCP 179 for routers that connect first (speaker/bgp/announcer.go ListenPort).
     - NET_BIND_SERVICE
