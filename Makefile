@@ -4,20 +4,22 @@ SHELL := /bin/bash
 BINARIES := controller speaker heraldctl lab
 GO_BUILD := CGO_ENABLED=0 go build -trimpath
 
-.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins generate lint unit fuzz e2e test demo bench test-ipvs images clean
+.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins helm generate lint test demo bench test-ipvs images clean
 all: build
 
 build: $(BINARIES:%=bin/%)
 
-# Each binary is built only if its main package exists yet, so a partial tree still builds.
 $(BINARIES:%=bin/%): bin/%:
-	@if [ -d cmd/$* ]; then $(GO_BUILD) -o $@ ./cmd/$*; else echo "build: cmd/$* does not exist yet, skipped"; fi
+	$(GO_BUILD) -o $@ ./cmd/$*
 
 deps:
 	@hack/deps.sh
 
 k8s-bins:
 	@hack/k8s-bins.sh >/dev/null
+
+helm:
+	@hack/helm.sh >/dev/null
 
 generate:
 	hack/generate.sh
@@ -26,7 +28,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	go vet ./...
 
-test: deps k8s-bins build
+test: deps k8s-bins helm build
 	hack/test.sh
 
 demo: deps k8s-bins build
