@@ -9,8 +9,6 @@ import (
 	servicecontroller "k8s.io/cloud-provider/controllers/service"
 	"k8s.io/component-base/featuregate"
 	controllersmetrics "k8s.io/component-base/metrics/prometheus/controllers"
-
-	"github.com/heraldlb/herald/controller/allocator"
 )
 
 // RunCloudProvider runs the upstream service controller (k8s.io/cloud-provider) with Herald's
@@ -24,7 +22,7 @@ func (c *Controller) RunCloudProvider(ctx context.Context) error {
 		return err
 	}
 	go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
-	cloud := &heraldCloud{lb: &allocator.CloudLoadBalancer{Allocator: c.alloc, NamespaceLabels: c.namespaceLabels}}
+	cloud := &heraldCloud{lb: &CloudLoadBalancer{Allocator: c.alloc, NamespaceLabels: c.namespaceLabels}}
 	sc, err := servicecontroller.New(cloud, c.client, c.factory.Core().V1().Services(), c.factory.Core().V1().Nodes(),
 		"herald", featuregate.NewFeatureGate())
 	if err != nil {

@@ -1,7 +1,6 @@
 package allocator
 
 import (
-	"context"
 	"net/netip"
 	"slices"
 	"strings"
@@ -105,36 +104,5 @@ func TestPoolFromAPI(t *testing.T) {
 	p.Spec.ServiceAllocation.ServiceSelectors = []metav1.LabelSelector{{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "a", Operator: "In"}}}}
 	if _, err := PoolFromAPI(p); err == nil || !strings.Contains(err.Error(), "serviceSelectors") {
 		t.Fatalf("bad selector: %v", err)
-	}
-}
-
-func TestCloudLoadBalancer(t *testing.T) {
-	a := New()
-	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/31")})
-	lb := &CloudLoadBalancer{Allocator: a, NamespaceLabels: func(string) map[string]string { return nil }}
-	ctx := context.Background()
-	svc := apiService(nil)
-	if _, exists, _ := lb.GetLoadBalancer(ctx, "c", svc); exists {
-		t.Fatal("exists before Ensure")
-	}
-	st, err := lb.EnsureLoadBalancer(ctx, "c", svc, nil)
-	if err != nil || len(st.Ingress) != 1 || st.Ingress[0].IP != "10.0.0.0" || *st.Ingress[0].IPMode != corev1.LoadBalancerIPModeVIP {
-		t.Fatalf("%+v %v", st, err)
-	}
-	if got, exists, _ := lb.GetLoadBalancer(ctx, "c", svc); !exists || got.Ingress[0].IP != "10.0.0.0" {
-		t.Fatalf("Get after Ensure: %+v", got)
-	}
-	bad := apiService(map[string]string{config.AnnotationAddressPool: "nope"}, func(s *corev1.Service) { s.Name = "bad" })
-	if _, err := lb.EnsureLoadBalancer(ctx, "c", bad, nil); err == nil || !strings.HasPrefix(err.Error(), config.ReasonNoPool) {
-		t.Fatalf("unknown pool: %v", err)
-	}
-	if err := lb.EnsureLoadBalancerDeleted(ctx, "c", svc); err != nil {
-		t.Fatal(err)
-	}
-	if _, exists, _ := lb.GetLoadBalancer(ctx, "c", svc); exists {
-		t.Fatal("exists after delete")
-	}
-	if name := lb.GetLoadBalancerName(ctx, "c", svc); name == "" {
-		t.Fatal("empty name")
 	}
 }

@@ -1,4 +1,4 @@
-package allocator
+package controller
 
 import (
 	"context"
@@ -6,13 +6,16 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	cloudprovider "k8s.io/cloud-provider"
+
+	"github.com/heraldlb/herald/controller/allocator"
 )
 
 // CloudLoadBalancer serves k8s.io/cloud-provider's LoadBalancer contract from an Allocator, for the
-// upstream service controller (controller --mode=cloud-provider). Addresses are announced by the
+// upstream service controller (controller --mode=cloud-provider). It lives here, not in package
+// allocator, so the allocator (and its fuzz build) does not depend on client-go. Addresses are announced by the
 // speakers, so node changes need nothing here.
 type CloudLoadBalancer struct {
-	Allocator *Allocator
+	Allocator *allocator.Allocator
 	// NamespaceLabels returns a namespace's labels, for pools with namespace selectors.
 	NamespaceLabels func(namespace string) map[string]string
 }
@@ -25,7 +28,7 @@ func (c *CloudLoadBalancer) GetLoadBalancer(_ context.Context, _ string, svc *co
 	if len(ips) == 0 {
 		return nil, false, nil
 	}
-	return &corev1.LoadBalancerStatus{Ingress: Ingress(ips)}, true, nil
+	return &corev1.LoadBalancerStatus{Ingress: allocator.Ingress(ips)}, true, nil
 }
 
 // GetLoadBalancerName is the upstream default name (there is no external object to name).
@@ -36,7 +39,7 @@ func (c *CloudLoadBalancer) GetLoadBalancerName(_ context.Context, _ string, svc
 // EnsureLoadBalancer assigns the Service its addresses; a refusal is an error the upstream
 // controller reports as an event and retries with back-off.
 func (c *CloudLoadBalancer) EnsureLoadBalancer(_ context.Context, _ string, svc *corev1.Service, _ []*corev1.Node) (*corev1.LoadBalancerStatus, error) {
-	req, err := ServiceFromAPI(svc, c.NamespaceLabels(svc.Namespace))
+	req, err := allocator.ServiceFromAPI(svc, c.NamespaceLabels(svc.Namespace))
 	if err != nil {
 		c.Allocator.Release(req.Key)
 		return nil, fmt.Errorf("InvalidRequest: %v", err)
@@ -45,7 +48,7 @@ func (c *CloudLoadBalancer) EnsureLoadBalancer(_ context.Context, _ string, svc 
 	if len(res.IPs) == 0 {
 		return nil, fmt.Errorf("%s: %s", res.Reason, res.Message)
 	}
-	return &corev1.LoadBalancerStatus{Ingress: Ingress(res.IPs)}, nil
+	return &corev1.LoadBalancerStatus{Ingress: allocator.Ingress(res.IPs)}, nil
 }
 
 // UpdateLoadBalancer is called when nodes change: nothing to do, speakers follow nodes themselves.
