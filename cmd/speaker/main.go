@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
 	"github.com/heraldlb/herald/speaker"
@@ -141,6 +142,7 @@ func run() error {
 			log.Error("speaker: dataplane", "err", err)
 		}
 	}()
+	spk.AddStatusSource(func(st *v1beta1.SpeakerStatusStatus) { st.Dataplane = dp.Status() })
 	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend())
 
 	go serveMetrics(*metricsAddr, log)
