@@ -503,6 +503,13 @@ func TestClientBehindRouterReachesService(t *testing.T) {
 		t.Skipf("skipped: the speaker runs no data plane yet (SpeakerStatus dataplane.backend %q); the routes are in place", backend)
 	}
 	addr := netip.AddrPortFrom(ip, 80)
+	// The speakers advertise as soon as they see the IP, which can be a moment before every node's
+	// data plane has programmed the Service (a known gap: announcing should wait for the rules).
+	// So wait for one answer from every node's path first, then require every request to succeed.
+	waitFor(t, 30*time.Second, "every node's data plane answering", func() (bool, string) {
+		counts, err := l.Spread(ctx, lab.HostExternal, addr, 12, 2*time.Second)
+		return err == nil && counts[""] == 0, fmt.Sprint(counts, err)
+	})
 	counts, err := l.Spread(ctx, lab.HostExternal, addr, 20, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
