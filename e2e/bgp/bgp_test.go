@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -27,116 +25,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/config"
-	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/lab"
+	"github.com/heraldlb/herald/e2e/lab/labsuite"
 )
 
-const prefix = "herald-bge-"
+func TestMain(m *testing.M) { labsuite.Main(m, "herald-bge-") }
 
-var (
-	theLab  *lab.Lab
-	missing string // a prerequisite is missing: skip (or fail under HERALD_REQUIRE_REAL=1)
-	labErr  error
-)
-
-func TestMain(m *testing.M) {
-	lab.RunBackendIfAsked()
-	os.Exit(runWithLab(m))
-}
-
-func runWithLab(m *testing.M) int {
-	if missing = prerequisites(); missing != "" {
-		return m.Run()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	dir, err := os.MkdirTemp("", "herald-bgp-e2e-")
-	if err != nil {
-		labErr = err
-		return m.Run()
-	}
-	defer os.RemoveAll(dir)
-	root := repoRoot()
-	bin := filepath.Join(dir, "bin")
-	if labErr = build(ctx, root, bin); labErr != nil {
-		return m.Run()
-	}
-	labDir := filepath.Join(dir, "lab")
-	theLab, labErr = lab.Up(ctx, lab.Config{Dir: labDir, Prefix: prefix, BinDir: bin, CRDDir: filepath.Join(root, "config", "crd")})
-	code := m.Run()
-	if code != 0 {
-		logs, _ := filepath.Glob(filepath.Join(labDir, "logs", "*speaker*.log"))
-		for _, f := range append(logs, filepath.Join(labDir, "bird.log")) {
-			b, _ := os.ReadFile(f)
-			if len(b) > 4000 {
-				b = b[len(b)-4000:]
-			}
-			fmt.Printf("----- %s (tail)\n%s\n", f, b)
-		}
-	}
-	if err := lab.Down(context.Background(), labDir, prefix); err != nil {
-		fmt.Fprintln(os.Stderr, "lab down:", err)
-		code = 1
-	}
-	return code
-}
-
-func prerequisites() string {
-	if os.Geteuid() != 0 {
-		return "the lab needs root (network namespaces)"
-	}
-	for _, tool := range []string{"ip", "bridge", "bird", "birdc", "arping", "ndisc6"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " not installed (apt-get install iproute2 bird2 arping ndisc6)"
-		}
-	}
-	if _, err := controlplane.CachedBinaries(); err != nil {
-		return err.Error()
-	}
-	return ""
-}
-
-// build puts the speaker (and the controller, once it exists) into out, unless $HERALD_BIN_DIR
-// already holds them.
-func build(ctx context.Context, root, out string) error {
-	if d := os.Getenv("HERALD_BIN_DIR"); d != "" {
-		return os.Symlink(d, out)
-	}
-	for _, name := range []string{"speaker", "controller"} {
-		if _, err := os.Stat(filepath.Join(root, "cmd", name)); err != nil {
-			continue
-		}
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(out, name), "./cmd/"+name)
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", name, err, b)
-		}
-	}
-	return nil
-}
-
-func repoRoot() string {
-	wd, _ := os.Getwd()
-	for d := wd; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-	}
-	return wd
-}
-
-func needLab(t *testing.T) *lab.Lab {
-	t.Helper()
-	switch {
-	case missing != "" && os.Getenv("HERALD_REQUIRE_REAL") == "1":
-		t.Fatalf("prerequisite missing and HERALD_REQUIRE_REAL=1: %s", missing)
-	case missing != "":
-		t.Skipf("skipped: %s (set HERALD_REQUIRE_REAL=1 to make this a failure)", missing)
-	case labErr != nil:
-		t.Fatalf("lab up: %v", labErr)
-	}
-	return theLab
-}
+func needLab(t *testing.T) *lab.Lab { return labsuite.Lab(t) }
 
 func gvr(resource string) schema.GroupVersionResource {
 	return schema.GroupVersionResource{Group: "herald.io", Version: "v1beta1", Resource: resource}
