@@ -24,6 +24,9 @@ const (
 // dialTimeout bounds every client attempt: a dropped packet shows up as a timeout.
 const dialTimeout = 2 * time.Second
 
+// sctpInitialRTO is SCTP's first retransmission timeout (RFC 4960, RTO.Initial).
+const sctpInitialRTO = 3 * time.Second
+
 // Reply is what a backend answers: its name and the source address it saw.
 type Reply struct {
 	Backend string
@@ -236,7 +239,9 @@ func dialSCTP(src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
 		return nil, err
 	}
-	tv := unix.NsecToTimeval(dialTimeout.Nanoseconds())
+	// SCTP retransmits a lost INIT only after RTO.Initial, 3 s (RFC 4960), so a connect deadline
+	// shorter than that turns one lost packet into a failure; allow one retransmission.
+	tv := unix.NsecToTimeval((dialTimeout + sctpInitialRTO).Nanoseconds())
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())}); err != nil {
 		return nil, fmt.Errorf("SCTP connect %s: %w", dst, err)
