@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/bgpconfig"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/speaker/bgp"
 )
@@ -33,10 +34,10 @@ type BGP struct {
 
 	mu        sync.Mutex
 	snap      *Snapshot
-	announced map[netip.Addr]bgp.Announced
+	announced map[netip.Addr]bgpconfig.Announced
 	since     map[netip.Addr]time.Time
 	sessions  []bgp.PeerStatus
-	reported  map[bgp.Problem]bool
+	reported  map[bgpconfig.Problem]bool
 }
 
 // NewBGP builds the BGP announcer of this speaker and registers its SpeakerStatus part.
@@ -46,7 +47,7 @@ func NewBGP(s *Speaker, secretNamespace string, opts bgp.Options) *BGP {
 	}
 	b := &BGP{
 		announcer: bgp.NewAnnouncer(opts), speaker: s, secretNamespace: secretNamespace,
-		kick: make(chan struct{}, 1), since: map[netip.Addr]time.Time{}, reported: map[bgp.Problem]bool{},
+		kick: make(chan struct{}, 1), since: map[netip.Addr]time.Time{}, reported: map[bgpconfig.Problem]bool{},
 	}
 	s.AddStatusSource(b.fillStatus)
 	return b
@@ -97,7 +98,7 @@ func (b *BGP) sync(ctx context.Context) bool {
 		return true
 	}
 	in := BGPInput(snap, b.secretNamespace, b.passwords(ctx, snap))
-	res := bgp.Translate(in)
+	res := bgpconfig.Translate(in)
 	b.reportProblems(snap, res.Problems)
 	err := b.announcer.Apply(ctx, res.Desired)
 	if err != nil {
@@ -123,9 +124,9 @@ func (b *BGP) sync(ctx context.Context) bool {
 
 // BGPInput is the translation input for this node's snapshot. passwords holds the "password" key
 // of the Secrets the BGPPeers name, by "namespace/name".
-func BGPInput(snap *Snapshot, secretNamespace string, passwords map[string]string) bgp.Input {
-	in := bgp.Input{
-		Node:            bgp.Node{Name: snap.NodeName},
+func BGPInput(snap *Snapshot, secretNamespace string, passwords map[string]string) bgpconfig.Input {
+	in := bgpconfig.Input{
+		Node:            bgpconfig.Node{Name: snap.NodeName},
 		Passwords:       passwords,
 		SecretNamespace: secretNamespace,
 	}
@@ -164,7 +165,7 @@ func BGPInput(snap *Snapshot, secretNamespace string, passwords map[string]strin
 	}
 	for _, ip := range snap.IPs {
 		for _, svc := range ip.Services {
-			s := bgp.Service{
+			s := bgpconfig.Service{
 				Name: svc.Namespace + "/" + svc.Name, Labels: svc.Labels, IPs: []netip.Addr{ip.IP}, Pool: ip.Pool.Name,
 				LocalTrafficOnly: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
 			}
@@ -202,8 +203,8 @@ func (b *BGP) passwords(ctx context.Context, snap *Snapshot) map[string]string {
 }
 
 // reportProblems records one Warning event per new problem on the object it concerns.
-func (b *BGP) reportProblems(snap *Snapshot, problems []bgp.Problem) {
-	current := map[bgp.Problem]bool{}
+func (b *BGP) reportProblems(snap *Snapshot, problems []bgpconfig.Problem) {
+	current := map[bgpconfig.Problem]bool{}
 	for _, p := range problems {
 		current[p] = true
 		if b.reported[p] || b.speaker.recorder == nil {
@@ -216,7 +217,7 @@ func (b *BGP) reportProblems(snap *Snapshot, problems []bgp.Problem) {
 	b.reported = current
 }
 
-func problemObject(snap *Snapshot, p bgp.Problem) runtime.Object {
+func problemObject(snap *Snapshot, p bgpconfig.Problem) runtime.Object {
 	find := func(name string, objs []metav1.Object) runtime.Object {
 		for _, o := range objs {
 			if o.GetName() == name {

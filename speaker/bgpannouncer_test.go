@@ -9,8 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/bgpconfig"
 	"github.com/heraldlb/herald/config/v1beta1"
-	"github.com/heraldlb/herald/speaker/bgp"
 )
 
 func TestBGPInputToRoutes(t *testing.T) {
@@ -36,8 +36,8 @@ func TestBGPInputToRoutes(t *testing.T) {
 			Spec: v1beta1.BGPPeerSpec{MyASN: 64512, PeerASN: 64500, PeerAddress: "10.0.0.254"}}},
 		BGPAdvertisements: []*v1beta1.BGPAdvertisement{{ObjectMeta: metav1.ObjectMeta{Name: "all"}}},
 	}
-	res := bgp.Translate(BGPInput(snap, "herald-system", nil))
-	want := map[string]map[netip.Prefix]bgp.Attributes{"tor": {
+	res := bgpconfig.Translate(BGPInput(snap, "herald-system", nil))
+	want := map[string]map[netip.Prefix]bgpconfig.Attributes{"tor": {
 		netip.MustParsePrefix("10.0.0.100/32"): {},
 		netip.MustParsePrefix("10.0.0.102/32"): {},
 	}}
@@ -50,7 +50,7 @@ func TestBGPInputToRoutes(t *testing.T) {
 
 	// An excluded node keeps its sessions but advertises nothing.
 	snap.NodeName = "c"
-	res = bgp.Translate(BGPInput(snap, "herald-system", nil))
+	res = bgpconfig.Translate(BGPInput(snap, "herald-system", nil))
 	if len(res.Desired.Peers) != 1 || len(res.Desired.Routes) != 0 {
 		t.Errorf("excluded node: peers %v, routes %v", res.Desired.Peers, res.Desired.Routes)
 	}

@@ -217,7 +217,7 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 		groupOf := map[string]string{} // attribute key -> group name: one hash per group, not per route
 		for prefix, attrs := range routes {
 			prefix = prefix.Masked()
-			key := attrs.key()
+			key := attrs.Key()
 			g, ok := groupOf[key]
 			if !ok {
 				g = groupName(peer, attrs)

@@ -19,7 +19,7 @@
 // keep the default when a stopping speaker usually means a node going away (drain, reboot), where
 // stale routes would blackhole traffic for the restart time.
 //
-// The package has three parts: the translation from the API objects to a Desired state (pure,
-// translate.go), the Announcer that converges GoBGP on a Desired state by diffs (announcer.go,
-// policy.go, peer.go), and session status and metrics (status.go, metrics.go).
+// The package has two parts: the Announcer that converges GoBGP on a Desired state by diffs
+// (announcer.go, policy.go, peer.go), and session status and metrics (status.go, metrics.go). The
+// Desired state comes from the pure translation of the API objects in config/bgpconfig.
 package bgp

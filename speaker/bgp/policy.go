@@ -29,7 +29,7 @@ func neighborSetName(peer string) string { return namePrefix + "n-" + peer }
 // groupName names a route group: the peer's name plus a short hash of the attribute key, so the
 // name is stable across restarts and the same attributes always map to the same group.
 func groupName(peer string, attrs Attributes) string {
-	sum := sha256.Sum256([]byte(attrs.key()))
+	sum := sha256.Sum256([]byte(attrs.Key()))
 	return namePrefix + peer + "-" + hex.EncodeToString(sum[:6])
 }
 

@@ -1,4 +1,4 @@
-package bgp
+package bgpconfig
 
 import (
 	"crypto/sha256"

@@ -1,4 +1,4 @@
-package bgp
+package bgpconfig
 
 import (
 	"net/netip"
@@ -48,9 +48,9 @@ type Attributes struct {
 	LocalPref uint32
 }
 
-// key is a canonical string for a set of attributes: routes towards one peer that share it share
+// Key is a canonical string for a set of attributes: routes towards one peer that share it share
 // one GoBGP export statement.
-func (a Attributes) key() string {
+func (a Attributes) Key() string {
 	return "lp=" + strconv.FormatUint(uint64(a.LocalPref), 10) +
 		";c=" + strings.Join(a.Communities, ",") +
 		";lc=" + strings.Join(a.LargeCommunities, ",")
