@@ -43,6 +43,16 @@ func Annotation(annotations map[string]string, name string) (value, key string) 
 const (
 	ConditionAllocated = "herald.io/Allocated"
 	ConditionAnnounced = "herald.io/Announced"
+	// ConditionAnnotationsValid is False when a Herald annotation that does not affect allocation
+	// (herald.io/ipvs-scheduler) has a value Herald cannot use. It is written only once something
+	// was wrong (then True when fixed), so valid Services carry no extra condition.
+	ConditionAnnotationsValid = "herald.io/AnnotationsValid"
+)
+
+// Reasons of the herald.io/AnnotationsValid condition.
+const (
+	ReasonAnnotationsValid  = "AnnotationsValid"
+	ReasonInvalidAnnotation = "InvalidAnnotation"
 )
 
 // Reasons of the herald.io/Allocated condition.

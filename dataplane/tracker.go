@@ -11,12 +11,12 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/heraldlb/herald/config"
 )
 
 // Annotations the tracker reads.
 const (
-	// annotationIPVSScheduler is passed through to ServicePort.Scheduler.
-	annotationIPVSScheduler = "herald.io/ipvs-scheduler"
 	// annotationTopologyMode (and its deprecated predecessor) turn on zone hints like
 	// trafficDistribution: PreferClose does.
 	annotationTopologyMode      = "service.kubernetes.io/topology-mode"
@@ -221,7 +221,7 @@ func buildServicePorts(svc *v1.Service, slices map[string]*discoveryv1.EndpointS
 		SourceRanges:        parsePrefixes(svc.Spec.LoadBalancerSourceRanges),
 		ExternalPolicyLocal: policy.ExternalLocal,
 		InternalPolicyLocal: policy.InternalLocal,
-		Scheduler:           svc.Annotations[annotationIPVSScheduler],
+		Scheduler:           svc.Annotations[config.AnnotationIPVSScheduler],
 	}
 	if len(base.ClusterIPs) == 0 {
 		base.ClusterIPs = parseAddrs([]string{svc.Spec.ClusterIP})

@@ -16,7 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
@@ -89,7 +88,7 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 	case mode.NFTables:
 		d.backend, err = nftables.New()
 	case mode.IPVS:
-		d.backend, err = ipvs.New(ipvs.Options{StrictARP: true, OnInvalidScheduler: d.invalidScheduler})
+		d.backend, err = ipvs.New(ipvs.Options{StrictARP: true})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s backend: %w", decision.Backend, err)
@@ -120,6 +119,16 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 
 // Backend is the backend that runs: "nftables", "ipvs" or "off".
 func (d *DataPlane) Backend() string { return d.decision.Backend }
+
+// Synced reports whether the data plane is off or has committed its first sync (which waits for
+// its informers' first lists): the speaker's readiness.
+func (d *DataPlane) Synced() bool {
+	if d.proxy == nil {
+		return true
+	}
+	_, last := d.proxy.Health(d.opts.HealthTimeout)
+	return !last.IsZero()
+}
 
 // Status is the data plane's part of this node's SpeakerStatus.
 func (d *DataPlane) Status() v1beta1.DataplaneStatus {
@@ -160,14 +169,6 @@ func (d *DataPlane) node() *corev1.Node {
 		return nil
 	}
 	return n
-}
-
-func (d *DataPlane) invalidScheduler(svc types.NamespacedName, err error) {
-	if d.opts.Recorder == nil {
-		return
-	}
-	ref := &corev1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: svc.Namespace, Name: svc.Name}
-	d.opts.Recorder.Eventf(ref, corev1.EventTypeWarning, "InvalidIPVSScheduler", "%v; using the default scheduler", err)
 }
 
 // Cleanup removes everything either backend made on this node (speaker --cleanup). The IPVS

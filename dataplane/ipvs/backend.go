@@ -29,10 +29,6 @@ type Options struct {
 	SysctlStateFile string
 	// TerminationGrace bounds how long a removed endpoint keeps its established connections.
 	TerminationGrace time.Duration
-	// OnInvalidScheduler hears about Services whose herald.io/ipvs-scheduler annotation is not a
-	// scheduler (they run with DefaultScheduler); the speaker turns it into a Warning event.
-	// It is called on every sync that renders such a Service.
-	OnInvalidScheduler func(svc types.NamespacedName, err error)
 }
 
 // DefaultSysctlStateFile is on tmpfs: the values it records die with the boot, as do the changes.
@@ -45,13 +41,12 @@ const DefaultTerminationGrace = 60 * time.Second
 // It implements dataplane.Backend.
 type Backend struct {
 	// mu serializes Sync, Cleanup and the reaper of draining real servers.
-	mu           sync.Mutex
-	links        Links
-	sysctls      *sysctlKeeper
-	strict       bool
-	vs           *virtualServers
-	fw           *firewall
-	badScheduler func(types.NamespacedName, error)
+	mu      sync.Mutex
+	links   Links
+	sysctls *sysctlKeeper
+	strict  bool
+	vs      *virtualServers
+	fw      *firewall
 
 	// fragments is what each Service contributed at the last successful sync.
 	fragments map[types.NamespacedName]*fragment
@@ -97,16 +92,15 @@ func New(opts Options) (*Backend, error) {
 		opts.TerminationGrace = DefaultTerminationGrace
 	}
 	return &Backend{
-		links:        opts.Links,
-		sysctls:      &sysctlKeeper{s: opts.Sysctls, stateFile: opts.SysctlStateFile},
-		strict:       opts.StrictARP,
-		vs:           newVirtualServers(opts.Handle, opts.TerminationGrace),
-		fw:           newFirewall(opts.NFT),
-		badScheduler: opts.OnInvalidScheduler,
-		fragments:    map[types.NamespacedName]*fragment{},
-		ipRefs:       map[netip.Addr]int{},
-		setRefs:      map[fwElement]int{},
-		serviceIPs:   map[netip.Addr]struct{}{},
+		links:      opts.Links,
+		sysctls:    &sysctlKeeper{s: opts.Sysctls, stateFile: opts.SysctlStateFile},
+		strict:     opts.StrictARP,
+		vs:         newVirtualServers(opts.Handle, opts.TerminationGrace),
+		fw:         newFirewall(opts.NFT),
+		fragments:  map[types.NamespacedName]*fragment{},
+		ipRefs:     map[netip.Addr]int{},
+		setRefs:    map[fwElement]int{},
+		serviceIPs: map[netip.Addr]struct{}{},
 	}, nil
 }
 
@@ -152,7 +146,7 @@ func (b *Backend) fullDelta(state *dataplane.State) *delta {
 	b.ipRefs, b.setRefs = map[netip.Addr]int{}, map[fwElement]int{}
 	d := &delta{vsSet: map[vsKey]*virtualServer{}}
 	for svc, ports := range state.Services {
-		fr := render(svc, ports, b.badScheduler)
+		fr := render(ports)
 		b.fragments[svc] = fr
 		for a := range fr.serviceIPs {
 			b.ipRefs[a]++
@@ -197,7 +191,7 @@ func (b *Backend) incrementalDelta(state *dataplane.State, changed map[types.Nam
 		}
 		next := newFragment()
 		if ports, ok := state.Services[svc]; ok {
-			next = render(svc, ports, b.badScheduler)
+			next = render(ports)
 			b.fragments[svc] = next
 		} else {
 			delete(b.fragments, svc)

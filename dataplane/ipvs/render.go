@@ -6,8 +6,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/dataplane"
 )
 
@@ -47,19 +47,17 @@ func protoNumber(p v1.Protocol) (uint16, bool) {
 	return 0, false
 }
 
-// render computes a Service's fragment. badScheduler is told about an invalid scheduler
-// annotation (the port then uses DefaultScheduler).
-func render(svc types.NamespacedName, ports []*dataplane.ServicePort, badScheduler func(types.NamespacedName, error)) *fragment {
+// render computes a Service's fragment. A port with an invalid scheduler annotation uses the default
+// one: the controller reports the mistake on the Service (condition and event), once, rather than
+// every node on every sync.
+func render(ports []*dataplane.ServicePort) *fragment {
 	fr := newFragment()
 	for _, p := range ports {
 		proto, ok := protoNumber(p.Protocol)
 		if !ok {
 			continue
 		}
-		sched, err := ParseScheduler(p.Scheduler)
-		if err != nil && badScheduler != nil {
-			badScheduler(svc, err)
-		}
+		sched, _ := config.ParseIPVSScheduler(p.Scheduler)
 		for _, f := range families {
 			renderFamily(fr, p, f, proto, sched)
 		}
