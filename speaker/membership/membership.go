@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -76,9 +76,8 @@ type peerState struct {
 // Membership sends this node's heartbeats and tracks its peers'.
 type Membership struct {
 	cfg   Config
-	conn  *net.UDPConn
+	sock  *heartbeatSocket
 	epoch uint64
-	kick  chan struct{}
 	notes chan struct{}
 
 	mu          sync.Mutex
@@ -135,16 +134,15 @@ func New(cfg Config) (*Membership, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(cfg.Listen))
+	sock, err := listenHeartbeat(cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("membership: listen on %s: %w", cfg.Listen, err)
 	}
 	now := cfg.Now()
 	return &Membership{
 		cfg:       cfg,
-		conn:      conn,
+		sock:      sock,
 		epoch:     uint64(now.UnixNano()),
-		kick:      make(chan struct{}, 1),
 		notes:     make(chan struct{}, 1),
 		peers:     map[string]*peerState{},
 		lastCheck: now,
@@ -156,7 +154,7 @@ func New(cfg Config) (*Membership, error) {
 
 // LocalAddr is the bound address (useful when Listen had port 0).
 func (m *Membership) LocalAddr() netip.AddrPort {
-	return m.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	return m.sock.localAddr()
 }
 
 // SetPeers replaces the set of other members and their heartbeat addresses. Peers that stay keep
@@ -202,10 +200,7 @@ func (m *Membership) SetPayload(p []byte) {
 	m.payload = append([]byte(nil), p...)
 	m.mu.Unlock()
 	if changed {
-		select {
-		case m.kick <- struct{}{}:
-		default:
-		}
+		m.sock.wakeUp()
 	}
 }
 
@@ -237,31 +232,64 @@ func (m *Membership) View() View {
 	return v
 }
 
-// Run sends heartbeats, receives peers' and expires dead peers until ctx ends.
+// Run sends heartbeats, receives peers' and expires dead peers until ctx ends, then closes the
+// socket (a Membership runs once). It returns an error only if the socket fails.
 func (m *Membership) Run(ctx context.Context) error {
-	go func() {
-		<-ctx.Done()
-		m.conn.Close()
-	}()
-	go m.receiveLoop()
-	send := time.NewTicker(m.cfg.Interval)
-	defer send.Stop()
+	// A goroutine of its own: it ends with its thread locked (see runHeartbeats), which must not
+	// be the caller's.
+	done := make(chan error, 1)
+	go func() { done <- m.runHeartbeats(ctx) }()
+	return <-done
+}
+
+// runHeartbeats is the whole failure detector: sending, receiving and expiry, on one OS thread of
+// its own in the real-time class (see makeThreadRealtime), so that neither this node's heartbeats
+// nor its judgement of its peers wait for CPU behind the node's other work. One thread for all
+// three keeps them in step: whatever delays the expiry check delays the receiving just as much, so
+// peers' silence is only counted while this node was listening (see detectStallLocked). Without
+// CAP_SYS_NICE it still runs, at the process's priority.
+func (m *Membership) runHeartbeats(ctx context.Context) error {
+	// Never unlocked: when this goroutine ends, the runtime ends the thread, real-time class and all.
+	runtime.LockOSThread()
+	if err := makeThreadRealtime(); err != nil {
+		m.cfg.Logger.Warn("membership: heartbeats run without real-time priority (needs CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
+	} else {
+		defer func() { _ = makeThreadNormal() }()
+	}
+	defer m.sock.close()
+	stop := context.AfterFunc(ctx, m.sock.wakeUp)
+	defer stop()
+	buf := make([]byte, 64<<10)
 	// Expiry is checked five times per interval: detection is late by at most Interval/5.
-	check := time.NewTicker(m.cfg.Interval / 5)
-	defer check.Stop()
-	m.send()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-send.C:
+	checkEvery := m.cfg.Interval / 5
+	nextSend, nextCheck := time.Now(), time.Now().Add(checkEvery)
+	for ctx.Err() == nil {
+		next := nextSend
+		if nextCheck.Before(next) {
+			next = nextCheck
+		}
+		woken, err := m.sock.wait(time.Until(next))
+		if err != nil {
+			return fmt.Errorf("membership: waiting for heartbeats: %w", err)
+		}
+		m.receiveWaiting(buf)
+		now := time.Now()
+		// A wake-up is a new payload (or the end): send it now rather than at the next interval.
+		if woken || !now.Before(nextSend) {
 			m.send()
-		case <-m.kick:
-			m.send()
-		case <-check.C:
+			if !now.Before(nextSend) {
+				nextSend = nextSend.Add(m.cfg.Interval)
+				if nextSend.Before(now) { // late by a whole interval: do not send a burst to catch up
+					nextSend = now.Add(m.cfg.Interval)
+				}
+			}
+		}
+		if !now.Before(nextCheck) {
 			m.expire()
+			nextCheck = now.Add(checkEvery)
 		}
 	}
+	return nil
 }
 
 func (m *Membership) send() {
@@ -285,19 +313,17 @@ func (m *Membership) send() {
 	}
 	for _, a := range addrs {
 		// Errors (no route while a link is down, ICMP refusals) are expected while peers are away.
-		_, _ = m.conn.WriteToUDPAddrPort(b, a)
+		_ = m.sock.sendTo(b, a)
 	}
 }
 
-func (m *Membership) receiveLoop() {
-	buf := make([]byte, 64<<10)
-	for {
-		n, _, err := m.conn.ReadFromUDPAddrPort(buf)
+// receiveWaiting applies the datagrams waiting on the socket, at most a batch per wake-up so a
+// flood (of forgeries, say) cannot hold off this node's own heartbeats.
+func (m *Membership) receiveWaiting(buf []byte) {
+	for range 1000 {
+		n, err := m.sock.recv(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
+			return // EAGAIN: none left
 		}
 		if m.accept(buf[:n]) {
 			m.notify()
@@ -335,6 +361,12 @@ func (m *Membership) accept(b []byte) bool {
 	}
 	messagesAccepted.Inc()
 	changed := stalled || !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, msg.Payload)
+	if gap := now.Sub(p.lastSeen); p.alive && gap > m.cfg.DeadAfter/2 {
+		// A near miss: half the dead time without a word from a live peer (this node's own
+		// scheduling gaps are already forgiven, see detectStallLocked). Worth knowing before
+		// one turns into a false failover.
+		m.cfg.Logger.Info("membership: late heartbeat", "peer", msg.Name, "silentFor", gap)
+	}
 	if !p.alive || msg.Epoch != p.epoch {
 		// A restarted peer (new epoch) starts a new life even if it came back within DeadAfter.
 		p.aliveSince = now

@@ -4,11 +4,13 @@ import (
 	"context"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 )
 
 func newMember(t *testing.T, name string, key []byte) *Membership {
@@ -18,8 +20,19 @@ func newMember(t *testing.T, name string, key []byte) *Membership {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.conn.Close() })
+	t.Cleanup(m.sock.close) // Run closes it too; the tests that Run a member wait for it first
 	return m
+}
+
+// run runs m until the returned function is called, which waits for Run to return.
+func run(m *Membership) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = m.Run(ctx)
+	}()
+	return func() { cancel(); <-done }
 }
 
 func connect(ms ...*Membership) {
@@ -78,12 +91,8 @@ func TestLivenessQuorumAndPayload(t *testing.T) {
 	key := DeriveKey([]byte("k"))
 	a, b, c := newMember(t, "a", key), newMember(t, "b", key), newMember(t, "c", key)
 	connect(a, b, c)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ctxC, killC := context.WithCancel(ctx)
-	go a.Run(ctx)
-	go b.Run(ctx)
-	go c.Run(ctxC)
+	stopA, stopB, killC := run(a), run(b), run(c)
+	defer stopA()
 
 	waitFor(t, "a sees b and c", time.Second, func() bool { return len(a.View().Alive) == 3 })
 	c.SetPayload([]byte("owned: 10.0.0.1"))
@@ -101,7 +110,7 @@ func TestLivenessQuorumAndPayload(t *testing.T) {
 	}
 
 	// b also goes: a alone of three has no quorum.
-	b.conn.Close()
+	stopB()
 	waitFor(t, "a loses quorum", time.Second, func() bool { return !a.View().Quorum })
 }
 
@@ -173,7 +182,7 @@ func TestNoQuorumBeforePeersAreKnown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.conn.Close()
+	defer m.sock.close()
 	if m.View().Quorum {
 		t.Fatal("quorum before the peers were set")
 	}
@@ -201,7 +210,7 @@ func TestStallDefersAndGivesPeersTheBenefitOfTheDoubt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.conn.Close()
+	defer m.sock.close()
 	m.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1"), "c": netip.MustParseAddrPort("127.0.0.1:2")})
 	m.SetPayload([]byte("owns 10.0.0.1"))
 	seq := uint64(0)
@@ -243,6 +252,45 @@ func TestStallDefersAndGivesPeersTheBenefitOfTheDoubt(t *testing.T) {
 	if _, stalled := m.Stalled(); stalled {
 		t.Fatal("still stalled after the stall was handled")
 	}
+}
+
+// threadsInClass lists this process's threads whose scheduling policy (field 41 of
+// /proc/self/task/N/stat) is policy.
+func threadsInClass(policy int) []string {
+	var out []string
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/stat")
+		if err != nil {
+			continue // the thread exited
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		if f[38] == strconv.Itoa(policy) {
+			out = append(out, task.Name())
+		}
+	}
+	return out
+}
+
+func TestHeartbeatThreadIsRealtimeAndAlone(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_SYS_NICE) for the real-time class")
+	}
+	key := DeriveKey([]byte("k"))
+	a, b := newMember(t, "a", key), newMember(t, "b", key)
+	connect(a, b)
+	stopA, stopB := run(a), run(b)
+	waitFor(t, "a sees b", time.Second, func() bool { return len(a.View().Alive) == 2 })
+	// Exactly the two heartbeat threads are real-time: nothing the runtime started from them
+	// (SCHED_FLAG_RESET_ON_FORK, the runtime's template thread) inherited the class.
+	if rt := threadsInClass(unix.SCHED_FIFO); len(rt) != 2 {
+		t.Errorf("threads in SCHED_FIFO while two members run: %v, want 2", rt)
+	}
+	stopA()
+	stopB()
+	waitFor(t, "the heartbeat threads end with their members", time.Second, func() bool {
+		return len(threadsInClass(unix.SCHED_FIFO)) == 0
+	})
 }
 
 func TestRaisePriority(t *testing.T) {
