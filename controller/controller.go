@@ -44,6 +44,9 @@ type Options struct {
 	Workers int
 	Logger  *slog.Logger
 	Metrics *Metrics
+	// SecretNamespace is where a BGPPeer's passwordSecret without a namespace lives (Herald's own;
+	// DefaultSecretNamespace when empty), for the BGP objects' Valid condition.
+	SecretNamespace string
 }
 
 // fieldManager names Herald in managedFields and events.
@@ -67,6 +70,8 @@ type Controller struct {
 	poolQueue  workqueue.TypedRateLimitingInterface[string]
 	recorder   record.EventRecorder
 	alloc      *allocator.Allocator
+	// bgp writes the Valid and NotSupported conditions of the BGP objects (bgpobjects.go).
+	bgp *bgpObjects
 
 	// cloud: the upstream service controller handles class-less Services (RunCloudProvider).
 	cloud bool
@@ -108,6 +113,7 @@ func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Cont
 		alloc:   allocator.New(),
 		pending: map[string]struct{}{},
 	}
+	c.bgp = newBGPObjects(c, dyn)
 	c.services = cache.NewIntegerResourceVersionMutationCache(klogFor(opts.Logger), c.svcInf.GetStore(), c.svcInf.GetIndexer(), time.Minute, false)
 	return c
 }
@@ -134,6 +140,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := c.start(ctx, c.serviceHandlers()); err != nil {
 		return err
 	}
+	go c.bgp.run(ctx)
 	for range c.opts.Workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
 	}

@@ -92,7 +92,8 @@ func Main(ctx context.Context, cfg Config) error {
 		}()
 		defer srv.Close()
 	}
-	opts := Options{LoadBalancerClass: cfg.LoadBalancerClass, TakeClassless: cfg.TakeClassless, Logger: log, Metrics: metrics}
+	opts := Options{LoadBalancerClass: cfg.LoadBalancerClass, TakeClassless: cfg.TakeClassless, Logger: log, Metrics: metrics,
+		SecretNamespace: cfg.Namespace}
 	run := func(ctx context.Context) error {
 		c := New(client, dyn, opts)
 		if cfg.Mode == ModeCloudProvider {
