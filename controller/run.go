@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+
+	"github.com/heraldlb/herald/internal/health"
 )
 
 // Config is the controller binary's command line (docs/contracts.md).
@@ -81,9 +83,22 @@ func Main(ctx context.Context, cfg Config) error {
 		return err
 	}
 	metrics := NewMetrics()
+	// Readiness: the leader (or the only replica, without leader election) once its informers
+	// have synced; a standby once it has seen the Lease, i.e. reached the apiserver. A standby
+	// must be ready, or a rolling update of two replicas would wait for it forever.
+	var leading atomic.Pointer[Controller]
+	var leaseSeen atomic.Bool
+	ready := func() bool {
+		if c := leading.Load(); c != nil {
+			return c.informersSynced()
+		}
+		return cfg.LeaderElect && leaseSeen.Load()
+	}
 	if cfg.MetricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
+		health.Handle(mux, health.Checks{"informers": health.Condition(ready,
+			"leading, and the informers have not synced yet; or standby, and the Lease has not been seen yet")})
 		srv := &http.Server{Addr: cfg.MetricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -96,6 +111,7 @@ func Main(ctx context.Context, cfg Config) error {
 		SecretNamespace: cfg.Namespace}
 	run := func(ctx context.Context) error {
 		c := New(client, dyn, opts)
+		leading.Store(c)
 		if cfg.Mode == ModeCloudProvider {
 			return c.RunCloudProvider(ctx)
 		}
@@ -126,6 +142,7 @@ func Main(ctx context.Context, cfg Config) error {
 			},
 			OnStoppedLeading: func() { close(lost) },
 			OnNewLeader: func(leader string) {
+				leaseSeen.Store(true)
 				if leader != id {
 					log.Info("waiting: another replica leads", "leader", leader)
 				}
@@ -148,4 +165,9 @@ func Main(ctx context.Context, cfg Config) error {
 		return errors.New("lost leadership")
 	}
 	return nil
+}
+
+// informersSynced: the controller's informers hold their first complete lists.
+func (c *Controller) informersSynced() bool {
+	return c.svcInf.HasSynced() && c.poolInf.HasSynced() && c.factory.Core().V1().Namespaces().Informer().HasSynced()
 }

@@ -10,6 +10,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/controller"
 )
@@ -22,9 +25,13 @@ func main() {
 	flag.BoolVar(&cfg.TakeClassless, "take-classless", true, "also handle Services without spec.loadBalancerClass (native mode)")
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", true, "run only while holding the Lease, so several replicas are safe")
 	flag.StringVar(&cfg.Namespace, "namespace", "herald-system", "namespace of the Lease")
-	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9650", "address of the Prometheus /metrics endpoint; empty disables it")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9650", "address of /metrics and of the probes /healthz and /readyz; empty disables them")
+	var logLevel slog.Level
+	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	flag.Parse()
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+	// controller-runtime's health handlers log through logr: into the same handler.
+	ctrllog.SetLogger(logr.FromSlogHandler(cfg.Logger.Handler()))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -12,9 +12,11 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
@@ -22,11 +24,13 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
+	"github.com/heraldlb/herald/internal/health"
 	"github.com/heraldlb/herald/speaker"
 	"github.com/heraldlb/herald/speaker/bgp"
 	"github.com/heraldlb/herald/speaker/l2"
@@ -46,13 +50,20 @@ func run() error {
 		nodeName      = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 		secretFile    = flag.String("secret-file", "", "file holding the secret shared by all speakers; authenticates membership messages")
 		dataplaneMode = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables or off")
-		metricsAddr   = flag.String("metrics-addr", ":9651", "address of the Prometheus metrics endpoint")
+		metricsAddr   = flag.String("metrics-addr", ":9651", "address of /metrics and of the probes /healthz and /readyz")
 		lbClass       = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
 		cleanup       = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")
+		l2On          = flag.Bool("l2", true, "announce Service IPs with ARP/NDP (L2Advertisements); false: never answer ARP/NDP")
+		bgpOn         = flag.Bool("bgp", true, "announce Service IPs to BGP peers (BGPAdvertisements, BGPPeers); false: no BGP session, nothing listens on TCP 179")
+		detectAfter   = flag.Duration("failover-detect-after", 0, "how long a silent speaker is given before another node takes its L2 addresses over; heartbeats go every fifth of it (at least 100ms; 0: the built-in 250ms, heartbeats every 50ms)")
+		logLevel      slog.Level
 	)
+	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	flag.Parse()
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	slog.SetDefault(log)
+	// The informer cache (controller-runtime) logs through logr: into the same handler.
+	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 
 	switch *dataplaneMode {
 	case "auto", "ipvs", "nftables", "off":
@@ -93,9 +104,16 @@ func run() error {
 	if err := membership.RaisePriority(membership.Nice); err != nil {
 		log.Warn("speaker: cannot raise its CPU priority (CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
 	}
+	timing, err := failoverTiming(*detectAfter)
+	if err != nil {
+		return err
+	}
+	// Membership runs with L2 off too: it costs a few datagrams, it keeps MembersAlive in the
+	// SpeakerStatus, and the uninstall hook waits for its port to be free (speaker gone).
 	members, err := membership.New(membership.Config{
 		Name: *nodeName, Key: membership.DeriveKey(secret),
 		Listen: netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port), Logger: log,
+		Interval: timing.heartbeat, DeadAfter: timing.deadAfter,
 		// Speakers starting together find each other through their SpeakerStatuses.
 		JoinGrace: 2 * time.Second,
 	})
@@ -122,11 +140,16 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	spk.AddAnnouncer(speaker.NewL2(spk, l2.Config{Node: *nodeName, Membership: members, Links: l2.NetlinkLinks{}, Logger: log}))
-	// BGP: GoBGP in-process; passwordSecrets without a namespace are read from the speaker's own.
-	bgpAnnouncer := speaker.NewBGP(spk, podNamespace(), bgp.Options{Logger: log})
-	spk.AddAnnouncer(bgpAnnouncer)
-	prometheus.MustRegister(bgpAnnouncer.Collector())
+	if *l2On {
+		spk.AddAnnouncer(speaker.NewL2(spk, l2.Config{Node: *nodeName, Membership: members, Links: l2.NetlinkLinks{},
+			Timing: timing.election, Logger: log}))
+	}
+	if *bgpOn {
+		// BGP: GoBGP in-process; passwordSecrets without a namespace are read from the speaker's own.
+		bgpAnnouncer := speaker.NewBGP(spk, podNamespace(), bgp.Options{Logger: log})
+		spk.AddAnnouncer(bgpAnnouncer)
+		prometheus.MustRegister(bgpAnnouncer.Collector())
+	}
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
@@ -143,20 +166,57 @@ func run() error {
 		}
 	}()
 	spk.AddStatusSource(func(st *v1beta1.SpeakerStatusStatus) { st.Dataplane = dp.Status() })
-	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend())
+	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend(), "l2", *l2On, "bgp", *bgpOn,
+		"heartbeat", timing.heartbeat, "failoverDetectAfter", timing.deadAfter)
 
-	go serveMetrics(*metricsAddr, log)
+	var cachesSynced atomic.Bool
+	go func() { cachesSynced.Store(spk.Cache().WaitForCacheSync(ctx)) }()
+	go serveMetrics(*metricsAddr, log, health.Checks{
+		"caches":    health.Condition(cachesSynced.Load, "the speaker's informer caches have not synced yet"),
+		"dataplane": health.Condition(dp.Synced, "the data plane has not programmed its first sync yet"),
+	})
 	err = spk.Run(ctx)
 	time.Sleep(100 * time.Millisecond)
 	return err
 }
 
-func serveMetrics(addr string, log *slog.Logger) {
+// serveMetrics serves /metrics, and the kubelet's probes /healthz and /readyz, on addr.
+func serveMetrics(addr string, log *slog.Logger, ready health.Checks) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
+	health.Handle(mux, ready)
 	if err := http.ListenAndServe(addr, mux); err != nil {
 		log.Error("speaker: metrics endpoint", "addr", addr, "err", err)
 	}
+}
+
+// timing is the failover timing of --failover-detect-after: membership's heartbeat interval and
+// dead time (zero: membership's defaults), and the L2 election's delays, which must outlast it.
+type timing struct {
+	heartbeat, deadAfter time.Duration
+	election             l2.ElectionTiming
+}
+
+// minDetectAfter keeps heartbeats at 20 ms or slower.
+const minDetectAfter = 100 * time.Millisecond
+
+func failoverTiming(detectAfter time.Duration) (timing, error) {
+	t := timing{election: l2.DefaultElectionTiming}
+	switch {
+	case detectAfter == 0:
+		return t, nil
+	case detectAfter < minDetectAfter:
+		return t, fmt.Errorf("--failover-detect-after=%s: want at least %s (heartbeats go every fifth of it)", detectAfter, minDetectAfter)
+	}
+	// Five heartbeats per detection time, as membership's defaults (50 ms, 250 ms): one or two
+	// lost datagrams never cost an ownership change.
+	t.heartbeat, t.deadAfter = detectAfter/5, detectAfter
+	// A node that gains quorum waits to hear every live peer's claims before taking orphaned
+	// addresses: at least the dead time (l2.ElectionTiming.Settle).
+	if settle := detectAfter + t.heartbeat; settle > t.election.Settle {
+		t.election.Settle = settle
+	}
+	return t, nil
 }
 
 // podNamespace is the namespace the speaker runs in ($POD_NAMESPACE, from the downward API),
