@@ -63,10 +63,21 @@ type VIPs struct {
 	NodePort  uint16
 }
 
-// AddService creates a LoadBalancer Service (ClusterIP 10.96.0.n, ingress 10.255.0.n, NodePort
-// 30000+n) with one port (80 -> 8080 for TCP, 53 -> 5353 for UDP, 9000 -> 9000 for SCTP) whose
-// endpoints are backends; mutate adjusts the Service before it is synced.
+// AddService creates an IPv4 LoadBalancer Service (ClusterIP 10.96.0.n, ingress 10.255.0.n,
+// NodePort 30000+n) with one port (80 -> 8080 for TCP, 53 -> 5353 for UDP, 9000 -> 9000 for SCTP)
+// whose endpoints are backends; mutate adjusts the Service before it is synced.
 func (w *World) AddService(t *testing.T, protocol string, backends []*Host, mutate ...func(*corev1.Service)) (*corev1.Service, VIPs) {
+	t.Helper()
+	return w.addService(t, corev1.IPv4Protocol, protocol, backends, mutate...)
+}
+
+// AddService6 is AddService for an IPv6 Service: ClusterIP fd00:96::n, ingress fd00:255::n.
+func (w *World) AddService6(t *testing.T, protocol string, backends []*Host, mutate ...func(*corev1.Service)) (*corev1.Service, VIPs) {
+	t.Helper()
+	return w.addService(t, corev1.IPv6Protocol, protocol, backends, mutate...)
+}
+
+func (w *World) addService(t *testing.T, family corev1.IPFamily, protocol string, backends []*Host, mutate ...func(*corev1.Service)) (*corev1.Service, VIPs) {
 	t.Helper()
 	w.next++
 	n := w.next
@@ -74,6 +85,10 @@ func (w *World) AddService(t *testing.T, protocol string, backends []*Host, muta
 		ClusterIP: netip.AddrFrom4([4]byte{10, 96, 0, byte(n)}),
 		LBIP:      netip.AddrFrom4([4]byte{10, 255, 0, byte(n)}),
 		NodePort:  uint16(30000 + n),
+	}
+	if family == corev1.IPv6Protocol {
+		vips.ClusterIP = netip.MustParseAddr(fmt.Sprintf("fd00:96::%x", n))
+		vips.LBIP = netip.MustParseAddr(fmt.Sprintf("fd00:255::%x", n))
 	}
 	port, target := servicePorts(protocol)
 	svc := &corev1.Service{
@@ -83,7 +98,7 @@ func (w *World) AddService(t *testing.T, protocol string, backends []*Host, muta
 			Type:                  corev1.ServiceTypeLoadBalancer,
 			ClusterIP:             vips.ClusterIP.String(),
 			ClusterIPs:            []string{vips.ClusterIP.String()},
-			IPFamilies:            []corev1.IPFamily{corev1.IPv4Protocol},
+			IPFamilies:            []corev1.IPFamily{family},
 			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyCluster,
 			SessionAffinity:       corev1.ServiceAffinityNone,
 			Ports: []corev1.ServicePort{{Name: "p", Protocol: corev1.Protocol(protocol), Port: int32(port),
@@ -116,16 +131,25 @@ func (w *World) SetEndpoints(t *testing.T, svc *corev1.Service, ready, terminati
 	t.Helper()
 	_, target := servicePorts(string(svc.Spec.Ports[0].Protocol))
 	node := w.h.NodeName()
+	v6 := svc.Spec.IPFamilies[0] == corev1.IPv6Protocol
+	addressType := discoveryv1.AddressTypeIPv4
+	if v6 {
+		addressType = discoveryv1.AddressTypeIPv6
+	}
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Namespace: svc.Namespace, Name: svc.Name + "-1",
 			Labels: map[string]string{discoveryv1.LabelServiceName: svc.Name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		AddressType: addressType,
 		Ports: []discoveryv1.EndpointPort{{Name: &svc.Spec.Ports[0].Name, Protocol: &svc.Spec.Ports[0].Protocol,
 			Port: ptr(int32(target))}},
 	}
 	add := func(b *Host, ready bool) {
+		addr := b.Addrs[0]
+		if v6 {
+			addr = b.Addrs6[0]
+		}
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
-			Addresses: []string{b.Addrs[0].String()},
+			Addresses: []string{addr.String()},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr(ready), Serving: ptr(true),
 				Terminating: ptr(!ready)},
 			NodeName: &node,
@@ -177,6 +201,20 @@ func (w *World) spread(t *testing.T, protocol string, src netip.Addr, dst netip.
 	return got
 }
 
+// checkSpread sends spreadRequests TCP requests from the client to each destination and checks
+// that every backend gets its share.
+func (w *World) checkSpread(t *testing.T, dsts ...netip.AddrPort) {
+	t.Helper()
+	for _, dst := range dsts {
+		got := w.spread(t, TCP, netip.Addr{}, dst, spreadRequests)
+		for _, b := range w.top.Backends {
+			if share := float64(got[b.Name]) / spreadRequests; share < 0.20 || share > 0.47 {
+				t.Fatalf("%s: %s got %.0f%% of %d requests (%v), want 20-47%%", dst, b.Name, share*100, spreadRequests, got)
+			}
+		}
+	}
+}
+
 func ptr[T any](v T) *T { return &v }
 
 type specCase struct {
@@ -191,17 +229,30 @@ const spreadRequests = 150
 var cases = []specCase{
 	{"spread over endpoints through LB IP, ClusterIP and NodePort", func(t *testing.T, w *World) {
 		_, v := w.AddService(t, TCP, w.top.Backends)
-		for _, dst := range []netip.AddrPort{
-			netip.AddrPortFrom(v.LBIP, 80),
-			netip.AddrPortFrom(v.ClusterIP, 80),
-			netip.AddrPortFrom(w.top.NodeIP, v.NodePort),
-		} {
-			got := w.spread(t, TCP, netip.Addr{}, dst, spreadRequests)
-			for _, b := range w.top.Backends {
-				if share := float64(got[b.Name]) / spreadRequests; share < 0.20 || share > 0.47 {
-					t.Fatalf("%s: %s got %.0f%% of %d requests (%v), want 20-47%%", dst, b.Name, share*100, spreadRequests, got)
-				}
-			}
+		w.checkSpread(t, netip.AddrPortFrom(v.LBIP, 80), netip.AddrPortFrom(v.ClusterIP, 80), netip.AddrPortFrom(w.top.NodeIP, v.NodePort))
+	}},
+	{"IPv6: spread, NodePort, source ranges, Local keeps the client address", func(t *testing.T, w *World) {
+		c := w.top.Client
+		_, v := w.AddService6(t, TCP, w.top.Backends)
+		w.checkSpread(t, netip.AddrPortFrom(v.LBIP, 80), netip.AddrPortFrom(v.ClusterIP, 80), netip.AddrPortFrom(w.top.NodeIP6, v.NodePort))
+		if r, err := c.Request(TCP, netip.Addr{}, netip.AddrPortFrom(v.LBIP, 80)); err != nil || r.Source == c.Addrs6[0] {
+			t.Fatalf("Cluster policy: backend saw %v (%v), want the node's address, not the client's", r.Source, err)
+		}
+		_, u := w.AddService6(t, UDP, w.top.Backends)
+		if got := w.spread(t, UDP, netip.Addr{}, netip.AddrPortFrom(u.LBIP, 53), 30); len(got) < 2 {
+			t.Fatalf("UDP over IPv6 answers %v, want more than one backend", got)
+		}
+		_, ranged := w.AddService6(t, TCP, w.top.Backends[:1], func(s *corev1.Service) {
+			s.Spec.LoadBalancerSourceRanges = []string{c.Addrs6[0].String() + "/128"}
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			s.Spec.HealthCheckNodePort = 32001
+		})
+		dst := netip.AddrPortFrom(ranged.LBIP, 80)
+		if r, err := c.Request(TCP, c.Addrs6[0], dst); err != nil || r.Source != c.Addrs6[0] {
+			t.Fatalf("allowed source %s, Local policy: backend saw %v (%v), want the client's address", c.Addrs6[0], r.Source, err)
+		}
+		if r, err := c.Request(TCP, c.Addrs6[1], dst); err == nil {
+			t.Fatalf("source %s outside the ranges reached %s", c.Addrs6[1], r.Backend)
 		}
 	}},
 	{"UDP", func(t *testing.T, w *World) {

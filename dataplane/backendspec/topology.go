@@ -16,23 +16,24 @@ import (
 type Host struct {
 	Name string
 	NS   netns.NsHandle
-	// Addrs are the host's addresses on its link; a client has several so tests can pick a source.
-	Addrs []netip.Addr
-	// Gateway is the node's address on the host's link (the host's default route).
-	Gateway netip.Addr
+	// Addrs are the host's IPv4 addresses on its link; a client has several so tests can pick a
+	// source. Addrs6 are its IPv6 addresses, likewise.
+	Addrs  []netip.Addr
+	Addrs6 []netip.Addr
 }
 
 // Topology is the node (this process's namespace) with one client and some backends.
 type Topology struct {
 	Client   *Host
 	Backends []*Host
-	// NodeIP is the node's address facing the client: NodePorts are reached on it.
-	NodeIP netip.Addr
+	// NodeIP and NodeIP6 are the node's addresses facing the client: NodePorts are reached on them.
+	NodeIP, NodeIP6 netip.Addr
 }
 
-// NewTopology builds a client (10.0.1.2 and 10.0.1.3, a second network 10.0.2.2 on the same link)
-// and n backends (10.1.<i>.2), each behind its own veth pair with the node as default gateway, and
-// turns on forwarding in the node namespace. Everything goes away with the test process.
+// NewTopology builds a client (10.0.1.2 and 10.0.1.3, a second network 10.0.2.2 on the same link;
+// fd00:1::2 and fd00:1::3) and n backends (10.1.<i>.2, fd01:<i>::2), each behind its own veth pair
+// with the node as default gateway of both families, and turns on forwarding in the node
+// namespace. Everything goes away with the test process.
 func NewTopology(t *testing.T, backends int) *Topology {
 	t.Helper()
 	if !InNodeNetns() {
@@ -46,19 +47,36 @@ func NewTopology(t *testing.T, backends int) *Topology {
 	if lo, err := netlink.LinkByName("lo"); err == nil {
 		_ = netlink.LinkSetUp(lo)
 	}
-	top := &Topology{NodeIP: netip.MustParseAddr("10.0.1.1")}
+	top := &Topology{NodeIP: netip.MustParseAddr("10.0.1.1"), NodeIP6: netip.MustParseAddr("fd00:1::1")}
 	top.Client = addHost(t, "client", "herald-sc",
-		[]netip.Prefix{netip.MustParsePrefix("10.0.1.1/24"), netip.MustParsePrefix("10.0.2.1/24")},
-		[]netip.Prefix{netip.MustParsePrefix("10.0.1.2/24"), netip.MustParsePrefix("10.0.1.3/24"), netip.MustParsePrefix("10.0.2.2/24")})
+		prefixes("10.0.1.1/24", "10.0.2.1/24", "fd00:1::1/64"),
+		prefixes("10.0.1.2/24", "10.0.1.3/24", "10.0.2.2/24", "fd00:1::2/64", "fd00:1::3/64"))
 	for i := 1; i <= backends; i++ {
 		top.Backends = append(top.Backends, addHost(t, fmt.Sprintf("backend%d", i), fmt.Sprintf("herald-sb%d", i),
-			[]netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.1.%d.1/24", i))},
-			[]netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.1.%d.2/24", i))}))
+			prefixes(fmt.Sprintf("10.1.%d.1/24", i), fmt.Sprintf("fd01:%d::1/64", i)),
+			prefixes(fmt.Sprintf("10.1.%d.2/24", i), fmt.Sprintf("fd01:%d::2/64", i))))
 	}
 	return top
 }
 
-// addHost creates a namespace joined to the node by a veth pair (nodeLink on the node's side).
+// FirstAddr is the host's first address of dst's family: the default source towards dst.
+func (h *Host) FirstAddr(dst netip.Addr) netip.Addr {
+	if dst.Is6() {
+		return h.Addrs6[0]
+	}
+	return h.Addrs[0]
+}
+
+func prefixes(s ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(s))
+	for i, p := range s {
+		out[i] = netip.MustParsePrefix(p)
+	}
+	return out
+}
+
+// addHost creates a namespace joined to the node by a veth pair (nodeLink on the node's side),
+// with a default route of each family through the node's first address of that family.
 func addHost(t *testing.T, name, nodeLink string, nodeAddrs, hostAddrs []netip.Prefix) *Host {
 	t.Helper()
 	ns, err := newNetns()
@@ -89,14 +107,25 @@ func addHost(t *testing.T, name, nodeLink string, nodeAddrs, hostAddrs []netip.P
 	if lo, err := h.LinkByName("lo"); err == nil {
 		_ = h.LinkSetUp(lo)
 	}
-	gw := nodeAddrs[0].Addr()
+	host := &Host{Name: name, NS: ns}
 	eth0, _ := h.LinkByName("eth0")
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
-		t.Fatalf("%s: default route: %v", name, err)
+	routed := map[bool]bool{}
+	for _, p := range nodeAddrs {
+		gw := p.Addr()
+		if routed[gw.Is6()] {
+			continue
+		}
+		routed[gw.Is6()] = true
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
+			t.Fatalf("%s: default route via %s: %v", name, gw, err)
+		}
 	}
-	host := &Host{Name: name, NS: ns, Gateway: gw}
 	for _, p := range hostAddrs {
-		host.Addrs = append(host.Addrs, p.Addr())
+		if p.Addr().Is6() {
+			host.Addrs6 = append(host.Addrs6, p.Addr())
+		} else {
+			host.Addrs = append(host.Addrs, p.Addr())
+		}
 	}
 	return host
 }

@@ -127,11 +127,11 @@ func (c *Conn) Ping() (string, error) {
 
 func (c *Conn) Close() error { return c.c.Close() }
 
-// Open connects from the host (from src, or the host's first address when src is invalid) to dst
-// and reads the backend's greeting.
+// Open connects from the host (from src, or the host's first address of dst's family when src is
+// invalid) to dst and reads the backend's greeting.
 func (h *Host) Open(proto string, src netip.Addr, dst netip.AddrPort) (*Conn, error) {
 	if !src.IsValid() {
-		src = h.Addrs[0]
+		src = h.FirstAddr(dst.Addr())
 	}
 	var c net.Conn
 	err := inNetns(h.NS, func() (e error) {
@@ -175,7 +175,7 @@ func (h *Host) Request(proto string, src netip.Addr, dst netip.AddrPort) (Reply,
 		return c.First, nil
 	}
 	if !src.IsValid() {
-		src = h.Addrs[0]
+		src = h.FirstAddr(dst.Addr())
 	}
 	var pc net.PacketConn
 	if err := inNetns(h.NS, func() (e error) {
