@@ -170,6 +170,45 @@ func TestNativeController(t *testing.T) {
 		}
 	})
 
+	t.Run("an unusable annotation value gets a condition and one event, and the IP anyway", func(t *testing.T) {
+		f.t = t
+		f.namespace("annot", nil)
+		f.pool("annot", onlyNamespace("annot", map[string]any{"addresses": addrs("10.9.0.0/29")}))
+		f.service("annot", "good", annotate(config.AnnotationIPVSScheduler, "mh"))
+		f.service("annot", "typo", annotate(config.AnnotationIPVSScheduler, "round-robin"))
+		annotationsValid := func(svc *corev1.Service) *metav1.Condition {
+			return meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnotationsValid)
+		}
+		typo := f.wait("annot", "typo", "AnnotationsValid False", func(svc *corev1.Service) bool {
+			c := annotationsValid(svc)
+			return hasAddress(svc) && c != nil && c.Status == metav1.ConditionFalse
+		})
+		c := annotationsValid(typo)
+		if c.Reason != config.ReasonInvalidAnnotation || !strings.Contains(c.Message, `herald.io/ipvs-scheduler: unknown IPVS scheduler "round-robin": use one of rr,`) {
+			t.Errorf("condition %+v", c)
+		}
+		if good := f.waitReason("annot", "good", config.ReasonAllocated); annotationsValid(good) != nil {
+			t.Errorf("a Service with valid annotations got %+v", annotationsValid(good))
+		}
+		ev := f.waitEvents("annot", "typo", 1)
+		if len(ev) != 1 || ev[0].Reason != config.ReasonInvalidAnnotation || ev[0].Type != corev1.EventTypeWarning {
+			t.Errorf("events %v, want one Warning %s", summarize(ev), config.ReasonInvalidAnnotation)
+		}
+		ip := ingressIPs(typo)
+		f.patchAnnotation("annot", "typo", config.AnnotationIPVSScheduler, "sh")
+		fixed := f.wait("annot", "typo", "AnnotationsValid True", func(svc *corev1.Service) bool {
+			c := annotationsValid(svc)
+			return c != nil && c.Status == metav1.ConditionTrue
+		})
+		if !slices.Equal(ingressIPs(fixed), ip) {
+			t.Errorf("fixing an annotation moved the Service from %v to %v", ip, ingressIPs(fixed))
+		}
+		settle()
+		if ev := f.events("annot", "typo"); len(ev) != 1 {
+			t.Errorf("events after the fix %v, want still the one", summarize(ev))
+		}
+	})
+
 	t.Run("pending Services get room at once when an address is freed or a pool grows", func(t *testing.T) {
 		f.t = t
 		f.namespace("room", nil)

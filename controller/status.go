@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -26,20 +27,28 @@ func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, curre
 	ingress := allocator.Ingress(res.IPs)
 	cond := allocatedCondition(svc, res)
 	old := meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAllocated)
-	answerChanged := old == nil || old.Status != cond.Status || old.Reason != cond.Reason || old.Message != cond.Message
-	if !answerChanged && old.ObservedGeneration == cond.ObservedGeneration && ingressEqual(svc.Status.LoadBalancer.Ingress, ingress) {
+	answerChanged := conditionChanged(old, &cond)
+	annotations := annotationsCondition(svc)
+	oldAnnotations := meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnotationsValid)
+	annotationsChanged := annotations != nil && conditionChanged(oldAnnotations, annotations)
+	if !answerChanged && !annotationsChanged && old.ObservedGeneration == cond.ObservedGeneration &&
+		ingressEqual(svc.Status.LoadBalancer.Ingress, ingress) {
 		return nil
 	}
-	cond.LastTransitionTime = metav1.Now()
-	if old != nil && old.Status == cond.Status {
-		cond.LastTransitionTime = old.LastTransitionTime
+	conditions := []metav1.Condition{stamped(cond, old)}
+	if annotations != nil {
+		conditions = append(conditions, stamped(*annotations, oldAnnotations))
 	}
 	patch := map[string]any{"status": map[string]any{
 		"loadBalancer": map[string]any{"ingress": ingress}, // nil deletes the list
-		"conditions":   []metav1.Condition{cond},
+		"conditions":   conditions,
 	}}
 	if err := c.patchStatus(ctx, svc, patch); err != nil {
 		return err
+	}
+	if annotationsChanged && annotations.Status == metav1.ConditionFalse {
+		c.recorder.Event(svc, corev1.EventTypeWarning, annotations.Reason, annotations.Message)
+		c.log.Info("service annotation invalid", "service", svc.Namespace+"/"+svc.Name, "message", annotations.Message)
 	}
 	if !answerChanged {
 		return nil
@@ -62,6 +71,42 @@ func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, curre
 	return nil
 }
 
+// conditionChanged tells whether cur says something else than old (a missing old included).
+func conditionChanged(old, cur *metav1.Condition) bool {
+	return old == nil || old.Status != cur.Status || old.Reason != cur.Reason || old.Message != cur.Message
+}
+
+// stamped returns cond with its lastTransitionTime: old's when the status stays, now otherwise.
+func stamped(cond metav1.Condition, old *metav1.Condition) metav1.Condition {
+	cond.LastTransitionTime = metav1.Now()
+	if old != nil && old.Status == cond.Status {
+		cond.LastTransitionTime = old.LastTransitionTime
+	}
+	return cond
+}
+
+// annotationsCondition checks the Herald annotations that do not take part in allocation (those
+// that do are checked by the allocator: a malformed one refuses the Service with InvalidRequest).
+// It returns nil for a Service that is fine and never was otherwise, so valid Services carry no
+// extra condition and cost no extra write; a Service whose mistake was fixed gets True.
+func annotationsCondition(svc *corev1.Service) *metav1.Condition {
+	var problems []string
+	if v, key := config.Annotation(svc.Annotations, config.AnnotationIPVSScheduler); key != "" {
+		if _, err := config.ParseIPVSScheduler(v); err != nil {
+			problems = append(problems, "annotation "+key+": "+err.Error())
+		}
+	}
+	if len(problems) > 0 {
+		return &metav1.Condition{Type: config.ConditionAnnotationsValid, Status: metav1.ConditionFalse,
+			Reason: config.ReasonInvalidAnnotation, Message: strings.Join(problems, "; "), ObservedGeneration: svc.Generation}
+	}
+	if meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnotationsValid) == nil {
+		return nil
+	}
+	return &metav1.Condition{Type: config.ConditionAnnotationsValid, Status: metav1.ConditionTrue,
+		Reason: config.ReasonAnnotationsValid, Message: "every herald.io annotation has a usable value", ObservedGeneration: svc.Generation}
+}
+
 // clearStatus removes Herald's ingress and condition from a Service that is no longer ours (type
 // changed away from LoadBalancer); nothing when it carries none.
 func (c *Controller) clearStatus(ctx context.Context, svc *corev1.Service) error {
@@ -70,7 +115,10 @@ func (c *Controller) clearStatus(ctx context.Context, svc *corev1.Service) error
 	}
 	patch := map[string]any{"status": map[string]any{
 		"loadBalancer": map[string]any{"ingress": nil},
-		"conditions":   []map[string]any{{"type": config.ConditionAllocated, "$patch": "delete"}},
+		"conditions": []map[string]any{
+			{"type": config.ConditionAllocated, "$patch": "delete"},
+			{"type": config.ConditionAnnotationsValid, "$patch": "delete"},
+		},
 	}}
 	return c.patchStatus(ctx, svc, patch)
 }
