@@ -347,7 +347,7 @@ func TestFailedSyncLeavesMemoryIntact(t *testing.T) {
 	b, _ := fullSync(t, st)
 	before := len(b.committed)
 	// A Fake without the table rejects every incremental operation.
-	b.nft = knftables.NewFake(knftables.InetFamily, TableName)
+	b.incremental = knftables.NewFake(knftables.InetFamily, TableName)
 	p := svcPort("ns", "c", "10.96.0.3", 80, ep("10.1.0.3", 80, true))
 	st.Services[p.Name.NamespacedName] = []*dataplane.ServicePort{p}
 	if err := b.Sync(context.Background(), dataplane.SyncRequest{State: st, Changed: map[types.NamespacedName]struct{}{p.Name.NamespacedName: {}}}); err == nil {

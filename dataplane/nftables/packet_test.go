@@ -54,6 +54,7 @@ func newPacketLab(t *testing.T) *packetLab {
 	if err := netnstest.Do(pl.node, func() (err error) { pl.backend, err = New(); return err }); err != nil {
 		t.Fatalf("nftables backend in the node namespace: %v", err)
 	}
+	t.Cleanup(pl.backend.Close)
 	return pl
 }
 

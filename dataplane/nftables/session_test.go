@@ -1,0 +1,119 @@
+package nftables
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/heraldlb/herald/dataplane/internal/netnstest"
+)
+
+// sessionLab is a namespace with the table and a session in it.
+func sessionLab(t *testing.T) (lab *netnstest.Lab, ns string, nft knftables.Interface, s *session) {
+	netnstest.Require(t, "nft")
+	lab = netnstest.New(t, "herald-dpt-sess-")
+	ns = lab.AddNS("node")
+	err := netnstest.Do(ns, func() (err error) {
+		if nft, err = knftables.New(knftables.InetFamily, TableName); err != nil {
+			return err
+		}
+		s, err = newSession(nft)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	tx := nft.NewTransaction()
+	tx.Add(&knftables.Table{})
+	tx.Add(&knftables.Map{Name: "m", Type: "ipv4_addr . inet_proto . inet_service : verdict"})
+	tx.Add(&knftables.Chain{Name: "c1"})
+	run(t, ns, s, tx, "")
+	return lab, ns, nft, s
+}
+
+// run commits tx through s inside ns and checks the error against wantErr ("" = none).
+func run(t *testing.T, ns string, s *session, tx *knftables.Transaction, wantErr string) {
+	t.Helper()
+	err := netnstest.Do(ns, func() error { return s.Run(context.Background(), tx) })
+	switch {
+	case wantErr == "" && err != nil:
+		t.Fatalf("transaction failed: %v\n%s", err, tx)
+	case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+		t.Fatalf("got error %v, want one containing %q", err, wantErr)
+	}
+}
+
+func listTable(lab *netnstest.Lab, ns string) string {
+	return lab.Run(ns, "nft", "list", "table", "inet", TableName)
+}
+
+func TestSessionCommitsRejectsAndRecovers(t *testing.T) {
+	lab, ns, nft, s := sessionLab(t)
+	proc := s.proc
+	if proc == nil {
+		t.Fatal("no nft -i process: the session fell back to nft -f")
+	}
+
+	// A transaction of several commands is committed as a whole.
+	tx := nft.NewTransaction()
+	tx.Add(&knftables.Chain{Name: "c2"})
+	tx.Add(&knftables.Rule{Chain: "c2", Rule: "ip daddr 192.0.2.1 counter"})
+	tx.Add(&knftables.Element{Map: "m", Key: []string{"10.0.0.1", "tcp", "80"}, Value: []string{"goto c2"}})
+	run(t, ns, s, tx, "")
+	if got := listTable(lab, ns); !strings.Contains(got, "10.0.0.1 . tcp . 80 : goto c2") || !strings.Contains(got, "ip daddr 192.0.2.1 counter") {
+		t.Fatalf("transaction not applied:\n%s", got)
+	}
+
+	// A transaction with one bad command is rejected as a whole, and the error names the
+	// command, not the whole line.
+	tx = nft.NewTransaction()
+	tx.Add(&knftables.Chain{Name: "c3"})
+	tx.Add(&knftables.Element{Map: "m", Key: []string{"10.0.0.2", "tcp", "80"}, Value: []string{"goto nosuchchain"}})
+	tx.Add(&knftables.Chain{Name: "c4"})
+	run(t, ns, s, tx, "Could not process rule: No such file or directory: add element inet herald m { 10.0.0.2 . tcp . 80 : goto nosuchchain }")
+	if got := listTable(lab, ns); strings.Contains(got, "c3") || strings.Contains(got, "c4") {
+		t.Fatalf("part of a rejected transaction was applied:\n%s", got)
+	}
+	if s.proc != proc {
+		t.Fatal("a clear rejection restarted the nft process")
+	}
+
+	// A change made by another nft process is seen (nft refetches when the generation moved).
+	lab.Run(ns, "nft", "add", "chain", "inet", TableName, "c5")
+	tx = nft.NewTransaction()
+	tx.Add(&knftables.Element{Map: "m", Key: []string{"10.0.0.5", "tcp", "80"}, Value: []string{"goto c5"}})
+	run(t, ns, s, tx, "")
+
+	// The process dying is doubt: an error, and the next transaction runs in a new process.
+	proc.Process.Kill()
+	tx = nft.NewTransaction()
+	tx.Add(&knftables.Chain{Name: "c6"})
+	run(t, ns, s, tx, "nft session (restarted")
+	tx = nft.NewTransaction()
+	tx.Add(&knftables.Chain{Name: "c7"})
+	run(t, ns, s, tx, "")
+	if s.proc == nil || s.proc == proc {
+		t.Fatal("no new nft process after the old one died")
+	}
+	if got := listTable(lab, ns); !strings.Contains(got, "chain c7") || !strings.Contains(got, "10.0.0.5 . tcp . 80 : goto c5") {
+		t.Fatalf("after the restart:\n%s", got)
+	}
+}
+
+func TestSessionFallsBackWithoutInteractiveNFT(t *testing.T) {
+	lab, ns, nft, s := sessionLab(t)
+	s.Close()
+	s.path = "/bin/true" // starts, but never answers the marker
+	tx := nft.NewTransaction()
+	tx.Add(&knftables.Chain{Name: "via-fallback"})
+	run(t, ns, s, tx, "")
+	if !s.disabled || s.proc != nil {
+		t.Fatal("the session did not switch to the fallback")
+	}
+	if got := listTable(lab, ns); !strings.Contains(got, "chain via-fallback") {
+		t.Fatalf("fallback transaction not applied:\n%s", got)
+	}
+}
