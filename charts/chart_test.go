@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -141,9 +142,10 @@ func TestTemplateDefaults(t *testing.T) {
 	if strings.Join(c.Args, " ") != strings.Join(wantArgs, " ") {
 		t.Errorf("controller args %v, want %v", c.Args, wantArgs)
 	}
-	if c.LivenessProbe == nil || c.ReadinessProbe == nil || c.SecurityContext.Capabilities == nil || len(c.SecurityContext.Capabilities.Add) != 0 {
-		t.Errorf("controller container: probes or security context missing: %+v", c)
+	if c.SecurityContext.Capabilities == nil || len(c.SecurityContext.Capabilities.Add) != 0 {
+		t.Errorf("controller container: security context missing: %+v", c)
 	}
+	checkProbes(t, "controller", c)
 	if ctrl.Spec.Template.Spec.PriorityClassName != "herald" {
 		t.Errorf("controller priority class %q", ctrl.Spec.Template.Spec.PriorityClassName)
 	}
@@ -154,6 +156,7 @@ func TestTemplateDefaults(t *testing.T) {
 		t.Errorf("speaker: hostNetwork %v, dnsPolicy %s", ps.HostNetwork, ps.DNSPolicy)
 	}
 	sc := ps.Containers[0]
+	checkProbes(t, "speaker", sc)
 	if sc.SecurityContext.Privileged == nil || !*sc.SecurityContext.Privileged {
 		t.Errorf("speaker with the data plane on (auto) is not privileged: %+v", sc.SecurityContext)
 	}
@@ -174,6 +177,21 @@ func TestTemplateDefaults(t *testing.T) {
 	}
 }
 
+// checkProbes: liveness on /healthz, readiness on /readyz, both on the metrics port (the
+// binaries' tests check what those answer).
+func checkProbes(t *testing.T, name string, c corev1.Container) {
+	t.Helper()
+	for _, p := range []struct {
+		kind  string
+		probe *corev1.Probe
+		path  string
+	}{{"liveness", c.LivenessProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}} {
+		if p.probe == nil || p.probe.HTTPGet == nil || p.probe.HTTPGet.Path != p.path || p.probe.HTTPGet.Port.String() != "metrics" {
+			t.Errorf("%s %s probe %+v, want GET %s on the metrics port", name, p.kind, p.probe, p.path)
+		}
+	}
+}
+
 // TestRenderWorkloads checks the helper the lab uses to run the binaries as the chart does.
 func TestRenderWorkloads(t *testing.T) {
 	requireHelm(t)
@@ -191,23 +209,39 @@ func TestRenderWorkloads(t *testing.T) {
 }
 
 func TestTemplateValueSets(t *testing.T) {
-	t.Run("data plane off: capabilities instead of privileged", func(t *testing.T) {
-		objs := render(t, "dataplane.mode=off")
-		sc := daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Containers[0].SecurityContext
-		if sc.Privileged != nil && *sc.Privileged {
-			t.Fatal("speaker privileged with the data plane off")
-		}
-		var add []string
-		for _, c := range sc.Capabilities.Add {
-			add = append(add, string(c))
-		}
-		if strings.Join(add, ",") != "NET_ADMIN,NET_RAW,SYS_NICE,NET_BIND_SERVICE" || len(sc.Capabilities.Drop) != 1 {
-			t.Errorf("capabilities: add %v drop %v", add, sc.Capabilities.Drop)
-		}
-		for _, v := range daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Volumes {
-			if v.HostPath != nil {
-				t.Errorf("host path %s mounted with the data plane off", v.HostPath.Path)
+	// Only the IPVS backend writes sysctls; nftables and off need capabilities only.
+	for _, tc := range []struct{ sets, wantCaps string }{
+		{"dataplane.mode=off", "NET_ADMIN,NET_RAW,SYS_NICE,NET_BIND_SERVICE"},
+		{"dataplane.mode=nftables", "NET_ADMIN,NET_RAW,SYS_NICE,NET_BIND_SERVICE"},
+		{"dataplane.mode=nftables,bgp.enabled=false", "NET_ADMIN,NET_RAW,SYS_NICE"},
+	} {
+		t.Run(tc.sets+": capabilities instead of privileged", func(t *testing.T) {
+			objs := render(t, tc.sets)
+			sc := daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Containers[0].SecurityContext
+			if sc.Privileged != nil && *sc.Privileged {
+				t.Fatal("speaker privileged")
 			}
+			var add []string
+			for _, c := range sc.Capabilities.Add {
+				add = append(add, string(c))
+			}
+			if strings.Join(add, ",") != tc.wantCaps || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+				t.Errorf("capabilities: add %v drop %v, want add %s drop ALL", add, sc.Capabilities.Drop, tc.wantCaps)
+			}
+			for _, v := range daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Volumes {
+				if v.HostPath != nil {
+					t.Errorf("host path %s mounted without the IPVS data plane", v.HostPath.Path)
+				}
+			}
+		})
+	}
+	t.Run("ipvs: privileged, sysctl state on the node", func(t *testing.T) {
+		ps := daemonSet(t, render(t, "dataplane.mode=ipvs"), "herald-speaker").Spec.Template.Spec
+		if p := ps.Containers[0].SecurityContext.Privileged; p == nil || !*p {
+			t.Error("speaker with the IPVS data plane is not privileged (it writes sysctls)")
+		}
+		if len(ps.Volumes) != 2 || ps.Volumes[1].HostPath == nil || ps.Volumes[1].HostPath.Path != "/run/herald" {
+			t.Errorf("volumes %+v: want the key and /run/herald", ps.Volumes)
 		}
 	})
 	t.Run("monitoring on", func(t *testing.T) {
@@ -293,7 +327,7 @@ func TestRenderedFlagsExist(t *testing.T) {
 				t.Skipf("%s does not exist yet", component.pkg)
 			}
 			have := flagsOf(t, component.pkg)
-			check := func(t *testing.T, sets []string, planned bool) {
+			check := func(t *testing.T, sets []string, want ...string) {
 				objs := render(t, sets...)
 				u := Find(objs, component.kind, component.name)
 				containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
@@ -305,19 +339,26 @@ func TestRenderedFlagsExist(t *testing.T) {
 						missing = append(missing, "--"+name)
 					}
 				}
-				switch {
-				case len(missing) > 0 && planned:
-					t.Skipf("%s lacks the planned flags %v that values %v render (see values.yaml)", component.pkg, missing, sets)
-				case len(missing) > 0:
+				if len(missing) > 0 {
 					t.Errorf("%s lacks flags %v that the chart passes with values %v", component.pkg, missing, sets)
 				}
+				for _, w := range want {
+					if !slices.Contains(args, w) {
+						t.Errorf("values %v: args %v lack %s", sets, args, w)
+					}
+				}
 			}
-			t.Run("defaults", func(t *testing.T) { check(t, nil, false) })
+			t.Run("defaults", func(t *testing.T) { check(t, nil) })
 			t.Run("data plane off, own class", func(t *testing.T) {
-				check(t, []string{"dataplane.mode=off", "loadBalancerClass=x.io/y"}, false)
+				check(t, []string{"dataplane.mode=off", "loadBalancerClass=x.io/y"}, "--lb-class=x.io/y")
 			})
-			t.Run("planned flags", func(t *testing.T) {
-				check(t, []string{"l2.enabled=false", "bgp.enabled=false", "failover.detectAfter=500ms", "logLevel=debug"}, true)
+			t.Run("protocols, timing, log level", func(t *testing.T) {
+				sets := []string{"l2.enabled=false", "bgp.enabled=false", "failover.detectAfter=500ms", "logLevel=debug"}
+				want := []string{"--log-level=debug"}
+				if component.pkg == "cmd/speaker" {
+					want = append(want, "--l2=false", "--bgp=false", "--failover-detect-after=500ms")
+				}
+				check(t, sets, want...)
 			})
 		})
 	}

@@ -40,11 +40,16 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if ne .Values.dataplane.mode "off" -}}true{{- end -}}
 {{- end -}}
 
+{{/* The IPVS backend writes sysctls at runtime (dataplane/ipvs/sysctls.go): auto may choose it. */}}
+{{- define "herald.writesSysctls" -}}
+{{- if has .Values.dataplane.mode (list "auto" "ipvs") -}}true{{- end -}}
+{{- end -}}
+
 {{/* The speaker container's security context: the capabilities it needs, and privileged only
-for the data plane's sysctls (see values.yaml, dataplane). */}}
+for the IPVS backend's sysctls (see values.yaml, dataplane). */}}
 {{- define "herald.speakerSecurityContext" -}}
-{{- if include "herald.dataplaneOn" . -}}
-# The data plane writes net.* sysctls (ip_forward, net.ipv4.vs.*, strict ARP) at runtime and
+{{- if include "herald.writesSysctls" . -}}
+# The IPVS data plane writes net.* sysctls (ip_forward, net.ipv4.vs.*, strict ARP) at runtime and
 # restores them on cleanup; /proc/sys is read-only in unprivileged containers.
 privileged: true
 {{- else -}}
@@ -53,12 +58,13 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
   add:
-    # Addresses, links and routes (netlink); answering ARP/NDP for Service IPs.
+    # Addresses, links and routes (netlink); nftables rules and conntrack entries (the data
+    # plane); answering ARP/NDP for Service IPs.
     - NET_ADMIN
     # Raw packet sockets for ARP and NDP (speaker/l2).
     - NET_RAW
-    # Raised CPU priority, so a saturated node still sends its heartbeats in time
-    # (speaker/membership/priority.go).
+    # Raised CPU priority and a real-time heartbeat thread, so a saturated node still sends
+    # its heartbeats in time (speaker/membership/priority.go).
     - SYS_NICE
     {{- if .Values.bgp.enabled }}
     # GoBGP listens on TCP 179 for routers that connect first (speaker/bgp/announcer.go ListenPort).
