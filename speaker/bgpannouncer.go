@@ -64,6 +64,22 @@ func (b *BGP) Apply(snap *Snapshot) {
 	signal(b.kick)
 }
 
+// Prepare implements Preparer: it opens the sessions before the Services are known, so they are
+// up (or nearly: the router's connect retry timer decides) when the first routes are ready. Peers
+// with graceful restart are left for the first full snapshot: a session that came up without
+// routes would end the router's graceful restart and drop the routes it kept for this node.
+func (b *BGP) Prepare(ctx context.Context, snap *Snapshot) {
+	res := bgpconfig.Translate(BGPInput(snap, b.secretNamespace, b.passwords(ctx, snap)))
+	for name, p := range res.Desired.Peers {
+		if p.GracefulRestart {
+			delete(res.Desired.Peers, name)
+		}
+	}
+	if err := b.announcer.Apply(ctx, res.Desired); err != nil {
+		b.speaker.cfg.Logger.Warn("speaker: BGP: opening sessions early", "err", err)
+	}
+}
+
 // Run implements Announcer. On return every session is closed: with a Cease, so routers move
 // traffic to the other nodes at once, except on peers with graceful restart, which keep
 // forwarding to this node until the speaker is back.
@@ -99,7 +115,7 @@ func (b *BGP) sync(ctx context.Context) bool {
 	}
 	in := BGPInput(snap, b.secretNamespace, b.passwords(ctx, snap))
 	res := bgpconfig.Translate(in)
-	b.reportProblems(snap, res.Problems)
+	b.reportProblems(snap, nodeProblems(in, res.Problems))
 	err := b.announcer.Apply(ctx, res.Desired)
 	if err != nil {
 		b.speaker.cfg.Logger.Error("speaker: BGP", "err", err)
@@ -200,6 +216,17 @@ func (b *BGP) passwords(ctx context.Context, snap *Snapshot) map[string]string {
 		}
 	}
 	return out
+}
+
+// nodeProblems keeps the problems that exist on this node only (two peers of the node with one
+// address or different router IDs): the controller sets conditions and events for the rest, which
+// every node would otherwise report once more.
+func nodeProblems(in bgpconfig.Input, problems []bgpconfig.Problem) []bgpconfig.Problem {
+	if len(problems) == 0 {
+		return nil
+	}
+	global := bgpconfig.Validate(in)
+	return slices.DeleteFunc(slices.Clone(problems), func(p bgpconfig.Problem) bool { return slices.Contains(global, p) })
 }
 
 // reportProblems records one Warning event per new problem on the object it concerns.

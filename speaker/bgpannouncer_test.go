@@ -55,3 +55,28 @@ func TestBGPInputToRoutes(t *testing.T) {
 		t.Errorf("excluded node: peers %v, routes %v", res.Desired.Peers, res.Desired.Routes)
 	}
 }
+
+// TestNodeProblems: a speaker reports (as events) only what is wrong on its own node; problems of
+// the objects themselves are the controller's to report, once, as conditions.
+func TestNodeProblems(t *testing.T) {
+	peer := func(name, addr, bfd string) *v1beta1.BGPPeer {
+		return &v1beta1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: v1beta1.BGPPeerSpec{MyASN: 64512, PeerASN: 64500, PeerAddress: addr, BFDProfile: bfd}}
+	}
+	snap := &Snapshot{
+		NodeName: "a",
+		Nodes:    map[string]*corev1.Node{"a": node("a", nil, "10.0.0.1")},
+		// tor-2 has tor-1's address (a problem of node a's pair of sessions); spine names a
+		// BFD profile that does not exist (a problem of the object, on every node).
+		BGPPeers: []*v1beta1.BGPPeer{peer("tor-1", "10.0.0.254", ""), peer("tor-2", "10.0.0.254", ""), peer("spine", "10.0.0.253", "fast")},
+	}
+	in := BGPInput(snap, "herald-system", nil)
+	res := bgpconfig.Translate(in)
+	if len(res.Problems) != 2 {
+		t.Fatalf("translation problems %+v, want the duplicate address and the missing BFD profile", res.Problems)
+	}
+	got := nodeProblems(in, res.Problems)
+	if len(got) != 1 || got[0].Name != "tor-2" || got[0].Reason != bgpconfig.ReasonDuplicatePeer {
+		t.Errorf("node problems %+v, want only tor-2's %s", got, bgpconfig.ReasonDuplicatePeer)
+	}
+}

@@ -28,6 +28,13 @@ type Announcer interface {
 	Announcements() []v1beta1.Announcement
 }
 
+// Preparer is an Announcer with work worth starting before the Services are known (BGP: opening
+// sessions). The speaker calls Prepare once, before Run, with a snapshot whose IPs are empty and
+// only means "no Services yet", never "withdraw everything".
+type Preparer interface {
+	Prepare(ctx context.Context, s *Snapshot)
+}
+
 // LocalEndpointView says which nodes hold a ready endpoint of a Service (dataplane.LocalEndpoints,
 // the one view the announcers and the health-check servers share).
 type LocalEndpointView interface {

@@ -115,10 +115,7 @@ func (s *Speaker) Changed() { signal(s.kick) }
 func (s *Speaker) StatusChanged() { signal(s.statusKick) }
 
 // watched lists the kinds whose changes rebuild the snapshot.
-func watched() []client.Object {
-	return []client.Object{&corev1.Node{}, &corev1.Service{}, &v1beta1.IPAddressPool{}, &v1beta1.L2Advertisement{},
-		&v1beta1.BGPAdvertisement{}, &v1beta1.BGPPeer{}, &v1beta1.Community{}, &v1beta1.BFDProfile{}}
-}
+func watched() []client.Object { return append(configKinds(), &corev1.Service{}) }
 
 // Run watches, applies snapshots and runs the announcers until ctx ends.
 func (s *Speaker) Run(ctx context.Context) error {
@@ -127,11 +124,21 @@ func (s *Speaker) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("speaker: informer for %T: %w", obj, err)
 		}
-		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		handler := toolscache.ResourceEventHandlerFuncs{
 			AddFunc:    func(any) { s.Changed() },
 			UpdateFunc: func(any, any) { s.Changed() },
 			DeleteFunc: func(any) { s.Changed() },
-		}); err != nil {
+		}
+		if _, isService := obj.(*corev1.Service); isService {
+			// A Service without ingress IPs is in no snapshot: its creation, and every change
+			// before the controller gives it an address, would rebuild the snapshot for nothing.
+			handler = toolscache.ResourceEventHandlerFuncs{
+				AddFunc:    func(obj any) { s.serviceChanged(obj) },
+				UpdateFunc: func(old, obj any) { s.serviceChanged(old, obj) },
+				DeleteFunc: func(obj any) { s.serviceChanged(obj) },
+			}
+		}
+		if _, err := inf.AddEventHandler(handler); err != nil {
 			return err
 		}
 	}
@@ -148,6 +155,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	cacheErr := make(chan error, 1)
 	go func() { cacheErr <- s.cache.Start(ctx) }()
+	s.prepare(ctx)
 	if !s.cache.WaitForCacheSync(ctx) {
 		return fmt.Errorf("speaker: caches did not sync: %w", <-cacheErr)
 	}
@@ -178,7 +186,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		case err := <-errs:
 			return err
 		case <-s.kick:
-			snap, err := s.buildSnapshot(ctx)
+			snap, err := s.buildSnapshot(ctx, true)
 			if err != nil {
 				s.cfg.Logger.Error("speaker: cannot build snapshot", "err", err)
 				continue
@@ -190,7 +198,61 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 }
 
-func (s *Speaker) buildSnapshot(ctx context.Context) (*Snapshot, error) {
+// serviceChanged asks for a new snapshot unless none of the Service's versions has an ingress IP.
+func (s *Speaker) serviceChanged(versions ...any) {
+	for _, v := range versions {
+		if tomb, ok := v.(toolscache.DeletedFinalStateUnknown); ok {
+			v = tomb.Obj
+		}
+		if svc, ok := v.(*corev1.Service); !ok || len(svc.Status.LoadBalancer.Ingress) > 0 {
+			s.Changed()
+			return
+		}
+	}
+}
+
+// prepare hands announcers that can start early (Preparer: BGP sessions, which take a second or
+// more to come up because routers retry connections on a timer) a snapshot without Services as
+// soon as the small configuration kinds are loaded, while the Services, the bulk of the initial
+// list, are still loading.
+func (s *Speaker) prepare(ctx context.Context) {
+	var preparers []Preparer
+	for _, a := range s.announcers {
+		if p, ok := a.(Preparer); ok {
+			preparers = append(preparers, p)
+		}
+	}
+	if len(preparers) == 0 {
+		return
+	}
+	var synced []toolscache.InformerSynced
+	for _, obj := range configKinds() {
+		inf, err := s.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return // Run's WaitForCacheSync reports it
+		}
+		synced = append(synced, inf.HasSynced)
+	}
+	if !toolscache.WaitForCacheSync(ctx.Done(), synced...) {
+		return
+	}
+	snap, err := s.buildSnapshot(ctx, false)
+	if err != nil {
+		return
+	}
+	for _, p := range preparers {
+		p.Prepare(ctx, snap)
+	}
+}
+
+// configKinds are the kinds a snapshot without Services is built from.
+func configKinds() []client.Object {
+	return []client.Object{&corev1.Node{}, &v1beta1.IPAddressPool{}, &v1beta1.L2Advertisement{},
+		&v1beta1.BGPAdvertisement{}, &v1beta1.BGPPeer{}, &v1beta1.Community{}, &v1beta1.BFDProfile{}}
+}
+
+// buildSnapshot reads the cache; withServices false leaves the Services out (Snapshot.IPs empty).
+func (s *Speaker) buildSnapshot(ctx context.Context, withServices bool) (*Snapshot, error) {
 	noCopy := client.UnsafeDisableDeepCopy // the snapshot is read-only
 	var (
 		nodes    corev1.NodeList
@@ -202,7 +264,11 @@ func (s *Speaker) buildSnapshot(ctx context.Context) (*Snapshot, error) {
 		comms    v1beta1.CommunityList
 		bfds     v1beta1.BFDProfileList
 	)
-	for _, l := range []client.ObjectList{&nodes, &services, &pools, &l2s, &bgps, &peers, &comms, &bfds} {
+	lists := []client.ObjectList{&nodes, &pools, &l2s, &bgps, &peers, &comms, &bfds}
+	if withServices {
+		lists = append(lists, &services)
+	}
+	for _, l := range lists {
 		if err := s.cache.List(ctx, l, noCopy); err != nil {
 			return nil, err
 		}

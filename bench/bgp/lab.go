@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -143,30 +148,34 @@ func runLab(dir string, n, restartN int) error {
 		return err
 	}
 	defer stopWatch()
-	var took, fromStatus []time.Duration
+	// The stages are reported too, to show where the time goes: the create call itself (the API
+	// server), create returned -> IP seen in status (the controller and two watches), IP seen ->
+	// routes (the speakers, GoBGP and BIRD).
+	var took, createCall, toStatus, fromStatus []time.Duration
+	cpuBefore := processCPU(l)
 	for i := range n {
 		start := time.Now()
 		ip, err := create(i)
 		if err != nil {
 			return err
 		}
+		created := time.Now()
 		if err := waitRoutesBird(bird, netip.PrefixFrom(ip, 32), len(nodes), 30*time.Second); err != nil {
 			return fmt.Errorf("Service %d: %w", i, err)
 		}
 		end := time.Now()
 		took = append(took, end.Sub(start))
+		createCall = append(createCall, created.Sub(start))
 		if at, ok := statusAt(fmt.Sprintf("s%d", i)); ok {
+			toStatus = append(toStatus, at.Sub(created))
 			fromStatus = append(fromStatus, end.Sub(at))
 		}
 	}
-	slices.Sort(took)
-	slices.Sort(fromStatus)
-	report(fmt.Sprintf("BGP lab: Service created -> route from all 3 nodes in BIRD, p50 of %d", n), took[len(took)/2], "")
-	report(fmt.Sprintf("BGP lab: Service created -> route from all 3 nodes in BIRD, p99 of %d", n), took[len(took)*99/100], "< 50 ms")
-	if m := len(fromStatus); m > 0 {
-		report(fmt.Sprintf("BGP lab: Service IP in status -> route from all 3 nodes in BIRD (speakers only), p50 of %d", m), fromStatus[m/2], "")
-		report(fmt.Sprintf("BGP lab: Service IP in status -> route from all 3 nodes in BIRD (speakers only), p99 of %d", m), fromStatus[m*99/100], "")
-	}
+	logCPUPerService(l, cpuBefore, n)
+	percentiles("BGP lab: Service created -> route from all 3 nodes in BIRD", took, "< 50 ms")
+	percentiles("BGP lab: Service create call (API server)", createCall, "")
+	percentiles("BGP lab: Service create call returned -> IP in status (controller)", toStatus, "")
+	percentiles("BGP lab: Service IP in status -> route from all 3 nodes in BIRD (speakers only)", fromStatus, "")
 
 	// 2. Up to restartN Services, then node1's speaker stops (SIGTERM) and starts again.
 	var wg sync.WaitGroup
@@ -268,4 +277,57 @@ func watchIngress(c kubernetes.Interface) (func(name string) (time.Time, bool), 
 		return t, ok
 	}
 	return get, w.Stop, nil
+}
+
+// percentiles reports the p50 and p99 of ds (the target applies to the p99).
+func percentiles(name string, ds []time.Duration, target string) {
+	if len(ds) == 0 {
+		return
+	}
+	slices.Sort(ds)
+	report(fmt.Sprintf("%s, p50 of %d", name, len(ds)), ds[len(ds)/2], "")
+	report(fmt.Sprintf("%s, p99 of %d", name, len(ds)), ds[len(ds)*99/100], target)
+}
+
+// processCPU reads the CPU time (user + system) each lab process has used so far, by role.
+func processCPU(l *lab.Lab) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for role, p := range l.Processes {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		utime, _ := strconv.ParseInt(f[11], 10, 64)
+		stime, _ := strconv.ParseInt(f[12], 10, 64)
+		out[role] = time.Duration(utime+stime) * time.Second / 100 // USER_HZ is 100 on Linux
+	}
+	var self syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &self) == nil {
+		out["bench (this process)"] = time.Duration(self.Utime.Nano() + self.Stime.Nano())
+	}
+	return out
+}
+
+// logCPUPerService prints, per lab process, the CPU time it used per Service since before.
+func logCPUPerService(l *lab.Lab, before map[string]time.Duration, n int) {
+	after := processCPU(l)
+	for _, role := range slices.Sorted(maps.Keys(after)) {
+		if d := after[role] - before[role]; d > 0 {
+			log.Printf("CPU per Service created (load average %s): %-22s %v", loadAverage(), role, (d / time.Duration(n)).Round(10*time.Microsecond))
+		}
+	}
+}
+
+func loadAverage() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }

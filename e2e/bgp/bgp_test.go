@@ -302,8 +302,9 @@ func TestLocalTrafficPolicyFollowsEndpoints(t *testing.T) {
 	t.Logf("route moved with the endpoints in %v", took)
 }
 
-// TestBadPeerIsReportedAndIsolated: a BGPPeer whose password Secret is missing gets an event from
-// each speaker and no session, while a good peer next to it establishes.
+// TestBadPeerIsReportedAndIsolated: a BGPPeer whose password Secret is missing gets a Valid False
+// condition and an event from the controller, and no session, while a good peer next to it
+// establishes.
 func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 	l := needLab(t)
 	ctx := context.Background()
@@ -332,6 +333,19 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 			}
 		}
 		return false, fmt.Sprint(len(events.Items), " events")
+	})
+	waitFor(t, 30*time.Second, "condition Valid False (SecretNotFound) on BGPPeer no-secret", func() (bool, string) {
+		peer, err := dyn.Resource(gvr("bgppeers")).Get(ctx, "no-secret", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		conds, _, _ := unstructured.NestedSlice(peer.Object, "status", "conditions")
+		for _, c := range conds {
+			if m := c.(map[string]any); m["type"] == "Valid" && m["status"] == "False" && m["reason"] == "SecretNotFound" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(conds)
 	})
 	node := l.Nodes()[0].Name
 	waitFor(t, 30*time.Second, "good-v6 established and no-secret absent in "+node+"'s SpeakerStatus", func() (bool, string) {
