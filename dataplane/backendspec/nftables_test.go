@@ -5,16 +5,15 @@ import (
 
 	"github.com/heraldlb/herald/dataplane/backendspec"
 	"github.com/heraldlb/herald/dataplane/nftables"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // TestSpecNFTables runs the backend spec against the nftables backend: on the build machine (SCTP
 // skips there, its kernel has none) and inside the IPVS VM (with SCTP).
 func TestSpecNFTables(t *testing.T) {
 	if !backendspec.InNodeNetns() {
-		if backendspec.RequireReal() {
-			t.Fatal("needs root for a private node network namespace (HERALD_REQUIRE_REAL=1)")
-		}
-		t.Skip("needs root and a private node network namespace")
+		testenv.Missing(t, "needs root and a private node network namespace")
 	}
 	backend, err := nftables.New()
 	if err != nil {

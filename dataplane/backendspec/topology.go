@@ -10,6 +10,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // Host is a namespace behind the node: a client or a backend (pod).
@@ -37,7 +39,7 @@ type Topology struct {
 func NewTopology(t *testing.T, backends int) *Topology {
 	t.Helper()
 	if !InNodeNetns() {
-		skipOrFail(t, "needs root and its own node network namespace (run as root: TestMain uses RunInNodeNetns)")
+		testenv.Missing(t, "needs root and its own node network namespace (run as root: TestMain uses RunInNodeNetns)")
 	}
 	for _, s := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
 		if err := os.WriteFile("/proc/sys/"+s, []byte("1"), 0o644); err != nil {
@@ -145,16 +147,4 @@ func configureLink(h *netlink.Handle, name string, addrs []netip.Prefix) error {
 		}
 	}
 	return h.LinkSetUp(link)
-}
-
-// RequireReal reports whether HERALD_REQUIRE_REAL=1: a missing prerequisite is then a failure.
-func RequireReal() bool { return os.Getenv("HERALD_REQUIRE_REAL") == "1" }
-
-// skipOrFail skips, or fails when HERALD_REQUIRE_REAL=1 so CI can never pass by skipping.
-func skipOrFail(t *testing.T, why string) {
-	t.Helper()
-	if RequireReal() {
-		t.Fatalf("prerequisite missing (HERALD_REQUIRE_REAL=1): %s", why)
-	}
-	t.Skip(why)
 }

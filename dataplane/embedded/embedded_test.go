@@ -24,6 +24,8 @@ import (
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/backendspec"
 	"github.com/heraldlb/herald/dataplane/nftables"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // The whole test process runs in a private network namespace (root only), so the data plane,
@@ -53,19 +55,9 @@ func dnsSlice(addrs ...string) *discoveryv1.EndpointSlice {
 
 func TestDataPlaneFromAPIObjects(t *testing.T) {
 	if !backendspec.InNodeNetns() {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatal("needs root for a private network namespace (HERALD_REQUIRE_REAL=1)")
-		}
-		t.Skip("needs root for a private network namespace")
+		testenv.Missing(t, "needs root for a private network namespace")
 	}
-	for _, tool := range []string{"nft", "conntrack"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-				t.Fatalf("needs %s (HERALD_REQUIRE_REAL=1)", tool)
-			}
-			t.Skip("needs " + tool)
-		}
-	}
+	testenv.Tools(t, "nft", "conntrack")
 	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("lo up: %v %s", err, out)
 	}

@@ -24,6 +24,8 @@ import (
 	"github.com/heraldlb/herald/dataplane/internal/netnstest"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/proc"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // TestSameAnswerAsKubeProxy runs the real kube-proxy v1.34.4 (nftables mode) and a real apiserver
@@ -39,10 +41,7 @@ func TestSameAnswerAsKubeProxy(t *testing.T) {
 		_, err = os.Stat(kubeProxy)
 	}
 	if err != nil {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	l := netnstest.New(t, "herald-dpt-kp-")
 	ns := l.AddNS("node")

@@ -8,6 +8,8 @@ import (
 
 	"github.com/heraldlb/herald/dataplane/backendspec"
 	"github.com/heraldlb/herald/dataplane/ipvs"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 func TestMain(m *testing.M) { os.Exit(backendspec.RunInNodeNetns(m)) }
@@ -16,10 +18,7 @@ func TestMain(m *testing.M) { os.Exit(backendspec.RunInNodeNetns(m)) }
 // network namespace and checks they are found.
 func TestKubeProxyRulesReal(t *testing.T) {
 	if !backendspec.InNodeNetns() {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatal("needs root for a private network namespace")
-		}
-		t.Skip("needs root for a private network namespace")
+		testenv.Missing(t, "needs root for a private network namespace")
 	}
 	nft := func(args ...string) {
 		t.Helper()
@@ -57,10 +56,7 @@ func TestKubeProxyRulesReal(t *testing.T) {
 // whose kernel has ip_vs; on a kernel without it, nftables as a fallback.
 func TestAutoOnThisKernel(t *testing.T) {
 	if !backendspec.InNodeNetns() {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatal("needs root for a private network namespace")
-		}
-		t.Skip("needs root for a private network namespace")
+		testenv.Missing(t, "needs root for a private network namespace")
 	}
 	d, err := Decide(context.Background(), Auto, Probes{KubeProxy: KubeProxyRules, IPVS: ipvs.Probe})
 	if err != nil {

@@ -3,7 +3,6 @@ package controlplane
 import (
 	"context"
 	"net"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -11,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // TestOnLoopback starts the whole control plane on 127.0.0.1 (free ports) and checks that it serves,
@@ -18,10 +19,7 @@ import (
 func TestOnLoopback(t *testing.T) {
 	bins, err := CachedBinaries()
 	if err != nil {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("skipped: %v (set HERALD_REQUIRE_REAL=1 to make this a failure)", err)
+		testenv.Missing(t, "%v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

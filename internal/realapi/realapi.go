@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // K8sVersion is the version of the binaries hack/k8s-bins.sh builds.
@@ -54,11 +56,7 @@ func Start(t testing.TB) API {
 	}
 	for _, bin := range []string{"kube-apiserver", "etcd"} {
 		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
-			msg := "real kube-apiserver/etcd not found in " + assets + " (KUBEBUILDER_ASSETS): run hack/k8s-bins.sh (make k8s-bins) first"
-			if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
+			testenv.Missing(t, "real kube-apiserver/etcd not found in %s (KUBEBUILDER_ASSETS): run hack/k8s-bins.sh (make k8s-bins) first", assets)
 		}
 	}
 	// controller-runtime logs through a global logger that complains (with a stack) until set.

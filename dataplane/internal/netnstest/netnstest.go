@@ -5,7 +5,6 @@ package netnstest
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -14,10 +13,12 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // Require skips the test when it cannot run here (not root, no `ip` or `nft`), or fails it
-// when HERALD_REQUIRE_REAL=1.
+// when HERALD_REQUIRE_REAL=1 (internal/testenv).
 func Require(t *testing.T, tools ...string) {
 	t.Helper()
 	var missing []string
@@ -32,11 +33,7 @@ func Require(t *testing.T, tools ...string) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("needs %s for network namespaces", strings.Join(missing, ", "))
-	if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-		t.Fatal(msg + " (HERALD_REQUIRE_REAL=1)")
-	}
-	t.Skip(msg)
+	testenv.Missing(t, "needs %s for network namespaces", strings.Join(missing, ", "))
 }
 
 // Lab is a set of namespaces sharing a name prefix.
