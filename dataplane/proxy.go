@@ -12,6 +12,10 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
+// LabelServiceProxyName on a Service hands it to another service proxy (as with kube-proxy,
+// which skips such Services too).
+const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+
 // ProxyOptions configure a Proxy.
 type ProxyOptions struct {
 	NodeName string
@@ -86,7 +90,16 @@ func (p *Proxy) Register(services, slices, nodes EventHandlerRegistrar) error {
 		return err
 	}
 	if err := add(services,
-		func(o any) { p.tracker.OnServiceUpdate(asService(o)) },
+		func(o any) {
+			// Informers shared with the speaker see every Service: one that another proxy
+			// claims is, for this proxy, gone.
+			svc := asService(o)
+			if _, claimed := svc.GetLabels()[LabelServiceProxyName]; claimed {
+				p.tracker.OnServiceDelete(svc)
+			} else {
+				p.tracker.OnServiceUpdate(svc)
+			}
+		},
 		func(o any) { p.tracker.OnServiceDelete(asService(o)) }); err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
@@ -153,10 +154,19 @@ func run() error {
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
-	// The data plane (service proxy): decided by --dataplane, fed by its own informers, answering
-	// health checks from the same local-endpoint view as the announcers.
+	// The data plane (service proxy): decided by --dataplane, fed by the speaker's own Service
+	// and EndpointSlice informers (one copy of each object), answering health checks from the
+	// same local-endpoint view as the announcers.
+	services, err := spk.Cache().GetInformer(ctx, &corev1.Service{})
+	if err != nil {
+		return err
+	}
+	slices, err := spk.Cache().GetInformer(ctx, &discoveryv1.EndpointSlice{})
+	if err != nil {
+		return err
+	}
 	dp, err := embedded.New(ctx, embedded.Options{Mode: *dataplaneMode, NodeName: *nodeName, Client: cs,
-		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log})
+		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
