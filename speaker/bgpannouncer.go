@@ -75,6 +75,7 @@ func (b *BGP) Prepare(ctx context.Context, snap *Snapshot) {
 			delete(res.Desired.Peers, name)
 		}
 	}
+	b.speaker.cfg.Logger.Info("speaker: BGP: opening sessions before the Services are loaded", "peers", len(res.Desired.Peers))
 	if err := b.announcer.Apply(ctx, res.Desired); err != nil {
 		b.speaker.cfg.Logger.Warn("speaker: BGP: opening sessions early", "err", err)
 	}

@@ -1,6 +1,7 @@
 package speaker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -157,7 +158,7 @@ func blockContains(b v1beta1.AddressBlock, ip netip.Addr) bool {
 
 // serviceIPs groups the ingress IPs of the handled LoadBalancer Services that lie in a pool.
 func serviceIPs(services []*corev1.Service, pools []*v1beta1.IPAddressPool, lbClass string) []ServiceIP {
-	byIP := map[netip.Addr]*ServiceIP{}
+	byIP := make(map[netip.Addr]*ServiceIP, len(services))
 	for _, svc := range services {
 		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
 			continue
@@ -184,9 +185,11 @@ func serviceIPs(services []*corev1.Service, pools []*v1beta1.IPAddressPool, lbCl
 	}
 	out := make([]ServiceIP, 0, len(byIP))
 	for _, e := range byIP {
-		slices.SortFunc(e.Services, func(a, b *corev1.Service) int {
-			return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
-		})
+		if len(e.Services) > 1 {
+			slices.SortFunc(e.Services, func(a, b *corev1.Service) int {
+				return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+			})
+		}
 		out = append(out, *e)
 	}
 	slices.SortFunc(out, func(a, b ServiceIP) int { return a.IP.Compare(b.IP) })

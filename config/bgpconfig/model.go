@@ -56,6 +56,12 @@ func (a Attributes) Key() string {
 		";lc=" + strings.Join(a.LargeCommunities, ",")
 }
 
+// Equal reports whether a and b are the same attributes.
+func (a Attributes) Equal(b Attributes) bool {
+	return a.LocalPref == b.LocalPref && slices.Equal(a.Communities, b.Communities) &&
+		slices.Equal(a.LargeCommunities, b.LargeCommunities)
+}
+
 // merge returns the union of two attribute sets for the same prefix towards the same peer.
 // Conflicting local preferences are resolved by the translation (and reported there); here the
 // higher one wins so the result does not depend on order.

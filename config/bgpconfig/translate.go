@@ -125,7 +125,7 @@ func Validate(in Input) []Problem {
 func translate(in Input, everyNode bool) Result {
 	t := translation{in: in, everyNode: everyNode, res: Result{
 		Desired:   Desired{Peers: map[string]Peer{}, Routes: map[string]map[netip.Prefix]Attributes{}},
-		Announced: map[netip.Addr]Announced{},
+		Announced: make(map[netip.Addr]Announced, len(in.Services)),
 	}}
 	t.communityAliases()
 	t.bfdProfiles()
@@ -430,7 +430,11 @@ func (t *translation) advertisements() {
 	slices.SortFunc(ads, func(a, b advertisement) int { return strings.Compare(a.name, b.name) })
 
 	// localPrefOwner remembers which advertisement set the local preference of a (peer, prefix).
-	localPrefOwner := map[string]string{}
+	type peerPrefix struct {
+		peer   string
+		prefix netip.Prefix
+	}
+	localPrefOwner := map[peerPrefix]string{}
 	// conflictReported keeps one problem per pair of advertisements, not one per prefix.
 	conflictReported := map[[2]string]bool{}
 	services := slices.Clone(t.in.Services)
@@ -456,17 +460,18 @@ func (t *translation) advertisements() {
 					}
 					routes := t.res.Desired.Routes[peer]
 					if routes == nil {
-						routes = map[netip.Prefix]Attributes{}
+						routes = make(map[netip.Prefix]Attributes, len(services))
 						t.res.Desired.Routes[peer] = routes
 					}
 					old, exists := routes[prefix]
-					key := peer + "|" + prefix.String()
-					pair := [2]string{ad.name, localPrefOwner[key]}
-					if exists && ad.attrs.LocalPref != 0 && old.LocalPref != 0 && old.LocalPref != ad.attrs.LocalPref && !conflictReported[pair] {
-						conflictReported[pair] = true
-						t.problem("BGPAdvertisement", ad.name, config.ConditionValid, ReasonLocalPrefConflict,
-							"localPref %d for %s towards %s conflicts with %d from BGPAdvertisement %s; the higher one is used",
-							ad.attrs.LocalPref, prefix, peer, old.LocalPref, localPrefOwner[key])
+					key := peerPrefix{peer, prefix}
+					if exists && ad.attrs.LocalPref != 0 && old.LocalPref != 0 && old.LocalPref != ad.attrs.LocalPref {
+						if pair := [2]string{ad.name, localPrefOwner[key]}; !conflictReported[pair] {
+							conflictReported[pair] = true
+							t.problem("BGPAdvertisement", ad.name, config.ConditionValid, ReasonLocalPrefConflict,
+								"localPref %d for %s towards %s conflicts with %d from BGPAdvertisement %s; the higher one is used",
+								ad.attrs.LocalPref, prefix, peer, old.LocalPref, localPrefOwner[key])
+						}
 					}
 					if ad.attrs.LocalPref > old.LocalPref {
 						localPrefOwner[key] = ad.name

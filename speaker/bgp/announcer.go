@@ -206,25 +206,32 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 
 // applyRoutes moves the applied route groups and RIB paths to d.Routes (restricted to d.Peers).
 func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
-	want := map[string]map[netip.Prefix]string{} // peer -> prefix -> group
-	wantGroups := map[string]Attributes{}        // group -> attributes
-	wantPaths := map[netip.Prefix]int{}          // prefix -> peers
+	want := map[string]map[netip.Prefix]string{}          // peer -> prefix -> group
+	wantGroups := map[string]Attributes{}                 // group -> attributes
+	wantPaths := make(map[netip.Prefix]int, len(a.paths)) // prefix -> peers
 	for peer, routes := range d.Routes {
 		if _, ok := d.Peers[peer]; !ok {
 			continue
 		}
-		want[peer] = map[netip.Prefix]string{}
+		want[peer] = make(map[netip.Prefix]string, len(routes))
 		groupOf := map[string]string{} // attribute key -> group name: one hash per group, not per route
+		// Routes mostly share their attributes: comparing with the previous route's is cheaper
+		// than building the key of every route.
+		var last *Attributes
+		var g string
 		for prefix, attrs := range routes {
 			prefix = prefix.Masked()
-			key := attrs.Key()
-			g, ok := groupOf[key]
-			if !ok {
-				g = groupName(peer, attrs)
-				groupOf[key] = g
+			if last == nil || !attrs.Equal(*last) {
+				key := attrs.Key()
+				var ok bool
+				if g, ok = groupOf[key]; !ok {
+					g = groupName(peer, attrs)
+					groupOf[key] = g
+				}
+				wantGroups[g] = attrs
+				last = &attrs
 			}
 			want[peer][prefix] = g
-			wantGroups[g] = attrs
 			wantPaths[prefix]++
 		}
 	}
