@@ -192,11 +192,21 @@ func (t *Topology) Plan() []Step {
 
 	var steps []Step
 	// The switch: one bridge with multicast snooping and its own querier, so NDP's solicited-node
-	// multicast reaches only the ports that joined the group, as on a real switch.
+	// multicast reaches only the ports that joined the group, as on a real switch (an NDP
+	// responder that relies on flooding is not asked). Measured on this kernel (6.18):
+	//   - Once a querier is known, the bridge sends multicast that no port joined only to router
+	//     ports; before, it floods it. Its own querier counts for IPv6 only once a query went out,
+	//     which needs br0's link-local address (hence no DAD, and the querier enabled after `up`),
+	//     and only after the query response interval (10 s by default, 1 s here). A failed first
+	//     query is retried after the startup query interval (31 s by default, 1 s here).
+	//   - Unregistered-multicast flooding stays on (mcast_flood): turned off on a port, it also
+	//     stops ff02::1 (all nodes), which switches must flood (RFC 4541 2.1.2) and unsolicited
+	//     neighbour advertisements are sent to. With the querier on it floods only ff02::1.
 	sw := Step{Netns: t.Host(HostSwitch).Netns, Sysctls: quiet, IP: []string{
 		"link set lo up",
-		"link add " + bridgeName + " type bridge mcast_snooping 1 mcast_querier 1",
+		"link add " + bridgeName + " type bridge mcast_snooping 1 mcast_query_response_interval 100 mcast_startup_query_interval 100",
 		"link set " + bridgeName + " up",
+		"link set " + bridgeName + " type bridge mcast_querier 1",
 	}}
 	for _, h := range t.Hosts {
 		if h.Port == "" {

@@ -1,9 +1,11 @@
 package l2lab
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/mdlayher/packet"
@@ -14,6 +16,7 @@ import (
 const (
 	etherTypeAll  = 0x0003 // ETH_P_ALL: a bridge port hands frames to the bridge before protocol taps
 	etherTypeIPv4 = 0x0800
+	etherTypeIPv6 = 0x86dd
 )
 
 // CaptureHeartbeats records up to n membership datagrams (UDP payloads) node sends, read at its
@@ -90,4 +93,73 @@ func (l *Lab) SendFromClient(node string, datagrams [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// SolicitationsSeen records, per node, the targets of the NDP neighbour solicitations that
+// reach the node's eth0 from elsewhere while during runs. A packet socket sees every frame the
+// switch delivers to the port, without joining any group: it is what an NDP responder that relies
+// on the switch flooding multicast would hear.
+func (l *Lab) SolicitationsSeen(nodes []*Node, during func()) (map[string][]netip.Addr, error) {
+	seen := map[string][]netip.Addr{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var conns []*packet.Conn
+	stop := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}
+	for _, n := range nodes {
+		var conn *packet.Conn
+		err := InNetns(n.NS, func() error {
+			ifi, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			conn, err = packet.Listen(ifi, packet.Raw, etherTypeIPv6, nil)
+			return err
+		})
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		conns = append(conns, conn)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 2048)
+			for {
+				k, _, err := conn.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				if k < 12 || bytes.Equal(buf[6:12], n.MAC) { // the node's own frames
+					continue
+				}
+				if target, ok := solicitationTarget(buf[:k]); ok {
+					mu.Lock()
+					seen[n.Name] = append(seen[n.Name], target)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	during()
+	time.Sleep(100 * time.Millisecond) // let the last frames in
+	stop()
+	return seen, nil
+}
+
+// solicitationTarget returns the target of an Ethernet frame holding an ICMPv6 neighbour
+// solicitation without extension headers (as ndisc6 sends them).
+func solicitationTarget(f []byte) (netip.Addr, bool) {
+	const eth, ip6, nextHeader, icmpv6, neighborSolicitation = 14, 40, 6, 58, 135
+	if len(f) < eth+ip6+24 || binary.BigEndian.Uint16(f[12:14]) != etherTypeIPv6 {
+		return netip.Addr{}, false
+	}
+	if f[eth+nextHeader] != icmpv6 || f[eth+ip6] != neighborSolicitation {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFrom16([16]byte(f[eth+ip6+8 : eth+ip6+24])), true
 }

@@ -127,8 +127,14 @@ func Up(prefix string, n int, binary, dir string) (*Lab, error) {
 		IPv6: netip.AddrFrom16([16]byte{0xfd, 0x78, 15: 0x64}), MAC: net.HardwareAddr{0x02, 0x4c, 0x00, 0x78, 0x00, 0x64}, Port: "cl"}
 	steps := [][]string{
 		{"ip", "netns", "add", l.SwitchNS},
-		{"ip", "-n", l.SwitchNS, "link", "add", "br0", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1"},
+		// Snooping with the switch's own querier, in force 1 s after `up`; see the e2e lab's
+		// plan.go for what this kernel's bridge floods, why mcast_flood stays on, and why br0
+		// needs its link-local address (no DAD) before the querier is enabled.
+		{"ip", "netns", "exec", l.SwitchNS, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"},
+		{"ip", "-n", l.SwitchNS, "link", "add", "br0", "type", "bridge", "mcast_snooping", "1",
+			"mcast_query_response_interval", "100", "mcast_startup_query_interval", "100"},
 		{"ip", "-n", l.SwitchNS, "link", "set", "br0", "up"},
+		{"ip", "-n", l.SwitchNS, "link", "set", "br0", "type", "bridge", "mcast_querier", "1"},
 	}
 	for _, h := range append([]*Node{&l.Client}, l.Nodes...) {
 		steps = append(steps,

@@ -161,6 +161,58 @@ func TestEachIPResolvesToOneNode(t *testing.T) {
 	}
 }
 
+// TestNDPAsksOnlyJoinedResponders: the switch snoops multicast, so a neighbour solicitation goes
+// only to the ports that joined its solicited-node group. Herald's responder joins the group of
+// each IPv6 address it owns and answers; a responder that listens without joining (here: a packet
+// socket on every node, as a responder relying on flooding would use) never hears the question.
+func TestNDPAsksOnlyJoinedResponders(t *testing.T) {
+	ip := ServiceIPv6(7)
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ip), "--rebalance-after", "1h")
+	ctx := context.Background()
+	var macs []string
+	// The first NDP round may race the responder's MLD report to the snooping bridge.
+	WaitFor(5*time.Second, func() bool { macs, _ = l.Ndisc6MACs(ctx, ip); return len(macs) == 1 })
+	if len(macs) != 1 {
+		t.Fatalf("ndisc6 %s: MACs %v, want exactly one", ip, macs)
+	}
+	hw, _ := net.ParseMAC(macs[0])
+	own := l.NodeByMAC(hw)
+	if own == nil {
+		t.Fatalf("%s answered by %s, not a node", ip, macs[0])
+	}
+	nobody := netip.MustParseAddr("fd78::2:ee") // on no node: its group has no member
+	control := l.Node("n2").IPv6                // n2's kernel joined its own address's group
+	var answered map[netip.Addr][]string
+	seen, err := l.SolicitationsSeen(l.Nodes, func() {
+		answered = map[netip.Addr][]string{}
+		for _, target := range []netip.Addr{ip, nobody, control} {
+			answered[target], _ = l.Ndisc6MACs(ctx, target)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("solicitations seen per node: %v; answers: %v", seen, answered)
+	if len(answered[ip]) != 1 || answered[ip][0] != own.MAC.String() {
+		t.Errorf("%s answered by %v, want %s's MAC alone", ip, answered[ip], own.Name)
+	}
+	for _, n := range l.Nodes {
+		asked := map[netip.Addr]bool{}
+		for _, target := range seen[n.Name] {
+			asked[target] = true
+		}
+		if asked[nobody] {
+			t.Errorf("%s heard the solicitation for %s, whose group nobody joined: the switch floods", n.Name, nobody)
+		}
+		if want := n == own; asked[ip] != want {
+			t.Errorf("%s heard the solicitation for the Service IP %s: %v, want %v (only its owner joined the group)", n.Name, ip, asked[ip], want)
+		}
+		if want := n.Name == "n2"; asked[control] != want {
+			t.Errorf("%s heard the solicitation for n2's own address: %v, want %v", n.Name, asked[control], want)
+		}
+	}
+}
+
 // TestFailover breaks the owner of an IP three ways and checks that another node answers within a
 // second, that the old owner stays silent, and that its return changes nothing.
 func TestFailover(t *testing.T) {
