@@ -1,15 +1,19 @@
-// Command l2 benchmarks L2 failover with the method of issue 4: three nodes (network namespaces,
-// each running l2node, the speaker's membership + election + ARP/NDP responders, with the default
-// timers) on a snooping bridge, and a client namespace probing the Service IP with ARP every 5 ms.
-// It prints one BENCH line per figure:
+// Command l2 benchmarks L2 mode with the method of issue 4, in two parts (-parts).
+//
+// "l2node": three nodes (network namespaces, each running l2node, the speaker's membership +
+// election + ARP/NDP responders, with the default timers) on a snooping bridge, and a client
+// namespace probing the Service IP with ARP every 5 ms:
 //
 //   - SIGKILL of the owner -> first ARP reply from the new owner, as seen by the client,
 //   - carrier down on the owner's link -> the same,
-//   - new IP configured on the nodes -> first ARP reply (the L2 part of "Service created -> client
-//     reaches the IP"; the API server watch is not included).
+//   - new IP configured on the nodes -> first ARP reply (no API server).
+//
+// "lab": the whole product in the e2e lab (lab.go): Service created -> the client reaches it over
+// TCP, and SIGKILL / carrier down -> first TCP reply through the new owner.
 //
 // Each over -trials trials: p50, p99 (nearest rank) and max. Needs root, iproute2, nftables,
-// arping and ndisc6; everything runs in herald-l2b-* namespaces.
+// arping and ndisc6, and for "lab" BIRD and the Kubernetes binaries (hack/k8s-bins.sh); everything
+// runs in herald-l2b-* and herald-l2bl-* namespaces.
 package main
 
 import (
@@ -22,8 +26,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/speaker/l2"
 	"github.com/heraldlb/herald/speaker/l2/l2lab"
 )
@@ -42,8 +48,10 @@ type figure struct {
 }
 
 func main() {
+	lab.RunBackendIfAsked() // the lab runs this program as its backend pods
 	trials := flag.Int("trials", 20, "trials per figure")
 	l2node := flag.String("l2node", "", "l2node binary (built from speaker/l2/l2lab/l2node if empty)")
+	parts := flag.String("parts", "l2node,lab", "which parts to run (comma-separated: l2node, lab)")
 	flag.Parse()
 	if err := l2lab.Prerequisites(); err != nil {
 		log.Fatalf("bench/l2: %v", err)
@@ -53,31 +61,42 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	if *l2node == "" {
-		*l2node = filepath.Join(dir, "l2node")
-		if out, err := exec.Command("go", "build", "-o", *l2node, "github.com/heraldlb/herald/speaker/l2/l2lab/l2node").CombinedOutput(); err != nil {
-			log.Fatalf("bench/l2: building l2node: %v\n%s", err, out)
+	if strings.Contains(*parts, "l2node") {
+		if err := runL2node(dir, *l2node, *trials); err != nil {
+			log.Fatalf("bench/l2: %v", err)
 		}
 	}
-	lab, err := l2lab.Up(prefix, 3, *l2node, dir)
-	if err != nil {
-		log.Fatalf("bench/l2: %v", err)
-	}
-	defer lab.Down()
-	if err := run(lab, *trials); err != nil {
-		lab.Down()
-		log.Fatalf("bench/l2: %v", err)
+	if strings.Contains(*parts, "lab") {
+		if err := runLab(dir, *trials); err != nil {
+			log.Fatalf("bench/l2: lab: %v", err)
+		}
 	}
 }
 
-func run(lab *l2lab.Lab, trials int) error {
-	ip := l2lab.ServiceIPv4(0)
-	ips := map[netip.Addr]l2.Policy{ip: {Candidates: lab.AllNodes()}}
-	if err := lab.SetIPs(ips); err != nil {
+// runL2node measures failover and new-IP times on an l2lab segment of three l2node processes.
+func runL2node(dir, l2node string, trials int) error {
+	if l2node == "" {
+		l2node = filepath.Join(dir, "l2node")
+		if out, err := exec.Command("go", "build", "-o", l2node, "github.com/heraldlb/herald/speaker/l2/l2lab/l2node").CombinedOutput(); err != nil {
+			return fmt.Errorf("building l2node: %v\n%s", err, out)
+		}
+	}
+	segment, err := l2lab.Up(prefix, 3, l2node, dir)
+	if err != nil {
 		return err
 	}
-	for _, n := range lab.Nodes {
-		if err := lab.Start(n.Name, ""); err != nil {
+	defer segment.Down()
+	return run(segment, trials)
+}
+
+func run(seg *l2lab.Lab, trials int) error {
+	ip := l2lab.ServiceIPv4(0)
+	ips := map[netip.Addr]l2.Policy{ip: {Candidates: seg.AllNodes()}}
+	if err := seg.SetIPs(ips); err != nil {
+		return err
+	}
+	for _, n := range seg.Nodes {
+		if err := seg.Start(n.Name, ""); err != nil {
 			return err
 		}
 	}
@@ -85,7 +104,7 @@ func run(lab *l2lab.Lab, trials int) error {
 	for i := 1; i <= trials; i++ {
 		probeIPs = append(probeIPs, l2lab.ServiceIPv4(i))
 	}
-	p, err := lab.StartProber(probeIPs, 5*time.Millisecond)
+	p, err := seg.StartProber(probeIPs, 5*time.Millisecond)
 	if err != nil {
 		return err
 	}
@@ -95,13 +114,13 @@ func run(lab *l2lab.Lab, trials int) error {
 		name         string
 		break_, mend func(string) error
 	}{
-		{"SIGKILL of the owner", lab.Kill, func(n string) error { return lab.Start(n, "") }},
-		{"carrier down on the owner's link", func(n string) error { return lab.SetCarrier(n, false) }, func(n string) error { return lab.SetCarrier(n, true) }},
+		{"SIGKILL of the owner", seg.Kill, func(n string) error { return seg.Start(n, "") }},
+		{"carrier down on the owner's link", func(n string) error { return seg.SetCarrier(n, false) }, func(n string) error { return seg.SetCarrier(n, true) }},
 	}
 	for _, b := range breakages {
 		var took []time.Duration
 		for range trials {
-			old, err := owner(lab, p, ip)
+			old, err := owner(seg, p, ip)
 			if err != nil {
 				return err
 			}
@@ -126,9 +145,9 @@ func run(lab *l2lab.Lab, trials int) error {
 	var took []time.Duration
 	for i := 1; i <= trials; i++ {
 		newIP := l2lab.ServiceIPv4(i)
-		ips[newIP] = l2.Policy{Candidates: lab.AllNodes()}
+		ips[newIP] = l2.Policy{Candidates: seg.AllNodes()}
 		t0 := time.Now()
-		if err := lab.SetIPs(ips); err != nil {
+		if err := seg.SetIPs(ips); err != nil {
 			return err
 		}
 		if !l2lab.WaitFor(5*time.Second, func() bool { _, ok := p.FirstReplyAfter(newIP, t0, nil); return ok }) {
@@ -142,14 +161,14 @@ func run(lab *l2lab.Lab, trials int) error {
 	return nil
 }
 
-func owner(lab *l2lab.Lab, p *l2lab.Prober, ip netip.Addr) (*l2lab.Node, error) {
+func owner(seg *l2lab.Lab, p *l2lab.Prober, ip netip.Addr) (*l2lab.Node, error) {
 	var n *l2lab.Node
 	ok := l2lab.WaitFor(5*time.Second, func() bool {
 		macs := p.MACsSince(ip, time.Now().Add(-100*time.Millisecond))
 		if len(macs) != 1 {
 			return false
 		}
-		for _, node := range lab.Nodes {
+		for _, node := range seg.Nodes {
 			if node.MAC.String() == macs[0] {
 				n = node
 			}
