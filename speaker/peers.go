@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"net/netip"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -12,14 +13,30 @@ import (
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
+// StaleStatusAfter: a SpeakerStatus whose lastUpdate is this far behind the newest one belongs to
+// a speaker that is gone (uninstalled from its node, or the node is off): live speakers rewrite
+// theirs every minute.
+const StaleStatusAfter = 5 * time.Minute
+
 // MembershipPeers lists the speakers this node exchanges heartbeats with, by node name, at the
 // node's first InternalIP on port. A node counts as running a speaker once its speaker has written
 // its SpeakerStatus (which is deleted with the Node): counting every Node would make nodes without
 // a speaker (say, control-plane nodes) count as dead members and cost the cluster its quorum.
+// For the same reason a stale status does not count (see StaleStatusAfter): a speaker removed
+// from its node leaves its status behind. Staleness is measured against the newest status, not
+// the clock, so that while the API server is unreachable (no status can be written) every member
+// stays one and no node comes to believe it is alone.
 func MembershipPeers(nodes []corev1.Node, statuses []v1beta1.SpeakerStatus, port uint16) map[string]netip.AddrPort {
+	var newest time.Time
+	for _, s := range statuses {
+		if s.Status.LastUpdate != nil && s.Status.LastUpdate.After(newest) {
+			newest = s.Status.LastUpdate.Time
+		}
+	}
 	running := map[string]bool{}
 	for _, s := range statuses {
-		running[s.Name] = true
+		// A status not yet written (no lastUpdate) is a speaker starting: it counts.
+		running[s.Name] = s.Status.LastUpdate == nil || newest.Sub(s.Status.LastUpdate.Time) <= StaleStatusAfter
 	}
 	out := map[string]netip.AddrPort{}
 	for _, n := range nodes {

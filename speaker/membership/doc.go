@@ -16,6 +16,16 @@
 // segment holds (100 nodes × 20 Hz = 2,000 small packets/s per node), gives a detection time that is
 // simply DeadAfter, and lets us choose the replay protection.
 //
+// Starvation: a live node must not be declared dead because its CPUs are busy. The sending,
+// receiving and expiry all run on one OS thread in the real-time class (SCHED_FIFO, see
+// makeThreadRealtime), blocked in ppoll on a socket kept out of Go's network poller, so the kernel
+// wakes that thread itself and runs it ahead of every normal task, whatever the node's load,
+// cgroup weights or CPU quota. What is left (a frozen process, a paused VM, no CAP_SYS_NICE) is
+// handled on the receiving side: a node that finds it was not running for a while does not count
+// that time against its peers (see detectStallLocked), and after a real stall it defers to them.
+// A nice value alone (RaisePriority, still applied to the rest of the process) is not enough: it
+// orders threads only within their scheduling group (a session under autogroup, a pod's cgroup).
+//
 // Security: each message carries the sender's name, its boot epoch (nanoseconds at process start),
 // a sequence number and a send timestamp, and ends with HMAC-SHA256 over all of it keyed by a key
 // derived from the shared secret (--secret-file). A receiver accepts a message only if the MAC is
