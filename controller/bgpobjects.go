@@ -198,27 +198,23 @@ func (b *bgpObjects) input(ctx context.Context, objects map[string][]*unstructur
 			}
 		}
 	}
-	for _, p := range in.Peers {
-		ref := p.Spec.PasswordSecret
-		if ref == nil {
+	for i := range in.Peers {
+		key := bgpconfig.PasswordSecret(&in.Peers[i], in.SecretNamespace)
+		if key == nil {
 			continue
 		}
-		ns := ref.Namespace
-		if ns == "" {
-			ns = in.SecretNamespace
-		}
-		secret, err := b.c.client.CoreV1().Secrets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
+		secret, err := b.c.client.CoreV1().Secrets(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
 			// Absent from Passwords: Validate reports it.
 		case err != nil:
 			// Cannot tell (no permission, API trouble): say nothing rather than something wrong;
 			// the speakers, which read the Secret themselves, report it if it is really missing.
-			b.c.log.Warn("BGP objects: cannot read a peer's passwordSecret; not checked", "peer", p.Name, "secret", ns+"/"+ref.Name, "err", err)
-			in.Passwords[ns+"/"+ref.Name] = "unchecked"
+			b.c.log.Warn("BGP objects: cannot read a peer's passwordSecret; not checked", "peer", in.Peers[i].Name, "secret", key, "err", err)
+			in.Passwords[key.String()] = "unchecked"
 		case len(secret.Data["password"]) > 0:
 			// Only whether there is a password matters here; the value stays out of the controller.
-			in.Passwords[ns+"/"+ref.Name] = "present"
+			in.Passwords[key.String()] = "present"
 		}
 	}
 	return in, nil

@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/bgpconfig"
@@ -200,20 +199,16 @@ func BGPInput(snap *Snapshot, secretNamespace string, passwords map[string]strin
 func (b *BGP) passwords(ctx context.Context, snap *Snapshot) map[string]string {
 	out := map[string]string{}
 	for _, p := range snap.BGPPeers {
-		ref := p.Spec.PasswordSecret
-		if ref == nil {
+		key := bgpconfig.PasswordSecret(p, b.secretNamespace)
+		if key == nil {
 			continue
 		}
-		ns := ref.Namespace
-		if ns == "" {
-			ns = b.secretNamespace
-		}
 		var secret corev1.Secret
-		if err := b.speaker.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, &secret); err != nil {
+		if err := b.speaker.client.Get(ctx, *key, &secret); err != nil {
 			continue // reported by the translation as a missing secret
 		}
 		if pw, ok := secret.Data["password"]; ok {
-			out[ns+"/"+ref.Name] = string(pw)
+			out[key.String()] = string(pw)
 		}
 	}
 	return out

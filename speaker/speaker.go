@@ -4,6 +4,7 @@
 package speaker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -343,7 +344,7 @@ func (s *Speaker) statusLoop(ctx context.Context) {
 			anns = append(anns, a.Announcements()...)
 		}
 		slices.SortFunc(anns, func(a, b v1beta1.Announcement) int {
-			return strings.Compare(a.IP+string(a.Protocol), b.IP+string(b.Protocol))
+			return cmp.Or(strings.Compare(a.IP, b.IP), strings.Compare(string(a.Protocol), string(b.Protocol)))
 		})
 		if err := s.writeStatus(ctx, anns); err != nil {
 			s.cfg.Logger.Error("speaker: cannot write SpeakerStatus", "err", err)

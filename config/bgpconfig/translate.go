@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
@@ -25,12 +26,27 @@ type Input struct {
 	Communities    []v1beta1.Community
 	BFDProfiles    []v1beta1.BFDProfile
 	Pools          []v1beta1.IPAddressPool
-	// Passwords holds the "password" key of the Secrets BGPPeers refer to, by "namespace/name";
+	// Passwords holds the "password" key of the Secrets BGPPeers refer to, by "namespace/name"
+	// (PasswordSecret);
 	// a Secret that is missing (or has no such key) is absent.
 	Passwords map[string]string
 	// SecretNamespace is where a passwordSecret without a namespace is looked up (Herald's own).
 	SecretNamespace string
 	Services        []Service
+}
+
+// PasswordSecret is the Secret a BGPPeer's passwordSecret names (nil: none); its String() is the
+// key of Input.Passwords. A reference without a namespace is in secretNamespace (Herald's own).
+func PasswordSecret(peer *v1beta1.BGPPeer, secretNamespace string) *types.NamespacedName {
+	ref := peer.Spec.PasswordSecret
+	if ref == nil {
+		return nil
+	}
+	key := types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}
+	if key.Namespace == "" {
+		key.Namespace = secretNamespace
+	}
+	return &key
 }
 
 // Node is the node the speaker runs on.
@@ -341,14 +357,11 @@ func (t *translation) peer(bp v1beta1.BGPPeer) (Peer, bool) {
 	case s.Password != "":
 		p.Password = s.Password
 	case s.PasswordSecret != nil:
-		ns := s.PasswordSecret.Namespace
-		if ns == "" {
-			ns = t.in.SecretNamespace
-		}
-		pw, ok := t.in.Passwords[ns+"/"+s.PasswordSecret.Name]
+		key := PasswordSecret(&bp, t.in.SecretNamespace)
+		pw, ok := t.in.Passwords[key.String()]
 		if !ok || pw == "" {
 			return bad(ReasonSecretNotFound,
-				"passwordSecret %s/%s does not exist or has no \"password\" key; the session is not opened without its password", ns, s.PasswordSecret.Name)
+				"passwordSecret %s does not exist or has no \"password\" key; the session is not opened without its password", key)
 		}
 		p.Password = pw
 	}
