@@ -1,5 +1,6 @@
 #!/bin/sh
-# L2 failover in network namespaces (needs root, iproute2, nftables, arping, ndisc6); about 2 minutes.
+# L2 failover in network namespaces (needs root, iproute2, nftables, arping, ndisc6, and for the
+# lab part BIRD and the Kubernetes binaries); about 6 minutes. Pass -parts l2node or -parts lab for one part.
 set -e
 cd "$(dirname "$0")/../.."
 go build -o "${TMPDIR:-/tmp}/herald-bench-l2" ./bench/l2
