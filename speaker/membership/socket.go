@@ -18,10 +18,14 @@ import (
 // priority (see runHeartbeats) would buy nothing. Here the kernel wakes the heartbeat thread
 // itself, from ppoll, for a datagram, a deadline or a wake-up (an eventfd).
 type heartbeatSocket struct {
-	fd     int
-	v6     bool // AF_INET6 (dual-stack): IPv4 peers are sent to as IPv4-mapped addresses
-	wake   int  // eventfd: SetPayload and shutdown interrupt the wait
-	closed sync.Once
+	fd   int
+	v6   bool // AF_INET6 (dual-stack): IPv4 peers are sent to as IPv4-mapped addresses
+	wake int  // eventfd: SetPayload and shutdown interrupt the wait
+
+	// mu orders wakeUp, called from any goroutine, before close: a write to a closed descriptor
+	// could land in whatever file reused its number.
+	mu     sync.RWMutex
+	closed bool
 }
 
 func listenHeartbeat(addr netip.AddrPort) (*heartbeatSocket, error) {
@@ -104,20 +108,30 @@ func (s *heartbeatSocket) wait(d time.Duration) (woken bool, err error) {
 	return true, nil
 }
 
-// wakeUp interrupts wait (from any goroutine).
+// wakeUp interrupts wait (from any goroutine; after close it does nothing).
 func (s *heartbeatSocket) wakeUp() {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return
+	}
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1)
 	_, _ = unix.Write(s.wake, one[:])
 }
 
-// close closes both descriptors, once; nothing may use the socket meanwhile or after.
+// close closes both descriptors, once. Only the goroutine that waits, receives and sends may
+// call it (or anyone, when nothing does those).
 func (s *heartbeatSocket) close() {
-	s.closed.Do(func() {
-		for _, fd := range []int{s.fd, s.wake} {
-			if fd >= 0 {
-				_ = unix.Close(fd)
-			}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for _, fd := range []int{s.fd, s.wake} {
+		if fd >= 0 {
+			_ = unix.Close(fd)
 		}
-	})
+	}
 }
