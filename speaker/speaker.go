@@ -55,6 +55,10 @@ type Speaker struct {
 	statusFns  []func(*v1beta1.SpeakerStatusStatus)
 	kick       chan struct{}
 	statusKick chan struct{}
+	// written is this node's SpeakerStatus as the last successful write returned it (statusLoop's
+	// only): the next write starts from it instead of reading the object again, which with
+	// thousands of announcements cost the API server as much as the write; nil after a failure.
+	written *v1beta1.SpeakerStatus
 }
 
 // Scheme knows the core kinds and herald.io/v1beta1.
@@ -359,24 +363,15 @@ func (s *Speaker) statusLoop(ctx context.Context) {
 }
 
 func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) error {
-	var st v1beta1.SpeakerStatus
-	err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &st)
-	if apierrors.IsNotFound(err) {
-		st = v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.NodeName}}
-		// Owned by the Node, so the status goes when the node does.
-		var node corev1.Node
-		if err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &node); err == nil {
-			st.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}
-		}
-		if err := s.client.Create(ctx, &st); err != nil && !apierrors.IsAlreadyExists(err) {
+	if s.written == nil {
+		st, err := s.readOrCreateStatus(ctx)
+		if err != nil {
 			return err
 		}
-		if err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &st); err != nil {
-			return err
-		}
-	} else if err != nil {
-		return err
+		s.written = st
 	}
+	st := s.written
+	s.written = nil // until this write succeeds
 	now := metav1.Now()
 	st.Status.LastUpdate = &now
 	st.Status.Announcements = anns
@@ -387,5 +382,33 @@ func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) 
 	for _, fill := range s.statusFns {
 		fill(&st.Status)
 	}
-	return s.client.Status().Update(ctx, &st)
+	// A conflict (the object changed since: say, recreated) makes the next write read it again.
+	if err := s.client.Status().Update(ctx, st); err != nil {
+		return err
+	}
+	s.written = st
+	return nil
+}
+
+// readOrCreateStatus reads this node's SpeakerStatus, creating it if it does not exist.
+func (s *Speaker) readOrCreateStatus(ctx context.Context) (*v1beta1.SpeakerStatus, error) {
+	var st v1beta1.SpeakerStatus
+	err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &st)
+	if apierrors.IsNotFound(err) {
+		st = v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.NodeName}}
+		// Owned by the Node, so the status goes when the node does.
+		var node corev1.Node
+		if err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &node); err == nil {
+			st.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}
+		}
+		if err := s.client.Create(ctx, &st); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, err
+		}
+		if err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &st); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	return &st, nil
 }

@@ -144,6 +144,16 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	if st.Status.LastUpdate == nil {
 		t.Error("SpeakerStatus without lastUpdate")
 	}
+	// Later writes start from what the last one returned; a SpeakerStatus deleted meanwhile makes
+	// the next write fail, and the one after it reads (here: recreates) the object again.
+	if err := c.Delete(ctx, &st); err != nil {
+		t.Fatal(err)
+	}
+	var again v1beta1.SpeakerStatus
+	eventually(t, "SpeakerStatus a recreated after its deletion", func() bool {
+		spk.StatusChanged()
+		return c.Get(ctx, client.ObjectKey{Name: "a"}, &again) == nil && again.UID != st.UID && again.Status.AnnouncedIPs == 1
+	})
 
 	// Membership peers are the nodes whose speaker wrote a SpeakerStatus: a only, then b too.
 	eventually(t, "peer a", func() bool { peersMu.Lock(); defer peersMu.Unlock(); return len(peers) == 1 && peers["a"].IsValid() })
