@@ -31,10 +31,10 @@ lint:
 test: deps k8s-bins helm build
 	hack/test.sh
 
-demo: deps k8s-bins build
+demo: deps k8s-bins helm build
 	hack/demo.sh
 
-bench: deps k8s-bins build
+bench: deps k8s-bins helm build
 	hack/bench.sh
 
 test-ipvs: build

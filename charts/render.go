@@ -5,9 +5,11 @@ package charts
 
 import (
 	"bytes"
+	"embed"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,10 +29,36 @@ const HelmVersion = "v3.19.0"
 // ErrNoHelm is returned when the helm binary has not been built.
 var ErrNoHelm = errors.New("helm " + HelmVersion + " not built: run hack/helm.sh")
 
-// Dir is the chart's directory.
+// Dir is the chart's directory in the source tree (for tests; programs use Render, which works
+// from the chart compiled into them).
 func Dir() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "herald")
+}
+
+// chart is the chart as built into the program (bin/lab runs from anywhere, built with -trimpath).
+//
+//go:embed all:herald
+var chart embed.FS
+
+// extract writes the built-in chart into a new directory under dir and returns its path.
+func extract(dir string) (string, error) {
+	root := filepath.Join(dir, "herald")
+	err := fs.WalkDir(chart, "herald", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		out := filepath.Join(dir, filepath.FromSlash(path))
+		if d.IsDir() {
+			return os.MkdirAll(out, 0o755)
+		}
+		b, err := chart.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(out, b, 0o644)
+	})
+	return root, err
 }
 
 // Helm returns the path of the cached helm binary, or ErrNoHelm.
@@ -69,10 +97,19 @@ func RunHelm(args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// Render runs helm template for release "herald" in namespace herald-system with the given
-// --set values (KEY=VALUE) and returns every object.
+// Render runs helm template on the built-in chart for release "herald" in namespace
+// herald-system with the given --set values (KEY=VALUE) and returns every object.
 func Render(sets ...string) ([]*unstructured.Unstructured, error) {
-	args := []string{"template", "herald", Dir(), "--namespace", "herald-system"}
+	tmp, err := os.MkdirTemp("", "herald-chart-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	dir, err := extract(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("writing the built-in chart: %w", err)
+	}
+	args := []string{"template", "herald", dir, "--namespace", "herald-system"}
 	for _, s := range sets {
 		args = append(args, "--set", s)
 	}
@@ -100,14 +137,18 @@ func Decode(manifest string) ([]*unstructured.Unstructured, error) {
 	}
 }
 
-// Workloads are the pod specs the chart runs the controller and the speakers with.
+// Workloads are the pod specs the chart runs the controller, the speakers and the uninstall
+// hook's cleanup with.
 type Workloads struct {
 	Controller corev1.PodSpec
 	Speaker    corev1.PodSpec
+	// Cleanup is the post-delete hook's DaemonSet (init containers wait-speaker-gone, cleanup);
+	// empty with cleanupOnUninstall=false.
+	Cleanup corev1.PodSpec
 }
 
-// RenderWorkloads renders the chart with the given values and returns the controller's and the
-// speaker's pod specs.
+// RenderWorkloads renders the chart with the given values and returns the controller's, the
+// speaker's and the cleanup hook's pod specs.
 func RenderWorkloads(sets ...string) (Workloads, error) {
 	objs, err := Render(sets...)
 	if err != nil {
@@ -118,11 +159,16 @@ func RenderWorkloads(sets ...string) (Workloads, error) {
 	if err := As(objs, "Deployment", "herald-controller", &d); err != nil {
 		return w, err
 	}
-	var ds appsv1.DaemonSet
-	if err := As(objs, "DaemonSet", "herald-speaker", &ds); err != nil {
+	var speaker, cleanup appsv1.DaemonSet
+	if err := As(objs, "DaemonSet", "herald-speaker", &speaker); err != nil {
 		return w, err
 	}
-	w.Controller, w.Speaker = d.Spec.Template.Spec, ds.Spec.Template.Spec
+	if Find(objs, "DaemonSet", "herald-cleanup") != nil {
+		if err := As(objs, "DaemonSet", "herald-cleanup", &cleanup); err != nil {
+			return w, err
+		}
+	}
+	w.Controller, w.Speaker, w.Cleanup = d.Spec.Template.Spec, speaker.Spec.Template.Spec, cleanup.Spec.Template.Spec
 	return w, nil
 }
 

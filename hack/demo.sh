@@ -26,6 +26,8 @@ systemctl disable --now bird.service >/dev/null 2>&1 || true
 
 echo "==> building the Kubernetes binaries the lab runs (once; cached)"
 hack/k8s-bins.sh >/dev/null
+echo "==> building helm (once; cached): the lab runs Herald as the chart renders it"
+hack/helm.sh >/dev/null
 
 echo "==> building Herald"
 mkdir -p bin

@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/heraldlb/herald/charts"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/proc"
 )
@@ -51,6 +52,9 @@ type Config struct {
 	Backend []string
 	// Binaries are the Kubernetes binaries; zero means the cached ones (hack/k8s-bins.sh).
 	Binaries controlplane.Binaries
+	// ChartValues are helm --set values (KEY=VALUE) for the chart whose controller and speaker
+	// containers the lab runs (chart.go); none: the chart's defaults.
+	ChartValues []string
 	// Logf reports progress; nil is silent.
 	Logf func(format string, args ...any)
 }
@@ -66,6 +70,12 @@ type State struct {
 	SecretFile   string                     `json:"secretFile"` // the speakers' shared key
 	BinDir       string                     `json:"binDir,omitempty"`
 	Backend      []string                   `json:"backend"`
+	// Chart holds the pod specs the chart renders for the ChartValues: the controller and the
+	// speakers run as their containers say (chart.go).
+	Chart       charts.Workloads `json:"chart"`
+	ChartValues []string         `json:"chartValues,omitempty"`
+	// TempDirs were made outside Dir (kubeconfigs for processes running as another user).
+	TempDirs []string `json:"tempDirs,omitempty"`
 	// Processes by role: "bird", "controller", "speaker/node1", "backend/node1-pod1".
 	Processes map[string]proc.Process `json:"processes"`
 }
@@ -144,9 +154,12 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	}
 	l := &Lab{logf: cfg.Logf, State: State{
 		Dir: cfg.Dir, Topology: topo, Kubectl: cfg.Binaries.Kubectl(),
-		BirdSocket: filepath.Join(cfg.Dir, "bird.ctl"), SecretFile: filepath.Join(cfg.Dir, "speaker-secret"),
+		BirdSocket: filepath.Join(cfg.Dir, "bird.ctl"), SecretFile: filepath.Join(cfg.Dir, "speaker-key", "key"),
 		BinDir: cfg.BinDir, Backend: cfg.Backend, Processes: map[string]proc.Process{},
 	}}
+	if err := l.RenderChart(cfg.ChartValues...); err != nil {
+		return nil, err
+	}
 	if err := l.save(); err != nil {
 		return nil, err
 	}
@@ -300,6 +313,11 @@ func Down(ctx context.Context, dir, prefix string) error {
 		if l.ControlPlane != nil {
 			l.ControlPlane.Stop()
 		}
+		for _, d := range l.TempDirs {
+			if err := os.RemoveAll(d); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	names, err := listNetns(prefix)
 	if err != nil {
@@ -326,7 +344,7 @@ func Down(ctx context.Context, dir, prefix string) error {
 	}
 	// Only what the lab writes: dir may be a directory the user chose for other things too.
 	for _, f := range []string{"state.json", "kubeconfig", "bird.conf", "bird.ctl", "bird.pid", "bird.log",
-		"speaker-secret", "logs", "cp"} {
+		"speaker-key", "logs", "cp"} {
 		if err := os.RemoveAll(filepath.Join(dir, f)); err != nil {
 			errs = append(errs, err)
 		}
@@ -405,7 +423,10 @@ func (l *Lab) writeSecret() error {
 	if _, err := rand.Read(raw); err != nil {
 		return err
 	}
-	return os.WriteFile(l.SecretFile, []byte(hex.EncodeToString(raw)+"\n"), 0o600)
+	if err := os.MkdirAll(filepath.Dir(l.SecretFile), 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(l.SecretFile, []byte(hex.EncodeToString(raw)+"\n"), 0o400)
 }
 
 func (l *Lab) hasBinary(name string) bool {

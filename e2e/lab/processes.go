@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/heraldlb/herald/charts"
 	"github.com/heraldlb/herald/e2e/proc"
 )
 
@@ -55,17 +59,17 @@ func (l *Lab) startBird() error {
 	}
 }
 
-// StartController starts the Herald controller (bin/controller) in the control plane's namespace,
-// replacing a running one.
+// StartController starts the Herald controller (bin/controller) in the control plane's namespace
+// as the chart's controller container runs it (chart.go), replacing a running one.
 func (l *Lab) StartController() error {
 	if p, ok := l.Processes[RoleController]; ok {
 		_ = p.Stop(5 * time.Second)
 	}
-	return l.start(RoleController, l.Topology.Host(HostControlPlane), nil,
-		filepath.Join(l.BinDir, "controller"), "--kubeconfig", l.Kubeconfig())
+	return l.startFromChart(RoleController, l.Topology.Host(HostControlPlane), &l.Chart.Controller, "controller", "")
 }
 
-// StartSpeaker starts the speaker (bin/speaker) of a node inside the node, replacing a running one.
+// StartSpeaker starts the speaker (bin/speaker) of a node inside the node as the chart's speaker
+// container runs it (chart.go), replacing a running one.
 func (l *Lab) StartSpeaker(node string) error {
 	h, err := l.node(node)
 	if err != nil {
@@ -74,9 +78,67 @@ func (l *Lab) StartSpeaker(node string) error {
 	if p, ok := l.Processes[SpeakerRole(node)]; ok {
 		_ = p.Stop(5 * time.Second)
 	}
-	return l.start(SpeakerRole(node), h, []string{"NODE_NAME=" + node},
-		filepath.Join(l.BinDir, "speaker"), "--node-name", node, "--kubeconfig", l.Kubeconfig(),
-		"--secret-file", l.SecretFile)
+	return l.startFromChart(SpeakerRole(node), h, &l.Chart.Speaker, "speaker", node)
+}
+
+// RenderChart renders the chart again with these values (helm --set KEY=VALUE): the
+// controller and speakers started from now on run as it says; running ones are left as they are.
+func (l *Lab) RenderChart(values ...string) error {
+	w, err := charts.RenderWorkloads(values...)
+	if err != nil {
+		return fmt.Errorf("rendering the chart (values %v): %w", values, err)
+	}
+	l.Chart, l.ChartValues = w, values
+	return l.save()
+}
+
+// startFromChart starts the named container of spec under role in host, for a pod on node.
+func (l *Lab) startFromChart(role string, host *Host, spec *corev1.PodSpec, container, node string) error {
+	p, err := l.chartProcess(role, spec, container, node)
+	if err != nil {
+		return err
+	}
+	return l.start(role, host, p.Env, p.command()...)
+}
+
+// chartProcess translates the named container of spec for a pod on node (chart.go) and, when
+// the pod would have ServiceAccount credentials, gives it a kubeconfig it can read instead.
+func (l *Lab) chartProcess(role string, spec *corev1.PodSpec, container, node string) (process, error) {
+	p, err := translate(spec, container, podContext{Node: node, Namespace: HeraldNamespace,
+		SecretDir: filepath.Dir(l.SecretFile), BinDir: l.BinDir})
+	if err != nil {
+		return p, fmt.Errorf("running the chart's %s container in the lab: %w", container, err)
+	}
+	if spec.AutomountServiceAccountToken != nil && !*spec.AutomountServiceAccountToken {
+		return p, nil // no in-cluster credentials: no kubeconfig either
+	}
+	kc, err := l.kubeconfigFor(role, p.UID)
+	if err != nil {
+		return p, err
+	}
+	p.Argv = append(p.Argv, "--kubeconfig="+kc)
+	return p, nil
+}
+
+// RunCleanupHook runs the chart's uninstall step on a node (the cleanup init container of the
+// post-delete hook: speaker --cleanup with the hook's arguments and capabilities) and returns its
+// output. Stop the node's speaker first, as the hook waits for it to be gone.
+func (l *Lab) RunCleanupHook(ctx context.Context, node string) ([]byte, error) {
+	h, err := l.node(node)
+	if err != nil {
+		return nil, err
+	}
+	if len(l.Chart.Cleanup.InitContainers) == 0 {
+		return nil, fmt.Errorf("the chart renders no cleanup hook (values %v)", l.ChartValues)
+	}
+	p, err := l.chartProcess("cleanup/"+node, &l.Chart.Cleanup, "cleanup", node)
+	if err != nil {
+		return nil, err
+	}
+	argv := inNetns(h.Netns, p.command()...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), p.Env...)
+	return cmd.CombinedOutput()
 }
 
 // SignalSpeaker sends sig to a node's speaker: SIGKILL to kill it, SIGSTOP to freeze it (SIGCONT

@@ -5,7 +5,8 @@
 //	func TestMain(m *testing.M) { labsuite.Main(m, "herald-bgpt-") }
 //	func TestX(t *testing.T)    { l := labsuite.Lab(t); ... }
 //
-// Without root, BIRD, arping, ndisc6 or the Kubernetes binaries (hack/k8s-bins.sh) the tests skip
+// Without root, BIRD, arping, ndisc6, the Kubernetes binaries (hack/k8s-bins.sh) or helm
+// (hack/helm.sh) the tests skip
 // with the reason, or fail when HERALD_REQUIRE_REAL=1. The Herald controller and speaker come from
 // $HERALD_BIN_DIR when set, else are built from ./cmd (a build failure fails the tests).
 package labsuite
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldlb/herald/charts"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/lab"
 )
@@ -101,6 +103,9 @@ func prerequisites() string {
 		}
 	}
 	if _, err := controlplane.CachedBinaries(); err != nil {
+		return err.Error()
+	}
+	if _, err := charts.Helm(); err != nil { // the lab runs Herald as the chart renders it
 		return err.Error()
 	}
 	return ""
