@@ -3,6 +3,7 @@ package speaker
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -38,34 +39,48 @@ func NewL2(s *Speaker, cfg l2.Config) *L2 {
 }
 
 // L2Policies computes, for every IP an L2Advertisement covers, the nodes that may answer for it and
-// on which interfaces. Several advertisements covering one IP add their nodes; their interface
-// lists are merged, and one advertisement without interfaces means "the subnet's interface".
+// on which interfaces. Several advertisements covering one IP add their nodes; a node answers on
+// the interfaces of the advertisements that select it, merged, where one of them without
+// interfaces means "the subnet's interface".
 func L2Policies(snap *Snapshot) map[netip.Addr]l2.Policy {
 	out := map[netip.Addr]l2.Policy{}
 	for _, ip := range snap.IPs {
-		var pol l2.Policy
-		anyDefault, matched := false, false
+		perNode := map[string][]string{}
+		subnetOnly := map[string]bool{}
+		matched := false
 		for _, adv := range snap.L2Advertisements {
 			if adv.DeletionTimestamp != nil || !snap.Selects(adv.Spec.AdvertisementSelection, ip) {
 				continue
 			}
 			matched = true
-			pol.Candidates = append(pol.Candidates, snap.Candidates(adv.Spec.AdvertisementSelection, ip)...)
-			if len(adv.Spec.Interfaces) == 0 {
-				anyDefault = true
+			for _, n := range snap.Candidates(adv.Spec.AdvertisementSelection, ip) {
+				if len(adv.Spec.Interfaces) == 0 {
+					subnetOnly[n] = true
+				}
+				perNode[n] = append(perNode[n], adv.Spec.Interfaces...)
 			}
-			pol.Interfaces = append(pol.Interfaces, adv.Spec.Interfaces...)
 		}
 		if !matched {
 			continue
 		}
-		slices.Sort(pol.Candidates)
-		pol.Candidates = slices.Compact(pol.Candidates)
-		if anyDefault {
-			pol.Interfaces = nil
-		} else {
-			slices.Sort(pol.Interfaces)
-			pol.Interfaces = slices.Compact(pol.Interfaces)
+		pol := l2.Policy{Candidates: slices.Sorted(maps.Keys(perNode))}
+		for n, ifs := range perNode {
+			if subnetOnly[n] {
+				perNode[n] = nil
+			} else {
+				slices.Sort(ifs)
+				perNode[n] = slices.Compact(ifs)
+			}
+		}
+		// Usually every candidate answers on the same interfaces: one list for all.
+		if len(pol.Candidates) > 0 {
+			pol.Interfaces = perNode[pol.Candidates[0]]
+			for _, n := range pol.Candidates[1:] {
+				if !slices.Equal(perNode[n], pol.Interfaces) {
+					pol.Interfaces, pol.NodeInterfaces = nil, perNode
+					break
+				}
+			}
 		}
 		out[ip.IP] = pol
 	}

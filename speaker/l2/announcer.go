@@ -123,7 +123,8 @@ func (a *Announcer) SetIPs(ips map[netip.Addr]Policy) {
 	}
 	a.mu.Lock()
 	changed := !maps.EqualFunc(a.ips, ips, func(x, y Policy) bool {
-		return slices.Equal(x.Candidates, y.Candidates) && slices.Equal(x.Interfaces, y.Interfaces)
+		return slices.Equal(x.Candidates, y.Candidates) && slices.Equal(x.Interfaces, y.Interfaces) &&
+			maps.EqualFunc(x.NodeInterfaces, y.NodeInterfaces, slices.Equal)
 	})
 	a.ips = ips
 	a.mu.Unlock()
@@ -274,7 +275,7 @@ func (a *Announcer) decode(name string, payload []byte) NodeState {
 func (a *Announcer) selectedLinks(ip netip.Addr, pol Policy) []Link {
 	var out []Link
 	for _, l := range a.links {
-		if canAnswer([]Link{l}, ip, pol.Interfaces) {
+		if canAnswer([]Link{l}, ip, pol.InterfacesOf(a.cfg.Node)) {
 			out = append(out, l)
 		}
 	}

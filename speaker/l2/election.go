@@ -14,6 +14,18 @@ type Policy struct {
 	Candidates []string
 	// Interfaces from the L2Advertisement; empty means the interface whose subnet holds the IP.
 	Interfaces []string
+	// NodeInterfaces replaces Interfaces for the candidates it names: when the advertisements
+	// that select different nodes name different interfaces, each node answers on those of the
+	// advertisements that select it (nil: the subnet's interface).
+	NodeInterfaces map[string][]string
+}
+
+// InterfacesOf returns the interfaces node answers for the IP on (empty: the subnet's).
+func (p Policy) InterfacesOf(node string) []string {
+	if ifs, ok := p.NodeInterfaces[node]; ok {
+		return ifs
+	}
+	return p.Interfaces
 }
 
 // Member is one alive node as the election sees it.
@@ -236,7 +248,7 @@ func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
 	out := e.eligibleBuf[:0]
 	for _, n := range pol.Candidates {
 		m, alive := r.Members[n]
-		if alive && canAnswer(m.State.Links, ip, pol.Interfaces) {
+		if alive && canAnswer(m.State.Links, ip, pol.InterfacesOf(n)) {
 			out = append(out, n)
 		}
 	}

@@ -267,6 +267,25 @@ func TestNamedInterfaces(t *testing.T) {
 	}
 }
 
+// TestInterfacesPerNode: each node is judged on its own interfaces. All three have the segment's
+// eth0; the policy gives two of them a link they lack, so only the third may answer.
+func TestInterfacesPerNode(t *testing.T) {
+	c := newCluster(t, []string{"node-a", "node-b", "node-c"}, 3)
+	for ip, pol := range c.ips {
+		pol.NodeInterfaces = map[string][]string{"node-a": {"eth9"}, "node-b": {"eth9"}}
+		c.ips[ip] = pol
+	}
+	c.run(time.Second)
+	for ip, owner := range c.ownerOf() {
+		if owner != "node-c" {
+			t.Errorf("%s owned by %s, want node-c (the others' interface eth9 does not exist)", ip, owner)
+		}
+	}
+	if got := (Policy{Interfaces: []string{"eth1"}, NodeInterfaces: map[string][]string{"x": nil}}).InterfacesOf("x"); got != nil {
+		t.Errorf("a node listed with nil interfaces answers on the subnet's, got %v", got)
+	}
+}
+
 func TestConflictingClaimsResolveToOne(t *testing.T) {
 	// After a partition in a two-node cluster heals both nodes own every IP.
 	c := newCluster(t, []string{"node-a", "node-b"}, 8)
