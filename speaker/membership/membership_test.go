@@ -254,19 +254,29 @@ func TestStallDefersAndGivesPeersTheBenefitOfTheDoubt(t *testing.T) {
 	}
 }
 
-// threadsInClass lists this process's threads whose scheduling policy (field 41 of
-// /proc/self/task/N/stat) is policy.
-func threadsInClass(policy int) []string {
-	var out []string
+// threadStat returns, per thread of this process, the value of field n (1-based, as in proc(5))
+// of /proc/self/task/TID/stat.
+func threadStat(n int) map[string]string {
+	out := map[string]string{}
 	tasks, _ := os.ReadDir("/proc/self/task")
 	for _, task := range tasks {
 		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/stat")
 		if err != nil {
 			continue // the thread exited
 		}
+		// Fields from 3 on follow the command, which is in parentheses and may hold spaces.
 		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		if f[38] == strconv.Itoa(policy) {
-			out = append(out, task.Name())
+		out[task.Name()] = f[n-3]
+	}
+	return out
+}
+
+// threadsInClass lists this process's threads whose scheduling policy (field 41) is policy.
+func threadsInClass(policy int) []string {
+	var out []string
+	for tid, p := range threadStat(41) {
+		if p == strconv.Itoa(policy) {
+			out = append(out, tid)
 		}
 	}
 	return out
@@ -301,16 +311,9 @@ func TestRaisePriority(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer RaisePriority(0)
-	tasks, _ := os.ReadDir("/proc/self/task")
-	for _, task := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/stat")
-		if err != nil {
-			continue // the thread exited
-		}
-		// Field 19 of stat is the nice value; fields after the command in parentheses.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		if f[16] != "-5" {
-			t.Errorf("thread %s has nice %s, want -5", task.Name(), f[16])
+	for tid, nice := range threadStat(19) {
+		if nice != "-5" {
+			t.Errorf("thread %s has nice %s, want -5", tid, nice)
 		}
 	}
 }
