@@ -33,7 +33,7 @@ type Backend struct {
 	// incremental commits incremental syncs: the nft session on a node, nft itself in tests.
 	incremental transactionRunner
 	// committed is what the last successful sync put in the kernel, per Service.
-	committed map[types.NamespacedName]*fragment
+	committed map[types.NamespacedName]*packedFragment
 	// refs counts the Services holding each shared element (two Services may share a hairpin
 	// endpoint or a masquerade NodePort key); the element lives while any holds it.
 	refs map[elementKey]int
@@ -65,7 +65,7 @@ func New() (*Backend, error) {
 // NewWithInterface returns a backend on a given knftables interface (a knftables.Fake in
 // tests) that commits every sync through it.
 func NewWithInterface(nft knftables.Interface) *Backend {
-	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*fragment{}, refs: map[elementKey]int{}}
+	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*packedFragment{}, refs: map[elementKey]int{}}
 }
 
 // Close ends the nft session, if one runs; the rules stay.
@@ -85,10 +85,10 @@ func (b *Backend) LastTransactionSize() int { return b.lastTx }
 // incremental one diffs each changed Service's fragment against what was committed.
 func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	tx := b.nft.NewTransaction()
-	var next map[types.NamespacedName]*fragment
+	var next map[types.NamespacedName]*packedFragment
 	var nextRefs map[elementKey]int
 	if req.Full {
-		next = make(map[types.NamespacedName]*fragment, len(req.State.Services))
+		next = make(map[types.NamespacedName]*packedFragment, len(req.State.Services))
 		nextRefs = map[elementKey]int{}
 		// "add" first so that "delete" cannot fail on a node where the table never existed.
 		tx.Add(&knftables.Table{})
@@ -97,22 +97,20 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 		empty := newFragment()
 		for svc, ports := range req.State.Services {
 			fr := render(ports)
-			next[svc] = fr
 			diff(tx, empty, fr, plainRefs(nextRefs))
+			if p := pack(fr); p != nil {
+				next[svc] = p
+			}
 		}
 	} else {
-		next = make(map[types.NamespacedName]*fragment, len(req.Changed))
+		next = make(map[types.NamespacedName]*packedFragment, len(req.Changed))
 		nextRefs = make(map[elementKey]int)
 		// Work on copies of the refcounts that change, so a failed transaction leaves b intact.
 		refs := overlayRefs{base: b.refs, delta: nextRefs}
 		for _, svc := range sortedNames(req.Changed) {
-			old := b.committed[svc]
-			if old == nil {
-				old = newFragment()
-			}
 			fr := render(req.State.Services[svc])
-			diff(tx, old, fr, refs)
-			next[svc] = fr
+			diff(tx, b.committed[svc].unpack(), fr, refs)
+			next[svc] = pack(fr)
 		}
 	}
 	run := b.incremental.Run
@@ -128,11 +126,11 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 		b.warmSession(ctx)
 		return nil
 	}
-	for svc, fr := range next {
-		if len(fr.chains) == 0 && len(fr.sets) == 0 && len(fr.elements) == 0 {
+	for svc, p := range next {
+		if p == nil {
 			delete(b.committed, svc)
 		} else {
-			b.committed[svc] = fr
+			b.committed[svc] = p
 		}
 	}
 	for k, n := range nextRefs {
@@ -154,10 +152,10 @@ func (b *Backend) warmSession(ctx context.Context) {
 	if !ok || s.running() {
 		return
 	}
-	for _, fr := range b.committed {
-		for k, v := range fr.elements {
+	for _, p := range b.committed {
+		if e, ok := p.anyElement(); ok {
 			tx := b.nft.NewTransaction()
-			tx.Add(element(k, v))
+			tx.Add(element(e.elementKey, e.value))
 			_ = s.Run(ctx, tx) // a failure costs only the warm-up; the next sync has its own
 			return
 		}
@@ -172,7 +170,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	if err := b.nft.Run(ctx, tx); err != nil {
 		return err
 	}
-	b.committed, b.refs = map[types.NamespacedName]*fragment{}, map[elementKey]int{}
+	b.committed, b.refs = map[types.NamespacedName]*packedFragment{}, map[elementKey]int{}
 	return nil
 }
 
