@@ -56,6 +56,21 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
+// preparingAnnouncer records the snapshot it is prepared with, and whether it came first.
+type preparingAnnouncer struct {
+	recordingAnnouncer
+	prepared     *Snapshot
+	appliedFirst bool
+}
+
+func (p *preparingAnnouncer) Prepare(_ context.Context, s *Snapshot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.prepared, p.appliedFirst = s, p.last != nil
+}
+
+func (p *preparingAnnouncer) Announcements() []v1beta1.Announcement { return nil }
+
 // TestSpeakerAgainstARealAPIServer: the speaker builds its snapshot from real objects (pools,
 // advertisements, Services, Nodes, EndpointSlices through the data plane's local-endpoint view),
 // writes its SpeakerStatus, finds its membership peers from SpeakerStatuses, and puts one event on
@@ -110,6 +125,8 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	}
 	rec := &recordingAnnouncer{}
 	spk.AddAnnouncer(rec)
+	prep := &preparingAnnouncer{}
+	spk.AddAnnouncer(prep)
 	var peersMu sync.Mutex
 	var peers map[string]netip.AddrPort
 	if err := spk.WatchPeers(ctx, 9652, func(p map[string]netip.AddrPort) { peersMu.Lock(); peers = p; peersMu.Unlock() }); err != nil {
@@ -125,6 +142,12 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	eventually(t, "web's IP with candidate b (the node with its endpoint)", func() bool {
 		return slices.Equal(rec.policies()[ip].Candidates, []string{"b"})
 	})
+	// A Preparer got, before any snapshot, one with the configuration but without Services.
+	prep.mu.Lock()
+	if prep.prepared == nil || prep.appliedFirst || len(prep.prepared.IPs) != 0 || len(prep.prepared.L2Advertisements) != 1 || len(prep.prepared.Nodes) != 3 {
+		t.Errorf("Prepare: snapshot %+v, after a full one: %v; want one before any, with the configuration and no IPs", prep.prepared, prep.appliedFirst)
+	}
+	prep.mu.Unlock()
 	// The endpoint moves to c: so does the candidacy.
 	slice.Endpoints[0].NodeName = ptr.To("c")
 	if err := c.Update(ctx, slice); err != nil {
