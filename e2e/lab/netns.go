@@ -114,6 +114,17 @@ func ListenPacketIn(ns, network, address string) (net.PacketConn, error) {
 	return c, err
 }
 
+// ListenIn opens a listening socket inside the named namespace.
+func ListenIn(ns, network, address string) (net.Listener, error) {
+	var l net.Listener
+	err := doInNetns(ns, func() error {
+		var err error
+		l, err = net.Listen(network, address)
+		return err
+	})
+	return l, err
+}
+
 // doInNetns runs fn on a locked OS thread switched into ns. If the thread cannot be switched back,
 // it stays locked so the runtime discards it rather than reuse a thread in the wrong namespace.
 func doInNetns(ns string, fn func() error) error {
