@@ -5,11 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,11 +20,12 @@ import (
 
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
@@ -30,12 +33,16 @@ import (
 	"github.com/heraldlb/herald/e2e/proc"
 )
 
-var heraldProxyKubeconfig = flag.String("herald-proxy", "", "internal: run Herald's data plane against this kubeconfig until SIGTERM")
+var (
+	heraldProxyKubeconfig = flag.String("herald-proxy", "", "internal: run Herald's data plane against this kubeconfig until SIGTERM")
+	proxies               = flag.String("proxies", "kube-proxy,herald", "the proxies the side-by-side comparison runs")
+	heapProfile           = flag.String("heap-profile", "", "write the heap profile of Herald's side-by-side process to this file when it stops")
+)
 
 const benchNode = "bench-node"
 
-// runHeraldProxy is the helper role: Herald's embedded data plane (nftables), fed by informers
-// from the apiserver, exactly as the speaker runs it.
+// runHeraldProxy is the helper role: Herald's embedded data plane (nftables) as the speaker
+// runs it, fed by the informers of the speaker's cache (which also feed its local-endpoint view).
 func runHeraldProxy(kubeconfig string) {
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -45,19 +52,41 @@ func runHeraldProxy(kubeconfig string) {
 	cs := kubernetes.NewForConfigOrDie(rc)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	view := dataplane.NewLocalEndpoints()
-	f := informers.NewSharedInformerFactory(cs, 0)
-	if err := view.Register(f.Discovery().V1().EndpointSlices().Informer()); err != nil {
+	c, err := crcache.New(rc, crcache.Options{})
+	if err != nil {
 		fail("%v", err)
 	}
-	f.Start(ctx.Done())
+	services, err := c.GetInformer(ctx, &corev1.Service{})
+	if err != nil {
+		fail("%v", err)
+	}
+	slices, err := c.GetInformer(ctx, &discoveryv1.EndpointSlice{})
+	if err != nil {
+		fail("%v", err)
+	}
+	view := dataplane.NewLocalEndpoints()
+	if err := view.Register(slices); err != nil {
+		fail("%v", err)
+	}
+	go c.Start(ctx)
 	cache.WaitForCacheSync(ctx.Done(), view.HasSynced)
 	d, err := embedded.New(ctx, embedded.Options{Mode: "nftables", NodeName: benchNode, Client: cs, LocalEndpoints: view,
-		HealthAddr: "127.0.0.1:10256"})
+		HealthAddr: "127.0.0.1:10256", Services: services, EndpointSlices: slices})
 	if err != nil {
 		fail("%v", err)
 	}
 	d.Run(ctx)
+	if *heapProfile != "" {
+		f, err := os.Create(*heapProfile)
+		if err != nil {
+			fail("%v", err)
+		}
+		defer f.Close()
+		runtime.GC() // the profile shows the heap as of the last collection: make that now
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			fail("heap profile: %v", err)
+		}
+	}
 }
 
 // versusKubeProxy runs a real apiserver and, one after the other, kube-proxy v1.34.4 in nftables
@@ -112,7 +141,7 @@ func versusKubeProxy(services, endpoints int) {
 		full, change time.Duration
 		hwm          float64
 	}
-	measure := func(name string, argv []string, table, mapName string, extra int) result {
+	measure := func(name string, argv []string, dispatch dispatchMap, extra int) result {
 		p, err := proc.Start(name, wrap(argv), filepath.Join(dir, name+".log"), nil)
 		if err != nil {
 			fail("%v", err)
@@ -121,27 +150,44 @@ func versusKubeProxy(services, endpoints int) {
 		atExit(func() { p.Stop(10 * time.Second) })
 		defer p.Stop(10 * time.Second)
 		start := time.Now()
-		waitElement(ns, table, mapName, last, 10*time.Minute, p)
-		full := time.Since(start)
+		programmed, err := dispatch.waitFor(last, 10*time.Minute, p.Alive)
+		if err != nil {
+			fail("%s: %v\n%s", name, err, p.Tail(3000))
+		}
+		watch, err := dispatch.watch()
+		if err != nil {
+			fail("%s: watching element events: %v", name, err)
+		}
+		defer watch.close()
 		newIP := createServices(ctx, cs, services+extra, 1, endpoints)[0]
-		changeStart := time.Now()
-		waitElement(ns, table, mapName, newIP, time.Minute, p)
-		change := time.Since(changeStart)
-		return result{full, change, peakRSS(p.PID)}
+		created := time.Now()
+		live, err := watch.until(newIP, time.Minute)
+		if err != nil {
+			fail("%s: %v\n%s", name, err, p.Tail(3000))
+		}
+		return result{programmed.Sub(start), live.Sub(created), peakRSS(p.PID)}
 	}
-	kp := measure("kube-proxy", []string{kubeProxy, "--kubeconfig=" + cp.Kubeconfig, "--proxy-mode=nftables",
-		"--hostname-override=" + benchNode, "--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249",
-		"--nodeport-addresses=127.0.0.0/8", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16"},
-		"ip kube-proxy", "service-ips", 0)
-	run("ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "kube-proxy")
-	run("ip", "netns", "exec", ns, "nft", "delete", "table", "ip6", "kube-proxy")
-	hp := measure("herald", []string{self, "-herald-proxy", cp.Kubeconfig}, "inet herald", "service-ips4", 1)
-
-	desc := fmt.Sprintf("%d Services x %d endpoints, real apiserver", services, endpoints)
-	for _, r := range []struct {
+	type side struct {
 		who string
 		r   result
-	}{{"kube-proxy v1.34.4 nftables", kp}, {"Herald nftables data plane", hp}} {
+	}
+	var sides []side
+	if slices.Contains(strings.Split(*proxies, ","), "kube-proxy") {
+		kp := measure("kube-proxy", []string{kubeProxy, "--kubeconfig=" + cp.Kubeconfig, "--proxy-mode=nftables",
+			"--hostname-override=" + benchNode, "--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249",
+			"--nodeport-addresses=127.0.0.0/8", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16"},
+			kubeProxyMap.in(ns), 0)
+		run("ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "kube-proxy")
+		run("ip", "netns", "exec", ns, "nft", "delete", "table", "ip6", "kube-proxy")
+		sides = append(sides, side{"kube-proxy v1.34.4 nftables", kp})
+	}
+	if slices.Contains(strings.Split(*proxies, ","), "herald") {
+		hp := measure("herald", []string{self, "-herald-proxy", cp.Kubeconfig, "-heap-profile=" + *heapProfile}, heraldMap.in(ns), 1)
+		sides = append(sides, side{"Herald nftables data plane", hp})
+	}
+
+	desc := fmt.Sprintf("%d Services x %d endpoints, real apiserver", services, endpoints)
+	for _, r := range sides {
 		bench(r.who+": process start to every Service programmed, "+desc, r.r.full.Seconds(), "s", "")
 		bench(r.who+": one new Service, creation to rule in the kernel, "+desc, ms(r.r.change), "ms", "")
 		bench(r.who+": peak RSS, "+desc, r.r.hwm, "MiB", "")
@@ -150,8 +196,8 @@ func versusKubeProxy(services, endpoints int) {
 
 // createServices creates n Services (NodePort for even indexes) with one EndpointSlice each, from
 // index first on, 16 at a time, and returns their ClusterIPs.
-func createServices(ctx context.Context, cs kubernetes.Interface, first, n, endpoints int) []string {
-	ips := make([]string, n)
+func createServices(ctx context.Context, cs kubernetes.Interface, first, n, endpoints int) []netip.Addr {
+	ips := make([]netip.Addr, n)
 	var wg sync.WaitGroup
 	work := make(chan int)
 	for range 16 {
@@ -177,7 +223,7 @@ func createServices(ctx context.Context, cs kubernetes.Interface, first, n, endp
 					_, err := cs.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{})
 					return err
 				})
-				ips[i] = created.Spec.ClusterIP
+				ips[i] = netip.MustParseAddr(created.Spec.ClusterIP)
 			}
 		}()
 	}
@@ -187,22 +233,6 @@ func createServices(ctx context.Context, cs kubernetes.Interface, first, n, endp
 	close(work)
 	wg.Wait()
 	return ips
-}
-
-// waitElement polls for a ClusterIP's dispatch element (a lookup, not a listing) in ns.
-func waitElement(ns, table, mapName, ip string, limit time.Duration, p proc.Process) {
-	fam, name, _ := strings.Cut(table, " ")
-	deadline := time.Now().Add(limit)
-	for {
-		err := exec.Command("ip", "netns", "exec", ns, "nft", "get", "element", fam, name, mapName, "{ "+ip+" . tcp . 80 }").Run()
-		if err == nil {
-			return
-		}
-		if !p.Alive() || time.Now().After(deadline) {
-			fail("%s never programmed %s:\n%s", p.Name, ip, p.Tail(3000))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func peakRSS(pid int) float64 {
