@@ -71,6 +71,10 @@ func run() error {
 	default:
 		return fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables or off", *dataplaneMode)
 	}
+	timing, err := failoverTiming(*detectAfter)
+	if err != nil {
+		return err
+	}
 	if *cleanup {
 		// Membership and L2 keep no state outside the process (responders are sockets); the
 		// data plane's tables, IPVS services, dummy link and sysctls are removed here.
@@ -104,10 +108,6 @@ func run() error {
 
 	if err := membership.RaisePriority(membership.Nice); err != nil {
 		log.Warn("speaker: cannot raise its CPU priority (CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
-	}
-	timing, err := failoverTiming(*detectAfter)
-	if err != nil {
-		return err
 	}
 	// Membership runs with L2 off too: it costs a few datagrams, it keeps MembersAlive in the
 	// SpeakerStatus, and the uninstall hook waits for its port to be free (speaker gone).

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/heraldlb/herald/e2e/lab"
+	"github.com/heraldlb/herald/internal/realapi"
+	"github.com/heraldlb/herald/speaker/l2"
+)
+
+var (
+	buildOnce sync.Once
+	built     string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built != "" {
+		os.RemoveAll(filepath.Dir(built))
+	}
+	os.Exit(code)
+}
+
+// build builds this command once per test binary.
+func build(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "herald-speaker-test-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		built = filepath.Join(dir, "speaker")
+		if out, err := exec.Command("go", "build", "-o", built, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return built
+}
+
+func TestFailoverTiming(t *testing.T) {
+	def := l2.DefaultElectionTiming
+	for _, tc := range []struct {
+		detect, heartbeat, dead, settle time.Duration
+		err                             bool
+	}{
+		{detect: 0, settle: def.Settle}, // membership's defaults
+		{detect: time.Second, heartbeat: 200 * time.Millisecond, dead: time.Second, settle: 1200 * time.Millisecond},
+		{detect: 250 * time.Millisecond, heartbeat: 50 * time.Millisecond, dead: 250 * time.Millisecond, settle: max(def.Settle, 300*time.Millisecond)},
+		{detect: 50 * time.Millisecond, err: true},
+		{detect: -time.Second, err: true},
+	} {
+		got, err := failoverTiming(tc.detect)
+		if (err != nil) != tc.err {
+			t.Errorf("%s: error %v, want error %v", tc.detect, err, tc.err)
+			continue
+		}
+		if tc.err {
+			continue
+		}
+		if got.heartbeat != tc.heartbeat || got.deadAfter != tc.dead || got.election.Settle != tc.settle ||
+			got.election.RebalanceAfter != def.RebalanceAfter {
+			t.Errorf("%s: heartbeat %s dead %s settle %s, want %s %s %s", tc.detect, got.heartbeat, got.deadAfter, got.election.Settle,
+				tc.heartbeat, tc.dead, tc.settle)
+		}
+	}
+}
+
+// TestProbes runs the real speaker in a network namespace of its own (never in the machine's)
+// against a real apiserver, reached through a forwarder on the namespace's loopback, as a user
+// who may not list anything yet: alive, not ready, the failing check named. Once the user is
+// granted access, the caches sync and the speaker becomes ready.
+func TestProbes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
+			t.Fatal("needs root (a network namespace for the speaker)")
+		}
+		t.Skip("needs root (a network namespace for the speaker)")
+	}
+	api := realapi.Start(t)
+	dir := t.TempDir()
+	bin := build(t)
+	ns := fmt.Sprintf("herald-spkt-%d", os.Getpid())
+	_ = exec.Command("ip", "netns", "del", ns).Run() // a leftover of an earlier run
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v\n%s", err, out)
+	}
+	apiURL, err := url.Parse(api.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forward(t, ns, "127.0.0.1:6443", apiURL.Host)
+
+	// The speaker's kubeconfig: the admin's credentials impersonating a user without RBAC.
+	const user = "herald-probe-test"
+	kcfg, err := clientcmd.LoadFromFile(api.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range kcfg.Clusters {
+		c.Server = "https://127.0.0.1:6443"
+	}
+	for _, a := range kcfg.AuthInfos {
+		a.Impersonate = user
+	}
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kcfg, kc); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(key, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "speaker.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", "netns", "exec", ns, bin, "--node-name=node1", "--kubeconfig="+kc, "--secret-file="+key,
+		"--dataplane=off", "--metrics-addr=127.0.0.1:9651")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("speaker log:\n%s", log)
+		}
+	})
+
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: lab.DialerIn(ns)}}
+	get := func(path string) (int, string) {
+		resp, err := client.Get("http://127.0.0.1:9651" + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor := func(path string, want int, timeout time.Duration) string {
+		t.Helper()
+		for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
+			code, body := get(path)
+			if code == want {
+				return body
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d %q, want %d", path, code, body, want)
+			}
+		}
+	}
+	if body := waitFor("/healthz", http.StatusOK, 60*time.Second); body != "ok" {
+		t.Errorf("/healthz: %q", body)
+	}
+	time.Sleep(2 * time.Second) // long enough to sync, were it allowed to list
+	code, body := get("/readyz")
+	if code != http.StatusInternalServerError || !strings.Contains(body, "[-]caches failed") || !strings.Contains(body, "[+]dataplane ok") {
+		t.Errorf("/readyz while forbidden to list: %d %q, want 500 with caches failing and the (off) data plane ok", code, body)
+	}
+
+	cs := kubernetes.NewForConfigOrDie(api.Config)
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(context.Background(), &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: user},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The informers retry with back-off (up to 30 s between attempts).
+	if body := waitFor("/readyz?verbose", http.StatusOK, 90*time.Second); !strings.Contains(body, "[+]caches ok") {
+		t.Errorf("/readyz?verbose once allowed: %q", body)
+	}
+}
+
+// forward accepts TCP connections on listen inside ns and connects each to target in the
+// machine's namespace (loopback only).
+func forward(t *testing.T, ns, listen, target string) {
+	t.Helper()
+	ln, err := lab.ListenIn(ns, "tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				t.Logf("forwarding to %s: %v", target, err)
+				in.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(out, in); out.Close() }()
+			go func() { _, _ = io.Copy(in, out); in.Close() }()
+		}
+	}()
+}
+
+// TestBadFlagsRefused: values the chart's schema also refuses never start a speaker.
+func TestBadFlagsRefused(t *testing.T) {
+	bin := build(t)
+	for _, args := range [][]string{{"--log-level=verbose"}, {"--failover-detect-after=50ms", "--node-name=n", "--secret-file=/nonexistent"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		cancel()
+		flagName := strings.SplitN(strings.TrimPrefix(args[0], "--"), "=", 2)[0]
+		if err == nil || !strings.Contains(string(out), flagName) {
+			t.Errorf("%v: %v, output %q: want a refusal naming --%s", args, err, out, flagName)
+		}
+	}
+}
