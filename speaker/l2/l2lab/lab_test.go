@@ -590,6 +590,14 @@ func TestIdleUnderCPULoad(t *testing.T) {
 	time.Sleep(soak)
 	// Near misses (a live peer silent for over half the dead time) tell how much margin was left.
 	t.Logf("late heartbeats during the soak: %d", count("membership: late heartbeat")-lateBefore)
+	for _, node := range l.Nodes {
+		b, _ := os.ReadFile(filepath.Join(l.Dir, node.Name+".log"))
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "membership: late heartbeat") || strings.Contains(line, "real-time") {
+				t.Log(line)
+			}
+		}
+	}
 	if got := changes() - before; got != 0 {
 		t.Errorf("%d ownership changes in %v idle under CPU load", got, soak)
 	}
