@@ -182,8 +182,16 @@ func (p *Proxy) sync(ctx context.Context) error {
 		p.opts.OnSynced(&p.state)
 	}
 	p.recordSync(start)
+	if w, ok := p.opts.Backend.(warmUpper); ok && req.Full {
+		w.WarmUp(ctx)
+	}
 	return nil
 }
+
+// warmUpper is a backend with work worth doing right after a full sync, once the sync is
+// recorded, rather than in the time of the next change (the nftables backend starts its nft
+// session).
+type warmUpper interface{ WarmUp(ctx context.Context) }
 
 // Services is how many Services the last successful sync committed (for SpeakerStatus).
 func (p *Proxy) Services() int {

@@ -123,7 +123,6 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	b.lastTx = tx.NumOperations()
 	if req.Full {
 		b.committed, b.refs = next, nextRefs
-		b.warmSession(ctx)
 		return nil
 	}
 	for svc, p := range next {
@@ -143,11 +142,12 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	return nil
 }
 
-// warmSession starts the nft session, if it does not run, with a transaction that changes
-// nothing: it re-adds one element just committed. The first element command of a new nft
-// process costs ~70 ms with 10,000 Services (later ones ~10), and that should not be paid by
-// the first change after a (re)start.
-func (b *Backend) warmSession(ctx context.Context) {
+// WarmUp starts the nft session, if it does not run, with a transaction that changes
+// nothing: it re-adds one committed element. The first element command of a new nft process
+// costs ~70 ms with 10,000 Services (later ones ~10), and that should not be paid by the first
+// change after a (re)start. The proxy calls it after a full sync; like Sync, it must run in the
+// network namespace the rules belong to.
+func (b *Backend) WarmUp(ctx context.Context) {
 	s, ok := b.incremental.(*session)
 	if !ok || s.running() {
 		return

@@ -7,6 +7,7 @@ import (
 
 	"sigs.k8s.io/knftables"
 
+	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/internal/netnstest"
 )
 
@@ -115,5 +116,39 @@ func TestSessionFallsBackWithoutInteractiveNFT(t *testing.T) {
 	}
 	if got := listTable(lab, ns); !strings.Contains(got, "chain via-fallback") {
 		t.Fatalf("fallback transaction not applied:\n%s", got)
+	}
+}
+
+// After a full sync the proxy warms the session up: the nft process runs before any change
+// waits for it, and the warm-up changes nothing.
+func TestWarmUpStartsTheSessionAndChangesNothing(t *testing.T) {
+	netnstest.Require(t, "nft")
+	lab := netnstest.New(t, "herald-dpt-warm-")
+	ns := lab.AddNS("node")
+	var b *Backend
+	if err := netnstest.Do(ns, func() (err error) { b, err = New(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	st := state(svcPort("ns", "a", "10.96.0.1", 80, ep("10.1.0.1", 80, false)))
+	err := netnstest.Do(ns, func() error {
+		return b.Sync(context.Background(), dataplane.SyncRequest{State: st, Changed: all(st), Full: true})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := b.incremental.(*session)
+	if s.running() {
+		t.Fatal("a full sync started the session: it should go to nft -f")
+	}
+	before := listTable(lab, ns)
+	if err := netnstest.Do(ns, func() error { b.WarmUp(context.Background()); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !s.running() {
+		t.Fatal("WarmUp did not start the nft session")
+	}
+	if after := listTable(lab, ns); after != before {
+		t.Fatalf("WarmUp changed the table:\n%s\nwas:\n%s", after, before)
 	}
 }
