@@ -206,6 +206,13 @@ func TestRenderWorkloads(t *testing.T) {
 	if len(s.Env) < 2 || s.Env[0].Name != "NODE_NAME" || s.SecurityContext.Capabilities == nil {
 		t.Errorf("speaker env %v, security context %+v", s.Env, s.SecurityContext)
 	}
+	if ic := w.Cleanup.InitContainers; len(ic) != 2 || ic[1].Name != "cleanup" || strings.Join(ic[1].Command, " ") != "/usr/local/bin/speaker --cleanup --dataplane=off" {
+		t.Errorf("cleanup hook init containers %+v", ic)
+	}
+	w, err = RenderWorkloads("cleanupOnUninstall=false")
+	if err != nil || len(w.Cleanup.InitContainers) != 0 || len(w.Speaker.Containers) != 1 {
+		t.Errorf("without the cleanup hook: %v, %+v", err, w.Cleanup)
+	}
 }
 
 func TestTemplateValueSets(t *testing.T) {
