@@ -20,7 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -32,22 +31,6 @@ import (
 func TestMain(m *testing.M) { labsuite.Main(m, "herald-bge-") }
 
 func needLab(t *testing.T) *lab.Lab { return labsuite.Lab(t) }
-
-func gvr(resource string) schema.GroupVersionResource {
-	return schema.GroupVersionResource{Group: "herald.io", Version: "v1beta1", Resource: resource}
-}
-
-// create makes a cluster-scoped herald.io object and deletes it when the test ends.
-func create(t *testing.T, dyn dynamic.Interface, resource, kind, name string, spec map[string]any) {
-	t.Helper()
-	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "herald.io/v1beta1", "kind": kind, "metadata": map[string]any{"name": name}, "spec": spec,
-	}}
-	if _, err := dyn.Resource(gvr(resource)).Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating %s %s: %v", kind, name, err)
-	}
-	t.Cleanup(func() { _ = dyn.Resource(gvr(resource)).Delete(context.Background(), name, metav1.DeleteOptions{}) })
-}
 
 // routesOf returns, per BIRD protocol, the routes BIRD holds for prefix.
 func routesOf(ctx context.Context, l *lab.Lab, prefix netip.Prefix) (map[string]lab.BirdRoute, error) {
@@ -102,22 +85,22 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 	c := kubernetes.NewForConfigOrDie(rc)
 	router := l.Topology.Host(lab.HostRouter)
 
-	create(t, dyn, "bfdprofiles", "BFDProfile", "fast", map[string]any{
+	labsuite.Create(t, dyn, "bfdprofiles", "BFDProfile", "fast", map[string]any{
 		"receiveInterval": int64(100), "transmitInterval": int64(100), "detectMultiplier": int64(3),
 	})
 	for _, peer := range []struct {
 		name string
 		addr netip.Addr
 	}{{"router-v4", router.IPv4}, {"router-v6", router.IPv6}} {
-		create(t, dyn, "bgppeers", "BGPPeer", peer.name, map[string]any{
+		labsuite.Create(t, dyn, "bgppeers", "BGPPeer", peer.name, map[string]any{
 			"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": peer.addr.String(),
 			"holdTime": "9s", "bfdProfile": "fast",
 		})
 	}
-	create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp", map[string]any{
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp", map[string]any{
 		"addresses": []any{lab.BGPPoolV4, lab.BGPPoolV6},
 	})
-	create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp", map[string]any{
+	labsuite.Create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp", map[string]any{
 		"ipAddressPools": []any{"bgp"}, "communities": []any{"65000:77"},
 	})
 
@@ -175,7 +158,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 
 	// The node's SpeakerStatus shows both sessions Established with BFD Up.
 	waitFor(t, 20*time.Second, "node1's SpeakerStatus", func() (bool, string) {
-		st, err := dyn.Resource(gvr("speakerstatuses")).Get(ctx, nodes[0].Name, metav1.GetOptions{})
+		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, nodes[0].Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -252,11 +235,11 @@ func TestLocalTrafficPolicyFollowsEndpoints(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(rc)
 	c := kubernetes.NewForConfigOrDie(rc)
 	router := l.Topology.Host(lab.HostRouter)
-	create(t, dyn, "bgppeers", "BGPPeer", "local-v4", map[string]any{
+	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "local-v4", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
 	})
-	create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp-local", map[string]any{"addresses": []any{"10.79.0.128/25"}})
-	create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp-local", map[string]any{"ipAddressPools": []any{"bgp-local"}})
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp-local", map[string]any{"addresses": []any{"10.79.0.128/25"}})
+	labsuite.Create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp-local", map[string]any{"ipAddressPools": []any{"bgp-local"}})
 
 	ip := netip.MustParseAddr("10.79.0.200")
 	svc := lab.LoadBalancerService("bgp-e2e-local", "web")
@@ -315,10 +298,10 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(rc)
 	c := kubernetes.NewForConfigOrDie(rc)
 	router := l.Topology.Host(lab.HostRouter)
-	create(t, dyn, "bgppeers", "BGPPeer", "good-v6", map[string]any{
+	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "good-v6", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv6.String(),
 	})
-	create(t, dyn, "bgppeers", "BGPPeer", "no-secret", map[string]any{
+	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "no-secret", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
 		"passwordSecret": map[string]any{"name": "missing"},
 	})
@@ -335,7 +318,7 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 		return false, fmt.Sprint(len(events.Items), " events")
 	})
 	waitFor(t, 30*time.Second, "condition Valid False (SecretNotFound) on BGPPeer no-secret", func() (bool, string) {
-		peer, err := dyn.Resource(gvr("bgppeers")).Get(ctx, "no-secret", metav1.GetOptions{})
+		peer, err := dyn.Resource(labsuite.HeraldResource("bgppeers")).Get(ctx, "no-secret", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -349,7 +332,7 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 	})
 	node := l.Nodes()[0].Name
 	waitFor(t, 30*time.Second, "good-v6 established and no-secret absent in "+node+"'s SpeakerStatus", func() (bool, string) {
-		st, err := dyn.Resource(gvr("speakerstatuses")).Get(ctx, node, metav1.GetOptions{})
+		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -377,11 +360,11 @@ func TestClientBehindRouterReachesService(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(rc)
 	c := kubernetes.NewForConfigOrDie(rc)
 	router := l.Topology.Host(lab.HostRouter)
-	create(t, dyn, "bgppeers", "BGPPeer", "reach-v4", map[string]any{
+	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "reach-v4", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
 	})
-	create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp-reach", map[string]any{"addresses": []any{"10.79.0.64/26"}})
-	create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp-reach", map[string]any{"ipAddressPools": []any{"bgp-reach"}})
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "bgp-reach", map[string]any{"addresses": []any{"10.79.0.64/26"}})
+	labsuite.Create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "bgp-reach", map[string]any{"ipAddressPools": []any{"bgp-reach"}})
 	ip := netip.MustParseAddr("10.79.0.70")
 	svc := lab.LoadBalancerService("bgp-e2e-reach", "web")
 	svc.Spec.IPFamilyPolicy = nil
@@ -404,7 +387,7 @@ func TestClientBehindRouterReachesService(t *testing.T) {
 		routes, err := routesOf(ctx, l, prefix)
 		return err == nil && len(routes) == len(l.Nodes()), fmt.Sprint(protocols(routes), err)
 	})
-	st, err := dyn.Resource(gvr("speakerstatuses")).Get(ctx, l.Nodes()[0].Name, metav1.GetOptions{})
+	st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, l.Nodes()[0].Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,8 +24,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -207,22 +205,6 @@ func TestHeartbeatsFollowFailoverTiming(t *testing.T) {
 	}
 }
 
-func gvr(resource string) schema.GroupVersionResource {
-	return schema.GroupVersionResource{Group: "herald.io", Version: "v1beta1", Resource: resource}
-}
-
-// create makes a cluster-scoped herald.io object and deletes it when the test ends.
-func create(t *testing.T, dyn dynamic.Interface, resource, kind, name string, spec map[string]any) {
-	t.Helper()
-	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "herald.io/v1beta1", "kind": kind, "metadata": map[string]any{"name": name}, "spec": spec,
-	}}
-	if _, err := dyn.Resource(gvr(resource)).Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating %s %s: %v", kind, name, err)
-	}
-	t.Cleanup(func() { _ = dyn.Resource(gvr(resource)).Delete(context.Background(), name, metav1.DeleteOptions{}) })
-}
-
 // restartSpeakers renders the chart with vals and restarts every speaker from it.
 func restartSpeakers(t *testing.T, l *lab.Lab, vals ...string) {
 	t.Helper()
@@ -275,10 +257,10 @@ func TestL2AndBGPSwitches(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(rc)
 	cs := kubernetes.NewForConfigOrDie(rc)
 	ip := netip.MustParseAddr("10.77.0.230")
-	create(t, dyn, "ipaddresspools", "IPAddressPool", "switches", map[string]any{"addresses": []any{ip.String() + "/32"}, "autoAssign": false})
-	create(t, dyn, "l2advertisements", "L2Advertisement", "switches", map[string]any{"ipAddressPools": []any{"switches"}})
-	create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "switches", map[string]any{"ipAddressPools": []any{"switches"}})
-	create(t, dyn, "bgppeers", "BGPPeer", "router-v4", map[string]any{
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "switches", map[string]any{"addresses": []any{ip.String() + "/32"}, "autoAssign": false})
+	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "switches", map[string]any{"ipAddressPools": []any{"switches"}})
+	labsuite.Create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "switches", map[string]any{"ipAddressPools": []any{"switches"}})
+	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "router-v4", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": l.Topology.Host(lab.HostRouter).IPv4.String(),
 		"holdTime": "9s",
 	})

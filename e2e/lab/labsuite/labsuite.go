@@ -20,6 +20,11 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+
 	"github.com/heraldlb/herald/charts"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/lab"
@@ -152,4 +157,24 @@ func dumpLogs(dir string) {
 		}
 		fmt.Printf("----- %s (tail)\n%s\n", f, b)
 	}
+}
+
+// HeraldResource is the herald.io/v1beta1 resource of that plural name ("bgppeers").
+func HeraldResource(resource string) schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: "herald.io", Version: "v1beta1", Resource: resource}
+}
+
+// Create makes a cluster-scoped herald.io/v1beta1 object (resource is the kind's plural) and
+// deletes it when the test ends.
+func Create(t testing.TB, dyn dynamic.Interface, resource, kind, name string, spec map[string]any) {
+	t.Helper()
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "herald.io/v1beta1", "kind": kind, "metadata": map[string]any{"name": name}, "spec": spec,
+	}}
+	if _, err := dyn.Resource(HeraldResource(resource)).Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating %s %s: %v", kind, name, err)
+	}
+	t.Cleanup(func() {
+		_ = dyn.Resource(HeraldResource(resource)).Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
 }
