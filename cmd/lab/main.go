@@ -77,8 +77,9 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage: lab [--dir DIR] [--prefix herald-] COMMAND
-  up [--nodes 3] [--pods-per-node 1] [--bin-dir DIR] [--crds DIR]
-                         build the lab (an earlier one is removed first)
+  up [--nodes 3] [--pods-per-node 1] [--bin-dir DIR] [--crds DIR] [--set KEY=VALUE]...
+                         build the lab (an earlier one is removed first); Herald runs as the
+                         Helm chart renders it with these values (e.g. --set dataplane.mode=nftables)
   down                   remove every namespace, link, process and file the lab made
   status                 hosts, addresses, processes, BGP sessions
   demo                   up, then a LoadBalancer Service walk-through (CI=true: no pauses)
@@ -105,9 +106,14 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 	pods := fs.Int("pods-per-node", 1, "backend pods behind each node")
 	bins := fs.String("bin-dir", binDir, "directory holding Herald's controller and speaker (those missing are not started)")
 	crds := fs.String("crds", filepath.Join(binDir, "..", "config", "crd"), "directory of CRD manifests to install")
+	var values []string
+	fs.Func("set", "a Helm chart value KEY=VALUE (repeatable): the controller and speakers run as the chart renders them", func(v string) error {
+		values = append(values, v)
+		return nil
+	})
 	_ = fs.Parse(args)
 	l, err := lab.Up(ctx, lab.Config{
-		Dir: dir, Prefix: prefix, Nodes: *nodes, PodsPerNode: *pods, BinDir: *bins, CRDDir: *crds,
+		Dir: dir, Prefix: prefix, Nodes: *nodes, PodsPerNode: *pods, BinDir: *bins, CRDDir: *crds, ChartValues: values,
 		Logf: func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
 	})
 	if err != nil {
