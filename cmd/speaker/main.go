@@ -25,6 +25,8 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/heraldlb/herald/config"
@@ -63,8 +65,10 @@ func run() error {
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	slog.SetDefault(log)
-	// The informer cache (controller-runtime) logs through logr: into the same handler.
+	// The informer cache (controller-runtime, logr) and client-go (klog) log into the same
+	// handler, so --log-level governs them too.
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
+	klog.SetSlogLogger(log)
 
 	switch *dataplaneMode {
 	case "auto", "ipvs", "nftables", "off":
@@ -154,14 +158,26 @@ func run() error {
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
+	// The speaker starts before the data plane is decided: deciding probes nftables and IPVS,
+	// which takes up to a second or two on a busy node, while the caches load and the BGP
+	// sessions open (a restarted speaker's routes are back that much sooner).
+	var dataplaneRunning atomic.Pointer[embedded.DataPlane]
+	spk.AddStatusSource(func(st *v1beta1.SpeakerStatusStatus) {
+		if dp := dataplaneRunning.Load(); dp != nil {
+			st.Dataplane = dp.Status()
+		}
+	})
+	speakerDone := make(chan error, 1)
+	go func() { speakerDone <- spk.Run(ctx) }()
+
 	// The data plane (service proxy): decided by --dataplane, fed by the speaker's own Service
-	// and EndpointSlice informers (one copy of each object), answering health checks from the
-	// same local-endpoint view as the announcers.
-	services, err := spk.Cache().GetInformer(ctx, &corev1.Service{})
+	// and EndpointSlice informers (one copy of each object; not waiting for them to sync), answering
+	// health checks from the same local-endpoint view as the announcers.
+	services, err := spk.Cache().GetInformer(ctx, &corev1.Service{}, crcache.BlockUntilSynced(false))
 	if err != nil {
 		return err
 	}
-	slices, err := spk.Cache().GetInformer(ctx, &discoveryv1.EndpointSlice{})
+	slices, err := spk.Cache().GetInformer(ctx, &discoveryv1.EndpointSlice{}, crcache.BlockUntilSynced(false))
 	if err != nil {
 		return err
 	}
@@ -175,7 +191,7 @@ func run() error {
 			log.Error("speaker: dataplane", "err", err)
 		}
 	}()
-	spk.AddStatusSource(func(st *v1beta1.SpeakerStatusStatus) { st.Dataplane = dp.Status() })
+	dataplaneRunning.Store(dp)
 	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend(), "l2", *l2On, "bgp", *bgpOn,
 		"heartbeat", timing.heartbeat, "failoverDetectAfter", timing.deadAfter)
 
@@ -185,7 +201,7 @@ func run() error {
 		"caches":    health.Condition(cachesSynced.Load, "the speaker's informer caches have not synced yet"),
 		"dataplane": health.Condition(dp.Synced, "the data plane has not programmed its first sync yet"),
 	})
-	err = spk.Run(ctx)
+	err = <-speakerDone
 	time.Sleep(100 * time.Millisecond)
 	return err
 }
