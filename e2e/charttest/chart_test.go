@@ -111,6 +111,18 @@ func TestProcessesRunAsTheChartSays(t *testing.T) {
 		if nnp := statusField(t, p.PID, "NoNewPrivs"); nnp != "1" {
 			t.Errorf("%s speaker NoNewPrivs %s, want 1 (allowPrivilegeEscalation: false)", n.Name, nnp)
 		}
+		// Those capabilities are all it needs: nothing it does was refused (netlink, nft, raw
+		// sockets, TCP 179, raised and real-time priority).
+		log, err := os.ReadFile(p.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, refused := range []string{"operation not permitted", "permission denied", "CAP_"} {
+			if i := bytes.Index(bytes.ToLower(log), bytes.ToLower([]byte(refused))); i >= 0 {
+				line := log[bytes.LastIndexByte(log[:i], '\n')+1:]
+				t.Errorf("%s speaker was refused something: %s", n.Name, line[:bytes.IndexByte(append(line, '\n'), '\n')])
+			}
+		}
 	}
 	ctrl, ok := l.Processes[lab.RoleController]
 	if !ok || !ctrl.Alive() {
