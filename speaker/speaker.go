@@ -243,6 +243,7 @@ func (s *Speaker) prepare(ctx context.Context) {
 	}
 	snap, err := s.buildSnapshot(ctx, false)
 	if err != nil {
+		s.cfg.Logger.Warn("speaker: no early start (BGP sessions open with the first full snapshot)", "err", err)
 		return
 	}
 	for _, p := range preparers {
