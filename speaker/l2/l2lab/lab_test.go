@@ -589,7 +589,9 @@ func TestIdleUnderCPULoad(t *testing.T) {
 	var burners []*exec.Cmd
 	for range 8 * runtime.NumCPU() {
 		c := exec.Command("sh", "-c", "while :; do :; done")
-		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		// Pdeathsig: a test killed by its timeout runs no deferred function; the burners must
+		// not outlive it.
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
