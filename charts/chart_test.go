@@ -157,9 +157,7 @@ func TestTemplateDefaults(t *testing.T) {
 	}
 	sc := ps.Containers[0]
 	checkProbes(t, "speaker", sc)
-	if sc.SecurityContext.Privileged == nil || !*sc.SecurityContext.Privileged {
-		t.Errorf("speaker with the data plane on (auto) is not privileged: %+v", sc.SecurityContext)
-	}
+	checkPrivilegedOnlyForSysctls(t, ps, "auto")
 	if len(ps.Tolerations) != 1 || ps.Tolerations[0].Operator != corev1.TolerationOpExists {
 		t.Errorf("speaker tolerations %+v: want to run on every node", ps.Tolerations)
 	}
@@ -215,8 +213,30 @@ func TestRenderWorkloads(t *testing.T) {
 	}
 }
 
+// checkPrivilegedOnlyForSysctls checks a speaker pod whose data plane may be IPVS: the speaker
+// runs on capabilities, and one privileged init container sets the sysctls, keeping their old
+// values in /run/herald.
+func checkPrivilegedOnlyForSysctls(t *testing.T, ps corev1.PodSpec, mode string) {
+	t.Helper()
+	if p := ps.Containers[0].SecurityContext.Privileged; p != nil && *p {
+		t.Errorf("speaker container privileged with dataplane.mode=%s", mode)
+	}
+	if caps := ps.Containers[0].SecurityContext.Capabilities; caps == nil || len(caps.Add) == 0 {
+		t.Errorf("speaker container without capabilities: %+v", ps.Containers[0].SecurityContext)
+	}
+	ic := ps.InitContainers
+	if len(ic) != 1 || strings.Join(ic[0].Command, " ") != "/usr/local/bin/speaker --prepare-sysctls --dataplane="+mode ||
+		ic[0].SecurityContext.Privileged == nil || !*ic[0].SecurityContext.Privileged {
+		t.Fatalf("dataplane.mode=%s: init containers %+v, want one privileged speaker --prepare-sysctls", mode, ic)
+	}
+	if len(ps.Volumes) != 2 || ps.Volumes[1].HostPath == nil || ps.Volumes[1].HostPath.Path != "/run/herald" ||
+		len(ic[0].VolumeMounts) != 1 || ic[0].VolumeMounts[0].MountPath != "/run/herald" {
+		t.Errorf("volumes %+v, init mounts %+v: want the key and /run/herald, mounted by the init step", ps.Volumes, ic[0].VolumeMounts)
+	}
+}
+
 func TestTemplateValueSets(t *testing.T) {
-	// Only the IPVS backend writes sysctls; nftables and off need capabilities only.
+	// Only the IPVS backend needs sysctls (set by an init step); nftables and off have none.
 	for _, tc := range []struct{ sets, wantCaps string }{
 		{"dataplane.mode=off", "NET_ADMIN,NET_RAW,SYS_NICE,NET_BIND_SERVICE"},
 		{"dataplane.mode=nftables", "NET_ADMIN,NET_RAW,SYS_NICE,NET_BIND_SERVICE"},
@@ -235,21 +255,19 @@ func TestTemplateValueSets(t *testing.T) {
 			if strings.Join(add, ",") != tc.wantCaps || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
 				t.Errorf("capabilities: add %v drop %v, want add %s drop ALL", add, sc.Capabilities.Drop, tc.wantCaps)
 			}
-			for _, v := range daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Volumes {
+			ps := daemonSet(t, objs, "herald-speaker").Spec.Template.Spec
+			for _, v := range ps.Volumes {
 				if v.HostPath != nil {
 					t.Errorf("host path %s mounted without the IPVS data plane", v.HostPath.Path)
 				}
 			}
+			if len(ps.InitContainers) != 0 {
+				t.Errorf("init containers %+v without the IPVS data plane", ps.InitContainers)
+			}
 		})
 	}
-	t.Run("ipvs: privileged, sysctl state on the node", func(t *testing.T) {
-		ps := daemonSet(t, render(t, "dataplane.mode=ipvs"), "herald-speaker").Spec.Template.Spec
-		if p := ps.Containers[0].SecurityContext.Privileged; p == nil || !*p {
-			t.Error("speaker with the IPVS data plane is not privileged (it writes sysctls)")
-		}
-		if len(ps.Volumes) != 2 || ps.Volumes[1].HostPath == nil || ps.Volumes[1].HostPath.Path != "/run/herald" {
-			t.Errorf("volumes %+v: want the key and /run/herald", ps.Volumes)
-		}
+	t.Run("ipvs: a privileged init step sets the sysctls, the speaker runs on capabilities", func(t *testing.T) {
+		checkPrivilegedOnlyForSysctls(t, daemonSet(t, render(t, "dataplane.mode=ipvs"), "herald-speaker").Spec.Template.Spec, "ipvs")
 	})
 	t.Run("monitoring on", func(t *testing.T) {
 		objs := render(t, "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true",
@@ -339,8 +357,17 @@ func TestRenderedFlagsExist(t *testing.T) {
 				u := Find(objs, component.kind, component.name)
 				containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
 				args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+				// Init steps run the same binary with flags in their command (speaker --prepare-sysctls).
+				flags := slices.Clone(args)
+				inits, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "initContainers")
+				for _, c := range inits {
+					if cmd, _, _ := unstructured.NestedStringSlice(c.(map[string]any), "command"); len(cmd) > 0 &&
+						filepath.Base(cmd[0]) == filepath.Base(component.pkg) {
+						flags = append(flags, cmd[1:]...)
+					}
+				}
 				var missing []string
-				for _, a := range args {
+				for _, a := range flags {
 					name := strings.TrimPrefix(strings.SplitN(a, "=", 2)[0], "--")
 					if !have[name] {
 						missing = append(missing, "--"+name)

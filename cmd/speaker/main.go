@@ -56,6 +56,7 @@ func run() error {
 		metricsAddr   = flag.String("metrics-addr", ":9651", "address of /metrics and of the probes /healthz and /readyz")
 		lbClass       = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
 		cleanup       = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")
+		prepare       = flag.Bool("prepare-sysctls", false, "set the sysctls the data plane chosen by --dataplane needs (IPVS), then exit: for a privileged init step, so the speaker itself needs no write access to /proc/sys")
 		l2On          = flag.Bool("l2", true, "announce Service IPs with ARP/NDP (L2Advertisements); false: never answer ARP/NDP")
 		bgpOn         = flag.Bool("bgp", true, "announce Service IPs to BGP peers (BGPAdvertisements, BGPPeers); false: no BGP session, nothing listens on TCP 179")
 		detectAfter   = flag.Duration("failover-detect-after", 0, "how long a silent speaker is given before another node takes its L2 addresses over; heartbeats go every fifth of it (at least 100ms; 0: the built-in 250ms, heartbeats every 50ms)")
@@ -86,6 +87,12 @@ func run() error {
 			return fmt.Errorf("cleanup: %w", err)
 		}
 		log.Info("speaker: cleanup done")
+		return nil
+	}
+	if *prepare {
+		if err := embedded.PrepareSysctls(context.Background(), *dataplaneMode, log); err != nil {
+			return fmt.Errorf("prepare-sysctls: %w", err)
+		}
 		return nil
 	}
 	if *nodeName == "" {

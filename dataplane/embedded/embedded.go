@@ -79,7 +79,7 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 	if opts.HealthTimeout == 0 {
 		opts.HealthTimeout = 60 * time.Second
 	}
-	decision, err := mode.Decide(ctx, opts.Mode, mode.Probes{KubeProxy: mode.KubeProxyRules, IPVS: ipvs.Probe})
+	decision, err := decide(ctx, opts.Mode)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +93,7 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 	case mode.NFTables:
 		d.backend, err = nftables.New()
 	case mode.IPVS:
-		d.backend, err = ipvs.New(ipvs.Options{StrictARP: true})
+		d.backend, err = ipvs.New(ipvsOptions)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s backend: %w", decision.Backend, err)
@@ -181,6 +181,33 @@ func (d *DataPlane) node() *corev1.Node {
 		return nil
 	}
 	return n
+}
+
+// ipvsOptions are the IPVS backend's: strict ARP, so only the announcing node answers ARP for a
+// Service IP even though every node holds it on herald-ipvs0.
+var ipvsOptions = ipvs.Options{StrictARP: true}
+
+func decide(ctx context.Context, modeName string) (mode.Decision, error) {
+	return mode.Decide(ctx, modeName, mode.Probes{KubeProxy: mode.KubeProxyRules, IPVS: ipvs.Probe})
+}
+
+// PrepareSysctls decides the backend as New would and sets the sysctls it needs (only IPVS has
+// any), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
+// speaker itself runs unprivileged (/proc/sys is read-only there) and finds them set.
+func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) error {
+	decision, err := decide(ctx, modeName)
+	if err != nil {
+		return err
+	}
+	if decision.Backend != mode.IPVS {
+		log.Info("dataplane: no sysctls to set", "backend", decision.Backend, "reason", decision.Reason)
+		return nil
+	}
+	if err := ipvs.ApplySysctls(ipvsOptions); err != nil {
+		return err
+	}
+	log.Info("dataplane: sysctls for IPVS set", "reason", decision.Reason)
+	return nil
 }
 
 // Cleanup removes everything either backend made on this node (speaker --cleanup). The IPVS

@@ -82,18 +82,12 @@ func New(opts Options) (*Backend, error) {
 			return nil, fmt.Errorf("nftables: %w", err)
 		}
 	}
-	if opts.Sysctls == nil {
-		opts.Sysctls = ProcSysctls{}
-	}
-	if opts.SysctlStateFile == "" {
-		opts.SysctlStateFile = DefaultSysctlStateFile
-	}
 	if opts.TerminationGrace == 0 {
 		opts.TerminationGrace = DefaultTerminationGrace
 	}
 	return &Backend{
 		links:      opts.Links,
-		sysctls:    &sysctlKeeper{s: opts.Sysctls, stateFile: opts.SysctlStateFile},
+		sysctls:    newSysctlKeeper(opts),
 		strict:     opts.StrictARP,
 		vs:         newVirtualServers(opts.Handle, opts.TerminationGrace),
 		fw:         newFirewall(opts.NFT),

@@ -50,6 +50,26 @@ type sysctlKeeper struct {
 	stateFile string
 }
 
+func newSysctlKeeper(opts Options) *sysctlKeeper {
+	k := &sysctlKeeper{s: opts.Sysctls, stateFile: opts.SysctlStateFile}
+	if k.s == nil {
+		k.s = ProcSysctls{}
+	}
+	if k.stateFile == "" {
+		k.stateFile = DefaultSysctlStateFile
+	}
+	return k
+}
+
+// ApplySysctls sets the sysctls a Backend with these options needs (opts.Sysctls,
+// SysctlStateFile and StrictARP count), recording the values it replaces for Cleanup, as the
+// Backend's first Sync does. Why: /proc/sys is read-only in an unprivileged container, so the
+// chart runs this in a privileged init step (speaker --prepare-sysctls); the speaker's Backend then
+// finds every value already set, writes nothing, and needs no privilege.
+func ApplySysctls(opts Options) error {
+	return newSysctlKeeper(opts).apply(opts.StrictARP)
+}
+
 func (k *sysctlKeeper) apply(strictARP bool) error {
 	saved, err := k.load()
 	if err != nil {

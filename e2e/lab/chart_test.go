@@ -57,14 +57,22 @@ func TestTranslateChart(t *testing.T) {
 		t.Errorf("controller command %q", cmd)
 	}
 
-	// Defaults (data plane auto): the speaker and the cleanup step are privileged, run as they are.
+	// Defaults (data plane auto): the speaker runs on capabilities; its sysctls init step and the
+	// cleanup step are privileged, run as they are.
 	w = renderWorkloads(t)
 	spk, err = translate(&w.Speaker, "speaker", pod)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !spk.Privileged || spk.command()[0] != "/lab/bin/speaker" {
+	if spk.Privileged || !strings.HasPrefix(strings.Join(spk.command(), " "), "setpriv ") {
 		t.Errorf("default speaker: privileged %v, command %q", spk.Privileged, spk.command())
+	}
+	prep, err := translate(&w.Speaker, "sysctls", pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !prep.Privileged || !slices.Equal(prep.command(), []string{"/lab/bin/speaker", "--prepare-sysctls", "--dataplane=auto"}) {
+		t.Errorf("sysctls init step: privileged %v, command %q", prep.Privileged, prep.command())
 	}
 	clean, err := translate(&w.Cleanup, "cleanup", pod)
 	if err != nil {

@@ -69,7 +69,8 @@ func (l *Lab) StartController() error {
 }
 
 // StartSpeaker starts the speaker (bin/speaker) of a node inside the node as the chart's speaker
-// container runs it (chart.go), replacing a running one.
+// pod runs it (chart.go): its init steps to completion (speaker --prepare-sysctls), then the
+// speaker container, replacing a running one.
 func (l *Lab) StartSpeaker(node string) error {
 	h, err := l.node(node)
 	if err != nil {
@@ -77,6 +78,14 @@ func (l *Lab) StartSpeaker(node string) error {
 	}
 	if p, ok := l.Processes[SpeakerRole(node)]; ok {
 		_ = p.Stop(5 * time.Second)
+	}
+	for _, c := range l.Chart.Speaker.InitContainers {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := l.runToCompletion(ctx, h, &l.Chart.Speaker, c.Name, node)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("speaker of %s: init step %s: %w\n%s", node, c.Name, err, out)
+		}
 	}
 	return l.startFromChart(SpeakerRole(node), h, &l.Chart.Speaker, "speaker", node)
 }
@@ -131,7 +140,13 @@ func (l *Lab) RunCleanupHook(ctx context.Context, node string) ([]byte, error) {
 	if len(l.Chart.Cleanup.InitContainers) == 0 {
 		return nil, fmt.Errorf("the chart renders no cleanup hook (values %v)", l.ChartValues)
 	}
-	p, err := l.chartProcess("cleanup/"+node, &l.Chart.Cleanup, "cleanup", node)
+	return l.runToCompletion(ctx, h, &l.Chart.Cleanup, "cleanup", node)
+}
+
+// runToCompletion runs the named container of spec, for a pod on node, inside host and returns
+// its output once it exits.
+func (l *Lab) runToCompletion(ctx context.Context, h *Host, spec *corev1.PodSpec, container, node string) ([]byte, error) {
+	p, err := l.chartProcess(container+"/"+node, spec, container, node)
 	if err != nil {
 		return nil, err
 	}

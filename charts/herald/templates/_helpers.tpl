@@ -40,19 +40,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if ne .Values.dataplane.mode "off" -}}true{{- end -}}
 {{- end -}}
 
-{{/* The IPVS backend writes sysctls at runtime (dataplane/ipvs/sysctls.go): auto may choose it. */}}
+{{/* The IPVS backend needs sysctls (dataplane/ipvs/sysctls.go): auto may choose it. The speaker
+pod then sets them in a privileged init step (speaker --prepare-sysctls); the speaker itself finds
+them set and runs on capabilities alone. */}}
 {{- define "herald.writesSysctls" -}}
 {{- if has .Values.dataplane.mode (list "auto" "ipvs") -}}true{{- end -}}
 {{- end -}}
 
-{{/* The speaker container's security context: the capabilities it needs, and privileged only
-for the IPVS backend's sysctls (see values.yaml, dataplane). */}}
+{{/* The speaker container's security context: the capabilities it needs, never privileged. */}}
 {{- define "herald.speakerSecurityContext" -}}
-{{- if include "herald.writesSysctls" . -}}
-# The IPVS data plane writes net.* sysctls (ip_forward, net.ipv4.vs.*, strict ARP) at runtime and
-# restores them on cleanup; /proc/sys is read-only in unprivileged containers.
-privileged: true
-{{- else -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
@@ -70,5 +66,4 @@ capabilities:
     # GoBGP listens on TCP 179 for routers that connect first (speaker/bgp/announcer.go ListenPort).
     - NET_BIND_SERVICE
     {{- end }}
-{{- end }}
 {{- end -}}
