@@ -52,7 +52,9 @@ func TestSysctlsRestoredByALaterProcess(t *testing.T) {
 // readOnlySysctls is /proc/sys as an unprivileged container sees it.
 type readOnlySysctls struct{ fakeSysctls }
 
-func (readOnlySysctls) Set(name, _ string) error { return fmt.Errorf("%s: read-only file system", name) }
+func (readOnlySysctls) Set(name, _ string) error {
+	return fmt.Errorf("%s: read-only file system", name)
+}
 
 // TestPreparedSysctlsNeedNoWrites: once ApplySysctls ran (the chart's privileged init step), the
 // speaker's backend, with /proc/sys read-only, syncs without writing a sysctl; without it, the
