@@ -82,7 +82,9 @@ func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
 		cfg.LBClass = config.DefaultLoadBalancerClass
 	}
 	scheme := Scheme()
-	c, err := cache.New(cfg.RestConfig, cache.Options{Scheme: scheme})
+	// Managed fields are never read here; with thousands of Services and EndpointSlices (shared
+	// with the data plane) they are a large part of the cache.
+	c, err := cache.New(cfg.RestConfig, cache.Options{Scheme: scheme, DefaultTransform: cache.TransformStripManagedFields()})
 	if err != nil {
 		return nil, fmt.Errorf("speaker: cache: %w", err)
 	}
