@@ -2,9 +2,11 @@ package l2lab
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -162,4 +164,17 @@ func solicitationTarget(f []byte) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	return netip.AddrFrom16([16]byte(f[eth+ip6+8 : eth+ip6+24])), true
+}
+
+// groupPorts returns the switch ports the bridge's multicast database holds group on.
+func (l *Lab) groupPorts(ctx context.Context, group netip.Addr) []string {
+	out, _ := l.Exec(ctx, l.SwitchNS, "bridge", "mdb", "show", "dev", "br0")
+	var ports []string
+	for _, line := range strings.Split(string(out), "\n") {
+		// "dev br0 port n1 grp ff02::1:ff00:207 temp proto kernel"
+		if f := strings.Fields(line); len(f) >= 6 && f[2] == "port" && f[4] == "grp" && f[5] == group.String() {
+			ports = append(ports, f[3])
+		}
+	}
+	return ports
 }
