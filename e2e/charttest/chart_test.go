@@ -72,8 +72,11 @@ func statusField(t *testing.T, pid int, field string) string {
 func running(t *testing.T, p proc.Process, binary string) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		// exe names the new binary early in execve, before its arguments are in place: wait for
+		// both, or cmdline reads empty.
 		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
-		if err == nil && filepath.Base(exe) == binary {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
+		if err == nil && filepath.Base(exe) == binary && len(cmdline) > 0 {
 			return
 		}
 		if time.Now().After(deadline) {
