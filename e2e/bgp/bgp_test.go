@@ -20,8 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/e2e/lab"
@@ -47,21 +45,6 @@ func routesOf(ctx context.Context, l *lab.Lab, prefix netip.Prefix) (map[string]
 	return out, nil
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
-	t.Helper()
-	start := time.Now()
-	var last string
-	for time.Since(start) < timeout {
-		var ok bool
-		if ok, last = cond(); ok {
-			return time.Since(start)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %v; last: %s", what, timeout, last)
-	return 0
-}
-
 func protocols(routes map[string]lab.BirdRoute) []string {
 	var out []string
 	for p := range routes {
@@ -77,12 +60,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 		t.Fatal("no speaker in the lab")
 	}
 	ctx := context.Background()
-	rc, err := l.RESTConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn := dynamic.NewForConfigOrDie(rc)
-	c := kubernetes.NewForConfigOrDie(rc)
+	c, dyn := labsuite.Clients(t, l)
 	router := l.Topology.Host(lab.HostRouter)
 
 	labsuite.Create(t, dyn, "bfdprofiles", "BFDProfile", "fast", map[string]any{
@@ -128,7 +106,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 		suffix string
 	}{{v4, "v4"}, {v6, "v6"}} {
 		prefix := netip.PrefixFrom(fam.ip, fam.ip.BitLen())
-		took := waitFor(t, 60*time.Second, "routes for "+prefix.String()+" from every node", func() (bool, string) {
+		took := labsuite.WaitFor(t, 60*time.Second, "routes for "+prefix.String()+" from every node", func() (bool, string) {
 			routes, err := routesOf(ctx, l, prefix)
 			if err != nil {
 				return false, err.Error()
@@ -157,7 +135,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 	}
 
 	// The node's SpeakerStatus shows both sessions Established with BFD Up.
-	waitFor(t, 20*time.Second, "node1's SpeakerStatus", func() (bool, string) {
+	labsuite.WaitFor(t, 20*time.Second, "node1's SpeakerStatus", func() (bool, string) {
 		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, nodes[0].Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -178,7 +156,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 	if err := l.SignalSpeaker(nodes[1].Name, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	took := waitFor(t, 5*time.Second, "node2's route gone after SIGSTOP", func() (bool, string) {
+	took := labsuite.WaitFor(t, 5*time.Second, "node2's route gone after SIGSTOP", func() (bool, string) {
 		routes, err := routesOf(ctx, l, v4Prefix)
 		_, present := routes[nodes[1].Name+"v4"]
 		return err == nil && !present, fmt.Sprint(protocols(routes), err)
@@ -195,14 +173,14 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 	if err := l.SignalSpeaker(nodes[2].Name, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	took = waitFor(t, 5*time.Second, "node3's route gone after SIGTERM", func() (bool, string) {
+	took = labsuite.WaitFor(t, 5*time.Second, "node3's route gone after SIGTERM", func() (bool, string) {
 		routes, err := routesOf(ctx, l, v4Prefix)
 		_, present := routes[nodes[2].Name+"v4"]
 		return err == nil && !present, fmt.Sprint(protocols(routes), err)
 	})
 	t.Logf("stopped speaker's route gone from BIRD after %v", took)
 	// The log line may reach the file a moment after BIRD answered without the route.
-	waitFor(t, 5*time.Second, "a Cease from node3 in BIRD's log", func() (bool, string) {
+	labsuite.WaitFor(t, 5*time.Second, "a Cease from node3 in BIRD's log", func() (bool, string) {
 		logb, err := os.ReadFile(l.BirdLog())
 		return strings.Contains(string(logb), nodes[2].Name+"v4: Received: Peer de-configured"), fmt.Sprint(err)
 	})
@@ -211,14 +189,14 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 	}
 
 	// Deleting the Service withdraws it everywhere (node2 and node3 are back by then).
-	waitFor(t, 30*time.Second, "every node's route back", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "every node's route back", func() (bool, string) {
 		routes, err := routesOf(ctx, l, v4Prefix)
 		return err == nil && len(routes) == len(nodes), fmt.Sprint(protocols(routes), err)
 	})
 	if err := c.CoreV1().Services(created.Namespace).Delete(ctx, created.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "routes withdrawn after the Service was deleted", func() (bool, string) {
+	labsuite.WaitFor(t, 10*time.Second, "routes withdrawn after the Service was deleted", func() (bool, string) {
 		routes, err := routesOf(ctx, l, v4Prefix)
 		return err == nil && len(routes) == 0, fmt.Sprint(protocols(routes), err)
 	})
@@ -229,12 +207,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 func TestLocalTrafficPolicyFollowsEndpoints(t *testing.T) {
 	l := needLab(t)
 	ctx := context.Background()
-	rc, err := l.RESTConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn := dynamic.NewForConfigOrDie(rc)
-	c := kubernetes.NewForConfigOrDie(rc)
+	c, dyn := labsuite.Clients(t, l)
 	router := l.Topology.Host(lab.HostRouter)
 	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "local-v4", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
@@ -277,12 +250,12 @@ func TestLocalTrafficPolicyFollowsEndpoints(t *testing.T) {
 			return err == nil && len(routes) == 1 && ok, fmt.Sprint(protocols(routes), err)
 		}
 	}
-	waitFor(t, 60*time.Second, "route from node1 only", only(l.Nodes()[0].Name))
+	labsuite.WaitFor(t, 60*time.Second, "route from node1 only", only(l.Nodes()[0].Name))
 	// The endpoints move to node2: node1 withdraws, node2 advertises.
 	if err := l.SetEndpoints(ctx, c, created, node2Pods); err != nil {
 		t.Fatal(err)
 	}
-	took := waitFor(t, 10*time.Second, "route from node2 only", only(l.Nodes()[1].Name))
+	took := labsuite.WaitFor(t, 10*time.Second, "route from node2 only", only(l.Nodes()[1].Name))
 	t.Logf("route moved with the endpoints in %v", took)
 }
 
@@ -292,12 +265,7 @@ func TestLocalTrafficPolicyFollowsEndpoints(t *testing.T) {
 func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 	l := needLab(t)
 	ctx := context.Background()
-	rc, err := l.RESTConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn := dynamic.NewForConfigOrDie(rc)
-	c := kubernetes.NewForConfigOrDie(rc)
+	c, dyn := labsuite.Clients(t, l)
 	router := l.Topology.Host(lab.HostRouter)
 	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "good-v6", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv6.String(),
@@ -306,7 +274,7 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
 		"passwordSecret": map[string]any{"name": "missing"},
 	})
-	waitFor(t, 30*time.Second, "a SecretNotFound event on BGPPeer no-secret", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "a SecretNotFound event on BGPPeer no-secret", func() (bool, string) {
 		events, err := c.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=no-secret"})
 		if err != nil {
 			return false, err.Error()
@@ -318,7 +286,7 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 		}
 		return false, fmt.Sprint(len(events.Items), " events")
 	})
-	waitFor(t, 30*time.Second, "condition Valid False (SecretNotFound) on BGPPeer no-secret", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "condition Valid False (SecretNotFound) on BGPPeer no-secret", func() (bool, string) {
 		peer, err := dyn.Resource(labsuite.HeraldResource("bgppeers")).Get(ctx, "no-secret", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -332,7 +300,7 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 		return false, fmt.Sprint(conds)
 	})
 	node := l.Nodes()[0].Name
-	waitFor(t, 30*time.Second, "good-v6 established and no-secret absent in "+node+"'s SpeakerStatus", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "good-v6 established and no-secret absent in "+node+"'s SpeakerStatus", func() (bool, string) {
 		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -354,12 +322,7 @@ func TestBadPeerIsReportedAndIsolated(t *testing.T) {
 func TestClientBehindRouterReachesService(t *testing.T) {
 	l := needLab(t)
 	ctx := context.Background()
-	rc, err := l.RESTConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn := dynamic.NewForConfigOrDie(rc)
-	c := kubernetes.NewForConfigOrDie(rc)
+	c, dyn := labsuite.Clients(t, l)
 	router := l.Topology.Host(lab.HostRouter)
 	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "reach-v4", map[string]any{
 		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
@@ -384,7 +347,7 @@ func TestClientBehindRouterReachesService(t *testing.T) {
 		}
 	}
 	prefix := netip.PrefixFrom(ip, 32)
-	waitFor(t, 60*time.Second, "routes from every node", func() (bool, string) {
+	labsuite.WaitFor(t, 60*time.Second, "routes from every node", func() (bool, string) {
 		routes, err := routesOf(ctx, l, prefix)
 		return err == nil && len(routes) == len(l.Nodes()), fmt.Sprint(protocols(routes), err)
 	})
@@ -399,7 +362,7 @@ func TestClientBehindRouterReachesService(t *testing.T) {
 	// The speakers advertise as soon as they see the IP, which can be a moment before every node's
 	// data plane has programmed the Service (a known gap: announcing should wait for the rules).
 	// So wait for one answer from every node's path first, then require every request to succeed.
-	waitFor(t, 30*time.Second, "every node's data plane answering", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "every node's data plane answering", func() (bool, string) {
 		counts, err := l.Spread(ctx, lab.HostExternal, addr, 12, 2*time.Second)
 		return err == nil && counts[""] == 0, fmt.Sprint(counts, err)
 	})

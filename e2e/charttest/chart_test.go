@@ -24,8 +24,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
 	"golang.org/x/sys/unix"
@@ -265,12 +263,7 @@ func waitAnnounced(t *testing.T, l *lab.Lab, ip netip.Addr, wantARP, wantRoute b
 func TestL2AndBGPSwitches(t *testing.T) {
 	l := labsuite.Lab(t)
 	ctx := context.Background()
-	rc, err := l.RESTConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn := dynamic.NewForConfigOrDie(rc)
-	cs := kubernetes.NewForConfigOrDie(rc)
+	cs, dyn := labsuite.Clients(t, l)
 	ip := netip.MustParseAddr("10.77.0.230")
 	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "switches", map[string]any{"addresses": []any{ip.String() + "/32"}, "autoAssign": false})
 	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "switches", map[string]any{"ipAddressPools": []any{"switches"}})

@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -50,18 +49,6 @@ func service(t *testing.T, l *lab.Lab, cs kubernetes.Interface, name, ip string,
 	return created
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	var last string
-	for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-	}
-	t.Fatalf("%s: not within %v; last: %s", what, within, last)
-}
-
 // TestClientReachesServiceThroughTheDataPlane: the client on the segment reaches a Service's
 // LoadBalancer IP (announced over L2, forwarded by the owner's nftables data plane) with requests
 // spread over the three backends, reaches its NodePort on every node, and with
@@ -69,12 +56,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() (bo
 func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 	l := labsuite.Lab(t)
 	ctx := context.Background()
-	rc, err := l.RESTConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn := dynamic.NewForConfigOrDie(rc)
-	cs := kubernetes.NewForConfigOrDie(rc)
+	cs, dyn := labsuite.Clients(t, l)
 	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "dpe", map[string]any{
 		"addresses": []any{"10.77.0.230-10.77.0.231"}, "autoAssign": false})
 	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "dpe", map[string]any{"ipAddressPools": []any{"dpe"}})
@@ -83,7 +65,7 @@ func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 	local := service(t, l, cs, "local", "10.77.0.231", corev1.ServiceExternalTrafficPolicyLocal)
 
 	node := l.Nodes()[0].Name
-	eventually(t, 30*time.Second, "the speaker reports its data plane", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "the speaker reports its data plane", func() (bool, string) {
 		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -93,7 +75,7 @@ func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 	})
 
 	lbAddr := netip.AddrPortFrom(netip.MustParseAddr("10.77.0.230"), 80)
-	eventually(t, 30*time.Second, "the LoadBalancer IP answers", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "the LoadBalancer IP answers", func() (bool, string) {
 		counts, err := l.Spread(ctx, lab.HostClient, lbAddr, 6, 2*time.Second)
 		return err == nil && counts[""] == 0, fmt.Sprint(counts, err)
 	})
@@ -126,7 +108,7 @@ func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	localAddr := netip.AddrPortFrom(netip.MustParseAddr(local.Annotations[config.AnnotationLoadBalancerIPs]), 80)
-	eventually(t, 30*time.Second, "the Local-policy Service answers with the client's own address", func() (bool, string) {
+	labsuite.WaitFor(t, 30*time.Second, "the Local-policy Service answers with the client's own address", func() (bool, string) {
 		r, err := l.Get(ctx, lab.HostClient, localAddr, 2*time.Second)
 		return err == nil && r.ClientIP() == client.IPv4, fmt.Sprintf("%+v %v (client is %s)", r, err, client.IPv4)
 	})

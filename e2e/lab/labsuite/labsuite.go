@@ -24,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/charts"
 	"github.com/heraldlb/herald/e2e/controlplane"
@@ -177,4 +178,31 @@ func Create(t testing.TB, dyn dynamic.Interface, resource, kind, name string, sp
 	t.Cleanup(func() {
 		_ = dyn.Resource(HeraldResource(resource)).Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
+}
+
+// Clients returns a typed and a dynamic client for the lab's apiserver.
+func Clients(t testing.TB, l *lab.Lab) (kubernetes.Interface, dynamic.Interface) {
+	t.Helper()
+	rc, err := l.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubernetes.NewForConfigOrDie(rc), dynamic.NewForConfigOrDie(rc)
+}
+
+// WaitFor polls cond every 20 ms until it holds and returns how long that took, or fails the test
+// after timeout with what and cond's last description.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last string
+	for time.Since(start) < timeout {
+		var ok bool
+		if ok, last = cond(); ok {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v; last: %s", what, timeout, last)
+	return 0
 }
