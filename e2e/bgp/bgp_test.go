@@ -182,7 +182,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 	// The log line may reach the file a moment after BIRD answered without the route.
 	labsuite.WaitFor(t, 5*time.Second, "a Cease from node3 in BIRD's log", func() (bool, string) {
 		logb, err := os.ReadFile(l.BirdLog())
-		return strings.Contains(string(logb), nodes[2].Name+"v4: Received: Peer de-configured"), fmt.Sprint(err)
+		return strings.Contains(string(logb), nodes[2].Name+"v4: Received: Administrative shutdown"), fmt.Sprint(err)
 	})
 	if err := l.StartSpeaker(nodes[2].Name); err != nil {
 		t.Fatal(err)

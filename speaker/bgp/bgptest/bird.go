@@ -267,9 +267,19 @@ func (b *Bird) Count(proto string) (int, error) {
 
 // ProtocolInfo is a BGP protocol's line in `show protocols`.
 type ProtocolInfo struct {
-	State string // up, start, down
-	Since string // when it entered State (millisecond timestamp)
-	Info  string // Established, Active, Connect, ...
+	State string    // up, start, down
+	Since time.Time // when it entered State
+	Info  string    // Established, Active, Connect, ...
+}
+
+// SameSession tells whether two readings show one unbroken session. BIRD keeps the state change on
+// its monotonic clock and converts it to wall time on every `show`, so two readings of one moment
+// can differ by a millisecond; a session that was reset comes back no sooner than BIRD's connect
+// delay (a second), far outside the tolerance.
+func (p ProtocolInfo) SameSession(q ProtocolInfo) bool {
+	const tolerance = 20 * time.Millisecond
+	d := p.Since.Sub(q.Since)
+	return p.Info == "Established" && q.Info == "Established" && d > -tolerance && d < tolerance
 }
 
 // Protocol returns the state of one protocol.
@@ -283,7 +293,11 @@ func (b *Bird) Protocol(name string) (ProtocolInfo, error) {
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 6 && f[0] == name {
-			return ProtocolInfo{State: f[3], Since: f[4] + " " + f[5], Info: strings.Join(f[6:], " ")}, nil
+			since, err := time.ParseInLocation("2006-01-02 15:04:05.000", f[4]+" "+f[5], time.Local)
+			if err != nil {
+				return ProtocolInfo{}, fmt.Errorf("protocol %s: state change time: %w", name, err)
+			}
+			return ProtocolInfo{State: f[3], Since: since, Info: strings.Join(f[6:], " ")}, nil
 		}
 	}
 	return ProtocolInfo{}, fmt.Errorf("protocol %s not in %q", name, out)
