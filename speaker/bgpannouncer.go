@@ -313,7 +313,7 @@ func (b *BGP) Announcements() []v1beta1.Announcement {
 		}
 		since := metav1.NewTime(b.since[ip])
 		out = append(out, v1beta1.Announcement{
-			IP: ip.String(), Protocol: v1beta1.ProtocolBGP, Peers: peers, Services: an.Services, Since: &since,
+			IP: ip.String(), Protocol: v1beta1.ProtocolBGP, Peers: peers, Since: &since,
 		})
 	}
 	return out

@@ -110,8 +110,7 @@ func (a *L2) Announcements() []v1beta1.Announcement {
 	for _, an := range a.announcer.Announced() {
 		since := metav1.NewTime(an.Since)
 		out = append(out, v1beta1.Announcement{
-			IP: an.IP.String(), Protocol: v1beta1.ProtocolL2, Interfaces: an.Interfaces,
-			Services: a.ips[an.IP].ServiceNames(), Since: &since,
+			IP: an.IP.String(), Protocol: v1beta1.ProtocolL2, Interfaces: an.Interfaces, Since: &since,
 		})
 	}
 	return out

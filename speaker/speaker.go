@@ -334,8 +334,18 @@ func ptrs[T any](items []T) []*T {
 	return out
 }
 
-// statusLoop writes this node's SpeakerStatus when asked (at most twice a second) and every
-// minute, so a reader can tell a live speaker from a dead one by lastUpdate.
+// statusWriteInterval is the shortest time between two writes of this node's SpeakerStatus with
+// listed announcements. Every write sends the whole object to the API server and to every speaker
+// watching it, so its cost grows with the list: with a few IPs a change shows within half a second;
+// with more, writes are spaced 10 ms per IP (200 IPs: 2 s; 1,000 and more: 10 s), which keeps the
+// cost per second about flat. Measured in the BGP lab bench at 400 Services, writing every 500 ms
+// cost the API server 50 ms of CPU per Service created, three quarters of its work.
+func statusWriteInterval(listed int) time.Duration {
+	return min(max(500*time.Millisecond, time.Duration(listed)*10*time.Millisecond), 10*time.Second)
+}
+
+// statusLoop writes this node's SpeakerStatus when asked (see statusWriteInterval for how often at
+// most) and every minute, so a reader can tell a live speaker from a dead one by lastUpdate.
 func (s *Speaker) statusLoop(ctx context.Context) {
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
@@ -360,7 +370,7 @@ func (s *Speaker) statusLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(statusWriteInterval(min(len(anns), v1beta1.MaxListedAnnouncements))):
 		}
 	}
 }
@@ -377,7 +387,7 @@ func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) 
 	s.written = nil // until this write succeeds
 	now := metav1.Now()
 	st.Status.LastUpdate = &now
-	st.Status.Announcements = anns
+	st.Status.Announcements = anns[:min(len(anns), v1beta1.MaxListedAnnouncements)]
 	st.Status.AnnouncedIPs = int32(len(anns))
 	if s.cfg.MembersAlive != nil {
 		st.Status.MembersAlive = int32(s.cfg.MembersAlive())

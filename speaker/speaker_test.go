@@ -35,7 +35,7 @@ func (r *recordingAnnouncer) Run(ctx context.Context) error {
 	return nil
 }
 func (r *recordingAnnouncer) Announcements() []v1beta1.Announcement {
-	return []v1beta1.Announcement{{IP: "10.0.0.100", Protocol: v1beta1.ProtocolL2, Interfaces: []string{"eth0"}, Services: []string{"default/web"}}}
+	return []v1beta1.Announcement{{IP: "10.0.0.100", Protocol: v1beta1.ProtocolL2, Interfaces: []string{"eth0"}}}
 }
 func (r *recordingAnnouncer) policies() map[netip.Addr]l2.Policy {
 	r.mu.Lock()

@@ -295,28 +295,55 @@ func percentiles(name string, ds []time.Duration, target string) {
 	report(fmt.Sprintf("%s, p99 of %d", name, len(ds)), ds[len(ds)*99/100], target)
 }
 
-// processCPU reads the CPU time (user + system) each lab process has used so far, by role.
+// processCPU reads the CPU time (user + system) each lab process has used so far, by role, and
+// that of the control plane's processes (etcd, kube-apiserver, ...) by command name.
 func processCPU(l *lab.Lab) map[string]time.Duration {
 	out := map[string]time.Duration{}
+	seen := map[int]bool{}
 	for role, p := range l.Processes {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
-		if err != nil {
-			continue
+		if cpu, _, ok := readProcessCPU(p.PID); ok {
+			out[role] = cpu
+			seen[p.PID] = true
 		}
-		// Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-		if len(f) < 13 {
-			continue
+	}
+	if cp := l.Topology.Host(lab.HostControlPlane); cp != nil {
+		if pids, err := exec.Command("ip", "netns", "pids", cp.Netns).Output(); err == nil {
+			for _, field := range strings.Fields(string(pids)) {
+				pid, _ := strconv.Atoi(field)
+				if seen[pid] {
+					continue // the controller runs there too
+				}
+				if cpu, comm, ok := readProcessCPU(pid); ok {
+					out["control plane/"+comm] += cpu
+				}
+			}
 		}
-		utime, _ := strconv.ParseInt(f[11], 10, 64)
-		stime, _ := strconv.ParseInt(f[12], 10, 64)
-		out[role] = time.Duration(utime+stime) * time.Second / 100 // USER_HZ is 100 on Linux
 	}
 	var self syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &self) == nil {
 		out["bench (this process)"] = time.Duration(self.Utime.Nano() + self.Stime.Nano())
 	}
 	return out
+}
+
+// readProcessCPU reads a process's CPU time (user + system) and command name from /proc.
+func readProcessCPU(pid int) (time.Duration, string, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, "", false
+	}
+	// "pid (comm) state ...": the name may hold spaces; after it, utime is field 14, stime 15.
+	open, end := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+	if open < 0 || end < open {
+		return 0, "", false
+	}
+	f := strings.Fields(string(data[end+1:]))
+	if len(f) < 13 {
+		return 0, "", false
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100, string(data[open+1 : end]), true // USER_HZ is 100
 }
 
 // logCPUPerSecond prints, per lab process, the CPU time it used per second of wall time since before.

@@ -105,15 +105,14 @@ const (
 type Result struct {
 	Desired  Desired
 	Problems []Problem
-	// Announced lists, per Service IP this node advertises, the peers and Services: the BGP
-	// entries of the node's SpeakerStatus announcements.
+	// Announced lists, per Service IP this node advertises, the peers: the BGP entries of the
+	// node's SpeakerStatus announcements.
 	Announced map[netip.Addr]Announced
 }
 
 // Announced is one advertised IP.
 type Announced struct {
-	Peers    []string
-	Services []string
+	Peers []string
 }
 
 // Default BGPPeer timers (MetalLB's) and BFDProfile values.
@@ -492,7 +491,6 @@ func (t *translation) advertisements() {
 					routes[prefix] = old.merge(ad.attrs)
 					an := t.res.Announced[ip]
 					an.Peers = appendUnique(an.Peers, peer)
-					an.Services = appendUnique(an.Services, svc.Name)
 					t.res.Announced[ip] = an
 				}
 			}

@@ -103,7 +103,7 @@ func TestTranslateRoutesAndAttributes(t *testing.T) {
 	if got := res.Desired.RouterID; got != netip.MustParseAddr("10.0.0.5") {
 		t.Errorf("router ID = %v, want the node's IPv4 address", got)
 	}
-	if got := res.Announced[netip.MustParseAddr("192.0.2.10")]; !reflect.DeepEqual(got, Announced{Peers: []string{"tor4"}, Services: []string{"default/web"}}) {
+	if got := res.Announced[netip.MustParseAddr("192.0.2.10")]; !reflect.DeepEqual(got, Announced{Peers: []string{"tor4"}}) {
 		t.Errorf("announced = %+v", got)
 	}
 	p := res.Desired.Peers["tor4"]

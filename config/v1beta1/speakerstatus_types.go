@@ -28,12 +28,14 @@ type SpeakerStatusStatus struct {
 	// +optional
 	LastUpdate *metav1.Time `json:"lastUpdate,omitempty"`
 
-	// AnnouncedIPs counts the entries of announcements.
+	// AnnouncedIPs counts this node's announcements (all of them, also beyond the listed ones).
 	AnnouncedIPs int32 `json:"announcedIPs"`
-	// Announcements: each IP this node makes reachable, and how.
-	// +listType=map
-	// +listMapKey=ip
-	// +listMapKey=protocol
+	// Announcements: each IP this node makes reachable, and how, sorted by IP; at most
+	// MaxListedAnnouncements are listed (announcedIPs has the total). Written at most every
+	// few seconds on a node with many IPs (see the speaker's statusLoop).
+	// Atomic: only the node's speaker writes it, and as a map-list with thousands of keys its
+	// managed fields cost the API server more than the list itself.
+	// +listType=atomic
 	// +optional
 	Announcements []Announcement `json:"announcements,omitempty"`
 
@@ -69,7 +71,13 @@ const (
 	ProtocolBGP AnnouncementProtocol = "BGP"
 )
 
-// Announcement is one IP this node announces.
+// MaxListedAnnouncements bounds SpeakerStatus's announcements, so that the object stays far below
+// etcd's request size limit (1.5 MiB) however many Services there are: at about 100 bytes an entry,
+// 10,000 entries are about 1 MB.
+const MaxListedAnnouncements = 10000
+
+// Announcement is one IP this node announces. The Services using it are the ones with the IP in
+// their status.loadBalancer.ingress (heraldctl status joins the two).
 type Announcement struct {
 	IP       string               `json:"ip"`
 	Protocol AnnouncementProtocol `json:"protocol"`
@@ -79,9 +87,6 @@ type Announcement struct {
 	// Peers the route is advertised to (BGP), by BGPPeer name.
 	// +optional
 	Peers []string `json:"peers,omitempty"`
-	// Services using the IP, as namespace/name.
-	// +optional
-	Services []string `json:"services,omitempty"`
 	// Since when this node announces the IP.
 	// +optional
 	Since *metav1.Time `json:"since,omitempty"`

@@ -100,11 +100,6 @@ func (in *Announcement) DeepCopyInto(out *Announcement) {
 		*out = make([]string, len(*in))
 		copy(*out, *in)
 	}
-	if in.Services != nil {
-		in, out := &in.Services, &out.Services
-		*out = make([]string, len(*in))
-		copy(*out, *in)
-	}
 	if in.Since != nil {
 		in, out := &in.Since, &out.Since
 		*out = (*in).DeepCopy()
