@@ -1,5 +1,6 @@
 // Package dataplane_test checks the speaker's embedded data plane in the shared lab: real
-// speakers on three nodes, L2 announcements, real HTTP requests from the client on the segment.
+// speakers on three nodes, L2 and BGP announcements, real HTTP requests from the client on the
+// segment, from the nodes, from the router and from the host behind it.
 package dataplane_test
 
 import (
@@ -11,7 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -24,16 +25,28 @@ func TestMain(m *testing.M) { labsuite.Main(m, "herald-dpe-") }
 
 const namespace = "dataplane-e2e"
 
-// service creates a LoadBalancer Service on ip backed by every pod of the lab.
-func service(t *testing.T, l *lab.Lab, cs kubernetes.Interface, name, ip string, etp corev1.ServiceExternalTrafficPolicy) *corev1.Service {
+// l2Pool creates an IPAddressPool of addresses on the segment (autoAssign off: every Service
+// names its IP) and an L2Advertisement for it, both removed when the test ends.
+func l2Pool(t *testing.T, dyn dynamic.Interface, name string, addresses ...any) {
+	t.Helper()
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", name, map[string]any{"addresses": addresses, "autoAssign": false})
+	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", name, map[string]any{"ipAddressPools": []any{name}})
+}
+
+// service creates an IPv4 LoadBalancer Service on ip (port 80 -> the backends' port) whose
+// endpoints are pods; edit, when not nil, adjusts it before it is created. It is deleted when the
+// test ends.
+func service(t *testing.T, l *lab.Lab, cs kubernetes.Interface, name, ip string, pods []*lab.Host, edit func(*corev1.Service)) *corev1.Service {
 	t.Helper()
 	ctx := context.Background()
 	svc := lab.LoadBalancerService(namespace, name)
 	svc.Annotations = map[string]string{config.AnnotationLoadBalancerIPs: ip}
-	svc.Spec.ExternalTrafficPolicy = etp
 	svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
 	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
-	created, err := l.CreateBackendService(ctx, cs, svc, l.Pods())
+	if edit != nil {
+		edit(svc)
+	}
+	created, err := l.CreateBackendService(ctx, cs, svc, pods)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,43 +62,59 @@ func service(t *testing.T, l *lab.Lab, cs kubernetes.Interface, name, ip string,
 	return created
 }
 
+// localPolicy makes a Service externalTrafficPolicy: Local.
+func localPolicy(svc *corev1.Service) {
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+}
+
+// lbAddr is a Service's LoadBalancer IP (the one it asked for) and its port.
+func lbAddr(svc *corev1.Service) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Annotations[config.AnnotationLoadBalancerIPs]), uint16(svc.Spec.Ports[0].Port))
+}
+
+// waitForAnswers waits until a few requests in a row from host to addr are all answered: the IP
+// is announced and the data plane has programmed it.
+func waitForAnswers(t *testing.T, l *lab.Lab, host string, addr netip.AddrPort) {
+	t.Helper()
+	labsuite.WaitFor(t, 45*time.Second, fmt.Sprintf("%s answering requests from %s", addr, host), func() (bool, string) {
+		counts, err := l.Spread(context.Background(), host, addr, 6, time.Second)
+		return err == nil && counts[""] == 0, fmt.Sprint(counts, err)
+	})
+}
+
+// backends lists the backends that answered in a Spread's counts (failures, under "", aside).
+func backends(counts map[string]int) []string {
+	var out []string
+	for b := range counts {
+		if b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // TestClientReachesServiceThroughTheDataPlane: the client on the segment reaches a Service's
 // LoadBalancer IP (announced over L2, forwarded by the owner's nftables data plane) with requests
-// spread over the three backends, reaches its NodePort on every node, and with
-// externalTrafficPolicy: Local the backend sees the client's own address.
+// spread over the three backends, reaches its NodePort on every node, every node reaches its
+// ClusterIP through its own data plane, and with externalTrafficPolicy: Local the backend sees
+// the client's own address.
 func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 	l := labsuite.Lab(t)
 	ctx := context.Background()
 	cs, dyn := labsuite.Clients(t, l)
-	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "dpe", map[string]any{
-		"addresses": []any{"10.77.0.230-10.77.0.231"}, "autoAssign": false})
-	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "dpe", map[string]any{"ipAddressPools": []any{"dpe"}})
+	l2Pool(t, dyn, "dpe", "10.77.0.230-10.77.0.231")
 
-	cluster := service(t, l, cs, "cluster", "10.77.0.230", corev1.ServiceExternalTrafficPolicyCluster)
-	local := service(t, l, cs, "local", "10.77.0.231", corev1.ServiceExternalTrafficPolicyLocal)
+	cluster := service(t, l, cs, "cluster", "10.77.0.230", l.Pods(), nil)
+	local := service(t, l, cs, "local", "10.77.0.231", l.Pods(), localPolicy)
 
-	node := l.Nodes()[0].Name
-	labsuite.WaitFor(t, 30*time.Second, "the speaker reports its data plane", func() (bool, string) {
-		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, node, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		backend, _, _ := unstructured.NestedString(st.Object, "status", "dataplane", "backend")
-		return backend == "nftables", "backend " + backend
-	})
-
-	lbAddr := netip.AddrPortFrom(netip.MustParseAddr("10.77.0.230"), 80)
-	labsuite.WaitFor(t, 30*time.Second, "the LoadBalancer IP answers", func() (bool, string) {
-		counts, err := l.Spread(ctx, lab.HostClient, lbAddr, 6, 2*time.Second)
-		return err == nil && counts[""] == 0, fmt.Sprint(counts, err)
-	})
+	waitForAnswers(t, l, lab.HostClient, lbAddr(cluster))
 	const requests = 300
-	counts, err := l.Spread(ctx, lab.HostClient, lbAddr, requests, 2*time.Second)
+	counts, err := l.Spread(ctx, lab.HostClient, lbAddr(cluster), requests, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if counts[""] > 0 {
-		t.Errorf("%d of %d requests to %s failed", counts[""], requests, lbAddr)
+		t.Errorf("%d of %d requests to %s failed", counts[""], requests, lbAddr(cluster))
 	}
 	for _, pod := range l.Pods() {
 		// The bound: with 3 backends each gets 20-47 % of 300 requests.
@@ -103,13 +132,25 @@ func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 		}
 	}
 
-	client, err := l.Host(lab.HostClient)
-	if err != nil {
-		t.Fatal(err)
+	// The ClusterIP exists only in the nodes' data planes (nothing routes it), so every answer a
+	// node gets comes through its own rules; 30 requests reach every backend.
+	clusterIP := netip.AddrPortFrom(netip.MustParseAddr(cluster.Spec.ClusterIP), uint16(cluster.Spec.Ports[0].Port))
+	for _, n := range l.Nodes() {
+		waitForAnswers(t, l, n.Name, clusterIP)
+		counts, err := l.Spread(ctx, n.Name, clusterIP, 30, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counts[""] > 0 || len(counts) != len(l.Pods()) {
+			t.Errorf("ClusterIP %s from %s: answers per backend %v (failures under \"\"), want every one of the %d backends and no failure",
+				clusterIP, n.Name, counts, len(l.Pods()))
+		}
+		t.Logf("ClusterIP %s from %s: answers per backend %v", clusterIP, n.Name, counts)
 	}
-	localAddr := netip.AddrPortFrom(netip.MustParseAddr(local.Annotations[config.AnnotationLoadBalancerIPs]), 80)
+
+	client := l.Topology.Host(lab.HostClient)
 	labsuite.WaitFor(t, 30*time.Second, "the Local-policy Service answers with the client's own address", func() (bool, string) {
-		r, err := l.Get(ctx, lab.HostClient, localAddr, 2*time.Second)
+		r, err := l.Get(ctx, lab.HostClient, lbAddr(local), 2*time.Second)
 		return err == nil && r.ClientIP() == client.IPv4, fmt.Sprintf("%+v %v (client is %s)", r, err, client.IPv4)
 	})
 }

@@ -1,0 +1,102 @@
+package dataplane_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/heraldlb/herald/e2e/lab"
+	"github.com/heraldlb/herald/e2e/lab/labsuite"
+)
+
+// TestSessionAffinityKeepsAClientOnOneBackend: with sessionAffinity: ClientIP every request from
+// the client lands on the same backend, while a Service without affinity spreads the same
+// client's requests over several.
+func TestSessionAffinityKeepsAClientOnOneBackend(t *testing.T) {
+	l := labsuite.Lab(t)
+	ctx := context.Background()
+	cs, dyn := labsuite.Clients(t, l)
+	l2Pool(t, dyn, "dpe-affinity", "10.77.0.232-10.77.0.233")
+	sticky := service(t, l, cs, "sticky", "10.77.0.232", l.Pods(), func(svc *corev1.Service) {
+		svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	})
+	plain := service(t, l, cs, "plain", "10.77.0.233", l.Pods(), nil)
+
+	const requests = 30
+	for _, tc := range []struct {
+		svc      *corev1.Service
+		backends func(n int) bool
+		want     string
+	}{
+		{sticky, func(n int) bool { return n == 1 }, "one backend"},
+		{plain, func(n int) bool { return n > 1 }, "more than one backend"},
+	} {
+		addr := lbAddr(tc.svc)
+		waitForAnswers(t, l, lab.HostClient, addr)
+		counts, err := l.Spread(ctx, lab.HostClient, addr, requests, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counts[""] > 0 || !tc.backends(len(backends(counts))) {
+			t.Errorf("Service %s (sessionAffinity %s): %d requests from the client answered by %v (failures under \"\"), want %s",
+				tc.svc.Name, tc.svc.Spec.SessionAffinity, requests, counts, tc.want)
+		}
+	}
+}
+
+// TestSourceRangesDropOtherClients: with loadBalancerSourceRanges holding only the client, the
+// client gets answers at the LoadBalancer IP while the router's connection attempts go unanswered
+// (dropped: no reset, no ICMP error); the router does get answers from a Service without ranges,
+// so its silence is the ranges' doing.
+func TestSourceRangesDropOtherClients(t *testing.T) {
+	l := labsuite.Lab(t)
+	ctx := context.Background()
+	cs, dyn := labsuite.Clients(t, l)
+	l2Pool(t, dyn, "dpe-ranges", "10.77.0.234-10.77.0.235")
+	client := l.Topology.Host(lab.HostClient)
+	ranged := service(t, l, cs, "ranged", "10.77.0.234", l.Pods(), func(svc *corev1.Service) {
+		svc.Spec.LoadBalancerSourceRanges = []string{netip.PrefixFrom(client.IPv4, 32).String()}
+	})
+	open := service(t, l, cs, "open", "10.77.0.235", l.Pods(), nil)
+
+	waitForAnswers(t, l, lab.HostClient, lbAddr(ranged))
+	waitForAnswers(t, l, lab.HostRouter, lbAddr(open))
+	for i := 0; i < 3; i++ {
+		if err := dropped(ctx, l, lab.HostRouter, lbAddr(ranged), 1500*time.Millisecond); err != nil {
+			t.Fatalf("attempt %d from the router (outside the ranges): %v", i+1, err)
+		}
+	}
+	if counts, err := l.Spread(ctx, lab.HostClient, lbAddr(ranged), 10, 2*time.Second); err != nil || counts[""] > 0 {
+		t.Errorf("the client (inside the ranges) after the router's attempts: answers per backend %v %v", counts, err)
+	}
+}
+
+// dropped returns nil when a TCP connection from host to addr gets no answer at all within
+// timeout: neither accepted nor refused (a reset) nor unreachable (ICMP).
+func dropped(ctx context.Context, l *lab.Lab, host string, addr netip.AddrPort, timeout time.Duration) error {
+	h, err := l.Host(host)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := lab.DialerIn(h.Netns)(ctx, "tcp", addr.String())
+	switch {
+	case err == nil:
+		c.Close()
+		return fmt.Errorf("%s accepted a connection from %s", addr, host)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		return nil
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%s rejected the connection from %s (a reset), want it dropped: %w", addr, host, err)
+	default:
+		return fmt.Errorf("connecting from %s to %s: %w, want no answer", host, addr, err)
+	}
+}

@@ -1,0 +1,59 @@
+package dataplane_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/heraldlb/herald/e2e/lab"
+	"github.com/heraldlb/herald/e2e/lab/labsuite"
+)
+
+// TestClientBehindTheRouter: the host behind the router (ext, on the upstream segment) reaches an
+// externalTrafficPolicy: Local Service whose IP only BGP makes known (the router learns it from
+// the nodes), every request is answered, and the backends see ext's own address: the nodes'
+// data planes forward without SNAT across a routed hop.
+func TestClientBehindTheRouter(t *testing.T) {
+	l := labsuite.Lab(t)
+	ctx := context.Background()
+	cs, dyn := labsuite.Clients(t, l)
+	router, ext := l.Topology.Host(lab.HostRouter), l.Topology.Host(lab.HostExternal)
+	labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "dpe-router", map[string]any{
+		"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": router.IPv4.String(),
+	})
+	// A slice of the lab's BGP pool (10.79.0.0/24), which only the BGP routes make reachable.
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "dpe-bgp", map[string]any{"addresses": []any{"10.79.0.32/28"}, "autoAssign": false})
+	labsuite.Create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "dpe-bgp", map[string]any{"ipAddressPools": []any{"dpe-bgp"}})
+	svc := service(t, l, cs, "routed", "10.79.0.33", l.Pods(), localPolicy)
+
+	addr := lbAddr(svc)
+	// Every node holds an endpoint, so every node advertises; once all three routes are in, the
+	// router's choice of node for ext no longer changes under the test.
+	prefix := netip.PrefixFrom(addr.Addr(), 32)
+	labsuite.WaitFor(t, 60*time.Second, fmt.Sprintf("BIRD holding %s from every node", prefix), func() (bool, string) {
+		routes, err := l.BirdRoutes(ctx)
+		var from []string
+		for _, r := range routes {
+			if r.Prefix == prefix {
+				from = append(from, r.Protocol)
+			}
+		}
+		return err == nil && len(from) == len(l.Nodes()), fmt.Sprint(from, err)
+	})
+	waitForAnswers(t, l, lab.HostExternal, addr)
+	const requests = 20
+	seen := map[string]int{}
+	for i := 0; i < requests; i++ {
+		r, err := l.Get(ctx, lab.HostExternal, addr, 2*time.Second)
+		if err != nil {
+			t.Fatalf("request %d of %d from ext to %s: %v", i+1, requests, addr, err)
+		}
+		if r.ClientIP() != ext.IPv4 {
+			t.Fatalf("backend %s saw client %s, want ext's own address %s (Local policy: no SNAT)", r.Backend, r.Client, ext.IPv4)
+		}
+		seen[r.Backend]++
+	}
+	t.Logf("answers per backend: %v", seen)
+}
