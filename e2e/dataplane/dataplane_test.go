@@ -82,6 +82,27 @@ func waitForAnswers(t *testing.T, l *lab.Lab, host string, addr netip.AddrPort) 
 	})
 }
 
+// requireSpread sends 300 requests from host to addr (a Service on every pod of the lab) and
+// fails the test unless every one is answered and each backend gets 20-47 % of them (the issue's
+// bound for three backends).
+func requireSpread(t *testing.T, l *lab.Lab, host string, addr netip.AddrPort) {
+	t.Helper()
+	const requests = 300
+	counts, err := l.Spread(context.Background(), host, addr, requests, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[""] > 0 {
+		t.Errorf("%d of %d requests from %s to %s failed", counts[""], requests, host, addr)
+	}
+	for _, pod := range l.Pods() {
+		if n := counts[pod.Name]; n < requests*20/100 || n > requests*47/100 {
+			t.Errorf("backend %s got %d of %d requests from %s to %s, want 20-47 %%: %v", pod.Name, n, requests, host, addr, counts)
+		}
+	}
+	t.Logf("%d requests from %s to %s, answers per backend: %v", requests, host, addr, counts)
+}
+
 // backends lists the backends that answered in a Spread's counts (failures, under "", aside).
 func backends(counts map[string]int) []string {
 	var out []string
@@ -108,21 +129,7 @@ func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 	local := service(t, l, cs, "local", "10.77.0.231", l.Pods(), localPolicy)
 
 	waitForAnswers(t, l, lab.HostClient, lbAddr(cluster))
-	const requests = 300
-	counts, err := l.Spread(ctx, lab.HostClient, lbAddr(cluster), requests, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if counts[""] > 0 {
-		t.Errorf("%d of %d requests to %s failed", counts[""], requests, lbAddr(cluster))
-	}
-	for _, pod := range l.Pods() {
-		// The bound: with 3 backends each gets 20-47 % of 300 requests.
-		if n := counts[pod.Name]; n < requests*20/100 || n > requests*47/100 {
-			t.Errorf("backend %s got %d of %d requests, want 20-47 %%: %v", pod.Name, n, requests, counts)
-		}
-	}
-	t.Logf("answers per backend: %v", counts)
+	requireSpread(t, l, lab.HostClient, lbAddr(cluster))
 
 	nodePort := cluster.Spec.Ports[0].NodePort
 	for _, n := range l.Nodes() {

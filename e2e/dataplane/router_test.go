@@ -7,14 +7,16 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/e2e/lab/labsuite"
 )
 
-// TestClientBehindTheRouter: the host behind the router (ext, on the upstream segment) reaches an
-// externalTrafficPolicy: Local Service whose IP only BGP makes known (the router learns it from
-// the nodes), every request is answered, and the backends see ext's own address: the nodes'
-// data planes forward without SNAT across a routed hop.
+// TestClientBehindTheRouter: the host behind the router (ext, on the upstream segment) reaches
+// Services whose IPs only BGP makes known (the router learns them from the nodes): with Cluster
+// policy its requests are spread over the three backends, and with externalTrafficPolicy: Local
+// every request is answered and the backends see ext's own address (no SNAT across the routed hop).
 func TestClientBehindTheRouter(t *testing.T) {
 	l := labsuite.Lab(t)
 	ctx := context.Background()
@@ -26,23 +28,29 @@ func TestClientBehindTheRouter(t *testing.T) {
 	// A slice of the lab's BGP pool (10.79.0.0/24), which only the BGP routes make reachable.
 	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "dpe-bgp", map[string]any{"addresses": []any{"10.79.0.32/28"}, "autoAssign": false})
 	labsuite.Create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "dpe-bgp", map[string]any{"ipAddressPools": []any{"dpe-bgp"}})
-	svc := service(t, l, cs, "routed", "10.79.0.33", l.Pods(), localPolicy)
-
-	addr := lbAddr(svc)
-	// Every node holds an endpoint, so every node advertises; once all three routes are in, the
-	// router's choice of node for ext no longer changes under the test.
-	prefix := netip.PrefixFrom(addr.Addr(), 32)
-	labsuite.WaitFor(t, 60*time.Second, fmt.Sprintf("BIRD holding %s from every node", prefix), func() (bool, string) {
-		routes, err := l.BirdRoutes(ctx)
-		var from []string
-		for _, r := range routes {
-			if r.Prefix == prefix {
-				from = append(from, r.Protocol)
+	cluster := service(t, l, cs, "routed-cluster", "10.79.0.34", l.Pods(), nil)
+	local := service(t, l, cs, "routed-local", "10.79.0.33", l.Pods(), localPolicy)
+	// Every node holds an endpoint, so every node advertises both; once all the routes are in,
+	// the router's choice of node for ext no longer changes under the test.
+	for _, svc := range []*corev1.Service{cluster, local} {
+		prefix := netip.PrefixFrom(lbAddr(svc).Addr(), 32)
+		labsuite.WaitFor(t, 60*time.Second, fmt.Sprintf("BIRD holding %s from every node", prefix), func() (bool, string) {
+			routes, err := l.BirdRoutes(ctx)
+			var from []string
+			for _, r := range routes {
+				if r.Prefix == prefix {
+					from = append(from, r.Protocol)
+				}
 			}
-		}
-		return err == nil && len(from) == len(l.Nodes()), fmt.Sprint(from, err)
-	})
-	waitForAnswers(t, l, lab.HostExternal, addr)
+			return err == nil && len(from) == len(l.Nodes()), fmt.Sprint(from, err)
+		})
+		waitForAnswers(t, l, lab.HostExternal, lbAddr(svc))
+	}
+	// Cluster policy: the node the router picks spreads ext's requests over every backend.
+	requireSpread(t, l, lab.HostExternal, lbAddr(cluster))
+
+	// Local policy: the node forwards to its own backend without SNAT.
+	addr := lbAddr(local)
 	const requests = 20
 	seen := map[string]int{}
 	for i := 0; i < requests; i++ {
