@@ -2,8 +2,6 @@ package healthcheck
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +21,7 @@ import (
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/internal/netnstest"
 	"github.com/heraldlb/herald/e2e/controlplane"
+	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/e2e/proc"
 
 	"github.com/heraldlb/herald/internal/testenv"
@@ -121,11 +120,11 @@ func TestSameAnswerAsKubeProxy(t *testing.T) {
 				t.Fatal(err)
 			}
 			view.OnEndpointSliceUpdate(s)
-			var want response
+			var want lab.HTTPAnswer
 			deadline := time.Now().Add(90 * time.Second)
 			for {
-				want, err = fetch(client, kubeProxyURL)
-				if err == nil && want.code == tc.code {
+				want, err = lab.FetchHTTP(client, kubeProxyURL)
+				if err == nil && want.Code == tc.code {
 					break
 				}
 				if time.Now().After(deadline) {
@@ -133,7 +132,7 @@ func TestSameAnswerAsKubeProxy(t *testing.T) {
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
-			got, err := fetch(http.DefaultClient, "http://"+heraldAddr+"/")
+			got, err := lab.FetchHTTP(http.DefaultClient, "http://"+heraldAddr+"/")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -142,29 +141,6 @@ func TestSameAnswerAsKubeProxy(t *testing.T) {
 			}
 		})
 	}
-}
-
-// response is what a health check sees, minus the Date header.
-type response struct {
-	code    int
-	headers http.Header
-	body    string
-}
-
-func (r response) String() string {
-	h := r.headers.Clone()
-	h.Del("Date")
-	return fmt.Sprintf("%d %v %q", r.code, h, r.body)
-}
-
-func fetch(c *http.Client, url string) (response, error) {
-	resp, err := c.Get(url)
-	if err != nil {
-		return response{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return response{resp.StatusCode, resp.Header, string(b)}, err
 }
 
 func mustCreate(t *testing.T, create func() error) {

@@ -3,7 +3,6 @@ package dataplane_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -71,10 +70,10 @@ func checkAnswers(t *testing.T, l *lab.Lab, cs kubernetes.Interface, svc *corev1
 			}
 		}
 		url := "http://" + netip.AddrPortFrom(n.IPv4, uint16(svc.Spec.HealthCheckNodePort)).String() + "/"
-		var got healthAnswer
+		var got lab.HTTPAnswer
 		took := labsuite.WaitFor(t, 30*time.Second, fmt.Sprintf("%s (%s) answering %d", url, n.Name, wantCode), func() (bool, string) {
 			var err error
-			got, err = fetchHealth(c, url)
+			got, err = lab.FetchHTTP(c, url)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -82,34 +81,11 @@ func checkAnswers(t *testing.T, l *lab.Lab, cs kubernetes.Interface, svc *corev1
 			if err != nil {
 				return false, err.Error()
 			}
-			return got.code == wantCode && got.String() == want.String(),
+			return got.Code == wantCode && got.String() == want.String(),
 				fmt.Sprintf("node answers\n%s\nwant\n%s", got, want)
 		})
 		t.Logf("%s after %v: %s", n.Name, took.Round(time.Millisecond), got)
 	}
-}
-
-// healthAnswer is what a health check sees, Date aside (it differs between any two answers).
-type healthAnswer struct {
-	code   int
-	header http.Header
-	body   string
-}
-
-func (a healthAnswer) String() string {
-	h := a.header.Clone()
-	h.Del("Date")
-	return fmt.Sprintf("%d %v %q", a.code, h, a.body)
-}
-
-func fetchHealth(c *http.Client, url string) (healthAnswer, error) {
-	resp, err := c.Get(url)
-	if err != nil {
-		return healthAnswer{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return healthAnswer{resp.StatusCode, resp.Header, string(b)}, err
 }
 
 // expectedHealth is the answer node must give for svc given the Service's EndpointSlices as the
@@ -120,12 +96,12 @@ func fetchHealth(c *http.Client, url string) (healthAnswer, error) {
 // The count in it is Herald's: distinct ready endpoints over all the Service's slices. The lab
 // writes an IPv4 and an IPv6 slice without targetRef for each Service, so here a pod counts
 // twice, where kube-proxy, which counts per IP family, would say 1.
-func expectedHealth(cs kubernetes.Interface, svc *corev1.Service, node string) (healthAnswer, error) {
+func expectedHealth(cs kubernetes.Interface, svc *corev1.Service, node string) (lab.HTTPAnswer, error) {
 	ctx := context.Background()
 	slices, err := cs.DiscoveryV1().EndpointSlices(svc.Namespace).List(ctx, metav1.ListOptions{
 		LabelSelector: discoveryv1.LabelServiceName + "=" + svc.Name})
 	if err != nil {
-		return healthAnswer{}, err
+		return lab.HTTPAnswer{}, err
 	}
 	view := dataplane.NewLocalEndpoints()
 	for i := range slices.Items {
@@ -143,7 +119,7 @@ func expectedHealth(cs kubernetes.Interface, svc *corev1.Service, node string) (
 	defer servers.Close()
 	servers.Sync(map[types.NamespacedName]int32{{Namespace: svc.Namespace, Name: svc.Name}: svc.Spec.HealthCheckNodePort})
 	if addr == "" {
-		return healthAnswer{}, fmt.Errorf("the reference health-check server did not start")
+		return lab.HTTPAnswer{}, fmt.Errorf("the reference health-check server did not start")
 	}
-	return fetchHealth(http.DefaultClient, "http://"+addr+"/")
+	return lab.FetchHTTP(http.DefaultClient, "http://"+addr+"/")
 }

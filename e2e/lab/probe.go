@@ -227,6 +227,32 @@ func (l *Lab) Spread(ctx context.Context, host string, addr netip.AddrPort, n in
 	return counts, nil
 }
 
+// HTTPAnswer is an HTTP answer as a load balancer's health checker sees it. Its String leaves
+// out the Date header, which differs between any two answers, so two servers' answers can be
+// compared byte for byte (status, headers, body).
+type HTTPAnswer struct {
+	Code   int
+	Header http.Header
+	Body   string
+}
+
+func (a HTTPAnswer) String() string {
+	h := a.Header.Clone()
+	h.Del("Date")
+	return fmt.Sprintf("%d %v %q", a.Code, h, a.Body)
+}
+
+// FetchHTTP sends one GET for url with c and returns the whole answer.
+func FetchHTTP(c *http.Client, url string) (HTTPAnswer, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return HTTPAnswer{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return HTTPAnswer{resp.StatusCode, resp.Header, string(b)}, err
+}
+
 // Probe is one attempt at reaching a service; nil means success.
 type Probe func(ctx context.Context) error
 
