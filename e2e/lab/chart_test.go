@@ -1,21 +1,18 @@
 package lab
 
 import (
-	"os"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/heraldlb/herald/charts"
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 func renderWorkloads(t *testing.T, values ...string) charts.Workloads {
 	t.Helper()
 	if _, err := charts.Helm(); err != nil {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	w, err := charts.RenderWorkloads(values...)
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 func TestTopologyNamesAndAddresses(t *testing.T) {
@@ -126,8 +128,5 @@ func requireRoot(t *testing.T) {
 	if os.Geteuid() == 0 {
 		return
 	}
-	if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-		t.Fatal("needs root (network namespaces) and HERALD_REQUIRE_REAL=1 is set")
-	}
-	t.Skip("needs root (network namespaces); set HERALD_REQUIRE_REAL=1 to make this a failure")
+	testenv.Missing(t, "needs root (network namespaces)")
 }

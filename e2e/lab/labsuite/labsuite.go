@@ -29,6 +29,7 @@ import (
 	"github.com/heraldlb/herald/charts"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/lab"
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 var (
@@ -89,10 +90,8 @@ func run(m *testing.M, prefix string, opts []func(*lab.Config)) int {
 func Lab(t testing.TB) *lab.Lab {
 	t.Helper()
 	switch {
-	case missing != "" && os.Getenv("HERALD_REQUIRE_REAL") == "1":
-		t.Fatalf("prerequisite missing and HERALD_REQUIRE_REAL=1: %s", missing)
 	case missing != "":
-		t.Skipf("skipped: %s (set HERALD_REQUIRE_REAL=1 to make this a failure)", missing)
+		testenv.Missing(t, "%s", missing)
 	case labErr != nil:
 		t.Fatalf("lab up: %v", labErr)
 	}

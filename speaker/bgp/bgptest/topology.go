@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // NamePrefix starts every namespace this package creates.
@@ -53,10 +55,7 @@ var labSeq atomic.Int32
 func Require(tb testing.TB) {
 	tb.Helper()
 	if err := Available(); err != nil {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			tb.Fatalf("BGP test bed unavailable and HERALD_REQUIRE_REAL=1: %v", err)
-		}
-		tb.Skipf("BGP test bed unavailable: %v", err)
+		testenv.Missing(tb, "BGP test bed unavailable: %v", err)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldlb/herald/internal/testenv"
 	"github.com/heraldlb/herald/speaker/l2"
 )
 
@@ -62,10 +63,7 @@ func TestMain(m *testing.M) {
 func up(t *testing.T, ips map[netip.Addr]l2.Policy, nodeArgs ...string) *Lab {
 	t.Helper()
 	if err := Prerequisites(); err != nil {
-		if os.Getenv("HERALD_REQUIRE_REAL") == "1" {
-			t.Fatalf("L2 lab: %v", err)
-		}
-		t.Skipf("L2 lab: %v (set HERALD_REQUIRE_REAL=1 to fail instead)", err)
+		testenv.Missing(t, "L2 lab: %v", err)
 	}
 	l, err := Up(prefix, 3, l2nodeBinary, t.TempDir())
 	if err != nil {
