@@ -6,7 +6,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "deps: missing Debian packages: ${missing[*]}; run as root or install them" >&2
   exit 1
@@ -14,3 +16,5 @@ fi
 echo "deps: installing ${missing[*]}" >&2
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+# The package enables a system-wide BIRD; the lab and the tests run their own, inside namespaces.
+systemctl disable --now bird.service >/dev/null 2>&1 || true
