@@ -5,8 +5,11 @@ package dataplane_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,6 +104,39 @@ func requireSpread(t *testing.T, l *lab.Lab, host string, addr netip.AddrPort) {
 		}
 	}
 	t.Logf("%d requests from %s to %s, answers per backend: %v", requests, host, addr, counts)
+}
+
+// connectResult is what became of a TCP connection attempt.
+type connectResult string
+
+const (
+	accepted   connectResult = "accepted"
+	refused    connectResult = "refused"    // a reset, or an ICMP port unreachable
+	unanswered connectResult = "unanswered" // nothing came back within the timeout: dropped
+	failed     connectResult = "failed"     // anything else (the error says what)
+)
+
+// connect opens a TCP connection from host to addr, closes it if it opened, and says what
+// became of it within timeout.
+func connect(ctx context.Context, l *lab.Lab, host string, addr netip.AddrPort, timeout time.Duration) (connectResult, error) {
+	h, err := l.Host(host)
+	if err != nil {
+		return failed, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := lab.DialerIn(h.Netns)(ctx, "tcp", addr.String())
+	switch {
+	case err == nil:
+		c.Close()
+		return accepted, nil
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return refused, err
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		return unanswered, err
+	default:
+		return failed, err
+	}
 }
 
 // backends lists the backends that answered in a Spread's counts (failures, under "", aside).
