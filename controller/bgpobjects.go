@@ -26,10 +26,11 @@ import (
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
-// The BGP objects are checked as one configuration (an advertisement names pools, peers and
-// community aliases; a peer names a BFD profile and a Secret), with bgpconfig.Validate, the same
-// reading the speakers translate them with. Each BGPPeer, BGPAdvertisement and BFDProfile gets a
-// Valid and a NotSupported condition; a Community has no status, so its problems are events only.
+// The BGP objects and L2Advertisements are checked as one configuration (an advertisement names
+// pools, peers and community aliases; a peer names a BFD profile and a Secret), with
+// bgpconfig.Validate, the same reading the speakers translate them with. Each BGPPeer,
+// BGPAdvertisement, L2Advertisement and BFDProfile gets a Valid and a NotSupported condition; a
+// Community has no status, so its problems are events only.
 // Problems that exist only on some node (two peers of one node disagreeing on the router ID) are
 // the speakers' to report.
 
@@ -38,6 +39,7 @@ var bgpObjectGVRs = map[string]schema.GroupVersionResource{
 	"BGPAdvertisement": v1beta1.GroupVersion.WithResource("bgpadvertisements"),
 	"BFDProfile":       v1beta1.GroupVersion.WithResource("bfdprofiles"),
 	"Community":        v1beta1.GroupVersion.WithResource("communities"),
+	"L2Advertisement":  v1beta1.GroupVersion.WithResource("l2advertisements"),
 }
 
 // bgpObjectsResync re-reads the Secrets BGPPeers name: the controller does not watch Secrets (it
@@ -188,6 +190,8 @@ func (b *bgpObjects) input(ctx context.Context, objects map[string][]*unstructur
 				in.Peers, err = appendConverted(in.Peers, u)
 			case "BGPAdvertisement":
 				in.Advertisements, err = appendConverted(in.Advertisements, u)
+			case "L2Advertisement":
+				in.L2Advertisements, err = appendConverted(in.L2Advertisements, u)
 			case "BFDProfile":
 				in.BFDProfiles, err = appendConverted(in.BFDProfiles, u)
 			case "Community":

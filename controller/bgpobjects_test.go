@@ -96,6 +96,10 @@ func TestBGPObjectConditions(t *testing.T) {
 	f.herald("bgpadvertisements", "BGPAdvertisement", "nopool", map[string]any{"ipAddressPools": []any{"wan"}})
 	f.herald("bgpadvertisements", "BGPAdvertisement", "badcommunity", map[string]any{"communities": []any{"65536:1"}})
 	f.herald("bgpadvertisements", "BGPAdvertisement", "nopeer", map[string]any{"peers": []any{"spine"}})
+	f.herald("l2advertisements", "L2Advertisement", "l2-good", map[string]any{"ipAddressPools": []any{"lan"}})
+	f.herald("l2advertisements", "L2Advertisement", "l2-nopool", map[string]any{"ipAddressPools": []any{"dmz"}})
+	f.herald("l2advertisements", "L2Advertisement", "l2-preferred", map[string]any{"preferredNodeSelectors": []any{
+		map[string]any{"weight": int64(10), "preference": map[string]any{"matchLabels": map[string]any{"rack": "a"}}}}})
 
 	for _, name := range []string{"good"} {
 		f.waitCondition("bgppeers", name, config.ConditionValid, metav1.ConditionTrue, "Valid")
@@ -103,6 +107,7 @@ func TestBGPObjectConditions(t *testing.T) {
 		f.waitCondition("bgpadvertisements", name, config.ConditionValid, metav1.ConditionTrue, "Valid")
 	}
 	f.waitCondition("bfdprofiles", "fast", config.ConditionValid, metav1.ConditionTrue, "Valid")
+	f.waitCondition("l2advertisements", "l2-good", config.ConditionValid, metav1.ConditionTrue, "Valid")
 	bad := []struct {
 		resource, name, condType, reason, mentions string
 	}{
@@ -113,6 +118,8 @@ func TestBGPObjectConditions(t *testing.T) {
 		{"bgpadvertisements", "nopool", config.ConditionValid, "UnknownPool", `"wan"`},
 		{"bgpadvertisements", "badcommunity", config.ConditionValid, "InvalidCommunity", "65536:1"},
 		{"bgpadvertisements", "nopeer", config.ConditionValid, "UnknownPeer", `"spine"`},
+		{"l2advertisements", "l2-nopool", config.ConditionValid, "UnknownPool", `"dmz"`},
+		{"l2advertisements", "l2-preferred", config.ConditionNotSupported, "NotSupported", "preferredNodeSelectors"},
 	}
 	for _, b := range bad {
 		status := metav1.ConditionFalse
@@ -148,7 +155,7 @@ func TestBGPObjectConditions(t *testing.T) {
 	if evs := waitEvents("zz-duplicate", 1); len(evs) != 1 || !strings.Contains(evs[0].Message, `"edge"`) {
 		t.Errorf("Community zz-duplicate: want one Warning event about alias edge, got %+v", evs)
 	}
-	for _, name := range []string{"good", "fast", "aliases"} {
+	for _, name := range []string{"good", "fast", "aliases", "l2-good"} {
 		if evs := f.warnings(name); len(evs) != 0 {
 			t.Errorf("%s: no Warning expected, got %+v", name, evs)
 		}
@@ -193,7 +200,7 @@ func TestBGPObjectConditions(t *testing.T) {
 // bgpStatusWrites counts the status writes of the BGP kinds, from the apiserver's own metrics.
 func bgpStatusWrites(f *fixture) (int, error) {
 	total := 0
-	for _, r := range []string{"bgppeers", "bgpadvertisements", "bfdprofiles"} {
+	for _, r := range []string{"bgppeers", "bgpadvertisements", "l2advertisements", "bfdprofiles"} {
 		n, err := realapi.Requests(f.cs, r, "status", "PATCH", "PUT")
 		if err != nil {
 			return 0, err

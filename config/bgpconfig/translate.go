@@ -23,9 +23,11 @@ type Input struct {
 	Node           Node
 	Peers          []v1beta1.BGPPeer
 	Advertisements []v1beta1.BGPAdvertisement
-	Communities    []v1beta1.Community
-	BFDProfiles    []v1beta1.BFDProfile
-	Pools          []v1beta1.IPAddressPool
+	// L2Advertisements are only checked (Validate); the speakers' L2 announcer reads them itself.
+	L2Advertisements []v1beta1.L2Advertisement
+	Communities      []v1beta1.Community
+	BFDProfiles      []v1beta1.BFDProfile
+	Pools            []v1beta1.IPAddressPool
 	// Passwords holds the "password" key of the Secrets BGPPeers refer to, by "namespace/name"
 	// (PasswordSecret);
 	// a Secret that is missing (or has no such key) is absent.
@@ -74,7 +76,7 @@ type Service struct {
 // Problem is something wrong (or not supported) in one object: the caller sets it as a condition
 // on the object and records an event. Other objects keep working.
 type Problem struct {
-	Kind string // BGPPeer, BGPAdvertisement, Community, BFDProfile
+	Kind string // BGPPeer, BGPAdvertisement, Community, BFDProfile, L2Advertisement
 	Name string
 	// Condition is config.ConditionValid (the object is not used, or partly) or
 	// config.ConditionNotSupported (a field is ignored).
@@ -150,6 +152,7 @@ func translate(in Input, everyNode bool) Result {
 		t.advertisements()
 	} else {
 		t.validateAdvertisements()
+		t.validateL2Advertisements()
 	}
 	sort.SliceStable(t.res.Problems, func(i, j int) bool {
 		a, b := t.res.Problems[i], t.res.Problems[j]
@@ -538,40 +541,14 @@ func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[strin
 		return bad(ReasonAggregation, "aggregationLength must be 0-32 and aggregationLengthV6 0-128")
 	}
 
-	// Pools: named, selected by label, or (neither) all.
-	for _, name := range s.IPAddressPools {
-		if _, ok := pools[name]; !ok {
-			return bad(ReasonUnknownPool, "ipAddressPools names %q, which does not exist", name)
-		}
-		ad.pools[name] = true
-	}
-	for _, ls := range s.IPAddressPoolSelectors {
-		sel, err := metav1.LabelSelectorAsSelector(&ls)
-		if err != nil {
-			return bad(ReasonInvalidSelector, "ipAddressPoolSelectors: %v", err)
-		}
-		for name, p := range pools {
-			if sel.Matches(labels.Set(p.Labels)) {
-				ad.pools[name] = true
-			}
-		}
-	}
-	if len(s.IPAddressPools) == 0 && len(s.IPAddressPoolSelectors) == 0 {
-		for name := range pools {
-			ad.pools[name] = true
-		}
+	var ok bool
+	if ad.pools, ad.serviceSelectors, ok = t.selection("BGPAdvertisement", ba.Name, s.AdvertisementSelection, pools); !ok {
+		return advertisement{}, false
 	}
 	for name := range ad.pools {
 		if err := checkAggregation(pools[name], ad.lenV4, ad.lenV6); err != nil {
 			return bad(ReasonAggregation, "pool %s: %v", name, err)
 		}
-	}
-	for _, ls := range s.ServiceSelectors {
-		sel, err := metav1.LabelSelectorAsSelector(&ls)
-		if err != nil {
-			return bad(ReasonInvalidSelector, "serviceSelectors: %v", err)
-		}
-		ad.serviceSelectors = append(ad.serviceSelectors, sel)
 	}
 
 	for _, c := range s.Communities {
@@ -615,6 +592,67 @@ func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[strin
 	}
 	slices.Sort(ad.peers)
 	return ad, true
+}
+
+// selection reads what an advertisement of kind selects: its pools (named, selected by label, or,
+// neither given, all) and its Service selectors; it reports a pool that does not exist and a
+// selector that does not parse (node selectors included) as problems of the object.
+func (t *translation) selection(kind, name string, s v1beta1.AdvertisementSelection, pools map[string]v1beta1.IPAddressPool) (map[string]bool, []labels.Selector, bool) {
+	bad := func(reason, format string, args ...any) (map[string]bool, []labels.Selector, bool) {
+		t.problem(kind, name, config.ConditionValid, reason, format, args...)
+		return nil, nil, false
+	}
+	selected := map[string]bool{}
+	for _, pool := range s.IPAddressPools {
+		if _, ok := pools[pool]; !ok {
+			return bad(ReasonUnknownPool, "ipAddressPools names %q, which does not exist: create the pool or fix the name", pool)
+		}
+		selected[pool] = true
+	}
+	for _, ls := range s.IPAddressPoolSelectors {
+		sel, err := metav1.LabelSelectorAsSelector(&ls)
+		if err != nil {
+			return bad(ReasonInvalidSelector, "ipAddressPoolSelectors: %v", err)
+		}
+		for pool, p := range pools {
+			if sel.Matches(labels.Set(p.Labels)) {
+				selected[pool] = true
+			}
+		}
+	}
+	if len(s.IPAddressPools) == 0 && len(s.IPAddressPoolSelectors) == 0 {
+		for pool := range pools {
+			selected[pool] = true
+		}
+	}
+	var serviceSelectors []labels.Selector
+	for _, ls := range s.ServiceSelectors {
+		sel, err := metav1.LabelSelectorAsSelector(&ls)
+		if err != nil {
+			return bad(ReasonInvalidSelector, "serviceSelectors: %v", err)
+		}
+		serviceSelectors = append(serviceSelectors, sel)
+	}
+	for _, ls := range s.NodeSelectors {
+		if _, err := metav1.LabelSelectorAsSelector(&ls); err != nil {
+			return bad(ReasonInvalidSelector, "nodeSelectors: %v", err)
+		}
+	}
+	return selected, serviceSelectors, true
+}
+
+// validateL2Advertisements checks what an L2Advertisement selects (the speakers' L2 announcer
+// reads the same fields; an unknown pool there selects nothing) and reports the fields Herald
+// accepts for migration but does not implement.
+func (t *translation) validateL2Advertisements() {
+	pools := t.poolsByName()
+	for _, la := range t.in.L2Advertisements {
+		t.selection("L2Advertisement", la.Name, la.Spec.AdvertisementSelection, pools)
+		if len(la.Spec.PreferredNodeSelectors) > 0 {
+			t.problem("L2Advertisement", la.Name, config.ConditionNotSupported, ReasonNotSupported,
+				"preferredNodeSelectors is not implemented and is ignored: the announcing node is chosen among all selected nodes")
+		}
+	}
 }
 
 // checkAggregation refuses aggregation lengths shorter than a pool's blocks: the aggregated route

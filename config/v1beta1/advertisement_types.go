@@ -24,16 +24,6 @@ type AdvertisementSelection struct {
 	ServiceSelectors []metav1.LabelSelector `json:"serviceSelectors,omitempty"`
 }
 
-// AdvertisementStatus is written by the controller: whether the advertisement is in force.
-type AdvertisementStatus struct {
-	// Conditions: Valid (False names an unknown pool, peer or community and how to fix it),
-	// NotSupported.
-	// +listType=map
-	// +listMapKey=type
-	// +optional
-	Conditions []metav1.Condition `json:"conditions,omitempty"`
-}
-
 // L2Advertisement announces pools' addresses with ARP (IPv4) and NDP (IPv6): one node at a time
 // answers for each address, and another takes over within a second when it fails.
 //
@@ -48,8 +38,9 @@ type L2Advertisement struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   L2AdvertisementSpec `json:"spec,omitempty"`
-	Status AdvertisementStatus `json:"status,omitempty"`
+	Spec L2AdvertisementSpec `json:"spec,omitempty"`
+	// Status is written by the controller: Valid (False names an unknown pool and how to fix it).
+	Status ConditionsStatus `json:"status,omitempty"`
 }
 
 // L2AdvertisementSpec selects what is announced over L2, where and by whom.
@@ -98,8 +89,10 @@ type BGPAdvertisement struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   BGPAdvertisementSpec `json:"spec,omitempty"`
-	Status AdvertisementStatus  `json:"status,omitempty"`
+	Spec BGPAdvertisementSpec `json:"spec,omitempty"`
+	// Status is written by the controller: Valid (False names an unknown pool, peer or community
+	// and how to fix it), NotSupported.
+	Status ConditionsStatus `json:"status,omitempty"`
 }
 
 // BGPAdvertisementSpec selects what is advertised, to which peers, from which nodes, and how.

@@ -17,8 +17,10 @@ type BGPPeer struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   BGPPeerSpec   `json:"spec"`
-	Status BGPPeerStatus `json:"status,omitempty"`
+	Spec BGPPeerSpec `json:"spec"`
+	// Status is written by the controller: Valid (False names a missing secret or BFD profile),
+	// NotSupported. Per-node session state is in each SpeakerStatus.
+	Status ConditionsStatus `json:"status,omitempty"`
 }
 
 // BGPPeerSpec describes one BGP session per selected node.
@@ -126,15 +128,6 @@ type SecretReference struct {
 	Namespace string `json:"namespace,omitempty"`
 }
 
-// BGPPeerStatus is written by the controller. Per-node session state is in each SpeakerStatus.
-type BGPPeerStatus struct {
-	// Conditions: Valid (False names a missing secret or BFD profile), NotSupported.
-	// +listType=map
-	// +listMapKey=type
-	// +optional
-	Conditions []metav1.Condition `json:"conditions,omitempty"`
-}
-
 // BGPPeerList is a list of BGPPeers.
 //
 // +kubebuilder:object:root=true
@@ -199,8 +192,9 @@ type BFDProfile struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   BFDProfileSpec   `json:"spec,omitempty"`
-	Status BFDProfileStatus `json:"status,omitempty"`
+	Spec BFDProfileSpec `json:"spec,omitempty"`
+	// Status is written by the controller: Valid, NotSupported (e.g. passive mode or minimum TTL).
+	Status ConditionsStatus `json:"status,omitempty"`
 }
 
 // BFDProfileSpec holds BFD timers. A session is declared down after detectMultiplier intervals
@@ -245,14 +239,6 @@ type BFDProfileSpec struct {
 	// +kubebuilder:validation:Maximum=60000
 	// +optional
 	EchoInterval *int32 `json:"echoInterval,omitempty"`
-}
-
-// BFDProfileStatus is written by the controller.
-type BFDProfileStatus struct {
-	// +listType=map
-	// +listMapKey=type
-	// +optional
-	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // BFDProfileList is a list of BFDProfiles.
