@@ -1,7 +1,8 @@
 package dataplane
 
 import (
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -23,22 +24,40 @@ import (
 // All methods are safe for concurrent use.
 type LocalEndpoints struct {
 	mu sync.RWMutex
-	// slices holds each slice's contribution by Service and slice name, so an update or delete
-	// replaces it exactly and a recompute touches only that Service's few slices.
-	slices map[types.NamespacedName]map[string]sliceReady
+	// services holds, per Service, what each of its slices says and the per-node counts derived
+	// from them. Flat slices rather than nested maps: with 10,000 Services the maps (three
+	// levels per Service) were ~20 MB of the speaker's heap; this is a few hundred bytes each.
+	services map[types.NamespacedName]*serviceReady
 	// sliceOwner remembers which Service a slice counted for, in case its label changes.
-	sliceOwner map[types.NamespacedName]types.NamespacedName
-	// ready is derived from slices: Service -> node -> distinct ready endpoints on that node.
-	ready       map[types.NamespacedName]map[string]map[string]struct{}
+	sliceOwner  map[types.NamespacedName]types.NamespacedName
 	subscribers map[int]func(types.NamespacedName)
 	nextSubID   int
 	synced      []cache.InformerSynced
 }
 
-// sliceReady is what one EndpointSlice says: its Service and, per node, its ready endpoints.
+// serviceReady is one Service's part of the view.
+type serviceReady struct {
+	// slices is what each of its EndpointSlices says (a Service has few: one per 100 endpoints
+	// per family), so an update or delete replaces exactly one slice's contribution.
+	slices []sliceReady
+	// nodes is derived from slices: the nodes with ready endpoints, sorted, each with its number
+	// of distinct ready endpoints.
+	nodes []nodeCount
+}
+
+// sliceReady is what one EndpointSlice says: its ready endpoints, sorted by node and key.
 type sliceReady struct {
-	service types.NamespacedName
-	nodes   map[string][]string // node -> endpoint keys
+	name      string
+	endpoints []readyEndpoint
+}
+
+// readyEndpoint is one ready endpoint: its node, and its identity across slices (endpointKey).
+// The strings are the informer's own, not copies.
+type readyEndpoint struct{ node, key string }
+
+type nodeCount struct {
+	node  string
+	count int
 }
 
 // EventHandlerRegistrar is the part of an informer LocalEndpoints needs.
@@ -49,9 +68,8 @@ type EventHandlerRegistrar interface {
 // NewLocalEndpoints returns an empty view.
 func NewLocalEndpoints() *LocalEndpoints {
 	return &LocalEndpoints{
-		slices:      map[types.NamespacedName]map[string]sliceReady{},
+		services:    map[types.NamespacedName]*serviceReady{},
 		sliceOwner:  map[types.NamespacedName]types.NamespacedName{},
-		ready:       map[types.NamespacedName]map[string]map[string]struct{}{},
 		subscribers: map[int]func(types.NamespacedName){},
 	}
 }
@@ -95,18 +113,25 @@ func (l *LocalEndpoints) HasLocalReady(svc types.NamespacedName, node string) bo
 func (l *LocalEndpoints) LocalReadyCount(svc types.NamespacedName, node string) int {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return len(l.ready[svc][node])
+	if s := l.services[svc]; s != nil {
+		if i, found := slices.BinarySearchFunc(s.nodes, node, func(n nodeCount, node string) int { return strings.Compare(n.node, node) }); found {
+			return s.nodes[i].count
+		}
+	}
+	return 0
 }
 
 // NodesWithReady lists, sorted, the nodes that have at least one ready endpoint of svc.
 func (l *LocalEndpoints) NodesWithReady(svc types.NamespacedName) []string {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	nodes := make([]string, 0, len(l.ready[svc]))
-	for n := range l.ready[svc] {
-		nodes = append(nodes, n)
+	var nodes []string
+	if s := l.services[svc]; s != nil {
+		nodes = make([]string, 0, len(s.nodes))
+		for _, n := range s.nodes {
+			nodes = append(nodes, n.node)
+		}
 	}
-	sort.Strings(nodes)
 	return nodes
 }
 
@@ -136,15 +161,16 @@ func (l *LocalEndpoints) OnEndpointSliceUpdate(slice *discoveryv1.EndpointSlice)
 	if !ok {
 		return
 	}
-	contribution := sliceReady{service: svc, nodes: map[string][]string{}}
+	var eps []readyEndpoint
 	for i := range slice.Endpoints {
 		ep := &slice.Endpoints[i]
 		if ep.NodeName == nil || *ep.NodeName == "" || !isReady(ep) {
 			continue
 		}
-		contribution.nodes[*ep.NodeName] = append(contribution.nodes[*ep.NodeName], endpointKey(ep))
+		eps = append(eps, readyEndpoint{node: *ep.NodeName, key: endpointKey(ep)})
 	}
-	l.replace(types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}, &contribution)
+	slices.SortFunc(eps, compareReadyEndpoints)
+	l.replace(types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}, svc, &sliceReady{name: slice.Name, endpoints: eps})
 }
 
 // OnEndpointSliceDelete forgets a slice.
@@ -152,41 +178,25 @@ func (l *LocalEndpoints) OnEndpointSliceDelete(slice *discoveryv1.EndpointSlice)
 	if slice == nil {
 		return
 	}
-	l.replace(types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}, nil)
+	l.replace(types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}, types.NamespacedName{}, nil)
 }
 
-// replace swaps one slice's contribution and notifies subscribers of every Service whose view
-// changed (a slice relabelled to another Service changes two).
-func (l *LocalEndpoints) replace(slice types.NamespacedName, next *sliceReady) {
+// replace swaps one slice's contribution (next nil: removes it; else it counts for svc) and
+// notifies subscribers of every Service whose view changed (a slice relabelled to another
+// Service changes two).
+func (l *LocalEndpoints) replace(slice, svc types.NamespacedName, next *sliceReady) {
 	l.mu.Lock()
-	affected := map[types.NamespacedName]struct{}{}
-	if prev, ok := l.sliceOwner[slice]; ok {
-		affected[prev] = struct{}{}
-		delete(l.slices[prev], slice.Name)
-		if len(l.slices[prev]) == 0 {
-			delete(l.slices, prev)
-		}
+	var changed []types.NamespacedName
+	if prev, ok := l.sliceOwner[slice]; ok && (next == nil || prev != svc) {
 		delete(l.sliceOwner, slice)
+		if l.update(prev, slice.Name, nil) {
+			changed = append(changed, prev)
+		}
 	}
 	if next != nil {
-		affected[next.service] = struct{}{}
-		if l.slices[next.service] == nil {
-			l.slices[next.service] = map[string]sliceReady{}
-		}
-		l.slices[next.service][slice.Name] = *next
-		l.sliceOwner[slice] = next.service
-	}
-	var changed []types.NamespacedName
-	for svc := range affected {
-		before := l.ready[svc]
-		after := l.recompute(svc)
-		if !sameCounts(before, after) {
+		l.sliceOwner[slice] = svc
+		if l.update(svc, slice.Name, next) {
 			changed = append(changed, svc)
-		}
-		if len(after) == 0 {
-			delete(l.ready, svc)
-		} else {
-			l.ready[svc] = after
 		}
 	}
 	subs := make([]func(types.NamespacedName), 0, len(l.subscribers))
@@ -201,33 +211,65 @@ func (l *LocalEndpoints) replace(slice types.NamespacedName, next *sliceReady) {
 	}
 }
 
-// recompute derives one Service's per-node ready endpoints from all of its slices (a Service
-// has few: one per 100 endpoints per family).
-func (l *LocalEndpoints) recompute(svc types.NamespacedName) map[string]map[string]struct{} {
-	out := map[string]map[string]struct{}{}
-	for _, s := range l.slices[svc] {
-		for node, keys := range s.nodes {
-			if out[node] == nil {
-				out[node] = map[string]struct{}{}
-			}
-			for _, k := range keys {
-				out[node][k] = struct{}{}
-			}
-		}
+// update puts (or with next nil removes) the slice named name in svc's part of the view and
+// recounts it; it reports whether the nodes or their counts changed. The caller holds l.mu.
+func (l *LocalEndpoints) update(svc types.NamespacedName, name string, next *sliceReady) bool {
+	s := l.services[svc]
+	if s == nil {
+		s = &serviceReady{}
 	}
-	return out
+	i := slices.IndexFunc(s.slices, func(r sliceReady) bool { return r.name == name })
+	switch {
+	case next == nil && i >= 0:
+		s.slices = slices.Delete(s.slices, i, i+1)
+	case next != nil && i >= 0:
+		s.slices[i] = *next
+	case next != nil:
+		s.slices = append(s.slices, *next)
+	}
+	before := s.nodes
+	s.nodes = countByNode(s.slices)
+	if len(s.slices) == 0 {
+		delete(l.services, svc)
+	} else {
+		l.services[svc] = s
+	}
+	return !slices.Equal(before, s.nodes)
 }
 
-func sameCounts(a, b map[string]map[string]struct{}) bool {
-	if len(a) != len(b) {
-		return false
+// countByNode counts one Service's distinct ready endpoints per node, sorted by node.
+func countByNode(from []sliceReady) []nodeCount {
+	var all []readyEndpoint
+	switch len(from) {
+	case 0:
+		return nil
+	case 1:
+		all = from[0].endpoints // sorted already
+	default:
+		for _, s := range from {
+			all = append(all, s.endpoints...)
+		}
+		slices.SortFunc(all, compareReadyEndpoints)
 	}
-	for node, eps := range a {
-		if len(b[node]) != len(eps) {
-			return false
+	var out []nodeCount
+	for i, e := range all {
+		if i > 0 && all[i-1] == e {
+			continue // the same endpoint in two slices
+		}
+		if n := len(out); n > 0 && out[n-1].node == e.node {
+			out[n-1].count++
+		} else {
+			out = append(out, nodeCount{node: e.node, count: 1})
 		}
 	}
-	return true
+	return slices.Clip(out)
+}
+
+func compareReadyEndpoints(a, b readyEndpoint) int {
+	if c := strings.Compare(a.node, b.node); c != 0 {
+		return c
+	}
+	return strings.Compare(a.key, b.key)
 }
 
 // sliceService names the Service a slice belongs to, from the kubernetes.io/service-name label
