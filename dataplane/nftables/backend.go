@@ -16,6 +16,7 @@ package nftables
 
 import (
 	"context"
+	"os/exec"
 	"sort"
 	"strings"
 
@@ -32,6 +33,9 @@ type Backend struct {
 	nft knftables.Interface
 	// incremental commits incremental syncs: the nft session on a node, nft itself in tests.
 	incremental transactionRunner
+	// beginFull starts the transaction of a full sync: a stream to `nft -f` on a node, one
+	// knftables transaction in tests.
+	beginFull func(ctx context.Context) (bulkTx, error)
 	// committed is what the last successful sync put in the kernel, per Service.
 	committed map[types.NamespacedName]*packedFragment
 	// refs counts the Services holding each shared element (two Services may share a hairpin
@@ -53,19 +57,25 @@ func New() (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := newSession(nft)
+	path, err := exec.LookPath("nft")
+	if err != nil {
+		return nil, err
+	}
+	full := streamer{path: path, nft: nft}
+	sess, err := newSession(full)
 	if err != nil {
 		return nil, err
 	}
 	b := NewWithInterface(nft)
-	b.incremental = sess
+	b.incremental, b.beginFull = sess, full.begin
 	return b, nil
 }
 
 // NewWithInterface returns a backend on a given knftables interface (a knftables.Fake in
 // tests) that commits every sync through it.
 func NewWithInterface(nft knftables.Interface) *Backend {
-	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*packedFragment{}, refs: map[elementKey]int{}}
+	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*packedFragment{}, refs: map[elementKey]int{},
+		beginFull: func(ctx context.Context) (bulkTx, error) { return newOneTx(ctx, nft), nil }}
 }
 
 // Close ends the nft session, if one runs; the rules stay.
@@ -84,47 +94,23 @@ func (b *Backend) LastTransactionSize() int { return b.lastTx }
 // transaction (delete and re-create), which needs no listing and leaves nothing stale; an
 // incremental one diffs each changed Service's fragment against what was committed.
 func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
+	if req.Full {
+		return b.syncFull(ctx, req.State)
+	}
 	tx := b.nft.NewTransaction()
-	var next map[types.NamespacedName]*packedFragment
-	var nextRefs map[elementKey]int
-	if req.Full {
-		next = make(map[types.NamespacedName]*packedFragment, len(req.State.Services))
-		nextRefs = map[elementKey]int{}
-		// "add" first so that "delete" cannot fail on a node where the table never existed.
-		tx.Add(&knftables.Table{})
-		tx.Delete(&knftables.Table{})
-		addBaseRuleset(tx)
-		empty := newFragment()
-		for svc, ports := range req.State.Services {
-			fr := render(ports)
-			diff(tx, empty, fr, plainRefs(nextRefs))
-			if p := pack(fr); p != nil {
-				next[svc] = p
-			}
-		}
-	} else {
-		next = make(map[types.NamespacedName]*packedFragment, len(req.Changed))
-		nextRefs = make(map[elementKey]int)
-		// Work on copies of the refcounts that change, so a failed transaction leaves b intact.
-		refs := overlayRefs{base: b.refs, delta: nextRefs}
-		for _, svc := range sortedNames(req.Changed) {
-			fr := render(req.State.Services[svc])
-			diff(tx, b.committed[svc].unpack(), fr, refs)
-			next[svc] = pack(fr)
-		}
+	next := make(map[types.NamespacedName]*packedFragment, len(req.Changed))
+	nextRefs := make(map[elementKey]int)
+	// Work on copies of the refcounts that change, so a failed transaction leaves b intact.
+	refs := overlayRefs{base: b.refs, delta: nextRefs}
+	for _, svc := range sortedNames(req.Changed) {
+		fr := render(req.State.Services[svc])
+		diff(tx, b.committed[svc].unpack(), fr, refs)
+		next[svc] = pack(fr)
 	}
-	run := b.incremental.Run
-	if req.Full {
-		run = b.nft.Run
-	}
-	if err := run(ctx, tx); err != nil {
+	if err := b.incremental.Run(ctx, tx); err != nil {
 		return err
 	}
 	b.lastTx = tx.NumOperations()
-	if req.Full {
-		b.committed, b.refs = next, nextRefs
-		return nil
-	}
 	for svc, p := range next {
 		if p == nil {
 			delete(b.committed, svc)
@@ -139,6 +125,44 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 			b.refs[k] = n
 		}
 	}
+	return nil
+}
+
+// syncFull replaces the table with st in one transaction, sent to nft one Service at a time.
+func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
+	out, err := b.beginFull(ctx)
+	if err != nil {
+		return err
+	}
+	next := make(map[types.NamespacedName]*packedFragment, len(st.Services))
+	nextRefs := map[elementKey]int{}
+	tx := out.Part()
+	// "add" first so that "delete" cannot fail on a node where the table never existed.
+	tx.Add(&knftables.Table{})
+	tx.Delete(&knftables.Table{})
+	addBaseRuleset(tx)
+	err = out.EndPart()
+	empty := newFragment()
+	for svc, ports := range st.Services {
+		if err != nil {
+			break
+		}
+		fr := render(ports)
+		diff(out.Part(), empty, fr, plainRefs(nextRefs))
+		if p := pack(fr); p != nil {
+			next[svc] = p
+		}
+		err = out.EndPart()
+	}
+	if err != nil {
+		out.Abort()
+		return err
+	}
+	if err := out.Commit(); err != nil {
+		return err
+	}
+	b.lastTx = out.Operations()
+	b.committed, b.refs = next, nextRefs
 	return nil
 }
 

@@ -41,10 +41,10 @@ import (
 //
 // The process is started on first use, in the network namespace of the calling thread (as
 // knftables does for each `nft -f`). Where `nft -i` does not work (nft built without its
-// command-line interface), every transaction goes to the fallback (knftables' `nft -f`).
+// command-line interface), every transaction goes to the fallback (`nft -f`, stream.go).
 type session struct {
 	path     string
-	fallback knftables.Interface
+	fallback transactionRunner
 	timeout  time.Duration
 
 	mu       sync.Mutex
@@ -72,7 +72,7 @@ const (
 	markerPrefix = "herald-end-"
 )
 
-func newSession(fallback knftables.Interface) (*session, error) {
+func newSession(fallback transactionRunner) (*session, error) {
 	path, err := exec.LookPath("nft")
 	if err != nil {
 		return nil, err
