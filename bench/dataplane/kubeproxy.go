@@ -25,12 +25,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
-	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/proc"
+	"github.com/heraldlb/herald/speaker"
 )
 
 var (
@@ -42,20 +42,27 @@ var (
 const benchNode = "bench-node"
 
 // runHeraldProxy is the helper role: Herald's embedded data plane (nftables) as the speaker
-// runs it, fed by the informers of the speaker's cache (which also feed its local-endpoint view).
+// runs it, fed by the Service and EndpointSlice informers of the speaker's own cache
+// (speaker.New: the same transforms), which also feed its local-endpoint view.
 func runHeraldProxy(kubeconfig string) {
+	if *heapProfile != "" {
+		// Finer than the default 512 KiB, so that the smaller consumers show up too.
+		runtime.MemProfileRate = 16 << 10
+	}
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		fail("%v", err)
 	}
 	rc.QPS, rc.Burst = 1000, 2000
 	cs := kubernetes.NewForConfigOrDie(rc)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	c, err := crcache.New(rc, crcache.Options{})
+	view := dataplane.NewLocalEndpoints()
+	spk, err := speaker.New(speaker.Config{NodeName: benchNode, RestConfig: rc, Endpoints: view}, nil)
 	if err != nil {
 		fail("%v", err)
 	}
+	c := spk.Cache()
 	services, err := c.GetInformer(ctx, &corev1.Service{})
 	if err != nil {
 		fail("%v", err)
@@ -64,7 +71,6 @@ func runHeraldProxy(kubeconfig string) {
 	if err != nil {
 		fail("%v", err)
 	}
-	view := dataplane.NewLocalEndpoints()
 	if err := view.Register(slices); err != nil {
 		fail("%v", err)
 	}
@@ -75,17 +81,26 @@ func runHeraldProxy(kubeconfig string) {
 	if err != nil {
 		fail("%v", err)
 	}
-	d.Run(ctx)
+	go d.Run(ctx)
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	<-signals
 	if *heapProfile != "" {
-		f, err := os.Create(*heapProfile)
-		if err != nil {
-			fail("%v", err)
-		}
-		defer f.Close()
-		runtime.GC() // the profile shows the heap as of the last collection: make that now
-		if err := pprof.WriteHeapProfile(f); err != nil {
-			fail("heap profile: %v", err)
-		}
+		// Before anything stops: the profile shows what the running data plane holds.
+		writeHeapProfile(*heapProfile)
+	}
+}
+
+// writeHeapProfile writes the live heap, as of a collection made now, to path.
+func writeHeapProfile(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		fail("%v", err)
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		fail("heap profile: %v", err)
 	}
 }
 
