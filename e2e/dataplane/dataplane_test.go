@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -63,6 +64,17 @@ func service(t *testing.T, l *lab.Lab, cs kubernetes.Interface, name, ip string,
 		}
 	}
 	return created
+}
+
+// podsOn lists the lab's pods on the named nodes.
+func podsOn(l *lab.Lab, nodes ...string) []*lab.Host {
+	var out []*lab.Host
+	for _, p := range l.Pods() {
+		if slices.Contains(nodes, p.Node) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // localPolicy makes a Service externalTrafficPolicy: Local.
@@ -150,6 +162,19 @@ func backends(counts map[string]int) []string {
 	return out
 }
 
+// answeredByExactly reports whether a Spread's counts show no failure and answers from every one
+// of pods and from no other backend.
+func answeredByExactly(counts map[string]int, pods []*lab.Host) bool {
+	got := backends(counts)
+	var want []string
+	for _, p := range pods {
+		want = append(want, p.Name)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	return counts[""] == 0 && slices.Equal(got, want)
+}
+
 // TestClientReachesServiceThroughTheDataPlane: the client on the segment reaches a Service's
 // LoadBalancer IP (announced over L2, forwarded by the owner's nftables data plane) with requests
 // spread over the three backends, reaches its NodePort on every node, every node reaches its
@@ -184,7 +209,7 @@ func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if counts[""] > 0 || len(counts) != len(l.Pods()) {
+		if !answeredByExactly(counts, l.Pods()) {
 			t.Errorf("ClusterIP %s from %s: answers per backend %v (failures under \"\"), want every one of the %d backends and no failure",
 				clusterIP, n.Name, counts, len(l.Pods()))
 		}

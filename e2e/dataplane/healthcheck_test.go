@@ -29,25 +29,14 @@ func TestHealthCheckNodePortFollowsEndpoints(t *testing.T) {
 	cs, dyn := labsuite.Clients(t, l)
 	l2Pool(t, dyn, "dpe-health", "10.77.0.236/32")
 	nodes := l.Nodes()
-	podsOn := func(names ...string) []*lab.Host {
-		var out []*lab.Host
-		for _, p := range l.Pods() {
-			for _, n := range names {
-				if p.Node == n {
-					out = append(out, p)
-				}
-			}
-		}
-		return out
-	}
-	pods := podsOn(nodes[0].Name)
+	pods := podsOn(l, nodes[0].Name)
 	svc := service(t, l, cs, "health", "10.77.0.236", pods, localPolicy)
 	if svc.Spec.HealthCheckNodePort == 0 {
 		t.Fatal("the apiserver allocated no healthCheckNodePort")
 	}
 	checkAnswers(t, l, cs, svc, pods)
 
-	pods = podsOn(nodes[1].Name, nodes[2].Name)
+	pods = podsOn(l, nodes[1].Name, nodes[2].Name)
 	if err := l.SetEndpoints(context.Background(), cs, svc, pods); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/e2e/lab/labsuite"
@@ -78,5 +79,33 @@ func TestSourceRangesDropOtherClients(t *testing.T) {
 	nodePort := netip.AddrPortFrom(l.Nodes()[0].IPv4, uint16(ranged.Spec.Ports[0].NodePort))
 	if r, err := l.Get(ctx, lab.HostRouter, nodePort, 2*time.Second); err != nil {
 		t.Errorf("the router at the NodePort %s of the Service with source ranges: %+v %v", nodePort, r, err)
+	}
+}
+
+// TestInternalTrafficPolicyLocal: with internalTrafficPolicy: Local a node's connections to the
+// ClusterIP reach only the endpoints on that node, and a node without one gets no answer (the
+// Service has endpoints elsewhere, so its packets are dropped, as kube-proxy does).
+func TestInternalTrafficPolicyLocal(t *testing.T) {
+	l := labsuite.Lab(t)
+	ctx := context.Background()
+	cs, dyn := labsuite.Clients(t, l)
+	l2Pool(t, dyn, "dpe-internal", "10.77.0.240/32")
+	nodes := l.Nodes()
+	svc := service(t, l, cs, "internal", "10.77.0.240", podsOn(l, nodes[0].Name, nodes[1].Name), func(svc *corev1.Service) {
+		svc.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+	})
+	clusterIP := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), uint16(svc.Spec.Ports[0].Port))
+	for _, n := range nodes[:2] {
+		waitForAnswers(t, l, n.Name, clusterIP)
+		counts, err := l.Spread(ctx, n.Name, clusterIP, 20, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !answeredByExactly(counts, podsOn(l, n.Name)) {
+			t.Errorf("ClusterIP %s from %s: answers per backend %v (failures under \"\"), want every one of %s's own and no other", clusterIP, n.Name, counts, n.Name)
+		}
+	}
+	if got, err := connect(ctx, l, nodes[2].Name, clusterIP, 1500*time.Millisecond); got != unanswered {
+		t.Errorf("ClusterIP %s from %s, which has no endpoint of its own: %s (%v), want no answer (dropped)", clusterIP, nodes[2].Name, got, err)
 	}
 }

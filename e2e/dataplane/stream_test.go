@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"testing"
 	"time"
 
@@ -115,11 +114,7 @@ func TestStreamSurvivesEndpointChange(t *testing.T) {
 	labsuite.WaitFor(t, 30*time.Second, "new connections reaching only "+kept.Name+" and "+added.Name+", not "+removed.Name, func() (bool, string) {
 		checkStream("while the change took effect")
 		counts, err := l.Spread(ctx, lab.HostClient, addr, 12, time.Second)
-		got := backends(counts)
-		slices.Sort(got)
-		want := []string{kept.Name, added.Name}
-		slices.Sort(want)
-		return err == nil && counts[""] == 0 && slices.Equal(got, want), fmt.Sprint(counts, err)
+		return err == nil && answeredByExactly(counts, []*lab.Host{kept, added}), fmt.Sprint(counts, err)
 	})
 	t.Logf("new connections saw the new set %v after the change", time.Since(changed).Round(time.Millisecond))
 	// A further second of stream after the change is in force everywhere.
