@@ -82,6 +82,11 @@ func localPolicy(svc *corev1.Service) {
 	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 }
 
+// clusterAddr is a Service's i-th ClusterIP (one per family) and its port.
+func clusterAddr(svc *corev1.Service, i int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIPs[i]), uint16(svc.Spec.Ports[0].Port))
+}
+
 // lbAddr is a Service's LoadBalancer IP (the one it asked for) and its port.
 func lbAddr(svc *corev1.Service) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr(svc.Annotations[config.AnnotationLoadBalancerIPs]), uint16(svc.Spec.Ports[0].Port))
@@ -162,6 +167,25 @@ func backends(counts map[string]int) []string {
 	return out
 }
 
+// requireAnsweredBy waits until from gets answers at addr, then sends 30 requests and fails the
+// test unless every one is answered and, together, by every one of pods and no other backend.
+func requireAnsweredBy(t *testing.T, l *lab.Lab, from string, addr netip.AddrPort, pods []*lab.Host) {
+	t.Helper()
+	waitForAnswers(t, l, from, addr)
+	counts, err := l.Spread(context.Background(), from, addr, 30, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, p := range pods {
+		want = append(want, p.Name)
+	}
+	if !answeredByExactly(counts, pods) {
+		t.Errorf("%s from %s: answers per backend %v (failures under \"\"), want answers from each of %v and no other, no failure", addr, from, counts, want)
+	}
+	t.Logf("%s from %s: answers per backend %v", addr, from, counts)
+}
+
 // answeredByExactly reports whether a Spread's counts show no failure and answers from every one
 // of pods and from no other backend.
 func answeredByExactly(counts map[string]int, pods []*lab.Host) bool {
@@ -201,19 +225,9 @@ func TestClientReachesServiceThroughTheDataPlane(t *testing.T) {
 	}
 
 	// The ClusterIP exists only in the nodes' data planes (nothing routes it), so every answer a
-	// node gets comes through its own rules; 30 requests reach every backend.
-	clusterIP := netip.AddrPortFrom(netip.MustParseAddr(cluster.Spec.ClusterIP), uint16(cluster.Spec.Ports[0].Port))
+	// node gets comes through its own rules.
 	for _, n := range l.Nodes() {
-		waitForAnswers(t, l, n.Name, clusterIP)
-		counts, err := l.Spread(ctx, n.Name, clusterIP, 30, 2*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !answeredByExactly(counts, l.Pods()) {
-			t.Errorf("ClusterIP %s from %s: answers per backend %v (failures under \"\"), want every one of the %d backends and no failure",
-				clusterIP, n.Name, counts, len(l.Pods()))
-		}
-		t.Logf("ClusterIP %s from %s: answers per backend %v", clusterIP, n.Name, counts)
+		requireAnsweredBy(t, l, n.Name, clusterAddr(cluster, 0), l.Pods())
 	}
 
 	client := l.Topology.Host(lab.HostClient)

@@ -33,7 +33,7 @@ func TestServiceWithoutEndpointsIsRefused(t *testing.T) {
 		from string
 		addr netip.AddrPort
 	}{
-		{node.Name, netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), uint16(svc.Spec.Ports[0].Port))},
+		{node.Name, clusterAddr(svc, 0)},
 		{lab.HostClient, lbAddr(svc)},
 	}
 	for _, tg := range targets {

@@ -1,10 +1,8 @@
 package dataplane_test
 
 import (
-	"context"
 	"net/netip"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
@@ -19,7 +17,6 @@ import (
 // ClusterIP through its own data plane.
 func TestDualStackServiceOverIPv6(t *testing.T) {
 	l := labsuite.Lab(t)
-	ctx := context.Background()
 	cs, dyn := labsuite.Clients(t, l)
 	v4, v6 := "10.77.0.241", "fd00:77::241"
 	l2Pool(t, dyn, "dpe-dual", v4+"/32", v6+"/128")
@@ -36,15 +33,7 @@ func TestDualStackServiceOverIPv6(t *testing.T) {
 	if len(svc.Spec.ClusterIPs) != 2 {
 		t.Fatalf("the dual-stack Service has ClusterIPs %v, want one per family", svc.Spec.ClusterIPs)
 	}
-	clusterIP := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIPs[1]), port)
 	for _, n := range l.Nodes() {
-		waitForAnswers(t, l, n.Name, clusterIP)
-		counts, err := l.Spread(ctx, n.Name, clusterIP, 30, 2*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !answeredByExactly(counts, l.Pods()) {
-			t.Errorf("ClusterIP %s from %s: answers per backend %v (failures under \"\"), want every backend and no failure", clusterIP, n.Name, counts)
-		}
+		requireAnsweredBy(t, l, n.Name, clusterAddr(svc, 1), l.Pods())
 	}
 }

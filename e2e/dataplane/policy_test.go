@@ -94,16 +94,9 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 	svc := service(t, l, cs, "internal", "10.77.0.240", podsOn(l, nodes[0].Name, nodes[1].Name), func(svc *corev1.Service) {
 		svc.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
 	})
-	clusterIP := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), uint16(svc.Spec.Ports[0].Port))
+	clusterIP := clusterAddr(svc, 0)
 	for _, n := range nodes[:2] {
-		waitForAnswers(t, l, n.Name, clusterIP)
-		counts, err := l.Spread(ctx, n.Name, clusterIP, 20, 2*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !answeredByExactly(counts, podsOn(l, n.Name)) {
-			t.Errorf("ClusterIP %s from %s: answers per backend %v (failures under \"\"), want every one of %s's own and no other", clusterIP, n.Name, counts, n.Name)
-		}
+		requireAnsweredBy(t, l, n.Name, clusterIP, podsOn(l, n.Name))
 	}
 	if got, err := connect(ctx, l, nodes[2].Name, clusterIP, 1500*time.Millisecond); got != unanswered {
 		t.Errorf("ClusterIP %s from %s, which has no endpoint of its own: %s (%v), want no answer (dropped)", clusterIP, nodes[2].Name, got, err)
