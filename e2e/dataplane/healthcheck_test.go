@@ -23,7 +23,9 @@ import (
 
 // TestHealthCheckNodePortFollowsEndpoints: for an externalTrafficPolicy: Local Service, every
 // node's healthCheckNodePort answers 200 when the node holds a ready endpoint and 503 when not,
-// with kube-proxy's status line, headers and body; when the endpoints move, the answers follow.
+// with kube-proxy's status line, headers and body; the rest of the node agrees (the IP is
+// announced from a node that answers 200, a node answering 503 drops the NodePort, a node
+// answering 200 serves it from its own endpoint); when the endpoints move, all of it follows.
 func TestHealthCheckNodePortFollowsEndpoints(t *testing.T) {
 	l := labsuite.Lab(t)
 	cs, dyn := labsuite.Clients(t, l)
@@ -35,12 +37,14 @@ func TestHealthCheckNodePortFollowsEndpoints(t *testing.T) {
 		t.Fatal("the apiserver allocated no healthCheckNodePort")
 	}
 	checkAnswers(t, l, cs, svc, pods)
+	checkLocalServing(t, l, svc, pods)
 
 	pods = podsOn(l, nodes[1].Name, nodes[2].Name)
 	if err := l.SetEndpoints(context.Background(), cs, svc, pods); err != nil {
 		t.Fatal(err)
 	}
 	checkAnswers(t, l, cs, svc, pods)
+	checkLocalServing(t, l, svc, pods)
 }
 
 // checkAnswers waits until every node's healthCheckNodePort for svc, asked from the client,
@@ -74,6 +78,39 @@ func checkAnswers(t *testing.T, l *lab.Lab, cs kubernetes.Interface, svc *corev1
 				fmt.Sprintf("node answers\n%s\nwant\n%s", got, want)
 		})
 		t.Logf("%s after %v: %s", n.Name, took.Round(time.Millisecond), got)
+	}
+}
+
+// checkLocalServing waits until the node answering ARP for svc's LoadBalancer IP is one with an
+// endpoint among pods, then checks every node's NodePort from the client: a node with an
+// endpoint answers from one of its own, the others drop the connection (kube-proxy's Local policy).
+func checkLocalServing(t *testing.T, l *lab.Lab, svc *corev1.Service, pods []*lab.Host) {
+	t.Helper()
+	ctx := context.Background()
+	serving := map[string]bool{}
+	for _, p := range pods {
+		serving[p.Node] = true
+	}
+	ip := lbAddr(svc).Addr()
+	labsuite.WaitFor(t, 30*time.Second, fmt.Sprintf("%s announced by a node with an endpoint", ip), func() (bool, string) {
+		macs, err := l.ResolveMACs(ctx, lab.HostClient, ip, 2)
+		if err != nil || len(macs) != 1 {
+			return false, fmt.Sprint(macs, err)
+		}
+		h := l.HostByMAC(macs[0])
+		return h != nil && serving[h.Name], fmt.Sprintf("answered by %s (%v)", macs[0], h)
+	})
+	for _, n := range l.Nodes() {
+		addr := netip.AddrPortFrom(n.IPv4, uint16(svc.Spec.Ports[0].NodePort))
+		if !serving[n.Name] {
+			if got, err := connect(ctx, l, lab.HostClient, addr, 1500*time.Millisecond); got != unanswered {
+				t.Errorf("NodePort %s of %s, which has no endpoint: %s (%v), want no answer (dropped)", addr, n.Name, got, err)
+			}
+			continue
+		}
+		if r, err := l.Get(ctx, lab.HostClient, addr, 2*time.Second); err != nil || r.Node != n.Name {
+			t.Errorf("NodePort %s of %s: %+v %v, want an answer from one of %s's own endpoints", addr, n.Name, r, err, n.Name)
+		}
 	}
 }
 
