@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -54,6 +55,28 @@ func MembershipPeers(nodes []corev1.Node, statuses []v1beta1.SpeakerStatus, port
 		}
 	}
 	return out
+}
+
+// WaitForAPI waits until the API server serves Herald's kinds. Helm creates the CRDs and the
+// DaemonSet together, and an API server serves a new CRD a moment (seconds, when busy) after it
+// exists: a speaker that gave up then would only be restarted after a crash-loop back-off.
+func (s *Speaker) WaitForAPI(ctx context.Context) error {
+	gvk := v1beta1.GroupVersion.WithKind("SpeakerStatus")
+	for logged := false; ; {
+		_, err := s.client.RESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err == nil || !meta.IsNoMatchError(err) {
+			return err
+		}
+		if !logged {
+			s.cfg.Logger.Info("speaker: waiting for the API server to serve Herald's CRDs", "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // WatchPeers calls set with the membership peers now and whenever Nodes or SpeakerStatuses come,

@@ -162,6 +162,9 @@ func run() error {
 		spk.AddAnnouncer(bgpAnnouncer)
 		prometheus.MustRegister(bgpAnnouncer.Collector())
 	}
+	if err := spk.WaitForAPI(ctx); err != nil {
+		return err
+	}
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
