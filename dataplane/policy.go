@@ -97,8 +97,23 @@ func byHint(eps []Endpoint, hints func(Endpoint) []string, want string) ([]Endpo
 	return out, len(out) > 0
 }
 
+// filter returns the endpoints keep accepts: eps itself when it accepts them all (endpoint
+// lists are read-only once built, and most Services have only ready endpoints: a copy for
+// each of 10,000 Services adds up).
 func filter(eps []Endpoint, keep func(Endpoint) bool) []Endpoint {
+	kept := 0
+	for _, e := range eps {
+		if keep(e) {
+			kept++
+		}
+	}
+	if kept == len(eps) {
+		return eps
+	}
 	var out []Endpoint
+	if kept > 0 {
+		out = make([]Endpoint, 0, kept)
+	}
 	for _, e := range eps {
 		if keep(e) {
 			out = append(out, e)

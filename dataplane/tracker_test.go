@@ -1,7 +1,9 @@
 package dataplane
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -178,5 +180,48 @@ func TestStaleUDPFilters(t *testing.T) {
 	// Unchanged endpoints: nothing.
 	if got := staleUDPFilters(mk(true, "10.1.0.1"), mk(true, "10.1.0.1")); len(got) != 0 {
 		t.Fatalf("unchanged = %+v", got)
+	}
+}
+
+// An endpoint listed twice (in two slices while the controller moves it, or twice in one) is
+// one endpoint, as the first slice by name says it; slices are found again when updated or
+// deleted out of order.
+func TestTrackerCountsAnEndpointOnce(t *testing.T) {
+	mk := func(name string, ready bool, addrs ...string) *discoveryv1.EndpointSlice {
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: name, ResourceVersion: "1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To(int32(8080))}},
+		}
+		for _, a := range addrs {
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)}})
+		}
+		return s
+	}
+	svc := lbService("1")
+	svc.Spec.Ports = svc.Spec.Ports[:1]
+	svc.Spec.Ports[0].TargetPort = intstr.FromString("http")
+	tr := NewChangeTracker("n1")
+	tr.OnServiceUpdate(svc)
+	tr.OnEndpointSliceUpdate(mk("web-c", true, "10.1.0.3"))
+	tr.OnEndpointSliceUpdate(mk("web-a", false, "10.1.0.1", "10.1.0.2", "10.1.0.2"))
+	tr.OnEndpointSliceUpdate(mk("web-b", true, "10.1.0.1"))
+	var st State
+	tr.Apply(&st)
+	key := types.NamespacedName{Namespace: "ns", Name: "web"}
+	addrs := func() (out []string) {
+		for _, e := range endpointsForPort(tr.slices[key], &svc.Spec.Ports[0], Node{Name: "n1"}) {
+			out = append(out, fmt.Sprintf("%s ready=%v", e.AddrPort(), e.Ready))
+		}
+		return out
+	}
+	want := []string{"10.1.0.1:8080 ready=false", "10.1.0.2:8080 ready=false", "10.1.0.3:8080 ready=true"}
+	if got := addrs(); !slices.Equal(got, want) {
+		t.Fatalf("endpoints = %v, want %v", got, want)
+	}
+	tr.OnEndpointSliceDelete(mk("web-a", false))
+	want = []string{"10.1.0.1:8080 ready=true", "10.1.0.3:8080 ready=true"}
+	if got := addrs(); !slices.Equal(got, want) {
+		t.Fatalf("after deleting web-a: endpoints = %v, want %v", got, want)
 	}
 }
