@@ -25,12 +25,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/proc"
-	"github.com/heraldlb/herald/speaker"
 )
 
 var (
@@ -42,8 +42,9 @@ var (
 const benchNode = "bench-node"
 
 // runHeraldProxy is the helper role: Herald's embedded data plane (nftables) as the speaker
-// runs it, fed by the Service and EndpointSlice informers of the speaker's own cache
-// (speaker.New: the same transforms), which also feed its local-endpoint view.
+// runs it, fed by the informers of a cache set up as the speaker's (speaker.New: the same
+// transform), which also feed its local-endpoint view. The process is this benchmark's binary,
+// not the speaker's: its figures are the data plane's, without the announcers.
 func runHeraldProxy(kubeconfig string) {
 	if *heapProfile != "" {
 		// Finer than the default 512 KiB, so that the smaller consumers show up too.
@@ -57,12 +58,10 @@ func runHeraldProxy(kubeconfig string) {
 	cs := kubernetes.NewForConfigOrDie(rc)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	view := dataplane.NewLocalEndpoints()
-	spk, err := speaker.New(speaker.Config{NodeName: benchNode, RestConfig: rc, Endpoints: view}, nil)
+	c, err := crcache.New(rc, crcache.Options{DefaultTransform: dataplane.StripForProxy})
 	if err != nil {
 		fail("%v", err)
 	}
-	c := spk.Cache()
 	services, err := c.GetInformer(ctx, &corev1.Service{})
 	if err != nil {
 		fail("%v", err)
@@ -71,6 +70,7 @@ func runHeraldProxy(kubeconfig string) {
 	if err != nil {
 		fail("%v", err)
 	}
+	view := dataplane.NewLocalEndpoints()
 	if err := view.Register(slices); err != nil {
 		fail("%v", err)
 	}

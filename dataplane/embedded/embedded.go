@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
-	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
@@ -101,11 +100,11 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 
 	services, slices := opts.Services, opts.EndpointSlices
 	if services == nil || slices == nil {
-		// The proxy reads no managed fields: not keeping them saves a third of the memory
-		// of a typical Service or EndpointSlice.
+		// What the proxy does not read is not kept (managed fields alone are a third of a
+		// typical Service or EndpointSlice).
 		d.factory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0,
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxiedSelector }),
-			informers.WithTransform(crcache.TransformStripManagedFields()))
+			informers.WithTransform(dataplane.StripForProxy))
 		services, slices = d.factory.Core().V1().Services().Informer(), d.factory.Discovery().V1().EndpointSlices().Informer()
 	}
 	d.nodes = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0,
