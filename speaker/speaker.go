@@ -82,9 +82,10 @@ func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
 		cfg.LBClass = config.DefaultLoadBalancerClass
 	}
 	scheme := Scheme()
-	// Managed fields are never read here; with thousands of Services and EndpointSlices (shared
-	// with the data plane) they are a large part of the cache.
-	c, err := cache.New(cfg.RestConfig, cache.Options{Scheme: scheme, DefaultTransform: cache.TransformStripManagedFields()})
+	// The cache holds every Service and EndpointSlice of the cluster (shared with the data
+	// plane): what neither the announcers nor the data plane read is not kept (managed fields
+	// of every kind, and see dataplane.StripForProxy).
+	c, err := cache.New(cfg.RestConfig, cache.Options{Scheme: scheme, DefaultTransform: dataplane.StripForProxy})
 	if err != nil {
 		return nil, fmt.Errorf("speaker: cache: %w", err)
 	}
