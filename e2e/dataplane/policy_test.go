@@ -48,6 +48,40 @@ func TestSessionAffinityKeepsAClientOnOneBackend(t *testing.T) {
 	}
 }
 
+// TestSessionAffinityEndsAfterItsTimeout: with sessionAffinityConfig.clientIP.timeoutSeconds 1
+// the client's requests stick to one backend while they come less than a second apart, and after
+// 1.5 s of silence it can land on another: over 10 such pauses it reaches more than one backend
+// (all 10 pauses ending on the first backend again has a chance of (1/3)^9, about 1 in 20,000).
+func TestSessionAffinityEndsAfterItsTimeout(t *testing.T) {
+	l := labsuite.Lab(t)
+	ctx := context.Background()
+	cs, dyn := labsuite.Clients(t, l)
+	l2Pool(t, dyn, "dpe-affinity-timeout", "10.77.0.242/32")
+	svc := service(t, l, cs, "sticky-briefly", "10.77.0.242", l.Pods(), func(svc *corev1.Service) {
+		svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		svc.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(1))}}
+	})
+	addr := lbAddr(svc)
+	waitForAnswers(t, l, lab.HostClient, addr)
+	seen := map[string]int{}
+	for i := 0; i < 10; i++ {
+		time.Sleep(1500 * time.Millisecond)
+		counts, err := l.Spread(ctx, lab.HostClient, addr, 5, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := backends(counts)
+		if counts[""] > 0 || len(got) != 1 {
+			t.Fatalf("5 requests in a row from the client (within the affinity's timeout) answered by %v (failures under \"\"), want one backend", counts)
+		}
+		seen[got[0]]++
+	}
+	if len(seen) < 2 {
+		t.Errorf("after each of 10 pauses longer than the affinity's timeout the client landed on %v, want more than one backend", seen)
+	}
+	t.Logf("backends after the pauses: %v", seen)
+}
+
 // TestSourceRangesDropOtherClients: with loadBalancerSourceRanges holding only the client, the
 // client gets answers at the LoadBalancer IP while the router's connection attempts go unanswered
 // (dropped: no reset, no ICMP error); the router does get answers from a Service without ranges,
