@@ -15,11 +15,16 @@ import (
 	"testing"
 	"time"
 
-	rbacv1 "k8s.io/api/rbac/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/heraldlb/herald/charts"
+	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/internal/realapi"
 	"github.com/heraldlb/herald/internal/testenv"
@@ -88,13 +93,19 @@ func TestFailoverTiming(t *testing.T) {
 	}
 }
 
-// TestProbes runs the real speaker in a network namespace of its own (never in the machine's)
-// against a real apiserver, reached through a forwarder on the namespace's loopback, as a user
-// who may not list anything yet: alive, not ready, the failing check named. Once the user is
-// granted access, the caches sync and the speaker becomes ready.
-func TestProbes(t *testing.T) {
+// TestProbesAndTheChartsRBAC runs the real speaker in a network namespace of its own (never in
+// the machine's) against a real apiserver, reached through a forwarder on the namespace's
+// loopback, as the chart's speaker ServiceAccount before the chart is installed (so it may not
+// list anything): alive, not ready, the failing check named. Once the chart is installed (its
+// RBAC, nothing more), the caches sync, the speaker becomes ready, writes its SpeakerStatus with
+// a BGP session for a peer whose passwordSecret it reads, and is refused nothing: a permission
+// missing from speaker-rbac.yaml shows here, not in a user's cluster.
+func TestProbesAndTheChartsRBAC(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Missing(t, "needs root (a network namespace for the speaker)")
+	}
+	if _, err := charts.Helm(); err != nil {
+		testenv.Missing(t, "%v", err)
 	}
 	api := realapi.Start(t)
 	dir := t.TempDir()
@@ -114,8 +125,8 @@ func TestProbes(t *testing.T) {
 	}
 	forward(t, ns, "127.0.0.1:6443", apiURL.Host)
 
-	// The speaker's kubeconfig: the admin's credentials impersonating a user without RBAC.
-	const user = "herald-probe-test"
+	// The speaker's kubeconfig: the admin's credentials impersonating the chart's ServiceAccount.
+	const user = "system:serviceaccount:herald-system:herald-speaker"
 	kcfg, err := clientcmd.LoadFromFile(api.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -186,18 +197,63 @@ func TestProbes(t *testing.T) {
 		t.Errorf("/readyz while forbidden to list: %d %q, want 500 with caches failing and the (off) data plane ok", code, body)
 	}
 
-	cs := kubernetes.NewForConfigOrDie(api.Config)
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(context.Background(), &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},
-		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	if out, err := charts.RunHelm("install", "herald", filepath.Join(realapi.RepoRoot(), "charts", "herald"), "--kubeconfig", api.Kubeconfig,
+		"--namespace", "herald-system", "--create-namespace", "--set", "dataplane.mode=off"); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
 	}
 	// The informers retry with back-off (up to 30 s between attempts).
 	if body := waitFor("/readyz?verbose", http.StatusOK, 90*time.Second); !strings.Contains(body, "[+]caches ok") {
 		t.Errorf("/readyz?verbose once allowed: %q", body)
 	}
+
+	// A BGP peer with a password Secret (the speaker reads it; the peer's address is unreachable
+	// from the namespace, which has only a loopback) and the node the speaker runs as.
+	ctx := context.Background()
+	cs := kubernetes.NewForConfigOrDie(api.Config)
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Secrets("herald-system").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tor-md5"},
+		Data: map[string][]byte{"password": []byte("s3cret")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	peer := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": v1beta1.GroupVersion.String(), "kind": "BGPPeer", "metadata": map[string]any{"name": "tor"},
+		"spec": map[string]any{"myASN": int64(64512), "peerASN": int64(64500), "peerAddress": "192.0.2.254",
+			"passwordSecret": map[string]any{"name": "tor-md5"}}}}
+	if _, err := dynamic.NewForConfigOrDie(api.Config).Resource(v1beta1.GroupVersion.WithResource("bgppeers")).
+		Create(ctx, peer, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var st v1beta1.SpeakerStatus
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		u, err := dynamic.NewForConfigOrDie(api.Config).Resource(v1beta1.GroupVersion.WithResource("speakerstatuses")).
+			Get(ctx, "node1", metav1.GetOptions{})
+		if err == nil && runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &st) == nil &&
+			len(st.Status.BGPSessions) == 1 && st.Status.BGPSessions[0].Peer == "tor" {
+			break
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logPath)
+			t.Fatalf("no SpeakerStatus with the session to tor after 60 s (%v, %+v); refused:\n%s", err, st.Status, refused(string(log)))
+		}
+	}
+	if log, _ := os.ReadFile(logPath); refused(string(log)) != "" {
+		t.Errorf("as the chart's ServiceAccount the speaker was refused something:\n%s", refused(string(log)))
+	}
+}
+
+// refused returns the log lines of requests the API server refused ("forbidden") once the
+// speaker's caches had synced: before that it ran without permissions on purpose.
+func refused(log string) string {
+	_, after, _ := strings.Cut(log, "speaker: caches synced")
+	var out []string
+	for _, l := range strings.Split(after, "\n") {
+		if strings.Contains(l, "forbidden") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // forward accepts TCP connections on listen inside ns and connects each to target in the
