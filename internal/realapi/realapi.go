@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,6 +61,7 @@ func Start(t testing.TB) API {
 			testenv.Missing(t, "real kube-apiserver/etcd not found in %s (KUBEBUILDER_ASSETS): run hack/k8s-bins.sh (make k8s-bins) first", assets)
 		}
 	}
+	reapOrphans.Do(func() { reap(assets) })
 	// controller-runtime logs through a global logger that complains (with a stack) until set.
 	ctrllog.SetLogger(logr.Discard())
 	env := &envtest.Environment{
@@ -128,4 +131,45 @@ func Requests(cs kubernetes.Interface, resource, subresource string, verbs ...st
 		total += int(v)
 	}
 	return total, sc.Err()
+}
+
+var reapOrphans sync.Once
+
+// reap kills the kube-apiservers and etcds of the assets directory that an earlier test process
+// left behind: envtest stops them in a test's clean-up, which never runs when `go test` kills a
+// test binary that ran past its -timeout. Orphans are recognised by their parent (init: the test
+// process that started them is gone) and by envtest's working directory on their command line,
+// so the control planes of test packages running at the same time (whose parents are alive) and
+// a lab's (its etcd is the same binary, and outlives `bin/lab up` too) are left alone.
+func reap(assets string) {
+	ours := map[string]bool{}
+	for _, bin := range []string{"kube-apiserver", "etcd"} {
+		if path, err := filepath.EvalSymlinks(filepath.Join(assets, bin)); err == nil {
+			ours[path] = true // the assets are links into the cache
+		}
+	}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		exe, err := os.Readlink(filepath.Join("/proc", d.Name(), "exe"))
+		if err != nil || !ours[exe] {
+			continue
+		}
+		if cmdline, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline")); err != nil ||
+			!bytes.Contains(cmdline, []byte("k8s_test_framework_")) {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ppid ...": the name may hold spaces, so read after its ')'.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) > 1 && fields[1] == "1" {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
