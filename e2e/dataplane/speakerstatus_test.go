@@ -19,7 +19,7 @@ func TestSpeakerStatusNamesTheBackend(t *testing.T) {
 	l := labsuite.Lab(t)
 	_, dyn := labsuite.Clients(t, l)
 	for _, n := range l.Nodes() {
-		labsuite.WaitFor(t, 90*time.Second, "SpeakerStatus "+n.Name+" names the nftables data plane", func() (bool, string) {
+		took := labsuite.WaitFor(t, 90*time.Second, "SpeakerStatus "+n.Name+" names the nftables data plane", func() (bool, string) {
 			st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(context.Background(), n.Name, metav1.GetOptions{})
 			if err != nil {
 				return false, err.Error()
@@ -27,5 +27,6 @@ func TestSpeakerStatusNamesTheBackend(t *testing.T) {
 			backend, _, _ := unstructured.NestedString(st.Object, "status", "dataplane", "backend")
 			return backend == "nftables", fmt.Sprintf("backend %q", backend)
 		})
+		t.Logf("SpeakerStatus %s named the backend after %v", n.Name, took.Round(time.Millisecond))
 	}
 }
