@@ -202,6 +202,7 @@ func run() error {
 		}
 	}()
 	dataplaneRunning.Store(dp)
+	spk.StatusChanged() // the SpeakerStatus names the backend now, not at the next minute's write
 	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend(), "l2", *l2On, "bgp", *bgpOn,
 		"heartbeat", timing.heartbeat, "failoverDetectAfter", timing.deadAfter)
 
