@@ -351,13 +351,14 @@ func TestClientBehindRouterReachesService(t *testing.T) {
 		routes, err := routesOf(ctx, l, prefix)
 		return err == nil && len(routes) == len(l.Nodes()), fmt.Sprint(protocols(routes), err)
 	})
-	st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, l.Nodes()[0].Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if backend, _, _ := unstructured.NestedString(st.Object, "status", "dataplane", "backend"); backend == "" || backend == "off" {
-		t.Skipf("skipped: the speaker runs no data plane yet (SpeakerStatus dataplane.backend %q); the routes are in place", backend)
-	}
+	labsuite.WaitFor(t, 30*time.Second, "node1's SpeakerStatus naming its data-plane backend", func() (bool, string) {
+		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, l.Nodes()[0].Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		backend, _, _ := unstructured.NestedString(st.Object, "status", "dataplane", "backend")
+		return backend != "" && backend != "off", "backend " + backend
+	})
 	addr := netip.AddrPortFrom(ip, 80)
 	// The speakers advertise as soon as they see the IP, which can be a moment before every node's
 	// data plane has programmed the Service (a known gap: announcing should wait for the rules).
