@@ -10,6 +10,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/heraldlb/herald/dataplane/internal/readonly"
 )
 
 // ServicePortName identifies one port of one Service: the unit every backend programs.
@@ -65,8 +67,12 @@ type ServicePort struct {
 	HasEndpoints bool
 }
 
-// ExternalAddrs are the destination addresses of external traffic other than NodePorts.
+// ExternalAddrs are the destination addresses of external traffic other than NodePorts. The
+// result may be one of p's own slices (read-only).
 func (p *ServicePort) ExternalAddrs() []netip.Addr {
+	if len(p.ExternalIPs) == 0 {
+		return p.LoadBalancerIPs
+	}
 	return append(slices.Clone(p.ExternalIPs), p.LoadBalancerIPs...)
 }
 
@@ -90,15 +96,9 @@ type Endpoint struct {
 func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.Addr, uint16(e.Port)) }
 
 // EndpointsOfFamily keeps the IPv6 (or IPv4) endpoints; a dual-stack Service's IPv4 address
-// must only be translated to IPv4 endpoints.
+// must only be translated to IPv4 endpoints. The result may be eps itself (read-only).
 func EndpointsOfFamily(eps []Endpoint, ipv6 bool) []Endpoint {
-	var out []Endpoint
-	for _, e := range eps {
-		if e.Addr.Is6() == ipv6 {
-			out = append(out, e)
-		}
-	}
-	return out
+	return readonly.Filter(eps, func(e Endpoint) bool { return e.Addr.Is6() == ipv6 })
 }
 
 // State is the whole desired state of the data plane on this node.

@@ -1,6 +1,10 @@
 package dataplane
 
-import "slices"
+import (
+	"slices"
+
+	"github.com/heraldlb/herald/dataplane/internal/readonly"
+)
 
 // TrafficPolicy is what a Service says about where its traffic may go.
 type TrafficPolicy struct {
@@ -45,7 +49,7 @@ func SelectEndpoints(all []Endpoint, policy TrafficPolicy, node Node) (cluster, 
 		clusterWide = byReadiness(topologyFilter(all, policy, node))
 	}
 	if policy.InternalLocal || policy.ExternalLocal {
-		local = byReadiness(filter(all, func(e Endpoint) bool { return e.Local }))
+		local = byReadiness(readonly.Filter(all, func(e Endpoint) bool { return e.Local }))
 	}
 	cluster, external = clusterWide, clusterWide
 	if policy.InternalLocal {
@@ -59,10 +63,10 @@ func SelectEndpoints(all []Endpoint, policy TrafficPolicy, node Node) (cluster, 
 
 // byReadiness keeps the Ready endpoints, or if there are none the Serving+Terminating ones.
 func byReadiness(eps []Endpoint) []Endpoint {
-	if ready := filter(eps, func(e Endpoint) bool { return e.Ready }); len(ready) > 0 {
+	if ready := readonly.Filter(eps, func(e Endpoint) bool { return e.Ready }); len(ready) > 0 {
 		return ready
 	}
-	return filter(eps, func(e Endpoint) bool { return e.Serving && e.Terminating })
+	return readonly.Filter(eps, func(e Endpoint) bool { return e.Serving && e.Terminating })
 }
 
 // topologyFilter applies node or zone hints when every ready endpoint has them and some are ours.
@@ -95,29 +99,4 @@ func byHint(eps []Endpoint, hints func(Endpoint) []string, want string) ([]Endpo
 		}
 	}
 	return out, len(out) > 0
-}
-
-// filter returns the endpoints keep accepts: eps itself when it accepts them all (endpoint
-// lists are read-only once built, and most Services have only ready endpoints: a copy for
-// each of 10,000 Services adds up).
-func filter(eps []Endpoint, keep func(Endpoint) bool) []Endpoint {
-	kept := 0
-	for _, e := range eps {
-		if keep(e) {
-			kept++
-		}
-	}
-	if kept == len(eps) {
-		return eps
-	}
-	var out []Endpoint
-	if kept > 0 {
-		out = make([]Endpoint, 0, kept)
-	}
-	for _, e := range eps {
-		if keep(e) {
-			out = append(out, e)
-		}
-	}
-	return out
 }

@@ -179,7 +179,7 @@ func (t *ChangeTracker) Apply(state *State) []PortChange {
 
 	state.NodeName = node.Name
 	if state.Services == nil {
-		state.Services = map[types.NamespacedName][]*ServicePort{}
+		state.Services = make(map[types.NamespacedName][]*ServicePort, len(built))
 	}
 	var changes []PortChange
 	for k, ports := range built {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/dataplane/internal/readonly"
 )
 
 // fragment is everything one Service contributes: addresses on the dummy link, virtual servers,
@@ -139,24 +140,9 @@ func newVirtualServer(sched string, affinity uint32, eps []dataplane.Endpoint) *
 	return vs
 }
 
-func addrsOf(in []netip.Addr, f ipFamily) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range in {
-		if f.of(a) {
-			out = append(out, a)
-		}
-	}
-	return out
-}
+func addrsOf(in []netip.Addr, f ipFamily) []netip.Addr { return readonly.Filter(in, f.of) }
 
 // endpointsOf keeps the endpoints of family f: an IPv4 virtual server only gets IPv4 real servers.
-// (dataplane.EndpointsOfFamily does the same; its signature is changing while this is written.)
 func endpointsOf(eps []dataplane.Endpoint, f ipFamily) []dataplane.Endpoint {
-	var out []dataplane.Endpoint
-	for _, e := range eps {
-		if f.of(e.Addr) {
-			out = append(out, e)
-		}
-	}
-	return out
+	return readonly.Filter(eps, func(e dataplane.Endpoint) bool { return f.of(e.Addr) })
 }
