@@ -17,6 +17,7 @@ package nftables
 import (
 	"context"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 
@@ -37,7 +38,7 @@ type Backend struct {
 	// knftables transaction in tests.
 	beginFull func(ctx context.Context) (bulkTx, error)
 	// committed is what the last successful sync put in the kernel, per Service.
-	committed map[types.NamespacedName]*packedFragment
+	committed map[types.NamespacedName]*fragment
 	// refs counts the Services holding each shared element (two Services may share a hairpin
 	// endpoint or a masquerade NodePort key); the element lives while any holds it.
 	refs map[elementKey]int
@@ -74,7 +75,7 @@ func New() (*Backend, error) {
 // NewWithInterface returns a backend on a given knftables interface (a knftables.Fake in
 // tests) that commits every sync through it.
 func NewWithInterface(nft knftables.Interface) *Backend {
-	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*packedFragment{}, refs: map[elementKey]int{},
+	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*fragment{}, refs: map[elementKey]int{},
 		beginFull: func(ctx context.Context) (bulkTx, error) { return newOneTx(ctx, nft), nil }}
 }
 
@@ -98,14 +99,14 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 		return b.syncFull(ctx, req.State)
 	}
 	tx := b.nft.NewTransaction()
-	next := make(map[types.NamespacedName]*packedFragment, len(req.Changed))
+	next := make(map[types.NamespacedName]*fragment, len(req.Changed))
 	nextRefs := make(map[elementKey]int)
 	// Work on copies of the refcounts that change, so a failed transaction leaves b intact.
 	refs := overlayRefs{base: b.refs, delta: nextRefs}
 	for _, svc := range sortedNames(req.Changed) {
 		fr := render(req.State.Services[svc])
-		diff(tx, b.committed[svc].unpack(), fr, refs)
-		next[svc] = pack(fr)
+		diff(tx, b.committed[svc], fr, refs)
+		next[svc] = fr
 	}
 	if err := b.incremental.Run(ctx, tx); err != nil {
 		return err
@@ -134,7 +135,7 @@ func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
 	if err != nil {
 		return err
 	}
-	next := make(map[types.NamespacedName]*packedFragment, len(st.Services))
+	next := make(map[types.NamespacedName]*fragment, len(st.Services))
 	nextRefs := map[elementKey]int{}
 	tx := out.Part()
 	// "add" first so that "delete" cannot fail on a node where the table never existed.
@@ -142,15 +143,14 @@ func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
 	tx.Delete(&knftables.Table{})
 	addBaseRuleset(tx)
 	err = out.EndPart()
-	empty := newFragment()
 	for svc, ports := range st.Services {
 		if err != nil {
 			break
 		}
 		fr := render(ports)
-		diff(out.Part(), empty, fr, plainRefs(nextRefs))
-		if p := pack(fr); p != nil {
-			next[svc] = p
+		diff(out.Part(), nil, fr, plainRefs(nextRefs))
+		if fr != nil {
+			next[svc] = fr
 		}
 		err = out.EndPart()
 	}
@@ -176,8 +176,8 @@ func (b *Backend) WarmUp(ctx context.Context) {
 	if !ok || s.running() {
 		return
 	}
-	for _, p := range b.committed {
-		if e, ok := p.anyElement(); ok {
+	for _, fr := range b.committed {
+		if e, ok := fr.anyElement(); ok {
 			tx := b.nft.NewTransaction()
 			tx.Add(element(e.elementKey, e.value))
 			_ = s.Run(ctx, tx) // a failure costs only the warm-up; the next sync has its own
@@ -194,7 +194,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	if err := b.nft.Run(ctx, tx); err != nil {
 		return err
 	}
-	b.committed, b.refs = map[types.NamespacedName]*packedFragment{}, map[elementKey]int{}
+	b.committed, b.refs = map[types.NamespacedName]*fragment{}, map[elementKey]int{}
 	return nil
 }
 
@@ -220,71 +220,75 @@ func (r overlayRefs) get(k elementKey) int {
 }
 func (r overlayRefs) set(k elementKey, n int) { r.delta[k] = n }
 
-// diff appends to tx the operations that turn old into cur. The order matters within the one
-// transaction: elements pointing at chains go before the chains, rules using a set before the
-// set; additions go the other way round.
+// diff appends to tx the operations that turn old into cur (either may be nil: empty). The
+// order matters within the one transaction: elements pointing at chains go before the chains,
+// rules using a set before the set; additions go the other way round. Fragments are sorted, so
+// the operations come in a stable order.
 func diff(tx *knftables.Transaction, old, cur *fragment, rc refCounter) {
+	if old == nil {
+		old = &fragment{}
+	}
+	if cur == nil {
+		cur = &fragment{}
+	}
 	// 1. Elements that go away or change value.
-	for _, k := range sortedElements(old.elements) {
-		v := old.elements[k]
-		if nv, ok := cur.elements[k]; ok && nv == v {
+	for _, e := range old.elements {
+		if nv, ok := cur.element(e.elementKey); ok && nv == e.value {
 			continue
 		}
-		n := rc.get(k) - 1
-		rc.set(k, n)
+		n := rc.get(e.elementKey) - 1
+		rc.set(e.elementKey, n)
 		if n <= 0 {
-			tx.Delete(element(k, v))
+			tx.Delete(element(e.elementKey, e.value))
 		}
 	}
 	// 2. Chains that go away or whose rules change: flush them all, then delete the ones that go
 	// away (a chain's rules may jump to another of the Service's chains).
-	for _, c := range sortedKeys(old.chains) {
-		if rules, keep := cur.chains[c]; !keep || !equalRules(rules, old.chains[c]) {
-			tx.Flush(&knftables.Chain{Name: c})
+	for _, c := range old.chains {
+		if rules, keep := cur.chain(c.name); !keep || !slices.Equal(rules, c.rules) {
+			tx.Flush(&knftables.Chain{Name: c.name})
 		}
 	}
-	for _, c := range sortedKeys(old.chains) {
-		if _, keep := cur.chains[c]; !keep {
-			tx.Delete(&knftables.Chain{Name: c})
+	for _, c := range old.chains {
+		if _, keep := cur.chain(c.name); !keep {
+			tx.Delete(&knftables.Chain{Name: c.name})
 		}
 	}
 	// 3. Sets that go away (their rules were flushed above).
-	for _, s := range sortedKeys(old.sets) {
-		if spec, ok := cur.sets[s]; !ok || spec != old.sets[s] {
-			tx.Delete(&knftables.Set{Name: s})
+	for _, s := range old.sets {
+		if spec, ok := cur.set(s.name); !ok || spec != s.spec {
+			tx.Delete(&knftables.Set{Name: s.name})
 		}
 	}
 	// 4. New or changed sets, chains and rules.
-	for _, s := range sortedKeys(cur.sets) {
-		if spec, ok := old.sets[s]; !ok || spec != cur.sets[s] {
-			spec := cur.sets[s]
-			tx.Add(&knftables.Set{Name: s, Type: spec.keyType, Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: &spec.timeout})
+	for _, s := range cur.sets {
+		if spec, ok := old.set(s.name); !ok || spec != s.spec {
+			tx.Add(&knftables.Set{Name: s.name, Type: s.spec.keyType, Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: &s.spec.timeout})
 		}
 	}
 	// Every new chain exists before any rule is added, since rules may jump between them.
-	for _, c := range sortedKeys(cur.chains) {
-		if _, had := old.chains[c]; !had {
-			tx.Add(&knftables.Chain{Name: c})
+	for _, c := range cur.chains {
+		if _, had := old.chain(c.name); !had {
+			tx.Add(&knftables.Chain{Name: c.name})
 		}
 	}
-	for _, c := range sortedKeys(cur.chains) {
-		if oldRules, had := old.chains[c]; had && equalRules(oldRules, cur.chains[c]) {
+	for _, c := range cur.chains {
+		if oldRules, had := old.chain(c.name); had && slices.Equal(oldRules, c.rules) {
 			continue
 		}
-		for _, r := range cur.chains[c] {
-			tx.Add(&knftables.Rule{Chain: c, Rule: r})
+		for _, r := range c.rules {
+			tx.Add(&knftables.Rule{Chain: c.name, Rule: r})
 		}
 	}
 	// 5. New or changed elements.
-	for _, k := range sortedElements(cur.elements) {
-		v := cur.elements[k]
-		if ov, ok := old.elements[k]; ok && ov == v {
+	for _, e := range cur.elements {
+		if ov, ok := old.element(e.elementKey); ok && ov == e.value {
 			continue
 		}
-		n := rc.get(k) + 1
-		rc.set(k, n)
+		n := rc.get(e.elementKey) + 1
+		rc.set(e.elementKey, n)
 		if n == 1 {
-			tx.Add(element(k, v))
+			tx.Add(element(e.elementKey, e.value))
 		}
 	}
 }
@@ -298,41 +302,6 @@ func element(k elementKey, value string) *knftables.Element {
 		e.Set = k.container
 	}
 	return e
-}
-
-func equalRules(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func sortedElements(m map[elementKey]string) []elementKey {
-	out := make([]elementKey, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].container != out[j].container {
-			return out[i].container < out[j].container
-		}
-		return out[i].key < out[j].key
-	})
-	return out
 }
 
 func sortedNames(m map[types.NamespacedName]struct{}) []types.NamespacedName {

@@ -6,36 +6,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
+
+	v1 "k8s.io/api/core/v1"
 
 	"github.com/heraldlb/herald/dataplane"
-	v1 "k8s.io/api/core/v1"
+	"github.com/heraldlb/herald/dataplane/internal/readonly"
 )
-
-// fragment is everything one Service contributes to the table: its own chains (with their
-// rules) and affinity sets, and its elements in the shared maps and sets. Fragments are pure
-// functions of the Service's ports, so an incremental sync diffs the old fragment against the
-// new one and sends only the difference.
-type fragment struct {
-	chains   map[string][]string   // chain name -> rules, in order
-	sets     map[string]setSpec    // affinity sets
-	elements map[elementKey]string // (map or set, key) -> value ("" for sets)
-}
-
-type setSpec struct {
-	keyType string
-	timeout time.Duration
-}
-
-// elementKey names one element of a shared map or set.
-type elementKey struct {
-	container string // map or set name
-	key       string // the key, its parts joined by " . "
-}
-
-func newFragment() *fragment {
-	return &fragment{chains: map[string][]string{}, sets: map[string]setSpec{}, elements: map[elementKey]string{}}
-}
 
 // family holds the per-address-family spellings; a dual-stack Service port renders once per family.
 type family struct {
@@ -107,9 +83,9 @@ func key(parts ...string) string { return strings.Join(parts, " . ") }
 
 func port(n int32) string { return strconv.Itoa(int(n)) }
 
-// render computes a Service's fragment from its ports.
+// render computes a Service's fragment from its ports (nil when it contributes nothing).
 func render(ports []*dataplane.ServicePort) *fragment {
-	fr := newFragment()
+	fr := &fragment{}
 	for _, p := range ports {
 		if proto(p.Protocol) == protocolOfUnknownForNFT {
 			continue
@@ -118,7 +94,7 @@ func render(ports []*dataplane.ServicePort) *fragment {
 			renderFamily(fr, p, f)
 		}
 	}
-	return fr
+	return fr.sort()
 }
 
 // renderFamily renders one Service port for one address family.
@@ -140,13 +116,13 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 	// Traffic to the ClusterIPs.
 	svcChain := chainName(chainPrefixService, f, p)
 	if len(clusterEps) > 0 {
-		fr.chains[svcChain] = endpointRules(fr, p, f, clusterEps)
+		fr.addChain(svcChain, endpointRules(fr, p, f, clusterEps))
 		for _, ip := range clusterIPs {
-			fr.elements[elementKey{f.serviceIPs(), key(ip.String(), pr, port(p.Port))}] = "goto " + svcChain
+			fr.addElement(elementKey{f.serviceIPs(), key(ip.String(), pr, port(p.Port))}, "goto "+svcChain)
 		}
 	} else {
 		for _, ip := range clusterIPs {
-			fr.elements[elementKey{f.noEndpointIPs(), key(ip.String(), pr, port(p.Port))}] = noEndpoints
+			fr.addElement(elementKey{f.noEndpointIPs(), key(ip.String(), pr, port(p.Port))}, noEndpoints)
 		}
 	}
 
@@ -160,10 +136,10 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 	shortCircuit := p.ExternalPolicyLocal && len(clusterEps) > 0
 	if len(externalEps) == 0 && !shortCircuit {
 		for _, ip := range externalIPs {
-			fr.elements[elementKey{f.noEndpointIPs(), key(ip.String(), pr, port(p.Port))}] = noEndpoints
+			fr.addElement(elementKey{f.noEndpointIPs(), key(ip.String(), pr, port(p.Port))}, noEndpoints)
 		}
 		if p.NodePort != 0 {
-			fr.elements[elementKey{f.noEndpointNodePorts(), key(pr, port(p.NodePort))}] = noEndpoints
+			fr.addElement(elementKey{f.noEndpointNodePorts(), key(pr, port(p.NodePort))}, noEndpoints)
 		}
 	} else {
 		target := svcChain
@@ -181,18 +157,18 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 				// health check, retries another node.
 				rules = append(rules, verdictDrop)
 			}
-			fr.chains[target] = rules
+			fr.addChain(target, rules)
 		}
 		for _, ip := range externalIPs {
-			fr.elements[elementKey{f.serviceIPs(), key(ip.String(), pr, port(p.Port))}] = "goto " + target
+			fr.addElement(elementKey{f.serviceIPs(), key(ip.String(), pr, port(p.Port))}, "goto "+target)
 			if !p.ExternalPolicyLocal {
-				fr.elements[elementKey{f.masqIPs(), key(ip.String(), pr, port(p.Port))}] = ""
+				fr.addElement(elementKey{f.masqIPs(), key(ip.String(), pr, port(p.Port))}, "")
 			}
 		}
 		if p.NodePort != 0 {
-			fr.elements[elementKey{f.serviceNodePorts(), key(pr, port(p.NodePort))}] = "goto " + target
+			fr.addElement(elementKey{f.serviceNodePorts(), key(pr, port(p.NodePort))}, "goto "+target)
 			if !p.ExternalPolicyLocal {
-				fr.elements[elementKey{masqNodePorts, key(pr, port(p.NodePort))}] = ""
+				fr.addElement(elementKey{masqNodePorts, key(pr, port(p.NodePort))}, "")
 			}
 		}
 	}
@@ -208,9 +184,9 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 				rules = append(rules, fmt.Sprintf("%s saddr %s return", f.ipKw, r))
 			}
 		}
-		fr.chains[fw] = append(rules, "drop")
+		fr.addChain(fw, append(rules, "drop"))
 		for _, ip := range lbIPs {
-			fr.elements[elementKey{f.firewallIPs(), key(ip.String(), pr, port(p.Port))}] = "goto " + fw
+			fr.addElement(elementKey{f.firewallIPs(), key(ip.String(), pr, port(p.Port))}, "goto "+fw)
 		}
 	}
 }
@@ -231,7 +207,7 @@ func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []datap
 	if p.AffinityTimeout > 0 {
 		for _, ep := range eps {
 			set := affinitySetName(f, p, ep)
-			fr.sets[set] = setSpec{keyType: f.addrType, timeout: p.AffinityTimeout}
+			fr.addSet(set, setSpec{keyType: f.addrType, timeout: p.AffinityTimeout})
 			rules = append(rules, fmt.Sprintf("%s saddr @%s %s", f.ipKw, set, dnat(ep)))
 		}
 	}
@@ -251,7 +227,7 @@ func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []datap
 	// so only they are listed: in a cluster of N nodes that is about 1/N of the endpoints.
 	for _, ep := range eps {
 		if ep.Local {
-			fr.elements[elementKey{f.hairpin(), key(ep.Addr.String(), ep.Addr.String())}] = ""
+			fr.addElement(elementKey{f.hairpin(), key(ep.Addr.String(), ep.Addr.String())}, "")
 		}
 	}
 	return rules
@@ -259,12 +235,4 @@ func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []datap
 
 func sameEndpoint(a, b dataplane.Endpoint) bool { return a.AddrPort() == b.AddrPort() }
 
-func filterAddrs(in []netip.Addr, f family) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range in {
-		if f.of(a) {
-			out = append(out, a)
-		}
-	}
-	return out
-}
+func filterAddrs(in []netip.Addr, f family) []netip.Addr { return readonly.Filter(in, f.of) }
