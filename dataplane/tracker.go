@@ -181,7 +181,7 @@ func (t *ChangeTracker) Apply(state *State) []PortChange {
 	if state.Services == nil {
 		state.Services = make(map[types.NamespacedName][]*ServicePort, len(built))
 	}
-	var changes []PortChange
+	changes := make([]PortChange, 0, len(built))
 	for k, ports := range built {
 		old := state.Services[k]
 		if reflect.DeepEqual(old, ports) {
