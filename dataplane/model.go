@@ -87,9 +87,26 @@ type Endpoint struct {
 	// Ready, Serving and Terminating are the EndpointSlice conditions (unset Ready/Serving read
 	// as true, unset Terminating as false).
 	Ready, Serving, Terminating bool
-	// ForZones and ForNodes are the topology hints.
+	// Hints are the topology hints; nil when there are none (most endpoints: a pointer keeps
+	// the Endpoint at 80 bytes instead of 120, and there is one per endpoint per port).
+	Hints *EndpointHints
+}
+
+// EndpointHints are an endpoint's topology hints: the zones and nodes it should serve.
+type EndpointHints struct {
 	ForZones []string
 	ForNodes []string
+}
+
+// hintsOf returns the zone (or with nodes, node) hints of e.
+func hintsOf(e Endpoint, nodes bool) []string {
+	switch {
+	case e.Hints == nil:
+		return nil
+	case nodes:
+		return e.Hints.ForNodes
+	}
+	return e.Hints.ForZones
 }
 
 // AddrPort is the endpoint's address and port.

@@ -72,12 +72,12 @@ func byReadiness(eps []Endpoint) []Endpoint {
 // topologyFilter applies node or zone hints when every ready endpoint has them and some are ours.
 func topologyFilter(eps []Endpoint, policy TrafficPolicy, node Node) []Endpoint {
 	if policy.PreferNode && node.Name != "" {
-		if out, ok := byHint(eps, func(e Endpoint) []string { return e.ForNodes }, node.Name); ok {
+		if out, ok := byHint(eps, func(e Endpoint) []string { return hintsOf(e, true) }, node.Name); ok {
 			return out
 		}
 	}
 	if (policy.PreferZone || policy.PreferNode) && node.Zone != "" {
-		if out, ok := byHint(eps, func(e Endpoint) []string { return e.ForZones }, node.Zone); ok {
+		if out, ok := byHint(eps, func(e Endpoint) []string { return hintsOf(e, false) }, node.Zone); ok {
 			return out
 		}
 	}

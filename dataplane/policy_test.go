@@ -6,7 +6,7 @@ import (
 )
 
 func pe(addr string, local, ready, serving, terminating bool, zones ...string) Endpoint {
-	return Endpoint{Addr: netip.MustParseAddr(addr), Port: 80, Local: local, Ready: ready, Serving: serving, Terminating: terminating, ForZones: zones}
+	return Endpoint{Addr: netip.MustParseAddr(addr), Port: 80, Local: local, Ready: ready, Serving: serving, Terminating: terminating, Hints: &EndpointHints{ForZones: zones}}
 }
 
 func addrsOf(eps []Endpoint) []string {

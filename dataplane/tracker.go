@@ -321,11 +321,12 @@ func endpointsForPort(svcSlices []*discoveryv1.EndpointSlice, sp *v1.ServicePort
 				ep.Zone = *e.Zone
 			}
 			if e.Hints != nil {
+				ep.Hints = &EndpointHints{}
 				for _, z := range e.Hints.ForZones {
-					ep.ForZones = append(ep.ForZones, z.Name)
+					ep.Hints.ForZones = append(ep.Hints.ForZones, z.Name)
 				}
 				for _, nh := range e.Hints.ForNodes {
-					ep.ForNodes = append(ep.ForNodes, nh.Name)
+					ep.Hints.ForNodes = append(ep.Hints.ForNodes, nh.Name)
 				}
 			}
 			out = append(out, ep)
