@@ -134,28 +134,33 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 		}
 	}
 
-	// The node's SpeakerStatus shows both sessions Established with BFD Up.
-	labsuite.WaitFor(t, 20*time.Second, "node1's SpeakerStatus", func() (bool, string) {
-		st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, nodes[0].Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		sessions, _, _ := unstructured.NestedSlice(st.Object, "status", "bgpSessions")
-		up := 0
-		for _, s := range sessions {
-			m := s.(map[string]any)
-			if m["state"] == "Established" && m["bfdState"] == "Up" {
-				up++
+	// The nodes' SpeakerStatus shows both sessions Established with BFD Up: node1's, and node2's,
+	// which is frozen next (frozen before its BFD session is up, only the hold time would tell).
+	for _, n := range nodes[:2] {
+		labsuite.WaitFor(t, 20*time.Second, n.Name+"'s SpeakerStatus with both sessions and BFD up", func() (bool, string) {
+			st, err := dyn.Resource(labsuite.HeraldResource("speakerstatuses")).Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
 			}
-		}
-		return up == 2, fmt.Sprint(sessions)
-	})
+			sessions, _, _ := unstructured.NestedSlice(st.Object, "status", "bgpSessions")
+			up := 0
+			for _, s := range sessions {
+				m := s.(map[string]any)
+				if m["state"] == "Established" && m["bfdState"] == "Up" {
+					up++
+				}
+			}
+			return up == 2, fmt.Sprint(sessions)
+		})
+	}
 
 	// A frozen speaker: BFD (100 ms x 3) makes BIRD drop node2's routes, far inside the 9 s hold time.
 	v4Prefix := netip.PrefixFrom(v4, 32)
 	if err := l.SignalSpeaker(nodes[1].Name, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	// Thawed whatever happens below: the lab's other tests need node2's speaker.
+	t.Cleanup(func() { _ = l.SignalSpeaker(nodes[1].Name, syscall.SIGCONT) })
 	took := labsuite.WaitFor(t, 5*time.Second, "node2's route gone after SIGSTOP", func() (bool, string) {
 		routes, err := routesOf(ctx, l, v4Prefix)
 		_, present := routes[nodes[1].Name+"v4"]
