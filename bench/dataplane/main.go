@@ -34,7 +34,7 @@ import (
 )
 
 const (
-	command  = "go run ./bench/dataplane"
+	command  = "BENCH_ONLY=dataplane make bench"
 	netnsEnv = "HERALD_DPT_BENCH_NETNS"
 )
 

@@ -3,8 +3,9 @@
 //
 // Benchmarks print one line per figure: `BENCH {"figure": "...", "value": 1.5, "unit": "s",
 // "target": "< 5 s", "command": "make bench"}`. report reads those lines from stdin, stamps each
-// with the date, replaces the figures of the same name in results.json (so one benchmark can be
-// rerun alone), and rewrites the table between the README's markers.
+// with the date, replaces in results.json every figure measured by the same command (so one
+// benchmark can be rerun alone, and a figure it no longer prints, such as a percentile "of N" whose
+// N changed, does not linger), and rewrites the table between the README's markers.
 package main
 
 import (
@@ -116,9 +117,15 @@ func parse(r io.Reader, date string) ([]Figure, error) {
 }
 
 func merge(kept, fresh []Figure) []Figure {
+	rerun := map[string]bool{}
+	for _, f := range fresh {
+		rerun[f.Command] = true
+	}
 	byName := map[string]Figure{}
 	for _, f := range kept {
-		byName[f.Figure] = f
+		if !rerun[f.Command] {
+			byName[f.Figure] = f
+		}
 	}
 	for _, f := range fresh {
 		byName[f.Figure] = f

@@ -16,10 +16,13 @@ func TestParseKeepsOnlyBenchLinesAndRequiresACommand(t *testing.T) {
 	}
 }
 
-func TestMergeReplacesFiguresOfTheSameName(t *testing.T) {
-	kept := []Figure{{Figure: "a", Value: 1}, {Figure: "b", Value: 2}}
-	got := merge(kept, []Figure{{Figure: "a", Value: 3}})
-	if len(got) != 2 || got[0].Value != 3 || got[1].Value != 2 {
+func TestMergeReplacesEverythingTheRerunCommandMeasured(t *testing.T) {
+	kept := []Figure{
+		{Figure: "a p99 of 986", Value: 1, Command: "x"},
+		{Figure: "b", Value: 2, Command: "y"},
+	}
+	got := merge(kept, []Figure{{Figure: "a p99 of 979", Value: 3, Command: "x"}})
+	if len(got) != 2 || got[0].Figure != "a p99 of 979" || got[0].Value != 3 || got[1].Value != 2 {
 		t.Fatalf("merge = %+v", got)
 	}
 }
