@@ -4,7 +4,10 @@
 //     its own) peer with a BIRD router using the lab's BIRD timers and BFD at 100 ms x 3; the
 //     clock starts when the announcer is handed the change (no API server);
 //   - "lab" (lab.go): the whole product in e2e/lab: Services through the real API server, the real
-//     speakers, the lab's BIRD.
+//     speakers, the lab's BIRD. Service created (the create call returned) -> routes from all 3
+//     nodes, p50 and p99 over -routes Services, also from the call sent and by stage; the same
+//     restart, SIGTERM and SIGSTOP figures. -lab-set passes chart values (dataplane.mode=off
+//     measures announcing alone, as a speaker next to kube-proxy would).
 //
 // It prints one BENCH line per figure:
 //
@@ -49,6 +52,11 @@ func main() {
 	routes := flag.Int("routes", 1000, "route additions (Services) timed one by one")
 	restartRoutes := flag.Int("restart-routes", 5000, "routes (Services) of the restarted speaker")
 	parts := flag.String("parts", "announcer,lab", "which figures: announcer (namespaces and BIRD only), lab (the whole product in the lab)")
+	var chartValues []string
+	flag.Func("lab-set", "a helm --set value (KEY=VALUE) for the lab's controller and speakers, e.g. dataplane.mode=off; repeatable", func(v string) error {
+		chartValues = append(chartValues, v)
+		return nil
+	})
 	flag.Parse()
 	if err := bgptest.Available(); err != nil {
 		log.Fatalf("bench/bgp: %v", err)
@@ -62,7 +70,7 @@ func main() {
 		case "announcer":
 			err = run(dir, *routes, *restartRoutes)
 		case "lab":
-			err = runLab(dir, *routes, *restartRoutes)
+			err = runLab(dir, *routes, *restartRoutes, chartValues)
 		default:
 			err = fmt.Errorf("-parts: unknown %q", part)
 		}
