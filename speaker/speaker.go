@@ -43,7 +43,20 @@ type Config struct {
 	Logger    *slog.Logger
 	// MembersAlive, if set, reports how many speakers this node hears (itself included).
 	MembersAlive func() int
+	// DataplaneSynced, if set, reports whether the node's data plane has committed its first
+	// sync. Nothing is announced before it does (for at most maxDataplaneWait): an IP announced
+	// from a node whose rules are not in yet draws traffic that the node cannot forward.
+	DataplaneSynced func() bool
 }
+
+// maxDataplaneWait bounds how long the first announcement waits for the data plane: a data
+// plane that cannot program (its failure is in the log, the readiness probe and the
+// SpeakerStatus) must not also keep the node silent for ever.
+const maxDataplaneWait = 10 * time.Second
+
+// dataplanePoll is how often the first announcement checks the data plane: the wait costs at
+// most this much on top of the data plane's first sync.
+const dataplanePoll = 5 * time.Millisecond
 
 // Speaker runs the announcers on this node.
 type Speaker struct {
@@ -183,9 +196,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); s.statusLoop(ctx) }()
 
-	s.Changed()
-	// The first status write also makes this node a membership peer of the others (MembershipPeers).
+	// The first status write also makes this node a membership peer of the others (MembershipPeers):
+	// it does not wait for the data plane.
 	s.StatusChanged()
+	s.waitForDataplane(ctx)
+	s.Changed()
 	for {
 		select {
 		case <-ctx.Done():
@@ -201,6 +216,33 @@ func (s *Speaker) Run(ctx context.Context) error {
 			}
 			for _, a := range s.announcers {
 				a.Apply(snap)
+			}
+		}
+	}
+}
+
+// waitForDataplane returns once the data plane has committed its first sync, at most
+// maxDataplaneWait after it was called, or when ctx ends.
+func (s *Speaker) waitForDataplane(ctx context.Context) {
+	if s.cfg.DataplaneSynced == nil || s.cfg.DataplaneSynced() {
+		return
+	}
+	start := time.Now()
+	tick := time.NewTicker(dataplanePoll)
+	defer tick.Stop()
+	deadline := time.NewTimer(maxDataplaneWait)
+	defer deadline.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			s.cfg.Logger.Warn("speaker: announcing before the data plane has programmed its first sync", "waited", maxDataplaneWait)
+			return
+		case <-tick.C:
+			if s.cfg.DataplaneSynced() {
+				s.cfg.Logger.Info("speaker: data plane programmed; announcing", "waited", time.Since(start).Round(time.Millisecond))
+				return
 			}
 		}
 	}

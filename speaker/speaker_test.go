@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,7 +119,8 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	events := record.NewBroadcaster()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
 	defer events.Shutdown()
-	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints()},
+	var dataplaneSynced atomic.Bool
+	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints(), DataplaneSynced: dataplaneSynced.Load},
 		events.NewRecorder(Scheme(), corev1.EventSource{Component: "herald-speaker", Host: "a"}))
 	if err != nil {
 		t.Fatal(err)
@@ -137,6 +139,20 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 			t.Errorf("speaker: %v", err)
 		}
 	}()
+
+	// Nothing is announced before the data plane has programmed its first sync: the caches have
+	// synced (the first SpeakerStatus is written after that), yet no snapshot reached the announcers.
+	eventually(t, "a first SpeakerStatus (caches synced)", func() bool {
+		return c.Get(ctx, client.ObjectKey{Name: "a"}, &v1beta1.SpeakerStatus{}) == nil
+	})
+	time.Sleep(200 * time.Millisecond)
+	rec.mu.Lock()
+	early := rec.last
+	rec.mu.Unlock()
+	if early != nil {
+		t.Errorf("a snapshot with %d IPs reached the announcers before the data plane synced", len(early.IPs))
+	}
+	dataplaneSynced.Store(true)
 
 	ip := netip.MustParseAddr("10.0.0.100")
 	eventually(t, "web's IP with candidate b (the node with its endpoint)", func() bool {
