@@ -43,10 +43,11 @@ type Config struct {
 	Logger    *slog.Logger
 	// MembersAlive, if set, reports how many speakers this node hears (itself included).
 	MembersAlive func() int
-	// DataplaneSynced, if set, reports whether the node's data plane has committed its first
-	// sync. Nothing is announced before it does (for at most maxDataplaneWait): an IP announced
-	// from a node whose rules are not in yet draws traffic that the node cannot forward.
-	DataplaneSynced func() bool
+	// DataplaneForwards, if set, reports whether the node's data plane forwards Service traffic
+	// (its first sync is committed, or an earlier run's rules are in place). Nothing is announced
+	// before it does (for at most maxDataplaneWait): an IP announced from a freshly booted node
+	// whose rules are not in yet draws traffic that the node cannot forward.
+	DataplaneForwards func() bool
 }
 
 // maxDataplaneWait bounds how long the first announcement waits for the data plane: a data
@@ -221,10 +222,10 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 }
 
-// waitForDataplane returns once the data plane has committed its first sync, at most
-// maxDataplaneWait after it was called, or when ctx ends.
+// waitForDataplane returns once the data plane forwards, at most maxDataplaneWait after it was
+// called, or when ctx ends.
 func (s *Speaker) waitForDataplane(ctx context.Context) {
-	if s.cfg.DataplaneSynced == nil || s.cfg.DataplaneSynced() {
+	if s.cfg.DataplaneForwards == nil || s.cfg.DataplaneForwards() {
 		return
 	}
 	start := time.Now()
@@ -237,11 +238,11 @@ func (s *Speaker) waitForDataplane(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-deadline.C:
-			s.cfg.Logger.Warn("speaker: announcing before the data plane has programmed its first sync", "waited", maxDataplaneWait)
+			s.cfg.Logger.Warn("speaker: announcing before the data plane forwards (no earlier rules, first sync not committed)", "waited", maxDataplaneWait)
 			return
 		case <-tick.C:
-			if s.cfg.DataplaneSynced() {
-				s.cfg.Logger.Info("speaker: data plane programmed; announcing", "waited", time.Since(start).Round(time.Millisecond))
+			if s.cfg.DataplaneForwards() {
+				s.cfg.Logger.Info("speaker: data plane forwards; announcing", "waited", time.Since(start).Round(time.Millisecond))
 				return
 			}
 		}

@@ -119,8 +119,8 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	events := record.NewBroadcaster()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
 	defer events.Shutdown()
-	var dataplaneSynced atomic.Bool
-	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints(), DataplaneSynced: dataplaneSynced.Load},
+	var dataplaneForwards atomic.Bool
+	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints(), DataplaneForwards: dataplaneForwards.Load},
 		events.NewRecorder(Scheme(), corev1.EventSource{Component: "herald-speaker", Host: "a"}))
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 		}
 	}()
 
-	// Nothing is announced before the data plane has programmed its first sync: the caches have
+	// Nothing is announced before the data plane forwards: the caches have
 	// synced (the first SpeakerStatus is written after that), yet no snapshot reached the announcers.
 	eventually(t, "a first SpeakerStatus (caches synced)", func() bool {
 		return c.Get(ctx, client.ObjectKey{Name: "a"}, &v1beta1.SpeakerStatus{}) == nil
@@ -150,9 +150,9 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	early := rec.last
 	rec.mu.Unlock()
 	if early != nil {
-		t.Errorf("a snapshot with %d IPs reached the announcers before the data plane synced", len(early.IPs))
+		t.Errorf("a snapshot with %d IPs reached the announcers before the data plane forwarded", len(early.IPs))
 	}
-	dataplaneSynced.Store(true)
+	dataplaneForwards.Store(true)
 
 	ip := netip.MustParseAddr("10.0.0.100")
 	eventually(t, "web's IP with candidate b (the node with its endpoint)", func() bool {

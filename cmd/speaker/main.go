@@ -145,14 +145,14 @@ func run() error {
 
 	// The one local-endpoint view of this node: announcers and the data plane share it.
 	localEndpoints := dataplane.NewLocalEndpoints()
-	// The data plane is decided after the speaker starts (below); until then it is not synced.
+	// The data plane is decided after the speaker starts (below); until then it does not forward.
 	var dataplaneRunning atomic.Pointer[embedded.DataPlane]
 	spk, err := speaker.New(speaker.Config{
 		NodeName: *nodeName, RestConfig: restCfg, LBClass: *lbClass, Logger: log, Endpoints: localEndpoints,
 		MembersAlive: func() int { return len(members.View().Alive) },
-		DataplaneSynced: func() bool {
+		DataplaneForwards: func() bool {
 			dp := dataplaneRunning.Load()
-			return dp != nil && dp.Synced()
+			return dp != nil && dp.Forwards()
 		},
 	}, recorder)
 	if err != nil {
@@ -177,7 +177,7 @@ func run() error {
 	// The speaker starts before the data plane is decided: deciding probes nftables and IPVS,
 	// which takes up to a second or two on a busy node, while the caches load and the BGP
 	// sessions open (a restarted speaker's routes are back that much sooner); the first
-	// announcement waits for its first sync.
+	// announcement waits until it forwards.
 	spk.AddStatusSource(func(st *v1beta1.SpeakerStatusStatus) {
 		if dp := dataplaneRunning.Load(); dp != nil {
 			st.Dataplane = dp.Status()

@@ -61,7 +61,19 @@ type DataPlane struct {
 	factory  informers.SharedInformerFactory
 	nodes    informers.SharedInformerFactory
 	checks   *healthcheck.ServiceServers
+	// earlierRules is set when an earlier run's rules were in the kernel at the start.
+	earlierRules bool
 }
+
+// earlierRulesReporter is a backend that can tell whether an earlier run's rules are in the kernel.
+type earlierRulesReporter interface {
+	HasEarlierRules(ctx context.Context) (bool, error)
+}
+
+var (
+	_ earlierRulesReporter = (*nftables.Backend)(nil)
+	_ earlierRulesReporter = (*ipvs.Backend)(nil)
+)
 
 // proxiedSelector skips Services another proxy claims and headless ones, as kube-proxy does.
 const proxiedSelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
@@ -96,6 +108,12 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s backend: %w", decision.Backend, err)
+	}
+	if r, ok := d.backend.(earlierRulesReporter); ok {
+		if d.earlierRules, err = r.HasEarlierRules(ctx); err != nil {
+			// Then the node counts as fresh: the speaker announces after the first sync.
+			opts.Logger.Warn("dataplane: could not tell whether an earlier run's rules are in place", "err", err)
+		}
 	}
 
 	services, slices := opts.Services, opts.EndpointSlices
@@ -138,6 +156,12 @@ func (d *DataPlane) Synced() bool {
 	_, last := d.proxy.Health(d.opts.HealthTimeout)
 	return !last.IsZero()
 }
+
+// Forwards reports whether this node forwards Service traffic: the data plane is off (another
+// proxy forwards), has committed its first sync, or found an earlier run's rules in the kernel
+// (a restart: they keep forwarding until that sync replaces them). A node should not announce
+// before: it would draw traffic it drops.
+func (d *DataPlane) Forwards() bool { return d.earlierRules || d.Synced() }
 
 // Status is the data plane's part of this node's SpeakerStatus.
 func (d *DataPlane) Status() v1beta1.DataplaneStatus {

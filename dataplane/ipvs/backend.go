@@ -314,6 +314,13 @@ func (b *Backend) adopt() error {
 	return b.vs.Adopt(func(k vsKey) bool { _, ok := owned[k.Addr]; return ok })
 }
 
+// HasEarlierRules reports whether an earlier run left Service IPs on the dummy link: its virtual
+// servers forward (to the endpoints of when it stopped) until the first sync adopts and updates them.
+func (b *Backend) HasEarlierRules(context.Context) (bool, error) {
+	addrs, err := b.links.ServiceIPs()
+	return len(addrs) > 0, err
+}
+
 func (b *Backend) ownedAddrs() (map[netip.Addr]struct{}, error) {
 	addrs, err := b.links.ServiceIPs()
 	if err != nil {

@@ -16,6 +16,7 @@ package nftables
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"slices"
 	"sort"
@@ -44,6 +45,9 @@ type Backend struct {
 	refs map[elementKey]int
 	// lastTx is the number of operations of the last committed transaction (tests, metrics).
 	lastTx int
+	// tableExists reports whether Herald's table is in the kernel: `nft list tables` on a node
+	// (it names the tables only; listing the table itself reads every chain), a List in tests.
+	tableExists func(ctx context.Context) (bool, error)
 }
 
 // transactionRunner commits a transaction atomically (knftables.Interface and session).
@@ -69,6 +73,13 @@ func New() (*Backend, error) {
 	}
 	b := NewWithInterface(nft)
 	b.incremental, b.beginFull = sess, full.begin
+	b.tableExists = func(ctx context.Context) (bool, error) {
+		out, err := exec.CommandContext(ctx, path, "list", "tables", string(knftables.InetFamily)).Output()
+		if err != nil {
+			return false, fmt.Errorf("nft list tables: %w", err)
+		}
+		return slices.Contains(strings.Split(string(out), "\n"), "table inet "+TableName), nil
+	}
 	return b, nil
 }
 
@@ -76,8 +87,19 @@ func New() (*Backend, error) {
 // tests) that commits every sync through it.
 func NewWithInterface(nft knftables.Interface) *Backend {
 	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*fragment{}, refs: map[elementKey]int{},
-		beginFull: func(ctx context.Context) (bulkTx, error) { return newOneTx(ctx, nft), nil }}
+		beginFull: func(ctx context.Context) (bulkTx, error) { return newOneTx(ctx, nft), nil },
+		tableExists: func(ctx context.Context) (bool, error) {
+			_, err := nft.List(ctx, "chain")
+			if knftables.IsNotFound(err) {
+				return false, nil
+			}
+			return err == nil, err
+		}}
 }
+
+// HasEarlierRules reports whether an earlier run's table is in the kernel: its rules forward
+// (to the endpoints of when it stopped) until the first full sync replaces them.
+func (b *Backend) HasEarlierRules(ctx context.Context) (bool, error) { return b.tableExists(ctx) }
 
 // Close ends the nft session, if one runs; the rules stay.
 func (b *Backend) Close() {

@@ -133,13 +133,7 @@ func TestRealNFTAcceptsEveryRule(t *testing.T) {
 	l := netnstest.New(t, "herald-dpt-syntax-")
 	ns := l.AddNS("node")
 	var b *Backend
-	st := everyFeature()
-	for svc, ports := range st.Services {
-		// This kernel may lack SCTP; its rules are checked by the Fake and in the IPVS VM.
-		if ports[0].Protocol == "SCTP" {
-			delete(st.Services, svc)
-		}
-	}
+	st := everyFeatureWithoutSCTP()
 	if err := netnstest.Do(ns, func() (err error) {
 		if b, err = New(); err != nil {
 			return err
@@ -365,4 +359,56 @@ func normalize(s string) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, "\n")
+}
+
+// A restarted speaker may announce before its first sync only because the earlier run's table
+// is in the kernel: a fresh node has none, and a synced one does.
+func TestHasEarlierRules(t *testing.T) {
+	netnstest.Require(t, "nft")
+	l := netnstest.New(t, "herald-dpt-earlier-")
+	ns := l.AddNS("node")
+	has := func() bool {
+		t.Helper()
+		var got bool
+		if err := netnstest.Do(ns, func() (err error) {
+			b, err := New()
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			got, err = b.HasEarlierRules(context.Background())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if has() {
+		t.Fatal("a fresh node reports an earlier run's rules")
+	}
+	if err := netnstest.Do(ns, func() error {
+		b, err := New()
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		return b.Sync(context.Background(), dataplane.SyncRequest{State: everyFeatureWithoutSCTP(), Full: true})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !has() {
+		t.Fatal("the table a run left behind is not reported")
+	}
+}
+
+// everyFeatureWithoutSCTP is everyFeature for this kernel, which may lack SCTP; SCTP rules are
+// checked by the Fake and in the IPVS VM.
+func everyFeatureWithoutSCTP() *dataplane.State {
+	st := everyFeature()
+	for svc, ports := range st.Services {
+		if ports[0].Protocol == "SCTP" {
+			delete(st.Services, svc)
+		}
+	}
+	return st
 }
