@@ -33,6 +33,7 @@ import (
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
+	"github.com/heraldlb/herald/dataplane/mode"
 	"github.com/heraldlb/herald/internal/health"
 	"github.com/heraldlb/herald/speaker"
 	"github.com/heraldlb/herald/speaker/bgp"
@@ -112,6 +113,18 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// Deciding the data-plane backend probes nftables and IPVS (up to a second or two on a busy
+	// node) and the first announcement waits for the data plane, so it starts first and runs
+	// while the speaker connects and loads its caches.
+	var (
+		decision    mode.Decision
+		decisionErr error
+		decided     = make(chan struct{})
+	)
+	go func() {
+		defer close(decided)
+		decision, decisionErr = embedded.Decide(ctx, *dataplaneMode)
+	}()
 	// Membership outlives the announcers by a moment at shutdown, so the peers hear "owns nothing"
 	// and take over at once instead of after DeadAfter.
 	memberCtx, stopMembership := context.WithCancel(context.Background())
@@ -174,10 +187,9 @@ func run() error {
 	if err := spk.WatchPeers(ctx, membership.Port, members.SetPeers); err != nil {
 		return err
 	}
-	// The speaker starts before the data plane is decided: deciding probes nftables and IPVS,
-	// which takes up to a second or two on a busy node, while the caches load and the BGP
-	// sessions open (a restarted speaker's routes are back that much sooner); the first
-	// announcement waits until it forwards.
+	// The speaker starts without waiting for the backend decision: the caches load and the BGP
+	// sessions open meanwhile (a restarted speaker's routes are back that much sooner); the
+	// first announcement waits until the data plane forwards.
 	spk.AddStatusSource(func(st *v1beta1.SpeakerStatusStatus) {
 		if dp := dataplaneRunning.Load(); dp != nil {
 			st.Dataplane = dp.Status()
@@ -197,7 +209,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	dp, err := embedded.New(ctx, embedded.Options{Mode: *dataplaneMode, NodeName: *nodeName, Client: cs,
+	<-decided
+	if decisionErr != nil {
+		return fmt.Errorf("dataplane: %w", decisionErr)
+	}
+	dp, err := embedded.New(ctx, decision, embedded.Options{NodeName: *nodeName, Client: cs,
 		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)

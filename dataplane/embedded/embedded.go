@@ -30,8 +30,6 @@ import (
 
 // Options configure the data plane.
 type Options struct {
-	// Mode is the --dataplane flag: auto, ipvs, nftables or off.
-	Mode     string
 	NodeName string
 	Client   kubernetes.Interface
 	// LocalEndpoints is the speaker's view (already fed by its informers); the healthCheckNodePort
@@ -78,9 +76,9 @@ var (
 // proxiedSelector skips Services another proxy claims and headless ones, as kube-proxy does.
 const proxiedSelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 
-// New decides the backend (reporting the decision in the log, as a Node event and as a metric)
-// and prepares it. With the decision "off" nothing else is made and Run returns at once.
-func New(ctx context.Context, opts Options) (*DataPlane, error) {
+// New reports the decision (Decide) in the log, as a Node event and as a metric, and prepares
+// the backend. With the decision "off" nothing else is made and Run returns at once.
+func New(ctx context.Context, decision mode.Decision, opts Options) (*DataPlane, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -90,14 +88,11 @@ func New(ctx context.Context, opts Options) (*DataPlane, error) {
 	if opts.HealthTimeout == 0 {
 		opts.HealthTimeout = 60 * time.Second
 	}
-	decision, err := decide(ctx, opts.Mode)
-	if err != nil {
-		return nil, err
-	}
 	if opts.Recorder != nil {
 		mode.Report(decision, opts.Logger, opts.Recorder, opts.NodeName)
 	}
 	d := &DataPlane{opts: opts, decision: decision}
+	var err error
 	switch decision.Backend {
 	case mode.Off:
 		return d, nil
@@ -210,7 +205,10 @@ func (d *DataPlane) node() *corev1.Node {
 // Service IP even though every node holds it on herald-ipvs0.
 var ipvsOptions = ipvs.Options{StrictARP: true}
 
-func decide(ctx context.Context, modeName string) (mode.Decision, error) {
+// Decide picks the backend for --dataplane=modeName on this node with the real probes
+// (kube-proxy's rules, IPVS): up to a second or two on a busy node, so the speaker starts it
+// first and runs it while it connects to the API server.
+func Decide(ctx context.Context, modeName string) (mode.Decision, error) {
 	return mode.Decide(ctx, modeName, mode.Probes{KubeProxy: mode.KubeProxyRules, IPVS: ipvs.Probe})
 }
 
@@ -218,7 +216,7 @@ func decide(ctx context.Context, modeName string) (mode.Decision, error) {
 // any), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
 // speaker itself runs unprivileged (/proc/sys is read-only there) and finds them set.
 func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) error {
-	decision, err := decide(ctx, modeName)
+	decision, err := Decide(ctx, modeName)
 	if err != nil {
 		return err
 	}
