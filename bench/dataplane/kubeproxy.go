@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -29,7 +30,6 @@ import (
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
-	"github.com/heraldlb/herald/dataplane/mode"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/proc"
 )
@@ -77,7 +77,11 @@ func runHeraldProxy(kubeconfig string) {
 	}
 	go c.Start(ctx)
 	cache.WaitForCacheSync(ctx.Done(), view.HasSynced)
-	d, err := embedded.New(ctx, mode.Decision{Backend: mode.NFTables, Reason: "the benchmark compares nftables"}, embedded.Options{NodeName: benchNode, Client: cs, LocalEndpoints: view,
+	backend, err := embedded.Prepare(ctx, "nftables", slog.Default())
+	if err != nil {
+		fail("%v", err)
+	}
+	d, err := embedded.New(ctx, backend, embedded.Options{NodeName: benchNode, Client: cs, LocalEndpoints: view,
 		HealthAddr: "127.0.0.1:10256", Services: services, EndpointSlices: slices})
 	if err != nil {
 		fail("%v", err)

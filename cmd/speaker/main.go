@@ -33,7 +33,6 @@ import (
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
-	"github.com/heraldlb/herald/dataplane/mode"
 	"github.com/heraldlb/herald/internal/health"
 	"github.com/heraldlb/herald/speaker"
 	"github.com/heraldlb/herald/speaker/bgp"
@@ -113,17 +112,17 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	// Deciding the data-plane backend probes nftables and IPVS (up to a second or two on a busy
+	// Preparing the data-plane backend runs nft and netlink (up to a second or two on a busy
 	// node) and the first announcement waits for the data plane, so it starts first and runs
 	// while the speaker connects and loads its caches.
 	var (
-		decision    mode.Decision
-		decisionErr error
-		decided     = make(chan struct{})
+		backend    embedded.Backend
+		backendErr error
+		prepared   = make(chan struct{})
 	)
 	go func() {
-		defer close(decided)
-		decision, decisionErr = embedded.Decide(ctx, *dataplaneMode)
+		defer close(prepared)
+		backend, backendErr = embedded.Prepare(ctx, *dataplaneMode, log)
 	}()
 	// Membership outlives the announcers by a moment at shutdown, so the peers hear "owns nothing"
 	// and take over at once instead of after DeadAfter.
@@ -209,11 +208,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	<-decided
-	if decisionErr != nil {
-		return fmt.Errorf("dataplane: %w", decisionErr)
+	<-prepared
+	if backendErr != nil {
+		return fmt.Errorf("dataplane: %w", backendErr)
 	}
-	dp, err := embedded.New(ctx, decision, embedded.Options{NodeName: *nodeName, Client: cs,
+	dp, err := embedded.New(ctx, backend, embedded.Options{NodeName: *nodeName, Client: cs,
 		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)

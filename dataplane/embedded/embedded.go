@@ -59,7 +59,7 @@ type DataPlane struct {
 	factory  informers.SharedInformerFactory
 	nodes    informers.SharedInformerFactory
 	checks   *healthcheck.ServiceServers
-	// earlierRules is set when an earlier run's rules were in the kernel at the start.
+	// earlierRules: see Backend.
 	earlierRules bool
 }
 
@@ -76,9 +76,47 @@ var (
 // proxiedSelector skips Services another proxy claims and headless ones, as kube-proxy does.
 const proxiedSelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 
-// New reports the decision (Decide) in the log, as a Node event and as a metric, and prepares
-// the backend. With the decision "off" nothing else is made and Run returns at once.
-func New(ctx context.Context, decision mode.Decision, opts Options) (*DataPlane, error) {
+// Backend is a decided data-plane backend, made and ready for New.
+type Backend struct {
+	Decision mode.Decision
+	backend  dataplane.Backend
+	// earlierRules is set when an earlier run's rules were in the kernel at the start.
+	earlierRules bool
+}
+
+// Prepare decides the backend for --dataplane=modeName with the real probes (kube-proxy's
+// rules, IPVS), makes it, and looks for an earlier run's rules. Each step runs nft or netlink:
+// up to a second or two on a busy node, so the speaker starts it first, and it runs while the
+// speaker connects to the API server and loads its caches.
+func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, error) {
+	decision, err := decide(ctx, modeName)
+	if err != nil {
+		return Backend{}, err
+	}
+	b := Backend{Decision: decision}
+	switch decision.Backend {
+	case mode.Off:
+		return b, nil
+	case mode.NFTables:
+		b.backend, err = nftables.New()
+	case mode.IPVS:
+		b.backend, err = ipvs.New(ipvsOptions)
+	}
+	if err != nil {
+		return Backend{}, fmt.Errorf("%s backend: %w", decision.Backend, err)
+	}
+	if r, ok := b.backend.(earlierRulesReporter); ok {
+		if b.earlierRules, err = r.HasEarlierRules(ctx); err != nil {
+			// Then the node counts as fresh: the speaker announces after the first sync.
+			log.Warn("dataplane: could not tell whether an earlier run's rules are in place", "err", err)
+		}
+	}
+	return b, nil
+}
+
+// New reports the decision in the log, as a Node event and as a metric, and sets up the proxy
+// on the prepared backend. With the decision "off" nothing else is made and Run returns at once.
+func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -89,26 +127,11 @@ func New(ctx context.Context, decision mode.Decision, opts Options) (*DataPlane,
 		opts.HealthTimeout = 60 * time.Second
 	}
 	if opts.Recorder != nil {
-		mode.Report(decision, opts.Logger, opts.Recorder, opts.NodeName)
+		mode.Report(b.Decision, opts.Logger, opts.Recorder, opts.NodeName)
 	}
-	d := &DataPlane{opts: opts, decision: decision}
-	var err error
-	switch decision.Backend {
-	case mode.Off:
+	d := &DataPlane{opts: opts, decision: b.Decision, backend: b.backend, earlierRules: b.earlierRules}
+	if b.Decision.Backend == mode.Off {
 		return d, nil
-	case mode.NFTables:
-		d.backend, err = nftables.New()
-	case mode.IPVS:
-		d.backend, err = ipvs.New(ipvsOptions)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s backend: %w", decision.Backend, err)
-	}
-	if r, ok := d.backend.(earlierRulesReporter); ok {
-		if d.earlierRules, err = r.HasEarlierRules(ctx); err != nil {
-			// Then the node counts as fresh: the speaker announces after the first sync.
-			opts.Logger.Warn("dataplane: could not tell whether an earlier run's rules are in place", "err", err)
-		}
 	}
 
 	services, slices := opts.Services, opts.EndpointSlices
@@ -132,8 +155,7 @@ func New(ctx context.Context, decision mode.Decision, opts Options) (*DataPlane,
 		OnSynced:  func(st *dataplane.State) { d.checks.Sync(healthcheck.Ports(st)) },
 		Logger:    opts.Logger,
 	})
-	err = d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer())
-	if err != nil {
+	if err := d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer()); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -205,10 +227,7 @@ func (d *DataPlane) node() *corev1.Node {
 // Service IP even though every node holds it on herald-ipvs0.
 var ipvsOptions = ipvs.Options{StrictARP: true}
 
-// Decide picks the backend for --dataplane=modeName on this node with the real probes
-// (kube-proxy's rules, IPVS): up to a second or two on a busy node, so the speaker starts it
-// first and runs it while it connects to the API server.
-func Decide(ctx context.Context, modeName string) (mode.Decision, error) {
+func decide(ctx context.Context, modeName string) (mode.Decision, error) {
 	return mode.Decide(ctx, modeName, mode.Probes{KubeProxy: mode.KubeProxyRules, IPVS: ipvs.Probe})
 }
 
@@ -216,7 +235,7 @@ func Decide(ctx context.Context, modeName string) (mode.Decision, error) {
 // any), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
 // speaker itself runs unprivileged (/proc/sys is read-only there) and finds them set.
 func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) error {
-	decision, err := Decide(ctx, modeName)
+	decision, err := decide(ctx, modeName)
 	if err != nil {
 		return err
 	}

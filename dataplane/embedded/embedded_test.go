@@ -90,11 +90,11 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 	cache.WaitForCacheSync(ctx.Done(), view.HasSynced)
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	decision, err := Decide(ctx, "auto")
+	backend, err := Prepare(ctx, "auto", log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(ctx, decision, Options{NodeName: "n1", Client: client, LocalEndpoints: view, Logger: log, HealthAddr: "127.0.0.1:10256"})
+	d, err := New(ctx, backend, Options{NodeName: "n1", Client: client, LocalEndpoints: view, Logger: log, HealthAddr: "127.0.0.1:10256"})
 	if err != nil {
 		t.Fatal(err)
 	}
