@@ -411,12 +411,11 @@ func (t *translation) routerID() {
 
 // advertisement is a validated BGPAdvertisement.
 type advertisement struct {
-	name             string
-	pools            map[string]bool
-	serviceSelectors []labels.Selector
-	peers            []string // peers of this node it goes to
-	lenV4, lenV6     int
-	attrs            Attributes
+	name         string
+	selection    Selection
+	peers        []string // peers of this node it goes to
+	lenV4, lenV6 int
+	attrs        Attributes
 }
 
 func (t *translation) poolsByName() map[string]v1beta1.IPAddressPool {
@@ -461,7 +460,7 @@ func (t *translation) advertisements() {
 		for _, ip := range svc.IPs {
 			ip = ip.Unmap()
 			for _, ad := range ads {
-				if !ad.pools[svc.Pool] || !selectorsMatch(ad.serviceSelectors, svc.Labels) {
+				if !ad.selection.Selects(svc.Pool, svc.Labels) {
 					continue
 				}
 				bits := ad.lenV4
@@ -510,18 +509,6 @@ func appendUnique(list []string, s string) []string {
 	return list
 }
 
-func selectorsMatch(sels []labels.Selector, l map[string]string) bool {
-	if len(sels) == 0 {
-		return true
-	}
-	for _, s := range sels {
-		if s.Matches(labels.Set(l)) {
-			return true
-		}
-	}
-	return false
-}
-
 // advertisement validates one BGPAdvertisement for this node; false when it does not apply here
 // or is invalid (then nothing of it is advertised, and a Problem says why).
 func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[string]v1beta1.IPAddressPool) (advertisement, bool) {
@@ -530,7 +517,7 @@ func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[strin
 		t.problem("BGPAdvertisement", ba.Name, config.ConditionValid, reason, format, args...)
 		return advertisement{}, false
 	}
-	ad := advertisement{name: ba.Name, pools: map[string]bool{}, lenV4: 32, lenV6: 128}
+	ad := advertisement{name: ba.Name, lenV4: 32, lenV6: 128}
 	if s.AggregationLength != nil {
 		ad.lenV4 = int(*s.AggregationLength)
 	}
@@ -542,10 +529,10 @@ func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[strin
 	}
 
 	var ok bool
-	if ad.pools, ad.serviceSelectors, ok = t.selection("BGPAdvertisement", ba.Name, s.AdvertisementSelection, pools); !ok {
+	if ad.selection, ok = t.selection("BGPAdvertisement", ba.Name, s.AdvertisementSelection, pools); !ok {
 		return advertisement{}, false
 	}
-	for name := range ad.pools {
+	for name := range ad.selection.Pools {
 		if err := checkAggregation(pools[name], ad.lenV4, ad.lenV6); err != nil {
 			return bad(ReasonAggregation, "pool %s: %v", name, err)
 		}
@@ -594,51 +581,15 @@ func (t *translation) advertisement(ba v1beta1.BGPAdvertisement, pools map[strin
 	return ad, true
 }
 
-// selection reads what an advertisement of kind selects: its pools (named, selected by label, or,
-// neither given, all) and its Service selectors; it reports a pool that does not exist and a
-// selector that does not parse (node selectors included) as problems of the object.
-func (t *translation) selection(kind, name string, s v1beta1.AdvertisementSelection, pools map[string]v1beta1.IPAddressPool) (map[string]bool, []labels.Selector, bool) {
-	bad := func(reason, format string, args ...any) (map[string]bool, []labels.Selector, bool) {
-		t.problem(kind, name, config.ConditionValid, reason, format, args...)
-		return nil, nil, false
+// selection reads what an advertisement of kind selects (Select), and reports a pool that does not
+// exist or a selector that does not parse as a problem of the object.
+func (t *translation) selection(kind, name string, s v1beta1.AdvertisementSelection, pools map[string]v1beta1.IPAddressPool) (Selection, bool) {
+	sel, problem := Select(s, pools)
+	if problem != nil {
+		t.problem(kind, name, config.ConditionValid, problem.Reason, "%s", problem.Message)
+		return Selection{}, false
 	}
-	selected := map[string]bool{}
-	for _, pool := range s.IPAddressPools {
-		if _, ok := pools[pool]; !ok {
-			return bad(ReasonUnknownPool, "ipAddressPools names %q, which does not exist: create the pool or fix the name", pool)
-		}
-		selected[pool] = true
-	}
-	for _, ls := range s.IPAddressPoolSelectors {
-		sel, err := metav1.LabelSelectorAsSelector(&ls)
-		if err != nil {
-			return bad(ReasonInvalidSelector, "ipAddressPoolSelectors: %v", err)
-		}
-		for pool, p := range pools {
-			if sel.Matches(labels.Set(p.Labels)) {
-				selected[pool] = true
-			}
-		}
-	}
-	if len(s.IPAddressPools) == 0 && len(s.IPAddressPoolSelectors) == 0 {
-		for pool := range pools {
-			selected[pool] = true
-		}
-	}
-	var serviceSelectors []labels.Selector
-	for _, ls := range s.ServiceSelectors {
-		sel, err := metav1.LabelSelectorAsSelector(&ls)
-		if err != nil {
-			return bad(ReasonInvalidSelector, "serviceSelectors: %v", err)
-		}
-		serviceSelectors = append(serviceSelectors, sel)
-	}
-	for _, ls := range s.NodeSelectors {
-		if _, err := metav1.LabelSelectorAsSelector(&ls); err != nil {
-			return bad(ReasonInvalidSelector, "nodeSelectors: %v", err)
-		}
-	}
-	return selected, serviceSelectors, true
+	return sel, true
 }
 
 // validateL2Advertisements checks what an L2Advertisement selects (the speakers' L2 announcer
