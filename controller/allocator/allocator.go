@@ -213,6 +213,17 @@ func (a *Allocator) owner(ip netip.Addr) *pool {
 	return nil
 }
 
+// PoolOf names the pool that gives out ip (where pools overlap, the one that owns it), or "" when
+// no pool does (any more).
+func (a *Allocator) PoolOf(ip netip.Addr) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p := a.owner(ip); p != nil {
+		return p.Name
+	}
+	return ""
+}
+
 // Report returns a pool's overlaps and per-family usage; false when the pool is unknown.
 func (a *Allocator) Report(name string) (PoolReport, bool) {
 	a.mu.Lock()

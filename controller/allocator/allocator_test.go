@@ -329,6 +329,12 @@ func TestOverlapReport(t *testing.T) {
 	if _, ok := a.Report("zzz"); ok {
 		t.Fatal("unknown pool reported")
 	}
+	// The owner of an address is the older pool where two overlap.
+	for ip, want := range map[string]string{"10.0.0.200": "a", "10.0.0.5": "b", "fd00::9": "b", "10.0.1.1": "c", "10.0.2.1": ""} {
+		if got := a.PoolOf(netip.MustParseAddr(ip)); got != want {
+			t.Errorf("PoolOf(%s) = %q, want %q", ip, got, want)
+		}
+	}
 }
 
 func mustRange(s string) Range {
