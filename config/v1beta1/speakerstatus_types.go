@@ -1,6 +1,10 @@
 package v1beta1
 
-import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+import (
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
 
 // SpeakerStatus reports what one node's speaker is doing. It is named after the node and written
 // only by that node's speaker; the controller reads them all to set each Service's
@@ -75,6 +79,14 @@ const (
 // etcd's request size limit (1.5 MiB) however many Services there are: at about 100 bytes an entry,
 // 10,000 entries are about 1 MB.
 const MaxListedAnnouncements = 10000
+
+// StatusWriteSpacing is the least time a speaker leaves between two writes of its SpeakerStatus
+// when it lists `listed` announcements: 10 ms per listed IP, at least 0.5 s, at most 10 s. Every
+// write sends the whole object to the API server and to every watcher, so its cost grows with the
+// list. It is also how far apart two nodes' statuses can tell of one Service's announcement.
+func StatusWriteSpacing(listed int) time.Duration {
+	return min(max(500*time.Millisecond, time.Duration(listed)*10*time.Millisecond), 10*time.Second)
+}
 
 // Announcement is one IP this node announces. The Services using it are the ones with the IP in
 // their status.loadBalancer.ingress (heraldctl status joins the two).
