@@ -24,8 +24,9 @@ import (
 
 // TestControllerRunsWithTheChartsRBAC installs the chart into a real apiserver and runs the real
 // controller as the chart's ServiceAccount (impersonated: the rules the chart grants, nothing
-// more). It must allocate a Service and write a BGPPeer's Valid condition (which reads a Secret):
-// a permission missing from controller-rbac.yaml shows here, not in a user's cluster.
+// more). It must allocate a Service, write a BGPPeer's Valid condition (which reads a Secret) and
+// the Service's herald.io/Announced condition (which reads SpeakerStatuses): a permission missing
+// from controller-rbac.yaml shows here, not in a user's cluster.
 func TestControllerRunsWithTheChartsRBAC(t *testing.T) {
 	requireHelm(t)
 	api := realapi.Start(t)
@@ -100,6 +101,48 @@ func TestControllerRunsWithTheChartsRBAC(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("as the chart's ServiceAccount the controller did not allocate (%v) and report the missing Secret (%+v); forbidden in its log:\n%s",
 				allocated, valid, forbidden(logs.String()))
+		}
+	}
+
+	// A node's speaker lists the Service's IP: the controller, reading SpeakerStatuses, says so.
+	got, err := cs.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := got.Status.LoadBalancer.Ingress[0].IP
+	create("speakerstatuses", &v1beta1.SpeakerStatus{TypeMeta: metav1.TypeMeta{APIVersion: v1beta1.GroupVersion.String(), Kind: "SpeakerStatus"},
+		ObjectMeta: metav1.ObjectMeta{Name: "node1"}})
+	st := &v1beta1.SpeakerStatus{TypeMeta: metav1.TypeMeta{APIVersion: v1beta1.GroupVersion.String(), Kind: "SpeakerStatus"},
+		ObjectMeta: metav1.ObjectMeta{Name: "node1"}, Status: v1beta1.SpeakerStatusStatus{
+			LastUpdate: &metav1.Time{Time: time.Now()}, AnnouncedIPs: 1,
+			Announcements: []v1beta1.Announcement{{IP: ip, Protocol: v1beta1.ProtocolL2}}}}
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := &unstructured.Unstructured{Object: u}
+	speakers := dyn.Resource(v1beta1.GroupVersion.WithResource("speakerstatuses"))
+	cur, err := speakers.Get(ctx, "node1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.SetResourceVersion(cur.GetResourceVersion()) // an update of a custom resource must name it
+	if _, err := speakers.UpdateStatus(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := ip + ": L2 from node1"
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		got, err := cs.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{})
+		var c *metav1.Condition
+		if err == nil {
+			c = meta.FindStatusCondition(got.Status.Conditions, config.ConditionAnnounced)
+		}
+		if c != nil && c.Status == metav1.ConditionTrue && c.Message == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("as the chart's ServiceAccount the controller did not write herald.io/Announced True %q (got %+v); forbidden in its log:\n%s",
+				want, c, forbidden(logs.String()))
 		}
 	}
 	if f := forbidden(logs.String()); f != "" {

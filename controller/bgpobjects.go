@@ -84,8 +84,12 @@ func newBGPObjects(c *Controller, dyn dynamic.Interface) *bgpObjects {
 func (b *bgpObjects) run(ctx context.Context) {
 	defer b.queue.ShutDown()
 	enqueue := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { b.queue.Add(bgpObjectsKey) },
-		UpdateFunc: func(old, obj any) { b.specChanged(old, obj) },
+		AddFunc: func(any) { b.queue.Add(bgpObjectsKey) },
+		UpdateFunc: func(old, obj any) {
+			if specUpdated(old, obj) {
+				b.queue.Add(bgpObjectsKey)
+			}
+		},
 		DeleteFunc: func(any) { b.queue.Add(bgpObjectsKey) },
 	}
 	for _, inf := range b.informers {
@@ -126,15 +130,13 @@ func (b *bgpObjects) run(ctx context.Context) {
 	<-ctx.Done()
 }
 
-// specChanged queues a check unless only the status changed (our own writes).
-func (b *bgpObjects) specChanged(old, obj any) {
+// specUpdated reports whether an update of a Herald object changed more than its status (our own
+// writes): its spec (generation) or whether it is being deleted.
+func specUpdated(old, obj any) bool {
 	o, ok1 := old.(*unstructured.Unstructured)
 	n, ok2 := obj.(*unstructured.Unstructured)
-	if ok1 && ok2 && o.GetGeneration() == n.GetGeneration() &&
-		(o.GetDeletionTimestamp() == nil) == (n.GetDeletionTimestamp() == nil) {
-		return
-	}
-	b.queue.Add(bgpObjectsKey)
+	return !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() ||
+		(o.GetDeletionTimestamp() == nil) != (n.GetDeletionTimestamp() == nil)
 }
 
 // sync validates every BGP object and writes the conditions that changed.

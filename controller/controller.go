@@ -1,8 +1,10 @@
 // Package controller gives LoadBalancer Services their addresses and writes their status. It
 // watches Services, Namespaces and IPAddressPools, rebuilds the allocator from every Service's
 // status before it allocates anything (so addresses never move on restart or leader change), and
-// writes each change as one patch of the status subresource. Mode cloud-provider runs the upstream
-// service controller with the allocator as its LoadBalancer instead (cloud.go).
+// writes each change as one patch of the status subresource. Beside that, and never in its way, it
+// tells from the nodes' SpeakerStatus objects whether each Service is announced (announced.go,
+// announcedwriter.go). Mode cloud-provider runs the upstream service controller with the allocator
+// as its LoadBalancer instead (cloud.go).
 package controller
 
 import (
@@ -12,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -47,6 +51,10 @@ type Options struct {
 	// SecretNamespace is where a BGPPeer's passwordSecret without a namespace lives (Herald's own;
 	// DefaultSecretNamespace when empty), for the BGP objects' Valid condition.
 	SecretNamespace string
+	// RestConfig reaches the API server for the SpeakerStatus cache (controller-runtime's, which
+	// decodes straight into the typed objects) of the herald.io/Announced condition. Required
+	// by Run.
+	RestConfig *rest.Config
 }
 
 // fieldManager names Herald in managedFields and events.
@@ -72,6 +80,12 @@ type Controller struct {
 	alloc      *allocator.Allocator
 	// bgp writes the Valid and NotSupported conditions of the BGP objects (bgpobjects.go).
 	bgp *bgpObjects
+	// announced writes the Services' herald.io/Announced condition (announcedwriter.go); nil in
+	// cloud-provider mode, where Herald writes no Service status.
+	announced *announcedWriter
+	// allocWrote is when the allocation path last wrote a Service's status (Unix ns): the
+	// announced writer holds its writes back while allocations are being written.
+	allocWrote atomic.Int64
 
 	// cloud: the upstream service controller handles class-less Services (RunCloudProvider).
 	cloud bool
@@ -137,10 +151,16 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer broadcaster.Shutdown()
 	c.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: fieldManager})
 
+	announced, err := newAnnouncedWriter(ctx, c)
+	if err != nil {
+		return err
+	}
+	c.announced = announced
 	if err := c.start(ctx, c.serviceHandlers()); err != nil {
 		return err
 	}
 	go c.bgp.run(ctx)
+	go c.announced.run(ctx)
 	for range c.opts.Workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
 	}
@@ -232,9 +252,12 @@ func (c *Controller) serviceHandlers() cache.ResourceEventHandler {
 	}
 }
 
-func (c *Controller) enqueue(obj any) {
+func (c *Controller) enqueue(obj any) { enqueueKey(c.queue, obj) }
+
+// enqueueKey adds an object's namespace/name to q (deleted objects' too).
+func enqueueKey(q workqueue.TypedInterface[string], obj any) {
 	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-		c.queue.Add(key)
+		q.Add(key)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
@@ -28,11 +29,14 @@ var poolsGVR = v1beta1.GroupVersion.WithResource("ipaddresspools")
 const poolStatusDelay = time.Second
 
 // poolHandlers reload the pools when a spec or deletion changes (not on our own status writes) and
-// re-examine every Service, since any answer may change.
+// re-examine every Service, since any answer may change. The announced writer hears of every
+// change after the allocator (the pool an address is from is the allocator's answer), and of
+// label changes too: advertisements select pools by label.
 func (c *Controller) poolHandlers() cache.ResourceEventHandler {
 	changed := func(obj any) {
 		c.loadPools()
 		c.resyncAll()
+		c.announced.configChanged()
 		if u, ok := obj.(*unstructured.Unstructured); ok {
 			c.poolQueue.Add(u.GetName())
 		}
@@ -40,14 +44,17 @@ func (c *Controller) poolHandlers() cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: changed,
 		UpdateFunc: func(old, obj any) {
-			o, n := old.(*unstructured.Unstructured), obj.(*unstructured.Unstructured)
-			if o.GetGeneration() != n.GetGeneration() || (o.GetDeletionTimestamp() == nil) != (n.GetDeletionTimestamp() == nil) {
+			switch {
+			case specUpdated(old, obj):
 				changed(obj)
+			case !labels.Equals(old.(*unstructured.Unstructured).GetLabels(), obj.(*unstructured.Unstructured).GetLabels()):
+				c.announced.configChanged()
 			}
 		},
 		DeleteFunc: func(any) {
 			c.loadPools()
 			c.resyncAll()
+			c.announced.configChanged()
 		},
 	}
 }

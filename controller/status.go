@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -43,6 +44,7 @@ func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, curre
 		"loadBalancer": map[string]any{"ingress": ingress}, // nil deletes the list
 		"conditions":   conditions,
 	}}
+	c.allocWrote.Store(time.Now().UnixNano())
 	if err := c.patchStatus(ctx, svc, patch); err != nil {
 		return err
 	}
@@ -107,7 +109,7 @@ func annotationsCondition(svc *corev1.Service) *metav1.Condition {
 		Reason: config.ReasonAnnotationsValid, Message: "every herald.io annotation has a usable value", ObservedGeneration: svc.Generation}
 }
 
-// clearStatus removes Herald's ingress and condition from a Service that is no longer ours (type
+// clearStatus removes Herald's ingress and conditions from a Service that is no longer ours (type
 // changed away from LoadBalancer); nothing when it carries none.
 func (c *Controller) clearStatus(ctx context.Context, svc *corev1.Service) error {
 	if meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAllocated) == nil {
@@ -118,6 +120,7 @@ func (c *Controller) clearStatus(ctx context.Context, svc *corev1.Service) error
 		"conditions": []map[string]any{
 			{"type": config.ConditionAllocated, "$patch": "delete"},
 			{"type": config.ConditionAnnotationsValid, "$patch": "delete"},
+			{"type": config.ConditionAnnounced, "$patch": "delete"},
 		},
 	}}
 	return c.patchStatus(ctx, svc, patch)

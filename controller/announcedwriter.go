@@ -1,0 +1,496 @@
+package controller
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/flowcontrol"
+	"k8s.io/client-go/util/workqueue"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
+)
+
+const (
+	// announcedWritesPerSecond bounds the writer's own status writes. Each one is an update of the
+	// Service that the API server sends to every speaker, and a speaker rebuilds its whole snapshot
+	// for any update of a Service with an IP: a first rollout to 10,000 announced Services takes
+	// about half an hour, rather than keeping every node busy meanwhile.
+	announcedWritesPerSecond = 5
+	// allocQuiet and announcedMaxHold: a write waits until the allocation path has not written for
+	// allocQuiet, but not longer than announcedMaxHold, so a steady stream of allocations slows
+	// the condition down without starving it.
+	allocQuiet       = 500 * time.Millisecond
+	announcedMaxHold = 5 * time.Second
+	// speakerSweep is how often the writer looks for speakers that went silent: a SpeakerStatus
+	// that is not rewritten sends no event when it stops counting.
+	speakerSweep = 30 * time.Second
+	// ingressIPIndex indexes Services by their ingress IPs, to find those a SpeakerStatus lists.
+	ingressIPIndex = "ingressIP"
+)
+
+// announcedWriter keeps each Service's herald.io/Announced condition (announcedCondition decides
+// it) from the nodes' SpeakerStatus objects. It runs beside the allocation and never delays it:
+// its own queue and one worker, its own rate of writes, each write a patch of this condition alone,
+// held back while the allocation path is writing (the API server is what allocation latency waits
+// on, and this condition is worth less than an address). A change of a SpeakerStatus re-examines
+// only the Services whose IPs it listed or lists, and those still waiting to be announced.
+type announcedWriter struct {
+	c       *Controller
+	cache   crcache.Cache
+	queue   workqueue.TypedRateLimitingInterface[string]
+	limiter flowcontrol.RateLimiter
+	// l2Inf and bgpInf are the advertisements' informers (bgpObjects').
+	l2Inf, bgpInf cache.SharedIndexInformer
+	// configDirty: a pool or advertisement changed since config was read. Only the worker reads
+	// and replaces config.
+	configDirty atomic.Bool
+	config      *announceConfig
+
+	mu       sync.Mutex
+	statuses map[string]*v1beta1.SpeakerStatus // by node
+	// speakers are statuses' values, replaced (never modified) on each change.
+	speakers []*v1beta1.SpeakerStatus
+	// history holds the Services with something to remember (announcedHistory), by key.
+	history map[string]announcedHistory
+}
+
+// newAnnouncedWriter registers the writer's indexer and handlers; it must run before the
+// informers start, so that every existing Service and SpeakerStatus arrives as an addition.
+func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, error) {
+	if c.opts.RestConfig == nil {
+		return nil, errors.New("controller: Options.RestConfig is required (the SpeakerStatus cache reads through it)")
+	}
+	scheme := runtime.NewScheme()
+	if err := v1beta1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	crc, err := crcache.New(c.opts.RestConfig, crcache.Options{Scheme: scheme,
+		ByObject: map[client.Object]crcache.ByObject{&v1beta1.SpeakerStatus{}: {Transform: compactSpeakerStatus}}})
+	if err != nil {
+		return nil, err
+	}
+	a := &announcedWriter{
+		c: c, cache: crc,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "announced", MetricsProvider: c.opts.Metrics.queues}),
+		limiter:  flowcontrol.NewTokenBucketRateLimiter(announcedWritesPerSecond, announcedWritesPerSecond),
+		l2Inf:    c.bgp.informers["L2Advertisement"],
+		bgpInf:   c.bgp.informers["BGPAdvertisement"],
+		statuses: map[string]*v1beta1.SpeakerStatus{},
+		history:  map[string]announcedHistory{},
+	}
+	a.configDirty.Store(true)
+	if err := c.svcInf.AddIndexers(cache.Indexers{ingressIPIndex: indexIngressIPs}); err != nil {
+		return nil, err
+	}
+	if _, err := c.svcInf.AddEventHandler(a.serviceHandlers()); err != nil {
+		return nil, err
+	}
+	configHandlers := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { a.configChanged() },
+		UpdateFunc: func(old, obj any) {
+			if specUpdated(old, obj) {
+				a.configChanged()
+			}
+		},
+		DeleteFunc: func(any) { a.configChanged() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{a.l2Inf, a.bgpInf} {
+		if _, err := inf.AddEventHandler(configHandlers); err != nil {
+			return nil, err
+		}
+	}
+	inf, err := crc.GetInformer(ctx, &v1beta1.SpeakerStatus{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := inf.AddEventHandler(a.speakerHandlers()); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// run works until ctx ends, once the SpeakerStatus and advertisement caches hold their first lists
+// (until then the queue only collects Services).
+func (a *announcedWriter) run(ctx context.Context) {
+	defer a.queue.ShutDown()
+	go func() {
+		if err := a.cache.Start(ctx); err != nil {
+			a.c.log.Error("herald.io/Announced: the SpeakerStatus cache stopped", "err", err)
+		}
+	}()
+	if !a.cache.WaitForCacheSync(ctx) || !cache.WaitForCacheSync(ctx.Done(), a.l2Inf.HasSynced, a.bgpInf.HasSynced) {
+		if ctx.Err() == nil {
+			a.c.log.Error("herald.io/Announced: the SpeakerStatus or advertisement caches did not sync; the condition is not written")
+		}
+		return
+	}
+	go a.sweep(ctx)
+	go wait.UntilWithContext(ctx, func(ctx context.Context) { a.c.work(ctx, a.queue, a.sync) }, time.Second)
+	<-ctx.Done()
+}
+
+// configChanged re-examines the Services waiting to be announced: the reason they are not may
+// have changed. Safe on a nil writer (cloud-provider mode has none).
+func (a *announcedWriter) configChanged() {
+	if a == nil {
+		return
+	}
+	a.configDirty.Store(true)
+	a.enqueuePending()
+}
+
+// serviceHandlers queue the LoadBalancer Services, and those still carrying the condition (one
+// that stopped being a LoadBalancer is forgotten).
+func (a *announcedWriter) serviceHandlers() cache.ResourceEventHandler {
+	changed := func(obj any) {
+		if svc, ok := obj.(*corev1.Service); ok && (svc.Spec.Type == corev1.ServiceTypeLoadBalancer ||
+			meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnounced) != nil) {
+			enqueueKey(a.queue, svc)
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    changed,
+		UpdateFunc: func(_, obj any) { changed(obj) },
+		DeleteFunc: func(obj any) { enqueueKey(a.queue, obj) },
+	}
+}
+
+func indexIngressIPs(obj any) ([]string, error) {
+	if svc, ok := obj.(*corev1.Service); ok && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		return ingressIPs(svc), nil
+	}
+	return nil, nil
+}
+
+func (a *announcedWriter) speakerHandlers() cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { a.speakerChanged(nil, asSpeakerStatus(obj)) },
+		UpdateFunc: func(old, obj any) { a.speakerChanged(asSpeakerStatus(old), asSpeakerStatus(obj)) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			a.speakerChanged(asSpeakerStatus(obj), nil)
+		},
+	}
+}
+
+func asSpeakerStatus(obj any) *v1beta1.SpeakerStatus {
+	st, _ := obj.(*v1beta1.SpeakerStatus)
+	return st
+}
+
+// speakerChanged records a SpeakerStatus (cur nil: deleted) and queues the Services it concerns.
+func (a *announcedWriter) speakerChanged(old, cur *v1beta1.SpeakerStatus) {
+	a.mu.Lock()
+	switch {
+	case cur != nil:
+		a.statuses[cur.Name] = cur
+	case old != nil:
+		delete(a.statuses, old.Name)
+	}
+	a.speakers = slices.Collect(maps.Values(a.statuses))
+	a.mu.Unlock()
+	ips, others := speakerChanges(old, cur, time.Now())
+	a.enqueueIPs(ips)
+	if others {
+		a.enqueuePending()
+	}
+}
+
+// speakerChanges compares two versions of one SpeakerStatus (nil: absent). It returns the IPs
+// whose announcement by this node changed, and whether the change may matter to Services whose IPs
+// no node lists: a status appearing or going, a speaker going silent or coming back, a change of
+// its cap or of its established BGP sessions.
+func speakerChanges(old, cur *v1beta1.SpeakerStatus, now time.Time) (ips []string, others bool) {
+	wasLive, isLive := speakerLive(old, now), speakerLive(cur, now)
+	switch {
+	case !wasLive && !isLive:
+		return nil, old == nil || cur == nil
+	case wasLive && !isLive:
+		return listedIPs(old), true
+	case !wasLive && isLive:
+		return listedIPs(cur), true
+	}
+	ips = diffAnnouncements(old.Status.Announcements, cur.Status.Announcements)
+	others = isCapped(old) != isCapped(cur) || !slices.Equal(establishedPeers(old), establishedPeers(cur))
+	return ips, others
+}
+
+func listedIPs(st *v1beta1.SpeakerStatus) []string {
+	out := make([]string, len(st.Status.Announcements))
+	for i, an := range st.Status.Announcements {
+		out[i] = an.IP
+	}
+	return out
+}
+
+func establishedPeers(st *v1beta1.SpeakerStatus) []string {
+	var out []string
+	for _, s := range st.Status.BGPSessions {
+		if s.State == bgpEstablished {
+			out = append(out, s.Peer)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func compareAnnouncements(x, y v1beta1.Announcement) int {
+	return cmp.Or(strings.Compare(x.IP, y.IP), strings.Compare(string(x.Protocol), string(y.Protocol)))
+}
+
+// diffAnnouncements returns, sorted and once each, the IPs with an entry (IP and protocol) in one
+// list and not the other; both lists are sorted by compareAnnouncements.
+func diffAnnouncements(a, b []v1beta1.Announcement) []string {
+	var out []string
+	add := func(ip string) {
+		if len(out) == 0 || out[len(out)-1] != ip {
+			out = append(out, ip)
+		}
+	}
+	for i, j := 0, 0; i < len(a) || j < len(b); {
+		c := 0
+		switch {
+		case i == len(a):
+			c = 1
+		case j == len(b):
+			c = -1
+		default:
+			c = compareAnnouncements(a[i], b[j])
+		}
+		switch {
+		case c < 0:
+			add(a[i].IP)
+			i++
+		case c > 0:
+			add(b[j].IP)
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return out
+}
+
+// compactSpeakerStatus keeps of a SpeakerStatus what the condition reads: the node, lastUpdate,
+// each announcement's IP and protocol, the count, the sessions' peers and states. On a node with
+// thousands of IPs the rest (interfaces, peers and a time per entry) is most of the object. It
+// also sorts the announcements, as the API says they are, should a writer not have.
+func compactSpeakerStatus(obj any) (any, error) {
+	st, ok := obj.(*v1beta1.SpeakerStatus)
+	if !ok {
+		return obj, nil
+	}
+	st.ManagedFields = nil
+	anns := st.Status.Announcements
+	for i, an := range anns {
+		anns[i] = v1beta1.Announcement{IP: an.IP, Protocol: an.Protocol}
+	}
+	if !slices.IsSortedFunc(anns, compareAnnouncements) {
+		slices.SortFunc(anns, compareAnnouncements)
+	}
+	sessions := st.Status.BGPSessions
+	for i, s := range sessions {
+		sessions[i] = v1beta1.BGPSessionStatus{Peer: s.Peer, State: s.State}
+	}
+	st.Status = v1beta1.SpeakerStatusStatus{LastUpdate: st.Status.LastUpdate, AnnouncedIPs: st.Status.AnnouncedIPs,
+		Announcements: anns, BGPSessions: sessions}
+	return st, nil
+}
+
+// sweep re-examines, every speakerSweep, the Services of the speakers that went silent since the
+// last look.
+func (a *announcedWriter) sweep(ctx context.Context) {
+	last := time.Now()
+	wait.UntilWithContext(ctx, func(context.Context) {
+		now := time.Now()
+		silent := false
+		for _, st := range a.speakerList() {
+			if speakerLive(st, last) && !speakerLive(st, now) {
+				silent = true
+				a.enqueueIPs(listedIPs(st))
+			}
+		}
+		if silent {
+			a.enqueuePending()
+		}
+		last = now
+	}, speakerSweep)
+}
+
+func (a *announcedWriter) speakerList() []*v1beta1.SpeakerStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.speakers
+}
+
+// enqueueIPs queues the Services holding any of ips.
+func (a *announcedWriter) enqueueIPs(ips []string) {
+	idx := a.c.svcInf.GetIndexer()
+	for _, ip := range ips {
+		keys, _ := idx.IndexKeys(ingressIPIndex, ip) // only fails for an unknown index
+		for _, k := range keys {
+			a.queue.Add(k)
+		}
+	}
+}
+
+// enqueuePending queues the Services waiting for their IPs to be announced.
+func (a *announcedWriter) enqueuePending() {
+	a.mu.Lock()
+	var keys []string
+	for k, h := range a.history {
+		if h.pending() {
+			keys = append(keys, k)
+		}
+	}
+	a.mu.Unlock()
+	for _, k := range keys {
+		a.queue.Add(k)
+	}
+}
+
+// sync brings one Service's condition to what the speakers say. A write waits for its turn
+// (pace), then the Service is decided again: the speakers or the Service may have moved on.
+func (a *announcedWriter) sync(ctx context.Context, key string) error {
+	if _, _, write, err := a.decide(key); err != nil || !write {
+		return err
+	}
+	if err := a.pace(ctx); err != nil {
+		return err
+	}
+	svc, want, write, err := a.decide(key)
+	if err != nil || !write {
+		return err
+	}
+	return a.write(ctx, svc, want)
+}
+
+// decide evaluates a Service and reports whether its condition is to be written: want, or, nil,
+// removed (the Service has no IP any more).
+func (a *announcedWriter) decide(key string) (svc *corev1.Service, want *metav1.Condition, write bool, err error) {
+	obj, exists, err := a.c.services.GetByKey(key)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if exists {
+		svc = obj.(*corev1.Service)
+	}
+	if !exists || !a.c.handles(svc) {
+		a.remember(key, announcedHistory{}) // not ours (any more): whatever it carries is not ours to change
+		return nil, nil, false, nil
+	}
+	old := meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnounced)
+	if len(ingressIPs(svc)) == 0 {
+		a.remember(key, announcedHistory{})
+		return svc, nil, old != nil, nil
+	}
+	if a.configDirty.Swap(false) {
+		a.config = a.loadConfig()
+	}
+	a.mu.Lock()
+	h, speakers := a.history[key], a.speakers
+	a.mu.Unlock()
+	want, recheck, h := announcedCondition(svc, speakers, a.config, h, time.Now())
+	a.remember(key, h)
+	if recheck > 0 {
+		a.queue.AddAfter(key, recheck)
+	}
+	return svc, want, want != nil && conditionChanged(old, want), nil
+}
+
+// remember keeps h when it holds something to remember, and forgets the Service otherwise.
+func (a *announcedWriter) remember(key string, h announcedHistory) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h.pending() || h.message != "" {
+		a.history[key] = h
+	} else {
+		delete(a.history, key)
+	}
+}
+
+// loadConfig reads the pools and advertisements from the informers. An object that does not
+// convert is left out (the BGP objects' sync reports it).
+func (a *announcedWriter) loadConfig() *announceConfig {
+	var pools []v1beta1.IPAddressPool
+	for _, p := range a.c.listPools() {
+		pools = append(pools, *p)
+	}
+	var l2 []v1beta1.L2Advertisement
+	for _, obj := range a.l2Inf.GetStore().List() {
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			l2, _ = appendConverted(l2, u)
+		}
+	}
+	var bgp []v1beta1.BGPAdvertisement
+	for _, obj := range a.bgpInf.GetStore().List() {
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			bgp, _ = appendConverted(bgp, u)
+		}
+	}
+	return newAnnounceConfig(pools, l2, bgp, a.c.alloc.PoolOf)
+}
+
+// pace waits for the writer's turn: its own rate, then a quiet moment of the allocation path.
+func (a *announcedWriter) pace(ctx context.Context) error {
+	if err := a.limiter.Wait(ctx); err != nil {
+		return err
+	}
+	holdUntil := time.Now().Add(announcedMaxHold)
+	for {
+		wait := min(allocQuiet-time.Since(time.Unix(0, a.c.allocWrote.Load())), time.Until(holdUntil))
+		if wait <= 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// write patches the Service's herald.io/Announced condition alone (the conditions merge by type),
+// or removes it when want is nil. A change to False is also a Warning event.
+func (a *announcedWriter) write(ctx context.Context, svc *corev1.Service, want *metav1.Condition) error {
+	old := meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnounced)
+	var cond any = map[string]any{"type": config.ConditionAnnounced, "$patch": "delete"}
+	if want != nil {
+		cond = stamped(*want, old)
+	}
+	if err := a.c.patchStatus(ctx, svc, map[string]any{"status": map[string]any{"conditions": []any{cond}}}); err != nil {
+		return err
+	}
+	name := svc.Namespace + "/" + svc.Name
+	switch {
+	case want == nil:
+		a.c.log.Debug("service has no IP any more; herald.io/Announced removed", "service", name)
+	case want.Status == metav1.ConditionFalse:
+		a.c.recorder.Event(svc, corev1.EventTypeWarning, want.Reason, want.Message)
+		a.c.log.Info("service not announced", "service", name, "reason", want.Reason, "message", want.Message)
+	default:
+		a.c.log.Debug("service announced", "service", name, "message", want.Message)
+	}
+	return nil
+}
