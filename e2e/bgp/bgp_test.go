@@ -18,6 +18,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -132,6 +133,31 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 				t.Errorf("route from %s has communities %q, want (65000,77)", n.Name, got)
 			}
 		}
+	}
+
+	// The controller reads the speakers' SpeakerStatus objects: the Service is herald.io/Announced,
+	// each of its IPs by BGP from every node.
+	if _, ok := l.Processes[lab.RoleController]; !ok {
+		t.Error("no controller in the lab: the herald.io/Announced condition cannot be checked")
+	} else {
+		var names []string
+		for _, n := range nodes {
+			names = append(names, n.Name)
+		}
+		slices.Sort(names)
+		labsuite.WaitFor(t, 30*time.Second, "herald.io/Announced True, by BGP from every node", func() (bool, string) {
+			got, err := c.CoreV1().Services(created.Namespace).Get(ctx, created.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			var want []string
+			for _, in := range got.Status.LoadBalancer.Ingress {
+				want = append(want, in.IP+": BGP from "+strings.Join(names, ", "))
+			}
+			cond := meta.FindStatusCondition(got.Status.Conditions, config.ConditionAnnounced)
+			return len(want) == 2 && cond != nil && cond.Status == metav1.ConditionTrue && cond.Reason == config.ReasonAnnounced &&
+				cond.Message == strings.Join(want, "; "), fmt.Sprintf("%+v, want message %q", cond, strings.Join(want, "; "))
+		})
 	}
 
 	// The nodes' SpeakerStatus shows both sessions Established with BFD Up: node1's, and node2's,
