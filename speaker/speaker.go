@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -155,8 +156,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 			// A Service without ingress IPs is in no snapshot: its creation, and every change
 			// before the controller gives it an address, would rebuild the snapshot for nothing.
 			handler = toolscache.ResourceEventHandlerFuncs{
-				AddFunc:    func(obj any) { s.serviceChanged(obj) },
-				UpdateFunc: func(old, obj any) { s.serviceChanged(old, obj) },
+				AddFunc: func(obj any) { s.serviceChanged(obj) },
+				UpdateFunc: func(old, obj any) {
+					if !onlyConditionsChanged(old, obj) {
+						s.serviceChanged(old, obj)
+					}
+				},
 				DeleteFunc: func(obj any) { s.serviceChanged(obj) },
 			}
 		}
@@ -247,6 +252,22 @@ func (s *Speaker) waitForDataplane(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// onlyConditionsChanged reports whether a Service update changed nothing but its status
+// conditions (the controller's herald.io/Announced writes), which no snapshot reads: rebuilding
+// every node's snapshot for each such write would cost as much as a real change.
+func onlyConditionsChanged(old, cur any) bool {
+	o, ok1 := old.(*corev1.Service)
+	c, ok2 := cur.(*corev1.Service)
+	if !ok1 || !ok2 {
+		return false
+	}
+	a, b := *o, *c // shallow copies: only their own top-level fields are set below
+	a.Status.Conditions, b.Status.Conditions = nil, nil
+	a.ResourceVersion, b.ResourceVersion = "", ""
+	a.ManagedFields, b.ManagedFields = nil, nil
+	return equality.Semantic.DeepEqual(&a, &b)
 }
 
 // serviceChanged asks for a new snapshot unless none of the Service's versions has an ingress IP.
@@ -378,18 +399,10 @@ func ptrs[T any](items []T) []*T {
 	return out
 }
 
-// statusWriteInterval is the shortest time between two writes of this node's SpeakerStatus with
-// listed announcements. Every write sends the whole object to the API server and to every speaker
-// watching it, so its cost grows with the list: with a few IPs a change shows within half a second;
-// with more, writes are spaced 10 ms per IP (200 IPs: 2 s; 1,000 and more: 10 s), which keeps the
-// cost per second about flat. Measured in the BGP lab bench at 400 Services, writing every 500 ms
-// cost the API server 50 ms of CPU per Service created, three quarters of its work.
-func statusWriteInterval(listed int) time.Duration {
-	return min(max(500*time.Millisecond, time.Duration(listed)*10*time.Millisecond), 10*time.Second)
-}
-
-// statusLoop writes this node's SpeakerStatus when asked (see statusWriteInterval for how often at
-// most) and every minute, so a reader can tell a live speaker from a dead one by lastUpdate.
+// statusLoop writes this node's SpeakerStatus when asked (at most as often as
+// v1beta1.StatusWriteSpacing says: every write sends the whole object to the API server and to
+// every speaker watching it; measured in the BGP lab bench at 400 Services, writing every 500 ms
+// cost the API server 50 ms of CPU per Service created, three quarters of its work) and every minute, so a reader can tell a live speaker from a dead one by lastUpdate.
 func (s *Speaker) statusLoop(ctx context.Context) {
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
@@ -414,7 +427,7 @@ func (s *Speaker) statusLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(statusWriteInterval(min(len(anns), v1beta1.MaxListedAnnouncements))):
+		case <-time.After(v1beta1.StatusWriteSpacing(min(len(anns), v1beta1.MaxListedAnnouncements))):
 		}
 	}
 }

@@ -211,3 +211,33 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 		return err == nil && len(list.Items) == 1 && list.Items[0].Message == "node a answers ARP for 10.0.0.100 on [eth0]"
 	})
 }
+
+// The controller's herald.io/Announced writes change only a Service's conditions: no snapshot is
+// rebuilt for them, while every change a snapshot can read still rebuilds one.
+func TestOnlyConditionsChanged(t *testing.T) {
+	base := lbService("ns", "web", corev1.ServiceExternalTrafficPolicyCluster, nil, "10.0.0.100")
+	base.ResourceVersion = "1"
+	change := func(f func(*corev1.Service)) *corev1.Service {
+		svc := base.DeepCopy()
+		svc.ResourceVersion = "2"
+		f(svc)
+		return svc
+	}
+	for _, tc := range []struct {
+		name string
+		cur  *corev1.Service
+		want bool
+	}{
+		{"a condition written", change(func(s *corev1.Service) {
+			s.Status.Conditions = []metav1.Condition{{Type: "herald.io/Announced", Status: metav1.ConditionTrue}}
+		}), true},
+		{"an ingress IP", change(func(s *corev1.Service) { s.Status.LoadBalancer.Ingress[0].IP = "10.0.0.101" }), false},
+		{"a label", change(func(s *corev1.Service) { s.Labels = map[string]string{"app": "other"} }), false},
+		{"an annotation", change(func(s *corev1.Service) { s.Annotations = map[string]string{"herald.io/address-pool": "b"} }), false},
+		{"the traffic policy", change(func(s *corev1.Service) { s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal }), false},
+	} {
+		if got := onlyConditionsChanged(base, tc.cur); got != tc.want {
+			t.Errorf("%s: onlyConditionsChanged = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
