@@ -81,7 +81,12 @@ func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, e
 	if err := v1beta1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	crc, err := crcache.New(c.opts.RestConfig, crcache.Options{Scheme: scheme,
+	// A fixed mapping: controller-runtime's default mapper asks the API server's discovery when the
+	// informer is made, and the controller must start (alive, not ready) while the API server is
+	// unreachable; the informer itself retries until it is there.
+	mapper := meta.NewDefaultRESTMapper(nil)
+	mapper.Add(v1beta1.GroupVersion.WithKind("SpeakerStatus"), meta.RESTScopeRoot)
+	crc, err := crcache.New(c.opts.RestConfig, crcache.Options{Scheme: scheme, Mapper: mapper,
 		ByObject: map[client.Object]crcache.ByObject{&v1beta1.SpeakerStatus{}: {Transform: compactSpeakerStatus}}})
 	if err != nil {
 		return nil, err
