@@ -17,6 +17,7 @@ import (
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/internal/netnstest"
+	"github.com/heraldlb/herald/internal/netnsrun"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -51,7 +52,7 @@ func newPacketLab(t *testing.T) *packetLab {
 		l.Run(be, "ip", "route", "add", "default", "via", fmt.Sprintf("10.244.%d.1", i))
 		serveBackend(t, be, fmt.Sprintf("be%d", i))
 	}
-	if err := netnstest.Do(pl.node, func() (err error) { pl.backend, err = New(); return err }); err != nil {
+	if err := netnsrun.Do(pl.node, func() (err error) { pl.backend, err = New(); return err }); err != nil {
 		t.Fatalf("nftables backend in the node namespace: %v", err)
 	}
 	t.Cleanup(pl.backend.Close)
@@ -91,7 +92,7 @@ func (pl *packetLab) sync(t *testing.T, st *dataplane.State, full bool, changed 
 	for _, c := range changed {
 		req.Changed[c] = struct{}{}
 	}
-	if err := netnstest.Do(pl.node, func() error { return pl.backend.Sync(context.Background(), req) }); err != nil {
+	if err := netnsrun.Do(pl.node, func() error { return pl.backend.Sync(context.Background(), req) }); err != nil {
 		t.Fatalf("sync: %v", err)
 	}
 }
@@ -134,7 +135,7 @@ func TestRealNFTAcceptsEveryRule(t *testing.T) {
 	ns := l.AddNS("node")
 	var b *Backend
 	st := everyFeatureWithoutSCTP()
-	if err := netnstest.Do(ns, func() (err error) {
+	if err := netnsrun.Do(ns, func() (err error) {
 		if b, err = New(); err != nil {
 			return err
 		}
@@ -145,14 +146,14 @@ func TestRealNFTAcceptsEveryRule(t *testing.T) {
 	base := normalize(l.Run(ns, "nft", "list", "table", "inet", TableName))
 	for svc := range st.Services {
 		delete(st.Services, svc)
-		if err := netnstest.Do(ns, func() error {
+		if err := netnsrun.Do(ns, func() error {
 			return b.Sync(context.Background(), dataplane.SyncRequest{State: st, Changed: map[types.NamespacedName]struct{}{svc: {}}})
 		}); err != nil {
 			t.Fatalf("removing %s: %v", svc, err)
 		}
 	}
 	left := l.Run(ns, "nft", "list", "table", "inet", TableName)
-	if err := netnstest.Do(ns, func() error { return b.Sync(context.Background(), dataplane.SyncRequest{State: st, Full: true}) }); err != nil {
+	if err := netnsrun.Do(ns, func() error { return b.Sync(context.Background(), dataplane.SyncRequest{State: st, Full: true}) }); err != nil {
 		t.Fatal(err)
 	}
 	if empty := l.Run(ns, "nft", "list", "table", "inet", TableName); normalize(left) != normalize(empty) {
@@ -327,7 +328,7 @@ func TestPacketsThroughNFTables(t *testing.T) {
 		}
 	})
 	t.Run("cleanup removes the table", func(t *testing.T) {
-		if err := netnstest.Do(pl.node, func() error { return pl.backend.Cleanup(context.Background()) }); err != nil {
+		if err := netnsrun.Do(pl.node, func() error { return pl.backend.Cleanup(context.Background()) }); err != nil {
 			t.Fatal(err)
 		}
 		if out := pl.lab.Run(pl.node, "nft", "list", "tables"); strings.Contains(out, TableName) {
@@ -370,7 +371,7 @@ func TestHasEarlierRules(t *testing.T) {
 	has := func() bool {
 		t.Helper()
 		var got bool
-		if err := netnstest.Do(ns, func() (err error) {
+		if err := netnsrun.Do(ns, func() (err error) {
 			b, err := New()
 			if err != nil {
 				return err
@@ -386,7 +387,7 @@ func TestHasEarlierRules(t *testing.T) {
 	if has() {
 		t.Fatal("a fresh node reports an earlier run's rules")
 	}
-	if err := netnstest.Do(ns, func() error {
+	if err := netnsrun.Do(ns, func() error {
 		b, err := New()
 		if err != nil {
 			return err

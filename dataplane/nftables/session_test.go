@@ -9,6 +9,7 @@ import (
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/internal/netnstest"
+	"github.com/heraldlb/herald/internal/netnsrun"
 )
 
 // sessionLab is a namespace with the table and a session in it.
@@ -16,7 +17,7 @@ func sessionLab(t *testing.T) (lab *netnstest.Lab, ns string, nft knftables.Inte
 	netnstest.Require(t, "nft")
 	lab = netnstest.New(t, "herald-dpt-sess-")
 	ns = lab.AddNS("node")
-	err := netnstest.Do(ns, func() (err error) {
+	err := netnsrun.Do(ns, func() (err error) {
 		if nft, err = knftables.New(knftables.InetFamily, TableName); err != nil {
 			return err
 		}
@@ -38,7 +39,7 @@ func sessionLab(t *testing.T) (lab *netnstest.Lab, ns string, nft knftables.Inte
 // run commits tx through s inside ns and checks the error against wantErr ("" = none).
 func run(t *testing.T, ns string, s *session, tx *knftables.Transaction, wantErr string) {
 	t.Helper()
-	err := netnstest.Do(ns, func() error { return s.Run(context.Background(), tx) })
+	err := netnsrun.Do(ns, func() error { return s.Run(context.Background(), tx) })
 	switch {
 	case wantErr == "" && err != nil:
 		t.Fatalf("transaction failed: %v\n%s", err, tx)
@@ -126,12 +127,12 @@ func TestWarmUpStartsTheSessionAndChangesNothing(t *testing.T) {
 	lab := netnstest.New(t, "herald-dpt-warm-")
 	ns := lab.AddNS("node")
 	var b *Backend
-	if err := netnstest.Do(ns, func() (err error) { b, err = New(); return err }); err != nil {
+	if err := netnsrun.Do(ns, func() (err error) { b, err = New(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
 	st := state(svcPort("ns", "a", "10.96.0.1", 80, ep("10.1.0.1", 80, false)))
-	err := netnstest.Do(ns, func() error {
+	err := netnsrun.Do(ns, func() error {
 		return b.Sync(context.Background(), dataplane.SyncRequest{State: st, Changed: all(st), Full: true})
 	})
 	if err != nil {
@@ -142,7 +143,7 @@ func TestWarmUpStartsTheSessionAndChangesNothing(t *testing.T) {
 		t.Fatal("a full sync started the session: it should go to nft -f")
 	}
 	before := listTable(lab, ns)
-	if err := netnstest.Do(ns, func() error { b.WarmUp(context.Background()); return nil }); err != nil {
+	if err := netnsrun.Do(ns, func() error { b.WarmUp(context.Background()); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if !s.running() {

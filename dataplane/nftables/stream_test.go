@@ -7,7 +7,7 @@ import (
 
 	"sigs.k8s.io/knftables"
 
-	"github.com/heraldlb/herald/dataplane/internal/netnstest"
+	"github.com/heraldlb/herald/internal/netnsrun"
 )
 
 // A transaction streamed in parts to one nft is committed whole, or not at all.
@@ -15,7 +15,7 @@ func TestStreamCommitsAllPartsOrNothing(t *testing.T) {
 	lab, ns, nft, _ := sessionLab(t) // the table with map m and chain c1
 	st := streamer{path: "nft", nft: nft}
 	stream := func(parts ...func(tx *knftables.Transaction)) error {
-		return netnstest.Do(ns, func() error {
+		return netnsrun.Do(ns, func() error {
 			out, err := st.begin(context.Background())
 			if err != nil {
 				return err

@@ -7,11 +7,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 
-	"github.com/vishvananda/netns"
+	"github.com/heraldlb/herald/internal/netnsrun"
 )
 
 // netnsDir is where `ip netns` keeps its named namespaces.
@@ -94,7 +92,7 @@ func listNetns(prefix string) ([]string, error) {
 func DialerIn(ns string) func(ctx context.Context, network, address string) (net.Conn, error) {
 	return func(ctx context.Context, network, address string) (net.Conn, error) {
 		var c net.Conn
-		err := doInNetns(ns, func() error {
+		err := netnsrun.Do(ns, func() error {
 			var err error
 			c, err = (&net.Dialer{}).DialContext(ctx, network, address)
 			return err
@@ -106,7 +104,7 @@ func DialerIn(ns string) func(ctx context.Context, network, address string) (net
 // ListenPacketIn opens a UDP socket inside the named namespace.
 func ListenPacketIn(ns, network, address string) (net.PacketConn, error) {
 	var c net.PacketConn
-	err := doInNetns(ns, func() error {
+	err := netnsrun.Do(ns, func() error {
 		var err error
 		c, err = net.ListenPacket(network, address)
 		return err
@@ -117,42 +115,10 @@ func ListenPacketIn(ns, network, address string) (net.PacketConn, error) {
 // ListenIn opens a listening socket inside the named namespace.
 func ListenIn(ns, network, address string) (net.Listener, error) {
 	var l net.Listener
-	err := doInNetns(ns, func() error {
+	err := netnsrun.Do(ns, func() error {
 		var err error
 		l, err = net.Listen(network, address)
 		return err
 	})
 	return l, err
-}
-
-// doInNetns runs fn on a locked OS thread switched into ns. If the thread cannot be switched back,
-// it stays locked so the runtime discards it rather than reuse a thread in the wrong namespace.
-func doInNetns(ns string, fn func() error) error {
-	target, err := netns.GetFromPath(filepath.Join(netnsDir, ns))
-	if err != nil {
-		return fmt.Errorf("namespace %s: %w", ns, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("returning from %s: %w", ns, err)
-			return // the thread stays locked and dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
 }

@@ -8,12 +8,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/heraldlb/herald/internal/netnsrun"
 	"github.com/heraldlb/herald/internal/testenv"
 )
 
@@ -99,33 +97,10 @@ func (l *Lab) Run(ns string, args ...string) string {
 	return string(out)
 }
 
-// Do runs fn on an OS thread switched into namespace ns. Sockets created and processes started
-// inside fn belong to ns; the sockets can be used from any goroutine afterwards.
-func Do(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is never unlocked: if switching back failed it must not be reused, and
-		// Go ends a locked thread when its goroutine returns.
-		runtime.LockOSThread()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // Listen opens a listener inside ns.
 func Listen(ns, network, addr string) (net.Listener, error) {
 	var ln net.Listener
-	err := Do(ns, func() (err error) { ln, err = net.Listen(network, addr); return err })
+	err := netnsrun.Do(ns, func() (err error) { ln, err = net.Listen(network, addr); return err })
 	return ln, err
 }
 
@@ -133,7 +108,7 @@ func Listen(ns, network, addr string) (net.Listener, error) {
 func Dialer(ns string, d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := Do(ns, func() (err error) { c, err = d.DialContext(ctx, network, addr); return err })
+		err := netnsrun.Do(ns, func() (err error) { c, err = d.DialContext(ctx, network, addr); return err })
 		return c, err
 	}
 }

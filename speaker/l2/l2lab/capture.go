@@ -12,6 +12,7 @@ import (
 
 	"github.com/mdlayher/packet"
 
+	"github.com/heraldlb/herald/internal/netnsrun"
 	"github.com/heraldlb/herald/speaker/membership"
 )
 
@@ -25,7 +26,7 @@ const (
 // bridge port in the switch namespace, as a stranger on the segment would.
 func (l *Lab) CaptureHeartbeats(node string, n int, timeout time.Duration) ([][]byte, error) {
 	var conn *packet.Conn
-	err := InNetns(l.SwitchNS, func() error {
+	err := netnsrun.Do(l.SwitchNS, func() error {
 		ifi, err := net.InterfaceByName(l.Node(node).Port)
 		if err != nil {
 			return err
@@ -79,7 +80,7 @@ func udpPayload(b []byte, src netip.Addr, dstPort uint16) ([]byte, bool) {
 // SendFromClient sends datagrams from the client namespace to a node's membership port.
 func (l *Lab) SendFromClient(node string, datagrams [][]byte) error {
 	var conn *net.UDPConn
-	err := InNetns(l.ClientNS, func() error {
+	err := netnsrun.Do(l.ClientNS, func() error {
 		var err error
 		conn, err = net.ListenUDP("udp4", nil)
 		return err
@@ -114,7 +115,7 @@ func (l *Lab) SolicitationsSeen(nodes []*Node, during func()) (map[string][]neti
 	}
 	for _, n := range nodes {
 		var conn *packet.Conn
-		err := InNetns(n.NS, func() error {
+		err := netnsrun.Do(n.NS, func() error {
 			ifi, err := net.InterfaceByName("eth0")
 			if err != nil {
 				return err

@@ -17,14 +17,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/heraldlb/herald/speaker/l2"
 )
@@ -323,38 +320,6 @@ func (l *Lab) Cut(name string, cut bool) error {
 		op = "add"
 	}
 	return sh("ip", "netns", "exec", l.SwitchNS, "nft", op, "element", "bridge", "herald_l2t", "cut", "{", l.Node(name).Port, "}")
-}
-
-// InNetns runs fn on an OS thread switched into namespace ns; sockets opened there stay in ns.
-func InNetns(ns string, fn func() error) error {
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("namespace %s: %w", ns, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: the runtime discards it with this goroutine.
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
 }
 
 // Exec runs a command in the client namespace and returns its output.

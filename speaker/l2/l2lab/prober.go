@@ -9,6 +9,8 @@ import (
 
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
+
+	"github.com/heraldlb/herald/internal/netnsrun"
 )
 
 // Reply is one ARP reply the client saw.
@@ -38,7 +40,7 @@ type Prober struct {
 // StartProber opens an ARP socket in the client namespace and probes ips every interval.
 func (l *Lab) StartProber(ips []netip.Addr, interval time.Duration) (*Prober, error) {
 	var c *arp.Client
-	err := InNetns(l.ClientNS, func() error {
+	err := netnsrun.Do(l.ClientNS, func() error {
 		ifi, err := net.InterfaceByName("eth0")
 		if err != nil {
 			return err
