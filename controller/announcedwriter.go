@@ -3,7 +3,6 @@ package controller
 import (
 	"cmp"
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"strings"
@@ -17,15 +16,17 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/client-go/util/workqueue"
-	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
+
+// speakerStatusesGVR is the resource of the nodes' SpeakerStatus objects.
+var speakerStatusesGVR = v1beta1.GroupVersion.WithResource("speakerstatuses")
 
 const (
 	// announcedWritesPerSecond bounds the writer's own status writes. Each one is an update of the
@@ -52,10 +53,12 @@ const (
 // on, and this condition is worth less than an address). A change of a SpeakerStatus re-examines
 // only the Services whose IPs it listed or lists, and those still waiting to be announced.
 type announcedWriter struct {
-	c       *Controller
-	cache   crcache.Cache
-	queue   workqueue.TypedRateLimitingInterface[string]
-	limiter flowcontrol.RateLimiter
+	c *Controller
+	// factory runs speakerInf, whose store holds compacted, typed SpeakerStatus objects.
+	factory    dynamicinformer.DynamicSharedInformerFactory
+	speakerInf cache.SharedIndexInformer
+	queue      workqueue.TypedRateLimitingInterface[string]
+	limiter    flowcontrol.RateLimiter
 	// l2Inf and bgpInf are the advertisements' informers (bgpObjects').
 	l2Inf, bgpInf cache.SharedIndexInformer
 	// configDirty: a pool or advertisement changed since config was read. Only the worker reads
@@ -74,25 +77,15 @@ type announcedWriter struct {
 // newAnnouncedWriter registers the writer's indexer and handlers; it must run before the
 // informers start, so that every existing Service and SpeakerStatus arrives as an addition.
 func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, error) {
-	if c.opts.RestConfig == nil {
-		return nil, errors.New("controller: Options.RestConfig is required (the SpeakerStatus cache reads through it)")
-	}
-	scheme := runtime.NewScheme()
-	if err := v1beta1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	// A fixed mapping: controller-runtime's default mapper asks the API server's discovery when the
-	// informer is made, and the controller must start (alive, not ready) while the API server is
-	// unreachable; the informer itself retries until it is there.
-	mapper := meta.NewDefaultRESTMapper(nil)
-	mapper.Add(v1beta1.GroupVersion.WithKind("SpeakerStatus"), meta.RESTScopeRoot)
-	crc, err := crcache.New(c.opts.RestConfig, crcache.Options{Scheme: scheme, Mapper: mapper,
-		ByObject: map[client.Object]crcache.ByObject{&v1beta1.SpeakerStatus{}: {Transform: compactSpeakerStatus}}})
-	if err != nil {
+	// A factory of its own: the allocation path's (dynFactory) waits for all its caches before the
+	// first allocation, and the SpeakerStatus list (up to 10,000 entries per node) must not hold that up.
+	factory := dynamicinformer.NewDynamicSharedInformerFactory(c.dyn, 0)
+	speakerInf := factory.ForResource(speakerStatusesGVR).Informer()
+	if err := speakerInf.SetTransform(compactSpeakerStatus); err != nil {
 		return nil, err
 	}
 	a := &announcedWriter{
-		c: c, cache: crc,
+		c: c, factory: factory, speakerInf: speakerInf,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "announced", MetricsProvider: c.opts.Metrics.queues}),
 		limiter:  flowcontrol.NewTokenBucketRateLimiter(announcedWritesPerSecond, announcedWritesPerSecond),
@@ -122,11 +115,7 @@ func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, e
 			return nil, err
 		}
 	}
-	inf, err := crc.GetInformer(ctx, &v1beta1.SpeakerStatus{})
-	if err != nil {
-		return nil, err
-	}
-	if _, err := inf.AddEventHandler(a.speakerHandlers()); err != nil {
+	if _, err := speakerInf.AddEventHandler(a.speakerHandlers()); err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -136,12 +125,8 @@ func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, e
 // (until then the queue only collects Services).
 func (a *announcedWriter) run(ctx context.Context) {
 	defer a.queue.ShutDown()
-	go func() {
-		if err := a.cache.Start(ctx); err != nil {
-			a.c.log.Error("herald.io/Announced: the SpeakerStatus cache stopped", "err", err)
-		}
-	}()
-	if !a.cache.WaitForCacheSync(ctx) || !cache.WaitForCacheSync(ctx.Done(), a.l2Inf.HasSynced, a.bgpInf.HasSynced) {
+	a.factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), a.speakerInf.HasSynced, a.l2Inf.HasSynced, a.bgpInf.HasSynced) {
 		if ctx.Err() == nil {
 			a.c.log.Error("herald.io/Announced: the SpeakerStatus or advertisement caches did not sync; the condition is not written")
 		}
@@ -297,14 +282,19 @@ func diffAnnouncements(a, b []v1beta1.Announcement) []string {
 	return out
 }
 
-// compactSpeakerStatus keeps of a SpeakerStatus what the condition reads: the node, lastUpdate,
+// compactSpeakerStatus turns a SpeakerStatus from the dynamic informer into the typed object and
+// keeps of it what the condition reads: the node, lastUpdate,
 // each announcement's IP and protocol, the count, the sessions' peers and states. On a node with
 // thousands of IPs the rest (interfaces, peers and a time per entry) is most of the object. It
 // also sorts the announcements, as the API says they are, should a writer not have.
 func compactSpeakerStatus(obj any) (any, error) {
-	st, ok := obj.(*v1beta1.SpeakerStatus)
+	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
 		return obj, nil
+	}
+	st := &v1beta1.SpeakerStatus{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, st); err != nil {
+		return nil, err
 	}
 	st.ManagedFields = nil
 	anns := st.Status.Announcements

@@ -30,7 +30,6 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -51,10 +50,6 @@ type Options struct {
 	// SecretNamespace is where a BGPPeer's passwordSecret without a namespace lives (Herald's own;
 	// DefaultSecretNamespace when empty), for the BGP objects' Valid condition.
 	SecretNamespace string
-	// RestConfig reaches the API server for the SpeakerStatus cache (controller-runtime's, which
-	// decodes straight into the typed objects) of the herald.io/Announced condition. Required
-	// by Run.
-	RestConfig *rest.Config
 }
 
 // fieldManager names Herald in managedFields and events.
@@ -62,10 +57,12 @@ const fieldManager = "herald-controller"
 
 // Controller is the native controller.
 type Controller struct {
-	opts       Options
-	log        *slog.Logger
-	client     kubernetes.Interface
-	pools      dynamic.NamespaceableResourceInterface
+	opts   Options
+	log    *slog.Logger
+	client kubernetes.Interface
+	pools  dynamic.NamespaceableResourceInterface
+	// dyn reaches Herald's other kinds (the announced writer's SpeakerStatus informer).
+	dyn        dynamic.Interface
 	factory    informers.SharedInformerFactory
 	dynFactory dynamicinformer.DynamicSharedInformerFactory
 	svcInf     cache.SharedIndexInformer
@@ -115,6 +112,7 @@ func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Cont
 		log:        opts.Logger,
 		client:     client,
 		pools:      dyn.Resource(poolsGVR),
+		dyn:        dyn,
 		factory:    factory,
 		dynFactory: dynFactory,
 		svcInf:     factory.Core().V1().Services().Informer(),

@@ -48,9 +48,6 @@ func (f *fixture) runController(t *testing.T, opts controller.Options, cloud boo
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	if opts.RestConfig == nil {
-		opts.RestConfig = f.api.Config
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := controller.New(f.cs, f.dyn, opts)
 	done := make(chan error, 1)

@@ -108,7 +108,7 @@ func Main(ctx context.Context, cfg Config) error {
 		defer srv.Close()
 	}
 	opts := Options{LoadBalancerClass: cfg.LoadBalancerClass, TakeClassless: cfg.TakeClassless, Logger: log, Metrics: metrics,
-		SecretNamespace: cfg.Namespace, RestConfig: rc}
+		SecretNamespace: cfg.Namespace}
 	run := func(ctx context.Context) error {
 		c := New(client, dyn, opts)
 		leading.Store(c)
