@@ -157,7 +157,7 @@ func run() error {
 
 	// The one local-endpoint view of this node: announcers and the data plane share it.
 	localEndpoints := dataplane.NewLocalEndpoints()
-	// The data plane is decided after the speaker starts (below); until then it does not forward.
+	// The data plane is set up once the speaker runs (below); until then it does not forward.
 	var dataplaneRunning atomic.Pointer[embedded.DataPlane]
 	spk, err := speaker.New(speaker.Config{
 		NodeName: *nodeName, RestConfig: restCfg, LBClass: *lbClass, Logger: log, Endpoints: localEndpoints,
