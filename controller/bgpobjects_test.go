@@ -79,6 +79,7 @@ func TestBGPObjectConditions(t *testing.T) {
 
 	f.herald("bfdprofiles", "BFDProfile", "fast", map[string]any{"receiveInterval": int64(100)})
 	f.herald("bfdprofiles", "BFDProfile", "passive", map[string]any{"passiveMode": true, "minimumTtl": int64(250)})
+	f.herald("bfdprofiles", "BFDProfile", "echo", map[string]any{"echoMode": true})
 	f.herald("bgppeers", "BGPPeer", "good", map[string]any{"myASN": int64(64512), "peerASN": int64(64500),
 		"peerAddress": "10.0.0.1", "bfdProfile": "fast"})
 	f.herald("bgppeers", "BGPPeer", "nosecret", map[string]any{"myASN": int64(64512), "peerASN": int64(64500),
@@ -107,6 +108,7 @@ func TestBGPObjectConditions(t *testing.T) {
 		f.waitCondition("bgpadvertisements", name, config.ConditionValid, metav1.ConditionTrue, "Valid")
 	}
 	f.waitCondition("bfdprofiles", "fast", config.ConditionValid, metav1.ConditionTrue, "Valid")
+	f.waitCondition("bfdprofiles", "passive", config.ConditionNotSupported, metav1.ConditionFalse, "Supported")
 	f.waitCondition("l2advertisements", "l2-good", config.ConditionValid, metav1.ConditionTrue, "Valid")
 	bad := []struct {
 		resource, name, condType, reason, mentions string
@@ -114,7 +116,7 @@ func TestBGPObjectConditions(t *testing.T) {
 		{"bgppeers", "nosecret", config.ConditionValid, "SecretNotFound", "herald-system/tor-md5"},
 		{"bgppeers", "nobfd", config.ConditionValid, "BFDProfileNotFound", `"missing"`},
 		{"bgppeers", "vrf", config.ConditionNotSupported, "NotSupported", `vrf "red"`},
-		{"bfdprofiles", "passive", config.ConditionNotSupported, "NotSupported", "passiveMode, minimumTtl"},
+		{"bfdprofiles", "echo", config.ConditionNotSupported, "NotSupported", "echoMode"},
 		{"bgpadvertisements", "nopool", config.ConditionValid, "UnknownPool", `"wan"`},
 		{"bgpadvertisements", "badcommunity", config.ConditionValid, "InvalidCommunity", "65536:1"},
 		{"bgpadvertisements", "nopeer", config.ConditionValid, "UnknownPeer", `"spine"`},
@@ -132,7 +134,7 @@ func TestBGPObjectConditions(t *testing.T) {
 		}
 	}
 	// A NotSupported field does not make the object invalid.
-	f.waitCondition("bfdprofiles", "passive", config.ConditionValid, metav1.ConditionTrue, "Valid")
+	f.waitCondition("bfdprofiles", "echo", config.ConditionValid, metav1.ConditionTrue, "Valid")
 
 	// One Warning event per problem, on the object at fault; none on the good ones. The duplicate
 	// alias is reported on the Community defined second (by name), which has no status.
@@ -155,7 +157,7 @@ func TestBGPObjectConditions(t *testing.T) {
 	if evs := waitEvents("zz-duplicate", 1); len(evs) != 1 || !strings.Contains(evs[0].Message, `"edge"`) {
 		t.Errorf("Community zz-duplicate: want one Warning event about alias edge, got %+v", evs)
 	}
-	for _, name := range []string{"good", "fast", "aliases", "l2-good"} {
+	for _, name := range []string{"good", "fast", "passive", "aliases", "l2-good"} {
 		if evs := f.warnings(name); len(evs) != 0 {
 			t.Errorf("%s: no Warning expected, got %+v", name, evs)
 		}

@@ -31,11 +31,16 @@ type Peer struct {
 	BFD *BFD
 }
 
-// BFD holds a BFDProfile's timers as GoBGP uses them.
+// BFD is a BFDProfile with its defaults applied, as the speaker's BFD sessions (speaker/bfd) use it.
 type BFD struct {
 	ReceiveInterval  time.Duration
 	TransmitInterval time.Duration
-	DetectMultiplier uint32
+	DetectMultiplier uint8
+	// Passive sessions wait for the router to send first.
+	Passive bool
+	// MinimumTTL is the lowest TTL accepted on a multi-hop (ebgpMultiHop) session; 0 means the
+	// default (254). Single-hop sessions always require 255.
+	MinimumTTL uint8
 }
 
 // Attributes are the path attributes a route carries towards one peer.

@@ -203,25 +203,17 @@ func (t *translation) bfdProfiles() {
 	t.bfd = map[string]*BFD{}
 	for _, p := range t.in.BFDProfiles {
 		s := p.Spec
-		var unsupported []string
-		if s.PassiveMode {
-			unsupported = append(unsupported, "passiveMode")
-		}
-		if s.MinimumTTL != nil {
-			unsupported = append(unsupported, "minimumTtl")
-		}
 		if s.EchoMode || s.EchoInterval != nil {
-			unsupported = append(unsupported, "echoMode/echoInterval")
-		}
-		if len(unsupported) > 0 {
 			t.problem("BFDProfile", p.Name, config.ConditionNotSupported, ReasonNotSupported,
-				"%s not supported by the embedded BFD (asynchronous single-hop only); the profile's timers are used without them",
-				strings.Join(unsupported, ", "))
+				"echoMode/echoInterval not supported by the embedded BFD (asynchronous mode only); the profile's timers are used without echo")
 		}
 		t.bfd[p.Name] = &BFD{
 			ReceiveInterval:  time.Duration(int32Or(s.ReceiveInterval, defaultBFDInterval)) * time.Millisecond,
 			TransmitInterval: time.Duration(int32Or(s.TransmitInterval, defaultBFDInterval)) * time.Millisecond,
-			DetectMultiplier: uint32(int32Or(s.DetectMultiplier, defaultBFDMultiplier)),
+			// The CRD bounds both: multiplier 2-255, minimumTtl 1-254.
+			DetectMultiplier: uint8(int32Or(s.DetectMultiplier, defaultBFDMultiplier)),
+			Passive:          s.PassiveMode,
+			MinimumTTL:       uint8(int32Or(s.MinimumTTL, 0)),
 		}
 	}
 }

@@ -205,7 +205,7 @@ func TestTranslateBadConfigIsReportedAndIsolated(t *testing.T) {
 func TestTranslateBFDAndRouterID(t *testing.T) {
 	in := baseInput()
 	in.BFDProfiles = []v1beta1.BFDProfile{
-		{ObjectMeta: meta("fast", nil), Spec: v1beta1.BFDProfileSpec{ReceiveInterval: ptr(int32(100)), TransmitInterval: ptr(int32(150)), PassiveMode: true}},
+		{ObjectMeta: meta("fast", nil), Spec: v1beta1.BFDProfileSpec{ReceiveInterval: ptr(int32(100)), TransmitInterval: ptr(int32(150)), PassiveMode: true, MinimumTTL: ptr(int32(250)), EchoMode: true}},
 		{ObjectMeta: meta("default", nil)},
 	}
 	in.Peers = []v1beta1.BGPPeer{
@@ -215,7 +215,7 @@ func TestTranslateBFDAndRouterID(t *testing.T) {
 		bgpPeer("d", "10.0.0.4", func(s *v1beta1.BGPPeerSpec) { s.DynamicASN = "external"; s.PeerASN = 0 }),
 	}
 	res := Translate(in)
-	if got := *res.Desired.Peers["a"].BFD; got != (BFD{ReceiveInterval: 100 * time.Millisecond, TransmitInterval: 150 * time.Millisecond, DetectMultiplier: 3}) {
+	if got := *res.Desired.Peers["a"].BFD; got != (BFD{ReceiveInterval: 100 * time.Millisecond, TransmitInterval: 150 * time.Millisecond, DetectMultiplier: 3, Passive: true, MinimumTTL: 250}) {
 		t.Errorf("fast BFD = %+v", got)
 	}
 	if got := *res.Desired.Peers["b"].BFD; got != (BFD{ReceiveInterval: 300 * time.Millisecond, TransmitInterval: 300 * time.Millisecond, DetectMultiplier: 3}) {

@@ -193,7 +193,7 @@ type BFDProfile struct {
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	Spec BFDProfileSpec `json:"spec,omitempty"`
-	// Status is written by the controller: Valid, NotSupported (e.g. passive mode or minimum TTL).
+	// Status is written by the controller: Valid, NotSupported (echo mode).
 	Status ConditionsStatus `json:"status,omitempty"`
 }
 

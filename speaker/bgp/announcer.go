@@ -16,6 +16,8 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/config/oc"
 	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
+
+	"github.com/heraldlb/herald/speaker/bfd"
 )
 
 // Options configure an Announcer.
@@ -46,8 +48,10 @@ type Announcer struct {
 	routes map[string]map[netip.Prefix]string
 	// paths counts, per prefix in the RIB, the peers it is advertised to.
 	paths map[netip.Prefix]int
-	// added is when each peer's GoBGP neighbor was (re)created.
-	added map[string]time.Time
+	// bfd runs the BFD sessions of the peers with a BFD profile; bfdFailed holds the peers whose
+	// BFD session failed and has not come back Up.
+	bfd       *bfd.Server
+	bfdFailed map[netip.Addr]bool
 
 	events *sessionEvents
 }
@@ -70,51 +74,57 @@ func NewAnnouncer(opts Options) *Announcer {
 		log = slog.Default()
 	}
 	a := &Announcer{
-		opts:   opts,
-		log:    log.With("component", "bgp"),
-		peers:  map[string]Peer{},
-		groups: map[string]*routeGroup{},
-		routes: map[string]map[netip.Prefix]string{},
-		paths:  map[netip.Prefix]int{},
-		added:  map[string]time.Time{},
-		events: newSessionEvents(),
+		opts:      opts,
+		log:       log.With("component", "bgp"),
+		peers:     map[string]Peer{},
+		groups:    map[string]*routeGroup{},
+		routes:    map[string]map[netip.Prefix]string{},
+		paths:     map[netip.Prefix]int{},
+		events:    newSessionEvents(),
+		bfdFailed: map[netip.Addr]bool{},
 	}
-	a.events.onDown = a.renewBFDSession
+	a.bfd = bfd.NewServer(a.log, a.bfdChanged)
 	return a
 }
 
-// renewBFDSession replaces the GoBGP neighbor of a BFD peer whose session just went down.
-//
-// GoBGP v4.8.0's BFD does not recover from a failure against BIRD on its own: BIRD starts a new
-// BFD session (new discriminator) whenever its BGP session drops, GoBGP's BFD peer, still bound to
-// the old discriminator, drops BIRD's packets and expires, and the reset it then asks for is
-// queued in the idle session and tears down the next one as soon as it is established; BIRD
-// renews its BFD session again, and so on (seen in TestBFDDetectsFrozenSpeaker). A fresh neighbor
-// has a fresh BFD peer and no queued reset, so the session comes back at the next connection.
-func (a *Announcer) renewBFDSession(addr netip.Addr, wentDown time.Time) {
+// bfdChanged acts on a BFD state change: a failed session takes its BGP session down at once,
+// far sooner than the hold time would (RFC 5882), and every change refreshes the node's status.
+func (a *Announcer) bfdChanged(c bfd.Change) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	switch {
+	case c.To == bfd.Up:
+		delete(a.bfdFailed, c.Peer)
+	case c.Failure:
+		a.bfdFailed[c.Peer] = true
+		a.restartSessionLocked(c.Peer)
+	}
+	a.events.signal()
+}
+
+// restartSessionLocked replaces the GoBGP neighbor at addr: the session closes with a Cease and
+// comes back at the next connection. A hard ResetPeer would not do: GoBGP queues its notification
+// when the session is not established (the router may have closed it first) and sends it on the
+// next session as soon as that is established, tearing it down again.
+func (a *Announcer) restartSessionLocked(addr netip.Addr) {
 	if a.srv == nil {
 		return
 	}
 	for _, p := range a.peers {
-		// A neighbor created after the session went down (Apply replaced it) is fresh already.
-		if p.Address != addr || p.BFD == nil || a.added[p.Name].After(wentDown) {
+		if p.Address != addr {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := a.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
-			a.log.Error("renewing the session after BFD", "peer", p.Name, "err", err)
+			a.log.Error("closing the session after BFD failed", "peer", p.Name, "err", err)
 			return
 		}
 		if err := a.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
 			// The next Apply retries: the peer is no longer configured.
 			delete(a.peers, p.Name)
-			a.log.Error("renewing the session after BFD", "peer", p.Name, "err", err)
-			return
+			a.log.Error("reopening the session after BFD failed", "peer", p.Name, "err", err)
 		}
-		a.added[p.Name] = time.Now()
 		return
 	}
 }
@@ -151,13 +161,12 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 	var added []Peer
 	var removed []string
 	for name, old := range a.peers {
-		if p, ok := d.Peers[name]; !ok || !peerEqual(old, p) {
+		if p, ok := d.Peers[name]; !ok || !sameNeighbor(old, p) {
 			if err := a.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: old.Address.String()}); err != nil {
 				errs = append(errs, fmt.Errorf("peer %s: closing session: %w", name, err))
 				continue
 			}
 			delete(a.peers, name)
-			delete(a.added, name)
 			a.events.forget(old.Address)
 			if _, ok := d.Peers[name]; !ok {
 				removed = append(removed, name)
@@ -167,6 +176,7 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 	for _, name := range slices.Sorted(maps.Keys(d.Peers)) {
 		p := d.Peers[name]
 		if _, ok := a.peers[name]; ok {
+			a.peers[name] = p // the same neighbor; its BFD profile may have changed
 			continue
 		}
 		// The neighbor set must exist before the peer's route-group policies refer to it.
@@ -188,7 +198,9 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 			continue
 		}
 		a.peers[p.Name] = p
-		a.added[p.Name] = time.Now()
+	}
+	if err := a.bfd.Set(bfdSessions(d.Peers)); err != nil {
+		errs = append(errs, err)
 	}
 	// A removed peer's neighbor set goes once its route groups are gone (applyRoutes removed them;
 	// a group whose removal failed keeps the set in use, and the deletion fails harmlessly).
@@ -516,9 +528,14 @@ func (a *Announcer) stopLocked(keepGracefulRestart bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	a.ceaseSessions(ctx, keepGracefulRestart)
+	// BFD goes AdminDown after the Ceases, so routers log why their sessions ended, and before
+	// the graceful-restart sessions drop, so routers that honour AdminDown (RFC 5882) do not take
+	// the stop for a failure.
+	a.bfd.Close()
+	clear(a.bfdFailed)
 	if keepGracefulRestart {
-		// Sessions go (their BFD sessions with them); graceful-restart peers get no Cease. The
-		// BFD server has nothing left to do; srv.Stop would only fail to stop BGP a second time.
+		// Sessions go; graceful-restart peers get no Cease. srv.Stop would only fail to stop BGP
+		// a second time.
 		if err := a.srv.StopBgp(ctx, &api.StopBgpRequest{AllowGracefulRestart: true}); err != nil {
 			a.log.Error("stopping BGP", "err", err)
 		}
@@ -528,7 +545,6 @@ func (a *Announcer) stopLocked(keepGracefulRestart bool) {
 	a.cancel()
 	a.srv, a.cancel = nil, nil
 	a.peers = map[string]Peer{}
-	a.added = map[string]time.Time{}
 	a.groups = map[string]*routeGroup{}
 	a.routes = map[string]map[netip.Prefix]string{}
 	a.paths = map[netip.Prefix]int{}

@@ -1,14 +1,12 @@
 // Package bgp is the speaker's BGP mode: an in-process GoBGP instance that advertises this node's
 // Service IPs to the routers named by BGPPeer objects, with BFD, and reports each session's state.
 //
-// Why GoBGP v4 (github.com/osrg/gobgp/v4) and not v3: v4 implements BFD (RFC 5880/5881, single
-// hop, asynchronous mode), which v3 lacks, and it interoperates with BIRD 2's `protocol bfd`: with
-// 100 ms x 3 timers, BIRD 2.0.12 dropped a frozen (SIGSTOP) v4 speaker's routes after about 300 ms,
-// far inside any hold time (see bgptest and bench/bgp). One defect needs a workaround: after a
-// BFD failure, GoBGP's BFD peer stays bound to BIRD's old session and keeps resetting the BGP
-// session (Announcer.renewBFDSession replaces the neighbor when a BFD session drops; tested by
-// freezing, thawing and cutting off a node). Its BFD has no echo, demand mode, authentication or
-// passive mode; BFDProfile fields needing those are answered with NotSupported.
+// Why GoBGP v4 (github.com/osrg/gobgp/v4) and not v3: v4 is the maintained major, with IPv4 and
+// IPv6 over multiprotocol BGP, TCP-MD5 and graceful restart. Its BFD is not used: it lacks passive
+// mode, multi-hop sessions and the TTL checks of RFC 5881/5883 (BFDProfile's passiveMode and
+// minimumTtl), and after a failure it stayed bound to BIRD's old BFD session and kept resetting
+// the BGP session. The sessions are speaker/bfd's instead, and a BFD failure restarts the BGP
+// session here (Announcer.bfdChanged).
 //
 // Stopping: by default the speaker closes every session with a Cease (NOTIFICATION 6/3) before it
 // exits, so each router drops this node's routes at once (about 10 ms against BIRD) and ECMP moves

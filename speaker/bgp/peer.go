@@ -5,6 +5,8 @@ import (
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
+
+	"github.com/heraldlb/herald/speaker/bfd"
 )
 
 // gracefulRestartTime is how long a router keeps this node's routes after the speaker went away
@@ -15,16 +17,29 @@ const gracefulRestartTime = 120
 // reconnects.
 const idleHoldTimeAfterReset = 1
 
-func peerEqual(a, b Peer) bool {
-	bfdA, bfdB := a.BFD, b.BFD
+// sameNeighbor reports whether a and b need the same GoBGP neighbor: every field but BFD, whose
+// session the BFD server reconfigures in place, so a new BFD profile resets no BGP session.
+func sameNeighbor(a, b Peer) bool {
 	a.BFD, b.BFD = nil, nil
-	if a != b {
-		return false
+	return a == b
+}
+
+// bfdSession is p's BFD session; false when p has no BFD profile. A multi-hop BGP session gets a
+// multi-hop BFD session (RFC 5883), from the same source address so the router can match them.
+func bfdSession(p Peer) (bfd.Config, bool) {
+	if p.BFD == nil {
+		return bfd.Config{}, false
 	}
-	if bfdA == nil || bfdB == nil {
-		return bfdA == bfdB
-	}
-	return *bfdA == *bfdB
+	return bfd.Config{
+		Peer:          p.Address,
+		Local:         p.SourceAddress,
+		Multihop:      p.EBGPMultiHop,
+		MinimumTTL:    p.BFD.MinimumTTL,
+		DesiredMinTx:  p.BFD.TransmitInterval,
+		RequiredMinRx: p.BFD.ReceiveInterval,
+		Multiplier:    p.BFD.DetectMultiplier,
+		Passive:       p.BFD.Passive,
+	}, true
 }
 
 func family(a netip.Addr) *api.Family {
@@ -69,12 +84,15 @@ func apiPeer(p Peer) *api.Peer {
 		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: gracefulRestartTime}
 		out.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
-	if p.BFD != nil {
-		out.Bfd = &api.BfdPeerConfig{
-			Enabled:                  true,
-			DesiredMinimumTxInterval: uint32(p.BFD.TransmitInterval / time.Microsecond),
-			RequiredMinimumReceive:   uint32(p.BFD.ReceiveInterval / time.Microsecond),
-			DetectionMultiplier:      p.BFD.DetectMultiplier,
+	return out
+}
+
+// bfdSessions lists the BFD sessions of the peers with a BFD profile.
+func bfdSessions(peers map[string]Peer) []bfd.Config {
+	var out []bfd.Config
+	for _, p := range peers {
+		if c, ok := bfdSession(p); ok {
+			out = append(out, c)
 		}
 	}
 	return out

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
+
+	"github.com/heraldlb/herald/speaker/bfd"
 )
 
 func TestAPIPeer(t *testing.T) {
@@ -36,28 +38,34 @@ func TestAPIPeer(t *testing.T) {
 	if f := a.AfiSafis[0].Config.Family; f.Afi != api.Family_AFI_IP6 || len(a.AfiSafis) != 1 {
 		t.Errorf("families = %+v", a.AfiSafis)
 	}
-	if b := a.Bfd; !b.Enabled || b.RequiredMinimumReceive != 100000 || b.DesiredMinimumTxInterval != 200000 || b.DetectionMultiplier != 3 {
-		t.Errorf("BFD (microseconds) = %+v", b)
+	if a.Bfd != nil {
+		t.Errorf("GoBGP's own BFD is on (speaker/bfd runs the sessions): %+v", a.Bfd)
+	}
+	if c, ok := bfdSession(p); !ok || c != (bfd.Config{
+		Peer: p.Address, Local: p.SourceAddress, Multihop: true, DesiredMinTx: 200 * time.Millisecond,
+		RequiredMinRx: 100 * time.Millisecond, Multiplier: 3,
+	}) {
+		t.Errorf("BFD session = %+v %v", c, ok)
 	}
 
 	plain := apiPeer(Peer{Name: "x", MyASN: 1, ASN: 2, Address: netip.MustParseAddr("10.0.0.1")})
-	if plain.Bfd != nil || plain.GracefulRestart != nil || plain.EbgpMultihop != nil || plain.Transport.LocalAddress != "" {
+	if _, ok := bfdSession(Peer{Name: "x"}); ok {
+		t.Error("a peer without a BFD profile has a BFD session")
+	}
+	if plain.GracefulRestart != nil || plain.EbgpMultihop != nil || plain.Transport.LocalAddress != "" {
 		t.Errorf("defaults set options: %+v", plain)
 	}
 }
 
-func TestPeerEqual(t *testing.T) {
-	a := Peer{Name: "a", BFD: &BFD{DetectMultiplier: 3}}
-	b := Peer{Name: "a", BFD: &BFD{DetectMultiplier: 3}}
-	if !peerEqual(a, b) {
-		t.Error("equal BFD values behind different pointers differ")
+func TestSameNeighbor(t *testing.T) {
+	a := Peer{Name: "a", HoldTime: 9 * time.Second, BFD: &BFD{DetectMultiplier: 3}}
+	b := Peer{Name: "a", HoldTime: 9 * time.Second, BFD: &BFD{DetectMultiplier: 4}}
+	if !sameNeighbor(a, b) || !sameNeighbor(a, Peer{Name: "a", HoldTime: 9 * time.Second}) {
+		t.Error("a BFD change would replace the BGP session")
 	}
-	b.BFD.DetectMultiplier = 4
-	if peerEqual(a, b) {
-		t.Error("different BFD multipliers are equal")
-	}
-	if peerEqual(a, Peer{Name: "a"}) {
-		t.Error("BFD on and off are equal")
+	b.HoldTime = 3 * time.Second
+	if sameNeighbor(a, b) {
+		t.Error("different hold times need the same neighbor")
 	}
 }
 
@@ -68,18 +76,20 @@ func TestNotEstablishedReason(t *testing.T) {
 	withBFD := p
 	withBFD.BFD = &BFD{DetectMultiplier: 3}
 	for _, c := range []struct {
-		peer Peer
-		h    sessionHistory
-		want string
+		peer      Peer
+		h         sessionHistory
+		bfdFailed bool
+		want      string
 	}{
-		{withBFD, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_NOTIFICATION_SENT, message: "notification-sent code 6(cease) subcode 4(administrative reset)"}, "BFD detected"},
-		{p, sessionHistory{}, "no TCP connection to 10.0.0.1:179"},
-		{md5, sessionHistory{}, "check the password"},
-		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_BAD_PEER_AS}, "wrong ASN"},
-		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_NOTIFICATION_RECEIVED, message: "notification-received code open subcode bad peer AS"}, "wrong ASN"},
-		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_HOLD_TIMER_EXPIRED}, "hold timer expired"},
+		{withBFD, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_NOTIFICATION_SENT, message: "notification-sent code 6(cease) subcode 3(peer deconfigured)"}, true, "BFD detected"},
+		{withBFD, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_HOLD_TIMER_EXPIRED}, false, "hold timer expired"},
+		{p, sessionHistory{}, false, "no TCP connection to 10.0.0.1:179"},
+		{md5, sessionHistory{}, false, "check the password"},
+		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_BAD_PEER_AS}, false, "wrong ASN"},
+		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_NOTIFICATION_RECEIVED, message: "notification-received code open subcode bad peer AS"}, false, "wrong ASN"},
+		{p, sessionHistory{opened: true, reason: api.PeerState_DISCONNECT_REASON_HOLD_TIMER_EXPIRED}, false, "hold timer expired"},
 	} {
-		if got := notEstablishedReason(c.peer, c.h, "Down"); !strings.Contains(got, c.want) {
+		if got := notEstablishedReason(c.peer, c.h, c.bfdFailed); !strings.Contains(got, c.want) {
 			t.Errorf("reason(%+v) = %q, want it to say %q", c.h, got, c.want)
 		}
 	}

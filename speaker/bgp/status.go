@@ -13,6 +13,8 @@ import (
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+
+	"github.com/heraldlb/herald/speaker/bfd"
 )
 
 // PeerStatus is the state of one session, as the node's SpeakerStatus, metrics and heraldctl show it.
@@ -64,12 +66,15 @@ func (a *Announcer) Status(ctx context.Context) ([]PeerStatus, error) {
 			}
 			st.UpdatesSent = state.GetMessages().GetSent().GetUpdate()
 			st.UpdatesReceived = state.GetMessages().GetReceived().GetUpdate()
-			if p.BFD != nil {
-				st.BFD = bfdStateName(state.GetBfdState().GetSessionState())
+		}
+		if p.BFD != nil {
+			st.BFD = bfd.Down.String()
+			if b, ok := a.bfd.State(p.Address); ok {
+				st.BFD = b.State.String()
 			}
 		}
 		if !st.Established {
-			st.Reason = notEstablishedReason(p, a.events.last(p.Address), st.BFD)
+			st.Reason = notEstablishedReason(p, a.events.last(p.Address), a.bfdFailed[p.Address])
 		}
 		out = append(out, st)
 	}
@@ -93,19 +98,6 @@ func sessionStateName(s api.PeerState_SessionState) string {
 	}
 }
 
-func bfdStateName(s api.BfdSessionState) string {
-	switch s {
-	case api.BfdSessionState_BFD_SESSION_STATE_UP:
-		return "Up"
-	case api.BfdSessionState_BFD_SESSION_STATE_INIT:
-		return "Init"
-	case api.BfdSessionState_BFD_SESSION_STATE_ADMIN_DOWN:
-		return "AdminDown"
-	default:
-		return "Down"
-	}
-}
-
 // sessionHistory is what the announcer saw of one session since it was configured.
 type sessionHistory struct {
 	// opened is true once the TCP connection came up (the FSM reached OpenSent or OpenConfirm).
@@ -116,8 +108,9 @@ type sessionHistory struct {
 	message string
 }
 
-// notEstablishedReason explains a session that is not Established; bfd is its BFD state.
-func notEstablishedReason(p Peer, h sessionHistory, bfd string) string {
+// notEstablishedReason explains a session that is not Established; bfdFailed says its BFD session
+// failed and is not Up again.
+func notEstablishedReason(p Peer, h sessionHistory, bfdFailed bool) string {
 	port := p.Port
 	if port == 0 {
 		port = 179
@@ -128,8 +121,7 @@ func notEstablishedReason(p Peer, h sessionHistory, bfd string) string {
 	case h.reason == api.PeerState_DISCONNECT_REASON_BAD_PEER_AS || strings.Contains(msg, "bad peer as"):
 		return fmt.Sprintf("wrong ASN: the router at %s does not use peerASN %d, or does not expect this node as myASN %d (%s)",
 			target, p.ASN, p.MyASN, h.message)
-	case p.BFD != nil && bfd != "Up" && (strings.Contains(msg, "bfd") || strings.Contains(msg, "administrative reset")):
-		// GoBGP resets a session whose BFD session failed with an administrative reset.
+	case p.BFD != nil && bfdFailed:
 		return fmt.Sprintf("BFD detected the path to %s down (or the router's BFD stopped); the session reconnects once BFD packets flow again", target)
 	case h.reason == api.PeerState_DISCONNECT_REASON_HOLD_TIMER_EXPIRED:
 		return fmt.Sprintf("hold timer expired: the router at %s stopped answering", target)
@@ -155,15 +147,13 @@ type sessionEvents struct {
 	mu      sync.Mutex
 	history map[netip.Addr]sessionHistory
 	changed chan struct{}
-	// onDown is called (on a goroutine of its own) when an established session goes down.
-	onDown func(addr netip.Addr, at time.Time)
 }
 
 func newSessionEvents() *sessionEvents {
 	return &sessionEvents{history: map[netip.Addr]sessionHistory{}, changed: make(chan struct{}, 1)}
 }
 
-func (e *sessionEvents) record(ev *apiutil.WatchEventMessage_PeerEvent, at time.Time) {
+func (e *sessionEvents) record(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
 	if ev.Type != apiutil.PEER_EVENT_STATE {
 		return
 	}
@@ -179,14 +169,14 @@ func (e *sessionEvents) record(ev *apiutil.WatchEventMessage_PeerEvent, at time.
 		st.DisconnectReason != api.PeerState_DISCONNECT_REASON_IDLE_TIMER_EXPIRED {
 		h.reason, h.message = st.DisconnectReason, st.DisconnectMessage
 	}
-	wentDown := h.established && st.SessionState != gobgp.BGP_FSM_ESTABLISHED
 	h.established = st.SessionState == gobgp.BGP_FSM_ESTABLISHED
 	e.history[st.NeighborAddress] = h
-	onDown := e.onDown
 	e.mu.Unlock()
-	if wentDown && onDown != nil {
-		go onDown(st.NeighborAddress, at)
-	}
+	e.signal()
+}
+
+// signal tells the Changes reader that some session's state changed.
+func (e *sessionEvents) signal() {
 	select {
 	case e.changed <- struct{}{}:
 	default:

@@ -23,7 +23,12 @@ type BirdPeer struct {
 	ASN      uint32 // the node's ASN as BIRD expects it
 	LocalASN uint32 // the router's ASN on this session; 0 means RouterASN
 	Password string
-	BFD      bool
+	// BFD watches the session with BFD; with GracefulRestart too, a BFD failure makes BIRD keep
+	// the routes as stale (BIRD's "bfd graceful"), as after a silent session loss.
+	BFD bool
+	// Multihop makes the session (and its BFD session, RFC 5883) multi-hop although the node is
+	// on the router's segment.
+	Multihop bool
 	// GracefulRestart makes BIRD keep the node's routes as stale when the session drops silently.
 	GracefulRestart bool
 }
@@ -36,23 +41,26 @@ router id {{.RouterID}};
 timeformat protocol iso long ms;
 timeformat route iso long ms;
 protocol device { scan time 10; }
+# The segment's routes, so multi-hop sessions' next hops resolve.
+protocol direct { ipv4; ipv6; }
 protocol bfd {
-  interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
+  interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; {{if .BFDPassive}}passive yes;{{end}} };
+  multihop { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; {{if .BFDPassive}}passive yes;{{end}} };
 }
 {{range .Peers}}
 protocol bgp {{.Name}} {
   local as {{if .LocalASN}}{{.LocalASN}}{{else}}{{$.RouterASN}}{{end}};
   neighbor {{.Neighbor}} as {{.ASN}};
-  direct;
+  {{if .Multihop}}multihop 2; source address {{if .Neighbor.Is4}}{{$.RouterID}}{{else}}{{$.RouterV6}}{{end}};{{else}}direct;{{end}}
   connect delay time 1;
   connect retry time 1;
   error wait time 1, 5;
   hold time 9;
   keepalive time 3;
   {{if .Password}}password "{{.Password}}";{{end}}
-  {{if .BFD}}bfd on;{{end}}
+  {{if .BFD}}bfd {{if .GracefulRestart}}graceful{{else}}on{{end}};{{end}}
   {{if .GracefulRestart}}graceful restart on;{{end}}
-  {{if .Neighbor.Is4}}ipv4{{else}}ipv6{{end}} { import all; export none; gateway direct; };
+  {{if .Neighbor.Is4}}ipv4{{else}}ipv6{{end}} { import all; export none; gateway {{if .Multihop}}recursive{{else}}direct{{end}}; };
 }
 {{end}}
 `))
@@ -73,7 +81,8 @@ type Bird struct {
 func (t *Topology) WriteBirdConfig(peers []BirdPeer) (string, error) {
 	var b strings.Builder
 	err := birdConf.Execute(&b, map[string]any{
-		"Dir": t.Dir, "RouterID": t.Router.IPv4, "RouterASN": RouterASN, "Peers": peers,
+		"Dir": t.Dir, "RouterID": t.Router.IPv4, "RouterASN": RouterASN, "Peers": peers, "BFDPassive": t.BirdBFDPassive,
+		"RouterV6": t.Router.IPv6,
 	})
 	if err != nil {
 		return "", err

@@ -46,6 +46,9 @@ type Topology struct {
 	Router Host
 	Nodes  []Host
 	Bird   *Bird
+	// BirdBFDPassive makes BIRD's BFD wait for the node to speak first (from the next
+	// StartBird or Reconfigure on).
+	BirdBFDPassive bool
 }
 
 var labSeq atomic.Int32
