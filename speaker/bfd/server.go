@@ -98,7 +98,11 @@ func (s *Server) Set(cfgs []Config) error {
 			continue
 		}
 		if r, ok := s.sessions[peer]; ok {
-			r.reconfigure(c)
+			// Set runs on every Service change: unchanged sessions must not hear of it, or their
+			// transmit timers would be re-armed over and over.
+			if r.cfg != c {
+				r.reconfigure(c)
+			}
 			continue
 		}
 		r := newRunner(c, s.discriminatorLocked(), s.log.With("peer", peer), s.onChange)
@@ -267,6 +271,7 @@ func parse(b []byte) (*bfd.BFDHeader, bool) {
 
 // runner drives one session: its timers, its socket and its packets.
 type runner struct {
+	cfg      Config // the latest configuration handed to run; guarded by Server.mu
 	discr    uint32
 	log      *slog.Logger
 	onChange func(Change)
@@ -291,6 +296,7 @@ type runner struct {
 
 func newRunner(c Config, discr uint32, log *slog.Logger, onChange func(Change)) *runner {
 	r := &runner{
+		cfg:      c,
 		discr:    discr,
 		log:      log,
 		onChange: onChange,
@@ -311,6 +317,7 @@ func (r *runner) setFilters(c Config) {
 }
 
 func (r *runner) reconfigure(c Config) {
+	r.cfg = c
 	r.setFilters(c)
 	// Only the latest configuration matters: replace a pending one.
 	select {
@@ -380,8 +387,11 @@ func (r *runner) run() {
 			if c.Local != s.cfg.Local || c.Multihop != s.cfg.Multihop {
 				r.closeConn() // the next packet goes from the new address or to the new port
 			}
+			interval := s.txInterval()
 			s.reconfigure(c)
-			armTx()
+			if s.txInterval() != interval {
+				armTx()
+			}
 		case <-r.stop:
 			s.adminDown()
 			r.state.Store(uint32(AdminDown))

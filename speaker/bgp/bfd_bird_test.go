@@ -250,4 +250,19 @@ func TestBFDMultihopMinimumTTL(t *testing.T) {
 	}
 	waitStatus(t, a, "r", 10*time.Second, func(s bgp.PeerStatus) bool { return s.BFD == "Up" })
 	waitBirdBFD(t, topo, n1.IPv4, "Up", 5*time.Second)
+
+	// The speaker applies its desired state on every Service change: a burst of unchanged ones,
+	// longer than BIRD's detection time, must not hold back the node's BFD packets.
+	before, _ := topo.Bird.Protocol("n1")
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		if err := a.Apply(desired(n1, []bgp.Peer{p}, routes)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := birdBFDState(t, topo, n1.IPv4); st != "Up" {
+		t.Errorf("BIRD's BFD session after a burst of unchanged updates: %q", st)
+	}
+	if after, _ := topo.Bird.Protocol("n1"); !after.SameSession(before) {
+		t.Errorf("the BGP session was reset during a burst of unchanged updates: before %+v, after %+v", before, after)
+	}
 }
