@@ -71,6 +71,15 @@ func (s ServiceIP) ServiceNames() []string {
 	return out
 }
 
+// IP returns the entry of ip in s.IPs, if it has one.
+func (s *Snapshot) IP(ip netip.Addr) (ServiceIP, bool) {
+	i, found := slices.BinarySearchFunc(s.IPs, ip, func(e ServiceIP, ip netip.Addr) int { return e.IP.Compare(ip) })
+	if !found {
+		return ServiceIP{}, false
+	}
+	return s.IPs[i], true
+}
+
 // Selects reports whether an advertisement's pool and Service selection covers ip.
 func (s *Snapshot) Selects(sel v1beta1.AdvertisementSelection, ip ServiceIP) bool {
 	if len(sel.IPAddressPools) > 0 || len(sel.IPAddressPoolSelectors) > 0 {
