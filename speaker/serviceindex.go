@@ -151,7 +151,7 @@ func sortPools(pools []*v1beta1.IPAddressPool) {
 func mergeIPs(ips []ServiceIP, changed map[netip.Addr][]*corev1.Service, pools poolSet) []ServiceIP {
 	out := make([]ServiceIP, 0, len(ips)+len(changed))
 	for _, ip := range slices.SortedFunc(maps.Keys(changed), netip.Addr.Compare) {
-		i, found := slices.BinarySearchFunc(ips, ip, func(e ServiceIP, ip netip.Addr) int { return e.IP.Compare(ip) })
+		i, found := slices.BinarySearchFunc(ips, ip, compareIP)
 		out = append(out, ips[:i]...)
 		if found {
 			i++

@@ -73,12 +73,15 @@ func (s ServiceIP) ServiceNames() []string {
 
 // IP returns the entry of ip in s.IPs, if it has one.
 func (s *Snapshot) IP(ip netip.Addr) (ServiceIP, bool) {
-	i, found := slices.BinarySearchFunc(s.IPs, ip, func(e ServiceIP, ip netip.Addr) int { return e.IP.Compare(ip) })
+	i, found := slices.BinarySearchFunc(s.IPs, ip, compareIP)
 	if !found {
 		return ServiceIP{}, false
 	}
 	return s.IPs[i], true
 }
+
+// compareIP orders a sorted []ServiceIP against an IP, for binary searches.
+func compareIP(e ServiceIP, ip netip.Addr) int { return e.IP.Compare(ip) }
 
 // Selects reports whether an advertisement's pool and Service selection covers ip.
 func (s *Snapshot) Selects(sel v1beta1.AdvertisementSelection, ip ServiceIP) bool {
