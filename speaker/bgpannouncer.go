@@ -31,6 +31,9 @@ type BGP struct {
 	secretNamespace string
 	kick            chan struct{}
 
+	// entries is sync's: the Services' translation entries of the last snapshot it applied.
+	entries bgpEntries
+
 	mu        sync.Mutex
 	snap      *Snapshot
 	announced map[netip.Addr]bgpconfig.Announced
@@ -68,7 +71,7 @@ func (b *BGP) Apply(snap *Snapshot) {
 // with graceful restart are left for the first full snapshot: a session that came up without
 // routes would end the router's graceful restart and drop the routes it kept for this node.
 func (b *BGP) Prepare(ctx context.Context, snap *Snapshot) {
-	res := bgpconfig.Translate(BGPInput(snap, b.secretNamespace, b.passwords(ctx, snap)))
+	res := bgpconfig.Translate(new(bgpEntries).input(snap, b.secretNamespace, b.passwords(ctx, snap)))
 	for name, p := range res.Desired.Peers {
 		if p.GracefulRestart {
 			delete(res.Desired.Peers, name)
@@ -113,7 +116,7 @@ func (b *BGP) sync(ctx context.Context) bool {
 	if snap == nil {
 		return true
 	}
-	in := BGPInput(snap, b.secretNamespace, b.passwords(ctx, snap))
+	in := b.entries.input(snap, b.secretNamespace, b.passwords(ctx, snap))
 	res := bgpconfig.Translate(in)
 	b.reportProblems(snap, nodeProblems(in, res.Problems))
 	err := b.announcer.Apply(ctx, res.Desired)
@@ -138,9 +141,20 @@ func (b *BGP) sync(ctx context.Context) bool {
 	return err == nil
 }
 
-// BGPInput is the translation input for this node's snapshot. passwords holds the "password" key
+// bgpEntries converts snapshots' Services into translation entries, one per Service and IP. It
+// keeps the last conversion: an IP whose Services are the very objects they were then (the
+// Service index replaces an IP's list when one of them changes, and the informer replaces a
+// Service's object) reuses its entries. Converting reads every Service object, scattered in
+// memory: with a thousand Services, those cache misses were most of the conversion's time.
+type bgpEntries struct {
+	ips     []ServiceIP
+	entries []bgpconfig.Service
+	ends    []int // ends[i] is where the entries of ips[i] end
+}
+
+// input is the translation input for this node's snapshot. passwords holds the "password" key
 // of the Secrets the BGPPeers name, by "namespace/name".
-func BGPInput(snap *Snapshot, secretNamespace string, passwords map[string]string) bgpconfig.Input {
+func (c *bgpEntries) input(snap *Snapshot, secretNamespace string, passwords map[string]string) bgpconfig.Input {
 	in := bgpconfig.Input{
 		Node:            bgpconfig.Node{Name: snap.NodeName},
 		Passwords:       passwords,
@@ -179,20 +193,48 @@ func BGPInput(snap *Snapshot, secretNamespace string, passwords map[string]strin
 	if _, excluded := node.Labels[config.LabelExcludeFromLB]; excluded {
 		return in
 	}
-	for _, ip := range snap.IPs {
-		for _, svc := range ip.Services {
-			s := bgpconfig.Service{
-				Name: svc.Namespace + "/" + svc.Name, Labels: svc.Labels, IPs: []netip.Addr{ip.IP}, Pool: ip.Pool.Name,
-				LocalTrafficOnly: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
-			}
-			if s.LocalTrafficOnly && snap.Endpoints != nil {
-				ready := snap.Endpoints.NodesWithReady(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
-				s.HasLocalEndpoints = slices.Contains(ready, snap.NodeName)
-			}
-			in.Services = append(in.Services, s)
-		}
-	}
+	in.Services = c.convert(snap)
 	return in
+}
+
+// convert returns the entries of snap's Services, reusing those of unchanged IPs.
+func (c *bgpEntries) convert(snap *Snapshot) []bgpconfig.Service {
+	out := make([]bgpconfig.Service, 0, len(c.entries)+1)
+	ends := make([]int, 0, len(snap.IPs))
+	j := 0 // c.ips before j are below the current IP (both lists are sorted)
+	for _, ip := range snap.IPs {
+		for j < len(c.ips) && c.ips[j].IP.Less(ip.IP) {
+			j++
+		}
+		first := len(out)
+		if j < len(c.ips) && c.ips[j].IP == ip.IP && c.ips[j].Pool.Name == ip.Pool.Name && slices.Equal(c.ips[j].Services, ip.Services) {
+			start := 0
+			if j > 0 {
+				start = c.ends[j-1]
+			}
+			out = append(out, c.entries[start:c.ends[j]]...)
+		} else {
+			for _, svc := range ip.Services {
+				out = append(out, bgpconfig.Service{
+					Name: svc.Namespace + "/" + svc.Name, Labels: svc.Labels, IPs: []netip.Addr{ip.IP}, Pool: ip.Pool.Name,
+					LocalTrafficOnly: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+				})
+			}
+		}
+		// Local endpoints come and go while the Services stay the same: looked up each time.
+		for k, svc := range ip.Services {
+			if e := &out[first+k]; e.LocalTrafficOnly {
+				e.HasLocalEndpoints = false
+				if snap.Endpoints != nil {
+					ready := snap.Endpoints.NodesWithReady(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
+					e.HasLocalEndpoints = slices.Contains(ready, snap.NodeName)
+				}
+			}
+		}
+		ends = append(ends, len(out))
+	}
+	c.ips, c.entries, c.ends = snap.IPs, out, ends
+	return out
 }
 
 // passwords reads the Secrets the BGPPeers name (only those: the speaker does not watch Secrets).

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/bgpconfig"
@@ -36,7 +37,7 @@ func TestBGPInputToRoutes(t *testing.T) {
 			Spec: v1beta1.BGPPeerSpec{MyASN: 64512, PeerASN: 64500, PeerAddress: "10.0.0.254"}}},
 		BGPAdvertisements: []*v1beta1.BGPAdvertisement{{ObjectMeta: metav1.ObjectMeta{Name: "all"}}},
 	}
-	res := bgpconfig.Translate(BGPInput(snap, "herald-system", nil))
+	res := bgpconfig.Translate(new(bgpEntries).input(snap, "herald-system", nil))
 	want := map[string]map[netip.Prefix]bgpconfig.Attributes{"tor": {
 		netip.MustParsePrefix("10.0.0.100/32"): {},
 		netip.MustParsePrefix("10.0.0.102/32"): {},
@@ -50,7 +51,7 @@ func TestBGPInputToRoutes(t *testing.T) {
 
 	// An excluded node keeps its sessions but advertises nothing.
 	snap.NodeName = "c"
-	res = bgpconfig.Translate(BGPInput(snap, "herald-system", nil))
+	res = bgpconfig.Translate(new(bgpEntries).input(snap, "herald-system", nil))
 	if len(res.Desired.Peers) != 1 || len(res.Desired.Routes) != 0 {
 		t.Errorf("excluded node: peers %v, routes %v", res.Desired.Peers, res.Desired.Routes)
 	}
@@ -70,7 +71,7 @@ func TestNodeProblems(t *testing.T) {
 		// BFD profile that does not exist (a problem of the object, on every node).
 		BGPPeers: []*v1beta1.BGPPeer{peer("tor-1", "10.0.0.254", ""), peer("tor-2", "10.0.0.254", ""), peer("spine", "10.0.0.253", "fast")},
 	}
-	in := BGPInput(snap, "herald-system", nil)
+	in := new(bgpEntries).input(snap, "herald-system", nil)
 	res := bgpconfig.Translate(in)
 	if len(res.Problems) != 2 {
 		t.Fatalf("translation problems %+v, want the duplicate address and the missing BFD profile", res.Problems)
@@ -79,4 +80,46 @@ func TestNodeProblems(t *testing.T) {
 	if len(got) != 1 || got[0].Name != "tor-2" || got[0].Reason != bgpconfig.ReasonDuplicatePeer {
 		t.Errorf("node problems %+v, want only tor-2's %s", got, bgpconfig.ReasonDuplicatePeer)
 	}
+}
+
+// TestBGPEntriesReused: converting snapshot after snapshot gives what a fresh conversion gives,
+// though unchanged IPs reuse their entries; a Local Service's endpoints are read each time.
+func TestBGPEntriesReused(t *testing.T) {
+	pools := []*v1beta1.IPAddressPool{pool("lan", nil, "10.0.0.0/24")}
+	web := lbService("default", "web", corev1.ServiceExternalTrafficPolicyCluster, nil, "10.0.0.1")
+	local := lbService("default", "local", corev1.ServiceExternalTrafficPolicyLocal, nil, "10.0.0.2")
+	endpoints := fakeEndpoints{{Namespace: "default", Name: "local"}: {"b"}}
+	x := newServiceIndex(config.DefaultLoadBalancerClass)
+	var table ipTable
+	var entries bgpEntries
+	// step converts the next snapshot; localHere is what its entry for local should say.
+	step := func(about string, localHere bool) {
+		t.Helper()
+		snap := &Snapshot{NodeName: "a", Endpoints: endpoints}
+		snap.Pools, snap.IPs = table.update(pools, x)
+		got, want := entries.convert(snap), new(bgpEntries).convert(snap)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: entries %+v, want %+v", about, got, want)
+		}
+		for _, e := range got {
+			if e.Name == "default/local" && e.HasLocalEndpoints != localHere {
+				t.Errorf("%s: local has local endpoints: %v", about, e.HasLocalEndpoints)
+			}
+		}
+	}
+	for _, svc := range []*corev1.Service{web, local} {
+		x.set(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, svc)
+	}
+	step("first", false)
+	endpoints[types.NamespacedName{Namespace: "default", Name: "local"}] = []string{"a"}
+	step("local gained an endpoint on this node", true)
+	relabelled := web.DeepCopy()
+	relabelled.Labels = map[string]string{"app": "other"}
+	x.set(types.NamespacedName{Namespace: "default", Name: "web"}, relabelled)
+	step("web relabelled", true)
+	shared := lbService("default", "web-udp", corev1.ServiceExternalTrafficPolicyCluster, nil, "10.0.0.1", "10.0.0.3")
+	x.set(types.NamespacedName{Namespace: "default", Name: "web-udp"}, shared)
+	step("a Service sharing web's IP, and one more IP", true)
+	x.set(types.NamespacedName{Namespace: "default", Name: "local"}, nil)
+	step("local deleted", true)
 }

@@ -26,13 +26,13 @@ type L2 struct {
 	speaker   *Speaker
 
 	mu   sync.Mutex
-	ips  map[netip.Addr]ServiceIP
+	snap *Snapshot // the last applied: the Services of the IPs whose ownership changes
 	node string
 }
 
 // NewL2 builds the L2 announcer for this speaker; cfg.OnChange is set here.
 func NewL2(s *Speaker, cfg l2.Config) *L2 {
-	a := &L2{speaker: s, node: cfg.Node, ips: map[netip.Addr]ServiceIP{}}
+	a := &L2{speaker: s, node: cfg.Node, snap: &Snapshot{}}
 	cfg.OnChange = a.onChange
 	a.announcer = l2.New(cfg)
 	return a
@@ -45,14 +45,16 @@ func NewL2(s *Speaker, cfg l2.Config) *L2 {
 func L2Policies(snap *Snapshot) map[netip.Addr]l2.Policy {
 	out := map[netip.Addr]l2.Policy{}
 	for _, ip := range snap.IPs {
-		perNode := map[string][]string{}
+		// perNode is made for the IPs an advertisement covers only: in BGP mode, none.
+		var perNode map[string][]string
 		subnetOnly := map[string]bool{}
-		matched := false
 		for _, adv := range snap.L2Advertisements {
 			if adv.DeletionTimestamp != nil || !snap.Selects(adv.Spec.AdvertisementSelection, ip) {
 				continue
 			}
-			matched = true
+			if perNode == nil {
+				perNode = map[string][]string{}
+			}
 			for _, n := range snap.Candidates(adv.Spec.AdvertisementSelection, ip) {
 				if len(adv.Spec.Interfaces) == 0 {
 					subnetOnly[n] = true
@@ -60,7 +62,7 @@ func L2Policies(snap *Snapshot) map[netip.Addr]l2.Policy {
 				perNode[n] = append(perNode[n], adv.Spec.Interfaces...)
 			}
 		}
-		if !matched {
+		if perNode == nil {
 			continue
 		}
 		pol := l2.Policy{Candidates: slices.Sorted(maps.Keys(perNode))}
@@ -89,12 +91,8 @@ func L2Policies(snap *Snapshot) map[netip.Addr]l2.Policy {
 
 // Apply implements Announcer.
 func (a *L2) Apply(snap *Snapshot) {
-	ips := map[netip.Addr]ServiceIP{}
-	for _, ip := range snap.IPs {
-		ips[ip.IP] = ip
-	}
 	a.mu.Lock()
-	a.ips = ips
+	a.snap = snap
 	a.mu.Unlock()
 	a.announcer.SetIPs(L2Policies(snap))
 }
@@ -133,7 +131,8 @@ func (a *L2) onChange(changes []l2.Change) {
 		if c.IP.Is6() {
 			proto = "NDP"
 		}
-		for _, svc := range a.ips[c.IP].Services {
+		ip, _ := a.snap.IP(c.IP)
+		for _, svc := range ip.Services {
 			a.speaker.recorder.Event(svc, corev1.EventTypeNormal, EventL2Announcing,
 				fmt.Sprintf("node %s answers %s for %s on %v", a.node, proto, c.IP, c.Interfaces))
 		}

@@ -1,12 +1,10 @@
 package speaker
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,6 +71,18 @@ func (s ServiceIP) ServiceNames() []string {
 	return out
 }
 
+// IP returns the entry of ip in s.IPs, if it has one.
+func (s *Snapshot) IP(ip netip.Addr) (ServiceIP, bool) {
+	i, found := slices.BinarySearchFunc(s.IPs, ip, compareIP)
+	if !found {
+		return ServiceIP{}, false
+	}
+	return s.IPs[i], true
+}
+
+// compareIP orders a sorted []ServiceIP against an IP, for binary searches.
+func compareIP(e ServiceIP, ip netip.Addr) int { return e.IP.Compare(ip) }
+
 // Selects reports whether an advertisement's pool and Service selection covers ip.
 func (s *Snapshot) Selects(sel v1beta1.AdvertisementSelection, ip ServiceIP) bool {
 	if len(sel.IPAddressPools) > 0 || len(sel.IPAddressPoolSelectors) > 0 {
@@ -130,70 +140,6 @@ func anySelectorMatches(selectors []metav1.LabelSelector, l map[string]string) b
 		}
 	}
 	return false
-}
-
-// poolHolding returns the pool whose addresses include ip, or nil.
-func poolHolding(pools []*v1beta1.IPAddressPool, ip netip.Addr) *v1beta1.IPAddressPool {
-	for _, p := range pools {
-		for _, b := range p.Spec.Addresses {
-			if blockContains(b, ip) {
-				return p
-			}
-		}
-	}
-	return nil
-}
-
-// blockContains parses a pool's CIDR or inclusive range (validated by the CRD) and tests ip.
-func blockContains(b v1beta1.AddressBlock, ip netip.Addr) bool {
-	s := string(b)
-	if from, to, isRange := strings.Cut(s, "-"); isRange {
-		lo, err1 := netip.ParseAddr(strings.TrimSpace(from))
-		hi, err2 := netip.ParseAddr(strings.TrimSpace(to))
-		return err1 == nil && err2 == nil && lo.BitLen() == ip.BitLen() && lo.Compare(ip) <= 0 && ip.Compare(hi) <= 0
-	}
-	p, err := netip.ParsePrefix(s)
-	return err == nil && p.Contains(ip)
-}
-
-// serviceIPs groups the ingress IPs of the handled LoadBalancer Services that lie in a pool.
-func serviceIPs(services []*corev1.Service, pools []*v1beta1.IPAddressPool, lbClass string) []ServiceIP {
-	byIP := make(map[netip.Addr]*ServiceIP, len(services))
-	for _, svc := range services {
-		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
-			continue
-		}
-		if svc.Spec.LoadBalancerClass != nil && *svc.Spec.LoadBalancerClass != lbClass {
-			continue
-		}
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			ip, err := netip.ParseAddr(ing.IP)
-			if err != nil {
-				continue
-			}
-			pool := poolHolding(pools, ip)
-			if pool == nil {
-				continue
-			}
-			e, ok := byIP[ip]
-			if !ok {
-				e = &ServiceIP{IP: ip, Pool: pool}
-				byIP[ip] = e
-			}
-			e.Services = append(e.Services, svc)
-		}
-	}
-	out := make([]ServiceIP, 0, len(byIP))
-	for _, e := range byIP {
-		if len(e.Services) > 1 {
-			slices.SortFunc(e.Services, func(a, b *corev1.Service) int {
-				return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-			})
-		}
-		out = append(out, *e)
-	}
-	slices.SortFunc(out, func(a, b ServiceIP) int { return a.IP.Compare(b.IP) })
-	return out
 }
 
 // String is for logs.

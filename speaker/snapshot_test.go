@@ -49,8 +49,9 @@ func TestBlockContains(t *testing.T) {
 		{"2001:db8::/120", "2001:db8::ff", true},
 		{"2001:db8::1-2001:db8::5", "10.0.0.3", false},
 	} {
-		if got := blockContains(tc.block, netip.MustParseAddr(tc.ip)); got != tc.want {
-			t.Errorf("blockContains(%q, %s) = %v", tc.block, tc.ip, got)
+		b, ok := parseBlock(tc.block)
+		if got := ok && b.contains(netip.MustParseAddr(tc.ip)); got != tc.want {
+			t.Errorf("block %q contains %s = %v", tc.block, tc.ip, got)
 		}
 	}
 }

@@ -70,6 +70,9 @@ type Speaker struct {
 	statusFns  []func(*v1beta1.SpeakerStatusStatus)
 	kick       chan struct{}
 	statusKick chan struct{}
+	// services is fed by the Service informer's events; ips is the snapshot loop's own.
+	services *serviceIndex
+	ips      ipTable
 	// written is this node's SpeakerStatus as the last successful write returned it (statusLoop's
 	// only): the next write starts from it instead of reading the object again, which with
 	// thousands of announcements cost the API server as much as the write; nil after a failure.
@@ -109,7 +112,7 @@ func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
 		return nil, fmt.Errorf("speaker: client: %w", err)
 	}
 	return &Speaker{cfg: cfg, cache: c, client: cl, recorder: recorder,
-		kick: make(chan struct{}, 1), statusKick: make(chan struct{}, 1)}, nil
+		kick: make(chan struct{}, 1), statusKick: make(chan struct{}, 1), services: newServiceIndex(cfg.LBClass)}, nil
 }
 
 // Cache is the speaker's informer cache, for parts that watch more (the local-endpoint view
@@ -153,16 +156,17 @@ func (s *Speaker) Run(ctx context.Context) error {
 			DeleteFunc: func(any) { s.Changed() },
 		}
 		if _, isService := obj.(*corev1.Service); isService {
-			// A Service without ingress IPs is in no snapshot: its creation, and every change
-			// before the controller gives it an address, would rebuild the snapshot for nothing.
+			// The index says whether a snapshot would differ: a Service without ingress IPs is in
+			// none, so its creation, and every change before the controller gives it an address,
+			// rebuilds nothing.
 			handler = toolscache.ResourceEventHandlerFuncs{
-				AddFunc: func(obj any) { s.serviceChanged(obj) },
+				AddFunc: func(obj any) { s.serviceChanged(obj, false) },
 				UpdateFunc: func(old, obj any) {
 					if !onlyConditionsChanged(old, obj) {
-						s.serviceChanged(old, obj)
+						s.serviceChanged(obj, false)
 					}
 				},
-				DeleteFunc: func(obj any) { s.serviceChanged(obj) },
+				DeleteFunc: func(obj any) { s.serviceChanged(obj, true) },
 			}
 		}
 		if _, err := inf.AddEventHandler(handler); err != nil {
@@ -270,16 +274,22 @@ func onlyConditionsChanged(old, cur any) bool {
 	return equality.Semantic.DeepEqual(&a, &b)
 }
 
-// serviceChanged asks for a new snapshot unless none of the Service's versions has an ingress IP.
-func (s *Speaker) serviceChanged(versions ...any) {
-	for _, v := range versions {
-		if tomb, ok := v.(toolscache.DeletedFinalStateUnknown); ok {
-			v = tomb.Obj
-		}
-		if svc, ok := v.(*corev1.Service); !ok || len(svc.Status.LoadBalancer.Ingress) > 0 {
-			s.Changed()
-			return
-		}
+// serviceChanged indexes a Service's new version (or its deletion) and asks for a new snapshot if
+// the index changed.
+func (s *Speaker) serviceChanged(obj any, deleted bool) {
+	if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return
+	}
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	if deleted {
+		svc = nil
+	}
+	if s.services.set(key, svc) {
+		s.Changed()
 	}
 }
 
@@ -324,27 +334,21 @@ func configKinds() []client.Object {
 		&v1beta1.BGPAdvertisement{}, &v1beta1.BGPPeer{}, &v1beta1.Community{}, &v1beta1.BFDProfile{}}
 }
 
-// buildSnapshot reads the cache; withServices false leaves the Services out (Snapshot.IPs empty).
+// buildSnapshot reads the cache and, with withServices, the Service index (without, Snapshot.IPs
+// is empty). Only the snapshot loop calls it.
 func (s *Speaker) buildSnapshot(ctx context.Context, withServices bool) (*Snapshot, error) {
 	noCopy := client.UnsafeDisableDeepCopy // the snapshot is read-only
 	var (
-		nodes    corev1.NodeList
-		services []*corev1.Service
-		pools    v1beta1.IPAddressPoolList
-		l2s      v1beta1.L2AdvertisementList
-		bgps     v1beta1.BGPAdvertisementList
-		peers    v1beta1.BGPPeerList
-		comms    v1beta1.CommunityList
-		bfds     v1beta1.BFDProfileList
+		nodes corev1.NodeList
+		pools v1beta1.IPAddressPoolList
+		l2s   v1beta1.L2AdvertisementList
+		bgps  v1beta1.BGPAdvertisementList
+		peers v1beta1.BGPPeerList
+		comms v1beta1.CommunityList
+		bfds  v1beta1.BFDProfileList
 	)
 	for _, l := range []client.ObjectList{&nodes, &pools, &l2s, &bgps, &peers, &comms, &bfds} {
 		if err := s.cache.List(ctx, l, noCopy); err != nil {
-			return nil, err
-		}
-	}
-	if withServices {
-		var err error
-		if services, err = s.cachedServices(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -364,31 +368,11 @@ func (s *Speaker) buildSnapshot(ctx context.Context, withServices bool) (*Snapsh
 	for i := range nodes.Items {
 		snap.Nodes[nodes.Items[i].Name] = &nodes.Items[i]
 	}
-	// Oldest pool first: where pools overlap, the older one holds the address (as for the controller).
-	slices.SortFunc(snap.Pools, func(a, b *v1beta1.IPAddressPool) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
-	snap.IPs = serviceIPs(services, snap.Pools, s.cfg.LBClass)
+	sortPools(snap.Pools)
+	if withServices {
+		snap.Pools, snap.IPs = s.ips.update(snap.Pools, s.services)
+	}
 	return snap, nil
-}
-
-// cachedServices returns the cached Services themselves (read-only): with thousands of Services,
-// a List, which copies each into a ServiceList, was a third of the cost of a snapshot.
-func (s *Speaker) cachedServices(ctx context.Context) ([]*corev1.Service, error) {
-	inf, err := s.cache.GetInformer(ctx, &corev1.Service{})
-	if err != nil {
-		return nil, err
-	}
-	store, ok := inf.(toolscache.SharedIndexInformer)
-	if !ok {
-		return nil, fmt.Errorf("speaker: the Service informer is a %T, not a SharedIndexInformer", inf)
-	}
-	objs := store.GetStore().List()
-	out := make([]*corev1.Service, 0, len(objs))
-	for _, o := range objs {
-		if svc, ok := o.(*corev1.Service); ok {
-			out = append(out, svc)
-		}
-	}
-	return out, nil
 }
 
 func ptrs[T any](items []T) []*T {

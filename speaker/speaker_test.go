@@ -204,7 +204,7 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	})
 
 	// Becoming the announcing node puts one event on the Service.
-	adapter := &L2{speaker: spk, node: "a", ips: map[netip.Addr]ServiceIP{ip: {IP: ip, Services: []*corev1.Service{web}}}}
+	adapter := &L2{speaker: spk, node: "a", snap: &Snapshot{IPs: []ServiceIP{{IP: ip, Services: []*corev1.Service{web}}}}}
 	adapter.onChange([]l2.Change{{IP: ip, Gained: true, Interfaces: []string{"eth0"}}})
 	eventually(t, "an L2Announcing event on default/web", func() bool {
 		list, err := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=web,reason=" + EventL2Announcing})

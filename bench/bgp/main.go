@@ -50,7 +50,7 @@ func main() {
 	bgptest.RunAgentIfAsked()
 	lab.RunBackendIfAsked() // the lab runs this program as its backend pods
 	routes := flag.Int("routes", 1000, "route additions (Services) timed one by one")
-	restartRoutes := flag.Int("restart-routes", 5000, "routes (Services) of the restarted speaker")
+	restartRoutes := flag.Int("restart-routes", 5000, "routes (Services) of the restarted speaker; 0 skips the restart, SIGTERM and SIGSTOP figures of the lab")
 	parts := flag.String("parts", "announcer,lab", "which figures: announcer (namespaces and BIRD only), lab (the whole product in the lab)")
 	var chartValues []string
 	flag.Func("lab-set", "a helm --set value (KEY=VALUE) for the lab's controller and speakers, e.g. dataplane.mode=off; repeatable", func(v string) error {

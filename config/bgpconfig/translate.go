@@ -1,6 +1,7 @@
 package bgpconfig
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"fmt"
 	"maps"
@@ -443,9 +444,27 @@ func (t *translation) advertisements() {
 	localPrefOwner := map[peerPrefix]string{}
 	// conflictReported keeps one problem per pair of advertisements, not one per prefix.
 	conflictReported := map[[2]string]bool{}
-	services := slices.Clone(t.in.Services)
-	slices.SortFunc(services, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
-	for _, svc := range services {
+	// The routes and Announced do not depend on the order the Services are taken in; which
+	// prefix a LocalPref conflict names does, and for it they are taken in name order (then input
+	// order, for a Service's several entries). Only then: with a thousand Services, sorting them
+	// was a third of this function's time.
+	order := make([]int, len(t.in.Services))
+	for i := range order {
+		order[i] = i
+	}
+	localPrefs := 0
+	for _, ad := range ads {
+		if ad.attrs.LocalPref != 0 {
+			localPrefs++
+		}
+	}
+	if localPrefs > 1 {
+		slices.SortFunc(order, func(a, b int) int {
+			return cmp.Or(strings.Compare(t.in.Services[a].Name, t.in.Services[b].Name), a-b)
+		})
+	}
+	for _, i := range order {
+		svc := &t.in.Services[i]
 		if svc.LocalTrafficOnly && !svc.HasLocalEndpoints {
 			continue
 		}
@@ -466,7 +485,7 @@ func (t *translation) advertisements() {
 					}
 					routes := t.res.Desired.Routes[peer]
 					if routes == nil {
-						routes = make(map[netip.Prefix]Attributes, len(services))
+						routes = make(map[netip.Prefix]Attributes, len(t.in.Services))
 						t.res.Desired.Routes[peer] = routes
 					}
 					old, exists := routes[prefix]
