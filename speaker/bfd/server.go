@@ -129,12 +129,17 @@ func (s *Server) State(peer netip.Addr) (Status, bool) {
 	}, true
 }
 
-// Close takes every session AdminDown, so peers know the stop is deliberate, and closes the
-// listeners.
-func (s *Server) Close() {
+// Close stops every session and closes the listeners. Sessions for which adminDown reports true
+// say AdminDown first, so peers that honour it (RFC 5882) know the stop is deliberate; the others
+// stop sending: their BGP session was just closed with a Cease, which a BFD packet must not
+// overtake, or the router would log the BFD failure as the reason the session ended.
+func (s *Server) Close(adminDown func(peer netip.Addr) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for peer, r := range s.sessions {
+		if !adminDown(peer) {
+			r.quiet.Store(true)
+		}
 		r.halt()
 		delete(s.sessions, peer)
 	}
@@ -282,6 +287,7 @@ type runner struct {
 	stop     chan struct{}
 	done     chan struct{}
 	haltOnce sync.Once
+	quiet    atomic.Bool  // halt sends no AdminDown
 	conn     *net.UDPConn // owned by run
 
 	// Read by the listeners and State.
@@ -327,7 +333,7 @@ func (r *runner) reconfigure(c Config) {
 	r.cfgs <- c
 }
 
-// halt takes the session AdminDown and waits until its goroutine has said so and stopped.
+// halt takes the session AdminDown (unless quiet) and waits until its goroutine has stopped.
 func (r *runner) halt() {
 	r.haltOnce.Do(func() { close(r.stop) })
 	<-r.done
@@ -395,9 +401,11 @@ func (r *runner) run() {
 		case <-r.stop:
 			s.adminDown()
 			r.state.Store(uint32(AdminDown))
-			// Twice: losing the only one would make the peer see a failure after its detection time.
-			for range 2 {
-				r.send(s.packet(false))
+			if !r.quiet.Load() {
+				// Twice: losing the only one would make the peer see a failure after its detection time.
+				for range 2 {
+					r.send(s.packet(false))
+				}
 			}
 			r.closeConn()
 			return

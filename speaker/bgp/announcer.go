@@ -528,10 +528,14 @@ func (a *Announcer) stopLocked(keepGracefulRestart bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	a.ceaseSessions(ctx, keepGracefulRestart)
-	// BFD goes AdminDown after the Ceases, so routers log why their sessions ended, and before
-	// the graceful-restart sessions drop, so routers that honour AdminDown (RFC 5882) do not take
-	// the stop for a failure.
-	a.bfd.Close()
+	// Sessions kept for graceful restart say BFD AdminDown before their TCP connections drop, so
+	// routers that honour it (RFC 5882) do not take the stop for a failure; the others' BFD just
+	// stops, after their Cease.
+	graceful := map[netip.Addr]bool{}
+	for _, p := range a.peers {
+		graceful[p.Address] = keepGracefulRestart && p.GracefulRestart
+	}
+	a.bfd.Close(func(peer netip.Addr) bool { return graceful[peer] })
 	clear(a.bfdFailed)
 	if keepGracefulRestart {
 		// Sessions go; graceful-restart peers get no Cease. srv.Stop would only fail to stop BGP
