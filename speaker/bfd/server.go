@@ -37,17 +37,6 @@ type Change struct {
 	Failure bool
 }
 
-// Status is one session's state and packet counters.
-type Status struct {
-	State    State
-	Sent     uint64
-	Received uint64
-	// DroppedTTL counts the peer's packets refused for their TTL (a single-hop peer more than one
-	// hop away, or a multi-hop peer further than minimumTtl allows); LastTTL is the last one's.
-	DroppedTTL uint64
-	LastTTL    uint8
-}
-
 // Server runs this node's BFD sessions: one goroutine per session, and one listener per port
 // and address family that hands each valid packet to its session.
 type Server struct {
@@ -112,21 +101,15 @@ func (s *Server) Set(cfgs []Config) error {
 	return errors.Join(errs...)
 }
 
-// State returns the session state with peer; false when there is no session.
-func (s *Server) State(peer netip.Addr) (Status, bool) {
+// State returns the state of the session with peer; Down and false when there is none.
+func (s *Server) State(peer netip.Addr) (State, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	r, ok := s.sessions[peer]
 	if !ok {
-		return Status{}, false
+		return Down, false
 	}
-	return Status{
-		State:      State(r.state.Load()),
-		Sent:       r.sent.Load(),
-		Received:   r.received.Load(),
-		DroppedTTL: r.droppedTTL.Load(),
-		LastTTL:    uint8(r.lastTTL.Load()),
-	}, true
+	return State(r.state.Load()), true
 }
 
 // Close stops every session and closes the listeners. Sessions for which adminDown reports true
@@ -246,8 +229,7 @@ func (s *Server) deliver(b []byte, from netip.Addr, ttl int, multihop bool) {
 		return
 	}
 	if minTTL := int(r.minTTL.Load()); ttl < minTTL {
-		r.lastTTL.Store(uint32(max(ttl, 0)))
-		if r.droppedTTL.Add(1) == 1 {
+		if r.ttlRefused.CompareAndSwap(false, true) {
 			r.log.Warn("refusing BFD packets whose TTL is below the minimum: for a router more than one hop away set ebgpMultiHop on the BGPPeer; for a multi-hop one, lower the BFDProfile's minimumTtl",
 				"ttl", ttl, "minimum", minTTL)
 		}
@@ -291,13 +273,11 @@ type runner struct {
 	conn     *net.UDPConn // owned by run
 
 	// Read by the listeners and State.
-	multihop   atomic.Bool
-	minTTL     atomic.Uint32
-	state      atomic.Uint32
-	sent       atomic.Uint64
-	received   atomic.Uint64
-	droppedTTL atomic.Uint64
-	lastTTL    atomic.Uint32
+	multihop atomic.Bool
+	minTTL   atomic.Uint32
+	state    atomic.Uint32
+	// ttlRefused is set once a packet was refused for its TTL (logged the first time only).
+	ttlRefused atomic.Bool
 }
 
 func newRunner(c Config, discr uint32, log *slog.Logger, onChange func(Change)) *runner {
@@ -366,7 +346,6 @@ func (r *runner) run() {
 			if !got.accepted {
 				continue
 			}
-			r.received.Add(1)
 			detect.Reset(s.detectionTime())
 			if got.changed {
 				r.publish(from, false)
@@ -423,8 +402,8 @@ func (r *runner) publish(from State, expired bool) {
 	}
 }
 
-// send writes one packet from the session's own socket; errors are counted by the absence of
-// answers, which is what the session's state already tells.
+// send writes one packet from the session's own socket. Errors are not reported: a packet that
+// does not arrive shows as the session going or staying down, which its state already tells.
 func (r *runner) send(h *bfd.BFDHeader) {
 	if r.conn == nil {
 		conn, err := dial(r.session.cfg)
@@ -438,9 +417,7 @@ func (r *runner) send(h *bfd.BFDHeader) {
 	if err != nil {
 		return
 	}
-	if _, err := r.conn.Write(b); err == nil {
-		r.sent.Add(1)
-	}
+	_, _ = r.conn.Write(b)
 }
 
 func (r *runner) closeConn() {

@@ -13,8 +13,6 @@ import (
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
-
-	"github.com/heraldlb/herald/speaker/bfd"
 )
 
 // PeerStatus is the state of one session, as the node's SpeakerStatus, metrics and heraldctl show it.
@@ -68,10 +66,8 @@ func (a *Announcer) Status(ctx context.Context) ([]PeerStatus, error) {
 			st.UpdatesReceived = state.GetMessages().GetReceived().GetUpdate()
 		}
 		if p.BFD != nil {
-			st.BFD = bfd.Down.String()
-			if b, ok := a.bfd.State(p.Address); ok {
-				st.BFD = b.State.String()
-			}
+			state, _ := a.bfd.State(p.Address) // Down while its session cannot start
+			st.BFD = state.String()
 		}
 		if !st.Established {
 			st.Reason = notEstablishedReason(p, a.events.last(p.Address), a.bfdFailed[p.Address])
