@@ -108,7 +108,10 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "service-ips4").CombinedOutput()
 		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : goto svc4-ns/web/tcp/http")
 	})
-	if st := d.Status(); st.Backend != "nftables" || st.Services != 2 || st.Reason == "" {
+	// The Service count is the last committed sync's: it is recorded after the backend's
+	// transaction returns, so it may trail the rules by a moment.
+	eventually(t, "status counting both Services", func() bool { return d.Status().Services == 2 })
+	if st := d.Status(); st.Backend != "nftables" || st.Reason == "" {
 		t.Fatalf("status = %+v", st)
 	}
 	eventually(t, "healthCheckNodePort 200", func() bool { return status("http://127.0.0.1:32100/") == 200 })
