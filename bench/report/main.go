@@ -16,8 +16,10 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -138,20 +140,109 @@ func merge(kept, fresh []Figure) []Figure {
 	return merged
 }
 
+// table renders the figures as one table per area (the benchmark that measured them), each figure
+// with the peer's figure for the same measurement beside it where the same run measured one.
 func table(figures []Figure) string {
-	var b bytes.Buffer
-	b.WriteString("| figure | value | target | measured by | date |\n|---|---|---|---|---|\n")
+	byArea := map[string][]Figure{}
+	var areas []string
 	for _, f := range figures {
-		fmt.Fprintf(&b, "| %s | %s %s | %s | `%s` | %s |\n", f.Figure, formatValue(f.Value), f.Unit, f.Target, f.Command, f.Date)
+		a := area(f.Command)
+		if _, ok := byArea[a]; !ok {
+			areas = append(areas, a)
+		}
+		byArea[a] = append(byArea[a], f)
+	}
+	sort.Strings(areas)
+	var b bytes.Buffer
+	for i, a := range areas {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "**%s** (`%s`)\n\n", a, byArea[a][0].Command)
+		b.WriteString("| figure | Herald | peer, same run | target | date |\n|---|---|---|---|---|\n")
+		peers := map[string]Figure{}
+		for _, f := range byArea[a] {
+			if subject, what, ok := strings.Cut(f.Figure, ": "); ok && !strings.HasPrefix(subject, "Herald") {
+				peers[what] = f
+			}
+		}
+		shown := map[string]bool{}
+		for _, f := range byArea[a] {
+			subject, what, _ := strings.Cut(f.Figure, ": ")
+			if p, ok := peers[what]; ok && strings.HasPrefix(subject, "Herald") {
+				shown[p.Figure] = true
+				fmt.Fprintf(&b, "| %s | %s | %s: %s | %s | %s |\n", f.Figure, humanValue(f.Value, f.Unit),
+					strings.SplitN(p.Figure, ": ", 2)[0], humanValue(p.Value, p.Unit), f.Target, f.Date)
+			}
+		}
+		for _, f := range byArea[a] {
+			subject, what, _ := strings.Cut(f.Figure, ": ")
+			if shown[f.Figure] || (strings.HasPrefix(subject, "Herald") && peers[what].Figure != "") {
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %s |  | %s | %s |\n", f.Figure, humanValue(f.Value, f.Unit), f.Target, f.Date)
+		}
 	}
 	return b.String()
 }
 
-func formatValue(v float64) string {
-	if v == float64(int64(v)) {
-		return fmt.Sprintf("%d", int64(v))
+// area names a figure's benchmark from its command (BENCH_ONLY=bgp make bench: bgp).
+func area(command string) string {
+	for _, w := range strings.Fields(command) {
+		if a, ok := strings.CutPrefix(w, "BENCH_ONLY="); ok {
+			return a
+		}
 	}
-	return fmt.Sprintf("%.3g", v)
+	return command
+}
+
+// humanValue writes a value as a person reads it: in the larger unit past a thousand of the smaller
+// (2,039 ms is 2.04 s), three significant digits, thousands grouped, never an exponent.
+func humanValue(v float64, unit string) string {
+	switch {
+	case unit == "ms" && math.Abs(v) >= 1000:
+		v, unit = v/1000, "s"
+	case unit == "s" && math.Abs(v) < 1 && v != 0:
+		v, unit = v*1000, "ms"
+	case unit == "MiB" && math.Abs(v) >= 1024:
+		v, unit = v/1024, "GiB"
+	}
+	return strings.TrimSpace(formatNumber(v) + " " + unit)
+}
+
+func formatNumber(v float64) string {
+	a := math.Abs(v)
+	switch {
+	case a >= 1000:
+		return groupThousands(int64(math.Round(v)))
+	case v == math.Trunc(v):
+		return strconv.FormatInt(int64(v), 10)
+	case a >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case a >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	case a >= 1:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	default: // three significant digits; 'g' writes an exponent only below 0.0001
+		return strconv.FormatFloat(v, 'g', 3, 64)
+	}
+}
+
+func groupThousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
 }
 
 func replaceTable(text, table string) (string, error) {
