@@ -59,13 +59,33 @@ import (
 GO
 cd "$src"
 export GOFLAGS=-mod=mod CGO_ENABLED=0
-go mod tidy -e >&2 || true
+# Say what happens: a fresh machine spends most of `make test` and `make demo` here, once.
+log=$CACHE/k8s-build.log
+say() { echo "k8s-bins: $*" >&2; }
+say "building Kubernetes $K8S_VERSION and etcd $ETCD_VERSION from their Go modules, once (cached in $CACHE;"
+say "about 10 minutes on 2 cores the first time, seconds afterwards). Details: $log"
+: > "$log"
+started=$SECONDS
+say "downloading the modules"
+go mod tidy -e >>"$log" 2>&1 || true
+# build NAME PKG OUT [LDFLAGS]: one binary, with its time.
+build() {
+  local t0=$SECONDS
+  say "building $1 ..."
+  if ! go build -tags tools ${4:+-ldflags "$4"} -o "$3" "$2" >>"$log" 2>&1; then
+    say "building $1 failed; the last lines of $log:"
+    tail -20 "$log" >&2
+    exit 1
+  fi
+  say "built $1 in $((SECONDS - t0)) s"
+}
 maj=${K8S_VERSION#v}; maj=${maj%%.*}
 ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=$maj -X k8s.io/component-base/version.gitMinor=${minor%%.*}"
-[ -x "$etcddir/etcd" ] || go build -tags tools -o "$etcddir/etcd" go.etcd.io/etcd/server/v3 >&2
+[ -x "$etcddir/etcd" ] || build etcd go.etcd.io/etcd/server/v3 "$etcddir/etcd"
 for t in "${tools[@]}"; do
-  [ -x "$k8sdir/$t" ] || go build -tags tools -ldflags "$ld" -o "$k8sdir/$t" "k8s.io/kubernetes/cmd/$t" >&2
+  [ -x "$k8sdir/$t" ] || build "$t" "k8s.io/kubernetes/cmd/$t" "$k8sdir/$t" "$ld"
 done
+say "done in $((SECONDS - started)) s"
 mkdir -p "$assets"
 for t in "${tools[@]}"; do ln -sf "$k8sdir/$t" "$assets/$t"; done
 ln -sf "$etcddir/etcd" "$assets/etcd"
