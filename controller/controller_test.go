@@ -35,9 +35,6 @@ func addrs(a ...string) []any {
 
 func hasAddress(svc *corev1.Service) bool { return len(svc.Status.LoadBalancer.Ingress) > 0 }
 
-// settle gives the controller time to do anything it would wrongly do (extra writes, events).
-func settle() { time.Sleep(1500 * time.Millisecond) }
-
 // TestNativeController drives the native controller against a real kube-apiserver and etcd: every
 // rule of the allocation contract, bad input, pool status and finalizers, restart stability, classes
 // and the cloud-provider mode. Subtests share the apiserver and run in order.
@@ -49,7 +46,7 @@ func TestNativeController(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("allocates with one status write per Service", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("alloc", nil)
 		f.pool("alloc", onlyNamespace("alloc", map[string]any{"addresses": addrs("10.1.0.0/29")}))
 		before := f.statusWrites()
@@ -73,7 +70,7 @@ func TestNativeController(t *testing.T) {
 		if !slices.Equal(got, []string{"10.1.0.0", "10.1.0.1", "10.1.0.2"}) {
 			t.Fatalf("addresses %v", got)
 		}
-		settle()
+		f.quiesce()
 		if w := f.statusWrites() - before; w != 3 {
 			t.Fatalf("%d status writes for 3 Services, want 3", w)
 		}
@@ -92,7 +89,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("classes", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("classes", nil)
 		f.pool("classes", onlyNamespace("classes", map[string]any{"addresses": addrs("10.2.0.0/29")}))
 		f.service("classes", "ours", withClass(config.DefaultLoadBalancerClass))
@@ -100,14 +97,14 @@ func TestNativeController(t *testing.T) {
 		f.service("classes", "theirs", withClass("example.com/other"))
 		f.waitReason("classes", "ours", config.ReasonAllocated)
 		f.waitReason("classes", "classless", config.ReasonAllocated)
-		settle()
+		f.quiesce()
 		if svc, _ := f.cs.CoreV1().Services("classes").Get(ctx, "theirs", metav1.GetOptions{}); hasAddress(svc) || len(svc.Status.Conditions) > 0 {
 			t.Fatalf("a Service of another class was touched: %+v", svc.Status)
 		}
 	})
 
 	t.Run("requested addresses and MetalLB aliases", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("req", nil)
 		f.pool("req", onlyNamespace("req", map[string]any{"addresses": addrs("10.3.0.0/28")}))
 		f.service("req", "herald", annotate(config.AnnotationLoadBalancerIPs, "10.3.0.9"))
@@ -123,7 +120,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("bad input gets one actionable answer and one event", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("bad", nil)
 		f.pool("bad", onlyNamespace("bad", map[string]any{"addresses": addrs("10.4.0.0/29")}))
 		f.service("bad", "holder", annotate(config.AnnotationLoadBalancerIPs, "10.4.0.5"), withPorts(80))
@@ -155,7 +152,7 @@ func TestNativeController(t *testing.T) {
 				t.Errorf("%s: %+v, ingress %v; want False %s saying %q", tc.name, c, svc.Status.LoadBalancer.Ingress, tc.reason, tc.msg)
 			}
 		}
-		settle()
+		f.quiesce()
 		for _, tc := range cases {
 			ev := f.events("bad", tc.name)
 			if len(ev) != 1 || ev[0].Reason != tc.reason || ev[0].Type != corev1.EventTypeWarning || ev[0].Count > 1 {
@@ -171,7 +168,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("an unusable annotation value gets a condition and one event, and the IP anyway", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("annot", nil)
 		f.pool("annot", onlyNamespace("annot", map[string]any{"addresses": addrs("10.9.0.0/29")}))
 		f.service("annot", "good", annotate(config.AnnotationIPVSScheduler, "mh"))
@@ -203,14 +200,14 @@ func TestNativeController(t *testing.T) {
 		if !slices.Equal(ingressIPs(fixed), ip) {
 			t.Errorf("fixing an annotation moved the Service from %v to %v", ip, ingressIPs(fixed))
 		}
-		settle()
+		f.quiesce()
 		if ev := f.events("annot", "typo"); len(ev) != 1 {
 			t.Errorf("events after the fix %v, want still the one", summarize(ev))
 		}
 	})
 
 	t.Run("pending Services get room at once when an address is freed or a pool grows", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("room", nil)
 		f.pool("room", onlyNamespace("room", map[string]any{"addresses": addrs("10.5.0.0/31")}))
 		f.service("room", "a")
@@ -241,7 +238,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("sharing and dual-stack", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("share", nil)
 		f.pool("share", onlyNamespace("share", map[string]any{"addresses": addrs("10.6.0.0/30", "fd00:6::/126")}))
 		f.service("share", "web", annotate(config.AnnotationAllowSharedIP, "k"), withPorts(80))
@@ -259,7 +256,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("namespace selectors follow namespace labels", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("nssel", nil)
 		f.pool("nssel", map[string]any{"addresses": addrs("10.7.0.0/30"),
 			"serviceAllocation": map[string]any{"namespaceSelectors": []any{map[string]any{"matchLabels": map[string]any{"team": "nssel"}}}}})
@@ -274,10 +271,18 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("overlap, deletion and the pool finalizer", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("ovl", nil)
 		f.pool("ovl-old", onlyNamespace("ovl", map[string]any{"addresses": addrs("10.8.0.0/30")}))
-		time.Sleep(1100 * time.Millisecond) // creationTimestamp has a one-second resolution
+		// The newer pool must be younger by the clock of creationTimestamp, which has a one-second
+		// resolution: wait for the next second.
+		old, err := f.getPool("ovl-old")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for !time.Now().Truncate(time.Second).After(old.CreationTimestamp.Time) {
+			time.Sleep(20 * time.Millisecond)
+		}
 		f.pool("ovl-new", onlyNamespace("ovl", map[string]any{"addresses": addrs("10.8.0.2-10.8.0.5"), "autoAssign": false}))
 		f.waitPool("ovl-new", "overlapping", func(p poolView) bool { return p.overlap == metav1.ConditionTrue && p.v4 == "2/0/2" })
 		f.service("ovl", "x", annotate(config.AnnotationAddressPool, "ovl-old"))
@@ -292,7 +297,7 @@ func TestNativeController(t *testing.T) {
 		if got := ingressIPs(f.waitReason("ovl", "x", config.ReasonPoolRemoved)); !slices.Equal(got, x) {
 			t.Fatalf("pool deleted: Service moved from %v to %v", x, got)
 		}
-		settle()
+		f.quiesce()
 		if _, err := f.getPool("ovl-old"); err != nil {
 			t.Fatalf("pool in use vanished: %v", err)
 		}
@@ -312,7 +317,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("malformed pool is reported, not used", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.pool("malformed", map[string]any{"addresses": addrs("10.9.0.0/30"),
 			"serviceAllocation": map[string]any{"serviceSelectors": []any{map[string]any{
 				"matchExpressions": []any{map[string]any{"key": "a", "operator": "In"}}}}}})
@@ -323,7 +328,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("a Service that stops being a LoadBalancer gives its address back", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("retype", nil)
 		f.pool("retype", onlyNamespace("retype", map[string]any{"addresses": addrs("10.10.0.0/32")}))
 		f.service("retype", "a")
@@ -341,7 +346,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("restart: nothing moves, nothing is written", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		before := f.snapshot()
 		writes := f.statusWrites()
 		events := f.eventCount()
@@ -352,7 +357,7 @@ func TestNativeController(t *testing.T) {
 		if slices.Contains([]string{"10.1.0.0", "10.1.0.1", "10.1.0.2"}, got[0]) {
 			t.Fatalf("new Service got %v, an address held before the restart", got)
 		}
-		settle()
+		f.quiesce()
 		if w := f.statusWrites() - writes; w != 1 {
 			t.Errorf("%d status writes after restart, want 1 (the new Service)", w)
 		}
@@ -369,7 +374,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("take-classless=false and another class", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		stop()
 		stop = f.runController(t, controller.Options{LoadBalancerClass: "example.com/other", TakeClassless: false}, false)
 		f.namespace("noclassless", nil)
@@ -377,14 +382,14 @@ func TestNativeController(t *testing.T) {
 		f.service("noclassless", "mine", withClass("example.com/other"))
 		f.service("noclassless", "classless")
 		f.waitReason("noclassless", "mine", config.ReasonAllocated)
-		settle()
+		f.quiesce()
 		if svc, _ := f.cs.CoreV1().Services("noclassless").Get(ctx, "classless", metav1.GetOptions{}); hasAddress(svc) {
 			t.Errorf("class-less Service handled with take-classless=false: %+v", svc.Status)
 		}
 	})
 
 	t.Run("cloud-provider mode", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		before := f.snapshot()
 		stop()
 		stop = f.runController(t, controller.Options{}, true)
@@ -399,7 +404,7 @@ func TestNativeController(t *testing.T) {
 		if !slices.Contains(a.Finalizers, "service.kubernetes.io/load-balancer-cleanup") {
 			t.Errorf("upstream finalizer missing: %v", a.Finalizers)
 		}
-		settle()
+		f.quiesce()
 		if svc, _ := f.cs.CoreV1().Services("cloud").Get(ctx, "classed", metav1.GetOptions{}); hasAddress(svc) {
 			t.Errorf("cloud-provider mode touched a Service with a class")
 		}

@@ -27,19 +27,87 @@ import (
 
 var poolsGVR = v1beta1.GroupVersion.WithResource("ipaddresspools")
 
-// fixture is a real apiserver plus helpers to drive it.
+// fixture is a real apiserver plus helpers to drive it, reporting to one test. Subtests take a
+// fixture of their own with forTest: the same apiserver and controller, their own *testing.T.
 type fixture struct {
-	t   *testing.T
-	api realapi.API
-	cs  kubernetes.Interface
-	dyn dynamic.Interface
+	t       *testing.T
+	api     realapi.API
+	cs      kubernetes.Interface
+	dyn     dynamic.Interface
+	running *runningController // shared by every fixture of one apiserver
+}
+
+// runningController is what the tests know of the controller running now.
+type runningController struct {
+	metrics *controller.Metrics
 }
 
 func newFixture(t *testing.T) *fixture {
 	api := realapi.Start(t)
 	cfg := *api.Config
 	cfg.QPS, cfg.Burst = 1000, 2000
-	return &fixture{t: t, api: api, cs: kubernetes.NewForConfigOrDie(&cfg), dyn: dynamic.NewForConfigOrDie(&cfg)}
+	return &fixture{t: t, api: api, cs: kubernetes.NewForConfigOrDie(&cfg), dyn: dynamic.NewForConfigOrDie(&cfg),
+		running: &runningController{}}
+}
+
+// forTest is this fixture reporting to t (a subtest).
+func (f *fixture) forTest(t *testing.T) *fixture {
+	g := *f
+	g.t = t
+	return &g
+}
+
+// quiesce waits until nothing more happens: the controller's work queues have finished every item
+// they were given, and the apiserver has seen no write from anyone, for a while. Tests call it
+// before checking what the controller must not have done (extra status writes, events), so they
+// check an idle controller rather than wait a guessed delay. The quiet period covers the echo of
+// the controller's own writes: its informers see them and may queue the Services again.
+func (f *fixture) quiesce() {
+	f.t.Helper()
+	const quiet, poll = 500 * time.Millisecond, 25 * time.Millisecond
+	last := [2]int{-1, -1}
+	since := time.Now()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(poll) {
+		writes, err := realapi.Writes(f.cs)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		added, done := f.queueWork()
+		now := [2]int{writes, added}
+		switch {
+		case added != done || now != last:
+			last, since = now, time.Now()
+		case time.Since(since) >= quiet:
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("the controller is still busy after 30 s (%d of %d queued items done, %d writes)", done, added, writes)
+		}
+	}
+}
+
+// queueWork counts the items added to the running controller's work queues and those finished.
+func (f *fixture) queueWork() (added, done int) {
+	f.t.Helper()
+	m := f.running.metrics
+	if m == nil {
+		return 0, 0
+	}
+	families, err := m.Registry.Gather()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, mf := range families {
+		for _, s := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "herald_controller_workqueue_adds_total":
+				added += int(s.GetCounter().GetValue())
+			case "herald_controller_workqueue_work_duration_seconds":
+				done += int(s.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return added, done
 }
 
 // runController runs a native (or cloud-provider) controller in this process until stop is called.
@@ -48,6 +116,10 @@ func (f *fixture) runController(t *testing.T, opts controller.Options, cloud boo
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = controller.NewMetrics()
+	}
+	f.running.metrics = opts.Metrics
 	ctx, cancel := context.WithCancel(context.Background())
 	c := controller.New(f.cs, f.dyn, opts)
 	done := make(chan error, 1)

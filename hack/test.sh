@@ -44,6 +44,11 @@ stage lint make -s lint
 timing_sensitive=github.com/heraldlb/herald/speaker/l2/l2lab
 stage go-test go test -count=1 -timeout 45m $(go list ./... | grep -v -x "$timing_sensitive")
 stage l2-failover go test -count=1 -timeout 15m "$timing_sensitive"
+# The packages whose own goroutines share state (the controller's workers, the proxy's runner and
+# its readers, the speaker's announcers, membership, BFD), again under the race detector, real-part
+# tests included. Timing-measuring suites stay out: the detector slows them several times over.
+race_pkgs=(./controller/... ./dataplane ./dataplane/embedded ./dataplane/healthcheck ./speaker ./speaker/membership ./speaker/bfd)
+stage race go test -race -count=1 -timeout 20m "${race_pkgs[@]}"
 stage fuzz-allocator go test -run '^$' -fuzz '^FuzzAllocator$' -fuzztime 30s ./controller/allocator
 stage ipvs-vm make -s test-ipvs
 stage demo demo_then_down

@@ -108,6 +108,23 @@ func RepoRoot() string {
 // Requests sums the apiserver's own apiserver_request_total (from its /metrics) for one resource and
 // subresource ("" for none) over the given verbs: how many writes a component really made.
 func Requests(cs kubernetes.Interface, resource, subresource string, verbs ...string) (int, error) {
+	return sumRequests(cs, func(line string) bool {
+		return strings.Contains(line, `resource="`+resource+`"`) && strings.Contains(line, `subresource="`+subresource+`"`) &&
+			slices.ContainsFunc(verbs, func(v string) bool { return strings.Contains(line, `verb="`+v+`"`) })
+	})
+}
+
+// Writes sums the apiserver's mutating requests of every resource (creates, updates, patches,
+// deletes): a count that stops moving once every client is idle.
+func Writes(cs kubernetes.Interface) (int, error) {
+	return sumRequests(cs, func(line string) bool {
+		return slices.ContainsFunc([]string{"POST", "PUT", "PATCH", "DELETE", "APPLY"},
+			func(v string) bool { return strings.Contains(line, `verb="`+v+`"`) })
+	})
+}
+
+// sumRequests adds up the apiserver_request_total series that match.
+func sumRequests(cs kubernetes.Interface, match func(line string) bool) (int, error) {
 	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
 		return 0, err
@@ -117,16 +134,12 @@ func Requests(cs kubernetes.Interface, resource, subresource string, verbs ...st
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="`+resource+`"`) ||
-			!strings.Contains(line, `subresource="`+subresource+`"`) {
-			continue
-		}
-		if !slices.ContainsFunc(verbs, func(v string) bool { return strings.Contains(line, `verb="`+v+`"`) }) {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !match(line) {
 			continue
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
 		if err != nil {
-			return 0, fmt.Errorf("apiserver metrics: %q: %v", line, err)
+			return 0, fmt.Errorf("apiserver metrics: %q: %w", line, err)
 		}
 		total += int(v)
 	}
