@@ -156,3 +156,13 @@ type Backend interface {
 	Sync(ctx context.Context, req SyncRequest) error
 	Cleanup(ctx context.Context) error
 }
+
+// DriftChecker is a backend that can tell whether the kernel still holds what it committed
+// (someone else may change it: a host firewall reloading with `nft flush ruleset`, an admin).
+// The proxy calls it between syncs, every ProxyOptions.DriftCheckInterval, from the sync
+// goroutine, so it must be cheap when nothing changed; when it reports a difference, the
+// proxy repairs it with a full sync.
+type DriftChecker interface {
+	// CheckDrift returns a description of what differs ("" when nothing does).
+	CheckDrift(ctx context.Context) (string, error)
+}
