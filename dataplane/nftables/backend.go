@@ -184,6 +184,13 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 // refuses the result (a base chain whose hook or priority changed between versions cannot be
 // redefined in place), the table is deleted and re-created instead, as on a fresh node.
 func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
+	// A full sync leaves exactly st in the table, whatever was there; so when only its own
+	// commit moves the generation from here (noteCommit), the kernel is known to hold st.
+	b.genVerified = false
+	if b.generation != nil {
+		gen, err := b.generation()
+		b.verifiedGen, b.genVerified = gen, err == nil
+	}
 	kernel, err := b.readShape(ctx)
 	if err == nil {
 		if err = b.replaceAll(ctx, st, kernel, false); err == nil {
@@ -191,6 +198,7 @@ func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
 		}
 	}
 	if errWipe := b.replaceAll(ctx, st, tableShape{}, true); errWipe != nil {
+		b.genVerified = false
 		return errors.Join(err, errWipe)
 	}
 	return nil
