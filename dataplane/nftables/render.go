@@ -197,7 +197,9 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 // (measured: 10,000 `numgen ... vmap { ... }` rules cost ~7 s of kernel time against ~0.5 s for
 // these), and this is what keeps a full sync of 10,000 Services within seconds.
 // With sessionAffinity, a client seen recently (its address in the endpoint's set) goes back to
-// the same endpoint first, and every choice records the client.
+// the same endpoint first, and every choice records the client. A return refreshes the
+// client's entry, as kube-proxy does: the timeout counts from the last connection, not the
+// first, so a client that keeps connecting is never moved.
 func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []dataplane.Endpoint) []string {
 	pr := proto(p.Protocol)
 	var rules []string
@@ -208,7 +210,7 @@ func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []datap
 		for _, ep := range eps {
 			set := affinitySetName(f, p, ep)
 			fr.addSet(set, setSpec{keyType: f.addrType, timeout: p.AffinityTimeout})
-			rules = append(rules, fmt.Sprintf("%s saddr @%s %s", f.ipKw, set, dnat(ep)))
+			rules = append(rules, fmt.Sprintf("%s saddr @%s update @%s { %s saddr } %s", f.ipKw, set, set, f.ipKw, dnat(ep)))
 		}
 	}
 	for i, ep := range eps {
