@@ -308,10 +308,9 @@ func endpointsForPort(svcSlices []*discoveryv1.EndpointSlice, sp *v1.ServicePort
 				continue
 			}
 			ep := Endpoint{Addr: addr.Unmap(), Port: port, Ready: isReady(e)}
-			ep.Serving = ep.Ready
-			if e.Conditions.Serving != nil {
-				ep.Serving = *e.Conditions.Serving
-			}
+			// The API (and kube-proxy) read an unset serving as true, not as ready's value: a
+			// terminating endpoint with ready=false and serving unset still serves.
+			ep.Serving = e.Conditions.Serving == nil || *e.Conditions.Serving
 			ep.Terminating = e.Conditions.Terminating != nil && *e.Conditions.Terminating
 			if e.NodeName != nil {
 				ep.NodeName = *e.NodeName

@@ -225,3 +225,22 @@ func TestTrackerCountsAnEndpointOnce(t *testing.T) {
 		t.Fatalf("after deleting web-a: endpoints = %v, want %v", got, want)
 	}
 }
+
+// Issue 16, item 8: an unset serving condition reads as true (the API's rule, kube-proxy's
+// too), so a terminating endpoint with ready=false and serving unset still takes traffic when
+// no endpoint is ready; it used to read as ready's value (false) and the Service had none.
+func TestTrackerReadsUnsetServingAsTrue(t *testing.T) {
+	tr := NewChangeTracker("n1")
+	svc := lbService("1")
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	tr.OnServiceUpdate(svc)
+	slice := webSlices()[0]
+	slice.Endpoints[0].Conditions = discoveryv1.EndpointConditions{Ready: ptr.To(false), Terminating: ptr.To(true)}
+	tr.OnEndpointSliceUpdate(slice)
+	var st State
+	tr.Apply(&st)
+	http := st.Services[types.NamespacedName{Namespace: "ns", Name: "web"}][0]
+	if len(http.ClusterEndpoints) != 1 || !http.ClusterEndpoints[0].Serving || !http.HasEndpoints {
+		t.Fatalf("a terminating endpoint with serving unset is not used: %+v", http)
+	}
+}
