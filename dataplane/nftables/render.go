@@ -174,17 +174,18 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 	}
 
 	// loadBalancerSourceRanges: other sources are dropped at the LoadBalancer IPs, before DNAT.
-	// A family without any range gets only the drop: kube-proxy would leave it open, but a
-	// user who restricted the sources did not mean "all of IPv4" by listing only IPv6 ranges.
-	if len(p.SourceRanges) > 0 && len(lbIPs) > 0 {
-		fw := chainName(chainPrefixFirewall, f, p)
-		var rules []string
-		for _, r := range p.SourceRanges {
-			if f.of(r.Addr()) {
-				rules = append(rules, fmt.Sprintf("%s saddr %s return", f.ipKw, r))
-			}
+	// A family without any range of its own stays open, as in kube-proxy (each of its
+	// per-family proxiers sees only its family's ranges): a cluster moving from kube-proxy
+	// must not lose the clients of the family it never restricted.
+	var ranges []string
+	for _, r := range p.SourceRanges {
+		if f.of(r.Addr()) {
+			ranges = append(ranges, fmt.Sprintf("%s saddr %s return", f.ipKw, r))
 		}
-		fr.addChain(fw, append(rules, "drop"))
+	}
+	if len(ranges) > 0 && len(lbIPs) > 0 {
+		fw := chainName(chainPrefixFirewall, f, p)
+		fr.addChain(fw, append(ranges, "drop"))
 		for _, ip := range lbIPs {
 			fr.addElement(elementKey{f.firewallIPs(), key(ip.String(), pr, port(p.Port))}, "goto "+fw)
 		}

@@ -298,29 +298,3 @@ func TestDriftCheckReadsTheTableOnlyAfterForeignCommits(t *testing.T) {
 	check(1) // a foreign commit: read once, nothing wrong
 	check(1)
 }
-
-// TestAffinityRefreshedOnEveryConnection (issue 16, item 1): the affinity timeout counts from a
-// client's last connection, as in kube-proxy. The client connects at 0 s and at 2 s with a
-// timeout of 3 s; at 3.5 s its entry must still be there (it expired at 3 s when the return at
-// 2 s did not refresh it).
-func TestAffinityRefreshedOnEveryConnection(t *testing.T) {
-	pl := newPacketLabNamed(t, "herald-sr-aff-")
-	pl.lab.Run(pl.client, "ip", "route", "add", "192.0.2.0/24", "via", "172.31.1.1")
-	sticky := svcPort("ns", "sticky", "10.96.0.11", 80, beEP(1, 8080), beEP(2, 8080), beEP(3, 8080))
-	sticky.LoadBalancerIPs = addrs("192.0.2.11")
-	sticky.AffinityTimeout = 3 * time.Second
-	pl.sync(t, state(sticky), true)
-
-	start := time.Now()
-	first, _ := pl.mustGet(t, pl.client, "192.0.2.11:80")
-	set := affinitySetName(ipv4, sticky, beEPByName(first))
-	time.Sleep(2*time.Second - time.Since(start))
-	if be, _ := pl.mustGet(t, pl.client, "192.0.2.11:80"); be != first {
-		t.Fatalf("the client moved from %s to %s within its timeout", first, be)
-	}
-	time.Sleep(3500*time.Millisecond - time.Since(start))
-	if out := pl.lab.Run(pl.node, "nft", "list", "set", "inet", TableName, set); !strings.Contains(out, "172.31.1.2") {
-		t.Fatalf("%v after the first connection and %v after the last, the client's entry is gone: its timeout counted from the first connection\n%s",
-			time.Since(start).Round(time.Millisecond), (time.Since(start) - 2*time.Second).Round(time.Millisecond), out)
-	}
-}
