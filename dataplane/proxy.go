@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -189,7 +190,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	}
 	if !p.needFull && len(p.unsynced) == 0 {
 		p.recordSync(start)
-		return nil
+		return p.clearStaleFlows()
 	}
 	req := SyncRequest{State: &p.state, Changed: p.unsynced, Full: p.needFull}
 	err := p.opts.Backend.Sync(ctx, req)
@@ -210,12 +211,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	}
 	p.needFull = false
 	p.unsynced = map[types.NamespacedName]struct{}{}
-	if p.opts.Conntrack != nil && len(p.staleFilters) > 0 {
-		if err := p.opts.Conntrack.DeleteUDP(p.staleFilters); err != nil {
-			p.opts.Logger.Warn("clearing stale UDP conntrack entries", "error", err)
-		}
-	}
-	p.staleFilters = nil
+	flowsErr := p.clearStaleFlows()
 	if p.opts.OnSynced != nil {
 		p.opts.OnSynced(&p.state)
 	}
@@ -223,6 +219,29 @@ func (p *Proxy) sync(ctx context.Context) error {
 	if w, ok := p.opts.Backend.(warmUpper); ok && req.Full {
 		w.WarmUp(ctx)
 	}
+	return flowsErr
+}
+
+// maxStaleFilters bounds the conntrack filters kept for a retry while deletions keep failing.
+const maxStaleFilters = 10000
+
+// clearStaleFlows deletes the conntrack entries that committed changes left stale. A failed
+// deletion keeps its filters and returns an error, so the runner retries soon (with backoff)
+// even when nothing else changes: a stale UDP entry captures its client's packets for as long
+// as the client keeps sending.
+func (p *Proxy) clearStaleFlows() error {
+	if p.opts.Conntrack == nil || len(p.staleFilters) == 0 {
+		p.staleFilters = nil
+		return nil
+	}
+	if err := p.opts.Conntrack.DeleteUDP(p.staleFilters); err != nil {
+		if n := len(p.staleFilters); n > maxStaleFilters {
+			p.staleFilters = slices.Clone(p.staleFilters[n-maxStaleFilters:])
+		}
+		p.opts.Logger.Warn("clearing stale UDP conntrack entries failed; retrying", "filters", len(p.staleFilters), "error", err)
+		return fmt.Errorf("clearing stale UDP conntrack entries: %w", err)
+	}
+	p.staleFilters = nil
 	return nil
 }
 

@@ -2,6 +2,9 @@ package dataplane
 
 import (
 	"context"
+	"errors"
+	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -160,5 +163,85 @@ func TestProxyResyncsEveryMaxSyncInterval(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(p.metrics.fullSyncs.WithLabelValues(fullSyncPeriodic)); got < 2 {
 		t.Fatalf("periodic full syncs = %v, want >= 2", got)
+	}
+}
+
+// failingConntrack fails its first deletions.
+type failingConntrack struct {
+	mu       sync.Mutex
+	failures int
+	calls    [][]ConntrackFilter
+}
+
+func (c *failingConntrack) DeleteUDP(filters []ConntrackFilter) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, slices.Clone(filters))
+	if len(c.calls) <= c.failures {
+		return errors.New("netlink: operation not permitted")
+	}
+	return nil
+}
+
+// Issue 16, item 7: a failed deletion of stale UDP conntrack entries is retried, without any
+// further change, until it succeeds (it used to be forgotten).
+func TestProxyRetriesFailedConntrackDeletion(t *testing.T) {
+	ct := &failingConntrack{failures: 2}
+	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: &driftingBackend{}, Conntrack: ct, MinSyncInterval: time.Millisecond})
+	p.Tracker().OnServiceUpdate(lbService("1"))
+	for _, s := range webSlices() {
+		p.Tracker().OnEndpointSliceUpdate(s)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, last := p.Health(time.Minute)
+		if !last.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no first sync")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The UDP endpoint on n1 goes away: its flows are stale.
+	slice := webSlices()[0]
+	slice.ResourceVersion = "2"
+	slice.Endpoints[0].Addresses = []string{"10.1.0.9"}
+	p.Tracker().OnEndpointSliceUpdate(slice)
+	p.Trigger()
+	for {
+		ct.mu.Lock()
+		n := len(ct.calls)
+		ct.mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d deletions in 5 s, want the failed ones retried until one succeeds", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	// The successful third attempt holds everything the failed ones tried, and the removed
+	// endpoint's flows.
+	success := ct.calls[2]
+	for _, f := range slices.Concat(ct.calls[0], ct.calls[1]) {
+		if !slices.Contains(success, f) {
+			t.Fatalf("filter %+v of a failed attempt was dropped: %+v", f, success)
+		}
+	}
+	if !slices.ContainsFunc(success, func(f ConntrackFilter) bool { return f.ReplySrc == netip.MustParseAddr("10.1.0.1") }) {
+		t.Fatalf("no filter for the removed endpoint: %+v", success)
+	}
+	ct.mu.Unlock()
+	time.Sleep(50 * time.Millisecond)
+	ct.mu.Lock()
+	if len(ct.calls) != 3 {
+		t.Fatalf("%d deletions: the successful one was repeated", len(ct.calls))
 	}
 }

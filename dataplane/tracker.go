@@ -272,6 +272,13 @@ func buildServicePorts(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, 
 		}
 		all := endpointsForPort(svcSlices, sp, node)
 		p.ClusterEndpoints, p.ExternalEndpoints, p.HasEndpoints = SelectEndpoints(all, policy, node)
+		if p.Protocol == v1.ProtocolUDP {
+			for _, e := range all {
+				if e.Serving {
+					p.ServingUDP = append(p.ServingUDP, e.AddrPort())
+				}
+			}
+		}
 		ports = append(ports, &p)
 	}
 	sort.Slice(ports, func(i, j int) bool { return ports[i].Name.String() < ports[j].Name.String() })

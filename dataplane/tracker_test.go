@@ -167,10 +167,20 @@ func TestStaleUDPFilters(t *testing.T) {
 		p.ExternalEndpoints = p.ClusterEndpoints
 		return []*ServicePort{p}
 	}
-	// An endpoint removed: its flows to the port and to the NodePort are cleared.
+	// An endpoint removed: its flows to the Service address and port, and to the NodePort,
+	// are cleared; the filter names the Service address, so a flow between a client and the
+	// pod directly on port 53 is left alone (issue 16, item 7).
 	got := staleUDPFilters(mk(true, "10.1.0.1", "10.1.0.2"), mk(true, "10.1.0.2"))
-	if len(got) != 2 || got[0].ReplySrc.String() != "10.1.0.1" || got[0].OrigDstPort != 53 || got[1].OrigDstPort != 30053 {
+	if len(got) != 2 || got[0] != (ConntrackFilter{OrigDst: netip.MustParseAddr("10.96.0.10"), OrigDstPort: 53, ReplySrc: netip.MustParseAddr("10.1.0.1")}) ||
+		got[1] != (ConntrackFilter{OrigDstPort: 30053, ReplySrc: netip.MustParseAddr("10.1.0.1")}) {
 		t.Fatalf("removed endpoint filters = %+v", got)
+	}
+	// An endpoint no longer selected but still serving (terminating): its flows stay, as in
+	// kube-proxy.
+	terminating := mk(true, "10.1.0.2")
+	terminating[0].ServingUDP = []netip.AddrPort{netip.MustParseAddrPort("10.1.0.1:5353"), netip.MustParseAddrPort("10.1.0.2:5353")}
+	if got := staleUDPFilters(mk(true, "10.1.0.1", "10.1.0.2"), terminating); len(got) != 0 {
+		t.Fatalf("flows to a still-serving endpoint are cleared: %+v", got)
 	}
 	// From no endpoints to some: flows that were never translated are cleared.
 	got = staleUDPFilters(mk(false), mk(true, "10.1.0.1"))
