@@ -33,6 +33,14 @@ func (b *Backend) CheckDrift(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if len(diffs) > 0 {
+		// Set them here rather than leave it to the repairing sync: where /proc/sys is
+		// read-only (an unprivileged speaker) that sync would fail on them every time and
+		// repair nothing else; this way the failure is reported and the rest carries on.
+		if err := b.sysctls.apply(b.strict); err != nil {
+			return "", fmt.Errorf("%s, and they cannot be set again: %w", strings.Join(diffs, "; "), err)
+		}
+	}
 	svcs, err := b.vs.h.GetServices()
 	if err != nil {
 		return "", fmt.Errorf("listing IPVS virtual servers: %w", err)
