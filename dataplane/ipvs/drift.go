@@ -33,12 +33,14 @@ func (b *Backend) CheckDrift(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Reset sysctls are set here rather than left to the repairing sync: where /proc/sys is
+	// read-only (an unprivileged speaker) that sync would fail on them every time and repair
+	// nothing else. Then they are reported as an error, and the rest is checked as usual.
+	var sysctlErr error
 	if len(diffs) > 0 {
-		// Set them here rather than leave it to the repairing sync: where /proc/sys is
-		// read-only (an unprivileged speaker) that sync would fail on them every time and
-		// repair nothing else; this way the failure is reported and the rest carries on.
 		if err := b.sysctls.apply(b.strict); err != nil {
-			return "", fmt.Errorf("%s, and they cannot be set again: %w", strings.Join(diffs, "; "), err)
+			sysctlErr = fmt.Errorf("%s, and they cannot be set again: %w", strings.Join(diffs, "; "), err)
+			diffs = nil
 		}
 	}
 	svcs, err := b.vs.h.GetServices()
@@ -82,7 +84,7 @@ func (b *Backend) CheckDrift(ctx context.Context) (string, error) {
 		}
 	}
 	if len(diffs) == 0 {
-		return "", nil
+		return "", sysctlErr
 	}
 	slices.Sort(diffs)
 	b.forget()

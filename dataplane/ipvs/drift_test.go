@@ -96,3 +96,24 @@ func sortedLines(s string) string {
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
 }
+
+// A sysctl reset that cannot be undone (read-only /proc/sys) is reported as an error, and does
+// not stop the check from seeing, and the sync from repairing, the rest.
+func TestDriftCheckWithReadOnlySysctls(t *testing.T) {
+	ctx := context.Background()
+	k := newFakeKernel(t)
+	b := k.backend(t)
+	st := stateOf(lbPort("web", 1, ep("10.1.0.1:8080")))
+	if err := b.Sync(ctx, dataplane.SyncRequest{State: st, Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	b.sysctls.s = readOnlySysctls{k.sysctls}
+	k.sysctls["net/ipv4/vs/conntrack"] = "0"
+	if what, err := b.CheckDrift(ctx); what != "" || err == nil || !strings.Contains(err.Error(), "cannot be set again") {
+		t.Fatalf("CheckDrift = %q, %v; want an error saying the sysctl cannot be set again", what, err)
+	}
+	delete(k.h.svcs, "6:10.96.0.1:80")
+	if what, _ := b.CheckDrift(ctx); !strings.Contains(what, "virtual server tcp/10.96.0.1:80 is gone") {
+		t.Fatalf("with a sysctl it cannot set, the check missed a deleted virtual server: %q", what)
+	}
+}
