@@ -67,8 +67,11 @@ func (KernelConntrack) DeleteUDP(filters []ConntrackFilter) error {
 }
 
 // staleUDPFilters lists the conntrack entries a change of one Service leaves stale: flows to
-// endpoints that are gone, and flows to a port that had no endpoint at all (those were never
-// translated and would keep bypassing the new rules).
+// endpoints that no longer serve, and flows to a port that had no endpoint at all (those were
+// never translated and would keep bypassing the new rules). Like kube-proxy, flows to an
+// endpoint that still serves (a terminating one, say) are kept. Each filter names the
+// Service address the flow was sent to, so it never hits an unrelated flow that merely comes
+// back from the same pod (a client talking to the pod directly, another Service's port).
 func staleUDPFilters(old, cur []*ServicePort) []ConntrackFilter {
 	curByName := map[ServicePortName]*ServicePort{}
 	for _, p := range cur {
@@ -79,21 +82,33 @@ func staleUDPFilters(old, cur []*ServicePort) []ConntrackFilter {
 		if o.Protocol != v1.ProtocolUDP {
 			continue
 		}
-		n := curByName[o.Name]
-		kept := map[netip.AddrPort]bool{}
-		if n != nil {
+		// An address still serving on any port of this Service port keeps its flows: the
+		// filter cannot tell the endpoint's ports apart (it matches the reply's source address).
+		kept := map[netip.Addr]bool{}
+		if n := curByName[o.Name]; n != nil {
 			for _, e := range slices.Concat(n.ClusterEndpoints, n.ExternalEndpoints) {
-				kept[e.AddrPort()] = true
+				kept[e.Addr] = true
+			}
+			for _, e := range n.ServingUDP {
+				kept[e.Addr()] = true
 			}
 		}
+		vips := slices.Concat(o.ClusterIPs, o.ExternalAddrs())
 		gone := map[netip.Addr]bool{}
 		for _, e := range slices.Concat(o.ClusterEndpoints, o.ExternalEndpoints) {
-			if !kept[e.AddrPort()] && !gone[e.Addr] {
-				gone[e.Addr] = true
-				out = append(out, ConntrackFilter{ReplySrc: e.Addr, OrigDstPort: uint16(o.Port), IPv6: e.Addr.Is6()})
-				if o.NodePort != 0 {
-					out = append(out, ConntrackFilter{ReplySrc: e.Addr, OrigDstPort: uint16(o.NodePort), IPv6: e.Addr.Is6()})
+			if kept[e.Addr] || gone[e.Addr] {
+				continue
+			}
+			gone[e.Addr] = true
+			for _, vip := range vips {
+				if vip.Is6() == e.Addr.Is6() {
+					out = append(out, ConntrackFilter{OrigDst: vip, OrigDstPort: uint16(o.Port), ReplySrc: e.Addr, IPv6: e.Addr.Is6()})
 				}
+			}
+			if o.NodePort != 0 {
+				// The NodePort is reached on any node address: its port and the endpoint
+				// translated to name the flow.
+				out = append(out, ConntrackFilter{OrigDstPort: uint16(o.NodePort), ReplySrc: e.Addr, IPv6: e.Addr.Is6()})
 			}
 		}
 	}

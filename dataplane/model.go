@@ -60,6 +60,10 @@ type ServicePort struct {
 	// ExternalEndpoints serve traffic to NodePort, LB IPs and externalIPs (externalTrafficPolicy
 	// applied: with Local, only this node's endpoints).
 	ExternalEndpoints []Endpoint
+	// ServingUDP, for UDP ports only, lists every serving endpoint anywhere (selected or not):
+	// conntrack entries to them are kept, as kube-proxy keeps them, so a UDP flow to an
+	// endpoint that starts terminating carries on until the endpoint stops serving.
+	ServingUDP []netip.AddrPort
 	// HasEndpoints is true when the Service has any usable endpoint anywhere. When a list above
 	// is empty, backends reject the traffic if HasEndpoints is false (nothing can serve it, tell
 	// the client at once) and drop it otherwise (served elsewhere: e.g. a Local policy with
@@ -155,4 +159,14 @@ type Backend interface {
 	Name() string
 	Sync(ctx context.Context, req SyncRequest) error
 	Cleanup(ctx context.Context) error
+}
+
+// DriftChecker is a backend that can tell whether the kernel still holds what it committed
+// (someone else may change it: a host firewall reloading with `nft flush ruleset`, an admin).
+// The proxy calls it between syncs, every ProxyOptions.DriftCheckInterval, from the sync
+// goroutine, so it must be cheap when nothing changed; when it reports a difference, the
+// proxy repairs it with a full sync.
+type DriftChecker interface {
+	// CheckDrift returns a description of what differs ("" when nothing does).
+	CheckDrift(ctx context.Context) (string, error)
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
@@ -23,8 +25,19 @@ type ProxyOptions struct {
 	// Conntrack clears stale UDP entries after each sync; nil disables it.
 	Conntrack Conntrack
 	// MinSyncInterval bounds how often the backend runs (events in between fold into one
-	// sync); MaxSyncInterval is the period of the full resync. Defaults 10 ms and 1 h.
+	// sync); MaxSyncInterval is the period of the full resync, which rewrites every rule
+	// whatever the drift check says. Defaults 10 ms and 1 h.
 	MinSyncInterval, MaxSyncInterval time.Duration
+	// DriftCheckInterval is how often a backend that can (DriftChecker) checks that the kernel
+	// still holds what it committed; a difference is repaired at once with a full sync.
+	// Default 1 s.
+	DriftCheckInterval time.Duration
+	// OnRepair is called from the sync goroutine when a drift check found the kernel changed
+	// behind the backend's back, with what changed, before the full sync that repairs it (the
+	// speaker records an event on its Node).
+	OnRepair func(what string)
+	// Registerer takes the proxy's metrics; nil: none.
+	Registerer prometheus.Registerer
 	// OnSynced is called after every successful sync with the committed state (read-only, valid
 	// until the next sync); the healthCheckNodePort servers hook in here.
 	OnSynced func(*State)
@@ -39,9 +52,14 @@ type Proxy struct {
 	runner  *boundedRunner
 	synced  []cache.InformerSynced
 
+	metrics proxyMetrics
+
 	// Only the sync goroutine touches these.
 	state        State
 	needFull     bool
+	fullReason   string                            // why needFull is set: a value of the full_syncs metric's reason label
+	lastFull     time.Time                         // end of the last successful full sync
+	lastCheckErr string                            // the last drift check's error, logged once until it changes
 	unsynced     map[types.NamespacedName]struct{} // changes not yet committed (a sync failed)
 	staleFilters []ConntrackFilter
 
@@ -60,16 +78,27 @@ func NewProxy(opts ProxyOptions) *Proxy {
 	if opts.MaxSyncInterval == 0 {
 		opts.MaxSyncInterval = time.Hour
 	}
+	if opts.DriftCheckInterval == 0 {
+		opts.DriftCheckInterval = time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
 	p := &Proxy{
-		opts:     opts,
-		tracker:  NewChangeTracker(opts.NodeName),
-		needFull: true,
-		unsynced: map[types.NamespacedName]struct{}{},
+		opts:       opts,
+		tracker:    NewChangeTracker(opts.NodeName),
+		needFull:   true,
+		fullReason: fullSyncStart,
+		unsynced:   map[types.NamespacedName]struct{}{},
+		metrics:    newProxyMetrics(opts.Registerer),
 	}
-	p.runner = newBoundedRunner(p.sync, opts.MinSyncInterval, opts.MaxSyncInterval)
+	// The runner wakes the sync at least this often, for the periodic full resync and, where
+	// the backend has one, the drift check.
+	wake := opts.MaxSyncInterval
+	if _, ok := opts.Backend.(DriftChecker); ok {
+		wake = min(wake, opts.DriftCheckInterval)
+	}
+	p.runner = newBoundedRunner(p.sync, opts.MinSyncInterval, wake)
 	return p
 }
 
@@ -153,15 +182,21 @@ func (p *Proxy) sync(ctx context.Context) error {
 		p.unsynced[c.Service] = struct{}{}
 		p.staleFilters = append(p.staleFilters, staleUDPFilters(c.Old, c.New)...)
 	}
+	if !p.needFull && time.Since(p.lastFull) >= p.opts.MaxSyncInterval {
+		p.needFull, p.fullReason = true, fullSyncPeriodic
+	}
+	if !p.needFull && p.drifted(ctx) {
+		p.needFull, p.fullReason = true, fullSyncDrift
+	}
 	if !p.needFull && len(p.unsynced) == 0 {
 		p.recordSync(start)
-		return nil
+		return p.clearStaleFlows()
 	}
 	req := SyncRequest{State: &p.state, Changed: p.unsynced, Full: p.needFull}
 	err := p.opts.Backend.Sync(ctx, req)
 	if err != nil {
 		err = fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
-		p.needFull = true
+		p.needFull, p.fullReason = true, fullSyncFailure
 		p.opts.Logger.Error("data plane sync failed; retrying with a full sync", "error", err)
 		return err
 	}
@@ -170,14 +205,13 @@ func (p *Proxy) sync(ctx context.Context) error {
 	p.mu.Unlock()
 	p.opts.Logger.Debug("data plane synced", "backend", p.opts.Backend.Name(), "full", req.Full,
 		"changedServices", len(req.Changed), "services", len(p.state.Services), "took", time.Since(start))
+	if req.Full {
+		p.metrics.fullSyncs.WithLabelValues(p.fullReason).Inc()
+		p.lastFull = time.Now()
+	}
 	p.needFull = false
 	p.unsynced = map[types.NamespacedName]struct{}{}
-	if p.opts.Conntrack != nil && len(p.staleFilters) > 0 {
-		if err := p.opts.Conntrack.DeleteUDP(p.staleFilters); err != nil {
-			p.opts.Logger.Warn("clearing stale UDP conntrack entries", "error", err)
-		}
-	}
-	p.staleFilters = nil
+	flowsErr := p.clearStaleFlows()
 	if p.opts.OnSynced != nil {
 		p.opts.OnSynced(&p.state)
 	}
@@ -185,7 +219,60 @@ func (p *Proxy) sync(ctx context.Context) error {
 	if w, ok := p.opts.Backend.(warmUpper); ok && req.Full {
 		w.WarmUp(ctx)
 	}
+	return flowsErr
+}
+
+// maxStaleFilters bounds the conntrack filters kept for a retry while deletions keep failing.
+const maxStaleFilters = 10000
+
+// clearStaleFlows deletes the conntrack entries that committed changes left stale. A failed
+// deletion keeps its filters and returns an error, so the runner retries soon (with backoff)
+// even when nothing else changes: a stale UDP entry captures its client's packets for as long
+// as the client keeps sending.
+func (p *Proxy) clearStaleFlows() error {
+	if p.opts.Conntrack == nil || len(p.staleFilters) == 0 {
+		p.staleFilters = nil
+		return nil
+	}
+	if err := p.opts.Conntrack.DeleteUDP(p.staleFilters); err != nil {
+		if n := len(p.staleFilters); n > maxStaleFilters {
+			p.staleFilters = slices.Clone(p.staleFilters[n-maxStaleFilters:])
+		}
+		p.opts.Logger.Warn("clearing stale UDP conntrack entries failed; retrying", "filters", len(p.staleFilters), "error", err)
+		return fmt.Errorf("clearing stale UDP conntrack entries: %w", err)
+	}
+	p.staleFilters = nil
 	return nil
+}
+
+// drifted runs the backend's drift check, if it has one, and reports a difference (log,
+// metric, OnRepair). A check that fails is logged (once until its error changes) and counts as
+// no difference: the periodic full resync still comes.
+func (p *Proxy) drifted(ctx context.Context) bool {
+	dc, ok := p.opts.Backend.(DriftChecker)
+	if !ok || p.lastFull.IsZero() {
+		return false
+	}
+	what, err := dc.CheckDrift(ctx)
+	if err != nil {
+		p.metrics.driftCheckErrors.Inc()
+		if msg := err.Error(); msg != p.lastCheckErr {
+			p.lastCheckErr = msg
+			p.opts.Logger.Warn("data plane drift check failed", "backend", p.opts.Backend.Name(), "error", err)
+		}
+		return false
+	}
+	p.lastCheckErr = ""
+	if what == "" {
+		return false
+	}
+	p.metrics.repairs.Inc()
+	p.opts.Logger.Warn("data plane rules were changed behind the proxy's back; rewriting them all",
+		"backend", p.opts.Backend.Name(), "change", what)
+	if p.opts.OnRepair != nil {
+		p.opts.OnRepair(what)
+	}
+	return true
 }
 
 // warmUpper is a backend with work worth doing right after a full sync, once the sync is

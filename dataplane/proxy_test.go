@@ -1,7 +1,16 @@
 package dataplane
 
 import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
@@ -48,5 +57,191 @@ func TestProxySkipsServicesOfAnotherProxy(t *testing.T) {
 	p.tracker.Apply(&st)
 	if len(st.Services[key]) == 0 {
 		t.Fatal("the Service is not proxied again once the label is gone")
+	}
+}
+
+// driftingBackend records syncs and reports drift when told to.
+type driftingBackend struct {
+	mu    sync.Mutex
+	syncs []bool // Full of each sync
+	drift string
+}
+
+func (b *driftingBackend) Name() string                  { return "fake" }
+func (b *driftingBackend) Cleanup(context.Context) error { return nil }
+func (b *driftingBackend) Sync(_ context.Context, req SyncRequest) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.syncs = append(b.syncs, req.Full)
+	return nil
+}
+func (b *driftingBackend) CheckDrift(context.Context) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := b.drift
+	b.drift = ""
+	return d, nil
+}
+func (b *driftingBackend) fullSyncs() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, f := range b.syncs {
+		if f {
+			n++
+		}
+	}
+	return n
+}
+
+// The proxy's loop runs a full sync when the drift check reports a change (counting and
+// reporting it), and not otherwise.
+func TestProxyRepairsDrift(t *testing.T) {
+	poll := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	b := &driftingBackend{}
+	reg := prometheus.NewRegistry()
+	repaired := make(chan string, 1)
+	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: b, Registerer: reg, DriftCheckInterval: 10 * time.Millisecond,
+		MaxSyncInterval: time.Hour, OnRepair: func(what string) { repaired <- what }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	poll("the first full sync", func() bool { return b.fullSyncs() == 1 })
+
+	b.mu.Lock()
+	b.drift = "chain x is gone"
+	b.mu.Unlock()
+	select {
+	case what := <-repaired:
+		if what != "chain x is gone" {
+			t.Fatalf("OnRepair(%q)", what)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the drift was not reported")
+	}
+	poll("the repairing full sync", func() bool { return b.fullSyncs() == 2 })
+	if got := testutil.ToFloat64(p.metrics.repairs); got != 1 {
+		t.Fatalf("repairs = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(p.metrics.fullSyncs.WithLabelValues(fullSyncDrift)); got != 1 {
+		t.Fatalf("full syncs for drift = %v, want 1", got)
+	}
+	if n, err := testutil.GatherAndCount(reg, "herald_dataplane_repairs_total"); err != nil || n != 1 {
+		t.Fatalf("herald_dataplane_repairs_total not in the injected registry: %d, %v", n, err)
+	}
+
+	// No drift (and MaxSyncInterval far away): no further full sync.
+	time.Sleep(100 * time.Millisecond)
+	if n := b.fullSyncs(); n != 2 {
+		t.Fatalf("%d full syncs without a reason, want 2", n)
+	}
+}
+
+func TestProxyResyncsEveryMaxSyncInterval(t *testing.T) {
+	b := &driftingBackend{}
+	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: b, MaxSyncInterval: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for b.fullSyncs() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d full syncs in 5 s with MaxSyncInterval 50 ms, want 3", b.fullSyncs())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(p.metrics.fullSyncs.WithLabelValues(fullSyncPeriodic)); got < 2 {
+		t.Fatalf("periodic full syncs = %v, want >= 2", got)
+	}
+}
+
+// failingConntrack fails its first deletions.
+type failingConntrack struct {
+	mu       sync.Mutex
+	failures int
+	calls    [][]ConntrackFilter
+}
+
+func (c *failingConntrack) DeleteUDP(filters []ConntrackFilter) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, slices.Clone(filters))
+	if len(c.calls) <= c.failures {
+		return errors.New("netlink: operation not permitted")
+	}
+	return nil
+}
+
+// Issue 16, item 7: a failed deletion of stale UDP conntrack entries is retried, without any
+// further change, until it succeeds (it used to be forgotten).
+func TestProxyRetriesFailedConntrackDeletion(t *testing.T) {
+	ct := &failingConntrack{failures: 2}
+	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: &driftingBackend{}, Conntrack: ct, MinSyncInterval: time.Millisecond})
+	p.Tracker().OnServiceUpdate(lbService("1"))
+	for _, s := range webSlices() {
+		p.Tracker().OnEndpointSliceUpdate(s)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, last := p.Health(time.Minute)
+		if !last.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no first sync")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The UDP endpoint on n1 goes away: its flows are stale.
+	slice := webSlices()[0]
+	slice.ResourceVersion = "2"
+	slice.Endpoints[0].Addresses = []string{"10.1.0.9"}
+	p.Tracker().OnEndpointSliceUpdate(slice)
+	p.Trigger()
+	for {
+		ct.mu.Lock()
+		n := len(ct.calls)
+		ct.mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d deletions in 5 s, want the failed ones retried until one succeeds", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	// The successful third attempt holds everything the failed ones tried, and the removed
+	// endpoint's flows.
+	success := ct.calls[2]
+	for _, f := range slices.Concat(ct.calls[0], ct.calls[1]) {
+		if !slices.Contains(success, f) {
+			t.Fatalf("filter %+v of a failed attempt was dropped: %+v", f, success)
+		}
+	}
+	if !slices.ContainsFunc(success, func(f ConntrackFilter) bool { return f.ReplySrc == netip.MustParseAddr("10.1.0.1") }) {
+		t.Fatalf("no filter for the removed endpoint: %+v", success)
+	}
+	ct.mu.Unlock()
+	time.Sleep(50 * time.Millisecond)
+	ct.mu.Lock()
+	if len(ct.calls) != 3 {
+		t.Fatalf("%d deletions: the successful one was repeated", len(ct.calls))
 	}
 }

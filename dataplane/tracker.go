@@ -272,6 +272,13 @@ func buildServicePorts(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, 
 		}
 		all := endpointsForPort(svcSlices, sp, node)
 		p.ClusterEndpoints, p.ExternalEndpoints, p.HasEndpoints = SelectEndpoints(all, policy, node)
+		if p.Protocol == v1.ProtocolUDP {
+			for _, e := range all {
+				if e.Serving {
+					p.ServingUDP = append(p.ServingUDP, e.AddrPort())
+				}
+			}
+		}
 		ports = append(ports, &p)
 	}
 	sort.Slice(ports, func(i, j int) bool { return ports[i].Name.String() < ports[j].Name.String() })
@@ -308,10 +315,9 @@ func endpointsForPort(svcSlices []*discoveryv1.EndpointSlice, sp *v1.ServicePort
 				continue
 			}
 			ep := Endpoint{Addr: addr.Unmap(), Port: port, Ready: isReady(e)}
-			ep.Serving = ep.Ready
-			if e.Conditions.Serving != nil {
-				ep.Serving = *e.Conditions.Serving
-			}
+			// The API (and kube-proxy) read an unset serving as true, not as ready's value: a
+			// terminating endpoint with ready=false and serving unset still serves.
+			ep.Serving = e.Conditions.Serving == nil || *e.Conditions.Serving
 			ep.Terminating = e.Conditions.Terminating != nil && *e.Conditions.Terminating
 			if e.NodeName != nil {
 				ep.NodeName = *e.NodeName

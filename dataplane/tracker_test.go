@@ -167,10 +167,20 @@ func TestStaleUDPFilters(t *testing.T) {
 		p.ExternalEndpoints = p.ClusterEndpoints
 		return []*ServicePort{p}
 	}
-	// An endpoint removed: its flows to the port and to the NodePort are cleared.
+	// An endpoint removed: its flows to the Service address and port, and to the NodePort,
+	// are cleared; the filter names the Service address, so a flow between a client and the
+	// pod directly on port 53 is left alone (issue 16, item 7).
 	got := staleUDPFilters(mk(true, "10.1.0.1", "10.1.0.2"), mk(true, "10.1.0.2"))
-	if len(got) != 2 || got[0].ReplySrc.String() != "10.1.0.1" || got[0].OrigDstPort != 53 || got[1].OrigDstPort != 30053 {
+	if len(got) != 2 || got[0] != (ConntrackFilter{OrigDst: netip.MustParseAddr("10.96.0.10"), OrigDstPort: 53, ReplySrc: netip.MustParseAddr("10.1.0.1")}) ||
+		got[1] != (ConntrackFilter{OrigDstPort: 30053, ReplySrc: netip.MustParseAddr("10.1.0.1")}) {
 		t.Fatalf("removed endpoint filters = %+v", got)
+	}
+	// An endpoint no longer selected but still serving (terminating): its flows stay, as in
+	// kube-proxy.
+	terminating := mk(true, "10.1.0.2")
+	terminating[0].ServingUDP = []netip.AddrPort{netip.MustParseAddrPort("10.1.0.1:5353"), netip.MustParseAddrPort("10.1.0.2:5353")}
+	if got := staleUDPFilters(mk(true, "10.1.0.1", "10.1.0.2"), terminating); len(got) != 0 {
+		t.Fatalf("flows to a still-serving endpoint are cleared: %+v", got)
 	}
 	// From no endpoints to some: flows that were never translated are cleared.
 	got = staleUDPFilters(mk(false), mk(true, "10.1.0.1"))
@@ -223,5 +233,24 @@ func TestTrackerCountsAnEndpointOnce(t *testing.T) {
 	want = []string{"10.1.0.1:8080 ready=true", "10.1.0.3:8080 ready=true"}
 	if got := addrs(); !slices.Equal(got, want) {
 		t.Fatalf("after deleting web-a: endpoints = %v, want %v", got, want)
+	}
+}
+
+// Issue 16, item 8: an unset serving condition reads as true (the API's rule, kube-proxy's
+// too), so a terminating endpoint with ready=false and serving unset still takes traffic when
+// no endpoint is ready; it used to read as ready's value (false) and the Service had none.
+func TestTrackerReadsUnsetServingAsTrue(t *testing.T) {
+	tr := NewChangeTracker("n1")
+	svc := lbService("1")
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	tr.OnServiceUpdate(svc)
+	slice := webSlices()[0]
+	slice.Endpoints[0].Conditions = discoveryv1.EndpointConditions{Ready: ptr.To(false), Terminating: ptr.To(true)}
+	tr.OnEndpointSliceUpdate(slice)
+	var st State
+	tr.Apply(&st)
+	http := st.Services[types.NamespacedName{Namespace: "ns", Name: "web"}][0]
+	if len(http.ClusterEndpoints) != 1 || !http.ClusterEndpoints[0].Serving || !http.HasEndpoints {
+		t.Fatalf("a terminating endpoint with serving unset is not used: %+v", http)
 	}
 }

@@ -213,7 +213,8 @@ func run() error {
 		return fmt.Errorf("dataplane: %w", backendErr)
 	}
 	dp, err := embedded.New(ctx, backend, embedded.Options{NodeName: *nodeName, Client: cs,
-		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices})
+		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices,
+		Registerer: prometheus.DefaultRegisterer})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}

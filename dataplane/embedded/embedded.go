@@ -13,9 +13,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
@@ -48,7 +50,13 @@ type Options struct {
 	// the proxy then adds its handlers there instead of keeping a second copy of every Service
 	// and EndpointSlice of the cluster. Nil: the data plane runs informers of its own.
 	Services, EndpointSlices dataplane.EventHandlerRegistrar
+	// Registerer takes the data plane's metrics; nil: none.
+	Registerer prometheus.Registerer
 }
+
+// ReasonRepaired is the reason of the Warning event on the Node when the data plane found its
+// kernel state changed behind its back and rewrote it.
+const ReasonRepaired = "DataPlaneRepaired"
 
 // DataPlane is the running data plane, or the decision not to run one.
 type DataPlane struct {
@@ -153,7 +161,15 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 		Backend:   d.backend,
 		Conntrack: dataplane.KernelConntrack{},
 		OnSynced:  func(st *dataplane.State) { d.checks.Sync(healthcheck.Ports(st)) },
-		Logger:    opts.Logger,
+		OnRepair: func(what string) {
+			if opts.Recorder != nil {
+				node := &corev1.ObjectReference{Kind: "Node", Name: opts.NodeName, UID: types.UID(opts.NodeName)}
+				opts.Recorder.Eventf(node, corev1.EventTypeWarning, ReasonRepaired,
+					"the %s rules were changed by something else (%s); rewrote them all", d.backend.Name(), what)
+			}
+		},
+		Registerer: opts.Registerer,
+		Logger:     opts.Logger,
 	})
 	if err := d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer()); err != nil {
 		return nil, err

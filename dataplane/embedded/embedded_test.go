@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/dataplane"
@@ -94,7 +97,10 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(ctx, backend, Options{NodeName: "n1", Client: client, LocalEndpoints: view, Logger: log, HealthAddr: "127.0.0.1:10256"})
+	recorder := record.NewFakeRecorder(100)
+	reg := prometheus.NewRegistry()
+	d, err := New(ctx, backend, Options{NodeName: "n1", Client: client, LocalEndpoints: view, Logger: log, HealthAddr: "127.0.0.1:10256",
+		Recorder: recorder, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +117,30 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 	// The Service count is the last committed sync's: it is recorded after the backend's
 	// transaction returns, so it may trail the rules by a moment.
 	eventually(t, "status counting both Services", func() bool { return d.Status().Services == 2 })
+	// Self-repair: the table deleted behind the data plane's back comes back, with a Warning
+	// event on the Node and the repair counted on the injected registry.
+	if out, err := exec.Command("nft", "delete", "table", "inet", nftables.TableName).CombinedOutput(); err != nil {
+		t.Fatalf("nft delete table: %v %s", err, out)
+	}
+	eventually(t, "the rules repaired", func() bool {
+		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "service-ips4").CombinedOutput()
+		return strings.Contains(string(out), "192.0.2.10 . tcp . 80 : goto svc4-ns/web/tcp/http")
+	})
+	eventually(t, "the DataPlaneRepaired event", func() bool {
+		for {
+			select {
+			case e := <-recorder.Events:
+				if strings.HasPrefix(e, "Warning "+ReasonRepaired+" ") && strings.Contains(e, "table inet herald is gone") {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
+	if n, err := testutil.GatherAndCount(reg, "herald_dataplane_repairs_total"); err != nil || n != 1 {
+		t.Fatalf("herald_dataplane_repairs_total on the injected registry: %d series, %v", n, err)
+	}
 	if st := d.Status(); st.Backend != "nftables" || st.Reason == "" {
 		t.Fatalf("status = %+v", st)
 	}

@@ -60,6 +60,9 @@ type Backend struct {
 	serviceIPs map[netip.Addr]struct{}
 	// initialized is set once the kernel state was adopted after a start.
 	initialized bool
+	// formerlyOwned are the addresses of what the backend had committed when a drift check
+	// made it forget (drift.go); the next adopt takes them over too.
+	formerlyOwned map[netip.Addr]struct{}
 }
 
 var _ dataplane.Backend = (*Backend)(nil)
@@ -311,7 +314,14 @@ func (b *Backend) adopt() error {
 	for _, a := range nodeAddrs {
 		owned[a] = struct{}{}
 	}
-	return b.vs.Adopt(func(k vsKey) bool { _, ok := owned[k.Addr]; return ok })
+	for a := range b.formerlyOwned {
+		owned[a] = struct{}{}
+	}
+	if err := b.vs.Adopt(func(k vsKey) bool { _, ok := owned[k.Addr]; return ok }); err != nil {
+		return err
+	}
+	b.formerlyOwned = nil
+	return nil
 }
 
 // HasEarlierRules reports whether an earlier run left Service IPs on the dummy link: its virtual

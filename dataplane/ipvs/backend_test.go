@@ -253,3 +253,18 @@ func TestReaperRemovesDrainedEndpointsWithoutASync(t *testing.T) {
 	defer b.mu.Unlock()
 	wantDump(t, k.h, "6:10.96.0.1:80 rr [10.1.0.1:8080 w1]")
 }
+
+// Issue 16, item 9: loadBalancerSourceRanges of one family leave the other family open, as in
+// kube-proxy (it used to drop every source of a family without a range).
+func TestSourceRangesOfOneFamilyLeaveTheOtherOpen(t *testing.T) {
+	k := newFakeKernel(t)
+	b := k.backend(t)
+	web := lbPort("web", 1, ep("10.1.0.1:8080"))
+	web.SourceRanges = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
+	if err := b.Sync(context.Background(), dataplane.SyncRequest{State: stateOf(web), Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	if k.nft.Table.Sets[familyIPv4.set(setFirewall)].FindElement("10.255.0.1", "tcp", "80") != nil {
+		t.Fatal("an IPv6-only range closes the IPv4 LoadBalancer IP")
+	}
+}

@@ -112,13 +112,13 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint
 		}
 	}
 	// loadBalancerSourceRanges: at the LoadBalancer IPs, sources outside the ranges are dropped.
-	if len(p.SourceRanges) > 0 {
+	// A family without a range of its own stays open, as in kube-proxy.
+	ranges := readonly.Filter(p.SourceRanges, func(r netip.Prefix) bool { return f.of(r.Addr()) })
+	if len(ranges) > 0 {
 		for _, ip := range addrsOf(p.LoadBalancerIPs, f) {
 			fr.sets.add(f.set(setFirewall), ip.String(), pr, portText)
-			for _, r := range p.SourceRanges {
-				if f.of(r.Addr()) {
-					fr.sets.add(f.set(setFirewallAllow), ip.String(), pr, portText, r.Masked().String())
-				}
+			for _, r := range ranges {
+				fr.sets.add(f.set(setFirewallAllow), ip.String(), pr, portText, r.Masked().String())
 			}
 		}
 	}

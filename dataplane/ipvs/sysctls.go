@@ -70,15 +70,36 @@ func ApplySysctls(opts Options) error {
 	return newSysctlKeeper(opts).apply(opts.StrictARP)
 }
 
+// wanted lists the sysctls the backend needs.
+func wanted(strictARP bool) []struct{ name, value, why string } {
+	if !strictARP {
+		return ipvsSysctls
+	}
+	return append(append(ipvsSysctls[:0:0], ipvsSysctls...), strictARPSysctls...)
+}
+
+// drifted lists the sysctls that no longer hold the value the backend needs (someone reset
+// them), as "name=value, want wanted".
+func (k *sysctlKeeper) drifted(strictARP bool) ([]string, error) {
+	var out []string
+	for _, w := range wanted(strictARP) {
+		cur, err := k.s.Get(w.name)
+		if err != nil {
+			return nil, fmt.Errorf("reading sysctl %s: %w", w.name, err)
+		}
+		if cur != w.value {
+			out = append(out, fmt.Sprintf("sysctl %s=%s, want %s", w.name, cur, w.value))
+		}
+	}
+	return out, nil
+}
+
 func (k *sysctlKeeper) apply(strictARP bool) error {
 	saved, err := k.load()
 	if err != nil {
 		return err
 	}
-	want := ipvsSysctls
-	if strictARP {
-		want = append(append(want[:0:0], ipvsSysctls...), strictARPSysctls...)
-	}
+	want := wanted(strictARP)
 	var errs []error
 	for _, w := range want {
 		cur, err := k.s.Get(w.name)

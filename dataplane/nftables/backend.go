@@ -16,6 +16,7 @@ package nftables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -48,6 +49,18 @@ type Backend struct {
 	// tableExists reports whether Herald's table is in the kernel: `nft list tables` on a node
 	// (it names the tables only; listing the table itself reads every chain), a List in tests.
 	tableExists func(ctx context.Context) (bool, error)
+	// readShape reads the kernel table's shape (drift.go): `nft -j list table` on a node, the
+	// Fake's table in tests.
+	readShape func(ctx context.Context) (tableShape, error)
+	// generation reads the kernel's ruleset generation (drift.go); nil where there is none (the
+	// Fake): then every drift check reads the shape.
+	generation func() (uint32, error)
+	// verifiedGen is a generation at which the kernel held what committed describes;
+	// genVerified says whether it is known.
+	verifiedGen uint32
+	genVerified bool
+	// synced is set by a full sync: from then on committed describes the kernel's table.
+	synced bool
 }
 
 // transactionRunner commits a transaction atomically (knftables.Interface and session).
@@ -80,13 +93,17 @@ func New() (*Backend, error) {
 		}
 		return slices.Contains(strings.Split(string(out), "\n"), "table inet "+TableName), nil
 	}
+	b.readShape = func(ctx context.Context) (tableShape, error) { return nftShape(ctx, path) }
+	b.generation = rulesetGeneration
 	return b, nil
 }
 
 // NewWithInterface returns a backend on a given knftables interface (a knftables.Fake in
-// tests) that commits every sync through it.
+// tests) that commits every sync through it. Only on a Fake can it read the table's shape
+// (drift checks, full syncs that keep affinity sets); on another interface every full sync
+// replaces the table.
 func NewWithInterface(nft knftables.Interface) *Backend {
-	return &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*fragment{}, refs: map[elementKey]int{},
+	b := &Backend{nft: nft, incremental: nft, committed: map[types.NamespacedName]*fragment{}, refs: map[elementKey]int{},
 		beginFull: func(ctx context.Context) (bulkTx, error) { return newOneTx(ctx, nft), nil },
 		tableExists: func(ctx context.Context) (bool, error) {
 			_, err := nft.List(ctx, "chain")
@@ -94,7 +111,14 @@ func NewWithInterface(nft knftables.Interface) *Backend {
 				return false, nil
 			}
 			return err == nil, err
+		},
+		readShape: func(context.Context) (tableShape, error) {
+			return tableShape{}, errors.New("cannot read the table's shape through this knftables interface")
 		}}
+	if fake, ok := nft.(*knftables.Fake); ok {
+		b.readShape = func(context.Context) (tableShape, error) { return fakeShape(fake), nil }
+	}
+	return b
 }
 
 // HasEarlierRules reports whether an earlier run's table is in the kernel: its rules forward
@@ -113,9 +137,9 @@ func (b *Backend) Name() string { return "nftables" }
 // LastTransactionSize is the number of operations the last successful sync sent.
 func (b *Backend) LastTransactionSize() int { return b.lastTx }
 
-// Sync implements dataplane.Backend. A full sync replaces the table wholesale in one
-// transaction (delete and re-create), which needs no listing and leaves nothing stale; an
-// incremental one diffs each changed Service's fragment against what was committed.
+// Sync implements dataplane.Backend. A full sync rewrites the whole table in one transaction,
+// keeping the affinity sets (syncFull); an incremental one diffs each changed Service's
+// fragment against what was committed.
 func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	if req.Full {
 		return b.syncFull(ctx, req.State)
@@ -133,6 +157,7 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	if err := b.incremental.Run(ctx, tx); err != nil {
 		return err
 	}
+	b.noteCommit()
 	b.lastTx = tx.NumOperations()
 	for svc, p := range next {
 		if p == nil {
@@ -151,8 +176,39 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	return nil
 }
 
-// syncFull replaces the table with st in one transaction, sent to nft one Service at a time.
+// syncFull makes the table hold st in one transaction, sent to nft one Service at a time. It
+// replaces every rule, map and shared set, but keeps the affinity sets of the Services that
+// still have them (their elements are the clients' recent choices: wiping them would move
+// every sticky client) and touches no conntrack entry, so established connections carry on.
+// For that it reads the shape of the kernel's table first; when that fails, or the kernel
+// refuses the result (a base chain whose hook or priority changed between versions cannot be
+// redefined in place), the table is deleted and re-created instead, as on a fresh node.
 func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
+	// A full sync leaves exactly st in the table, whatever was there; so when only its own
+	// commit moves the generation from here (noteCommit), the kernel is known to hold st.
+	b.genVerified = false
+	if b.generation != nil {
+		gen, err := b.generation()
+		b.verifiedGen, b.genVerified = gen, err == nil
+	}
+	kernel, err := b.readShape(ctx)
+	if err == nil {
+		if err = b.replaceAll(ctx, st, kernel, false); err == nil {
+			return nil
+		}
+	}
+	if errWipe := b.replaceAll(ctx, st, tableShape{}, true); errWipe != nil {
+		b.genVerified = false
+		return errors.Join(err, errWipe)
+	}
+	return nil
+}
+
+// replaceAll is one full sync: with wipe, the table is deleted and re-created; otherwise every
+// chain and shared set or map of the kernel's table (kernel) is flushed and refilled, the
+// affinity sets are re-added in place (which keeps their elements), and what st no longer
+// needs is deleted at the end, once nothing refers to it.
+func (b *Backend) replaceAll(ctx context.Context, st *dataplane.State, kernel tableShape, wipe bool) error {
 	out, err := b.beginFull(ctx)
 	if err != nil {
 		return err
@@ -160,9 +216,24 @@ func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
 	next := make(map[types.NamespacedName]*fragment, len(st.Services))
 	nextRefs := map[elementKey]int{}
 	tx := out.Part()
-	// "add" first so that "delete" cannot fail on a node where the table never existed.
+	// "add" first so that "delete" or "flush" cannot fail on a node where the table never existed.
 	tx.Add(&knftables.Table{})
-	tx.Delete(&knftables.Table{})
+	if wipe {
+		tx.Delete(&knftables.Table{})
+	} else {
+		for _, c := range sortedKeys(kernel.chains) {
+			tx.Flush(&knftables.Chain{Name: c})
+		}
+		for _, s := range sortedKeys(kernel.sets) {
+			if _, shared := baseShape.sets[s]; shared {
+				if kernel.maps[s] {
+					tx.Flush(&knftables.Map{Name: s})
+				} else {
+					tx.Flush(&knftables.Set{Name: s})
+				}
+			}
+		}
+	}
 	addBaseRuleset(tx)
 	err = out.EndPart()
 	for svc, ports := range st.Services {
@@ -176,6 +247,10 @@ func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
 		}
 		err = out.EndPart()
 	}
+	if err == nil && !wipe {
+		deleteUnwanted(out.Part(), kernel, next)
+		err = out.EndPart()
+	}
 	if err != nil {
 		out.Abort()
 		return err
@@ -184,8 +259,79 @@ func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
 		return err
 	}
 	b.lastTx = out.Operations()
-	b.committed, b.refs = next, nextRefs
+	b.committed, b.refs, b.synced = next, nextRefs, true
+	b.noteCommit()
 	return nil
+}
+
+// deleteUnwanted deletes the kernel's chains and sets that neither the base ruleset nor a
+// Service of next has (all chains were flushed before, so nothing refers to them any more).
+func deleteUnwanted(tx *knftables.Transaction, kernel tableShape, next map[types.NamespacedName]*fragment) {
+	wanted := map[string]bool{}
+	for _, fr := range next {
+		for _, c := range fr.chains {
+			wanted[c.name] = true
+		}
+		for _, s := range fr.sets {
+			wanted[s.name] = true
+		}
+	}
+	for _, c := range sortedKeys(kernel.chains) {
+		if _, base := baseShape.chains[c]; !base && !wanted[c] {
+			tx.Delete(&knftables.Chain{Name: c})
+		}
+	}
+	for _, s := range sortedKeys(kernel.sets) {
+		if _, base := baseShape.sets[s]; base || wanted[s] {
+			continue
+		}
+		if kernel.maps[s] {
+			tx.Delete(&knftables.Map{Name: s})
+		} else {
+			tx.Delete(&knftables.Set{Name: s})
+		}
+	}
+}
+
+// noteCommit records, after a commit of the backend's own, whether the kernel still holds
+// exactly what the backend believes: it does when the ruleset generation moved by one from a
+// verified value (this commit alone). Otherwise the next drift check reads the table.
+func (b *Backend) noteCommit() {
+	if b.generation == nil {
+		return
+	}
+	gen, err := b.generation()
+	b.genVerified = err == nil && b.genVerified && gen == b.verifiedGen+1
+	b.verifiedGen = gen
+}
+
+// CheckDrift implements dataplane.DriftChecker: it returns what differs between the kernel's
+// table and what the backend committed ("" when nothing does). It costs one netlink request
+// unless someone else committed to nftables since the last check (drift.go). It must run in
+// the network namespace the rules belong to, like Sync.
+func (b *Backend) CheckDrift(ctx context.Context) (string, error) {
+	if !b.synced {
+		return "", nil // nothing committed yet: the first full sync comes anyway
+	}
+	var gen uint32
+	genErr := errors.New("no ruleset generation")
+	if b.generation != nil {
+		gen, genErr = b.generation()
+		if genErr == nil && b.genVerified && gen == b.verifiedGen {
+			return "", nil
+		}
+	}
+	got, err := b.readShape(ctx)
+	if err != nil {
+		return "", err
+	}
+	if diffs := b.expectedShape().differences(got); len(diffs) > 0 {
+		b.genVerified = false
+		return describeDrift(diffs), nil
+	}
+	// gen was read before the table: a commit after it moves the generation again.
+	b.verifiedGen, b.genVerified = gen, genErr == nil
+	return "", nil
 }
 
 // WarmUp starts the nft session, if it does not run, with a transaction that changes
@@ -202,7 +348,9 @@ func (b *Backend) WarmUp(ctx context.Context) {
 		if e, ok := fr.anyElement(); ok {
 			tx := b.nft.NewTransaction()
 			tx.Add(element(e.elementKey, e.value))
-			_ = s.Run(ctx, tx) // a failure costs only the warm-up; the next sync has its own
+			if s.Run(ctx, tx) == nil {
+				b.noteCommit()
+			} // a failure costs only the warm-up; the next sync has its own
 			return
 		}
 	}
@@ -216,7 +364,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	if err := b.nft.Run(ctx, tx); err != nil {
 		return err
 	}
-	b.committed, b.refs = map[types.NamespacedName]*fragment{}, map[elementKey]int{}
+	b.committed, b.refs, b.synced = map[types.NamespacedName]*fragment{}, map[elementKey]int{}, false
 	return nil
 }
 
@@ -335,4 +483,7 @@ func sortedNames(m map[types.NamespacedName]struct{}) []types.NamespacedName {
 	return out
 }
 
-var _ dataplane.Backend = (*Backend)(nil)
+var (
+	_ dataplane.Backend      = (*Backend)(nil)
+	_ dataplane.DriftChecker = (*Backend)(nil)
+)

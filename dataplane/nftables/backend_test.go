@@ -152,7 +152,7 @@ func TestRulesForEveryFeature(t *testing.T) {
 		"add element inet herald masq-ips4 { 192.0.2.10 . tcp . 80 }",
 		"add element inet herald masq-nodeports { tcp . 30080 }",
 		// affinity first, then random choice recording the client
-		"add rule inet herald svc4-ns/web/tcp/http ip saddr @aff4-ns/web/tcp/http__10.1.0.1_8080 meta l4proto tcp dnat ip to 10.1.0.1:8080",
+		"add rule inet herald svc4-ns/web/tcp/http ip saddr @aff4-ns/web/tcp/http__10.1.0.1_8080 update @aff4-ns/web/tcp/http__10.1.0.1_8080 { ip saddr } meta l4proto tcp dnat ip to 10.1.0.1:8080",
 		"add rule inet herald svc4-ns/web/tcp/http numgen random mod 2 0 update @aff4-ns/web/tcp/http__10.1.0.1_8080 { ip saddr } meta l4proto tcp dnat ip to 10.1.0.1:8080",
 		"add rule inet herald svc4-ns/web/tcp/http update @aff4-ns/web/tcp/http__10.2.0.1_8080 { ip saddr } meta l4proto tcp dnat ip to 10.2.0.1:8080",
 		"add set inet herald aff4-ns/web/tcp/http__10.1.0.1_8080 { type ipv4_addr ; flags dynamic,timeout ; timeout 30s ; }",
@@ -178,11 +178,10 @@ func TestRulesForEveryFeature(t *testing.T) {
 		"add rule inet herald svc4-ns/dual/tcp/http meta l4proto tcp dnat ip to 10.1.0.5:80",
 		// hairpin
 		"add element inet herald hairpin4 { 10.1.0.1 . 10.1.0.1 }",
-		// IPv6 affinity and source ranges; IPv6-only ranges drop every IPv4 source
-		"add rule inet herald svc6-ns/dual-sticky/tcp/http ip6 saddr @aff6-ns/dual-sticky/tcp/http__fd00_1__6_80 meta l4proto tcp dnat ip6 to [fd00:1::6]:80",
+		// IPv6 affinity and source ranges; IPv6-only ranges leave IPv4 open (kube-proxy's rule)
+		"add rule inet herald svc6-ns/dual-sticky/tcp/http ip6 saddr @aff6-ns/dual-sticky/tcp/http__fd00_1__6_80 update @aff6-ns/dual-sticky/tcp/http__fd00_1__6_80 { ip6 saddr } meta l4proto tcp dnat ip6 to [fd00:1::6]:80",
 		"add rule inet herald fw6-ns/dual-sticky/tcp/http ip6 saddr 2001:db8:1::/48 return",
 		"add element inet herald firewall-ips6 { 2001:db8::16 . tcp . 80 : goto fw6-ns/dual-sticky/tcp/http }",
-		"add rule inet herald fw4-ns/dual-sticky/tcp/http drop",
 	} {
 		if !strings.Contains(dump, want+"\n") {
 			t.Errorf("missing: %s", want)
@@ -192,6 +191,7 @@ func TestRulesForEveryFeature(t *testing.T) {
 		"masq-ips4 { 192.0.2.11", // Local policy keeps the client address
 		"ext4-ns/local/tcp/http meta l4proto tcp dnat ip to 10.2.0.2", // remote endpoint for Local
 		"service-nodeports4 { tcp . 30081 : goto svc4",                // NodePort of Local goes to ext chain
+		"fw4-ns/dual-sticky/tcp/http",                                 // no IPv4 range: IPv4 stays open (issue 16 item 9)
 	} {
 		if strings.Contains(dump, unwanted) {
 			t.Errorf("unexpected: %s", unwanted)

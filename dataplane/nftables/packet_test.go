@@ -33,9 +33,13 @@ type packetLab struct {
 	backend          *Backend
 }
 
-func newPacketLab(t *testing.T) *packetLab {
+func newPacketLab(t *testing.T) *packetLab { return newPacketLabNamed(t, "herald-dpt-pkt-") }
+
+// newPacketLabNamed is newPacketLab with its namespaces named by prefix (a test's own prefix
+// keeps it apart from the other packet tests when several run at once).
+func newPacketLabNamed(t *testing.T, prefix string) *packetLab {
 	netnstest.Require(t, "nft")
-	l := netnstest.New(t, "herald-dpt-pkt-")
+	l := netnstest.New(t, prefix)
 	pl := &packetLab{lab: l, node: l.AddNS("node"), client: l.AddNS("client"), c2: l.AddNS("client2")}
 	l.Run(pl.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	l.Link(pl.node, "c1", "172.31.1.1/24", pl.client, "eth0", "172.31.1.2/24")
@@ -98,8 +102,11 @@ func (pl *packetLab) sync(t *testing.T, st *dataplane.State, full bool, changed 
 }
 
 // get does one HTTP request on a fresh connection from ns and returns the body.
-func get(ns, addr string) (string, error) {
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+func get(ns, addr string) (string, error) { return getWithin(ns, addr, 2*time.Second) }
+
+// getWithin is get with a time limit for the whole request.
+func getWithin(ns, addr string, limit time.Duration) (string, error) {
+	c := &http.Client{Timeout: limit, Transport: &http.Transport{
 		DialContext:       netnstest.Dialer(ns, &net.Dialer{Timeout: time.Second}),
 		DisableKeepAlives: true,
 	}}

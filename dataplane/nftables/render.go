@@ -174,17 +174,18 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 	}
 
 	// loadBalancerSourceRanges: other sources are dropped at the LoadBalancer IPs, before DNAT.
-	// A family without any range gets only the drop: kube-proxy would leave it open, but a
-	// user who restricted the sources did not mean "all of IPv4" by listing only IPv6 ranges.
-	if len(p.SourceRanges) > 0 && len(lbIPs) > 0 {
-		fw := chainName(chainPrefixFirewall, f, p)
-		var rules []string
-		for _, r := range p.SourceRanges {
-			if f.of(r.Addr()) {
-				rules = append(rules, fmt.Sprintf("%s saddr %s return", f.ipKw, r))
-			}
+	// A family without any range of its own stays open, as in kube-proxy (each of its
+	// per-family proxiers sees only its family's ranges): a cluster moving from kube-proxy
+	// must not lose the clients of the family it never restricted.
+	var ranges []string
+	for _, r := range p.SourceRanges {
+		if f.of(r.Addr()) {
+			ranges = append(ranges, fmt.Sprintf("%s saddr %s return", f.ipKw, r))
 		}
-		fr.addChain(fw, append(rules, "drop"))
+	}
+	if len(ranges) > 0 && len(lbIPs) > 0 {
+		fw := chainName(chainPrefixFirewall, f, p)
+		fr.addChain(fw, append(ranges, "drop"))
 		for _, ip := range lbIPs {
 			fr.addElement(elementKey{f.firewallIPs(), key(ip.String(), pr, port(p.Port))}, "goto "+fw)
 		}
@@ -197,7 +198,9 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 // (measured: 10,000 `numgen ... vmap { ... }` rules cost ~7 s of kernel time against ~0.5 s for
 // these), and this is what keeps a full sync of 10,000 Services within seconds.
 // With sessionAffinity, a client seen recently (its address in the endpoint's set) goes back to
-// the same endpoint first, and every choice records the client.
+// the same endpoint first, and every choice records the client. A return refreshes the
+// client's entry, as kube-proxy does: the timeout counts from the last connection, not the
+// first, so a client that keeps connecting is never moved.
 func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []dataplane.Endpoint) []string {
 	pr := proto(p.Protocol)
 	var rules []string
@@ -208,7 +211,7 @@ func endpointRules(fr *fragment, p *dataplane.ServicePort, f family, eps []datap
 		for _, ep := range eps {
 			set := affinitySetName(f, p, ep)
 			fr.addSet(set, setSpec{keyType: f.addrType, timeout: p.AffinityTimeout})
-			rules = append(rules, fmt.Sprintf("%s saddr @%s %s", f.ipKw, set, dnat(ep)))
+			rules = append(rules, fmt.Sprintf("%s saddr @%s update @%s { %s saddr } %s", f.ipKw, set, set, f.ipKw, dnat(ep)))
 		}
 	}
 	for i, ep := range eps {

@@ -1,0 +1,61 @@
+package nftables
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Real-packet tests of the differences from kube-proxy v1.34 fixed for issue 16.
+
+// TestAffinityRefreshedOnEveryConnection (issue 16, item 1): the affinity timeout counts from a
+// client's last connection, as in kube-proxy. The client connects at 0 s and at 2 s with a
+// timeout of 3 s; at 3.5 s its entry must still be there (it expired at 3 s when the return at
+// 2 s did not refresh it).
+func TestAffinityRefreshedOnEveryConnection(t *testing.T) {
+	pl := newPacketLabNamed(t, "herald-sr-aff-")
+	pl.lab.Run(pl.client, "ip", "route", "add", "192.0.2.0/24", "via", "172.31.1.1")
+	sticky := svcPort("ns", "sticky", "10.96.0.11", 80, beEP(1, 8080), beEP(2, 8080), beEP(3, 8080))
+	sticky.LoadBalancerIPs = addrs("192.0.2.11")
+	sticky.AffinityTimeout = 3 * time.Second
+	pl.sync(t, state(sticky), true)
+
+	start := time.Now()
+	first, _ := pl.mustGet(t, pl.client, "192.0.2.11:80")
+	set := affinitySetName(ipv4, sticky, beEPByName(first))
+	time.Sleep(2*time.Second - time.Since(start))
+	if be, _ := pl.mustGet(t, pl.client, "192.0.2.11:80"); be != first {
+		t.Fatalf("the client moved from %s to %s within its timeout", first, be)
+	}
+	time.Sleep(3500*time.Millisecond - time.Since(start))
+	if out := pl.lab.Run(pl.node, "nft", "list", "set", "inet", TableName, set); !strings.Contains(out, "172.31.1.2") {
+		t.Fatalf("%v after the first connection and %v after the last, the client's entry is gone: its timeout counted from the first connection\n%s",
+			time.Since(start).Round(time.Millisecond), (time.Since(start) - 2*time.Second).Round(time.Millisecond), out)
+	}
+}
+
+// TestSourceRangesOfOneFamilyLeaveTheOtherOpen (issue 16, item 9): a Service whose
+// loadBalancerSourceRanges are all IPv6 keeps its IPv4 LoadBalancer IP open to every client,
+// as in kube-proxy; a range of the family still closes it to the others.
+func TestSourceRangesOfOneFamilyLeaveTheOtherOpen(t *testing.T) {
+	pl := newPacketLabNamed(t, "herald-sr-ranges-")
+	for c, gw := range map[string]string{pl.client: "172.31.1.1", pl.c2: "172.31.2.1"} {
+		pl.lab.Run(c, "ip", "route", "add", "192.0.2.0/24", "via", gw)
+	}
+	v6only := svcPort("ns", "v6only", "10.96.0.12", 80, beEP(1, 8080))
+	v6only.LoadBalancerIPs = addrs("192.0.2.12")
+	v6only.SourceRanges = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
+	v4 := svcPort("ns", "v4", "10.96.0.13", 80, beEP(1, 8080))
+	v4.LoadBalancerIPs = addrs("192.0.2.13")
+	v4.SourceRanges = []netip.Prefix{netip.MustParsePrefix("172.31.1.0/24"), netip.MustParsePrefix("2001:db8:1::/48")}
+	pl.sync(t, state(v6only, v4), true)
+
+	pl.mustGet(t, pl.c2, "192.0.2.12:80") // no IPv4 range: open to every IPv4 client
+	pl.mustGet(t, pl.client, "192.0.2.13:80")
+	if _, err := getWithin(pl.c2, "192.0.2.13:80", time.Second); err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("a client outside the IPv4 range: err = %v, want a timeout (dropped)", err)
+	}
+}
