@@ -38,7 +38,7 @@ func newPortState(sp *dataplane.ServicePort) *portState {
 	return ps
 }
 
-func (ps *portState) load() *dataplane.ServicePort   { return ps.sp.Load() }
+func (ps *portState) load() *dataplane.ServicePort    { return ps.sp.Load() }
 func (ps *portState) store(sp *dataplane.ServicePort) { ps.sp.Store(sp) }
 
 // candidates orders the endpoints to try for one new connection from client, at most tries of

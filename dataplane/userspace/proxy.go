@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"github.com/heraldlb/herald/dataplane"
-	"k8s.io/apimachinery/pkg/types"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Options configure a Proxy.

@@ -13,7 +13,7 @@ var proxyV2Signature = []byte("\r\n\r\n\x00\r\nQUIT\n")
 // have seen without the proxy, which connects from the node's own address. udp selects the
 // DGRAM transport. The addresses are of one family (the proxy keeps families apart).
 func proxyHeaderV2(src, dst netip.AddrPort, udp bool) []byte {
-	const cmdProxy = 0x21 // version 2, PROXY
+	const cmdProxy = 0x21  // version 2, PROXY
 	transport := byte(0x1) // STREAM
 	if udp {
 		transport = 0x2
