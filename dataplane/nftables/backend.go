@@ -48,6 +48,8 @@ type Backend struct {
 	// tableExists reports whether Herald's table is in the kernel: `nft list tables` on a node
 	// (it names the tables only; listing the table itself reads every chain), a List in tests.
 	tableExists func(ctx context.Context) (bool, error)
+	// userspace are the userspace proxy's listeners (nil: none runs); see SetUserspaceListeners.
+	userspace dataplane.UserspaceListeners
 }
 
 // transactionRunner commits a transaction atomically (knftables.Interface and session).
@@ -126,7 +128,7 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	// Work on copies of the refcounts that change, so a failed transaction leaves b intact.
 	refs := overlayRefs{base: b.refs, delta: nextRefs}
 	for _, svc := range sortedNames(req.Changed) {
-		fr := render(req.State.Services[svc])
+		fr := render(req.State.Services[svc], b.userspace)
 		diff(tx, b.committed[svc], fr, refs)
 		next[svc] = fr
 	}
@@ -169,7 +171,7 @@ func (b *Backend) syncFull(ctx context.Context, st *dataplane.State) error {
 		if err != nil {
 			break
 		}
-		fr := render(ports)
+		fr := render(ports, b.userspace)
 		diff(out.Part(), nil, fr, plainRefs(nextRefs))
 		if fr != nil {
 			next[svc] = fr
