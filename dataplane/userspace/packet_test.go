@@ -31,8 +31,8 @@ import (
 //	client  172.31.1.2 fd00:1::2 --- node --- 10.244.N.2 fd00:244:N::2 beN (N = 1..3)
 //	client2 172.31.2.2           ---
 //
-// A backend process (this test binary, re-run with backendEnv set) answers each connection's
-// first line with "<name> <client address>\n".
+// A backend process (this test binary, re-run with backendEnv set) answers each line of a
+// connection with "<name> <client address>\n".
 
 const backendEnv = "HERALD_US_TEST_BACKEND"
 
@@ -59,10 +59,13 @@ func serveLines(name string) {
 		}
 		go func() {
 			defer c.Close()
-			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
-				return
+			r := bufio.NewReader(c)
+			for {
+				if _, err := r.ReadString('\n'); err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s %s\n", name, addrPortOf(c.RemoteAddr()).Addr())
 			}
-			fmt.Fprintf(c, "%s %s\n", name, addrPortOf(c.RemoteAddr()).Addr())
 		}()
 	}
 }
@@ -435,4 +438,77 @@ func serveProxyProtocol(t *testing.T, ns string) {
 			}()
 		}
 	}()
+}
+
+// TestModeSwitchKeepsEstablishedConnections switches a Service between the modes while
+// connections are open: none is lost either way. Kernel to userspace: the connections keep
+// their conntrack DNAT to the endpoint (NAT is decided on a connection's first packet only).
+// Userspace to kernel: the proxy closes the listener but carries the connections it accepted
+// until they end. (A speaker restart does end the proxied ones: they live in the process.)
+func TestModeSwitchKeepsEstablishedConnections(t *testing.T) {
+	pl := newPacketLab(t, Options{})
+	for n := 1; n <= 3; n++ {
+		pl.start(n)
+	}
+	target := netip.AddrPortFrom(clusterIP4, 80)
+	open := func() []*lineConn {
+		var conns []*lineConn
+		for range 20 {
+			c, err := dialLines(pl.client, target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			conns = append(conns, c)
+		}
+		return conns
+	}
+	check := func(when string, conns []*lineConn) {
+		t.Helper()
+		for i, c := range conns {
+			if answer, err := c.ask(); err != nil || !strings.HasPrefix(answer, "be") {
+				t.Fatalf("%s: connection %d: %q, %v", when, i, answer, err)
+			}
+		}
+	}
+	pl.sync(lbService("svc", v1.ProtocolTCP, 8080, false))
+	kernelConns := open()
+	pl.sync(lbService("svc", v1.ProtocolTCP, 8080, true))
+	check("kernel connections after the switch to userspace", kernelConns)
+	userspaceConns := open()
+	check("new userspace connections", userspaceConns)
+	pl.sync(lbService("svc", v1.ProtocolTCP, 8080, false))
+	check("userspace connections after the switch back to kernel", userspaceConns)
+	check("kernel connections after both switches", kernelConns)
+	if answer, err := ask(pl.client, target); err != nil {
+		t.Fatalf("a new connection after the switch back: %q, %v", answer, err)
+	}
+	if _, _, ok := pl.proxy.UserspacePorts(lbService("svc", v1.ProtocolTCP, 8080, true).Name); ok {
+		t.Error("the proxy still has a listener for the Service in kernel mode")
+	}
+}
+
+// lineConn is a connection to a line backend that stays open between questions.
+type lineConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func dialLines(ns string, addr netip.AddrPort) (*lineConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := netnstest.Dialer(ns, &net.Dialer{})(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return &lineConn{Conn: c, r: bufio.NewReader(c)}, nil
+}
+
+func (c *lineConn) ask() (string, error) {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(c, "hello\n"); err != nil {
+		return "", err
+	}
+	line, err := c.r.ReadString('\n')
+	return strings.TrimSuffix(line, "\n"), err
 }
