@@ -92,6 +92,9 @@ func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fr
 			continue
 		}
 		redirect := userspaceRedirectOf(p, us)
+		if redirect != nil {
+			redirect.addListenerPorts(fr, p)
+		}
 		for _, f := range []family{ipv4, ipv6} {
 			renderFamily(fr, p, f, redirect)
 		}

@@ -3,8 +3,27 @@ package nftables
 import (
 	"fmt"
 
+	"sigs.k8s.io/knftables"
+
 	"github.com/heraldlb/herald/dataplane"
 )
+
+// The proxy's listeners are sockets on the node's wildcard address: without a guard, a client
+// could connect to a listener's port directly, past the Service's source-range firewall. The
+// guard drops new connections to those ports that did not come through a redirect.
+const (
+	userspacePortsSet   = "userspace-ports"
+	userspaceGuardChain = "userspace-guard"
+)
+
+// addUserspaceBase adds the guard to the fixed part of the table.
+func addUserspaceBase(tx *knftables.Transaction) {
+	tx.Add(&knftables.Set{Name: userspacePortsSet, Type: "inet_proto . inet_service"})
+	typ, hook, prio := knftables.FilterType, knftables.InputHook, knftables.FilterPriority
+	tx.Add(&knftables.Chain{Name: userspaceGuardChain, Type: &typ, Hook: &hook, Priority: &prio})
+	tx.Add(&knftables.Rule{Chain: userspaceGuardChain,
+		Rule: "ct state new ct status & dnat == 0 meta l4proto . th dport @" + userspacePortsSet + " drop"})
+}
 
 // SetUserspaceListeners hands the ports annotated herald.io/proxy-mode: userspace to the
 // userspace proxy (dataplane/userspace): their Service chains redirect new connections to the
@@ -28,6 +47,15 @@ func userspaceRedirectOf(p *dataplane.ServicePort, us dataplane.UserspaceListene
 		return nil
 	}
 	return &userspaceRedirect{cluster: cluster, external: external}
+}
+
+// addListenerPorts lists p's listener ports in the guard's set.
+func (r *userspaceRedirect) addListenerPorts(fr *fragment, p *dataplane.ServicePort) {
+	for _, port := range []uint16{r.cluster, r.external} {
+		if port != 0 {
+			fr.addElement(elementKey{userspacePortsSet, key(proto(p.Protocol), fmt.Sprint(port))}, "")
+		}
+	}
 }
 
 // rules replace the endpoint rules of a Service or external chain. redirect rewrites the

@@ -37,10 +37,17 @@ func TestUserspacePortsRedirectToTheProxy(t *testing.T) {
 	if len(fr.sets) != 0 {
 		t.Errorf("affinity sets %v rendered: the proxy keeps affinity itself", fr.sets)
 	}
+	var guarded []string
 	for _, e := range fr.elements {
 		if e.container == ipv4.hairpin() {
 			t.Errorf("hairpin element %v: the proxy connects from the node, no hairpin", e)
 		}
+		if e.container == userspacePortsSet {
+			guarded = append(guarded, e.key)
+		}
+	}
+	if !slices.Equal(guarded, []string{"tcp . 40001", "tcp . 40002"}) {
+		t.Errorf("guarded listener ports %q, want both listeners", guarded)
 	}
 
 	// Without a listener (the proxy could not open one) the port is forwarded by nftables.

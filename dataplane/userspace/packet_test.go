@@ -310,6 +310,14 @@ func TestUserspaceOverRealPackets(t *testing.T) {
 			t.Errorf("the ClusterIP stays open to other sources (as in kube-proxy): %q, %v", answer, err)
 		}
 	})
+	t.Run("listeners unreachable but through the Service", func(t *testing.T) {
+		cluster, external, _ := pl.proxy.UserspacePorts(tcp.Name)
+		for _, port := range []uint16{cluster, external} {
+			if answer, err := ask(pl.c2, netip.MustParseAddrPort(fmt.Sprintf("172.31.2.1:%d", port))); err == nil {
+				t.Errorf("a client reached the proxy's listener port %d directly: %q", port, answer)
+			}
+		}
+	})
 	t.Run("blackholed endpoint", func(t *testing.T) {
 		// be1 drops SYNs to 8080: one connection waits one connect timeout, then be1 is
 		// suspect and tried last.
