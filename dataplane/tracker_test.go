@@ -225,3 +225,36 @@ func TestTrackerCountsAnEndpointOnce(t *testing.T) {
 		t.Fatalf("after deleting web-a: endpoints = %v, want %v", got, want)
 	}
 }
+
+func TestTrackerReadsUserspaceMode(t *testing.T) {
+	tr := NewChangeTracker("n1")
+	svc := lbService("1")
+	svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 9})
+	svc.Annotations = map[string]string{"herald.io/proxy-mode": "userspace", "herald.io/userspace-connect-tries": "5",
+		"herald.io/userspace-proxy-protocol": "v2"}
+	tr.OnServiceUpdate(svc)
+	var st State
+	tr.Apply(&st)
+	ports := st.Services[types.NamespacedName{Namespace: "ns", Name: "web"}]
+	want := &UserspaceOptions{ConnectTries: 5, ProxyProtocol: true}
+	for _, p := range ports {
+		switch p.Protocol {
+		case v1.ProtocolSCTP:
+			if p.Userspace != nil {
+				t.Errorf("SCTP port in userspace mode: the proxy speaks TCP and UDP only")
+			}
+		default:
+			if p.Userspace == nil || *p.Userspace != *want {
+				t.Errorf("%s: userspace %+v, want %+v", p.Name, p.Userspace, want)
+			}
+		}
+	}
+
+	// A typo leaves the Service in the kernel (the controller reports it).
+	svc = lbService("2")
+	svc.Annotations = map[string]string{"herald.io/proxy-mode": "userpsace"}
+	tr.OnServiceUpdate(svc)
+	if changes := tr.Apply(&st); len(changes) != 1 || changes[0].New[0].Userspace != nil {
+		t.Fatalf("after a typo: %+v", changes)
+	}
+}
