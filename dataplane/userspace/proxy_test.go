@@ -387,3 +387,40 @@ func TestSyncRetiresAndKeepsEstablishedConnections(t *testing.T) {
 		t.Fatalf("established connection after the switch: %q, %v", r, err)
 	}
 }
+
+func TestEchoWhileSending(t *testing.T) {
+	// The backend echoes while the client is still sending 8 MiB: both directions stream at
+	// once through the proxy, past the replay buffer, and every byte comes back in order.
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	_, addr := start(t, Options{}, servicePort(v1.ProtocolTCP, 1, ln.Addr().(*net.TCPAddr).AddrPort()))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	payload := make([]byte, 8<<20)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	go func() {
+		c.Write(payload)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echoed %d of %d bytes (equal: %v), %v", len(got), len(payload), bytes.Equal(got, payload), err)
+	}
+}

@@ -215,43 +215,46 @@ func (c *tcpConn) commit(client netip.Addr) {
 }
 
 // copyToBackend forwards the client's bytes, keeping them for a replay until the backend
-// answered, then splices the rest and half-closes the backend when the client did.
+// answered, then splices the rest and half-closes the backend when the client did. The lock
+// is never held while writing: a backend that answers while the client still sends (an echo)
+// must not wait for the lock to be read from. A chunk is kept in the replay before it is
+// written, so a switch of endpoints in between sends it to the new one with the replay, and
+// the write to the old one just fails.
 func (c *tcpConn) copyToBackend() error {
 	label := c.port.name.String()
 	buf := make([]byte, 16<<10)
 	for {
 		n, err := c.client.Read(buf)
 		c.mu.Lock()
-		committed := c.committed
-		if n > 0 {
-			if !committed {
-				if len(c.replay)+n > maxReplay {
-					// Too much to keep: this endpoint it is.
-					c.committed, c.replay = true, nil
-				} else {
-					c.replay = append(c.replay, buf[:n]...)
-				}
+		if n > 0 && !c.committed {
+			if len(c.replay)+n > maxReplay {
+				c.committed, c.replay = true, nil // too much to keep: this endpoint it is
+			} else {
+				c.replay = append(c.replay, buf[:n]...)
 			}
-			// A write error before commit is the backend resetting: copyFromBackend sees it
-			// and replays to the next endpoint.
-			if werr := writeAll(c.backend, buf[:n]); werr != nil && c.committed {
-				c.mu.Unlock()
+		}
+		committed, be := c.committed, c.backend
+		if err != nil {
+			c.clientEOF = true
+		}
+		c.mu.Unlock()
+		if n > 0 {
+			// Before the commit, a failed write is the backend resetting: copyFromBackend
+			// sees the reset and replays to the next endpoint.
+			if werr := writeAll(be, buf[:n]); werr != nil && committed {
 				return werr
 			}
 			c.sent += int64(n)
 		}
 		if err != nil {
-			c.clientEOF = true
-			be := c.backend
-			c.mu.Unlock()
 			c.p.metrics.bytes.WithLabelValues(label, "to_backend").Add(float64(c.sent))
-			if err == io.EOF {
-				be.CloseWrite()
-				return nil
+			if err != io.EOF {
+				return err
 			}
-			return err
+			// A switch of endpoints after this point half-closes the new one (clientEOF).
+			be.CloseWrite()
+			return nil
 		}
-		c.mu.Unlock()
 		if committed {
 			break
 		}
