@@ -33,13 +33,13 @@ import (
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/nftables"
 	"github.com/heraldlb/herald/dataplane/userspace"
-	"github.com/heraldlb/herald/internal/netnsrun"
 )
 
 var (
 	quick = flag.Bool("quick", false, "a tiny run that checks the benchmark works (figures meaningless)")
 	// Helper roles.
 	serve    = flag.Bool("serve", false, "internal: serve HTTP on :8080 and bulk bytes on :9000")
+	nodeRole = flag.Bool("node", false, "internal: run the nftables backend and the proxy here until stdin closes")
 	loadAddr = flag.String("load", "", "internal: load this address, print JSON results")
 	newConns = flag.Bool("new-conns", false, "internal: a new connection per request")
 	bulk     = flag.Int64("bulk", 0, "internal: read this many bytes from addr, print MB/s")
@@ -60,6 +60,11 @@ func main() {
 	switch {
 	case *serve:
 		runServer()
+	case *nodeRole:
+		if err := runNode(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/userspace node:", err)
+			os.Exit(1)
+		}
 	case *loadAddr != "":
 		runLoad()
 	default:
@@ -143,63 +148,29 @@ func run() error {
 		}
 	}
 
-	proxy := userspace.New(userspace.Options{
-		Listen: func(network, addr string) (ln net.Listener, err error) {
-			err = netnsrun.Do(node, func() (err error) { ln, err = net.Listen(network, addr); return err })
-			return ln, err
-		},
-		ListenPacket: func(network, addr string) (pc net.PacketConn, err error) {
-			err = netnsrun.Do(node, func() (err error) { pc, err = net.ListenPacket(network, addr); return err })
-			return pc, err
-		},
-		// The proxy dials from the node: a dialer whose sockets are made there.
-		Dial: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = netnsrun.Do(node, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, network, addr); return err })
-			return c, err
-		},
-	})
-	defer proxy.Close()
-	var kernel *nftables.Backend
-	if err := netnsrun.Do(node, func() (err error) { kernel, err = nftables.New(); return err }); err != nil {
+	// The node runs in a process of its own inside the node namespace, as the speaker does on a
+	// node: its sockets are made there without switching namespaces per connection.
+	nodeCmd := exec.Command("ip", "netns", "exec", node, os.Args[0], "-node")
+	stdin, err := nodeCmd.StdinPipe()
+	if err != nil {
 		return err
 	}
-	defer kernel.Close()
-	kernel.SetUserspaceListeners(proxy)
-	backend := userspace.NewBackend(kernel, proxy)
-	st := &dataplane.State{Services: map[types.NamespacedName][]*dataplane.ServicePort{}}
-	for _, s := range []struct {
-		name string
-		ip   netip.Addr
-		user bool
-	}{{"kernel", kernelIP, false}, {"userspace", userIP, true}} {
-		for _, p := range []struct {
-			name   string
-			port   int32
-			target int32
-		}{{"http", 80, 8080}, {"bulk", 9000, 9000}} {
-			sp := &dataplane.ServicePort{
-				Name:       dataplane.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "bench", Name: s.name}, Port: p.name, Protocol: corev1.ProtocolTCP},
-				Protocol:   corev1.ProtocolTCP,
-				Port:       p.port,
-				ClusterIPs: []netip.Addr{s.ip},
-			}
-			for i := 1; i <= 2; i++ {
-				sp.ClusterEndpoints = append(sp.ClusterEndpoints, dataplane.Endpoint{
-					Addr: netip.MustParseAddr(fmt.Sprintf("10.244.%d.2", i)), Port: p.target, Ready: true, Serving: true, Local: true})
-			}
-			sp.ExternalEndpoints, sp.HasEndpoints = sp.ClusterEndpoints, true
-			if s.user {
-				sp.Userspace = &dataplane.UserspaceOptions{ConnectTries: 3}
-			}
-			key := sp.Name.NamespacedName
-			st.Services[key] = append(st.Services[key], sp)
-		}
-	}
-	if err := netnsrun.Do(node, func() error {
-		return backend.Sync(context.Background(), dataplane.SyncRequest{State: st, Full: true})
-	}); err != nil {
+	nodeOut, err := nodeCmd.StdoutPipe()
+	if err != nil {
 		return err
 	}
+	nodeCmd.Stderr = os.Stderr
+	if err := nodeCmd.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		stdin.Close()
+		nodeCmd.Wait()
+	}()
+	if line, err := bufio.NewReader(nodeOut).ReadString('\n'); err != nil || line != "ready\n" {
+		return fmt.Errorf("node: %q, %v", line, err)
+	}
+	cpuTime := func() time.Duration { return processCPU(nodeCmd.Process.Pid) }
 
 	d, bulkBytes, window := *duration, int64(1<<30), 1000
 	if *quick {
@@ -270,6 +241,80 @@ func run() error {
 	return nil
 }
 
+// runNode is the node: the nftables backend with the userspace proxy in front, serving a
+// kernel-mode and a userspace-mode Service on the same backends, until stdin closes.
+func runNode() error {
+	proxy := userspace.New(userspace.Options{})
+	defer proxy.Close()
+	kernel, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	defer kernel.Close()
+	kernel.SetUserspaceListeners(proxy)
+	backend := userspace.NewBackend(kernel, proxy)
+	if err := backend.Sync(context.Background(), dataplane.SyncRequest{State: benchState(), Full: true}); err != nil {
+		return err
+	}
+	defer backend.Cleanup(context.Background())
+	fmt.Println("ready")
+	_, err = io.Copy(io.Discard, os.Stdin)
+	return err
+}
+
+// benchState is a kernel-mode and a userspace-mode Service, each with an HTTP and a bulk port,
+// on the same two backends.
+func benchState() *dataplane.State {
+	st := &dataplane.State{Services: map[types.NamespacedName][]*dataplane.ServicePort{}}
+	for _, s := range []struct {
+		name string
+		ip   netip.Addr
+		user bool
+	}{{"kernel", kernelIP, false}, {"userspace", userIP, true}} {
+		for _, p := range []struct {
+			name   string
+			port   int32
+			target int32
+		}{{"http", 80, 8080}, {"bulk", 9000, 9000}} {
+			sp := &dataplane.ServicePort{
+				Name:       dataplane.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "bench", Name: s.name}, Port: p.name, Protocol: corev1.ProtocolTCP},
+				Protocol:   corev1.ProtocolTCP,
+				Port:       p.port,
+				ClusterIPs: []netip.Addr{s.ip},
+			}
+			for i := 1; i <= 2; i++ {
+				sp.ClusterEndpoints = append(sp.ClusterEndpoints, dataplane.Endpoint{
+					Addr: netip.MustParseAddr(fmt.Sprintf("10.244.%d.2", i)), Port: p.target, Ready: true, Serving: true, Local: true})
+			}
+			sp.ExternalEndpoints, sp.HasEndpoints = sp.ClusterEndpoints, true
+			if s.user {
+				sp.Userspace = &dataplane.UserspaceOptions{ConnectTries: 3}
+			}
+			key := sp.Name.NamespacedName
+			st.Services[key] = append(st.Services[key], sp)
+		}
+	}
+	return st
+}
+
+// processCPU is the user+system CPU time of process pid (/proc/PID/stat, in clock ticks of
+// 10 ms, the kernel's USER_HZ on Linux).
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(fields) < 13 {
+		return 0
+	}
+	var utime, stime int64
+	fmt.Sscan(fields[11], &utime)
+	fmt.Sscan(fields[12], &stime)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 // loadResult is what a load helper prints.
 type loadResult struct {
 	Requests  int64   `json:"requests"`
@@ -293,14 +338,6 @@ func helper(ns string, out any, args ...string) error {
 func emit(figure string, value float64, unit, target, command string) {
 	b, _ := json.Marshal(map[string]any{"figure": figure, "value": value, "unit": unit, "target": target, "command": command})
 	fmt.Printf("BENCH %s\n", b)
-}
-
-// cpuTime is this process's user+system CPU time: the proxy is the only thing in it that works
-// during a load (the backends and the client are other processes).
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func runServer() {
