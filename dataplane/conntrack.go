@@ -67,8 +67,9 @@ func (KernelConntrack) DeleteUDP(filters []ConntrackFilter) error {
 }
 
 // staleUDPFilters lists the conntrack entries a change of one Service leaves stale: flows to
-// endpoints that are gone, and flows to a port that had no endpoint at all (those were never
-// translated and would keep bypassing the new rules).
+// endpoints that are gone, flows to a port that had no endpoint at all (those were never
+// translated and would keep bypassing the new rules), and flows of a port that leaves the
+// userspace proxy (redirected to its closed listener).
 func staleUDPFilters(old, cur []*ServicePort) []ConntrackFilter {
 	curByName := map[ServicePortName]*ServicePort{}
 	for _, p := range cur {
@@ -105,7 +106,10 @@ func staleUDPFilters(old, cur []*ServicePort) []ConntrackFilter {
 		if n.Protocol != v1.ProtocolUDP || !n.HasEndpoints {
 			continue
 		}
-		if o := oldByName[n.Name]; o != nil && o.HasEndpoints {
+		// A port leaving the userspace proxy: its flows were redirected to the proxy's
+		// listener, which closes; they must find the kernel's rules instead.
+		o := oldByName[n.Name]
+		if o != nil && o.HasEndpoints && (o.Userspace == nil || n.Userspace != nil) {
 			continue
 		}
 		for _, vip := range slices.Concat(n.ExternalAddrs(), n.ClusterIPs) {

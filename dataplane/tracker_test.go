@@ -181,6 +181,16 @@ func TestStaleUDPFilters(t *testing.T) {
 	if got := staleUDPFilters(mk(true, "10.1.0.1"), mk(true, "10.1.0.1")); len(got) != 0 {
 		t.Fatalf("unchanged = %+v", got)
 	}
+	// Leaving the userspace proxy: the flows redirected to its listener are cleared; entering
+	// it, the kernel's translations go on serving their flows and stay.
+	user := mk(true, "10.1.0.1")
+	user[0].Userspace = &UserspaceOptions{ConnectTries: 3}
+	if got := staleUDPFilters(user, mk(true, "10.1.0.1")); len(got) != 3 || got[0].OrigDst.String() != "10.96.0.10" || got[0].OrigDstPort != 53 {
+		t.Fatalf("leaving userspace = %+v", got)
+	}
+	if got := staleUDPFilters(mk(true, "10.1.0.1"), user); len(got) != 0 {
+		t.Fatalf("entering userspace = %+v", got)
+	}
 }
 
 // An endpoint listed twice (in two slices while the controller moves it, or twice in one) is
