@@ -166,7 +166,9 @@ func (p *Proxy) open(req dataplane.SyncRequest) error {
 		if _, changed := req.Changed[name.NamespacedName]; !req.Full && !changed {
 			continue
 		}
-		if sp, ok := desired[name]; ok && sp.Protocol == pl.port.load().Protocol && (sp.NodePort != 0 || len(sp.ExternalAddrs()) > 0) == (pl.external != nil) {
+		// A port keeps its listeners (and their ports: no rule changes) unless it left the
+		// userspace mode or gained or lost its external traffic.
+		if sp, ok := desired[name]; ok && hasExternal(sp) == (pl.external != nil) {
 			continue
 		}
 		delete(p.ports, name)
@@ -214,7 +216,7 @@ func (p *Proxy) listen(sp *dataplane.ServicePort) (*portListeners, error) {
 	if pl.cluster, err = open(false); err != nil {
 		return nil, err
 	}
-	if sp.NodePort != 0 || len(sp.ExternalAddrs()) > 0 {
+	if hasExternal(sp) {
 		if pl.external, err = open(true); err != nil {
 			pl.cluster.Close()
 			return nil, err
@@ -253,6 +255,12 @@ func (p *Proxy) spawn(fn func()) {
 		defer p.wg.Done()
 		fn()
 	}()
+}
+
+// hasExternal says whether sp has external traffic (a NodePort, LoadBalancer IPs or
+// externalIPs), which gets a listener of its own.
+func hasExternal(sp *dataplane.ServicePort) bool {
+	return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 || len(sp.LoadBalancerIPs) > 0
 }
 
 // endpointsFor returns the endpoints of the family of the address the client reached.

@@ -72,7 +72,8 @@ type tcpConn struct {
 	header     []byte // PROXY protocol header, nil without
 
 	// Until committed (the backend sent its first byte, or the replay overflowed), the
-	// backend may still be replaced; the client-to-backend copy writes under mu then.
+	// backend may still be replaced (under mu, which guards the fields below); after, they
+	// no longer change.
 	mu        sync.Mutex
 	backend   *net.TCPConn
 	endpoint  netip.AddrPort
