@@ -34,7 +34,8 @@ type Options struct {
 	// net.ListenPacket (the speaker's own network namespace: the node's).
 	Listen       func(network, address string) (net.Listener, error)
 	ListenPacket func(network, address string) (net.PacketConn, error)
-	// Dial connects to an endpoint; default a net.Dialer.
+	// Dial connects to an endpoint; default a net.Dialer. Its TCP connections must be
+	// *net.TCPConn (splice and half-close need them).
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// ConnectTimeout bounds each connection attempt to an endpoint; default 1 s.
 	ConnectTimeout time.Duration
