@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/healthcheck"
@@ -112,6 +113,9 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 		}
 	case mode.IPVS:
 		b.backend, err = ipvs.New(ipvsOptions)
+		// IPVS cannot hand a virtual service's connections to a local listener.
+		log.Info("dataplane: the userspace proxy mode needs nftables; Services annotated " + config.AnnotationProxyMode +
+			": " + config.ProxyModeUserspace + " are served by IPVS on this node")
 	}
 	if err != nil {
 		return Backend{}, fmt.Errorf("%s backend: %w", decision.Backend, err)
