@@ -14,6 +14,24 @@ const (
 	AnnotationAllowSharedIP = "herald.io/allow-shared-ip"
 	// AnnotationIPVSScheduler picks the IPVS scheduler (rr, wrr, lc, wlc, dh, sh, sed, nq, mh).
 	AnnotationIPVSScheduler = "herald.io/ipvs-scheduler"
+	// AnnotationProxyMode "userspace" puts the Service's TCP traffic through the speaker's
+	// userspace proxy (dataplane/userspace), which retries a new connection on another endpoint
+	// when the one it picked refuses, resets or does not answer. Absent or "kernel": the node's
+	// kernel backend (nftables or IPVS) forwards it.
+	AnnotationProxyMode = "herald.io/proxy-mode"
+	// AnnotationUserspaceConnectTries bounds the endpoints the userspace proxy tries per new
+	// connection (default 3) before it resets the client.
+	AnnotationUserspaceConnectTries = "herald.io/userspace-connect-tries"
+	// AnnotationUserspaceProxyProtocol "v2" makes the userspace proxy open every backend
+	// connection with a PROXY protocol v2 header carrying the client's address; the backend
+	// must expect it. The proxy's only way to pass the client address through.
+	AnnotationUserspaceProxyProtocol = "herald.io/userspace-proxy-protocol"
+)
+
+// Values of herald.io/proxy-mode.
+const (
+	ProxyModeKernel    = "kernel"
+	ProxyModeUserspace = "userspace"
 )
 
 // annotationAliases lists, for each Herald annotation, the MetalLB names read in its place.

@@ -191,6 +191,14 @@ func TestNativeController(t *testing.T) {
 		if len(ev) != 1 || ev[0].Reason != config.ReasonInvalidAnnotation || ev[0].Type != corev1.EventTypeWarning {
 			t.Errorf("events %v, want one Warning %s", summarize(ev), config.ReasonInvalidAnnotation)
 		}
+		f.service("annot", "modetypo", annotate(config.AnnotationProxyMode, "userpsace"))
+		modeTypo := f.wait("annot", "modetypo", "AnnotationsValid False", func(svc *corev1.Service) bool {
+			c := annotationsValid(svc)
+			return hasAddress(svc) && c != nil && c.Status == metav1.ConditionFalse
+		})
+		if c := annotationsValid(modeTypo); !strings.Contains(c.Message, `unknown herald.io/proxy-mode "userpsace": use "userspace" or "kernel"`) {
+			t.Errorf("proxy-mode typo: condition %+v", c)
+		}
 		ip := ingressIPs(typo)
 		f.patchAnnotation("annot", "typo", config.AnnotationIPVSScheduler, "sh")
 		fixed := f.wait("annot", "typo", "AnnotationsValid True", func(svc *corev1.Service) bool {

@@ -98,6 +98,9 @@ func annotationsCondition(svc *corev1.Service) *metav1.Condition {
 			problems = append(problems, "annotation "+key+": "+err.Error())
 		}
 	}
+	if _, err := config.ParseUserspaceProxy(svc.Annotations); err != nil {
+		problems = append(problems, err.Error())
+	}
 	if len(problems) > 0 {
 		return &metav1.Condition{Type: config.ConditionAnnotationsValid, Status: metav1.ConditionFalse,
 			Reason: config.ReasonInvalidAnnotation, Message: strings.Join(problems, "; "), ObservedGeneration: svc.Generation}

@@ -67,11 +67,12 @@ func (KernelConntrack) DeleteUDP(filters []ConntrackFilter) error {
 }
 
 // staleUDPFilters lists the conntrack entries a change of one Service leaves stale: flows to
-// endpoints that no longer serve, and flows to a port that had no endpoint at all (those were
-// never translated and would keep bypassing the new rules). Like kube-proxy, flows to an
-// endpoint that still serves (a terminating one, say) are kept. Each filter names the
-// Service address the flow was sent to, so it never hits an unrelated flow that merely comes
-// back from the same pod (a client talking to the pod directly, another Service's port).
+// endpoints that no longer serve, flows to a port that had no endpoint at all (those were
+// never translated and would keep bypassing the new rules), and flows of a port that leaves the
+// userspace proxy (redirected to its closed listener). Like kube-proxy, flows to an endpoint
+// that still serves (a terminating one, say) are kept. Each filter names the Service address
+// the flow was sent to, so it never hits an unrelated flow that merely comes back from the same
+// pod (a client talking to the pod directly, another Service's port).
 func staleUDPFilters(old, cur []*ServicePort) []ConntrackFilter {
 	curByName := map[ServicePortName]*ServicePort{}
 	for _, p := range cur {
@@ -120,7 +121,10 @@ func staleUDPFilters(old, cur []*ServicePort) []ConntrackFilter {
 		if n.Protocol != v1.ProtocolUDP || !n.HasEndpoints {
 			continue
 		}
-		if o := oldByName[n.Name]; o != nil && o.HasEndpoints {
+		// A port leaving the userspace proxy: its flows were redirected to the proxy's
+		// listener, which closes; they must find the kernel's rules instead.
+		o := oldByName[n.Name]
+		if o != nil && o.HasEndpoints && (o.Userspace == nil || n.Userspace != nil) {
 			continue
 		}
 		for _, vip := range slices.Concat(n.ExternalAddrs(), n.ClusterIPs) {

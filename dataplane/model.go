@@ -54,6 +54,10 @@ type ServicePort struct {
 	HealthCheckNodePort int32
 	// Scheduler is the raw herald.io/ipvs-scheduler annotation; the IPVS backend validates it.
 	Scheduler string
+	// Userspace is set when herald.io/proxy-mode: userspace puts this port's traffic through the
+	// userspace proxy (dataplane/userspace): the kernel backend then hands the traffic to the
+	// proxy's listeners instead of translating it to the endpoints itself.
+	Userspace *UserspaceOptions
 
 	// ClusterEndpoints serve traffic to the ClusterIPs (internalTrafficPolicy applied).
 	ClusterEndpoints []Endpoint
@@ -78,6 +82,22 @@ func (p *ServicePort) ExternalAddrs() []netip.Addr {
 		return p.LoadBalancerIPs
 	}
 	return append(slices.Clone(p.ExternalIPs), p.LoadBalancerIPs...)
+}
+
+// UserspaceOptions are a userspace-proxied port's settings (herald.io/userspace-* annotations).
+type UserspaceOptions struct {
+	// ConnectTries bounds the endpoints tried per new connection.
+	ConnectTries int
+	// ProxyProtocol sends a PROXY protocol v2 header with the client's address to the backend.
+	ProxyProtocol bool
+}
+
+// UserspaceListeners tells a kernel backend where the userspace proxy listens for a port: the
+// node-local port its cluster traffic (to the ClusterIPs) and its external traffic (NodePort,
+// LoadBalancer IPs, externalIPs) are redirected to. ok is false when the proxy has no listener
+// for it (then the kernel backend forwards the port itself, as without the annotation).
+type UserspaceListeners interface {
+	UserspacePorts(name ServicePortName) (cluster, external uint16, ok bool)
 }
 
 // Endpoint is one backend of a ServicePort, its target port resolved for that port.

@@ -234,6 +234,10 @@ func buildServicePorts(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, 
 		InternalPolicyLocal: policy.InternalLocal,
 		Scheduler:           svc.Annotations[config.AnnotationIPVSScheduler],
 	}
+	// An invalid proxy-mode annotation falls back to the kernel; the controller reports it.
+	if us, _ := config.ParseUserspaceProxy(svc.Annotations); us.Enabled {
+		base.Userspace = &UserspaceOptions{ConnectTries: us.ConnectTries, ProxyProtocol: us.ProxyProtocol}
+	}
 	if len(base.ClusterIPs) == 0 {
 		base.ClusterIPs = parseAddrs([]string{svc.Spec.ClusterIP})
 	}
@@ -265,6 +269,9 @@ func buildServicePorts(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, 
 		p.Name = ServicePortName{NamespacedName: key, Port: sp.Name, Protocol: sp.Protocol}
 		p.Protocol = sp.Protocol
 		p.Port = sp.Port
+		if p.Protocol != v1.ProtocolTCP && p.Protocol != v1.ProtocolUDP {
+			p.Userspace = nil // the userspace proxy speaks TCP and UDP only
+		}
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 			// With allocateLoadBalancerNodePorts: false the apiserver leaves nodePort 0 and
 			// there is nothing to open; a port the user set by hand is still honoured.

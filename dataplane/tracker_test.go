@@ -191,6 +191,16 @@ func TestStaleUDPFilters(t *testing.T) {
 	if got := staleUDPFilters(mk(true, "10.1.0.1"), mk(true, "10.1.0.1")); len(got) != 0 {
 		t.Fatalf("unchanged = %+v", got)
 	}
+	// Leaving the userspace proxy: the flows redirected to its listener are cleared; entering
+	// it, the kernel's translations go on serving their flows and stay.
+	user := mk(true, "10.1.0.1")
+	user[0].Userspace = &UserspaceOptions{ConnectTries: 3}
+	if got := staleUDPFilters(user, mk(true, "10.1.0.1")); len(got) != 3 || got[0].OrigDst.String() != "10.96.0.10" || got[0].OrigDstPort != 53 {
+		t.Fatalf("leaving userspace = %+v", got)
+	}
+	if got := staleUDPFilters(mk(true, "10.1.0.1"), user); len(got) != 0 {
+		t.Fatalf("entering userspace = %+v", got)
+	}
 }
 
 // An endpoint listed twice (in two slices while the controller moves it, or twice in one) is
@@ -252,5 +262,38 @@ func TestTrackerReadsUnsetServingAsTrue(t *testing.T) {
 	http := st.Services[types.NamespacedName{Namespace: "ns", Name: "web"}][0]
 	if len(http.ClusterEndpoints) != 1 || !http.ClusterEndpoints[0].Serving || !http.HasEndpoints {
 		t.Fatalf("a terminating endpoint with serving unset is not used: %+v", http)
+	}
+}
+
+func TestTrackerReadsUserspaceMode(t *testing.T) {
+	tr := NewChangeTracker("n1")
+	svc := lbService("1")
+	svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 9})
+	svc.Annotations = map[string]string{"herald.io/proxy-mode": "userspace", "herald.io/userspace-connect-tries": "5",
+		"herald.io/userspace-proxy-protocol": "v2"}
+	tr.OnServiceUpdate(svc)
+	var st State
+	tr.Apply(&st)
+	ports := st.Services[types.NamespacedName{Namespace: "ns", Name: "web"}]
+	want := &UserspaceOptions{ConnectTries: 5, ProxyProtocol: true}
+	for _, p := range ports {
+		switch p.Protocol {
+		case v1.ProtocolSCTP:
+			if p.Userspace != nil {
+				t.Errorf("SCTP port in userspace mode: the proxy speaks TCP and UDP only")
+			}
+		default:
+			if p.Userspace == nil || *p.Userspace != *want {
+				t.Errorf("%s: userspace %+v, want %+v", p.Name, p.Userspace, want)
+			}
+		}
+	}
+
+	// A typo leaves the Service in the kernel (the controller reports it).
+	svc = lbService("2")
+	svc.Annotations = map[string]string{"herald.io/proxy-mode": "userpsace"}
+	tr.OnServiceUpdate(svc)
+	if changes := tr.Apply(&st); len(changes) != 1 || changes[0].New[0].Userspace != nil {
+		t.Fatalf("after a typo: %+v", changes)
 	}
 }

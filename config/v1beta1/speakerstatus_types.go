@@ -136,7 +136,19 @@ type DataplaneStatus struct {
 	// Services programmed.
 	// +optional
 	Services int32 `json:"services,omitempty"`
+	// UserspaceServices are the Service ports ("namespace/name/protocol/port") whose traffic
+	// goes through the userspace proxy (herald.io/proxy-mode: userspace), sorted; at most
+	// MaxUserspaceServicesListed, userspaceServicesTotal has the count.
+	// +optional
+	// +listType=atomic
+	UserspaceServices []string `json:"userspaceServices,omitempty"`
+	// UserspaceServicesTotal is how many Service ports the userspace proxy serves.
+	// +optional
+	UserspaceServicesTotal int32 `json:"userspaceServicesTotal,omitempty"`
 }
+
+// MaxUserspaceServicesListed caps DataplaneStatus.UserspaceServices, like the announcements.
+const MaxUserspaceServicesListed = 1000
 
 // SpeakerStatusList is a list of SpeakerStatuses.
 //

@@ -22,12 +22,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/healthcheck"
 	"github.com/heraldlb/herald/dataplane/ipvs"
 	"github.com/heraldlb/herald/dataplane/mode"
 	"github.com/heraldlb/herald/dataplane/nftables"
+	"github.com/heraldlb/herald/dataplane/userspace"
 )
 
 // Options configure the data plane.
@@ -67,6 +69,8 @@ type DataPlane struct {
 	factory  informers.SharedInformerFactory
 	nodes    informers.SharedInformerFactory
 	checks   *healthcheck.ServiceServers
+	// userspace: see Backend.
+	userspace *userspace.Proxy
 	// earlierRules: see Backend.
 	earlierRules bool
 }
@@ -90,6 +94,9 @@ type Backend struct {
 	backend  dataplane.Backend
 	// earlierRules is set when an earlier run's rules were in the kernel at the start.
 	earlierRules bool
+	// userspace is the userspace proxy for Services annotated herald.io/proxy-mode: userspace;
+	// nil with IPVS, which cannot hand a Service's traffic to it (those Services stay in IPVS).
+	userspace *userspace.Proxy
 }
 
 // Prepare decides the backend for --dataplane=modeName with the real probes (kube-proxy's
@@ -106,9 +113,17 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 	case mode.Off:
 		return b, nil
 	case mode.NFTables:
-		b.backend, err = nftables.New()
+		var nft *nftables.Backend
+		if nft, err = nftables.New(); err == nil {
+			b.backend = nft
+			b.userspace = userspace.New(userspace.Options{Logger: log})
+			nft.SetUserspaceListeners(b.userspace)
+		}
 	case mode.IPVS:
 		b.backend, err = ipvs.New(ipvsOptions)
+		// IPVS cannot hand a virtual service's connections to a local listener.
+		log.Info("dataplane: the userspace proxy mode needs nftables; Services annotated " + config.AnnotationProxyMode +
+			": " + config.ProxyModeUserspace + " are served by IPVS on this node")
 	}
 	if err != nil {
 		return Backend{}, fmt.Errorf("%s backend: %w", decision.Backend, err)
@@ -118,6 +133,9 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 			// Then the node counts as fresh: the speaker announces after the first sync.
 			log.Warn("dataplane: could not tell whether an earlier run's rules are in place", "err", err)
 		}
+	}
+	if b.userspace != nil {
+		b.backend = userspace.NewBackend(b.backend, b.userspace)
 	}
 	return b, nil
 }
@@ -137,7 +155,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	if opts.Recorder != nil {
 		mode.Report(b.Decision, opts.Logger, opts.Recorder, opts.NodeName)
 	}
-	d := &DataPlane{opts: opts, decision: b.Decision, backend: b.backend, earlierRules: b.earlierRules}
+	d := &DataPlane{opts: opts, decision: b.Decision, backend: b.backend, earlierRules: b.earlierRules, userspace: b.userspace}
 	if b.Decision.Backend == mode.Off {
 		return d, nil
 	}
@@ -202,6 +220,13 @@ func (d *DataPlane) Status() v1beta1.DataplaneStatus {
 	if d.proxy != nil {
 		st.Services = int32(d.proxy.Services())
 	}
+	if d.userspace != nil {
+		names := d.userspace.Services()
+		st.UserspaceServicesTotal = int32(len(names))
+		for _, n := range names[:min(len(names), v1beta1.MaxUserspaceServicesListed)] {
+			st.UserspaceServices = append(st.UserspaceServices, n.String())
+		}
+	}
 	return st
 }
 
@@ -216,6 +241,11 @@ func (d *DataPlane) Run(ctx context.Context) error {
 	}
 	d.nodes.Start(ctx.Done())
 	defer d.checks.Close()
+	if d.userspace != nil {
+		// Its connections end with the speaker (the kernel's rules survive a restart, the
+		// proxy's connections cannot).
+		defer d.userspace.Close()
+	}
 	if b, ok := d.backend.(*ipvs.Backend); ok {
 		go b.RunReaper(ctx, 5*time.Second)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -215,5 +216,97 @@ func eventually(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestUserspaceModeThroughTheDataPlane: a Service annotated herald.io/proxy-mode: userspace,
+// fed from API objects, goes through the userspace proxy: its chain redirects, SpeakerStatus
+// lists it, and a dead endpoint among its ready ones costs no connection.
+func TestUserspaceModeThroughTheDataPlane(t *testing.T) {
+	if !backendspec.InNodeNetns() {
+		testenv.Missing(t, "needs root for a private network namespace")
+	}
+	testenv.Tools(t, "nft")
+	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"route", "replace", "10.96.0.0/16", "dev", "lo", "src", "127.0.0.1"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	live, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	go func() {
+		for {
+			c, err := live.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "live\n")
+			c.Close()
+		}
+	}()
+	dead, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := int32(dead.Addr().(*net.TCPAddr).Port)
+	dead.Close()
+	slice := func(name string, port int32) *discoveryv1.EndpointSlice {
+		return &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: "us"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To(port)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"127.0.0.1"}, NodeName: ptr.To("n1")}},
+		}
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "us", Annotations: map[string]string{"herald.io/proxy-mode": "userspace"}},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.30", ClusterIPs: []string{"10.96.0.30"},
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromString("http")}}},
+	}
+	client := fake.NewClientset(svc, slice("us-live", int32(live.Addr().(*net.TCPAddr).Port)), slice("us-dead", deadPort),
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	backend, err := Prepare(ctx, "nftables", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(ctx, backend, Options{NodeName: "n1", Client: client, LocalEndpoints: dataplane.NewLocalEndpoints(), Logger: log,
+		HealthAddr: "127.0.0.1:10257"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		if err := Cleanup(context.Background(), log); err != nil {
+			t.Error(err)
+		}
+	}()
+
+	eventually(t, "the redirect to the proxy", func() bool {
+		out, _ := exec.Command("nft", "list", "chain", "inet", nftables.TableName, "svc4-ns/us/tcp/http").CombinedOutput()
+		return strings.Contains(string(out), "redirect to :")
+	})
+	if st := d.Status(); len(st.UserspaceServices) != 1 || st.UserspaceServices[0] != "ns/us/tcp/http" || st.UserspaceServicesTotal != 1 {
+		t.Fatalf("status = %+v, want the userspace Service listed", st)
+	}
+	for i := range 20 {
+		c, err := net.DialTimeout("tcp", "10.96.0.30:80", 2*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		b, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(b) != "live\n" {
+			t.Fatalf("connection %d: %q, %v (the dead endpoint must be retried past)", i, b, err)
+		}
 	}
 }

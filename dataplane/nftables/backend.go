@@ -61,6 +61,8 @@ type Backend struct {
 	genVerified bool
 	// synced is set by a full sync: from then on committed describes the kernel's table.
 	synced bool
+	// userspace are the userspace proxy's listeners (nil: none runs); see SetUserspaceListeners.
+	userspace dataplane.UserspaceListeners
 }
 
 // transactionRunner commits a transaction atomically (knftables.Interface and session).
@@ -150,7 +152,7 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	// Work on copies of the refcounts that change, so a failed transaction leaves b intact.
 	refs := overlayRefs{base: b.refs, delta: nextRefs}
 	for _, svc := range sortedNames(req.Changed) {
-		fr := render(req.State.Services[svc])
+		fr := render(req.State.Services[svc], b.userspace)
 		diff(tx, b.committed[svc], fr, refs)
 		next[svc] = fr
 	}
@@ -240,7 +242,7 @@ func (b *Backend) replaceAll(ctx context.Context, st *dataplane.State, kernel ta
 		if err != nil {
 			break
 		}
-		fr := render(ports)
+		fr := render(ports, b.userspace)
 		diff(out.Part(), nil, fr, plainRefs(nextRefs))
 		if fr != nil {
 			next[svc] = fr

@@ -83,22 +83,28 @@ func key(parts ...string) string { return strings.Join(parts, " . ") }
 
 func port(n int32) string { return strconv.Itoa(int(n)) }
 
-// render computes a Service's fragment from its ports (nil when it contributes nothing).
-func render(ports []*dataplane.ServicePort) *fragment {
+// render computes a Service's fragment from its ports (nil when it contributes nothing). us
+// says where the userspace proxy listens for the ports in that mode (nil: no proxy runs).
+func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fragment {
 	fr := &fragment{}
 	for _, p := range ports {
 		if proto(p.Protocol) == protocolOfUnknownForNFT {
 			continue
 		}
+		redirect := userspaceRedirectOf(p, us)
+		if redirect != nil {
+			redirect.addListenerPorts(fr, p)
+		}
 		for _, f := range []family{ipv4, ipv6} {
-			renderFamily(fr, p, f)
+			renderFamily(fr, p, f, redirect)
 		}
 	}
 	return fr.sort()
 }
 
-// renderFamily renders one Service port for one address family.
-func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
+// renderFamily renders one Service port for one address family. With redirect, the port's
+// traffic goes to the userspace proxy instead of being translated to an endpoint here.
+func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *userspaceRedirect) {
 	clusterIPs := filterAddrs(p.ClusterIPs, f)
 	externalIPs := filterAddrs(p.ExternalAddrs(), f)
 	lbIPs := filterAddrs(p.LoadBalancerIPs, f)
@@ -112,11 +118,17 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 	if p.HasEndpoints {
 		noEndpoints = verdictDrop
 	}
+	forward := func(eps []dataplane.Endpoint, external bool) []string {
+		if redirect != nil {
+			return redirect.rules(p, external)
+		}
+		return endpointRules(fr, p, f, eps)
+	}
 
 	// Traffic to the ClusterIPs.
 	svcChain := chainName(chainPrefixService, f, p)
 	if len(clusterEps) > 0 {
-		fr.addChain(svcChain, endpointRules(fr, p, f, clusterEps))
+		fr.addChain(svcChain, forward(clusterEps, false))
 		for _, ip := range clusterIPs {
 			fr.addElement(elementKey{f.serviceIPs(), key(ip.String(), pr, port(p.Port))}, "goto "+svcChain)
 		}
@@ -151,7 +163,7 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family) {
 				rules = append(rules, "fib saddr type local jump "+markForMasqueradeChain, "fib saddr type local goto "+svcChain)
 			}
 			if len(externalEps) > 0 {
-				rules = append(rules, endpointRules(fr, p, f, externalEps)...)
+				rules = append(rules, forward(externalEps, true)...)
 			} else {
 				// Endpoints only elsewhere: drop, so the client's load balancer, told by the
 				// health check, retries another node.

@@ -84,12 +84,13 @@ func addBaseRuleset(tx *knftables.Transaction) {
 	base("nat-prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, "jump services")
 	base("nat-output", knftables.NATType, knftables.OutputHook, "-100", "jump services")
 	base("nat-postrouting", knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, "jump masquerading")
+	addUserspaceBase(tx)
 }
 
 // isMap tells the shared maps from the shared sets by name.
 func isMap(container string) bool {
 	switch container {
-	case ipv4.masqIPs(), ipv6.masqIPs(), ipv4.hairpin(), ipv6.hairpin(), masqNodePorts:
+	case ipv4.masqIPs(), ipv6.masqIPs(), ipv4.hairpin(), ipv6.hairpin(), masqNodePorts, userspacePortsSet:
 		return false
 	}
 	return true

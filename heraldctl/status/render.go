@@ -24,13 +24,13 @@ func (r Report) WriteTable(w io.Writer, now time.Time) error {
 			orDash(strings.Join(p.Problems, "; "))})
 	}
 
-	services := [][]string{{"SERVICE", "IPS", "POOL", "ANNOUNCED BY", "STATE"}}
+	services := [][]string{{"SERVICE", "IPS", "POOL", "PROXY", "ANNOUNCED BY", "STATE"}}
 	if len(r.Services) == 0 {
 		services = append(services, []string{"(no Services of type LoadBalancer)"})
 	}
 	for _, s := range r.Services {
 		services = append(services, []string{s.Namespace + "/" + s.Name, orDash(strings.Join(s.IPs, ",")),
-			orDash(s.Pool), orDash(announcers(s.AnnouncedBy)), s.state()})
+			orDash(s.Pool), s.ProxyMode, orDash(announcers(s.AnnouncedBy)), s.state()})
 	}
 
 	nodes := [][]string{{"NODE", "ANNOUNCES", "MEMBERS", "DATAPLANE", "UPDATED"}}
@@ -39,8 +39,12 @@ func (r Report) WriteTable(w io.Writer, now time.Time) error {
 	}
 	sessions := [][]string{{"NODE", "PEER", "ADDRESS", "BGP", "BFD", "SINCE", "PREFIXES", "LAST ERROR"}}
 	for _, n := range r.Nodes {
+		dataplane := orDash(n.Dataplane)
+		if n.UserspacePorts > 0 {
+			dataplane += fmt.Sprintf(", userspace proxy: %d Service ports", n.UserspacePorts)
+		}
 		nodes = append(nodes, []string{n.Name, fmt.Sprint(n.AnnouncedIPs), fmt.Sprint(n.MembersAlive),
-			orDash(n.Dataplane), age(n.LastUpdate, now)})
+			dataplane, age(n.LastUpdate, now)})
 		for _, s := range n.Sessions {
 			sessions = append(sessions, []string{n.Name, s.Peer, s.PeerAddress, s.State, orDash(s.BFDState),
 				age(s.Since, now), fmt.Sprint(s.PrefixesAdvertised), orDash(s.LastError)})

@@ -52,6 +52,9 @@ type Service struct {
 	Announced *Condition `json:"announced,omitempty"`
 	// AnnouncedBy lists the nodes announcing the Service's IPs, from their SpeakerStatus.
 	AnnouncedBy []Announcer `json:"announcedBy,omitempty"`
+	// ProxyMode is "userspace" when herald.io/proxy-mode puts the Service's traffic through the
+	// speakers' userspace proxy, "kernel" otherwise.
+	ProxyMode string `json:"proxyMode"`
 }
 
 // Condition is a status condition in short.
@@ -72,12 +75,14 @@ type Announcer struct {
 
 // Node is one node's speaker as its SpeakerStatus tells.
 type Node struct {
-	Name         string                     `json:"name"`
-	LastUpdate   *metav1.Time               `json:"lastUpdate,omitempty"`
-	AnnouncedIPs int32                      `json:"announcedIPs"`
-	MembersAlive int32                      `json:"membersAlive"`
-	Dataplane    string                     `json:"dataplane,omitempty"`
-	Sessions     []v1beta1.BGPSessionStatus `json:"sessions,omitempty"`
+	Name         string       `json:"name"`
+	LastUpdate   *metav1.Time `json:"lastUpdate,omitempty"`
+	AnnouncedIPs int32        `json:"announcedIPs"`
+	MembersAlive int32        `json:"membersAlive"`
+	Dataplane    string       `json:"dataplane,omitempty"`
+	// UserspacePorts is how many Service ports the node's userspace proxy serves.
+	UserspacePorts int32                      `json:"userspacePorts,omitempty"`
+	Sessions       []v1beta1.BGPSessionStatus `json:"sessions,omitempty"`
 }
 
 // Collect reads pools, Services and SpeakerStatuses through c and builds the report. c's scheme
@@ -165,6 +170,7 @@ func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []
 		n := Node{
 			Name: s.Name, LastUpdate: s.Status.LastUpdate, AnnouncedIPs: s.Status.AnnouncedIPs,
 			MembersAlive: s.Status.MembersAlive, Dataplane: s.Status.Dataplane.Backend, Sessions: s.Status.BGPSessions,
+			UserspacePorts: s.Status.Dataplane.UserspaceServicesTotal,
 		}
 		if s.Status.Dataplane.Reason != "" {
 			n.Dataplane += " (" + s.Status.Dataplane.Reason + ")"
@@ -176,7 +182,10 @@ func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []
 		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
 			continue
 		}
-		out := Service{Namespace: svc.Namespace, Name: svc.Name}
+		out := Service{Namespace: svc.Namespace, Name: svc.Name, ProxyMode: config.ProxyModeKernel}
+		if us, _ := config.ParseUserspaceProxy(svc.Annotations); us.Enabled {
+			out.ProxyMode = config.ProxyModeUserspace
+		}
 		if svc.Spec.LoadBalancerClass != nil {
 			out.Class = *svc.Spec.LoadBalancerClass
 		}

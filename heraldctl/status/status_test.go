@@ -65,7 +65,8 @@ func fixture() ([]v1beta1.IPAddressPool, []corev1.Service, []v1beta1.SpeakerStat
 			BGPSessions: []v1beta1.BGPSessionStatus{
 				{Peer: "tor", PeerAddress: "10.0.0.1", State: "Established", BFDState: "Up", Since: ago(time.Minute), PrefixesAdvertised: 1},
 			},
-			Dataplane: v1beta1.DataplaneStatus{Backend: "nftables", Reason: "kernel has no ip_vs"},
+			Dataplane: v1beta1.DataplaneStatus{Backend: "nftables", Reason: "kernel has no ip_vs",
+				UserspaceServices: []string{"shop/web/tcp/"}, UserspaceServicesTotal: 1},
 		},
 	}, {
 		ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
@@ -80,6 +81,7 @@ func fixture() ([]v1beta1.IPAddressPool, []corev1.Service, []v1beta1.SpeakerStat
 			},
 		},
 	}}
+	services[0].Annotations = map[string]string{config.AnnotationProxyMode: config.ProxyModeUserspace}
 	return pools, services, speakers
 }
 
@@ -122,10 +124,10 @@ func TestWriteTable(t *testing.T) {
 	for _, want := range []string{
 		"web   192.0.2.0/30,2001:db8::10-2001:db8::1f  1/3",
 		"Overlap: 192.0.2.0/30 is also in pool web",
-		"shop/web      192.0.2.1,2001:db8::10  web   node-a (L2 eth0), node-b (BGP to tor)  announced",
-		`shop/pending  -                       -     -                                      pending: PoolExhausted: IPAddressPool "web" has no free IPv4 address`,
+		"shop/web      192.0.2.1,2001:db8::10  web   userspace  node-a (L2 eth0), node-b (BGP to tor)  announced",
+		`shop/pending  -                       -     kernel     -                                      pending: PoolExhausted: IPAddressPool "web" has no free IPv4 address`,
 		"not announced: NoBGPSession: no node has an established session",
-		"node-b  1          2        nftables (kernel has no ip_vs)  5s ago",
+		"node-b  1          2        nftables (kernel has no ip_vs), userspace proxy: 1 Service ports  5s ago",
 		"node-a  tor   10.0.0.1  Active       -    -         0         connection refused",
 		"node-b  tor   10.0.0.1  Established  Up   1m0s ago  1",
 	} {

@@ -1,0 +1,286 @@
+// Package userspace is Herald's userspace proxy mode: for Services annotated
+// herald.io/proxy-mode: userspace, the kernel backend redirects the Service's traffic to
+// listeners of this proxy on the node, which accepts the client's connection itself, picks an
+// endpoint from the lists the endpoint policy chose (dataplane.SelectEndpoints, as for the
+// kernel backends) and dials it with a short timeout. When that endpoint refuses, does not
+// answer, or resets the connection before its first byte, the proxy marks it suspect for a
+// while and tries the next one (bounded tries per Service), replaying what the client sent so
+// far; only then does the client see a failure (a reset). A backend that died before its
+// readiness probe noticed costs clients no failed connection, which neither nftables nor IPVS
+// can offer: they DNAT a new connection to the dead endpoint until the EndpointSlice changes.
+//
+// Bytes flow with io.Copy between *net.TCPConn, which Go turns into splice(2); each direction
+// is half-closed on its own. UDP is forwarded per client session (udp.go).
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/heraldlb/herald/dataplane"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Options configure a Proxy.
+type Options struct {
+	// Listen opens a TCP listener and ListenPacket a UDP socket; defaults net.Listen and
+	// net.ListenPacket (the speaker's own network namespace: the node's).
+	Listen       func(network, address string) (net.Listener, error)
+	ListenPacket func(network, address string) (net.PacketConn, error)
+	// Dial connects to an endpoint; default a net.Dialer. Its TCP connections must be
+	// *net.TCPConn (splice and half-close need them).
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// ConnectTimeout bounds each connection attempt to an endpoint; default 1 s.
+	ConnectTimeout time.Duration
+	// SuspectFor is how long an endpoint that failed a connection is tried only after the
+	// others; default 10 s (about what a readiness probe needs to notice).
+	SuspectFor time.Duration
+	// UDPIdleTimeout ends a UDP client session without traffic; default 30 s.
+	UDPIdleTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Proxy is the userspace proxy: a listener per userspace-proxied Service port and kind of
+// traffic, opened and closed by Sync.
+type Proxy struct {
+	opts     Options
+	suspects *suspects
+	metrics  *metrics
+
+	// ctx ends with Close: it stops every listener and connection.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // serve loops and connections
+
+	mu sync.Mutex
+	// ports are the open listeners of the ports in the desired state.
+	ports map[dataplane.ServicePortName]*portListeners
+	// retired are listeners of ports that left the desired state: closed once the kernel
+	// backend no longer redirects to them.
+	retired []*portListeners
+}
+
+// portListeners are the listeners of one Service port.
+type portListeners struct {
+	// port is the current desired state of the Service port; connections read it when they
+	// start (so an endpoint change applies to the next connection).
+	port     *portState
+	cluster  listener
+	external listener // nil when the port has no external addresses and no NodePort
+}
+
+// listener is a TCP or UDP listener of the proxy.
+type listener interface {
+	Port() uint16
+	Close() error
+}
+
+// New returns a Proxy; Close stops it.
+func New(opts Options) *Proxy {
+	if opts.Listen == nil {
+		opts.Listen = net.Listen
+	}
+	if opts.ListenPacket == nil {
+		opts.ListenPacket = net.ListenPacket
+	}
+	if opts.Dial == nil {
+		opts.Dial = (&net.Dialer{}).DialContext
+	}
+	if opts.ConnectTimeout == 0 {
+		opts.ConnectTimeout = time.Second
+	}
+	if opts.SuspectFor == 0 {
+		opts.SuspectFor = 10 * time.Second
+	}
+	if opts.UDPIdleTimeout == 0 {
+		opts.UDPIdleTimeout = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := newSuspects(opts.SuspectFor)
+	return &Proxy{opts: opts, suspects: s, metrics: metricsFor(s), ctx: ctx, cancel: cancel,
+		ports: map[dataplane.ServicePortName]*portListeners{}}
+}
+
+// UserspacePorts implements dataplane.UserspaceListeners for the kernel backend.
+func (p *Proxy) UserspacePorts(name dataplane.ServicePortName) (cluster, external uint16, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pl := p.ports[name]
+	if pl == nil {
+		return 0, 0, false
+	}
+	cluster = pl.cluster.Port()
+	if pl.external != nil {
+		external = pl.external.Port()
+	}
+	return cluster, external, true
+}
+
+// Services lists the Service ports the proxy serves, sorted (heraldctl status, SpeakerStatus).
+func (p *Proxy) Services() []dataplane.ServicePortName {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]dataplane.ServicePortName, 0, len(p.ports))
+	for n := range p.ports {
+		out = append(out, n)
+	}
+	sortNames(out)
+	return out
+}
+
+// open brings the listeners in line with the request's Services before the kernel backend
+// syncs (so it finds the ports to redirect to): new userspace ports get listeners, changed
+// ones their new state; ports that left are retired, to be closed by closeRetired after the
+// kernel stopped redirecting to them. A port whose listener cannot open is left to the kernel
+// backend (UserspacePorts reports no listener) and the error is returned with the others.
+func (p *Proxy) open(req dataplane.SyncRequest) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	desired := map[dataplane.ServicePortName]*dataplane.ServicePort{}
+	consider := func(svc types.NamespacedName) {
+		for _, sp := range req.State.Services[svc] {
+			if sp.Userspace != nil {
+				desired[sp.Name] = sp
+			}
+		}
+	}
+	if req.Full {
+		for svc := range req.State.Services {
+			consider(svc)
+		}
+	} else {
+		for svc := range req.Changed {
+			consider(svc)
+		}
+	}
+	for name, pl := range p.ports {
+		if _, changed := req.Changed[name.NamespacedName]; !req.Full && !changed {
+			continue
+		}
+		// A port keeps its listeners (and their ports: no rule changes) unless it left the
+		// userspace mode or gained or lost its external traffic.
+		if sp, ok := desired[name]; ok && hasExternal(sp) == (pl.external != nil) {
+			continue
+		}
+		delete(p.ports, name)
+		p.retired = append(p.retired, pl)
+	}
+	var errs []error
+	for name, sp := range desired {
+		if pl := p.ports[name]; pl != nil {
+			pl.port.store(sp)
+			continue
+		}
+		pl, err := p.listen(sp)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("userspace proxy for %s: %w", name, err))
+			continue
+		}
+		p.ports[name] = pl
+	}
+	return errors.Join(errs...)
+}
+
+// closeRetired closes the listeners of ports that left the desired state. Their established
+// connections go on until either side ends them: a Service switched back to the kernel keeps
+// the connections the proxy already carries.
+func (p *Proxy) closeRetired() {
+	p.mu.Lock()
+	retired := p.retired
+	p.retired = nil
+	p.mu.Unlock()
+	for _, pl := range retired {
+		pl.close()
+		p.metrics.forget(pl.port.name)
+	}
+}
+
+func (p *Proxy) listen(sp *dataplane.ServicePort) (*portListeners, error) {
+	pl := &portListeners{port: newPortState(sp)}
+	open := func(external bool) (listener, error) {
+		if sp.Protocol == v1.ProtocolUDP {
+			return p.listenUDP(pl.port, external)
+		}
+		return p.listenTCP(pl.port, external)
+	}
+	var err error
+	if pl.cluster, err = open(false); err != nil {
+		return nil, err
+	}
+	if hasExternal(sp) {
+		if pl.external, err = open(true); err != nil {
+			pl.cluster.Close()
+			return nil, err
+		}
+	}
+	return pl, nil
+}
+
+func (pl *portListeners) close() {
+	pl.cluster.Close()
+	if pl.external != nil {
+		pl.external.Close()
+	}
+}
+
+// Close stops every listener and ends every connection, then waits for them.
+func (p *Proxy) Close() {
+	p.cancel()
+	p.mu.Lock()
+	for _, pl := range p.ports {
+		pl.close()
+	}
+	for _, pl := range p.retired {
+		pl.close()
+	}
+	p.ports, p.retired = map[dataplane.ServicePortName]*portListeners{}, nil
+	p.mu.Unlock()
+	p.wg.Wait()
+	stopCounting(p.suspects)
+}
+
+// spawn runs fn as a goroutine the proxy owns (Close waits for it).
+func (p *Proxy) spawn(fn func()) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		fn()
+	}()
+}
+
+// hasExternal says whether sp has external traffic (a NodePort, LoadBalancer IPs or
+// externalIPs), which gets a listener of its own.
+func hasExternal(sp *dataplane.ServicePort) bool {
+	return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 || len(sp.LoadBalancerIPs) > 0
+}
+
+// endpointsFor returns the endpoints of the family of the address the client reached.
+func endpointsFor(sp *dataplane.ServicePort, external bool, local netip.Addr) []dataplane.Endpoint {
+	eps := sp.ClusterEndpoints
+	if external {
+		eps = sp.ExternalEndpoints
+	}
+	return dataplane.EndpointsOfFamily(eps, local.Unmap().Is6())
+}
+
+// addrPortOf converts a net.Addr of a TCP or UDP socket; v4-mapped addresses are unmapped.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	case *net.UDPAddr:
+		ap = a.AddrPort()
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
