@@ -46,6 +46,15 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 // Cleanup removes the kernel backend's state; the proxy holds nothing outside the process.
 func (b *Backend) Cleanup(ctx context.Context) error { return b.kernel.Cleanup(ctx) }
 
+// CheckDrift passes the kernel backend's drift check through (dataplane.Proxy looks for it): the
+// rules that redirect to the proxy are the kernel's, and must be repaired like the others.
+func (b *Backend) CheckDrift(ctx context.Context) (string, error) {
+	if dc, ok := b.kernel.(dataplane.DriftChecker); ok {
+		return dc.CheckDrift(ctx)
+	}
+	return "", nil
+}
+
 // WarmUp passes the kernel backend's warm-up through (dataplane.Proxy looks for it).
 func (b *Backend) WarmUp(ctx context.Context) {
 	if w, ok := b.kernel.(interface{ WarmUp(ctx context.Context) }); ok {
