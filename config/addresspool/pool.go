@@ -9,6 +9,7 @@ package addresspool
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -95,6 +96,15 @@ func (p *Pool) Overlaps() []string { return p.overlaps }
 
 // Compare orders pools oldest first, ties by name: where two pools hold an address, the first
 // owns it.
-func Compare(a, b *Pool) int {
-	return cmp.Or(a.Created.Compare(b.Created), strings.Compare(a.Name, b.Name))
+func Compare(a, b *Pool) int { return compareAge(a.Created, a.Name, b.Created, b.Name) }
+
+// SortObjects sorts API objects in Compare order.
+func SortObjects(pools []*v1beta1.IPAddressPool) {
+	slices.SortFunc(pools, func(a, b *v1beta1.IPAddressPool) int {
+		return compareAge(a.CreationTimestamp.Time, a.Name, b.CreationTimestamp.Time, b.Name)
+	})
+}
+
+func compareAge(aCreated time.Time, aName string, bCreated time.Time, bName string) int {
+	return cmp.Or(aCreated.Compare(bCreated), strings.Compare(aName, bName))
 }
