@@ -305,16 +305,21 @@ func notAnnounced(svc *corev1.Service, missing []string, live []*v1beta1.Speaker
 	return reason, strings.Join(parts, "; ")
 }
 
-// whyNotAnnounced gives the reason no live speaker lists ip, and what to check.
-func whyNotAnnounced(svc *corev1.Service, ip string, live []*v1beta1.SpeakerStatus, cfg *announceConfig) (reason, message string) {
-	// The owner may be a pool being deleted (or become invalid): its Services keep the address
-	// and the speakers keep announcing it by that pool's advertisements (addresspool.Set).
-	pool := ""
+// poolOf names the pool that owns ip ("" for none). It may be a pool being deleted (or become
+// invalid): its Services keep the address and the speakers keep announcing it by that pool's
+// advertisements (addresspool.Set).
+func (cfg *announceConfig) poolOf(ip string) string {
 	if addr, err := netip.ParseAddr(ip); err == nil {
 		if owner := cfg.pools.Owner(addr); owner != nil {
-			pool = owner.Name
+			return owner.Name
 		}
 	}
+	return ""
+}
+
+// whyNotAnnounced gives the reason no live speaker lists ip, and what to check.
+func whyNotAnnounced(svc *corev1.Service, ip string, live []*v1beta1.SpeakerStatus, cfg *announceConfig) (reason, message string) {
+	pool := cfg.poolOf(ip)
 	if pool == "" {
 		return config.ReasonNoAdvertisement, "no IPAddressPool holds it, so no advertisement covers it: see the herald.io/Allocated condition"
 	}

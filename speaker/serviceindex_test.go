@@ -3,6 +3,7 @@ package speaker
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -153,6 +154,9 @@ func TestSnapshotPoolIsTheOwner(t *testing.T) {
 	for _, sip := range serviceIPs(services, pools, config.DefaultLoadBalancerClass) {
 		for _, svc := range sip.Services {
 			got[strings.TrimPrefix(svc.Name, "s-")] = sip.Pool.Name
+			if svc.Name == "s-::ffff:10.0.0.1" && sip.IP != netip.MustParseAddr("10.0.0.1") {
+				t.Errorf("status ::ffff:10.0.0.1 is announced as %s, want 10.0.0.1 as the allocator reads it", sip.IP)
+			}
 			if !slices.Contains(pools, sip.Pool) {
 				t.Errorf("%s: pool %s is not one of the snapshot's", sip.IP, sip.Pool.Name)
 			}
