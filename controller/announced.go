@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 	"github.com/heraldlb/herald/config/bgpconfig"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
@@ -45,8 +46,8 @@ const (
 // IP, for the reason of a False condition.
 type announceConfig struct {
 	l2, bgp []advertised
-	// poolOf names the pool an address was given from ("" when no pool holds it any more).
-	poolOf func(netip.Addr) string
+	// pools says which pool owns an address, as the allocator and the speakers have it.
+	pools *addresspool.Set
 }
 
 // advertised is one usable L2Advertisement or BGPAdvertisement.
@@ -62,12 +63,14 @@ type advertised struct {
 // does not parse) counts as selecting nothing; its Valid condition says why. (The L2 announcer
 // still announces the pools such an L2Advertisement names that do exist: that case can only make
 // the reason of an IP nobody announces NoAdvertisement rather than NoEligibleNode.)
-func newAnnounceConfig(pools []v1beta1.IPAddressPool, l2 []v1beta1.L2Advertisement, bgp []v1beta1.BGPAdvertisement, poolOf func(netip.Addr) string) *announceConfig {
+func newAnnounceConfig(pools []v1beta1.IPAddressPool, l2 []v1beta1.L2Advertisement, bgp []v1beta1.BGPAdvertisement) *announceConfig {
 	byName := make(map[string]v1beta1.IPAddressPool, len(pools))
-	for _, p := range pools {
-		byName[p.Name] = p
+	parsed := make([]addresspool.Pool, len(pools))
+	for i := range pools {
+		byName[pools[i].Name] = pools[i]
+		parsed[i] = addresspool.Parse(&pools[i])
 	}
-	cfg := &announceConfig{poolOf: poolOf}
+	cfg := &announceConfig{pools: addresspool.NewSet(parsed)}
 	add := func(list []advertised, om metav1.ObjectMeta, s v1beta1.AdvertisementSelection, peers []string) []advertised {
 		sel, problem := bgpconfig.Select(s, byName)
 		if problem != nil || om.DeletionTimestamp != nil {
@@ -302,12 +305,21 @@ func notAnnounced(svc *corev1.Service, missing []string, live []*v1beta1.Speaker
 	return reason, strings.Join(parts, "; ")
 }
 
+// poolOf names the pool that owns ip ("" for none). It may be a pool being deleted (or become
+// invalid): its Services keep the address and the speakers keep announcing it by that pool's
+// advertisements (addresspool.Set).
+func (cfg *announceConfig) poolOf(ip string) string {
+	if addr, err := netip.ParseAddr(ip); err == nil {
+		if owner := cfg.pools.Owner(addr); owner != nil {
+			return owner.Name
+		}
+	}
+	return ""
+}
+
 // whyNotAnnounced gives the reason no live speaker lists ip, and what to check.
 func whyNotAnnounced(svc *corev1.Service, ip string, live []*v1beta1.SpeakerStatus, cfg *announceConfig) (reason, message string) {
-	pool := ""
-	if addr, err := netip.ParseAddr(ip); err == nil {
-		pool = cfg.poolOf(addr)
-	}
+	pool := cfg.poolOf(ip)
 	if pool == "" {
 		return config.ReasonNoAdvertisement, "no IPAddressPool holds it, so no advertisement covers it: see the herald.io/Allocated condition"
 	}

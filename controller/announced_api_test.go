@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +174,20 @@ func TestAnnouncedFromSpeakerStatuses(t *testing.T) {
 		if a := meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAllocated); a == nil || a.Status != metav1.ConditionTrue {
 			t.Errorf("%s: Allocated is %+v", name, a)
 		}
+	}
+
+	// The pool of routed is deleted: routed keeps its address (PoolRemoved, the finalizer keeps the
+	// pool), and the speakers keep announcing it by the pool's advertisements, so when nobody does
+	// the reason names them, not "no IPAddressPool holds it".
+	if err := f.dyn.Resource(poolsGVR).Delete(ctx, "ann-bgp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ingressIPs(f.waitReason("ann", "routed", config.ReasonPoolRemoved)); !slices.Equal(got, []string{ip["routed"]}) {
+		t.Fatalf("routed moved to %v when its pool was deleted", got)
+	}
+	f.writeSpeakerStatus("node2", v1beta1.SpeakerStatusStatus{BGPSessions: session("Established")})
+	c = f.waitAnnounced("ann", "routed", metav1.ConditionFalse, config.ReasonNoEligibleNode)
+	if !strings.Contains(c.Message, "selected by BGPAdvertisement ann-bgp") {
+		t.Errorf("routed, its pool being deleted: message %q", c.Message)
 	}
 }

@@ -94,17 +94,21 @@ func testConfig() *announceConfig {
 		"bgppool": netip.MustParsePrefix("198.51.100.0/24"), "nopool": netip.MustParsePrefix("203.0.113.0/24"),
 		"picky": netip.MustParsePrefix("100.64.0.0/24"),
 	}
+	deleted := metav1.NewTime(now)
 	var pools []v1beta1.IPAddressPool
 	for name, p := range prefixes {
 		pools = append(pools, v1beta1.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: v1beta1.IPAddressPoolSpec{Addresses: []v1beta1.AddressBlock{v1beta1.AddressBlock(p.String())}}})
 	}
+	// retired is being deleted: it gives out nothing more, but the Services holding its addresses
+	// keep them, and its advertisements keep announcing them.
+	pools = append(pools, v1beta1.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Name: "retired", DeletionTimestamp: &deleted},
+		Spec: v1beta1.IPAddressPoolSpec{Addresses: []v1beta1.AddressBlock{"192.0.3.0/24"}}})
 	sel := func(pools ...string) v1beta1.AdvertisementSelection {
 		return v1beta1.AdvertisementSelection{IPAddressPools: pools}
 	}
-	deleted := metav1.NewTime(now)
 	l2 := []v1beta1.L2Advertisement{
-		{ObjectMeta: metav1.ObjectMeta{Name: "l2"}, Spec: v1beta1.L2AdvertisementSpec{AdvertisementSelection: sel("l2pool", "v6")}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "l2"}, Spec: v1beta1.L2AdvertisementSpec{AdvertisementSelection: sel("l2pool", "v6", "retired")}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "broken"}, Spec: v1beta1.L2AdvertisementSpec{AdvertisementSelection: sel("nopool", "gone")}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "leaving", DeletionTimestamp: &deleted}, Spec: v1beta1.L2AdvertisementSpec{AdvertisementSelection: sel("nopool")}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "picky"}, Spec: v1beta1.L2AdvertisementSpec{AdvertisementSelection: v1beta1.AdvertisementSelection{
@@ -113,14 +117,7 @@ func testConfig() *announceConfig {
 	bgp := []v1beta1.BGPAdvertisement{
 		{ObjectMeta: metav1.ObjectMeta{Name: "bgp"}, Spec: v1beta1.BGPAdvertisementSpec{AdvertisementSelection: sel("bgppool"), Peers: []string{"router"}}},
 	}
-	return newAnnounceConfig(pools, l2, bgp, func(ip netip.Addr) string {
-		for name, p := range prefixes {
-			if p.Contains(ip) {
-				return name
-			}
-		}
-		return ""
-	})
+	return newAnnounceConfig(pools, l2, bgp)
 }
 
 // unannouncedFor is the history of a Service found unannounced d ago.
@@ -212,6 +209,9 @@ func TestAnnouncedCondition(t *testing.T) {
 		{name: "with the label the serviceSelectors ask for, it is selected", svc: lbService([]string{"100.64.0.1"}, gold),
 			speakers: []*v1beta1.SpeakerStatus{speakerStatus("node1", 0)}, unannounced: long, status: metav1.ConditionFalse, reason: config.ReasonNoEligibleNode,
 			contains: []string{"selected by L2Advertisement picky"}},
+		{name: "a pool being deleted still owns what its Services hold: its advertisements count", svc: lbService([]string{"192.0.3.7"}),
+			speakers: []*v1beta1.SpeakerStatus{speakerStatus("node1", 0)}, unannounced: long, status: metav1.ConditionFalse, reason: config.ReasonNoEligibleNode,
+			contains: []string{"192.0.3.7: selected by L2Advertisement l2, but no node"}},
 		{name: "NoAdvertisement: no pool holds the IP", svc: lbService([]string{"10.9.9.9"}),
 			speakers: []*v1beta1.SpeakerStatus{speakerStatus("node1", 0)}, unannounced: long, status: metav1.ConditionFalse, reason: config.ReasonNoAdvertisement,
 			message: "10.9.9.9: no IPAddressPool holds it, so no advertisement covers it: see the herald.io/Allocated condition"},

@@ -444,7 +444,7 @@ func (a *announcedWriter) loadConfig() *announceConfig {
 			bgp, _ = appendConverted(bgp, u)
 		}
 	}
-	return newAnnounceConfig(pools, l2, bgp, a.c.alloc.PoolOf)
+	return newAnnounceConfig(pools, l2, bgp)
 }
 
 // pace waits for the writer's turn: its own rate, then a quiet moment of the allocation path.

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/controller"
 	"github.com/heraldlb/herald/controller/allocator"
 )
@@ -22,9 +23,9 @@ func lbService(name string, annotations map[string]string) *corev1.Service {
 }
 
 func TestCloudLoadBalancer(t *testing.T) {
-	rs, _ := allocator.ParseRanges([]string{"10.0.0.0/31"})
+	pool := &v1beta1.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1beta1.IPAddressPoolSpec{Addresses: []v1beta1.AddressBlock{"10.0.0.0/31"}}}
 	a := allocator.New()
-	a.SetPools([]allocator.Pool{{Name: "p", Ranges: rs, AutoAssign: true}})
+	a.SetPools([]allocator.Pool{allocator.PoolFromAPI(pool)})
 	lb := &controller.CloudLoadBalancer{Allocator: a, NamespaceLabels: func(string) map[string]string { return nil }}
 	ctx := context.Background()
 	svc := lbService("web", nil)

@@ -59,17 +59,13 @@ func (c *Controller) poolHandlers() cache.ResourceEventHandler {
 	}
 }
 
-// loadPools gives the allocator every valid pool not being deleted. A pool being deleted gives out
-// nothing more; Services keep what they hold (PoolRemoved) until they go, then its finalizer goes.
+// loadPools gives the allocator every pool. Only valid pools not being deleted give out addresses
+// (addresspool.Set); Services keep what they hold from the others (PoolRemoved) until they go,
+// then a deleted pool's finalizer goes.
 func (c *Controller) loadPools() {
 	var pools []allocator.Pool
 	for _, p := range c.listPools() {
-		if p.DeletionTimestamp != nil {
-			continue
-		}
-		if ap, err := allocator.PoolFromAPI(p); err == nil {
-			pools = append(pools, ap)
-		}
+		pools = append(pools, allocator.PoolFromAPI(p))
 	}
 	c.mu.Lock()
 	c.alloc.SetPools(pools)
@@ -112,11 +108,12 @@ func (c *Controller) syncPool(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	ap, invalid := allocator.PoolFromAPI(p)
+	ap := allocator.PoolFromAPI(p)
+	invalid := ap.Err
 	if p.DeletionTimestamp != nil {
 		held := 0
 		if invalid == nil {
-			held = c.alloc.HeldOutsidePools(ap.Ranges)
+			held = c.alloc.HeldOutsidePools(ap.Blocks)
 		}
 		if held > 0 {
 			c.log.Info("pool deleted but still in use; Services keep their addresses", "pool", name, "held", held)

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/heraldlb/herald/config/addresspool"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
@@ -106,8 +107,9 @@ func handledIPs(svc *corev1.Service, lbClass string) []netip.Addr {
 	}
 	var ips []netip.Addr
 	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		if ip, err := netip.ParseAddr(ing.IP); err == nil && !slices.Contains(ips, ip) {
-			ips = append(ips, ip)
+		// Unmapped as the controller's allocator reads a status: ::ffff:10.0.0.1 is 10.0.0.1.
+		if ip, err := netip.ParseAddr(ing.IP); err == nil && !slices.Contains(ips, ip.Unmap()) {
+			ips = append(ips, ip.Unmap())
 		}
 	}
 	return ips
@@ -121,34 +123,33 @@ func compareServices(a, b *corev1.Service) int {
 // IPs whose Services changed since the one before, and every IP only when the pools changed.
 // Only the speaker's snapshot loop uses it.
 type ipTable struct {
-	pools poolSet
-	ips   []ServiceIP
+	pools []*v1beta1.IPAddressPool // what owners was built from
+	// owners says which pool owns an IP: the pool the controller gave it from, or one being
+	// deleted (or become invalid) that still holds it for its Services (addresspool.Set).
+	owners *addresspool.Set
+	ips    []ServiceIP
 }
 
 // update returns the pools and the IPs of the next snapshot; pools are the cached pools, sorted
-// (sortPools). While none of them changed, the previous snapshot's pool objects are returned, so
-// every ServiceIP.Pool is one of the snapshot's Pools.
+// (addresspool.SortObjects). While none of them changed, the previous snapshot's pool objects are
+// returned, so every ServiceIP.Pool is one of the snapshot's Pools.
 func (t *ipTable) update(pools []*v1beta1.IPAddressPool, index *serviceIndex) ([]*v1beta1.IPAddressPool, []ServiceIP) {
-	if t.pools.same(pools) {
-		t.ips = mergeIPs(t.ips, index.take(false), t.pools)
+	if t.owners != nil && samePools(t.pools, pools) {
+		t.ips = mergeIPs(t.ips, index.take(false), t.owners)
 	} else {
-		t.pools = newPoolSet(pools)
-		t.ips = mergeIPs(nil, index.take(true), t.pools)
+		parsed := make([]addresspool.Pool, len(pools))
+		for i, p := range pools {
+			parsed[i] = addresspool.Parse(p)
+		}
+		t.pools, t.owners = pools, addresspool.NewSet(parsed)
+		t.ips = mergeIPs(nil, index.take(true), t.owners)
 	}
-	return t.pools.pools, t.ips
-}
-
-// sortPools sorts pools oldest first, then by name: where pools overlap, the first holds the
-// address, as for the controller's allocator.
-func sortPools(pools []*v1beta1.IPAddressPool) {
-	slices.SortFunc(pools, func(a, b *v1beta1.IPAddressPool) int {
-		return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), strings.Compare(a.Name, b.Name))
-	})
+	return t.pools, t.ips
 }
 
 // mergeIPs returns a new list: ips (sorted by IP) with the entries of the changed IPs replaced by
 // their Services now. An IP without Services, or in no pool, has no entry.
-func mergeIPs(ips []ServiceIP, changed map[netip.Addr][]*corev1.Service, pools poolSet) []ServiceIP {
+func mergeIPs(ips []ServiceIP, changed map[netip.Addr][]*corev1.Service, owners *addresspool.Set) []ServiceIP {
 	out := make([]ServiceIP, 0, len(ips)+len(changed))
 	for _, ip := range slices.SortedFunc(maps.Keys(changed), netip.Addr.Compare) {
 		i, found := slices.BinarySearchFunc(ips, ip, compareIP)
@@ -158,72 +159,17 @@ func mergeIPs(ips []ServiceIP, changed map[netip.Addr][]*corev1.Service, pools p
 		}
 		ips = ips[i:]
 		if services := changed[ip]; len(services) > 0 {
-			if pool := pools.holding(ip); pool != nil {
-				out = append(out, ServiceIP{IP: ip, Pool: pool, Services: services})
+			if pool := owners.Owner(ip); pool != nil {
+				out = append(out, ServiceIP{IP: ip, Pool: pool.Object, Services: services})
 			}
 		}
 	}
 	return append(out, ips...)
 }
 
-// poolSet is a snapshot's pools with their address blocks parsed once, not once per IP.
-type poolSet struct {
-	pools  []*v1beta1.IPAddressPool
-	blocks [][]addressBlock // of each pool
-}
-
-func newPoolSet(pools []*v1beta1.IPAddressPool) poolSet {
-	s := poolSet{pools: pools, blocks: make([][]addressBlock, len(pools))}
-	for i, p := range pools {
-		for _, b := range p.Spec.Addresses {
-			if parsed, ok := parseBlock(b); ok {
-				s.blocks[i] = append(s.blocks[i], parsed)
-			}
-		}
-	}
-	return s
-}
-
-// same reports whether pools, in order, are the set's pools unchanged (by resourceVersion).
-func (s poolSet) same(pools []*v1beta1.IPAddressPool) bool {
-	return s.pools != nil && slices.EqualFunc(s.pools, pools, func(a, b *v1beta1.IPAddressPool) bool {
+// samePools reports whether b, in order, are the pools of a unchanged (by resourceVersion).
+func samePools(a, b []*v1beta1.IPAddressPool) bool {
+	return slices.EqualFunc(a, b, func(a, b *v1beta1.IPAddressPool) bool {
 		return a.UID == b.UID && a.Name == b.Name && a.ResourceVersion != "" && a.ResourceVersion == b.ResourceVersion
 	})
-}
-
-// holding returns the first pool whose addresses include ip, or nil.
-func (s poolSet) holding(ip netip.Addr) *v1beta1.IPAddressPool {
-	for i, blocks := range s.blocks {
-		for _, b := range blocks {
-			if b.contains(ip) {
-				return s.pools[i]
-			}
-		}
-	}
-	return nil
-}
-
-// addressBlock is a pool's CIDR (prefix set) or inclusive range (from-to).
-type addressBlock struct {
-	prefix   netip.Prefix
-	from, to netip.Addr
-}
-
-// parseBlock parses a block (validated by the CRD); false if it does not parse.
-func parseBlock(b v1beta1.AddressBlock) (addressBlock, bool) {
-	s := string(b)
-	if from, to, isRange := strings.Cut(s, "-"); isRange {
-		lo, err1 := netip.ParseAddr(strings.TrimSpace(from))
-		hi, err2 := netip.ParseAddr(strings.TrimSpace(to))
-		return addressBlock{from: lo, to: hi}, err1 == nil && err2 == nil
-	}
-	p, err := netip.ParsePrefix(s)
-	return addressBlock{prefix: p}, err == nil
-}
-
-func (b addressBlock) contains(ip netip.Addr) bool {
-	if b.prefix.IsValid() {
-		return b.prefix.Contains(ip)
-	}
-	return b.from.BitLen() == ip.BitLen() && b.from.Compare(ip) <= 0 && ip.Compare(b.to) <= 0
 }

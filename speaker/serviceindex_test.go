@@ -5,17 +5,20 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
-// serviceIPs is Snapshot.IPs for these Services and pools (sorted by sortPools), built from an
+// serviceIPs is Snapshot.IPs for these Services and pools (sorted by addresspool.SortObjects), built from an
 // empty index.
 func serviceIPs(services []*corev1.Service, pools []*v1beta1.IPAddressPool, lbClass string) []ServiceIP {
 	x := newServiceIndex(lbClass)
@@ -65,7 +68,7 @@ func TestIPTableIncremental(t *testing.T) {
 		p.UID, p.ResourceVersion = types.UID(p.Name), "2"
 		p.CreationTimestamp = metav1.Unix(int64(1-i), 0) // b is older now: it holds the overlap
 	}
-	sortPools(poolsV2)
+	addresspool.SortObjects(poolsV2)
 	addrs := []string{"10.0.0.1", "10.0.0.5", "10.0.0.9", "10.0.0.13", "2001:db8::1", "2001:db8::9"}
 
 	x := newServiceIndex(config.DefaultLoadBalancerClass)
@@ -119,16 +122,49 @@ func equalIPs(a, b []ServiceIP) bool {
 	})
 }
 
-func TestPoolSetHolding(t *testing.T) {
-	pools := []*v1beta1.IPAddressPool{pool("old", nil, "10.0.0.0/24"), pool("new", nil, "10.0.0.128-10.0.1.5", "bad")}
-	s := newPoolSet(pools)
-	for ip, want := range map[string]string{"10.0.0.200": "old", "10.0.1.5": "new", "10.0.1.6": "", "::ffff:10.0.0.1": ""} {
-		got := ""
-		if p := s.holding(netip.MustParseAddr(ip)); p != nil {
-			got = p.Name
+// TestSnapshotPoolIsTheOwner: an IP's pool in a snapshot is the one the controller gave it from
+// (addresspool.Set), so the advertisements of that pool announce it. The old lookup took the
+// oldest pool with a block holding the IP as written: an invalid older pool took the IP from the
+// valid pool that gave it out, an IPv4-in-IPv6 block held no IPv4 address, and a status address
+// written IPv4-in-IPv6 was in no pool.
+func TestSnapshotPoolIsTheOwner(t *testing.T) {
+	at := func(p *v1beta1.IPAddressPool, age int64) *v1beta1.IPAddressPool {
+		p.CreationTimestamp = metav1.Unix(age, 0)
+		return p
+	}
+	leaving := at(pool("leaving", nil, "10.3.0.0/24"), 0)
+	leaving.DeletionTimestamp = ptr.To(metav1.Unix(100, 0))
+	pools := []*v1beta1.IPAddressPool{
+		at(pool("new", nil, "10.0.0.128-10.0.1.5"), 2),
+		at(pool("old", nil, "10.0.0.0/24"), 1),
+		at(pool("broken", nil, "10.1.0.0/24", "10.1.0.9-10.1.0.1"), 0),
+		at(pool("fixed", nil, "10.1.0.0/25"), 3),
+		at(pool("mapped", nil, "::ffff:10.2.0.0/120"), 3),
+		leaving,
+		at(pool("successor", nil, "10.3.0.128/25"), 4),
+	}
+	addresspool.SortObjects(pools)
+	want := map[string]string{"10.0.0.200": "old", "10.0.1.5": "new", "10.0.1.6": "", "::ffff:10.0.0.1": "old",
+		"10.1.0.5": "fixed", "10.1.0.200": "broken", "10.2.0.7": "mapped", "10.3.0.1": "leaving", "10.3.0.200": "successor"}
+	var services []*corev1.Service
+	for ip := range want {
+		services = append(services, lbService("default", "s-"+ip, corev1.ServiceExternalTrafficPolicyCluster, nil, ip))
+	}
+	got := map[string]string{}
+	for _, sip := range serviceIPs(services, pools, config.DefaultLoadBalancerClass) {
+		for _, svc := range sip.Services {
+			got[strings.TrimPrefix(svc.Name, "s-")] = sip.Pool.Name
+			if svc.Name == "s-::ffff:10.0.0.1" && sip.IP != netip.MustParseAddr("10.0.0.1") {
+				t.Errorf("status ::ffff:10.0.0.1 is announced as %s, want 10.0.0.1 as the allocator reads it", sip.IP)
+			}
+			if !slices.Contains(pools, sip.Pool) {
+				t.Errorf("%s: pool %s is not one of the snapshot's", sip.IP, sip.Pool.Name)
+			}
 		}
-		if got != want {
-			t.Errorf("%s: held by %q, want %q", ip, got, want)
+	}
+	for ip, pool := range want {
+		if got[ip] != pool {
+			t.Errorf("%s: pool %q, want %q", ip, got[ip], pool)
 		}
 	}
 }

@@ -36,26 +36,6 @@ func pool(name string, labels map[string]string, blocks ...v1beta1.AddressBlock)
 	return &v1beta1.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Spec: v1beta1.IPAddressPoolSpec{Addresses: blocks}}
 }
 
-func TestBlockContains(t *testing.T) {
-	for _, tc := range []struct {
-		block v1beta1.AddressBlock
-		ip    string
-		want  bool
-	}{
-		{"10.0.0.0/24", "10.0.0.9", true},
-		{"10.0.0.0/24", "10.0.1.9", false},
-		{"10.0.0.10-10.0.0.20", "10.0.0.20", true},
-		{"10.0.0.10 - 10.0.0.20", "10.0.0.21", false},
-		{"2001:db8::/120", "2001:db8::ff", true},
-		{"2001:db8::1-2001:db8::5", "10.0.0.3", false},
-	} {
-		b, ok := parseBlock(tc.block)
-		if got := ok && b.contains(netip.MustParseAddr(tc.ip)); got != tc.want {
-			t.Errorf("block %q contains %s = %v", tc.block, tc.ip, got)
-		}
-	}
-}
-
 func TestL2Policies(t *testing.T) {
 	other := "other.io/lb"
 	pools := []*v1beta1.IPAddressPool{pool("lan", map[string]string{"tier": "lan"}, "10.0.0.100-10.0.0.120"), pool("dmz", nil, "192.0.2.0/28")}

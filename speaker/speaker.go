@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 )
@@ -368,7 +369,7 @@ func (s *Speaker) buildSnapshot(ctx context.Context, withServices bool) (*Snapsh
 	for i := range nodes.Items {
 		snap.Nodes[nodes.Items[i].Name] = &nodes.Items[i]
 	}
-	sortPools(snap.Pools)
+	addresspool.SortObjects(snap.Pools)
 	if withServices {
 		snap.Pools, snap.IPs = s.ips.update(snap.Pools, s.services)
 	}

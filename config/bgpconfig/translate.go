@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
@@ -620,12 +621,12 @@ func (t *translation) validateL2Advertisements() {
 // checkAggregation refuses aggregation lengths shorter than a pool's blocks: the aggregated route
 // would attract traffic for addresses outside the pool.
 func checkAggregation(pool v1beta1.IPAddressPool, lenV4, lenV6 int) error {
-	for _, block := range pool.Spec.Addresses {
-		prefixes, err := blockPrefixes(string(block))
+	for i, block := range pool.Spec.Addresses {
+		b, err := addresspool.ParseBlock(string(block))
 		if err != nil {
-			return err
+			return fmt.Errorf("spec.addresses[%d]: %v", i, err)
 		}
-		for _, p := range prefixes {
+		for _, p := range b.Prefixes() {
 			l := lenV4
 			if p.Addr().Is6() {
 				l = lenV6
@@ -636,49 +637,4 @@ func checkAggregation(pool v1beta1.IPAddressPool, lenV4, lenV6 int) error {
 		}
 	}
 	return nil
-}
-
-// blockPrefixes returns the CIDRs that exactly cover an address block ("CIDR" or "first-last").
-func blockPrefixes(block string) ([]netip.Prefix, error) {
-	first, last, isRange := strings.Cut(block, "-")
-	if !isRange {
-		p, err := netip.ParsePrefix(strings.TrimSpace(block))
-		if err != nil {
-			return nil, fmt.Errorf("address block %q: %v", block, err)
-		}
-		return []netip.Prefix{p.Masked()}, nil
-	}
-	a, err1 := netip.ParseAddr(strings.TrimSpace(first))
-	b, err2 := netip.ParseAddr(strings.TrimSpace(last))
-	if err1 != nil || err2 != nil || a.Is4() != b.Is4() || b.Less(a) {
-		return nil, fmt.Errorf("address block %q is not a range of one family", block)
-	}
-	var out []netip.Prefix
-	for {
-		// The largest prefix starting at a that does not go past b.
-		bits := a.BitLen()
-		for bits > 0 {
-			p := netip.PrefixFrom(a, bits-1)
-			if p.Masked().Addr() != a || lastOf(p).Compare(b) > 0 {
-				break
-			}
-			bits--
-		}
-		p := netip.PrefixFrom(a, bits)
-		out = append(out, p)
-		end := lastOf(p)
-		if end.Compare(b) >= 0 {
-			return out, nil
-		}
-		a = end.Next()
-	}
-}
-
-func lastOf(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 1 << (7 - i%8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }

@@ -286,31 +286,6 @@ func TestParseCommunity(t *testing.T) {
 	}
 }
 
-func TestBlockPrefixes(t *testing.T) {
-	for in, want := range map[string][]string{
-		"10.0.0.5/24":               {"10.0.0.0/24"},
-		"10.0.0.0-10.0.0.255":       {"10.0.0.0/24"},
-		"10.0.0.10-10.0.0.20":       {"10.0.0.10/31", "10.0.0.12/30", "10.0.0.16/30", "10.0.0.20/32"},
-		"2001:db8::-2001:db8::ffff": {"2001:db8::/112"},
-		"10.0.0.7-10.0.0.7":         {"10.0.0.7/32"},
-	} {
-		got, err := blockPrefixes(in)
-		if err != nil {
-			t.Fatalf("%s: %v", in, err)
-		}
-		var gs []string
-		for _, p := range got {
-			gs = append(gs, p.String())
-		}
-		if !reflect.DeepEqual(gs, want) {
-			t.Errorf("blockPrefixes(%q) = %v, want %v", in, gs, want)
-		}
-	}
-	if _, err := blockPrefixes("10.0.0.9-10.0.0.1"); err == nil {
-		t.Error("backwards range accepted")
-	}
-}
-
 func TestValidateIgnoresNodeSelection(t *testing.T) {
 	in := baseInput()
 	in.Node = Node{}
@@ -342,5 +317,20 @@ func TestValidateIgnoresNodeSelection(t *testing.T) {
 	want := []string{"BGPAdvertisement/elsewhere/" + ReasonInvalidCommunity, "BGPPeer/rack-c/" + ReasonInvalidASN}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Validate = %v, want %v", got, want)
+	}
+}
+
+// TestCheckAggregationReadsBlocksAsThePoolsDo: the blocks are read by addresspool.ParseBlock, as
+// the allocator gives addresses out: an IPv4-in-IPv6 CIDR is the IPv4 CIDR it holds (it was read
+// as an IPv6 /120 and refused against the IPv6 length), and a malformed block is named.
+func TestCheckAggregationReadsBlocksAsThePoolsDo(t *testing.T) {
+	if err := checkAggregation(pool("mapped", nil, "::ffff:192.0.2.0/120"), 24, 64); err != nil {
+		t.Errorf("IPv4-in-IPv6 /120 with aggregation /24: %v", err)
+	}
+	if err := checkAggregation(pool("mapped", nil, "::ffff:192.0.2.0/120"), 16, 128); err == nil || !strings.Contains(err.Error(), "192.0.2.0/24") {
+		t.Errorf("IPv4-in-IPv6 /120 with aggregation /16: %v", err)
+	}
+	if err := checkAggregation(pool("bad", nil, "192.0.2.0/24", "192.0.2.9-192.0.2.1"), 32, 128); err == nil || !strings.Contains(err.Error(), "spec.addresses[1]") {
+		t.Errorf("reversed range: %v", err)
 	}
 }

@@ -14,21 +14,20 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/google/btree"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 )
 
-// Pool is an IPAddressPool as the allocator sees it.
+// Pool is an IPAddressPool as the allocator sees it: the parsed pool (name, age, blocks, selectors;
+// which addresses it owns is addresspool.Set's rule, so a pool that is not Live gives out nothing)
+// and what decides which Services it serves.
 type Pool struct {
-	Name string
-	// Created orders overlapping pools: the pool created later gives out nothing in the overlap.
-	Created       time.Time
-	Ranges        []Range
+	addresspool.Pool
 	AutoAssign    bool
 	AvoidBuggyIPs bool
 	// Priority: lower numbers are tried first; 0 means unset and comes after every set priority.
@@ -36,8 +35,6 @@ type Pool struct {
 	// Namespaces and NamespaceSelectors restrict the pool to Services of matching namespaces (either
 	// matches); ServiceSelectors to Services with matching labels. Empty means no restriction.
 	Namespaces                 []string
-	NamespaceSelectors         []labels.Selector
-	ServiceSelectors           []labels.Selector
 	AllowCrossNamespaceSharing bool
 }
 
@@ -88,17 +85,11 @@ type PoolReport struct {
 	Usage    map[corev1.IPFamily]Usage
 }
 
+// pool is a live pool; its embedded addresspool.Pool is the Set's, so Effective is what it gives out.
 type pool struct {
 	Pool
-	effective []Range // Ranges minus every earlier pool's: what this pool really gives out
-	overlaps  []string
-	free      *freeSet
-	inUse     map[corev1.IPFamily]int64
-}
-
-type ownedRange struct {
-	Range
-	pool *pool
+	free  *freeSet
+	inUse map[corev1.IPFamily]int64
 }
 
 // holding is what one Service holds, with the request it was made for (ports, sharing key, …).
@@ -115,8 +106,8 @@ type ipUse struct {
 // Allocator assigns addresses. It is safe for concurrent use.
 type Allocator struct {
 	mu       sync.Mutex
-	pools    map[string]*pool
-	ranges   []ownedRange // every pool's effective ranges, sorted: owner lookup by binary search
+	set      *addresspool.Set
+	pools    map[string]*pool // the live pools of set
 	ips      map[netip.Addr]*ipUse
 	used     *btree.BTreeG[netip.Addr] // the keys of ips, ordered, to walk one range's addresses
 	services map[string]*holding
@@ -126,6 +117,7 @@ type Allocator struct {
 // New returns an allocator without pools.
 func New() *Allocator {
 	return &Allocator{
+		set:      addresspool.NewSet(nil),
 		pools:    map[string]*pool{},
 		ips:      map[netip.Addr]*ipUse{},
 		used:     btree.NewG(16, netip.Addr.Less),
@@ -134,64 +126,42 @@ func New() *Allocator {
 	}
 }
 
-// SetPools replaces the pool set. Addresses in use stay in use whether or not a pool still holds them.
+// SetPools replaces the pool set. Only live pools give out addresses (addresspool.Set says which
+// owns each); addresses in use stay in use whether or not a pool still holds them.
 func (a *Allocator) SetPools(pools []Pool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	sorted := slices.Clone(pools)
-	sort.SliceStable(sorted, func(i, j int) bool {
-		if !sorted[i].Created.Equal(sorted[j].Created) {
-			return sorted[i].Created.Before(sorted[j].Created)
-		}
-		return sorted[i].Name < sorted[j].Name
-	})
-	a.pools = make(map[string]*pool, len(sorted))
-	a.ranges = a.ranges[:0]
-	type claimed struct {
-		Range
-		pool string
+	parsed := make([]addresspool.Pool, len(pools))
+	for i, p := range pools {
+		parsed[i] = p.Pool
 	}
-	var earlier []claimed
-	for _, spec := range sorted {
+	a.set = addresspool.NewSet(parsed)
+	a.pools = make(map[string]*pool, len(pools))
+	for _, spec := range pools {
+		laid := a.set.Pool(spec.Name)
+		if !laid.Live() {
+			continue
+		}
+		spec.Pool = *laid
 		p := &pool{Pool: spec, free: newFreeSet(), inUse: map[corev1.IPFamily]int64{}}
-		for _, r := range spec.Ranges {
-			pieces := []Range{r}
-			for _, e := range earlier {
-				if !e.Overlaps(r) {
-					continue
-				}
-				if e.pool != spec.Name && !slices.Contains(p.overlaps, e.pool) {
-					p.overlaps = append(p.overlaps, e.pool)
-				}
-				var rest []Range
-				for _, piece := range pieces {
-					rest = append(rest, piece.subtract(e.Range)...)
-				}
-				pieces = rest
-			}
-			p.effective = append(p.effective, pieces...)
-			earlier = append(earlier, claimed{r, spec.Name})
-		}
-		for _, r := range p.effective {
-			a.fillFree(p, r)
-			a.ranges = append(a.ranges, ownedRange{r, p})
-		}
 		a.pools[spec.Name] = p
+		for _, b := range p.Effective() {
+			a.fillFree(p, b)
+		}
 	}
-	sort.Slice(a.ranges, func(i, j int) bool { return a.ranges[i].First.Less(a.ranges[j].First) })
 }
 
 // fillFree adds the free parts of r to p's free set and counts the used ones.
-func (a *Allocator) fillFree(p *pool, r Range) {
+func (a *Allocator) fillFree(p *pool, r addresspool.Block) {
 	next := r.First
 	done := false
 	a.used.AscendGreaterOrEqual(r.First, func(ip netip.Addr) bool {
 		if r.Last.Less(ip) {
 			return false
 		}
-		p.inUse[familyOf(ip)]++
+		p.inUse[addresspool.FamilyOf(ip)]++
 		if next.Less(ip) {
-			p.free.add(Range{next, ip.Prev()})
+			p.free.add(addresspool.Block{First: next, Last: ip.Prev()})
 		}
 		if ip == r.Last {
 			done = true
@@ -201,27 +171,16 @@ func (a *Allocator) fillFree(p *pool, r Range) {
 		return true
 	})
 	if !done {
-		p.free.add(Range{next, r.Last})
+		p.free.add(addresspool.Block{First: next, Last: r.Last})
 	}
 }
 
+// owner is the live pool that gives out ip, or nil.
 func (a *Allocator) owner(ip netip.Addr) *pool {
-	i := sort.Search(len(a.ranges), func(i int) bool { return !a.ranges[i].Last.Less(ip) })
-	if i < len(a.ranges) && a.ranges[i].Contains(ip) {
-		return a.ranges[i].pool
+	if o := a.set.Owner(ip); o != nil {
+		return a.pools[o.Name] // nil for a pool that is not live
 	}
 	return nil
-}
-
-// PoolOf names the pool that gives out ip (where pools overlap, the one that owns it), or "" when
-// no pool does (any more).
-func (a *Allocator) PoolOf(ip netip.Addr) string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if p := a.owner(ip); p != nil {
-		return p.Name
-	}
-	return ""
 }
 
 // Report returns a pool's overlaps and per-family usage; false when the pool is unknown.
@@ -232,11 +191,11 @@ func (a *Allocator) Report(name string) (PoolReport, bool) {
 	if !ok {
 		return PoolReport{}, false
 	}
-	rep := PoolReport{Overlaps: slices.Clone(p.overlaps), Usage: map[corev1.IPFamily]Usage{}}
+	rep := PoolReport{Overlaps: slices.Clone(p.Overlaps()), Usage: map[corev1.IPFamily]Usage{}}
 	for _, fam := range []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol} {
 		total := new(big.Int)
 		has := false
-		for _, r := range p.effective {
+		for _, r := range p.Effective() {
 			if r.Family() != fam {
 				continue
 			}
@@ -260,7 +219,7 @@ func (a *Allocator) Report(name string) (PoolReport, bool) {
 
 // HeldOutsidePools counts addresses in the given ranges that Services hold although no pool gives
 // them out any more: while it is not zero, a deleted pool that had these ranges must stay.
-func (a *Allocator) HeldOutsidePools(ranges []Range) int {
+func (a *Allocator) HeldOutsidePools(ranges []addresspool.Block) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	n := 0
@@ -362,7 +321,7 @@ func (a *Allocator) release(key string) bool {
 		}
 		if p := a.owner(ip); p != nil {
 			p.free.put(ip)
-			p.inUse[familyOf(ip)]--
+			p.inUse[addresspool.FamilyOf(ip)]--
 		}
 	}
 	return freed
@@ -385,7 +344,7 @@ func (a *Allocator) keep(s Service, fams []corev1.IPFamily) (Result, bool) {
 	}
 	seen := map[corev1.IPFamily]bool{}
 	for _, ip := range current {
-		f := familyOf(ip)
+		f := addresspool.FamilyOf(ip)
 		if !slices.Contains(fams, f) || seen[f] {
 			return Result{}, false
 		}
@@ -442,7 +401,7 @@ func (a *Allocator) assignRequested(s Service, fams []corev1.IPFamily) Result {
 	ips := normalise(s.RequestedIPs)
 	seen := map[corev1.IPFamily]bool{}
 	for _, ip := range ips {
-		f := familyOf(ip)
+		f := addresspool.FamilyOf(ip)
 		if !slices.Contains(fams, f) {
 			return Result{Reason: config.ReasonInvalidRequest, Message: fmt.Sprintf(
 				"requested %s is %s but the Service's ipFamilies (with ipFamilyPolicy %s) allow only %s",
@@ -545,7 +504,7 @@ func (a *Allocator) assignFromPools(s Service, fams []corev1.IPFamily) Result {
 func (a *Allocator) pick(p *pool, f corev1.IPFamily, s Service) (netip.Addr, bool) {
 	var best netip.Addr
 	for ip := range a.sharing[s.SharingKey] {
-		if familyOf(ip) == f && a.owner(ip) == p && (!best.IsValid() || ip.Less(best)) {
+		if addresspool.FamilyOf(ip) == f && a.owner(ip) == p && (!best.IsValid() || ip.Less(best)) {
 			if _, msg := a.conflict(ip, s); msg == "" {
 				best = ip
 			}
@@ -583,7 +542,7 @@ func (a *Allocator) claim(s Service, ips []netip.Addr) {
 			a.used.ReplaceOrInsert(ip)
 			if p := a.owner(ip); p != nil {
 				p.free.take(ip)
-				p.inUse[familyOf(ip)]++
+				p.inUse[addresspool.FamilyOf(ip)]++
 			}
 		}
 		u.holders[s.Key] = h
@@ -674,17 +633,14 @@ func (p *pool) before(q *pool) bool {
 	if pp != qp {
 		return pp < qp
 	}
-	if !p.Created.Equal(q.Created) {
-		return p.Created.Before(q.Created)
-	}
-	return p.Name < q.Name
+	return addresspool.Compare(&p.Pool.Pool, &q.Pool.Pool) < 0
 }
 
 // offered returns the families of fams this pool can give under the policy; nil if it cannot serve.
 func (p *pool) offered(fams []corev1.IPFamily, policy corev1.IPFamilyPolicy) []corev1.IPFamily {
 	var out []corev1.IPFamily
 	for _, f := range fams {
-		for _, r := range p.effective {
+		for _, r := range p.Effective() {
 			if r.Family() == f {
 				out = append(out, f)
 				break
@@ -741,7 +697,7 @@ func normalise(ips []netip.Addr) []netip.Addr {
 func orderByFamily(ips []netip.Addr, fams []corev1.IPFamily) []netip.Addr {
 	out := slices.Clone(ips)
 	sort.SliceStable(out, func(i, j int) bool {
-		return slices.Index(fams, familyOf(out[i])) < slices.Index(fams, familyOf(out[j]))
+		return slices.Index(fams, addresspool.FamilyOf(out[i])) < slices.Index(fams, addresspool.FamilyOf(out[j]))
 	})
 	return out
 }

@@ -1,6 +1,7 @@
 package allocator
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,17 +12,18 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 )
 
 var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // pool builds an auto-assigning pool created `age` minutes after epoch.
 func mkPool(name string, age int, addrs ...string) Pool {
-	rs, err := ParseRanges(addrs)
-	if err != nil {
-		panic(err)
+	var blocks []addresspool.Block
+	for _, s := range addrs {
+		blocks = append(blocks, mustBlock(s))
 	}
-	return Pool{Name: name, Created: epoch.Add(time.Duration(age) * time.Minute), Ranges: rs, AutoAssign: true}
+	return Pool{Pool: addresspool.Pool{Name: name, Created: epoch.Add(time.Duration(age) * time.Minute), Blocks: blocks}, AutoAssign: true}
 }
 
 func svc(key string, mods ...func(*Service)) Service {
@@ -257,7 +259,7 @@ func TestPoolShrinksAndGrows(t *testing.T) {
 	if r := a.Assign(svc("a/3")); r.Reason != config.ReasonPoolRemoved || !slices.Equal(r.IPs, ips("10.0.0.3")) {
 		t.Fatalf("shrunk: %v", r)
 	}
-	if n := a.HeldOutsidePools([]Range{mustRange("10.0.0.0/30")}); n != 2 {
+	if n := a.HeldOutsidePools([]addresspool.Block{mustBlock("10.0.0.0/30")}); n != 2 {
 		t.Fatalf("HeldOutsidePools = %d, want 2", n)
 	}
 	rep, _ := a.Report("p")
@@ -331,18 +333,58 @@ func TestOverlapReport(t *testing.T) {
 	}
 	// The owner of an address is the older pool where two overlap.
 	for ip, want := range map[string]string{"10.0.0.200": "a", "10.0.0.5": "b", "fd00::9": "b", "10.0.1.1": "c", "10.0.2.1": ""} {
-		if got := a.PoolOf(netip.MustParseAddr(ip)); got != want {
-			t.Errorf("PoolOf(%s) = %q, want %q", ip, got, want)
+		s := svc("x/"+ip, requested(ip))
+		if netip.MustParseAddr(ip).Is6() {
+			dual(corev1.IPFamilyPolicySingleStack, v6)(&s)
 		}
+		res := a.Assign(s)
+		if res.Pool != want || (want == "") != (res.Reason == config.ReasonRequestedIPOutside) {
+			t.Errorf("requesting %s: pool %q (%s), want %q", ip, res.Pool, res.Reason, want)
+		}
+		a.Release(s.Key)
 	}
 }
 
-func mustRange(s string) Range {
-	r, err := ParseRange(s)
+// TestPoolsNotLiveGiveOutNothing: a pool being deleted or invalid is passed to SetPools like the
+// others, but gives out nothing; a Service holding one of its addresses keeps it (PoolRemoved).
+func TestPoolsNotLiveGiveOutNothing(t *testing.T) {
+	a := New()
+	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/31"), mkPool("q", 1, "10.0.1.0/31")})
+	if r := a.Assign(svc("a/x", inPool("q"))); !slices.Equal(r.IPs, ips("10.0.1.0")) {
+		t.Fatalf("from q: %v", r)
+	}
+	deleting := mkPool("q", 1, "10.0.1.0/31")
+	deleting.Deleting = true
+	invalid := mkPool("r", 2, "10.0.2.0/31")
+	invalid.Err = errors.New("spec.addresses[1]: bad")
+	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.0/31"), deleting, invalid})
+	if r := a.Assign(svc("a/x", inPool("q"))); r.Reason != config.ReasonPoolRemoved || !slices.Equal(r.IPs, ips("10.0.1.0")) {
+		t.Fatalf("held from a deleting pool: %v", r)
+	}
+	for _, name := range []string{"q", "r"} {
+		if r := a.Assign(svc("a/y", inPool(name))); r.Reason != config.ReasonNoPool {
+			t.Errorf("named pool %s that is not live: %v", name, r)
+		}
+		if _, ok := a.Report(name); ok {
+			t.Errorf("pool %s that is not live has a report", name)
+		}
+	}
+	for _, ip := range []string{"10.0.1.1", "10.0.2.0"} {
+		if r := a.Assign(svc("a/z", requested(ip))); r.Reason != config.ReasonRequestedIPOutside {
+			t.Errorf("requesting %s of a pool that is not live: %v", ip, r)
+		}
+	}
+	if r := a.Assign(svc("a/w")); !slices.Equal(r.IPs, ips("10.0.0.0")) {
+		t.Errorf("from the live pool: %v", r)
+	}
+}
+
+func mustBlock(s string) addresspool.Block {
+	b, err := addresspool.ParseBlock(s)
 	if err != nil {
 		panic(err)
 	}
-	return r
+	return b
 }
 
 func toStrings(a []netip.Addr) []string {

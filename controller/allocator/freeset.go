@@ -4,6 +4,8 @@ import (
 	"net/netip"
 
 	"github.com/google/btree"
+
+	"github.com/heraldlb/herald/config/addresspool"
 )
 
 // freeSet holds a pool's free addresses as disjoint, non-adjacent intervals in a B-tree ordered by
@@ -12,21 +14,21 @@ import (
 // number of ranges: a /64 with three Services costs a handful of nodes, and a pool at 99 % fill
 // costs what it costs at 1 %. IPv4 addresses sort before IPv6 ones, so one set serves both families.
 type freeSet struct {
-	t *btree.BTreeG[Range]
+	t *btree.BTreeG[addresspool.Block]
 }
 
 func newFreeSet() *freeSet {
-	return &freeSet{t: btree.NewG(16, func(a, b Range) bool { return a.First.Less(b.First) })}
+	return &freeSet{t: btree.NewG(16, func(a, b addresspool.Block) bool { return a.First.Less(b.First) })}
 }
 
 // add inserts an interval the caller knows to be disjoint from the set's (used to build the set).
-func (f *freeSet) add(r Range) { f.t.ReplaceOrInsert(r) }
+func (f *freeSet) add(r addresspool.Block) { f.t.ReplaceOrInsert(r) }
 
 // containing returns the interval holding ip.
-func (f *freeSet) containing(ip netip.Addr) (Range, bool) {
-	var found Range
+func (f *freeSet) containing(ip netip.Addr) (addresspool.Block, bool) {
+	var found addresspool.Block
 	ok := false
-	f.t.DescendLessOrEqual(Range{First: ip}, func(r Range) bool {
+	f.t.DescendLessOrEqual(addresspool.Block{First: ip}, func(r addresspool.Block) bool {
 		found, ok = r, r.Contains(ip)
 		return false
 	})
@@ -46,10 +48,10 @@ func (f *freeSet) take(ip netip.Addr) bool {
 	}
 	f.t.Delete(r)
 	if r.First.Less(ip) {
-		f.t.ReplaceOrInsert(Range{r.First, ip.Prev()})
+		f.t.ReplaceOrInsert(addresspool.Block{First: r.First, Last: ip.Prev()})
 	}
 	if ip.Less(r.Last) {
-		f.t.ReplaceOrInsert(Range{ip.Next(), r.Last})
+		f.t.ReplaceOrInsert(addresspool.Block{First: ip.Next(), Last: r.Last})
 	}
 	return true
 }
@@ -58,7 +60,7 @@ func (f *freeSet) take(ip netip.Addr) bool {
 // (0.0.0.0 or ::), without taking it.
 func (f *freeSet) lowest(familyStart netip.Addr) (netip.Addr, bool) {
 	var ip netip.Addr
-	f.t.AscendGreaterOrEqual(Range{First: familyStart}, func(r Range) bool {
+	f.t.AscendGreaterOrEqual(addresspool.Block{First: familyStart}, func(r addresspool.Block) bool {
 		if r.First.BitLen() == familyStart.BitLen() {
 			ip = r.First
 		}
@@ -70,7 +72,7 @@ func (f *freeSet) lowest(familyStart netip.Addr) (netip.Addr, bool) {
 // put gives ip back, merging it with the intervals next to it. The caller guarantees ip belongs to
 // the pool and is not already free.
 func (f *freeSet) put(ip netip.Addr) {
-	r := Range{ip, ip}
+	r := addresspool.Block{First: ip, Last: ip}
 	if prev := ip.Prev(); prev.IsValid() {
 		if before, ok := f.containing(prev); ok {
 			f.t.Delete(before)
@@ -78,7 +80,7 @@ func (f *freeSet) put(ip netip.Addr) {
 		}
 	}
 	if next := ip.Next(); next.IsValid() {
-		if after, ok := f.t.Get(Range{First: next}); ok {
+		if after, ok := f.t.Get(addresspool.Block{First: next}); ok {
 			f.t.Delete(after)
 			r.Last = after.Last
 		}

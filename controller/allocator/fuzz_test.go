@@ -27,7 +27,7 @@ func fuzzPools(mask byte) []Pool {
 	return out
 }
 
-var crossNamespaceRange = mustRange("10.0.0.254-10.0.1.1")
+var crossNamespaceRange = mustBlock("10.0.0.254-10.0.1.1")
 
 // fuzzService builds a Service from three bytes of input.
 func fuzzService(i, b1, b2 byte) Service {

@@ -6,10 +6,10 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
@@ -61,55 +61,19 @@ func ServiceFromAPI(svc *corev1.Service, nsLabels map[string]string) (Service, e
 	return s, nil
 }
 
-// PoolFromAPI reads an IPAddressPool; the error says which address or selector is malformed.
-func PoolFromAPI(p *v1beta1.IPAddressPool) (Pool, error) {
+// PoolFromAPI reads an IPAddressPool (parsed by addresspool.Parse: Err says what is malformed).
+func PoolFromAPI(p *v1beta1.IPAddressPool) Pool {
 	out := Pool{
-		Name:                       p.Name,
-		Created:                    p.CreationTimestamp.Time,
+		Pool:                       addresspool.Parse(p),
 		AutoAssign:                 p.Spec.AutoAssign == nil || *p.Spec.AutoAssign,
 		AvoidBuggyIPs:              p.Spec.AvoidBuggyIPs,
 		AllowCrossNamespaceSharing: p.Spec.AllowCrossNamespaceSharing,
 	}
-	var err error
-	if out.Ranges, err = PoolRanges(p); err != nil {
-		return out, err
-	}
 	if sa := p.Spec.ServiceAllocation; sa != nil {
 		out.Priority = int(sa.Priority)
 		out.Namespaces = sa.Namespaces
-		if out.NamespaceSelectors, err = selectors(sa.NamespaceSelectors); err != nil {
-			return out, fmt.Errorf("serviceAllocation.namespaceSelectors: %v", err)
-		}
-		if out.ServiceSelectors, err = selectors(sa.ServiceSelectors); err != nil {
-			return out, fmt.Errorf("serviceAllocation.serviceSelectors: %v", err)
-		}
 	}
-	return out, nil
-}
-
-// PoolRanges parses a pool's spec.addresses.
-func PoolRanges(p *v1beta1.IPAddressPool) ([]Range, error) {
-	entries := make([]string, len(p.Spec.Addresses))
-	for i, a := range p.Spec.Addresses {
-		entries[i] = string(a)
-	}
-	rs, err := ParseRanges(entries)
-	if err != nil {
-		return nil, fmt.Errorf("spec.addresses: %v", err)
-	}
-	return rs, nil
-}
-
-func selectors(in []metav1.LabelSelector) ([]labels.Selector, error) {
-	out := make([]labels.Selector, 0, len(in))
-	for i := range in {
-		sel, err := metav1.LabelSelectorAsSelector(&in[i])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, sel)
-	}
-	return out, nil
+	return out
 }
 
 // Ingress is the status.loadBalancer.ingress for the addresses, with ipMode VIP set explicitly (the

@@ -92,17 +92,18 @@ func TestPoolFromAPI(t *testing.T) {
 		ServiceAllocation: &v1beta1.ServiceAllocation{Priority: 3, Namespaces: []string{"a"},
 			NamespaceSelectors: []metav1.LabelSelector{{MatchLabels: map[string]string{"team": "x"}}}},
 	}}
-	got, err := PoolFromAPI(p)
-	if err != nil || got.AutoAssign || got.Priority != 3 || len(got.Ranges) != 2 || len(got.NamespaceSelectors) != 1 {
-		t.Fatalf("%+v %v", got, err)
+	got := PoolFromAPI(p)
+	if got.Err != nil || got.AutoAssign || got.Priority != 3 || len(got.Blocks) != 2 || len(got.NamespaceSelectors) != 1 ||
+		!slices.Equal(got.Namespaces, []string{"a"}) {
+		t.Fatalf("%+v", got)
 	}
 	p.Spec.Addresses = []v1beta1.AddressBlock{"10.0.0.9-10.0.0.1"}
-	if _, err := PoolFromAPI(p); err == nil || !strings.Contains(err.Error(), "spec.addresses") {
+	if err := PoolFromAPI(p).Err; err == nil || !strings.Contains(err.Error(), "spec.addresses") {
 		t.Fatalf("reversed range: %v", err)
 	}
 	p.Spec.Addresses = []v1beta1.AddressBlock{"10.0.0.0/30"}
 	p.Spec.ServiceAllocation.ServiceSelectors = []metav1.LabelSelector{{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "a", Operator: "In"}}}}
-	if _, err := PoolFromAPI(p); err == nil || !strings.Contains(err.Error(), "serviceSelectors") {
+	if err := PoolFromAPI(p).Err; err == nil || !strings.Contains(err.Error(), "serviceSelectors") {
 		t.Fatalf("bad selector: %v", err)
 	}
 }

@@ -16,8 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/addresspool"
 	"github.com/heraldlb/herald/config/v1beta1"
-	"github.com/heraldlb/herald/controller/allocator"
 )
 
 // Report is heraldctl status's output; -o json|yaml prints it as is.
@@ -117,20 +117,12 @@ func listError(what string, err error) error {
 // Build assembles the report from the objects: pure, so its rules are testable without a cluster.
 func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []v1beta1.SpeakerStatus) Report {
 	r := Report{Pools: []Pool{}, Services: []Service{}, Nodes: []Node{}}
-	type poolRanges struct {
-		name   string
-		ranges []allocator.Range
-	}
-	var ranges []poolRanges
-	for _, p := range pools {
+	parsed := make([]addresspool.Pool, len(pools))
+	for i, p := range pools {
+		parsed[i] = addresspool.Parse(&pools[i])
 		out := Pool{Name: p.Name, IPv4: p.Status.IPv4, IPv6: p.Status.IPv6}
-		var pr poolRanges
-		pr.name = p.Name
 		for _, a := range p.Spec.Addresses {
 			out.Addresses = append(out.Addresses, string(a))
-			if rg, err := allocator.ParseRange(string(a)); err == nil {
-				pr.ranges = append(pr.ranges, rg)
-			}
 		}
 		for _, c := range p.Status.Conditions {
 			bad := (c.Type == config.ConditionValid && c.Status == metav1.ConditionFalse) ||
@@ -140,21 +132,13 @@ func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []
 			}
 		}
 		r.Pools = append(r.Pools, out)
-		// An overlapping pool does not give out the addresses an older pool also holds, so a
-		// Service's IP is looked up in the pools without overlap first.
-		if meta.IsStatusConditionTrue(p.Status.Conditions, config.ConditionOverlap) {
-			ranges = append(ranges, pr)
-		} else {
-			ranges = append([]poolRanges{pr}, ranges...)
-		}
 	}
+	// A Service's pool is the one that owns its address, by the rule the controller gives
+	// addresses out by and the speakers announce them by.
+	owners := addresspool.NewSet(parsed)
 	poolOf := func(ip netip.Addr) string {
-		for _, p := range ranges {
-			for _, rg := range p.ranges {
-				if rg.Contains(ip) {
-					return p.name
-				}
-			}
+		if p := owners.Owner(ip); p != nil {
+			return p.Name
 		}
 		return ""
 	}

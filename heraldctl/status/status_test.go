@@ -32,14 +32,14 @@ func cond(typ string, status metav1.ConditionStatus, reason, msg string) metav1.
 
 func fixture() ([]v1beta1.IPAddressPool, []corev1.Service, []v1beta1.SpeakerStatus) {
 	pools := []v1beta1.IPAddressPool{{
-		ObjectMeta: metav1.ObjectMeta{Name: "dup"},
+		ObjectMeta: metav1.ObjectMeta{Name: "dup", CreationTimestamp: *ago(time.Hour)},
 		Spec:       v1beta1.IPAddressPoolSpec{Addresses: []v1beta1.AddressBlock{"192.0.2.0/29"}},
 		Status: v1beta1.IPAddressPoolStatus{Conditions: []metav1.Condition{
 			cond(config.ConditionOverlap, metav1.ConditionTrue, "Overlap", "192.0.2.0/30 is also in pool web"),
 			cond(config.ConditionValid, metav1.ConditionTrue, "Valid", ""),
 		}},
 	}, {
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		ObjectMeta: metav1.ObjectMeta{Name: "web", CreationTimestamp: *ago(2 * time.Hour)},
 		Spec:       v1beta1.IPAddressPoolSpec{Addresses: []v1beta1.AddressBlock{"192.0.2.0/30", "2001:db8::10-2001:db8::1f"}},
 		Status: v1beta1.IPAddressPoolStatus{
 			IPv4: &v1beta1.AddressCounts{Total: "4", InUse: "1", Free: "3"},
@@ -97,7 +97,7 @@ func TestBuild(t *testing.T) {
 		t.Fatalf("services (only LoadBalancer ones): %+v", r.Services)
 	}
 	dark, pending, web := r.Services[0], r.Services[1], r.Services[2]
-	// "dup" overlaps "web" (its Overlap condition is True): the IP is web's.
+	// "dup" overlaps the older "web" (so its Overlap condition is True): the IP is web's.
 	if web.Pool != "web" || dark.Pool != "web" {
 		t.Errorf("pools of web, dark = %q, %q", web.Pool, dark.Pool)
 	}
@@ -148,6 +148,28 @@ func TestWriteTableEmptyClusterSaysWhatToDo(t *testing.T) {
 	for _, want := range []string{"create an IPAddressPool", "are the speakers running?"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("empty report lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestBuildPoolIsTheOwner: a Service's pool is the one the controller gave the address from,
+// whatever the pools' status says (the controller may not have written it yet): the older of two
+// overlapping pools, and a pool being deleted only for what no other pool holds.
+func TestBuildPoolIsTheOwner(t *testing.T) {
+	pool := func(name string, age time.Duration, block v1beta1.AddressBlock) v1beta1.IPAddressPool {
+		return v1beta1.IPAddressPool{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: *ago(age)},
+			Spec: v1beta1.IPAddressPoolSpec{Addresses: []v1beta1.AddressBlock{block}}}
+	}
+	leaving := pool("leaving", 3*time.Hour, "198.51.100.0/24")
+	leaving.DeletionTimestamp = ago(0)
+	pools := []v1beta1.IPAddressPool{pool("old", 2*time.Hour, "192.0.2.0/24"), pool("new", time.Hour, "192.0.2.128/25"),
+		leaving, pool("kept", time.Hour, "198.51.100.128/25")}
+	services := []corev1.Service{lbService("a", "in-both", []string{"192.0.2.200"}), lbService("a", "held", []string{"198.51.100.1"}),
+		lbService("a", "taken-over", []string{"198.51.100.200"}), lbService("a", "nowhere", []string{"203.0.113.1"})}
+	want := map[string]string{"in-both": "old", "held": "leaving", "taken-over": "kept", "nowhere": ""}
+	for _, s := range Build(pools, services, nil).Services {
+		if s.Pool != want[s.Name] {
+			t.Errorf("%s (%v): pool %q, want %q", s.Name, s.IPs, s.Pool, want[s.Name])
 		}
 	}
 }
