@@ -474,8 +474,11 @@ func (a *Announcer) startLocked(ctx context.Context, routerID netip.Addr) error 
 // restarts of the speaker while the node's data plane keeps forwarding.
 func (a *Announcer) Stop(keepGracefulRestart bool) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.stopLocked(keepGracefulRestart)
+	a.mu.Unlock()
+	// The BFD changes queued before the sessions stopped find no GoBGP left to act on; waiting
+	// for them (outside mu, which they take) leaves no goroutine behind.
+	a.bfd.WaitDelivered()
 }
 
 // ceaseSessions sends every session that is to end with a notification (all of them, or with
