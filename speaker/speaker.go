@@ -73,6 +73,8 @@ type Speaker struct {
 	// services is fed by the Service informer's events; ips is the snapshot loop's own.
 	services *serviceIndex
 	ips      ipTable
+	// watchPeers, set by WatchPeers, runs in Run until its context ends.
+	watchPeers func(ctx context.Context)
 	// written is this node's SpeakerStatus as the last successful write returned it (statusLoop's
 	// only): the next write starts from it instead of reading the object again, which with
 	// thousands of announcements cost the API server as much as the write; nil after a failure.
@@ -145,7 +147,8 @@ func watched() []client.Object { return append(configKinds(), &corev1.Service{})
 
 // Run watches, applies snapshots and runs the announcers until ctx ends, or until an announcer
 // fails: then it stops the others and returns that announcer's error. Either way it returns once
-// every goroutine it started (the cache, the announcers, the status loop) has returned.
+// every goroutine it started (the cache, the peer watch, the announcers, the status loop) has
+// returned.
 func (s *Speaker) Run(ctx context.Context) error {
 	ctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -193,6 +196,10 @@ func (s *Speaker) Run(ctx context.Context) error {
 	cacheErr := make(chan error, 1)
 	wg.Add(1)
 	go func() { defer wg.Done(); cacheErr <- s.cache.Start(ctx) }()
+	if s.watchPeers != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.watchPeers(ctx) }()
+	}
 	s.prepare(ctx)
 	if !s.cache.WaitForCacheSync(ctx) {
 		return fmt.Errorf("speaker: caches did not sync: %w", <-cacheErr)
