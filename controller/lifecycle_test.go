@@ -33,9 +33,10 @@ func TestRunAndRunCloudProviderStopEverything(t *testing.T) {
 					done <- c.Run(ctx)
 				}
 			}()
-			for end := time.Now().Add(60 * time.Second); !c.informersSynced(); time.Sleep(10 * time.Millisecond) {
+			// Stopped once its workers run (a stop while the informers sync is an error of start's).
+			for end := time.Now().Add(60 * time.Second); countWorkers() < 2; time.Sleep(10 * time.Millisecond) {
 				if time.Now().After(end) {
-					t.Fatal("the informers did not sync")
+					t.Fatal("the workers did not start")
 				}
 			}
 			cancel()
@@ -63,6 +64,17 @@ func TestRunAndRunCloudProviderStopEverything(t *testing.T) {
 			}
 		})
 	}
+}
+
+// countWorkers counts the goroutines in Controller.work.
+func countWorkers() int {
+	n := 0
+	for _, g := range controllerGoroutines() {
+		if strings.Contains(g, "herald/controller.(*Controller).work(") {
+			n++
+		}
+	}
+	return n
 }
 
 // controllerGoroutines returns the stacks of the goroutines running a method of the controller's
