@@ -56,14 +56,36 @@ func Annotation(annotations map[string]string, name string) (value, key string) 
 	return "", ""
 }
 
+// Overridden lists the keys of a Herald annotation's MetalLB aliases that are set to another value
+// than the one Annotation returns: precedence made Herald ignore what they ask for, which the
+// user must be told (see ReasonConflictingRequests).
+func Overridden(annotations map[string]string, name string) []string {
+	value, used := Annotation(annotations, name)
+	if used == "" {
+		return nil
+	}
+	var ignored []string
+	for _, key := range append([]string{name}, annotationAliases[name]...) {
+		if v, ok := annotations[key]; ok && key != used && v != value {
+			ignored = append(ignored, key)
+		}
+	}
+	return ignored
+}
+
+// AliasedAnnotations are the Herald annotations with MetalLB aliases, in a fixed order.
+var AliasedAnnotations = []string{AnnotationAddressPool, AnnotationLoadBalancerIPs, AnnotationAllowSharedIP}
+
 // Service condition types, in status.conditions, written in the same patch as
 // status.loadBalancer.
 const (
 	ConditionAllocated = "herald.io/Allocated"
 	ConditionAnnounced = "herald.io/Announced"
 	// ConditionAnnotationsValid is False when a Herald annotation that does not affect allocation
-	// (herald.io/ipvs-scheduler) has a value Herald cannot use. It is written only once something
-	// was wrong (then True when fixed), so valid Services carry no extra condition.
+	// (herald.io/ipvs-scheduler) has a value Herald cannot use, or when two annotations (or an
+	// annotation and spec.loadBalancerIP) ask for different things and precedence picked one. It is
+	// written only once something was wrong (then True when fixed), so valid Services carry no
+	// extra condition.
 	ConditionAnnotationsValid = "herald.io/AnnotationsValid"
 )
 
@@ -71,6 +93,10 @@ const (
 const (
 	ReasonAnnotationsValid  = "AnnotationsValid"
 	ReasonInvalidAnnotation = "InvalidAnnotation"
+	// ReasonConflictingRequests: a Herald annotation and its MetalLB alias, the two MetalLB forms,
+	// or herald.io/loadBalancerIPs and spec.loadBalancerIP ask for different values; the message
+	// says which one is used and which is ignored. The Service is served with the one used.
+	ReasonConflictingRequests = "ConflictingRequests"
 )
 
 // Reasons of the herald.io/Allocated condition.

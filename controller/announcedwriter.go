@@ -126,14 +126,17 @@ func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, e
 func (a *announcedWriter) run(ctx context.Context) {
 	defer a.queue.ShutDown()
 	a.factory.Start(ctx.Done())
+	defer a.factory.Shutdown() // its informers end with ctx
 	if !cache.WaitForCacheSync(ctx.Done(), a.speakerInf.HasSynced, a.l2Inf.HasSynced, a.bgpInf.HasSynced) {
 		if ctx.Err() == nil {
 			a.c.log.Error("herald.io/Announced: the SpeakerStatus or advertisement caches did not sync; the condition is not written")
 		}
 		return
 	}
-	go a.sweep(ctx)
-	go wait.UntilWithContext(ctx, func(ctx context.Context) { a.c.work(ctx, a.queue, a.sync) }, time.Second)
+	a.c.spawn(func() { a.sweep(ctx) })
+	a.c.spawn(func() {
+		wait.UntilWithContext(ctx, func(ctx context.Context) { a.c.work(ctx, a.queue, a.sync) }, time.Second)
+	})
 	<-ctx.Done()
 }
 

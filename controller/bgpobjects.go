@@ -104,13 +104,14 @@ func (b *bgpObjects) run(ctx context.Context) {
 		return
 	}
 	b.factory.Start(ctx.Done())
+	defer b.factory.Shutdown() // its informers end with ctx
 	for gvr, ok := range b.factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			b.c.log.Error("BGP objects: cache did not sync; their conditions are not written", "resource", gvr)
 			return
 		}
 	}
-	go func() {
+	b.c.spawn(func() {
 		for {
 			key, quit := b.queue.Get()
 			if quit {
@@ -125,7 +126,7 @@ func (b *bgpObjects) run(ctx context.Context) {
 			}
 			b.queue.Done(key)
 		}
-	}()
+	})
 	b.queue.Add(bgpObjectsKey)
 	<-ctx.Done()
 }

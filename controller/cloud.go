@@ -18,10 +18,14 @@ import (
 func (c *Controller) RunCloudProvider(ctx context.Context) error {
 	// Services with a class are not the upstream controller's: their addresses are only reserved.
 	c.cloud = true
+	ctx, cancel := context.WithCancel(ctx)
+	defer c.stop(cancel)
 	if err := c.start(ctx, c.serviceHandlers()); err != nil {
 		return err
 	}
-	go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
+	c.spawn(func() {
+		wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
+	})
 	cloud := &heraldCloud{lb: &CloudLoadBalancer{Allocator: c.alloc, NamespaceLabels: c.namespaceLabels}}
 	sc, err := servicecontroller.New(cloud, c.client, c.factory.Core().V1().Services(), c.factory.Core().V1().Nodes(),
 		"herald", featuregate.NewFeatureGate())
@@ -31,7 +35,9 @@ func (c *Controller) RunCloudProvider(ctx context.Context) error {
 	// The upstream controller's informers were created after the factory started: start them too.
 	c.factory.Start(ctx.Done())
 	c.factory.WaitForCacheSync(ctx.Done())
-	go wait.UntilWithContext(ctx, func(ctx context.Context) { c.poolUsageChanged() }, poolStatusDelay)
+	c.spawn(func() {
+		wait.UntilWithContext(ctx, func(ctx context.Context) { c.poolUsageChanged() }, poolStatusDelay)
+	})
 	c.log.Info("controller running in cloud-provider mode (class-less Services, upstream service controller)")
 	sc.Run(ctx, c.opts.Workers, controllersmetrics.NewControllerManagerMetrics("herald"))
 	return nil

@@ -91,6 +91,10 @@ type Controller struct {
 	// missed by a Service another worker has just found no room for.
 	mu      sync.Mutex
 	pending map[string]struct{}
+
+	// running counts the goroutines Run or RunCloudProvider started (see spawn); they wait for
+	// all of them before returning.
+	running sync.WaitGroup
 }
 
 // New builds a controller; Run starts it.
@@ -141,8 +145,8 @@ func stripManagedFields(obj any) (any, error) {
 // Services until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
 	defer utilruntime.HandleCrash()
-	defer c.queue.ShutDown()
-	defer c.poolQueue.ShutDown()
+	ctx, cancel := context.WithCancel(ctx)
+	defer c.stop(cancel)
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.client.CoreV1().Events("")})
@@ -157,10 +161,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := c.start(ctx, c.serviceHandlers()); err != nil {
 		return err
 	}
-	go c.bgp.run(ctx)
-	go c.announced.run(ctx)
+	c.spawn(func() { c.bgp.run(ctx) })
+	c.spawn(func() { c.announced.run(ctx) })
 	for range c.opts.Workers {
-		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
+		c.spawn(func() {
+			wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
+		})
 	}
 	c.log.Info("controller running", "workers", c.opts.Workers, "class", c.opts.LoadBalancerClass, "takeClassless", c.opts.TakeClassless)
 	<-ctx.Done()
@@ -195,8 +201,31 @@ func (c *Controller) start(ctx context.Context, svcHandlers cache.ResourceEventH
 	c.loadPools()
 	n := c.restore()
 	c.log.Info("state rebuilt from Service status", "servicesWithAddresses", n, "took", time.Since(begin))
-	go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.poolQueue, c.syncPool) }, time.Second)
+	c.spawn(func() {
+		wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.poolQueue, c.syncPool) }, time.Second)
+	})
 	return nil
+}
+
+// spawn runs f on a goroutine that Run or RunCloudProvider waits for (see stop); f must return
+// once their context ends or the queues shut down.
+func (c *Controller) spawn(f func()) {
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		f()
+	}()
+}
+
+// stop ends what Run or RunCloudProvider started and waits for it: cancel ends the loops and the
+// informers, shutting the queues down releases the workers waiting in Get.
+func (c *Controller) stop(cancel context.CancelFunc) {
+	cancel()
+	c.queue.ShutDown()
+	c.poolQueue.ShutDown()
+	c.running.Wait()
+	c.factory.Shutdown()
+	c.dynFactory.Shutdown()
 }
 
 // restore records the current addresses of every LoadBalancer Service, ours or not, oldest first

@@ -214,6 +214,54 @@ func TestNativeController(t *testing.T) {
 		}
 	})
 
+	t.Run("requests resolved by precedence get a condition and one event saying which one is used", func(t *testing.T) {
+		f.t = t
+		f.namespace("prec", nil)
+		f.pool("prec", onlyNamespace("prec", map[string]any{"addresses": addrs("10.14.0.0/29")}))
+		f.pool("prec-other", onlyNamespace("prec", map[string]any{"addresses": addrs("10.15.0.0/29")}))
+		conflicting := func(svc *corev1.Service) bool {
+			c := meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnotationsValid)
+			return hasAddress(svc) && c != nil && c.Status == metav1.ConditionFalse && c.Reason == config.ReasonConflictingRequests
+		}
+		// herald.io/loadBalancerIPs against spec.loadBalancerIP: the annotation's address is given.
+		f.service("prec", "ips", annotate(config.AnnotationLoadBalancerIPs, "10.14.0.3"),
+			func(s *corev1.Service) { s.Spec.LoadBalancerIP = "10.14.0.4" })
+		ips := f.wait("prec", "ips", "AnnotationsValid False, ConflictingRequests", conflicting)
+		if got := ingressIPs(ips); !slices.Equal(got, []string{"10.14.0.3"}) {
+			t.Errorf("ingress %v, want the annotation's 10.14.0.3", got)
+		}
+		msg := meta.FindStatusCondition(ips.Status.Conditions, config.ConditionAnnotationsValid).Message
+		if !strings.Contains(msg, `spec.loadBalancerIP "10.14.0.4" is ignored`) || !strings.Contains(msg, `herald.io/loadBalancerIPs="10.14.0.3" takes precedence`) {
+			t.Errorf("condition message %q does not say which request is used and which ignored", msg)
+		}
+		if ev := f.waitEvents("prec", "ips", 1); len(ev) != 1 || ev[0].Type != corev1.EventTypeWarning || ev[0].Reason != config.ReasonConflictingRequests || ev[0].Message != msg {
+			t.Errorf("events %v, want one Warning %s saying %q", summarize(ev), config.ReasonConflictingRequests, msg)
+		}
+
+		// Herald's pool annotation against MetalLB's: Herald's pool serves; agreeing fixes it.
+		f.service("prec", "pool", annotate(config.AnnotationAddressPool, "prec"), annotate("metallb.io/address-pool", "prec-other"))
+		pool := f.wait("prec", "pool", "AnnotationsValid False, ConflictingRequests", conflicting)
+		if got := ingressIPs(pool); len(got) != 1 || !strings.HasPrefix(got[0], "10.14.0.") {
+			t.Errorf("ingress %v, want an address of herald.io/address-pool's pool prec", got)
+		}
+		if ev := f.waitEvents("prec", "pool", 1); len(ev) != 1 || ev[0].Reason != config.ReasonConflictingRequests ||
+			!strings.Contains(ev[0].Message, `metallb.io/address-pool="prec-other" is ignored`) {
+			t.Errorf("events %v, want one Warning %s naming the ignored annotation", summarize(ev), config.ReasonConflictingRequests)
+		}
+		f.patchAnnotation("prec", "pool", "metallb.io/address-pool", "prec")
+		fixed := f.wait("prec", "pool", "AnnotationsValid True", func(svc *corev1.Service) bool {
+			c := meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnotationsValid)
+			return c != nil && c.Status == metav1.ConditionTrue
+		})
+		if !slices.Equal(ingressIPs(fixed), ingressIPs(pool)) {
+			t.Errorf("agreeing annotations moved the Service from %v to %v", ingressIPs(pool), ingressIPs(fixed))
+		}
+		settle()
+		if ev := f.events("prec", "pool"); len(ev) != 1 {
+			t.Errorf("events after the fix %v, want still the one", summarize(ev))
+		}
+	})
+
 	t.Run("pending Services get room at once when an address is freed or a pool grows", func(t *testing.T) {
 		f := f.forTest(t)
 		f.namespace("room", nil)

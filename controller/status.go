@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -50,7 +51,7 @@ func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, curre
 	}
 	if annotationsChanged && annotations.Status == metav1.ConditionFalse {
 		c.recorder.Event(svc, corev1.EventTypeWarning, annotations.Reason, annotations.Message)
-		c.log.Info("service annotation invalid", "service", svc.Namespace+"/"+svc.Name, "message", annotations.Message)
+		c.log.Info("service annotations invalid or conflicting", "service", svc.Namespace+"/"+svc.Name, "reason", annotations.Reason, "message", annotations.Message)
 	}
 	if !answerChanged {
 		return nil
@@ -88,10 +89,12 @@ func stamped(cond metav1.Condition, old *metav1.Condition) metav1.Condition {
 }
 
 // annotationsCondition checks the Herald annotations that do not take part in allocation (those
-// that do are checked by the allocator: a malformed one refuses the Service with InvalidRequest).
-// It returns nil for a Service that is fine and never was otherwise, so valid Services carry no
-// extra condition and cost no extra write; a Service whose mistake was fixed gets True.
+// that do are checked by the allocator: a malformed one refuses the Service with InvalidRequest),
+// and the requests that precedence resolved (see conflictingRequests). It returns nil for a
+// Service that is fine and never was otherwise, so valid Services carry no extra condition and
+// cost no extra write; a Service whose mistake was fixed gets True.
 func annotationsCondition(svc *corev1.Service) *metav1.Condition {
+	reason := config.ReasonInvalidAnnotation
 	var problems []string
 	if v, key := config.Annotation(svc.Annotations, config.AnnotationIPVSScheduler); key != "" {
 		if _, err := config.ParseIPVSScheduler(v); err != nil {
@@ -101,15 +104,60 @@ func annotationsCondition(svc *corev1.Service) *metav1.Condition {
 	if _, err := config.ParseUserspaceProxy(svc.Annotations); err != nil {
 		problems = append(problems, err.Error())
 	}
+	if conflicts := conflictingRequests(svc); len(conflicts) > 0 {
+		if len(problems) == 0 {
+			reason = config.ReasonConflictingRequests
+		}
+		problems = append(problems, conflicts...)
+	}
 	if len(problems) > 0 {
 		return &metav1.Condition{Type: config.ConditionAnnotationsValid, Status: metav1.ConditionFalse,
-			Reason: config.ReasonInvalidAnnotation, Message: strings.Join(problems, "; "), ObservedGeneration: svc.Generation}
+			Reason: reason, Message: strings.Join(problems, "; "), ObservedGeneration: svc.Generation}
 	}
 	if meta.FindStatusCondition(svc.Status.Conditions, config.ConditionAnnotationsValid) == nil {
 		return nil
 	}
 	return &metav1.Condition{Type: config.ConditionAnnotationsValid, Status: metav1.ConditionTrue,
-		Reason: config.ReasonAnnotationsValid, Message: "every herald.io annotation has a usable value", ObservedGeneration: svc.Generation}
+		Reason: config.ReasonAnnotationsValid, Message: "every herald.io annotation has a usable value and none conflicts with another",
+		ObservedGeneration: svc.Generation}
+}
+
+// conflictingRequests describes each request of the Service that Herald ignores because another
+// one, asking for something else, takes precedence: a MetalLB annotation under a Herald one (or
+// metallb.universe.tf under metallb.io), and spec.loadBalancerIP under herald.io/loadBalancerIPs.
+// The allocator serves the one used; the user learns here which one that is.
+func conflictingRequests(svc *corev1.Service) []string {
+	var out []string
+	for _, name := range config.AliasedAnnotations {
+		value, used := config.Annotation(svc.Annotations, name)
+		for _, ignored := range config.Overridden(svc.Annotations, name) {
+			out = append(out, fmt.Sprintf("annotation %s=%q is ignored: %s=%q takes precedence (Herald's annotations over MetalLB's, metallb.io over metallb.universe.tf); remove one or make them agree",
+				ignored, svc.Annotations[ignored], used, value))
+		}
+	}
+	requested, used := config.Annotation(svc.Annotations, config.AnnotationLoadBalancerIPs)
+	if spec := svc.Spec.LoadBalancerIP; used != "" && spec != "" && !requestsIP(requested, spec) {
+		out = append(out, fmt.Sprintf("spec.loadBalancerIP %q is ignored: annotation %s=%q takes precedence; remove spec.loadBalancerIP (deprecated) or make them agree",
+			spec, used, requested))
+	}
+	return out
+}
+
+// requestsIP reports whether the comma list of addresses holds ip (compared as addresses where
+// both parse, so 2001:db8::1 and 2001:DB8:0::1 agree).
+func requestsIP(list, ip string) bool {
+	want, wantErr := netip.ParseAddr(strings.TrimSpace(ip))
+	for _, field := range strings.Split(list, ",") {
+		field = strings.TrimSpace(field)
+		if got, err := netip.ParseAddr(field); err == nil && wantErr == nil {
+			if got == want {
+				return true
+			}
+		} else if field == strings.TrimSpace(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // clearStatus removes Herald's ingress and conditions from a Service that is no longer ours (type

@@ -79,8 +79,9 @@ func (s *Speaker) WaitForAPI(ctx context.Context) error {
 	}
 }
 
-// WatchPeers calls set with the membership peers now and whenever Nodes or SpeakerStatuses come,
-// go, or change address; call before Run (it registers on the speaker's informers).
+// WatchPeers calls set with the membership peers once the caches hold them and whenever Nodes or
+// SpeakerStatuses come, go, or change address; call before Run (it registers on the speaker's
+// informers; Run runs the watch, and waits for it).
 func (s *Speaker) WatchPeers(ctx context.Context, port uint16, set func(map[string]netip.AddrPort)) error {
 	kick := make(chan struct{}, 1)
 	handler := toolscache.ResourceEventHandlerFuncs{
@@ -97,7 +98,7 @@ func (s *Speaker) WatchPeers(ctx context.Context, port uint16, set func(map[stri
 			return err
 		}
 	}
-	go func() {
+	s.watchPeers = func(ctx context.Context) {
 		var last map[string]netip.AddrPort
 		for {
 			select {
@@ -118,7 +119,7 @@ func (s *Speaker) WatchPeers(ctx context.Context, port uint16, set func(map[stri
 				last = peers
 			}
 		}
-	}()
+	}
 	return nil
 }
 

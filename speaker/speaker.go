@@ -74,6 +74,8 @@ type Speaker struct {
 	// services is fed by the Service informer's events; ips is the snapshot loop's own.
 	services *serviceIndex
 	ips      ipTable
+	// watchPeers, set by WatchPeers, runs in Run until its context ends.
+	watchPeers func(ctx context.Context)
 	// written is this node's SpeakerStatus as the last successful write returned it (statusLoop's
 	// only): the next write starts from it instead of reading the object again, which with
 	// thousands of announcements cost the API server as much as the write; nil after a failure.
@@ -144,8 +146,15 @@ func (s *Speaker) StatusChanged() { signal(s.statusKick) }
 // watched lists the kinds whose changes rebuild the snapshot.
 func watched() []client.Object { return append(configKinds(), &corev1.Service{}) }
 
-// Run watches, applies snapshots and runs the announcers until ctx ends.
+// Run watches, applies snapshots and runs the announcers until ctx ends, or until an announcer
+// fails: then it stops the others and returns that announcer's error. Either way it returns once
+// every goroutine it started (the cache, the peer watch, the announcers, the status loop) has
+// returned.
 func (s *Speaker) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
 	for _, obj := range watched() {
 		inf, err := s.cache.GetInformer(ctx, obj)
 		if err != nil {
@@ -186,14 +195,18 @@ func (s *Speaker) Run(ctx context.Context) error {
 		defer unsubscribe()
 	}
 	cacheErr := make(chan error, 1)
-	go func() { cacheErr <- s.cache.Start(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); cacheErr <- s.cache.Start(ctx) }()
+	if s.watchPeers != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.watchPeers(ctx) }()
+	}
 	s.prepare(ctx)
 	if !s.cache.WaitForCacheSync(ctx) {
 		return fmt.Errorf("speaker: caches did not sync: %w", <-cacheErr)
 	}
 	s.cfg.Logger.Info("speaker: caches synced", "node", s.cfg.NodeName)
 
-	var wg sync.WaitGroup
 	errs := make(chan error, len(s.announcers))
 	for _, a := range s.announcers {
 		wg.Add(1)
@@ -215,10 +228,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			wg.Wait()
 			return nil
 		case err := <-errs:
-			return err
+			return err // the deferred stop and wait end the other announcers
 		case <-s.kick:
 			snap, err := s.buildSnapshot(ctx, true)
 			if err != nil {

@@ -2,6 +2,7 @@ package speaker
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -239,5 +240,52 @@ func TestOnlyConditionsChanged(t *testing.T) {
 		if got := onlyConditionsChanged(base, tc.cur); got != tc.want {
 			t.Errorf("%s: onlyConditionsChanged = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// failingAnnouncer fails as soon as it runs.
+type failingAnnouncer struct{}
+
+func (failingAnnouncer) Apply(*Snapshot)                       {}
+func (failingAnnouncer) Run(context.Context) error             { return errors.New("announcer broke") }
+func (failingAnnouncer) Announcements() []v1beta1.Announcement { return nil }
+
+// stoppedAnnouncer records that its Run returned, which it does a moment after its ctx ends (as
+// an announcer withdrawing its addresses does).
+type stoppedAnnouncer struct{ returned atomic.Bool }
+
+func (*stoppedAnnouncer) Apply(*Snapshot)                       {}
+func (*stoppedAnnouncer) Announcements() []v1beta1.Announcement { return nil }
+func (a *stoppedAnnouncer) Run(ctx context.Context) error {
+	<-ctx.Done()
+	time.Sleep(200 * time.Millisecond) // withdrawing; Run's caller must wait for it
+	a.returned.Store(true)
+	return nil
+}
+
+// TestRunStopsAndWaitsForTheOtherAnnouncers: when one announcer fails, Run returns its error only
+// after it has stopped the other announcers and they have returned (no announcer is left running
+// on a speaker that is going away), while the caller's context is still live.
+func TestRunStopsAndWaitsForTheOtherAnnouncers(t *testing.T) {
+	api := realapi.Start(t)
+	spk, err := New(Config{NodeName: "a", RestConfig: api.Config}, &record.FakeRecorder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &stoppedAnnouncer{}
+	spk.AddAnnouncer(other)
+	spk.AddAnnouncer(failingAnnouncer{})
+	done := make(chan error, 1)
+	go func() { done <- spk.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil || err.Error() != "announcer broke" {
+			t.Errorf("Run returned %v, want the failing announcer's error", err)
+		}
+		if !other.returned.Load() {
+			t.Error("Run returned while another announcer was still running")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not return after an announcer failed")
 	}
 }

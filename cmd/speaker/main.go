@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -47,7 +48,7 @@ func main() {
 	}
 }
 
-func run() error {
+func run() (err error) {
 	var (
 		kubeconfig    = flag.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 		nodeName      = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
@@ -112,6 +113,9 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// A failed membership ends everything below through this context (see heartbeats).
+	ctx, endSpeaker := context.WithCancelCause(ctx)
+	defer endSpeaker(nil)
 	// Preparing the data-plane backend runs nft and netlink (up to a second or two on a busy
 	// node) and the first announcement waits for the data plane, so it starts first and runs
 	// while the speaker connects and loads its caches.
@@ -124,6 +128,7 @@ func run() error {
 		defer close(prepared)
 		backend, backendErr = embedded.Prepare(ctx, *dataplaneMode, log)
 	}()
+	defer func() { endSpeaker(nil); <-prepared }()
 	// Membership outlives the announcers by a moment at shutdown, so the peers hear "owns nothing"
 	// and take over at once instead of after DeadAfter.
 	memberCtx, stopMembership := context.WithCancel(context.Background())
@@ -144,7 +149,15 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	go members.Run(memberCtx)
+	hb := runHeartbeats(memberCtx, members.Run, log, endSpeaker)
+	defer func() {
+		stopMembership()
+		hb.wait()
+		// Whatever step the speaker was at, it ended because membership failed: say that.
+		if merr := hb.ready(nil); merr != nil {
+			err = merr
+		}
+	}()
 
 	cs, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
@@ -194,8 +207,10 @@ func run() error {
 			st.Dataplane = dp.Status()
 		}
 	})
-	speakerDone := make(chan error, 1)
-	go func() { speakerDone <- spk.Run(ctx) }()
+	var speakerErr error
+	speakerDone := make(chan struct{})
+	go func() { defer close(speakerDone); speakerErr = spk.Run(ctx) }()
+	defer func() { endSpeaker(nil); <-speakerDone }()
 
 	// The data plane (service proxy): decided by --dataplane, fed by the speaker's own Service
 	// and EndpointSlice informers (one copy of each object; not waiting for them to sync), answering
@@ -218,7 +233,11 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
+	var background sync.WaitGroup // ends with ctx
+	defer func() { endSpeaker(nil); background.Wait() }()
+	background.Add(1)
 	go func() {
+		defer background.Done()
 		if err := dp.Run(ctx); err != nil {
 			log.Error("speaker: dataplane", "err", err)
 		}
@@ -229,14 +248,16 @@ func run() error {
 		"heartbeat", timing.heartbeat, "failoverDetectAfter", timing.deadAfter)
 
 	var cachesSynced atomic.Bool
-	go func() { cachesSynced.Store(spk.Cache().WaitForCacheSync(ctx)) }()
+	background.Add(1)
+	go func() { defer background.Done(); cachesSynced.Store(spk.Cache().WaitForCacheSync(ctx)) }()
 	go serveMetrics(*metricsAddr, log, health.Checks{
-		"caches":    health.Condition(cachesSynced.Load, "the speaker's informer caches have not synced yet"),
-		"dataplane": health.Condition(dp.Synced, "the data plane has not programmed its first sync yet"),
+		"caches":     health.Condition(cachesSynced.Load, "the speaker's informer caches have not synced yet"),
+		"dataplane":  health.Condition(dp.Synced, "the data plane has not programmed its first sync yet"),
+		"membership": hb.ready,
 	})
-	err = <-speakerDone
+	<-speakerDone
 	time.Sleep(100 * time.Millisecond)
-	return err
+	return speakerErr
 }
 
 // serveMetrics serves /metrics, and the kubelet's probes /healthz and /readyz, on addr.

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -193,8 +195,9 @@ func TestProbesAndTheChartsRBAC(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // long enough to sync, were it allowed to list
 	code, body := get("/readyz")
-	if code != http.StatusInternalServerError || !strings.Contains(body, "[-]caches failed") || !strings.Contains(body, "[+]dataplane ok") {
-		t.Errorf("/readyz while forbidden to list: %d %q, want 500 with caches failing and the (off) data plane ok", code, body)
+	if code != http.StatusInternalServerError || !strings.Contains(body, "[-]caches failed") || !strings.Contains(body, "[+]dataplane ok") ||
+		!strings.Contains(body, "[+]membership ok") {
+		t.Errorf("/readyz while forbidden to list: %d %q, want 500 with caches failing, the (off) data plane and membership ok", code, body)
 	}
 
 	if out, err := charts.RunHelm("install", "herald", filepath.Join(realapi.RepoRoot(), "charts", "herald"), "--kubeconfig", api.Kubeconfig,
@@ -294,5 +297,64 @@ func TestBadFlagsRefused(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), flagName) {
 			t.Errorf("%v: %v, output %q: want a refusal naming --%s", args, err, out, flagName)
 		}
+	}
+}
+
+// TestMembershipFailureEndsTheSpeaker: when membership's Run fails (its socket), the error is
+// logged, the readiness check fails with it and the speaker's context ends with it as the cause,
+// so the speaker exits and the kubelet restarts it; heartbeats never stop silently. (membership's
+// own TestRunReportsAFailedSocket shows Run returning that error from a real socket.)
+func TestMembershipFailureEndsTheSpeaker(t *testing.T) {
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil)) // read once the goroutine has ended
+	speakerCtx, endSpeaker := context.WithCancelCause(context.Background())
+	defer endSpeaker(nil)
+	memberCtx, stopMembership := context.WithCancel(context.Background())
+	defer stopMembership()
+	fail := make(chan struct{})
+	hb := runHeartbeats(memberCtx, func(ctx context.Context) error {
+		select {
+		case <-fail:
+			return errors.New("waiting for heartbeats: the socket was closed")
+		case <-ctx.Done():
+			return nil
+		}
+	}, log, endSpeaker)
+	if err := hb.ready(nil); err != nil {
+		t.Fatalf("ready while membership runs: %v", err)
+	}
+	close(fail)
+	hb.wait()
+	if err := hb.ready(nil); err == nil || !strings.Contains(err.Error(), "the socket was closed") {
+		t.Errorf("ready after membership failed: %v, want its error", err)
+	}
+	select {
+	case <-speakerCtx.Done():
+		if cause := context.Cause(speakerCtx); cause == nil || !strings.Contains(cause.Error(), "the socket was closed") {
+			t.Errorf("the speaker's context ended with %v, want membership's error", cause)
+		}
+	default:
+		t.Error("membership failed and the speaker's context goes on")
+	}
+	if !strings.Contains(logged.String(), "level=ERROR") || !strings.Contains(logged.String(), "the socket was closed") {
+		t.Errorf("log %q: want membership's error at level ERROR", logged.String())
+	}
+}
+
+// TestMembershipStoppedIsNoFailure: membership ended by its context (shutdown) neither fails
+// readiness nor ends the speaker.
+func TestMembershipStoppedIsNoFailure(t *testing.T) {
+	speakerCtx, endSpeaker := context.WithCancelCause(context.Background())
+	defer endSpeaker(nil)
+	memberCtx, stopMembership := context.WithCancel(context.Background())
+	hb := runHeartbeats(memberCtx, func(ctx context.Context) error { <-ctx.Done(); return nil },
+		slog.New(slog.NewTextHandler(io.Discard, nil)), endSpeaker)
+	stopMembership()
+	hb.wait()
+	if err := hb.ready(nil); err != nil {
+		t.Errorf("ready after a clean stop: %v", err)
+	}
+	if speakerCtx.Err() != nil {
+		t.Error("a clean membership stop ended the speaker")
 	}
 }

@@ -42,6 +42,12 @@ type Change struct {
 type Server struct {
 	log      *slog.Logger
 	onChange func(Change)
+	// pending holds the changes not yet handed to onChange, oldest first; delivering is set while
+	// a goroutine (counted by delivered) hands them over one at a time.
+	changesMu  sync.Mutex
+	pending    []Change
+	delivering bool
+	delivered  sync.WaitGroup
 
 	mu        sync.RWMutex
 	sessions  map[netip.Addr]*runner // by peer address
@@ -53,8 +59,10 @@ type listenerKey struct {
 	multihop bool
 }
 
-// NewServer returns a Server with no sessions; onChange is called on a goroutine of its own for
-// every state change.
+// NewServer returns a Server with no sessions. onChange is called for every state change, in the
+// order the changes happened, one call at a time, on a goroutine other than the sessions': a slow
+// onChange (one waiting for a lock held across a long BGP update) delays the changes after it,
+// never a session's packets, and a Down then Up is never acted on as Up then Down.
 func NewServer(log *slog.Logger, onChange func(Change)) *Server {
 	return &Server{
 		log:       log.With("component", "bfd"),
@@ -94,7 +102,7 @@ func (s *Server) Set(cfgs []Config) error {
 			}
 			continue
 		}
-		r := newRunner(c, s.discriminatorLocked(), s.log.With("peer", peer), s.onChange)
+		r := newRunner(c, s.discriminatorLocked(), s.log.With("peer", peer), s.queueChange)
 		s.sessions[peer] = r
 		go r.run()
 	}
@@ -131,6 +139,44 @@ func (s *Server) Close(adminDown func(peer netip.Addr) bool) {
 		delete(s.listeners, k)
 	}
 }
+
+// queueChange queues a change for onChange and starts the goroutine handing the queue over, unless
+// one is at work already.
+func (s *Server) queueChange(c Change) {
+	if s.onChange == nil {
+		return
+	}
+	s.changesMu.Lock()
+	defer s.changesMu.Unlock()
+	s.pending = append(s.pending, c)
+	if s.delivering {
+		return
+	}
+	s.delivering = true
+	s.delivered.Add(1)
+	go s.deliverPending()
+}
+
+// deliverPending hands the queued changes to onChange, oldest first, until none is left.
+func (s *Server) deliverPending() {
+	defer s.delivered.Done()
+	for {
+		s.changesMu.Lock()
+		if len(s.pending) == 0 {
+			s.delivering = false
+			s.changesMu.Unlock()
+			return
+		}
+		c := s.pending[0]
+		s.pending = s.pending[1:]
+		s.changesMu.Unlock()
+		s.onChange(c)
+	}
+}
+
+// WaitDelivered returns once every change so far has been handed to onChange. Call it without
+// holding anything onChange takes (Close may be called with such a lock held: it does not wait).
+func (s *Server) WaitDelivered() { s.delivered.Wait() }
 
 func (s *Server) discriminatorLocked() uint32 {
 	for {
@@ -397,9 +443,7 @@ func (r *runner) publish(from State, expired bool) {
 	r.state.Store(uint32(s.state))
 	c := Change{Peer: s.cfg.Peer, From: from, To: s.state, Failure: from == Up && s.state == Down && (expired || !s.remoteAdminDown)}
 	r.log.Info("BFD session changed", "from", from, "to", s.state, "failure", c.Failure)
-	if r.onChange != nil {
-		go r.onChange(c)
-	}
+	r.onChange(c)
 }
 
 // send writes one packet from the session's own socket. Errors are not reported: a packet that

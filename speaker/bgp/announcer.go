@@ -216,22 +216,59 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 	return errors.Join(errs...)
 }
 
-// applyRoutes moves the applied route groups and RIB paths to d.Routes (restricted to d.Peers).
+// applyRoutes moves the applied route groups and RIB paths to d.Routes (restricted to d.Peers):
+// the plan says what changes, and its steps apply it in the order routers must see it.
 func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
-	want := map[string]map[netip.Prefix]string{}          // peer -> prefix -> group
-	wantGroups := map[string]Attributes{}                 // group -> attributes
-	wantPaths := make(map[netip.Prefix]int, len(a.paths)) // prefix -> peers
-	for peer, routes := range d.Routes {
+	p := planRoutes(d, a.routes, a.paths)
+	errs := a.addToGroups(ctx, p)
+	errs = append(errs, a.applyPaths(p)...)
+	errs = append(errs, a.removeFromGroups(ctx, p)...)
+	errs = append(errs, a.resetPeers(ctx, p.resetPeers)...)
+	return errors.Join(errs...)
+}
+
+// routePlan is how the applied routes move to the desired ones.
+type routePlan struct {
+	// groups are the route groups the desired routes fall into.
+	groups map[string]plannedGroup
+	// adds and removes are the prefixes joining and leaving each group.
+	adds, removes map[string][]netip.Prefix
+	// paths is the RIB wanted: per prefix, the number of peers it is advertised to; newPaths and
+	// oldPaths are the prefixes to put into and take out of the RIB.
+	paths              map[netip.Prefix]int
+	newPaths, oldPaths []netip.Prefix
+	// resetPeers (sorted) lose a prefix or see its attributes change while its path stays in the
+	// RIB: GoBGP re-sends their routes only after a soft reset out.
+	resetPeers []string
+}
+
+// plannedGroup is a route group's peer and attributes.
+type plannedGroup struct {
+	peer  string
+	attrs Attributes
+}
+
+// planRoutes computes, without GoBGP, how routes (peer -> prefix -> group) and paths (prefix ->
+// peers), as applied, move to d.Routes restricted to d.Peers.
+func planRoutes(d Desired, routes map[string]map[netip.Prefix]string, paths map[netip.Prefix]int) routePlan {
+	p := routePlan{
+		groups:  map[string]plannedGroup{},
+		adds:    map[string][]netip.Prefix{},
+		removes: map[string][]netip.Prefix{},
+		paths:   make(map[netip.Prefix]int, len(paths)),
+	}
+	want := map[string]map[netip.Prefix]string{} // peer -> prefix -> group
+	for peer, peerRoutes := range d.Routes {
 		if _, ok := d.Peers[peer]; !ok {
 			continue
 		}
-		want[peer] = make(map[netip.Prefix]string, len(routes))
+		want[peer] = make(map[netip.Prefix]string, len(peerRoutes))
 		groupOf := map[string]string{} // attribute key -> group name: one hash per group, not per route
 		// Routes mostly share their attributes: comparing with the previous route's is cheaper
 		// than building the key of every route.
 		var last *Attributes
 		var g string
-		for prefix, attrs := range routes {
+		for prefix, attrs := range peerRoutes {
 			prefix = prefix.Masked()
 			if last == nil || !attrs.Equal(*last) {
 				key := attrs.Key()
@@ -239,45 +276,56 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 				if g, ok = groupOf[key]; !ok {
 					g = groupName(peer, attrs)
 					groupOf[key] = g
+					p.groups[g] = plannedGroup{peer: peer, attrs: attrs}
 				}
-				wantGroups[g] = attrs
 				last = &attrs
 			}
 			want[peer][prefix] = g
-			wantPaths[prefix]++
+			p.paths[prefix]++
 		}
 	}
-
-	// Additions per group, removals per group, and the peers whose advertised set shrinks or
-	// changes attributes while the path stays in the RIB (they need a soft reset out).
-	adds := map[string][]netip.Prefix{}
-	removes := map[string][]netip.Prefix{}
-	resetPeers := map[string]bool{}
-	for peer, routes := range want {
-		for prefix, g := range routes {
-			if old, ok := a.routes[peer][prefix]; !ok || old != g {
-				adds[g] = append(adds[g], prefix)
+	for peer, peerRoutes := range want {
+		for prefix, g := range peerRoutes {
+			if old, ok := routes[peer][prefix]; !ok || old != g {
+				p.adds[g] = append(p.adds[g], prefix)
 			}
 		}
 	}
-	for peer, routes := range a.routes {
-		for prefix, g := range routes {
+	reset := map[string]bool{}
+	for peer, peerRoutes := range routes {
+		for prefix, g := range peerRoutes {
 			if want[peer][prefix] != g {
-				removes[g] = append(removes[g], prefix)
-				if wantPaths[prefix] > 0 {
-					resetPeers[peer] = true
+				p.removes[g] = append(p.removes[g], prefix)
+				if p.paths[prefix] > 0 {
+					reset[peer] = true
 				}
 			}
 		}
 	}
+	p.resetPeers = slices.Sorted(maps.Keys(reset))
+	for prefix := range p.paths {
+		if paths[prefix] == 0 {
+			p.newPaths = append(p.newPaths, prefix)
+		}
+	}
+	for prefix := range paths {
+		if p.paths[prefix] == 0 {
+			p.oldPaths = append(p.oldPaths, prefix)
+		}
+	}
+	return p
+}
 
+// addToGroups adds the plan's prefixes to their route groups, creating the groups (prefix set and
+// export policy) that do not exist yet, and records them as applied.
+func (a *Announcer) addToGroups(ctx context.Context, p routePlan) []error {
 	var errs []error
 	groupsChanged := false
-	for _, g := range slices.Sorted(maps.Keys(adds)) {
-		prefixes := adds[g]
+	for _, g := range slices.Sorted(maps.Keys(p.adds)) {
+		prefixes := p.adds[g]
 		grp, exists := a.groups[g]
 		if !exists {
-			grp = &routeGroup{peer: peerOfGroup(want, g), attrs: wantGroups[g], prefixes: map[netip.Prefix]struct{}{}}
+			grp = &routeGroup{peer: p.groups[g].peer, attrs: p.groups[g].attrs, prefixes: map[netip.Prefix]struct{}{}}
 		}
 		if err := a.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: prefixSet(g, prefixes)}); err != nil {
 			errs = append(errs, fmt.Errorf("peer %s: adding prefixes: %w", grp.peer, err))
@@ -291,12 +339,12 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 			a.groups[g] = grp
 			groupsChanged = true
 		}
-		for _, p := range prefixes {
-			grp.prefixes[p] = struct{}{}
+		for _, prefix := range prefixes {
+			grp.prefixes[prefix] = struct{}{}
 			if a.routes[grp.peer] == nil {
 				a.routes[grp.peer] = map[netip.Prefix]string{}
 			}
-			a.routes[grp.peer][p] = g
+			a.routes[grp.peer][prefix] = g
 		}
 	}
 	if groupsChanged {
@@ -304,22 +352,19 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 			errs = append(errs, err)
 		}
 	}
+	return errs
+}
 
-	// The RIB: new prefixes in one batch (GoBGP evaluates the export policy as they go in).
-	var newPaths, oldPaths []*apiutil.Path
-	var newPrefixes, failed []netip.Prefix
-	for prefix, n := range wantPaths {
-		if a.paths[prefix] == 0 && n > 0 {
-			newPaths = append(newPaths, localPath(prefix))
-			newPrefixes = append(newPrefixes, prefix)
+// applyPaths adds the plan's new paths to the RIB in one batch (GoBGP evaluates the export policy
+// as they go in) and withdraws its old ones.
+func (a *Announcer) applyPaths(p routePlan) []error {
+	var errs []error
+	var failed []netip.Prefix
+	if len(p.newPaths) > 0 {
+		newPaths := make([]*apiutil.Path, len(p.newPaths))
+		for i, prefix := range p.newPaths {
+			newPaths[i] = localPath(prefix)
 		}
-	}
-	for prefix := range a.paths {
-		if wantPaths[prefix] == 0 {
-			oldPaths = append(oldPaths, localPath(prefix))
-		}
-	}
-	if len(newPaths) > 0 {
 		rsp, err := a.srv.AddPath(apiutil.AddPathRequest{Paths: newPaths})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("adding %d routes: %w", len(newPaths), err))
@@ -327,33 +372,41 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 		for i, r := range rsp {
 			if r.Error != nil {
 				errs = append(errs, fmt.Errorf("adding route %s: %w", newPaths[i].Nlri, r.Error))
-				failed = append(failed, newPrefixes[i])
+				failed = append(failed, p.newPaths[i])
 			}
 		}
 	}
-	if len(oldPaths) > 0 {
+	if len(p.oldPaths) > 0 {
+		oldPaths := make([]*apiutil.Path, len(p.oldPaths))
+		for i, prefix := range p.oldPaths {
+			oldPaths[i] = localPath(prefix)
+		}
 		if err := a.srv.DeletePath(apiutil.DeletePathRequest{Paths: oldPaths}); err != nil {
 			errs = append(errs, fmt.Errorf("withdrawing %d routes: %w", len(oldPaths), err))
 		}
 	}
-	a.paths = wantPaths
-	for _, p := range failed {
-		delete(a.paths, p) // added again by the next Apply
+	a.paths = p.paths
+	for _, prefix := range failed {
+		delete(a.paths, prefix) // added again by the next Apply
 	}
+	return errs
+}
 
-	// Removals from groups happen after the withdrawals, so no peer sees a route lose its
-	// attributes before it is withdrawn.
-	for _, g := range slices.Sorted(maps.Keys(removes)) {
+// removeFromGroups takes the plan's prefixes out of their groups, after the withdrawals, so no
+// peer sees a route lose its attributes before it is withdrawn; groups left empty go.
+func (a *Announcer) removeFromGroups(ctx context.Context, p routePlan) []error {
+	var errs []error
+	for _, g := range slices.Sorted(maps.Keys(p.removes)) {
 		grp := a.groups[g]
-		prefixes := removes[g]
+		prefixes := p.removes[g]
 		if err := a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: prefixSet(g, prefixes)}); err != nil {
 			errs = append(errs, fmt.Errorf("peer %s: removing prefixes: %w", grp.peer, err))
 			continue
 		}
-		for _, p := range prefixes {
-			delete(grp.prefixes, p)
-			if a.routes[grp.peer][p] == g {
-				delete(a.routes[grp.peer], p)
+		for _, prefix := range prefixes {
+			delete(grp.prefixes, prefix)
+			if a.routes[grp.peer][prefix] == g {
+				delete(a.routes[grp.peer], prefix)
 			}
 		}
 	}
@@ -363,22 +416,28 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 			emptied = append(emptied, g)
 		}
 	}
-	if len(emptied) > 0 {
-		for _, g := range emptied {
-			delete(a.groups, g)
-		}
-		if err := a.setExportPolicy(ctx); err != nil {
-			errs = append(errs, err)
-		}
-		for _, g := range emptied {
-			_ = a.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: g}, All: true})
-			_ = a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
-				DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: g}, All: true,
-			})
-		}
+	if len(emptied) == 0 {
+		return errs
 	}
+	for _, g := range emptied {
+		delete(a.groups, g)
+	}
+	if err := a.setExportPolicy(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	for _, g := range emptied {
+		_ = a.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: g}, All: true})
+		_ = a.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
+			DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: g}, All: true,
+		})
+	}
+	return errs
+}
 
-	for _, peer := range slices.Sorted(maps.Keys(resetPeers)) {
+// resetPeers soft-resets the sessions of the named peers outwards, so GoBGP re-sends their routes.
+func (a *Announcer) resetPeers(ctx context.Context, peers []string) []error {
+	var errs []error
+	for _, peer := range peers {
 		p, ok := a.peers[peer]
 		if !ok {
 			continue
@@ -389,18 +448,7 @@ func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 			errs = append(errs, fmt.Errorf("peer %s: re-sending routes: %w", peer, err))
 		}
 	}
-	return errors.Join(errs...)
-}
-
-func peerOfGroup(want map[string]map[netip.Prefix]string, g string) string {
-	for peer, routes := range want {
-		for _, group := range routes {
-			if group == g {
-				return peer
-			}
-		}
-	}
-	return ""
+	return errs
 }
 
 func (a *Announcer) setExportPolicy(ctx context.Context) error {
@@ -474,8 +522,11 @@ func (a *Announcer) startLocked(ctx context.Context, routerID netip.Addr) error 
 // restarts of the speaker while the node's data plane keeps forwarding.
 func (a *Announcer) Stop(keepGracefulRestart bool) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.stopLocked(keepGracefulRestart)
+	a.mu.Unlock()
+	// The BFD changes queued before the sessions stopped find no GoBGP left to act on; waiting
+	// for them (outside mu, which they take) leaves no goroutine behind.
+	a.bfd.WaitDelivered()
 }
 
 // ceaseSessions sends every session that is to end with a notification (all of them, or with

@@ -322,3 +322,22 @@ func TestRaisePriority(t *testing.T) {
 		}
 	}
 }
+
+// TestRunReportsAFailedSocket: a heartbeat socket that fails under Run (here closed behind its
+// back) ends Run with an error saying so, rather than leaving it running with no heartbeats.
+func TestRunReportsAFailedSocket(t *testing.T) {
+	m := newMember(t, "a", DeriveKey([]byte("k")))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	m.sock.close() // the next wait finds the descriptor gone (POLLNVAL)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "the socket was closed") {
+			t.Errorf("Run returned %v, want the socket's failure", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run goes on with a failed socket")
+	}
+}
