@@ -28,7 +28,9 @@ type ProxyOptions struct {
 	// OnSynced is called after every successful sync with the committed state (read-only, valid
 	// until the next sync); the healthCheckNodePort servers hook in here.
 	OnSynced func(*State)
-	Logger   *slog.Logger
+	// Metrics records each sync; nil records nothing.
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Proxy is the service proxy: informer events go into a ChangeTracker, a bounded-frequency
@@ -44,6 +46,7 @@ type Proxy struct {
 	needFull     bool
 	unsynced     map[types.NamespacedName]struct{} // changes not yet committed (a sync failed)
 	staleFilters []ConntrackFilter
+	ports        int // ServicePorts in state
 
 	mu       sync.Mutex
 	services int       // Services committed by the last successful sync
@@ -150,6 +153,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	start := time.Now()
 	changes := p.tracker.Apply(&p.state)
 	for _, c := range changes {
+		p.ports += len(c.New) - len(c.Old)
 		p.unsynced[c.Service] = struct{}{}
 		p.staleFilters = append(p.staleFilters, staleUDPFilters(c.Old, c.New)...)
 	}
@@ -159,6 +163,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	}
 	req := SyncRequest{State: &p.state, Changed: p.unsynced, Full: p.needFull}
 	err := p.opts.Backend.Sync(ctx, req)
+	p.opts.Metrics.syncDone(time.Since(start), err, len(p.state.Services), p.ports)
 	if err != nil {
 		err = fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
 		p.needFull = true

@@ -212,8 +212,13 @@ func run() error {
 	if backendErr != nil {
 		return fmt.Errorf("dataplane: %w", backendErr)
 	}
+	dpMetrics, err := dataplane.NewMetrics(prometheus.DefaultRegisterer)
+	if err != nil {
+		return fmt.Errorf("dataplane metrics: %w", err)
+	}
 	dp, err := embedded.New(ctx, backend, embedded.Options{NodeName: *nodeName, Client: cs,
-		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices})
+		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices,
+		Metrics: dpMetrics})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}

@@ -48,6 +48,8 @@ type Options struct {
 	// the proxy then adds its handlers there instead of keeping a second copy of every Service
 	// and EndpointSlice of the cluster. Nil: the data plane runs informers of its own.
 	Services, EndpointSlices dataplane.EventHandlerRegistrar
+	// Metrics records syncs and health-check answers (dataplane.NewMetrics); nil records nothing.
+	Metrics *dataplane.Metrics
 }
 
 // DataPlane is the running data plane, or the decision not to run one.
@@ -148,11 +150,13 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
 		}))
 	d.checks = healthcheck.NewServiceServers(opts.NodeName, opts.LocalEndpoints, d.health, opts.ListenHealthCheck, opts.Logger)
+	d.checks.Metrics = opts.Metrics
 	d.proxy = dataplane.NewProxy(dataplane.ProxyOptions{
 		NodeName:  opts.NodeName,
 		Backend:   d.backend,
 		Conntrack: dataplane.KernelConntrack{},
 		OnSynced:  func(st *dataplane.State) { d.checks.Sync(healthcheck.Ports(st)) },
+		Metrics:   opts.Metrics,
 		Logger:    opts.Logger,
 	})
 	if err := d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer()); err != nil {
@@ -205,7 +209,9 @@ func (d *DataPlane) Run(ctx context.Context) error {
 	}
 	go func() {
 		// Without its health port the data plane still forwards; say so and carry on.
-		if err := healthcheck.NewProxyServer(d.health, d.node).Serve(ctx, d.opts.HealthAddr); err != nil {
+		srv := healthcheck.NewProxyServer(d.health, d.node)
+		srv.Metrics = d.opts.Metrics
+		if err := srv.Serve(ctx, d.opts.HealthAddr); err != nil {
 			d.opts.Logger.Error("dataplane: proxy health server", "addr", d.opts.HealthAddr, "error", err)
 		}
 	}()
