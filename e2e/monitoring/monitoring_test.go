@@ -197,10 +197,24 @@ func (f *fixture) waitFiring(t *testing.T, name string, timeout time.Duration, w
 	t.Logf("%s fired %v after the fault", name, took.Round(10*time.Millisecond))
 }
 
-// waitQuiet waits until no alert of that name (pending or firing) has the labels in want.
+// waitQuiet waits until no alert of that name (pending or firing) has the labels in want, and
+// logs how long that took.
 func (f *fixture) waitQuiet(t *testing.T, name string, timeout time.Duration, want map[string]string) {
 	t.Helper()
-	took := labsuite.WaitFor(t, timeout, name+" cleared for "+fmt.Sprint(want), func() (bool, string) {
+	took := f.quiet(t, name, timeout, want)
+	t.Logf("%s cleared %v after the fault ended", name, took.Round(10*time.Millisecond))
+}
+
+// requireQuiet waits until the alert is neither pending nor firing at all: each fault starts
+// from calm.
+func (f *fixture) requireQuiet(t *testing.T, name string) {
+	t.Helper()
+	f.quiet(t, name, 60*time.Second, nil)
+}
+
+func (f *fixture) quiet(t *testing.T, name string, timeout time.Duration, want map[string]string) time.Duration {
+	t.Helper()
+	return labsuite.WaitFor(t, timeout, name+" quiet for "+fmt.Sprint(want), func() (bool, string) {
 		all, err := f.l.PromAlerts(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -212,7 +226,6 @@ func (f *fixture) waitQuiet(t *testing.T, name string, timeout time.Duration, wa
 		}
 		return true, ""
 	})
-	t.Logf("%s cleared %v after the fault ended", name, took.Round(10*time.Millisecond))
 }
 
 func matches(labels string, want map[string]string) bool {
@@ -226,12 +239,6 @@ func matches(labels string, want map[string]string) bool {
 		}
 	}
 	return true
-}
-
-// requireQuiet fails when the alert is pending or firing at all: each fault starts from calm.
-func (f *fixture) requireQuiet(t *testing.T, name string) {
-	t.Helper()
-	f.waitQuiet(t, name, 60*time.Second, nil)
 }
 
 func (f *fixture) targetsUp(t *testing.T) {
@@ -311,7 +318,7 @@ func (f *fixture) bfdSessionDown(t *testing.T) {
 	}
 	defer remove()
 	f.waitFiring(t, alert, 60*time.Second, map[string]string{"node": node.Name, "peer": "router-v4", "severity": "critical"})
-	f.waitFiring(t, alert, 10*time.Second, map[string]string{"node": node.Name, "peer": "router-v6"})
+	f.waitFiring(t, alert, 10*time.Second, map[string]string{"node": node.Name, "peer": "router-v6", "severity": "critical"})
 	if firing, _ := f.alerts(alert, "firing"); len(firing) != 2 {
 		t.Errorf("%s fires for %v; only %s's sessions lost BFD", alert, firing, node.Name)
 	}
@@ -669,7 +676,7 @@ func (f *fixture) statusAgrees(t *testing.T) {
 				}
 				sel := fmt.Sprintf(`{pool=%q,family=%q}`, p.Name, family)
 				compare(p.Name+" "+family+" in use", "herald_controller_addresses_in_use"+sel, counts.InUse)
-				compare(p.Name+" "+family+" total", "herald_controller_addresses_total"+sel, counts.Total)
+				compare(p.Name+" "+family+" total", "herald_controller_addresses"+sel, counts.Total)
 			}
 		}
 		sessions := 0
