@@ -175,7 +175,7 @@ func TestMonitoredMetricsDocumented(t *testing.T) {
 func TestMetricNames(t *testing.T) {
 	for expr, want := range map[string][]string{
 		`histogram_quantile(0.99, sum by (node, le) (rate(herald_dataplane_sync_duration_seconds_bucket[5m])))`: {"herald_dataplane_sync_duration_seconds"},
-		`max by (pool, family) (herald_controller_addresses - herald_controller_addresses_in_use)`:        {"herald_controller_addresses", "herald_controller_addresses_in_use"},
+		`max by (pool, family) (herald_controller_addresses - herald_controller_addresses_in_use)`:              {"herald_controller_addresses", "herald_controller_addresses_in_use"},
 		`herald_controller_workqueue_work_duration_seconds_count`:                                               {"herald_controller_workqueue_work_duration_seconds"},
 		`up == 0`: nil,
 	} {
