@@ -215,7 +215,7 @@ func TestNativeController(t *testing.T) {
 	})
 
 	t.Run("requests resolved by precedence get a condition and one event saying which one is used", func(t *testing.T) {
-		f.t = t
+		f := f.forTest(t)
 		f.namespace("prec", nil)
 		f.pool("prec", onlyNamespace("prec", map[string]any{"addresses": addrs("10.14.0.0/29")}))
 		f.pool("prec-other", onlyNamespace("prec", map[string]any{"addresses": addrs("10.15.0.0/29")}))
@@ -256,7 +256,7 @@ func TestNativeController(t *testing.T) {
 		if !slices.Equal(ingressIPs(fixed), ingressIPs(pool)) {
 			t.Errorf("agreeing annotations moved the Service from %v to %v", ingressIPs(pool), ingressIPs(fixed))
 		}
-		settle()
+		f.quiesce()
 		if ev := f.events("prec", "pool"); len(ev) != 1 {
 			t.Errorf("events after the fix %v, want still the one", summarize(ev))
 		}

@@ -25,7 +25,7 @@ func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		AddressesTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "herald", Subsystem: "controller",
-			Name: "addresses_total", Help: "Addresses a pool gives out, per family."}, []string{"pool", "family"}),
+			Name: "addresses", Help: "Addresses a pool gives out, per family."}, []string{"pool", "family"}),
 		AddressesInUse: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "herald", Subsystem: "controller",
 			Name: "addresses_in_use", Help: "Addresses of a pool held by Services, per family."}, []string{"pool", "family"}),
 		Allocations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "herald", Subsystem: "controller",

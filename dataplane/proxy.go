@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
@@ -36,12 +35,12 @@ type ProxyOptions struct {
 	// behind the backend's back, with what changed, before the full sync that repairs it (the
 	// speaker records an event on its Node).
 	OnRepair func(what string)
-	// Registerer takes the proxy's metrics; nil: none.
-	Registerer prometheus.Registerer
 	// OnSynced is called after every successful sync with the committed state (read-only, valid
 	// until the next sync); the healthCheckNodePort servers hook in here.
 	OnSynced func(*State)
-	Logger   *slog.Logger
+	// Metrics records each sync; nil records nothing.
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Proxy is the service proxy: informer events go into a ChangeTracker, a bounded-frequency
@@ -52,8 +51,6 @@ type Proxy struct {
 	runner  *boundedRunner
 	synced  []cache.InformerSynced
 
-	metrics proxyMetrics
-
 	// Only the sync goroutine touches these.
 	state        State
 	needFull     bool
@@ -62,6 +59,7 @@ type Proxy struct {
 	lastCheckErr string                            // the last drift check's error, logged once until it changes
 	unsynced     map[types.NamespacedName]struct{} // changes not yet committed (a sync failed)
 	staleFilters []ConntrackFilter
+	ports        int // ServicePorts in state
 
 	mu       sync.Mutex
 	services int       // Services committed by the last successful sync
@@ -90,7 +88,6 @@ func NewProxy(opts ProxyOptions) *Proxy {
 		needFull:   true,
 		fullReason: fullSyncStart,
 		unsynced:   map[types.NamespacedName]struct{}{},
-		metrics:    newProxyMetrics(opts.Registerer),
 	}
 	// The runner wakes the sync at least this often, for the periodic full resync and, where
 	// the backend has one, the drift check.
@@ -179,6 +176,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	start := time.Now()
 	changes := p.tracker.Apply(&p.state)
 	for _, c := range changes {
+		p.ports += len(c.New) - len(c.Old)
 		p.unsynced[c.Service] = struct{}{}
 		p.staleFilters = append(p.staleFilters, staleUDPFilters(c.Old, c.New)...)
 	}
@@ -194,6 +192,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	}
 	req := SyncRequest{State: &p.state, Changed: p.unsynced, Full: p.needFull}
 	err := p.opts.Backend.Sync(ctx, req)
+	p.opts.Metrics.syncDone(time.Since(start), err, len(p.state.Services), p.ports)
 	if err != nil {
 		err = fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
 		p.needFull, p.fullReason = true, fullSyncFailure
@@ -206,7 +205,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	p.opts.Logger.Debug("data plane synced", "backend", p.opts.Backend.Name(), "full", req.Full,
 		"changedServices", len(req.Changed), "services", len(p.state.Services), "took", time.Since(start))
 	if req.Full {
-		p.metrics.fullSyncs.WithLabelValues(p.fullReason).Inc()
+		p.opts.Metrics.fullSync(p.fullReason)
 		p.lastFull = time.Now()
 	}
 	p.needFull = false
@@ -255,7 +254,7 @@ func (p *Proxy) drifted(ctx context.Context) bool {
 	}
 	what, err := dc.CheckDrift(ctx)
 	if err != nil {
-		p.metrics.driftCheckErrors.Inc()
+		p.opts.Metrics.driftCheckFailed()
 		if msg := err.Error(); msg != p.lastCheckErr {
 			p.lastCheckErr = msg
 			p.opts.Logger.Warn("data plane drift check failed", "backend", p.opts.Backend.Name(), "error", err)
@@ -266,7 +265,7 @@ func (p *Proxy) drifted(ctx context.Context) bool {
 	if what == "" {
 		return false
 	}
-	p.metrics.repairs.Inc()
+	p.opts.Metrics.repaired()
 	p.opts.Logger.Warn("data plane rules were changed behind the proxy's back; rewriting them all",
 		"backend", p.opts.Backend.Name(), "change", what)
 	if p.opts.OnRepair != nil {

@@ -109,8 +109,12 @@ func TestProxyRepairsDrift(t *testing.T) {
 	}
 	b := &driftingBackend{}
 	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	repaired := make(chan string, 1)
-	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: b, Registerer: reg, DriftCheckInterval: 10 * time.Millisecond,
+	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: b, Metrics: metrics, DriftCheckInterval: 10 * time.Millisecond,
 		MaxSyncInterval: time.Hour, OnRepair: func(what string) { repaired <- what }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -130,10 +134,10 @@ func TestProxyRepairsDrift(t *testing.T) {
 		t.Fatal("the drift was not reported")
 	}
 	poll("the repairing full sync", func() bool { return b.fullSyncs() == 2 })
-	if got := testutil.ToFloat64(p.metrics.repairs); got != 1 {
+	if got := testutil.ToFloat64(metrics.repairs); got != 1 {
 		t.Fatalf("repairs = %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(p.metrics.fullSyncs.WithLabelValues(fullSyncDrift)); got != 1 {
+	if got := testutil.ToFloat64(metrics.fullSyncs.WithLabelValues(fullSyncDrift)); got != 1 {
 		t.Fatalf("full syncs for drift = %v, want 1", got)
 	}
 	if n, err := testutil.GatherAndCount(reg, "herald_dataplane_repairs_total"); err != nil || n != 1 {
@@ -149,7 +153,11 @@ func TestProxyRepairsDrift(t *testing.T) {
 
 func TestProxyResyncsEveryMaxSyncInterval(t *testing.T) {
 	b := &driftingBackend{}
-	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: b, MaxSyncInterval: 50 * time.Millisecond})
+	metrics, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: b, Metrics: metrics, MaxSyncInterval: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.Run(ctx) }()
@@ -161,7 +169,7 @@ func TestProxyResyncsEveryMaxSyncInterval(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if got := testutil.ToFloat64(p.metrics.fullSyncs.WithLabelValues(fullSyncPeriodic)); got < 2 {
+	if got := testutil.ToFloat64(metrics.fullSyncs.WithLabelValues(fullSyncPeriodic)); got < 2 {
 		t.Fatalf("periodic full syncs = %v, want >= 2", got)
 	}
 }

@@ -106,6 +106,7 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 	pods := fs.Int("pods-per-node", 1, "backend pods behind each node")
 	bins := fs.String("bin-dir", binDir, "directory holding Herald's controller and speaker (those missing are not started)")
 	crds := fs.String("crds", filepath.Join(binDir, "..", "config", "crd"), "directory of CRD manifests to install")
+	prometheus := fs.Bool("prometheus", false, "also run Prometheus (Debian's prometheus package) in the control plane's namespace, scraping Herald with the chart's alert rules; query it with `lab exec cp -- curl -s 127.0.0.1:9090/api/v1/alerts`")
 	var values []string
 	fs.Func("set", "a Helm chart value KEY=VALUE (repeatable): the controller and speakers run as the chart renders them", func(v string) error {
 		values = append(values, v)
@@ -118,6 +119,12 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w\n(the partial lab is left for inspection in %s; `lab down` removes it)", err, dir)
+	}
+	if *prometheus {
+		if err := l.StartPrometheus(ctx, values...); err != nil {
+			return nil, fmt.Errorf("%w\n(the lab is up without it; `lab down` removes it)", err)
+		}
+		fmt.Printf("  prometheus: %s inside %s\n", lab.PrometheusAddress, l.Topology.Host(lab.HostControlPlane).Netns)
 	}
 	if _, ok := l.Processes[lab.RoleController]; !ok {
 		fmt.Printf("  note: no %s: the Herald controller is not running\n", filepath.Join(*bins, "controller"))

@@ -227,9 +227,13 @@ func run() (err error) {
 	if backendErr != nil {
 		return fmt.Errorf("dataplane: %w", backendErr)
 	}
+	dpMetrics, err := dataplane.NewMetrics(prometheus.DefaultRegisterer)
+	if err != nil {
+		return fmt.Errorf("dataplane metrics: %w", err)
+	}
 	dp, err := embedded.New(ctx, backend, embedded.Options{NodeName: *nodeName, Client: cs,
 		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices,
-		Registerer: prometheus.DefaultRegisterer})
+		Metrics: dpMetrics})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -52,8 +51,8 @@ type Options struct {
 	// the proxy then adds its handlers there instead of keeping a second copy of every Service
 	// and EndpointSlice of the cluster. Nil: the data plane runs informers of its own.
 	Services, EndpointSlices dataplane.EventHandlerRegistrar
-	// Registerer takes the data plane's metrics; nil: none.
-	Registerer prometheus.Registerer
+	// Metrics records syncs and health-check answers (dataplane.NewMetrics); nil records nothing.
+	Metrics *dataplane.Metrics
 }
 
 // ReasonRepaired is the reason of the Warning event on the Node when the data plane found its
@@ -174,6 +173,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
 		}))
 	d.checks = healthcheck.NewServiceServers(opts.NodeName, opts.LocalEndpoints, d.health, opts.ListenHealthCheck, opts.Logger)
+	d.checks.Metrics = opts.Metrics
 	d.proxy = dataplane.NewProxy(dataplane.ProxyOptions{
 		NodeName:  opts.NodeName,
 		Backend:   d.backend,
@@ -186,7 +186,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 					"the %s rules were changed by something else (%s); rewrote them all", d.backend.Name(), what)
 			}
 		},
-		Registerer: opts.Registerer,
+		Metrics:    opts.Metrics,
 		Logger:     opts.Logger,
 	})
 	if err := d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer()); err != nil {
@@ -251,7 +251,9 @@ func (d *DataPlane) Run(ctx context.Context) error {
 	}
 	go func() {
 		// Without its health port the data plane still forwards; say so and carry on.
-		if err := healthcheck.NewProxyServer(d.health, d.node).Serve(ctx, d.opts.HealthAddr); err != nil {
+		srv := healthcheck.NewProxyServer(d.health, d.node)
+		srv.Metrics = d.opts.Metrics
+		if err := srv.Serve(ctx, d.opts.HealthAddr); err != nil {
 			d.opts.Logger.Error("dataplane: proxy health server", "addr", d.opts.HealthAddr, "error", err)
 		}
 	}()

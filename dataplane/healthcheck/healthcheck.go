@@ -36,6 +36,9 @@ type ProxyHealth func() (healthy bool, lastUpdated time.Time)
 // least one ready endpoint of its Service (from the shared LocalEndpoints view) and the proxy is
 // healthy, else 503.
 type ServiceServers struct {
+	// Metrics counts the answers; nil counts nothing. Set it before the first Sync.
+	Metrics *dataplane.Metrics
+
 	node   string
 	view   *dataplane.LocalEndpoints
 	health ProxyHealth
@@ -113,11 +116,12 @@ func (s *ServiceServers) handler(svc types.NamespacedName) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(count))
+		code := http.StatusServiceUnavailable
 		if count != 0 && healthy {
-			w.WriteHeader(http.StatusOK)
-		} else {
-			w.WriteHeader(http.StatusServiceUnavailable)
+			code = http.StatusOK
 		}
+		w.WriteHeader(code)
+		s.Metrics.HealthCheckAnswered(dataplane.HealthServerService, code)
 		// kube-proxy's body: a dedented, tab-indented literal without a trailing newline.
 		fmt.Fprintf(w, "{\n\t\"service\": {\n\t\t\"namespace\": %q,\n\t\t\"name\": %q\n\t},\n\t\"localEndpoints\": %d,\n\t\"serviceProxyHealthy\": %v\n}",
 			svc.Namespace, svc.Name, count, healthy)
@@ -126,6 +130,9 @@ func (s *ServiceServers) handler(svc types.NamespacedName) http.Handler {
 
 // ProxyServer answers /healthz and /livez like kube-proxy's health server.
 type ProxyServer struct {
+	// Metrics counts the answers; nil counts nothing. Set it before serving.
+	Metrics *dataplane.Metrics
+
 	health ProxyHealth
 	// node returns this node's object (nil while unknown); /healthz is 503 for a node being
 	// deleted, so load balancers stop sending new connections before it goes.
@@ -162,13 +169,14 @@ func (p *ProxyServer) write(w http.ResponseWriter, nodeEligible *bool) {
 	h := proxyHealth{LastUpdated: last, CurrentTime: p.now(), NodeEligible: nodeEligible, Healthy: healthy}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	code := http.StatusServiceUnavailable
 	if healthy && (nodeEligible == nil || *nodeEligible) {
 		// As kube-proxy: a healthy proxy reports "now" (older releases' semantics).
 		h.LastUpdated = h.CurrentTime
-		w.WriteHeader(http.StatusOK)
-	} else {
-		w.WriteHeader(http.StatusServiceUnavailable)
+		code = http.StatusOK
 	}
+	w.WriteHeader(code)
+	p.Metrics.HealthCheckAnswered(dataplane.HealthServerProxy, code)
 	out, _ := json.Marshal(h)
 	w.Write(out)
 }

@@ -3,13 +3,17 @@ package healthcheck
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,6 +22,19 @@ import (
 
 	"github.com/heraldlb/herald/dataplane"
 )
+
+// checkAnswers checks herald_dataplane_healthcheck_responses_total for one server.
+func checkAnswers(t *testing.T, reg prometheus.Gatherer, server string, ok, unavailable int) {
+	t.Helper()
+	want := fmt.Sprintf(`# HELP herald_dataplane_healthcheck_responses_total Health-check answers, by server (proxy: /healthz and /livez; service: a healthCheckNodePort) and HTTP code.
+# TYPE herald_dataplane_healthcheck_responses_total counter
+herald_dataplane_healthcheck_responses_total{code="200",server=%[1]q} %[2]d
+herald_dataplane_healthcheck_responses_total{code="503",server=%[1]q} %[3]d
+`, server, ok, unavailable)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "herald_dataplane_healthcheck_responses_total"); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // kubeProxyBody is kube-proxy v1.34's healthCheckNodePort body for ns/web with one endpoint
 // (pkg/proxy/healthcheck/service_health.go: a dedented literal, trimmed of newlines).
@@ -54,7 +71,13 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 		return resp, string(b)
 	}
 
+	reg := prometheus.NewPedanticRegistry()
+	metrics, err := dataplane.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	n1 := NewServiceServers("n1", view, func() (bool, time.Time) { return healthy, time.Now() }, listen, nil)
+	n1.Metrics = metrics
 	defer n1.Close()
 	n1.Sync(map[types.NamespacedName]int32{svc: 32000})
 	resp, body := get(n1, 32000)
@@ -69,6 +92,7 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 
 	// A node without a local endpoint answers 503 with 0.
 	n3 := NewServiceServers("n3", view, func() (bool, time.Time) { return true, time.Now() }, listen, nil)
+	n3.Metrics = metrics
 	defer n3.Close()
 	n3.Sync(map[types.NamespacedName]int32{svc: 32001})
 	resp, body = get(n3, 32001)
@@ -89,6 +113,8 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 		t.Fatalf("unhealthy proxy answered %d", resp.StatusCode)
 	}
 
+	checkAnswers(t, reg, "service", 1, 2)
+
 	// Removing the Service closes its listener.
 	n1.Sync(nil)
 	if _, err := http.Get("http://" + ports[32000] + "/"); err == nil {
@@ -101,6 +127,11 @@ func TestProxyServer(t *testing.T) {
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}
 	last := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	p := NewProxyServer(func() (bool, time.Time) { return healthy, last }, func() *v1.Node { return node })
+	reg := prometheus.NewPedanticRegistry()
+	var err error
+	if p.Metrics, err = dataplane.NewMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
 	srv := httptest.NewServer(p.Handler())
 	defer srv.Close()
 	check := func(path string, wantCode int, wantEligible *bool) {
@@ -138,6 +169,7 @@ func TestProxyServer(t *testing.T) {
 	healthy = false
 	check("/healthz", 503, ptr.To(true))
 	check("/livez", 503, nil)
+	checkAnswers(t, reg, "proxy", 3, 3)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -61,10 +61,14 @@ func TestRepairsRulesChangedBehindItsBack(t *testing.T) {
 	pl.lab.Run(pl.client, "ip", "route", "add", "192.0.2.0/24", "via", "172.31.1.1")
 
 	reg := prometheus.NewRegistry()
+	metrics, err := dataplane.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var mu sync.Mutex
 	var reports []string
 	proxy := dataplane.NewProxy(dataplane.ProxyOptions{
-		NodeName: "node", Backend: pl.backend, Registerer: reg,
+		NodeName: "node", Backend: pl.backend, Metrics: metrics,
 		OnRepair: func(what string) { mu.Lock(); reports = append(reports, what); mu.Unlock() },
 	})
 	svc, slice := stickyService()

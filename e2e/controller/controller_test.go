@@ -73,7 +73,7 @@ func TestSIGKILLMidAllocation(t *testing.T) {
 	metrics := scrape(t, second.MetricsAddr)
 	for _, want := range []string{
 		`herald_controller_addresses_in_use{family="IPv4",pool="e2e"} 2000`,
-		`herald_controller_addresses_total{family="IPv4",pool="e2e"} 4096`,
+		`herald_controller_addresses{family="IPv4",pool="e2e"} 4096`,
 		`herald_controller_workqueue_queue_duration_seconds_count{name="services"}`,
 		`herald_controller_allocations_total{pool="e2e"}`,
 	} {

@@ -344,7 +344,7 @@ func Down(ctx context.Context, dir, prefix string) error {
 	}
 	// Only what the lab writes: dir may be a directory the user chose for other things too.
 	for _, f := range []string{"state.json", "kubeconfig", "bird.conf", "bird.ctl", "bird.pid", "bird.log",
-		"speaker-key", "logs", "cp"} {
+		"speaker-key", "logs", "cp", prometheusDir} {
 		if err := os.RemoveAll(filepath.Join(dir, f)); err != nil {
 			errs = append(errs, err)
 		}
