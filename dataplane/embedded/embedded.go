@@ -186,8 +186,8 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 					"the %s rules were changed by something else (%s); rewrote them all", d.backend.Name(), what)
 			}
 		},
-		Metrics:    opts.Metrics,
-		Logger:     opts.Logger,
+		Metrics: opts.Metrics,
+		Logger:  opts.Logger,
 	})
 	if err := d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer()); err != nil {
 		return nil, err
