@@ -43,7 +43,7 @@ func settle() { time.Sleep(1500 * time.Millisecond) }
 // and the cloud-provider mode. Subtests share the apiserver and run in order.
 func TestNativeController(t *testing.T) {
 	f := newFixture(t)
-	metrics := controller.NewMetrics()
+	metrics := controller.NewMetrics(nil)
 	stop := f.runController(t, controller.Options{LoadBalancerClass: config.DefaultLoadBalancerClass, TakeClassless: true, Metrics: metrics}, false)
 	defer func() { stop() }()
 	ctx := context.Background()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -70,6 +71,9 @@ func run() error {
 	// handler, so --log-level governs them too.
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 	klog.SetSlogLogger(log)
+	// The one registry served on --metrics-addr: every package registers its metrics here.
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	switch *dataplaneMode {
 	case "auto", "ipvs", "nftables", "off":
@@ -137,6 +141,7 @@ func run() error {
 	members, err := membership.New(membership.Config{
 		Name: *nodeName, Key: membership.DeriveKey(secret),
 		Listen: netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port), Logger: log,
+		Metrics:  membership.NewMetrics(registry),
 		Interval: timing.heartbeat, DeadAfter: timing.deadAfter,
 		// Speakers starting together find each other through their SpeakerStatuses.
 		JoinGrace: 2 * time.Second,
@@ -172,13 +177,13 @@ func run() error {
 	}
 	if *l2On {
 		spk.AddAnnouncer(speaker.NewL2(spk, l2.Config{Node: *nodeName, Membership: members, Links: l2.NetlinkLinks{},
-			Timing: timing.election, Logger: log}))
+			Timing: timing.election, Logger: log, Metrics: l2.NewMetrics(registry)}))
 	}
 	if *bgpOn {
 		// BGP: GoBGP in-process; passwordSecrets without a namespace are read from the speaker's own.
 		bgpAnnouncer := speaker.NewBGP(spk, podNamespace(), bgp.Options{Logger: log})
 		spk.AddAnnouncer(bgpAnnouncer)
-		prometheus.MustRegister(bgpAnnouncer.Collector())
+		registry.MustRegister(bgpAnnouncer.Collector())
 	}
 	if err := spk.WaitForAPI(ctx); err != nil {
 		return err
@@ -213,7 +218,8 @@ func run() error {
 		return fmt.Errorf("dataplane: %w", backendErr)
 	}
 	dp, err := embedded.New(ctx, backend, embedded.Options{NodeName: *nodeName, Client: cs,
-		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices})
+		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Registerer: registry,
+		Services: services, EndpointSlices: slices})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
@@ -229,7 +235,7 @@ func run() error {
 
 	var cachesSynced atomic.Bool
 	go func() { cachesSynced.Store(spk.Cache().WaitForCacheSync(ctx)) }()
-	go serveMetrics(*metricsAddr, log, health.Checks{
+	go serveMetrics(*metricsAddr, registry, log, health.Checks{
 		"caches":    health.Condition(cachesSynced.Load, "the speaker's informer caches have not synced yet"),
 		"dataplane": health.Condition(dp.Synced, "the data plane has not programmed its first sync yet"),
 	})
@@ -239,9 +245,9 @@ func run() error {
 }
 
 // serveMetrics serves /metrics, and the kubelet's probes /healthz and /readyz, on addr.
-func serveMetrics(addr string, log *slog.Logger, ready health.Checks) {
+func serveMetrics(addr string, metrics prometheus.Gatherer, log *slog.Logger, ready health.Checks) {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	health.Handle(mux, ready)
 	if err := http.ListenAndServe(addr, mux); err != nil {
 		log.Error("speaker: metrics endpoint", "addr", addr, "err", err)

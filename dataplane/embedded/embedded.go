@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -37,6 +38,8 @@ type Options struct {
 	LocalEndpoints *dataplane.LocalEndpoints
 	Recorder       record.EventRecorder
 	Logger         *slog.Logger
+	// Registerer receives the data plane's metrics (the speaker's registry); nil: unregistered.
+	Registerer prometheus.Registerer
 	// HealthAddr is where /healthz and /livez are served; default ":10256".
 	HealthAddr string
 	// HealthTimeout is how long a change may wait for a sync before /healthz says unhealthy;
@@ -127,7 +130,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 		opts.HealthTimeout = 60 * time.Second
 	}
 	if opts.Recorder != nil {
-		mode.Report(b.Decision, opts.Logger, opts.Recorder, opts.NodeName)
+		mode.Report(b.Decision, opts.Logger, opts.Recorder, opts.NodeName, mode.NewMetrics(opts.Registerer))
 	}
 	d := &DataPlane{opts: opts, decision: b.Decision, backend: b.backend, earlierRules: b.earlierRules}
 	if b.Decision.Backend == mode.Off {

@@ -15,17 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/heraldlb/herald/speaker/membership"
 )
-
-var ownershipChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Name: "herald_l2_ownership_changes_total",
-	Help: "IPs this node started (gained) or stopped (lost) answering for.",
-}, []string{"change"})
-
-func init() { prometheus.MustRegister(ownershipChanges) }
 
 // Membership is the part of membership.Membership the announcer uses.
 type Membership interface {
@@ -49,6 +40,8 @@ type Config struct {
 	Links      LinkSource
 	Timing     ElectionTiming
 	Logger     *slog.Logger
+	// Metrics receive the ARP/NDP counters; nil: unregistered ones (NewMetrics(nil)).
+	Metrics *Metrics
 	// OnChange is called (from the announcer's goroutine; it must not block) after this node
 	// gained or lost IPs.
 	OnChange func([]Change)
@@ -100,6 +93,9 @@ func New(cfg Config) *Announcer {
 	}
 	if cfg.Timing == (ElectionTiming{}) {
 		cfg.Timing = DefaultElectionTiming
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
 	}
 	return &Announcer{
 		cfg:        cfg,
@@ -244,11 +240,11 @@ func (a *Announcer) round() {
 	for _, c := range changes {
 		if c.Gained {
 			a.announced[c.IP] = Announced{IP: c.IP, Interfaces: c.Interfaces, Since: now}
-			ownershipChanges.WithLabelValues("gained").Inc()
+			a.cfg.Metrics.ownershipChanges.WithLabelValues("gained").Inc()
 			a.cfg.Logger.Info("l2: answering", "ip", c.IP, "interfaces", c.Interfaces)
 		} else {
 			delete(a.announced, c.IP)
-			ownershipChanges.WithLabelValues("lost").Inc()
+			a.cfg.Metrics.ownershipChanges.WithLabelValues("lost").Inc()
 			a.cfg.Logger.Info("l2: stopped answering", "ip", c.IP)
 		}
 	}
@@ -322,9 +318,9 @@ func (a *Announcer) openResponder(k responderKey) (responder, error) {
 		return nil, err
 	}
 	if k.v6 {
-		return newNDPResponder(ifi, a.mayAnswer, a.cfg.Logger)
+		return newNDPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 	}
-	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger)
+	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 }
 
 // mayAnswer is false while this process is stalled and while it recovers from a stall: requests

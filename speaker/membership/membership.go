@@ -38,6 +38,8 @@ type Config struct {
 	// majority). Zero when the peers are known from the start.
 	JoinGrace time.Duration
 	Logger    *slog.Logger
+	// Metrics receive the counters and gauges; nil: unregistered ones (NewMetrics(nil)).
+	Metrics *Metrics
 	// Now replaces the clock in tests.
 	Now func() time.Time
 }
@@ -92,27 +94,39 @@ type Membership struct {
 	quorumSince time.Time
 }
 
-var (
-	messagesAccepted = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "herald_membership_messages_accepted_total",
-		Help: "Valid heartbeats accepted from peers.",
-	})
-	messagesRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "herald_membership_messages_rejected_total",
-		Help: "Heartbeats dropped, by reason (bad_mac, replay, clock_skew, unknown_peer, malformed).",
-	}, []string{"reason"})
-	peersAlive = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "herald_membership_peers_alive",
-		Help: "Peers this node currently sees alive (itself excluded).",
-	})
-	quorumGauge = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "herald_membership_quorum",
-		Help: "1 when this node sees a majority of the members alive.",
-	})
-)
+// Metrics are membership's Prometheus metrics. The speaker registers them in its registry;
+// NewMetrics(nil) makes them unregistered (tests, tools).
+type Metrics struct {
+	messagesAccepted prometheus.Counter
+	messagesRejected *prometheus.CounterVec
+	peersAlive       prometheus.Gauge
+	quorum           prometheus.Gauge
+}
 
-func init() {
-	prometheus.MustRegister(messagesAccepted, messagesRejected, peersAlive, quorumGauge)
+// NewMetrics makes membership's metrics and registers them with reg unless it is nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		messagesAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_membership_messages_accepted_total",
+			Help: "Valid heartbeats accepted from peers.",
+		}),
+		messagesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_membership_messages_rejected_total",
+			Help: "Heartbeats dropped, by reason (bad_mac, replay, clock_skew, unknown_peer, malformed).",
+		}, []string{"reason"}),
+		peersAlive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_membership_peers_alive",
+			Help: "Peers this node currently sees alive (itself excluded).",
+		}),
+		quorum: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_membership_quorum",
+			Help: "1 when this node sees a majority of the members alive.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.messagesAccepted, m.messagesRejected, m.peersAlive, m.quorum)
+	}
+	return m
 }
 
 // New binds the heartbeat socket.
@@ -134,6 +148,9 @@ func New(cfg Config) (*Membership, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
 	}
 	sock, err := listenHeartbeat(cfg.Listen)
 	if err != nil {
@@ -360,12 +377,12 @@ func (m *Membership) accept(b []byte) bool {
 		if errors.Is(err, errBadMAC) {
 			reason = "bad_mac"
 		}
-		messagesRejected.WithLabelValues(reason).Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues(reason).Inc()
 		return false
 	}
 	now := m.cfg.Now()
 	if d := now.Sub(time.Unix(0, msg.SentNS)); d > m.cfg.MaxClockSkew || d < -m.cfg.MaxClockSkew {
-		messagesRejected.WithLabelValues("clock_skew").Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues("clock_skew").Inc()
 		return false
 	}
 	m.mu.Lock()
@@ -373,14 +390,14 @@ func (m *Membership) accept(b []byte) bool {
 	stalled := m.detectStallLocked(now)
 	p, ok := m.peers[msg.Name]
 	if !ok {
-		messagesRejected.WithLabelValues("unknown_peer").Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues("unknown_peer").Inc()
 		return false
 	}
 	if msg.Epoch < p.epoch || (msg.Epoch == p.epoch && msg.Seq <= p.seq) {
-		messagesRejected.WithLabelValues("replay").Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues("replay").Inc()
 		return false
 	}
-	messagesAccepted.Inc()
+	m.cfg.Metrics.messagesAccepted.Inc()
 	changed := stalled || !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, msg.Payload)
 	if gap := now.Sub(p.lastSeen); p.alive && gap > m.cfg.DeadAfter/2 {
 		// A near miss: half the dead time without a word from a live peer (this node's own
@@ -477,11 +494,11 @@ func (m *Membership) updateQuorumLocked(now time.Time) {
 		m.cfg.Logger.Warn("membership: quorum lost; announcing nothing until it returns", "alive", alive, "members", members)
 	}
 	m.quorum = q
-	peersAlive.Set(float64(alive - 1))
+	m.cfg.Metrics.peersAlive.Set(float64(alive - 1))
 	if q {
-		quorumGauge.Set(1)
+		m.cfg.Metrics.quorum.Set(1)
 	} else {
-		quorumGauge.Set(0)
+		m.cfg.Metrics.quorum.Set(0)
 	}
 }
 
