@@ -43,7 +43,7 @@ import (
 
 func main() {
 	if err := run(); err != nil {
-		slog.Error("speaker: " + err.Error())
+		slog.Error("speaker failed", "component", "speaker", "err", err)
 		os.Exit(1)
 	}
 }
@@ -71,6 +71,8 @@ func run() error {
 	// handler, so --log-level governs them too.
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 	klog.SetSlogLogger(log)
+	// The packages below name their own component; this file's messages are the speaker's.
+	mainLog := log.With("component", "speaker")
 	// The one registry served on --metrics-addr: every package registers its metrics here.
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -90,7 +92,7 @@ func run() error {
 		if err := embedded.Cleanup(context.Background(), log); err != nil {
 			return fmt.Errorf("cleanup: %w", err)
 		}
-		log.Info("speaker: cleanup done")
+		mainLog.Info("cleanup done")
 		return nil
 	}
 	if *prepare {
@@ -134,7 +136,7 @@ func run() error {
 	defer stopMembership()
 
 	if err := membership.RaisePriority(membership.Nice); err != nil {
-		log.Warn("speaker: cannot raise its CPU priority (CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
+		mainLog.Warn("cannot raise its CPU priority (CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
 	}
 	// Membership runs with L2 off too: it costs a few datagrams, it keeps MembersAlive in the
 	// SpeakerStatus, and the uninstall hook waits for its port to be free (speaker gone).
@@ -225,17 +227,17 @@ func run() error {
 	}
 	go func() {
 		if err := dp.Run(ctx); err != nil {
-			log.Error("speaker: dataplane", "err", err)
+			mainLog.Error("data plane stopped", "err", err)
 		}
 	}()
 	dataplaneRunning.Store(dp)
 	spk.StatusChanged() // the SpeakerStatus names the backend now, not at the next minute's write
-	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend(), "l2", *l2On, "bgp", *bgpOn,
+	mainLog.Info("starting", "node", *nodeName, "dataplane", dp.Backend(), "l2", *l2On, "bgp", *bgpOn,
 		"heartbeat", timing.heartbeat, "failoverDetectAfter", timing.deadAfter)
 
 	var cachesSynced atomic.Bool
 	go func() { cachesSynced.Store(spk.Cache().WaitForCacheSync(ctx)) }()
-	go serveMetrics(*metricsAddr, registry, log, health.Checks{
+	go serveMetrics(*metricsAddr, registry, mainLog, health.Checks{
 		"caches":    health.Condition(cachesSynced.Load, "the speaker's informer caches have not synced yet"),
 		"dataplane": health.Condition(dp.Synced, "the data plane has not programmed its first sync yet"),
 	})
@@ -250,7 +252,7 @@ func serveMetrics(addr string, metrics prometheus.Gatherer, log *slog.Logger, re
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	health.Handle(mux, ready)
 	if err := http.ListenAndServe(addr, mux); err != nil {
-		log.Error("speaker: metrics endpoint", "addr", addr, "err", err)
+		log.Error("metrics endpoint", "addr", addr, "err", err)
 	}
 }
 

@@ -254,7 +254,7 @@ func TestProbesAndTheChartsRBAC(t *testing.T) {
 // refused returns the log lines of requests the API server refused ("forbidden") once the
 // speaker's caches had synced: before that it ran without permissions on purpose.
 func refused(log string) string {
-	_, after, _ := strings.Cut(log, "speaker: caches synced")
+	_, after, _ := strings.Cut(log, `msg="caches synced" component=speaker`)
 	var out []string
 	for _, l := range strings.Split(after, "\n") {
 		if strings.Contains(l, "forbidden") {

@@ -92,6 +92,7 @@ type Backend struct {
 // up to a second or two on a busy node, so the speaker starts it first, and it runs while the
 // speaker connects to the API server and loads its caches.
 func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, error) {
+	log = log.With("component", "dataplane")
 	decision, err := decide(ctx, modeName)
 	if err != nil {
 		return Backend{}, err
@@ -111,7 +112,7 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 	if r, ok := b.backend.(earlierRulesReporter); ok {
 		if b.earlierRules, err = r.HasEarlierRules(ctx); err != nil {
 			// Then the node counts as fresh: the speaker announces after the first sync.
-			log.Warn("dataplane: could not tell whether an earlier run's rules are in place", "err", err)
+			log.Warn("could not tell whether an earlier run's rules are in place", "err", err)
 		}
 	}
 	return b, nil
@@ -123,6 +124,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	opts.Logger = opts.Logger.With("component", "dataplane")
 	if opts.HealthAddr == "" {
 		opts.HealthAddr = ":" + strconv.Itoa(healthcheck.ProxyHealthPort)
 	}
@@ -209,7 +211,7 @@ func (d *DataPlane) Run(ctx context.Context) error {
 	go func() {
 		// Without its health port the data plane still forwards; say so and carry on.
 		if err := healthcheck.NewProxyServer(d.health, d.node).Serve(ctx, d.opts.HealthAddr); err != nil {
-			d.opts.Logger.Error("dataplane: proxy health server", "addr", d.opts.HealthAddr, "error", err)
+			d.opts.Logger.Error("proxy health server", "addr", d.opts.HealthAddr, "err", err)
 		}
 	}()
 	d.proxy.Run(ctx)
@@ -238,24 +240,26 @@ func decide(ctx context.Context, modeName string) (mode.Decision, error) {
 // any), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
 // speaker itself runs unprivileged (/proc/sys is read-only there) and finds them set.
 func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) error {
+	log = log.With("component", "dataplane")
 	decision, err := decide(ctx, modeName)
 	if err != nil {
 		return err
 	}
 	if decision.Backend != mode.IPVS {
-		log.Info("dataplane: no sysctls to set", "backend", decision.Backend, "reason", decision.Reason)
+		log.Info("no sysctls to set", "backend", decision.Backend, "reason", decision.Reason)
 		return nil
 	}
 	if err := ipvs.ApplySysctls(ipvsOptions); err != nil {
 		return err
 	}
-	log.Info("dataplane: sysctls for IPVS set", "reason", decision.Reason)
+	log.Info("sysctls for IPVS set", "reason", decision.Reason)
 	return nil
 }
 
 // Cleanup removes everything either backend made on this node (speaker --cleanup). The IPVS
 // part runs only where the kernel has IPVS: elsewhere that backend can never have run.
 func Cleanup(ctx context.Context, log *slog.Logger) error {
+	log = log.With("component", "dataplane")
 	var errs []error
 	if nft, err := nftables.New(); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
@@ -263,7 +267,7 @@ func Cleanup(ctx context.Context, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("nftables cleanup: %w", err))
 	}
 	if err := ipvs.Probe(); err != nil {
-		log.Info("dataplane cleanup: no IPVS in this kernel, nothing of it to remove", "reason", err)
+		log.Info("cleanup: no IPVS in this kernel, nothing of it to remove", "reason", err)
 	} else if b, err := ipvs.New(ipvs.Options{}); err != nil {
 		errs = append(errs, fmt.Errorf("ipvs: %w", err))
 	} else if err := b.Cleanup(ctx); err != nil {

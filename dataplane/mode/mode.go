@@ -107,11 +107,11 @@ func Report(d Decision, log *slog.Logger, rec record.EventRecorder, nodeName str
 	// Events on a Node reference it by name, with the UID convention kubelet uses (UID = name).
 	node := &corev1.ObjectReference{Kind: "Node", Name: nodeName, UID: types.UID(nodeName)}
 	if d.Fallback {
-		log.Warn("dataplane: falling back to nftables", "reason", d.Reason)
+		log.Warn("falling back to nftables", "reason", d.Reason)
 		rec.Event(node, corev1.EventTypeWarning, ReasonIPVSFallback, d.Reason)
 		return
 	}
-	log.Info("dataplane: backend selected", "backend", d.Backend, "reason", d.Reason)
+	log.Info("backend selected", "backend", d.Backend, "reason", d.Reason)
 	rec.Eventf(node, corev1.EventTypeNormal, ReasonBackendSelected, "data plane %s: %s", d.Backend, d.Reason)
 }
 

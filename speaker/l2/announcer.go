@@ -91,6 +91,7 @@ func New(cfg Config) *Announcer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = cfg.Logger.With("component", "l2")
 	if cfg.Timing == (ElectionTiming{}) {
 		cfg.Timing = DefaultElectionTiming
 	}
@@ -166,7 +167,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 func (a *Announcer) refreshLinks() {
 	links, err := a.cfg.Links.Usable()
 	if err != nil {
-		a.cfg.Logger.Error("l2: cannot list links", "err", err)
+		a.cfg.Logger.Error("cannot list links", "err", err)
 		return
 	}
 	a.links = links
@@ -201,7 +202,7 @@ func (a *Announcer) round() {
 	gained, lost := a.election.Decide(Round{Now: now, Quorum: view.Quorum, QuorumSince: view.QuorumSince,
 		Members: members, Unknown: unknown, IPs: ips, Recovering: recovering})
 	if a.election.OverCap() && len(gained) > 0 {
-		a.cfg.Logger.Error("l2: this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
+		a.cfg.Logger.Error("this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
 	}
 
 	// Stop answering before anything else, then start, then tell the peers.
@@ -229,7 +230,7 @@ func (a *Announcer) round() {
 		changes = append(changes, Change{IP: ip, Gained: true, Interfaces: names})
 	}
 	if payload, err := a.election.State(a.links, recovering).encode(); err != nil {
-		a.cfg.Logger.Error("l2: cannot encode node state", "err", err)
+		a.cfg.Logger.Error("cannot encode node state", "err", err)
 	} else {
 		a.cfg.Membership.SetPayload(payload)
 	}
@@ -241,11 +242,11 @@ func (a *Announcer) round() {
 		if c.Gained {
 			a.announced[c.IP] = Announced{IP: c.IP, Interfaces: c.Interfaces, Since: now}
 			a.cfg.Metrics.ownershipChanges.WithLabelValues("gained").Inc()
-			a.cfg.Logger.Info("l2: answering", "ip", c.IP, "interfaces", c.Interfaces)
+			a.cfg.Logger.Info("answering", "ip", c.IP, "interfaces", c.Interfaces)
 		} else {
 			delete(a.announced, c.IP)
 			a.cfg.Metrics.ownershipChanges.WithLabelValues("lost").Inc()
-			a.cfg.Logger.Info("l2: stopped answering", "ip", c.IP)
+			a.cfg.Logger.Info("stopped answering", "ip", c.IP)
 		}
 	}
 	a.mu.Unlock()
@@ -260,7 +261,7 @@ func (a *Announcer) decode(name string, payload []byte) NodeState {
 	}
 	s, err := decodeNodeState(payload)
 	if err != nil {
-		a.cfg.Logger.Warn("l2: undecodable state from peer", "peer", name, "err", err)
+		a.cfg.Logger.Warn("undecodable state from peer", "peer", name, "err", err)
 	}
 	s = s.indexed()
 	a.decoded[name] = decodedState{raw: string(payload), state: s}
@@ -303,7 +304,7 @@ func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
 		if !ok {
 			var err error
 			if r, err = a.openResponder(k); err != nil {
-				a.cfg.Logger.Error("l2: cannot answer on interface", "interface", k.link, "err", err)
+				a.cfg.Logger.Error("cannot answer on interface", "interface", k.link, "err", err)
 				continue
 			}
 			a.responders[k] = r

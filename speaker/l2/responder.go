@@ -83,7 +83,7 @@ func (r *arpResponder) serve() {
 		}
 		r.metrics.requests.WithLabelValues(r.ifi.Name, "arp").Inc()
 		if err := r.client.Reply(p, r.ifi.HardwareAddr, p.TargetIP); err != nil {
-			r.log.Warn("l2: ARP reply failed", "interface", r.ifi.Name, "ip", p.TargetIP, "err", err)
+			r.log.Warn("ARP reply failed", "interface", r.ifi.Name, "ip", p.TargetIP, "err", err)
 			continue
 		}
 		r.metrics.replies.WithLabelValues(r.ifi.Name, "arp").Inc()
@@ -179,7 +179,7 @@ func (r *ndpResponder) setIPs(ips map[netip.Addr]bool) {
 	for g := range want {
 		if r.groups[g] == 0 {
 			if err := r.conn.JoinGroup(r.ifi, &net.IPAddr{IP: g.AsSlice()}); err != nil {
-				r.log.Warn("l2: cannot join solicited-node group", "interface", r.ifi.Name, "group", g, "err", err)
+				r.log.Warn("cannot join solicited-node group", "interface", r.ifi.Name, "group", g, "err", err)
 			}
 		}
 	}
@@ -219,7 +219,7 @@ func (r *ndpResponder) serve() {
 			dst = allNodes // duplicate address detection: answer to all nodes
 		}
 		if err := r.advertise(ns.TargetAddress, dst, !src.IsUnspecified()); err != nil {
-			r.log.Warn("l2: neighbor advertisement failed", "interface", r.ifi.Name, "ip", ns.TargetAddress, "err", err)
+			r.log.Warn("neighbor advertisement failed", "interface", r.ifi.Name, "ip", ns.TargetAddress, "err", err)
 			continue
 		}
 		r.metrics.replies.WithLabelValues(r.ifi.Name, "ndp").Inc()
@@ -268,7 +268,7 @@ func gratuitousBurst(ctx context.Context, ip netip.Addr, rs []responder, log *sl
 		}
 		for _, r := range rs {
 			if err := r.announce(ip); err != nil {
-				log.Warn("l2: gratuitous announcement failed", "ip", ip, "err", err)
+				log.Warn("gratuitous announcement failed", "ip", ip, "err", err)
 			}
 		}
 	}

@@ -146,6 +146,7 @@ func New(cfg Config) (*Membership, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = cfg.Logger.With("component", "membership")
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -270,7 +271,7 @@ func (m *Membership) runHeartbeats(ctx context.Context) error {
 	// Never unlocked: when this goroutine ends, the runtime ends the thread, real-time class and all.
 	runtime.LockOSThread()
 	if err := makeThreadRealtime(); err != nil {
-		m.cfg.Logger.Warn("membership: heartbeats run without real-time priority (needs CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
+		m.cfg.Logger.Warn("heartbeats run without real-time priority (needs CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
 	} else {
 		defer func() { _ = makeThreadNormal() }()
 	}
@@ -346,7 +347,7 @@ func (m *Membership) send() {
 	m.mu.Unlock()
 	b, err := msg.marshal(m.cfg.Key)
 	if err != nil {
-		m.cfg.Logger.Error("membership: cannot encode heartbeat", "err", err)
+		m.cfg.Logger.Error("cannot encode heartbeat", "err", err)
 		return
 	}
 	for _, a := range addrs {
@@ -403,13 +404,13 @@ func (m *Membership) accept(b []byte) bool {
 		// A near miss: half the dead time without a word from a live peer (this node's own
 		// scheduling gaps are already forgiven, see detectStallLocked). Worth knowing before
 		// one turns into a false failover.
-		m.cfg.Logger.Info("membership: late heartbeat", "peer", msg.Name, "silentFor", gap)
+		m.cfg.Logger.Info("late heartbeat", "peer", msg.Name, "silentFor", gap)
 	}
 	if !p.alive || msg.Epoch != p.epoch {
 		// A restarted peer (new epoch) starts a new life even if it came back within DeadAfter.
 		p.aliveSince = now
 		if !p.alive {
-			m.cfg.Logger.Info("membership: peer alive", "peer", msg.Name)
+			m.cfg.Logger.Info("peer alive", "peer", msg.Name)
 		}
 	}
 	p.alive, p.lastSeen, p.epoch, p.seq, p.payload = true, now, msg.Epoch, msg.Seq, msg.Payload
@@ -428,7 +429,7 @@ func (m *Membership) expire() {
 		if p.alive && now.Sub(p.lastSeen) > m.cfg.DeadAfter {
 			p.alive = false
 			changed = true
-			m.cfg.Logger.Info("membership: peer dead", "peer", name, "silentFor", now.Sub(p.lastSeen))
+			m.cfg.Logger.Info("peer dead", "peer", name, "silentFor", now.Sub(p.lastSeen))
 		}
 	}
 	if changed {
@@ -472,7 +473,7 @@ func (m *Membership) detectStallLocked(now time.Time) bool {
 	if gap <= m.cfg.DeadAfter {
 		return false
 	}
-	m.cfg.Logger.Warn("membership: this node was stalled; deferring to its peers' claims", "stalledFor", gap)
+	m.cfg.Logger.Warn("this node was stalled; deferring to its peers' claims", "stalledFor", gap)
 	m.stalls++
 	m.payload = nil
 	return true
@@ -489,9 +490,9 @@ func (m *Membership) updateQuorumLocked(now time.Time) {
 	q := members < 3 || alive*2 > members
 	if q && !m.quorum {
 		m.quorumSince = now
-		m.cfg.Logger.Info("membership: quorum regained", "alive", alive, "members", members)
+		m.cfg.Logger.Info("quorum regained", "alive", alive, "members", members)
 	} else if !q && m.quorum {
-		m.cfg.Logger.Warn("membership: quorum lost; announcing nothing until it returns", "alive", alive, "members", members)
+		m.cfg.Logger.Warn("quorum lost; announcing nothing until it returns", "alive", alive, "members", members)
 	}
 	m.quorum = q
 	m.cfg.Metrics.peersAlive.Set(float64(alive - 1))
