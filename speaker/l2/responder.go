@@ -66,7 +66,7 @@ func newARPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger
 	return r, nil
 }
 
-func (r *arpResponder) setIPs(ips map[netip.Addr]bool) { r.ipSet.set(ips) }
+func (r *arpResponder) setIPs(ips map[netip.Addr]bool) { r.set(ips) }
 
 func (r *arpResponder) serve() {
 	for {
@@ -167,7 +167,7 @@ func newNDPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger
 }
 
 func (r *ndpResponder) setIPs(ips map[netip.Addr]bool) {
-	r.ipSet.set(ips)
+	r.set(ips)
 	want := map[netip.Addr]int{}
 	for ip := range ips {
 		if g, err := ndp.SolicitedNodeMulticast(ip); err == nil {

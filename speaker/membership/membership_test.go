@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"strconv"
@@ -73,7 +74,7 @@ func TestMessageRoundTripAndTamper(t *testing.T) {
 	if out.Name != in.Name || out.Epoch != 7 || out.Seq != 9 || out.SentNS != 123 || string(out.Payload) != "claims" {
 		t.Fatalf("round trip changed the message: %+v", out)
 	}
-	if _, err := unmarshal(b, DeriveKey([]byte("other"))); err != errBadMAC {
+	if _, err := unmarshal(b, DeriveKey([]byte("other"))); !errors.Is(err, errBadMAC) {
 		t.Fatalf("wrong key: got %v, want errBadMAC", err)
 	}
 	for i := range b {
@@ -316,7 +317,11 @@ func TestRaisePriority(t *testing.T) {
 	if err := RaisePriority(-5); err != nil {
 		t.Fatal(err)
 	}
-	defer RaisePriority(0)
+	defer func() {
+		if err := RaisePriority(0); err != nil {
+			t.Errorf("restoring the priority: %v", err)
+		}
+	}()
 	for tid, nice := range threadStat(19) {
 		if nice != "-5" {
 			t.Errorf("thread %s has nice %s, want -5", tid, nice)
