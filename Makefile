@@ -27,6 +27,7 @@ generate:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	go vet ./...
+	@golangci=$$(hack/golangci-lint.sh) && $$golangci run ./...
 
 test: deps k8s-bins helm build
 	hack/test.sh

@@ -133,6 +133,16 @@ const (
 	ConditionNotSupported = "NotSupported"
 )
 
+// Reasons of the conditions on Herald's own objects. A False Valid or a True NotSupported on a
+// BGP object takes the reason of its first problem (config/bgpconfig's Reason* constants).
+const (
+	ReasonValid     = "Valid"
+	ReasonInvalid   = "Invalid" // a pool whose addresses or selectors do not parse
+	ReasonOverlap   = "Overlap"
+	ReasonNoOverlap = "NoOverlap"
+	ReasonSupported = "Supported"
+)
+
 // Finalizers and labels.
 const (
 	// FinalizerPoolInUse keeps a pool while Services still hold its addresses.

@@ -237,9 +237,9 @@ func appendConverted[T any](list []T, u *unstructured.Unstructured) ([]T, error)
 
 // bgpConditions are the Valid and NotSupported conditions for an object's problems.
 func bgpConditions(problems []bgpconfig.Problem, generation int64) []metav1.Condition {
-	valid := metav1.Condition{Type: config.ConditionValid, Status: metav1.ConditionTrue, Reason: "Valid",
+	valid := metav1.Condition{Type: config.ConditionValid, Status: metav1.ConditionTrue, Reason: config.ReasonValid,
 		Message: "well-formed, and everything it names exists"}
-	supported := metav1.Condition{Type: config.ConditionNotSupported, Status: metav1.ConditionFalse, Reason: "Supported",
+	supported := metav1.Condition{Type: config.ConditionNotSupported, Status: metav1.ConditionFalse, Reason: config.ReasonSupported,
 		Message: "every field it sets is implemented"}
 	var invalid, unsupported []bgpconfig.Problem
 	for _, p := range problems {

@@ -106,7 +106,7 @@ func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Cont
 		opts.Logger = slog.Default()
 	}
 	if opts.Metrics == nil {
-		opts.Metrics = NewMetrics()
+		opts.Metrics = NewMetrics(nil)
 	}
 	// Services are the bulk of the memory: drop managedFields, which the controller never reads.
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))

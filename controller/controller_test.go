@@ -40,8 +40,8 @@ func hasAddress(svc *corev1.Service) bool { return len(svc.Status.LoadBalancer.I
 // and the cloud-provider mode. Subtests share the apiserver and run in order.
 func TestNativeController(t *testing.T) {
 	f := newFixture(t)
-	metrics := controller.NewMetrics()
-	stop := f.runController(t, controller.Options{LoadBalancerClass: config.DefaultLoadBalancerClass, TakeClassless: true, Metrics: metrics}, false)
+	stop := f.runController(t, controller.Options{LoadBalancerClass: config.DefaultLoadBalancerClass, TakeClassless: true}, false)
+	metrics := f.running.metrics
 	defer func() { stop() }()
 	ctx := context.Background()
 

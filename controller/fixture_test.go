@@ -3,6 +3,7 @@ package controller_test
 import (
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"os"
 	"testing"
@@ -39,7 +40,8 @@ type fixture struct {
 
 // runningController is what the tests know of the controller running now.
 type runningController struct {
-	metrics *controller.Metrics
+	metrics  *controller.Metrics
+	registry *prometheus.Registry // the metrics'
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -89,11 +91,10 @@ func (f *fixture) quiesce() {
 // queueWork counts the items added to the running controller's work queues and those finished.
 func (f *fixture) queueWork() (added, done int) {
 	f.t.Helper()
-	m := f.running.metrics
-	if m == nil {
+	if f.running.registry == nil {
 		return 0, 0
 	}
-	families, err := m.Registry.Gather()
+	families, err := f.running.registry.Gather()
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -116,10 +117,12 @@ func (f *fixture) runController(t *testing.T, opts controller.Options, cloud boo
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	if opts.Metrics == nil {
-		opts.Metrics = controller.NewMetrics()
+	if opts.Metrics != nil {
+		t.Fatal("runController makes the controller's metrics itself (f.running.metrics), to read its queues")
 	}
-	f.running.metrics = opts.Metrics
+	f.running.registry = prometheus.NewRegistry()
+	f.running.metrics = controller.NewMetrics(f.running.registry)
+	opts.Metrics = f.running.metrics
 	ctx, cancel := context.WithCancel(context.Background())
 	c := controller.New(f.cs, f.dyn, opts)
 	done := make(chan error, 1)

@@ -2,13 +2,12 @@ package controller
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/util/workqueue"
 )
 
-// Metrics are the controller's Prometheus metrics, served on --metrics-addr.
+// Metrics are the controller's Prometheus metrics, served on --metrics-addr from the registry
+// the binary makes (cmd/controller).
 type Metrics struct {
-	Registry *prometheus.Registry
 	// AddressesTotal and AddressesInUse count each pool's addresses per family (float: a /64 does
 	// not fit an integer, Prometheus values are floats anyway).
 	AddressesTotal *prometheus.GaugeVec
@@ -20,10 +19,10 @@ type Metrics struct {
 	queues      queueMetrics
 }
 
-// NewMetrics registers the controller's metrics, Go runtime and process metrics in a new registry.
-func NewMetrics() *Metrics {
+// NewMetrics makes the controller's metrics and registers them with reg unless it is nil (then
+// they are unregistered: tests, tools). The Go runtime and process collectors are the binary's.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		Registry: prometheus.NewRegistry(),
 		AddressesTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "herald", Subsystem: "controller",
 			Name: "addresses", Help: "Addresses a pool gives out, per family."}, []string{"pool", "family"}),
 		AddressesInUse: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "herald", Subsystem: "controller",
@@ -34,9 +33,10 @@ func NewMetrics() *Metrics {
 			Name: "allocation_failures_total", Help: "Services refused addresses, per reason."}, []string{"reason"}),
 	}
 	m.queues = newQueueMetrics()
-	m.Registry.MustRegister(m.AddressesTotal, m.AddressesInUse, m.Allocations, m.Failures,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.queues.register(m.Registry)
+	if reg != nil {
+		reg.MustRegister(m.AddressesTotal, m.AddressesInUse, m.Allocations, m.Failures)
+		m.queues.register(reg)
+	}
 	return m
 }
 

@@ -125,14 +125,14 @@ func (c *Controller) syncPool(ctx context.Context, name string) error {
 		return err
 	}
 	status := v1beta1.IPAddressPoolStatus{Conditions: slices.Clone(p.Status.Conditions)}
-	valid := metav1.Condition{Type: config.ConditionValid, Status: metav1.ConditionTrue, Reason: "Valid", Message: "addresses and selectors are well-formed"}
-	overlap := metav1.Condition{Type: config.ConditionOverlap, Status: metav1.ConditionFalse, Reason: "NoOverlap", Message: "no older pool holds these addresses"}
+	valid := metav1.Condition{Type: config.ConditionValid, Status: metav1.ConditionTrue, Reason: config.ReasonValid, Message: "addresses and selectors are well-formed"}
+	overlap := metav1.Condition{Type: config.ConditionOverlap, Status: metav1.ConditionFalse, Reason: config.ReasonNoOverlap, Message: "no older pool holds these addresses"}
 	if invalid != nil {
-		valid.Status, valid.Reason, valid.Message = metav1.ConditionFalse, "Invalid", invalid.Error()+"; fix the pool, it gives out nothing until then"
+		valid.Status, valid.Reason, valid.Message = metav1.ConditionFalse, config.ReasonInvalid, invalid.Error()+"; fix the pool, it gives out nothing until then"
 	}
 	if rep, ok := c.alloc.Report(name); ok {
 		if len(rep.Overlaps) > 0 {
-			overlap.Status, overlap.Reason = metav1.ConditionTrue, "Overlap"
+			overlap.Status, overlap.Reason = metav1.ConditionTrue, config.ReasonOverlap
 			overlap.Message = fmt.Sprintf("addresses also in older pool(s) %s are given out only by those", strings.Join(rep.Overlaps, ", "))
 		}
 		for fam, u := range rep.Usage {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
@@ -33,7 +34,10 @@ type Config struct {
 	LeaderElect       bool
 	Namespace         string // of the Lease (events about a Service go to its own namespace)
 	MetricsAddr       string
-	Logger            *slog.Logger
+	// Registry is served on MetricsAddr; the binary makes it (with the Go runtime and process
+	// collectors) and the controller registers its own metrics there. Nil: a new, empty one.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
 }
 
 // Modes of the controller.
@@ -82,7 +86,10 @@ func Main(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	metrics := NewMetrics()
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	metrics := NewMetrics(cfg.Registry)
 	// Readiness: the leader (or the only replica, without leader election) once its informers
 	// have synced; a standby once it has seen the Lease, i.e. reached the apiserver. A standby
 	// must be ready, or a rolling update of two replicas would wait for it forever.
@@ -96,7 +103,7 @@ func Main(ctx context.Context, cfg Config) error {
 	}
 	if cfg.MetricsAddr != "" {
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
+		mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 		health.Handle(mux, health.Checks{"informers": health.Condition(ready,
 			"leading, and the informers have not synced yet; or standby, and the Lease has not been seen yet")})
 		srv := &http.Server{Addr: cfg.MetricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}

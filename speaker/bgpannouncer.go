@@ -77,9 +77,9 @@ func (b *BGP) Prepare(ctx context.Context, snap *Snapshot) {
 			delete(res.Desired.Peers, name)
 		}
 	}
-	b.speaker.cfg.Logger.Info("speaker: BGP: opening sessions before the Services are loaded", "peers", len(res.Desired.Peers))
+	b.speaker.log.Info("opening BGP sessions before the Services are loaded", "peers", len(res.Desired.Peers))
 	if err := b.announcer.Apply(ctx, res.Desired); err != nil {
-		b.speaker.cfg.Logger.Warn("speaker: BGP: opening sessions early", "err", err)
+		b.speaker.log.Warn("opening BGP sessions early", "err", err)
 	}
 }
 
@@ -121,7 +121,7 @@ func (b *BGP) sync(ctx context.Context) bool {
 	b.reportProblems(snap, nodeProblems(in, res.Problems))
 	err := b.announcer.Apply(ctx, res.Desired)
 	if err != nil {
-		b.speaker.cfg.Logger.Error("speaker: BGP", "err", err)
+		b.speaker.log.Error("BGP", "err", err)
 	}
 	now := time.Now()
 	b.mu.Lock()
@@ -318,7 +318,7 @@ func asObjects[T any, PT interface {
 func (b *BGP) refreshSessions(ctx context.Context) {
 	st, err := b.announcer.Status(ctx)
 	if err != nil {
-		b.speaker.cfg.Logger.Error("speaker: BGP session status", "err", err)
+		b.speaker.log.Error("BGP session status", "err", err)
 		return
 	}
 	// Message counters change with every update and are not part of the status: leave them out.

@@ -68,7 +68,7 @@ func (s *Speaker) WaitForAPI(ctx context.Context) error {
 			return err
 		}
 		if !logged {
-			s.cfg.Logger.Info("speaker: waiting for the API server to serve Herald's CRDs", "err", err)
+			s.log.Info("waiting for the API server to serve Herald's CRDs", "err", err)
 			logged = true
 		}
 		select {
@@ -114,7 +114,7 @@ func (s *Speaker) WatchPeers(ctx context.Context, port uint16, set func(map[stri
 			}
 			peers := MembershipPeers(nodes.Items, statuses.Items, port)
 			if !maps.Equal(peers, last) {
-				s.cfg.Logger.Info("speaker: membership peers", "peers", peers)
+				s.log.Info("membership peers", "peers", peers)
 				set(peers)
 				last = peers
 			}

@@ -63,7 +63,10 @@ const dataplanePoll = 5 * time.Millisecond
 
 // Speaker runs the announcers on this node.
 type Speaker struct {
-	cfg        Config
+	cfg Config
+	// log is cfg.Logger with component=speaker; the parts the speaker starts get cfg.Logger and
+	// name their own component.
+	log        *slog.Logger
 	cache      cache.Cache
 	client     client.Client
 	recorder   record.EventRecorder
@@ -114,7 +117,7 @@ func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("speaker: client: %w", err)
 	}
-	return &Speaker{cfg: cfg, cache: c, client: cl, recorder: recorder,
+	return &Speaker{cfg: cfg, log: cfg.Logger.With("component", "speaker"), cache: c, client: cl, recorder: recorder,
 		kick: make(chan struct{}, 1), statusKick: make(chan struct{}, 1), services: newServiceIndex(cfg.LBClass)}, nil
 }
 
@@ -205,7 +208,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if !s.cache.WaitForCacheSync(ctx) {
 		return fmt.Errorf("speaker: caches did not sync: %w", <-cacheErr)
 	}
-	s.cfg.Logger.Info("speaker: caches synced", "node", s.cfg.NodeName)
+	s.log.Info("caches synced", "node", s.cfg.NodeName)
 
 	errs := make(chan error, len(s.announcers))
 	for _, a := range s.announcers {
@@ -234,7 +237,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		case <-s.kick:
 			snap, err := s.buildSnapshot(ctx, true)
 			if err != nil {
-				s.cfg.Logger.Error("speaker: cannot build snapshot", "err", err)
+				s.log.Error("cannot build snapshot", "err", err)
 				continue
 			}
 			for _, a := range s.announcers {
@@ -260,11 +263,11 @@ func (s *Speaker) waitForDataplane(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-deadline.C:
-			s.cfg.Logger.Warn("speaker: announcing before the data plane forwards (no earlier rules, first sync not committed)", "waited", maxDataplaneWait)
+			s.log.Warn("announcing before the data plane forwards (no earlier rules, first sync not committed)", "waited", maxDataplaneWait)
 			return
 		case <-tick.C:
 			if s.cfg.DataplaneForwards() {
-				s.cfg.Logger.Info("speaker: data plane forwards; announcing", "waited", time.Since(start).Round(time.Millisecond))
+				s.log.Info("data plane forwards; announcing", "waited", time.Since(start).Round(time.Millisecond))
 				return
 			}
 		}
@@ -333,7 +336,7 @@ func (s *Speaker) prepare(ctx context.Context) {
 	}
 	snap, err := s.buildSnapshot(ctx, false)
 	if err != nil {
-		s.cfg.Logger.Warn("speaker: no early start (BGP sessions open with the first full snapshot)", "err", err)
+		s.log.Warn("no early start (BGP sessions open with the first full snapshot)", "err", err)
 		return
 	}
 	for _, p := range preparers {
@@ -419,7 +422,7 @@ func (s *Speaker) statusLoop(ctx context.Context) {
 			return cmp.Or(strings.Compare(a.IP, b.IP), strings.Compare(string(a.Protocol), string(b.Protocol)))
 		})
 		if err := s.writeStatus(ctx, anns); err != nil {
-			s.cfg.Logger.Error("speaker: cannot write SpeakerStatus", "err", err)
+			s.log.Error("cannot write SpeakerStatus", "err", err)
 			s.StatusChanged() // retry after the pause below
 		}
 		select {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/heraldlb/herald/config"
@@ -32,6 +34,8 @@ func main() {
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	// controller-runtime's health handlers log through logr: into the same handler.
 	ctrllog.SetLogger(logr.FromSlogHandler(cfg.Logger.Handler()))
+	cfg.Registry = prometheus.NewRegistry()
+	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -43,7 +44,7 @@ import (
 
 func main() {
 	if err := run(); err != nil {
-		slog.Error("speaker: " + err.Error())
+		slog.Error("speaker failed", "component", "speaker", "err", err)
 		os.Exit(1)
 	}
 }
@@ -71,6 +72,11 @@ func run() (err error) {
 	// handler, so --log-level governs them too.
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 	klog.SetSlogLogger(log)
+	// The packages below name their own component; this file's messages are the speaker's.
+	mainLog := log.With("component", "speaker")
+	// The one registry served on --metrics-addr: every package registers its metrics here.
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	switch *dataplaneMode {
 	case "auto", "ipvs", "nftables", "off":
@@ -87,7 +93,7 @@ func run() (err error) {
 		if err := embedded.Cleanup(context.Background(), log); err != nil {
 			return fmt.Errorf("cleanup: %w", err)
 		}
-		log.Info("speaker: cleanup done")
+		mainLog.Info("cleanup done")
 		return nil
 	}
 	if *prepare {
@@ -135,13 +141,14 @@ func run() (err error) {
 	defer stopMembership()
 
 	if err := membership.RaisePriority(membership.Nice); err != nil {
-		log.Warn("speaker: cannot raise its CPU priority (CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
+		mainLog.Warn("cannot raise its CPU priority (CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
 	}
 	// Membership runs with L2 off too: it costs a few datagrams, it keeps MembersAlive in the
 	// SpeakerStatus, and the uninstall hook waits for its port to be free (speaker gone).
 	members, err := membership.New(membership.Config{
 		Name: *nodeName, Key: membership.DeriveKey(secret),
 		Listen: netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port), Logger: log,
+		Metrics:  membership.NewMetrics(registry),
 		Interval: timing.heartbeat, DeadAfter: timing.deadAfter,
 		// Speakers starting together find each other through their SpeakerStatuses.
 		JoinGrace: 2 * time.Second,
@@ -185,13 +192,13 @@ func run() (err error) {
 	}
 	if *l2On {
 		spk.AddAnnouncer(speaker.NewL2(spk, l2.Config{Node: *nodeName, Membership: members, Links: l2.NetlinkLinks{},
-			Timing: timing.election, Logger: log}))
+			Timing: timing.election, Logger: log, Metrics: l2.NewMetrics(registry)}))
 	}
 	if *bgpOn {
 		// BGP: GoBGP in-process; passwordSecrets without a namespace are read from the speaker's own.
 		bgpAnnouncer := speaker.NewBGP(spk, podNamespace(), bgp.Options{Logger: log})
 		spk.AddAnnouncer(bgpAnnouncer)
-		prometheus.MustRegister(bgpAnnouncer.Collector())
+		registry.MustRegister(bgpAnnouncer.Collector())
 	}
 	if err := spk.WaitForAPI(ctx); err != nil {
 		return err
@@ -227,13 +234,9 @@ func run() (err error) {
 	if backendErr != nil {
 		return fmt.Errorf("dataplane: %w", backendErr)
 	}
-	dpMetrics, err := dataplane.NewMetrics(prometheus.DefaultRegisterer)
-	if err != nil {
-		return fmt.Errorf("dataplane metrics: %w", err)
-	}
 	dp, err := embedded.New(ctx, backend, embedded.Options{NodeName: *nodeName, Client: cs,
-		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Services: services, EndpointSlices: slices,
-		Metrics: dpMetrics})
+		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Registerer: registry,
+		Services: services, EndpointSlices: slices})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
@@ -243,18 +246,18 @@ func run() (err error) {
 	go func() {
 		defer background.Done()
 		if err := dp.Run(ctx); err != nil {
-			log.Error("speaker: dataplane", "err", err)
+			mainLog.Error("data plane stopped", "err", err)
 		}
 	}()
 	dataplaneRunning.Store(dp)
 	spk.StatusChanged() // the SpeakerStatus names the backend now, not at the next minute's write
-	log.Info("speaker: starting", "node", *nodeName, "dataplane", dp.Backend(), "l2", *l2On, "bgp", *bgpOn,
+	mainLog.Info("starting", "node", *nodeName, "dataplane", dp.Backend(), "l2", *l2On, "bgp", *bgpOn,
 		"heartbeat", timing.heartbeat, "failoverDetectAfter", timing.deadAfter)
 
 	var cachesSynced atomic.Bool
 	background.Add(1)
 	go func() { defer background.Done(); cachesSynced.Store(spk.Cache().WaitForCacheSync(ctx)) }()
-	go serveMetrics(*metricsAddr, log, health.Checks{
+	go serveMetrics(*metricsAddr, registry, mainLog, health.Checks{
 		"caches":     health.Condition(cachesSynced.Load, "the speaker's informer caches have not synced yet"),
 		"dataplane":  health.Condition(dp.Synced, "the data plane has not programmed its first sync yet"),
 		"membership": hb.ready,
@@ -265,12 +268,12 @@ func run() (err error) {
 }
 
 // serveMetrics serves /metrics, and the kubelet's probes /healthz and /readyz, on addr.
-func serveMetrics(addr string, log *slog.Logger, ready health.Checks) {
+func serveMetrics(addr string, metrics prometheus.Gatherer, log *slog.Logger, ready health.Checks) {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	health.Handle(mux, ready)
 	if err := http.ListenAndServe(addr, mux); err != nil {
-		log.Error("speaker: metrics endpoint", "addr", addr, "err", err)
+		log.Error("metrics endpoint", "addr", addr, "err", err)
 	}
 }
 

@@ -208,6 +208,14 @@ func TestProbesAndTheChartsRBAC(t *testing.T) {
 	if body := waitFor("/readyz?verbose", http.StatusOK, 90*time.Second); !strings.Contains(body, "[+]caches ok") {
 		t.Errorf("/readyz?verbose once allowed: %q", body)
 	}
+	// /metrics serves the speaker's own registry: what its packages registered there, and the Go
+	// runtime's figures.
+	metrics := waitFor("/metrics", http.StatusOK, 5*time.Second)
+	for _, want := range []string{"herald_membership_quorum 1", `herald_dataplane_backend{backend="off"} 1`, "go_goroutines "} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 
 	// A BGP peer with a password Secret (the speaker reads it; the peer's address is unreachable
 	// from the namespace, which has only a loopback) and the node the speaker runs as.
@@ -249,7 +257,7 @@ func TestProbesAndTheChartsRBAC(t *testing.T) {
 // refused returns the log lines of requests the API server refused ("forbidden") once the
 // speaker's caches had synced: before that it ran without permissions on purpose.
 func refused(log string) string {
-	_, after, _ := strings.Cut(log, "speaker: caches synced")
+	_, after, _ := strings.Cut(log, `msg="caches synced" component=speaker`)
 	var out []string
 	for _, l := range strings.Split(after, "\n") {
 		if strings.Contains(l, "forbidden") {

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -40,6 +41,8 @@ type Options struct {
 	LocalEndpoints *dataplane.LocalEndpoints
 	Recorder       record.EventRecorder
 	Logger         *slog.Logger
+	// Registerer receives the data plane's metrics (the speaker's registry); nil: unregistered.
+	Registerer prometheus.Registerer
 	// HealthAddr is where /healthz and /livez are served; default ":10256".
 	HealthAddr string
 	// HealthTimeout is how long a change may wait for a sync before /healthz says unhealthy;
@@ -51,8 +54,6 @@ type Options struct {
 	// the proxy then adds its handlers there instead of keeping a second copy of every Service
 	// and EndpointSlice of the cluster. Nil: the data plane runs informers of its own.
 	Services, EndpointSlices dataplane.EventHandlerRegistrar
-	// Metrics records syncs and health-check answers (dataplane.NewMetrics); nil records nothing.
-	Metrics *dataplane.Metrics
 }
 
 // ReasonRepaired is the reason of the Warning event on the Node when the data plane found its
@@ -68,6 +69,8 @@ type DataPlane struct {
 	factory  informers.SharedInformerFactory
 	nodes    informers.SharedInformerFactory
 	checks   *healthcheck.ServiceServers
+	// metrics record syncs, repairs and health-check answers (nil without a Registerer).
+	metrics *dataplane.Metrics
 	// userspace: see Backend.
 	userspace *userspace.Proxy
 	// earlierRules: see Backend.
@@ -103,6 +106,7 @@ type Backend struct {
 // up to a second or two on a busy node, so the speaker starts it first, and it runs while the
 // speaker connects to the API server and loads its caches.
 func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, error) {
+	log = log.With("component", "dataplane")
 	decision, err := decide(ctx, modeName)
 	if err != nil {
 		return Backend{}, err
@@ -130,7 +134,7 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 	if r, ok := b.backend.(earlierRulesReporter); ok {
 		if b.earlierRules, err = r.HasEarlierRules(ctx); err != nil {
 			// Then the node counts as fresh: the speaker announces after the first sync.
-			log.Warn("dataplane: could not tell whether an earlier run's rules are in place", "err", err)
+			log.Warn("could not tell whether an earlier run's rules are in place", "err", err)
 		}
 	}
 	if b.userspace != nil {
@@ -145,6 +149,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	opts.Logger = opts.Logger.With("component", "dataplane")
 	if opts.HealthAddr == "" {
 		opts.HealthAddr = ":" + strconv.Itoa(healthcheck.ProxyHealthPort)
 	}
@@ -152,7 +157,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 		opts.HealthTimeout = 60 * time.Second
 	}
 	if opts.Recorder != nil {
-		mode.Report(b.Decision, opts.Logger, opts.Recorder, opts.NodeName)
+		mode.Report(b.Decision, opts.Logger, opts.Recorder, opts.NodeName, mode.NewMetrics(opts.Registerer))
 	}
 	d := &DataPlane{opts: opts, decision: b.Decision, backend: b.backend, earlierRules: b.earlierRules, userspace: b.userspace}
 	if b.Decision.Backend == mode.Off {
@@ -172,8 +177,21 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
 		}))
+	if opts.Registerer != nil {
+		var err error
+		if d.metrics, err = dataplane.NewMetrics(opts.Registerer); err != nil {
+			return nil, fmt.Errorf("data plane metrics: %w", err)
+		}
+		if d.userspace != nil {
+			for _, c := range d.userspace.Collectors() {
+				if err := opts.Registerer.Register(c); err != nil {
+					return nil, fmt.Errorf("userspace proxy metrics: %w", err)
+				}
+			}
+		}
+	}
 	d.checks = healthcheck.NewServiceServers(opts.NodeName, opts.LocalEndpoints, d.health, opts.ListenHealthCheck, opts.Logger)
-	d.checks.Metrics = opts.Metrics
+	d.checks.Metrics = d.metrics
 	d.proxy = dataplane.NewProxy(dataplane.ProxyOptions{
 		NodeName:  opts.NodeName,
 		Backend:   d.backend,
@@ -186,7 +204,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 					"the %s rules were changed by something else (%s); rewrote them all", d.backend.Name(), what)
 			}
 		},
-		Metrics: opts.Metrics,
+		Metrics: d.metrics,
 		Logger:  opts.Logger,
 	})
 	if err := d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer()); err != nil {
@@ -252,9 +270,9 @@ func (d *DataPlane) Run(ctx context.Context) error {
 	go func() {
 		// Without its health port the data plane still forwards; say so and carry on.
 		srv := healthcheck.NewProxyServer(d.health, d.node)
-		srv.Metrics = d.opts.Metrics
+		srv.Metrics = d.metrics
 		if err := srv.Serve(ctx, d.opts.HealthAddr); err != nil {
-			d.opts.Logger.Error("dataplane: proxy health server", "addr", d.opts.HealthAddr, "error", err)
+			d.opts.Logger.Error("proxy health server", "addr", d.opts.HealthAddr, "err", err)
 		}
 	}()
 	d.proxy.Run(ctx)
@@ -283,24 +301,26 @@ func decide(ctx context.Context, modeName string) (mode.Decision, error) {
 // any), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
 // speaker itself runs unprivileged (/proc/sys is read-only there) and finds them set.
 func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) error {
+	log = log.With("component", "dataplane")
 	decision, err := decide(ctx, modeName)
 	if err != nil {
 		return err
 	}
 	if decision.Backend != mode.IPVS {
-		log.Info("dataplane: no sysctls to set", "backend", decision.Backend, "reason", decision.Reason)
+		log.Info("no sysctls to set", "backend", decision.Backend, "reason", decision.Reason)
 		return nil
 	}
 	if err := ipvs.ApplySysctls(ipvsOptions); err != nil {
 		return err
 	}
-	log.Info("dataplane: sysctls for IPVS set", "reason", decision.Reason)
+	log.Info("sysctls for IPVS set", "reason", decision.Reason)
 	return nil
 }
 
 // Cleanup removes everything either backend made on this node (speaker --cleanup). The IPVS
 // part runs only where the kernel has IPVS: elsewhere that backend can never have run.
 func Cleanup(ctx context.Context, log *slog.Logger) error {
+	log = log.With("component", "dataplane")
 	var errs []error
 	if nft, err := nftables.New(); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
@@ -308,7 +328,7 @@ func Cleanup(ctx context.Context, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("nftables cleanup: %w", err))
 	}
 	if err := ipvs.Probe(); err != nil {
-		log.Info("dataplane cleanup: no IPVS in this kernel, nothing of it to remove", "reason", err)
+		log.Info("cleanup: no IPVS in this kernel, nothing of it to remove", "reason", err)
 	} else if b, err := ipvs.New(ipvs.Options{}); err != nil {
 		errs = append(errs, fmt.Errorf("ipvs: %w", err))
 	} else if err := b.Cleanup(ctx); err != nil {

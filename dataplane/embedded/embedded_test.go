@@ -100,12 +100,8 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 	}
 	recorder := record.NewFakeRecorder(100)
 	reg := prometheus.NewRegistry()
-	metrics, err := dataplane.NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	d, err := New(ctx, backend, Options{NodeName: "n1", Client: client, LocalEndpoints: view, Logger: log, HealthAddr: "127.0.0.1:10256",
-		Recorder: recorder, Metrics: metrics})
+		Recorder: recorder, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,14 +41,6 @@ type virtualServer struct {
 	Reals map[realKey]int
 }
 
-// terminatingReal is a real server that left its virtual server's desired set: it stays with weight 0
-// (no new connections) until its connections drain or Deadline passes.
-type terminatingReal struct {
-	vs       vsKey
-	real     realKey
-	Deadline time.Time
-}
-
 // virtualServers commits desired virtual servers to IPVS through a Handle, remembering what it
 // committed so each sync sends only the differences; the kernel is listed only by Adopt.
 type virtualServers struct {

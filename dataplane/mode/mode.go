@@ -76,31 +76,42 @@ const (
 	ReasonIPVSFallback    = "IPVSUnavailable"
 )
 
-var backendGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-	Name: "herald_dataplane_backend",
-	Help: "1 for the data-plane backend this speaker runs (ipvs, nftables or off), 0 for the others.",
-}, []string{"backend"})
+// Metrics hold the herald_dataplane_backend gauge. The speaker registers it in its registry;
+// NewMetrics(nil) makes it unregistered (tests, tools).
+type Metrics struct {
+	backend *prometheus.GaugeVec
+}
 
-func init() { prometheus.MustRegister(backendGauge) }
+// NewMetrics makes the gauge and registers it with reg unless it is nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{backend: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "herald_dataplane_backend",
+		Help: "1 for the data-plane backend this speaker runs (ipvs, nftables or off), 0 for the others.",
+	}, []string{"backend"})}
+	if reg != nil {
+		reg.MustRegister(m.backend)
+	}
+	return m
+}
 
 // Report logs the decision, records it as an event on the Node (a Warning when auto had to fall
 // back from IPVS) and sets the herald_dataplane_backend metric.
-func Report(d Decision, log *slog.Logger, rec record.EventRecorder, nodeName string) {
+func Report(d Decision, log *slog.Logger, rec record.EventRecorder, nodeName string, metrics *Metrics) {
 	for _, b := range []string{IPVS, NFTables, Off} {
 		v := 0.0
 		if b == d.Backend {
 			v = 1
 		}
-		backendGauge.WithLabelValues(b).Set(v)
+		metrics.backend.WithLabelValues(b).Set(v)
 	}
 	// Events on a Node reference it by name, with the UID convention kubelet uses (UID = name).
 	node := &corev1.ObjectReference{Kind: "Node", Name: nodeName, UID: types.UID(nodeName)}
 	if d.Fallback {
-		log.Warn("dataplane: falling back to nftables", "reason", d.Reason)
+		log.Warn("falling back to nftables", "reason", d.Reason)
 		rec.Event(node, corev1.EventTypeWarning, ReasonIPVSFallback, d.Reason)
 		return
 	}
-	log.Info("dataplane: backend selected", "backend", d.Backend, "reason", d.Reason)
+	log.Info("backend selected", "backend", d.Backend, "reason", d.Reason)
 	rec.Eventf(node, corev1.EventTypeNormal, ReasonBackendSelected, "data plane %s: %s", d.Backend, d.Reason)
 }
 

@@ -51,15 +51,16 @@ func TestReportFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := record.NewFakeRecorder(4)
-	Report(d, slog.New(slog.NewTextHandler(io.Discard, nil)), rec, "node-1")
+	metrics := NewMetrics(nil)
+	Report(d, slog.New(slog.NewTextHandler(io.Discard, nil)), rec, "node-1", metrics)
 	ev := <-rec.Events
 	if !strings.HasPrefix(ev, "Warning "+ReasonIPVSFallback) || !strings.Contains(ev, "no ip_vs") {
 		t.Fatalf("event %q", ev)
 	}
-	if v := testutil.ToFloat64(backendGauge.WithLabelValues(NFTables)); v != 1 {
+	if v := testutil.ToFloat64(metrics.backend.WithLabelValues(NFTables)); v != 1 {
 		t.Fatalf("nftables gauge %v", v)
 	}
-	if v := testutil.ToFloat64(backendGauge.WithLabelValues(IPVS)); v != 0 {
+	if v := testutil.ToFloat64(metrics.backend.WithLabelValues(IPVS)); v != 0 {
 		t.Fatalf("ipvs gauge %v", v)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -107,9 +108,12 @@ func New(opts Options) *Proxy {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := newSuspects(opts.SuspectFor)
-	return &Proxy{opts: opts, suspects: s, metrics: metricsFor(s), ctx: ctx, cancel: cancel,
+	return &Proxy{opts: opts, suspects: s, metrics: newMetrics(s), ctx: ctx, cancel: cancel,
 		ports: map[dataplane.ServicePortName]*portListeners{}}
 }
+
+// Collectors are the proxy's metrics, for the registry of whoever runs it (the speaker's).
+func (p *Proxy) Collectors() []prometheus.Collector { return p.metrics.collectors() }
 
 // UserspacePorts implements dataplane.UserspaceListeners for the kernel backend.
 func (p *Proxy) UserspacePorts(name dataplane.ServicePortName) (cluster, external uint16, ok bool) {
@@ -246,7 +250,6 @@ func (p *Proxy) Close() {
 	p.ports, p.retired = map[dataplane.ServicePortName]*portListeners{}, nil
 	p.mu.Unlock()
 	p.wg.Wait()
-	stopCounting(p.suspects)
 }
 
 // spawn runs fn as a goroutine the proxy owns (Close waits for it).

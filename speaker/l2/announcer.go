@@ -15,17 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/heraldlb/herald/speaker/membership"
 )
-
-var ownershipChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Name: "herald_l2_ownership_changes_total",
-	Help: "IPs this node started (gained) or stopped (lost) answering for.",
-}, []string{"change"})
-
-func init() { prometheus.MustRegister(ownershipChanges) }
 
 // Membership is the part of membership.Membership the announcer uses.
 type Membership interface {
@@ -49,6 +40,8 @@ type Config struct {
 	Links      LinkSource
 	Timing     ElectionTiming
 	Logger     *slog.Logger
+	// Metrics receive the ARP/NDP counters; nil: unregistered ones (NewMetrics(nil)).
+	Metrics *Metrics
 	// OnChange is called (from the announcer's goroutine; it must not block) after this node
 	// gained or lost IPs.
 	OnChange func([]Change)
@@ -98,8 +91,12 @@ func New(cfg Config) *Announcer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = cfg.Logger.With("component", "l2")
 	if cfg.Timing == (ElectionTiming{}) {
 		cfg.Timing = DefaultElectionTiming
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
 	}
 	return &Announcer{
 		cfg:        cfg,
@@ -170,7 +167,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 func (a *Announcer) refreshLinks() {
 	links, err := a.cfg.Links.Usable()
 	if err != nil {
-		a.cfg.Logger.Error("l2: cannot list links", "err", err)
+		a.cfg.Logger.Error("cannot list links", "err", err)
 		return
 	}
 	a.links = links
@@ -205,7 +202,7 @@ func (a *Announcer) round() {
 	gained, lost := a.election.Decide(Round{Now: now, Quorum: view.Quorum, QuorumSince: view.QuorumSince,
 		Members: members, Unknown: unknown, IPs: ips, Recovering: recovering})
 	if a.election.OverCap() && len(gained) > 0 {
-		a.cfg.Logger.Error("l2: this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
+		a.cfg.Logger.Error("this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
 	}
 
 	// Stop answering before anything else, then start, then tell the peers.
@@ -233,7 +230,7 @@ func (a *Announcer) round() {
 		changes = append(changes, Change{IP: ip, Gained: true, Interfaces: names})
 	}
 	if payload, err := a.election.State(a.links, recovering).encode(); err != nil {
-		a.cfg.Logger.Error("l2: cannot encode node state", "err", err)
+		a.cfg.Logger.Error("cannot encode node state", "err", err)
 	} else {
 		a.cfg.Membership.SetPayload(payload)
 	}
@@ -244,12 +241,12 @@ func (a *Announcer) round() {
 	for _, c := range changes {
 		if c.Gained {
 			a.announced[c.IP] = Announced{IP: c.IP, Interfaces: c.Interfaces, Since: now}
-			ownershipChanges.WithLabelValues("gained").Inc()
-			a.cfg.Logger.Info("l2: answering", "ip", c.IP, "interfaces", c.Interfaces)
+			a.cfg.Metrics.ownershipChanges.WithLabelValues("gained").Inc()
+			a.cfg.Logger.Info("answering", "ip", c.IP, "interfaces", c.Interfaces)
 		} else {
 			delete(a.announced, c.IP)
-			ownershipChanges.WithLabelValues("lost").Inc()
-			a.cfg.Logger.Info("l2: stopped answering", "ip", c.IP)
+			a.cfg.Metrics.ownershipChanges.WithLabelValues("lost").Inc()
+			a.cfg.Logger.Info("stopped answering", "ip", c.IP)
 		}
 	}
 	a.mu.Unlock()
@@ -264,7 +261,7 @@ func (a *Announcer) decode(name string, payload []byte) NodeState {
 	}
 	s, err := decodeNodeState(payload)
 	if err != nil {
-		a.cfg.Logger.Warn("l2: undecodable state from peer", "peer", name, "err", err)
+		a.cfg.Logger.Warn("undecodable state from peer", "peer", name, "err", err)
 	}
 	s = s.indexed()
 	a.decoded[name] = decodedState{raw: string(payload), state: s}
@@ -307,7 +304,7 @@ func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
 		if !ok {
 			var err error
 			if r, err = a.openResponder(k); err != nil {
-				a.cfg.Logger.Error("l2: cannot answer on interface", "interface", k.link, "err", err)
+				a.cfg.Logger.Error("cannot answer on interface", "interface", k.link, "err", err)
 				continue
 			}
 			a.responders[k] = r
@@ -322,9 +319,9 @@ func (a *Announcer) openResponder(k responderKey) (responder, error) {
 		return nil, err
 	}
 	if k.v6 {
-		return newNDPResponder(ifi, a.mayAnswer, a.cfg.Logger)
+		return newNDPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 	}
-	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger)
+	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 }
 
 // mayAnswer is false while this process is stalled and while it recovers from a stall: requests

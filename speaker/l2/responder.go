@@ -15,29 +15,9 @@ import (
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/ndp"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 )
-
-var (
-	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "herald_l2_requests_total",
-		Help: "ARP requests and neighbor solicitations received for IPs this node answers for.",
-	}, []string{"interface", "protocol"})
-	repliesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "herald_l2_replies_total",
-		Help: "ARP replies and neighbor advertisements sent in answer to a request.",
-	}, []string{"interface", "protocol"})
-	gratuitousTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "herald_l2_gratuitous_sent_total",
-		Help: "Gratuitous ARPs and unsolicited neighbor advertisements sent on taking an IP.",
-	}, []string{"interface", "protocol"})
-)
-
-func init() {
-	prometheus.MustRegister(requestsTotal, repliesTotal, gratuitousTotal)
-}
 
 // GratuitousSchedule is when, after taking an IP, gratuitous ARPs / unsolicited NAs go out: at
 // once for the clients and switches that hear it, and a few more in case the first were lost.
@@ -69,23 +49,24 @@ func (s *ipSet) set(ips map[netip.Addr]bool) { s.p.Store(&ips) }
 // arpResponder answers ARP requests with the interface's MAC, through mdlayher/arp's raw socket.
 type arpResponder struct {
 	ipSet
-	closed atomic.Bool
-	ifi    *net.Interface
-	client *arp.Client
-	log    *slog.Logger
+	closed  atomic.Bool
+	ifi     *net.Interface
+	client  *arp.Client
+	log     *slog.Logger
+	metrics *Metrics
 }
 
-func newARPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger) (*arpResponder, error) {
+func newARPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger, metrics *Metrics) (*arpResponder, error) {
 	c, err := arp.Dial(ifi)
 	if err != nil {
 		return nil, fmt.Errorf("arp on %s: %w", ifi.Name, err)
 	}
-	r := &arpResponder{ipSet: ipSet{mayAnswer: mayAnswer}, ifi: ifi, client: c, log: log}
+	r := &arpResponder{ipSet: ipSet{mayAnswer: mayAnswer}, ifi: ifi, client: c, log: log, metrics: metrics}
 	go r.serve()
 	return r, nil
 }
 
-func (r *arpResponder) setIPs(ips map[netip.Addr]bool) { r.ipSet.set(ips) }
+func (r *arpResponder) setIPs(ips map[netip.Addr]bool) { r.set(ips) }
 
 func (r *arpResponder) serve() {
 	for {
@@ -100,12 +81,12 @@ func (r *arpResponder) serve() {
 		if p.Operation != arp.OperationRequest || !r.has(p.TargetIP) {
 			continue
 		}
-		requestsTotal.WithLabelValues(r.ifi.Name, "arp").Inc()
+		r.metrics.requests.WithLabelValues(r.ifi.Name, "arp").Inc()
 		if err := r.client.Reply(p, r.ifi.HardwareAddr, p.TargetIP); err != nil {
-			r.log.Warn("l2: ARP reply failed", "interface", r.ifi.Name, "ip", p.TargetIP, "err", err)
+			r.log.Warn("ARP reply failed", "interface", r.ifi.Name, "ip", p.TargetIP, "err", err)
 			continue
 		}
-		repliesTotal.WithLabelValues(r.ifi.Name, "arp").Inc()
+		r.metrics.replies.WithLabelValues(r.ifi.Name, "arp").Inc()
 	}
 }
 
@@ -119,7 +100,7 @@ func (r *arpResponder) announce(ip netip.Addr) error {
 	if err := r.client.WriteTo(p, ethernet.Broadcast); err != nil {
 		return err
 	}
-	gratuitousTotal.WithLabelValues(r.ifi.Name, "arp").Inc()
+	r.metrics.gratuitous.WithLabelValues(r.ifi.Name, "arp").Inc()
 	return nil
 }
 
@@ -136,10 +117,11 @@ func (r *arpResponder) close() {
 // joins the group of every IP it answers for (a snooping switch does not flood them).
 type ndpResponder struct {
 	ipSet
-	closed atomic.Bool
-	ifi    *net.Interface
-	conn   *ipv6.PacketConn
-	log    *slog.Logger
+	closed  atomic.Bool
+	ifi     *net.Interface
+	conn    *ipv6.PacketConn
+	log     *slog.Logger
+	metrics *Metrics
 
 	mu     sync.Mutex
 	groups map[netip.Addr]int // solicited-node group -> answered IPs in it
@@ -147,7 +129,7 @@ type ndpResponder struct {
 
 var allNodes = netip.MustParseAddr("ff02::1")
 
-func newNDPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger) (*ndpResponder, error) {
+func newNDPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger, metrics *Metrics) (*ndpResponder, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
@@ -179,13 +161,13 @@ func newNDPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger
 			return nil, fmt.Errorf("ndp on %s: %w", ifi.Name, err)
 		}
 	}
-	r := &ndpResponder{ipSet: ipSet{mayAnswer: mayAnswer}, ifi: ifi, conn: c, log: log, groups: map[netip.Addr]int{}}
+	r := &ndpResponder{ipSet: ipSet{mayAnswer: mayAnswer}, ifi: ifi, conn: c, log: log, metrics: metrics, groups: map[netip.Addr]int{}}
 	go r.serve()
 	return r, nil
 }
 
 func (r *ndpResponder) setIPs(ips map[netip.Addr]bool) {
-	r.ipSet.set(ips)
+	r.set(ips)
 	want := map[netip.Addr]int{}
 	for ip := range ips {
 		if g, err := ndp.SolicitedNodeMulticast(ip); err == nil {
@@ -197,7 +179,7 @@ func (r *ndpResponder) setIPs(ips map[netip.Addr]bool) {
 	for g := range want {
 		if r.groups[g] == 0 {
 			if err := r.conn.JoinGroup(r.ifi, &net.IPAddr{IP: g.AsSlice()}); err != nil {
-				r.log.Warn("l2: cannot join solicited-node group", "interface", r.ifi.Name, "group", g, "err", err)
+				r.log.Warn("cannot join solicited-node group", "interface", r.ifi.Name, "group", g, "err", err)
 			}
 		}
 	}
@@ -231,16 +213,16 @@ func (r *ndpResponder) serve() {
 		if !ok || !r.has(ns.TargetAddress) {
 			continue
 		}
-		requestsTotal.WithLabelValues(r.ifi.Name, "ndp").Inc()
+		r.metrics.requests.WithLabelValues(r.ifi.Name, "ndp").Inc()
 		dst := src
 		if src.IsUnspecified() {
 			dst = allNodes // duplicate address detection: answer to all nodes
 		}
 		if err := r.advertise(ns.TargetAddress, dst, !src.IsUnspecified()); err != nil {
-			r.log.Warn("l2: neighbor advertisement failed", "interface", r.ifi.Name, "ip", ns.TargetAddress, "err", err)
+			r.log.Warn("neighbor advertisement failed", "interface", r.ifi.Name, "ip", ns.TargetAddress, "err", err)
 			continue
 		}
-		repliesTotal.WithLabelValues(r.ifi.Name, "ndp").Inc()
+		r.metrics.replies.WithLabelValues(r.ifi.Name, "ndp").Inc()
 	}
 }
 
@@ -265,7 +247,7 @@ func (r *ndpResponder) announce(ip netip.Addr) error {
 	if err := r.advertise(ip, allNodes, false); err != nil {
 		return err
 	}
-	gratuitousTotal.WithLabelValues(r.ifi.Name, "ndp").Inc()
+	r.metrics.gratuitous.WithLabelValues(r.ifi.Name, "ndp").Inc()
 	return nil
 }
 
@@ -286,7 +268,7 @@ func gratuitousBurst(ctx context.Context, ip netip.Addr, rs []responder, log *sl
 		}
 		for _, r := range rs {
 			if err := r.announce(ip); err != nil {
-				log.Warn("l2: gratuitous announcement failed", "ip", ip, "err", err)
+				log.Warn("gratuitous announcement failed", "ip", ip, "err", err)
 			}
 		}
 	}

@@ -38,6 +38,8 @@ type Config struct {
 	// majority). Zero when the peers are known from the start.
 	JoinGrace time.Duration
 	Logger    *slog.Logger
+	// Metrics receive the counters and gauges; nil: unregistered ones (NewMetrics(nil)).
+	Metrics *Metrics
 	// Now replaces the clock in tests.
 	Now func() time.Time
 }
@@ -92,27 +94,39 @@ type Membership struct {
 	quorumSince time.Time
 }
 
-var (
-	messagesAccepted = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "herald_membership_messages_accepted_total",
-		Help: "Valid heartbeats accepted from peers.",
-	})
-	messagesRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "herald_membership_messages_rejected_total",
-		Help: "Heartbeats dropped, by reason (bad_mac, replay, clock_skew, unknown_peer, malformed).",
-	}, []string{"reason"})
-	peersAlive = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "herald_membership_peers_alive",
-		Help: "Peers this node currently sees alive (itself excluded).",
-	})
-	quorumGauge = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "herald_membership_quorum",
-		Help: "1 when this node sees a majority of the members alive.",
-	})
-)
+// Metrics are membership's Prometheus metrics. The speaker registers them in its registry;
+// NewMetrics(nil) makes them unregistered (tests, tools).
+type Metrics struct {
+	messagesAccepted prometheus.Counter
+	messagesRejected *prometheus.CounterVec
+	peersAlive       prometheus.Gauge
+	quorum           prometheus.Gauge
+}
 
-func init() {
-	prometheus.MustRegister(messagesAccepted, messagesRejected, peersAlive, quorumGauge)
+// NewMetrics makes membership's metrics and registers them with reg unless it is nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		messagesAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_membership_messages_accepted_total",
+			Help: "Valid heartbeats accepted from peers.",
+		}),
+		messagesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_membership_messages_rejected_total",
+			Help: "Heartbeats dropped, by reason (bad_mac, replay, clock_skew, unknown_peer, malformed).",
+		}, []string{"reason"}),
+		peersAlive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_membership_peers_alive",
+			Help: "Peers this node currently sees alive (itself excluded).",
+		}),
+		quorum: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_membership_quorum",
+			Help: "1 when this node sees a majority of the members alive.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.messagesAccepted, m.messagesRejected, m.peersAlive, m.quorum)
+	}
+	return m
 }
 
 // New binds the heartbeat socket.
@@ -132,8 +146,12 @@ func New(cfg Config) (*Membership, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = cfg.Logger.With("component", "membership")
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
 	}
 	sock, err := listenHeartbeat(cfg.Listen)
 	if err != nil {
@@ -253,7 +271,7 @@ func (m *Membership) runHeartbeats(ctx context.Context) error {
 	// Never unlocked: when this goroutine ends, the runtime ends the thread, real-time class and all.
 	runtime.LockOSThread()
 	if err := makeThreadRealtime(); err != nil {
-		m.cfg.Logger.Warn("membership: heartbeats run without real-time priority (needs CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
+		m.cfg.Logger.Warn("heartbeats run without real-time priority (needs CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
 	} else {
 		defer func() { _ = makeThreadNormal() }()
 	}
@@ -329,7 +347,7 @@ func (m *Membership) send() {
 	m.mu.Unlock()
 	b, err := msg.marshal(m.cfg.Key)
 	if err != nil {
-		m.cfg.Logger.Error("membership: cannot encode heartbeat", "err", err)
+		m.cfg.Logger.Error("cannot encode heartbeat", "err", err)
 		return
 	}
 	for _, a := range addrs {
@@ -360,12 +378,12 @@ func (m *Membership) accept(b []byte) bool {
 		if errors.Is(err, errBadMAC) {
 			reason = "bad_mac"
 		}
-		messagesRejected.WithLabelValues(reason).Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues(reason).Inc()
 		return false
 	}
 	now := m.cfg.Now()
 	if d := now.Sub(time.Unix(0, msg.SentNS)); d > m.cfg.MaxClockSkew || d < -m.cfg.MaxClockSkew {
-		messagesRejected.WithLabelValues("clock_skew").Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues("clock_skew").Inc()
 		return false
 	}
 	m.mu.Lock()
@@ -373,26 +391,26 @@ func (m *Membership) accept(b []byte) bool {
 	stalled := m.detectStallLocked(now)
 	p, ok := m.peers[msg.Name]
 	if !ok {
-		messagesRejected.WithLabelValues("unknown_peer").Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues("unknown_peer").Inc()
 		return false
 	}
 	if msg.Epoch < p.epoch || (msg.Epoch == p.epoch && msg.Seq <= p.seq) {
-		messagesRejected.WithLabelValues("replay").Inc()
+		m.cfg.Metrics.messagesRejected.WithLabelValues("replay").Inc()
 		return false
 	}
-	messagesAccepted.Inc()
+	m.cfg.Metrics.messagesAccepted.Inc()
 	changed := stalled || !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, msg.Payload)
 	if gap := now.Sub(p.lastSeen); p.alive && gap > m.cfg.DeadAfter/2 {
 		// A near miss: half the dead time without a word from a live peer (this node's own
 		// scheduling gaps are already forgiven, see detectStallLocked). Worth knowing before
 		// one turns into a false failover.
-		m.cfg.Logger.Info("membership: late heartbeat", "peer", msg.Name, "silentFor", gap)
+		m.cfg.Logger.Info("late heartbeat", "peer", msg.Name, "silentFor", gap)
 	}
 	if !p.alive || msg.Epoch != p.epoch {
 		// A restarted peer (new epoch) starts a new life even if it came back within DeadAfter.
 		p.aliveSince = now
 		if !p.alive {
-			m.cfg.Logger.Info("membership: peer alive", "peer", msg.Name)
+			m.cfg.Logger.Info("peer alive", "peer", msg.Name)
 		}
 	}
 	p.alive, p.lastSeen, p.epoch, p.seq, p.payload = true, now, msg.Epoch, msg.Seq, msg.Payload
@@ -411,7 +429,7 @@ func (m *Membership) expire() {
 		if p.alive && now.Sub(p.lastSeen) > m.cfg.DeadAfter {
 			p.alive = false
 			changed = true
-			m.cfg.Logger.Info("membership: peer dead", "peer", name, "silentFor", now.Sub(p.lastSeen))
+			m.cfg.Logger.Info("peer dead", "peer", name, "silentFor", now.Sub(p.lastSeen))
 		}
 	}
 	if changed {
@@ -455,7 +473,7 @@ func (m *Membership) detectStallLocked(now time.Time) bool {
 	if gap <= m.cfg.DeadAfter {
 		return false
 	}
-	m.cfg.Logger.Warn("membership: this node was stalled; deferring to its peers' claims", "stalledFor", gap)
+	m.cfg.Logger.Warn("this node was stalled; deferring to its peers' claims", "stalledFor", gap)
 	m.stalls++
 	m.payload = nil
 	return true
@@ -472,16 +490,16 @@ func (m *Membership) updateQuorumLocked(now time.Time) {
 	q := members < 3 || alive*2 > members
 	if q && !m.quorum {
 		m.quorumSince = now
-		m.cfg.Logger.Info("membership: quorum regained", "alive", alive, "members", members)
+		m.cfg.Logger.Info("quorum regained", "alive", alive, "members", members)
 	} else if !q && m.quorum {
-		m.cfg.Logger.Warn("membership: quorum lost; announcing nothing until it returns", "alive", alive, "members", members)
+		m.cfg.Logger.Warn("quorum lost; announcing nothing until it returns", "alive", alive, "members", members)
 	}
 	m.quorum = q
-	peersAlive.Set(float64(alive - 1))
+	m.cfg.Metrics.peersAlive.Set(float64(alive - 1))
 	if q {
-		quorumGauge.Set(1)
+		m.cfg.Metrics.quorum.Set(1)
 	} else {
-		quorumGauge.Set(0)
+		m.cfg.Metrics.quorum.Set(0)
 	}
 }
 

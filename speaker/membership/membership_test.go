@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -72,7 +74,7 @@ func TestMessageRoundTripAndTamper(t *testing.T) {
 	if out.Name != in.Name || out.Epoch != 7 || out.Seq != 9 || out.SentNS != 123 || string(out.Payload) != "claims" {
 		t.Fatalf("round trip changed the message: %+v", out)
 	}
-	if _, err := unmarshal(b, DeriveKey([]byte("other"))); err != errBadMAC {
+	if _, err := unmarshal(b, DeriveKey([]byte("other"))); !errors.Is(err, errBadMAC) {
 		t.Fatalf("wrong key: got %v, want errBadMAC", err)
 	}
 	for i := range b {
@@ -137,11 +139,11 @@ func TestReplayAndWrongKeyChangeNothing(t *testing.T) {
 	if !a.accept(first) {
 		t.Fatal("first valid message did not change the view")
 	}
-	replays := testutil.ToFloat64(messagesRejected.WithLabelValues("replay"))
+	replays := testutil.ToFloat64(a.cfg.Metrics.messagesRejected.WithLabelValues("replay"))
 	if a.accept(first) {
 		t.Fatal("replayed message accepted")
 	}
-	if got := testutil.ToFloat64(messagesRejected.WithLabelValues("replay")) - replays; got != 1 {
+	if got := testutil.ToFloat64(a.cfg.Metrics.messagesRejected.WithLabelValues("replay")) - replays; got != 1 {
 		t.Fatalf("replay counter rose by %v, want 1", got)
 	}
 	// An old epoch (before the peer restarted) is a replay too, even with a higher sequence.
@@ -315,7 +317,11 @@ func TestRaisePriority(t *testing.T) {
 	if err := RaisePriority(-5); err != nil {
 		t.Fatal(err)
 	}
-	defer RaisePriority(0)
+	defer func() {
+		if err := RaisePriority(0); err != nil {
+			t.Errorf("restoring the priority: %v", err)
+		}
+	}()
 	for tid, nice := range threadStat(19) {
 		if nice != "-5" {
 			t.Errorf("thread %s has nice %s, want -5", tid, nice)
@@ -339,5 +345,41 @@ func TestRunReportsAFailedSocket(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run goes on with a failed socket")
+	}
+}
+
+// TestMetricsGoToTheGivenRegistry: each member counts into the registry it was given, and only
+// there (two members in one process, as in the tests and the lab tools, keep apart).
+func TestMetricsGoToTheGivenRegistry(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	regA, regB := prometheus.NewRegistry(), prometheus.NewRegistry()
+	a, err := New(Config{Name: "a", Key: key, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Metrics: NewMetrics(regA)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.sock.close)
+	b, err := New(Config{Name: "b", Key: key, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Metrics: NewMetrics(regB)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.sock.close)
+	a.SetPeers(map[string]netip.AddrPort{"b": b.LocalAddr()})
+	if a.accept([]byte("not a heartbeat")) {
+		t.Fatal("garbage accepted")
+	}
+	want := `
+# HELP herald_membership_messages_rejected_total Heartbeats dropped, by reason (bad_mac, replay, clock_skew, unknown_peer, malformed).
+# TYPE herald_membership_messages_rejected_total counter
+herald_membership_messages_rejected_total{reason="malformed"} 1
+# HELP herald_membership_quorum 1 when this node sees a majority of the members alive.
+# TYPE herald_membership_quorum gauge
+herald_membership_quorum 1
+`
+	if err := testutil.GatherAndCompare(regA, strings.NewReader(want),
+		"herald_membership_messages_rejected_total", "herald_membership_quorum"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(regB, "herald_membership_messages_rejected_total"); err != nil || n != 0 {
+		t.Errorf("b's registry holds %d rejection series (%v), want none: a counted into it", n, err)
 	}
 }

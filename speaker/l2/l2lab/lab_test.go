@@ -294,7 +294,7 @@ func TestFailover(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 			if breakage.name != "SIGKILL" && breakage.name != "SIGTERM" {
 				b, _ := os.ReadFile(filepath.Join(l.Dir, old.Name+".log"))
-				if !strings.Contains(string(b), "stopped answering") {
+				if !strings.Contains(string(b), `msg="stopped answering"`) {
 					t.Errorf("%s never stopped answering while cut off", old.Name)
 				}
 			}
@@ -602,8 +602,8 @@ func TestIdleUnderCPULoad(t *testing.T) {
 		}
 		return n
 	}
-	changes := func() int { return count("l2: answering", "l2: stopped answering") }
-	lateBefore := count("membership: late heartbeat")
+	changes := func() int { return count("msg=answering ", `msg="stopped answering"`) }
+	lateBefore := count(`msg="late heartbeat"`)
 	before := changes()
 	start := time.Now()
 	// Each burner runs in a session of its own: with the kernel's autogroup scheduling (on by
@@ -630,11 +630,11 @@ func TestIdleUnderCPULoad(t *testing.T) {
 	}()
 	time.Sleep(soak)
 	// Near misses (a live peer silent for over half the dead time) tell how much margin was left.
-	t.Logf("late heartbeats during the soak: %d", count("membership: late heartbeat")-lateBefore)
+	t.Logf("late heartbeats during the soak: %d", count(`msg="late heartbeat"`)-lateBefore)
 	for _, node := range l.Nodes {
 		b, _ := os.ReadFile(filepath.Join(l.Dir, node.Name+".log"))
 		for _, line := range strings.Split(string(b), "\n") {
-			if strings.Contains(line, "membership: late heartbeat") || strings.Contains(line, "real-time") {
+			if strings.Contains(line, `msg="late heartbeat"`) || strings.Contains(line, "real-time") {
 				t.Log(line)
 			}
 		}
