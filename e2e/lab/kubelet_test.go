@@ -2,15 +2,21 @@ package lab
 
 import (
 	"archive/tar"
+	"context"
 	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/heraldlb/herald/e2e/proc"
+	"github.com/heraldlb/herald/internal/testenv"
 )
 
 // TestLabImages reads the pause and backend images back from their tarball: both hold the lab
@@ -115,5 +121,87 @@ func TestUnescapeMount(t *testing.T) {
 		if got := unescapeMount(in); got != want {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestContainerdInNodeNamespace starts a node's containerd as the lab does (own root, state and
+// socket, inside the node's network namespace), imports the lab's images into it, and checks that
+// the clean-up of real nodes removes the node's cgroups, mounts and directory.
+func TestContainerdInNodeNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "containerd needs root")
+	}
+	testenv.Tools(t, "containerd", "runc", "ctr", "nsenter", "ip")
+	const prefix = "herald-kl-ct-"
+	topo, err := NewTopology(prefix, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	l := &Lab{logf: t.Logf, State: State{Dir: dir, Topology: topo, Processes: map[string]proc.Process{}, Kubelet: true}}
+	node := topo.Host("node1")
+	ctx := context.Background()
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(ctx, "", "ip", "netns", "add", node.Netns); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = run(ctx, "", "ip", "netns", "del", node.Netns) }()
+	cleanup := func() error {
+		if p, ok := l.Processes[ContainerdRole("node1")]; ok {
+			if err := p.Stop(5 * time.Second); err != nil {
+				return err
+			}
+		}
+		return downRealNodes(dir, prefix)
+	}
+	defer func() { _ = cleanup() }()
+
+	if err := l.makeCgroupRoot(l.cgroupRoot("node1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.startContainerd(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "lab-binary")
+	if err := os.WriteFile(bin, []byte("static"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(dir, "images.tar")
+	if err := writeLabImages(bin, images); err != nil {
+		t.Fatal(err)
+	}
+	sock := l.ContainerdSocket("node1")
+	if out, err := run(ctx, "", "ctr", "-a", sock, "-n", "k8s.io", "images", "import", images); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	out, err := run(ctx, "", "ctr", "-a", sock, "-n", "k8s.io", "images", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{PauseImage, BackendImage} {
+		if !strings.Contains(string(out), ref) {
+			t.Errorf("image %s not imported; containerd has:\n%s", ref, out)
+		}
+	}
+	if err := cleanup(); err != nil {
+		t.Fatalf("clean-up: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nodes")); !os.IsNotExist(err) {
+		t.Errorf("the nodes' directory is left: %v", err)
+	}
+	hierarchies, _ := cgroupHierarchies()
+	for _, h := range hierarchies {
+		if _, err := os.Stat(filepath.Join(h, l.cgroupRoot("node1"))); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s left", filepath.Join(h, l.cgroupRoot("node1")))
+		}
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), dir) {
+		t.Errorf("mounts under %s left", dir)
 	}
 }
