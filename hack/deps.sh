@@ -18,3 +18,5 @@ apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 # The package enables a system-wide BIRD; the lab and the tests run their own, inside namespaces.
 systemctl disable --now bird.service >/dev/null 2>&1 || true
+# Likewise containerd: the lab's real nodes run one each, inside their namespaces (lab up --kubelet).
+systemctl disable --now containerd.service >/dev/null 2>&1 || true
