@@ -22,6 +22,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/charts"
@@ -37,6 +38,9 @@ var (
 	theLab  *lab.Lab
 	missing string
 	labErr  error
+	// webIP is the LoadBalancer IP of Service default/web, once TestHelmInstallServesLoadBalancer
+	// reached it; the tests after it work on that Service.
+	webIP netip.Addr
 )
 
 func TestMain(m *testing.M) {
@@ -231,6 +235,7 @@ func TestHelmInstallServesLoadBalancer(t *testing.T) {
 		})
 		t.Logf("%s reached %s: backend %s", host, lbIP, last)
 	}
+	webIP = lbIP
 
 	// From inside the pod network, through Herald's data plane on the pod's node: the ClusterIP,
 	// and a NodePort on another node.
@@ -312,4 +317,65 @@ func podLog(l *lab.Lab, p *corev1.Pod) string {
 		fmt.Fprintf(&b, "--- %s\n%s", f, data)
 	}
 	return b.String()
+}
+
+// web returns the lab and the LoadBalancer IP of default/web, or fails when the install test did
+// not get that far.
+func web(t *testing.T) (*lab.Lab, netip.Addr) {
+	t.Helper()
+	l := theRealLab(t)
+	if !webIP.IsValid() {
+		t.Fatal("no reachable Service default/web: TestHelmInstallServesLoadBalancer failed before reaching it")
+	}
+	return l, webIP
+}
+
+// announcer returns the node answering ARP for ip on the segment, or "" when none or several do.
+func announcer(ctx context.Context, l *lab.Lab, ip netip.Addr) string {
+	macs, err := l.ResolveMACs(ctx, lab.HostClient, ip, 2)
+	if err != nil || len(macs) != 1 {
+		return ""
+	}
+	if h := l.HostByMAC(macs[0]); h != nil {
+		return h.Name
+	}
+	return ""
+}
+
+// TestCordonAndExcludeLabelStopAnnouncing: `kubectl cordon` and the
+// node.kubernetes.io/exclude-from-external-load-balancers label each move the IP off the node,
+// and it stays reachable; undone, the node may announce again.
+func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
+	l, ip := web(t)
+	cs, _ := labsuite.Clients(t, l)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		what      string
+		out, undo string // JSON merge patches of the Node
+	}{
+		{"cordon", `{"spec":{"unschedulable":true}}`, `{"spec":{"unschedulable":null}}`},
+		{"exclude label", `{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":""}}}`,
+			`{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":null}}}`},
+	} {
+		var owner string
+		labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
+			owner = announcer(ctx, l, ip)
+			return owner != "", "no single answer"
+		})
+		patch := func(p string) {
+			if _, err := cs.CoreV1().Nodes().Patch(ctx, owner, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		patch(tc.out)
+		took := labsuite.WaitFor(t, 30*time.Second, tc.what+" of "+owner+" moving "+ip.String(), func() (bool, string) {
+			now := announcer(ctx, l, ip)
+			return now != "" && now != owner, "answered by " + now
+		})
+		if _, err := l.Get(ctx, lab.HostClient, netip.AddrPortFrom(ip, 80), 2*time.Second); err != nil {
+			t.Errorf("after %s of %s: %v", tc.what, owner, err)
+		}
+		t.Logf("%s of %s: IP moved in %s", tc.what, owner, took.Round(time.Millisecond))
+		patch(tc.undo)
+	}
 }
