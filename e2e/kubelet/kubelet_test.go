@@ -82,6 +82,10 @@ func run(m *testing.M) int {
 		code = 1
 	}
 	fmt.Printf("kubelet suite: lab down in %s\n", time.Since(began).Round(time.Millisecond))
+	if left := leftovers(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "kubelet suite: lab down left %s\n", strings.Join(left, ", "))
+		code = 1
+	}
 	return code
 }
 
@@ -330,16 +334,28 @@ func web(t *testing.T) (*lab.Lab, netip.Addr) {
 	return l, webIP
 }
 
-// announcer returns the node answering ARP for ip on the segment, or "" when none or several do.
-func announcer(ctx context.Context, l *lab.Lab, ip netip.Addr) string {
-	macs, err := l.ResolveMACs(ctx, lab.HostClient, ip, 2)
-	if err != nil || len(macs) != 1 {
-		return ""
+// announcer returns the node whose MAC the segment's client resolves ip to (its kernel's ARP,
+// as any client's), after forgetting what it had and reaching the Service; or "" and why not.
+func announcer(ctx context.Context, l *lab.Lab, ip netip.Addr) (string, string) {
+	if _, err := l.Exec(ctx, lab.HostClient, "ip", "neigh", "flush", "to", ip.String()); err != nil {
+		return "", err.Error()
 	}
-	if h := l.HostByMAC(macs[0]); h != nil {
-		return h.Name
+	if _, err := l.Get(ctx, lab.HostClient, netip.AddrPortFrom(ip, 80), 2*time.Second); err != nil {
+		return "", err.Error()
 	}
-	return ""
+	out, err := l.Exec(ctx, lab.HostClient, "ip", "neigh", "show", "to", ip.String())
+	if err != nil {
+		return "", err.Error()
+	}
+	f := strings.Fields(string(out))
+	for i := range f {
+		if f[i] == "lladdr" && i+1 < len(f) {
+			if h := l.HostByMAC(f[i+1]); h != nil {
+				return h.Name, "resolved to " + h.Name
+			}
+		}
+	}
+	return "", "neighbour entry: " + strings.TrimSpace(string(out))
 }
 
 // TestCordonAndExcludeLabelStopAnnouncing: `kubectl cordon` and the
@@ -359,8 +375,9 @@ func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
 	} {
 		var owner string
 		labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
-			owner = announcer(ctx, l, ip)
-			return owner != "", "no single answer"
+			var desc string
+			owner, desc = announcer(ctx, l, ip)
+			return owner != "", desc
 		})
 		patch := func(p string) {
 			if _, err := cs.CoreV1().Nodes().Patch(ctx, owner, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
@@ -369,8 +386,8 @@ func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
 		}
 		patch(tc.out)
 		took := labsuite.WaitFor(t, 30*time.Second, tc.what+" of "+owner+" moving "+ip.String(), func() (bool, string) {
-			now := announcer(ctx, l, ip)
-			return now != "" && now != owner, "answered by " + now
+			now, desc := announcer(ctx, l, ip)
+			return now != "" && now != owner, desc
 		})
 		if _, err := l.Get(ctx, lab.HostClient, netip.AddrPortFrom(ip, 80), 2*time.Second); err != nil {
 			t.Errorf("after %s of %s: %v", tc.what, owner, err)
@@ -378,4 +395,22 @@ func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
 		t.Logf("%s of %s: IP moved in %s", tc.what, owner, took.Round(time.Millisecond))
 		patch(tc.undo)
 	}
+}
+
+// leftovers lists what of the real nodes is still on the machine: namespaces, cgroups and mounts
+// named with the suite's prefix.
+func leftovers() []string {
+	var left []string
+	for _, pat := range []string{"/run/netns/" + prefix + "*", "/sys/fs/cgroup/*/" + prefix + "*"} {
+		m, _ := filepath.Glob(pat)
+		left = append(left, m...)
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, prefix) {
+				left = append(left, "mount "+line)
+			}
+		}
+	}
+	return left
 }

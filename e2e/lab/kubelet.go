@@ -124,7 +124,7 @@ func (l *Lab) startRealNodes(ctx context.Context, c kubernetes.Interface, images
 // its cgroupRoot to exist in each); cpuset's needs the parent's cpus and mems before any task
 // can join it.
 func (l *Lab) makeCgroupRoot(name string) error {
-	hierarchies, err := cgroupHierarchies()
+	hierarchies, err := cgroupHierarchies(false)
 	if err != nil {
 		return err
 	}
@@ -151,9 +151,9 @@ func (l *Lab) makeCgroupRoot(name string) error {
 	return nil
 }
 
-// cgroupHierarchies lists the cgroup v1 hierarchies mounted under /sys/fs/cgroup (not the v2
-// "unified" one).
-func cgroupHierarchies() ([]string, error) {
+// cgroupHierarchies lists the cgroup v1 hierarchies mounted under /sys/fs/cgroup and, withV2, the
+// v2 one of a hybrid machine ("unified", where the kubelet's cgroup driver makes its cgroups too).
+func cgroupHierarchies(withV2 bool) ([]string, error) {
 	entries, err := os.ReadDir(cgroupFS)
 	if err != nil {
 		return nil, err
@@ -161,14 +161,17 @@ func cgroupHierarchies() ([]string, error) {
 	var out []string
 	for _, e := range entries {
 		dir := filepath.Join(cgroupFS, e.Name())
-		if !e.IsDir() || e.Name() == "unified" {
+		if !e.IsDir() {
 			continue
 		}
 		var st syscall.Statfs_t
-		if err := syscall.Statfs(dir, &st); err != nil || st.Type != 0x27e0eb { // CGROUP_SUPER_MAGIC (v1)
+		if err := syscall.Statfs(dir, &st); err != nil {
 			continue
 		}
-		out = append(out, dir)
+		// CGROUP_SUPER_MAGIC (v1), CGROUP2_SUPER_MAGIC (v2)
+		if st.Type == 0x27e0eb || (withV2 && st.Type == 0x63677270) {
+			out = append(out, dir)
+		}
 	}
 	return out, nil
 }
@@ -400,7 +403,7 @@ func nodeReady(n *corev1.Node) bool {
 // /var/log/containers. Kubelets and containerds are stopped before (they are lab processes).
 func downRealNodes(dir, prefix string) error {
 	var errs []error
-	hierarchies, err := cgroupHierarchies()
+	hierarchies, err := cgroupHierarchies(true)
 	if err != nil {
 		return err
 	}

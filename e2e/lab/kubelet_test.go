@@ -195,7 +195,7 @@ func TestContainerdInNodeNamespace(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "nodes")); !os.IsNotExist(err) {
 		t.Errorf("the nodes' directory is left: %v", err)
 	}
-	hierarchies, _ := cgroupHierarchies()
+	hierarchies, _ := cgroupHierarchies(true)
 	for _, h := range hierarchies {
 		if _, err := os.Stat(filepath.Join(h, l.cgroupRoot("node1"))); !os.IsNotExist(err) {
 			t.Errorf("cgroup %s left", filepath.Join(h, l.cgroupRoot("node1")))
