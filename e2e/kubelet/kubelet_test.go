@@ -22,7 +22,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/charts"
@@ -38,9 +37,6 @@ var (
 	theLab  *lab.Lab
 	missing string
 	labErr  error
-	// webIP is the LoadBalancer IP of Service default/web, once TestHelmInstallServesLoadBalancer
-	// reached it; the tests after it work on that Service.
-	webIP netip.Addr
 )
 
 func TestMain(m *testing.M) {
@@ -239,7 +235,6 @@ func TestHelmInstallServesLoadBalancer(t *testing.T) {
 		})
 		t.Logf("%s reached %s: backend %s", host, lbIP, last)
 	}
-	webIP = lbIP
 
 	// From inside the pod network, through Herald's data plane on the pod's node: the ClusterIP,
 	// and a NodePort on another node.
@@ -321,80 +316,6 @@ func podLog(l *lab.Lab, p *corev1.Pod) string {
 		fmt.Fprintf(&b, "--- %s\n%s", f, data)
 	}
 	return b.String()
-}
-
-// web returns the lab and the LoadBalancer IP of default/web, or fails when the install test did
-// not get that far.
-func web(t *testing.T) (*lab.Lab, netip.Addr) {
-	t.Helper()
-	l := theRealLab(t)
-	if !webIP.IsValid() {
-		t.Fatal("no reachable Service default/web: TestHelmInstallServesLoadBalancer failed before reaching it")
-	}
-	return l, webIP
-}
-
-// announcer returns the node whose MAC the segment's client resolves ip to (its kernel's ARP,
-// as any client's), after forgetting what it had and reaching the Service; or "" and why not.
-func announcer(ctx context.Context, l *lab.Lab, ip netip.Addr) (string, string) {
-	if _, err := l.Exec(ctx, lab.HostClient, "ip", "neigh", "flush", "to", ip.String()); err != nil {
-		return "", err.Error()
-	}
-	if _, err := l.Get(ctx, lab.HostClient, netip.AddrPortFrom(ip, 80), 2*time.Second); err != nil {
-		return "", err.Error()
-	}
-	out, err := l.Exec(ctx, lab.HostClient, "ip", "neigh", "show", "to", ip.String())
-	if err != nil {
-		return "", err.Error()
-	}
-	f := strings.Fields(string(out))
-	for i := range f {
-		if f[i] == "lladdr" && i+1 < len(f) {
-			if h := l.HostByMAC(f[i+1]); h != nil {
-				return h.Name, "resolved to " + h.Name
-			}
-		}
-	}
-	return "", "neighbour entry: " + strings.TrimSpace(string(out))
-}
-
-// TestCordonAndExcludeLabelStopAnnouncing: `kubectl cordon` and the
-// node.kubernetes.io/exclude-from-external-load-balancers label each move the IP off the node,
-// and it stays reachable; undone, the node may announce again.
-func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
-	l, ip := web(t)
-	cs, _ := labsuite.Clients(t, l)
-	ctx := context.Background()
-	for _, tc := range []struct {
-		what      string
-		out, undo string // JSON merge patches of the Node
-	}{
-		{"cordon", `{"spec":{"unschedulable":true}}`, `{"spec":{"unschedulable":null}}`},
-		{"exclude label", `{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":""}}}`,
-			`{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":null}}}`},
-	} {
-		var owner string
-		labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
-			var desc string
-			owner, desc = announcer(ctx, l, ip)
-			return owner != "", desc
-		})
-		patch := func(p string) {
-			if _, err := cs.CoreV1().Nodes().Patch(ctx, owner, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		patch(tc.out)
-		took := labsuite.WaitFor(t, 30*time.Second, tc.what+" of "+owner+" moving "+ip.String(), func() (bool, string) {
-			now, desc := announcer(ctx, l, ip)
-			return now != "" && now != owner, desc
-		})
-		if _, err := l.Get(ctx, lab.HostClient, netip.AddrPortFrom(ip, 80), 2*time.Second); err != nil {
-			t.Errorf("after %s of %s: %v", tc.what, owner, err)
-		}
-		t.Logf("%s of %s: IP moved in %s", tc.what, owner, took.Round(time.Millisecond))
-		patch(tc.undo)
-	}
 }
 
 // leftovers lists what of the real nodes is still on the machine: namespaces, cgroups and mounts
