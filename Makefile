@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BINARIES := controller speaker heraldctl lab
 GO_BUILD := CGO_ENABLED=0 go build -trimpath
 
-.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins helm generate lint test demo bench test-ipvs images clean
+.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins k8s-node-bins helm generate lint test demo bench test-ipvs images clean
 all: build
 
 build: $(BINARIES:%=bin/%)
@@ -18,6 +18,10 @@ deps:
 k8s-bins:
 	@hack/k8s-bins.sh >/dev/null
 
+# kubelet and kube-scheduler for the lab's real nodes (lab up --kubelet, e2e/kubelet).
+k8s-node-bins: k8s-bins
+	@hack/k8s-node-bins.sh >/dev/null
+
 helm:
 	@hack/helm.sh >/dev/null
 
@@ -29,7 +33,8 @@ lint:
 	go vet ./...
 	@golangci=$$(hack/golangci-lint.sh) && $$golangci run ./...
 
-test: deps k8s-bins helm build
+# images: e2e/kubelet installs Herald with helm from its image on real nodes.
+test: deps k8s-bins k8s-node-bins helm build images
 	hack/test.sh
 
 demo: deps k8s-bins helm build

@@ -287,6 +287,33 @@ func TestTemplateValueSets(t *testing.T) {
 			t.Errorf("dashboard ConfigMap does not hold the dashboard")
 		}
 	})
+	t.Run("apiServer.host: Herald's pods reach the API directly (no kube-proxy)", func(t *testing.T) {
+		apiEnv := func(c corev1.Container) string {
+			var host, port string
+			for _, e := range c.Env {
+				switch e.Name {
+				case "KUBERNETES_SERVICE_HOST":
+					host = e.Value
+				case "KUBERNETES_SERVICE_PORT":
+					port = e.Value
+				}
+			}
+			return host + ":" + port
+		}
+		objs := render(t)
+		if got := apiEnv(daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Containers[0]); got != ":" {
+			t.Errorf("default speaker env sets the API server: %s", got)
+		}
+		objs = render(t, "apiServer.host=192.0.2.1", "apiServer.port=8443")
+		for what, c := range map[string]corev1.Container{
+			"speaker":    daemonSet(t, objs, "herald-speaker").Spec.Template.Spec.Containers[0],
+			"controller": deployment(t, objs, "herald-controller").Spec.Template.Spec.Containers[0],
+		} {
+			if got := apiEnv(c); got != "192.0.2.1:8443" {
+				t.Errorf("%s: API server %q, want 192.0.2.1:8443", what, got)
+			}
+		}
+	})
 	t.Run("own secret, own priority class, no cleanup, one controller", func(t *testing.T) {
 		objs := render(t, "speaker.existingSecret=my-key", "priorityClass.create=false", "speaker.priorityClassName=system-node-critical",
 			"cleanupOnUninstall=false", "controller.replicas=1", "loadBalancerClass=example.com/lb", "takeClasslessServices=false")

@@ -78,6 +78,11 @@ func Helm() (string, error) {
 // RunHelm runs helm with args, with private configuration and cache directories (no user
 // repositories or plugins), and returns its standard output.
 func RunHelm(args ...string) (string, error) {
+	return runHelmWrapped(nil, args...)
+}
+
+// runHelmWrapped is RunHelm with wrap (when set) turning helm's command line into the one run.
+func runHelmWrapped(wrap func(argv []string) []string, args ...string) (string, error) {
 	helm, err := Helm()
 	if err != nil {
 		return "", err
@@ -87,7 +92,11 @@ func RunHelm(args ...string) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(home)
-	cmd := exec.Command(helm, args...)
+	argv := append([]string{helm}, args...)
+	if wrap != nil {
+		argv = wrap(argv)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -118,6 +127,27 @@ func Render(sets ...string) ([]*unstructured.Unstructured, error) {
 		return nil, err
 	}
 	return Decode(out)
+}
+
+// Install runs `helm install` of the built-in chart as release "herald" into namespace
+// herald-system (created if missing) of the cluster kubeconfig names, with the given --set values,
+// and returns helm's output. wrap, when set, turns helm's command line into the one run (e.g.
+// inside the network namespace the API server is reachable from).
+func Install(wrap func(argv []string) []string, kubeconfig string, sets ...string) (string, error) {
+	tmp, err := os.MkdirTemp("", "herald-chart-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	dir, err := extract(tmp)
+	if err != nil {
+		return "", fmt.Errorf("writing the built-in chart: %w", err)
+	}
+	args := []string{"install", "herald", dir, "--namespace", "herald-system", "--create-namespace", "--kubeconfig", kubeconfig}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	return runHelmWrapped(wrap, args...)
 }
 
 // Decode splits a multi-document manifest into objects.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the lab, the tests and the demo use, once. Quick when all are there.
 set -euo pipefail
-pkgs=(bird2 arping ndisc6 nftables iproute2 conntrack tcpdump curl qemu-system-x86 busybox-static kmod cpio ipvsadm socat prometheus)
+pkgs=(bird2 arping ndisc6 nftables iproute2 conntrack tcpdump curl qemu-system-x86 busybox-static kmod cpio ipvsadm socat prometheus
+  containerd runc containernetworking-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,6 +17,6 @@ fi
 echo "deps: installing ${missing[*]}" >&2
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-# The packages enable a system-wide BIRD and Prometheus (listening on :9090 of the machine); the
-# lab and the tests run their own, inside namespaces.
-systemctl disable --now bird.service prometheus.service >/dev/null 2>&1 || true
+# The packages enable a system-wide BIRD, Prometheus (listening on :9090 of the machine) and
+# containerd; the lab and the tests run their own, inside namespaces.
+systemctl disable --now bird.service prometheus.service containerd.service >/dev/null 2>&1 || true

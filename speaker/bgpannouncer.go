@@ -12,7 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/bgpconfig"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/speaker/bgp"
@@ -190,7 +189,7 @@ func (c *bgpEntries) input(snap *Snapshot, secretNamespace string, passwords map
 			in.Node.Addresses = append(in.Node.Addresses, ip)
 		}
 	}
-	if _, excluded := node.Labels[config.LabelExcludeFromLB]; excluded {
+	if excludedFromAnnouncing(node) {
 		return in
 	}
 	in.Services = c.convert(snap)

@@ -26,6 +26,7 @@ func TestBGPInputToRoutes(t *testing.T) {
 		Nodes: map[string]*corev1.Node{
 			"a": node("a", map[string]string{"zone": "1"}, "10.0.0.1"),
 			"c": node("c", map[string]string{config.LabelExcludeFromLB: ""}, "10.0.0.3"),
+			"d": cordoned(node("d", nil, "10.0.0.4")),
 		},
 		Pools: pools,
 		IPs:   serviceIPs(services, pools, config.DefaultLoadBalancerClass),
@@ -54,6 +55,12 @@ func TestBGPInputToRoutes(t *testing.T) {
 	res = bgpconfig.Translate(new(bgpEntries).input(snap, "herald-system", nil))
 	if len(res.Desired.Peers) != 1 || len(res.Desired.Routes) != 0 {
 		t.Errorf("excluded node: peers %v, routes %v", res.Desired.Peers, res.Desired.Routes)
+	}
+	// So does a cordoned one.
+	snap.NodeName = "d"
+	res = bgpconfig.Translate(new(bgpEntries).input(snap, "herald-system", nil))
+	if len(res.Desired.Peers) != 1 || len(res.Desired.Routes) != 0 {
+		t.Errorf("cordoned node: peers %v, routes %v", res.Desired.Peers, res.Desired.Routes)
 	}
 }
 

@@ -101,14 +101,13 @@ func (s *Snapshot) Selects(sel v1beta1.AdvertisementSelection, ip ServiceIP) boo
 }
 
 // Candidates lists, sorted, the nodes an advertisement lets announce ip: selected by its node
-// selectors (none: every node), not labelled node.kubernetes.io/exclude-from-external-load-balancers,
-// and, when a Service on the IP has externalTrafficPolicy Local, holding a ready endpoint of every
+// selectors (none: every node), not excluded (excludedFromAnnouncing), and, when a Service on the IP has externalTrafficPolicy Local, holding a ready endpoint of every
 // such Service (Services sharing an IP with Local policy must have the same selector, so in
 // practice the same endpoints).
 func (s *Snapshot) Candidates(sel v1beta1.AdvertisementSelection, ip ServiceIP) []string {
 	var out []string
 	for name, node := range s.Nodes {
-		if _, excluded := node.Labels[config.LabelExcludeFromLB]; excluded {
+		if excludedFromAnnouncing(node) {
 			continue
 		}
 		if len(sel.NodeSelectors) > 0 && !anySelectorMatches(sel.NodeSelectors, node.Labels) {
@@ -144,3 +143,12 @@ func anySelectorMatches(selectors []metav1.LabelSelector, l map[string]string) b
 
 // String is for logs.
 func (s ServiceIP) String() string { return fmt.Sprintf("%s%v", s.IP, s.ServiceNames()) }
+
+// excludedFromAnnouncing: a node labelled node.kubernetes.io/exclude-from-external-load-balancers,
+// or cordoned (spec.unschedulable: `kubectl cordon`, `kubectl drain`), announces nothing. Its
+// speaker still runs the data plane. Cordoning is how operators take a node out of service
+// before maintenance; its L2 addresses move and its BGP routes are withdrawn before it goes down.
+func excludedFromAnnouncing(node *corev1.Node) bool {
+	_, labelled := node.Labels[config.LabelExcludeFromLB]
+	return labelled || node.Spec.Unschedulable
+}

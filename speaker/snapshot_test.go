@@ -23,6 +23,11 @@ func node(name string, labels map[string]string, ip string) *corev1.Node {
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}}}
 }
 
+func cordoned(n *corev1.Node) *corev1.Node {
+	n.Spec.Unschedulable = true
+	return n
+}
+
 func lbService(ns, name string, etp corev1.ServiceExternalTrafficPolicy, class *string, ips ...string) *corev1.Service {
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: etp, LoadBalancerClass: class}}
@@ -53,6 +58,7 @@ func TestL2Policies(t *testing.T) {
 			"a": node("a", map[string]string{"zone": "1"}, "10.0.0.1"),
 			"b": node("b", map[string]string{"zone": "1"}, "10.0.0.2"),
 			"c": node("c", map[string]string{"zone": "2", config.LabelExcludeFromLB: ""}, "10.0.0.3"),
+			"d": cordoned(node("d", map[string]string{"zone": "1"}, "10.0.0.4")),
 		},
 		Pools:     pools,
 		IPs:       serviceIPs(services, pools, config.DefaultLoadBalancerClass),
@@ -75,7 +81,7 @@ func TestL2Policies(t *testing.T) {
 		t.Fatalf("policies for %v: the dmz pool is not advertised", pols)
 	}
 	if got := pols[netip.MustParseAddr("10.0.0.100")]; !slices.Equal(got.Candidates, []string{"a", "b"}) || got.Interfaces != nil {
-		t.Errorf("web: %+v, want candidates a, b (c is excluded) on the subnet's interface", got)
+		t.Errorf("web: %+v, want candidates a, b (c is excluded, d cordoned) on the subnet's interface", got)
 	}
 	if got := pols[netip.MustParseAddr("10.0.0.101")]; !slices.Equal(got.Candidates, []string{"b"}) {
 		t.Errorf("local: candidates %v, want only b (ready endpoint, not excluded)", got.Candidates)

@@ -2,6 +2,8 @@
 // machine (see package e2e/lab). It is a development and test tool, not part of the product.
 //
 //	lab up [--nodes N] [--pods-per-node N]   build the lab (removing an earlier one first)
+//	lab up --kubelet                          ... with real nodes (kubelet, containerd, CNI) and
+//	                                          Herald installed by helm from its image
 //	lab down                                  remove everything the lab made
 //	lab status                                hosts, processes, BGP sessions
 //	lab demo                                  up + a LoadBalancer Service walk-through
@@ -80,6 +82,11 @@ func usage() {
   up [--nodes 3] [--pods-per-node 1] [--bin-dir DIR] [--crds DIR] [--set KEY=VALUE]...
                          build the lab (an earlier one is removed first); Herald runs as the
                          Helm chart renders it with these values (e.g. --set dataplane.mode=nftables)
+  up --kubelet [--images DIR] [--no-herald] [--set KEY=VALUE]...
+                         real nodes: kubelet, containerd, runc and CNI in every node namespace,
+                         kube-scheduler and the default controllers; the image tarballs in DIR
+                         (default bin/images, make images) are imported into each node, and
+                         Herald is installed with helm install (unless --no-herald)
   down                   remove every namespace, link, process and file the lab made
   status                 hosts, addresses, processes, BGP sessions
   demo                   up, then a LoadBalancer Service walk-through (CI=true: no pauses)
@@ -112,11 +119,26 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 		values = append(values, v)
 		return nil
 	})
+	kubelet := fs.Bool("kubelet", false, "real nodes: kubelet, containerd and CNI on every node; Herald installed by helm")
+	imageDir := fs.String("images", filepath.Join(binDir, "images"), "with --kubelet: image tarballs (*.tar) to import into every node (make images)")
+	noHerald := fs.Bool("no-herald", false, "with --kubelet: do not helm install Herald")
 	_ = fs.Parse(args)
-	l, err := lab.Up(ctx, lab.Config{
+	cfg := lab.Config{
 		Dir: dir, Prefix: prefix, Nodes: *nodes, PodsPerNode: *pods, BinDir: *bins, CRDDir: *crds, ChartValues: values,
-		Logf: func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
-	})
+		Kubelet: *kubelet,
+		Logf:    func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
+	}
+	if *kubelet {
+		tars, err := filepath.Glob(filepath.Join(*imageDir, "*.tar"))
+		if err != nil {
+			return nil, err
+		}
+		if len(tars) == 0 && !*noHerald {
+			return nil, fmt.Errorf("no image tarball in %s: run make images (Herald's image), or pass --no-herald", *imageDir)
+		}
+		cfg.Images = tars
+	}
+	l, err := lab.Up(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w\n(the partial lab is left for inspection in %s; `lab down` removes it)", err, dir)
 	}
@@ -125,6 +147,16 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 			return nil, fmt.Errorf("%w\n(the lab is up without it; `lab down` removes it)", err)
 		}
 		fmt.Printf("  prometheus: %s inside %s\n", lab.PrometheusAddress, l.Topology.Host(lab.HostControlPlane).Netns)
+	}
+	if *kubelet {
+		if !*noHerald {
+			out, err := l.InstallHerald(values...)
+			fmt.Print(out)
+			if err != nil {
+				return l, err
+			}
+		}
+		return l, nil
 	}
 	if _, ok := l.Processes[lab.RoleController]; !ok {
 		fmt.Printf("  note: no %s: the Herald controller is not running\n", filepath.Join(*bins, "controller"))

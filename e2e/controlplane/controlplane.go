@@ -36,7 +36,7 @@ const (
 
 // Binaries says where the cached kube-apiserver, kube-controller-manager, kubectl and etcd are.
 type Binaries struct {
-	KubeDir string // kube-apiserver, kube-controller-manager, kubectl
+	KubeDir string // kube-apiserver, kube-controller-manager, kubectl; kubelet and kube-scheduler (hack/k8s-node-bins.sh)
 	Etcd    string
 }
 
@@ -84,6 +84,13 @@ type Config struct {
 	Wrap func(argv []string) []string
 	// Dial opens connections to the apiserver (e.g. from inside the namespace it runs in).
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// RealNodes: the cluster's Nodes have kubelets (the lab's --kubelet mode). The control plane
+	// then runs kube-scheduler and kube-controller-manager's default controllers (node lifecycle,
+	// EndpointSlice, DaemonSet, Deployment, ...), and the apiserver reaches kubelets by address.
+	RealNodes bool
+	// NodeMonitorGracePeriod (RealNodes): how long a Node may go without its kubelet's heartbeat
+	// before the node lifecycle controller marks it NotReady; zero: Kubernetes' default.
+	NodeMonitorGracePeriod time.Duration
 }
 
 // ControlPlane is a running control plane. Its fields are what the lab persists.
@@ -148,46 +155,79 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	); err != nil {
 		return nil, err
 	}
-	if err := cp.start(cfg, "kube-apiserver", filepath.Join(cfg.Binaries.KubeDir, "kube-apiserver"),
-		"--etcd-servers="+etcdURL,
-		"--bind-address="+cfg.BindAddress,
-		"--advertise-address="+cfg.Address,
-		"--secure-port="+strconv.Itoa(cfg.Port),
-		"--tls-cert-file="+files.cert,
-		"--tls-private-key-file="+files.key,
-		"--token-auth-file="+files.tokens,
+	apiserverArgs := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + cfg.BindAddress,
+		"--advertise-address=" + cfg.Address,
+		"--secure-port=" + strconv.Itoa(cfg.Port),
+		"--tls-cert-file=" + files.cert,
+		"--tls-private-key-file=" + files.key,
+		"--token-auth-file=" + files.tokens,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+files.saKey,
-		"--service-account-signing-key-file="+files.saKey,
-		"--service-cluster-ip-range="+cfg.ServiceCIDRs,
-		"--service-node-port-range="+cfg.NodePortRange,
-		// No kubelet ever clears the not-ready taint this plugin puts on new Nodes.
-		"--disable-admission-plugins=TaintNodesByCondition",
+		"--service-account-key-file=" + files.saKey,
+		"--service-account-signing-key-file=" + files.saKey,
+		"--service-cluster-ip-range=" + cfg.ServiceCIDRs,
+		"--service-node-port-range=" + cfg.NodePortRange,
 		// Benchmarks create 10,000 Services quickly; the defaults (400/200) throttle them.
 		"--max-requests-inflight=2000",
 		"--max-mutating-requests-inflight=1000",
 		"--profiling=false",
-	); err != nil {
+	}
+	if cfg.RealNodes {
+		apiserverArgs = append(apiserverArgs,
+			// Node names do not resolve in the lab: logs, exec and port-forward go to the address.
+			"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+			// The chart's IPVS sysctl step and Kubernetes' e2e suite run privileged containers.
+			"--allow-privileged=true")
+	} else {
+		// No kubelet ever clears the not-ready taint this plugin puts on new Nodes.
+		apiserverArgs = append(apiserverArgs, "--disable-admission-plugins=TaintNodesByCondition")
+	}
+	if err := cp.start(cfg, "kube-apiserver", filepath.Join(cfg.Binaries.KubeDir, "kube-apiserver"), apiserverArgs...); err != nil {
 		return nil, err
 	}
 	if err := cp.waitReady(ctx, cfg.Dial); err != nil {
 		return nil, err
 	}
-	// The controllers a cluster needs even without kubelets: default ServiceAccounts, namespace
-	// deletion, owner-reference garbage collection, aggregated ClusterRoles. Not the node lifecycle
-	// controller (the lab's Nodes have no kubelet to heartbeat; the lab sets their conditions), not
-	// the service/cloud controllers (Herald is the load balancer), not the EndpointSlice controller
-	// (the lab writes the EndpointSlices of its backends, which are not Pods).
-	if err := cp.start(cfg, "kube-controller-manager", filepath.Join(cfg.Binaries.KubeDir, "kube-controller-manager"),
-		"--kubeconfig="+cp.Kubeconfig,
-		"--controllers=serviceaccount,namespace,garbagecollector,clusterrole-aggregation",
-		"--service-account-private-key-file="+files.saKey,
+	kcmArgs := []string{
+		"--kubeconfig=" + cp.Kubeconfig,
+		"--service-account-private-key-file=" + files.saKey,
 		"--use-service-account-credentials=false",
 		"--leader-elect=false",
 		"--secure-port=0",
-	); err != nil {
+	}
+	if cfg.RealNodes {
+		// Every default controller: node lifecycle (NotReady, taints), EndpointSlices from Pods,
+		// DaemonSets, Deployments... Pods get the cluster CA in kube-root-ca.crt (the serving
+		// certificate is its own CA). No node IPAM: the lab gives each Node its pod CIDRs.
+		kcmArgs = append(kcmArgs, "--controllers=*", "--root-ca-file="+files.cert)
+		if cfg.NodeMonitorGracePeriod > 0 {
+			kcmArgs = append(kcmArgs, "--node-monitor-grace-period="+cfg.NodeMonitorGracePeriod.String(),
+				"--node-monitor-period=1s")
+		}
+	} else {
+		// The controllers a cluster needs even without kubelets: default ServiceAccounts, namespace
+		// deletion, owner-reference garbage collection, aggregated ClusterRoles. Not the node
+		// lifecycle controller (the lab's Nodes have no kubelet to heartbeat; the lab sets their
+		// conditions), not the service/cloud controllers (Herald is the load balancer), not the
+		// EndpointSlice controller (the lab writes the EndpointSlices of its backends, which are
+		// not Pods).
+		kcmArgs = append(kcmArgs, "--controllers=serviceaccount,namespace,garbagecollector,clusterrole-aggregation")
+	}
+	if err := cp.start(cfg, "kube-controller-manager", filepath.Join(cfg.Binaries.KubeDir, "kube-controller-manager"), kcmArgs...); err != nil {
 		return nil, err
+	}
+	if cfg.RealNodes {
+		if err := cp.start(cfg, "kube-scheduler", filepath.Join(cfg.Binaries.KubeDir, "kube-scheduler"),
+			"--kubeconfig="+cp.Kubeconfig,
+			"--authentication-kubeconfig="+cp.Kubeconfig,
+			"--authorization-kubeconfig="+cp.Kubeconfig,
+			"--leader-elect=false",
+			"--secure-port=0",
+		); err != nil {
+			return nil, err
+		}
 	}
 	return cp, nil
 }

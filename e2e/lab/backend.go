@@ -19,10 +19,27 @@ import (
 // `<Config.Backend...> __lab-backend --name node1-pod1 --node node1` inside the pod's namespace.
 const BackendCommand = "__lab-backend"
 
+// GetCommand makes the lab binary a client: `__lab-get URL` fetches URL (retrying for up to
+// a minute), prints the answer and exits 0, or exits 1: a pod that reaches a Service.
+const GetCommand = "__lab-get"
+
+// PauseCommand makes the lab binary a pod sandbox's pause process (the real nodes' PauseImage):
+// it holds the pod's namespaces and exits on SIGTERM or SIGINT.
+const PauseCommand = "__lab-pause"
+
 // RunBackendIfAsked runs the backend server and exits when the program was started as a backend;
 // otherwise it returns at once. Call it first thing in main (bin/lab) or TestMain (e2e tests), so one
 // binary serves as the lab's tool and its backend "pods".
 func RunBackendIfAsked() {
+	if len(os.Args) >= 2 && os.Args[1] == PauseCommand {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+		os.Exit(0)
+	}
+	if len(os.Args) == 3 && os.Args[1] == GetCommand {
+		os.Exit(getUntilAnswered(os.Args[2], time.Minute))
+	}
 	if len(os.Args) < 2 || os.Args[1] != BackendCommand {
 		return
 	}
@@ -105,4 +122,23 @@ func ServeBackend(ctx context.Context, name, node, addr string) error {
 		return err
 	}
 	return nil
+}
+
+// getUntilAnswered fetches url until it answers 200 or timeout passes; it prints the answer (or
+// the last error) and returns the exit code.
+func getUntilAnswered(url string, timeout time.Duration) int {
+	c := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		ans, err := FetchHTTP(c, url)
+		if err == nil && ans.Code == http.StatusOK {
+			fmt.Println(ans.Body)
+			return 0
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "GET %s: %v %v\n", url, ans, err)
+			return 1
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

@@ -44,6 +44,9 @@ func (l *Lab) registerNodes(ctx context.Context, c kubernetes.Interface) error {
 		if err != nil {
 			return fmt.Errorf("node %s: %w", h.Name, err)
 		}
+		if l.Kubelet {
+			continue // its kubelet registers with this Node and reports its status
+		}
 		now := metav1.Now()
 		created.Status = corev1.NodeStatus{
 			Addresses: []corev1.NodeAddress{

@@ -55,6 +55,14 @@ type Config struct {
 	// ChartValues are helm --set values (KEY=VALUE) for the chart whose controller and speaker
 	// containers the lab runs (chart.go); none: the chart's defaults.
 	ChartValues []string
+	// Kubelet makes every node a real Kubernetes node (kubelet.go): containerd, runc and CNI in
+	// the node's namespace, a kubelet, and kube-scheduler plus kube-controller-manager's default
+	// controllers in the control plane. The lab then runs no Herald process and no backend of
+	// its own: Herald is installed with helm (InstallHerald), backends are Deployments.
+	Kubelet bool
+	// Images are image tarballs (docker-save or OCI layout, e.g. make images' Herald image) to
+	// import into every real node's containerd, besides the lab's own (pause, backend).
+	Images []string
 	// Logf reports progress; nil is silent.
 	Logf func(format string, args ...any)
 }
@@ -76,6 +84,8 @@ type State struct {
 	ChartValues []string         `json:"chartValues,omitempty"`
 	// TempDirs were made outside Dir (kubeconfigs for processes running as another user).
 	TempDirs []string `json:"tempDirs,omitempty"`
+	// Kubelet: the nodes are real Kubernetes nodes (Config.Kubelet).
+	Kubelet bool `json:"kubelet,omitempty"`
 	// Processes by role: "bird", "controller", "speaker/node1", "backend/node1-pod1".
 	Processes map[string]proc.Process `json:"processes"`
 }
@@ -109,7 +119,9 @@ func (c *Config) defaults() error {
 	if c.Nodes == 0 {
 		c.Nodes = 3
 	}
-	if c.PodsPerNode == 0 {
+	if c.Kubelet {
+		c.PodsPerNode = 0 // backends are Deployments
+	} else if c.PodsPerNode == 0 {
 		c.PodsPerNode = 1
 	}
 	if c.Logf == nil {
@@ -156,7 +168,19 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		Dir: cfg.Dir, Topology: topo, Kubectl: cfg.Binaries.Kubectl(),
 		BirdSocket: filepath.Join(cfg.Dir, "bird.ctl"), SecretFile: filepath.Join(cfg.Dir, "speaker-key", "key"),
 		BinDir: cfg.BinDir, Backend: cfg.Backend, Processes: map[string]proc.Process{},
+		Kubelet: cfg.Kubelet,
 	}}
+	var images []string
+	if cfg.Kubelet {
+		if err := l.nodeTools(); err != nil {
+			return nil, err
+		}
+		labImages := filepath.Join(cfg.Dir, "images", "lab.tar")
+		if err := writeLabImages(filepath.Join(cfg.BinDir, "lab"), labImages); err != nil {
+			return nil, fmt.Errorf("the lab's pause and backend images: %w", err)
+		}
+		images = append([]string{labImages}, cfg.Images...)
+	}
 	if err := l.RenderChart(cfg.ChartValues...); err != nil {
 		return nil, err
 	}
@@ -194,6 +218,10 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			NodePortRange: NodePortRange,
 			Wrap:          func(argv []string) []string { return inNetns(cpHost.Netns, argv...) },
 			Dial:          DialerIn(cpHost.Netns),
+			RealNodes:     cfg.Kubelet,
+			// The kubelets renew their leases every 2 s (kubeletConfig): a stopped kubelet's
+			// node goes NotReady within seconds instead of Kubernetes' default 50 s.
+			NodeMonitorGracePeriod: nodeMonitorGracePeriod(cfg.Kubelet),
 		})
 		cpDone <- cpResult{cp, err}
 	}()
@@ -241,8 +269,19 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := ensureNamespace(ctx, client, HeraldNamespace); err != nil {
 		return l, err
 	}
+	if cfg.Kubelet {
+		cfg.CRDDir = "" // helm install brings the chart's CRDs: the product path installs them
+	}
 	if err := l.installCRDs(ctx, cfg.CRDDir); err != nil {
 		return l, err
+	}
+	if cfg.Kubelet {
+		l.logf("real nodes: containerd, images, kubelets")
+		if err := l.startRealNodes(ctx, client, images); err != nil {
+			return l, err
+		}
+		l.logf("lab up with real nodes in %s", time.Since(began).Round(10*time.Millisecond))
+		return l, l.save()
 	}
 
 	if err := l.writeSecret(); err != nil {
@@ -342,9 +381,13 @@ func Down(ctx context.Context, dir, prefix string) error {
 			errs = append(errs, err)
 		}
 	}
+	// Real nodes' pods, mounts and cgroups (after their kubelets, containerds and shims are gone).
+	if err := downRealNodes(dir, prefix); err != nil {
+		errs = append(errs, err)
+	}
 	// Only what the lab writes: dir may be a directory the user chose for other things too.
 	for _, f := range []string{"state.json", "kubeconfig", "bird.conf", "bird.ctl", "bird.pid", "bird.log",
-		"speaker-key", "logs", "cp", prometheusDir} {
+		"speaker-key", "logs", "cp", prometheusDir, "images"} {
 		if err := os.RemoveAll(filepath.Join(dir, f)); err != nil {
 			errs = append(errs, err)
 		}
@@ -353,9 +396,12 @@ func Down(ctx context.Context, dir, prefix string) error {
 	return errors.Join(errs...)
 }
 
-// stopOrder: Herald's processes first, then backends, then the router.
+// stopOrder: kubelets first (so they restart nothing), Herald's processes, backends, then the
+// router and the container runtimes.
 func stopOrder(role string) int {
 	switch {
+	case strings.HasPrefix(role, "kubelet/"):
+		return -1
 	case strings.HasPrefix(role, "speaker/"):
 		return 0
 	case role == RoleController:
@@ -435,4 +481,13 @@ func (l *Lab) hasBinary(name string) bool {
 	}
 	st, err := os.Stat(filepath.Join(l.BinDir, name))
 	return err == nil && st.Mode().IsRegular()
+}
+
+// nodeMonitorGracePeriod is how long a real node may miss its kubelet's heartbeats before it
+// goes NotReady; zero (Kubernetes' default) without real nodes.
+func nodeMonitorGracePeriod(kubelet bool) time.Duration {
+	if kubelet {
+		return 16 * time.Second
+	}
+	return 0
 }

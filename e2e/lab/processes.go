@@ -17,11 +17,16 @@ import (
 
 // start runs argv inside host's namespace under role, logging to logs/<role>.log.
 func (l *Lab) start(role string, host *Host, env []string, argv ...string) error {
+	return l.startRaw(role, env, inNetns(host.Netns, argv...)...)
+}
+
+// startRaw runs argv as it is under role, logging to logs/<role>.log.
+func (l *Lab) startRaw(role string, env []string, argv ...string) error {
 	logName := filepath.Join(l.Dir, "logs", filepath.Base(role)+".log")
 	if filepath.Dir(role) != "." {
 		logName = filepath.Join(l.Dir, "logs", filepath.Dir(role)+"-"+filepath.Base(role)+".log")
 	}
-	p, err := proc.Start(role, inNetns(host.Netns, argv...), logName, env)
+	p, err := proc.Start(role, argv, logName, env)
 	if err != nil {
 		return err
 	}

@@ -67,3 +67,14 @@ capabilities:
     - NET_BIND_SERVICE
     {{- end }}
 {{- end -}}
+
+{{/* KUBERNETES_SERVICE_HOST/PORT for Herald's pods when apiServer.host is set (no kube-proxy:
+the API cannot be reached through its ClusterIP before the speakers program it). */}}
+{{- define "herald.apiServerEnv" -}}
+{{- with .Values.apiServer.host -}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $.Values.apiServer.port | quote }}
+{{- end -}}
+{{- end -}}
