@@ -23,7 +23,7 @@ func PrometheusRules(sets ...string) ([]byte, error) {
 	}
 	groups, ok, err := unstructured.NestedSlice(rule.Object, "spec", "groups")
 	if err != nil || !ok {
-		return nil, fmt.Errorf("PrometheusRule herald has no spec.groups (%v)", err)
+		return nil, fmt.Errorf("PrometheusRule herald has no spec.groups (%w)", err)
 	}
 	return yaml.Marshal(map[string]any{"groups": groups})
 }

@@ -150,7 +150,7 @@ func TestAnnouncedFromSpeakerStatuses(t *testing.T) {
 	}
 
 	// The speakers rewrite their status every minute: nothing changes, nothing is written.
-	f.quiesce()
+	f.quiesce(ctx)
 	writes := f.statusWrites()
 	for range 3 {
 		f.writeSpeakerStatus("node1", v1beta1.SpeakerStatusStatus{Announcements: l2(ip["web"], "10.20.3.1"), BGPSessions: session("Active")})
@@ -158,7 +158,7 @@ func TestAnnouncedFromSpeakerStatuses(t *testing.T) {
 			Announcements: []v1beta1.Announcement{{IP: ip["routed"], Protocol: v1beta1.ProtocolBGP, Peers: []string{"router"}}}})
 		time.Sleep(300 * time.Millisecond)
 	}
-	f.quiesce()
+	f.quiesce(ctx)
 	if w := f.statusWrites() - writes; w != 0 {
 		t.Errorf("%d Service status writes after SpeakerStatus rewrites that changed nothing", w)
 	}

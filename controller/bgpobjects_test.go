@@ -190,7 +190,7 @@ func TestBGPObjectConditions(t *testing.T) {
 	stop = f.runController(t, controller.Options{}, false)
 	defer stop()
 	f.pool("later", map[string]any{"addresses": []any{"10.0.1.0/24"}}) // something to wait for
-	f.quiesce()
+	f.quiesce(context.Background())
 	if writesAfter, err := bgpStatusWrites(f); err != nil || writesAfter != writesBefore {
 		t.Errorf("restart: BGP object status writes %d -> %d (%v), want none", writesBefore, writesAfter, err)
 	}

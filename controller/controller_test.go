@@ -70,7 +70,7 @@ func TestNativeController(t *testing.T) {
 		if !slices.Equal(got, []string{"10.1.0.0", "10.1.0.1", "10.1.0.2"}) {
 			t.Fatalf("addresses %v", got)
 		}
-		f.quiesce()
+		f.quiesce(ctx)
 		if w := f.statusWrites() - before; w != 3 {
 			t.Fatalf("%d status writes for 3 Services, want 3", w)
 		}
@@ -97,7 +97,7 @@ func TestNativeController(t *testing.T) {
 		f.service("classes", "theirs", withClass("example.com/other"))
 		f.waitReason("classes", "ours", config.ReasonAllocated)
 		f.waitReason("classes", "classless", config.ReasonAllocated)
-		f.quiesce()
+		f.quiesce(ctx)
 		if svc, _ := f.cs.CoreV1().Services("classes").Get(ctx, "theirs", metav1.GetOptions{}); hasAddress(svc) || len(svc.Status.Conditions) > 0 {
 			t.Fatalf("a Service of another class was touched: %+v", svc.Status)
 		}
@@ -152,7 +152,7 @@ func TestNativeController(t *testing.T) {
 				t.Errorf("%s: %+v, ingress %v; want False %s saying %q", tc.name, c, svc.Status.LoadBalancer.Ingress, tc.reason, tc.msg)
 			}
 		}
-		f.quiesce()
+		f.quiesce(ctx)
 		for _, tc := range cases {
 			ev := f.events("bad", tc.name)
 			if len(ev) != 1 || ev[0].Reason != tc.reason || ev[0].Type != corev1.EventTypeWarning || ev[0].Count > 1 {
@@ -208,7 +208,7 @@ func TestNativeController(t *testing.T) {
 		if !slices.Equal(ingressIPs(fixed), ip) {
 			t.Errorf("fixing an annotation moved the Service from %v to %v", ip, ingressIPs(fixed))
 		}
-		f.quiesce()
+		f.quiesce(ctx)
 		if ev := f.events("annot", "typo"); len(ev) != 1 {
 			t.Errorf("events after the fix %v, want still the one", summarize(ev))
 		}
@@ -256,7 +256,7 @@ func TestNativeController(t *testing.T) {
 		if !slices.Equal(ingressIPs(fixed), ingressIPs(pool)) {
 			t.Errorf("agreeing annotations moved the Service from %v to %v", ingressIPs(pool), ingressIPs(fixed))
 		}
-		f.quiesce()
+		f.quiesce(ctx)
 		if ev := f.events("prec", "pool"); len(ev) != 1 {
 			t.Errorf("events after the fix %v, want still the one", summarize(ev))
 		}
@@ -332,11 +332,11 @@ func TestNativeController(t *testing.T) {
 		f.pool("ovl-old", onlyNamespace("ovl", map[string]any{"addresses": addrs("10.8.0.0/30")}))
 		// The newer pool must be younger by the clock of creationTimestamp, which has a one-second
 		// resolution: wait for the next second.
-		old, err := f.getPool("ovl-old")
+		old, err := f.dyn.Resource(poolsGVR).Get(ctx, "ovl-old", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		for !time.Now().Truncate(time.Second).After(old.CreationTimestamp.Time) {
+		for !time.Now().Truncate(time.Second).After(old.GetCreationTimestamp().Time) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		f.pool("ovl-new", onlyNamespace("ovl", map[string]any{"addresses": addrs("10.8.0.2-10.8.0.5"), "autoAssign": false}))
@@ -353,7 +353,7 @@ func TestNativeController(t *testing.T) {
 		if got := ingressIPs(f.waitReason("ovl", "x", config.ReasonPoolRemoved)); !slices.Equal(got, x) {
 			t.Fatalf("pool deleted: Service moved from %v to %v", x, got)
 		}
-		f.quiesce()
+		f.quiesce(ctx)
 		if _, err := f.getPool("ovl-old"); err != nil {
 			t.Fatalf("pool in use vanished: %v", err)
 		}
@@ -413,7 +413,7 @@ func TestNativeController(t *testing.T) {
 		if slices.Contains([]string{"10.1.0.0", "10.1.0.1", "10.1.0.2"}, got[0]) {
 			t.Fatalf("new Service got %v, an address held before the restart", got)
 		}
-		f.quiesce()
+		f.quiesce(ctx)
 		if w := f.statusWrites() - writes; w != 1 {
 			t.Errorf("%d status writes after restart, want 1 (the new Service)", w)
 		}
@@ -438,7 +438,7 @@ func TestNativeController(t *testing.T) {
 		f.service("noclassless", "mine", withClass("example.com/other"))
 		f.service("noclassless", "classless")
 		f.waitReason("noclassless", "mine", config.ReasonAllocated)
-		f.quiesce()
+		f.quiesce(ctx)
 		if svc, _ := f.cs.CoreV1().Services("noclassless").Get(ctx, "classless", metav1.GetOptions{}); hasAddress(svc) {
 			t.Errorf("class-less Service handled with take-classless=false: %+v", svc.Status)
 		}
@@ -460,7 +460,7 @@ func TestNativeController(t *testing.T) {
 		if !slices.Contains(a.Finalizers, "service.kubernetes.io/load-balancer-cleanup") {
 			t.Errorf("upstream finalizer missing: %v", a.Finalizers)
 		}
-		f.quiesce()
+		f.quiesce(ctx)
 		if svc, _ := f.cs.CoreV1().Services("cloud").Get(ctx, "classed", metav1.GetOptions{}); hasAddress(svc) {
 			t.Errorf("cloud-provider mode touched a Service with a class")
 		}

@@ -64,13 +64,13 @@ func (f *fixture) forTest(t *testing.T) *fixture {
 // before checking what the controller must not have done (extra status writes, events), so they
 // check an idle controller rather than wait a guessed delay. The quiet period covers the echo of
 // the controller's own writes: its informers see them and may queue the Services again.
-func (f *fixture) quiesce() {
+func (f *fixture) quiesce(ctx context.Context) {
 	f.t.Helper()
 	const quiet, poll = 500 * time.Millisecond, 25 * time.Millisecond
 	last := [2]int{-1, -1}
 	since := time.Now()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(poll) {
-		writes, err := realapi.Writes(f.cs)
+		writes, err := realapi.Writes(ctx, f.cs)
 		if err != nil {
 			f.t.Fatal(err)
 		}

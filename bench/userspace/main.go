@@ -126,14 +126,14 @@ func run() error {
 		}
 		servers[i] = cmd
 		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-			return fmt.Errorf("backend %d: %q, %v", i, line, err)
+			return fmt.Errorf("backend %d: %q, %w", i, line, err)
 		}
 		return nil
 	}
 	kill := func(i int) {
 		if cmd := servers[i]; cmd != nil {
-			cmd.Process.Signal(syscall.SIGKILL)
-			cmd.Wait()
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Wait()
 			delete(servers, i)
 		}
 	}
@@ -165,10 +165,10 @@ func run() error {
 	}
 	defer func() {
 		stdin.Close()
-		nodeCmd.Wait()
+		_ = nodeCmd.Wait()
 	}()
 	if line, err := bufio.NewReader(nodeOut).ReadString('\n'); err != nil || line != "ready\n" {
-		return fmt.Errorf("node: %q, %v", line, err)
+		return fmt.Errorf("node: %q, %w", line, err)
 	}
 	cpuTime := func() time.Duration { return processCPU(nodeCmd.Process.Pid) }
 
@@ -256,7 +256,7 @@ func runNode() error {
 	if err := backend.Sync(context.Background(), dataplane.SyncRequest{State: benchState(), Full: true}); err != nil {
 		return err
 	}
-	defer backend.Cleanup(context.Background())
+	defer func() { _ = backend.Cleanup(context.Background()) }()
 	fmt.Println("ready")
 	_, err = io.Copy(io.Discard, os.Stdin)
 	return err
@@ -310,8 +310,8 @@ func processCPU(pid int) time.Duration {
 		return 0
 	}
 	var utime, stime int64
-	fmt.Sscan(fields[11], &utime)
-	fmt.Sscan(fields[12], &stime)
+	_, _ = fmt.Sscan(fields[11], &utime)
+	_, _ = fmt.Sscan(fields[12], &stime)
 	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
@@ -376,7 +376,7 @@ func runServer() {
 		}
 	}()
 	fmt.Println("ready")
-	http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) }))
+	_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) }))
 }
 
 func runLoad() {
@@ -401,7 +401,7 @@ func runLoad() {
 	default:
 		out = httpLoad(*loadAddr, *newConns, *duration, *workers)
 	}
-	json.NewEncoder(os.Stdout).Encode(out)
+	_ = json.NewEncoder(os.Stdout).Encode(out)
 }
 
 func bulkRead(addr string, n int64) float64 {
@@ -470,7 +470,7 @@ func sh(ns string, args ...string) error {
 		args = append([]string{"ip", "netns", "exec", ns}, args...)
 	}
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return nil
 }
@@ -480,7 +480,7 @@ func cleanup() {
 	out, _ := exec.Command("ip", "netns", "list").Output()
 	for _, line := range strings.Split(string(out), "\n") {
 		if name, _, _ := strings.Cut(line, " "); strings.HasPrefix(name, prefix) {
-			exec.Command("ip", "netns", "del", name).Run()
+			_ = exec.Command("ip", "netns", "del", name).Run()
 		}
 	}
 }

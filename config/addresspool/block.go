@@ -24,11 +24,11 @@ func ParseBlock(s string) (Block, error) {
 	if a, b, ok := strings.Cut(s, "-"); ok {
 		first, err := netip.ParseAddr(strings.TrimSpace(a))
 		if err != nil {
-			return Block{}, fmt.Errorf("range %q: %v", s, err)
+			return Block{}, fmt.Errorf("range %q: %w", s, err)
 		}
 		last, err := netip.ParseAddr(strings.TrimSpace(b))
 		if err != nil {
-			return Block{}, fmt.Errorf("range %q: %v", s, err)
+			return Block{}, fmt.Errorf("range %q: %w", s, err)
 		}
 		first, last = first.Unmap(), last.Unmap()
 		if first.Is4() != last.Is4() {
@@ -41,7 +41,7 @@ func ParseBlock(s string) (Block, error) {
 	}
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return Block{}, fmt.Errorf("%q is neither a CIDR nor an a-b range: %v", s, err)
+		return Block{}, fmt.Errorf("%q is neither a CIDR nor an a-b range: %w", s, err)
 	}
 	if p.Addr().Is4In6() {
 		// ::ffff:10.0.0.0/120 is 10.0.0.0/24: the IPv4 part keeps the bits past the first 96.

@@ -54,7 +54,7 @@ func Parse(p *v1beta1.IPAddressPool) Pool {
 	for i, a := range p.Spec.Addresses {
 		b, err := ParseBlock(string(a))
 		if err != nil {
-			fail(fmt.Errorf("spec.addresses[%d]: %v", i, err))
+			fail(fmt.Errorf("spec.addresses[%d]: %w", i, err))
 			continue
 		}
 		out.Blocks = append(out.Blocks, b)
@@ -62,10 +62,10 @@ func Parse(p *v1beta1.IPAddressPool) Pool {
 	if sa := p.Spec.ServiceAllocation; sa != nil {
 		var err error
 		if out.NamespaceSelectors, err = selectors(sa.NamespaceSelectors); err != nil {
-			fail(fmt.Errorf("spec.serviceAllocation.namespaceSelectors: %v", err))
+			fail(fmt.Errorf("spec.serviceAllocation.namespaceSelectors: %w", err))
 		}
 		if out.ServiceSelectors, err = selectors(sa.ServiceSelectors); err != nil {
-			fail(fmt.Errorf("spec.serviceAllocation.serviceSelectors: %v", err))
+			fail(fmt.Errorf("spec.serviceAllocation.serviceSelectors: %w", err))
 		}
 	}
 	return out
@@ -76,7 +76,7 @@ func selectors(in []metav1.LabelSelector) ([]labels.Selector, error) {
 	for i := range in {
 		sel, err := metav1.LabelSelectorAsSelector(&in[i])
 		if err != nil {
-			return nil, fmt.Errorf("[%d]: %v", i, err)
+			return nil, fmt.Errorf("[%d]: %w", i, err)
 		}
 		out = append(out, sel)
 	}

@@ -624,7 +624,7 @@ func checkAggregation(pool v1beta1.IPAddressPool, lenV4, lenV6 int) error {
 	for i, block := range pool.Spec.Addresses {
 		b, err := addresspool.ParseBlock(string(block))
 		if err != nil {
-			return fmt.Errorf("spec.addresses[%d]: %v", i, err)
+			return fmt.Errorf("spec.addresses[%d]: %w", i, err)
 		}
 		for _, p := range b.Prefixes() {
 			l := lenV4

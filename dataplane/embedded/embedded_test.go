@@ -243,7 +243,7 @@ func TestUserspaceModeThroughTheDataPlane(t *testing.T) {
 			if err != nil {
 				return
 			}
-			io.WriteString(c, "live\n")
+			_, _ = io.WriteString(c, "live\n")
 			c.Close()
 		}
 	}()
@@ -281,7 +281,7 @@ func TestUserspaceModeThroughTheDataPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); d.Run(ctx) }()
+	go func() { defer close(done); _ = d.Run(ctx) }()
 	defer func() {
 		cancel()
 		<-done
@@ -302,7 +302,7 @@ func TestUserspaceModeThroughTheDataPlane(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
-		c.SetDeadline(time.Now().Add(3 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 		b, err := io.ReadAll(c)
 		c.Close()
 		if err != nil || string(b) != "live\n" {

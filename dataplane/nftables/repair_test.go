@@ -201,7 +201,7 @@ func TestFullSyncKeepsAffinityAndStreams(t *testing.T) {
 	}
 	defer conn.Close()
 	echo := func(i int) error {
-		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 		msg := fmt.Sprintf("ping %d\n", i)
 		if _, err := io.WriteString(conn, msg); err != nil {
 			return err
@@ -249,7 +249,7 @@ func TestFullSyncKeepsAffinityAndStreams(t *testing.T) {
 // beEPByName is the packet lab's endpoint on :8080 of backend "beN".
 func beEPByName(name string) dataplane.Endpoint {
 	var n int
-	fmt.Sscanf(name, "be%d", &n)
+	_, _ = fmt.Sscanf(name, "be%d", &n)
 	return beEP(n, 8080)
 }
 

@@ -151,8 +151,8 @@ func (pl *packetLab) start(n int) {
 // kill SIGKILLs beN's process (ip netns exec execs it: the pid is the server's) and reaps it.
 func (pl *packetLab) kill(n int) {
 	if cmd := pl.procs[n]; cmd != nil {
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
 		delete(pl.procs, n)
 	}
 }
@@ -208,7 +208,7 @@ func ask(ns string, addr netip.AddrPort) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := io.WriteString(c, "hello\n"); err != nil {
 		return "", err
 	}
@@ -358,7 +358,7 @@ func TestUserspaceOverRealPackets(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(3 * time.Second))
+			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 			var first string
 			for i := range 3 {
 				fmt.Fprintf(c, "q%d", i)
@@ -409,7 +409,7 @@ func serveUDP(t *testing.T, ns, name string) {
 			if err != nil {
 				return
 			}
-			pc.WriteTo([]byte(name+" "+string(buf[:n])), from)
+			_, _ = pc.WriteTo([]byte(name+" "+string(buf[:n])), from)
 		}
 	}()
 }
@@ -513,7 +513,7 @@ func dialLines(ns string, addr netip.AddrPort) (*lineConn, error) {
 }
 
 func (c *lineConn) ask() (string, error) {
-	c.SetDeadline(time.Now().Add(3 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := io.WriteString(c, "hello\n"); err != nil {
 		return "", err
 	}

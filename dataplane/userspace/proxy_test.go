@@ -79,7 +79,7 @@ func named(t *testing.T, name string) netip.AddrPort {
 			go func() {
 				defer c.Close()
 				fmt.Fprintf(c, "%s\n", name)
-				io.Copy(c, c)
+				_, _ = io.Copy(c, c)
 			}()
 		}
 	}()
@@ -110,7 +110,7 @@ func resetting(t *testing.T) netip.AddrPort {
 			if err != nil {
 				return
 			}
-			c.Read(make([]byte, 100))
+			_, _ = c.Read(make([]byte, 100))
 			reset(c.(*net.TCPConn))
 		}
 	}()
@@ -124,11 +124,11 @@ func greet(addr string) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(c, "ping\n"); err != nil {
 		return "", err
 	}
-	c.(*net.TCPConn).CloseWrite()
+	_ = c.(*net.TCPConn).CloseWrite()
 	b, err := io.ReadAll(c)
 	if err != nil {
 		return "", err
@@ -262,8 +262,8 @@ func TestHalfCloseEachDirection(t *testing.T) {
 	if _, err := c.Write(payload); err != nil {
 		t.Fatal(err)
 	}
-	c.(*net.TCPConn).CloseWrite()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.(*net.TCPConn).CloseWrite()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != fmt.Sprintf("got %d", len(payload)) {
 		t.Fatalf("answer %q, %v", got, err)
@@ -284,7 +284,7 @@ func TestProxyProtocolV2Header(t *testing.T) {
 		}
 		defer c.Close()
 		h := make([]byte, 16+12)
-		io.ReadFull(c, h)
+		_, _ = io.ReadFull(c, h)
 		headers <- h
 	}()
 	sp := servicePort(v1.ProtocolTCP, 1, ln.Addr().(*net.TCPAddr).AddrPort())
@@ -319,7 +319,7 @@ func TestUDPRequestResponseAndIdleExpiry(t *testing.T) {
 			if err != nil {
 				return
 			}
-			pc.WriteTo(append([]byte("re:"), buf[:n]...), from)
+			_, _ = pc.WriteTo(append([]byte("re:"), buf[:n]...), from)
 		}
 	}()
 	p, addr := start(t, Options{UDPIdleTimeout: 300 * time.Millisecond},
@@ -329,7 +329,7 @@ func TestUDPRequestResponseAndIdleExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 	buf := make([]byte, 100)
 	for i := range 3 {
 		fmt.Fprintf(c, "q%d", i)
@@ -367,7 +367,7 @@ func TestSyncRetiresAndKeepsEstablishedConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	r := make([]byte, 5)
 	if _, err := io.ReadFull(c, r); err != nil {
 		t.Fatal(err)
@@ -402,7 +402,7 @@ func TestEchoWhileSending(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		io.Copy(c, c)
+		_, _ = io.Copy(c, c)
 	}()
 	_, addr := start(t, Options{}, servicePort(v1.ProtocolTCP, 1, ln.Addr().(*net.TCPAddr).AddrPort()))
 	c, err := net.Dial("tcp", addr)
@@ -410,14 +410,14 @@ func TestEchoWhileSending(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	payload := make([]byte, 8<<20)
 	for i := range payload {
 		payload[i] = byte(i * 7)
 	}
 	go func() {
-		c.Write(payload)
-		c.(*net.TCPConn).CloseWrite()
+		_, _ = c.Write(payload)
+		_ = c.(*net.TCPConn).CloseWrite()
 	}()
 	got, err := io.ReadAll(c)
 	if err != nil || !bytes.Equal(got, payload) {

@@ -144,7 +144,8 @@ func (c *tcpConn) dialNext() bool {
 				}
 				c.backend, c.endpoint = be, ep.AddrPort()
 				if c.clientEOF {
-					be.CloseWrite()
+					// A failed half-close breaks this connection; its next read says so.
+					_ = be.CloseWrite()
 				}
 				c.p.suspects.clear(ep.AddrPort())
 				return true
@@ -181,7 +182,7 @@ func (c *tcpConn) copyFromBackend(client netip.Addr) error {
 				c.p.metrics.bytes.WithLabelValues(label, "from_backend").Add(float64(n))
 				break
 			}
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return c.client.CloseWrite()
 			}
 			return err
@@ -249,12 +250,11 @@ func (c *tcpConn) copyToBackend() error {
 		}
 		if err != nil {
 			c.p.metrics.bytes.WithLabelValues(label, "to_backend").Add(float64(c.sent))
-			if err != io.EOF {
+			if !errors.Is(err, io.EOF) {
 				return err
 			}
 			// A switch of endpoints after this point half-closes the new one (clientEOF).
-			be.CloseWrite()
-			return nil
+			return be.CloseWrite()
 		}
 		if committed {
 			break
@@ -277,7 +277,8 @@ func isReset(err error) bool {
 // reset ends a client connection with a RST, the nearest a proxy that accepted can come to
 // refusing it: the client sees ECONNRESET at once instead of waiting.
 func reset(c *net.TCPConn) {
-	c.SetLinger(0)
+	// Should the linger setting fail, Close sends a FIN instead: the client still learns at once.
+	_ = c.SetLinger(0)
 	c.Close()
 }
 

@@ -157,7 +157,9 @@ func (s *udpSession) replies() {
 		oob = pktinfo(s.local)
 	}
 	for {
-		s.backend.SetReadDeadline(time.Unix(0, s.lastSeen.Load()).Add(idle))
+		if err := s.backend.SetReadDeadline(time.Unix(0, s.lastSeen.Load()).Add(idle)); err != nil {
+			return // a session that cannot expire must not linger: end it (the socket is gone)
+		}
 		n, err := s.backend.Read(buf)
 		if err != nil {
 			var ne net.Error

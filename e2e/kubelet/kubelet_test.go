@@ -197,7 +197,7 @@ func TestHelmInstallServesLoadBalancer(t *testing.T) {
 	}
 	svc := lab.LoadBalancerService(ns, "web")
 	svc.Spec.Selector = map[string]string{"app": "web"}
-	if svc, err = cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if _, err = cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var lbIP netip.Addr

@@ -209,7 +209,7 @@ func (l *Lab) startContainerd(ctx context.Context, n *Host) error {
 		}
 		p := l.Processes[ContainerdRole(n.Name)]
 		if !p.Alive() || time.Now().After(deadline) {
-			return fmt.Errorf("containerd did not start (%v); its log %s ends:\n%s", err, p.Log, p.Tail(3000))
+			return fmt.Errorf("containerd did not start (%w); its log %s ends:\n%s", err, p.Log, p.Tail(3000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

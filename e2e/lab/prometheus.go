@@ -72,7 +72,7 @@ func (l *Lab) StartPrometheus(ctx context.Context, ruleValues ...string) error {
 			return nil
 		}
 		if time.Now().After(deadline) || !l.Processes[RolePrometheus].Alive() {
-			return fmt.Errorf("prometheus did not get ready: %v\n%s", err, l.Processes[RolePrometheus].Tail(2000))
+			return fmt.Errorf("prometheus did not get ready: %w\n%s", err, l.Processes[RolePrometheus].Tail(2000))
 		}
 		select {
 		case <-ctx.Done():

@@ -108,7 +108,7 @@ func RepoRoot() string {
 // Requests sums the apiserver's own apiserver_request_total (from its /metrics) for one resource and
 // subresource ("" for none) over the given verbs: how many writes a component really made.
 func Requests(cs kubernetes.Interface, resource, subresource string, verbs ...string) (int, error) {
-	return sumRequests(cs, func(line string) bool {
+	return sumRequests(context.Background(), cs, func(line string) bool {
 		return strings.Contains(line, `resource="`+resource+`"`) && strings.Contains(line, `subresource="`+subresource+`"`) &&
 			slices.ContainsFunc(verbs, func(v string) bool { return strings.Contains(line, `verb="`+v+`"`) })
 	})
@@ -116,16 +116,16 @@ func Requests(cs kubernetes.Interface, resource, subresource string, verbs ...st
 
 // Writes sums the apiserver's mutating requests of every resource (creates, updates, patches,
 // deletes): a count that stops moving once every client is idle.
-func Writes(cs kubernetes.Interface) (int, error) {
-	return sumRequests(cs, func(line string) bool {
+func Writes(ctx context.Context, cs kubernetes.Interface) (int, error) {
+	return sumRequests(ctx, cs, func(line string) bool {
 		return slices.ContainsFunc([]string{"POST", "PUT", "PATCH", "DELETE", "APPLY"},
 			func(v string) bool { return strings.Contains(line, `verb="`+v+`"`) })
 	})
 }
 
 // sumRequests adds up the apiserver_request_total series that match.
-func sumRequests(cs kubernetes.Interface, match func(line string) bool) (int, error) {
-	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+func sumRequests(ctx context.Context, cs kubernetes.Interface, match func(line string) bool) (int, error) {
+	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return 0, err
 	}
