@@ -25,7 +25,7 @@ var speakerStatusesGVR = v1beta1.GroupVersion.WithResource("speakerstatuses")
 // status, stamped now.
 func (f *fixture) writeSpeakerStatus(node string, st v1beta1.SpeakerStatusStatus) {
 	f.t.Helper()
-	ctx := context.Background()
+	ctx := f.t.Context()
 	res := f.dyn.Resource(speakerStatusesGVR)
 	cur, err := res.Get(ctx, node, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -68,7 +68,7 @@ func (f *fixture) waitAnnounced(ns, name string, status metav1.ConditionStatus, 
 
 func (f *fixture) announced(ns, name string) *metav1.Condition {
 	f.t.Helper()
-	svc, err := f.cs.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+	svc, err := f.cs.CoreV1().Services(ns).Get(f.t.Context(), name, metav1.GetOptions{})
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func (f *fixture) herald(resource, kind, name string, spec map[string]any) {
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": v1beta1.GroupVersion.String(), "kind": kind, "metadata": map[string]any{"name": name}, "spec": spec,
 	}}
-	if _, err := f.dyn.Resource(v1beta1.GroupVersion.WithResource(resource)).Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
+	if _, err := f.dyn.Resource(v1beta1.GroupVersion.WithResource(resource)).Create(f.t.Context(), u, metav1.CreateOptions{}); err != nil {
 		f.t.Fatalf("%s %s: %v", kind, name, err)
 	}
 }
@@ -35,7 +35,7 @@ func (f *fixture) waitCondition(resource, name, condType string, status metav1.C
 	var last []metav1.Condition
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		u, err := f.dyn.Resource(v1beta1.GroupVersion.WithResource(resource)).Get(context.Background(), name, metav1.GetOptions{})
+		u, err := f.dyn.Resource(v1beta1.GroupVersion.WithResource(resource)).Get(f.t.Context(), name, metav1.GetOptions{})
 		if err == nil {
 			var obj struct {
 				Status struct {

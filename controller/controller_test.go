@@ -495,7 +495,7 @@ func TestNativeController(t *testing.T) {
 // noSharedWithoutKey fails when two Services hold one address without a common sharing key.
 func (f *fixture) noSharedWithoutKey() {
 	f.t.Helper()
-	list, err := f.cs.CoreV1().Services("").List(context.Background(), metav1.ListOptions{})
+	list, err := f.cs.CoreV1().Services("").List(f.t.Context(), metav1.ListOptions{})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -517,7 +517,7 @@ func (f *fixture) noSharedWithoutKey() {
 // snapshot maps every Service with addresses to them.
 func (f *fixture) snapshot() map[string][]string {
 	f.t.Helper()
-	list, err := f.cs.CoreV1().Services("").List(context.Background(), metav1.ListOptions{})
+	list, err := f.cs.CoreV1().Services("").List(f.t.Context(), metav1.ListOptions{})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -532,7 +532,7 @@ func (f *fixture) snapshot() map[string][]string {
 
 func (f *fixture) eventCount() int {
 	f.t.Helper()
-	list, err := f.cs.CoreV1().Events("").List(context.Background(), metav1.ListOptions{})
+	list, err := f.cs.CoreV1().Events("").List(f.t.Context(), metav1.ListOptions{})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -568,14 +568,14 @@ func summarize(evs []corev1.Event) []string {
 func (f *fixture) patchAnnotation(ns, name, key, value string) {
 	f.t.Helper()
 	patch := `{"metadata":{"annotations":{"` + key + `":"` + value + `"}}}`
-	if _, err := f.cs.CoreV1().Services(ns).Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+	if _, err := f.cs.CoreV1().Services(ns).Patch(f.t.Context(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		f.t.Fatal(err)
 	}
 }
 
 func (f *fixture) patchPool(name, patch string) {
 	f.t.Helper()
-	if _, err := f.dyn.Resource(poolsGVR).Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+	if _, err := f.dyn.Resource(poolsGVR).Patch(f.t.Context(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		f.t.Fatal(err)
 	}
 }

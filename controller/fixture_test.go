@@ -143,7 +143,7 @@ func (f *fixture) runController(t *testing.T, opts controller.Options, cloud boo
 
 func (f *fixture) namespace(name string, labels map[string]string) {
 	f.t.Helper()
-	_, err := f.cs.CoreV1().Namespaces().Create(context.Background(),
+	_, err := f.cs.CoreV1().Namespaces().Create(f.t.Context(),
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		f.t.Fatal(err)
@@ -157,7 +157,7 @@ func (f *fixture) pool(name string, spec map[string]any) {
 		"apiVersion": v1beta1.GroupVersion.String(), "kind": "IPAddressPool",
 		"metadata": map[string]any{"name": name}, "spec": spec,
 	}}
-	if _, err := f.dyn.Resource(poolsGVR).Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
+	if _, err := f.dyn.Resource(poolsGVR).Create(f.t.Context(), u, metav1.CreateOptions{}); err != nil {
 		f.t.Fatalf("pool %s: %v", name, err)
 	}
 	// Wait until the controller has seen the pool (it writes Valid after loading it), so Services
@@ -166,7 +166,7 @@ func (f *fixture) pool(name string, spec map[string]any) {
 }
 
 func (f *fixture) getPool(name string) (*v1beta1.IPAddressPool, error) {
-	u, err := f.dyn.Resource(poolsGVR).Get(context.Background(), name, metav1.GetOptions{})
+	u, err := f.dyn.Resource(poolsGVR).Get(f.t.Context(), name, metav1.GetOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +190,7 @@ func (f *fixture) service(ns, name string, mods ...func(*corev1.Service)) *corev
 	for _, m := range mods {
 		m(svc)
 	}
-	out, err := f.cs.CoreV1().Services(ns).Create(context.Background(), svc, metav1.CreateOptions{})
+	out, err := f.cs.CoreV1().Services(ns).Create(f.t.Context(), svc, metav1.CreateOptions{})
 	if err != nil {
 		f.t.Fatalf("service %s/%s: %v", ns, name, err)
 	}
@@ -224,7 +224,7 @@ func (f *fixture) wait(ns, name string, what string, cond func(*corev1.Service) 
 	var last *corev1.Service
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		svc, err := f.cs.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+		svc, err := f.cs.CoreV1().Services(ns).Get(f.t.Context(), name, metav1.GetOptions{})
 		if err == nil {
 			last = svc
 			if cond(svc) {
@@ -264,7 +264,7 @@ func ingressIPs(svc *corev1.Service) []string {
 // events returns Herald's events about one Service.
 func (f *fixture) events(ns, name string) []corev1.Event {
 	f.t.Helper()
-	list, err := f.cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{
+	list, err := f.cs.CoreV1().Events(ns).List(f.t.Context(), metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("involvedObject.name", name).String()})
 	if err != nil {
 		f.t.Fatal(err)
