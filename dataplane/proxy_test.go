@@ -388,9 +388,11 @@ func TestProxySync(t *testing.T) {
 	if pending() || len(committed) != 3 || be.warmUps != 2 {
 		t.Fatalf("after the recovery: pending %v, OnSynced calls %v, warm-ups %d", pending(), committed, be.warmUps)
 	}
-	// The removed endpoint's UDP flows (port 53 and node port 30053) are cleared, once.
+	// The removed endpoint's UDP flows (port 53 of the ClusterIP and the LB IP, and node port
+	// 30053 on any address) are cleared, once.
 	want := []ConntrackFilter{
-		{ReplySrc: netip.MustParseAddr("10.1.0.1"), OrigDstPort: 53},
+		{OrigDst: netip.MustParseAddr("10.96.0.10"), OrigDstPort: 53, ReplySrc: netip.MustParseAddr("10.1.0.1")},
+		{OrigDst: netip.MustParseAddr("192.0.2.10"), OrigDstPort: 53, ReplySrc: netip.MustParseAddr("10.1.0.1")},
 		{ReplySrc: netip.MustParseAddr("10.1.0.1"), OrigDstPort: 30053},
 	}
 	if !slices.Equal(ct.deleted[cleared:], want) {
