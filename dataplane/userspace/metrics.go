@@ -45,6 +45,17 @@ func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.connections, m.retries, m.failures, m.bytes, m.suspects}
 }
 
+// start makes a port's series at zero, so a rate of its failures reads 0, not absent, before
+// the first one.
+func (m *metrics) start(name interface{ String() string }) {
+	label := name.String()
+	m.connections.WithLabelValues(label)
+	m.retries.WithLabelValues(label)
+	m.failures.WithLabelValues(label)
+	m.bytes.WithLabelValues(label, "to_backend")
+	m.bytes.WithLabelValues(label, "from_backend")
+}
+
 // forget drops a port's series once it is no longer proxied.
 func (m *metrics) forget(name interface{ String() string }) {
 	label := name.String()

@@ -191,6 +191,7 @@ func (p *Proxy) open(req dataplane.SyncRequest) error {
 			continue
 		}
 		p.ports[name] = pl
+		p.metrics.start(name)
 	}
 	return errors.Join(errs...)
 }

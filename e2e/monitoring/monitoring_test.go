@@ -113,16 +113,21 @@ func setup(t *testing.T, l *lab.Lab) *fixture {
 	})
 	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "l2", map[string]any{"ipAddressPools": []any{"l2"}})
 
-	f.service(t, "bgp", f.bgpIP, corev1.ServiceExternalTrafficPolicyCluster)
-	// Several L2 addresses, so that killing a node moves several at once (the failover storm), and
-	// one Service with externalTrafficPolicy Local, for a healthCheckNodePort.
+	f.service(t, "bgp", f.bgpIP, corev1.ServiceExternalTrafficPolicyCluster, nil)
+	// Several L2 addresses, so that killing a node moves several at once (the failover storm),
+	// one Service with externalTrafficPolicy Local, for a healthCheckNodePort, and one through the
+	// userspace proxy, for its metrics.
 	for i := range 4 {
 		ip := netip.MustParseAddr(fmt.Sprintf("10.77.0.%d", 210+i))
 		etp := corev1.ServiceExternalTrafficPolicyCluster
 		if i == 0 {
 			etp = corev1.ServiceExternalTrafficPolicyLocal
 		}
-		f.service(t, fmt.Sprintf("l2-%d", i), ip, etp)
+		var annotations map[string]string
+		if i == 3 {
+			annotations = map[string]string{config.AnnotationProxyMode: config.ProxyModeUserspace}
+		}
+		f.service(t, fmt.Sprintf("l2-%d", i), ip, etp, annotations)
 		f.l2IPs = append(f.l2IPs, ip)
 	}
 	ctx := context.Background()
@@ -134,10 +139,13 @@ func setup(t *testing.T, l *lab.Lab) *fixture {
 }
 
 // service creates a single-stack IPv4 LoadBalancer Service asking for ip, backed by every pod.
-func (f *fixture) service(t *testing.T, name string, ip netip.Addr, etp corev1.ServiceExternalTrafficPolicy) {
+func (f *fixture) service(t *testing.T, name string, ip netip.Addr, etp corev1.ServiceExternalTrafficPolicy, annotations map[string]string) {
 	t.Helper()
 	svc := lab.LoadBalancerService(namespace, name)
 	svc.Annotations = map[string]string{config.AnnotationLoadBalancerIPs: ip.String()}
+	for k, v := range annotations {
+		svc.Annotations[k] = v
+	}
 	svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
 	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 	svc.Spec.ExternalTrafficPolicy = etp
@@ -491,7 +499,7 @@ func (f *fixture) dataplaneSyncFailing(t *testing.T) {
 		return err == nil && strings.Contains(string(out), "flags owner"), string(out)
 	})
 	// A change for the data plane to sync.
-	f.service(t, "sync-trigger", netip.MustParseAddr("10.79.0.30"), corev1.ServiceExternalTrafficPolicyCluster)
+	f.service(t, "sync-trigger", netip.MustParseAddr("10.79.0.30"), corev1.ServiceExternalTrafficPolicyCluster, nil)
 	f.waitFiring(t, alert, 60*time.Second, map[string]string{"node": node, "severity": "critical"})
 	if firing, _ := f.alerts(alert, "firing"); len(firing) != 1 {
 		t.Errorf("%s fires for %v; only %s's data plane is blocked", alert, firing, node)
