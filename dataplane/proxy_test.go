@@ -136,6 +136,10 @@ func TestProxyRepairsDrift(t *testing.T) {
 		t.Fatal("the drift was not reported")
 	}
 	poll("the repairing full sync", func() bool { return b.fullSyncs() == 2 })
+	// The proxy counts the full sync once the backend's returns: wait for that too.
+	poll("the repairing full sync counted", func() bool {
+		return testutil.ToFloat64(metrics.fullSyncs.WithLabelValues(fullSyncDrift)) == 1
+	})
 	if got := testutil.ToFloat64(metrics.repairs); got != 1 {
 		t.Fatalf("repairs = %v, want 1", got)
 	}
