@@ -24,6 +24,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -47,12 +48,16 @@ func TestMain(m *testing.M) {
 	labsuite.Main(m, "herald-pm-", func(c *lab.Config) { c.ChartValues = []string{"dataplane.mode=nftables"} })
 }
 
-// Alert settings for the lab: every for: is 2 s, and a failover storm is more than 2 L2
-// ownership changes of one node in 30 s. The pool threshold stays the default 0.9.
+// Alert settings for the lab: every for: is 2 s, a failover storm is more than 2 L2 ownership
+// changes of one node in 30 s, a data plane repaired more than twice in 30 s is alerted, and a
+// userspace client failure is remembered for 30 s. The pool threshold stays the default 0.9.
 var ruleValues = []string{
 	"metrics.prometheusRule.forOverride=2s",
 	"metrics.prometheusRule.failoverStormChanges=2",
 	"metrics.prometheusRule.failoverStormWindow=30s",
+	"metrics.prometheusRule.dataplaneRepairs=2",
+	"metrics.prometheusRule.dataplaneRepairsWindow=30s",
+	"metrics.prometheusRule.userspaceFailuresWindow=30s",
 }
 
 const namespace = "monitoring-e2e"
@@ -82,6 +87,8 @@ func TestMonitoring(t *testing.T) {
 	t.Run("HeraldPoolNearlyExhausted", f.poolNearlyExhausted)
 	t.Run("HeraldFailoverStorm", f.failoverStorm)
 	t.Run("HeraldDataplaneSyncFailing", f.dataplaneSyncFailing)
+	t.Run("HeraldDataplaneRepairing", f.dataplaneRepairing)
+	t.Run("HeraldUserspaceConnectionsFailing", f.userspaceConnectionsFailing)
 	t.Run("dashboard", f.dashboardPanels)
 	t.Run("heraldctl status agrees", f.statusAgrees)
 	t.Run("metrics documented", f.metricsDocumented)
@@ -508,6 +515,109 @@ func (f *fixture) dataplaneSyncFailing(t *testing.T) {
 	f.waitQuiet(t, alert, 90*time.Second, nil)
 	if s, err := f.l.PromQuery(ctx, fmt.Sprintf(`herald_dataplane_syncs_total{node=%q,result="failure"} > 0`, node)); err != nil || len(s) != 1 {
 		t.Errorf("no failed sync counted on %s: %v %v", node, s, err)
+	}
+}
+
+// Another program keeps deleting Herald's nftables table on node2 (as a firewall manager flushing
+// the ruleset would): each time the drift check finds it and a full sync puts it back; the third
+// repair within the window fires the alert, which clears once the window holds no more repairs.
+func (f *fixture) dataplaneRepairing(t *testing.T) {
+	const alert = "HeraldDataplaneRepairing"
+	f.requireQuiet(t, alert)
+	ctx := context.Background()
+	node := f.l.Nodes()[1].Name
+	for i := range 3 {
+		if out, err := f.l.Exec(ctx, node, "nft", "delete", "table", "inet", "herald"); err != nil {
+			t.Fatalf("nft delete table: %v: %s", err, out)
+		}
+		labsuite.WaitFor(t, 10*time.Second, fmt.Sprintf("repair %d: the herald table back on %s", i+1, node), func() (bool, string) {
+			out, err := f.l.Exec(ctx, node, "nft", "list", "table", "inet", "herald")
+			return err == nil, string(out)
+		})
+	}
+	f.waitFiring(t, alert, 60*time.Second, map[string]string{"node": node, "severity": "warning"})
+	if firing, _ := f.alerts(alert, "firing"); len(firing) != 1 {
+		t.Errorf("%s fires for %v; only %s's data plane was changed", alert, firing, node)
+	}
+	if s, err := f.l.PromQuery(ctx, fmt.Sprintf(`herald_dataplane_full_syncs_total{node=%q,reason="drift"} >= 3`, node)); err != nil || len(s) != 1 {
+		t.Errorf("%s: fewer than 3 full syncs for drift counted: %v %v", node, s, err)
+	}
+	f.waitQuiet(t, alert, 90*time.Second, nil)
+}
+
+// A userspace-mode Service whose endpoints are all listed ready but listen on nothing (their
+// EndpointSlice names a closed port): the proxy tries each, fails the client, and the alert names
+// the Service. Real endpoints put back, it clears after its window.
+func (f *fixture) userspaceConnectionsFailing(t *testing.T) {
+	const alert = "HeraldUserspaceConnectionsFailing"
+	f.requireQuiet(t, alert)
+	ctx := context.Background()
+	const name = "userspace-dead"
+	ip := netip.MustParseAddr("10.77.0.220")
+	f.service(t, name, ip, corev1.ServiceExternalTrafficPolicyCluster, map[string]string{config.AnnotationProxyMode: config.ProxyModeUserspace})
+	service := namespace + "/" + name + "/tcp/http"
+	failures := fmt.Sprintf(`herald_userspace_failures_total{service=%q}`, service)
+	// The failure counters start at zero on every node; increase() needs that zero scraped, or the
+	// first failures are the series' baseline and count for nothing.
+	labsuite.WaitFor(t, 30*time.Second, "Prometheus scraped "+failures+" at 0 from every node", func() (bool, string) {
+		s, err := f.l.PromQuery(ctx, failures+" == 0")
+		return err == nil && len(s) == len(f.l.Nodes()), fmt.Sprint(s, err)
+	})
+	f.closeEndpointPorts(t, name)
+	c, err := f.l.HTTPClient(lab.HostClient, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s/", ip)
+	labsuite.WaitFor(t, 30*time.Second, "clients of "+name+" fail", func() (bool, string) {
+		resp, err := c.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			return false, "answered: " + resp.Status
+		}
+		return true, err.Error()
+	})
+	labsuite.WaitFor(t, 30*time.Second, "a failure counted", func() (bool, string) {
+		s, err := f.l.PromQuery(ctx, failures+" > 0")
+		return err == nil && len(s) > 0, fmt.Sprint(s, err)
+	})
+	f.waitFiring(t, alert, 60*time.Second, map[string]string{"service": service, "severity": "warning"})
+	svc, err := f.cs.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.l.SetEndpoints(ctx, f.cs, svc, f.l.Pods()); err != nil {
+		t.Fatal(err)
+	}
+	labsuite.WaitFor(t, 30*time.Second, name+" answers again", func() (bool, string) {
+		resp, err := c.Get(url)
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return true, ""
+	})
+	f.waitQuiet(t, alert, 90*time.Second, nil)
+}
+
+// closeEndpointPorts points the Service's EndpointSlices at a port nothing listens on, keeping
+// every endpoint ready.
+func (f *fixture) closeEndpointPorts(t *testing.T, name string) {
+	t.Helper()
+	ctx := context.Background()
+	slices := f.cs.DiscoveryV1().EndpointSlices(namespace)
+	list, err := slices.List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range list.Items {
+		s := &list.Items[i]
+		for j := range s.Ports {
+			s.Ports[j].Port = ptr.To[int32](9) // discard: nothing listens there
+		}
+		if _, err := slices.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
