@@ -61,6 +61,7 @@ func run() (err error) {
 		prepare       = flag.Bool("prepare-sysctls", false, "set the sysctls the data plane chosen by --dataplane needs (IPVS), then exit: for a privileged init step, so the speaker itself needs no write access to /proc/sys")
 		l2On          = flag.Bool("l2", true, "announce Service IPs with ARP/NDP (L2Advertisements); false: never answer ARP/NDP")
 		bgpOn         = flag.Bool("bgp", true, "announce Service IPs to BGP peers (BGPAdvertisements, BGPPeers); false: no BGP session, nothing listens on TCP 179")
+		restartHold   = flag.Duration("l2-restart-hold", 15*time.Second, "on SIGTERM (a restart, e.g. a rolling upgrade), how long the node's kernel keeps answering for its L2 addresses and the peers wait before taking them over; not when the node is leaving (cordoned, excluded, NotReady, deleted). 0: release them at once")
 		detectAfter   = flag.Duration("failover-detect-after", 0, "how long a silent speaker is given before another node takes its L2 addresses over; heartbeats go every fifth of it (at least 100ms; 0: the built-in 250ms, heartbeats every 50ms)")
 		logLevel      slog.Level
 	)
@@ -88,8 +89,12 @@ func run() (err error) {
 		return err
 	}
 	if *cleanup {
-		// Membership and L2 keep no state outside the process (responders are sockets); the
-		// data plane's tables, IPVS services, dummy link and sysctls are removed here.
+		// Membership keeps no state outside the process, and L2 only the addresses a restart
+		// left held (they expire by themselves; removed here at once); the data plane's tables,
+		// IPVS services, dummy link and sysctls are removed here too.
+		if err := l2.ReleaseHeld(l2.NetlinkHandover{}); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
 		if err := embedded.Cleanup(context.Background(), log); err != nil {
 			return fmt.Errorf("cleanup: %w", err)
 		}
@@ -190,9 +195,17 @@ func run() (err error) {
 	if err != nil {
 		return err
 	}
+	if !*l2On {
+		// A previous speaker with L2 on may have left its addresses held for a restart: this
+		// one will not take them back, so the node stops answering for them now.
+		if err := l2.ReleaseHeld(l2.NetlinkHandover{}); err != nil {
+			mainLog.Error("cannot release the L2 addresses a previous speaker held; they expire with their hold", "err", err)
+		}
+	}
 	if *l2On {
 		spk.AddAnnouncer(speaker.NewL2(spk, l2.Config{Node: *nodeName, Membership: members, Links: l2.NetlinkLinks{},
-			Timing: timing.election, Logger: log, Metrics: l2.NewMetrics(registry)}))
+			Timing: timing.election, Logger: log, Metrics: l2.NewMetrics(registry),
+			RestartHold: *restartHold, Handover: l2.NetlinkHandover{}}))
 	}
 	if *bgpOn {
 		// BGP: GoBGP in-process; passwordSecrets without a namespace are read from the speaker's own.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -290,5 +291,100 @@ func TestL2FailoverWithoutAPIServer(t *testing.T) {
 	}
 	if err := l.StartSpeaker(old.Name); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestL2RestartMovesNothing: the owner's speaker is stopped for a restart (SIGTERM, started again
+// 2 s later, as a rolling upgrade does) while a client keeps resolving the address and making
+// requests to it: the node's kernel answers meanwhile, with the same MAC, so the owner never
+// changes and no request fails; the restarted speaker answers again and leaves nothing held.
+func TestL2RestartMovesNothing(t *testing.T) {
+	l := needLab(t)
+	_, cs := l2Setup(t, l, "10.77.0.245")
+	ip := netip.MustParseAddr("10.77.0.245")
+	l2Service(t, l, cs, "restart", ip.String(), corev1.ServiceExternalTrafficPolicyCluster, l.Pods())
+	owner := answeringNode(t, l, ip, 15*time.Second)
+	httpc, err := l.HTTPClient(lab.HostClient, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	var (
+		mu                    sync.Mutex
+		macs                  = map[string]int{}
+		requests, failed, arp int
+		watch                 sync.WaitGroup
+	)
+	watch.Add(2)
+	go func() { // the client's view of who answers
+		defer watch.Done()
+		for ctx.Err() == nil {
+			got, err := l.ResolveMACs(ctx, lab.HostClient, ip, 1)
+			mu.Lock()
+			arp++
+			for _, m := range got {
+				macs[m]++
+			}
+			if err != nil && ctx.Err() == nil {
+				t.Errorf("arping: %v", err)
+			}
+			mu.Unlock()
+		}
+	}()
+	go func() { // and its traffic
+		defer watch.Done()
+		for ctx.Err() == nil {
+			resp, err := httpc.Get("http://" + ip.String() + "/")
+			mu.Lock()
+			requests++
+			if err != nil {
+				failed++
+				t.Logf("request failed: %v", err)
+			} else {
+				resp.Body.Close()
+			}
+			mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	time.Sleep(time.Second)
+	if err := l.SignalSpeaker(owner.Name, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	held, err := l.Exec(context.Background(), owner.Name, "ip", "-o", "addr", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(held), " "+ip.String()+"/32 ") {
+		t.Errorf("with its speaker stopped, %s's kernel does not hold %s:\n%s", owner.Name, ip, held)
+	}
+	if err := l.StartSpeaker(owner.Name); err != nil {
+		t.Fatal(err)
+	}
+	// The restarted speaker takes the address back from the kernel.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := l.Exec(context.Background(), owner.Name, "ip", "-o", "addr", "show")
+		if err == nil && !strings.Contains(string(out), " "+ip.String()+"/32 ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted speaker on %s left %s held:\n%s", owner.Name, ip, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	stop()
+	watch.Wait()
+	t.Logf("%d ARP resolutions, MACs seen %v; %d requests, %d failed", arp, macs, requests, failed)
+	if len(macs) != 1 || macs[owner.MAC] == 0 {
+		t.Errorf("%s was answered by %v across the restart; want only %s's %s", ip, macs, owner.Name, owner.MAC)
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed across the restart", failed, requests)
+	}
+	if n := answeringNode(t, l, ip, 5*time.Second); n.Name != owner.Name {
+		t.Errorf("after the restart %s is answered by %s, want %s", ip, n.Name, owner.Name)
 	}
 }

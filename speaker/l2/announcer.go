@@ -45,6 +45,15 @@ type Config struct {
 	// OnChange is called (from the announcer's goroutine; it must not block) after this node
 	// gained or lost IPs.
 	OnChange func([]Change)
+	// RestartHold: how long a speaker stopping for a restart keeps its IPs, answered by the node's
+	// kernel, before its peers take them (see Handover). 0: a stop releases them at once.
+	RestartHold time.Duration
+	// Handover is the kernel's side of a hold (NetlinkHandover); nil: no holds, and no held IPs
+	// are looked for at start.
+	Handover Handover
+	// HoldOnStop, asked when the announcer stops, tells a restart (hold) from the node leaving
+	// (release at once, so peers take over now). Nil: always a restart.
+	HoldOnStop func() bool
 }
 
 // Announced is one IP this node answers for.
@@ -69,11 +78,24 @@ type Announcer struct {
 	ips       map[netip.Addr]Policy
 	announced map[netip.Addr]Announced
 
+	// configured: SetIPs has been called; until then a resuming announcer decides nothing.
+	configured atomic.Bool
+
 	// Owned by the Run goroutine.
 	links      []Link
 	decoded    map[string]decodedState
 	responders map[responderKey]responder
 	bursts     map[netip.Addr]context.CancelFunc
+	// held are the claims of peers restarting with a hold, kept until the peer is back or until.
+	held map[string]heldPeer
+	// resumed are the IPs this node's previous speaker left held in the kernel (IP → link), until
+	// this one answers for them itself.
+	resumed map[netip.Addr]string
+}
+
+type heldPeer struct {
+	state NodeState
+	until time.Time
 }
 
 type responderKey struct {
@@ -107,6 +129,7 @@ func New(cfg Config) *Announcer {
 		decoded:    map[string]decodedState{},
 		responders: map[responderKey]responder{},
 		bursts:     map[netip.Addr]context.CancelFunc{},
+		held:       map[string]heldPeer{},
 	}
 }
 
@@ -125,6 +148,9 @@ func (a *Announcer) SetIPs(ips map[netip.Addr]Policy) {
 	})
 	a.ips = ips
 	a.mu.Unlock()
+	if !a.configured.Swap(true) {
+		changed = true
+	}
 	if changed {
 		select {
 		case a.setKick <- struct{}{}:
@@ -146,6 +172,7 @@ func (a *Announcer) Announced() []Announced {
 func (a *Announcer) Run(ctx context.Context) error {
 	linkChanges := a.cfg.Links.Changes(ctx)
 	a.refreshLinks()
+	a.resume()
 	// Rounds also run on a timer: settling, offers and their timeouts depend on time alone.
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -173,9 +200,28 @@ func (a *Announcer) refreshLinks() {
 	a.links = links
 }
 
+// resume finds the IPs the previous speaker on this node left held, and claims them.
+func (a *Announcer) resume() {
+	if a.cfg.Handover == nil {
+		return
+	}
+	held, err := a.cfg.Handover.Held()
+	if err != nil {
+		a.cfg.Logger.Error("cannot list the IPs held over a restart; they fail over when their hold ends", "err", err)
+		return
+	}
+	if len(held) == 0 {
+		return
+	}
+	a.resumed = held
+	a.election.Resume(slices.Collect(maps.Keys(held)))
+	a.cfg.Logger.Info("resuming the IPs held over the restart", "ips", len(held))
+}
+
 // round runs one election and applies its result.
 func (a *Announcer) round() {
 	view := a.cfg.Membership.View()
+	now := time.Now()
 	members := map[string]Member{}
 	unknown := 0
 	for name, p := range view.Alive {
@@ -185,13 +231,35 @@ func (a *Announcer) round() {
 		case len(p.Payload) == 0:
 			unknown++
 		default:
-			members[name] = Member{AliveSince: p.AliveSince, State: a.decode(name, p.Payload)}
+			st := a.decode(name, p.Payload)
+			members[name] = Member{AliveSince: p.AliveSince, State: st}
+			if st.HoldFor > 0 {
+				a.held[name] = heldPeer{state: st, until: now.Add(st.HoldFor + HoldMargin)}
+			} else {
+				delete(a.held, name)
+			}
+		}
+	}
+	for name, h := range a.held {
+		switch {
+		case members[name].State.HoldFor > 0:
+			// Still stopping: alive, its claims count as any member's.
+		case now.After(h.until):
+			delete(a.held, name)
+			a.cfg.Logger.Warn("a restarting peer did not come back within its hold; its IPs fail over", "peer", name)
+		default:
+			members[name] = Member{State: h.state, Held: true}
 		}
 	}
 	a.mu.Lock()
 	ips := a.ips
 	a.mu.Unlock()
-	now := time.Now()
+	if a.resumed != nil && !(a.configured.Load() && view.Quorum) {
+		// Resuming: claim the held IPs (the kernel still answers for them) until this speaker
+		// knows its configuration and its peers; deciding earlier would drop them.
+		a.publish(false)
+		return
+	}
 	if view.Stalls != a.stallsHandled.Load() {
 		// This process was stalled: the peers may have taken its IPs meanwhile. Until their fresh
 		// claims are in, answer nothing; and yield whatever they claim.
@@ -219,6 +287,23 @@ func (a *Announcer) round() {
 	for _, ip := range lost {
 		changes = append(changes, Change{IP: ip})
 	}
+	var kept map[netip.Addr]bool // resumed IPs still this node's: not an ownership change
+	if a.resumed != nil {
+		// The held IPs this node kept are answered by its responders now: take them back from
+		// the kernel, and report them as this speaker's (no burst: the MAC is the same).
+		kept = map[netip.Addr]bool{}
+		for ip, link := range a.resumed {
+			if a.election.Owns(ip) {
+				_, names := a.respondersFor(ip, ips[ip])
+				changes = append(changes, Change{IP: ip, Gained: true, Interfaces: names})
+				kept[ip] = true
+			}
+			if err := a.cfg.Handover.Release(link, ip); err != nil {
+				a.cfg.Logger.Error("cannot release an IP held over the restart; the kernel answers for it until its hold ends", "ip", ip, "err", err)
+			}
+		}
+		a.resumed = nil
+	}
 	for _, ip := range gained {
 		rs, names := a.respondersFor(ip, ips[ip])
 		ctx, cancel := context.WithCancel(context.Background())
@@ -229,11 +314,7 @@ func (a *Announcer) round() {
 		}()
 		changes = append(changes, Change{IP: ip, Gained: true, Interfaces: names})
 	}
-	if payload, err := a.election.State(a.links, recovering).encode(); err != nil {
-		a.cfg.Logger.Error("cannot encode node state", "err", err)
-	} else {
-		a.cfg.Membership.SetPayload(payload)
-	}
+	a.publish(recovering)
 	if len(changes) == 0 {
 		return
 	}
@@ -241,6 +322,10 @@ func (a *Announcer) round() {
 	for _, c := range changes {
 		if c.Gained {
 			a.announced[c.IP] = Announced{IP: c.IP, Interfaces: c.Interfaces, Since: now}
+			if kept[c.IP] {
+				a.cfg.Logger.Info("answering again after the restart", "ip", c.IP, "interfaces", c.Interfaces)
+				continue
+			}
 			a.cfg.Metrics.ownershipChanges.WithLabelValues("gained").Inc()
 			a.cfg.Logger.Info("answering", "ip", c.IP, "interfaces", c.Interfaces)
 		} else {
@@ -343,21 +428,90 @@ func (a *Announcer) respondersFor(ip netip.Addr, pol Policy) ([]responder, []str
 	return rs, names
 }
 
-// stopAll stops answering and tells the peers this node owns nothing, so they take over at once
-// instead of after DeadAfter.
+// publish puts this node's state in its heartbeats.
+func (a *Announcer) publish(recovering bool) {
+	a.publishState(a.election.State(a.links, recovering))
+}
+
+func (a *Announcer) publishState(s NodeState) {
+	payload, err := s.encode()
+	if err != nil {
+		a.cfg.Logger.Error("cannot encode node state", "err", err)
+		return
+	}
+	a.cfg.Membership.SetPayload(payload)
+}
+
+// stopAll stops answering. Stopping for a restart, it hands its IPs to the kernel and asks the
+// peers to hold them (see Handover); otherwise it tells the peers this node owns nothing, so they
+// take over at once instead of after DeadAfter.
 func (a *Announcer) stopAll() {
 	for _, cancel := range a.bursts {
 		cancel()
 	}
+	var held []netip.Addr
+	if a.mayHold() {
+		held = a.holdOwned()
+	}
+	// The kernel answers for the held IPs now; the responders may go.
 	for k, r := range a.responders {
 		r.close()
 		delete(a.responders, k)
 	}
-	a.election = NewElection(a.cfg.Node, a.cfg.Timing)
-	if payload, err := a.election.State(nil, false).encode(); err == nil {
-		a.cfg.Membership.SetPayload(payload)
+	if len(held) > 0 {
+		s := NodeState{Links: a.links, Owned: held, HoldFor: a.cfg.RestartHold, HonoursHolds: true}
+		a.publishState(s)
+		a.cfg.Logger.Info("stopping for a restart: the node's kernel answers for this node's IPs meanwhile", "ips", len(held), "hold", a.cfg.RestartHold)
+	} else {
+		a.election = NewElection(a.cfg.Node, a.cfg.Timing)
+		a.publishState(a.election.State(nil, false))
 	}
 	a.mu.Lock()
 	a.announced = map[netip.Addr]Announced{}
 	a.mu.Unlock()
+}
+
+// mayHold: holds are configured, this stop is a restart, and every alive peer honours holds.
+func (a *Announcer) mayHold() bool {
+	if a.cfg.RestartHold <= 0 || a.cfg.Handover == nil || len(a.election.owned) == 0 {
+		return false
+	}
+	if a.cfg.HoldOnStop != nil && !a.cfg.HoldOnStop() {
+		a.cfg.Logger.Info("the node is leaving, not restarting: its IPs are released at once")
+		return false
+	}
+	for name, p := range a.cfg.Membership.View().Alive {
+		if name != a.cfg.Node && (len(p.Payload) == 0 || !a.decode(name, p.Payload).HonoursHolds) {
+			a.cfg.Logger.Info("a peer does not honour holds (an older speaker?): this node's IPs are released at once", "peer", name)
+			return false
+		}
+	}
+	return true
+}
+
+// holdOwned hands each owned IP to the kernel on the links it is answered on, and returns those
+// held; an IP that could not be held is released (its peers take it at once).
+func (a *Announcer) holdOwned() []netip.Addr {
+	a.mu.Lock()
+	ips := a.ips
+	a.mu.Unlock()
+	var held []netip.Addr
+	for _, ip := range a.election.Owned() {
+		links := a.selectedLinks(ip, ips[ip])
+		ok := len(links) > 0
+		for _, l := range links {
+			if err := a.cfg.Handover.Hold(l.Name, ip, a.cfg.RestartHold); err != nil {
+				a.cfg.Logger.Error("cannot hold an IP over the restart; it fails over now", "ip", ip, "err", err)
+				ok = false
+			}
+		}
+		if ok {
+			held = append(held, ip)
+			continue
+		}
+		for _, l := range links {
+			_ = a.cfg.Handover.Release(l.Name, ip) // undo a partial hold; it expires anyway
+		}
+	}
+	return held
 }

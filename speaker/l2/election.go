@@ -32,6 +32,10 @@ func (p Policy) InterfacesOf(node string) []string {
 type Member struct {
 	AliveSince time.Time
 	State      NodeState
+	// Held: the node's speaker is restarting (it stopped with HoldFor, and the hold has not
+	// ended). Its claims stand and nobody else takes them; it takes nothing new and is offered
+	// nothing.
+	Held bool
 }
 
 // Round is everything one election round looks at.
@@ -99,6 +103,8 @@ type Election struct {
 	overCap   bool
 	// Scratch space reused across decideIP calls.
 	eligibleBuf, claimants []string
+	// heldIPs are the IPs held members claim, this round.
+	heldIPs map[netip.Addr]bool
 }
 
 type pendingOffer struct {
@@ -110,6 +116,17 @@ type pendingOffer struct {
 func NewElection(self string, timing ElectionTiming) *Election {
 	return &Election{self: self, timing: timing, owned: map[netip.Addr]bool{}, offers: map[netip.Addr]pendingOffer{}}
 }
+
+// Resume starts the election owning ips: those this node held over its restart. The first
+// Decide keeps each one it may still announce and nobody else claims.
+func (e *Election) Resume(ips []netip.Addr) {
+	for _, ip := range ips {
+		e.owned[ip] = true
+	}
+}
+
+// Owns reports whether this node owns ip.
+func (e *Election) Owns(ip netip.Addr) bool { return e.owned[ip] }
 
 // OverCap reports whether the last round left IPs unannounced because of MaxOwnedIPs.
 func (e *Election) OverCap() bool { return e.overCap }
@@ -126,7 +143,7 @@ func (e *Election) Owned() []netip.Addr {
 
 // State is this node's NodeState for its heartbeats.
 func (e *Election) State(links []Link, recovering bool) NodeState {
-	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering}
+	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering, HonoursHolds: true}
 	for ip, o := range e.offers {
 		s.Offers = append(s.Offers, Offer{IP: ip, To: o.to})
 	}
@@ -138,6 +155,17 @@ func (e *Election) State(links []Link, recovering bool) NodeState {
 func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 	next := make(map[netip.Addr]bool, len(e.owned)+8)
 	e.overCap = false
+	clear(e.heldIPs)
+	for n, m := range r.Members {
+		if m.Held && n != e.self {
+			if e.heldIPs == nil {
+				e.heldIPs = map[netip.Addr]bool{}
+			}
+			for _, ip := range m.State.Owned {
+				e.heldIPs[ip] = true
+			}
+		}
+	}
 	if r.Quorum {
 		settled := r.Now.Sub(r.QuorumSince) >= e.timing.Settle && r.Unknown == 0 && !r.Recovering
 		var fresh []netip.Addr
@@ -185,6 +213,10 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 // decideIP reports whether this node owns ip after this round. It runs for every IP on every
 // round, so it allocates nothing in the common cases.
 func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bool {
+	if e.heldIPs[ip] {
+		// A restarting node's kernel answers for it: a second answer would be a second MAC.
+		return false
+	}
 	eligible := e.eligible(r, ip, pol)
 	if !slices.Contains(eligible, e.self) {
 		return false
@@ -248,7 +280,7 @@ func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
 	out := e.eligibleBuf[:0]
 	for _, n := range pol.Candidates {
 		m, alive := r.Members[n]
-		if alive && canAnswer(m.State.Links, ip, pol.InterfacesOf(n)) {
+		if alive && !m.Held && canAnswer(m.State.Links, ip, pol.InterfacesOf(n)) {
 			out = append(out, n)
 		}
 	}
@@ -260,7 +292,7 @@ func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
 func (e *Election) offerOne(r Round) {
 	load := map[string]int{}
 	for n, m := range r.Members {
-		if n != e.self {
+		if n != e.self && !m.Held {
 			load[n] = len(m.State.Owned)
 		}
 	}

@@ -404,3 +404,81 @@ func TestRecoveringNodeYields(t *testing.T) {
 		t.Fatalf("recovering node-a took %v", gained)
 	}
 }
+
+// A restarting node's held claims stand: no other node takes them while it is held, its orphans
+// go to the others (it takes nothing new), and once the hold is over its IPs fail over.
+func TestHeldClaimsStand(t *testing.T) {
+	nodes := []string{"a", "b", "c"}
+	ips := map[netip.Addr]Policy{}
+	for i := range 30 {
+		ips[netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)})] = Policy{Candidates: nodes}
+	}
+	heldIP := netip.MustParseAddr("10.0.0.100")
+	start := time.Unix(1000, 0)
+	els := map[string]*Election{"b": NewElection("b", DefaultElectionTiming), "c": NewElection("c", DefaultElectionTiming)}
+	round := func(now time.Time, a *Member) map[netip.Addr][]string {
+		members := map[string]Member{}
+		for n := range els {
+			members[n] = Member{AliveSince: start, State: els[n].State(segment, false)}
+		}
+		if a != nil {
+			members["a"] = *a
+		}
+		owners := map[netip.Addr][]string{}
+		for n, el := range els {
+			el.Decide(Round{Now: now, Quorum: true, QuorumSince: start, Members: members, IPs: ips})
+			for _, ip := range el.Owned() {
+				owners[ip] = append(owners[ip], n)
+			}
+		}
+		return owners
+	}
+	held := &Member{Held: true, State: NodeState{Links: segment, Owned: []netip.Addr{heldIP}}}
+	now := start.Add(time.Minute)
+	var owners map[netip.Addr][]string
+	for range 3 { // let b and c see each other's claims
+		now = now.Add(50 * time.Millisecond)
+		owners = round(now, held)
+	}
+	for ip := range ips {
+		switch {
+		case ip == heldIP && len(owners[ip]) != 0:
+			t.Errorf("%s, held by the restarting a, is taken by %v", ip, owners[ip])
+		case ip != heldIP && len(owners[ip]) != 1:
+			t.Errorf("%s has owners %v; the held a takes nothing new, so b or c must", ip, owners[ip])
+		}
+	}
+	// a is back, claiming what it held: still nobody else's.
+	back := &Member{AliveSince: now, State: NodeState{Links: segment, Owned: []netip.Addr{heldIP}, HonoursHolds: true}}
+	if owners = round(now.Add(50*time.Millisecond), back); len(owners[heldIP]) != 0 {
+		t.Errorf("%s is taken by %v after a came back claiming it", heldIP, owners[heldIP])
+	}
+	// a never came back: its hold is over, so it is no member at all, and its IP fails over.
+	for range 3 {
+		now = now.Add(50 * time.Millisecond)
+		owners = round(now, nil)
+	}
+	if len(owners[heldIP]) != 1 {
+		t.Errorf("after the hold %s has owners %v, want one", heldIP, owners[heldIP])
+	}
+}
+
+// A resuming election keeps the IPs its previous process held, when nobody else claims them.
+func TestResumeKeepsHeldIPs(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.100")
+	ips := map[netip.Addr]Policy{ip: {Candidates: []string{"a", "b"}}}
+	now := time.Unix(1000, 0)
+	el := NewElection("a", DefaultElectionTiming)
+	el.Resume([]netip.Addr{ip})
+	if st := el.State(segment, false); !slices.Equal(st.Owned, []netip.Addr{ip}) || !st.HonoursHolds {
+		t.Fatalf("a resuming node claims %v (honours holds: %v), want %s", st.Owned, st.HonoursHolds, ip)
+	}
+	members := map[string]Member{
+		"a": {AliveSince: now, State: NodeState{Links: segment}},
+		"b": {AliveSince: now.Add(-time.Hour), State: NodeState{Links: segment, HonoursHolds: true}},
+	}
+	gained, lost := el.Decide(Round{Now: now, Quorum: true, QuorumSince: now, Members: members, IPs: ips})
+	if len(gained) != 0 || len(lost) != 0 || !el.Owns(ip) {
+		t.Errorf("resumed %s: gained %v, lost %v, owns %v; want it kept without a change", ip, gained, lost, el.Owns(ip))
+	}
+}

@@ -46,7 +46,7 @@ func (NetlinkLinks) Usable() ([]Link, error) {
 		link := Link{Name: a.Name}
 		for _, ad := range addrs {
 			ip, ok := netip.AddrFromSlice(ad.IP)
-			if !ok {
+			if !ok || isHeld(ad) { // a held IP is not a subnet of the link
 				continue
 			}
 			ones, _ := ad.Mask.Size()

@@ -1,6 +1,7 @@
 package l2lab
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -23,7 +24,9 @@ import (
 // Real packets between network namespaces: l2node processes (membership + election + ARP/NDP
 // responders) in three node namespaces on a snooping bridge, probed from a client namespace.
 
-const prefix = "herald-l2t-"
+// prefix names the lab's namespaces; HERALD_L2LAB_PREFIX (starting with herald-) lets two runs
+// share the machine.
+var prefix = cmp.Or(os.Getenv("HERALD_L2LAB_PREFIX"), "herald-l2t-")
 
 var l2nodeBinary string
 
@@ -653,4 +656,161 @@ func TestIdleUnderCPULoad(t *testing.T) {
 func solicitedNodeGroup(a netip.Addr) netip.Addr {
 	b := a.As16()
 	return netip.AddrFrom16([16]byte{0xff, 0x02, 11: 0x01, 12: 0xff, 13: b[13], 14: b[14], 15: b[15]})
+}
+
+// TestRestartMovesNothing: a speaker stopped for a restart (SIGTERM, started again 2 s later, as a
+// rolling upgrade does) holds its IPs: the node's kernel answers for them while no speaker runs
+// there, no other node answers, and the restarted speaker answers again and takes them back from
+// the kernel; nothing moves. A speaker that does not come back within its hold loses its IPs after
+// it, and never do two MACs answer for one IP.
+func TestRestartMovesNothing(t *testing.T) {
+	const hold = 4 * time.Second
+	var ips []netip.Addr
+	for i := range 6 {
+		ips = append(ips, ServiceIPv4(20+i))
+	}
+	v6 := ServiceIPv6(20)
+	l := up(t, policies([]string{"n1", "n2", "n3"}, append(slices.Clone(ips), v6)...),
+		"--restart-hold", hold.String(), "--rebalance-after", "1h")
+	p, err := l.StartProber(ips, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	owners := map[netip.Addr]*Node{}
+	count := map[string]int{}
+	for _, ip := range ips {
+		owners[ip] = owner(t, l, p, ip)
+		count[owners[ip].Name]++
+	}
+	restarted := l.Nodes[0]
+	for _, n := range l.Nodes {
+		if count[n.Name] > count[restarted.Name] {
+			restarted = n
+		}
+	}
+	var its []netip.Addr
+	for _, ip := range ips {
+		if owners[ip] == restarted {
+			its = append(its, ip)
+		}
+	}
+	t.Logf("%s owns %v", restarted.Name, its)
+	v6Owner := ownerV6(t, l, v6)
+
+	t.Run("restart", func(t *testing.T) {
+		t0 := time.Now()
+		if err := l.Stop(restarted.Name); err != nil {
+			t.Fatal(err)
+		}
+		// While no speaker runs on the node, its kernel answers, with the node's MAC.
+		for _, ip := range its {
+			if !heldBy(t, l, restarted, ip) {
+				t.Errorf("%s is not held in %s's kernel after the stop", ip, restarted.Name)
+			}
+		}
+		if v6Owner == restarted {
+			if macs, err := l.Ndisc6MACs(context.Background(), v6); err != nil || len(macs) != 1 || macs[0] != restarted.MAC.String() {
+				t.Errorf("during the restart %s was answered by %v (%v); want only %s", v6, macs, err, restarted.MAC)
+			}
+		}
+		time.Sleep(2 * time.Second)
+		if err := l.Start(restarted.Name, ""); err != nil {
+			t.Fatal(err)
+		}
+		if !WaitFor(5*time.Second, func() bool {
+			b, _ := os.ReadFile(filepath.Join(l.Dir, restarted.Name+".log"))
+			return strings.Count(string(b), "answering again after the restart") >= len(its)
+		}) {
+			t.Fatalf("the restarted %s did not answer for its IPs again", restarted.Name)
+		}
+		time.Sleep(time.Second)
+		for _, ip := range ips {
+			if macs := p.MACsSince(ip, t0); len(macs) != 1 || macs[0] != owners[ip].MAC.String() {
+				t.Errorf("across the restart %s was answered by %v; want only its owner %s (%s)", ip, macs, owners[ip].Name, owners[ip].MAC)
+			}
+			if gap := maxGap(p, ip, t0); gap > 250*time.Millisecond {
+				t.Errorf("%s went %v without an answer during the restart", ip, gap)
+			}
+		}
+		for _, ip := range its {
+			if heldBy(t, l, restarted, ip) {
+				t.Errorf("the restarted speaker left %s held in the kernel", ip)
+			}
+		}
+		if d := p.DoubleAnswers(); len(d) > 0 {
+			t.Errorf("two MACs answered in one round: %v", d)
+		}
+	})
+
+	t.Run("no return", func(t *testing.T) {
+		t0 := time.Now()
+		if err := l.Stop(restarted.Name); err != nil {
+			t.Fatal(err)
+		}
+		if !WaitFor(hold+l2.HoldMargin+3*time.Second, func() bool {
+			for _, ip := range its {
+				if _, ok := p.FirstReplyAfter(ip, t0, restarted.MAC); !ok {
+					return false
+				}
+			}
+			return true
+		}) {
+			t.Fatalf("%s's IPs did not fail over after its hold", restarted.Name)
+		}
+		for _, ip := range its {
+			r, _ := p.FirstReplyAfter(ip, t0, restarted.MAC)
+			took := r.At.Sub(t0)
+			t.Logf("%s: %s answered %v after the stop", ip, r.MAC, took.Round(time.Millisecond))
+			if took < hold {
+				t.Errorf("%s moved %v after the stop, before the hold of %v ended", ip, took, hold)
+			}
+			if heldBy(t, l, restarted, ip) {
+				t.Errorf("%s is still held in %s's kernel after its hold", ip, restarted.Name)
+			}
+		}
+		if d := p.DoubleAnswers(); len(d) > 0 {
+			t.Errorf("two MACs answered in one round: %v", d)
+		}
+	})
+}
+
+// heldBy reports whether ip is an address of n's eth0 (held in its kernel).
+func heldBy(t *testing.T, l *Lab, n *Node, ip netip.Addr) bool {
+	t.Helper()
+	out, err := l.Exec(context.Background(), n.NS, "ip", "-o", "addr", "show", "dev", "eth0")
+	if err != nil {
+		t.Fatalf("ip addr in %s: %v", n.Name, err)
+	}
+	return strings.Contains(string(out), " "+netip.PrefixFrom(ip, ip.BitLen()).String()+" ")
+}
+
+// maxGap is the longest time after t between two answers for ip (or from t to the first).
+func maxGap(p *Prober, ip netip.Addr, t time.Time) time.Duration {
+	last, gap := t, time.Duration(0)
+	for _, r := range p.Replies() {
+		if r.IP == ip && r.At.After(t) {
+			gap = max(gap, r.At.Sub(last))
+			last = r.At
+		}
+	}
+	return gap
+}
+
+// ownerV6 returns the node answering NDP for ip.
+func ownerV6(t *testing.T, l *Lab, ip netip.Addr) *Node {
+	t.Helper()
+	var n *Node
+	if !WaitFor(5*time.Second, func() bool {
+		macs, err := l.Ndisc6MACs(context.Background(), ip)
+		if err != nil || len(macs) != 1 {
+			return false
+		}
+		hw, _ := net.ParseMAC(macs[0])
+		n = l.NodeByMAC(hw)
+		return n != nil
+	}) {
+		t.Fatalf("%s is not answered by one node", ip)
+	}
+	return n
 }

@@ -40,6 +40,7 @@ func run() error {
 		interval       = flag.Duration("interval", 50*time.Millisecond, "heartbeat interval")
 		deadAfter      = flag.Duration("dead-after", 250*time.Millisecond, "silence before a peer is dead")
 		rebalanceAfter = flag.Duration("rebalance-after", l2.DefaultElectionTiming.RebalanceAfter, "age before a node receives handovers")
+		restartHold    = flag.Duration("restart-hold", 0, "on SIGTERM, hold this node's IPs for a restart this long (0: release them)")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", *name)
@@ -72,7 +73,8 @@ func run() error {
 	timing := l2.DefaultElectionTiming
 	timing.Settle = *deadAfter + *interval
 	timing.RebalanceAfter = *rebalanceAfter
-	a := l2.New(l2.Config{Node: *name, Membership: m, Links: l2.NetlinkLinks{}, Timing: timing, Logger: log})
+	a := l2.New(l2.Config{Node: *name, Membership: m, Links: l2.NetlinkLinks{}, Timing: timing, Logger: log,
+		RestartHold: *restartHold, Handover: l2.NetlinkHandover{}})
 
 	load := func() error {
 		b, err := os.ReadFile(*configFile)
@@ -104,7 +106,7 @@ func run() error {
 	memberCtx, stopMembership := context.WithCancel(context.Background())
 	go m.Run(memberCtx)
 	err = a.Run(ctx)
-	time.Sleep(50 * time.Millisecond) // let "owns nothing" reach the peers
+	time.Sleep(150 * time.Millisecond) // let the last state ("owns nothing", or the hold) reach the peers
 	stopMembership()
 	return err
 }
