@@ -105,6 +105,8 @@ type Election struct {
 	eligibleBuf, claimants []string
 	// heldIPs are the IPs held members claim, this round.
 	heldIPs map[netip.Addr]bool
+	// leaving: owned IPs this node may no longer announce, since when (see keepUntilTaken).
+	leaving map[netip.Addr]time.Time
 }
 
 type pendingOffer struct {
@@ -114,7 +116,8 @@ type pendingOffer struct {
 
 // NewElection starts with nothing owned.
 func NewElection(self string, timing ElectionTiming) *Election {
-	return &Election{self: self, timing: timing, owned: map[netip.Addr]bool{}, offers: map[netip.Addr]pendingOffer{}}
+	return &Election{self: self, timing: timing, owned: map[netip.Addr]bool{}, offers: map[netip.Addr]pendingOffer{},
+		leaving: map[netip.Addr]time.Time{}}
 }
 
 // Resume starts the election owning ips: those this node held over its restart. The first
@@ -197,6 +200,11 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 		}
 	}
 	e.owned = next
+	for ip := range e.leaving {
+		if !next[ip] {
+			delete(e.leaving, ip)
+		}
+	}
 	for ip, o := range e.offers {
 		if !next[ip] || r.Now.Sub(o.at) > e.timing.OfferTimeout {
 			delete(e.offers, ip)
@@ -219,8 +227,9 @@ func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bo
 	}
 	eligible := e.eligible(r, ip, pol)
 	if !slices.Contains(eligible, e.self) {
-		return false
+		return e.keepUntilTaken(r, ip, eligible)
 	}
+	delete(e.leaving, ip)
 	claimants := e.claimants[:0]
 	type offer struct{ from, to string }
 	var offers []offer
@@ -272,6 +281,27 @@ func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bo
 		}
 	}
 	return rendezvousWinner(ip, claimants) == e.self
+}
+
+// keepUntilTaken: this node owns ip but may no longer announce it (cordoned or drained, excluded,
+// its local endpoints gone, its advertisement changed). It answers on until an eligible node
+// claims the IP, at most OfferTimeout: make before break, as a rebalancing handover, so a client
+// asking meanwhile is always answered. Not when nobody eligible could take it, nor while
+// recovering from a stall.
+func (e *Election) keepUntilTaken(r Round, ip netip.Addr, eligible []string) bool {
+	since, leaving := e.leaving[ip]
+	if !e.owned[ip] || len(eligible) == 0 || r.Recovering || (leaving && r.Now.Sub(since) > e.timing.OfferTimeout) {
+		return false
+	}
+	for _, n := range eligible {
+		if r.Members[n].State.owns(ip) {
+			return false
+		}
+	}
+	if !leaving {
+		e.leaving[ip] = r.Now
+	}
+	return true
 }
 
 // eligible lists the alive candidates that have a link to answer for ip, in the candidates' order

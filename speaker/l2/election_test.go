@@ -83,8 +83,14 @@ func (c *cluster) step() {
 	}
 }
 
+// handingOver: two owners are allowed for one heartbeat while an IP is handed over, by an offer
+// (rebalancing) or because its owner may no longer announce it and answers until the new owner's
+// claim arrives (make before break).
 func (c *cluster) handingOver(ip netip.Addr, owners []string) bool {
 	for _, n := range owners {
+		if !slices.Contains(c.ips[ip].Candidates, n) || !canAnswer(c.nodes[n].links, ip, nil) {
+			return true
+		}
 		for _, o := range c.nodes[n].published.Offers {
 			if o.IP == ip && slices.Contains(owners, o.To) {
 				return true
@@ -236,6 +242,9 @@ func TestIneligibleOwnerGivesUp(t *testing.T) {
 	// The owner's interface goes down: it advertises no link for the subnet and gives up.
 	c.ips[ip] = Policy{Candidates: []string{"node-a", "node-b", "node-c"}}
 	c.nodes[other].links = nil
+	// Its peers learn of the link from its next heartbeat, take the IP, and it stops when it sees
+	// their claim: three heartbeats.
+	c.step()
 	c.step()
 	c.step()
 	if got := c.ownerOf()[ip]; got == other {
@@ -480,5 +489,50 @@ func TestResumeKeepsHeldIPs(t *testing.T) {
 	gained, lost := el.Decide(Round{Now: now, Quorum: true, QuorumSince: now, Members: members, IPs: ips})
 	if len(gained) != 0 || len(lost) != 0 || !el.Owns(ip) {
 		t.Errorf("resumed %s: gained %v, lost %v, owns %v; want it kept without a change", ip, gained, lost, el.Owns(ip))
+	}
+}
+
+// An owner that may no longer announce its IP (cordoned, excluded, its endpoints gone) answers on
+// until the new owner's claim arrives. The nodes learn of the change at different moments (each
+// from its own watch of the API server): here the owner a first, b one heartbeat later. At every
+// heartbeat someone answers.
+func TestIneligibleOwnerHandsOverBeforeStopping(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.100")
+	before := map[netip.Addr]Policy{ip: {Candidates: []string{"a", "b"}}}
+	after := map[netip.Addr]Policy{ip: {Candidates: []string{"b"}}} // a is cordoned
+	start := time.Unix(1000, 0)
+	a, b := NewElection("a", DefaultElectionTiming), NewElection("b", DefaultElectionTiming)
+	a.Resume([]netip.Addr{ip}) // a owns it
+	now := start.Add(time.Minute)
+	step := func(aIPs, bIPs map[netip.Addr]Policy) []string {
+		now = now.Add(50 * time.Millisecond)
+		members := map[string]Member{
+			"a": {AliveSince: start, State: a.State(segment, false)},
+			"b": {AliveSince: start, State: b.State(segment, false)},
+		}
+		a.Decide(Round{Now: now, Quorum: true, QuorumSince: start, Members: members, IPs: aIPs})
+		b.Decide(Round{Now: now, Quorum: true, QuorumSince: start, Members: members, IPs: bIPs})
+		var owners []string
+		if a.Owns(ip) {
+			owners = append(owners, "a")
+		}
+		if b.Owns(ip) {
+			owners = append(owners, "b")
+		}
+		return owners
+	}
+	for i, views := range [][2]map[netip.Addr]Policy{{after, before}, {after, after}, {after, after}, {after, after}} {
+		owners := step(views[0], views[1])
+		t.Logf("heartbeat %d: %v", i+1, owners)
+		if len(owners) == 0 {
+			t.Fatalf("heartbeat %d: nobody answers for %s (break before make)", i+1, ip)
+		}
+	}
+	if a.Owns(ip) || !b.Owns(ip) {
+		t.Fatalf("a owns %s: %v, b: %v; want only b", ip, a.Owns(ip), b.Owns(ip))
+	}
+	// Nobody else may take it: the owner stops at once (keeping it would answer for nothing).
+	if owners := step(after, map[netip.Addr]Policy{ip: {}}); slices.Contains(owners, "b") {
+		t.Fatalf("b still owns %s with no candidate left", ip)
 	}
 }
