@@ -17,7 +17,6 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -25,10 +24,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/heraldlb/herald/bench/internal/labprobe"
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/speaker/l2"
 	"github.com/heraldlb/herald/speaker/l2/l2lab"
@@ -38,14 +37,6 @@ const (
 	prefix  = "herald-l2b-"
 	command = "BENCH_ONLY=l2 make bench"
 )
-
-type figure struct {
-	Figure  string  `json:"figure"`
-	Value   float64 `json:"value"`
-	Unit    string  `json:"unit"`
-	Target  string  `json:"target,omitempty"`
-	Command string  `json:"command"`
-}
 
 func main() {
 	lab.RunBackendIfAsked() // the lab runs this program as its backend pods
@@ -139,7 +130,7 @@ func run(seg *l2lab.Lab, trials int) error {
 			// Let the node rejoin (and its first heartbeats settle) before the next trial.
 			time.Sleep(1500 * time.Millisecond)
 		}
-		report("L2 failover, "+b.name+" -> first ARP reply from the new owner", took, "p50 < 300 ms, p99 < 1000 ms")
+		labprobe.Report(command, "L2 failover, "+b.name+" -> first ARP reply from the new owner", took, "p50 < 300 ms, p99 < 1000 ms")
 	}
 
 	var took []time.Duration
@@ -157,7 +148,7 @@ func run(seg *l2lab.Lab, trials int) error {
 		took = append(took, r.At.Sub(t0))
 		time.Sleep(200 * time.Millisecond)
 	}
-	report("L2 new IP configured -> first ARP reply (no API server)", took, "")
+	labprobe.Report(command, "L2 new IP configured -> first ARP reply (no API server)", took, "")
 	return nil
 }
 
@@ -179,26 +170,4 @@ func owner(seg *l2lab.Lab, p *l2lab.Prober, ip netip.Addr) (*l2lab.Node, error) 
 		return nil, fmt.Errorf("%s has no single owner", ip)
 	}
 	return n, nil
-}
-
-func report(name string, d []time.Duration, target string) {
-	slices.Sort(d)
-	ms := func(x time.Duration) float64 { return float64(x.Microseconds()) / 1000 }
-	rank := func(q float64) time.Duration { // nearest rank
-		i := int(q*float64(len(d))+0.999999) - 1
-		return d[max(0, min(i, len(d)-1))]
-	}
-	for _, f := range []figure{
-		{Figure: name + ", p50", Value: ms(rank(0.50)), Unit: "ms"},
-		{Figure: name + ", p99", Value: ms(rank(0.99)), Unit: "ms"},
-		{Figure: name + ", max", Value: ms(d[len(d)-1]), Unit: "ms"},
-	} {
-		f.Command = command
-		if target != "" {
-			f.Target = target
-		}
-		b, _ := json.Marshal(f)
-		fmt.Printf("BENCH %s\n", b)
-	}
-	fmt.Fprintf(os.Stderr, "%s: %d trials, all: %v\n", name, len(d), d)
 }
