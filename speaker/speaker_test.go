@@ -121,7 +121,10 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
 	defer events.Shutdown()
 	var dataplaneForwards atomic.Bool
-	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints(), DataplaneForwards: dataplaneForwards.Load},
+	var membersAlive atomic.Int32
+	membersAlive.Store(1)
+	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints(), DataplaneForwards: dataplaneForwards.Load,
+		MembersAlive: func() int { return int(membersAlive.Load()) }},
 		events.NewRecorder(Scheme(), corev1.EventSource{Component: "herald-speaker", Host: "a"}))
 	if err != nil {
 		t.Fatal(err)
@@ -194,6 +197,31 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 		spk.StatusChanged()
 		return c.Get(ctx, client.ObjectKey{Name: "a"}, &again) == nil && again.UID != st.UID && again.Status.AnnouncedIPs == 1
 	})
+
+	// A peer is heard: the SpeakerStatus says so within seconds, not at the next minute's write.
+	// First no write is pending (the object has not changed for 2 s).
+	for rv, since := "", time.Now(); time.Since(since) < 2*time.Second; time.Sleep(100 * time.Millisecond) {
+		var st v1beta1.SpeakerStatus
+		if err := c.Get(ctx, client.ObjectKey{Name: "a"}, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.ResourceVersion != rv {
+			rv, since = st.ResourceVersion, time.Now()
+		}
+	}
+	membersAlive.Store(2)
+	heard := time.Now()
+	for {
+		var st v1beta1.SpeakerStatus
+		if err := c.Get(ctx, client.ObjectKey{Name: "a"}, &st); err == nil && st.Status.MembersAlive == 2 {
+			t.Logf("membersAlive 2 written %v after the peer was heard", time.Since(heard).Round(time.Millisecond))
+			break
+		}
+		if time.Since(heard) > 5*time.Second {
+			t.Fatal("the SpeakerStatus still says 1 member alive 5 s after a peer was heard")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	// Membership peers are the nodes whose speaker wrote a SpeakerStatus: a only, then b too.
 	eventually(t, "peer a", func() bool { peersMu.Lock(); defer peersMu.Unlock(); return len(peers) == 1 && peers["a"].IsValid() })
