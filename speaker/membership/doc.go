@@ -33,6 +33,14 @@
 // anything already seen are dropped), and the timestamp is within MaxClockSkew of its own clock (so
 // a receiver that restarted and lost its counters cannot be fed an old capture either).
 //
+// State: the payload (the L2 announcer's claims) travels only while a peer does not hold its
+// current version. Each heartbeat names the version of the sender's payload and the version of the
+// receiver's payload the sender holds; a sender includes its payload for a peer whose last
+// heartbeat acknowledged an older version. A change reaches every peer with the next heartbeat
+// (sent at once), a lost one is repaired by the next ack, and at steady state a heartbeat is about
+// a hundred bytes whatever the payload (wire version 2; version 1 peers, from earlier releases,
+// get the whole payload in every heartbeat, see message.go).
+//
 // Split brain: a speaker that sees at most half of the members alive (itself included) has no
 // quorum and must not announce anything (see View.Quorum): the majority side will have moved its
 // IPs after the same DeadAfter. With one or two members there is no majority to consult and quorum

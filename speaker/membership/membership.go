@@ -74,6 +74,10 @@ type peerState struct {
 	lastSeen   time.Time
 	epoch, seq uint64 // last accepted; kept after death so replays stay rejected
 	payload    []byte
+	// payloadVersion is the version of payload (0: from a version 1 peer); acked is the version
+	// of this node's payload the peer holds; v1 says it last spoke wire version 1.
+	payloadVersion, acked uint64
+	v1                    bool
 }
 
 // Membership sends this node's heartbeats and tracks its peers'.
@@ -83,15 +87,18 @@ type Membership struct {
 	epoch uint64
 	notes chan struct{}
 
-	mu          sync.Mutex
-	joined      time.Time // first SetPeers + JoinGrace; zero before SetPeers
-	lastCheck   time.Time // last run of the expiry check
-	stalls      uint64
-	peers       map[string]*peerState
-	payload     []byte
-	seq         uint64
-	quorum      bool
-	quorumSince time.Time
+	mu        sync.Mutex
+	joined    time.Time // first SetPeers + JoinGrace; zero before SetPeers
+	lastCheck time.Time // last run of the expiry check
+	stalls    uint64
+	peers     map[string]*peerState
+	payload   []byte
+	// payloadVersion starts at the epoch and grows with every change of payload, so it is unique
+	// across this node's restarts.
+	payloadVersion uint64
+	seq            uint64
+	quorum         bool
+	quorumSince    time.Time
 }
 
 // Metrics are membership's Prometheus metrics. The speaker registers them in its registry;
@@ -99,6 +106,7 @@ type Membership struct {
 type Metrics struct {
 	messagesAccepted prometheus.Counter
 	messagesRejected *prometheus.CounterVec
+	bytesSent        prometheus.Counter
 	peersAlive       prometheus.Gauge
 	quorum           prometheus.Gauge
 }
@@ -114,6 +122,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "herald_membership_messages_rejected_total",
 			Help: "Heartbeats dropped, by reason (bad_mac, replay, clock_skew, unknown_peer, malformed).",
 		}, []string{"reason"}),
+		bytesSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_membership_bytes_sent_total",
+			Help: "Bytes of heartbeats sent to peers (UDP payload): at steady state independent of the IPs this node owns.",
+		}),
 		peersAlive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_membership_peers_alive",
 			Help: "Peers this node currently sees alive (itself excluded).",
@@ -124,7 +136,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.messagesAccepted, m.messagesRejected, m.peersAlive, m.quorum)
+		reg.MustRegister(m.messagesAccepted, m.messagesRejected, m.bytesSent, m.peersAlive, m.quorum)
 	}
 	return m
 }
@@ -159,12 +171,13 @@ func New(cfg Config) (*Membership, error) {
 	}
 	now := cfg.Now()
 	return &Membership{
-		cfg:       cfg,
-		sock:      sock,
-		epoch:     uint64(now.UnixNano()),
-		notes:     make(chan struct{}, 1),
-		peers:     map[string]*peerState{},
-		lastCheck: now,
+		cfg:            cfg,
+		sock:           sock,
+		epoch:          uint64(now.UnixNano()),
+		payloadVersion: uint64(now.UnixNano()),
+		notes:          make(chan struct{}, 1),
+		peers:          map[string]*peerState{},
+		lastCheck:      now,
 		// Alone, or with one peer, a node has quorum from the start (see View.Quorum).
 		quorum:      true,
 		quorumSince: now,
@@ -217,6 +230,9 @@ func (m *Membership) SetPayload(p []byte) {
 	m.mu.Lock()
 	changed := !bytes.Equal(m.payload, p)
 	m.payload = append([]byte(nil), p...)
+	if changed {
+		m.payloadVersion++
+	}
 	m.mu.Unlock()
 	if changed {
 		m.sock.wakeUp()
@@ -331,28 +347,47 @@ func (m *Membership) untilFirstExpiry() time.Duration {
 	return max(first, 0)
 }
 
+// send sends one heartbeat to every peer: to a peer that holds this node's current payload
+// version, without the payload.
 func (m *Membership) send() {
+	type datagram struct {
+		to  netip.AddrPort
+		msg message
+	}
 	m.mu.Lock()
 	if m.detectStallLocked(m.cfg.Now()) {
 		m.notify()
 	}
 	m.seq++
-	msg := message{Name: m.cfg.Name, Epoch: m.epoch, Seq: m.seq, SentNS: m.cfg.Now().UnixNano(), Payload: m.payload}
-	addrs := make([]netip.AddrPort, 0, len(m.peers))
+	head := message{Name: m.cfg.Name, Epoch: m.epoch, Seq: m.seq, SentNS: m.cfg.Now().UnixNano(),
+		PayloadVersion: m.payloadVersion, Payload: m.payload}
+	out := make([]datagram, 0, len(m.peers))
 	for _, p := range m.peers {
-		if p.addr.IsValid() {
-			addrs = append(addrs, p.addr)
+		if !p.addr.IsValid() {
+			continue
 		}
+		msg := head
+		if p.v1 {
+			msg.Version = wireV1
+		} else {
+			msg.Version, msg.Acked, msg.Carries = wireV2, p.payloadVersion, p.acked != m.payloadVersion
+		}
+		out = append(out, datagram{p.addr, msg})
 	}
 	m.mu.Unlock()
-	b, err := msg.marshal(m.cfg.Key)
-	if err != nil {
-		m.cfg.Logger.Error("cannot encode heartbeat", "err", err)
-		return
-	}
-	for _, a := range addrs {
+	// Peers alike get the same bytes: at steady state there are two shapes (version 1, and
+	// version 2 without payload, whose acked differs per peer), so each is marshalled per peer
+	// only where it must be.
+	for _, d := range out {
+		b, err := d.msg.marshal(m.cfg.Key)
+		if err != nil {
+			m.cfg.Logger.Error("cannot encode heartbeat", "err", err)
+			return
+		}
 		// Errors (no route while a link is down, ICMP refusals) are expected while peers are away.
-		_ = m.sock.sendTo(b, a)
+		if m.sock.sendTo(b, d.to) == nil {
+			m.cfg.Metrics.bytesSent.Add(float64(len(b)))
+		}
 	}
 }
 
@@ -399,7 +434,15 @@ func (m *Membership) accept(b []byte) bool {
 		return false
 	}
 	m.cfg.Metrics.messagesAccepted.Inc()
-	changed := stalled || !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, msg.Payload)
+	payload, payloadVersion := msg.Payload, msg.PayloadVersion
+	if !msg.Carries {
+		// Unchanged since the version it last sent in full, or changed in a heartbeat that was
+		// lost: either way this node keeps what it holds, and its next heartbeat's ack asks for
+		// the new version.
+		payload, payloadVersion = p.payload, p.payloadVersion
+	}
+	p.v1, p.acked = msg.Version == wireV1, msg.Acked
+	changed := stalled || !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, payload)
 	if gap := now.Sub(p.lastSeen); p.alive && gap > m.cfg.DeadAfter/2 {
 		// A near miss: half the dead time without a word from a live peer (this node's own
 		// scheduling gaps are already forgiven, see detectStallLocked). Worth knowing before
@@ -413,7 +456,7 @@ func (m *Membership) accept(b []byte) bool {
 			m.cfg.Logger.Info("peer alive", "peer", msg.Name)
 		}
 	}
-	p.alive, p.lastSeen, p.epoch, p.seq, p.payload = true, now, msg.Epoch, msg.Seq, msg.Payload
+	p.alive, p.lastSeen, p.epoch, p.seq, p.payload, p.payloadVersion = true, now, msg.Epoch, msg.Seq, payload, payloadVersion
 	if changed {
 		m.updateQuorumLocked(now)
 	}
@@ -476,6 +519,7 @@ func (m *Membership) detectStallLocked(now time.Time) bool {
 	m.cfg.Logger.Warn("this node was stalled; deferring to its peers' claims", "stalledFor", gap)
 	m.stalls++
 	m.payload = nil
+	m.payloadVersion++
 	return true
 }
 

@@ -1,8 +1,11 @@
 package membership
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -62,17 +65,30 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) time.
 
 func TestMessageRoundTripAndTamper(t *testing.T) {
 	key := DeriveKey([]byte("s3cret"))
-	in := message{Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, Payload: []byte("claims")}
+	for _, in := range []message{
+		{Version: wireV1, Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, Payload: []byte("claims"), Carries: true},
+		{Version: wireV2, Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, PayloadVersion: 41, Acked: 40, Payload: []byte("claims"), Carries: true},
+		{Version: wireV2, Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, PayloadVersion: 41, Acked: 40},
+	} {
+		b, err := in.marshal(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := unmarshal(b, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.Payload == nil {
+			in.Payload = []byte{}
+		}
+		if fmt.Sprint(*out) != fmt.Sprint(in) {
+			t.Fatalf("round trip changed the message: %+v, want %+v", *out, in)
+		}
+	}
+	in := message{Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, Payload: []byte("claims"), Carries: true}
 	b, err := in.marshal(key)
 	if err != nil {
 		t.Fatal(err)
-	}
-	out, err := unmarshal(b, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out.Name != in.Name || out.Epoch != 7 || out.Seq != 9 || out.SentNS != 123 || string(out.Payload) != "claims" {
-		t.Fatalf("round trip changed the message: %+v", out)
 	}
 	if _, err := unmarshal(b, DeriveKey([]byte("other"))); !errors.Is(err, errBadMAC) {
 		t.Fatalf("wrong key: got %v, want errBadMAC", err)
@@ -129,7 +145,7 @@ func TestReplayAndWrongKeyChangeNothing(t *testing.T) {
 	a.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1")})
 
 	valid := func(epoch, seq uint64, payload string) []byte {
-		b, err := (&message{Name: "b", Epoch: epoch, Seq: seq, SentNS: now.UnixNano(), Payload: []byte(payload)}).marshal(key)
+		b, err := (&message{Name: "b", Epoch: epoch, Seq: seq, SentNS: now.UnixNano(), Payload: []byte(payload), Carries: true}).marshal(key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +168,7 @@ func TestReplayAndWrongKeyChangeNothing(t *testing.T) {
 		t.Fatal("message from an older epoch changed the view")
 	}
 	// A stranger with a well-formed message under another key changes nothing.
-	forged, _ := (&message{Name: "b", Epoch: 7, Seq: 1, SentNS: now.UnixNano(), Payload: []byte("evil")}).marshal(DeriveKey([]byte("guess")))
+	forged, _ := (&message{Name: "b", Epoch: 7, Seq: 1, SentNS: now.UnixNano(), Payload: []byte("evil"), Carries: true}).marshal(DeriveKey([]byte("guess")))
 	if a.accept(forged) || string(a.View().Alive["b"].Payload) != "y" {
 		t.Fatal("message under a wrong key changed the view")
 	}
@@ -381,5 +397,82 @@ herald_membership_quorum 1
 	}
 	if n, err := testutil.GatherAndCount(regB, "herald_membership_messages_rejected_total"); err != nil || n != 0 {
 		t.Errorf("b's registry holds %d rejection series (%v), want none: a counted into it", n, err)
+	}
+}
+
+// The payload travels only while a peer does not hold its current version: at steady state a
+// heartbeat is the same size whatever the payload, a change reaches the peer at once, and a
+// change whose heartbeat is lost reaches it with the next one (its ack asks again).
+func TestPayloadTravelsUntilAcked(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	a, b := newMember(t, "a", key), newMember(t, "b", key)
+	connect(a, b)
+	big := bytes.Repeat([]byte("claims "), 4000) // 28 KB, about a thousand IPv6 claims
+	a.SetPayload(big)
+	stopA, stopB := run(a), run(b)
+	defer stopB()
+	defer stopA()
+	payloadOf := func(m *Membership, peer string) []byte { return m.View().Alive[peer].Payload }
+	waitFor(t, "b holds a's payload", 2*time.Second, func() bool { return bytes.Equal(payloadOf(b, "a"), big) })
+	sent := func() float64 { return testutil.ToFloat64(a.cfg.Metrics.bytesSent) }
+	time.Sleep(100 * time.Millisecond) // b's ack reaches a with its next heartbeat
+	before := sent()
+	time.Sleep(500 * time.Millisecond) // 25 heartbeats
+	perBeat := (sent() - before) / 25
+	t.Logf("steady state: about %.0f bytes per heartbeat with a %d-byte payload", perBeat, len(big))
+	if perBeat > 200 {
+		t.Errorf("steady-state heartbeats carry %.0f bytes each: the payload is still sent", perBeat)
+	}
+	changed := append(bytes.Repeat([]byte("other "), 3000), 'x')
+	a.SetPayload(changed)
+	waitFor(t, "b holds a's new payload", 2*time.Second, func() bool { return bytes.Equal(payloadOf(b, "a"), changed) })
+}
+
+// A peer that speaks wire version 1 (a speaker of an earlier release, during a rolling upgrade)
+// gets version 1 heartbeats, with the payload in each, once it has been heard.
+func TestVersion1PeerGetsVersion1(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	a := newMember(t, "a", key)
+	old, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	oldAddr := old.LocalAddr().(*net.UDPAddr).AddrPort()
+	a.SetPeers(map[string]netip.AddrPort{"old": oldAddr})
+	a.SetPayload([]byte("claims"))
+	stop := run(a)
+	defer stop()
+	hello, err := (&message{Version: wireV1, Name: "old", Epoch: 1, Seq: 1, SentNS: time.Now().UnixNano(), Payload: []byte("mine"), Carries: true}).marshal(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for seq := uint64(2); ; seq++ {
+		if _, err := old.WriteToUDPAddrPort(hello, a.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		_ = old.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := old.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("no heartbeat from a: %v", err)
+		}
+		m, err := unmarshal(buf[:n], key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Version == wireV1 {
+			if string(m.Payload) != "claims" {
+				t.Fatalf("version 1 heartbeat carries %q", m.Payload)
+			}
+			break
+		}
+		if seq > 50 {
+			t.Fatal("a never spoke version 1 to its version 1 peer")
+		}
+		hello, _ = (&message{Version: wireV1, Name: "old", Epoch: 1, Seq: seq, SentNS: time.Now().UnixNano(), Payload: []byte("mine"), Carries: true}).marshal(key)
+	}
+	if got := string(a.View().Alive["old"].Payload); got != "mine" {
+		t.Errorf("a holds %q from its version 1 peer, want mine", got)
 	}
 }

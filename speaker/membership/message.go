@@ -10,12 +10,23 @@ import (
 
 // Wire format of a heartbeat (all integers big endian):
 //
-//	"HRLD" | version (1) | name length (1) | name | epoch (8) | seq (8) | sent unix nanos (8) |
-//	payload length (4) | payload | HMAC-SHA256 of everything before (32)
+//	version 2: "HRLD" | 2 | name length (1) | name | epoch (8) | seq (8) | sent unix nanos (8) |
+//	           payload version (8) | acked version (8) | flags (1) | payload length (4) | payload |
+//	           HMAC-SHA256 of everything before (32)
+//	version 1: "HRLD" | 1 | name length (1) | name | epoch (8) | seq (8) | sent unix nanos (8) |
+//	           payload length (4) | payload | HMAC-SHA256 of everything before (32)
+//
+// Version 2 carries the payload only to a peer that does not hold its current version yet (each
+// heartbeat says which version of the receiver's payload the sender holds), so at steady state a
+// heartbeat is about a hundred bytes whatever the payload. Version 1 (speakers before it) carries
+// the whole payload in every heartbeat; a speaker sends version 1 to a peer it last heard speak
+// version 1, and accepts both.
 const (
 	magic       = "HRLD"
-	wireVersion = 1
+	wireV1      = 1
+	wireV2      = 2
 	macSize     = sha256.Size
+	flagCarries = 1 // the payload is included
 	// MaxPayload bounds the application state a heartbeat carries, so a message fits a UDP
 	// datagram (fragmented on the segment if needed).
 	MaxPayload = 60 << 10
@@ -28,11 +39,17 @@ var (
 
 // message is one heartbeat.
 type message struct {
+	Version uint8 // wireV1 or wireV2
 	Name    string
 	Epoch   uint64 // sender's boot time in unix nanoseconds: grows on every restart
 	Seq     uint64 // grows with every message within an epoch
 	SentNS  int64  // sender's clock at send time, unix nanoseconds
-	Payload []byte
+	// Version 2 only: the version of the sender's payload (unique across its restarts), the
+	// version of the receiver's payload the sender holds, and whether Payload is included.
+	PayloadVersion uint64
+	Acked          uint64
+	Carries        bool
+	Payload        []byte
 }
 
 // DeriveKey turns the shared secret into the HMAC key, so the secret itself is never used
@@ -50,15 +67,31 @@ func (m *message) marshal(key []byte) ([]byte, error) {
 	if len(m.Payload) > MaxPayload {
 		return nil, fmt.Errorf("payload of %d bytes exceeds %d", len(m.Payload), MaxPayload)
 	}
-	b := make([]byte, 0, len(magic)+2+len(m.Name)+28+len(m.Payload)+macSize)
+	version := m.Version
+	if version == 0 {
+		version = wireV2
+	}
+	b := make([]byte, 0, len(magic)+2+len(m.Name)+45+len(m.Payload)+macSize)
 	b = append(b, magic...)
-	b = append(b, wireVersion, byte(len(m.Name)))
+	b = append(b, version, byte(len(m.Name)))
 	b = append(b, m.Name...)
 	b = binary.BigEndian.AppendUint64(b, m.Epoch)
 	b = binary.BigEndian.AppendUint64(b, m.Seq)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.SentNS))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Payload)))
-	b = append(b, m.Payload...)
+	payload := m.Payload
+	if version == wireV2 {
+		b = binary.BigEndian.AppendUint64(b, m.PayloadVersion)
+		b = binary.BigEndian.AppendUint64(b, m.Acked)
+		var flags byte
+		if m.Carries {
+			flags |= flagCarries
+		} else {
+			payload = nil
+		}
+		b = append(b, flags)
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	b = append(b, payload...)
 	mac := hmac.New(sha256.New, key)
 	mac.Write(b)
 	return mac.Sum(b), nil
@@ -76,22 +109,36 @@ func unmarshal(b []byte, key []byte) (*message, error) {
 		return nil, errBadMAC
 	}
 	p := body[len(magic):]
-	if p[0] != wireVersion {
+	m := &message{Version: p[0]}
+	fixed := 28 // epoch, seq, sent, payload length
+	switch m.Version {
+	case wireV1:
+	case wireV2:
+		fixed += 17 // payload version, acked, flags
+	default:
 		return nil, fmt.Errorf("unsupported version %d", p[0])
 	}
 	nameLen := int(p[1])
 	p = p[2:]
-	if nameLen == 0 || len(p) < nameLen+28 {
+	if nameLen == 0 || len(p) < nameLen+fixed {
 		return nil, errMalformed
 	}
-	m := &message{Name: string(p[:nameLen])}
+	m.Name = string(p[:nameLen])
 	p = p[nameLen:]
 	m.Epoch = binary.BigEndian.Uint64(p)
 	m.Seq = binary.BigEndian.Uint64(p[8:])
 	m.SentNS = int64(binary.BigEndian.Uint64(p[16:]))
-	n := binary.BigEndian.Uint32(p[24:])
-	p = p[28:]
-	if uint32(len(p)) != n {
+	p = p[24:]
+	m.Carries = true
+	if m.Version == wireV2 {
+		m.PayloadVersion = binary.BigEndian.Uint64(p)
+		m.Acked = binary.BigEndian.Uint64(p[8:])
+		m.Carries = p[16]&flagCarries != 0
+		p = p[17:]
+	}
+	n := binary.BigEndian.Uint32(p)
+	p = p[4:]
+	if uint32(len(p)) != n || (!m.Carries && n != 0) {
 		return nil, errMalformed
 	}
 	m.Payload = append([]byte(nil), p...)
