@@ -122,6 +122,10 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 			b.userspace = userspace.New(userspace.Options{Logger: log})
 			nft.SetUserspaceListeners(b.userspace)
 		}
+	case mode.Userspace:
+		// No kernel backend: the proxy listens on the Service addresses and NodePorts itself.
+		b.userspace = userspace.New(userspace.Options{Logger: log, Direct: true})
+		b.backend, err = userspace.NewStandalone(b.userspace, userspace.StandaloneOptions{})
 	case mode.IPVS:
 		b.backend, err = ipvs.New(ipvsOptions)
 		// IPVS cannot hand a virtual service's connections to a local listener.
@@ -137,7 +141,7 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 			log.Warn("could not tell whether an earlier run's rules are in place", "err", err)
 		}
 	}
-	if b.userspace != nil {
+	if b.userspace != nil && decision.Backend != mode.Userspace {
 		b.backend = userspace.NewBackend(b.backend, b.userspace)
 	}
 	return b, nil
@@ -297,8 +301,8 @@ func decide(ctx context.Context, modeName string) (mode.Decision, error) {
 	return mode.Decide(ctx, modeName, mode.Probes{KubeProxy: mode.KubeProxyRules, IPVS: ipvs.Probe})
 }
 
-// PrepareSysctls decides the backend as New would and sets the sysctls it needs (only IPVS has
-// any), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
+// PrepareSysctls decides the backend as New would and sets the sysctls it needs (IPVS's, and
+// strict ARP for userspace), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
 // speaker itself runs unprivileged (/proc/sys is read-only there) and finds them set.
 func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) error {
 	log = log.With("component", "dataplane")
@@ -306,7 +310,16 @@ func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	if decision.Backend != mode.IPVS {
+	switch decision.Backend {
+	case mode.Userspace:
+		// Its Service IPs are local routes on lo, as IPVS's are on herald-ipvs0.
+		if err := ipvs.ApplyStrictARP(nil, ""); err != nil {
+			return err
+		}
+		log.Info("strict-ARP sysctls for the userspace data plane set", "reason", decision.Reason)
+		return nil
+	case mode.IPVS:
+	default:
 		log.Info("no sysctls to set", "backend", decision.Backend, "reason", decision.Reason)
 		return nil
 	}
@@ -317,7 +330,7 @@ func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) erro
 	return nil
 }
 
-// Cleanup removes everything either backend made on this node (speaker --cleanup). The IPVS
+// Cleanup removes everything any backend made on this node (speaker --cleanup). The IPVS
 // part runs only where the kernel has IPVS: elsewhere that backend can never have run.
 func Cleanup(ctx context.Context, log *slog.Logger) error {
 	log = log.With("component", "dataplane")
@@ -333,6 +346,9 @@ func Cleanup(ctx context.Context, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("ipvs: %w", err))
 	} else if err := b.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("ipvs cleanup: %w", err))
+	}
+	if err := userspace.CleanupStandalone(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("userspace cleanup: %w", err))
 	}
 	return errors.Join(errs...)
 }

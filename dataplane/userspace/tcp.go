@@ -26,10 +26,11 @@ type tcpListener struct {
 	ln       net.Listener
 }
 
-func (p *Proxy) listenTCP(ps *portState, external bool) (listener, error) {
-	// One dual-stack socket on a port the kernel picks: the kernel backend redirects the
-	// Service's IPv4 and IPv6 traffic to it.
-	ln, err := p.opts.Listen("tcp", ":0")
+// listenTCP opens one socket on bind (see Proxy.binds): with a kernel backend, ":0" is one
+// dual-stack socket on a port the kernel picks, to which it redirects the Service's IPv4 and
+// IPv6 traffic.
+func (p *Proxy) listenTCP(ps *portState, external bool, bind string) (listener, error) {
+	ln, err := p.opts.Listen(p.listenConfig(), "tcp", bind)
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +91,10 @@ func (p *Proxy) handleTCP(ps *portState, external bool, client *net.TCPConn) {
 	stop := context.AfterFunc(p.ctx, func() { client.Close() })
 	defer stop()
 	local, remote := addrPortOf(client.LocalAddr()), addrPortOf(client.RemoteAddr())
+	if p.opts.Direct && !sourceAllowed(sp, local.Addr(), remote.Addr()) {
+		reset(client)
+		return
+	}
 	now := time.Now()
 	c := &tcpConn{p: p, port: ps, sp: sp, client: client,
 		candidates: ps.candidates(endpointsFor(sp, external, local.Addr()), remote.Addr(), sp.Userspace.ConnectTries, p.suspects, sp.AffinityTimeout > 0, now)}
