@@ -8,7 +8,7 @@ import (
 )
 
 // serveTCP accepts on a new listener on 127.0.0.1 until the test ends; see serveOn.
-func serveTCP(t *testing.T, handle func(net.Conn)) netip.AddrPort {
+func serveTCP(t testing.TB, handle func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -20,7 +20,7 @@ func serveTCP(t *testing.T, handle func(net.Conn)) netip.AddrPort {
 // serveOn accepts on ln until the test ends, handling each connection in a goroutine of its own
 // (handle need not close it). The test's cleanup closes the listener and every connection, then
 // waits for the goroutines.
-func serveOn(t *testing.T, ln net.Listener, handle func(net.Conn)) netip.AddrPort {
+func serveOn(t testing.TB, ln net.Listener, handle func(net.Conn)) netip.AddrPort {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex

@@ -53,7 +53,7 @@ func start(t *testing.T, opts Options, sp *dataplane.ServicePort) (*Proxy, strin
 	return p, fmt.Sprintf("127.0.0.1:%d", port)
 }
 
-func syncPort(t *testing.T, p *Proxy, sp *dataplane.ServicePort) {
+func syncPort(t testing.TB, p *Proxy, sp *dataplane.ServicePort) {
 	t.Helper()
 	st := &dataplane.State{Services: map[types.NamespacedName][]*dataplane.ServicePort{svcKey: {sp}}}
 	if err := p.open(dataplane.SyncRequest{State: st, Full: true}); err != nil {
