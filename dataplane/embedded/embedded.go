@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/healthcheck"
@@ -96,8 +95,8 @@ type Backend struct {
 	backend  dataplane.Backend
 	// earlierRules is set when an earlier run's rules were in the kernel at the start.
 	earlierRules bool
-	// userspace is the userspace proxy for Services annotated herald.io/proxy-mode: userspace;
-	// nil with IPVS, which cannot hand a Service's traffic to it (those Services stay in IPVS).
+	// userspace is the userspace proxy for Services annotated herald.io/proxy-mode: userspace
+	// (with --dataplane=userspace, for every Service).
 	userspace *userspace.Proxy
 }
 
@@ -124,13 +123,17 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 		}
 	case mode.Userspace:
 		// No kernel backend: the proxy listens on the Service addresses and NodePorts itself.
-		b.userspace = userspace.New(userspace.Options{Logger: log, Direct: true})
+		b.userspace = userspace.New(userspace.Options{Logger: log, Direct: true, ServeAll: true})
 		b.backend, err = userspace.NewStandalone(b.userspace, userspace.StandaloneOptions{})
 	case mode.IPVS:
-		b.backend, err = ipvs.New(ipvsOptions)
-		// IPVS cannot hand a virtual service's connections to a local listener.
-		log.Info("dataplane: the userspace proxy mode needs nftables; Services annotated " + config.AnnotationProxyMode +
-			": " + config.ProxyModeUserspace + " are served by IPVS on this node")
+		var vs *ipvs.Backend
+		if vs, err = ipvs.New(ipvsOptions); err == nil {
+			b.backend = vs
+			// IPVS leaves a proxied port to local sockets: the proxy binds the Service's own
+			// addresses (dataplane/ipvs/userspace.go).
+			b.userspace = userspace.New(userspace.Options{Logger: log, Direct: true})
+			vs.SetUserspaceListeners(b.userspace)
+		}
 	}
 	if err != nil {
 		return Backend{}, fmt.Errorf("%s backend: %w", decision.Backend, err)

@@ -103,7 +103,7 @@ func newPacketLab(t *testing.T, opts Options) *packetLab {
 
 // newStandaloneLab runs --dataplane=userspace in the node namespace: the proxy alone.
 func newStandaloneLab(t *testing.T, opts Options) *packetLab {
-	opts.Direct = true
+	opts.Direct, opts.ServeAll = true, true
 	pl := newTopology(t, opts)
 	if err := netnsrun.Do(pl.node, func() error {
 		links, err := ipvs.NewLoopbackLinks()

@@ -52,11 +52,15 @@ type Options struct {
 	// UDPIdleTimeout ends a UDP client session without traffic; default 30 s.
 	UDPIdleTimeout time.Duration
 	// Direct makes the listeners bind the Service's own addresses and port (and the NodePort on
-	// every address) instead of a port the kernel picks, for a node without a kernel backend to
-	// redirect to them (Standalone, --dataplane=userspace). The proxy then also enforces
-	// loadBalancerSourceRanges itself: no firewall runs in front of it.
+	// every address) instead of a port the kernel picks, where nothing redirects to them: with
+	// no kernel backend (Standalone, --dataplane=userspace), and with IPVS, which holds the
+	// Service IPs as the node's own and leaves the proxied ports to local sockets. The proxy then
+	// also enforces loadBalancerSourceRanges itself (Standalone has no firewall in front of it).
 	Direct bool
-	Logger *slog.Logger
+	// ServeAll serves every TCP and UDP port, those not annotated with the default settings
+	// (Standalone: there is no kernel backend to leave them to).
+	ServeAll bool
+	Logger   *slog.Logger
 }
 
 // Proxy is the userspace proxy: a listener per userspace-proxied Service port and kind of
@@ -226,14 +230,13 @@ func (p *Proxy) open(req dataplane.SyncRequest) error {
 	return errors.Join(errs...)
 }
 
-// served is sp as the proxy serves it, nil when it does not: with a kernel backend, the ports in
-// userspace mode; in Direct mode every TCP and UDP port, those without the annotation with the
-// default settings (there is no kernel backend to leave them to).
+// served is sp as the proxy serves it, nil when it does not: the ports in userspace mode, and
+// with ServeAll every TCP and UDP port, those without the annotation with the default settings.
 func (p *Proxy) served(sp *dataplane.ServicePort) *dataplane.ServicePort {
 	switch {
 	case sp.Userspace != nil:
 		return sp
-	case !p.opts.Direct || (sp.Protocol != v1.ProtocolTCP && sp.Protocol != v1.ProtocolUDP):
+	case !p.opts.ServeAll || (sp.Protocol != v1.ProtocolTCP && sp.Protocol != v1.ProtocolUDP):
 		return nil
 	}
 	defaulted := *sp

@@ -51,10 +51,10 @@ type StandaloneOptions struct {
 }
 
 // NewStandalone serves every Service through proxy, which must have been made with
-// Options.Direct.
+// Options.Direct and Options.ServeAll.
 func NewStandalone(proxy *Proxy, opts StandaloneOptions) (*Standalone, error) {
-	if !proxy.opts.Direct {
-		return nil, errors.New("userspace: the standalone data plane needs a proxy with Options.Direct")
+	if !proxy.opts.Direct || !proxy.opts.ServeAll {
+		return nil, errors.New("userspace: the standalone data plane needs a proxy with Options.Direct and ServeAll")
 	}
 	if opts.Links == nil {
 		var err error
