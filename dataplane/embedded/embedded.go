@@ -271,7 +271,11 @@ func (d *DataPlane) Run(ctx context.Context) error {
 		// proxy's connections cannot).
 		defer d.userspace.Close()
 	}
-	if b, ok := d.backend.(*ipvs.Backend); ok {
+	kernel := d.backend
+	if u, ok := kernel.(*userspace.Backend); ok {
+		kernel = u.Kernel() // the IPVS backend behind the userspace proxy still drains real servers
+	}
+	if b, ok := kernel.(*ipvs.Backend); ok {
 		go b.RunReaper(ctx, 5*time.Second)
 	}
 	go func() {

@@ -93,7 +93,7 @@ func TestStandaloneSyncs(t *testing.T) {
 	if !routes.has(b.ClusterIPs[0], lb) {
 		t.Fatalf("after removing a, routes %v: want b's and the shared LoadBalancer IP", routes)
 	}
-	routes.DelServiceIP(lb) // someone removes a route
+	delete(routes, lb) // someone removes a route
 	if drift, err := s.CheckDrift(context.Background()); err != nil || drift == "" {
 		t.Errorf("CheckDrift = %q, %v; want the missing route reported", drift, err)
 	}
