@@ -215,8 +215,10 @@ func run() error {
 		100*results["userspace "+nc].PerSecond/results["nftables "+nc].PerSecond, "%", ">= 50 %", command)
 	emit("userspace bench: bulk throughput, userspace / nftables",
 		100*results["userspace bulk"].PerSecond/results["nftables bulk"].PerSecond, "%", ">= 80 %", command)
-	emit("userspace bench: p99 latency added by the proxy, new connection per request",
-		results["userspace "+nc].P99ms-results["nftables "+nc].P99ms, "ms", "", command)
+	for _, kind := range []string{"keep-alive", nc} {
+		emit("userspace bench: p99 latency added by the proxy, "+kind,
+			results["userspace "+kind].P99ms-results["nftables "+kind].P99ms, "ms", "", command)
+	}
 	emit("userspace bench: proxy CPU per 10k requests, keep-alive", results["userspace keep-alive"].cpuPer10k, "ms", "", command)
 	emit("userspace bench: proxy CPU per 10k requests, new connection per request", results["userspace "+nc].cpuPer10k, "ms", "", command)
 

@@ -54,7 +54,7 @@ func run() (err error) {
 		kubeconfig    = flag.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 		nodeName      = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 		secretFile    = flag.String("secret-file", "", "file holding the secret shared by all speakers; authenticates membership messages")
-		dataplaneMode = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables or off")
+		dataplaneMode = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables, userspace (every Service through the userspace proxy, for nodes where neither nftables nor IPVS can run; auto never picks it) or off")
 		metricsAddr   = flag.String("metrics-addr", ":9651", "address of /metrics and of the probes /healthz and /readyz")
 		lbClass       = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
 		cleanup       = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")
@@ -80,9 +80,9 @@ func run() (err error) {
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	switch *dataplaneMode {
-	case "auto", "ipvs", "nftables", "off":
+	case "auto", "ipvs", "nftables", "userspace", "off":
 	default:
-		return fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables or off", *dataplaneMode)
+		return fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables, userspace or off", *dataplaneMode)
 	}
 	timing, err := failoverTiming(*detectAfter)
 	if err != nil {

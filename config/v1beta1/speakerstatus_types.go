@@ -127,7 +127,7 @@ type BGPSessionStatus struct {
 
 // DataplaneStatus is the embedded service proxy's state.
 type DataplaneStatus struct {
-	// Backend: ipvs, nftables, or off.
+	// Backend: ipvs, nftables, userspace, or off.
 	// +optional
 	Backend string `json:"backend,omitempty"`
 	// Reason the backend was chosen (e.g. "kube-proxy rules present", "kernel has no ip_vs").

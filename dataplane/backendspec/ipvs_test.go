@@ -35,9 +35,10 @@ func (h ipvsHarness) Scheduler(t *testing.T, vip netip.AddrPort, protocol string
 	return svc.SchedName
 }
 
-// TestSpecIPVS runs the backend spec against the IPVS backend. It needs a kernel with ip_vs: inside
-// the VM (go run ./hack/ipvs-vm -test ./dataplane/backendspec) it must run; elsewhere it skips.
-func TestSpecIPVS(t *testing.T) {
+// requireIPVS skips a test outside a private node namespace, and on a kernel without IPVS except in
+// the VM (go run ./hack/ipvs-vm -test ./dataplane/backendspec), where it must run.
+func requireIPVS(t *testing.T) {
+	t.Helper()
 	if !backendspec.InNodeNetns() {
 		t.Skip("needs root and a private node network namespace")
 	}
@@ -47,6 +48,12 @@ func TestSpecIPVS(t *testing.T) {
 		}
 		t.Skipf("this kernel has no IPVS (%v): the VM runs this (go run ./hack/ipvs-vm -test ./dataplane/backendspec)", err)
 	}
+}
+
+// TestSpecIPVS runs the backend spec against the IPVS backend. It needs a kernel with ip_vs: inside
+// the VM (go run ./hack/ipvs-vm -test ./dataplane/backendspec) it must run; elsewhere it skips.
+func TestSpecIPVS(t *testing.T) {
+	requireIPVS(t)
 	backend, err := ipvs.New(ipvs.Options{StrictARP: true, TerminationGrace: 30 * time.Second,
 		SysctlStateFile: filepath.Join(t.TempDir(), "sysctls.json")})
 	if err != nil {

@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/healthcheck"
@@ -96,8 +95,8 @@ type Backend struct {
 	backend  dataplane.Backend
 	// earlierRules is set when an earlier run's rules were in the kernel at the start.
 	earlierRules bool
-	// userspace is the userspace proxy for Services annotated herald.io/proxy-mode: userspace;
-	// nil with IPVS, which cannot hand a Service's traffic to it (those Services stay in IPVS).
+	// userspace is the userspace proxy for Services annotated herald.io/proxy-mode: userspace
+	// (with --dataplane=userspace, for every Service).
 	userspace *userspace.Proxy
 }
 
@@ -122,11 +121,19 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 			b.userspace = userspace.New(userspace.Options{Logger: log})
 			nft.SetUserspaceListeners(b.userspace)
 		}
+	case mode.Userspace:
+		// No kernel backend: the proxy listens on the Service addresses and NodePorts itself.
+		b.userspace = userspace.New(userspace.Options{Logger: log, Direct: true, ServeAll: true})
+		b.backend, err = userspace.NewStandalone(b.userspace, userspace.StandaloneOptions{})
 	case mode.IPVS:
-		b.backend, err = ipvs.New(ipvsOptions)
-		// IPVS cannot hand a virtual service's connections to a local listener.
-		log.Info("dataplane: the userspace proxy mode needs nftables; Services annotated " + config.AnnotationProxyMode +
-			": " + config.ProxyModeUserspace + " are served by IPVS on this node")
+		var vs *ipvs.Backend
+		if vs, err = ipvs.New(ipvsOptions); err == nil {
+			b.backend = vs
+			// IPVS leaves a proxied port to local sockets: the proxy binds the Service's own
+			// addresses (dataplane/ipvs/userspace.go).
+			b.userspace = userspace.New(userspace.Options{Logger: log, Direct: true})
+			vs.SetUserspaceListeners(b.userspace)
+		}
 	}
 	if err != nil {
 		return Backend{}, fmt.Errorf("%s backend: %w", decision.Backend, err)
@@ -137,7 +144,7 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 			log.Warn("could not tell whether an earlier run's rules are in place", "err", err)
 		}
 	}
-	if b.userspace != nil {
+	if b.userspace != nil && decision.Backend != mode.Userspace {
 		b.backend = userspace.NewBackend(b.backend, b.userspace)
 	}
 	return b, nil
@@ -264,7 +271,11 @@ func (d *DataPlane) Run(ctx context.Context) error {
 		// proxy's connections cannot).
 		defer d.userspace.Close()
 	}
-	if b, ok := d.backend.(*ipvs.Backend); ok {
+	kernel := d.backend
+	if u, ok := kernel.(*userspace.Backend); ok {
+		kernel = u.Kernel() // the IPVS backend behind the userspace proxy still drains real servers
+	}
+	if b, ok := kernel.(*ipvs.Backend); ok {
 		go b.RunReaper(ctx, 5*time.Second)
 	}
 	go func() {
@@ -297,8 +308,8 @@ func decide(ctx context.Context, modeName string) (mode.Decision, error) {
 	return mode.Decide(ctx, modeName, mode.Probes{KubeProxy: mode.KubeProxyRules, IPVS: ipvs.Probe})
 }
 
-// PrepareSysctls decides the backend as New would and sets the sysctls it needs (only IPVS has
-// any), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
+// PrepareSysctls decides the backend as New would and sets the sysctls it needs (IPVS's, and
+// strict ARP for userspace), then returns: speaker --prepare-sysctls, the chart's privileged init step, so that the
 // speaker itself runs unprivileged (/proc/sys is read-only there) and finds them set.
 func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) error {
 	log = log.With("component", "dataplane")
@@ -306,7 +317,16 @@ func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	if decision.Backend != mode.IPVS {
+	switch decision.Backend {
+	case mode.Userspace:
+		// Its Service IPs are local routes on lo, as IPVS's are on herald-ipvs0.
+		if err := ipvs.ApplyStrictARP(nil, ""); err != nil {
+			return err
+		}
+		log.Info("strict-ARP sysctls for the userspace data plane set", "reason", decision.Reason)
+		return nil
+	case mode.IPVS:
+	default:
 		log.Info("no sysctls to set", "backend", decision.Backend, "reason", decision.Reason)
 		return nil
 	}
@@ -317,7 +337,7 @@ func PrepareSysctls(ctx context.Context, modeName string, log *slog.Logger) erro
 	return nil
 }
 
-// Cleanup removes everything either backend made on this node (speaker --cleanup). The IPVS
+// Cleanup removes everything any backend made on this node (speaker --cleanup). The IPVS
 // part runs only where the kernel has IPVS: elsewhere that backend can never have run.
 func Cleanup(ctx context.Context, log *slog.Logger) error {
 	log = log.With("component", "dataplane")
@@ -333,6 +353,9 @@ func Cleanup(ctx context.Context, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("ipvs: %w", err))
 	} else if err := b.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("ipvs cleanup: %w", err))
+	}
+	if err := userspace.CleanupStandalone(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("userspace cleanup: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -60,6 +60,8 @@ type Backend struct {
 	serviceIPs map[netip.Addr]struct{}
 	// initialized is set once the kernel state was adopted after a start.
 	initialized bool
+	// userspace is the userspace proxy (SetUserspaceListeners), nil without.
+	userspace dataplane.UserspaceListeners
 	// formerlyOwned are the addresses of what the backend had committed when a drift check
 	// made it forget (drift.go); the next adopt takes them over too.
 	formerlyOwned map[netip.Addr]struct{}
@@ -143,7 +145,7 @@ func (b *Backend) fullDelta(state *dataplane.State) *delta {
 	b.ipRefs, b.setRefs = map[netip.Addr]int{}, map[fwElement]int{}
 	d := &delta{vsSet: map[vsKey]*virtualServer{}}
 	for svc, ports := range state.Services {
-		fr := render(ports)
+		fr := render(ports, b.userspace)
 		b.fragments[svc] = fr
 		for a := range fr.serviceIPs {
 			b.ipRefs[a]++
@@ -188,7 +190,7 @@ func (b *Backend) incrementalDelta(state *dataplane.State, changed map[types.Nam
 		}
 		next := newFragment()
 		if ports, ok := state.Services[svc]; ok {
-			next = render(ports)
+			next = render(ports, b.userspace)
 			b.fragments[svc] = next
 		} else {
 			delete(b.fragments, svc)

@@ -37,26 +37,39 @@ type Links interface {
 	// NodeAddrs lists the node's own unicast addresses (not loopback, link-local or the dummy's):
 	// the addresses NodePorts are served on.
 	NodeAddrs() ([]netip.Addr, error)
-	// DeleteDummy removes the dummy link and with it every Service IP (cleanup).
+	// DeleteDummy removes the dummy link and with it every Service IP (cleanup); on lo
+	// (NewLoopbackLinks), only the Service IPs.
 	DeleteDummy() error
 }
 
 // netlinkLinks implements Links with github.com/vishvananda/netlink in one network namespace.
 type netlinkLinks struct {
-	h *netlink.Handle
+	h    *netlink.Handle
+	name string // the link the Service IPs are routed to
+	// loopback: the link is lo, which is not Herald's to create or delete: EnsureDummy does
+	// nothing and DeleteDummy removes only Herald's routes.
+	loopback bool
 }
 
-// NewNetlinkLinks returns Links for the network namespace of the calling process.
-func NewNetlinkLinks() (Links, error) {
+// NewNetlinkLinks returns Links on DummyLinkName for the network namespace of the calling process.
+func NewNetlinkLinks() (Links, error) { return newNetlinkLinks(DummyLinkName, false) }
+
+// NewLoopbackLinks returns Links whose Service IPs are local routes on lo, in the network
+// namespace of the calling process: for the userspace proxy's --dataplane=userspace, which needs
+// the node to take the Service IPs as its own as IPVS does, on kernels that may lack the dummy
+// link type too (lo always exists).
+func NewLoopbackLinks() (Links, error) { return newNetlinkLinks("lo", true) }
+
+func newNetlinkLinks(name string, loopback bool) (Links, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, err
 	}
-	return &netlinkLinks{h: h}, nil
+	return &netlinkLinks{h: h, name: name, loopback: loopback}, nil
 }
 
 func (l *netlinkLinks) dummy() (netlink.Link, error) {
-	return l.h.LinkByName(DummyLinkName)
+	return l.h.LinkByName(l.name)
 }
 
 func isLinkNotFound(err error) bool {
@@ -65,11 +78,14 @@ func isLinkNotFound(err error) bool {
 }
 
 func (l *netlinkLinks) EnsureDummy() error {
+	if l.loopback {
+		return nil
+	}
 	link, err := l.dummy()
 	if isLinkNotFound(err) {
-		err = l.h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: DummyLinkName}})
+		err = l.h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l.name}})
 		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("creating dummy link %s: %w", DummyLinkName, err)
+			return fmt.Errorf("creating dummy link %s: %w", l.name, err)
 		}
 		link, err = l.dummy()
 	}
@@ -109,7 +125,7 @@ func (l *netlinkLinks) ServiceIPs() ([]netip.Addr, error) {
 	return out, nil
 }
 
-// localRoute is "local <a> dev herald-ipvs0 table local proto 72 scope host".
+// localRoute is "local <a> dev herald-ipvs0 table local proto 72 scope host" (or the link named).
 func (l *netlinkLinks) localRoute(a netip.Addr) (*netlink.Route, error) {
 	link, err := l.dummy()
 	if err != nil {
@@ -132,7 +148,7 @@ func (l *netlinkLinks) AddServiceIP(a netip.Addr) error {
 		return err
 	}
 	if err := l.h.RouteReplace(r); err != nil {
-		return fmt.Errorf("routing %s to %s: %w", a, DummyLinkName, err)
+		return fmt.Errorf("routing %s to %s: %w", a, l.name, err)
 	}
 	return nil
 }
@@ -155,7 +171,7 @@ func (l *netlinkLinks) NodeAddrs() ([]netip.Addr, error) {
 	}
 	skip := map[int]bool{}
 	for _, link := range links {
-		if attrs := link.Attrs(); attrs.Name == DummyLinkName || attrs.Flags&net.FlagLoopback != 0 {
+		if attrs := link.Attrs(); (attrs.Name == l.name && !l.loopback) || attrs.Flags&net.FlagLoopback != 0 {
 			skip[attrs.Index] = true
 		}
 	}
@@ -177,6 +193,17 @@ func (l *netlinkLinks) NodeAddrs() ([]netip.Addr, error) {
 }
 
 func (l *netlinkLinks) DeleteDummy() error {
+	if l.loopback {
+		ips, err := l.ServiceIPs()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, a := range ips {
+			errs = append(errs, l.DelServiceIP(a))
+		}
+		return errors.Join(errs...)
+	}
 	link, err := l.dummy()
 	if isLinkNotFound(err) {
 		return nil

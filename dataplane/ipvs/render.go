@@ -50,8 +50,9 @@ func protoNumber(p v1.Protocol) (uint16, bool) {
 
 // render computes a Service's fragment. A port with an invalid scheduler annotation uses the default
 // one: the controller reports the mistake on the Service (condition and event), once, rather than
-// every node on every sync.
-func render(ports []*dataplane.ServicePort) *fragment {
+// every node on every sync. A port the userspace proxy serves (us, nil without) gets no virtual
+// server: see userspace.go.
+func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fragment {
 	fr := newFragment()
 	for _, p := range ports {
 		proto, ok := protoNumber(p.Protocol)
@@ -59,15 +60,16 @@ func render(ports []*dataplane.ServicePort) *fragment {
 			continue
 		}
 		sched, _ := config.ParseIPVSScheduler(p.Scheduler)
+		proxied := proxiedInUserspace(p, us)
 		for _, f := range families {
-			renderFamily(fr, p, f, proto, sched)
+			renderFamily(fr, p, f, proto, sched, proxied)
 		}
 	}
 	return fr
 }
 
-// renderFamily renders one Service port for one address family.
-func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint16, sched string) {
+// renderFamily renders one Service port for one address family; proxied: without virtual servers.
+func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint16, sched string, proxied bool) {
 	clusterIPs := addrsOf(p.ClusterIPs, f)
 	externalIPs := addrsOf(p.ExternalAddrs(), f)
 	if len(clusterIPs) == 0 && len(externalIPs) == 0 {
@@ -86,7 +88,9 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint
 	}
 	serve := func(addr netip.Addr, eps []dataplane.Endpoint, masquerade bool) {
 		fr.serviceIPs[addr] = struct{}{}
-		fr.virtualServers[vsKey{Addr: addr, Proto: proto, Port: port}] = newVirtualServer(sched, affinity, eps)
+		if !proxied {
+			fr.virtualServers[vsKey{Addr: addr, Proto: proto, Port: port}] = newVirtualServer(sched, affinity, eps)
+		}
 		fr.sets.add(f.set(setServicePorts), addr.String(), pr, portText)
 		if len(eps) == 0 {
 			fr.sets.add(f.set(emptySet), addr.String(), pr, portText)
@@ -103,7 +107,9 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint
 	}
 	if p.NodePort != 0 {
 		nodePort := strconv.Itoa(int(p.NodePort))
-		fr.nodePorts[nodePortKey{IPv6: f.ipv6, Proto: proto, Port: uint16(p.NodePort)}] = newVirtualServer(sched, affinity, externalEps)
+		if !proxied {
+			fr.nodePorts[nodePortKey{IPv6: f.ipv6, Proto: proto, Port: uint16(p.NodePort)}] = newVirtualServer(sched, affinity, externalEps)
+		}
 		if len(externalEps) == 0 {
 			fr.sets.add(f.set(emptyNodePortSet), pr, nodePort)
 		}

@@ -94,12 +94,27 @@ func (k *sysctlKeeper) drifted(strictARP bool) ([]string, error) {
 	return out, nil
 }
 
-func (k *sysctlKeeper) apply(strictARP bool) error {
+func (k *sysctlKeeper) apply(strictARP bool) error { return k.applyList(wanted(strictARP)) }
+
+// ApplyStrictARP sets only the strict-ARP sysctls, recording the values it replaces in stateFile
+// (default DefaultSysctlStateFile) as the Backend does, so RestoreSysctls (or an IPVS Backend's
+// Cleanup) puts them back: the userspace proxy's --dataplane=userspace holds Service IPs as local
+// routes on a dummy link too, and every node must not answer ARP for them. s nil: /proc/sys.
+func ApplyStrictARP(s Sysctls, stateFile string) error {
+	return newSysctlKeeper(Options{Sysctls: s, SysctlStateFile: stateFile}).applyList(strictARPSysctls)
+}
+
+// RestoreSysctls puts back every sysctl value recorded in stateFile (default
+// DefaultSysctlStateFile) and forgets them. s nil: /proc/sys.
+func RestoreSysctls(s Sysctls, stateFile string) error {
+	return newSysctlKeeper(Options{Sysctls: s, SysctlStateFile: stateFile}).restore()
+}
+
+func (k *sysctlKeeper) applyList(want []struct{ name, value, why string }) error {
 	saved, err := k.load()
 	if err != nil {
 		return err
 	}
-	want := wanted(strictARP)
 	var errs []error
 	for _, w := range want {
 		cur, err := k.s.Get(w.name)

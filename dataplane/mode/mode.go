@@ -1,5 +1,5 @@
 // Package mode decides which data-plane backend runs on a node, from the speaker's
-// --dataplane flag (auto, ipvs, nftables, off) and what the node offers, and reports the decision
+// --dataplane flag (auto, ipvs, nftables, userspace, off) and what the node offers, and reports the decision
 // in the log, as an event on the Node and as a metric.
 package mode
 
@@ -21,8 +21,15 @@ const (
 	Auto     = "auto"
 	IPVS     = "ipvs"
 	NFTables = "nftables"
-	Off      = "off"
+	// Userspace serves every Service through the userspace proxy, with no kernel backend
+	// (dataplane/userspace.Standalone): only for nodes where neither nftables nor IPVS can run,
+	// so auto never picks it.
+	Userspace = "userspace"
+	Off       = "off"
 )
+
+// Backends are the backend names, as the herald_dataplane_backend metric lists them.
+var Backends = []string{IPVS, NFTables, Userspace, Off}
 
 // Probes are the facts Decide needs about the node; tests fake them.
 type Probes struct {
@@ -48,6 +55,8 @@ func Decide(ctx context.Context, flag string, p Probes) (Decision, error) {
 		return Decision{Backend: Off, Reason: "--dataplane=off: announcing only, kube-proxy forwards"}, nil
 	case NFTables:
 		return Decision{Backend: NFTables, Reason: "--dataplane=nftables"}, nil
+	case Userspace:
+		return Decision{Backend: Userspace, Reason: "--dataplane=userspace: every Service through the userspace proxy, no kernel backend"}, nil
 	case IPVS:
 		if err := p.IPVS(); err != nil {
 			return Decision{}, fmt.Errorf("--dataplane=ipvs, but %w", err)
@@ -55,7 +64,7 @@ func Decide(ctx context.Context, flag string, p Probes) (Decision, error) {
 		return Decision{Backend: IPVS, Reason: "--dataplane=ipvs"}, nil
 	case Auto:
 	default:
-		return Decision{}, fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables or off", flag)
+		return Decision{}, fmt.Errorf("--dataplane=%q: want auto, ipvs, nftables, userspace or off", flag)
 	}
 	present, what, err := p.KubeProxy(ctx)
 	if err != nil {
@@ -86,7 +95,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{backend: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "herald_dataplane_backend",
-		Help: "1 for the data-plane backend this speaker runs (ipvs, nftables or off), 0 for the others.",
+		Help: "1 for the data-plane backend this speaker runs (ipvs, nftables, userspace or off), 0 for the others.",
 	}, []string{"backend"})}
 	if reg != nil {
 		reg.MustRegister(m.backend)
@@ -97,7 +106,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // Report logs the decision, records it as an event on the Node (a Warning when auto had to fall
 // back from IPVS) and sets the herald_dataplane_backend metric.
 func Report(d Decision, log *slog.Logger, rec record.EventRecorder, nodeName string, metrics *Metrics) {
-	for _, b := range []string{IPVS, NFTables, Off} {
+	for _, b := range Backends {
 		v := 0.0
 		if b == d.Backend {
 			v = 1

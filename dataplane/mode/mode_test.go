@@ -36,6 +36,9 @@ func TestDecide(t *testing.T) {
 		{flag: IPVS, want: IPVS},
 		{flag: NFTables, ipvs: noIPVS, want: NFTables},
 		{flag: Off, want: Off},
+		// userspace only when asked for: auto never picks it, even without IPVS.
+		{flag: Userspace, kubeProxy: true, ipvs: noIPVS, want: Userspace},
+		{flag: Auto, ipvs: noIPVS, want: NFTables, fallback: true},
 		{flag: "iptables", fails: true},
 	} {
 		d, err := Decide(context.Background(), tc.flag, probes(tc.kubeProxy, tc.ipvs))

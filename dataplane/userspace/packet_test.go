@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/internal/netnstest"
+	"github.com/heraldlb/herald/dataplane/ipvs"
 	"github.com/heraldlb/herald/dataplane/nftables"
 	"github.com/heraldlb/herald/internal/netnsrun"
 )
@@ -80,14 +82,46 @@ type packetLab struct {
 	t                *testing.T
 	lab              *netnstest.Lab
 	node, client, c2 string
-	kernel           *nftables.Backend
 	proxy            *Proxy
-	backend          *Backend
+	backend          dataplane.Backend
 	procs            map[int]*exec.Cmd
 }
 
+// newPacketLab runs the nftables backend with the proxy in front in the node namespace.
 func newPacketLab(t *testing.T, opts Options) *packetLab {
 	netnstest.Require(t, "nft")
+	pl := newTopology(t, opts)
+	var kernel *nftables.Backend
+	if err := netnsrun.Do(pl.node, func() (err error) { kernel, err = nftables.New(); return err }); err != nil {
+		t.Fatalf("nftables backend in the node namespace: %v", err)
+	}
+	t.Cleanup(kernel.Close)
+	kernel.SetUserspaceListeners(pl.proxy)
+	pl.backend = NewBackend(kernel, pl.proxy)
+	return pl
+}
+
+// newStandaloneLab runs --dataplane=userspace in the node namespace: the proxy alone.
+func newStandaloneLab(t *testing.T, opts Options) *packetLab {
+	opts.Direct, opts.ServeAll = true, true
+	pl := newTopology(t, opts)
+	if err := netnsrun.Do(pl.node, func() error {
+		links, err := ipvs.NewLoopbackLinks()
+		if err != nil {
+			return err
+		}
+		pl.backend, err = NewStandalone(pl.proxy, StandaloneOptions{Links: links,
+			SysctlStateFile: filepath.Join(t.TempDir(), "sysctls.json")})
+		return err
+	}); err != nil {
+		t.Fatalf("standalone data plane in the node namespace: %v", err)
+	}
+	return pl
+}
+
+// newTopology makes the namespaces and a proxy with opts listening and dialing in the node.
+func newTopology(t *testing.T, opts Options) *packetLab {
+	netnstest.Require(t)
 	l := netnstest.New(t, "herald-us-pkt-")
 	pl := &packetLab{t: t, lab: l, node: l.AddNS("node"), client: l.AddNS("client"), c2: l.AddNS("client2"), procs: map[int]*exec.Cmd{}}
 	l.Run(pl.node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
@@ -109,22 +143,17 @@ func newPacketLab(t *testing.T, opts Options) *packetLab {
 		l.Run(be, "ip", "route", "add", "default", "via", fmt.Sprintf("10.244.%d.1", i))
 		l.Run(be, "ip", "-6", "route", "add", "default", "via", fmt.Sprintf("fd00:244:%d::1", i))
 	}
-	opts.Listen = func(network, addr string) (ln net.Listener, err error) {
-		return netnstest.Listen(pl.node, network, addr)
+	opts.Listen = func(lc *net.ListenConfig, network, addr string) (ln net.Listener, err error) {
+		err = netnsrun.Do(pl.node, func() (err error) { ln, err = lc.Listen(context.Background(), network, addr); return err })
+		return ln, err
 	}
-	opts.ListenPacket = func(network, addr string) (pc net.PacketConn, err error) {
-		err = netnsrun.Do(pl.node, func() (err error) { pc, err = net.ListenPacket(network, addr); return err })
+	opts.ListenPacket = func(lc *net.ListenConfig, network, addr string) (pc net.PacketConn, err error) {
+		err = netnsrun.Do(pl.node, func() (err error) { pc, err = lc.ListenPacket(context.Background(), network, addr); return err })
 		return pc, err
 	}
 	opts.Dial = netnstest.Dialer(pl.node, &net.Dialer{})
 	pl.proxy = New(opts)
 	t.Cleanup(pl.proxy.Close)
-	if err := netnsrun.Do(pl.node, func() (err error) { pl.kernel, err = nftables.New(); return err }); err != nil {
-		t.Fatalf("nftables backend in the node namespace: %v", err)
-	}
-	t.Cleanup(pl.kernel.Close)
-	pl.kernel.SetUserspaceListeners(pl.proxy)
-	pl.backend = NewBackend(pl.kernel, pl.proxy)
 	return pl
 }
 
@@ -377,7 +406,7 @@ func TestUserspaceOverRealPackets(t *testing.T) {
 		udpListener := func() *udpListener {
 			pl.proxy.mu.Lock()
 			defer pl.proxy.mu.Unlock()
-			return pl.proxy.ports[udp.Name].cluster.(*udpListener)
+			return pl.proxy.ports[udp.Name].cluster.(group)[0].(*udpListener)
 		}()
 		deadline := time.Now().Add(3 * time.Second)
 		for {
@@ -401,17 +430,7 @@ func serveUDP(t *testing.T, ns, name string) {
 	if err := netnsrun.Do(ns, func() (err error) { pc, err = net.ListenPacket("udp", ":5353"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo([]byte(name+" "+string(buf[:n])), from)
-		}
-	}()
+	answerUDP(t, pc, func(q []byte) []byte { return []byte(name + " " + string(q)) })
 }
 
 // serveProxyProtocol serves :9090 behind a PROXY v2 header: it answers "be2 <client address
@@ -421,31 +440,21 @@ func serveProxyProtocol(t *testing.T, ns string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h := make([]byte, 16)
-				if _, err := io.ReadFull(c, h); err != nil || string(h[:12]) != string(proxyV2Signature) {
-					return
-				}
-				addrs := make([]byte, binary.BigEndian.Uint16(h[14:]))
-				if _, err := io.ReadFull(c, addrs); err != nil || h[13] != 0x11 {
-					return
-				}
-				r := bufio.NewReader(c)
-				if _, err := r.ReadString('\n'); err != nil {
-					return
-				}
-				fmt.Fprintf(c, "be2 %s\n", netip.AddrFrom4([4]byte(addrs[:4])))
-			}()
+	serveOn(t, ln, func(c net.Conn) {
+		h := make([]byte, 16)
+		if _, err := io.ReadFull(c, h); err != nil || string(h[:12]) != string(proxyV2Signature) {
+			return
 		}
-	}()
+		addrs := make([]byte, binary.BigEndian.Uint16(h[14:]))
+		if _, err := io.ReadFull(c, addrs); err != nil || h[13] != 0x11 {
+			return
+		}
+		r := bufio.NewReader(c)
+		if _, err := r.ReadString('\n'); err != nil {
+			return
+		}
+		fmt.Fprintf(c, "be2 %s\n", netip.AddrFrom4([4]byte(addrs[:4])))
+	})
 }
 
 // TestModeSwitchKeepsEstablishedConnections switches a Service between the modes while
@@ -519,4 +528,98 @@ func (c *lineConn) ask() (string, error) {
 	}
 	line, err := c.r.ReadString('\n')
 	return strings.TrimSuffix(line, "\n"), err
+}
+
+// askUDP sends one datagram from ns to addr and returns the reply (a connected socket: only a
+// reply from addr itself is read).
+func askUDP(ns string, addr netip.AddrPort) (string, error) {
+	var c net.Conn
+	if err := netnsrun.Do(ns, func() (err error) { c, err = net.Dial("udp", addr.String()); return err }); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(c, "q"); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 100)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}
+
+// TestStandaloneOverRealPackets is --dataplane=userspace: no nftables, no IPVS in the node
+// namespace, every Service served by the proxy on its own addresses (local routes on
+// lo) and NodePorts. Reached from a pod behind the node (ClusterIP) and from clients
+// in front (LoadBalancer IP, NodePort, IPv6 ClusterIP), TCP and UDP, with the source ranges
+// enforced by the proxy and a dead endpoint still listed costing no connection.
+func TestStandaloneOverRealPackets(t *testing.T) {
+	netnstest.Require(t, "nft")
+	pl := newStandaloneLab(t, Options{ConnectTimeout: 300 * time.Millisecond})
+	for n := 1; n <= 3; n++ {
+		pl.start(n)
+		serveUDP(t, pl.lab.NS(fmt.Sprintf("be%d", n)), fmt.Sprintf("be%d", n))
+	}
+	// Neither Service is annotated: on this node every Service goes through the proxy.
+	tcp := lbService("svc", v1.ProtocolTCP, 8080, false)
+	tcp.NodePort = 30080
+	tcp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("172.31.1.0/24")}
+	udp := lbService("svc", v1.ProtocolUDP, 5353, false)
+	udp.Name.Port, udp.Port = "dns", 53
+	pl.sync(tcp, udp)
+	if rules := pl.lab.Run(pl.node, "nft", "list", "ruleset"); strings.TrimSpace(rules) != "" {
+		t.Fatalf("the node has nftables rules in userspace mode:\n%s", rules)
+	}
+
+	answers := func(t *testing.T, ns string, a netip.AddrPort) {
+		t.Helper()
+		if answer, err := ask(ns, a); err != nil || !strings.HasPrefix(answer, "be") {
+			t.Errorf("%s from %s: %q, %v", a, ns, answer, err)
+		}
+	}
+	t.Run("ClusterIP from a pod", func(t *testing.T) {
+		answers(t, pl.lab.NS("be3"), netip.AddrPortFrom(clusterIP4, 80))
+	})
+	t.Run("LoadBalancer IP, NodePort and IPv6 ClusterIP from a client", func(t *testing.T) {
+		for _, a := range []netip.AddrPort{netip.AddrPortFrom(lbIP, 80), netip.MustParseAddrPort("172.31.1.1:30080"),
+			netip.MustParseAddrPort("[fd00:1::1]:30080"), netip.AddrPortFrom(clusterIP6, 80)} {
+			answers(t, pl.client, a)
+		}
+	})
+	t.Run("loadBalancerSourceRanges", func(t *testing.T) {
+		if answer, err := ask(pl.c2, netip.AddrPortFrom(lbIP, 80)); err == nil {
+			t.Errorf("a client outside loadBalancerSourceRanges reached the LoadBalancer IP: %q", answer)
+		}
+		// The ranges restrict the LoadBalancer IP only, as in the kernel backends.
+		answers(t, pl.c2, netip.AddrPortFrom(clusterIP4, 80))
+		answers(t, pl.c2, netip.MustParseAddrPort("172.31.2.1:30080"))
+	})
+	t.Run("UDP from the Service address", func(t *testing.T) {
+		for _, a := range []netip.AddrPort{netip.AddrPortFrom(clusterIP4, 53), netip.AddrPortFrom(lbIP, 53), netip.AddrPortFrom(clusterIP6, 53)} {
+			if answer, err := askUDP(pl.client, a); err != nil || !strings.HasSuffix(answer, " q") {
+				t.Errorf("%s: %q, %v", a, answer, err)
+			}
+		}
+	})
+	t.Run("a dead endpoint still listed costs no connection", func(t *testing.T) {
+		pl.kill(1)
+		for i := range 100 {
+			if answer, err := ask(pl.client, netip.AddrPortFrom(lbIP, 80)); err != nil || strings.HasPrefix(answer, "be1") {
+				t.Fatalf("connection %d: %q, %v", i, answer, err)
+			}
+		}
+	})
+	t.Run("a removed Service leaves no route and no listener", func(t *testing.T) {
+		pl.sync()
+		for _, family := range []string{"-4", "-6"} {
+			if routes := pl.lab.Run(pl.node, "ip", family, "route", "show", "table", "local", "proto", "72"); strings.TrimSpace(routes) != "" {
+				t.Errorf("Service IP routes left:\n%s", routes)
+			}
+		}
+		if len(pl.proxy.Services()) != 0 {
+			t.Errorf("the proxy still serves %v", pl.proxy.Services())
+		}
+		if answer, err := ask(pl.client, netip.MustParseAddrPort("172.31.1.1:30080")); err == nil {
+			t.Errorf("the NodePort still answers: %q", answer)
+		}
+	})
 }

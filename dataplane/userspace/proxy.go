@@ -17,13 +17,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/dataplane"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,10 +36,11 @@ import (
 
 // Options configure a Proxy.
 type Options struct {
-	// Listen opens a TCP listener and ListenPacket a UDP socket; defaults net.Listen and
-	// net.ListenPacket (the speaker's own network namespace: the node's).
-	Listen       func(network, address string) (net.Listener, error)
-	ListenPacket func(network, address string) (net.PacketConn, error)
+	// Listen opens a TCP listener and ListenPacket a UDP socket with lc (which sets the
+	// socket options the proxy needs); defaults lc.Listen and lc.ListenPacket (the speaker's own
+	// network namespace: the node's).
+	Listen       func(lc *net.ListenConfig, network, address string) (net.Listener, error)
+	ListenPacket func(lc *net.ListenConfig, network, address string) (net.PacketConn, error)
 	// Dial connects to an endpoint; default a net.Dialer. Its TCP connections must be
 	// *net.TCPConn (splice and half-close need them).
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
@@ -45,7 +51,16 @@ type Options struct {
 	SuspectFor time.Duration
 	// UDPIdleTimeout ends a UDP client session without traffic; default 30 s.
 	UDPIdleTimeout time.Duration
-	Logger         *slog.Logger
+	// Direct makes the listeners bind the Service's own addresses and port (and the NodePort on
+	// every address) instead of a port the kernel picks, where nothing redirects to them: with
+	// no kernel backend (Standalone, --dataplane=userspace), and with IPVS, which holds the
+	// Service IPs as the node's own and leaves the proxied ports to local sockets. The proxy then
+	// also enforces loadBalancerSourceRanges itself (Standalone has no firewall in front of it).
+	Direct bool
+	// ServeAll serves every TCP and UDP port, those not annotated with the default settings
+	// (Standalone: there is no kernel backend to leave them to).
+	ServeAll bool
+	Logger   *slog.Logger
 }
 
 // Proxy is the userspace proxy: a listener per userspace-proxied Service port and kind of
@@ -72,13 +87,19 @@ type Proxy struct {
 type portListeners struct {
 	// port is the current desired state of the Service port; connections read it when they
 	// start (so an endpoint change applies to the next connection).
-	port     *portState
-	cluster  listener
-	external listener // nil when the port has no external addresses and no NodePort
+	port *portState
+	// cluster serves the ClusterIPs' traffic, external the NodePort's, LoadBalancer IPs' and
+	// externalIPs'; nil where binds has none (a port without external traffic; in Direct mode
+	// also one without ClusterIPs).
+	cluster, external listener
+	// binds are the socket addresses the listeners were opened on (see Proxy.binds).
+	binds [2][]string
 }
 
-// listener is a TCP or UDP listener of the proxy.
+// listener is a TCP or UDP listener of the proxy: one socket per bind address.
 type listener interface {
+	// Port is the first socket's port: the one the kernel picked, which a kernel backend
+	// redirects to.
 	Port() uint16
 	Close() error
 }
@@ -86,10 +107,14 @@ type listener interface {
 // New returns a Proxy; Close stops it.
 func New(opts Options) *Proxy {
 	if opts.Listen == nil {
-		opts.Listen = net.Listen
+		opts.Listen = func(lc *net.ListenConfig, network, address string) (net.Listener, error) {
+			return lc.Listen(context.Background(), network, address)
+		}
 	}
 	if opts.ListenPacket == nil {
-		opts.ListenPacket = net.ListenPacket
+		opts.ListenPacket = func(lc *net.ListenConfig, network, address string) (net.PacketConn, error) {
+			return lc.ListenPacket(context.Background(), network, address)
+		}
 	}
 	if opts.Dial == nil {
 		opts.Dial = (&net.Dialer{}).DialContext
@@ -123,7 +148,9 @@ func (p *Proxy) UserspacePorts(name dataplane.ServicePortName) (cluster, externa
 	if pl == nil {
 		return 0, 0, false
 	}
-	cluster = pl.cluster.Port()
+	if pl.cluster != nil {
+		cluster = pl.cluster.Port()
+	}
 	if pl.external != nil {
 		external = pl.external.Port()
 	}
@@ -153,7 +180,7 @@ func (p *Proxy) open(req dataplane.SyncRequest) error {
 	desired := map[dataplane.ServicePortName]*dataplane.ServicePort{}
 	consider := func(svc types.NamespacedName) {
 		for _, sp := range req.State.Services[svc] {
-			if sp.Userspace != nil {
+			if sp = p.served(sp); sp != nil {
 				desired[sp.Name] = sp
 			}
 		}
@@ -172,12 +199,19 @@ func (p *Proxy) open(req dataplane.SyncRequest) error {
 			continue
 		}
 		// A port keeps its listeners (and their ports: no rule changes) unless it left the
-		// userspace mode or gained or lost its external traffic.
-		if sp, ok := desired[name]; ok && hasExternal(sp) == (pl.external != nil) {
+		// userspace mode or its listeners' addresses changed (redirect mode: it gained or lost
+		// its external traffic).
+		if sp, ok := desired[name]; ok && slices.Equal(p.binds(sp, false), pl.binds[0]) && slices.Equal(p.binds(sp, true), pl.binds[1]) {
 			continue
 		}
 		delete(p.ports, name)
 		p.retired = append(p.retired, pl)
+	}
+	if p.opts.Direct {
+		// No kernel rule points at the retired listeners, and the new ones may need their
+		// addresses: close them first.
+		p.closeListeners(p.retired)
+		p.retired = nil
 	}
 	var errs []error
 	for name, sp := range desired {
@@ -196,6 +230,20 @@ func (p *Proxy) open(req dataplane.SyncRequest) error {
 	return errors.Join(errs...)
 }
 
+// served is sp as the proxy serves it, nil when it does not: the ports in userspace mode, and
+// with ServeAll every TCP and UDP port, those without the annotation with the default settings.
+func (p *Proxy) served(sp *dataplane.ServicePort) *dataplane.ServicePort {
+	switch {
+	case sp.Userspace != nil:
+		return sp
+	case !p.opts.ServeAll || (sp.Protocol != v1.ProtocolTCP && sp.Protocol != v1.ProtocolUDP):
+		return nil
+	}
+	defaulted := *sp
+	defaulted.Userspace = &dataplane.UserspaceOptions{ConnectTries: config.DefaultUserspaceConnectTries}
+	return &defaulted
+}
+
 // closeRetired closes the listeners of ports that left the desired state. Their established
 // connections go on until either side ends them: a Service switched back to the kernel keeps
 // the connections the proxy already carries.
@@ -204,37 +252,98 @@ func (p *Proxy) closeRetired() {
 	retired := p.retired
 	p.retired = nil
 	p.mu.Unlock()
-	for _, pl := range retired {
+	p.closeListeners(retired)
+}
+
+func (p *Proxy) closeListeners(pls []*portListeners) {
+	for _, pl := range pls {
 		pl.close()
 		p.metrics.forget(pl.port.name)
 	}
 }
 
-func (p *Proxy) listen(sp *dataplane.ServicePort) (*portListeners, error) {
-	pl := &portListeners{port: newPortState(sp)}
-	open := func(external bool) (listener, error) {
-		if sp.Protocol == v1.ProtocolUDP {
-			return p.listenUDP(pl.port, external)
+// binds are the socket addresses of a port's cluster or external listener; nil: no listener.
+// With a kernel backend redirecting to the proxy, each listener is one dual-stack socket on a
+// port the kernel picks (external only when the port has external traffic). In Direct mode they
+// are the Service's own addresses and port, and the NodePort on every address of the node
+// (as kube-proxy's old userspace mode opened it).
+func (p *Proxy) binds(sp *dataplane.ServicePort, external bool) []string {
+	if !p.opts.Direct {
+		if external && !hasExternal(sp) {
+			return nil
 		}
-		return p.listenTCP(pl.port, external)
+		return []string{":0"}
+	}
+	var out []string
+	addrs := sp.ClusterIPs
+	if external {
+		addrs = sp.ExternalAddrs()
+	}
+	for _, a := range addrs {
+		out = append(out, netip.AddrPortFrom(a, uint16(sp.Port)).String())
+	}
+	if external && sp.NodePort != 0 {
+		out = append(out, fmt.Sprintf(":%d", sp.NodePort))
+	}
+	return out
+}
+
+func (p *Proxy) listen(sp *dataplane.ServicePort) (*portListeners, error) {
+	pl := &portListeners{port: newPortState(sp), binds: [2][]string{p.binds(sp, false), p.binds(sp, true)}}
+	open := func(external bool) (listener, error) {
+		binds := pl.binds[0]
+		if external {
+			binds = pl.binds[1]
+		}
+		if len(binds) == 0 {
+			return nil, nil
+		}
+		var g group
+		for _, b := range binds {
+			var l listener
+			var err error
+			if sp.Protocol == v1.ProtocolUDP {
+				l, err = p.listenUDP(pl.port, external, b)
+			} else {
+				l, err = p.listenTCP(pl.port, external, b)
+			}
+			if err != nil {
+				g.Close()
+				return nil, fmt.Errorf("listening on %s: %w", b, err)
+			}
+			g = append(g, l)
+		}
+		return g, nil
 	}
 	var err error
 	if pl.cluster, err = open(false); err != nil {
 		return nil, err
 	}
-	if hasExternal(sp) {
-		if pl.external, err = open(true); err != nil {
-			pl.cluster.Close()
-			return nil, err
-		}
+	if pl.external, err = open(true); err != nil {
+		pl.close()
+		return nil, err
 	}
 	return pl, nil
 }
 
+// group is a listener of several sockets (Direct mode: one per address).
+type group []listener
+
+func (g group) Port() uint16 { return g[0].Port() }
+
+func (g group) Close() error {
+	var errs []error
+	for _, l := range g {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(errs...)
+}
+
 func (pl *portListeners) close() {
-	pl.cluster.Close()
-	if pl.external != nil {
-		pl.external.Close()
+	for _, l := range []listener{pl.cluster, pl.external} {
+		if l != nil {
+			l.Close()
+		}
 	}
 }
 
@@ -262,6 +371,24 @@ func (p *Proxy) spawn(fn func()) {
 	}()
 }
 
+// listenConfig is the configuration of the proxy's sockets. In Direct mode they bind Service
+// IPs that are local routes, not addresses of an interface: IPv6 refuses such a bind without
+// IP_FREEBIND (IPv4 accepts it, and freebind changes nothing there).
+func (p *Proxy) listenConfig() *net.ListenConfig {
+	if !p.opts.Direct {
+		return &net.ListenConfig{}
+	}
+	return &net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+}
+
 // hasExternal says whether sp has external traffic (a NodePort, LoadBalancer IPs or
 // externalIPs), which gets a listener of its own.
 func hasExternal(sp *dataplane.ServicePort) bool {
@@ -287,4 +414,25 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 		ap = a.AddrPort()
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// sourceAllowed applies loadBalancerSourceRanges in Direct mode, where no kernel firewall runs
+// in front of the proxy: at a LoadBalancer IP, a client outside the ranges of the address's
+// family is turned away. As in the kernel backends, a family without a range of its own stays
+// open, and so do the ClusterIPs, NodePorts and externalIPs.
+func sourceAllowed(sp *dataplane.ServicePort, local, client netip.Addr) bool {
+	if len(sp.SourceRanges) == 0 || !slices.Contains(sp.LoadBalancerIPs, local) {
+		return true
+	}
+	restricted := false
+	for _, r := range sp.SourceRanges {
+		if r.Addr().Is4() != local.Is4() {
+			continue
+		}
+		if r.Contains(client) {
+			return true
+		}
+		restricted = true
+	}
+	return !restricted
 }

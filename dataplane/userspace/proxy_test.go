@@ -53,7 +53,7 @@ func start(t *testing.T, opts Options, sp *dataplane.ServicePort) (*Proxy, strin
 	return p, fmt.Sprintf("127.0.0.1:%d", port)
 }
 
-func syncPort(t *testing.T, p *Proxy, sp *dataplane.ServicePort) {
+func syncPort(t testing.TB, p *Proxy, sp *dataplane.ServicePort) {
 	t.Helper()
 	st := &dataplane.State{Services: map[types.NamespacedName][]*dataplane.ServicePort{svcKey: {sp}}}
 	if err := p.open(dataplane.SyncRequest{State: st, Full: true}); err != nil {
@@ -65,25 +65,10 @@ func syncPort(t *testing.T, p *Proxy, sp *dataplane.ServicePort) {
 // named serves TCP connections answering "<name>\n" and then echoing until EOF.
 func named(t *testing.T, name string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", name)
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return serveTCP(t, func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", name)
+		_, _ = io.Copy(c, c)
+	})
 }
 
 // dead is an address where nothing listens: connections are refused.
@@ -99,22 +84,10 @@ func dead(t *testing.T) netip.AddrPort {
 
 // resetting accepts, reads the request, then resets the connection without a byte of answer.
 func resetting(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Read(make([]byte, 100))
-			reset(c.(*net.TCPConn))
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return serveTCP(t, func(c net.Conn) {
+		_, _ = c.Read(make([]byte, 100))
+		reset(c.(*net.TCPConn))
+	})
 }
 
 // greet connects through the proxy, sends a line, and returns the greeting and the echo.
@@ -238,21 +211,11 @@ func TestSessionAffinityKeepsClientOnItsEndpoint(t *testing.T) {
 func TestHalfCloseEachDirection(t *testing.T) {
 	// The backend answers only after the client's EOF, then closes: the client must still
 	// receive the whole answer after half-closing.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	be := serveTCP(t, func(c net.Conn) {
 		n, _ := io.Copy(io.Discard, c)
 		fmt.Fprintf(c, "got %d", n)
-	}()
-	_, addr := start(t, Options{}, servicePort(v1.ProtocolTCP, 1, ln.Addr().(*net.TCPAddr).AddrPort()))
+	})
+	_, addr := start(t, Options{}, servicePort(v1.ProtocolTCP, 1, be))
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -271,23 +234,13 @@ func TestHalfCloseEachDirection(t *testing.T) {
 }
 
 func TestProxyProtocolV2Header(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	headers := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	be := serveTCP(t, func(c net.Conn) {
 		h := make([]byte, 16+12)
 		_, _ = io.ReadFull(c, h)
 		headers <- h
-	}()
-	sp := servicePort(v1.ProtocolTCP, 1, ln.Addr().(*net.TCPAddr).AddrPort())
+	})
+	sp := servicePort(v1.ProtocolTCP, 1, be)
 	sp.Userspace.ProxyProtocol = true
 	_, addr := start(t, Options{}, sp)
 	c, err := net.Dial("tcp4", addr)
@@ -311,19 +264,8 @@ func TestUDPRequestResponseAndIdleExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close()
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(append([]byte("re:"), buf[:n]...), from)
-		}
-	}()
-	p, addr := start(t, Options{UDPIdleTimeout: 300 * time.Millisecond},
-		servicePort(v1.ProtocolUDP, 1, pc.LocalAddr().(*net.UDPAddr).AddrPort()))
+	be := answerUDP(t, pc, func(q []byte) []byte { return append([]byte("re:"), q...) })
+	p, addr := start(t, Options{UDPIdleTimeout: 300 * time.Millisecond}, servicePort(v1.ProtocolUDP, 1, be))
 	c, err := net.Dial("udp4", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +282,7 @@ func TestUDPRequestResponseAndIdleExpiry(t *testing.T) {
 	}
 	sessions := func() int {
 		p.mu.Lock()
-		l := p.ports[servicePort(v1.ProtocolUDP, 1).Name].cluster.(*udpListener)
+		l := p.ports[servicePort(v1.ProtocolUDP, 1).Name].cluster.(group)[0].(*udpListener)
 		p.mu.Unlock()
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -391,20 +333,8 @@ func TestSyncRetiresAndKeepsEstablishedConnections(t *testing.T) {
 func TestEchoWhileSending(t *testing.T) {
 	// The backend echoes while the client is still sending 8 MiB: both directions stream at
 	// once through the proxy, past the replay buffer, and every byte comes back in order.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
-	_, addr := start(t, Options{}, servicePort(v1.ProtocolTCP, 1, ln.Addr().(*net.TCPAddr).AddrPort()))
+	be := serveTCP(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	_, addr := start(t, Options{}, servicePort(v1.ProtocolTCP, 1, be))
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

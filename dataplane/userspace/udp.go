@@ -41,8 +41,9 @@ type udpSession struct {
 
 const maxDatagram = 64 << 10
 
-func (p *Proxy) listenUDP(ps *portState, external bool) (listener, error) {
-	pc, err := p.opts.ListenPacket("udp", ":0")
+// listenUDP opens one socket on bind (see Proxy.binds and listenTCP).
+func (p *Proxy) listenUDP(ps *portState, external bool, bind string) (listener, error) {
+	pc, err := p.opts.ListenPacket(p.listenConfig(), "udp", bind)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +91,14 @@ func (l *udpListener) serve() {
 			continue // a transient error (e.g. an ICMP error queued on the socket)
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-		s := l.session(client, localAddr(oob[:oobn]))
+		local := localAddr(oob[:oobn])
+		if !local.IsValid() {
+			local = addrPortOf(l.conn.LocalAddr()).Addr() // a socket bound to one address
+		}
+		if l.p.opts.Direct && !sourceAllowed(l.port.load(), local, client.Addr()) {
+			continue
+		}
+		s := l.session(client, local)
 		if s == nil {
 			l.p.metrics.failures.WithLabelValues(label).Inc()
 			continue

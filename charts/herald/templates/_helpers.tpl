@@ -40,11 +40,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if ne .Values.dataplane.mode "off" -}}true{{- end -}}
 {{- end -}}
 
-{{/* The IPVS backend needs sysctls (dataplane/ipvs/sysctls.go): auto may choose it. The speaker
+{{/* The IPVS backend needs sysctls (dataplane/ipvs/sysctls.go): auto may choose it; userspace
+needs its strict-ARP ones (dataplane/userspace/standalone.go). The speaker
 pod then sets them in a privileged init step (speaker --prepare-sysctls); the speaker itself finds
 them set and runs on capabilities alone. */}}
 {{- define "herald.writesSysctls" -}}
-{{- if has .Values.dataplane.mode (list "auto" "ipvs") -}}true{{- end -}}
+{{- if has .Values.dataplane.mode (list "auto" "ipvs" "userspace") -}}true{{- end -}}
 {{- end -}}
 
 {{/* The speaker container's security context: the capabilities it needs, never privileged. */}}
@@ -62,8 +63,9 @@ capabilities:
     # Raised CPU priority and a real-time heartbeat thread, so a saturated node still sends
     # its heartbeats in time (speaker/membership/priority.go).
     - SYS_NICE
-    {{- if .Values.bgp.enabled }}
-    # GoBGP listens on TCP 179 for routers that connect first (speaker/bgp/announcer.go ListenPort).
+    {{- if or .Values.bgp.enabled (eq .Values.dataplane.mode "userspace") }}
+    # GoBGP listens on TCP 179 for routers that connect first (speaker/bgp/announcer.go ListenPort);
+    # --dataplane=userspace binds the Service ports themselves (dataplane/userspace/standalone.go).
     - NET_BIND_SERVICE
     {{- end }}
 {{- end -}}
