@@ -2,11 +2,17 @@ package nftables
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/heraldlb/herald/internal/netnsrun"
 )
 
 // Real-packet tests of the differences from kube-proxy v1.34 fixed for issue 16.
@@ -57,5 +63,33 @@ func TestSourceRangesOfOneFamilyLeaveTheOtherOpen(t *testing.T) {
 	pl.mustGet(t, pl.client, "192.0.2.13:80")
 	if _, err := getWithin(pl.c2, "192.0.2.13:80", time.Second); err == nil || errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("a client outside the IPv4 range: err = %v, want a timeout (dropped)", err)
+	}
+}
+
+// TestNodeOwnUDPToNodePortWithoutEndpointsIsRefused: the node's own datagram to one of its
+// NodePorts whose Service has no endpoint is answered with an ICMP port unreachable
+// (ECONNREFUSED on the next read), as under kube-proxy, not failed at the write with EPERM as a
+// reject in the output hook does (found by e2e/parity).
+func TestNodeOwnUDPToNodePortWithoutEndpointsIsRefused(t *testing.T) {
+	pl := newPacketLabNamed(t, "herald-dd-np-")
+	empty := svcPort("ns", "empty", "10.96.0.14", 53)
+	empty.Protocol, empty.Name.Protocol = v1.ProtocolUDP, v1.ProtocolUDP
+	empty.NodePort = 30053
+	pl.sync(t, state(empty), true)
+	err := netnsrun.Do(pl.node, func() error {
+		c, err := net.Dial("udp", "172.31.1.1:30053")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("hello")); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		_, err = c.Read(make([]byte, 64))
+		return err
+	})
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("the node's own datagram to a NodePort without endpoints: %v, want ECONNREFUSED", err)
 	}
 }

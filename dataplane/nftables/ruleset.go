@@ -9,11 +9,16 @@ import (
 //	prerouting filter -110:  new connections to a LoadBalancer IP with source ranges
 //	output     filter -110   -> firewall-ips -> fw chain (allowed ranges return, rest drop);
 //	                         to a Service without endpoints -> no-endpoint-ips /
-//	                         no-endpoint-nodeports -> reject (or drop)
+//	                         no-endpoint-nodeports (prerouting only) -> reject (or drop)
 //	prerouting nat dstnat:   services: mark external Cluster-policy traffic for masquerade,
 //	output     nat -100      then daddr . l4proto . dport -> service-ips -> svc/ext chain (DNAT),
 //	                         NodePorts on local addresses -> service-nodeports
 //	postrouting nat srcnat:  masquerade marked packets and hairpin connections
+//
+// The node's own packets to its NodePorts pass loopback, so prerouting checks them too; the
+// output hook leaves NodePorts to it, as kube-proxy does. A reject in the output hook would fail
+// the sender's write with EPERM, where a reject in prerouting answers it with the ICMP port
+// unreachable (ECONNREFUSED) kube-proxy's clients get (issue 16: found by e2e/parity).
 //
 // Rejecting happens in prerouting, before the routing decision, not in forward: a client on the
 // node's own segment whose packet would be routed back out the same interface makes the kernel
@@ -59,7 +64,8 @@ func addBaseRuleset(tx *knftables.Transaction) {
 		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.firewallIPs())
 	chain("endpoints-check",
 		"ip daddr . meta l4proto . th dport vmap @"+ipv4.noEndpointIPs(),
-		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.noEndpointIPs(),
+		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.noEndpointIPs())
+	chain("nodeport-endpoints-check",
 		localV4+" meta l4proto . th dport vmap @"+ipv4.noEndpointNodePorts(),
 		localV6+" meta l4proto . th dport vmap @"+ipv6.noEndpointNodePorts())
 	chain("services",
@@ -77,10 +83,10 @@ func addBaseRuleset(tx *knftables.Transaction) {
 		"meta mark set meta mark ^ "+masqueradeMark,
 		"masquerade fully-random")
 
-	for _, hook := range []knftables.BaseChainHook{knftables.PreroutingHook, knftables.OutputHook} {
-		base("filter-"+string(hook), knftables.FilterType, hook, "-110",
-			"ct state new jump firewall-check", "ct state new jump endpoints-check")
-	}
+	base("filter-"+string(knftables.PreroutingHook), knftables.FilterType, knftables.PreroutingHook, "-110",
+		"ct state new jump firewall-check", "ct state new jump endpoints-check", "ct state new jump nodeport-endpoints-check")
+	base("filter-"+string(knftables.OutputHook), knftables.FilterType, knftables.OutputHook, "-110",
+		"ct state new jump firewall-check", "ct state new jump endpoints-check")
 	base("nat-prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, "jump services")
 	base("nat-output", knftables.NATType, knftables.OutputHook, "-100", "jump services")
 	base("nat-postrouting", knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, "jump masquerading")
