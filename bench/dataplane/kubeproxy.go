@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -21,16 +20,11 @@ import (
 
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
-	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 
-	"github.com/heraldlb/herald/dataplane"
-	"github.com/heraldlb/herald/dataplane/embedded"
 	"github.com/heraldlb/herald/e2e/controlplane"
+	"github.com/heraldlb/herald/e2e/heraldproxy"
 	"github.com/heraldlb/herald/e2e/proc"
 )
 
@@ -43,56 +37,33 @@ var (
 const benchNode = "bench-node"
 
 // runHeraldProxy is the helper role: Herald's embedded data plane (nftables) as the speaker
-// runs it, fed by the informers of a cache set up as the speaker's (speaker.New: the same
-// transform), which also feed its local-endpoint view. The process is this benchmark's binary,
-// not the speaker's: its figures are the data plane's, without the announcers.
+// runs it (e2e/heraldproxy). The process is this benchmark's binary, not the speaker's: its
+// figures are the data plane's, without the announcers.
 func runHeraldProxy(kubeconfig string) {
 	if *heapProfile != "" {
 		// Finer than the default 512 KiB, so that the smaller consumers show up too.
 		runtime.MemProfileRate = 16 << 10
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		fail("%v", err)
-	}
-	rc.QPS, rc.Burst = 1000, 2000
-	cs := kubernetes.NewForConfigOrDie(rc)
 	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	c, err := crcache.New(rc, crcache.Options{DefaultTransform: dataplane.StripForProxy})
-	if err != nil {
-		fail("%v", err)
-	}
-	services, err := c.GetInformer(ctx, &corev1.Service{})
-	if err != nil {
-		fail("%v", err)
-	}
-	slices, err := c.GetInformer(ctx, &discoveryv1.EndpointSlice{})
-	if err != nil {
-		fail("%v", err)
-	}
-	view := dataplane.NewLocalEndpoints()
-	if err := view.Register(slices); err != nil {
-		fail("%v", err)
-	}
-	go c.Start(ctx)
-	cache.WaitForCacheSync(ctx.Done(), view.HasSynced)
-	backend, err := embedded.Prepare(ctx, "nftables", slog.Default())
-	if err != nil {
-		fail("%v", err)
-	}
-	d, err := embedded.New(ctx, backend, embedded.Options{NodeName: benchNode, Client: cs, LocalEndpoints: view,
-		HealthAddr: "127.0.0.1:10256", Services: services, EndpointSlices: slices})
-	if err != nil {
-		fail("%v", err)
-	}
-	go d.Run(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- heraldproxy.Run(ctx, heraldproxy.Config{Kubeconfig: kubeconfig, NodeName: benchNode, HealthAddr: "127.0.0.1:10256"})
+	}()
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	<-signals
+	select {
+	case err := <-done:
+		stop()
+		fail("herald data plane: %v", err)
+	case <-signals:
+	}
 	if *heapProfile != "" {
 		// Before anything stops: the profile shows what the running data plane holds.
 		writeHeapProfile(*heapProfile)
+	}
+	stop()
+	if err := <-done; err != nil {
+		fail("herald data plane: %v", err)
 	}
 }
 

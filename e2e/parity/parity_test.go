@@ -1,0 +1,553 @@
+// Package parity_test is the differential test of issue 16: kube-proxy v1.34.4 (nftables mode) and
+// Herald's embedded data plane, each on node A of one of two identical topologies of network
+// namespaces, both fed the same Services and EndpointSlices by one real apiserver, get the same
+// probes (TCP and UDP, IPv4 and IPv6; from a client off the cluster, a pod and the node; to
+// ClusterIPs, NodePorts, LoadBalancer IPs and externalIPs), and what happens to each (answered by
+// which endpoints seeing which source address, refused, dropped) must be the same, unless the
+// difference is listed with its reason in the table of docs/parity.md.
+//
+// The corpus is the issue's rows plus generated Services (seeded). HERALD_PARITY_CASES sets its
+// size (default 520, as in `make test`; the long run uses thousands), HERALD_PARITY_SEED its seed.
+package parity_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/heraldlb/herald/e2e/controlplane"
+	"github.com/heraldlb/herald/e2e/heraldproxy"
+	"github.com/heraldlb/herald/e2e/proc"
+	"github.com/heraldlb/herald/internal/netnsrun"
+	"github.com/heraldlb/herald/internal/testenv"
+)
+
+// heraldEnv makes the test binary run Herald's data plane (against the kubeconfig it names)
+// instead of the tests: the test starts it that way inside Herald's node namespace.
+const heraldEnv = "HERALD_PARITY_RUN_HERALD"
+
+func TestMain(m *testing.M) {
+	if kubeconfig := os.Getenv(heraldEnv); kubeconfig != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		err := heraldproxy.Run(ctx, heraldproxy.Config{Kubeconfig: kubeconfig, NodeName: nodeA, HealthAddr: "127.0.0.1:10256",
+			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "herald data plane:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// batchSize bounds the Services applied at once (NodePorts: 2,768 in the default range).
+const batchSize = 600
+
+func TestKubeProxyParity(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "needs root for network namespaces")
+	}
+	testenv.Tools(t, "ip", "nft", "sysctl")
+	bins, err := controlplane.CachedBinaries()
+	if err != nil {
+		testenv.Missing(t, "%v", err)
+	}
+	kubeProxy := filepath.Join(bins.KubeDir, "kube-proxy")
+	if _, err := os.Stat(kubeProxy); err != nil {
+		testenv.Missing(t, "%s missing: build it once with hack/k8s-bins.sh", kubeProxy)
+	}
+	table, err := readParityTable("../../docs/parity.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := removeNamespaces(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := removeNamespaces(); err != nil {
+			t.Error(err)
+		}
+	})
+	dir := t.TempDir()
+	ctx := t.Context()
+
+	api := nsPrefix + "api"
+	ipCmd(t, "netns", "add", api)
+	ipCmd(t, "-n", api, "link", "set", "lo", "up")
+	dialAPI := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := netnsrun.Do(api, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, network, addr); return })
+		return c, err
+	}
+	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: filepath.Join(dir, "cp"), Binaries: bins, Address: "127.0.0.1",
+		ServiceCIDRs: serviceCIDRs, NodePortRange: "30000-32767", Dial: dialAPI,
+		Wrap: func(argv []string) []string { return append([]string{"ip", "netns", "exec", api}, argv...) }})
+	if err != nil {
+		t.Fatalf("control plane: %v", err)
+	}
+	t.Cleanup(cp.Stop)
+	rc, err := cp.RESTConfig(dialAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(rc)
+
+	for _, side := range sides {
+		buildSide(t, side)
+		echoServers(t, side)
+		forwardAPIServer(t, nsName(side, "a"), dialAPI)
+	}
+	createNodes(t, cs)
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs := map[string]proc.Process{}
+	start := func(side, name string, argv []string, env []string) {
+		p, err := proc.Start(name, append([]string{"ip", "netns", "exec", nsName(side, "a")}, argv...), filepath.Join(dir, name+".log"), env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs[side] = p
+		t.Cleanup(func() {
+			_ = p.Stop(10 * time.Second)
+			if t.Failed() {
+				t.Logf("%s log (last lines):\n%s", name, p.Tail(4000))
+			}
+		})
+	}
+	start(sideKubeProxy, "kube-proxy", []string{kubeProxy, "--kubeconfig=" + cp.Kubeconfig, "--proxy-mode=nftables",
+		"--hostname-override=" + nodeA, "--cluster-cidr=" + clusterCIDRs,
+		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249", "--conntrack-max-per-core=0"}, nil)
+	start(sideHerald, "herald", []string{self, "-test.run=^$"}, []string{heraldEnv + "=" + cp.Kubeconfig})
+
+	n := envInt("HERALD_PARITY_CASES", 520)
+	seed := uint64(envInt("HERALD_PARITY_SEED", 16))
+	cases := corpus(seed, n)
+	t.Logf("corpus: %d cases from seed %d (HERALD_PARITY_CASES, HERALD_PARITY_SEED)", len(cases), seed)
+	var diffs []difference
+	probes := 0
+	for first := 0; first < len(cases); first += batchSize {
+		batch := cases[first:min(first+batchSize, len(cases))]
+		began := time.Now()
+		apply(t, cs, batch)
+		waitProgrammed(t, cs, procs, first)
+		applied := time.Now()
+		d, p := compare(batch)
+		diffs, probes = append(diffs, d...), probes+p
+		t.Logf("cases %d-%d: applied and programmed in %v, %d probes compared on both sides in %v, %d differences",
+			first, first+len(batch)-1, applied.Sub(began).Round(time.Millisecond), p, time.Since(applied).Round(time.Millisecond), len(d))
+		if first+batchSize < len(cases) {
+			deleteBatch(t, cs)
+		}
+	}
+	report(t, table, diffs, probes)
+}
+
+// createNodes creates node A (the proxies' node) and node B with zones and addresses.
+func createNodes(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	for _, n := range []struct {
+		name, zone string
+		ips        []string
+	}{{nodeA, zoneA, []string{nodeIP.String(), nodeIP6.String()}}, {nodeB, zoneB, []string{"10.0.0.2", "fd00::2"}}} {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: map[string]string{corev1.LabelTopologyZone: n.zone}}}
+		created, err := cs.CoreV1().Nodes().Create(t.Context(), node, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ip := range n.ips {
+			created.Status.Addresses = append(created.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
+		}
+		created.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+		if _, err := cs.CoreV1().Nodes().UpdateStatus(t.Context(), created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// apply creates the batch's Services, EndpointSlices and LoadBalancer statuses, 16 at a time,
+// and fills in the addresses the apiserver allocated.
+func apply(t *testing.T, cs kubernetes.Interface, batch []*svcCase) {
+	t.Helper()
+	ctx := t.Context()
+	work := make(chan *svcCase)
+	errs := make(chan error, len(batch))
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				errs <- applyOne(ctx, cs, c)
+			}
+		}()
+	}
+	for i, c := range batch {
+		c.index = i
+		c.addresses()
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func applyOne(ctx context.Context, cs kubernetes.Interface, c *svcCase) error {
+	svc, slice := c.objects()
+	created, err := cs.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.name, err)
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices(namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("%s: slice: %w", c.name, err)
+	}
+	created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: c.lbIP.String(), IPMode: ptr.To(corev1.LoadBalancerIPModeVIP)}}
+	if _, err := cs.CoreV1().Services(namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("%s: status: %w", c.name, err)
+	}
+	c.clusterIP = netip.MustParseAddr(created.Spec.ClusterIP)
+	c.nodePort = uint16(created.Spec.Ports[0].NodePort)
+	return nil
+}
+
+// waitProgrammed creates one canary Service per family after the batch and waits until both
+// sides answer at its ClusterIP. Each proxy reads Services and EndpointSlices in the order they
+// were written, and programs the whole state it has read in each sync: once a canary answers,
+// the batch written before it is in the kernel.
+func waitProgrammed(t *testing.T, cs kubernetes.Interface, procs map[string]proc.Process, round int) {
+	t.Helper()
+	var canaries []*svcCase
+	for _, v6 := range []bool{false, true} {
+		c := &svcCase{name: fmt.Sprintf("canary-%d-%v", round, v6), proto: corev1.ProtocolTCP, v6: v6, ranges: rangesNone,
+			topology: topoNone, endpoints: []endpoint{{endpointPods[0], conditions[0]}}, index: 10000 + len(canaries)}
+		c.addresses()
+		svc, slice := c.objects()
+		svc.Name, slice.Name = c.name, c.name+"-1"
+		slice.Labels["kubernetes.io/service-name"] = c.name
+		created, err := cs.CoreV1().Services(namespace).Create(t.Context(), svc, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.DiscoveryV1().EndpointSlices(namespace).Create(t.Context(), slice, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		c.clusterIP = netip.MustParseAddr(created.Spec.ClusterIP)
+		canaries = append(canaries, c)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for _, side := range sides {
+		for _, c := range canaries {
+			dst := netip.AddrPortFrom(c.clusterIP, c.port())
+			for {
+				if r := request(nsName(side, "ac"), "TCP", netip.Addr{}, dst, 500*time.Millisecond); r.kind == answered {
+					break
+				}
+				if !procs[side].Alive() {
+					t.Fatalf("%s exited:\n%s", procs[side].Name, procs[side].Tail(4000))
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s did not program canary %s within 3 minutes:\n%s", procs[side].Name, dst, procs[side].Tail(4000))
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+	}
+}
+
+// deleteBatch deletes every Service and EndpointSlice of the namespace and waits until they are gone.
+func deleteBatch(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	ctx := t.Context()
+	list, err := cs.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list.Items {
+		if err := cs.CoreV1().Services(namespace).Delete(ctx, s.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	if err := cs.DiscoveryV1().EndpointSlices(namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// difference is a probe whose outcome differs between the sides.
+type difference struct {
+	c                 *svcCase
+	p                 probe
+	attrs             map[string]string
+	kubeProxy, herald string
+}
+
+// compare sends every probe of the batch on both sides and returns the differences and the
+// number of probes. 32 Services are probed at a time, each one's probes in order: with session
+// affinity, which endpoint a probe finds depends on the probes before it from the same source,
+// and the order must be the same on both sides.
+func compare(batch []*svcCase) ([]difference, int) {
+	work := make(chan *svcCase)
+	var mu sync.Mutex
+	var diffs []difference
+	probes := 0
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				for _, p := range c.probes() {
+					k, h := outcomes(c, p)
+					mu.Lock()
+					probes++
+					if k != h {
+						attrs := c.attrs()
+						attrs["src"], attrs["dst"] = p.src, p.dst
+						diffs = append(diffs, difference{c, p, attrs, k, h})
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, c := range batch {
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	sort.Slice(diffs, func(i, j int) bool { return diffs[i].c.index < diffs[j].c.index })
+	return diffs, probes
+}
+
+// Requests per probe and side; on a difference both sides get resampleRequests more, so that a
+// set of endpoints one side happened not to show in a few random picks is not taken for a
+// difference.
+const (
+	sampleRequests   = 8
+	resampleRequests = 48
+	dropTimeout      = 800 * time.Millisecond
+	patientTimeout   = 3 * time.Second
+)
+
+// outcomes probes both sides at once and returns what each did.
+func outcomes(c *svcCase, p probe) (k, h string) {
+	sample := func(n int, timeout time.Duration) map[string]*tally {
+		results := make([]*tally, 2)
+		var wg sync.WaitGroup
+		for i, side := range sides {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i] = sampleSide(nsName(side, p.host), string(c.proto), p, n, timeout)
+			}()
+		}
+		wg.Wait()
+		return map[string]*tally{sideKubeProxy: results[0], sideHerald: results[1]}
+	}
+	t := sample(sampleRequests, dropTimeout)
+	if t[sideKubeProxy].String(c) != t[sideHerald].String(c) {
+		// A random miss, or a slow first packet under load: look harder before calling it a difference.
+		more := sample(resampleRequests, patientTimeout)
+		for _, side := range sides {
+			t[side].merge(more[side])
+		}
+	}
+	return t[sideKubeProxy].String(c), t[sideHerald].String(c)
+}
+
+// tally counts one side's replies to a probe.
+type tally struct {
+	answers map[string]bool // "backend<-source"
+	kinds   map[string]int  // unanswered kinds
+	failure string          // the first error of kind failed
+}
+
+func (t *tally) merge(o *tally) {
+	for a := range o.answers {
+		t.answers[a] = true
+	}
+	for k, n := range o.kinds {
+		t.kinds[k] += n
+	}
+	if t.failure == "" {
+		t.failure = o.failure
+	}
+	// What one patient look answered, a hasty one may have called dropped.
+	if len(o.answers) > 0 && o.kinds[dropped] == 0 {
+		delete(t.kinds, dropped)
+	}
+}
+
+// String is the outcome as compared: the endpoints that answered with the source each saw
+// (with session affinity only how many did: which one the first pick chose is chance), and
+// what became of the unanswered requests.
+func (t *tally) String(c *svcCase) string {
+	var parts []string
+	if len(t.answers) > 0 {
+		answers := slices.Sorted(func(yield func(string) bool) {
+			for a := range t.answers {
+				if !yield(a) {
+					return
+				}
+			}
+		})
+		if c.affinity {
+			parts = append(parts, fmt.Sprintf("answered by %d endpoint(s) (affinity)", len(answers)))
+		} else {
+			parts = append(parts, "answered by "+strings.Join(answers, ","))
+		}
+	}
+	for _, k := range []string{refused, unreachable, dropped} {
+		if t.kinds[k] > 0 {
+			parts = append(parts, k)
+		}
+	}
+	if t.kinds[failed] > 0 {
+		parts = append(parts, "failed ("+t.failure+")")
+	}
+	return strings.Join(parts, "+")
+}
+
+func sampleSide(ns, proto string, p probe, n int, timeout time.Duration) *tally {
+	t := &tally{answers: map[string]bool{}, kinds: map[string]int{}}
+	for i := 0; i < n; i++ {
+		r := request(ns, proto, p.from, p.to, timeout)
+		if r.kind == answered {
+			t.answers[r.backend+"<-"+r.source] = true
+			continue
+		}
+		t.kinds[r.kind]++
+		if r.kind == failed && t.failure == "" {
+			t.failure = r.err.Error()
+		}
+		if len(t.answers) == 0 && t.kinds[r.kind] == 2 {
+			break // refused or dropped twice, never answered: that is the outcome
+		}
+	}
+	return t
+}
+
+// report matches every difference against the parity table and fails the test on the ones no
+// row explains.
+func report(t *testing.T, table []tableRow, diffs []difference, probes int) {
+	t.Helper()
+	explained := make([]int, len(table))
+	var unexplained []difference
+	for _, d := range diffs {
+		row := -1
+		for i, r := range table {
+			if r.matches(d.attrs) {
+				row = i
+				break
+			}
+		}
+		if row < 0 {
+			unexplained = append(unexplained, d)
+			continue
+		}
+		explained[row]++
+	}
+	for i, r := range table {
+		t.Logf("parity table row %q (%s): %d differences", r.item, r.when, explained[i])
+	}
+	t.Logf("%d probes, %d differences, %d explained by docs/parity.md, %d not", probes, len(diffs), len(diffs)-len(unexplained), len(unexplained))
+	for i, d := range unexplained {
+		if i == 40 {
+			t.Errorf("... and %d more", len(unexplained)-i)
+			break
+		}
+		t.Errorf("difference not in docs/parity.md: %s\n  case %s\n  kube-proxy: %s\n  herald:     %s", d.p, d.c.describe(), d.kubeProxy, d.herald)
+	}
+}
+
+// tableRow is a row of the parity table: a difference Herald keeps on purpose (or has not fixed
+// yet), and the probes it covers.
+type tableRow struct {
+	item, when string
+	conds      map[string][]string
+}
+
+func (r tableRow) matches(attrs map[string]string) bool {
+	for k, vals := range r.conds {
+		if !slices.Contains(vals, attrs[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+// readParityTable reads the rows of the table that follows the marker line in path. The second
+// column holds the condition in backquotes: space-separated key=value, a value may list
+// alternatives with "|", escaped in the Markdown (`src=pod\|node dst=lb etp=Local`).
+func readParityTable(path string) ([]tableRow, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	_, after, ok := strings.Cut(string(b), "<!-- parity-table: read by e2e/parity -->")
+	if !ok {
+		return nil, fmt.Errorf("%s: no parity-table marker", path)
+	}
+	var rows []tableRow
+	for _, line := range strings.Split(after, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" && len(rows) > 0 {
+			break
+		}
+		if !strings.HasPrefix(line, "|") || strings.HasPrefix(line, "|--") || strings.HasPrefix(line, "| Item") {
+			continue
+		}
+		// A "|" inside a cell is written "\|" (Markdown's escape).
+		cells := strings.Split(strings.ReplaceAll(strings.Trim(line, "|"), `\|`, "\x00"), "|")
+		if len(cells) < 2 {
+			return nil, fmt.Errorf("%s: row %q has no condition column", path, line)
+		}
+		when := strings.ReplaceAll(strings.Trim(strings.TrimSpace(cells[1]), "`"), "\x00", "|")
+		r := tableRow{item: strings.TrimSpace(cells[0]), when: when, conds: map[string][]string{}}
+		for _, f := range strings.Fields(when) {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok {
+				return nil, fmt.Errorf("%s: row %q: %q is not key=value", path, r.item, f)
+			}
+			r.conds[k] = strings.Split(v, "|")
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
