@@ -10,11 +10,6 @@ import (
 type TrafficPolicy struct {
 	ExternalLocal bool // externalTrafficPolicy: Local
 	InternalLocal bool // internalTrafficPolicy: Local
-	// PreferZone is trafficDistribution PreferClose/PreferSameZone or the topology-mode
-	// annotation: use the EndpointSlice controller's zone hints when they are usable.
-	PreferZone bool
-	// PreferNode is trafficDistribution PreferSameNode: use node hints when usable.
-	PreferNode bool
 }
 
 // Node is what the policy needs to know about the node it runs on.
@@ -27,9 +22,12 @@ type Node struct {
 // traffic policy and this node (kube-proxy's CategorizeEndpoints, same semantics):
 //   - readiness: Ready endpoints; if none is Ready, the Serving+Terminating ones, so a Service
 //     whose pods are all draining still finishes its work rather than failing;
-//   - topology (cluster traffic only): with PreferZone/PreferNode, keep endpoints hinted for
-//     this zone/node, but only if every ready endpoint carries hints and at least one is for
-//     us; otherwise hints are ignored (a half-applied hint set would black-hole traffic);
+//   - topology (cluster traffic only): keep the endpoints hinted for this node, if every ready
+//     endpoint carries node hints and one is for this node; else those hinted for this zone,
+//     likewise. Hints count whatever the Service says (trafficDistribution, the topology-mode
+//     annotation): the EndpointSlice controller writes them only for Services that ask, and
+//     kube-proxy v1.34 reads them wherever they are complete (issue 16 item 2). Otherwise
+//     hints are ignored (a half-applied hint set would black-hole traffic);
 //   - Local policies: only endpoints on this node (with the same readiness fallback).
 //
 // cluster serves ClusterIP traffic, external serves NodePort/LB/externalIP traffic, hasAny
@@ -46,7 +44,7 @@ func SelectEndpoints(all []Endpoint, policy TrafficPolicy, node Node) (cluster, 
 	}
 	var clusterWide, local []Endpoint
 	if !policy.InternalLocal || !policy.ExternalLocal {
-		clusterWide = byReadiness(topologyFilter(all, policy, node))
+		clusterWide = byReadiness(topologyFilter(all, node))
 	}
 	if policy.InternalLocal || policy.ExternalLocal {
 		local = byReadiness(readonly.Filter(all, func(e Endpoint) bool { return e.Local }))
@@ -70,13 +68,13 @@ func byReadiness(eps []Endpoint) []Endpoint {
 }
 
 // topologyFilter applies node or zone hints when every ready endpoint has them and some are ours.
-func topologyFilter(eps []Endpoint, policy TrafficPolicy, node Node) []Endpoint {
-	if policy.PreferNode && node.Name != "" {
+func topologyFilter(eps []Endpoint, node Node) []Endpoint {
+	if node.Name != "" {
 		if out, ok := byHint(eps, func(e Endpoint) []string { return hintsOf(e, true) }, node.Name); ok {
 			return out
 		}
 	}
-	if (policy.PreferZone || policy.PreferNode) && node.Zone != "" {
+	if node.Zone != "" {
 		if out, ok := byHint(eps, func(e Endpoint) []string { return hintsOf(e, false) }, node.Zone); ok {
 			return out
 		}

@@ -9,6 +9,11 @@ func pe(addr string, local, ready, serving, terminating bool, zones ...string) E
 	return Endpoint{Addr: netip.MustParseAddr(addr), Port: 80, Local: local, Ready: ready, Serving: serving, Terminating: terminating, Hints: &EndpointHints{ForZones: zones}}
 }
 
+func nodeHinted(e Endpoint, nodes ...string) Endpoint {
+	e.Hints.ForNodes = nodes
+	return e
+}
+
 func addrsOf(eps []Endpoint) []string {
 	var out []string
 	for _, e := range eps {
@@ -43,14 +48,25 @@ func TestSelectEndpoints(t *testing.T) {
 			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.1"}, hasAny: true},
 		{name: "ITP Local", eps: []Endpoint{ready("10.0.0.1", true), ready("10.0.0.2", false)}, policy: TrafficPolicy{InternalLocal: true},
 			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
-		{name: "zone hints used", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b")}, policy: TrafficPolicy{PreferZone: true},
+		{name: "zone hints used", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b")},
 			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
-		{name: "zone hints incomplete: ignored", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false)}, policy: TrafficPolicy{PreferZone: true},
+		{name: "zone hints incomplete: ignored", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false)},
 			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
-		{name: "zone hints none for us: ignored", eps: []Endpoint{ready("10.0.0.1", false, "b"), ready("10.0.0.2", false, "c")}, policy: TrafficPolicy{PreferZone: true},
+		{name: "zone hints none for us: ignored", eps: []Endpoint{ready("10.0.0.1", false, "b"), ready("10.0.0.2", false, "c")},
 			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
-		{name: "hints without PreferClose: ignored", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b")},
-			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
+		// Issue 16 item 2: kube-proxy v1.34 reads complete hints whatever the Service says.
+		{name: "zone hints used without an opt-in on the Service", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b")},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "node hints used before zone hints", eps: []Endpoint{nodeHinted(ready("10.0.0.1", false, "a"), "n1"), nodeHinted(ready("10.0.0.2", false, "a"), "n2")},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "node hints none for us: zone hints", eps: []Endpoint{nodeHinted(ready("10.0.0.1", false, "a"), "n2"), nodeHinted(ready("10.0.0.2", false, "b"), "n3")},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "node hints incomplete: zone hints", eps: []Endpoint{nodeHinted(ready("10.0.0.1", false, "b"), "n1"), ready("10.0.0.2", false, "a")},
+			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.2"}, hasAny: true},
+		{name: "hints of a not-ready endpoint do not count", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b"), draining("10.0.0.3", false)},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
+		{name: "ETP Local external traffic ignores hints", eps: []Endpoint{ready("10.0.0.1", true, "b"), ready("10.0.0.2", false, "a")}, policy: TrafficPolicy{ExternalLocal: true},
+			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.1"}, hasAny: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, e, any := SelectEndpoints(tc.eps, tc.policy, node)

@@ -13,8 +13,8 @@ import (
 // is dropped as it arrives:
 //   - managed fields, of every object (often a third of it);
 //   - on Services, kubectl's last-applied-configuration annotation (a copy of the whole
-//     object as last applied). The other annotations stay: herald.io/*, metallb.universe.tf/*
-//     and the topology ones are read, and events name the Service by its metadata.
+//     object as last applied). The other annotations stay: herald.io/* and
+//     metallb.universe.tf/* are read, and events name the Service by its metadata.
 //   - on EndpointSlices, what neither the proxy nor the local-endpoint view reads: the UID,
 //     annotations, owner references, generateName; per endpoint the hostname, the deprecated
 //     topology and all of the targetRef but its UID (which identifies a pod across slices).

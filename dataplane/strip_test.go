@@ -25,7 +25,7 @@ func fullObjects() (*v1.Service, []*discoveryv1.EndpointSlice) {
 	svc.Annotations = map[string]string{
 		v1.LastAppliedConfigAnnotation:        `{"apiVersion":"v1","kind":"Service"}`,
 		config.AnnotationIPVSScheduler:        "wrr",
-		annotationTopologyMode:                "Auto",
+		v1.AnnotationTopologyMode:             "Auto",
 		"metallb.universe.tf/allow-shared-ip": "k",
 	}
 	slices := webSlices()

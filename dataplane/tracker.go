@@ -18,10 +18,6 @@ import (
 
 // Annotations the tracker reads.
 const (
-	// annotationTopologyMode (and its deprecated predecessor) turn on zone hints like
-	// trafficDistribution: PreferClose does.
-	annotationTopologyMode      = "service.kubernetes.io/topology-mode"
-	annotationTopologyAwareHint = "service.kubernetes.io/topology-aware-hints"
 	// defaultAffinityTimeout is the API's default sessionAffinityConfig.clientIP.timeoutSeconds.
 	defaultAffinityTimeout = 10800 * time.Second
 )
@@ -211,19 +207,6 @@ func buildServicePorts(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, 
 	policy := TrafficPolicy{
 		ExternalLocal: svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal,
 		InternalLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
-	}
-	if td := svc.Spec.TrafficDistribution; td != nil {
-		switch *td {
-		case v1.ServiceTrafficDistributionPreferClose, v1.ServiceTrafficDistributionPreferSameZone:
-			policy.PreferZone = true
-		case v1.ServiceTrafficDistributionPreferSameNode:
-			policy.PreferNode = true
-		}
-	}
-	for _, a := range []string{annotationTopologyMode, annotationTopologyAwareHint} {
-		if v := strings.ToLower(svc.Annotations[a]); v == "auto" {
-			policy.PreferZone = true
-		}
 	}
 
 	base := ServicePort{
