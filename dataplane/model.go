@@ -64,6 +64,11 @@ type ServicePort struct {
 	// ExternalEndpoints serve traffic to NodePort, LB IPs and externalIPs (externalTrafficPolicy
 	// applied: with Local, only this node's endpoints).
 	ExternalEndpoints []Endpoint
+	// ShortCircuitEndpoints, with externalTrafficPolicy: Local only, serve the node's own and
+	// (given the cluster CIDRs) the pods' traffic to the external addresses, which is not
+	// external: every endpoint of the Service, internalTrafficPolicy not applied, as kube-proxy
+	// sends it to its cluster-policy endpoints.
+	ShortCircuitEndpoints []Endpoint
 	// ServingUDP, for UDP ports only, lists every serving endpoint anywhere (selected or not):
 	// conntrack entries to them are kept, as kube-proxy keeps them, so a UDP flow to an
 	// endpoint that starts terminating carries on until the endpoint stops serving.

@@ -32,7 +32,10 @@ type Node struct {
 //
 // cluster serves ClusterIP traffic, external serves NodePort/LB/externalIP traffic, hasAny
 // reports whether any usable endpoint exists anywhere (reject when none, drop otherwise).
-func SelectEndpoints(all []Endpoint, policy TrafficPolicy, node Node) (cluster, external []Endpoint, hasAny bool) {
+// shortCircuit, with externalTrafficPolicy: Local only, are the endpoints for the node's and
+// the pods' own traffic to the external addresses: every endpoint, internalTrafficPolicy not
+// applied (kube-proxy's cluster-policy endpoints; issue 16 item 3).
+func SelectEndpoints(all []Endpoint, policy TrafficPolicy, node Node) (cluster, external, shortCircuit []Endpoint, hasAny bool) {
 	for _, e := range all {
 		if e.Ready || (e.Serving && e.Terminating) {
 			hasAny = true
@@ -40,12 +43,12 @@ func SelectEndpoints(all []Endpoint, policy TrafficPolicy, node Node) (cluster, 
 		}
 	}
 	if !hasAny {
-		return nil, nil, false
+		return nil, nil, nil, false
 	}
-	var clusterWide, local []Endpoint
-	if !policy.InternalLocal || !policy.ExternalLocal {
-		clusterWide = byReadiness(topologyFilter(all, node))
-	}
+	// Every combination of policies needs the cluster-wide list: for ClusterIP traffic, for
+	// external traffic, or for the short circuit.
+	clusterWide := byReadiness(topologyFilter(all, node))
+	var local []Endpoint
 	if policy.InternalLocal || policy.ExternalLocal {
 		local = byReadiness(readonly.Filter(all, func(e Endpoint) bool { return e.Local }))
 	}
@@ -54,9 +57,9 @@ func SelectEndpoints(all []Endpoint, policy TrafficPolicy, node Node) (cluster, 
 		cluster = local
 	}
 	if policy.ExternalLocal {
-		external = local
+		external, shortCircuit = local, clusterWide
 	}
-	return cluster, external, true
+	return cluster, external, shortCircuit, true
 }
 
 // byReadiness keeps the Ready endpoints, or if there are none the Serving+Terminating ones.

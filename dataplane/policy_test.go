@@ -33,6 +33,7 @@ func TestSelectEndpoints(t *testing.T) {
 		eps               []Endpoint
 		policy            TrafficPolicy
 		cluster, external []string
+		shortCircuit      []string
 		hasAny            bool
 	}{
 		{name: "ready only", eps: []Endpoint{ready("10.0.0.1", true), draining("10.0.0.2", false), pe("10.0.0.3", false, false, false, false)},
@@ -41,11 +42,15 @@ func TestSelectEndpoints(t *testing.T) {
 			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
 		{name: "nothing usable", eps: []Endpoint{dead("10.0.0.1", true)}, hasAny: false},
 		{name: "ETP Local", eps: []Endpoint{ready("10.0.0.1", true), ready("10.0.0.2", false)}, policy: TrafficPolicy{ExternalLocal: true},
-			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1"}, hasAny: true},
+			cluster: []string{"10.0.0.1", "10.0.0.2"}, external: []string{"10.0.0.1"}, shortCircuit: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
 		{name: "ETP Local without local endpoints", eps: []Endpoint{ready("10.0.0.2", false)}, policy: TrafficPolicy{ExternalLocal: true},
-			cluster: []string{"10.0.0.2"}, external: nil, hasAny: true},
+			cluster: []string{"10.0.0.2"}, external: nil, shortCircuit: []string{"10.0.0.2"}, hasAny: true},
 		{name: "ETP Local, local one draining", eps: []Endpoint{draining("10.0.0.1", true), ready("10.0.0.2", false)}, policy: TrafficPolicy{ExternalLocal: true},
-			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.1"}, hasAny: true},
+			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.1"}, shortCircuit: []string{"10.0.0.2"}, hasAny: true},
+		// Issue 16 item 3: the short circuit goes to every endpoint, ITP not applied.
+		{name: "ETP and ITP Local: short circuit to every endpoint", eps: []Endpoint{ready("10.0.0.1", true), ready("10.0.0.2", false)},
+			policy:  TrafficPolicy{ExternalLocal: true, InternalLocal: true},
+			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, shortCircuit: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
 		{name: "ITP Local", eps: []Endpoint{ready("10.0.0.1", true), ready("10.0.0.2", false)}, policy: TrafficPolicy{InternalLocal: true},
 			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1", "10.0.0.2"}, hasAny: true},
 		{name: "zone hints used", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b")},
@@ -66,15 +71,18 @@ func TestSelectEndpoints(t *testing.T) {
 		{name: "hints of a not-ready endpoint do not count", eps: []Endpoint{ready("10.0.0.1", false, "a"), ready("10.0.0.2", false, "b"), draining("10.0.0.3", false)},
 			cluster: []string{"10.0.0.1"}, external: []string{"10.0.0.1"}, hasAny: true},
 		{name: "ETP Local external traffic ignores hints", eps: []Endpoint{ready("10.0.0.1", true, "b"), ready("10.0.0.2", false, "a")}, policy: TrafficPolicy{ExternalLocal: true},
-			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.1"}, hasAny: true},
+			cluster: []string{"10.0.0.2"}, external: []string{"10.0.0.1"}, shortCircuit: []string{"10.0.0.2"}, hasAny: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, e, any := SelectEndpoints(tc.eps, tc.policy, node)
+			c, e, sc, any := SelectEndpoints(tc.eps, tc.policy, node)
 			if got := addrsOf(c); !equalStrings(got, tc.cluster) {
 				t.Errorf("cluster = %v, want %v", got, tc.cluster)
 			}
 			if got := addrsOf(e); !equalStrings(got, tc.external) {
 				t.Errorf("external = %v, want %v", got, tc.external)
+			}
+			if got := addrsOf(sc); !equalStrings(got, tc.shortCircuit) {
+				t.Errorf("shortCircuit = %v, want %v", got, tc.shortCircuit)
 			}
 			if any != tc.hasAny {
 				t.Errorf("hasAny = %v, want %v", any, tc.hasAny)

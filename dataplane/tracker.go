@@ -261,7 +261,7 @@ func buildServicePorts(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, 
 			p.NodePort = sp.NodePort
 		}
 		all := endpointsForPort(svcSlices, sp, node)
-		p.ClusterEndpoints, p.ExternalEndpoints, p.HasEndpoints = SelectEndpoints(all, policy, node)
+		p.ClusterEndpoints, p.ExternalEndpoints, p.ShortCircuitEndpoints, p.HasEndpoints = SelectEndpoints(all, policy, node)
 		if p.Protocol == v1.ProtocolUDP {
 			for _, e := range all {
 				if e.Serving {

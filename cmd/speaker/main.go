@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -55,6 +56,8 @@ func run() (err error) {
 		nodeName      = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 		secretFile    = flag.String("secret-file", "", "file holding the secret shared by all speakers; authenticates membership messages")
 		dataplaneMode = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables, userspace (every Service through the userspace proxy, for nodes where neither nftables nor IPVS can run; auto never picks it) or off")
+		clusterCIDR   = flag.String("cluster-cidr", "", "the pods' CIDRs, comma-separated (as kube-proxy's --cluster-cidr): the data plane (nftables) masquerades traffic from outside them to ClusterIPs, and sends pods' traffic to an externalTrafficPolicy: Local address to any endpoint")
+		masqAll       = flag.Bool("masquerade-all", false, "the data plane (nftables) masquerades all traffic to ClusterIPs (as kube-proxy's --masquerade-all)")
 		metricsAddr   = flag.String("metrics-addr", ":9651", "address of /metrics and of the probes /healthz and /readyz")
 		lbClass       = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
 		cleanup       = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")
@@ -87,6 +90,10 @@ func run() (err error) {
 	timing, err := failoverTiming(*detectAfter)
 	if err != nil {
 		return err
+	}
+	clusterCIDRs, err := parseCIDRs(*clusterCIDR)
+	if err != nil {
+		return fmt.Errorf("--cluster-cidr: %w", err)
 	}
 	if *cleanup {
 		// Membership keeps no state outside the process, and L2 only the addresses a restart
@@ -249,7 +256,7 @@ func run() (err error) {
 	}
 	dp, err := embedded.New(ctx, backend, embedded.Options{NodeName: *nodeName, Client: cs,
 		LocalEndpoints: localEndpoints, Recorder: recorder, Logger: log, Registerer: registry,
-		Services: services, EndpointSlices: slices})
+		Services: services, EndpointSlices: slices, ClusterCIDRs: clusterCIDRs, MasqueradeAll: *masqAll})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
@@ -326,4 +333,20 @@ func podNamespace() string {
 		return ns
 	}
 	return "herald-system"
+}
+
+// parseCIDRs parses a comma-separated list of CIDRs ("" is none).
+func parseCIDRs(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -49,6 +50,14 @@ type Options struct {
 	HealthTimeout time.Duration
 	// ListenHealthCheck opens a healthCheckNodePort listener; default: all addresses.
 	ListenHealthCheck func(port int32) (net.Listener, error)
+	// ClusterCIDRs are the pods' addresses (--cluster-cidr): with them, traffic from outside
+	// the cluster to a ClusterIP is masqueraded and pods' traffic to an externalTrafficPolicy:
+	// Local address reaches any endpoint, as under kube-proxy with --cluster-cidr. nftables
+	// only; nil: neither.
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to ClusterIPs (kube-proxy's --masquerade-all).
+	// nftables only.
+	MasqueradeAll bool
 	// Services and EndpointSlices are informers the caller runs already (the speaker's cache);
 	// the proxy then adds its handlers there instead of keeping a second copy of every Service
 	// and EndpointSlice of the cluster. Nil: the data plane runs informers of its own.
@@ -98,6 +107,8 @@ type Backend struct {
 	// userspace is the userspace proxy for Services annotated herald.io/proxy-mode: userspace
 	// (with --dataplane=userspace, for every Service).
 	userspace *userspace.Proxy
+	// nft is the nftables backend (nil with another), for the options New sets on it.
+	nft *nftables.Backend
 }
 
 // Prepare decides the backend for --dataplane=modeName with the real probes (kube-proxy's
@@ -117,7 +128,7 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 	case mode.NFTables:
 		var nft *nftables.Backend
 		if nft, err = nftables.New(); err == nil {
-			b.backend = nft
+			b.backend, b.nft = nft, nft
 			b.userspace = userspace.New(userspace.Options{Logger: log})
 			nft.SetUserspaceListeners(b.userspace)
 		}
@@ -169,6 +180,11 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	d := &DataPlane{opts: opts, decision: b.Decision, backend: b.backend, earlierRules: b.earlierRules, userspace: b.userspace}
 	if b.Decision.Backend == mode.Off {
 		return d, nil
+	}
+	if b.nft != nil {
+		b.nft.SetLocalTraffic(nftables.LocalTraffic{ClusterCIDRs: opts.ClusterCIDRs, MasqueradeAll: opts.MasqueradeAll})
+	} else if len(opts.ClusterCIDRs) > 0 || opts.MasqueradeAll {
+		opts.Logger.Info("the cluster CIDRs and masquerade-all apply to the nftables backend only; " + b.Decision.Backend + " ignores them")
 	}
 
 	services, slices := opts.Services, opts.EndpointSlices

@@ -63,6 +63,8 @@ type Backend struct {
 	synced bool
 	// userspace are the userspace proxy's listeners (nil: none runs); see SetUserspaceListeners.
 	userspace dataplane.UserspaceListeners
+	// local tells pods' traffic from other traffic; see SetLocalTraffic.
+	local LocalTraffic
 }
 
 // transactionRunner commits a transaction atomically (knftables.Interface and session).
@@ -152,7 +154,7 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	// Work on copies of the refcounts that change, so a failed transaction leaves b intact.
 	refs := overlayRefs{base: b.refs, delta: nextRefs}
 	for _, svc := range sortedNames(req.Changed) {
-		fr := render(req.State.Services[svc], b.userspace)
+		fr := render(req.State.Services[svc], b.userspace, b.local)
 		diff(tx, b.committed[svc], fr, refs)
 		next[svc] = fr
 	}
@@ -242,7 +244,7 @@ func (b *Backend) replaceAll(ctx context.Context, st *dataplane.State, kernel ta
 		if err != nil {
 			break
 		}
-		fr := render(ports, b.userspace)
+		fr := render(ports, b.userspace, b.local)
 		diff(out.Part(), nil, fr, plainRefs(nextRefs))
 		if fr != nil {
 			next[svc] = fr

@@ -115,6 +115,7 @@ func everyFeature() *dataplane.State {
 	local.NodePort = 30081
 	local.LoadBalancerIPs = addrs("192.0.2.11")
 	local.ExternalPolicyLocal = true
+	local.ShortCircuitEndpoints = local.ClusterEndpoints
 	local.ExternalEndpoints = []dataplane.Endpoint{ep("10.1.0.2", 80, true)}
 
 	empty := svcPort("ns", "empty", "10.96.0.12", 53)
@@ -122,6 +123,7 @@ func everyFeature() *dataplane.State {
 
 	remoteOnly := svcPort("ns", "remote", "10.96.0.13", 80, ep("10.2.0.3", 80, false))
 	remoteOnly.ExternalPolicyLocal = true
+	remoteOnly.ShortCircuitEndpoints = remoteOnly.ClusterEndpoints
 	remoteOnly.LoadBalancerIPs = addrs("192.0.2.13")
 	remoteOnly.ExternalEndpoints = nil
 
@@ -331,6 +333,7 @@ func TestIncrementalEqualsFull(t *testing.T) {
 		func() { // a back, switched to Local policy
 			p := *a
 			p.ExternalPolicyLocal = true
+			p.ShortCircuitEndpoints = p.ClusterEndpoints
 			p.ExternalEndpoints = []dataplane.Endpoint{ep("10.1.0.1", 80, true)}
 			st.Services[a.Name.NamespacedName] = []*dataplane.ServicePort{&p}
 			incremental(t, b, st, a.Name.NamespacedName)

@@ -190,6 +190,7 @@ func TestPacketsThroughNFTables(t *testing.T) {
 	local := svcPort("ns", "local", "10.96.0.13", 80, eps...)
 	local.LoadBalancerIPs = addrs("192.0.2.13")
 	local.ExternalPolicyLocal = true
+	local.ShortCircuitEndpoints = local.ClusterEndpoints
 	local.ExternalEndpoints = []dataplane.Endpoint{beEP(2, 8080)}
 
 	empty := svcPort("ns", "empty", "10.96.0.14", 80)

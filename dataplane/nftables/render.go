@@ -50,6 +50,7 @@ const (
 	chainPrefixService      = "svc"
 	chainPrefixExternal     = "ext"
 	chainPrefixFirewall     = "fw"
+	chainPrefixShortCircuit = "sc"
 	setPrefixAffinity       = "aff"
 	protocolOfUnknownForNFT = ""
 )
@@ -84,8 +85,9 @@ func key(parts ...string) string { return strings.Join(parts, " . ") }
 func port(n int32) string { return strconv.Itoa(int(n)) }
 
 // render computes a Service's fragment from its ports (nil when it contributes nothing). us
-// says where the userspace proxy listens for the ports in that mode (nil: no proxy runs).
-func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fragment {
+// says where the userspace proxy listens for the ports in that mode (nil: no proxy runs); lt
+// tells pods' traffic from other traffic.
+func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners, lt LocalTraffic) *fragment {
 	fr := &fragment{}
 	for _, p := range ports {
 		if proto(p.Protocol) == protocolOfUnknownForNFT {
@@ -96,7 +98,7 @@ func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fr
 			redirect.addListenerPorts(fr, p)
 		}
 		for _, f := range []family{ipv4, ipv6} {
-			renderFamily(fr, p, f, redirect)
+			renderFamily(fr, p, f, redirect, lt)
 		}
 	}
 	return fr.sort()
@@ -104,7 +106,7 @@ func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fr
 
 // renderFamily renders one Service port for one address family. With redirect, the port's
 // traffic goes to the userspace proxy instead of being translated to an endpoint here.
-func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *userspaceRedirect) {
+func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *userspaceRedirect, lt LocalTraffic) {
 	clusterIPs := filterAddrs(p.ClusterIPs, f)
 	externalIPs := filterAddrs(p.ExternalAddrs(), f)
 	lbIPs := filterAddrs(p.LoadBalancerIPs, f)
@@ -128,7 +130,13 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *us
 	// Traffic to the ClusterIPs.
 	svcChain := chainName(chainPrefixService, f, p)
 	if len(clusterEps) > 0 {
-		fr.addChain(svcChain, forward(clusterEps, false))
+		var rules []string
+		for _, ip := range clusterIPs {
+			if r := lt.clusterIPMasquerade(f, ip, pr, port(p.Port)); r != "" {
+				rules = append(rules, r)
+			}
+		}
+		fr.addChain(svcChain, append(rules, forward(clusterEps, false)...))
 		for _, ip := range clusterIPs {
 			fr.addElement(elementKey{f.serviceIPs(), key(ip.String(), pr, port(p.Port))}, "goto "+svcChain)
 		}
@@ -143,9 +151,11 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *us
 		return
 	}
 	// With a Local policy, traffic the node itself sends to its external addresses is not
-	// external: like kube-proxy, send it to any endpoint, masqueraded, even when this node has
-	// none of its own (rather than dropping the node's own connections).
-	shortCircuit := p.ExternalPolicyLocal && len(clusterEps) > 0
+	// external: like kube-proxy, send it to any endpoint (internalTrafficPolicy not applied),
+	// masqueraded, even when this node has none of its own (rather than dropping the node's own
+	// connections). Pods' traffic (by the cluster CIDRs, when known) likewise, keeping its source.
+	shortCircuitEps := dataplane.EndpointsOfFamily(p.ShortCircuitEndpoints, f == ipv6)
+	shortCircuit := p.ExternalPolicyLocal && len(shortCircuitEps) > 0
 	if len(externalEps) == 0 && !shortCircuit {
 		for _, ip := range externalIPs {
 			fr.addElement(elementKey{f.noEndpointIPs(), key(ip.String(), pr, port(p.Port))}, noEndpoints)
@@ -155,12 +165,23 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *us
 		}
 	} else {
 		target := svcChain
-		if !slices.EqualFunc(externalEps, clusterEps, sameEndpoint) {
-			// Local policies make the two lists differ: external traffic gets its own chain.
+		if p.ExternalPolicyLocal || !slices.EqualFunc(externalEps, clusterEps, sameEndpoint) {
+			// Local policies make the two lists differ, and a Local policy treats the node's
+			// own traffic apart: external traffic gets its own chain.
 			target = chainName(chainPrefixExternal, f, p)
 			var rules []string
 			if shortCircuit {
-				rules = append(rules, "fib saddr type local jump "+markForMasqueradeChain, "fib saddr type local goto "+svcChain)
+				to := svcChain
+				if !slices.EqualFunc(shortCircuitEps, clusterEps, sameEndpoint) {
+					// internalTrafficPolicy: Local narrowed the Service chain's endpoints.
+					to = chainName(chainPrefixShortCircuit, f, p)
+					fr.addChain(to, forward(shortCircuitEps, false))
+				}
+				// Pods' traffic is not external either (kube-proxy's "short-circuit pod traffic").
+				if pods := lt.podSources(f, false); pods != "" {
+					rules = append(rules, pods+" goto "+to)
+				}
+				rules = append(rules, "fib saddr type local jump "+markForMasqueradeChain, "fib saddr type local goto "+to)
 			}
 			if len(externalEps) > 0 {
 				rules = append(rules, forward(externalEps, true)...)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -27,7 +28,10 @@ type Config struct {
 	NodeName   string
 	// HealthAddr is where /healthz is served (embedded.Options.HealthAddr).
 	HealthAddr string
-	Logger     *slog.Logger
+	// ClusterCIDRs and MasqueradeAll: see embedded.Options.
+	ClusterCIDRs  []netip.Prefix
+	MasqueradeAll bool
+	Logger        *slog.Logger
 }
 
 // Run runs the nftables data plane until ctx ends.
@@ -74,7 +78,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	d, err := embedded.New(ctx, backend, embedded.Options{NodeName: cfg.NodeName, Client: cs, LocalEndpoints: view,
-		HealthAddr: cfg.HealthAddr, Services: services, EndpointSlices: slices, Logger: cfg.Logger})
+		HealthAddr: cfg.HealthAddr, Services: services, EndpointSlices: slices, Logger: cfg.Logger,
+		ClusterCIDRs: cfg.ClusterCIDRs, MasqueradeAll: cfg.MasqueradeAll})
 	if err != nil {
 		return err
 	}

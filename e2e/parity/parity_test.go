@@ -49,8 +49,14 @@ func TestMain(m *testing.M) {
 	if kubeconfig := os.Getenv(heraldEnv); kubeconfig != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
+		var cidrs []netip.Prefix
+		for _, c := range strings.Split(clusterCIDRs, ",") {
+			cidrs = append(cidrs, netip.MustParsePrefix(c))
+		}
+		// As kube-proxy gets --cluster-cidr, Herald gets the speaker's --cluster-cidr.
 		err := heraldproxy.Run(ctx, heraldproxy.Config{Kubeconfig: kubeconfig, NodeName: nodeA, HealthAddr: "127.0.0.1:10256",
-			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+			ClusterCIDRs: cidrs,
+			Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "herald data plane:", err)
 			os.Exit(1)
