@@ -267,6 +267,15 @@ func TestTemplateValueSets(t *testing.T) {
 	t.Run("ipvs: a privileged init step sets the sysctls, the speaker runs on capabilities", func(t *testing.T) {
 		checkPrivilegedOnlyForSysctls(t, daemonSet(t, render(t, "dataplane.mode=ipvs"), "herald-speaker").Spec.Template.Spec, "ipvs")
 	})
+	t.Run("dataplane.clusterCIDR and masqueradeAll reach the speaker's flags", func(t *testing.T) {
+		args := daemonSet(t, render(t, `dataplane.clusterCIDR=10.244.0.0/16\,fd44::/56`, "dataplane.masqueradeAll=true"),
+			"herald-speaker").Spec.Template.Spec.Containers[0].Args
+		for _, want := range []string{"--cluster-cidr=10.244.0.0/16,fd44::/56", "--masquerade-all"} {
+			if !slices.Contains(args, want) {
+				t.Errorf("speaker args %v lack %s", args, want)
+			}
+		}
+	})
 	t.Run("monitoring on", func(t *testing.T) {
 		objs := render(t, "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true",
 			"metrics.prometheusRule.poolUsageThreshold=0.8")
