@@ -287,21 +287,21 @@ func TestOneChangeAmongTenThousandIsSmallAndFixed(t *testing.T) {
 	}
 
 	// A new LoadBalancer Service with remote endpoints: chain + 2 rules + ClusterIP, LB IP and
-	// NodePort dispatch + 2 masquerade keys.
+	// NodePort dispatch + 2 masquerade keys + the ClusterIP in cluster-ips4.
 	nn := svcPort("bench", "new", "10.97.0.1", 80, ep("10.4.0.1", 80, false), ep("10.4.0.2", 80, false))
 	nn.NodePort = 40000
 	nn.LoadBalancerIPs = addrs("192.168.200.1")
 	st.Services[nn.Name.NamespacedName] = []*dataplane.ServicePort{nn}
 	incremental(t, b, st, nn.Name.NamespacedName)
-	if got := b.LastTransactionSize(); got != 8 {
-		t.Errorf("new Service: %d operations, want 8:\n%s", got, fake.last)
+	if got := b.LastTransactionSize(); got != 9 {
+		t.Errorf("new Service: %d operations, want 9:\n%s", got, fake.last)
 	}
 
-	// Its deletion undoes exactly that: 5 elements, flush + delete chain.
+	// Its deletion undoes exactly that: 6 elements, flush + delete chain.
 	delete(st.Services, nn.Name.NamespacedName)
 	incremental(t, b, st, nn.Name.NamespacedName)
-	if got := b.LastTransactionSize(); got != 7 {
-		t.Errorf("deleted Service: %d operations, want 7:\n%s", got, fake.last)
+	if got := b.LastTransactionSize(); got != 8 {
+		t.Errorf("deleted Service: %d operations, want 8:\n%s", got, fake.last)
 	}
 }
 

@@ -93,3 +93,21 @@ func TestNodeOwnUDPToNodePortWithoutEndpointsIsRefused(t *testing.T) {
 		t.Fatalf("the node's own datagram to a NodePort without endpoints: %v, want ECONNREFUSED", err)
 	}
 }
+
+// TestUnusedPortOfAClusterIPIsRejected (issue 16 item 6): a connection to a port of a ClusterIP
+// that no Service uses is rejected at once, as kube-proxy's cluster-ips-check does, not routed
+// on; the Service's own port still answers, from a pod and from the node.
+func TestUnusedPortOfAClusterIPIsRejected(t *testing.T) {
+	pl := newPacketLabNamed(t, "herald-dd-cip-")
+	web := svcPort("ns", "web", "10.96.0.41", 80, beEP(2, 8080))
+	pl.sync(t, state(web), true)
+	pod := pl.lab.NS("be1")
+	for _, ns := range []string{pod, pl.node} {
+		pl.mustGet(t, ns, "10.96.0.41:80")
+		start := time.Now()
+		_, err := getWithin(ns, "10.96.0.41:81", 2*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > time.Second {
+			t.Errorf("from %s, an unused port of the ClusterIP: %v after %v, want connection refused at once", ns, err, time.Since(start).Round(time.Millisecond))
+		}
+	}
+}

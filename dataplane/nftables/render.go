@@ -37,6 +37,7 @@ func (f family) noEndpointNodePorts() string {
 func (f family) firewallIPs() string { return "firewall-ips" + f.suffix }
 func (f family) masqIPs() string     { return "masq-ips" + f.suffix }
 func (f family) hairpin() string     { return "hairpin" + f.suffix }
+func (f family) clusterIPs() string  { return "cluster-ips" + f.suffix }
 
 // masqNodePorts is shared by both families: the policy that decides masquerading is per Service.
 const masqNodePorts = "masq-nodeports"
@@ -127,7 +128,11 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *us
 		return endpointRules(fr, p, f, eps)
 	}
 
-	// Traffic to the ClusterIPs.
+	// Traffic to the ClusterIPs. Every ClusterIP is listed, so that traffic to one of its
+	// ports no Service uses is rejected (after DNAT, only that traffic still goes to it).
+	for _, ip := range clusterIPs {
+		fr.addElement(elementKey{f.clusterIPs(), ip.String()}, "")
+	}
 	svcChain := chainName(chainPrefixService, f, p)
 	if len(clusterEps) > 0 {
 		var rules []string

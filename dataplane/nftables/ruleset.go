@@ -14,6 +14,9 @@ import (
 //	output     nat -100      then daddr . l4proto . dport -> service-ips -> svc/ext chain (DNAT),
 //	                         NodePorts on local addresses -> service-nodeports
 //	postrouting nat srcnat:  masquerade marked packets and hairpin connections
+//	forward    filter -110,  new connections still addressed to a ClusterIP after DNAT (a port
+//	output     filter -90:   of it no Service uses) -> cluster-ips-check -> reject, as
+//	                         kube-proxy's cluster-ips-check does (issue 16 item 6)
 //
 // The node's own packets to its NodePorts pass loopback, so prerouting checks them too; the
 // output hook leaves NodePorts to it, as kube-proxy does. A reject in the output hook would fail
@@ -37,6 +40,7 @@ func addBaseRuleset(tx *knftables.Transaction) {
 		tx.Add(&knftables.Map{Name: f.firewallIPs(), Type: vip + " : verdict"})
 		tx.Add(&knftables.Set{Name: f.masqIPs(), Type: vip})
 		tx.Add(&knftables.Set{Name: f.hairpin(), Type: f.addrType + " . " + f.addrType})
+		tx.Add(&knftables.Set{Name: f.clusterIPs(), Type: f.addrType})
 	}
 	tx.Add(&knftables.Set{Name: masqNodePorts, Type: "inet_proto . inet_service"})
 
@@ -68,6 +72,9 @@ func addBaseRuleset(tx *knftables.Transaction) {
 	chain("nodeport-endpoints-check",
 		localV4+" meta l4proto . th dport vmap @"+ipv4.noEndpointNodePorts(),
 		localV6+" meta l4proto . th dport vmap @"+ipv6.noEndpointNodePorts())
+	chain("cluster-ips-check",
+		"ip daddr @"+ipv4.clusterIPs()+" reject",
+		"ip6 daddr @"+ipv6.clusterIPs()+" reject")
 	chain("services",
 		"ip daddr . meta l4proto . th dport @"+ipv4.masqIPs()+" jump "+markForMasqueradeChain,
 		"ip6 daddr . meta l4proto . th dport @"+ipv6.masqIPs()+" jump "+markForMasqueradeChain,
@@ -87,6 +94,9 @@ func addBaseRuleset(tx *knftables.Transaction) {
 		"ct state new jump firewall-check", "ct state new jump endpoints-check", "ct state new jump nodeport-endpoints-check")
 	base("filter-"+string(knftables.OutputHook), knftables.FilterType, knftables.OutputHook, "-110",
 		"ct state new jump firewall-check", "ct state new jump endpoints-check")
+	// After DNAT: what a Service translated no longer goes to its ClusterIP.
+	base("filter-forward", knftables.FilterType, knftables.ForwardHook, "-110", "ct state new jump cluster-ips-check")
+	base("filter-output-post-dnat", knftables.FilterType, knftables.OutputHook, "-90", "ct state new jump cluster-ips-check")
 	base("nat-prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, "jump services")
 	base("nat-output", knftables.NATType, knftables.OutputHook, "-100", "jump services")
 	base("nat-postrouting", knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, "jump masquerading")
@@ -96,7 +106,7 @@ func addBaseRuleset(tx *knftables.Transaction) {
 // isMap tells the shared maps from the shared sets by name.
 func isMap(container string) bool {
 	switch container {
-	case ipv4.masqIPs(), ipv6.masqIPs(), ipv4.hairpin(), ipv6.hairpin(), masqNodePorts, userspacePortsSet:
+	case ipv4.masqIPs(), ipv6.masqIPs(), ipv4.hairpin(), ipv6.hairpin(), ipv4.clusterIPs(), ipv6.clusterIPs(), masqNodePorts, userspacePortsSet:
 		return false
 	}
 	return true

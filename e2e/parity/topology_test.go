@@ -110,7 +110,7 @@ func removeNamespaces() error {
 	for _, line := range strings.Split(string(out), "\n") {
 		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], nsPrefix) {
 			if out, err := exec.Command("ip", "netns", "del", f[0]).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("ip netns del %s: %v: %s", f[0], err, out))
+				errs = append(errs, fmt.Errorf("ip netns del %s: %w: %s", f[0], err, out))
 			}
 		}
 	}
