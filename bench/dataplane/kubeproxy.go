@@ -75,7 +75,11 @@ func runHeraldProxy(kubeconfig string) {
 	if err := view.Register(slices); err != nil {
 		fail("%v", err)
 	}
-	go c.Start(ctx)
+	go func() {
+		if err := c.Start(ctx); err != nil {
+			fail("informer cache: %v", err)
+		}
+	}()
 	cache.WaitForCacheSync(ctx.Done(), view.HasSynced)
 	backend, err := embedded.Prepare(ctx, "nftables", slog.Default())
 	if err != nil {
@@ -86,7 +90,11 @@ func runHeraldProxy(kubeconfig string) {
 	if err != nil {
 		fail("%v", err)
 	}
-	go d.Run(ctx)
+	go func() {
+		if err := d.Run(ctx); err != nil {
+			fail("data plane: %v", err)
+		}
+	}()
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	<-signals
@@ -167,8 +175,13 @@ func versusKubeProxy(services, endpoints int) {
 			fail("%v", err)
 		}
 		// Stopped when this measurement ends, or by fail; stopping twice is harmless.
-		atExit(func() { p.Stop(10 * time.Second) })
-		defer p.Stop(10 * time.Second)
+		stop := func() {
+			if err := p.Stop(10 * time.Second); err != nil {
+				fmt.Fprintf(os.Stderr, "bench/dataplane: %v\n", err)
+			}
+		}
+		atExit(stop)
+		defer stop()
 		start := time.Now()
 		programmed, err := dispatch.waitFor(last, 10*time.Minute, p.Alive)
 		if err != nil {

@@ -45,7 +45,7 @@ func runLab(dir string, trials int) error {
 	bin := filepath.Join(dir, "bin")
 	for _, name := range []string{"speaker", "controller"} {
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), "./cmd/"+name).CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", name, err, out)
+			return fmt.Errorf("building %s: %w\n%s", name, err, out)
 		}
 	}
 	labDir := filepath.Join(dir, "lab")
@@ -77,7 +77,7 @@ func runLab(dir string, trials int) error {
 			return createService(ctx, l, cs, fmt.Sprintf("s%d", i), ip)
 		}, viaNode(l, ip, nil))
 		if err != nil {
-			return fmt.Errorf("Service %d (%s): %w", i, ip, err)
+			return fmt.Errorf("service %d (%s): %w", i, ip, err)
 		}
 		reached = append(reached, m)
 		ips = append(ips, ip)
@@ -100,7 +100,7 @@ func runLab(dir string, trials int) error {
 	}{
 		{"SIGKILL of the owner's speaker",
 			func(_ context.Context, n string) error { return l.SignalSpeaker(n, syscall.SIGKILL) },
-			func(_ context.Context, n string) error { return l.StartSpeaker(n) }},
+			func(ctx context.Context, n string) error { return l.StartSpeaker(ctx, n) }},
 		{"carrier down on the owner's link", l.CutLink, func(ctx context.Context, n string) error {
 			// Setting the bridge port's state right after bringing it up can meet it still down
 			// ("Network is down"): try again for a moment.

@@ -58,7 +58,7 @@ func build(t *testing.T) string {
 		}
 		built = filepath.Join(dir, "speaker")
 		if out, err := exec.Command("go", "build", "-o", built, ".").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
 	})
 	if buildErr != nil {

@@ -109,7 +109,12 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 		t.Fatalf("auto chose %q in a namespace without kube-proxy or IPVS, want nftables", d.Backend())
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); d.Run(ctx) }()
+	go func() {
+		defer close(done)
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
 
 	eventually(t, "the Service's rules", func() bool {
 		out, _ := exec.Command("nft", "list", "map", "inet", nftables.TableName, "service-ips4").CombinedOutput()
@@ -203,7 +208,7 @@ func status(url string) int {
 	if err != nil {
 		return 0
 	}
-	io.Copy(io.Discard, resp.Body)
+	_, _ = io.Copy(io.Discard, resp.Body) // only the status matters
 	resp.Body.Close()
 	return resp.StatusCode
 }

@@ -225,7 +225,7 @@ func restartSpeakers(t *testing.T, l *lab.Lab, vals ...string) {
 		t.Fatal(err)
 	}
 	for _, n := range l.Nodes() {
-		if err := l.StartSpeaker(n.Name); err != nil {
+		if err := l.StartSpeaker(t.Context(), n.Name); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -331,7 +331,8 @@ func TestUninstallHookLeavesNodeClean(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Cleanup(func() {
-		if err := l.StartSpeaker(node); err != nil {
+		// t.Context() has ended by the time cleanups run.
+		if err := l.StartSpeaker(context.Background(), node); err != nil {
 			t.Error(err)
 		}
 	})

@@ -216,7 +216,7 @@ func TestL2SpeakersAnswerForServiceIPs(t *testing.T) {
 		t.Errorf("after the failover web0 has L2Announcing events %q, want a second one naming %s", got, next.Name)
 	}
 	// The speaker comes back: the healthy new owner keeps the IP, and only it answers.
-	if err := l.StartSpeaker(old); err != nil {
+	if err := l.StartSpeaker(t.Context(), old); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
@@ -288,7 +288,7 @@ func TestL2FailoverWithoutAPIServer(t *testing.T) {
 	if err := l.RestoreLink(ctx, lab.HostControlPlane); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.StartSpeaker(old.Name); err != nil {
+	if err := l.StartSpeaker(t.Context(), old.Name); err != nil {
 		t.Fatal(err)
 	}
 }

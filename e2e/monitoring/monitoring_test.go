@@ -408,7 +408,7 @@ func (f *fixture) failoverStorm(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.owner(t, f.l2IPs[0], owner) // moved on
-		if err := f.l.StartSpeaker(owner); err != nil {
+		if err := f.l.StartSpeaker(t.Context(), owner); err != nil {
 			t.Fatal(err)
 		}
 		f.speakerReady(t, owner)

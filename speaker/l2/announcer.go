@@ -151,7 +151,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 	defer tick.Stop()
 	defer a.stopAll()
 	for {
-		a.round()
+		a.round(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -174,7 +174,7 @@ func (a *Announcer) refreshLinks() {
 }
 
 // round runs one election and applies its result.
-func (a *Announcer) round() {
+func (a *Announcer) round(ctx context.Context) {
 	view := a.cfg.Membership.View()
 	members := map[string]Member{}
 	unknown := 0
@@ -206,7 +206,7 @@ func (a *Announcer) round() {
 	}
 
 	// Stop answering before anything else, then start, then tell the peers.
-	a.applyResponders(ips)
+	a.applyResponders(ctx, ips)
 	a.stallsHandled.Store(view.Stalls)
 	a.recovering.Store(recovering)
 	for _, ip := range lost {
@@ -221,7 +221,7 @@ func (a *Announcer) round() {
 	}
 	for _, ip := range gained {
 		rs, names := a.respondersFor(ip, ips[ip])
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancel(ctx) // stopAll cancels it when Run ends, if ctx has not
 		a.bursts[ip] = cancel
 		go func() {
 			gratuitousBurst(ctx, ip, rs, a.cfg.Logger)
@@ -281,7 +281,7 @@ func (a *Announcer) selectedLinks(ip netip.Addr, pol Policy) []Link {
 
 // applyResponders gives every responder exactly the owned IPs selected for its link, opening and
 // closing responders as needed.
-func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
+func (a *Announcer) applyResponders(ctx context.Context, ips map[netip.Addr]Policy) {
 	want := map[responderKey]map[netip.Addr]bool{}
 	for _, ip := range a.election.Owned() {
 		for _, l := range a.selectedLinks(ip, ips[ip]) {
@@ -303,7 +303,7 @@ func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
 		r, ok := a.responders[k]
 		if !ok {
 			var err error
-			if r, err = a.openResponder(k); err != nil {
+			if r, err = a.openResponder(ctx, k); err != nil {
 				a.cfg.Logger.Error("cannot answer on interface", "interface", k.link, "err", err)
 				continue
 			}
@@ -313,13 +313,13 @@ func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
 	}
 }
 
-func (a *Announcer) openResponder(k responderKey) (responder, error) {
+func (a *Announcer) openResponder(ctx context.Context, k responderKey) (responder, error) {
 	ifi, err := net.InterfaceByName(k.link)
 	if err != nil {
 		return nil, err
 	}
 	if k.v6 {
-		return newNDPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
+		return newNDPResponder(ctx, ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 	}
 	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 }
