@@ -206,6 +206,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	s.prepare(ctx)
 	if !s.cache.WaitForCacheSync(ctx) {
+		if ctx.Err() != nil {
+			return nil // stopped while syncing: a stop, not a failure
+		}
 		return fmt.Errorf("speaker: caches did not sync: %w", <-cacheErr)
 	}
 	s.log.Info("caches synced", "node", s.cfg.NodeName)

@@ -117,10 +117,17 @@ func run() (err error) {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	signalled, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	defer func() {
+		// A stop asked for by a signal is a clean exit at whatever step the speaker was (waiting
+		// for the API, loading its caches): those steps end with their context's error.
+		if signalled.Err() != nil && errors.Is(err, context.Canceled) {
+			err = nil
+		}
+	}()
 	// A failed membership ends everything below through this context (see heartbeats).
-	ctx, endSpeaker := context.WithCancelCause(ctx)
+	ctx, endSpeaker := context.WithCancelCause(signalled)
 	defer endSpeaker(nil)
 	// Preparing the data-plane backend runs nft and netlink (up to a second or two on a busy
 	// node) and the first announcement waits for the data plane, so it starts first and runs
