@@ -87,11 +87,6 @@ type Controller struct {
 	// cloud: the upstream service controller handles class-less Services (RunCloudProvider).
 	cloud bool
 
-	// mu makes Assign and the pending set one step, so an address freed by one worker is never
-	// missed by a Service another worker has just found no room for.
-	mu      sync.Mutex
-	pending map[string]struct{}
-
 	// running counts the goroutines Run or RunCloudProvider started (see spawn); they wait for
 	// all of them before returning.
 	running sync.WaitGroup
@@ -126,8 +121,7 @@ func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Cont
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "services", MetricsProvider: opts.Metrics.queues}),
 		poolQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pools", MetricsProvider: opts.Metrics.queues}),
-		alloc:   allocator.New(),
-		pending: map[string]struct{}{},
+		alloc: allocator.New(),
 	}
 	c.bgp = newBGPObjects(c, dyn)
 	c.services = cache.NewIntegerResourceVersionMutationCache(klogFor(opts.Logger), c.svcInf.GetStore(), c.svcInf.GetIndexer(), time.Minute, false)
@@ -348,19 +342,13 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 		return c.clearStatus(ctx, svc)
 	}
 	req, parseErr := allocator.ServiceFromAPI(svc, c.namespaceLabels(svc.Namespace))
-	c.mu.Lock()
 	var res allocator.Result
 	if parseErr != nil {
+		// Nothing to wait for: only a change of the Service makes it valid.
 		res = allocator.Result{Reason: config.ReasonInvalidRequest, Message: parseErr.Error(), Freed: c.alloc.Release(key)}
 	} else {
 		res = c.alloc.Assign(req)
 	}
-	if len(res.IPs) == 0 {
-		c.pending[key] = struct{}{}
-	} else {
-		delete(c.pending, key)
-	}
-	c.mu.Unlock()
 	if res.Freed {
 		c.retryPending()
 	}
@@ -374,22 +362,15 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 // class, or another Herald configuration gave them): they are never given to a second Service.
 func (c *Controller) reserve(svc *corev1.Service) {
 	req, _ := allocator.ServiceFromAPI(svc, nil)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if slices.Equal(c.alloc.Holding(req.Key), req.Current) {
-		return
+	if c.alloc.Reserve(req) {
+		c.retryPending()
+		c.poolUsageChanged()
 	}
-	c.alloc.Release(req.Key)
-	c.alloc.Restore(req)
 }
 
 // release forgets a Service that is gone or no longer ours, and lets waiting Services use what it had.
 func (c *Controller) release(key string) {
-	c.mu.Lock()
-	freed := c.alloc.Release(key)
-	delete(c.pending, key)
-	c.mu.Unlock()
-	if freed {
+	if c.alloc.Release(key) {
 		c.retryPending()
 		c.poolUsageChanged()
 	}
@@ -397,13 +378,7 @@ func (c *Controller) release(key string) {
 
 // retryPending queues every Service waiting for an address: room may have appeared.
 func (c *Controller) retryPending() {
-	c.mu.Lock()
-	keys := make([]string, 0, len(c.pending))
-	for k := range c.pending {
-		keys = append(keys, k)
-	}
-	c.mu.Unlock()
-	for _, k := range keys {
+	for _, k := range c.alloc.Waiting() {
 		c.queue.Add(k)
 	}
 }

@@ -67,9 +67,7 @@ func (c *Controller) loadPools() {
 	for _, p := range c.listPools() {
 		pools = append(pools, allocator.PoolFromAPI(p))
 	}
-	c.mu.Lock()
 	c.alloc.SetPools(pools)
-	c.mu.Unlock()
 }
 
 func (c *Controller) listPools() []*v1beta1.IPAddressPool {
