@@ -20,9 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/e2e/lab"
-	"github.com/heraldlb/herald/speaker"
 )
 
 // The lab figures use the whole product: the real controller and speakers (bin/controller,
@@ -170,7 +170,7 @@ func setUpL2(ctx context.Context, l *lab.Lab) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := client.New(rc, client.Options{Scheme: speaker.Scheme()})
+	c, err := client.New(rc, client.Options{Scheme: heraldscheme.New()})
 	if err != nil {
 		return nil, err
 	}

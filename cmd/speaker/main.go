@@ -32,6 +32,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/heraldlb/herald/config"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
@@ -180,7 +181,7 @@ func run() (err error) {
 	events := record.NewBroadcaster()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
 	defer events.Shutdown()
-	recorder := events.NewRecorder(speaker.Scheme(), corev1.EventSource{Component: "herald-speaker", Host: *nodeName})
+	recorder := events.NewRecorder(heraldscheme.New(), corev1.EventSource{Component: "herald-speaker", Host: *nodeName})
 
 	// The one local-endpoint view of this node: announcers and the data plane share it.
 	localEndpoints := dataplane.NewLocalEndpoints()

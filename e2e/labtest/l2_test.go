@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/speaker"
@@ -35,7 +36,7 @@ func l2Setup(t *testing.T, l *lab.Lab, ips ...string) (client.Client, kubernetes
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(cfg, client.Options{Scheme: speaker.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: heraldscheme.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
