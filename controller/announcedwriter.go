@@ -84,8 +84,9 @@ type announcedDeps struct {
 	// handles says whether a Service is this controller's.
 	handles func(*corev1.Service) bool
 	// crds is the cache of Herald's kinds: SpeakerStatuses (as compactSpeakerStatus keeps them),
-	// pools and advertisements.
-	crds crcache.Cache
+	// pools and advertisements; informer gets an informer of it (waiting for the API server).
+	crds     crcache.Cache
+	informer func(context.Context, client.Object) (crcache.Informer, error)
 	// lastAllocWrite is when the allocation path last wrote a Service's status.
 	lastAllocWrite func() time.Time
 	// patchStatus patches a Service's status subresource.
@@ -96,7 +97,7 @@ type announcedDeps struct {
 // announcedDeps hands the announced writer what it uses of the controller.
 func (c *Controller) announcedDeps() announcedDeps {
 	return announcedDeps{
-		log: c.log, queues: c.opts.Metrics.queues, services: c.svcInf, handles: c.handles, crds: c.crds,
+		log: c.log, queues: c.opts.Metrics.queues, services: c.svcInf, handles: c.handles, crds: c.crds, informer: c.informer,
 		service: func(key string) (*corev1.Service, bool, error) {
 			obj, exists, err := c.services.GetByKey(key)
 			if err != nil || !exists {
@@ -127,7 +128,7 @@ func newAnnouncedWriter(ctx context.Context, deps announcedDeps) (*announcedWrit
 		obj client.Object
 		to  *crcache.Informer
 	}{{&v1beta1.SpeakerStatus{}, &a.speakerInf}, {&v1beta1.L2Advertisement{}, &a.l2Inf}, {&v1beta1.BGPAdvertisement{}, &a.bgpInf}} {
-		i, err := deps.crds.GetInformer(ctx, inf.obj)
+		i, err := deps.informer(ctx, inf.obj)
 		if err != nil {
 			return nil, err
 		}

@@ -81,7 +81,7 @@ func newBGPObjects(ctx context.Context, c *Controller) (*bgpObjects, error) {
 		communityProblems: map[bgpconfig.Problem]bool{},
 	}
 	for kind, obj := range bgpObjectKinds {
-		inf, err := c.crds.GetInformer(ctx, obj)
+		inf, err := c.informer(ctx, obj)
 		if err != nil {
 			return nil, fmt.Errorf("informer of %s: %w", kind, err)
 		}

@@ -76,11 +76,13 @@ type Controller struct {
 	// before the watch delivers our write does not see the old status and write again.
 	services   cache.MutationCache
 	namespaces corelisters.NamespaceLister
-	poolInf    crcache.Informer
-	queue      workqueue.TypedRateLimitingInterface[string]
-	poolQueue  workqueue.TypedRateLimitingInterface[string]
-	recorder   record.EventRecorder
-	alloc      *allocator.Allocator
+	// poolInf is set by start; poolsSynced says (to readiness) that it has synced.
+	poolInf     crcache.Informer
+	poolsSynced atomic.Bool
+	queue       workqueue.TypedRateLimitingInterface[string]
+	poolQueue   workqueue.TypedRateLimitingInterface[string]
+	recorder    record.EventRecorder
+	alloc       *allocator.Allocator
 	// bgp writes the Valid and NotSupported conditions of the BGP objects (bgpobjects.go).
 	bgp *bgpObjects
 	// announced writes the Services' herald.io/Announced condition (announcedwriter.go); nil in
@@ -99,8 +101,8 @@ type Controller struct {
 }
 
 // New builds a controller that reaches the API server through cs (built-in kinds) and rc
-// (Herald's kinds); Run starts it. ctx is only used while New sets the informers up.
-func New(ctx context.Context, cs kubernetes.Interface, rc *rest.Config, opts Options) (*Controller, error) {
+// (Herald's kinds); Run starts it. Nothing is asked of the API server before Run.
+func New(cs kubernetes.Interface, rc *rest.Config, opts Options) (*Controller, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 32
 	}
@@ -113,22 +115,14 @@ func New(ctx context.Context, cs kubernetes.Interface, rc *rest.Config, opts Opt
 	// Services are the bulk of the memory: drop managedFields, which the controller never reads.
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTransform(stripManagedFields))
 	sch := scheme.New()
-	crds, err := crcache.New(rc, crcache.Options{Scheme: sch, DefaultTransform: crcache.TransformStripManagedFields(),
-		ByObject: map[client.Object]crcache.ByObject{
-			// Up to 10,000 announcements per node: the store keeps what the Announced condition reads.
-			&v1beta1.SpeakerStatus{}: {Transform: compactSpeakerStatus},
-		}})
+	// One transform for every kind (ByObject would ask the API server about the kinds already here).
+	crds, err := crcache.New(rc, crcache.Options{Scheme: sch, DefaultTransform: transformHeraldKinds})
 	if err != nil {
 		return nil, fmt.Errorf("cache of Herald's kinds: %w", err)
 	}
 	crdClient, err := client.New(rc, client.Options{Scheme: sch})
 	if err != nil {
 		return nil, fmt.Errorf("client of Herald's kinds: %w", err)
-	}
-	// Created here, started by start (an informer asked for before the cache starts starts with it).
-	poolInf, err := crds.GetInformer(ctx, &v1beta1.IPAddressPool{})
-	if err != nil {
-		return nil, err
 	}
 	c := &Controller{
 		opts:       opts,
@@ -139,7 +133,6 @@ func New(ctx context.Context, cs kubernetes.Interface, rc *rest.Config, opts Opt
 		factory:    factory,
 		svcInf:     factory.Core().V1().Services().Informer(),
 		namespaces: factory.Core().V1().Namespaces().Lister(),
-		poolInf:    poolInf,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "services", MetricsProvider: opts.Metrics.queues}),
 		poolQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -148,6 +141,38 @@ func New(ctx context.Context, cs kubernetes.Interface, rc *rest.Config, opts Opt
 	}
 	c.services = cache.NewIntegerResourceVersionMutationCache(klogFor(opts.Logger), c.svcInf.GetStore(), c.svcInf.GetIndexer(), time.Minute, false)
 	return c, nil
+}
+
+// transformHeraldKinds is what the cache of Herald's kinds keeps of an object: a SpeakerStatus
+// (up to 10,000 announcements per node) as compactSpeakerStatus keeps it, every kind without its
+// managedFields.
+func transformHeraldKinds(obj any) (any, error) {
+	if st, ok := obj.(*v1beta1.SpeakerStatus); ok {
+		return compactSpeakerStatus(st)
+	}
+	return stripManagedFields(obj)
+}
+
+// informer returns the cache's informer of obj's kind (created now, started with the cache),
+// waiting while the API server cannot say what the kind is (unreachable, or the CRDs not applied
+// yet): the controller stays alive, and not ready, meanwhile.
+func (c *Controller) informer(ctx context.Context, obj client.Object) (crcache.Informer, error) {
+	for logged := false; ; {
+		inf, err := c.crds.GetInformer(ctx, obj, crcache.BlockUntilSynced(false))
+		if err == nil {
+			return inf, nil
+		}
+		if !logged {
+			c.log.Warn("waiting for the API server to serve Herald's kinds (are the CRDs of config/crd applied?)",
+				"kind", fmt.Sprintf("%T", obj), "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func stripManagedFields(obj any) (any, error) {
@@ -198,6 +223,11 @@ func (c *Controller) Run(ctx context.Context) error {
 // start registers the handlers, syncs the informers, loads the pools and restores every Service's
 // addresses; only then may anything be allocated.
 func (c *Controller) start(ctx context.Context, svcHandlers cache.ResourceEventHandler) error {
+	poolInf, err := c.informer(ctx, &v1beta1.IPAddressPool{})
+	if err != nil {
+		return err
+	}
+	c.poolInf = poolInf
 	if _, err := c.svcInf.AddEventHandler(svcHandlers); err != nil {
 		return err
 	}
@@ -222,6 +252,7 @@ func (c *Controller) start(ctx context.Context, svcHandlers cache.ResourceEventH
 	if !cache.WaitForCacheSync(ctx.Done(), c.poolInf.HasSynced) {
 		return errors.New("cache of IPAddressPools did not sync (are the CRDs of config/crd applied?)")
 	}
+	c.poolsSynced.Store(true)
 	c.loadPools(ctx)
 	n := c.restore()
 	c.log.Info("state rebuilt from Service status", "servicesWithAddresses", n, "took", time.Since(begin))

@@ -124,7 +124,7 @@ func (f *fixture) runController(t *testing.T, opts controller.Options, cloud boo
 	f.running.metrics = controller.NewMetrics(f.running.registry)
 	opts.Metrics = f.running.metrics
 	ctx, cancel := context.WithCancel(context.Background())
-	c, err := controller.New(ctx, f.cs, f.api.Config, opts)
+	c, err := controller.New(f.cs, f.api.Config, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ func TestRunAndRunCloudProviderStopEverything(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(api.Config)
 	for _, mode := range []string{ModeNative, ModeCloudProvider} {
 		t.Run(mode, func(t *testing.T) {
-			c, err := New(t.Context(), cs, api.Config, Options{Workers: 4})
+			c, err := New(cs, api.Config, Options{Workers: 4})
 			if err != nil {
 				t.Fatal(err)
 			}

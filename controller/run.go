@@ -112,7 +112,7 @@ func Main(ctx context.Context, cfg Config) error {
 	opts := Options{LoadBalancerClass: cfg.LoadBalancerClass, TakeClassless: cfg.TakeClassless, Logger: log, Metrics: metrics,
 		SecretNamespace: cfg.Namespace}
 	run := func(ctx context.Context) error {
-		c, err := New(ctx, client, rc, opts) // Herald's kinds are CRDs: JSON only
+		c, err := New(client, rc, opts) // Herald's kinds are CRDs: JSON only
 		if err != nil {
 			return err
 		}
@@ -174,5 +174,5 @@ func Main(ctx context.Context, cfg Config) error {
 
 // informersSynced: the controller's informers hold their first complete lists.
 func (c *Controller) informersSynced() bool {
-	return c.svcInf.HasSynced() && c.poolInf.HasSynced() && c.factory.Core().V1().Namespaces().Informer().HasSynced()
+	return c.svcInf.HasSynced() && c.poolsSynced.Load() && c.factory.Core().V1().Namespaces().Informer().HasSynced()
 }
