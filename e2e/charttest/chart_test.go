@@ -291,7 +291,17 @@ func TestL2AndBGPSwitches(t *testing.T) {
 	restartSpeakers(ctx, t, l, append(slices.Clone(values), "l2.enabled=false", "bgp.enabled=false")...)
 	for _, n := range l.Nodes() {
 		p, _ := l.Speaker(n.Name)
-		if args := procFile(t, p.PID, "cmdline"); !strings.Contains(args, "--l2=false") || !strings.Contains(args, "--bgp=false") {
+		// The process goes ip netns exec -> setpriv -> speaker; read during an exec (a loaded
+		// machine makes that window long) its cmdline is empty, which is no answer yet.
+		var args string
+		labsuite.WaitFor(t, 5*time.Second, n.Name+"'s speaker's cmdline", func() (bool, string) {
+			if !p.Alive() {
+				t.Fatalf("%s speaker exited:\n%s", n.Name, p.Tail(3000))
+			}
+			args = procFile(t, p.PID, "cmdline")
+			return args != "", "empty"
+		})
+		if !strings.Contains(args, "--l2=false") || !strings.Contains(args, "--bgp=false") {
 			t.Fatalf("%s speaker runs with %q", n.Name, args)
 		}
 	}
