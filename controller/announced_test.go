@@ -11,8 +11,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
@@ -451,12 +449,8 @@ func TestCompactSpeakerStatus(t *testing.T) {
 			},
 			BGPSessions: []v1beta1.BGPSessionStatus{{Peer: "r", PeerAddress: "10.0.0.254", State: bgpEstablished, LastError: "x", Since: &since}},
 			Dataplane:   v1beta1.DataplaneStatus{Backend: "ipvs"}}}
-	// As the dynamic informer hands it over.
-	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := compactSpeakerStatus(&unstructured.Unstructured{Object: u})
+	// As the cache's informer hands it over (decoded from the API server's answer).
+	out, err := compactSpeakerStatus(st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,7 +458,6 @@ func TestCompactSpeakerStatus(t *testing.T) {
 	if got.Status.LastUpdate == nil || !got.Status.LastUpdate.Equal(&since) {
 		t.Fatalf("lastUpdate %v, want %v", got.Status.LastUpdate, since)
 	}
-	got.Status.LastUpdate = &since // the same instant; a decoded time is in the local zone
 	want := v1beta1.SpeakerStatusStatus{LastUpdate: &since, AnnouncedIPs: 2,
 		Announcements: []v1beta1.Announcement{{IP: "10.0.0.1", Protocol: v1beta1.ProtocolBGP}, {IP: "10.0.0.2", Protocol: v1beta1.ProtocolL2}},
 		BGPSessions:   []v1beta1.BGPSessionStatus{{Peer: "r", State: bgpEstablished}}}

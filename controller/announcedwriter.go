@@ -3,6 +3,9 @@ package controller
 import (
 	"cmp"
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -13,20 +16,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/client-go/util/workqueue"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
-
-// speakerStatusesGVR is the resource of the nodes' SpeakerStatus objects.
-var speakerStatusesGVR = v1beta1.GroupVersion.WithResource("speakerstatuses")
 
 const (
 	// announcedWritesPerSecond bounds the writer's own status writes. Each one is an update of the
@@ -53,14 +53,13 @@ const (
 // on, and this condition is worth less than an address). A change of a SpeakerStatus re-examines
 // only the Services whose IPs it listed or lists, and those still waiting to be announced.
 type announcedWriter struct {
-	c *Controller
-	// factory runs speakerInf, whose store holds compacted, typed SpeakerStatus objects.
-	factory    dynamicinformer.DynamicSharedInformerFactory
-	speakerInf cache.SharedIndexInformer
+	deps announcedDeps
+	// speakerInf delivers the SpeakerStatuses as compactSpeakerStatus keeps them.
+	speakerInf crcache.Informer
 	queue      workqueue.TypedRateLimitingInterface[string]
 	limiter    flowcontrol.RateLimiter
-	// l2Inf and bgpInf are the advertisements' informers (bgpObjects').
-	l2Inf, bgpInf cache.SharedIndexInformer
+	// l2Inf and bgpInf are the advertisements' informers.
+	l2Inf, bgpInf crcache.Informer
 	// configDirty: a pool or advertisement changed since config was read. Only the worker reads
 	// and replaces config.
 	configDirty atomic.Bool
@@ -74,31 +73,72 @@ type announcedWriter struct {
 	history map[string]announcedHistory
 }
 
+// announcedDeps is what the writer uses of the controller, handed to it explicitly.
+type announcedDeps struct {
+	log    *slog.Logger
+	queues workqueue.MetricsProvider
+	// services is the Services' informer: the writer adds its index of ingress IPs and its handlers.
+	services cache.SharedIndexInformer
+	// service returns a Service as the allocation path last saw or wrote it.
+	service func(key string) (svc *corev1.Service, exists bool, err error)
+	// handles says whether a Service is this controller's.
+	handles func(*corev1.Service) bool
+	// crds is the cache of Herald's kinds: SpeakerStatuses (as compactSpeakerStatus keeps them),
+	// pools and advertisements; informer gets an informer of it (waiting for the API server).
+	crds     crcache.Cache
+	informer func(context.Context, client.Object) (crcache.Informer, error)
+	// lastAllocWrite is when the allocation path last wrote a Service's status.
+	lastAllocWrite func() time.Time
+	// patchStatus patches a Service's status subresource.
+	patchStatus func(ctx context.Context, svc *corev1.Service, patch map[string]any) error
+	recorder    record.EventRecorder
+}
+
+// announcedDeps hands the announced writer what it uses of the controller.
+func (c *Controller) announcedDeps() announcedDeps {
+	return announcedDeps{
+		log: c.log, queues: c.opts.Metrics.queues, services: c.svcInf, handles: c.handles, crds: c.crds, informer: c.informer,
+		service: func(key string) (*corev1.Service, bool, error) {
+			obj, exists, err := c.services.GetByKey(key)
+			if err != nil || !exists {
+				return nil, false, err
+			}
+			return obj.(*corev1.Service), true, nil
+		},
+		lastAllocWrite: func() time.Time { return time.Unix(0, c.allocWrote.Load()) },
+		patchStatus:    c.patchStatus,
+		recorder:       c.recorder,
+	}
+}
+
 // newAnnouncedWriter registers the writer's indexer and handlers; it must run before the
 // informers start, so that every existing Service and SpeakerStatus arrives as an addition.
-func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, error) {
-	// A factory of its own: the allocation path's (dynFactory) waits for all its caches before the
-	// first allocation, and the SpeakerStatus list (up to 10,000 entries per node) must not hold that up.
-	factory := dynamicinformer.NewDynamicSharedInformerFactory(c.dyn, 0)
-	speakerInf := factory.ForResource(speakerStatusesGVR).Informer()
-	if err := speakerInf.SetTransform(compactSpeakerStatus); err != nil {
-		return nil, err
-	}
+// The allocation path waits only for the pools' informer: the SpeakerStatus list (up to 10,000
+// entries per node), which only this writer waits for, does not hold up the first allocation.
+func newAnnouncedWriter(ctx context.Context, deps announcedDeps) (*announcedWriter, error) {
 	a := &announcedWriter{
-		c: c, factory: factory, speakerInf: speakerInf,
+		deps: deps,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "announced", MetricsProvider: c.opts.Metrics.queues}),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "announced", MetricsProvider: deps.queues}),
 		limiter:  flowcontrol.NewTokenBucketRateLimiter(announcedWritesPerSecond, announcedWritesPerSecond),
-		l2Inf:    c.bgp.informers["L2Advertisement"],
-		bgpInf:   c.bgp.informers["BGPAdvertisement"],
 		statuses: map[string]*v1beta1.SpeakerStatus{},
 		history:  map[string]announcedHistory{},
 	}
+	for _, inf := range []struct {
+		obj client.Object
+		to  *crcache.Informer
+	}{{&v1beta1.SpeakerStatus{}, &a.speakerInf}, {&v1beta1.L2Advertisement{}, &a.l2Inf}, {&v1beta1.BGPAdvertisement{}, &a.bgpInf}} {
+		i, err := deps.informer(ctx, inf.obj)
+		if err != nil {
+			return nil, err
+		}
+		*inf.to = i
+	}
 	a.configDirty.Store(true)
-	if err := c.svcInf.AddIndexers(cache.Indexers{ingressIPIndex: indexIngressIPs}); err != nil {
+	if err := deps.services.AddIndexers(cache.Indexers{ingressIPIndex: indexIngressIPs}); err != nil {
 		return nil, err
 	}
-	if _, err := c.svcInf.AddEventHandler(a.serviceHandlers()); err != nil {
+	if _, err := deps.services.AddEventHandler(a.serviceHandlers()); err != nil {
 		return nil, err
 	}
 	configHandlers := cache.ResourceEventHandlerFuncs{
@@ -110,32 +150,32 @@ func newAnnouncedWriter(ctx context.Context, c *Controller) (*announcedWriter, e
 		},
 		DeleteFunc: func(any) { a.configChanged() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{a.l2Inf, a.bgpInf} {
+	for _, inf := range []crcache.Informer{a.l2Inf, a.bgpInf} {
 		if _, err := inf.AddEventHandler(configHandlers); err != nil {
 			return nil, err
 		}
 	}
-	if _, err := speakerInf.AddEventHandler(a.speakerHandlers()); err != nil {
+	if _, err := a.speakerInf.AddEventHandler(a.speakerHandlers()); err != nil {
 		return nil, err
 	}
 	return a, nil
 }
 
 // run works until ctx ends, once the SpeakerStatus and advertisement caches hold their first lists
-// (until then the queue only collects Services).
+// (until then the queue only collects Services); it returns once its goroutines have.
 func (a *announcedWriter) run(ctx context.Context) {
-	defer a.queue.ShutDown()
-	a.factory.Start(ctx.Done())
-	defer a.factory.Shutdown() // its informers end with ctx
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer a.queue.ShutDown() // before the wait: it ends the worker
 	if !cache.WaitForCacheSync(ctx.Done(), a.speakerInf.HasSynced, a.l2Inf.HasSynced, a.bgpInf.HasSynced) {
 		if ctx.Err() == nil {
-			a.c.log.Error("herald.io/Announced: the SpeakerStatus or advertisement caches did not sync; the condition is not written")
+			a.deps.log.Error("herald.io/Announced: the SpeakerStatus or advertisement caches did not sync; the condition is not written")
 		}
 		return
 	}
-	a.c.spawn(func() { a.sweep(ctx) })
-	a.c.spawn(func() {
-		wait.UntilWithContext(ctx, func(ctx context.Context) { a.c.work(ctx, a.queue, a.sync) }, time.Second)
+	wg.Go(func() { a.sweep(ctx) })
+	wg.Go(func() {
+		wait.UntilWithContext(ctx, func(ctx context.Context) { work(ctx, a.deps.log, a.queue, a.sync) }, time.Second)
 	})
 	<-ctx.Done()
 }
@@ -285,19 +325,15 @@ func diffAnnouncements(a, b []v1beta1.Announcement) []string {
 	return out
 }
 
-// compactSpeakerStatus turns a SpeakerStatus from the dynamic informer into the typed object and
-// keeps of it what the condition reads: the node, lastUpdate,
-// each announcement's IP and protocol, the count, the sessions' peers and states. On a node with
-// thousands of IPs the rest (interfaces, peers and a time per entry) is most of the object. It
-// also sorts the announcements, as the API says they are, should a writer not have.
+// compactSpeakerStatus is the cache's transform of a SpeakerStatus: it keeps what the condition
+// reads (the node, lastUpdate, each announcement's IP and protocol, the count, the sessions' peers
+// and states). On a node with thousands of IPs the rest (interfaces, peers and a time per entry)
+// is most of the object. It also sorts the announcements, as the API says they are, should a
+// writer not have.
 func compactSpeakerStatus(obj any) (any, error) {
-	u, ok := obj.(*unstructured.Unstructured)
+	st, ok := obj.(*v1beta1.SpeakerStatus)
 	if !ok {
-		return obj, nil
-	}
-	st := &v1beta1.SpeakerStatus{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, st); err != nil {
-		return nil, err
+		return obj, nil // a deletion's tombstone
 	}
 	st.ManagedFields = nil
 	anns := st.Status.Announcements
@@ -344,7 +380,7 @@ func (a *announcedWriter) speakerList() []*v1beta1.SpeakerStatus {
 
 // enqueueIPs queues the Services holding any of ips.
 func (a *announcedWriter) enqueueIPs(ips []string) {
-	idx := a.c.svcInf.GetIndexer()
+	idx := a.deps.services.GetIndexer()
 	for _, ip := range ips {
 		keys, _ := idx.IndexKeys(ingressIPIndex, ip) // only fails for an unknown index
 		for _, k := range keys {
@@ -371,13 +407,13 @@ func (a *announcedWriter) enqueuePending() {
 // sync brings one Service's condition to what the speakers say. A write waits for its turn
 // (pace), then the Service is decided again: the speakers or the Service may have moved on.
 func (a *announcedWriter) sync(ctx context.Context, key string) error {
-	if _, _, write, err := a.decide(key); err != nil || !write {
+	if _, _, write, err := a.decide(ctx, key); err != nil || !write {
 		return err
 	}
 	if err := a.pace(ctx); err != nil {
 		return err
 	}
-	svc, want, write, err := a.decide(key)
+	svc, want, write, err := a.decide(ctx, key)
 	if err != nil || !write {
 		return err
 	}
@@ -386,15 +422,12 @@ func (a *announcedWriter) sync(ctx context.Context, key string) error {
 
 // decide evaluates a Service and reports whether its condition is to be written: want, or, nil,
 // removed (the Service has no IP any more).
-func (a *announcedWriter) decide(key string) (svc *corev1.Service, want *metav1.Condition, write bool, err error) {
-	obj, exists, err := a.c.services.GetByKey(key)
+func (a *announcedWriter) decide(ctx context.Context, key string) (svc *corev1.Service, want *metav1.Condition, write bool, err error) {
+	svc, exists, err := a.deps.service(key)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	if exists {
-		svc = obj.(*corev1.Service)
-	}
-	if !exists || !a.c.handles(svc) {
+	if !exists || !a.deps.handles(svc) {
 		a.remember(key, announcedHistory{}) // not ours (any more): whatever it carries is not ours to change
 		return nil, nil, false, nil
 	}
@@ -404,7 +437,12 @@ func (a *announcedWriter) decide(key string) (svc *corev1.Service, want *metav1.
 		return svc, nil, old != nil, nil
 	}
 	if a.configDirty.Swap(false) {
-		a.config = a.loadConfig()
+		cfg, err := a.loadConfig(ctx)
+		if err != nil {
+			a.configDirty.Store(true) // read again on the retry
+			return nil, nil, false, err
+		}
+		a.config = cfg
 	}
 	a.mu.Lock()
 	h, speakers := a.history[key], a.speakers
@@ -428,26 +466,14 @@ func (a *announcedWriter) remember(key string, h announcedHistory) {
 	}
 }
 
-// loadConfig reads the pools and advertisements from the informers. An object that does not
-// convert is left out (the BGP objects' sync reports it).
-func (a *announcedWriter) loadConfig() *announceConfig {
-	var pools []v1beta1.IPAddressPool
-	for _, p := range a.c.listPools() {
-		pools = append(pools, *p)
+// loadConfig reads the pools and advertisements from the cache.
+func (a *announcedWriter) loadConfig(ctx context.Context) (*announceConfig, error) {
+	var l2 v1beta1.L2AdvertisementList
+	var bgp v1beta1.BGPAdvertisementList
+	if err := errors.Join(a.deps.crds.List(ctx, &l2), a.deps.crds.List(ctx, &bgp)); err != nil {
+		return nil, fmt.Errorf("listing the cached advertisements: %w", err)
 	}
-	var l2 []v1beta1.L2Advertisement
-	for _, obj := range a.l2Inf.GetStore().List() {
-		if u, ok := obj.(*unstructured.Unstructured); ok {
-			l2, _ = appendConverted(l2, u)
-		}
-	}
-	var bgp []v1beta1.BGPAdvertisement
-	for _, obj := range a.bgpInf.GetStore().List() {
-		if u, ok := obj.(*unstructured.Unstructured); ok {
-			bgp, _ = appendConverted(bgp, u)
-		}
-	}
-	return newAnnounceConfig(pools, l2, bgp)
+	return newAnnounceConfig(listPools(ctx, a.deps.crds, a.deps.log), l2.Items, bgp.Items), nil
 }
 
 // pace waits for the writer's turn: its own rate, then a quiet moment of the allocation path.
@@ -457,7 +483,7 @@ func (a *announcedWriter) pace(ctx context.Context) error {
 	}
 	holdUntil := time.Now().Add(announcedMaxHold)
 	for {
-		wait := min(allocQuiet-time.Since(time.Unix(0, a.c.allocWrote.Load())), time.Until(holdUntil))
+		wait := min(allocQuiet-time.Since(a.deps.lastAllocWrite()), time.Until(holdUntil))
 		if wait <= 0 {
 			return nil
 		}
@@ -477,18 +503,18 @@ func (a *announcedWriter) write(ctx context.Context, svc *corev1.Service, want *
 	if want != nil {
 		cond = stamped(*want, old)
 	}
-	if err := a.c.patchStatus(ctx, svc, map[string]any{"status": map[string]any{"conditions": []any{cond}}}); err != nil {
+	if err := a.deps.patchStatus(ctx, svc, map[string]any{"status": map[string]any{"conditions": []any{cond}}}); err != nil {
 		return err
 	}
 	name := svc.Namespace + "/" + svc.Name
 	switch {
 	case want == nil:
-		a.c.log.Debug("service has no IP any more; herald.io/Announced removed", "service", name)
+		a.deps.log.Debug("service has no IP any more; herald.io/Announced removed", "service", name)
 	case want.Status == metav1.ConditionFalse:
-		a.c.recorder.Event(svc, corev1.EventTypeWarning, want.Reason, want.Message)
-		a.c.log.Info("service not announced", "service", name, "reason", want.Reason, "message", want.Message)
+		a.deps.recorder.Event(svc, corev1.EventTypeWarning, want.Reason, want.Message)
+		a.deps.log.Info("service not announced", "service", name, "reason", want.Reason, "message", want.Message)
 	default:
-		a.c.log.Debug("service announced", "service", name, "message", want.Message)
+		a.deps.log.Debug("service announced", "service", name, "message", want.Message)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,14 +13,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/bgpconfig"
@@ -34,12 +32,22 @@ import (
 // Problems that exist only on some node (two peers of one node disagreeing on the router ID) are
 // the speakers' to report.
 
-var bgpObjectGVRs = map[string]schema.GroupVersionResource{
-	"BGPPeer":          v1beta1.GroupVersion.WithResource("bgppeers"),
-	"BGPAdvertisement": v1beta1.GroupVersion.WithResource("bgpadvertisements"),
-	"BFDProfile":       v1beta1.GroupVersion.WithResource("bfdprofiles"),
-	"Community":        v1beta1.GroupVersion.WithResource("communities"),
-	"L2Advertisement":  v1beta1.GroupVersion.WithResource("l2advertisements"),
+// The kinds checked together, as bgpconfig.Problem names them.
+const (
+	kindBGPPeer          = "BGPPeer"
+	kindBGPAdvertisement = "BGPAdvertisement"
+	kindBFDProfile       = "BFDProfile"
+	kindCommunity        = "Community"
+	kindL2Advertisement  = "L2Advertisement"
+)
+
+// bgpObjectKinds are the watched kinds, by name.
+var bgpObjectKinds = map[string]client.Object{
+	kindBGPPeer:          &v1beta1.BGPPeer{},
+	kindBGPAdvertisement: &v1beta1.BGPAdvertisement{},
+	kindBFDProfile:       &v1beta1.BFDProfile{},
+	kindCommunity:        &v1beta1.Community{},
+	kindL2Advertisement:  &v1beta1.L2Advertisement{},
 }
 
 // bgpObjectsResync re-reads the Secrets BGPPeers name: the controller does not watch Secrets (it
@@ -56,27 +64,30 @@ const DefaultSecretNamespace = "herald-system"
 // bgpObjects validates the BGP configuration and writes its conditions.
 type bgpObjects struct {
 	c         *Controller
-	dyn       dynamic.Interface
-	factory   dynamicinformer.DynamicSharedInformerFactory
-	informers map[string]cache.SharedIndexInformer // by kind
+	informers map[string]crcache.Informer // by kind, from the controller's cache of Herald's kinds
 	queue     workqueue.TypedRateLimitingInterface[string]
 	// communityProblems were reported as events already.
 	communityProblems map[bgpconfig.Problem]bool
 }
 
-func newBGPObjects(c *Controller, dyn dynamic.Interface) *bgpObjects {
+// newBGPObjects asks the controller's cache for the kinds' informers; call before the cache
+// starts (they start with it).
+func newBGPObjects(ctx context.Context, c *Controller) (*bgpObjects, error) {
 	b := &bgpObjects{
-		c: c, dyn: dyn,
-		factory:   dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0),
-		informers: map[string]cache.SharedIndexInformer{},
+		c:         c,
+		informers: map[string]crcache.Informer{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "bgpobjects", MetricsProvider: c.opts.Metrics.queues}),
 		communityProblems: map[bgpconfig.Problem]bool{},
 	}
-	for kind, gvr := range bgpObjectGVRs {
-		b.informers[kind] = b.factory.ForResource(gvr).Informer()
+	for kind, obj := range bgpObjectKinds {
+		inf, err := c.informer(ctx, obj)
+		if err != nil {
+			return nil, fmt.Errorf("informer of %s: %w", kind, err)
+		}
+		b.informers[kind] = inf
 	}
-	return b
+	return b, nil
 }
 
 // run checks the BGP objects until ctx ends. It runs beside the Service allocation and never
@@ -103,13 +114,15 @@ func (b *bgpObjects) run(ctx context.Context) {
 		b.c.log.Error("BGP objects: cannot watch pools", "err", err)
 		return
 	}
-	b.factory.Start(ctx.Done())
-	defer b.factory.Shutdown() // its informers end with ctx
-	for gvr, ok := range b.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			b.c.log.Error("BGP objects: cache did not sync; their conditions are not written", "resource", gvr)
-			return
+	synced := []cache.InformerSynced{b.c.poolInf.HasSynced}
+	for _, inf := range b.informers {
+		synced = append(synced, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if ctx.Err() == nil {
+			b.c.log.Error("BGP objects: caches did not sync; their conditions are not written")
 		}
+		return
 	}
 	b.c.spawn(func() {
 		for {
@@ -134,23 +147,22 @@ func (b *bgpObjects) run(ctx context.Context) {
 // specUpdated reports whether an update of a Herald object changed more than its status (our own
 // writes): its spec (generation) or whether it is being deleted.
 func specUpdated(old, obj any) bool {
-	o, ok1 := old.(*unstructured.Unstructured)
-	n, ok2 := obj.(*unstructured.Unstructured)
+	o, ok1 := old.(client.Object)
+	n, ok2 := obj.(client.Object)
 	return !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() ||
 		(o.GetDeletionTimestamp() == nil) != (n.GetDeletionTimestamp() == nil)
 }
 
+// checked is one object with a status, as the cache holds it, and the conditions it carries.
+type checked struct {
+	kind       string
+	obj        client.Object
+	conditions []metav1.Condition
+}
+
 // sync validates every BGP object and writes the conditions that changed.
 func (b *bgpObjects) sync(ctx context.Context) error {
-	objects := map[string][]*unstructured.Unstructured{}
-	for kind, inf := range b.informers {
-		for _, obj := range inf.GetStore().List() {
-			if u, ok := obj.(*unstructured.Unstructured); ok {
-				objects[kind] = append(objects[kind], u)
-			}
-		}
-	}
-	in, err := b.input(ctx, objects)
+	in, objects, err := b.input(ctx)
 	if err != nil {
 		return err
 	}
@@ -158,52 +170,54 @@ func (b *bgpObjects) sync(ctx context.Context) error {
 	for _, p := range bgpconfig.Validate(in) {
 		byObject[p.Kind+"/"+p.Name] = append(byObject[p.Kind+"/"+p.Name], p)
 	}
-	b.reportCommunities(objects["Community"], byObject)
+	b.reportCommunities(in.Communities, byObject)
 	var errs []error
-	for kind, list := range objects {
-		if kind == "Community" {
-			continue
-		}
-		for _, u := range list {
-			if err := b.writeConditions(ctx, kind, u, byObject[kind+"/"+u.GetName()]); err != nil {
-				errs = append(errs, fmt.Errorf("%s %s: %w", kind, u.GetName(), err))
-			}
+	for _, o := range objects {
+		if err := b.writeConditions(ctx, o, byObject[o.kind+"/"+o.obj.GetName()]); err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", o.kind, o.obj.GetName(), err))
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%v", errs)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// input converts the cached objects for bgpconfig.Validate and looks up the Secrets peers name.
-func (b *bgpObjects) input(ctx context.Context, objects map[string][]*unstructured.Unstructured) (bgpconfig.Input, error) {
+// input reads the cached objects (copies) for bgpconfig.Validate, with those that have a status,
+// and looks up the Secrets peers name.
+func (b *bgpObjects) input(ctx context.Context) (bgpconfig.Input, []checked, error) {
 	in := bgpconfig.Input{SecretNamespace: b.c.opts.SecretNamespace, Passwords: map[string]string{}}
 	if in.SecretNamespace == "" {
 		in.SecretNamespace = DefaultSecretNamespace
 	}
-	for _, p := range b.c.listPools() {
-		in.Pools = append(in.Pools, *p)
-	}
-	for kind, list := range objects {
-		for _, u := range list {
-			var err error
-			switch kind {
-			case "BGPPeer":
-				in.Peers, err = appendConverted(in.Peers, u)
-			case "BGPAdvertisement":
-				in.Advertisements, err = appendConverted(in.Advertisements, u)
-			case "L2Advertisement":
-				in.L2Advertisements, err = appendConverted(in.L2Advertisements, u)
-			case "BFDProfile":
-				in.BFDProfiles, err = appendConverted(in.BFDProfiles, u)
-			case "Community":
-				in.Communities, err = appendConverted(in.Communities, u)
-			}
-			if err != nil {
-				return in, fmt.Errorf("%s %s: %w", kind, u.GetName(), err)
-			}
+	in.Pools = listPools(ctx, b.c.crds, b.c.log)
+	var (
+		peers    v1beta1.BGPPeerList
+		bgpAds   v1beta1.BGPAdvertisementList
+		l2Ads    v1beta1.L2AdvertisementList
+		profiles v1beta1.BFDProfileList
+		comms    v1beta1.CommunityList
+	)
+	for _, list := range []client.ObjectList{&peers, &bgpAds, &l2Ads, &profiles, &comms} {
+		if err := b.c.crds.List(ctx, list); err != nil {
+			return in, nil, err
 		}
+	}
+	in.Peers, in.Advertisements, in.L2Advertisements = peers.Items, bgpAds.Items, l2Ads.Items
+	in.BFDProfiles, in.Communities = profiles.Items, comms.Items
+	var objects []checked
+	for i := range peers.Items {
+		o := &peers.Items[i]
+		objects = append(objects, checked{kindBGPPeer, o, o.Status.Conditions})
+	}
+	for i := range bgpAds.Items {
+		o := &bgpAds.Items[i]
+		objects = append(objects, checked{kindBGPAdvertisement, o, o.Status.Conditions})
+	}
+	for i := range l2Ads.Items {
+		o := &l2Ads.Items[i]
+		objects = append(objects, checked{kindL2Advertisement, o, o.Status.Conditions})
+	}
+	for i := range profiles.Items {
+		o := &profiles.Items[i]
+		objects = append(objects, checked{kindBFDProfile, o, o.Status.Conditions})
 	}
 	for i := range in.Peers {
 		key := bgpconfig.PasswordSecret(&in.Peers[i], in.SecretNamespace)
@@ -224,15 +238,7 @@ func (b *bgpObjects) input(ctx context.Context, objects map[string][]*unstructur
 			in.Passwords[key.String()] = "present"
 		}
 	}
-	return in, nil
-}
-
-func appendConverted[T any](list []T, u *unstructured.Unstructured) ([]T, error) {
-	var obj T
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &obj); err != nil {
-		return list, err
-	}
-	return append(list, obj), nil
+	return in, objects, nil
 }
 
 // bgpConditions are the Valid and NotSupported conditions for an object's problems.
@@ -269,18 +275,10 @@ func problemMessages(problems []bgpconfig.Problem) string {
 
 // writeConditions patches an object's status when its conditions change, with a Warning event
 // for each condition that newly reports a problem (or reports a different one).
-func (b *bgpObjects) writeConditions(ctx context.Context, kind string, u *unstructured.Unstructured, problems []bgpconfig.Problem) error {
-	var current struct {
-		Status struct {
-			Conditions []metav1.Condition `json:"conditions"`
-		} `json:"status"`
-	}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &current); err != nil {
-		return err
-	}
-	conds := slices.Clone(current.Status.Conditions)
+func (b *bgpObjects) writeConditions(ctx context.Context, o checked, problems []bgpconfig.Problem) error {
+	conds := slices.Clone(o.conditions)
 	var events []metav1.Condition
-	for _, want := range bgpConditions(problems, u.GetGeneration()) {
+	for _, want := range bgpConditions(problems, o.obj.GetGeneration()) {
 		old := meta.FindStatusCondition(conds, want.Type)
 		reportsProblem := want.Status == metav1.ConditionFalse
 		if want.Type == config.ConditionNotSupported {
@@ -291,15 +289,15 @@ func (b *bgpObjects) writeConditions(ctx context.Context, kind string, u *unstru
 		}
 		meta.SetStatusCondition(&conds, want)
 	}
-	if conditionsEqual(current.Status.Conditions, conds) {
+	if conditionsEqual(o.conditions, conds) {
 		return nil
 	}
 	data, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": conds}})
 	if err != nil {
 		return err
 	}
-	_, err = b.dyn.Resource(bgpObjectGVRs[kind]).Patch(ctx, u.GetName(), types.MergePatchType, data,
-		metav1.PatchOptions{FieldManager: fieldManager}, "status")
+	// o.obj is the cache's copy: the patch's answer may overwrite it.
+	err = b.c.crdClient.Status().Patch(ctx, o.obj, client.RawPatch(types.MergePatchType, data), client.FieldOwner(fieldManager))
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -307,7 +305,7 @@ func (b *bgpObjects) writeConditions(ctx context.Context, kind string, u *unstru
 		return err
 	}
 	for _, e := range events {
-		b.c.recorder.Event(u, corev1.EventTypeWarning, e.Reason, e.Message)
+		b.c.recorder.Event(o.obj, corev1.EventTypeWarning, e.Reason, e.Message)
 	}
 	return nil
 }
@@ -321,13 +319,14 @@ func conditionsEqual(a, b []metav1.Condition) bool {
 // reportCommunities records one Warning event per new problem of a Community (remembered in
 // memory, since a Community has no status: a restarted controller reports a standing problem once
 // more).
-func (b *bgpObjects) reportCommunities(communities []*unstructured.Unstructured, byObject map[string][]bgpconfig.Problem) {
+func (b *bgpObjects) reportCommunities(communities []v1beta1.Community, byObject map[string][]bgpconfig.Problem) {
 	now := map[bgpconfig.Problem]bool{}
-	for _, u := range communities {
-		for _, p := range byObject["Community/"+u.GetName()] {
+	for i := range communities {
+		c := &communities[i]
+		for _, p := range byObject[kindCommunity+"/"+c.Name] {
 			now[p] = true
 			if !b.communityProblems[p] {
-				b.c.recorder.Event(u, corev1.EventTypeWarning, p.Reason, p.Message)
+				b.c.recorder.Event(c, corev1.EventTypeWarning, p.Reason, p.Message)
 			}
 		}
 	}

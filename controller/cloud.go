@@ -24,7 +24,7 @@ func (c *Controller) RunCloudProvider(ctx context.Context) error {
 		return err
 	}
 	c.spawn(func() {
-		wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
+		wait.UntilWithContext(ctx, func(ctx context.Context) { work(ctx, c.log, c.queue, c.syncService) }, time.Second)
 	})
 	cloud := &heraldCloud{lb: &CloudLoadBalancer{Allocator: c.alloc, NamespaceLabels: c.namespaceLabels}}
 	sc, err := servicecontroller.New(cloud, c.client, c.factory.Core().V1().Services(), c.factory.Core().V1().Nodes(),
@@ -36,7 +36,7 @@ func (c *Controller) RunCloudProvider(ctx context.Context) error {
 	c.factory.Start(ctx.Done())
 	c.factory.WaitForCacheSync(ctx.Done())
 	c.spawn(func() {
-		wait.UntilWithContext(ctx, func(ctx context.Context) { c.poolUsageChanged() }, poolStatusDelay)
+		wait.UntilWithContext(ctx, func(ctx context.Context) { c.poolUsageChanged(ctx) }, poolStatusDelay)
 	})
 	c.log.Info("controller running in cloud-provider mode (class-less Services, upstream service controller)")
 	sc.Run(ctx, c.opts.Workers, controllersmetrics.NewControllerManagerMetrics("herald"))

@@ -42,7 +42,7 @@ func (c *CloudLoadBalancer) EnsureLoadBalancer(_ context.Context, _ string, svc 
 	req, err := allocator.ServiceFromAPI(svc, c.NamespaceLabels(svc.Namespace))
 	if err != nil {
 		c.Allocator.Release(req.Key)
-		return nil, fmt.Errorf("InvalidRequest: %v", err)
+		return nil, fmt.Errorf("InvalidRequest: %w", err)
 	}
 	res := c.Allocator.Assign(req)
 	if len(res.IPs) == 0 {

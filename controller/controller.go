@@ -9,6 +9,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -23,18 +24,20 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	"github.com/heraldlb/herald/config/scheme"
+	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/controller/allocator"
 )
 
@@ -60,21 +63,26 @@ type Controller struct {
 	opts   Options
 	log    *slog.Logger
 	client kubernetes.Interface
-	pools  dynamic.NamespaceableResourceInterface
-	// dyn reaches Herald's other kinds (the announced writer's SpeakerStatus informer).
-	dyn        dynamic.Interface
-	factory    informers.SharedInformerFactory
-	dynFactory dynamicinformer.DynamicSharedInformerFactory
-	svcInf     cache.SharedIndexInformer
+	// crds reads Herald's kinds, typed (config/scheme), from one informer cache, as the speaker
+	// does; crdClient writes their status and finalizers. Each part waits only for the informers
+	// it reads (the allocation path for the pools), so a slow list of one kind delays no other.
+	crds      crcache.Cache
+	crdClient client.Client
+	// factory runs the built-in kinds' informers (protobuf; the upstream service controller of
+	// cloud-provider mode shares them).
+	factory informers.SharedInformerFactory
+	svcInf  cache.SharedIndexInformer
 	// services is the informer's store overlaid with our own patch results, so a reconcile that runs
 	// before the watch delivers our write does not see the old status and write again.
 	services   cache.MutationCache
 	namespaces corelisters.NamespaceLister
-	poolInf    cache.SharedIndexInformer
-	queue      workqueue.TypedRateLimitingInterface[string]
-	poolQueue  workqueue.TypedRateLimitingInterface[string]
-	recorder   record.EventRecorder
-	alloc      *allocator.Allocator
+	// poolInf is set by start; poolsSynced says (to readiness) that it has synced.
+	poolInf     crcache.Informer
+	poolsSynced atomic.Bool
+	queue       workqueue.TypedRateLimitingInterface[string]
+	poolQueue   workqueue.TypedRateLimitingInterface[string]
+	recorder    record.EventRecorder
+	alloc       *allocator.Allocator
 	// bgp writes the Valid and NotSupported conditions of the BGP objects (bgpobjects.go).
 	bgp *bgpObjects
 	// announced writes the Services' herald.io/Announced condition (announcedwriter.go); nil in
@@ -87,18 +95,14 @@ type Controller struct {
 	// cloud: the upstream service controller handles class-less Services (RunCloudProvider).
 	cloud bool
 
-	// mu makes Assign and the pending set one step, so an address freed by one worker is never
-	// missed by a Service another worker has just found no room for.
-	mu      sync.Mutex
-	pending map[string]struct{}
-
 	// running counts the goroutines Run or RunCloudProvider started (see spawn); they wait for
 	// all of them before returning.
 	running sync.WaitGroup
 }
 
-// New builds a controller; Run starts it.
-func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Controller {
+// New builds a controller that reaches the API server through cs (built-in kinds) and rc
+// (Herald's kinds); Run starts it. Nothing is asked of the API server before Run.
+func New(cs kubernetes.Interface, rc *rest.Config, opts Options) (*Controller, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 32
 	}
@@ -109,29 +113,66 @@ func New(client kubernetes.Interface, dyn dynamic.Interface, opts Options) *Cont
 		opts.Metrics = NewMetrics(nil)
 	}
 	// Services are the bulk of the memory: drop managedFields, which the controller never reads.
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
-	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTransform(stripManagedFields))
+	sch := scheme.New()
+	// One transform for every kind (ByObject would ask the API server about the kinds already here).
+	crds, err := crcache.New(rc, crcache.Options{Scheme: sch, DefaultTransform: transformHeraldKinds})
+	if err != nil {
+		return nil, fmt.Errorf("cache of Herald's kinds: %w", err)
+	}
+	crdClient, err := client.New(rc, client.Options{Scheme: sch})
+	if err != nil {
+		return nil, fmt.Errorf("client of Herald's kinds: %w", err)
+	}
 	c := &Controller{
 		opts:       opts,
 		log:        opts.Logger,
-		client:     client,
-		pools:      dyn.Resource(poolsGVR),
-		dyn:        dyn,
+		client:     cs,
+		crds:       crds,
+		crdClient:  crdClient,
 		factory:    factory,
-		dynFactory: dynFactory,
 		svcInf:     factory.Core().V1().Services().Informer(),
 		namespaces: factory.Core().V1().Namespaces().Lister(),
-		poolInf:    dynFactory.ForResource(poolsGVR).Informer(),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "services", MetricsProvider: opts.Metrics.queues}),
 		poolQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pools", MetricsProvider: opts.Metrics.queues}),
-		alloc:   allocator.New(),
-		pending: map[string]struct{}{},
+		alloc: allocator.New(),
 	}
-	c.bgp = newBGPObjects(c, dyn)
 	c.services = cache.NewIntegerResourceVersionMutationCache(klogFor(opts.Logger), c.svcInf.GetStore(), c.svcInf.GetIndexer(), time.Minute, false)
-	return c
+	return c, nil
+}
+
+// transformHeraldKinds is what the cache of Herald's kinds keeps of an object: a SpeakerStatus
+// (up to 10,000 announcements per node) as compactSpeakerStatus keeps it, every kind without its
+// managedFields.
+func transformHeraldKinds(obj any) (any, error) {
+	if st, ok := obj.(*v1beta1.SpeakerStatus); ok {
+		return compactSpeakerStatus(st)
+	}
+	return stripManagedFields(obj)
+}
+
+// informer returns the cache's informer of obj's kind (created now, started with the cache),
+// waiting while the API server cannot say what the kind is (unreachable, or the CRDs not applied
+// yet): the controller stays alive, and not ready, meanwhile.
+func (c *Controller) informer(ctx context.Context, obj client.Object) (crcache.Informer, error) {
+	for logged := false; ; {
+		inf, err := c.crds.GetInformer(ctx, obj, crcache.BlockUntilSynced(false))
+		if err == nil {
+			return inf, nil
+		}
+		if !logged {
+			c.log.Warn("waiting for the API server to serve Herald's kinds (are the CRDs of config/crd applied?)",
+				"kind", fmt.Sprintf("%T", obj), "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func stripManagedFields(obj any) (any, error) {
@@ -151,9 +192,15 @@ func (c *Controller) Run(ctx context.Context) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.client.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
-	c.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: fieldManager})
+	// Events name Services and Herald's objects: the scheme knows both.
+	c.recorder = broadcaster.NewRecorder(scheme.New(), corev1.EventSource{Component: fieldManager})
 
-	announced, err := newAnnouncedWriter(ctx, c)
+	bgp, err := newBGPObjects(ctx, c)
+	if err != nil {
+		return err
+	}
+	c.bgp = bgp
+	announced, err := newAnnouncedWriter(ctx, c.announcedDeps())
 	if err != nil {
 		return err
 	}
@@ -165,7 +212,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.spawn(func() { c.announced.run(ctx) })
 	for range c.opts.Workers {
 		c.spawn(func() {
-			wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.queue, c.syncService) }, time.Second)
+			wait.UntilWithContext(ctx, func(ctx context.Context) { work(ctx, c.log, c.queue, c.syncService) }, time.Second)
 		})
 	}
 	c.log.Info("controller running", "workers", c.opts.Workers, "class", c.opts.LoadBalancerClass, "takeClassless", c.opts.TakeClassless)
@@ -176,33 +223,41 @@ func (c *Controller) Run(ctx context.Context) error {
 // start registers the handlers, syncs the informers, loads the pools and restores every Service's
 // addresses; only then may anything be allocated.
 func (c *Controller) start(ctx context.Context, svcHandlers cache.ResourceEventHandler) error {
+	poolInf, err := c.informer(ctx, &v1beta1.IPAddressPool{})
+	if err != nil {
+		return err
+	}
+	c.poolInf = poolInf
 	if _, err := c.svcInf.AddEventHandler(svcHandlers); err != nil {
 		return err
 	}
 	if _, err := c.factory.Core().V1().Namespaces().Informer().AddEventHandler(c.namespaceHandlers()); err != nil {
 		return err
 	}
-	if _, err := c.poolInf.AddEventHandler(c.poolHandlers()); err != nil {
+	if _, err := c.poolInf.AddEventHandler(c.poolHandlers(ctx)); err != nil {
 		return err
 	}
 	c.factory.Start(ctx.Done())
-	c.dynFactory.Start(ctx.Done())
+	c.spawn(func() {
+		if err := c.crds.Start(ctx); err != nil {
+			c.log.Error("the cache of Herald's kinds stopped", "err", err)
+		}
+	})
 	begin := time.Now()
 	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("cache of %v did not sync", typ)
 		}
 	}
-	for gvr, ok := range c.dynFactory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("cache of %v did not sync (are the CRDs of config/crd applied?)", gvr)
-		}
+	if !cache.WaitForCacheSync(ctx.Done(), c.poolInf.HasSynced) {
+		return errors.New("cache of IPAddressPools did not sync (are the CRDs of config/crd applied?)")
 	}
-	c.loadPools()
+	c.poolsSynced.Store(true)
+	c.loadPools(ctx)
 	n := c.restore()
 	c.log.Info("state rebuilt from Service status", "servicesWithAddresses", n, "took", time.Since(begin))
 	c.spawn(func() {
-		wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.poolQueue, c.syncPool) }, time.Second)
+		wait.UntilWithContext(ctx, func(ctx context.Context) { work(ctx, c.log, c.poolQueue, c.syncPool) }, time.Second)
 	})
 	return nil
 }
@@ -218,14 +273,14 @@ func (c *Controller) spawn(f func()) {
 }
 
 // stop ends what Run or RunCloudProvider started and waits for it: cancel ends the loops and the
-// informers, shutting the queues down releases the workers waiting in Get.
+// informers (the cache of Herald's kinds returns from Start, which a spawned goroutine runs),
+// shutting the queues down releases the workers waiting in Get.
 func (c *Controller) stop(cancel context.CancelFunc) {
 	cancel()
 	c.queue.ShutDown()
 	c.poolQueue.ShutDown()
 	c.running.Wait()
 	c.factory.Shutdown()
-	c.dynFactory.Shutdown()
 }
 
 // restore records the current addresses of every LoadBalancer Service, ours or not, oldest first
@@ -307,14 +362,14 @@ func (c *Controller) namespaceHandlers() cache.ResourceEventHandler {
 }
 
 // work processes a queue's items one at a time until the queue shuts down.
-func (c *Controller) work(ctx context.Context, q workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
+func work(ctx context.Context, log *slog.Logger, q workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
 	for {
 		key, quit := q.Get()
 		if quit {
 			return
 		}
 		if err := sync(ctx, key); err != nil {
-			c.log.Warn("sync failed, will retry", "key", key, "err", err)
+			log.Warn("sync failed, will retry", "key", key, "err", err)
 			q.AddRateLimited(key)
 		} else {
 			q.Forget(key)
@@ -330,7 +385,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 		return err
 	}
 	if !exists {
-		c.release(key)
+		c.release(ctx, key)
 		return nil
 	}
 	svc := obj.(*corev1.Service)
@@ -338,72 +393,53 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	case c.cloud && svc.Spec.Type == corev1.ServiceTypeLoadBalancer && svc.Spec.LoadBalancerClass == nil:
 		return nil // the upstream service controller's
 	case svc.Spec.Type == corev1.ServiceTypeLoadBalancer && (c.cloud || !c.handles(svc)):
-		c.reserve(svc)
+		c.reserve(ctx, svc)
 		return nil
 	case svc.Spec.Type != corev1.ServiceTypeLoadBalancer:
-		c.release(key)
+		c.release(ctx, key)
 		if c.cloud {
 			return nil
 		}
 		return c.clearStatus(ctx, svc)
 	}
 	req, parseErr := allocator.ServiceFromAPI(svc, c.namespaceLabels(svc.Namespace))
-	c.mu.Lock()
 	var res allocator.Result
 	if parseErr != nil {
+		// Nothing to wait for: only a change of the Service makes it valid.
 		res = allocator.Result{Reason: config.ReasonInvalidRequest, Message: parseErr.Error(), Freed: c.alloc.Release(key)}
 	} else {
 		res = c.alloc.Assign(req)
 	}
-	if len(res.IPs) == 0 {
-		c.pending[key] = struct{}{}
-	} else {
-		delete(c.pending, key)
-	}
-	c.mu.Unlock()
 	if res.Freed {
 		c.retryPending()
 	}
 	if res.Freed || !slices.Equal(res.IPs, req.Current) {
-		c.poolUsageChanged()
+		c.poolUsageChanged(ctx)
 	}
 	return c.writeStatus(ctx, svc, req.Current, res)
 }
 
 // reserve records the addresses in the status of a LoadBalancer Service that is not ours (another
 // class, or another Herald configuration gave them): they are never given to a second Service.
-func (c *Controller) reserve(svc *corev1.Service) {
+func (c *Controller) reserve(ctx context.Context, svc *corev1.Service) {
 	req, _ := allocator.ServiceFromAPI(svc, nil)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if slices.Equal(c.alloc.Holding(req.Key), req.Current) {
-		return
+	if c.alloc.Reserve(req) {
+		c.retryPending()
+		c.poolUsageChanged(ctx)
 	}
-	c.alloc.Release(req.Key)
-	c.alloc.Restore(req)
 }
 
 // release forgets a Service that is gone or no longer ours, and lets waiting Services use what it had.
-func (c *Controller) release(key string) {
-	c.mu.Lock()
-	freed := c.alloc.Release(key)
-	delete(c.pending, key)
-	c.mu.Unlock()
-	if freed {
+func (c *Controller) release(ctx context.Context, key string) {
+	if c.alloc.Release(key) {
 		c.retryPending()
-		c.poolUsageChanged()
+		c.poolUsageChanged(ctx)
 	}
 }
 
 // retryPending queues every Service waiting for an address: room may have appeared.
 func (c *Controller) retryPending() {
-	c.mu.Lock()
-	keys := make([]string, 0, len(c.pending))
-	for k := range c.pending {
-		keys = append(keys, k)
-	}
-	c.mu.Unlock()
-	for _, k := range keys {
+	for _, k := range c.alloc.Waiting() {
 		c.queue.Add(k)
 	}
 }

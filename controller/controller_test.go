@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -100,6 +101,33 @@ func TestNativeController(t *testing.T) {
 		f.quiesce(ctx)
 		if svc, _ := f.cs.CoreV1().Services("classes").Get(ctx, "theirs", metav1.GetOptions{}); hasAddress(svc) || len(svc.Status.Conditions) > 0 {
 			t.Fatalf("a Service of another class was touched: %+v", svc.Status)
+		}
+	})
+
+	// An address another class's Service holds is reserved; when that Service lets it go, a
+	// Service of ours waiting for room gets it at once (the reservation freed it).
+	t.Run("an address another class lets go reaches a waiting Service", func(t *testing.T) {
+		f := f.forTest(t)
+		f.namespace("foreign", nil)
+		f.service("foreign", "theirs", withClass("example.com/other"))
+		setIngress := func(ips ...string) {
+			t.Helper()
+			var ingress []any
+			for _, ip := range ips {
+				ingress = append(ingress, map[string]any{"ip": ip})
+			}
+			patch, _ := json.Marshal(map[string]any{"status": map[string]any{"loadBalancer": map[string]any{"ingress": ingress}}})
+			if _, err := f.cs.CoreV1().Services("foreign").Patch(ctx, "theirs", types.MergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setIngress("10.2.1.1")
+		f.pool("foreign", onlyNamespace("foreign", map[string]any{"addresses": addrs("10.2.1.1/32")}))
+		f.service("foreign", "ours")
+		f.waitReason("foreign", "ours", config.ReasonPoolExhausted)
+		setIngress()
+		if got := ingressIPs(f.waitReason("foreign", "ours", config.ReasonAllocated)); !slices.Equal(got, []string{"10.2.1.1"}) {
+			t.Errorf("ours got %v, want 10.2.1.1", got)
 		}
 	})
 

@@ -124,7 +124,10 @@ func (f *fixture) runController(t *testing.T, opts controller.Options, cloud boo
 	f.running.metrics = controller.NewMetrics(f.running.registry)
 	opts.Metrics = f.running.metrics
 	ctx, cancel := context.WithCancel(context.Background())
-	c := controller.New(f.cs, f.dyn, opts)
+	c, err := controller.New(f.cs, f.api.Config, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() {
 		if cloud {

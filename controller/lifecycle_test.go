@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/internal/realapi"
@@ -19,10 +18,12 @@ import (
 func TestRunAndRunCloudProviderStopEverything(t *testing.T) {
 	api := realapi.Start(t)
 	cs := kubernetes.NewForConfigOrDie(api.Config)
-	dyn := dynamic.NewForConfigOrDie(api.Config)
 	for _, mode := range []string{ModeNative, ModeCloudProvider} {
 		t.Run(mode, func(t *testing.T) {
-			c := New(cs, dyn, Options{Workers: 4})
+			c, err := New(cs, api.Config, Options{Workers: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan error, 1)
@@ -66,11 +67,11 @@ func TestRunAndRunCloudProviderStopEverything(t *testing.T) {
 	}
 }
 
-// countWorkers counts the goroutines in Controller.work.
+// countWorkers counts the goroutines in work.
 func countWorkers() int {
 	n := 0
 	for _, g := range controllerGoroutines() {
-		if strings.Contains(g, "herald/controller.(*Controller).work(") {
+		if strings.Contains(g, "herald/controller.work(") {
 			n++
 		}
 	}
@@ -78,7 +79,7 @@ func countWorkers() int {
 }
 
 // controllerGoroutines returns the stacks of the goroutines running a method of the controller's
-// types.
+// types, or its work loop.
 func controllerGoroutines() []string {
 	buf := make([]byte, 1<<20)
 	for {
@@ -91,8 +92,8 @@ func controllerGoroutines() []string {
 	}
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		for _, typ := range []string{"(*Controller)", "(*announcedWriter)", "(*bgpObjects)"} {
-			if strings.Contains(g, "herald/controller."+typ) {
+		for _, fn := range []string{"(*Controller)", "(*announcedWriter)", "(*bgpObjects)", "work("} {
+			if strings.Contains(g, "herald/controller."+fn) {
 				out = append(out, g)
 				break
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -12,18 +13,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/controller/allocator"
 )
-
-var poolsGVR = v1beta1.GroupVersion.WithResource("ipaddresspools")
 
 // poolStatusDelay batches the status writes of a pool whose usage changes many times a second.
 const poolStatusDelay = time.Second
@@ -32,13 +30,13 @@ const poolStatusDelay = time.Second
 // re-examine every Service, since any answer may change. The announced writer hears of every
 // change after the allocator (the pool an address is from is the allocator's answer), and of
 // label changes too: advertisements select pools by label.
-func (c *Controller) poolHandlers() cache.ResourceEventHandler {
+func (c *Controller) poolHandlers(ctx context.Context) cache.ResourceEventHandler {
 	changed := func(obj any) {
-		c.loadPools()
+		c.loadPools(ctx)
 		c.resyncAll()
 		c.announced.configChanged()
-		if u, ok := obj.(*unstructured.Unstructured); ok {
-			c.poolQueue.Add(u.GetName())
+		if p, ok := obj.(*v1beta1.IPAddressPool); ok {
+			c.poolQueue.Add(p.Name)
 		}
 	}
 	return cache.ResourceEventHandlerFuncs{
@@ -47,12 +45,12 @@ func (c *Controller) poolHandlers() cache.ResourceEventHandler {
 			switch {
 			case specUpdated(old, obj):
 				changed(obj)
-			case !labels.Equals(old.(*unstructured.Unstructured).GetLabels(), obj.(*unstructured.Unstructured).GetLabels()):
+			case !labels.Equals(old.(*v1beta1.IPAddressPool).Labels, obj.(*v1beta1.IPAddressPool).Labels):
 				c.announced.configChanged()
 			}
 		},
 		DeleteFunc: func(any) {
-			c.loadPools()
+			c.loadPools(ctx)
 			c.resyncAll()
 			c.announced.configChanged()
 		},
@@ -62,51 +60,37 @@ func (c *Controller) poolHandlers() cache.ResourceEventHandler {
 // loadPools gives the allocator every pool. Only valid pools not being deleted give out addresses
 // (addresspool.Set); Services keep what they hold from the others (PoolRemoved) until they go,
 // then a deleted pool's finalizer goes.
-func (c *Controller) loadPools() {
+func (c *Controller) loadPools(ctx context.Context) {
 	var pools []allocator.Pool
-	for _, p := range c.listPools() {
-		pools = append(pools, allocator.PoolFromAPI(p))
+	for _, p := range listPools(ctx, c.crds, c.log) {
+		pools = append(pools, allocator.PoolFromAPI(&p))
 	}
-	c.mu.Lock()
 	c.alloc.SetPools(pools)
-	c.mu.Unlock()
 }
 
-func (c *Controller) listPools() []*v1beta1.IPAddressPool {
-	var out []*v1beta1.IPAddressPool
-	for _, obj := range c.poolInf.GetStore().List() {
-		if p, err := toPool(obj); err == nil {
-			out = append(out, p)
-		}
+// listPools returns the cached pools (copies). The cache's List waits only for an informer that
+// has not synced, and the callers run once it has: it fails only when ctx ended meanwhile.
+func listPools(ctx context.Context, crds client.Reader, log *slog.Logger) []v1beta1.IPAddressPool {
+	var list v1beta1.IPAddressPoolList
+	if err := crds.List(ctx, &list); err != nil {
+		log.Error("cannot list the cached IPAddressPools", "err", err)
+		return nil
 	}
-	return out
-}
-
-func toPool(obj any) (*v1beta1.IPAddressPool, error) {
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil, fmt.Errorf("unexpected %T in the pool cache", obj)
-	}
-	p := &v1beta1.IPAddressPool{}
-	return p, runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p)
+	return list.Items
 }
 
 // poolUsageChanged schedules a status write of every pool, batched by poolStatusDelay.
-func (c *Controller) poolUsageChanged() {
-	for _, key := range c.poolInf.GetStore().ListKeys() {
-		c.poolQueue.AddAfter(key, poolStatusDelay)
+func (c *Controller) poolUsageChanged(ctx context.Context) {
+	for _, p := range listPools(ctx, c.crds, c.log) {
+		c.poolQueue.AddAfter(p.Name, poolStatusDelay)
 	}
 }
 
 // syncPool keeps a pool's finalizer and status: counts per family, Valid and Overlap conditions.
 func (c *Controller) syncPool(ctx context.Context, name string) error {
-	obj, exists, err := c.poolInf.GetStore().GetByKey(name)
-	if err != nil || !exists {
-		return err
-	}
-	p, err := toPool(obj)
-	if err != nil {
-		return err
+	p := &v1beta1.IPAddressPool{}
+	if err := c.crds.Get(ctx, client.ObjectKey{Name: name}, p); err != nil {
+		return client.IgnoreNotFound(err)
 	}
 	ap := allocator.PoolFromAPI(p)
 	invalid := ap.Err
@@ -158,11 +142,9 @@ func (c *Controller) syncPool(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.pools.Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{FieldManager: fieldManager}, "status")
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	return err
+	// p is the cache's copy: the patch's answer may overwrite it.
+	err = c.crdClient.Status().Patch(ctx, p, client.RawPatch(types.MergePatchType, data), client.FieldOwner(fieldManager))
+	return client.IgnoreNotFound(err)
 }
 
 func equalPoolStatus(a, b v1beta1.IPAddressPoolStatus) bool {
@@ -186,7 +168,7 @@ func (c *Controller) setFinalizer(ctx context.Context, p *v1beta1.IPAddressPool,
 	if err != nil {
 		return err
 	}
-	_, err = c.pools.Patch(ctx, p.Name, types.MergePatchType, data, metav1.PatchOptions{FieldManager: fieldManager})
+	err = c.crdClient.Patch(ctx, p, client.RawPatch(types.MergePatchType, data), client.FieldOwner(fieldManager))
 	if apierrors.IsNotFound(err) {
 		return nil
 	}

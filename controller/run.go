@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -74,10 +73,6 @@ func Main(ctx context.Context, cfg Config) error {
 	}
 	rc.QPS, rc.Burst = clientQPS, clientBurst
 	rc.UserAgent = fieldManager
-	dyn, err := dynamic.NewForConfig(rc) // CRDs speak JSON only
-	if err != nil {
-		return err
-	}
 	// Protobuf for the built-in kinds: cheaper to encode for the apiserver and to decode for us.
 	pb := rest.CopyConfig(rc)
 	pb.ContentType = "application/vnd.kubernetes.protobuf"
@@ -117,7 +112,10 @@ func Main(ctx context.Context, cfg Config) error {
 	opts := Options{LoadBalancerClass: cfg.LoadBalancerClass, TakeClassless: cfg.TakeClassless, Logger: log, Metrics: metrics,
 		SecretNamespace: cfg.Namespace}
 	run := func(ctx context.Context) error {
-		c := New(client, dyn, opts)
+		c, err := New(client, rc, opts) // Herald's kinds are CRDs: JSON only
+		if err != nil {
+			return err
+		}
 		leading.Store(c)
 		if cfg.Mode == ModeCloudProvider {
 			return c.RunCloudProvider(ctx)
@@ -176,5 +174,5 @@ func Main(ctx context.Context, cfg Config) error {
 
 // informersSynced: the controller's informers hold their first complete lists.
 func (c *Controller) informersSynced() bool {
-	return c.svcInf.HasSynced() && c.poolInf.HasSynced() && c.factory.Core().V1().Namespaces().Informer().HasSynced()
+	return c.svcInf.HasSynced() && c.poolsSynced.Load() && c.factory.Core().V1().Namespaces().Informer().HasSynced()
 }

@@ -64,7 +64,9 @@ func NewCommand(s Streams) *cobra.Command {
 // Execute runs heraldctl with args and returns the process exit code, having printed any error
 // to s.Err.
 func Execute(ctx context.Context, args []string, s Streams) int {
-	cmd := NewCommand(s)
+	// The subcommands take ctx through cobra (ExecuteContext, then cmd.Context()), which
+	// contextcheck cannot follow.
+	cmd := NewCommand(s) //nolint:contextcheck // ctx reaches the commands as cmd.Context()
 	cmd.SetArgs(args)
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(s.Err, "heraldctl: "+err.Error())

@@ -86,7 +86,7 @@ func (b *BGP) Prepare(ctx context.Context, snap *Snapshot) {
 // traffic to the other nodes at once, except on peers with graceful restart, which keep
 // forwarding to this node until the speaker is back.
 func (b *BGP) Run(ctx context.Context) error {
-	defer b.announcer.Stop(true)
+	defer b.announcer.Stop(ctx, true)
 	retry := time.NewTicker(bgpRetry)
 	defer retry.Stop()
 	failed := false

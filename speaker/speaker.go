@@ -18,9 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -29,6 +27,7 @@ import (
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/addresspool"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 )
@@ -85,18 +84,6 @@ type Speaker struct {
 	written *v1beta1.SpeakerStatus
 }
 
-// Scheme knows the core kinds and herald.io/v1beta1.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := v1beta1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
-
 // New connects to the API server (nothing is watched until Run).
 func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
 	if cfg.Logger == nil {
@@ -105,7 +92,7 @@ func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
 	if cfg.LBClass == "" {
 		cfg.LBClass = config.DefaultLoadBalancerClass
 	}
-	scheme := Scheme()
+	scheme := heraldscheme.New()
 	// The cache holds every Service and EndpointSlice of the cluster (shared with the data
 	// plane): what neither the announcers nor the data plane read is not kept (managed fields
 	// of every kind, and see dataplane.StripForProxy).
@@ -206,6 +193,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	s.prepare(ctx)
 	if !s.cache.WaitForCacheSync(ctx) {
+		if ctx.Err() != nil {
+			return nil // stopped while syncing: a stop, not a failure
+		}
 		return fmt.Errorf("speaker: caches did not sync: %w", <-cacheErr)
 	}
 	s.log.Info("caches synced", "node", s.cfg.NodeName)

@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/internal/realapi"
@@ -81,7 +82,7 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	api := realapi.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := client.New(api.Config, client.Options{Scheme: Scheme()})
+	c, err := client.New(api.Config, client.Options{Scheme: heraldscheme.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	membersAlive.Store(1)
 	spk, err := New(Config{NodeName: "a", RestConfig: api.Config, Endpoints: dataplane.NewLocalEndpoints(), DataplaneForwards: dataplaneForwards.Load,
 		MembersAlive: func() int { return int(membersAlive.Load()) }},
-		events.NewRecorder(Scheme(), corev1.EventSource{Component: "herald-speaker", Host: "a"}))
+		events.NewRecorder(heraldscheme.New(), corev1.EventSource{Component: "herald-speaker", Host: "a"}))
 	if err != nil {
 		t.Fatal(err)
 	}

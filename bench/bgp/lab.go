@@ -65,7 +65,7 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 			continue
 		}
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), "./cmd/"+name).CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", name, err, out)
+			return fmt.Errorf("building %s: %w\n%s", name, err, out)
 		}
 	}
 	labDir := filepath.Join(dir, "lab")
@@ -169,7 +169,7 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 		}
 		created := time.Now()
 		if err := waitRoutesBird(bird, netip.PrefixFrom(ip, 32), len(nodes), 30*time.Second); err != nil {
-			return fmt.Errorf("Service %d: %w", i, err)
+			return fmt.Errorf("service %d: %w", i, err)
 		}
 		end := time.Now()
 		took = append(took, end.Sub(start))
@@ -234,7 +234,7 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 	// speaker's process; the target counts from the process start (StartSpeaker returns just
 	// after it), the pod's whole restart is reported next to it.
 	podStart := time.Now()
-	if err := l.StartSpeaker(node1); err != nil {
+	if err := l.StartSpeaker(context.Background(), node1); err != nil {
 		return err
 	}
 	start = time.Now()

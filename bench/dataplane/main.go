@@ -192,7 +192,7 @@ func live(i int) error {
 	out, err := exec.Command("nft", "get", "element", "inet", nftables.TableName, "service-ips4",
 		"{ "+clusterIP(i)+" . tcp . 80 }").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%v: %s", err, out)
+		return fmt.Errorf("%w: %s", err, out)
 	}
 	if !strings.Contains(string(out), "goto svc4-bench/svc-") {
 		return fmt.Errorf("unexpected element: %s", out)
@@ -209,8 +209,9 @@ func (c cpu) sub(o cpu) cpu { return cpu{c.self - o.self, c.children - o.childre
 
 func cpuTimes() cpu {
 	var self, children syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
-	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	// getrusage fails only for an invalid who or a bad pointer, neither possible here.
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
 	d := func(r syscall.Rusage) time.Duration {
 		return time.Duration(r.Utime.Nano() + r.Stime.Nano())
 	}

@@ -71,7 +71,7 @@ func (d dispatchMap) has(ip netip.Addr) bool {
 	if err != nil {
 		return false
 	}
-	defer c.CloseLasting()
+	defer func() { _ = c.CloseLasting() }() // a netlink socket: nothing to do if closing fails
 	set, err := c.GetSetByName(d.table, d.name)
 	if err != nil {
 		return false
@@ -120,7 +120,7 @@ func (d dispatchMap) watch() (*elementWatch, error) {
 	mon := nftables.NewMonitor(nftables.WithMonitorAction(nftables.MonitorActionNew), nftables.WithMonitorObject(nftables.MonitorObjectElements))
 	events, err := c.AddMonitor(mon)
 	if err != nil {
-		c.CloseLasting()
+		_ = c.CloseLasting() // the error that matters is err
 		return nil, err
 	}
 	return &elementWatch{d: d, conn: c, mon: mon, events: events}, nil
@@ -153,5 +153,5 @@ func (w *elementWatch) close() {
 		}
 	}()
 	w.mon.Close()
-	w.conn.CloseLasting()
+	_ = w.conn.CloseLasting() // a netlink socket: nothing to do if closing fails
 }

@@ -40,7 +40,7 @@ func helperRole() bool {
 	switch {
 	case *serveAddr != "":
 		body := strings.Repeat("x", 64)
-		err := http.ListenAndServe(*serveAddr, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) }))
+		err := http.ListenAndServe(*serveAddr, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) }))
 		fail("serve: %v", err)
 	case *loadURL != "":
 		fmt.Println(load(*loadURL, *duration, *conns))
@@ -66,7 +66,7 @@ func load(url string, d time.Duration, n int) float64 {
 				if err != nil {
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body) // drained so the connection is reused
 				resp.Body.Close()
 				done.Add(1)
 			}
@@ -111,7 +111,7 @@ func throughput(rounds int) {
 	if err := server.Start(); err != nil {
 		fail("backend server: %v", err)
 	}
-	atExit(func() { server.Process.Kill(); server.Wait() })
+	atExit(func() { _ = server.Process.Kill(); _ = server.Wait() }) // at exit: only reaping matters
 
 	backend, err := nftables.New()
 	if err != nil {
@@ -129,7 +129,11 @@ func throughput(rounds int) {
 	if err := backend.Sync(context.Background(), dataplane.SyncRequest{State: st, Full: true}); err != nil {
 		fail("sync: %v", err)
 	}
-	atExit(func() { backend.Cleanup(context.Background()) })
+	atExit(func() {
+		if err := backend.Cleanup(context.Background()); err != nil {
+			fmt.Fprintf(os.Stderr, "bench/dataplane: cleanup: %v\n", err)
+		}
+	})
 	run("ip", "-n", client, "route", "add", "192.0.2.0/24", "via", "172.31.9.1")
 
 	measure := func(url string) float64 {
@@ -165,7 +169,9 @@ func cleanupNS() {
 	out, _ := exec.Command("ip", "netns", "list").Output()
 	for _, line := range strings.Split(string(out), "\n") {
 		if name, _, _ := strings.Cut(line, " "); strings.HasPrefix(name, benchNSPrefix) {
-			exec.Command("ip", "netns", "del", name).Run()
+			if err := exec.Command("ip", "netns", "del", name).Run(); err != nil {
+				fmt.Fprintf(os.Stderr, "bench/dataplane: ip netns del %s: %v\n", name, err)
+			}
 		}
 	}
 }

@@ -87,7 +87,7 @@ func runLab(dir string, trials int) error {
 	}{
 		{"SIGKILL of the owner's speaker",
 			func(_ context.Context, n string) error { return l.SignalSpeaker(n, syscall.SIGKILL) },
-			func(_ context.Context, n string) error { return l.StartSpeaker(n) }},
+			func(ctx context.Context, n string) error { return l.StartSpeaker(ctx, n) }},
 		{"carrier down on the owner's link", l.CutLink, func(ctx context.Context, n string) error {
 			// Setting the bridge port's state right after bringing it up can meet it still down
 			// ("Network is down"): try again for a moment.

@@ -69,7 +69,7 @@ func runL2node(dir, l2node string, trials int) error {
 	if l2node == "" {
 		l2node = filepath.Join(dir, "l2node")
 		if out, err := exec.Command("go", "build", "-o", l2node, "github.com/heraldlb/herald/speaker/l2/l2lab/l2node").CombinedOutput(); err != nil {
-			return fmt.Errorf("building l2node: %v\n%s", err, out)
+			return fmt.Errorf("building l2node: %w\n%s", err, out)
 		}
 	}
 	segment, err := l2lab.Up(prefix, 3, l2node, dir)

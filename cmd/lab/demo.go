@@ -213,7 +213,7 @@ func demo(ctx context.Context, dir, prefix string, args []string) error {
 			n.say("traffic back %s after the node died (%d attempts)", m.Elapsed.Round(time.Millisecond), m.Attempts)
 			announcer(ctx, n, l, ip4)
 		}
-		if err := errors.Join(l.RestoreLink(ctx, owner.Name), l.StartSpeaker(owner.Name)); err != nil {
+		if err := errors.Join(l.RestoreLink(ctx, owner.Name), l.StartSpeaker(ctx, owner.Name)); err != nil {
 			return err
 		}
 		n.say("%s is back (link restored, speaker restarted).", owner.Name)

@@ -33,6 +33,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/heraldlb/herald/config"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/embedded"
@@ -129,10 +130,17 @@ func run() (err error) {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	signalled, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	defer func() {
+		// A stop asked for by a signal is a clean exit at whatever step the speaker was (waiting
+		// for the API, loading its caches): those steps end with their context's error.
+		if signalled.Err() != nil && errors.Is(err, context.Canceled) {
+			err = nil
+		}
+	}()
 	// A failed membership ends everything below through this context (see heartbeats).
-	ctx, endSpeaker := context.WithCancelCause(ctx)
+	ctx, endSpeaker := context.WithCancelCause(signalled)
 	defer endSpeaker(nil)
 	// Preparing the data-plane backend runs nft and netlink (up to a second or two on a busy
 	// node) and the first announcement waits for the data plane, so it starts first and runs
@@ -185,7 +193,7 @@ func run() (err error) {
 	events := record.NewBroadcaster()
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
 	defer events.Shutdown()
-	recorder := events.NewRecorder(speaker.Scheme(), corev1.EventSource{Component: "herald-speaker", Host: *nodeName})
+	recorder := events.NewRecorder(heraldscheme.New(), corev1.EventSource{Component: "herald-speaker", Host: *nodeName})
 
 	// The one local-endpoint view of this node: announcers and the data plane share it.
 	localEndpoints := dataplane.NewLocalEndpoints()

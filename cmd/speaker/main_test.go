@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,7 +59,7 @@ func build(t *testing.T) string {
 		}
 		built = filepath.Join(dir, "speaker")
 		if out, err := exec.Command("go", "build", "-o", built, ".").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
 	})
 	if buildErr != nil {
@@ -153,12 +154,17 @@ func TestProbesAndTheChartsRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", "netns", "exec", ns, bin, "--node-name=node1", "--kubeconfig="+kc, "--secret-file="+key,
-		"--dataplane=off", "--metrics-addr=127.0.0.1:9651")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	var cmd *exec.Cmd
+	start := func() {
+		t.Helper()
+		cmd = exec.Command("ip", "netns", "exec", ns, bin, "--node-name=node1", "--kubeconfig="+kc, "--secret-file="+key,
+			"--dataplane=off", "--metrics-addr=127.0.0.1:9651")
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	start()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -199,6 +205,22 @@ func TestProbesAndTheChartsRBAC(t *testing.T) {
 		!strings.Contains(body, "[+]membership ok") {
 		t.Errorf("/readyz while forbidden to list: %d %q, want 500 with caches failing, the (off) data plane and membership ok", code, body)
 	}
+	// Stopped (SIGTERM, as the kubelet stops a pod) while its caches cannot sync: a clean exit.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if log, _ := os.ReadFile(logPath); err != nil || strings.Contains(string(log), "speaker failed") {
+			t.Errorf("speaker stopped by SIGTERM while its caches were syncing: %v, want exit status 0 and no failure logged:\n%s", err, log)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("speaker still running 30 s after SIGTERM")
+	}
+	start()
+	waitFor("/healthz", http.StatusOK, 60*time.Second)
 
 	if out, err := charts.RunHelm("install", "herald", filepath.Join(realapi.RepoRoot(), "charts", "herald"), "--kubeconfig", api.Kubeconfig,
 		"--namespace", "herald-system", "--create-namespace", "--set", "dataplane.mode=off"); err != nil {

@@ -8,6 +8,7 @@ package allocator
 
 import (
 	"fmt"
+	"maps"
 	"math/big"
 	"net/netip"
 	"slices"
@@ -103,7 +104,9 @@ type ipUse struct {
 	holders map[string]*holding
 }
 
-// Allocator assigns addresses. It is safe for concurrent use.
+// Allocator assigns addresses. It is safe for concurrent use, and its lock is the only one its
+// state needs: every step a caller must see whole (a refusal and the record that the Service waits,
+// a reservation replacing what a Service held) is one method.
 type Allocator struct {
 	mu       sync.Mutex
 	set      *addresspool.Set
@@ -112,6 +115,8 @@ type Allocator struct {
 	used     *btree.BTreeG[netip.Addr] // the keys of ips, ordered, to walk one range's addresses
 	services map[string]*holding
 	sharing  map[string]map[netip.Addr]struct{} // sharing key -> addresses held under it
+	// waiting are the Services whose last Assign gave them no address (see Waiting).
+	waiting map[string]struct{}
 }
 
 // New returns an allocator without pools.
@@ -123,6 +128,7 @@ func New() *Allocator {
 		used:     btree.NewG(16, netip.Addr.Less),
 		services: map[string]*holding{},
 		sharing:  map[string]map[netip.Addr]struct{}{},
+		waiting:  map[string]struct{}{},
 	}
 }
 
@@ -253,6 +259,10 @@ func (a *Allocator) Holding(key string) []netip.Addr {
 func (a *Allocator) Restore(s Service) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.restore(s)
+}
+
+func (a *Allocator) restore(s Service) {
 	if _, ok := a.services[s.Key]; ok {
 		return
 	}
@@ -267,11 +277,46 @@ func (a *Allocator) Restore(s Service) {
 	}
 }
 
+// Reserve records the addresses in the status of a Service that is not this allocator's to serve
+// (another class, another configuration gave them), replacing what it held, so they never go to a
+// second Service; true if an address it held before became free.
+func (a *Allocator) Reserve(s Service) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.waiting, s.Key)
+	if h, ok := a.services[s.Key]; ok && slices.Equal(h.ips, normalise(s.Current)) {
+		return false
+	}
+	freed := a.release(s.Key)
+	a.restore(s)
+	return freed
+}
+
 // Assign gives the Service its addresses: the ones it has if they still fit its spec, else new ones.
-// On refusal the Service holds nothing afterwards.
+// On refusal the Service holds nothing afterwards, and waits (Waiting) until it is assigned or
+// released.
 func (a *Allocator) Assign(s Service) Result {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	res := a.assign(s)
+	if len(res.IPs) == 0 {
+		a.waiting[s.Key] = struct{}{}
+	} else {
+		delete(a.waiting, s.Key)
+	}
+	return res
+}
+
+// Waiting returns the Services refused by their last Assign: when an address becomes free (a
+// Result or Release says Freed), these are the ones to assign again. A refusal and this record are
+// one step, so a Service refused while another released is never missed.
+func (a *Allocator) Waiting() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Collect(maps.Keys(a.waiting))
+}
+
+func (a *Allocator) assign(s Service) Result {
 	fams, err := wantedFamilies(s)
 	if err != nil {
 		return a.refuse(s.Key, config.ReasonInvalidRequest, err.Error())
@@ -294,6 +339,7 @@ func (a *Allocator) Assign(s Service) Result {
 func (a *Allocator) Release(key string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	delete(a.waiting, key)
 	return a.release(key)
 }
 

@@ -394,3 +394,44 @@ func toStrings(a []netip.Addr) []string {
 	}
 	return out
 }
+
+// TestWaitingAndReserve: a refused Service waits until it is assigned or released; a reservation
+// replaces what a Service held in one step and says whether an address became free.
+func TestWaitingAndReserve(t *testing.T) {
+	a := New()
+	a.SetPools([]Pool{mkPool("p", 0, "10.0.0.1/32")})
+	if r := a.Assign(svc("a/one")); !slices.Equal(r.IPs, ips("10.0.0.1")) {
+		t.Fatalf("a/one: %v", r)
+	}
+	if r := a.Assign(svc("a/two")); r.Reason != config.ReasonPoolExhausted {
+		t.Fatalf("a/two: %v, want PoolExhausted", r)
+	}
+	if w := a.Waiting(); !slices.Equal(w, []string{"a/two"}) {
+		t.Fatalf("waiting %v, want [a/two]", w)
+	}
+	if !a.Release("a/one") {
+		t.Fatal("releasing a/one freed nothing")
+	}
+	if r := a.Assign(svc("a/two")); !slices.Equal(r.IPs, ips("10.0.0.1")) || len(a.Waiting()) != 0 {
+		t.Fatalf("a/two after the release: %v, waiting %v", r, a.Waiting())
+	}
+	a.Assign(svc("a/three"))
+	a.Release("a/three")
+	if w := a.Waiting(); len(w) != 0 {
+		t.Fatalf("a released Service still waits: %v", w)
+	}
+
+	// A Service of another class moves from 10.0.0.9 to 10.0.0.8 (both outside the pools).
+	if a.Reserve(svc("b/other", status("10.0.0.9"))) {
+		t.Error("a first reservation freed an address")
+	}
+	if a.Reserve(svc("b/other", status("10.0.0.9"))) {
+		t.Error("the same reservation again freed an address")
+	}
+	if !a.Reserve(svc("b/other", status("10.0.0.8"))) {
+		t.Error("moving the reservation freed nothing")
+	}
+	if h := a.Holding("b/other"); !slices.Equal(h, ips("10.0.0.8")) {
+		t.Errorf("b/other holds %v, want 10.0.0.8", h)
+	}
+}

@@ -109,7 +109,12 @@ func TestDataPlaneFromAPIObjects(t *testing.T) {
 		t.Fatalf("auto chose %q in a namespace without kube-proxy or IPVS, want nftables", d.Backend())
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); d.Run(ctx) }()
+	go func() {
+		defer close(done)
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
 
 	// externalTrafficPolicy: Local: the external addresses have their own chain, which treats
 	// the node's own traffic apart (issue 16 item 3).
@@ -205,7 +210,7 @@ func status(url string) int {
 	if err != nil {
 		return 0
 	}
-	io.Copy(io.Discard, resp.Body)
+	_, _ = io.Copy(io.Discard, resp.Body) // only the status matters
 	resp.Body.Close()
 	return resp.StatusCode
 }

@@ -101,7 +101,12 @@ func (s *ServiceServers) Sync(want map[types.NamespacedName]int32) {
 			continue
 		}
 		srv := &http.Server{Handler: s.handler(svc), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
+		go func() {
+			// Sync's Close ends it with ErrServerClosed; anything else is the listener failing.
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("healthCheckNodePort: serving ended", "service", svc, "port", port, "error", err)
+			}
+		}()
 		s.servers[svc] = &serviceServer{port: port, addr: ln.Addr().String(), srv: srv}
 	}
 }
@@ -178,7 +183,7 @@ func (p *ProxyServer) write(w http.ResponseWriter, nodeEligible *bool) {
 	w.WriteHeader(code)
 	p.Metrics.HealthCheckAnswered(dataplane.HealthServerProxy, code)
 	out, _ := json.Marshal(h)
-	w.Write(out)
+	_, _ = w.Write(out) // a client gone mid-answer: nothing to do
 }
 
 func (p *ProxyServer) nodeEligible() bool {

@@ -60,7 +60,8 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 		return ln, err
 	}
 	svc := types.NamespacedName{Namespace: "ns", Name: "web"}
-	get := func(s *ServiceServers, port int32) (*http.Response, string) {
+	// get answers the status code, the header and the body (the response itself is closed).
+	get := func(s *ServiceServers, port int32) (int, http.Header, string) {
 		t.Helper()
 		resp, err := http.Get("http://" + ports[port] + "/anything")
 		if err != nil {
@@ -68,7 +69,7 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
+		return resp.StatusCode, resp.Header, string(b)
 	}
 
 	reg := prometheus.NewPedanticRegistry()
@@ -80,12 +81,12 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 	n1.Metrics = metrics
 	defer n1.Close()
 	n1.Sync(map[types.NamespacedName]int32{svc: 32000})
-	resp, body := get(n1, 32000)
-	if resp.StatusCode != 200 || body != kubeProxyBody {
-		t.Fatalf("n1: %d %q, want 200 %q", resp.StatusCode, body, kubeProxyBody)
+	code, header, body := get(n1, 32000)
+	if code != 200 || body != kubeProxyBody {
+		t.Fatalf("n1: %d %q, want 200 %q", code, body, kubeProxyBody)
 	}
 	for h, want := range map[string]string{"Content-Type": "application/json", "X-Content-Type-Options": "nosniff", "X-Load-Balancing-Endpoint-Weight": "1"} {
-		if got := resp.Header.Get(h); got != want {
+		if got := header.Get(h); got != want {
 			t.Errorf("%s = %q, want %q", h, got, want)
 		}
 	}
@@ -95,9 +96,9 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 	n3.Metrics = metrics
 	defer n3.Close()
 	n3.Sync(map[types.NamespacedName]int32{svc: 32001})
-	resp, body = get(n3, 32001)
-	if resp.StatusCode != 503 || resp.Header.Get("X-Load-Balancing-Endpoint-Weight") != "0" {
-		t.Fatalf("n3: %d %s", resp.StatusCode, body)
+	code, header, body = get(n3, 32001)
+	if code != 503 || header.Get("X-Load-Balancing-Endpoint-Weight") != "0" {
+		t.Fatalf("n3: %d %s", code, body)
 	}
 	var doc struct {
 		LocalEndpoints      int  `json:"localEndpoints"`
@@ -109,15 +110,16 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 
 	// An unhealthy proxy answers 503 even with local endpoints.
 	healthy = false
-	if resp, _ := get(n1, 32000); resp.StatusCode != 503 {
-		t.Fatalf("unhealthy proxy answered %d", resp.StatusCode)
+	if code, _, _ := get(n1, 32000); code != 503 {
+		t.Fatalf("unhealthy proxy answered %d", code)
 	}
 
 	checkAnswers(t, reg, "service", 1, 2)
 
 	// Removing the Service closes its listener.
 	n1.Sync(nil)
-	if _, err := http.Get("http://" + ports[32000] + "/"); err == nil {
+	if resp, err := http.Get("http://" + ports[32000] + "/"); err == nil {
+		resp.Body.Close()
 		t.Fatal("listener still open after the Service went away")
 	}
 }

@@ -96,7 +96,11 @@ func TestSameAnswerAsKubeProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { kp.Stop(5 * time.Second) })
+	t.Cleanup(func() {
+		if err := kp.Stop(5 * time.Second); err != nil {
+			t.Error(err)
+		}
+	})
 
 	// Herald's server for the same Service, from the same endpoints.
 	view := dataplane.NewLocalEndpoints()

@@ -42,7 +42,7 @@ func probeHandle(h Handle) error {
 	if err := h.NewService(svc); err != nil {
 		return fmt.Errorf("creating a probe IPVS virtual server: %w", err)
 	}
-	defer h.DelService(svc)
+	defer func() { _ = h.DelService(svc) }() // one left behind is deleted by the next probe (above)
 	svcs, err := h.GetServices()
 	if err != nil {
 		return fmt.Errorf("listing IPVS virtual servers: %w", err)

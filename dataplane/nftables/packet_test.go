@@ -72,7 +72,7 @@ func serveBackend(t *testing.T, ns, name string) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		fmt.Fprintf(w, "%s %s", name, host)
 	})}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // ErrServerClosed at cleanup
 	t.Cleanup(func() { srv.Close() })
 	echo, err := netnstest.Listen(ns, "tcp4", ":9000")
 	if err != nil {
@@ -85,7 +85,7 @@ func serveBackend(t *testing.T, ns, name string) {
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
 		}
 	}()
 }
@@ -290,7 +290,9 @@ func TestPacketsThroughNFTables(t *testing.T) {
 		defer conn.Close()
 		r := bufio.NewReader(conn)
 		ping := func(i int) error {
-			conn.SetDeadline(time.Now().Add(2 * time.Second))
+			if err := conn.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+				return err
+			}
 			if _, err := fmt.Fprintf(conn, "ping %d\n", i); err != nil {
 				return err
 			}

@@ -99,7 +99,7 @@ func (s *session) Run(ctx context.Context, tx *knftables.Transaction) error {
 		return s.fallback.Run(ctx, tx)
 	}
 	if s.proc == nil {
-		if err := s.start(); err != nil {
+		if err := s.start(ctx); err != nil {
 			s.disabled = true
 			return s.fallback.Run(ctx, tx)
 		}
@@ -138,7 +138,7 @@ func (s *session) Close() {
 }
 
 // start runs `nft -i` and checks that it answers a marker.
-func (s *session) start() error {
+func (s *session) start(ctx context.Context) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
@@ -160,9 +160,16 @@ func (s *session) start() error {
 		return err
 	}
 	s.proc, s.stdin, s.out, s.lines, s.history = cmd, stdin, r, bufio.NewReaderSize(r, 64<<10), 0
-	if answer, err := s.exchange(context.Background(), ""); err != nil || answer != "" {
+	// Without ctx's deadline: a failure here disables the session for good, which the caller's
+	// deadline must not decide; exchange has a time limit of its own.
+	answer, err := s.exchange(context.WithoutCancel(ctx), "")
+	if err != nil {
 		s.stop()
-		return fmt.Errorf("nft -i does not answer as expected: %v %q", err, answer)
+		return fmt.Errorf("nft -i does not answer as expected: %w %q", err, answer)
+	}
+	if answer != "" {
+		s.stop()
+		return fmt.Errorf("nft -i does not answer as expected: %q", answer)
 	}
 	return nil
 }
@@ -220,8 +227,8 @@ func (s *session) stop() {
 		return
 	}
 	s.stdin.Close()
-	s.proc.Process.Kill()
-	_ = s.proc.Wait() // killed: its exit status says nothing
+	_ = s.proc.Process.Kill() // fails only if it already exited; Wait reaps it either way
+	_ = s.proc.Wait()         // killed: its exit status says nothing
 	s.out.Close()
 	s.proc, s.stdin, s.out, s.lines = nil, nil, nil, nil
 }

@@ -90,7 +90,9 @@ func TestSessionCommitsRejectsAndRecovers(t *testing.T) {
 	run(t, ns, s, tx, "")
 
 	// The process dying is doubt: an error, and the next transaction runs in a new process.
-	proc.Process.Kill()
+	if err := proc.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
 	tx = nft.NewTransaction()
 	tx.Add(&knftables.Chain{Name: "c6"})
 	run(t, ns, s, tx, "nft session (restarted")

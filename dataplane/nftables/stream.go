@@ -140,7 +140,7 @@ func (st *stream) Commit() error {
 
 // Abort kills nft before its input ends: nothing is committed.
 func (st *stream) Abort() {
-	st.cmd.Process.Kill()
+	_ = st.cmd.Process.Kill() // fails only if it already exited; Wait reaps it either way
 	st.stdin.Close()
 	_ = st.cmd.Wait()
 }

@@ -215,7 +215,7 @@ func TestBGPAdvertisesServiceFromEveryNode(t *testing.T) {
 		logb, err := os.ReadFile(l.BirdLog())
 		return strings.Contains(string(logb), nodes[2].Name+"v4: Received: Administrative shutdown"), fmt.Sprint(err)
 	})
-	if err := l.StartSpeaker(nodes[2].Name); err != nil {
+	if err := l.StartSpeaker(t.Context(), nodes[2].Name); err != nil {
 		t.Fatal(err)
 	}
 

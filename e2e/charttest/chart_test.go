@@ -218,14 +218,15 @@ func TestHeartbeatsFollowFailoverTiming(t *testing.T) {
 	}
 }
 
-// restartSpeakers renders the chart with vals and restarts every speaker from it.
-func restartSpeakers(t *testing.T, l *lab.Lab, vals ...string) {
+// restartSpeakers renders the chart with vals and restarts every speaker from it; ctx bounds the
+// speakers' init steps (in a cleanup, not t.Context(): that has ended by then).
+func restartSpeakers(ctx context.Context, t *testing.T, l *lab.Lab, vals ...string) {
 	t.Helper()
 	if err := l.RenderChart(vals...); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range l.Nodes() {
-		if err := l.StartSpeaker(n.Name); err != nil {
+		if err := l.StartSpeaker(ctx, n.Name); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -285,11 +286,22 @@ func TestL2AndBGPSwitches(t *testing.T) {
 
 	waitAnnounced(t, l, ip, true, true, 30*time.Second)
 
-	t.Cleanup(func() { restartSpeakers(t, l, values...) })
-	restartSpeakers(t, l, append(slices.Clone(values), "l2.enabled=false", "bgp.enabled=false")...)
+	// The lab's speakers come back as the other tests expect them, also when this one fails.
+	t.Cleanup(func() { restartSpeakers(context.Background(), t, l, values...) })
+	restartSpeakers(ctx, t, l, append(slices.Clone(values), "l2.enabled=false", "bgp.enabled=false")...)
 	for _, n := range l.Nodes() {
 		p, _ := l.Speaker(n.Name)
-		if args := procFile(t, p.PID, "cmdline"); !strings.Contains(args, "--l2=false") || !strings.Contains(args, "--bgp=false") {
+		// The process goes ip netns exec -> setpriv -> speaker; read during an exec (a loaded
+		// machine makes that window long) its cmdline is empty, which is no answer yet.
+		var args string
+		labsuite.WaitFor(t, 5*time.Second, n.Name+"'s speaker's cmdline", func() (bool, string) {
+			if !p.Alive() {
+				t.Fatalf("%s speaker exited:\n%s", n.Name, p.Tail(3000))
+			}
+			args = procFile(t, p.PID, "cmdline")
+			return args != "", "empty"
+		})
+		if !strings.Contains(args, "--l2=false") || !strings.Contains(args, "--bgp=false") {
 			t.Fatalf("%s speaker runs with %q", n.Name, args)
 		}
 	}
@@ -303,7 +315,7 @@ func TestL2AndBGPSwitches(t *testing.T) {
 		}
 	}
 
-	restartSpeakers(t, l, values...)
+	restartSpeakers(ctx, t, l, values...)
 	waitAnnounced(t, l, ip, true, true, 30*time.Second)
 }
 
@@ -331,7 +343,8 @@ func TestUninstallHookLeavesNodeClean(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Cleanup(func() {
-		if err := l.StartSpeaker(node); err != nil {
+		// t.Context() has ended by the time cleanups run.
+		if err := l.StartSpeaker(context.Background(), node); err != nil {
 			t.Error(err)
 		}
 	})

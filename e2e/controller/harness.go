@@ -5,6 +5,7 @@ package controllere2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -40,7 +41,7 @@ func BuildController(tb testing.TB) string {
 		bin := filepath.Join(realapi.RepoRoot(), "bin", "controller")
 		out, err := exec.Command("go", "build", "-o", bin, "github.com/heraldlb/herald/cmd/controller").CombinedOutput()
 		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/controller: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build ./cmd/controller: %w\n%s", err, out)
 		}
 		built = bin
 	})
@@ -143,7 +144,7 @@ func (p *Process) CPUSeconds() (float64, error) {
 	utime, err1 := strconv.ParseFloat(fields[11], 64)
 	stime, err2 := strconv.ParseFloat(fields[12], 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %v %v", p.Cmd.Process.Pid, err1, err2)
+		return 0, fmt.Errorf("/proc/%d/stat: %w", p.Cmd.Process.Pid, errors.Join(err1, err2))
 	}
 	return (utime + stime) / 100, nil
 }
@@ -258,7 +259,7 @@ func WaitAllocated(ctx context.Context, cs kubernetes.Interface, ns string, want
 			return done, err
 		}
 		if ctx.Err() != nil {
-			return time.Time{}, fmt.Errorf("%d of %d Services allocated: %v", n, want, ctx.Err())
+			return time.Time{}, fmt.Errorf("%d of %d Services allocated: %w", n, want, ctx.Err())
 		}
 	}
 }

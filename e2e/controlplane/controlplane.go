@@ -290,7 +290,7 @@ func (cp *ControlPlane) waitReady(ctx context.Context, dial func(ctx context.Con
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("kube-apiserver not ready: %v", last)
+			return fmt.Errorf("kube-apiserver not ready: %w", last)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -36,7 +36,7 @@ func TestStreamSurvivesEndpointChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := streaming.Do(req)
+	resp, err := streaming.Do(req) //nolint:bodyclose // closed by the defer below; the goroutine only reads it
 	if err != nil {
 		t.Fatal(err)
 	}

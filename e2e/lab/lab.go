@@ -240,7 +240,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		}
 	}
 	if startErr == nil {
-		startErr = l.startBird()
+		startErr = l.startBird(ctx)
 	}
 	res := <-cpDone
 	l.ControlPlane = res.cp
@@ -294,7 +294,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	}
 	if l.hasBinary("speaker") {
 		for _, n := range topo.HostsOf(KindNode) {
-			if err := l.StartSpeaker(n.Name); err != nil {
+			if err := l.StartSpeaker(ctx, n.Name); err != nil {
 				return l, err
 			}
 		}

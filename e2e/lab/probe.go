@@ -296,7 +296,7 @@ func TimeToFirstSuccess(ctx context.Context, event func(ctx context.Context) err
 		}
 		select {
 		case <-ctx.Done():
-			return m, fmt.Errorf("no success after %s and %d attempts, last: %v", time.Since(start).Round(time.Millisecond), m.Attempts, last)
+			return m, fmt.Errorf("no success after %s and %d attempts, last: %w", time.Since(start).Round(time.Millisecond), m.Attempts, last)
 		case <-time.After(interval):
 		}
 	}

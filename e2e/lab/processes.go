@@ -39,7 +39,7 @@ func (l *Lab) startBackend(pod *Host) error {
 	return l.start(BackendRole(pod.Name), pod, nil, argv...)
 }
 
-func (l *Lab) startBird() error {
+func (l *Lab) startBird(ctx context.Context) error {
 	conf, err := renderBirdConf(l.Topology, l.Dir)
 	if err != nil {
 		return err
@@ -55,10 +55,10 @@ func (l *Lab) startBird() error {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := l.Birdc(context.Background(), "show", "status"); err == nil {
+		if _, err := l.Birdc(ctx, "show", "status"); err == nil {
 			return nil
 		} else if time.Now().After(deadline) || !l.Processes[RoleBird].Alive() {
-			return fmt.Errorf("BIRD did not start: %v\n%s", err, l.Processes[RoleBird].Tail(2000))
+			return fmt.Errorf("BIRD did not start: %w\n%s", err, l.Processes[RoleBird].Tail(2000))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -76,7 +76,7 @@ func (l *Lab) StartController() error {
 // StartSpeaker starts the speaker (bin/speaker) of a node inside the node as the chart's speaker
 // pod runs it (chart.go): its init steps to completion (speaker --prepare-sysctls), then the
 // speaker container, replacing a running one.
-func (l *Lab) StartSpeaker(node string) error {
+func (l *Lab) StartSpeaker(ctx context.Context, node string) error {
 	h, err := l.node(node)
 	if err != nil {
 		return err
@@ -85,7 +85,7 @@ func (l *Lab) StartSpeaker(node string) error {
 		_ = p.Stop(5 * time.Second)
 	}
 	for _, c := range l.Chart.Speaker.InitContainers {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
 		out, err := l.runToCompletion(ctx, h, &l.Chart.Speaker, c.Name, node)
 		cancel()
 		if err != nil {

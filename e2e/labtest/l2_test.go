@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/speaker"
@@ -36,7 +37,7 @@ func l2Setup(t *testing.T, l *lab.Lab, ips ...string) (client.Client, kubernetes
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(cfg, client.Options{Scheme: speaker.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: heraldscheme.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +218,7 @@ func TestL2SpeakersAnswerForServiceIPs(t *testing.T) {
 		t.Errorf("after the failover web0 has L2Announcing events %q, want a second one naming %s", got, next.Name)
 	}
 	// The speaker comes back: the healthy new owner keeps the IP, and only it answers.
-	if err := l.StartSpeaker(old); err != nil {
+	if err := l.StartSpeaker(t.Context(), old); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
@@ -289,7 +290,7 @@ func TestL2FailoverWithoutAPIServer(t *testing.T) {
 	if err := l.RestoreLink(ctx, lab.HostControlPlane); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.StartSpeaker(old.Name); err != nil {
+	if err := l.StartSpeaker(t.Context(), old.Name); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -359,7 +360,7 @@ func TestL2RestartMovesNothing(t *testing.T) {
 	if !strings.Contains(string(held), " "+ip.String()+"/32 ") {
 		t.Errorf("with its speaker stopped, %s's kernel does not hold %s:\n%s", owner.Name, ip, held)
 	}
-	if err := l.StartSpeaker(owner.Name); err != nil {
+	if err := l.StartSpeaker(context.Background(), owner.Name); err != nil {
 		t.Fatal(err)
 	}
 	// The restarted speaker takes the address back from the kernel.

@@ -329,7 +329,7 @@ func TestControllerAssignsAnIPFromThePool(t *testing.T) {
 			return
 		}
 		if time.Now().After(deadline) {
-			p, _ := l.Processes[lab.RoleController]
+			p := l.Processes[lab.RoleController]
 			t.Fatalf("no IP after 20 s; status %+v\ncontroller log:\n%s", got.Status, p.Tail(3000))
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -358,7 +358,7 @@ func TestSpeakerSignalHelper(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := l.StartSpeaker(node); err != nil {
+	if err := l.StartSpeaker(t.Context(), node); err != nil {
 		t.Fatal(err)
 	}
 	p2, _ := l.Speaker(node)

@@ -33,13 +33,13 @@ import (
 
 	"github.com/heraldlb/herald/charts"
 	"github.com/heraldlb/herald/config"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/e2e/lab/labsuite"
 	"github.com/heraldlb/herald/heraldctl/status"
 	"github.com/heraldlb/herald/internal/metricsdoc"
 	"github.com/heraldlb/herald/internal/testenv"
-	"github.com/heraldlb/herald/speaker"
 )
 
 // The data plane is nftables for certain: the sync-failure fault is an nftables table held by
@@ -415,7 +415,7 @@ func (f *fixture) failoverStorm(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.owner(t, f.l2IPs[0], owner) // moved on
-		if err := f.l.StartSpeaker(owner); err != nil {
+		if err := f.l.StartSpeaker(t.Context(), owner); err != nil {
 			t.Fatal(err)
 		}
 		f.speakerReady(t, owner)
@@ -762,7 +762,7 @@ func (f *fixture) statusAgrees(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(rc, client.Options{Scheme: speaker.Scheme()})
+	c, err := client.New(rc, client.Options{Scheme: heraldscheme.New()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,10 +52,14 @@ func untar(t *testing.T, tarPath, dir string) {
 		}
 		p := filepath.Join(dir, h.Name)
 		if h.Typeflag == tar.TypeDir {
-			os.MkdirAll(p, 0o755)
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
 			continue
 		}
-		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		b, _ := io.ReadAll(tr)
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)

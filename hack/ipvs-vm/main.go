@@ -278,7 +278,7 @@ func boot(ctx context.Context, env *vmEnv, initrd, work, memory string, showCons
 		}
 	}
 	if ctx.Err() != nil {
-		return res, fmt.Errorf("the VM run exceeded its time limit (%v)", ctx.Err())
+		return res, fmt.Errorf("the VM run exceeded its time limit (%w)", ctx.Err())
 	}
 	if waitErr != nil {
 		return res, fmt.Errorf("qemu: %w", waitErr)
@@ -289,7 +289,9 @@ func boot(ctx context.Context, env *vmEnv, initrd, work, memory string, showCons
 // addLine prints one line of payload output and counts test results and the exit marker in it.
 func (r *result) addLine(line string) {
 	if rest, ok := strings.CutPrefix(line, exitMarker); ok {
-		fmt.Sscanf(rest, "%d", &r.exit)
+		if _, err := fmt.Sscanf(rest, "%d", &r.exit); err != nil {
+			fmt.Println(line) // a garbled marker: shown, the exit status left as it was
+		}
 		return
 	}
 	fmt.Println(line)

@@ -1,7 +1,6 @@
 package bfd
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -486,7 +485,7 @@ func dial(c Config) (*net.UDPConn, error) {
 			local.IP = c.Local.AsSlice()
 		}
 		d := net.Dialer{LocalAddr: local}
-		conn, err := d.DialContext(context.Background(), "udp", remote.String())
+		conn, err := d.Dial("udp", remote.String()) // an address, no name: nothing that waits
 		if errors.Is(err, syscall.EADDRINUSE) {
 			lastErr = err
 			continue

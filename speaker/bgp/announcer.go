@@ -141,13 +141,13 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 
 	if len(d.Peers) == 0 {
 		// No session on this node: no GoBGP, and nothing listening on the BGP port.
-		a.stopLocked(false)
+		a.stopLocked(ctx, false)
 		return nil
 	}
 	if a.srv != nil && d.RouterID != a.routerID {
 		// GoBGP's router ID is global: changing it restarts the instance, and so every session.
 		a.log.Info("router ID changed, restarting BGP", "from", a.routerID, "to", d.RouterID)
-		a.stopLocked(false)
+		a.stopLocked(ctx, false)
 	}
 	if a.srv == nil {
 		if err := a.startLocked(ctx, d.RouterID); err != nil {
@@ -501,7 +501,8 @@ func (a *Announcer) startLocked(ctx context.Context, routerID netip.Addr) error 
 		srv.Stop()
 		return fmt.Errorf("starting BGP: %w", err)
 	}
-	wctx, cancel := context.WithCancel(context.Background())
+	// The watch lasts as long as this GoBGP instance (stopLocked ends it), not ctx.
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	if err := srv.WatchEvent(wctx, server.WatchEventMessageCallbacks{OnPeerUpdate: a.events.record}, server.WatchPeer()); err != nil {
 		cancel()
 		srv.Stop()
@@ -509,7 +510,7 @@ func (a *Announcer) startLocked(ctx context.Context, routerID netip.Addr) error 
 	}
 	a.srv, a.cancel, a.routerID = srv, cancel, routerID
 	if err := a.setExportPolicy(ctx); err != nil {
-		a.stopLocked(false)
+		a.stopLocked(ctx, false)
 		return err
 	}
 	return nil
@@ -520,9 +521,12 @@ func (a *Announcer) startLocked(ctx context.Context, routerID netip.Addr) error 
 // negotiated graceful restart get no notification: the router keeps forwarding to this node on
 // the stale routes until the speaker is back (or the restart time passes); use that for planned
 // restarts of the speaker while the node's data plane keeps forwarding.
-func (a *Announcer) Stop(keepGracefulRestart bool) {
+//
+// Only ctx's values are used: stopping is not cut short when ctx ends (callers stop because it
+// ended), it has a time limit of its own.
+func (a *Announcer) Stop(ctx context.Context, keepGracefulRestart bool) {
 	a.mu.Lock()
-	a.stopLocked(keepGracefulRestart)
+	a.stopLocked(ctx, keepGracefulRestart)
 	a.mu.Unlock()
 	// The BFD changes queued before the sessions stopped find no GoBGP left to act on; waiting
 	// for them (outside mu, which they take) leaves no goroutine behind.
@@ -572,11 +576,12 @@ func (a *Announcer) ceaseSessions(ctx context.Context, keepGracefulRestart bool)
 	}
 }
 
-func (a *Announcer) stopLocked(keepGracefulRestart bool) {
+func (a *Announcer) stopLocked(ctx context.Context, keepGracefulRestart bool) {
 	if a.srv == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Not cut short by ctx's end: Stop runs when the caller's context is already done.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	a.ceaseSessions(ctx, keepGracefulRestart)
 	// Sessions kept for graceful restart say BFD AdminDown before their TCP connections drop, so

@@ -178,7 +178,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 	defer tick.Stop()
 	defer a.stopAll()
 	for {
-		a.round()
+		a.round(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -219,7 +219,7 @@ func (a *Announcer) resume() {
 }
 
 // round runs one election and applies its result.
-func (a *Announcer) round() {
+func (a *Announcer) round(ctx context.Context) {
 	view := a.cfg.Membership.View()
 	now := time.Now()
 	members := map[string]Member{}
@@ -274,7 +274,7 @@ func (a *Announcer) round() {
 	}
 
 	// Stop answering before anything else, then start, then tell the peers.
-	a.applyResponders(ips)
+	a.applyResponders(ctx, ips)
 	a.stallsHandled.Store(view.Stalls)
 	a.recovering.Store(recovering)
 	for _, ip := range lost {
@@ -306,7 +306,7 @@ func (a *Announcer) round() {
 	}
 	for _, ip := range gained {
 		rs, names := a.respondersFor(ip, ips[ip])
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancel(ctx) // stopAll cancels it when Run ends, if ctx has not
 		a.bursts[ip] = cancel
 		go func() {
 			gratuitousBurst(ctx, ip, rs, a.cfg.Logger)
@@ -366,7 +366,7 @@ func (a *Announcer) selectedLinks(ip netip.Addr, pol Policy) []Link {
 
 // applyResponders gives every responder exactly the owned IPs selected for its link, opening and
 // closing responders as needed.
-func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
+func (a *Announcer) applyResponders(ctx context.Context, ips map[netip.Addr]Policy) {
 	want := map[responderKey]map[netip.Addr]bool{}
 	for _, ip := range a.election.Owned() {
 		for _, l := range a.selectedLinks(ip, ips[ip]) {
@@ -388,7 +388,7 @@ func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
 		r, ok := a.responders[k]
 		if !ok {
 			var err error
-			if r, err = a.openResponder(k); err != nil {
+			if r, err = a.openResponder(ctx, k); err != nil {
 				a.cfg.Logger.Error("cannot answer on interface", "interface", k.link, "err", err)
 				continue
 			}
@@ -398,13 +398,13 @@ func (a *Announcer) applyResponders(ips map[netip.Addr]Policy) {
 	}
 }
 
-func (a *Announcer) openResponder(k responderKey) (responder, error) {
+func (a *Announcer) openResponder(ctx context.Context, k responderKey) (responder, error) {
 	ifi, err := net.InterfaceByName(k.link)
 	if err != nil {
 		return nil, err
 	}
 	if k.v6 {
-		return newNDPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
+		return newNDPResponder(ctx, ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 	}
 	return newARPResponder(ifi, a.mayAnswer, a.cfg.Logger, a.cfg.Metrics)
 }

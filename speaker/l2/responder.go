@@ -129,7 +129,7 @@ type ndpResponder struct {
 
 var allNodes = netip.MustParseAddr("ff02::1")
 
-func newNDPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger, metrics *Metrics) (*ndpResponder, error) {
+func newNDPResponder(ctx context.Context, ifi *net.Interface, mayAnswer func() bool, log *slog.Logger, metrics *Metrics) (*ndpResponder, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
@@ -140,7 +140,7 @@ func newNDPResponder(ifi *net.Interface, mayAnswer func() bool, log *slog.Logger
 		})
 		return errors.Join(err, serr)
 	}}
-	pc, err := lc.ListenPacket(context.Background(), "ip6:ipv6-icmp", "::")
+	pc, err := lc.ListenPacket(ctx, "ip6:ipv6-icmp", "::")
 	if err != nil {
 		return nil, fmt.Errorf("ndp on %s: %w", ifi.Name, err)
 	}

@@ -26,9 +26,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/e2e/lab"
-	"github.com/heraldlb/herald/speaker"
 )
 
 // Attempt bounds one TCP connection + request: a SYN lost to a node that no longer forwards is
@@ -77,7 +77,7 @@ func SetUpL2(ctx context.Context, l *lab.Lab, namespace string) (kubernetes.Inte
 	if err != nil {
 		return nil, err
 	}
-	c, err := client.New(rc, client.Options{Scheme: speaker.Scheme()})
+	c, err := client.New(rc, client.Options{Scheme: heraldscheme.New()})
 	if err != nil {
 		return nil, err
 	}

@@ -129,7 +129,7 @@ func heraldBinaries(ctx context.Context, root, out string) (string, error) {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(out, name), "./cmd/"+name)
 		cmd.Dir = root
 		if b, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("building %s: %v\n%s", name, err, b)
+			return "", fmt.Errorf("building %s: %w\n%s", name, err, b)
 		}
 	}
 	return out, nil

@@ -67,7 +67,7 @@ func runAgent() int {
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		<-term
-		a.Stop(keepGR)
+		a.Stop(context.Background(), keepGR)
 		os.Exit(0)
 	}()
 
@@ -109,7 +109,7 @@ func runAgent() int {
 		_ = out.Encode(rep)
 	}
 	// stdin closed: the test went away without a signal; leave like a SIGTERM.
-	a.Stop(keepGR)
+	a.Stop(context.Background(), keepGR)
 	return 0
 }
 
@@ -165,10 +165,14 @@ func (t *Topology) StartAgent(host Host, opts AgentOptions) (*Agent, error) {
 	}
 	a := &Agent{Host: host, cmd: cmd, in: json.NewEncoder(stdin), out: json.NewDecoder(stdout), done: make(chan struct{})}
 	var hello reply
-	if err := a.out.Decode(&hello); err != nil || hello.Error != agentReadyMessage {
+	helloErr := a.out.Decode(&hello)
+	if helloErr == nil && hello.Error != agentReadyMessage {
+		helloErr = fmt.Errorf("its first reply said %q", hello.Error)
+	}
+	if helloErr != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, fmt.Errorf("agent in %s did not start: %v %q (log %s)", host.Netns, err, hello.Error, t.LogPath(host))
+		return nil, fmt.Errorf("agent in %s did not start: %w (log %s)", host.Netns, helloErr, t.LogPath(host))
 	}
 	go func() { _ = cmd.Wait(); close(a.done) }()
 	return a, nil

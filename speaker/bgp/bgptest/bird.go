@@ -326,7 +326,7 @@ func WaitFor(ctx context.Context, interval time.Duration, cond func() (bool, err
 		select {
 		case <-ctx.Done():
 			if lastErr != nil {
-				return fmt.Errorf("%w (last error: %v)", ctx.Err(), lastErr)
+				return fmt.Errorf("%w (last error: %w)", ctx.Err(), lastErr)
 			}
 			return ctx.Err()
 		case <-time.After(interval):

@@ -92,7 +92,7 @@ func New(ctx context.Context, dir string, nodes int) (*Topology, error) {
 		})
 	}
 	if err := t.build(ctx); err != nil {
-		t.Close()
+		t.close(ctx)
 		return nil, err
 	}
 	return t, nil
@@ -143,11 +143,15 @@ func (t *Topology) build(ctx context.Context) error {
 }
 
 // Close stops BIRD, kills whatever still runs in the namespaces and deletes them.
-func (t *Topology) Close() {
+func (t *Topology) Close() { t.close(context.Background()) }
+
+// close is Close with ctx's values; it is not cut short when ctx ends (a failed build may have
+// failed because ctx ended, and its namespaces must go all the same).
+func (t *Topology) close(ctx context.Context) {
 	if t.Bird != nil {
 		t.Bird.stop()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	for _, n := range t.Nodes {
 		removeNetns(ctx, n.Netns)

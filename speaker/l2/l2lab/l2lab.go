@@ -79,7 +79,7 @@ func Prerequisites() error {
 func sh(argv ...string) error {
 	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, bytes.TrimSpace(out))
+		return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
 }
@@ -163,7 +163,7 @@ func Up(prefix string, n int, binary, dir string) (*Lab, error) {
 	cmd.Stdin = strings.NewReader(nftRules)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		l.Down()
-		return nil, fmt.Errorf("nft: %v: %s", err, out)
+		return nil, fmt.Errorf("nft: %w: %s", err, out)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("herald-l2-test-secret-0123456789"), 0o600); err != nil {
 		l.Down()

@@ -104,7 +104,11 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	memberCtx, stopMembership := context.WithCancel(context.Background())
-	go m.Run(memberCtx)
+	go func() {
+		if err := m.Run(memberCtx); err != nil {
+			log.Error("membership", "err", err)
+		}
+	}()
 	err = a.Run(ctx)
 	time.Sleep(150 * time.Millisecond) // let the last state ("owns nothing", or the hold) reach the peers
 	stopMembership()
