@@ -138,8 +138,13 @@ func versusKubeProxy(services, endpoints int) {
 			fail("%v", err)
 		}
 		// Stopped when this measurement ends, or by fail; stopping twice is harmless.
-		atExit(func() { p.Stop(10 * time.Second) })
-		defer p.Stop(10 * time.Second)
+		stopProxy := func() {
+			if err := p.Stop(10 * time.Second); err != nil {
+				fmt.Fprintf(os.Stderr, "stopping %s: %v\n", name, err)
+			}
+		}
+		atExit(stopProxy)
+		defer stopProxy()
 		start := time.Now()
 		programmed, err := dispatch.waitFor(last, 10*time.Minute, p.Alive)
 		if err != nil {

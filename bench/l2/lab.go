@@ -32,7 +32,7 @@ func runLab(dir string, trials int) error {
 	bin := filepath.Join(dir, "bin")
 	for _, name := range []string{"speaker", "controller"} {
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), "./cmd/"+name).CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", name, err, out)
+			return fmt.Errorf("building %s: %w\n%s", name, err, out)
 		}
 	}
 	labDir := filepath.Join(dir, "lab")
@@ -64,7 +64,7 @@ func runLab(dir string, trials int) error {
 			return labprobe.CreateService(ctx, l, cs, labNamespace, fmt.Sprintf("s%d", i), ip)
 		}, labprobe.ViaNode(l, ip, nil))
 		if err != nil {
-			return fmt.Errorf("Service %d (%s): %w", i, ip, err)
+			return fmt.Errorf("service %d (%s): %w", i, ip, err)
 		}
 		reached = append(reached, m)
 		ips = append(ips, ip)

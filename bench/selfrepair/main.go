@@ -51,7 +51,7 @@ func run(dir string, trials int) error {
 	bin := filepath.Join(dir, "bin")
 	for _, name := range []string{"speaker", "controller"} {
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), "./cmd/"+name).CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", name, err, out)
+			return fmt.Errorf("building %s: %w\n%s", name, err, out)
 		}
 	}
 	labDir := filepath.Join(dir, "lab")
@@ -91,7 +91,7 @@ func run(dir string, trials int) error {
 				}
 				cmd.Stdin = strings.NewReader(fault.script)
 				if out, err := cmd.CombinedOutput(); err != nil {
-					return fmt.Errorf("nft %q on %s: %v: %s", fault.script, owner.Name, err, out)
+					return fmt.Errorf("nft %q on %s: %w: %s", fault.script, owner.Name, err, out)
 				}
 				return nil
 			}, labprobe.ViaNode(l, ip, nil))

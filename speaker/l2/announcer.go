@@ -254,7 +254,7 @@ func (a *Announcer) round(ctx context.Context) {
 	a.mu.Lock()
 	ips := a.ips
 	a.mu.Unlock()
-	if a.resumed != nil && !(a.configured.Load() && view.Quorum) {
+	if a.resumed != nil && (!a.configured.Load() || !view.Quorum) {
 		// Resuming: claim the held IPs (the kernel still answers for them) until this speaker
 		// knows its configuration and its peers; deciding earlier would drop them.
 		a.publish(false)
