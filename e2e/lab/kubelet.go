@@ -538,8 +538,9 @@ func (l *Lab) InstallHerald(values ...string) (string, error) {
 }
 
 // BackendDeployment is a Deployment of the lab's backend on real nodes: replicas pods from
-// BackendImage (no pull), each answering as its pod name on BackendPort, Ready once it answers
-// HTTP there (its readiness probe), labelled app=name.
+// BackendImage (no pull), each answering as its pod name on BackendPort, Ready while it answers
+// ReadyPath there (its readiness probe, every second; PUT ReadyPath?ready=false fails it), labelled
+// app=name.
 func BackendDeployment(namespace, name string, replicas int32) *appsv1.Deployment {
 	labels := map[string]string{"app": name}
 	env := func(name, field string) corev1.EnvVar {
@@ -560,7 +561,7 @@ func BackendDeployment(namespace, name string, replicas int32) *appsv1.Deploymen
 						Env:     []corev1.EnvVar{env("POD_NAME", "metadata.name"), env("NODE_NAME", "spec.nodeName")},
 						Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: BackendPort}},
 						ReadinessProbe: &corev1.Probe{
-							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(BackendPort)}},
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: ReadyPath, Port: intstr.FromInt32(BackendPort)}},
 							PeriodSeconds: 1, FailureThreshold: 1,
 						},
 					}},
