@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -378,6 +379,84 @@ func TestSpeakerPodDeletedFailsOver(t *testing.T) {
 		})
 	}
 	t.Logf("IP %s: %s, then over and on to %s", ip, first, owner)
+}
+
+// TestKubeletStoppedNodeKeepsAnnouncing: a node whose kubelet stops goes NotReady (the node
+// lifecycle controller, within the lab's 16 s grace period); as docs/concepts.md says, its speaker,
+// still alive, keeps announcing the IP, and the Service stays reachable through it while the pods
+// on that node leave the endpoints. Resumed, the node is Ready again.
+func TestKubeletStoppedNodeKeepsAnnouncing(t *testing.T) {
+	l := theRealLab(t)
+	cs, dyn := labsuite.Clients(t, l)
+	ctx := t.Context()
+	heraldInstalled(t, l, cs)
+	ip := webService(t, l, cs, dyn, "notready")
+	var owner string
+	labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
+		var desc string
+		owner, desc = announcer(ctx, l, ip)
+		return owner != "", desc
+	})
+	if err := l.SignalKubelet(owner, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			if err := l.SignalKubelet(owner, syscall.SIGCONT); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer resume()
+	took := labsuite.WaitFor(t, time.Minute, owner+" NotReady after its kubelet stopped", func() (bool, string) {
+		n, err := cs.CoreV1().Nodes().Get(ctx, owner, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return !nodeReady(n), "still Ready"
+	})
+	t.Logf("%s NotReady %s after its kubelet stopped", owner, took.Round(time.Millisecond))
+	// Pods on the NotReady node leave the endpoints (their Ready condition goes False).
+	labsuite.WaitFor(t, time.Minute, "no ready endpoint left on "+owner, func() (bool, string) {
+		slices, err := cs.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=notready"})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.NodeName != nil && *e.NodeName == owner && e.Conditions.Ready != nil && *e.Conditions.Ready {
+					return false, "a ready endpoint on " + owner
+				}
+			}
+		}
+		return true, ""
+	})
+	// Still announced by the same node, for 5 s, and answering whenever there is a ready endpoint.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		now, desc := announcer(ctx, l, ip)
+		if now != owner && readyEndpoints(ctx, cs, "default", "notready") > 0 {
+			t.Fatalf("%s stopped announcing %s while NotReady with its speaker alive: %s", owner, ip, desc)
+		}
+	}
+	resume()
+	labsuite.WaitFor(t, time.Minute, owner+" Ready again", func() (bool, string) {
+		n, err := cs.CoreV1().Nodes().Get(ctx, owner, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return nodeReady(n), "not Ready yet"
+	})
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 var heraldOnce struct {
