@@ -72,7 +72,7 @@ if wanted agnhost; then
 fi
 if wanted e2e.test; then
   echo "k8s-test-bins: building e2e.test (about 10 min cold)" >&2
-  go test -c -ldflags "$ld" -o "$k8sdir/e2e.test.tmp" k8s.io/kubernetes/test/e2e
+  go test -c -vet=off -ldflags "$ld" -o "$k8sdir/e2e.test.tmp" k8s.io/kubernetes/test/e2e
   mv "$k8sdir/e2e.test.tmp" "$k8sdir/e2e.test"
 fi
 echo "k8s-test-bins: done" >&2

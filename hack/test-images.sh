@@ -5,7 +5,7 @@
 #   registry.k8s.io/e2e-test-images/agnhost:2.56   /agnhost (k8s.io/kubernetes test/images/agnhost),
 #       dash as /bin/sh (Debian's busybox sh runs its own nc applet before PATH, and it lacks -v),
 #       netcat-openbsd nc, curl, seq, ss, and busybox applets for grep, wget, tail, sleep, ...
-#   registry.k8s.io/e2e-test-images/busybox:1.37.0-1   Debian's busybox-static
+#   registry.k8s.io/e2e-test-images/busybox:1.37.0-1 and :1.36.1-1   Debian's busybox-static
 #   registry.k8s.io/coredns/coredns:<version>      CoreDNS from its Go module (lab up --kubelet --dns)
 # Binaries are built once (hack/k8s-test-bins.sh), the tarballs are cached in
 # $HERALD_CACHE/test-images-$K8S_VERSION and linked into bin/test-images.
@@ -39,8 +39,10 @@ image agnhost-2.56 registry.k8s.io/e2e-test-images/agnhost:2.56 \
   -file agnhost="$k8sdir/agnhost" -file bin/busybox=/bin/busybox "${links[@]}" \
   -tool bin/sh=/bin/dash -tool usr/bin/nc=/bin/nc.openbsd -tool usr/bin/curl=/usr/bin/curl \
   -tool usr/bin/seq=/usr/bin/seq -tool usr/bin/ss=/usr/bin/ss -entrypoint /agnhost
-image busybox-1.37.0-1 registry.k8s.io/e2e-test-images/busybox:1.37.0-1 \
-  -file bin/busybox=/bin/busybox -link bin/sh=busybox "${links[@]}" -entrypoint /bin/sh
+for v in 1.37.0-1 1.36.1-1; do # the suite names both
+  image "busybox-$v" "registry.k8s.io/e2e-test-images/busybox:$v" \
+    -file bin/busybox=/bin/busybox -link bin/sh=busybox "${links[@]}" -entrypoint /bin/sh
+done
 image "coredns-$COREDNS_VERSION" "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" \
   -file coredns="$dnsdir/coredns" -entrypoint /coredns
 rm -f bin/test-images/*.tar

@@ -52,6 +52,9 @@ stage race go test -race -count=1 -timeout 20m "${race_pkgs[@]}"
 stage fuzz-allocator go test -run '^$' -fuzz '^FuzzAllocator$' -fuzztime 30s ./controller/allocator
 stage ipvs-vm make -s test-ipvs
 stage demo demo_then_down
+# Kubernetes' own e2e Services tests on the real-node lab, Herald and kube-proxy side by side; Herald
+# must pass every selected test (hack/conformance.sh; its table: $logs/conformance/results.md).
+stage conformance env HERALD_CONFORMANCE_OUT="$logs/conformance" hack/conformance.sh
 stage root-namespace hack/rootns-check compare "$logs/rootns.before"
 
 echo
