@@ -128,6 +128,7 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 		return nil
 	})
 	noHerald := fs.Bool("no-herald", false, "with --kubelet: do not helm install Herald")
+	nodePorts := fs.String("node-port-range", lab.NodePortRange, "the API server's --service-node-port-range (Kubernetes' e2e suite wants its default, 30000-32767)")
 	kubeProxy := fs.Bool("kube-proxy", false, "with --kubelet --no-herald: run kube-proxy (nftables mode) on every node as the service proxy, for comparisons")
 	dns := fs.Bool("dns", false, "with --kubelet: run CoreDNS behind the kube-dns Service (its image: make test-images, --images bin/test-images)")
 	_ = fs.Parse(args)
@@ -136,8 +137,8 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 	}
 	cfg := lab.Config{
 		Dir: dir, Prefix: prefix, Nodes: *nodes, PodsPerNode: *pods, BinDir: *bins, CRDDir: *crds, ChartValues: values,
-		Kubelet: *kubelet,
-		Logf:    func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
+		Kubelet: *kubelet, NodePortRange: *nodePorts,
+		Logf: func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
 	}
 	if *kubelet {
 		for _, d := range imageDirs {
