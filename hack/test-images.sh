@@ -4,7 +4,8 @@
 # tarballs `bin/lab up --kubelet --images DIR` imports into every node. No Docker, no registry:
 #   registry.k8s.io/e2e-test-images/agnhost:2.56   /agnhost (k8s.io/kubernetes test/images/agnhost),
 #       dash as /bin/sh (Debian's busybox sh runs its own nc applet before PATH, and it lacks -v),
-#       netcat-openbsd nc, curl, wget, seq, ss, and busybox applets for grep, tail, sleep, ...
+#       netcat-openbsd nc, curl, wget, seq, ss, and busybox applets for grep, tail, sleep, nslookup
+#       (its own resolver, unlike busybox's wget), ...
 #   registry.k8s.io/e2e-test-images/busybox:1.37.0-1 and :1.36.1-1   Debian's busybox-static
 #   registry.k8s.io/coredns/coredns:<version>      CoreDNS from its Go module (lab up --kubelet --dns)
 # Binaries are built once (hack/k8s-test-bins.sh), the tarballs are cached in
@@ -23,7 +24,7 @@ dnsdir=$CACHE/coredns-$COREDNS_VERSION
 for tool in /bin/dash /bin/nc.openbsd /usr/bin/curl /usr/bin/seq /usr/bin/ss /bin/busybox /usr/bin/wget; do
   [ -x "$tool" ] || { echo "test-images: $tool missing: run hack/deps.sh (dash, netcat-openbsd, curl, iproute2, busybox-static, wget)" >&2; exit 1; }
 done
-applets=(cat cut date echo env grep head hostname ip ls mkdir printf ps rm sed sleep sort tail tee timeout touch tr true false uname wc)
+applets=(cat cut date echo env grep head hostname ip ls mkdir printf ps rm sed sleep sort tail tee timeout touch tr true false uname wc nslookup)
 links=()
 for a in "${applets[@]}"; do links+=(-link "bin/$a=busybox"); done
 # Not busybox's wget: in a static busybox, name resolution loads glibc's NSS modules, which the

@@ -198,7 +198,11 @@ func (l *Lab) startContainerd(ctx context.Context, n *Host) error {
 	if err := os.WriteFile(confPath, []byte(containerdConfig(dir, l.ContainerdSocket(n.Name), cniConf)), 0o644); err != nil {
 		return err
 	}
-	if err := l.startRaw(ContainerdRole(n.Name), nil, inNodeNetns(n.Netns, "containerd", "--config", confPath)...); err != nil {
+	// A UTS namespace of its own named after the node: host-network pods share containerd's, and
+	// Kubernetes' e2e suite expects their hostname to be the node's name (not this machine's).
+	argv := append([]string{"unshare", "--uts", "--", "sh", "-c", `hostname "$0" && exec "$@"`, n.Name},
+		inNodeNetns(n.Netns, "containerd", "--config", confPath)...)
+	if err := l.startRaw(ContainerdRole(n.Name), nil, argv...); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
