@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"maps"
 	"os"
 	"regexp"
 	"sort"
@@ -69,15 +68,9 @@ func main() {
 			if !ok {
 				log.Fatalf("-run %q: want NAME=REPORT.json[,REPORT.json...]", r)
 			}
-			res := run{Name: name, Specs: map[string]Spec{}}
-			for _, path := range strings.Split(paths, ",") {
-				specs, wall, err := readReport(path)
-				if err != nil {
-					log.Fatalf("%s: %v", path, err)
-				}
-				maps.Copy(res.Specs, specs)
-				// Shards run side by side: the run took as long as the longest.
-				res.Wall = max(res.Wall, wall)
+			res, err := readShards(name, strings.Split(paths, ","))
+			if err != nil {
+				log.Fatal(err)
 			}
 			results = append(results, res)
 		}
@@ -204,6 +197,26 @@ func readReport(path string) (map[string]Spec, time.Duration, error) {
 		}
 	}
 	return specs, wall, nil
+}
+
+// readShards merges the reports of one run's shards (e2e.test processes side by side).
+func readShards(name string, paths []string) (run, error) {
+	res := run{Name: name, Specs: map[string]Spec{}}
+	for _, path := range paths {
+		specs, wall, err := readReport(path)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", path, err)
+		}
+		// Every shard reports every spec, those of the other shards as skipped.
+		for name, sp := range specs {
+			if old, ok := res.Specs[name]; !ok || old.State == "skipped" {
+				res.Specs[name] = sp
+			}
+		}
+		// Shards run side by side: the run took as long as the longest.
+		res.Wall = max(res.Wall, wall)
+	}
+	return res, nil
 }
 
 // outcome is a selected test's result in one run; a test the run did not report did not run.

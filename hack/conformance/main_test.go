@@ -45,6 +45,18 @@ out: [sig-network] Services should work after restarting kube-proxy [Disruptive]
 		t.Fatal(err)
 	}
 	r := run{Name: "herald", Specs: specs, Wall: wall}
+	// A second shard reports the same specs as skipped: the merge keeps what ran.
+	other := filepath.Join(t.TempDir(), "r2.json")
+	if err := os.WriteFile(other, []byte(strings.ReplaceAll(strings.ReplaceAll(report, `"passed"`, `"skipped"`), `"failed"`, `"skipped"`)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	merged, err := readShards("herald", []string{path, other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, o := merged.count(sel, true), merged.count(sel, false); c.passed != 1 || o.failed != 1 {
+		t.Errorf("merged shards: %+v %+v", c, o)
+	}
 	if c, o := r.count(sel, true), r.count(sel, false); c.passed != 1 || o.failed != 1 {
 		t.Errorf("counts %+v %+v", c, o)
 	}
