@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BINARIES := controller speaker heraldctl lab
 GO_BUILD := CGO_ENABLED=0 go build -trimpath
 
-.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins k8s-node-bins helm generate lint test demo bench test-ipvs images clean
+.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins k8s-node-bins helm generate lint test demo bench test-ipvs images test-images k8s-test-bins conformance clean
 all: build
 
 build: $(BINARIES:%=bin/%)
@@ -22,6 +22,10 @@ k8s-bins:
 k8s-node-bins: k8s-bins
 	@hack/k8s-node-bins.sh >/dev/null
 
+# e2e.test, agnhost and CoreDNS for Kubernetes' own e2e tests on the lab's real nodes (heavy, once).
+k8s-test-bins: k8s-bins
+	@nice -n 10 hack/k8s-test-bins.sh
+
 helm:
 	@hack/helm.sh >/dev/null
 
@@ -34,7 +38,7 @@ lint:
 	@golangci=$$(hack/golangci-lint.sh) && $$golangci run ./...
 
 # images: e2e/kubelet installs Herald with helm from its image on real nodes.
-test: deps k8s-bins k8s-node-bins helm build images
+test: deps k8s-bins k8s-node-bins k8s-test-bins helm build images test-images
 	hack/test.sh
 
 demo: deps k8s-bins helm build
@@ -49,6 +53,14 @@ test-ipvs: build
 # OCI image layout tarball of the binaries, named and tagged as the Helm chart expects (no Docker).
 images: build
 	hack/images.sh
+
+# The images the e2e suite and the lab's cluster DNS run (agnhost, busybox, CoreDNS): bin/test-images.
+test-images: k8s-bins
+	hack/test-images.sh
+
+# Kubernetes' e2e [sig-network] Services tests against Herald and against kube-proxy, side by side.
+conformance: deps k8s-bins k8s-node-bins k8s-test-bins helm build images test-images
+	hack/conformance.sh
 
 clean:
 	rm -rf bin

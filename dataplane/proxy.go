@@ -13,9 +13,20 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// LabelServiceProxyName on a Service hands it to another service proxy (as with kube-proxy,
-// which skips such Services too).
-const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+// LabelServiceProxyName on a Service hands it to another service proxy, and LabelServiceHeadless
+// makes it headless for the proxies (no rules at all); kube-proxy skips both too.
+const (
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	LabelServiceHeadless  = "service.kubernetes.io/headless"
+)
+
+// NotProxied reports whether a Service's labels keep it out of this proxy (LabelServiceProxyName,
+// LabelServiceHeadless).
+func NotProxied(labels map[string]string) bool {
+	_, claimed := labels[LabelServiceProxyName]
+	_, headless := labels[LabelServiceHeadless]
+	return claimed || headless
+}
 
 // ProxyOptions configure a Proxy.
 type ProxyOptions struct {
@@ -118,9 +129,9 @@ func (p *Proxy) Register(services, slices, nodes EventHandlerRegistrar) error {
 	if err := add(services,
 		func(o any) {
 			// Informers shared with the speaker see every Service: one that another proxy
-			// claims is, for this proxy, gone.
+			// claims, or labelled headless, is, for this proxy, gone.
 			svc := asService(o)
-			if _, claimed := svc.GetLabels()[LabelServiceProxyName]; claimed {
+			if NotProxied(svc.GetLabels()) {
 				p.tracker.OnServiceDelete(svc)
 			} else {
 				p.tracker.OnServiceUpdate(svc)

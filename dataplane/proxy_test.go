@@ -28,8 +28,14 @@ func (i *handlerOnly) AddEventHandler(h cache.ResourceEventHandler) (cache.Resou
 func (i *handlerOnly) HasSynced() bool { return true }
 
 // With informers shared with the speaker the proxy sees every Service: one labelled for another
-// proxy must leave (or never enter) its state, as if deleted.
+// proxy, or headless, must leave (or never enter) its state, as if deleted.
 func TestProxySkipsServicesOfAnotherProxy(t *testing.T) {
+	for _, label := range []string{LabelServiceProxyName, LabelServiceHeadless} {
+		t.Run(label, func(t *testing.T) { testProxySkipsLabelled(t, label) })
+	}
+}
+
+func testProxySkipsLabelled(t *testing.T, label string) {
 	services, slices := &handlerOnly{}, &handlerOnly{}
 	p := NewProxy(ProxyOptions{NodeName: "n1", Backend: nil})
 	if err := p.Register(services, slices, nil); err != nil {
@@ -48,11 +54,11 @@ func TestProxySkipsServicesOfAnotherProxy(t *testing.T) {
 	}
 
 	claimed := lbService("2")
-	claimed.Labels = map[string]string{LabelServiceProxyName: ""}
+	claimed.Labels = map[string]string{label: ""}
 	services.h.OnUpdate(svc, claimed)
 	p.tracker.Apply(&st)
 	if _, ok := st.Services[key]; ok {
-		t.Fatal("a Service labelled service.kubernetes.io/service-proxy-name is still proxied")
+		t.Fatalf("a Service labelled %s is still proxied", label)
 	}
 
 	services.h.OnUpdate(claimed, lbService("3"))

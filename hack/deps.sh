@@ -2,7 +2,7 @@
 # Installs the Debian packages the lab, the tests and the demo use, once. Quick when all are there.
 set -euo pipefail
 pkgs=(bird2 arping ndisc6 nftables iproute2 conntrack tcpdump curl qemu-system-x86 busybox-static kmod cpio ipvsadm socat prometheus
-  containerd runc containernetworking-plugins)
+  containerd runc containernetworking-plugins dash netcat-openbsd wget)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

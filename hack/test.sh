@@ -52,6 +52,11 @@ stage race go test -race -count=1 -timeout 20m "${race_pkgs[@]}"
 stage fuzz-allocator go test -run '^$' -fuzz '^FuzzAllocator$' -fuzztime 30s ./controller/allocator
 stage ipvs-vm make -s test-ipvs
 stage demo demo_then_down
+# Kubernetes' own e2e Services tests on the real-node lab with Herald, which must pass every selected
+# test (hack/conformance.sh; its table: $logs/conformance/results.md). About 17 min here; the
+# kube-proxy run beside it (as long again) is `make conformance` / BENCH_ONLY=conformance make bench,
+# outside make test's 45-minute budget.
+stage conformance env CONFORMANCE_RUNS=herald HERALD_CONFORMANCE_OUT="$logs/conformance" hack/conformance.sh
 stage root-namespace hack/rootns-check compare "$logs/rootns.before"
 
 echo

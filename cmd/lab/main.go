@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -82,11 +83,12 @@ func usage() {
   up [--nodes 3] [--pods-per-node 1] [--bin-dir DIR] [--crds DIR] [--set KEY=VALUE]...
                          build the lab (an earlier one is removed first); Herald runs as the
                          Helm chart renders it with these values (e.g. --set dataplane.mode=nftables)
-  up --kubelet [--images DIR] [--no-herald] [--set KEY=VALUE]...
+  up --kubelet [--images DIR]... [--no-herald [--kube-proxy]] [--dns] [--set KEY=VALUE]...
                          real nodes: kubelet, containerd, runc and CNI in every node namespace,
                          kube-scheduler and the default controllers; the image tarballs in DIR
                          (default bin/images, make images) are imported into each node, and
-                         Herald is installed with helm install (unless --no-herald)
+                         Herald is installed with helm install (unless --no-herald); --dns
+                         runs CoreDNS behind kube-dns (make test-images, --images bin/test-images)
   down                   remove every namespace, link, process and file the lab made
   status                 hosts, addresses, processes, BGP sessions
   demo                   up, then a LoadBalancer Service walk-through (CI=true: no pauses)
@@ -120,23 +122,35 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 		return nil
 	})
 	kubelet := fs.Bool("kubelet", false, "real nodes: kubelet, containerd and CNI on every node; Herald installed by helm")
-	imageDir := fs.String("images", filepath.Join(binDir, "images"), "with --kubelet: image tarballs (*.tar) to import into every node (make images)")
+	var imageDirs []string
+	fs.Func("images", "with --kubelet: a directory of image tarballs (*.tar) to import into every node (repeatable; default bin/images, make images; bin/test-images: make test-images)", func(v string) error {
+		imageDirs = append(imageDirs, v)
+		return nil
+	})
 	noHerald := fs.Bool("no-herald", false, "with --kubelet: do not helm install Herald")
+	nodePorts := fs.String("node-port-range", lab.NodePortRange, "the API server's --service-node-port-range (Kubernetes' e2e suite wants its default, 30000-32767)")
+	kubeProxy := fs.Bool("kube-proxy", false, "with --kubelet --no-herald: run kube-proxy (nftables mode) on every node as the service proxy, for comparisons")
+	dns := fs.Bool("dns", false, "with --kubelet: run CoreDNS behind the kube-dns Service (its image: make test-images, --images bin/test-images)")
 	_ = fs.Parse(args)
+	if len(imageDirs) == 0 {
+		imageDirs = []string{filepath.Join(binDir, "images")}
+	}
 	cfg := lab.Config{
 		Dir: dir, Prefix: prefix, Nodes: *nodes, PodsPerNode: *pods, BinDir: *bins, CRDDir: *crds, ChartValues: values,
-		Kubelet: *kubelet,
-		Logf:    func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
+		Kubelet: *kubelet, NodePortRange: *nodePorts,
+		Logf: func(format string, a ...any) { fmt.Printf("  "+format+"\n", a...) },
 	}
 	if *kubelet {
-		tars, err := filepath.Glob(filepath.Join(*imageDir, "*.tar"))
-		if err != nil {
-			return nil, err
+		for _, d := range imageDirs {
+			tars, err := filepath.Glob(filepath.Join(d, "*.tar"))
+			if err != nil {
+				return nil, err
+			}
+			cfg.Images = append(cfg.Images, tars...)
 		}
-		if len(tars) == 0 && !*noHerald {
-			return nil, fmt.Errorf("no image tarball in %s: run make images (Herald's image), or pass --no-herald", *imageDir)
+		if len(cfg.Images) == 0 && !*noHerald {
+			return nil, fmt.Errorf("no image tarball in %s: run make images (Herald's image), or pass --no-herald", strings.Join(imageDirs, ", "))
 		}
-		cfg.Images = tars
 	}
 	l, err := lab.Up(ctx, cfg)
 	if err != nil {
@@ -155,6 +169,20 @@ func up(ctx context.Context, dir, prefix string, args []string) (*lab.Lab, error
 			if err != nil {
 				return l, err
 			}
+		}
+		if *kubeProxy {
+			for _, n := range l.Nodes() {
+				if err := l.StartKubeProxy(n.Name); err != nil {
+					return l, err
+				}
+			}
+			fmt.Println("  kube-proxy (nftables mode) on every node")
+		}
+		if *dns {
+			if err := l.InstallDNS(ctx); err != nil {
+				return l, err
+			}
+			fmt.Printf("  cluster DNS: CoreDNS behind kube-system/kube-dns at %s\n", lab.ClusterDNS)
 		}
 		return l, nil
 	}

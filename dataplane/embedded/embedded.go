@@ -96,7 +96,7 @@ var (
 )
 
 // proxiedSelector skips Services another proxy claims and headless ones, as kube-proxy does.
-const proxiedSelector = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+const proxiedSelector = "!" + dataplane.LabelServiceProxyName + ",!" + dataplane.LabelServiceHeadless
 
 // Backend is a decided data-plane backend, made and ready for New.
 type Backend struct {

@@ -12,16 +12,22 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/charts"
@@ -168,52 +174,10 @@ func dumpLogs(dir string) {
 func TestHelmInstallServesLoadBalancer(t *testing.T) {
 	l := theRealLab(t)
 	cs, dyn := labsuite.Clients(t, l)
-	ctx := context.Background()
-
-	out, err := l.InstallHerald()
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	took := labsuite.WaitFor(t, 4*time.Minute, "Herald's speakers and controller Ready", func() (bool, string) {
-		ds, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(ctx, "herald-speaker", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		d, err := cs.AppsV1().Deployments(lab.HeraldNamespace).Get(ctx, "herald-controller", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		return ds.Status.NumberReady == int32(len(l.Nodes())) && d.Status.ReadyReplicas >= 1,
-			fmt.Sprintf("speakers ready %d/%d, controllers ready %d; %s", ds.Status.NumberReady, len(l.Nodes()), d.Status.ReadyReplicas, podSummary(ctx, cs, lab.HeraldNamespace))
-	})
-	t.Logf("helm install to Herald Ready: %s", took.Round(time.Millisecond))
-
-	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "kl-l2", map[string]any{"addresses": []any{lab.L2PoolV4}})
-	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "kl-l2", map[string]any{"ipAddressPools": []any{"kl-l2"}})
-
+	ctx := t.Context()
+	heraldInstalled(t, l, cs)
 	const ns = "default"
-	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, lab.BackendDeployment(ns, "web", 2), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	svc := lab.LoadBalancerService(ns, "web")
-	svc.Spec.Selector = map[string]string{"app": "web"}
-	if _, err = cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	var lbIP netip.Addr
-	labsuite.WaitFor(t, 2*time.Minute, "an IPv4 LoadBalancer IP and two ready endpoints", func() (bool, string) {
-		s, err := cs.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, ing := range s.Status.LoadBalancer.Ingress {
-			if a, err := netip.ParseAddr(ing.IP); err == nil && a.Is4() {
-				lbIP = a
-			}
-		}
-		ready := readyEndpoints(ctx, cs, ns, "web")
-		return lbIP.IsValid() && ready == 2, fmt.Sprintf("ingress %v, ready endpoints %d; %s", s.Status.LoadBalancer.Ingress, ready, podSummary(ctx, cs, ns))
-	})
+	lbIP := webService(t, l, cs, dyn, "web")
 
 	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 	if err != nil {
@@ -262,6 +226,384 @@ func TestHelmInstallServesLoadBalancer(t *testing.T) {
 			return p.Status.Phase == corev1.PodSucceeded, string(p.Status.Phase)
 		})
 	}
+}
+
+// webService creates an L2 pool, a 2-replica backend Deployment named name in namespace default
+// and a LoadBalancer Service in front of it, and returns the Service's IPv4 LoadBalancer IP once
+// both endpoints are Ready.
+func webService(t *testing.T, l *lab.Lab, cs kubernetes.Interface, dyn dynamic.Interface, name string) netip.Addr {
+	t.Helper()
+	ctx := t.Context()
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "kl-"+name, map[string]any{"addresses": []any{lab.L2PoolV4}})
+	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "kl-"+name, map[string]any{"ipAddressPools": []any{"kl-" + name}})
+	const ns = "default"
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, lab.BackendDeployment(ns, name, 2), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := lab.LoadBalancerService(ns, name)
+	svc.Spec.Selector = map[string]string{"app": name}
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{})
+		_ = cs.AppsV1().Deployments(ns).Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	var lbIP netip.Addr
+	labsuite.WaitFor(t, 2*time.Minute, "an IPv4 LoadBalancer IP and two ready endpoints", func() (bool, string) {
+		s, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, ing := range s.Status.LoadBalancer.Ingress {
+			if a, err := netip.ParseAddr(ing.IP); err == nil && a.Is4() {
+				lbIP = a
+			}
+		}
+		ready := readyEndpoints(ctx, cs, ns, name)
+		return lbIP.IsValid() && ready == 2, fmt.Sprintf("ingress %v, ready endpoints %d; %s", s.Status.LoadBalancer.Ingress, ready, podSummary(ctx, cs, ns))
+	})
+	return lbIP
+}
+
+// announcer flushes the client's neighbour entry for ip, sends one request to it, and returns the
+// node whose MAC the client then resolved ip to (with a description for failure messages).
+func announcer(ctx context.Context, l *lab.Lab, ip netip.Addr) (string, string) {
+	if _, err := l.Exec(ctx, lab.HostClient, "ip", "neigh", "flush", "to", ip.String()); err != nil {
+		return "", err.Error()
+	}
+	if _, err := l.Get(ctx, lab.HostClient, netip.AddrPortFrom(ip, 80), 2*time.Second); err != nil {
+		return "", err.Error()
+	}
+	out, err := l.Exec(ctx, lab.HostClient, "ip", "neigh", "show", "to", ip.String())
+	if err != nil {
+		return "", err.Error()
+	}
+	f := strings.Fields(string(out))
+	for i := range f {
+		if f[i] == "lladdr" && i+1 < len(f) {
+			if h := l.HostByMAC(f[i+1]); h != nil {
+				return h.Name, "resolved to " + h.Name
+			}
+		}
+	}
+	return "", "neighbour entry: " + strings.TrimSpace(string(out))
+}
+
+// TestCordonAndExcludeLabelStopAnnouncing: `kubectl cordon` and the
+// node.kubernetes.io/exclude-from-external-load-balancers label each move the IP off the node,
+// and it stays reachable; undone, the node may announce again.
+func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
+	l := theRealLab(t)
+	cs, dyn := labsuite.Clients(t, l)
+	ctx := t.Context()
+	heraldInstalled(t, l, cs)
+	ip := webService(t, l, cs, dyn, "cordon")
+	for _, tc := range []struct {
+		what      string
+		out, undo string // JSON merge patches of the Node
+	}{
+		{"cordon", `{"spec":{"unschedulable":true}}`, `{"spec":{"unschedulable":null}}`},
+		{"exclude label", `{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":""}}}`,
+			`{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":null}}}`},
+	} {
+		var owner string
+		labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
+			var desc string
+			owner, desc = announcer(ctx, l, ip)
+			return owner != "", desc
+		})
+		patch := func(p string) {
+			if _, err := cs.CoreV1().Nodes().Patch(ctx, owner, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		patch(tc.out)
+		took := labsuite.WaitFor(t, 30*time.Second, tc.what+" of "+owner+" moving "+ip.String(), func() (bool, string) {
+			now, desc := announcer(ctx, l, ip)
+			return now != "" && now != owner, desc
+		})
+		t.Logf("%s of %s: IP moved in %s", tc.what, owner, took.Round(time.Millisecond))
+		patch(tc.undo)
+	}
+}
+
+// TestSpeakerPodDeletedFailsOver: deleting the announcing node's speaker pod moves the IP to another
+// node (its peers stop hearing it); the DaemonSet's new pod on that node then joins again, and a
+// second delete, of the new owner's speaker, moves the IP on again: over and back.
+func TestSpeakerPodDeletedFailsOver(t *testing.T) {
+	l := theRealLab(t)
+	cs, dyn := labsuite.Clients(t, l)
+	ctx := t.Context()
+	heraldInstalled(t, l, cs)
+	ip := webService(t, l, cs, dyn, "failover")
+	var owner string
+	labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
+		var desc string
+		owner, desc = announcer(ctx, l, ip)
+		return owner != "", desc
+	})
+	first := owner
+	for round := range 2 {
+		pods, err := cs.CoreV1().Pods(lab.HeraldNamespace).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + owner})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var speaker string
+		for _, p := range pods.Items {
+			if strings.HasPrefix(p.Name, "herald-speaker-") {
+				speaker = p.Name
+			}
+		}
+		if speaker == "" {
+			t.Fatalf("no speaker pod on %s: %s", owner, podSummary(ctx, cs, lab.HeraldNamespace))
+		}
+		if err := cs.CoreV1().Pods(lab.HeraldNamespace).Delete(ctx, speaker, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		prev := owner
+		took := labsuite.WaitFor(t, 30*time.Second, "the IP moving off "+prev+" after its speaker pod was deleted", func() (bool, string) {
+			var desc string
+			owner, desc = announcer(ctx, l, ip)
+			return owner != "" && owner != prev, desc
+		})
+		t.Logf("round %d: speaker pod %s on %s deleted: %s answers after %s", round+1, speaker, prev, owner, took.Round(time.Millisecond))
+		// The DaemonSet recreates the pod; wait until every speaker is Ready before the next move.
+		labsuite.WaitFor(t, 2*time.Minute, "the DaemonSet's speakers all Ready again", func() (bool, string) {
+			ds, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(ctx, "herald-speaker", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			return ds.Status.NumberReady == int32(len(l.Nodes())) && ds.Status.UpdatedNumberScheduled == int32(len(l.Nodes())),
+				fmt.Sprintf("%d/%d ready; %s", ds.Status.NumberReady, len(l.Nodes()), podSummary(ctx, cs, lab.HeraldNamespace))
+		})
+	}
+	t.Logf("IP %s: %s, then over and on to %s", ip, first, owner)
+}
+
+// TestKubeletStoppedNodeKeepsAnnouncing: a node whose kubelet stops goes NotReady (the node
+// lifecycle controller, within the lab's 16 s grace period); as docs/concepts.md says, its speaker,
+// still alive, keeps announcing the IP, and the Service stays reachable through it while the pods
+// on that node leave the endpoints. Resumed, the node is Ready again.
+func TestKubeletStoppedNodeKeepsAnnouncing(t *testing.T) {
+	l := theRealLab(t)
+	cs, dyn := labsuite.Clients(t, l)
+	ctx := t.Context()
+	heraldInstalled(t, l, cs)
+	ip := webService(t, l, cs, dyn, "notready")
+	var owner string
+	labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
+		var desc string
+		owner, desc = announcer(ctx, l, ip)
+		return owner != "", desc
+	})
+	if err := l.SignalKubelet(owner, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			if err := l.SignalKubelet(owner, syscall.SIGCONT); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer resume()
+	took := labsuite.WaitFor(t, time.Minute, owner+" NotReady after its kubelet stopped", func() (bool, string) {
+		n, err := cs.CoreV1().Nodes().Get(ctx, owner, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return !nodeReady(n), "still Ready"
+	})
+	t.Logf("%s NotReady %s after its kubelet stopped", owner, took.Round(time.Millisecond))
+	// Pods on the NotReady node leave the endpoints (their Ready condition goes False).
+	labsuite.WaitFor(t, time.Minute, "no ready endpoint left on "+owner, func() (bool, string) {
+		slices, err := cs.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=notready"})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.NodeName != nil && *e.NodeName == owner && e.Conditions.Ready != nil && *e.Conditions.Ready {
+					return false, "a ready endpoint on " + owner
+				}
+			}
+		}
+		return true, ""
+	})
+	// Still announced by the same node, for 5 s, and answering whenever there is a ready endpoint.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		now, desc := announcer(ctx, l, ip)
+		if now != owner && readyEndpoints(ctx, cs, "default", "notready") > 0 {
+			t.Fatalf("%s stopped announcing %s while NotReady with its speaker alive: %s", owner, ip, desc)
+		}
+	}
+	resume()
+	labsuite.WaitFor(t, time.Minute, owner+" Ready again", func() (bool, string) {
+		n, err := cs.CoreV1().Nodes().Get(ctx, owner, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return nodeReady(n), "not Ready yet"
+	})
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+var heraldOnce struct {
+	sync.Mutex
+	done bool
+}
+
+// heraldInstalled installs Herald with helm into the suite's lab (once: the tests share it) and
+// waits until its speakers and controller are Ready.
+func heraldInstalled(t *testing.T, l *lab.Lab, cs kubernetes.Interface) {
+	t.Helper()
+	heraldOnce.Lock()
+	defer heraldOnce.Unlock()
+	if heraldOnce.done {
+		return
+	}
+	ctx := t.Context()
+	out, err := l.InstallHerald()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	took := labsuite.WaitFor(t, 4*time.Minute, "Herald's speakers and controller Ready", func() (bool, string) {
+		ds, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(ctx, "herald-speaker", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		d, err := cs.AppsV1().Deployments(lab.HeraldNamespace).Get(ctx, "herald-controller", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return ds.Status.NumberReady == int32(len(l.Nodes())) && d.Status.ReadyReplicas >= 1,
+			fmt.Sprintf("speakers ready %d/%d, controllers ready %d; %s", ds.Status.NumberReady, len(l.Nodes()), d.Status.ReadyReplicas, podSummary(ctx, cs, lab.HeraldNamespace))
+	})
+	t.Logf("helm install to Herald Ready: %s", took.Round(time.Millisecond))
+	heraldOnce.done = true
+}
+
+// TestUnreadyBackendLeavesDataPlane: a backend whose readiness probe starts failing is gone from
+// Herald's data plane within a second of the EndpointSlice update (by the real endpointslice
+// controller) that marks it not ready, and comes back when it is Ready again. Reached from the
+// client through a NodePort, with a new connection per request.
+func TestUnreadyBackendLeavesDataPlane(t *testing.T) {
+	l := theRealLab(t)
+	cs, _ := labsuite.Clients(t, l)
+	ctx := t.Context()
+	heraldInstalled(t, l, cs)
+
+	const ns, name = "default", "readiness"
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, lab.BackendDeployment(ns, name, 2), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := lab.LoadBalancerService(ns, name)
+	svc.Spec.Type = corev1.ServiceTypeNodePort
+	svc.Spec.Selector = map[string]string{"app": name}
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labsuite.WaitFor(t, 2*time.Minute, "two ready endpoints", func() (bool, string) {
+		n := readyEndpoints(ctx, cs, ns, name)
+		return n == 2, fmt.Sprintf("%d ready; %s", n, podSummary(ctx, cs, ns))
+	})
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+	if err != nil || len(pods.Items) != 2 {
+		t.Fatalf("pods: %v %v", pods, err)
+	}
+	victim, other := pods.Items[0], pods.Items[1].Name
+	nodePort := netip.AddrPortFrom(l.Nodes()[0].IPv4, uint16(svc.Spec.Ports[0].NodePort))
+	seen := func(want string, within time.Duration) {
+		labsuite.WaitFor(t, within, want+" answering through "+nodePort.String(), func() (bool, string) {
+			r, err := l.Get(ctx, lab.HostClient, nodePort, time.Second)
+			if err != nil {
+				return false, err.Error()
+			}
+			return r.Backend == want, "answered by " + r.Backend
+		})
+	}
+	seen(victim.Name, 30*time.Second)
+	seen(other, 30*time.Second)
+
+	w, err := cs.DiscoveryV1().EndpointSlices(ns).Watch(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	setReady(t, l, victim.Status.PodIP, false)
+	var updated time.Time
+	for updated.IsZero() {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				t.Fatal("EndpointSlice watch ended")
+			}
+			if es, ok := ev.Object.(*discoveryv1.EndpointSlice); ok {
+				for _, e := range es.Endpoints {
+					if e.TargetRef != nil && e.TargetRef.Name == victim.Name && e.Conditions.Ready != nil && !*e.Conditions.Ready {
+						updated = time.Now()
+					}
+				}
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no EndpointSlice update marking %s not ready within 30 s of its probe failing", victim.Name)
+		}
+	}
+	// Every request for 3 s: the last answer from the unready backend must come within 1 s.
+	var lastVictim time.Time
+	answers := map[string]int{}
+	for time.Since(updated) < 3*time.Second {
+		r, err := l.Get(ctx, lab.HostClient, nodePort, time.Second)
+		if err != nil {
+			answers["error: "+err.Error()]++
+			continue
+		}
+		answers[r.Backend]++
+		if r.Backend == victim.Name {
+			lastVictim = time.Now()
+		}
+	}
+	if gone := lastVictim.Sub(updated); !lastVictim.IsZero() && gone > time.Second {
+		t.Errorf("the unready backend still answered %s after its EndpointSlice update (answers in 3 s: %v)", gone.Round(time.Millisecond), answers)
+	}
+	if answers[other] == 0 {
+		t.Errorf("no answer from the ready backend %s after the update: %v", other, answers)
+	}
+	t.Logf("unready backend: last answer %s after the EndpointSlice update (answers in 3 s: %v)", lastVictim.Sub(updated).Round(time.Millisecond), answers)
+
+	setReady(t, l, victim.Status.PodIP, true)
+	seen(victim.Name, 30*time.Second)
+}
+
+// setReady makes the backend at podIP pass or fail its readiness probe (lab.ReadyPath).
+func setReady(t *testing.T, l *lab.Lab, podIP string, ready bool) {
+	t.Helper()
+	c, err := l.HTTPClient(lab.HostClient, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s%s?ready=%t", netip.AddrPortFrom(netip.MustParseAddr(podIP), lab.BackendPort), lab.ReadyPath, ready)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 }
 
 // readyEndpoints counts the ready endpoints of a Service's EndpointSlices (written by the real

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -22,6 +23,9 @@ const BackendCommand = "__lab-backend"
 // GetCommand makes the lab binary a client: `__lab-get URL` fetches URL (retrying for up to
 // a minute), prints the answer and exits 0, or exits 1: a pod that reaches a Service.
 const GetCommand = "__lab-get"
+
+// ReadyPath is the backend's readiness endpoint (ServeBackend).
+const ReadyPath = "/ready"
 
 // PauseCommand makes the lab binary a pod sandbox's pause process (the real nodes' PauseImage):
 // it holds the pod's namespaces and exits on SIGTERM or SIGINT.
@@ -71,6 +75,18 @@ func ServeBackend(ctx context.Context, name, node, addr string) error {
 		return err
 	}
 	mux := http.NewServeMux()
+	// /ready is the readiness probe's path (BackendDeployment): 200 until a PUT /ready?ready=false,
+	// then 503 until a PUT /ready?ready=true; "/" answers all along, so a backend whose probe
+	// fails still serves whoever is sent to it (tests see whether the data plane still does).
+	var unready atomic.Bool
+	mux.HandleFunc(ReadyPath, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			unready.Store(r.URL.Query().Get("ready") == "false")
+		}
+		if unready.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(BackendReply{Backend: name, Node: node, Client: r.RemoteAddr})

@@ -198,7 +198,11 @@ func (l *Lab) startContainerd(ctx context.Context, n *Host) error {
 	if err := os.WriteFile(confPath, []byte(containerdConfig(dir, l.ContainerdSocket(n.Name), cniConf)), 0o644); err != nil {
 		return err
 	}
-	if err := l.startRaw(ContainerdRole(n.Name), nil, inNodeNetns(n.Netns, "containerd", "--config", confPath)...); err != nil {
+	// A UTS namespace of its own named after the node: host-network pods share containerd's, and
+	// Kubernetes' e2e suite expects their hostname to be the node's name (not this machine's).
+	argv := append([]string{"unshare", "--uts", "--", "sh", "-c", `hostname "$0" && exec "$@"`, n.Name},
+		inNodeNetns(n.Netns, "containerd", "--config", confPath)...)
+	if err := l.startRaw(ContainerdRole(n.Name), nil, argv...); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -538,8 +542,9 @@ func (l *Lab) InstallHerald(values ...string) (string, error) {
 }
 
 // BackendDeployment is a Deployment of the lab's backend on real nodes: replicas pods from
-// BackendImage (no pull), each answering as its pod name on BackendPort, Ready once it answers
-// HTTP there (its readiness probe), labelled app=name.
+// BackendImage (no pull), each answering as its pod name on BackendPort, Ready while it answers
+// ReadyPath there (its readiness probe, every second; PUT ReadyPath?ready=false fails it), labelled
+// app=name.
 func BackendDeployment(namespace, name string, replicas int32) *appsv1.Deployment {
 	labels := map[string]string{"app": name}
 	env := func(name, field string) corev1.EnvVar {
@@ -560,7 +565,7 @@ func BackendDeployment(namespace, name string, replicas int32) *appsv1.Deploymen
 						Env:     []corev1.EnvVar{env("POD_NAME", "metadata.name"), env("NODE_NAME", "spec.nodeName")},
 						Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: BackendPort}},
 						ReadinessProbe: &corev1.Probe{
-							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(BackendPort)}},
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: ReadyPath, Port: intstr.FromInt32(BackendPort)}},
 							PeriodSeconds: 1, FailureThreshold: 1,
 						},
 					}},

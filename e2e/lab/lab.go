@@ -10,6 +10,7 @@
 package lab
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -63,6 +64,9 @@ type Config struct {
 	// Images are image tarballs (docker-save or OCI layout, e.g. make images' Herald image) to
 	// import into every real node's containerd, besides the lab's own (pause, backend).
 	Images []string
+	// NodePortRange is the API server's --service-node-port-range; empty: NodePortRange.
+	// Kubernetes' e2e suite wants the default 30000-32767 (it checks every NodePort is in it).
+	NodePortRange string
 	// Logf reports progress; nil is silent.
 	Logf func(format string, args ...any)
 }
@@ -215,7 +219,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			Address:       cpHost.IPv4.String(),
 			BindAddress:   "::", // inside herald-cp only: eth0 and lo
 			ServiceCIDRs:  ServiceCIDRV4 + "," + ServiceCIDRV6,
-			NodePortRange: NodePortRange,
+			NodePortRange: cmp.Or(cfg.NodePortRange, NodePortRange),
 			Wrap:          func(argv []string) []string { return inNetns(cpHost.Netns, argv...) },
 			Dial:          DialerIn(cpHost.Netns),
 			RealNodes:     cfg.Kubelet,

@@ -16,6 +16,9 @@ const (
 	SegmentV6  = "fd00:77::/64"
 	UpstreamV4 = "10.78.0.0/24" // between the router and the client behind it
 	UpstreamV6 = "fd00:78::/64"
+	// The cluster's pod network: node N has 10.244.N.0/24 and fd00:244:N::/64.
+	PodCIDRV4 = "10.244.0.0/16"
+	PodCIDRV6 = "fd00:244::/32"
 	// Service ClusterIP ranges: wide enough for 10,000 Services and more.
 	ServiceCIDRV4 = "10.96.0.0/12"
 	ServiceCIDRV6 = "fd00:96::/108"

@@ -164,9 +164,19 @@ func (l *Lab) runToCompletion(ctx context.Context, h *Host, spec *corev1.PodSpec
 // SignalSpeaker sends sig to a node's speaker: SIGKILL to kill it, SIGSTOP to freeze it (SIGCONT
 // thaws it), SIGTERM for a graceful stop.
 func (l *Lab) SignalSpeaker(node string, sig syscall.Signal) error {
-	p, ok := l.Processes[SpeakerRole(node)]
+	return l.signal(SpeakerRole(node), sig)
+}
+
+// SignalKubelet sends sig to a real node's kubelet (lab up --kubelet): SIGSTOP stops it (the node
+// goes NotReady once its lease expires), SIGCONT resumes it.
+func (l *Lab) SignalKubelet(node string, sig syscall.Signal) error {
+	return l.signal(KubeletRole(node), sig)
+}
+
+func (l *Lab) signal(role string, sig syscall.Signal) error {
+	p, ok := l.Processes[role]
 	if !ok {
-		return fmt.Errorf("no speaker on %s", node)
+		return fmt.Errorf("no %s", role)
 	}
 	return p.Signal(sig)
 }

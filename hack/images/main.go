@@ -2,6 +2,10 @@
 // from bin/, plus the nft tool and its libraries (the nftables data plane drives nft through
 // sigs.k8s.io/knftables), as an OCI image layout written to a tarball that crane, skopeo or a
 // registry push can take. hack/images.sh runs it with the chart's image name and tag.
+//
+// With -binaries= -nft= and -file/-tool/-link/-entrypoint it builds the images Kubernetes' e2e
+// suite runs on the lab's real nodes (hack/test-images.sh: agnhost with a shell and the tools the
+// tests exec, busybox, CoreDNS) the same way.
 package main
 
 import (
@@ -12,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +41,15 @@ func main() {
 		ref     = flag.String("ref", "", "image reference recorded in the layout, e.g. ghcr.io/heraldlb/herald:0.1.0 (required)")
 		out     = flag.String("out", "", "output tarball (required)")
 		created = flag.String("created", "1970-01-01T00:00:00Z", "creation time recorded in the image (fixed, so builds are reproducible)")
+		entry   = flag.String("entrypoint", "/usr/local/bin/heraldctl", "the image's entrypoint, comma-separated")
+		title   = flag.String("title", "herald", "the image's org.opencontainers.image.title label")
+		statics = pathFlag{}
+		tools   = pathFlag{}
+		links   = pathFlag{}
 	)
+	flag.Var(statics, "file", "a static file to add, PATH_IN_IMAGE=PATH_HERE (repeatable)")
+	flag.Var(tools, "tool", "a dynamically linked program to add with the libraries ldd names, PATH_IN_IMAGE=PATH_HERE (repeatable)")
+	flag.Var(links, "link", "a symbolic link to add, PATH_IN_IMAGE=TARGET (repeatable)")
 	flag.Parse()
 	if *ref == "" || *out == "" {
 		log.Fatal("images: -ref and -out are required")
@@ -47,19 +60,36 @@ func main() {
 	}
 	files := map[string]string{} // path in the image -> path on this machine
 	for _, name := range strings.Split(*names, ",") {
+		if name == "" {
+			continue
+		}
 		src := filepath.Join(*binDir, name)
 		if err := checkStatic(src); err != nil {
 			log.Fatalf("images: %v (run make build first)", err)
 		}
 		files["usr/local/bin/"+name] = src
 	}
-	var nftFiles map[string]string
-	if *nft != "" {
-		if nftFiles, err = withLibraries(*nft, "usr/sbin/nft"); err != nil {
-			log.Fatalf("images: %v (install Debian's nftables package, or pass -nft= to leave nft out)", err)
+	for p, src := range statics {
+		if err := checkStatic(src); err != nil {
+			log.Fatalf("images: %v", err)
 		}
+		files[p] = src
 	}
-	img, err := build(files, nftFiles, *ref, when)
+	libs := map[string]string{}
+	if *nft != "" {
+		tools["usr/sbin/nft"] = *nft
+	}
+	for p, src := range tools {
+		got, err := withLibraries(src, p)
+		if err != nil {
+			log.Fatalf("images: %v (install its Debian package; for nft: nftables, or pass -nft= to leave nft out)", err)
+		}
+		maps.Copy(libs, got)
+	}
+	for p, target := range links {
+		libs[p] = symlinkPrefix + target
+	}
+	img, err := build([]map[string]string{libs, files}, strings.Split(*entry, ","), *title, *ref, when)
 	if err != nil {
 		log.Fatalf("images: %v", err)
 	}
@@ -82,6 +112,22 @@ func checkStatic(path string) error {
 	return nil
 }
 
+// pathFlag collects repeated PATH_IN_IMAGE=VALUE flags.
+type pathFlag map[string]string
+
+func (f pathFlag) String() string { return fmt.Sprint(map[string]string(f)) }
+func (f pathFlag) Set(v string) error {
+	p, val, ok := strings.Cut(v, "=")
+	if !ok || p == "" || val == "" {
+		return fmt.Errorf("%q: want PATH_IN_IMAGE=VALUE", v)
+	}
+	f[strings.TrimPrefix(p, "/")] = val
+	return nil
+}
+
+// symlinkPrefix marks a layer entry as a symbolic link to the rest of the value, not a file to copy.
+const symlinkPrefix = "symlink:"
+
 var lddLine = regexp.MustCompile(`(?:=>\s*)?(/\S+)\s+\(0x`)
 
 // withLibraries returns the binary and every shared library ldd says it loads, by their path in
@@ -98,12 +144,13 @@ func withLibraries(bin, inImage string) (map[string]string, error) {
 	return files, nil
 }
 
-func build(bins, nft map[string]string, ref string, created time.Time) (v1.Image, error) {
+// build makes the image from its layers (each a map of path in the image to path here), in order:
+// what changes least first (nft and libraries before Herald's binaries), so registries reuse it.
+func build(layerFiles []map[string]string, entrypoint []string, title, ref string, created time.Time) (v1.Image, error) {
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	var layers []v1.Layer
-	// nft first: it changes less often than Herald's binaries, so registries reuse the layer.
-	for _, files := range []map[string]string{nft, bins} {
+	for _, files := range layerFiles {
 		if len(files) == 0 {
 			continue
 		}
@@ -125,10 +172,10 @@ func build(bins, nft map[string]string, ref string, created time.Time) (v1.Image
 	cfg.Architecture, cfg.OS = "amd64", "linux"
 	cfg.Created = v1.Time{Time: created}
 	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	cfg.Config.Entrypoint = []string{"/usr/local/bin/heraldctl"}
+	cfg.Config.Entrypoint = entrypoint
 	cfg.Config.Labels = map[string]string{
 		"org.opencontainers.image.source":  "https://github.com/heraldlb/herald",
-		"org.opencontainers.image.title":   "herald",
+		"org.opencontainers.image.title":   title,
 		"org.opencontainers.image.version": ref[strings.LastIndex(ref, ":")+1:],
 	}
 	return mutate.ConfigFile(img, cfg)
@@ -155,6 +202,12 @@ func layer(files map[string]string, created time.Time) (v1.Layer, error) {
 			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: created}); err != nil {
 				return nil, err
 			}
+		}
+		if target, ok := strings.CutPrefix(files[p], symlinkPrefix); ok {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: p, Linkname: target, Mode: 0o777, ModTime: created}); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		b, err := os.ReadFile(files[p])
 		if err != nil {

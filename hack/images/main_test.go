@@ -79,7 +79,7 @@ func TestImageLayoutTarball(t *testing.T) {
 		}
 	}
 	const ref = "ghcr.io/heraldlb/herald:0.1.0"
-	img, err := build(fakeBinaries(t), nft, ref, time.Unix(0, 0))
+	img, err := build([]map[string]string{nft, fakeBinaries(t)}, []string{"/usr/local/bin/heraldctl"}, "herald", ref, time.Unix(0, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestImageLayoutTarball(t *testing.T) {
 	}
 
 	// Reproducible: the same inputs give the same digest.
-	again, err := build(fakeBinaries(t), nft, ref, time.Unix(0, 0))
+	again, err := build([]map[string]string{nft, fakeBinaries(t)}, []string{"/usr/local/bin/heraldctl"}, "herald", ref, time.Unix(0, 0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -282,12 +282,13 @@ func (m *Membership) Run(ctx context.Context) error {
 // nor its judgement of its peers wait for CPU behind the node's other work. One thread for all
 // three keeps them in step: whatever delays the expiry check delays the receiving just as much, so
 // peers' silence is only counted while this node was listening (see detectStallLocked). Without
-// CAP_SYS_NICE it still runs, at the process's priority.
+// CAP_SYS_NICE, or in a cgroup without a real-time budget (realtimeDenied), it still runs, at the
+// process's priority.
 func (m *Membership) runHeartbeats(ctx context.Context) error {
 	// Never unlocked: when this goroutine ends, the runtime ends the thread, real-time class and all.
 	runtime.LockOSThread()
 	if err := makeThreadRealtime(); err != nil {
-		m.cfg.Logger.Warn("heartbeats run without real-time priority (needs CAP_SYS_NICE); a saturated node may be declared dead", "err", err)
+		m.cfg.Logger.Warn("heartbeats run without real-time priority; a saturated node may be declared dead", "why", realtimeDenied(err), "err", err)
 	} else {
 		defer func() { _ = makeThreadNormal() }()
 	}

@@ -474,5 +474,23 @@ func TestVersion1PeerGetsVersion1(t *testing.T) {
 	}
 	if got := string(a.View().Alive["old"].Payload); got != "mine" {
 		t.Errorf("a holds %q from its version 1 peer, want mine", got)
+
+// TestRealtimeDeniedNamesTheCause: EPERM from sched_setattr means a missing CAP_SYS_NICE only
+// when the process's cpu cgroup has a real-time budget; in one without (every container on a
+// cgroup v1 kernel with real-time group scheduling), the log must say so instead.
+func TestRealtimeDeniedNamesTheCause(t *testing.T) {
+	if got := realtimeDenied(unix.EINVAL); got != "sched_setattr failed" {
+		t.Errorf("EINVAL: %q", got)
+	}
+	budget, err := os.ReadFile(cgroupV1CPUFile("cpu.rt_runtime_us"))
+	if err != nil {
+		t.Skipf("no cgroup v1 real-time group scheduling here: %v", err)
+	}
+	want := "needs CAP_SYS_NICE"
+	if strings.TrimSpace(string(budget)) == "0" {
+		want = "no real-time budget"
+	}
+	if got := realtimeDenied(unix.EPERM); !strings.Contains(got, want) {
+		t.Errorf("EPERM with cpu.rt_runtime_us %s: %q, want it to say %q", strings.TrimSpace(string(budget)), got, want)
 	}
 }

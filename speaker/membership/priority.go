@@ -3,7 +3,10 @@ package membership
 import (
 	"errors"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -69,4 +72,41 @@ func makeThreadNormal() error {
 	}
 	// getpriority returns 20 - nice (never negative); sched_setattr takes the nice value.
 	return unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: int32(20 - nice)}, 0)
+}
+
+// realtimeDenied says why sched_setattr refused the real-time class (err), for the log: on cgroup v1
+// with real-time group scheduling (CONFIG_RT_GROUP_SCHED), a thread may enter the class only when
+// its cpu cgroup has a real-time budget, and new cgroups (every container's, as the kubelet and
+// runc make them) get none: cpu.rt_runtime_us is 0, and CAP_SYS_NICE does not help. Otherwise
+// EPERM means CAP_SYS_NICE is missing.
+func realtimeDenied(err error) string {
+	if !errors.Is(err, unix.EPERM) {
+		return "sched_setattr failed"
+	}
+	if b, rerr := os.ReadFile(cgroupV1CPUFile("cpu.rt_runtime_us")); rerr == nil && strings.TrimSpace(string(b)) == "0" {
+		return "this process's cpu cgroup has no real-time budget (cgroup v1 with real-time group scheduling: cpu.rt_runtime_us is 0, as for every container); CAP_SYS_NICE cannot lift that"
+	}
+	return "needs CAP_SYS_NICE"
+}
+
+// cgroupV1CPUFile is a file of this process's cgroup v1 cpu controller: a container sees its own
+// cgroup at /sys/fs/cgroup/cpu; elsewhere /proc/self/cgroup names the path under it.
+func cgroupV1CPUFile(name string) string {
+	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			// hierarchy-ID:controller-list:path
+			f := strings.SplitN(line, ":", 3)
+			if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "cpu") {
+				if p := filepath.Join("/sys/fs/cgroup/cpu", f[2], name); fileExists(p) {
+					return p
+				}
+			}
+		}
+	}
+	return filepath.Join("/sys/fs/cgroup/cpu", name)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
