@@ -474,6 +474,8 @@ func TestVersion1PeerGetsVersion1(t *testing.T) {
 	}
 	if got := string(a.View().Alive["old"].Payload); got != "mine" {
 		t.Errorf("a holds %q from its version 1 peer, want mine", got)
+	}
+}
 
 // TestRealtimeDeniedNamesTheCause: EPERM from sched_setattr means a missing CAP_SYS_NICE only
 // when the process's cpu cgroup has a real-time budget; in one without (every container on a
