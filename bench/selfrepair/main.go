@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -99,8 +100,10 @@ func run(dir string, trials int) error {
 				return fmt.Errorf("%s: %w", fault.name, err)
 			}
 			took = append(took, m)
-			// The next fault starts from a repaired, settled data plane.
-			time.Sleep(1500 * time.Millisecond)
+			// The next fault starts from a repaired, settled data plane, at a random moment of
+			// the drift check's one-second period (a fixed pause would hit the same phase each
+			// time and measure one point of the distribution).
+			time.Sleep(1500*time.Millisecond + rand.N(time.Second))
 		}
 		labprobe.Report(command, "Data plane self-repair, "+fault.name+" -> traffic back", took, "under 2 s")
 	}
