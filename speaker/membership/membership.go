@@ -376,9 +376,9 @@ func (m *Membership) send() {
 		out = append(out, datagram{p.addr, msg})
 	}
 	m.mu.Unlock()
-	// Peers alike get the same bytes: at steady state there are two shapes (version 1, and
-	// version 2 without payload, whose acked differs per peer), so each is marshalled per peer
-	// only where it must be.
+	// Each peer's heartbeat is marshalled and MAC'd on its own: a version 2 heartbeat names the
+	// version of that peer's payload this node holds. At steady state that is about 90 bytes per
+	// peer; a version 1 peer (an earlier release) costs a MAC over the whole payload each time.
 	for _, d := range out {
 		b, err := d.msg.marshal(m.cfg.Key)
 		if err != nil {
