@@ -208,6 +208,7 @@ func run() error {
 	// whatever else the two cores did at that moment. The modes take turns, several rounds,
 	// and each reports its median.
 	bulkRuns := map[string][]float64{}
+	var bulkCPU []float64 // the proxy's CPU ms per GiB, each userspace round
 	for range bulkRounds {
 		for _, mode := range []string{"nftables", "userspace"} {
 			ip := kernelIP
@@ -215,10 +216,14 @@ func run() error {
 				ip = userIP
 			}
 			var mbps float64
+			cpuBefore := cpuTime()
 			if err := helper(client, &mbps, "-load", netip.AddrPortFrom(ip, 9000).String(), "-bulk", fmt.Sprint(bulkBytes)); err != nil {
 				return err
 			}
 			bulkRuns[mode] = append(bulkRuns[mode], mbps)
+			if mode == "userspace" {
+				bulkCPU = append(bulkCPU, (cpuTime()-cpuBefore).Seconds()*1000*float64(1<<30)/float64(bulkBytes))
+			}
 		}
 	}
 	for _, mode := range []string{"nftables", "userspace"} {
@@ -226,6 +231,7 @@ func run() error {
 		results[mode+" bulk"] = loadResult{PerSecond: mbps}
 		emit(fmt.Sprintf("userspace bench: bulk TCP throughput through %s, %d MiB, median of %d", mode, bulkBytes>>20, bulkRounds), mbps, "MB/s", "", command)
 	}
+	emit(fmt.Sprintf("userspace bench: proxy CPU per GiB of bulk TCP, median of %d", bulkRounds), median(bulkCPU), "ms", "", command)
 	nc := "new connection per request"
 	emit("userspace bench: new-connection request rate, userspace / nftables",
 		100*results["userspace "+nc].PerSecond/results["nftables "+nc].PerSecond, "%", ">= 50 %", command)
