@@ -10,12 +10,12 @@ import (
 type metrics struct {
 	connections, retries, failures *prometheus.CounterVec
 	bytes                          *prometheus.CounterVec
-	suspects                       prometheus.GaugeFunc
+	suspects, unserved             prometheus.GaugeFunc
 }
 
-// newMetrics makes a proxy's metrics; the suspect gauge counts s's endpoints. They are registered
-// by whoever owns the registry (Proxy.Collectors).
-func newMetrics(s *suspects) *metrics {
+// newMetrics makes a proxy's metrics; the suspect gauge counts s's endpoints, the unserved one
+// is what unserved returns. They are registered by whoever owns the registry (Proxy.Collectors).
+func newMetrics(s *suspects, unserved func() float64) *metrics {
 	return &metrics{
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_userspace_connections_total",
@@ -37,12 +37,16 @@ func newMetrics(s *suspects) *metrics {
 			Name: "herald_userspace_suspect_endpoints",
 			Help: "Endpoints tried last for a while because a connection to them failed.",
 		}, func() float64 { return float64(s.count(time.Now())) }),
+		unserved: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_userspace_unserved_ports",
+			Help: "Service ports --dataplane=userspace leaves without traffic on this node (SCTP: the proxy speaks TCP and UDP only).",
+		}, unserved),
 	}
 }
 
 // collectors are the metrics to register.
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connections, m.retries, m.failures, m.bytes, m.suspects}
+	return []prometheus.Collector{m.connections, m.retries, m.failures, m.bytes, m.suspects, m.unserved}
 }
 
 // start makes a port's series at zero, so a rate of its failures reads 0, not absent, before

@@ -81,6 +81,9 @@ type Proxy struct {
 	// retired are listeners of ports that left the desired state: closed once the kernel
 	// backend no longer redirects to them.
 	retired []*portListeners
+	// unserved are the ports ServeAll leaves without traffic: SCTP, which the proxy does not
+	// speak. Only Standalone has them (a kernel backend serves what the proxy does not).
+	unserved map[dataplane.ServicePortName]bool
 }
 
 // portListeners are the listeners of one Service port.
@@ -132,9 +135,17 @@ func New(opts Options) *Proxy {
 		opts.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := newSuspects(opts.SuspectFor)
-	return &Proxy{opts: opts, suspects: s, metrics: newMetrics(s), ctx: ctx, cancel: cancel,
-		ports: map[dataplane.ServicePortName]*portListeners{}}
+	p := &Proxy{opts: opts, suspects: newSuspects(opts.SuspectFor), ctx: ctx, cancel: cancel,
+		ports: map[dataplane.ServicePortName]*portListeners{}, unserved: map[dataplane.ServicePortName]bool{}}
+	p.metrics = newMetrics(p.suspects, p.unservedCount)
+	return p
+}
+
+// unservedCount is how many Service ports ServeAll leaves without traffic (a metric).
+func (p *Proxy) unservedCount() float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return float64(len(p.unserved))
 }
 
 // Collectors are the proxy's metrics, for the registry of whoever runs it (the speaker's).
@@ -179,11 +190,25 @@ func (p *Proxy) open(req dataplane.SyncRequest) error {
 	defer p.mu.Unlock()
 	desired := map[dataplane.ServicePortName]*dataplane.ServicePort{}
 	consider := func(svc types.NamespacedName) {
-		for _, sp := range req.State.Services[svc] {
-			if sp = p.served(sp); sp != nil {
-				desired[sp.Name] = sp
+		for name := range p.unserved {
+			if name.NamespacedName == svc {
+				delete(p.unserved, name)
 			}
 		}
+		for _, sp := range req.State.Services[svc] {
+			if served := p.served(sp); served != nil {
+				desired[sp.Name] = served
+			} else if p.opts.ServeAll {
+				p.unserved[sp.Name] = true
+				// Said once per sync of the Service: a Service is synced again only when it changed.
+				p.opts.Logger.Warn("this node's data plane is --dataplane=userspace, which serves TCP and UDP only: "+
+					"this Service port gets no traffic here; run nftables or IPVS on nodes that must serve it",
+					"service", sp.Name.String(), "protocol", sp.Protocol)
+			}
+		}
+	}
+	if req.Full {
+		clear(p.unserved)
 	}
 	if req.Full {
 		for svc := range req.State.Services {

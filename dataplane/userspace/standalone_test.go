@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -65,8 +66,11 @@ func TestStandaloneSyncs(t *testing.T) {
 		}
 	}
 	a, b := svc("a", "10.96.0.1"), svc("b", "10.96.0.2")
+	// a also has an SCTP port, which the proxy does not speak: counted, not served.
+	sctp := *a
+	sctp.Name.Protocol, sctp.Protocol = v1.ProtocolSCTP, v1.ProtocolSCTP
 	st := &dataplane.State{Services: map[types.NamespacedName][]*dataplane.ServicePort{
-		a.Name.NamespacedName: {a}, b.Name.NamespacedName: {b}}}
+		a.Name.NamespacedName: {a, &sctp}, b.Name.NamespacedName: {b}}}
 	sync := func(full bool, changed ...*dataplane.ServicePort) {
 		t.Helper()
 		req := dataplane.SyncRequest{State: st, Full: full, Changed: map[types.NamespacedName]struct{}{}}
@@ -86,10 +90,16 @@ func TestStandaloneSyncs(t *testing.T) {
 		t.Errorf("strict ARP not set: %v", sysctls)
 	}
 	if got := proxy.Services(); len(got) != 2 {
-		t.Errorf("the proxy serves %v, want both Services (none is annotated)", got)
+		t.Errorf("the proxy serves %v, want both Services' TCP ports (none is annotated)", got)
+	}
+	if got := testutil.ToFloat64(proxy.metrics.unserved); got != 1 {
+		t.Errorf("herald_userspace_unserved_ports = %v, want 1 (a's SCTP port)", got)
 	}
 	delete(st.Services, a.Name.NamespacedName)
 	sync(false, a)
+	if got := testutil.ToFloat64(proxy.metrics.unserved); got != 0 {
+		t.Errorf("herald_userspace_unserved_ports = %v after a left, want 0", got)
+	}
 	if !routes.has(b.ClusterIPs[0], lb) {
 		t.Fatalf("after removing a, routes %v: want b's and the shared LoadBalancer IP", routes)
 	}
