@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BINARIES := controller speaker heraldctl lab
 GO_BUILD := CGO_ENABLED=0 go build -trimpath
 
-.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins k8s-node-bins helm generate lint test demo bench test-ipvs images test-images k8s-test-bins conformance clean
+.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins k8s-node-bins helm generate lint test demo demo-cluster bench test-ipvs images test-images k8s-test-bins conformance clean
 all: build
 
 build: $(BINARIES:%=bin/%)
@@ -43,6 +43,10 @@ test: deps k8s-bins k8s-node-bins k8s-test-bins helm build images test-images
 
 demo: deps k8s-bins helm build
 	hack/demo.sh
+
+# The demo as a user meets Herald: real nodes (kubelet, containerd, CNI), helm install from its image.
+demo-cluster: deps k8s-bins k8s-node-bins helm build images
+	hack/demo.sh --cluster
 
 bench: deps k8s-bins helm build
 	hack/bench.sh

@@ -11,4 +11,12 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "The lab creates network namespaces and needs root: run 'sudo make demo'." >&2
   exit 1
 fi
-exec bin/lab demo "$@"
+# --cluster: `make demo-cluster`, the same on real nodes (kubelet, containerd, CNI; Herald installed
+# with helm from its image, make images).
+cmd=demo
+if [ "${1:-}" = --cluster ]; then
+  cmd=demo-cluster
+  shift
+fi
+# HERALD_LAB_DIR and HERALD_LAB_PREFIX: another lab's place and namespace prefix (default /tmp/herald-lab, herald-).
+exec bin/lab --prefix "${HERALD_LAB_PREFIX:-herald-}" "$cmd" "$@"

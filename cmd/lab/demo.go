@@ -77,6 +77,16 @@ type narrator struct {
 	ip      netip.Addr // the Service's IPv4 once assigned, for the closing commands
 }
 
+// newNarrator pauses between steps only on a terminal and not under CI=true.
+func newNarrator(dir string) *narrator {
+	n := &narrator{self: os.Args[0], dir: dir, in: bufio.NewReader(os.Stdin),
+		pause: os.Getenv("CI") != "true" && term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))}
+	if dir != lab.DefaultDir {
+		n.self += " --dir " + dir
+	}
+	return n
+}
+
 func (n *narrator) step(title string, explain ...string) {
 	n.stepNum++
 	fmt.Printf("\n\033[1m==> %d. %s\033[0m\n", n.stepNum, title)
@@ -97,12 +107,7 @@ func (n *narrator) wait() {
 // demo builds the lab and walks through what Herald does for a LoadBalancer Service, running each
 // part only when the capability behind it works, and saying plainly what is not there yet.
 func demo(ctx context.Context, dir, prefix string, args []string) error {
-	n := &narrator{self: os.Args[0], dir: dir, in: bufio.NewReader(os.Stdin),
-		pause: os.Getenv("CI") != "true" && term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))}
-	if dir != lab.DefaultDir {
-		n.self += " --dir " + dir
-	}
-
+	n := newNarrator(dir)
 	n.step("Build the lab",
 		"A whole bare-metal cluster in network namespaces on this machine: a switch, a real",
 		"kube-apiserver, three nodes each running Herald's speaker, a backend pod behind each node,",

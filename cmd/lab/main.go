@@ -7,6 +7,8 @@
 //	lab down                                  remove everything the lab made
 //	lab status                                hosts, processes, BGP sessions
 //	lab demo                                  up + a LoadBalancer Service walk-through
+//	lab demo-cluster                          the same on real nodes: helm install, a Deployment,
+//	                                          failover by stopping the announcing node's speaker
 //	lab kubectl ARGS...                       kubectl against the lab's apiserver
 //	lab exec HOST -- CMD...                   run a command inside a lab host
 //
@@ -60,6 +62,8 @@ func main() {
 		err = status(ctx, *dir)
 	case "demo":
 		err = demo(ctx, *dir, *prefix, args)
+	case "demo-cluster":
+		err = demoCluster(ctx, *dir, *prefix, args)
 	case "kubectl":
 		err = kubectl(ctx, *dir, args)
 	case "exec":
@@ -92,6 +96,10 @@ func usage() {
   down                   remove every namespace, link, process and file the lab made
   status                 hosts, addresses, processes, BGP sessions
   demo                   up, then a LoadBalancer Service walk-through (CI=true: no pauses)
+  demo-cluster [--images DIR]...
+                         the same as a user meets it, on real nodes (up --kubelet): helm install,
+                         a Deployment exposed as a LoadBalancer Service, reached from the client,
+                         its announcing node's speaker stopped, reached again
   kubectl ARGS...        kubectl against the lab's apiserver (runs inside herald-cp)
   exec HOST -- CMD...    run CMD inside a lab host (node1, client, ext, router, cp, node1-pod1, ...)
 `)

@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -589,4 +591,42 @@ func GetterPod(namespace, name, node, url string) *corev1.Pod {
 			}},
 		},
 	}
+}
+
+// SpeakerPodProcess returns the PID of the speaker container's process on a real node: the chart's
+// /usr/local/bin/speaker running in that node's network namespace (the DaemonSet's pod is
+// host-network). Demos and tests stop it (SIGSTOP) to fail a node's speaker without the graceful
+// restart a pod delete is.
+func (l *Lab) SpeakerPodProcess(node string) (int, error) {
+	n, err := l.node(node)
+	if err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(filepath.Join(netnsDir, n.Netns))
+	if err != nil {
+		return 0, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, fmt.Errorf("%s: no inode", n.Netns)
+	}
+	want := fmt.Sprintf("net:[%d]", st.Ino)
+	procs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range procs {
+		if ns, err := os.Readlink(filepath.Join(p, "ns", "net")); err != nil || ns != want {
+			continue // gone meanwhile, or another namespace
+		}
+		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil {
+			continue
+		}
+		argv := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		if argv[0] == "/usr/local/bin/speaker" && !slices.Contains(argv, "--prepare-sysctls") {
+			return strconv.Atoi(filepath.Base(p))
+		}
+	}
+	return 0, fmt.Errorf("no speaker container process in %s's namespace %s", node, n.Netns)
 }

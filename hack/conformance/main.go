@@ -12,6 +12,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -296,27 +297,34 @@ func names(runs []run) string {
 	return strings.Join(n, " vs ")
 }
 
-// writeBench prints the figures bench/report records (bench/conformance/run.sh).
+// benchSubject names a run in the figures, as bench/report pairs them: Herald's beside its peer's.
+var benchSubject = map[string]string{"herald": "Herald", "kube-proxy": "kube-proxy v1.34.4 nftables"}
+
+// writeBench prints the figures bench/report records (bench/cluster/run.sh).
 func writeBench(w io.Writer, sel []Selected, runs []run) {
-	total := 0
+	total, conformance := 0, 0
 	for _, s := range sel {
 		if s.In {
 			total++
+			if isConformance(s.Name) {
+				conformance++
+			}
 		}
 	}
 	for _, r := range runs {
 		c, o := r.count(sel, true), r.count(sel, false)
+		subject := cmp.Or(benchSubject[r.Name], r.Name)
 		for _, f := range []struct {
 			name  string
 			value float64
 			unit  string
 		}{
-			{"conformance_" + r.Name + "_passed: [sig-network] Services [Conformance] tests passed", float64(c.passed), "tests"},
-			{"conformance_" + r.Name + "_failed: [sig-network] Services [Conformance] tests failed", float64(c.failed), "tests"},
-			{fmt.Sprintf("conformance_%s_selected_passed: selected [sig-network] Services tests passed, of %d", r.Name, total), float64(c.passed + o.passed), "tests"},
-			{"conformance_" + r.Name + "_wall: e2e.test wall time for the selection", r.Wall.Seconds(), "s"},
+			{fmt.Sprintf("%s: [sig-network] Services [Conformance] tests passed, of %d", subject, conformance), float64(c.passed), "tests"},
+			{fmt.Sprintf("%s: [sig-network] Services [Conformance] tests failed, of %d", subject, conformance), float64(c.failed), "tests"},
+			{fmt.Sprintf("%s: selected Services tests passed (e2e/conformance/selection.txt), of %d", subject, total), float64(c.passed + o.passed), "tests"},
+			{subject + ": e2e.test wall time for the selection (3 shards side by side)", r.Wall.Seconds(), "s"},
 		} {
-			b, _ := json.Marshal(map[string]any{"figure": f.name, "value": f.value, "unit": f.unit, "command": "BENCH_ONLY=conformance make bench"})
+			b, _ := json.Marshal(map[string]any{"figure": f.name, "value": f.value, "unit": f.unit, "command": "BENCH_ONLY=cluster make bench"})
 			fmt.Fprintf(w, "BENCH %s\n", b)
 		}
 	}

@@ -68,7 +68,7 @@ out: [sig-network] Services should work after restarting kube-proxy [Disruptive]
 		}
 	}
 	writeBench(&bench, sel, []run{r})
-	if !strings.Contains(bench.String(), `"figure":"conformance_herald_passed`) || strings.Count(bench.String(), "BENCH ") != 4 {
+	if !strings.Contains(bench.String(), `"figure":"Herald: [sig-network] Services [Conformance] tests passed`) || strings.Count(bench.String(), "BENCH ") != 4 {
 		t.Errorf("bench lines:\n%s", bench.String())
 	}
 }
