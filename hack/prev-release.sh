@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The previous release of Herald, for e2e/lifecycle's upgrade from it: the chart and the image of an
-# older commit ($HERALD_PREV_COMMIT, default 55dba60ec49c: main~10 when issue 18's lifecycle tests were written, with the L2 restart hold and the real-node lab), built once from a throw-away git
-# worktree and cached in $HERALD_CACHE/herald-prev-<commit>/ as chart/ (the chart directory) and
-# herald.oci.tar (the image, tagged ghcr.io/heraldlb/herald:prev-<commit>). Prints that directory.
+# older commit ($HERALD_PREV_COMMIT; default 55dba60ec49c, main~10 when issue 18's lifecycle tests
+# were written, which has the L2 restart hold and runs on the real-node lab), built once from a
+# throw-away git worktree and cached in $HERALD_CACHE/herald-prev-<commit>/ as chart/ (the chart
+# directory) and herald.oci.tar (the image, tagged ghcr.io/heraldlb/herald:prev-<commit>). Prints
+# that directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${HERALD_CACHE:-$HOME/.cache/herald}

@@ -46,6 +46,9 @@ const (
 	streams = 2
 	// enableEnv runs the package: it needs several minutes of real nodes.
 	enableEnv = "HERALD_LIFECYCLE"
+	// valuesEnv holds extra chart values (KEY=VALUE,...) for every install and upgrade, e.g.
+	// failover.detectAfter=1s on a machine too saturated for the default failure detection.
+	valuesEnv = "HERALD_LIFECYCLE_VALUES"
 	// benchCommand is how the figures are measured (bench/lifecycle/run.sh).
 	benchCommand = "BENCH_ONLY=lifecycle make bench"
 )
@@ -87,6 +90,7 @@ func TestLifecycle(t *testing.T) {
 		prevTag = installPrevious(t, l, prevDir)
 	}
 	heraldReady(t, l, cs, prevTag)
+	t.Logf("chart values from %s: %q", valuesEnv, chartValues())
 
 	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "lc", map[string]any{"addresses": []any{lab.L2PoolV4, lab.L2PoolV6}})
 	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "lc", map[string]any{"ipAddressPools": []any{"lc"}})
@@ -114,7 +118,7 @@ func TestLifecycle(t *testing.T) {
 	run("idle (control)", true, func() string { time.Sleep(10 * time.Second); return "" })
 	if prevDir != "" {
 		run("helm upgrade from the previous release", true, func() string {
-			helm(l.UpgradeHerald())
+			helm(l.UpgradeHerald(chartValues()...))
 			heraldReady(t, l, cs, "")
 			return "chart and image of " + prevTag + " -> this tree's"
 		})
@@ -126,7 +130,7 @@ func TestLifecycle(t *testing.T) {
 	next := current + "-lc2"
 	tagImage(t, l, current, next)
 	run("helm upgrade to a new image", true, func() string {
-		helm(l.UpgradeHerald("image.tag=" + next))
+		helm(l.UpgradeHerald(append(chartValues(), "image.tag="+next)...))
 		heraldReady(t, l, cs, next)
 		return current + " -> " + next
 	})
@@ -142,7 +146,7 @@ func TestLifecycle(t *testing.T) {
 		return "on " + node + ", the owner of the most addresses"
 	})
 	run("controller killed during an upgrade", true, func() string {
-		helm(l.UpgradeHerald("image.tag=" + next))
+		helm(l.UpgradeHerald(append(chartValues(), "image.tag="+next)...))
 		time.Sleep(2 * time.Second)
 		deletePods(t, cs, "app.kubernetes.io/component=controller", "", 0)
 		heraldReady(t, l, cs, next)
@@ -174,6 +178,7 @@ func TestLifecycle(t *testing.T) {
 		stopKubelet(t, l, cs, node)
 		return "on " + node + ", the owner of the most addresses, until NotReady and 10 s more"
 	})
+	run("idle (control, at the end)", true, func() string { time.Sleep(10 * time.Second); return "" })
 
 	report(t, results)
 }
@@ -212,10 +217,16 @@ func measure(t *testing.T, ld *load, name string, event func() string) result {
 			t.Logf("%s: %s: %d/%d failed, %d broken streams (by node %v), %d moves, errors %v", name, k, c.Failed, c.Conns, c.Broken, c.BrokenOn, c.Moves, c.Errors)
 		}
 	}
-	for i, d := range ld.Disruptions(began) {
-		if i == 40 {
-			t.Logf("%s: and more", name)
-			break
+	// The timeline: Herald's pods, and the first disruptions.
+	shown := 0
+	for _, d := range ld.Disruptions(began) {
+		if !d.Note {
+			if shown++; shown == 60 {
+				t.Logf("%s: more disruptions left out", name)
+			}
+			if shown >= 60 {
+				continue
+			}
 		}
 		t.Logf("%s: +%s %s", name, d.At.Sub(began).Round(10*time.Millisecond), d.What)
 	}
@@ -356,6 +367,15 @@ func mostOwned(owners map[netip.Addr]string) string {
 	return best
 }
 
+// chartValues are the extra chart values of valuesEnv.
+func chartValues() []string {
+	v := os.Getenv(valuesEnv)
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
+
 // helmOK returns a check of a helm command's output and error that fails t on an error.
 func helmOK(t *testing.T) func(out string, err error) {
 	return func(out string, err error) {
@@ -430,7 +450,7 @@ func heraldReady(t *testing.T, l *lab.Lab, cs kubernetes.Interface, tag string) 
 	t.Helper()
 	ctx := t.Context()
 	if _, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(ctx, "herald-speaker", metav1.GetOptions{}); err != nil {
-		helmOK(t)(l.InstallHerald())
+		helmOK(t)(l.InstallHerald(chartValues()...))
 	}
 	labsuite.WaitFor(t, 4*time.Minute, "Herald's pods all Ready on image tag "+tag, func() (bool, string) {
 		ds, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(ctx, "herald-speaker", metav1.GetOptions{})
@@ -489,7 +509,7 @@ func installPrevious(t *testing.T, l *lab.Lab, dir string) string {
 		}
 	}
 	args := []string{"install", "herald", filepath.Join(dir, "chart"), "--create-namespace", "--set", "image.tag=" + tag}
-	for _, v := range l.HeraldAPIServerValues() {
+	for _, v := range append(l.HeraldAPIServerValues(), chartValues()...) {
 		args = append(args, "--set", v)
 	}
 	helmOK(t)(l.Helm(args...))

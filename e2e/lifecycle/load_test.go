@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -131,13 +132,14 @@ func (ld *load) add(t target, f func(c *counts)) {
 type disruption struct {
 	At   time.Time
 	What string
+	Note bool // not a disruption: what Herald's pods did
 }
 
 // disrupted records a disruption now.
 func (ld *load) disrupted(t target, what string) {
 	ld.mu.Lock()
 	ld.last = time.Now()
-	ld.events = append(ld.events, disruption{ld.last, t.String() + ": " + what})
+	ld.events = append(ld.events, disruption{At: ld.last, What: t.String() + ": " + what})
 	ld.mu.Unlock()
 }
 
@@ -190,6 +192,11 @@ func (ld *load) Start(ctx context.Context) error {
 		return err
 	}
 	ld.goRun(func() { ld.countWrites(ctx, w) })
+	pw, err := ld.cs.CoreV1().Pods(lab.HeraldNamespace).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	ld.goRun(func() { ld.notePods(ctx, pw) })
 	probed := map[netip.Addr]bool{}
 	for _, t := range ld.targets {
 		ld.goRun(func() { ld.connect(ctx, t) })
@@ -420,6 +427,47 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 	}
 	if err := cmd.Wait(); ctx.Err() == nil {
 		ld.add(t, func(c *counts) { c.Errors[fmt.Sprintf("arping ended: %v", err)]++ })
+	}
+}
+
+// notePods puts Herald's pods' changes (created, Ready, terminating, gone) on the timeline, so a
+// disruption can be told from what Herald was doing.
+func (ld *load) notePods(ctx context.Context, w watch.Interface) {
+	defer w.Stop()
+	state := map[string]string{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return
+			}
+			p, isPod := ev.Object.(*corev1.Pod)
+			if !isPod {
+				continue
+			}
+			now := "created"
+			switch {
+			case ev.Type == watch.Deleted:
+				now = "gone"
+			case p.DeletionTimestamp != nil:
+				now = "terminating"
+			case p.Status.PodIP != "" && slices.ContainsFunc(p.Status.Conditions, func(c corev1.PodCondition) bool {
+				return c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue
+			}):
+				now = "Ready"
+			case slices.ContainsFunc(p.Status.ContainerStatuses, func(c corev1.ContainerStatus) bool { return c.State.Running != nil }):
+				now = "running"
+			}
+			if state[p.Name] == now {
+				continue
+			}
+			state[p.Name] = now
+			ld.mu.Lock()
+			ld.events = append(ld.events, disruption{At: time.Now(), What: "(pod " + p.Name + "@" + p.Spec.NodeName + " " + now + ")", Note: true})
+			ld.mu.Unlock()
+		}
 	}
 }
 
