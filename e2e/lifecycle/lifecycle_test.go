@@ -290,6 +290,12 @@ func services(t *testing.T, l *lab.Lab, cs kubernetes.Interface) []target {
 	t.Helper()
 	ctx := t.Context()
 	d := lab.BackendDeployment(ns, "lc-web", backends)
+	// As a well-behaved server does (and the lab's backend does not: it stops at SIGTERM), a
+	// terminating backend keeps serving for a while: the endpointslice controller and then every
+	// node's data plane take it out of the new connections meanwhile. Without it, a drain's
+	// evicted pods refuse the new connections sent to them in that moment, whatever the proxy.
+	d.Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To[int64](5)
+	d.Spec.Template.Spec.Containers[0].Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 3}}}
 	d.Spec.Template.Spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{
 		MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.ScheduleAnyway,
 		LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "lc-web"}},

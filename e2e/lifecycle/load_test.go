@@ -475,6 +475,7 @@ func (ld *load) notePods(ctx context.Context, w watch.Interface) {
 // status by Herald's controller, metadata, spec).
 func (ld *load) countWrites(ctx context.Context, w watch.Interface) {
 	defer w.Stop()
+	seen := map[string]string{} // the last status and annotations of each Service, to say what a write changed
 	for {
 		select {
 		case <-ctx.Done():
@@ -484,9 +485,18 @@ func (ld *load) countWrites(ctx context.Context, w watch.Interface) {
 				return
 			}
 			s, isSvc := ev.Object.(*corev1.Service)
-			if ev.Type != watch.Modified || !isSvc {
+			if !isSvc {
 				continue
 			}
+			now, _ := json.Marshal(map[string]any{"status": s.Status, "annotations": s.Annotations})
+			before := seen[s.Name]
+			seen[s.Name] = string(now)
+			if ev.Type != watch.Modified {
+				continue
+			}
+			ld.mu.Lock()
+			ld.events = append(ld.events, disruption{At: time.Now(), What: "(Service " + s.Name + " written: " + string(now) + ", was " + before + ")", Note: true})
+			ld.mu.Unlock()
 			for _, t := range ld.targets {
 				if t.Service == s.Name { // counted once, on the Service's first target
 					ld.add(t, func(c *counts) { c.Writes++ })
