@@ -234,8 +234,8 @@ func measure(t *testing.T, ld *load, name string, event func() string) result {
 }
 
 func (r result) summary() string {
-	return fmt.Sprintf("%d/%d new connections failed (%d slower than 1 s), %d/%d streams broken (by backend node %v), %d IP moves, %d Service writes, steady after %s, load %s; %s",
-		r.Failed, r.Conns, r.Slow, r.Broken, r.Streams, r.BrokenOn, r.Moves, r.Writes, r.Steady.Round(100*time.Millisecond), r.Load, r.Note)
+	return fmt.Sprintf("%d/%d new connections failed (%d slower than 1 s), %d/%d streams broken (by backend node %v), %d IP moves (%d ARP requests answered by two MACs), %d Service writes, steady after %s, load %s; %s",
+		r.Failed, r.Conns, r.Slow, r.Broken, r.Streams, r.BrokenOn, r.Moves, r.Dual, r.Writes, r.Steady.Round(100*time.Millisecond), r.Load, r.Note)
 }
 
 // loadAverage is the machine's 1-minute load average (/proc/loadavg).

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -42,6 +44,7 @@ type counts struct {
 	// BrokenOn counts broken streams by the node of the backend that was serving them.
 	BrokenOn map[string]int
 	Moves    int // owner (MAC) changes of the target's IP seen by the client's ARP/NDP probes
+	Dual     int // ARP requests for the target's IP that two MACs answered (a handover's overlap)
 	Writes   int // writes to the target's Service (resourceVersion changes)
 	Errors   map[string]int
 }
@@ -67,6 +70,7 @@ func (c counts) Sub(o counts) counts {
 	d.Streams -= o.Streams
 	d.Broken -= o.Broken
 	d.Moves -= o.Moves
+	d.Dual -= o.Dual
 	d.Writes -= o.Writes
 	for k, v := range o.BrokenOn {
 		if d.BrokenOn[k] -= v; d.BrokenOn[k] == 0 {
@@ -197,6 +201,9 @@ func (ld *load) Start(ctx context.Context) error {
 		return err
 	}
 	ld.goRun(func() { ld.notePods(ctx, pw) })
+	if dir := os.Getenv(keepLogsEnv); dir != "" {
+		ld.goRun(func() { keepPodLogs(ctx, ld.l, dir) })
+	}
 	probed := map[netip.Addr]bool{}
 	for _, t := range ld.targets {
 		ld.goRun(func() { ld.connect(ctx, t) })
@@ -369,8 +376,9 @@ func (ld *load) streamOnce(ctx context.Context, dial func(context.Context, strin
 }
 
 // probeOwner runs arping (IPv4) for t's address from the segment's client for as long as the load
-// runs, one request every 100 ms, and counts the changes of the MAC that answers; IPv6 is asked
-// with ndisc6 every 500 ms.
+// runs, one request every 100 ms, and counts the changes of the MAC that alone answers a request
+// (a request two MACs answer is counted as Dual, not as moves); IPv6 is asked with ndisc6 every
+// 500 ms, and only single answers count.
 func (ld *load) probeOwner(ctx context.Context, t target) {
 	ip := t.Addr.Addr()
 	seen := func(mac string) {
@@ -405,7 +413,7 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 		}
 		return
 	}
-	cmd, err := ld.l.Command(ctx, lab.HostClient, "arping", "-r", "-i", "eth0", "-W", "0.1", ip.String())
+	cmd, err := ld.l.Command(ctx, lab.HostClient, "arping", "-i", "eth0", "-W", "0.1", ip.String())
 	if err != nil {
 		ld.add(t, func(c *counts) { c.Errors["arping: "+err.Error()]++ })
 		return
@@ -419,11 +427,36 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 		ld.add(t, func(c *counts) { c.Errors["arping: "+err.Error()]++ })
 		return
 	}
+	// Lines are "42 bytes from MAC (IP): index=N time=...": the MACs of request N are known once a
+	// reply to a later request arrives.
+	index, macs := "", map[string]bool{}
+	decide := func() {
+		switch len(macs) {
+		case 1:
+			for m := range macs {
+				seen(m)
+			}
+		case 0:
+		default:
+			ld.add(t, func(c *counts) { c.Dual++ })
+		}
+		clear(macs)
+	}
 	lines := bufio.NewScanner(out)
 	for lines.Scan() {
-		if hw, err := net.ParseMAC(strings.TrimSpace(lines.Text())); err == nil {
-			seen(hw.String())
+		f := strings.Fields(lines.Text())
+		if len(f) < 6 || f[1] != "bytes" {
+			continue
 		}
+		hw, err := net.ParseMAC(f[3])
+		if err != nil {
+			continue
+		}
+		if f[5] != index {
+			decide()
+			index = f[5]
+		}
+		macs[hw.String()] = true
 	}
 	if err := cmd.Wait(); ctx.Err() == nil {
 		ld.add(t, func(c *counts) { c.Errors[fmt.Sprintf("arping ended: %v", err)]++ })
@@ -467,6 +500,34 @@ func (ld *load) notePods(ctx context.Context, w watch.Interface) {
 			ld.mu.Lock()
 			ld.events = append(ld.events, disruption{At: time.Now(), What: "(pod " + p.Name + "@" + p.Spec.NodeName + " " + now + ")", Note: true})
 			ld.mu.Unlock()
+		}
+	}
+}
+
+// keepLogsEnv names a directory where the test keeps a copy of Herald's pods' logs: the kubelet
+// removes a pod's logs with the pod, and an upgrade replaces every pod.
+const keepLogsEnv = "HERALD_LIFECYCLE_KEEP_LOGS"
+
+// keepPodLogs copies Herald's pods' container logs into dir every second until ctx ends.
+func keepPodLogs(ctx context.Context, l *lab.Lab, dir string) {
+	for {
+		files, _ := filepath.Glob(filepath.Join(l.Dir, "nodes", "*", "pod-logs", lab.HeraldNamespace+"_*", "*", "*.log"))
+		for _, f := range files {
+			rel, err := filepath.Rel(filepath.Join(l.Dir, "nodes"), f)
+			if err != nil {
+				continue
+			}
+			if b, err := os.ReadFile(f); err == nil {
+				out := filepath.Join(dir, rel)
+				if os.MkdirAll(filepath.Dir(out), 0o755) == nil {
+					_ = os.WriteFile(out, b, 0o644) // best effort: a copy for reading, not a result
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
 		}
 	}
 }
@@ -527,6 +588,7 @@ func total(snap map[string]counts, keep func(key string) bool) counts {
 		sum.Broken += c.Broken
 		sum.Open += c.Open
 		sum.Moves += c.Moves
+		sum.Dual += c.Dual
 		sum.Writes += c.Writes
 		for n, v := range c.BrokenOn {
 			sum.BrokenOn[n] += v
