@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BINARIES := controller speaker heraldctl lab
 GO_BUILD := CGO_ENABLED=0 go build -trimpath
 
-.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins k8s-node-bins helm generate lint test demo demo-cluster bench test-ipvs images test-images k8s-test-bins conformance clean
+.PHONY: all build $(BINARIES:%=bin/%) deps k8s-bins k8s-node-bins helm generate lint test demo demo-cluster bench test-ipvs images test-images k8s-test-bins conformance lifecycle clean
 all: build
 
 build: $(BINARIES:%=bin/%)
@@ -65,6 +65,12 @@ test-images: k8s-bins
 # Kubernetes' e2e [sig-network] Services tests against Herald and against kube-proxy, side by side.
 conformance: deps k8s-bins k8s-node-bins k8s-test-bins helm build images test-images
 	hack/conformance.sh
+
+# Issue 18's events (helm upgrade, rollback, drain, kubelet stopped, ...) under live traffic on the
+# lab's real nodes, with the previous release built once (hack/prev-release.sh): several minutes, so
+# not a stage of make test.
+lifecycle: deps k8s-bins k8s-node-bins helm build images
+	HERALD_LIFECYCLE=1 HERALD_BIN_DIR=$(CURDIR)/bin HERALD_PREV_DIR=$$(hack/prev-release.sh) go test -count=1 -v -timeout 40m ./e2e/lifecycle
 
 clean:
 	rm -rf bin

@@ -78,11 +78,12 @@ func Helm() (string, error) {
 // RunHelm runs helm with args, with private configuration and cache directories (no user
 // repositories or plugins), and returns its standard output.
 func RunHelm(args ...string) (string, error) {
-	return runHelmWrapped(nil, args...)
+	return RunHelmWrapped(nil, args...)
 }
 
-// runHelmWrapped is RunHelm with wrap (when set) turning helm's command line into the one run.
-func runHelmWrapped(wrap func(argv []string) []string, args ...string) (string, error) {
+// RunHelmWrapped is RunHelm with wrap (when set) turning helm's command line into the one run
+// (e.g. inside the network namespace the API server is reachable from).
+func RunHelmWrapped(wrap func(argv []string) []string, args ...string) (string, error) {
 	helm, err := Helm()
 	if err != nil {
 		return "", err
@@ -134,6 +135,17 @@ func Render(sets ...string) ([]*unstructured.Unstructured, error) {
 // and returns helm's output. wrap, when set, turns helm's command line into the one run (e.g.
 // inside the network namespace the API server is reachable from).
 func Install(wrap func(argv []string) []string, kubeconfig string, sets ...string) (string, error) {
+	return installOrUpgrade(wrap, kubeconfig, []string{"install", "herald", "--create-namespace"}, sets)
+}
+
+// Upgrade runs `helm upgrade` of release "herald" in herald-system to the built-in chart, with
+// the given --set values (and no others: helm's default, values not reused), as Install does.
+func Upgrade(wrap func(argv []string) []string, kubeconfig string, sets ...string) (string, error) {
+	return installOrUpgrade(wrap, kubeconfig, []string{"upgrade", "herald"}, sets)
+}
+
+// installOrUpgrade runs helm's verb (with its release name and flags) on the built-in chart.
+func installOrUpgrade(wrap func(argv []string) []string, kubeconfig string, verb, sets []string) (string, error) {
 	tmp, err := os.MkdirTemp("", "herald-chart-")
 	if err != nil {
 		return "", err
@@ -143,11 +155,11 @@ func Install(wrap func(argv []string) []string, kubeconfig string, sets ...strin
 	if err != nil {
 		return "", fmt.Errorf("writing the built-in chart: %w", err)
 	}
-	args := []string{"install", "herald", dir, "--namespace", "herald-system", "--create-namespace", "--kubeconfig", kubeconfig}
+	args := append(verb, dir, "--namespace", "herald-system", "--kubeconfig", kubeconfig)
 	for _, s := range sets {
 		args = append(args, "--set", s)
 	}
-	return runHelmWrapped(wrap, args...)
+	return RunHelmWrapped(wrap, args...)
 }
 
 // Decode splits a multi-document manifest into objects.

@@ -531,16 +531,41 @@ func unescapeMount(s string) string {
 // (chart value apiServer.host): no kube-proxy runs, and the ClusterIP of the `kubernetes` Service
 // works only once the speakers program it.
 func (l *Lab) InstallHerald(values ...string) (string, error) {
+	return l.helmHerald("install", charts.Install, values)
+}
+
+// UpgradeHerald runs `helm upgrade` of the release InstallHerald made to the built-in chart, with
+// the same API server values and the given --set values (the release's others are not reused).
+func (l *Lab) UpgradeHerald(values ...string) (string, error) {
+	return l.helmHerald("upgrade", charts.Upgrade, values)
+}
+
+func (l *Lab) helmHerald(verb string, helm func(wrap func([]string) []string, kubeconfig string, sets ...string) (string, error), values []string) (string, error) {
 	if !l.Kubelet {
 		return "", errors.New("the lab has no real nodes (lab up --kubelet): the chart's pods cannot run")
 	}
-	cp := l.Topology.Host(HostControlPlane)
-	sets := append([]string{"apiServer.host=" + cp.IPv4.String(), fmt.Sprintf("apiServer.port=%d", APIServerPort)}, values...)
-	out, err := charts.Install(func(argv []string) []string { return inNetns(cp.Netns, argv...) }, l.Kubeconfig(), sets...)
+	out, err := helm(l.inControlPlane, l.Kubeconfig(), append(l.HeraldAPIServerValues(), values...)...)
 	if err != nil {
-		return out, fmt.Errorf("helm install: %w", err)
+		return out, fmt.Errorf("helm %s: %w", verb, err)
 	}
 	return out, nil
+}
+
+// HeraldAPIServerValues are the --set values that point Herald's pods at the lab's API server
+// (no kube-proxy: the kubernetes Service's ClusterIP works only once the speakers run).
+func (l *Lab) HeraldAPIServerValues() []string {
+	return []string{"apiServer.host=" + l.Topology.Host(HostControlPlane).IPv4.String(), fmt.Sprintf("apiServer.port=%d", APIServerPort)}
+}
+
+// Helm runs helm with args against the lab's cluster from the control plane's namespace, in
+// Herald's release namespace (herald-system): `helm rollback herald 1`, or an install of another
+// chart directory (an older release of Herald's).
+func (l *Lab) Helm(args ...string) (string, error) {
+	return charts.RunHelmWrapped(l.inControlPlane, append(args, "--namespace", HeraldNamespace, "--kubeconfig", l.Kubeconfig())...)
+}
+
+func (l *Lab) inControlPlane(argv []string) []string {
+	return inNetns(l.Topology.Host(HostControlPlane).Netns, argv...)
 }
 
 // BackendDeployment is a Deployment of the lab's backend on real nodes: replicas pods from

@@ -138,6 +138,10 @@ func segmentV6(octet int) netip.Addr {
 // so `arping` output names the node that answered: 02:4c:00:77:00:0b is 10.77.0.11, node1.
 func segmentMAC(octet int) string { return fmt.Sprintf("02:4c:00:77:00:%02x", octet) }
 
+// podBridgeMAC is the fixed MAC of a node's pod bridge: locally administered, ending in the node's
+// segment octet, and apart from every segment MAC.
+func podBridgeMAC(n *Host) string { return fmt.Sprintf("02:4c:01:77:00:%02x", n.IPv4.As4()[3]) }
+
 func (t *Topology) add(h *Host) {
 	h.Netns = t.Prefix + h.Name
 	t.Hosts = append(t.Hosts, h)
@@ -250,12 +254,15 @@ func (t *Topology) Plan() []Step {
 	}
 
 	// Nodes: a bridge for their pods (as a bridge CNI plugin makes), routes to the other nodes' pod
-	// CIDRs, default route via the router.
+	// CIDRs, default route via the router. The bridge's MAC is set: a bridge without one takes
+	// the lowest of its ports' MACs, so a pod's veth coming or going would change the pods'
+	// gateway MAC under them and blackhole their replies until their neighbour entries expire
+	// (seen on real nodes: a controller pod deleted broke the IPv6 streams of a backend next to it).
 	for _, n := range t.HostsOf(KindNode) {
 		s := Step{Netns: n.Netns, Sysctls: forwarding, IP: segmentHostIP(n)}
 		gw4, gw6 := podGateways(n)
 		s.IP = append(s.IP,
-			"link add "+podBridge+" type bridge",
+			"link add "+podBridge+" address "+podBridgeMAC(n)+" type bridge",
 			fmt.Sprintf("addr add %s/24 dev %s", gw4, podBridge),
 			fmt.Sprintf("addr add %s/64 dev %s nodad", gw6, podBridge),
 			"link set "+podBridge+" up")

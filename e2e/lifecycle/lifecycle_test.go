@@ -1,0 +1,564 @@
+// Package lifecycle runs the operator's weekly events against Herald on real nodes (kubelet,
+// containerd; Herald installed with helm from its image) under live traffic (issue 18): a helm
+// upgrade to a new image, a helm rollback, a speaker pod deleted, the controller killed during an
+// upgrade, a kubectl drain of the node owning the most addresses, a node's kubelet stopped, and an
+// upgrade from the previous release's chart and image. While each happens, clients keep opening new
+// connections and hold long-lived streams to LoadBalancer Services (externalTrafficPolicy Cluster
+// and Local, L2, IPv4 and IPv6); ARP/NDP probes count owner changes of every address and a watch
+// counts writes to the Services. Each event gets its own figures, printed as a table and as
+// `BENCH {json}` lines (bench/lifecycle/run.sh records them in bench/results.json).
+//
+// It takes several minutes, so it runs only with HERALD_LIFECYCLE=1 (make lifecycle); otherwise
+// its tests skip. Prerequisites as e2e/kubelet's (labsuite.KubeletMain).
+package lifecycle
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/heraldlb/herald/e2e/lab"
+	"github.com/heraldlb/herald/e2e/lab/labsuite"
+)
+
+const (
+	prefix = "herald-lc-"
+	ns     = "default"
+	// backends is the backend Deployment's replicas: one per node (spread), so every node has a
+	// Local endpoint and a drain takes one away.
+	backends = 3
+	// rate and streams are the load per target (address): new connections per second, and
+	// long-lived streams.
+	rate    = 5
+	streams = 2
+	// enableEnv runs the package: it needs several minutes of real nodes.
+	enableEnv = "HERALD_LIFECYCLE"
+	// valuesEnv holds extra chart values (KEY=VALUE,...) for every install and upgrade, e.g.
+	// failover.detectAfter=1s on a machine too saturated for the default failure detection.
+	valuesEnv = "HERALD_LIFECYCLE_VALUES"
+	// benchCommand is how the figures are measured (bench/lifecycle/run.sh).
+	benchCommand = "BENCH_ONLY=lifecycle make bench"
+)
+
+func TestMain(m *testing.M) {
+	lab.RunBackendIfAsked()
+	if os.Getenv(enableEnv) != "1" {
+		fmt.Printf("e2e/lifecycle: skipped (%s=1, or make lifecycle, runs it: several minutes of real nodes)\n", enableEnv)
+		os.Exit(0)
+	}
+	labsuite.KubeletMain(m, prefix)
+}
+
+// result is one event's figures.
+type result struct {
+	Event string
+	counts
+	// Steady is from the event's start to the last of: the event done (rollout complete, node
+	// back), the last failed connection, broken stream or IP move.
+	Steady time.Duration
+	// AllowedBroken counts the broken streams the targets allow (the drained node's backends).
+	AllowedBroken int
+	Note          string
+	// Load is the machine's 1-minute load average when the event ended (the lab shares the
+	// machine: a saturated one delays pod restarts and heartbeats).
+	Load string
+}
+
+// TestLifecycle runs every event in turn under the same load, then prints the table.
+func TestLifecycle(t *testing.T) {
+	l := labsuite.Lab(t)
+	cs, dyn := labsuite.Clients(t, l)
+	ctx := t.Context()
+	helm := helmOK(t)
+	// The previous release (hack/prev-release.sh) is installed first, to be upgraded from under load.
+	prevDir := os.Getenv("HERALD_PREV_DIR")
+	prevTag := ""
+	if prevDir != "" {
+		prevTag = installPrevious(t, l, prevDir)
+	}
+	heraldReady(t, l, cs, prevTag)
+	t.Logf("chart values from %s: %q", valuesEnv, chartValues())
+
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "lc", map[string]any{"addresses": []any{lab.L2PoolV4, lab.L2PoolV6}})
+	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "lc", map[string]any{"ipAddressPools": []any{"lc"}})
+	targets := services(t, l, cs)
+	ld := newLoad(l, cs, ns, targets, rate, streams)
+	if err := ld.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer ld.Stop()
+	labsuite.WaitFor(t, 30*time.Second, "every probed address owned and every stream open", func() (bool, string) {
+		snap := ld.Snapshot()
+		return len(ld.Owners()) == len(targets) && total(snap, all).Streams >= len(targets)*streams,
+			fmt.Sprintf("owners %v, %+v", ld.Owners(), total(snap, all))
+	})
+
+	var results []result
+	run := func(name string, targetsZero bool, event func() string) {
+		r := measure(t, ld, name, event)
+		results = append(results, r)
+		t.Logf("%s: %s", name, r.summary())
+		if targetsZero && (r.Failed > 0 || r.Broken > 0 || r.Moves > 0 || r.Writes > 0) {
+			t.Errorf("%s: want 0 failed connections, 0 broken streams, 0 IP moves, 0 Service writes; got %s", name, r.summary())
+		}
+	}
+	run("idle (control)", true, func() string { time.Sleep(10 * time.Second); return "" })
+	if prevDir != "" {
+		run("helm upgrade from the previous release", true, func() string {
+			helm(l.UpgradeHerald(chartValues()...))
+			heraldReady(t, l, cs, "")
+			return "chart and image of " + prevTag + " -> this tree's"
+		})
+	} else {
+		t.Logf("no upgrade from the previous release: HERALD_PREV_DIR is not set (hack/prev-release.sh builds it; make lifecycle sets it)")
+	}
+	current := heraldTag(t, cs)
+	// A second tag of the same image, so an upgrade really rolls every pod.
+	next := current + "-lc2"
+	tagImage(t, l, current, next)
+	run("helm upgrade to a new image", true, func() string {
+		helm(l.UpgradeHerald(append(chartValues(), "image.tag="+next)...))
+		heraldReady(t, l, cs, next)
+		return current + " -> " + next
+	})
+	run("helm rollback", true, func() string {
+		helm(l.Helm("rollback", "herald"))
+		heraldReady(t, l, cs, current)
+		return "to the previous revision (" + current + ")"
+	})
+	run("speaker pod deleted", true, func() string {
+		node := mostOwned(ld.Owners())
+		deletePods(t, cs, "app.kubernetes.io/component=speaker", node, 30)
+		heraldReady(t, l, cs, current)
+		return "on " + node + ", the owner of the most addresses"
+	})
+	run("controller killed during an upgrade", true, func() string {
+		helm(l.UpgradeHerald(append(chartValues(), "image.tag="+next)...))
+		time.Sleep(2 * time.Second)
+		deletePods(t, cs, "app.kubernetes.io/component=controller", "", 0)
+		heraldReady(t, l, cs, next)
+		return "every controller pod deleted (grace 0) 2 s into the upgrade"
+	})
+	var drained string
+	results = append(results, func() result {
+		drained = mostOwned(ld.Owners())
+		r := measure(t, ld, "kubectl drain", func() string {
+			out, err := kubectl(ctx, l, "drain", drained, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s")
+			if err != nil {
+				t.Fatalf("kubectl drain %s: %v\n%s", drained, err, out)
+			}
+			waitBackends(t, cs)
+			return "of " + drained + ", the owner of the most addresses"
+		})
+		r.AllowedBroken = r.BrokenOn[drained]
+		t.Logf("kubectl drain: %s", r.summary())
+		if r.Failed > 0 || r.Broken > r.AllowedBroken {
+			t.Errorf("kubectl drain of %s: want 0 failed new connections and no broken stream but those served by %s; got %s", drained, drained, r.summary())
+		}
+		return r
+	}())
+	// Uncordoned, the node is a candidate again and rebalancing may hand it addresses: measured
+	// apart, so its moves are not counted against the next event.
+	run("kubectl uncordon", false, func() string {
+		if out, err := kubectl(ctx, l, "uncordon", drained); err != nil {
+			t.Fatalf("kubectl uncordon %s: %v\n%s", drained, err, out)
+		}
+		time.Sleep(15 * time.Second) // time for rebalancing offers to reach it
+		return "of " + drained
+	})
+	run("kubelet stopped (NotReady)", false, func() string {
+		node := mostOwned(ld.Owners())
+		stopKubelet(t, l, cs, node)
+		return "on " + node + ", the owner of the most addresses, until NotReady and 10 s more"
+	})
+	run("idle (control, at the end)", true, func() string { time.Sleep(10 * time.Second); return "" })
+
+	report(t, results)
+}
+
+var all = func(string) bool { return true }
+
+// measure runs event under the load and returns what the load saw from its start until steady
+// state: the event done, then quiet (no failure, break or move) for 5 s, at most a minute.
+func measure(t *testing.T, ld *load, name string, event func() string) result {
+	t.Helper()
+	before := ld.Snapshot()
+	began := time.Now()
+	note := event()
+	done := time.Now()
+	for time.Since(done) < time.Minute {
+		quiet := time.Since(ld.LastDisruption())
+		if quiet >= 5*time.Second && time.Since(done) >= 5*time.Second {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	end := done
+	if last := ld.LastDisruption(); last.After(end) {
+		end = last
+	}
+	after := ld.Snapshot()
+	delta := map[string]counts{}
+	for k, c := range after {
+		delta[k] = c.Sub(before[k])
+	}
+	r := result{Event: name, counts: total(delta, all), Steady: end.Sub(began), Note: note, Load: loadAverage()}
+	// The streams of the event: those open when it began and those opened since.
+	r.Streams += total(before, all).Open
+	for k, c := range delta {
+		if c.Failed+c.Broken+c.Moves > 0 {
+			t.Logf("%s: %s: %d/%d failed, %d broken streams (by node %v), %d moves, errors %v", name, k, c.Failed, c.Conns, c.Broken, c.BrokenOn, c.Moves, c.Errors)
+		}
+	}
+	// The timeline: Herald's pods, and the first disruptions.
+	shown := 0
+	for _, d := range ld.Disruptions(began) {
+		if !d.Note {
+			if shown++; shown == 60 {
+				t.Logf("%s: more disruptions left out", name)
+			}
+			if shown >= 60 {
+				continue
+			}
+		}
+		t.Logf("%s: +%s %s", name, d.At.Sub(began).Round(10*time.Millisecond), d.What)
+	}
+	return r
+}
+
+func (r result) summary() string {
+	return fmt.Sprintf("%d/%d new connections failed (%d slower than 1 s), %d/%d streams broken (by backend node %v), %d IP moves (%d ARP requests answered by two MACs), %d Service writes, steady after %s, load %s; %s",
+		r.Failed, r.Conns, r.Slow, r.Broken, r.Streams, r.BrokenOn, r.Moves, r.Dual, r.Writes, r.Steady.Round(100*time.Millisecond), r.Load, r.Note)
+}
+
+// loadAverage is the machine's 1-minute load average (/proc/loadavg).
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
+// report prints the table and one BENCH line per figure (bench/report reads them).
+func report(t *testing.T, results []result) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| event | failed/total new connections | broken/total streams | IP moves | Service writes | steady after | load |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range results {
+		fmt.Fprintf(&b, "| %s | %d/%d | %d/%d | %d | %d | %.1f s | %s |\n", r.Event, r.Failed, r.Conns, r.Broken, r.Streams, r.Moves, r.Writes, r.Steady.Seconds(), r.Load)
+	}
+	t.Log(b.String())
+	emit := func(figure string, value float64, unit, target string) {
+		line, _ := json.Marshal(map[string]any{"figure": figure, "value": value, "unit": unit, "target": target, "command": benchCommand})
+		fmt.Printf("BENCH %s\n", line)
+	}
+	for _, r := range results {
+		if strings.HasPrefix(r.Event, "idle") {
+			continue
+		}
+		zero := "0"
+		if strings.HasPrefix(r.Event, "kubelet") || r.Event == "kubectl uncordon" {
+			zero = "" // reported, no target
+		}
+		load := fmt.Sprintf(" (%d new connections/s and %d streams per address, 4 addresses)", rate, streams)
+		emit("lifecycle: "+r.Event+": failed new connections of "+fmt.Sprint(r.Conns)+load, float64(r.Failed), "connections", zero)
+		brokenTarget := zero
+		if r.Event == "kubectl drain" {
+			brokenTarget = "only the drained node's"
+			emit("lifecycle: kubectl drain: broken streams served by the drained node", float64(r.AllowedBroken), "streams", "")
+		}
+		emit("lifecycle: "+r.Event+": broken streams", float64(r.Broken), "streams", brokenTarget)
+		emit("lifecycle: "+r.Event+": IP moves (ARP/NDP owner changes)", float64(r.Moves), "moves", zero)
+		emit("lifecycle: "+r.Event+": time to steady state", r.Steady.Seconds(), "s", "")
+	}
+}
+
+// services creates the backend Deployment (one pod per node) and two dual-stack LoadBalancer
+// Services in front of it, externalTrafficPolicy Cluster and Local, and returns the load's targets
+// once both have both addresses and every endpoint is Ready.
+func services(t *testing.T, l *lab.Lab, cs kubernetes.Interface) []target {
+	t.Helper()
+	ctx := t.Context()
+	d := lab.BackendDeployment(ns, "lc-web", backends)
+	// As a well-behaved server does (and the lab's backend does not: it stops at SIGTERM), a
+	// terminating backend keeps serving for a while: the endpointslice controller and then every
+	// node's data plane take it out of the new connections meanwhile. Without it, a drain's
+	// evicted pods refuse the new connections sent to them in that moment, whatever the proxy.
+	d.Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To[int64](5)
+	d.Spec.Template.Spec.Containers[0].Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 3}}}
+	d.Spec.Template.Spec.TopologySpreadConstraints = []corev1.TopologySpreadConstraint{{
+		MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.ScheduleAnyway,
+		LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "lc-web"}},
+	}}
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cs.AppsV1().Deployments(ns).Delete(context.Background(), "lc-web", metav1.DeleteOptions{}) })
+	var targets []target
+	for _, policy := range []corev1.ServiceExternalTrafficPolicy{corev1.ServiceExternalTrafficPolicyCluster, corev1.ServiceExternalTrafficPolicyLocal} {
+		name := "lc-" + strings.ToLower(string(policy))
+		svc := lab.LoadBalancerService(ns, name)
+		svc.Spec.Selector = map[string]string{"app": "lc-web"}
+		svc.Spec.ExternalTrafficPolicy = policy
+		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyPreferDualStack)
+		svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+		if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cs.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		var ips []netip.Addr
+		labsuite.WaitFor(t, 2*time.Minute, name+": an IPv4 and an IPv6 LoadBalancer IP", func() (bool, string) {
+			s, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			ips = nil
+			for _, ing := range s.Status.LoadBalancer.Ingress {
+				if a, err := netip.ParseAddr(ing.IP); err == nil {
+					ips = append(ips, a)
+				}
+			}
+			return len(ips) == 2, fmt.Sprintf("ingress %v", s.Status.LoadBalancer.Ingress)
+		})
+		port := uint16(svc.Spec.Ports[0].Port)
+		for _, ip := range ips {
+			targets = append(targets, target{Service: name, Local: policy == corev1.ServiceExternalTrafficPolicyLocal, Addr: netip.AddrPortFrom(ip, port), From: lab.HostClient})
+		}
+	}
+	waitBackends(t, cs)
+	for _, tg := range targets {
+		labsuite.WaitFor(t, 30*time.Second, tg.String()+" answering", func() (bool, string) {
+			_, err := l.Get(ctx, tg.From, tg.Addr, 2*time.Second)
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	return targets
+}
+
+// waitBackends waits until the backend Deployment has all its replicas Ready and up to date.
+func waitBackends(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	labsuite.WaitFor(t, 2*time.Minute, "the backends Ready", func() (bool, string) {
+		d, err := cs.AppsV1().Deployments(ns).Get(t.Context(), "lc-web", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return d.Status.ReadyReplicas == backends && d.Status.UpdatedReplicas == backends && d.Status.Replicas == backends,
+			fmt.Sprintf("%+v", d.Status)
+	})
+}
+
+// mostOwned is the node owning the most addresses.
+func mostOwned(owners map[netip.Addr]string) string {
+	n := map[string]int{}
+	for _, o := range owners {
+		n[o]++
+	}
+	var best string
+	for o, c := range n {
+		if c > n[best] || (c == n[best] && o < best) {
+			best = o
+		}
+	}
+	return best
+}
+
+// chartValues are the extra chart values of valuesEnv.
+func chartValues() []string {
+	v := os.Getenv(valuesEnv)
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
+
+// helmOK returns a check of a helm command's output and error that fails t on an error.
+func helmOK(t *testing.T) func(out string, err error) {
+	return func(out string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+}
+
+func kubectl(ctx context.Context, l *lab.Lab, args ...string) ([]byte, error) {
+	return l.Exec(ctx, lab.HostControlPlane, append([]string{l.Kubectl, "--kubeconfig", l.Kubeconfig()}, args...)...)
+}
+
+// deletePods deletes Herald's pods with the label selector (on node, if set) with the given grace.
+func deletePods(t *testing.T, cs kubernetes.Interface, selector, node string, grace int64) {
+	t.Helper()
+	opts := metav1.ListOptions{LabelSelector: selector}
+	if node != "" {
+		opts.FieldSelector = "spec.nodeName=" + node
+	}
+	pods, err := cs.CoreV1().Pods(lab.HeraldNamespace).List(t.Context(), opts)
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("pods %s on %q: %v (%d)", selector, node, err, len(pods.Items))
+	}
+	for _, p := range pods.Items {
+		if err := cs.CoreV1().Pods(lab.HeraldNamespace).Delete(t.Context(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// stopKubelet stops node's kubelet (SIGSTOP) until the Node is NotReady and 10 s more, resumes it,
+// and waits until the Node is Ready again.
+func stopKubelet(t *testing.T, l *lab.Lab, cs kubernetes.Interface, node string) {
+	t.Helper()
+	if err := l.SignalKubelet(node, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := l.SignalKubelet(node, syscall.SIGCONT); err != nil {
+			t.Error(err)
+		}
+	}()
+	ready := func(want bool) func() (bool, string) {
+		return func() (bool, string) {
+			n, err := cs.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NodeReady {
+					return (c.Status == corev1.ConditionTrue) == want, string(c.Status)
+				}
+			}
+			return false, "no Ready condition"
+		}
+	}
+	took := labsuite.WaitFor(t, time.Minute, node+" NotReady", ready(false))
+	t.Logf("%s NotReady %s after its kubelet stopped", node, took.Round(time.Millisecond))
+	time.Sleep(10 * time.Second)
+	if err := l.SignalKubelet(node, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	labsuite.WaitFor(t, time.Minute, node+" Ready again", ready(true))
+	waitBackends(t, cs)
+}
+
+// heraldReady installs Herald with helm the first time, and waits until its speakers (one per
+// node) and controllers all run tag (any tag when empty), Ready, with no other pod left.
+func heraldReady(t *testing.T, l *lab.Lab, cs kubernetes.Interface, tag string) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(ctx, "herald-speaker", metav1.GetOptions{}); err != nil {
+		helmOK(t)(l.InstallHerald(chartValues()...))
+	}
+	labsuite.WaitFor(t, 4*time.Minute, "Herald's pods all Ready on image tag "+tag, func() (bool, string) {
+		ds, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(ctx, "herald-speaker", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		d, err := cs.AppsV1().Deployments(lab.HeraldNamespace).Get(ctx, "herald-controller", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		pods, err := cs.CoreV1().Pods(lab.HeraldNamespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		want := len(l.Nodes()) + int(*d.Spec.Replicas)
+		var ok int
+		var states []string
+		for _, p := range pods.Items {
+			if strings.HasPrefix(p.Name, "herald-cleanup") {
+				continue
+			}
+			good := p.DeletionTimestamp == nil && podReady(&p) && (tag == "" || strings.HasSuffix(p.Spec.Containers[0].Image, ":"+tag))
+			if good {
+				ok++
+			}
+			states = append(states, fmt.Sprintf("%s@%s %s ready=%t deleting=%t", p.Name, p.Spec.NodeName, p.Spec.Containers[0].Image, podReady(&p), p.DeletionTimestamp != nil))
+		}
+		return ok == want && len(states) == want && rolledOut(ds, d), strings.Join(states, "; ")
+	})
+}
+
+func rolledOut(ds *appsv1.DaemonSet, d *appsv1.Deployment) bool {
+	return ds.Status.ObservedGeneration == ds.Generation && ds.Status.UpdatedNumberScheduled == ds.Status.DesiredNumberScheduled &&
+		ds.Status.NumberReady == ds.Status.DesiredNumberScheduled &&
+		d.Status.ObservedGeneration == d.Generation && d.Status.UpdatedReplicas == *d.Spec.Replicas && d.Status.ReadyReplicas == *d.Spec.Replicas
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// installPrevious imports the previous release's image (dir/herald.oci.tar, tagged
+// prev-<commit>) into every node and installs its chart (dir/chart) with helm; it returns the tag.
+func installPrevious(t *testing.T, l *lab.Lab, dir string) string {
+	t.Helper()
+	tag := strings.TrimPrefix(filepath.Base(dir), "herald-")
+	for _, n := range l.Nodes() {
+		if out, err := l.Exec(t.Context(), n.Name, "ctr", "-a", l.ContainerdSocket(n.Name), "-n", "k8s.io", "images", "import",
+			"--no-unpack=false", filepath.Join(dir, "herald.oci.tar")); err != nil {
+			t.Fatalf("importing the previous release's image on %s: %v\n%s", n.Name, err, out)
+		}
+	}
+	args := []string{"install", "herald", filepath.Join(dir, "chart"), "--create-namespace", "--set", "image.tag=" + tag}
+	for _, v := range append(l.HeraldAPIServerValues(), chartValues()...) {
+		args = append(args, "--set", v)
+	}
+	helmOK(t)(l.Helm(args...))
+	return tag
+}
+
+// heraldTag is the image tag the installed speakers run.
+func heraldTag(t *testing.T, cs kubernetes.Interface) string {
+	t.Helper()
+	ds, err := cs.AppsV1().DaemonSets(lab.HeraldNamespace).Get(t.Context(), "herald-speaker", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := ds.Spec.Template.Spec.Containers[0].Image
+	return img[strings.LastIndex(img, ":")+1:]
+}
+
+// tagImage gives Herald's image (tag from) a second tag on every node's containerd.
+func tagImage(t *testing.T, l *lab.Lab, from, to string) {
+	t.Helper()
+	for _, n := range l.Nodes() {
+		sock := l.ContainerdSocket(n.Name)
+		out, err := l.Exec(t.Context(), n.Name, "ctr", "-a", sock, "-n", "k8s.io", "images", "ls", "-q")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		var ref string
+		for _, r := range strings.Fields(string(out)) {
+			if strings.HasSuffix(r, ":"+from) && strings.Contains(r, "herald") {
+				ref = r
+			}
+		}
+		if ref == "" {
+			t.Fatalf("no Herald image tagged %s on %s: %s", from, n.Name, out)
+		}
+		if out, err := l.Exec(t.Context(), n.Name, "ctr", "-a", sock, "-n", "k8s.io", "images", "tag", "--force", ref, strings.TrimSuffix(ref, from)+to); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+}
