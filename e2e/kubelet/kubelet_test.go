@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -30,149 +29,19 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/heraldlb/herald/charts"
-	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/e2e/lab/labsuite"
-	"github.com/heraldlb/herald/internal/testenv"
 )
 
 const prefix = "herald-kl-"
 
-var (
-	theLab  *lab.Lab
-	missing string
-	labErr  error
-)
-
-func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	binDir := os.Getenv("HERALD_BIN_DIR")
-	if binDir == "" {
-		binDir = filepath.Join(repoRoot(), "bin")
-	}
-	var images []string
-	if missing = prerequisites(); missing == "" {
-		images, missing = imageTarballs(binDir)
-	}
-	if missing != "" {
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", prefix+"suite-")
-	if err != nil {
-		labErr = err
-		return m.Run()
-	}
-	defer os.RemoveAll(dir)
-	cfg := lab.Config{Dir: filepath.Join(dir, "lab"), Prefix: prefix, BinDir: binDir, Kubelet: true, Images: images,
-		Logf: func(format string, args ...any) { fmt.Printf("lab: "+format+"\n", args...) }}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	began := time.Now()
-	theLab, labErr = lab.Up(ctx, cfg)
-	fmt.Printf("kubelet suite: lab up in %s (err: %v)\n", time.Since(began).Round(time.Millisecond), labErr)
-	code := m.Run()
-	if code != 0 || labErr != nil {
-		dumpLogs(cfg.Dir)
-	}
-	began = time.Now()
-	if err := lab.Down(context.Background(), cfg.Dir, prefix); err != nil {
-		fmt.Fprintln(os.Stderr, "kubelet suite: lab down:", err)
-		code = 1
-	}
-	fmt.Printf("kubelet suite: lab down in %s\n", time.Since(began).Round(time.Millisecond))
-	if left := leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "kubelet suite: lab down left %s\n", strings.Join(left, ", "))
-		code = 1
-	}
-	return code
-}
-
-func prerequisites() string {
-	if os.Geteuid() != 0 {
-		return "real nodes need root (network namespaces, cgroups, containerd)"
-	}
-	for _, tool := range []string{"ip", "bridge", "bird", "birdc", "containerd", "runc", "ctr", "nsenter"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " not installed (hack/deps.sh: bird2 containerd runc containernetworking-plugins)"
-		}
-	}
-	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
-		return "CNI plugins not installed (apt-get install containernetworking-plugins)"
-	}
-	bins, err := controlplane.CachedBinaries()
-	if err != nil {
-		return err.Error()
-	}
-	for _, b := range []string{"kubelet", "kube-scheduler"} {
-		if _, err := os.Stat(filepath.Join(bins.KubeDir, b)); err != nil {
-			return filepath.Join(bins.KubeDir, b) + " missing: build it with hack/k8s-node-bins.sh"
-		}
-	}
-	if _, err := charts.Helm(); err != nil {
-		return err.Error()
-	}
-	return ""
-}
-
-// imageTarballs returns Herald's image tarball(s) from make images, or why there are none.
-func imageTarballs(binDir string) ([]string, string) {
-	if _, err := os.Stat(filepath.Join(binDir, "lab")); err != nil {
-		return nil, filepath.Join(binDir, "lab") + " missing: run make build (the lab's pause and backend images are made of it)"
-	}
-	tars, _ := filepath.Glob(filepath.Join(binDir, "images", "herald-*.tar"))
-	if len(tars) == 0 {
-		return nil, "no Herald image in " + filepath.Join(binDir, "images") + ": run make images"
-	}
-	return tars, ""
-}
-
-func theRealLab(t *testing.T) *lab.Lab {
-	t.Helper()
-	switch {
-	case missing != "":
-		testenv.Missing(t, "%s", missing)
-	case labErr != nil:
-		t.Fatalf("lab up --kubelet: %v", labErr)
-	}
-	return theLab
-}
-
-func repoRoot() string {
-	wd, _ := os.Getwd()
-	for d := wd; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-	}
-	return wd
-}
-
-// dumpLogs prints the tail of the lab's process logs (kubelets, containerds, control plane) and
-// of every pod's container logs, for a failed run.
-func dumpLogs(dir string) {
-	var files []string
-	for _, pat := range []string{"logs/*.log", "cp/*.log", "nodes/*/pod-logs/*/*/*.log"} {
-		m, _ := filepath.Glob(filepath.Join(dir, pat))
-		files = append(files, m...)
-	}
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		if len(b) > 3000 {
-			b = b[len(b)-3000:]
-		}
-		fmt.Printf("----- %s (tail)\n%s\n", f, b)
-	}
-}
+func TestMain(m *testing.M) { labsuite.KubeletMain(m, prefix) }
 
 // TestHelmInstallServesLoadBalancer is the user's first path: helm install, a Deployment exposed as
 // a LoadBalancer Service, reached from the segment's client and from behind the router; a pod
 // reaches its ClusterIP and a NodePort (no kube-proxy: Herald's data plane serves them all).
 func TestHelmInstallServesLoadBalancer(t *testing.T) {
-	l := theRealLab(t)
+	l := labsuite.Lab(t)
 	cs, dyn := labsuite.Clients(t, l)
 	ctx := t.Context()
 	heraldInstalled(t, l, cs)
@@ -294,7 +163,7 @@ func announcer(ctx context.Context, l *lab.Lab, ip netip.Addr) (string, string) 
 // node.kubernetes.io/exclude-from-external-load-balancers label each move the IP off the node,
 // and it stays reachable; undone, the node may announce again.
 func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
-	l := theRealLab(t)
+	l := labsuite.Lab(t)
 	cs, dyn := labsuite.Clients(t, l)
 	ctx := t.Context()
 	heraldInstalled(t, l, cs)
@@ -330,10 +199,10 @@ func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
 
 // TestSpeakerPodDeletedMovesNothing: deleting the announcing node's speaker pod is a restart (the
 // DaemonSet recreates it on the same node): the node's kernel answers for the IP while no speaker
-// runs there (failover.restartHold, 15 s by default), the new speaker takes it back, and the IP
+// runs there (failover.restartHold, 30 s by default), the new speaker takes it back, and the IP
 // never moves; a client keeps being answered through that node all along (docs/l2.md rule 8).
 func TestSpeakerPodDeletedMovesNothing(t *testing.T) {
-	l := theRealLab(t)
+	l := labsuite.Lab(t)
 	cs, dyn := labsuite.Clients(t, l)
 	ctx := t.Context()
 	heraldInstalled(t, l, cs)
@@ -409,7 +278,7 @@ func TestSpeakerPodDeletedMovesNothing(t *testing.T) {
 // still alive, keeps announcing the IP, and the Service stays reachable through it while the pods
 // on that node leave the endpoints. Resumed, the node is Ready again.
 func TestKubeletStoppedNodeKeepsAnnouncing(t *testing.T) {
-	l := theRealLab(t)
+	l := labsuite.Lab(t)
 	cs, dyn := labsuite.Clients(t, l)
 	ctx := t.Context()
 	heraldInstalled(t, l, cs)
@@ -522,7 +391,7 @@ func heraldInstalled(t *testing.T, l *lab.Lab, cs kubernetes.Interface) {
 // controller) that marks it not ready, and comes back when it is Ready again. Reached from the
 // client through a NodePort, with a new connection per request.
 func TestUnreadyBackendLeavesDataPlane(t *testing.T) {
-	l := theRealLab(t)
+	l := labsuite.Lab(t)
 	cs, _ := labsuite.Clients(t, l)
 	ctx := t.Context()
 	heraldInstalled(t, l, cs)
@@ -681,22 +550,4 @@ func podLog(l *lab.Lab, p *corev1.Pod) string {
 		fmt.Fprintf(&b, "--- %s\n%s", f, data)
 	}
 	return b.String()
-}
-
-// leftovers lists what of the real nodes is still on the machine: namespaces, cgroups and mounts
-// named with the suite's prefix.
-func leftovers() []string {
-	var left []string
-	for _, pat := range []string{"/run/netns/" + prefix + "*", "/sys/fs/cgroup/*/" + prefix + "*"} {
-		m, _ := filepath.Glob(pat)
-		left = append(left, m...)
-	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.Contains(line, prefix) {
-				left = append(left, "mount "+line)
-			}
-		}
-	}
-	return left
 }
