@@ -180,6 +180,7 @@ func TestKubeProxyParity(t *testing.T) {
 			deleteBatch(t, cs)
 		}
 	}
+	checkZoneChange(t, cs, procs)
 	report(t, table, diffs, probes)
 }
 
