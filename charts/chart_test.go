@@ -276,6 +276,19 @@ func TestTemplateValueSets(t *testing.T) {
 			}
 		}
 	})
+	t.Run("dataplane.nodePortAddresses reaches the speaker's flags (default primary)", func(t *testing.T) {
+		for set, want := range map[string]string{"": "--nodeport-addresses=primary",
+			`dataplane.nodePortAddresses=10.0.0.0/8\,fd00::/8`: "--nodeport-addresses=10.0.0.0/8,fd00::/8"} {
+			var sets []string
+			if set != "" {
+				sets = append(sets, set)
+			}
+			args := daemonSet(t, render(t, sets...), "herald-speaker").Spec.Template.Spec.Containers[0].Args
+			if !slices.Contains(args, want) {
+				t.Errorf("speaker args %v lack %s", args, want)
+			}
+		}
+	})
 	t.Run("monitoring on", func(t *testing.T) {
 		objs := render(t, "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true",
 			"metrics.prometheusRule.poolUsageThreshold=0.8")

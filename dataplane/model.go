@@ -150,8 +150,82 @@ func EndpointsOfFamily(eps []Endpoint, ipv6 bool) []Endpoint {
 // State is the whole desired state of the data plane on this node.
 type State struct {
 	NodeName string
+	// NodeIPs are this node's primary addresses, at most one per family: its Node object's
+	// first InternalIP of each family, else its first ExternalIP (kube-proxy's node IPs).
+	NodeIPs []netip.Addr
+	// ServiceCIDRs are the cluster's Service ranges (the ServiceCIDR objects, networking.k8s.io/v1),
+	// sorted, without a prefix another one contains: traffic to an address of them that no
+	// Service holds is dropped, as kube-proxy's cluster-ips-check does.
+	ServiceCIDRs []netip.Prefix
 	// Services maps each proxied Service to its ports, sorted by name.
 	Services map[types.NamespacedName][]*ServicePort
+}
+
+// NodePortAddresses are the speaker's --nodeport-addresses: on which of the node's addresses
+// NodePorts are open, as kube-proxy's flag of that name.
+type NodePortAddresses struct {
+	// Primary opens them on the node's primary IPs (State.NodeIPs): "primary", the default.
+	Primary bool
+	// CIDRs (Primary false): on the node's addresses within them.
+	CIDRs []netip.Prefix
+}
+
+// ParseNodePortAddresses parses --nodeport-addresses: "primary", or CIDRs separated by commas.
+func ParseNodePortAddresses(s string) (NodePortAddresses, error) {
+	if strings.TrimSpace(s) == "primary" {
+		return NodePortAddresses{Primary: true}, nil
+	}
+	var n NodePortAddresses
+	for _, f := range strings.Split(s, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(f))
+		if err != nil {
+			return NodePortAddresses{}, fmt.Errorf("want \"primary\" or a comma-separated list of CIDRs: %w", err)
+		}
+		n.CIDRs = append(n.CIDRs, p.Masked())
+	}
+	return n, nil
+}
+
+// Prefixes returns the prefixes of one family (ipv6 or not) NodePorts are open within, given
+// st's node IPs; nil means on every address of the node of that family. As in kube-proxy, a
+// family the list (or, with Primary, the Node object) has no address of is open on every address:
+// a single-stack node IP does not close the other family's NodePorts.
+func (n NodePortAddresses) Prefixes(st *State, ipv6 bool) []netip.Prefix {
+	var out []netip.Prefix
+	if n.Primary {
+		for _, a := range st.NodeIPs {
+			if a.Is6() == ipv6 && !a.IsLoopback() {
+				out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+		return out
+	}
+	for _, p := range n.CIDRs {
+		if p.Addr().Is6() == ipv6 {
+			out = append(out, p)
+		}
+	}
+	return DisjointPrefixes(out)
+}
+
+// DisjointPrefixes sorts ps and drops every prefix another one contains (an nftables interval
+// set refuses overlapping elements).
+func DisjointPrefixes(ps []netip.Prefix) []netip.Prefix {
+	ps = slices.Clone(ps)
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	var out []netip.Prefix
+	for _, p := range ps {
+		if len(out) > 0 && out[len(out)-1].Overlaps(p) {
+			continue // sorted by address, then shorter first: the earlier one contains p
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // SyncRequest is what a Backend commits.

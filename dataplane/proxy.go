@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
@@ -65,6 +66,7 @@ type Proxy struct {
 	// Only the sync goroutine touches these.
 	state        State
 	needFull     bool
+	nodeUnsynced bool                              // the node's IPs or the Service CIDRs changed since the last successful sync
 	fullReason   string                            // why needFull is set: a value of the full_syncs metric's reason label
 	lastFull     time.Time                         // end of the last successful full sync
 	lastCheckErr string                            // the last drift check's error, logged once until it changes
@@ -151,6 +153,27 @@ func (p *Proxy) Register(services, slices, nodes EventHandlerRegistrar) error {
 	return nil
 }
 
+// RegisterServiceCIDRs feeds the proxy the cluster's ServiceCIDR objects (networking.k8s.io/v1);
+// the first sync waits for their first list, like for Services.
+func (p *Proxy) RegisterServiceCIDRs(inf EventHandlerRegistrar) error {
+	of := func(o any) *networkingv1.ServiceCIDR {
+		if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+			o = t.Obj
+		}
+		sc, _ := o.(*networkingv1.ServiceCIDR)
+		return sc
+	}
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { p.tracker.OnServiceCIDRUpdate(of(o)); p.Trigger() },
+		UpdateFunc: func(_, o any) { p.tracker.OnServiceCIDRUpdate(of(o)); p.Trigger() },
+		DeleteFunc: func(o any) { p.tracker.OnServiceCIDRDelete(of(o)); p.Trigger() },
+	})
+	if err == nil {
+		p.synced = append(p.synced, reg.HasSynced)
+	}
+	return err
+}
+
 // Run waits for the informers' first lists (so the first sync is complete, never a partial
 // table that drops half the Services), then syncs until ctx ends.
 func (p *Proxy) Run(ctx context.Context) {
@@ -185,7 +208,11 @@ func (p *Proxy) Health(timeout time.Duration) (healthy bool, lastUpdated time.Ti
 
 func (p *Proxy) sync(ctx context.Context) error {
 	start := time.Now()
+	nodeIPs, serviceCIDRs := p.state.NodeIPs, p.state.ServiceCIDRs
 	changes := p.tracker.Apply(&p.state)
+	if !slices.Equal(nodeIPs, p.state.NodeIPs) || !slices.Equal(serviceCIDRs, p.state.ServiceCIDRs) {
+		p.nodeUnsynced = true
+	}
 	for _, c := range changes {
 		p.ports += len(c.New) - len(c.Old)
 		p.unsynced[c.Service] = struct{}{}
@@ -197,7 +224,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 	if !p.needFull && p.drifted(ctx) {
 		p.needFull, p.fullReason = true, fullSyncDrift
 	}
-	if !p.needFull && len(p.unsynced) == 0 {
+	if !p.needFull && len(p.unsynced) == 0 && !p.nodeUnsynced {
 		p.recordSync(start)
 		return p.clearStaleFlows()
 	}
@@ -219,7 +246,7 @@ func (p *Proxy) sync(ctx context.Context) error {
 		p.opts.Metrics.fullSync(p.fullReason)
 		p.lastFull = time.Now()
 	}
-	p.needFull = false
+	p.needFull, p.nodeUnsynced = false, false
 	p.unsynced = map[types.NamespacedName]struct{}{}
 	flowsErr := p.clearStaleFlows()
 	if p.opts.OnSynced != nil {

@@ -11,6 +11,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/heraldlb/herald/config"
@@ -31,7 +32,11 @@ type ChangeTracker struct {
 	mu        sync.Mutex
 	node      Node
 	nodeDirty bool
-	services  map[types.NamespacedName]*v1.Service
+	// nodeIPs are the node's primary IPs (State.NodeIPs).
+	nodeIPs []netip.Addr
+	// serviceCIDRs holds each ServiceCIDR object's ranges, by name.
+	serviceCIDRs map[string][]netip.Prefix
+	services     map[types.NamespacedName]*v1.Service
 	// slices holds each Service's EndpointSlices sorted by name: a short list (one slice per
 	// 100 endpoints per family), cheaper than a map per Service when there are 10,000.
 	slices     map[types.NamespacedName][]*discoveryv1.EndpointSlice
@@ -42,11 +47,12 @@ type ChangeTracker struct {
 // NewChangeTracker returns a tracker for the node named nodeName.
 func NewChangeTracker(nodeName string) *ChangeTracker {
 	return &ChangeTracker{
-		node:       Node{Name: nodeName},
-		services:   map[types.NamespacedName]*v1.Service{},
-		slices:     map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
-		sliceOwner: map[types.NamespacedName]types.NamespacedName{},
-		dirty:      map[types.NamespacedName]struct{}{},
+		node:         Node{Name: nodeName},
+		services:     map[types.NamespacedName]*v1.Service{},
+		slices:       map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
+		sliceOwner:   map[types.NamespacedName]types.NamespacedName{},
+		dirty:        map[types.NamespacedName]struct{}{},
+		serviceCIDRs: map[string][]netip.Prefix{},
 	}
 }
 
@@ -133,19 +139,61 @@ func findSlice(in []*discoveryv1.EndpointSlice, name string) (int, bool) {
 	return slices.BinarySearchFunc(in, name, func(s *discoveryv1.EndpointSlice, name string) int { return strings.Compare(s.Name, name) })
 }
 
-// OnNodeUpdate records this node's zone (topology.kubernetes.io/zone); a change re-evaluates
-// every Service, since zone hints depend on it.
+// OnNodeUpdate records this node's zone (topology.kubernetes.io/zone; a change re-evaluates
+// every Service, since zone hints depend on it) and its primary IPs.
 func (t *ChangeTracker) OnNodeUpdate(node *v1.Node) {
 	if node == nil || node.Name != t.node.Name {
 		return
 	}
 	zone := node.Labels[v1.LabelTopologyZone]
+	ips := primaryIPs(node.Status.Addresses)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.nodeIPs = ips
 	if zone != t.node.Zone {
 		t.node.Zone = zone
 		t.nodeDirty = true
 	}
+}
+
+// primaryIPs are a node's primary addresses as kube-proxy takes them (its GetNodeHostIPs): the
+// first InternalIP of each family, else the first ExternalIP of it; IPv4 first.
+func primaryIPs(addrs []v1.NodeAddress) []netip.Addr {
+	var out []netip.Addr
+	for _, ipv6 := range []bool{false, true} {
+		for _, typ := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
+			i := slices.IndexFunc(addrs, func(a v1.NodeAddress) bool {
+				ip, err := netip.ParseAddr(a.Address)
+				return a.Type == typ && err == nil && ip.Unmap().Is6() == ipv6
+			})
+			if i >= 0 {
+				out = append(out, netip.MustParseAddr(addrs[i].Address).Unmap())
+				break
+			}
+		}
+	}
+	return out
+}
+
+// OnServiceCIDRUpdate records a ServiceCIDR object's ranges (spec.cidrs; an unparsable one is
+// skipped, the API server validates them).
+func (t *ChangeTracker) OnServiceCIDRUpdate(sc *networkingv1.ServiceCIDR) {
+	if sc == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.serviceCIDRs[sc.Name] = parsePrefixes(sc.Spec.CIDRs)
+}
+
+// OnServiceCIDRDelete forgets a ServiceCIDR object.
+func (t *ChangeTracker) OnServiceCIDRDelete(sc *networkingv1.ServiceCIDR) {
+	if sc == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.serviceCIDRs, sc.Name)
 }
 
 // PortChange is one Service whose desired ports changed in Apply.
@@ -167,6 +215,12 @@ func (t *ChangeTracker) Apply(state *State) []PortChange {
 		t.nodeDirty = false
 	}
 	node := t.node
+	state.NodeIPs = t.nodeIPs
+	var cidrs []netip.Prefix
+	for _, c := range t.serviceCIDRs {
+		cidrs = append(cidrs, c...)
+	}
+	state.ServiceCIDRs = DisjointPrefixes(cidrs)
 	built := make(map[types.NamespacedName][]*ServicePort, len(dirty))
 	for k := range dirty {
 		built[k] = buildServicePorts(t.services[k], t.slices[k], node)

@@ -130,6 +130,21 @@ func (c *Conn) Close() error { return c.c.Close() }
 // Open connects from the host (from src, or the host's first address of dst's family when src is
 // invalid) to dst and reads the backend's greeting.
 func (h *Host) Open(proto string, src netip.Addr, dst netip.AddrPort) (*Conn, error) {
+	return h.open(proto, src, dst, dialTimeout)
+}
+
+// TryTCP is one TCP request from the host's first address to dst that gives up after timeout:
+// for polling until traffic flows, at a finer grain than a request's own retransmissions.
+func (h *Host) TryTCP(dst netip.AddrPort, timeout time.Duration) (Reply, error) {
+	c, err := h.open(TCP, netip.Addr{}, dst, timeout)
+	if err != nil {
+		return Reply{}, err
+	}
+	defer c.Close()
+	return c.First, nil
+}
+
+func (h *Host) open(proto string, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (*Conn, error) {
 	if !src.IsValid() {
 		src = h.FirstAddr(dst.Addr())
 	}
@@ -137,7 +152,7 @@ func (h *Host) Open(proto string, src netip.Addr, dst netip.AddrPort) (*Conn, er
 	err := inNetns(h.NS, func() (e error) {
 		switch proto {
 		case TCP:
-			d := net.Dialer{Timeout: dialTimeout, LocalAddr: &net.TCPAddr{IP: net.IP(src.AsSlice())}}
+			d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.IP(src.AsSlice())}}
 			c, e = d.Dial("tcp", dst.String())
 		case SCTP:
 			c, e = dialSCTP(src, dst)
@@ -150,7 +165,7 @@ func (h *Host) Open(proto string, src netip.Addr, dst netip.AddrPort) (*Conn, er
 		return nil, err
 	}
 	conn := &Conn{c: c, r: bufio.NewReader(c)}
-	_ = c.SetDeadline(time.Now().Add(dialTimeout))
+	_ = c.SetDeadline(time.Now().Add(timeout))
 	line, err := conn.r.ReadString('\n')
 	if err != nil {
 		c.Close()

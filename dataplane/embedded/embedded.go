@@ -11,11 +11,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
@@ -58,6 +61,9 @@ type Options struct {
 	// MasqueradeAll masquerades all traffic to ClusterIPs (kube-proxy's --masquerade-all).
 	// nftables only.
 	MasqueradeAll bool
+	// NodePortAddresses are the node addresses NodePorts are open on (--nodeport-addresses;
+	// nftables and IPVS); the zero value: all of them.
+	NodePortAddresses dataplane.NodePortAddresses
 	// Services and EndpointSlices are informers the caller runs already (the speaker's cache);
 	// the proxy then adds its handlers there instead of keeping a second copy of every Service
 	// and EndpointSlice of the cluster. Nil: the data plane runs informers of its own.
@@ -76,7 +82,9 @@ type DataPlane struct {
 	proxy    *dataplane.Proxy
 	factory  informers.SharedInformerFactory
 	nodes    informers.SharedInformerFactory
-	checks   *healthcheck.ServiceServers
+	// serviceCIDRs watches the ServiceCIDR objects; nil where the API server has none.
+	serviceCIDRs informers.SharedInformerFactory
+	checks       *healthcheck.ServiceServers
 	// metrics record syncs, repairs and health-check answers (nil without a Registerer).
 	metrics *dataplane.Metrics
 	// userspace: see Backend.
@@ -107,8 +115,9 @@ type Backend struct {
 	// userspace is the userspace proxy for Services annotated herald.io/proxy-mode: userspace
 	// (with --dataplane=userspace, for every Service).
 	userspace *userspace.Proxy
-	// nft is the nftables backend (nil with another), for the options New sets on it.
-	nft *nftables.Backend
+	// nft and ipvs are the nftables or IPVS backend (nil with another), for the options New sets on it.
+	nft  *nftables.Backend
+	ipvs *ipvs.Backend
 }
 
 // Prepare decides the backend for --dataplane=modeName with the real probes (kube-proxy's
@@ -139,7 +148,7 @@ func Prepare(ctx context.Context, modeName string, log *slog.Logger) (Backend, e
 	case mode.IPVS:
 		var vs *ipvs.Backend
 		if vs, err = ipvs.New(ipvsOptions); err == nil {
-			b.backend = vs
+			b.backend, b.ipvs = vs, vs
 			// IPVS leaves a proxied port to local sockets: the proxy binds the Service's own
 			// addresses (dataplane/ipvs/userspace.go).
 			b.userspace = userspace.New(userspace.Options{Logger: log, Direct: true})
@@ -180,6 +189,14 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	d := &DataPlane{opts: opts, decision: b.Decision, backend: b.backend, earlierRules: b.earlierRules, userspace: b.userspace}
 	if b.Decision.Backend == mode.Off {
 		return d, nil
+	}
+	switch {
+	case b.nft != nil:
+		b.nft.SetNodePortAddresses(opts.NodePortAddresses)
+	case b.ipvs != nil:
+		b.ipvs.SetNodePortAddresses(opts.NodePortAddresses)
+	case opts.NodePortAddresses.Primary || len(opts.NodePortAddresses.CIDRs) > 0:
+		opts.Logger.Info("the userspace data plane opens NodePorts on every address of the node; --nodeport-addresses applies to nftables and IPVS")
 	}
 	if b.nft != nil {
 		b.nft.SetLocalTraffic(nftables.LocalTraffic{ClusterCIDRs: opts.ClusterCIDRs, MasqueradeAll: opts.MasqueradeAll})
@@ -233,7 +250,30 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	if err := d.proxy.Register(services, slices, d.nodes.Core().V1().Nodes().Informer()); err != nil {
 		return nil, err
 	}
+	if hasServiceCIDRs(opts.Client, opts.Logger) {
+		d.serviceCIDRs = informers.NewSharedInformerFactory(opts.Client, 0)
+		if err := d.proxy.RegisterServiceCIDRs(d.serviceCIDRs.Networking().V1().ServiceCIDRs().Informer()); err != nil {
+			return nil, err
+		}
+	}
 	return d, nil
+}
+
+// hasServiceCIDRs reports whether the API server serves ServiceCIDR objects (networking.k8s.io/v1,
+// Kubernetes 1.33 and later): without them the Service CIDRs are unknown and traffic to an
+// unallocated address of them is not dropped. When it cannot tell, it assumes they are served
+// (the proxy's first sync then waits for their list).
+func hasServiceCIDRs(client kubernetes.Interface, log *slog.Logger) bool {
+	res, err := client.Discovery().ServerResourcesForGroupVersion(networkingv1.SchemeGroupVersion.String())
+	if err != nil && !apierrors.IsNotFound(err) {
+		log.Warn("cannot tell whether the API server has ServiceCIDR objects; watching them", "err", err)
+		return true
+	}
+	if err == nil && slices.ContainsFunc(res.APIResources, func(r metav1.APIResource) bool { return r.Name == "servicecidrs" }) {
+		return true
+	}
+	log.Info("the API server has no ServiceCIDR objects (networking.k8s.io/v1): traffic to an unallocated Service address is not dropped")
+	return false
 }
 
 // Backend is the backend that runs: "nftables", "ipvs" or "off".
@@ -281,6 +321,9 @@ func (d *DataPlane) Run(ctx context.Context) error {
 		d.factory.Start(ctx.Done())
 	}
 	d.nodes.Start(ctx.Done())
+	if d.serviceCIDRs != nil {
+		d.serviceCIDRs.Start(ctx.Done())
+	}
 	defer d.checks.Close()
 	if d.userspace != nil {
 		// Its connections end with the speaker (the kernel's rules survive a restart, the

@@ -56,6 +56,8 @@ type Backend struct {
 	setRefs map[fwElement]int
 	// nodeAddrs are the addresses NodePort virtual servers were expanded over.
 	nodeAddrs []netip.Addr
+	// nodePorts says which node addresses get NodePort virtual servers; see SetNodePortAddresses.
+	nodePorts dataplane.NodePortAddresses
 	// serviceIPs are the Service IPs this backend routed to the dummy link.
 	serviceIPs map[netip.Addr]struct{}
 	// initialized is set once the kernel state was adopted after a start.
@@ -128,6 +130,7 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	if err != nil {
 		return fmt.Errorf("listing node addresses: %w", err)
 	}
+	nodeAddrs = nodePortAddrs(nodeAddrs, b.nodePorts, req.State)
 	full := req.Full || !slices.Equal(nodeAddrs, b.nodeAddrs)
 	b.nodeAddrs = nodeAddrs
 	var d *delta
@@ -265,6 +268,26 @@ func cancelOut[T comparable](add, del []T) ([]T, []T) {
 		return out
 	}
 	return keep(add, 1), keep(del, -1)
+}
+
+// SetNodePortAddresses sets the node addresses NodePorts get virtual servers on (the zero
+// value: all of them). Call it before the first sync.
+func (b *Backend) SetNodePortAddresses(np dataplane.NodePortAddresses) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.nodePorts = np
+}
+
+// nodePortAddrs keeps the addresses of addrs NodePorts are open on (np, given st's node IPs).
+func nodePortAddrs(addrs []netip.Addr, np dataplane.NodePortAddresses, st *dataplane.State) []netip.Addr {
+	prefixes := [2][]netip.Prefix{np.Prefixes(st, false), np.Prefixes(st, true)}
+	return slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
+		ps := prefixes[0]
+		if a.Is6() {
+			ps = prefixes[1]
+		}
+		return len(ps) > 0 && !slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+	})
 }
 
 // expand adds fr's virtual servers, NodePorts expanded over the node's addresses, to into.

@@ -65,7 +65,13 @@ type Backend struct {
 	userspace dataplane.UserspaceListeners
 	// local tells pods' traffic from other traffic; see SetLocalTraffic.
 	local LocalTraffic
+	// nodePorts says which node addresses NodePorts are open on; see SetNodePortAddresses.
+	nodePorts dataplane.NodePortAddresses
 }
+
+// SetNodePortAddresses sets the node addresses NodePorts are open on (the zero value: all of
+// them). Call it before the first sync.
+func (b *Backend) SetNodePortAddresses(np dataplane.NodePortAddresses) { b.nodePorts = np }
 
 // transactionRunner commits a transaction atomically (knftables.Interface and session).
 type transactionRunner interface {
@@ -158,6 +164,11 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 		diff(tx, b.committed[svc], fr, refs)
 		next[svc] = fr
 	}
+	// The node's fragment is a handful of elements: diffing it every time is cheaper than
+	// telling when its inputs changed.
+	node := renderNode(req.State, b.nodePorts)
+	diff(tx, b.committed[nodeFragment], node, refs)
+	next[nodeFragment] = node
 	if err := b.incremental.Run(ctx, tx); err != nil {
 		return err
 	}
@@ -239,6 +250,9 @@ func (b *Backend) replaceAll(ctx context.Context, st *dataplane.State, kernel ta
 		}
 	}
 	addBaseRuleset(tx)
+	node := renderNode(st, b.nodePorts)
+	diff(tx, nil, node, plainRefs(nextRefs))
+	next[nodeFragment] = node
 	err = out.EndPart()
 	for svc, ports := range st.Services {
 		if err != nil {

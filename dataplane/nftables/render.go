@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/dataplane/internal/readonly"
@@ -38,6 +39,19 @@ func (f family) firewallIPs() string { return "firewall-ips" + f.suffix }
 func (f family) masqIPs() string     { return "masq-ips" + f.suffix }
 func (f family) hairpin() string     { return "hairpin" + f.suffix }
 func (f family) clusterIPs() string  { return "cluster-ips" + f.suffix }
+
+// nodePortIPs holds the prefixes of the node's addresses NodePorts are open on, serviceCIDRs the
+// Service ranges (interval sets, filled from the node's fragment).
+func (f family) nodePortIPs() string  { return "nodeport-ips" + f.suffix }
+func (f family) serviceCIDRs() string { return "service-cidrs" + f.suffix }
+
+// all is the family's whole address space.
+func (f family) all() netip.Prefix {
+	if f == ipv6 {
+		return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+}
 
 // masqNodePorts is shared by both families: the policy that decides masquerading is per Service.
 const masqNodePorts = "masq-nodeports"
@@ -84,6 +98,32 @@ func affinitySetName(f family, p *dataplane.ServicePort, ep dataplane.Endpoint) 
 func key(parts ...string) string { return strings.Join(parts, " . ") }
 
 func port(n int32) string { return strconv.Itoa(int(n)) }
+
+// nodeFragment is the key the node's own fragment (renderNode) is committed under: no Service
+// has an empty name.
+var nodeFragment = types.NamespacedName{}
+
+// renderNode computes the node's own fragment: the addresses NodePorts are open on (np; every
+// address of a family np names none of) and the Service CIDRs. It is diffed and committed like a
+// Service's, so a changed node IP or ServiceCIDR costs a few elements, not a full sync.
+func renderNode(st *dataplane.State, np dataplane.NodePortAddresses) *fragment {
+	fr := &fragment{}
+	for _, f := range []family{ipv4, ipv6} {
+		prefixes := np.Prefixes(st, f == ipv6)
+		if len(prefixes) == 0 {
+			prefixes = []netip.Prefix{f.all()}
+		}
+		for _, p := range prefixes {
+			fr.addElement(elementKey{f.nodePortIPs(), p.String()}, "")
+		}
+		for _, p := range st.ServiceCIDRs {
+			if f.of(p.Addr()) {
+				fr.addElement(elementKey{f.serviceCIDRs(), p.String()}, "")
+			}
+		}
+	}
+	return fr.sort()
+}
 
 // render computes a Service's fragment from its ports (nil when it contributes nothing). us
 // says where the userspace proxy listens for the ports in that mode (nil: no proxy runs); lt

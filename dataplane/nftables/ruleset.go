@@ -12,7 +12,7 @@ import (
 //	                         no-endpoint-nodeports (prerouting only) -> reject (or drop)
 //	prerouting nat dstnat:   services: mark external Cluster-policy traffic for masquerade,
 //	output     nat -100      then daddr . l4proto . dport -> service-ips -> svc/ext chain (DNAT),
-//	                         NodePorts on local addresses -> service-nodeports
+//	                         NodePorts on the node's addresses in nodeport-ips -> service-nodeports
 //	postrouting nat srcnat:  masquerade marked packets and hairpin connections
 //	forward    filter -110,  new connections still addressed to a ClusterIP after DNAT (a port
 //	output     filter -90:   of it no Service uses) -> cluster-ips-check -> reject, as
@@ -41,6 +41,9 @@ func addBaseRuleset(tx *knftables.Transaction) {
 		tx.Add(&knftables.Set{Name: f.masqIPs(), Type: vip})
 		tx.Add(&knftables.Set{Name: f.hairpin(), Type: f.addrType + " . " + f.addrType})
 		tx.Add(&knftables.Set{Name: f.clusterIPs(), Type: f.addrType})
+		interval := []knftables.SetFlag{knftables.IntervalFlag}
+		tx.Add(&knftables.Set{Name: f.nodePortIPs(), Type: f.addrType, Flags: interval})
+		tx.Add(&knftables.Set{Name: f.serviceCIDRs(), Type: f.addrType, Flags: interval})
 	}
 	tx.Add(&knftables.Set{Name: masqNodePorts, Type: "inet_proto . inet_service"})
 
@@ -56,10 +59,12 @@ func addBaseRuleset(tx *knftables.Transaction) {
 			tx.Add(&knftables.Rule{Chain: name, Rule: r})
 		}
 	}
-	// localV4/localV6 match a node address, as NodePorts do (loopback excluded: a NodePort on
-	// 127.0.0.1 would need route_localnet).
-	const localV4 = "fib daddr type local ip daddr != 127.0.0.0/8"
-	const localV6 = "fib daddr type local ip6 daddr != ::1"
+	// nodePortV4/V6 match the node addresses NodePorts are open on: local ones within
+	// nodeport-ips (--nodeport-addresses; loopback excluded: a NodePort on 127.0.0.1 would need
+	// route_localnet). kube-proxy lists the matching addresses themselves and re-lists them on
+	// each sync; the fib check keeps the CIDRs as they are, and an address added later counts at once.
+	nodePortV4 := "fib daddr type local ip daddr != 127.0.0.0/8 ip daddr @" + ipv4.nodePortIPs()
+	nodePortV6 := "fib daddr type local ip6 daddr != ::1 ip6 daddr @" + ipv6.nodePortIPs()
 
 	chain(rejectChain, "reject")
 	chain(markForMasqueradeChain, "meta mark set meta mark | "+masqueradeMark)
@@ -70,19 +75,24 @@ func addBaseRuleset(tx *knftables.Transaction) {
 		"ip daddr . meta l4proto . th dport vmap @"+ipv4.noEndpointIPs(),
 		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.noEndpointIPs())
 	chain("nodeport-endpoints-check",
-		localV4+" meta l4proto . th dport vmap @"+ipv4.noEndpointNodePorts(),
-		localV6+" meta l4proto . th dport vmap @"+ipv6.noEndpointNodePorts())
+		nodePortV4+" meta l4proto . th dport vmap @"+ipv4.noEndpointNodePorts(),
+		nodePortV6+" meta l4proto . th dport vmap @"+ipv6.noEndpointNodePorts())
+	// A port of a ClusterIP no Service uses is rejected, any other address of the Service CIDRs
+	// (none allocated) dropped, as by kube-proxy.
 	chain("cluster-ips-check",
 		"ip daddr @"+ipv4.clusterIPs()+" reject",
-		"ip6 daddr @"+ipv6.clusterIPs()+" reject")
+		"ip6 daddr @"+ipv6.clusterIPs()+" reject",
+		"ip daddr @"+ipv4.serviceCIDRs()+" drop",
+		"ip6 daddr @"+ipv6.serviceCIDRs()+" drop")
 	chain("services",
 		"ip daddr . meta l4proto . th dport @"+ipv4.masqIPs()+" jump "+markForMasqueradeChain,
 		"ip6 daddr . meta l4proto . th dport @"+ipv6.masqIPs()+" jump "+markForMasqueradeChain,
-		"fib daddr type local meta l4proto . th dport @"+masqNodePorts+" jump "+markForMasqueradeChain,
+		nodePortV4+" meta l4proto . th dport @"+masqNodePorts+" jump "+markForMasqueradeChain,
+		nodePortV6+" meta l4proto . th dport @"+masqNodePorts+" jump "+markForMasqueradeChain,
 		"ip daddr . meta l4proto . th dport vmap @"+ipv4.serviceIPs(),
 		"ip6 daddr . meta l4proto . th dport vmap @"+ipv6.serviceIPs(),
-		localV4+" meta l4proto . th dport vmap @"+ipv4.serviceNodePorts(),
-		localV6+" meta l4proto . th dport vmap @"+ipv6.serviceNodePorts())
+		nodePortV4+" meta l4proto . th dport vmap @"+ipv4.serviceNodePorts(),
+		nodePortV6+" meta l4proto . th dport vmap @"+ipv6.serviceNodePorts())
 	chain("masquerading",
 		"ct status dnat ip saddr . ip daddr @"+ipv4.hairpin()+" masquerade",
 		"ct status dnat ip6 saddr . ip6 daddr @"+ipv6.hairpin()+" masquerade",
@@ -106,7 +116,8 @@ func addBaseRuleset(tx *knftables.Transaction) {
 // isMap tells the shared maps from the shared sets by name.
 func isMap(container string) bool {
 	switch container {
-	case ipv4.masqIPs(), ipv6.masqIPs(), ipv4.hairpin(), ipv6.hairpin(), ipv4.clusterIPs(), ipv6.clusterIPs(), masqNodePorts, userspacePortsSet:
+	case ipv4.masqIPs(), ipv6.masqIPs(), ipv4.hairpin(), ipv6.hairpin(), ipv4.clusterIPs(), ipv6.clusterIPs(), masqNodePorts, userspacePortsSet,
+		ipv4.nodePortIPs(), ipv6.nodePortIPs(), ipv4.serviceCIDRs(), ipv6.serviceCIDRs():
 		return false
 	}
 	return true

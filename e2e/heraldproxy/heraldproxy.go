@@ -31,7 +31,9 @@ type Config struct {
 	// ClusterCIDRs and MasqueradeAll: see embedded.Options.
 	ClusterCIDRs  []netip.Prefix
 	MasqueradeAll bool
-	Logger        *slog.Logger
+	// NodePortAddresses: see embedded.Options (the speaker's default is primary).
+	NodePortAddresses dataplane.NodePortAddresses
+	Logger            *slog.Logger
 }
 
 // Run runs the nftables data plane until ctx ends.
@@ -79,7 +81,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	d, err := embedded.New(ctx, backend, embedded.Options{NodeName: cfg.NodeName, Client: cs, LocalEndpoints: view,
 		HealthAddr: cfg.HealthAddr, Services: services, EndpointSlices: slices, Logger: cfg.Logger,
-		ClusterCIDRs: cfg.ClusterCIDRs, MasqueradeAll: cfg.MasqueradeAll})
+		ClusterCIDRs: cfg.ClusterCIDRs, MasqueradeAll: cfg.MasqueradeAll, NodePortAddresses: cfg.NodePortAddresses})
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/heraldlb/herald/dataplane"
 	"github.com/heraldlb/herald/e2e/controlplane"
 	"github.com/heraldlb/herald/e2e/heraldproxy"
 	"github.com/heraldlb/herald/e2e/proc"
@@ -53,10 +54,11 @@ func TestMain(m *testing.M) {
 		for _, c := range strings.Split(clusterCIDRs, ",") {
 			cidrs = append(cidrs, netip.MustParsePrefix(c))
 		}
-		// As kube-proxy gets --cluster-cidr, Herald gets the speaker's --cluster-cidr.
+		// As kube-proxy gets --cluster-cidr, Herald gets the speaker's --cluster-cidr; both open
+		// NodePorts on the node's primary IPs (their defaults).
 		err := heraldproxy.Run(ctx, heraldproxy.Config{Kubeconfig: kubeconfig, NodeName: nodeA, HealthAddr: "127.0.0.1:10256",
-			ClusterCIDRs: cidrs,
-			Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+			ClusterCIDRs: cidrs, NodePortAddresses: dataplane.NodePortAddresses{Primary: true},
+			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "herald data plane:", err)
 			os.Exit(1)
@@ -178,6 +180,7 @@ func TestKubeProxyParity(t *testing.T) {
 			deleteBatch(t, cs)
 		}
 	}
+	checkZoneChange(t, cs, procs)
 	report(t, table, diffs, probes)
 }
 
@@ -531,10 +534,14 @@ func readParityTable(path string) ([]tableRow, error) {
 		return nil, fmt.Errorf("%s: no parity-table marker", path)
 	}
 	var rows []tableRow
+	header := false
 	for _, line := range strings.Split(after, "\n") {
 		line = strings.TrimSpace(line)
-		if line == "" && len(rows) > 0 {
-			break
+		if header && !strings.HasPrefix(line, "|") {
+			break // the table ends (it may have no rows)
+		}
+		if strings.HasPrefix(line, "| Item") {
+			header = true
 		}
 		if !strings.HasPrefix(line, "|") || strings.HasPrefix(line, "|--") || strings.HasPrefix(line, "| Item") {
 			continue
