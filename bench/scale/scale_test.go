@@ -7,6 +7,7 @@ package scale
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -86,8 +87,11 @@ func (a *announcer) addOne() {
 type watcher struct {
 	events, bytes atomic.Int64
 	last          atomic.Int64 // unix nanos of the last event
-	mu            sync.Mutex
-	sizes         map[string]int
+	// closed: the stream ended before the context did (the API server drops a watcher that
+	// reads too slowly); its counts stop there.
+	closed atomic.Bool
+	mu     sync.Mutex
+	sizes  map[string]int
 }
 
 func watch(ctx context.Context, b *testing.B, cs kubernetes.Interface, path string) *watcher {
@@ -102,28 +106,41 @@ func watch(ctx context.Context, b *testing.B, cs kubernetes.Interface, path stri
 		for {
 			line, err := r.ReadBytes('\n')
 			if err != nil {
-				return // the context ended
+				w.closed.Store(ctx.Err() == nil)
+				return
 			}
-			var ev struct {
-				Type   string
-				Object struct{ Metadata struct{ Name string } }
-			}
-			if json.Unmarshal(line, &ev) != nil {
+			// The event's type and object name, found without decoding the object (up to 1 MB):
+			// a reader that decodes each one falls behind, and the API server drops it.
+			typ, name := field(line, `"type":"`), field(line, `"name":"`)
+			if typ == "" {
 				continue
 			}
 			w.events.Add(1)
 			w.bytes.Add(int64(len(line)))
 			w.last.Store(time.Now().UnixNano())
 			w.mu.Lock()
-			if ev.Type == "DELETED" {
-				delete(w.sizes, ev.Object.Metadata.Name)
+			if typ == "DELETED" {
+				delete(w.sizes, name)
 			} else {
-				w.sizes[ev.Object.Metadata.Name] = len(line)
+				w.sizes[name] = len(line)
 			}
 			w.mu.Unlock()
 		}
 	}()
 	return w
+}
+
+// field returns the string value after the first occurrence of key (`"key":"`) in line.
+func field(line []byte, key string) string {
+	i := bytes.Index(line, []byte(key))
+	if i < 0 {
+		return ""
+	}
+	v := line[i+len(key):]
+	if j := bytes.IndexByte(v, '"'); j >= 0 {
+		return string(v[:j])
+	}
+	return ""
 }
 
 func (w *watcher) total() int {
@@ -136,10 +153,14 @@ func (w *watcher) total() int {
 	return t
 }
 
-// quiet waits until the watch has at least min events and none for d.
-func (w *watcher) quiet(ctx context.Context, minEvents int64, d time.Duration) {
+// quiet waits until the watch has at least min events and none for d; it fails the benchmark if
+// the API server closed the watch, whose counts would then be short.
+func (w *watcher) quiet(ctx context.Context, b *testing.B, minEvents int64, d time.Duration) {
 	for ctx.Err() == nil {
 		time.Sleep(500 * time.Millisecond)
+		if w.closed.Load() {
+			b.Fatalf("the API server closed a watch after %d events (a reader too slow on this machine): the counts would be short", w.events.Load())
+		}
 		if w.events.Load() >= minEvents && time.Since(time.Unix(0, w.last.Load())) >= d {
 			return
 		}
@@ -221,7 +242,7 @@ func BenchmarkStatusWriters(b *testing.B) {
 				writers, ans = append(writers, spk), append(ans, a)
 				wg.Go(func() { spk.RunStatusWriter(phase) })
 			}
-			statuses.quiet(phase, int64(n), 3*time.Second)
+			statuses.quiet(phase, b, int64(n), 3*time.Second)
 			label := fmt.Sprintf("scale, %d nodes × %d announcements, %s", n, anns, design.name)
 			emit(label+": first status of every node written", time.Unix(0, statuses.last.Load()).Sub(began).Seconds(), "s")
 
@@ -238,7 +259,7 @@ func BenchmarkStatusWriters(b *testing.B) {
 				a.addOne()
 				writers[i].StatusChanged()
 			}
-			statuses.quiet(phase, e0+int64(n), 3*time.Second)
+			statuses.quiet(phase, b, e0+int64(n), 3*time.Second)
 			emit(label+": one Service created, API writes", float64(statuses.events.Load()-e0), "writes")
 			emit(label+": one Service created, bytes written", float64(statuses.bytes.Load()-b0), "B")
 			emit(label+": Herald's objects in etcd (SpeakerStatuses + Leases, JSON)", float64(statuses.total()+leases.total()), "B")
