@@ -151,5 +151,22 @@ const (
 	LabelExcludeFromLB = "node.kubernetes.io/exclude-from-external-load-balancers"
 )
 
+// Speaker liveness: each speaker renews a coordination.k8s.io/v1 Lease named SpeakerLeasePrefix +
+// its node, in Herald's namespace, labelled LabelSpeakerLease (so the controller and heraldctl
+// watch or list those alone, not the leader-election Lease beside them). Its SpeakerStatus then
+// carries the same label and is rewritten only when its content changes; a SpeakerStatus without
+// the label is an older speaker's, alive while its lastUpdate is recent.
+const (
+	SpeakerLeasePrefix = "herald-speaker-"
+	LabelSpeakerLease  = "herald.io/speaker-lease"
+	// SpeakerLeaseDuration and SpeakerLeaseRenew are the kubelet's node-lease timings: renewed
+	// every quarter of its duration, so three renewals can fail before it expires.
+	SpeakerLeaseDuration = 40 // seconds
+	SpeakerLeaseRenew    = 10 // seconds
+)
+
+// SpeakerLeaseName is the name of node's speaker Lease.
+func SpeakerLeaseName(node string) string { return SpeakerLeasePrefix + node }
+
 // DefaultLoadBalancerClass is the spec.loadBalancerClass Herald handles by default.
 const DefaultLoadBalancerClass = "herald.io/lb"

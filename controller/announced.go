@@ -23,8 +23,10 @@ import (
 // alone; announcedwriter.go watches them and writes the answer.
 
 const (
-	// speakerLiveFor: a SpeakerStatus counts while its lastUpdate is this recent. Speakers rewrite
-	// it every minute, so this allows two missed writes (and some clock skew between nodes).
+	// speakerLiveFor: the SpeakerStatus of a speaker without a Lease (one from before the Leases)
+	// counts while its lastUpdate is this recent. Such speakers rewrite it every minute, so this
+	// allows two missed writes (and some clock skew between nodes). A speaker with a Lease counts
+	// while its Lease holds (leaseExpiry).
 	speakerLiveFor = 3 * time.Minute
 	// announcedGrace: IPs are reported not announced only once they have gone unannounced this
 	// long. A speaker lists a new IP up to 10 s after it announces it (its status writes are
@@ -48,6 +50,26 @@ type announceConfig struct {
 	l2, bgp []advertised
 	// pools says which pool owns an address, as the allocator and the speakers have it.
 	pools *addresspool.Set
+	// leases says until when each speaker's Lease holds (none: only SpeakerStatuses' lastUpdate).
+	leases leaseExpiry
+}
+
+// leaseExpiry is, by node, until when the node's speaker Lease holds: its duration after the
+// controller last saw it renewed (by the controller's clock, as the node lifecycle controller
+// reads the kubelets' Leases, so that the nodes' clocks do not matter).
+type leaseExpiry map[string]time.Time
+
+// live reports whether a SpeakerStatus's speaker is alive at now: while its Lease holds, or, for a
+// speaker that renews none (from before the Leases, or not started yet), while its status was
+// written within speakerLiveFor.
+func (l leaseExpiry) live(st *v1beta1.SpeakerStatus, now time.Time) bool {
+	if st == nil {
+		return false
+	}
+	if until, ok := l[st.Name]; ok {
+		return !now.After(until)
+	}
+	return st.Status.LastUpdate != nil && now.Sub(st.Status.LastUpdate.Time) <= speakerLiveFor
 }
 
 // advertised is one usable L2Advertisement or BGPAdvertisement.
@@ -135,7 +157,7 @@ func announcedCondition(svc *corev1.Service, speakers []*v1beta1.SpeakerStatus, 
 	if key := strings.Join(ips, ","); h.ips != key {
 		h = announcedHistory{ips: key}
 	}
-	live := liveSpeakers(speakers, now)
+	live := liveSpeakers(speakers, cfg.leases, now)
 	capped := slices.ContainsFunc(live, isCapped)
 	var lines, missing []string
 	unknown := false
@@ -215,11 +237,6 @@ func ingressIPs(svc *corev1.Service) []string {
 	return out
 }
 
-// speakerLive reports whether a SpeakerStatus was written within speakerLiveFor of now.
-func speakerLive(st *v1beta1.SpeakerStatus, now time.Time) bool {
-	return st != nil && st.Status.LastUpdate != nil && now.Sub(st.Status.LastUpdate.Time) <= speakerLiveFor
-}
-
 // isCapped reports whether a SpeakerStatus lists fewer announcements than it has (the list is
 // capped at MaxListedAnnouncements).
 func isCapped(st *v1beta1.SpeakerStatus) bool {
@@ -228,10 +245,10 @@ func isCapped(st *v1beta1.SpeakerStatus) bool {
 
 // liveSpeakers keeps the live SpeakerStatus objects, sorted by node, so messages list nodes in
 // one order whatever the order of the input.
-func liveSpeakers(speakers []*v1beta1.SpeakerStatus, now time.Time) []*v1beta1.SpeakerStatus {
+func liveSpeakers(speakers []*v1beta1.SpeakerStatus, leases leaseExpiry, now time.Time) []*v1beta1.SpeakerStatus {
 	var live []*v1beta1.SpeakerStatus
 	for _, st := range speakers {
-		if speakerLive(st, now) {
+		if leases.live(st, now) {
 			live = append(live, st)
 		}
 	}
@@ -338,7 +355,7 @@ func whyNotAnnounced(svc *corev1.Service, ip string, live []*v1beta1.SpeakerStat
 			"check the Service's endpoints (kubectl -n %s get endpointslices -l kubernetes.io/service-name=%s) and that its pods are ready on nodes that %s selects",
 			svc.Namespace, svc.Name, ads)
 	case len(live) == 0:
-		return config.ReasonNoEligibleNode, fmt.Sprintf("no speaker is alive (no SpeakerStatus was written in the last %v): check the speaker pods, one per node", speakerLiveFor)
+		return config.ReasonNoEligibleNode, fmt.Sprintf("no speaker is alive (no speaker Lease %s<node> in Herald's namespace holds, nor was a SpeakerStatus written in the last %v): check the speaker pods, one per node", config.SpeakerLeasePrefix, speakerLiveFor)
 	default:
 		return config.ReasonNoEligibleNode, fmt.Sprintf("selected by %s, but no node is selected, alive and usable: "+
 			"check the advertisements' nodeSelectors, the %s label on the nodes, whether they are cordoned, and the speaker pods", ads, config.LabelExcludeFromLB)

@@ -176,7 +176,7 @@ func TestAnnouncedCondition(t *testing.T) {
 		{name: "no speaker alive", svc: lbService([]string{"192.0.2.10"}),
 			speakers:    []*v1beta1.SpeakerStatus{speakerStatus("node1", 10*time.Minute, announces(v1beta1.ProtocolL2, "192.0.2.10"))},
 			unannounced: long, status: metav1.ConditionFalse, reason: config.ReasonNoEligibleNode,
-			message: "192.0.2.10: no speaker is alive (no SpeakerStatus was written in the last 3m0s): check the speaker pods, one per node"},
+			message: "192.0.2.10: no speaker is alive (no speaker Lease herald-speaker-<node> in Herald's namespace holds, nor was a SpeakerStatus written in the last 3m0s): check the speaker pods, one per node"},
 		{name: "not listed while a live speaker's list is capped: unknown", svc: lbService([]string{"192.0.2.10"}),
 			speakers:    []*v1beta1.SpeakerStatus{speakerStatus("node1", 0, announces(v1beta1.ProtocolL2, "192.0.2.1", "192.0.2.2"), cappedAt(3)), speakerStatus("node2", 0)},
 			unannounced: time.Hour},
@@ -431,7 +431,7 @@ func TestSpeakerChanges(t *testing.T) {
 		{"a silent one appears", nil, speakerStatus("node1", time.Hour), nil, true},
 	}
 	for _, tc := range cases {
-		ips, others := speakerChanges(tc.old, tc.cur, now)
+		ips, others := speakerChanges(tc.old, tc.cur, nil, now)
 		slices.Sort(ips)
 		if !slices.Equal(ips, tc.ips) || others != tc.others {
 			t.Errorf("%s: %v, %v; want %v, %v", tc.name, ips, others, tc.ips, tc.others)

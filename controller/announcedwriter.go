@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -39,9 +41,16 @@ const (
 	// the condition down without starving it.
 	allocQuiet       = 500 * time.Millisecond
 	announcedMaxHold = 5 * time.Second
-	// speakerSweep is how often the writer looks for speakers that went silent: a SpeakerStatus
-	// that is not rewritten sends no event when it stops counting.
-	speakerSweep = 30 * time.Second
+	// speakerSweep is how often the writer looks for speakers that went silent: a Lease that is
+	// not renewed, or a SpeakerStatus that is not rewritten, sends no event when it stops
+	// counting. A look walks the nodes, not the Services.
+	speakerSweep = 5 * time.Second
+	// speakerGoneAfter: a speaker whose Lease has been expired this long is gone (uninstalled
+	// from its node, or the node is off): its SpeakerStatus and Lease are deleted, so the other
+	// speakers stop counting it as a membership peer (speaker.MembershipPeers counts a status
+	// with a Lease while it exists; the speakers do not watch the Leases). A speaker that comes
+	// back creates both again. As speaker.StaleStatusAfter for speakers without a Lease.
+	speakerGoneAfter = 5 * time.Minute
 	// ingressIPIndex indexes Services by their ingress IPs, to find those a SpeakerStatus lists.
 	ingressIPIndex = "ingressIP"
 )
@@ -67,6 +76,10 @@ type announcedWriter struct {
 
 	mu       sync.Mutex
 	statuses map[string]*v1beta1.SpeakerStatus // by node
+	// leases: until when each node's speaker Lease holds; replaced (never modified) on each
+	// change. renewals: each Lease's renewTime as last seen, by node.
+	leases   leaseExpiry
+	renewals map[string]time.Time
 	// speakers are statuses' values, replaced (never modified) on each change.
 	speakers []*v1beta1.SpeakerStatus
 	// history holds the Services with something to remember (announcedHistory), by key.
@@ -91,7 +104,11 @@ type announcedDeps struct {
 	lastAllocWrite func() time.Time
 	// patchStatus patches a Service's status subresource.
 	patchStatus func(ctx context.Context, svc *corev1.Service, patch map[string]any) error
-	recorder    record.EventRecorder
+	// leases is the informer of the speakers' Leases (labelled config.LabelSpeakerLease, in
+	// Herald's namespace); removeSpeaker deletes a gone speaker's SpeakerStatus and Lease.
+	leases        cache.SharedIndexInformer
+	removeSpeaker func(ctx context.Context, node string) error
+	recorder      record.EventRecorder
 }
 
 // announcedDeps hands the announced writer what it uses of the controller.
@@ -108,6 +125,8 @@ func (c *Controller) announcedDeps() announcedDeps {
 		lastAllocWrite: func() time.Time { return time.Unix(0, c.allocWrote.Load()) },
 		patchStatus:    c.patchStatus,
 		recorder:       c.recorder,
+		leases:         c.leaseFactory.Coordination().V1().Leases().Informer(),
+		removeSpeaker:  c.removeSpeaker,
 	}
 }
 
@@ -122,6 +141,8 @@ func newAnnouncedWriter(ctx context.Context, deps announcedDeps) (*announcedWrit
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "announced", MetricsProvider: deps.queues}),
 		limiter:  flowcontrol.NewTokenBucketRateLimiter(announcedWritesPerSecond, announcedWritesPerSecond),
 		statuses: map[string]*v1beta1.SpeakerStatus{},
+		leases:   leaseExpiry{},
+		renewals: map[string]time.Time{},
 		history:  map[string]announcedHistory{},
 	}
 	for _, inf := range []struct {
@@ -158,6 +179,9 @@ func newAnnouncedWriter(ctx context.Context, deps announcedDeps) (*announcedWrit
 	if _, err := a.speakerInf.AddEventHandler(a.speakerHandlers()); err != nil {
 		return nil, err
 	}
+	if _, err := deps.leases.AddEventHandler(a.leaseHandlers()); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -167,9 +191,9 @@ func (a *announcedWriter) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer a.queue.ShutDown() // before the wait: it ends the worker
-	if !cache.WaitForCacheSync(ctx.Done(), a.speakerInf.HasSynced, a.l2Inf.HasSynced, a.bgpInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), a.speakerInf.HasSynced, a.l2Inf.HasSynced, a.bgpInf.HasSynced, a.deps.leases.HasSynced) {
 		if ctx.Err() == nil {
-			a.deps.log.Error("herald.io/Announced: the SpeakerStatus or advertisement caches did not sync; the condition is not written")
+			a.deps.log.Error("herald.io/Announced: the SpeakerStatus, Lease or advertisement caches did not sync; the condition is not written")
 		}
 		return
 	}
@@ -241,8 +265,9 @@ func (a *announcedWriter) speakerChanged(old, cur *v1beta1.SpeakerStatus) {
 		delete(a.statuses, old.Name)
 	}
 	a.speakers = slices.Collect(maps.Values(a.statuses))
+	leases := a.leases
 	a.mu.Unlock()
-	ips, others := speakerChanges(old, cur, time.Now())
+	ips, others := speakerChanges(old, cur, leases, time.Now())
 	a.enqueueIPs(ips)
 	if others {
 		a.enqueuePending()
@@ -253,8 +278,8 @@ func (a *announcedWriter) speakerChanged(old, cur *v1beta1.SpeakerStatus) {
 // whose announcement by this node changed, and whether the change may matter to Services whose IPs
 // no node lists: a status appearing or going, a speaker going silent or coming back, a change of
 // its cap or of its established BGP sessions.
-func speakerChanges(old, cur *v1beta1.SpeakerStatus, now time.Time) (ips []string, others bool) {
-	wasLive, isLive := speakerLive(old, now), speakerLive(cur, now)
+func speakerChanges(old, cur *v1beta1.SpeakerStatus, leases leaseExpiry, now time.Time) (ips []string, others bool) {
+	wasLive, isLive := leases.live(old, now), leases.live(cur, now)
 	switch {
 	case !wasLive && !isLive:
 		return nil, old == nil || cur == nil
@@ -353,14 +378,15 @@ func compactSpeakerStatus(obj any) (any, error) {
 }
 
 // sweep re-examines, every speakerSweep, the Services of the speakers that went silent since the
-// last look.
+// last look, and removes the speakers gone for speakerGoneAfter.
 func (a *announcedWriter) sweep(ctx context.Context) {
 	last := time.Now()
-	wait.UntilWithContext(ctx, func(context.Context) {
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		now := time.Now()
 		silent := false
-		for _, st := range a.speakerList() {
-			if speakerLive(st, last) && !speakerLive(st, now) {
+		speakers, leases := a.speakerList()
+		for _, st := range speakers {
+			if leases.live(st, last) && !leases.live(st, now) {
 				silent = true
 				a.enqueueIPs(listedIPs(st))
 			}
@@ -368,14 +394,73 @@ func (a *announcedWriter) sweep(ctx context.Context) {
 		if silent {
 			a.enqueuePending()
 		}
+		for node, until := range leases {
+			if now.Sub(until) < speakerGoneAfter {
+				continue
+			}
+			if err := a.deps.removeSpeaker(ctx, node); err != nil {
+				a.deps.log.Error("cannot remove a gone speaker's SpeakerStatus and Lease", "node", node, "err", err)
+				continue
+			}
+			a.deps.log.Info("speaker gone: its Lease expired long ago; its SpeakerStatus and Lease are deleted", "node", node, "expired", until)
+		}
 		last = now
 	}, speakerSweep)
 }
 
-func (a *announcedWriter) speakerList() []*v1beta1.SpeakerStatus {
+func (a *announcedWriter) speakerList() ([]*v1beta1.SpeakerStatus, leaseExpiry) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.speakers
+	return a.speakers, a.leases
+}
+
+func (a *announcedWriter) leaseHandlers() cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { a.leaseChanged(obj, false) },
+		UpdateFunc: func(_, obj any) { a.leaseChanged(obj, false) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			a.leaseChanged(obj, true)
+		},
+	}
+}
+
+// leaseChanged records a speaker Lease's renewal (or its deletion), and queues the node's Services
+// if that made its speaker live or not.
+func (a *announcedWriter) leaseChanged(obj any, deleted bool) {
+	l, ok := obj.(*coordinationv1.Lease)
+	if !ok || !strings.HasPrefix(l.Name, config.SpeakerLeasePrefix) {
+		return
+	}
+	node := strings.TrimPrefix(l.Name, config.SpeakerLeasePrefix)
+	now := time.Now()
+	var renew time.Time
+	if l.Spec.RenewTime != nil {
+		renew = l.Spec.RenewTime.Time
+	}
+	a.mu.Lock()
+	old := a.leases
+	leases := maps.Clone(old)
+	switch {
+	case deleted:
+		delete(leases, node)
+		delete(a.renewals, node)
+	case !renew.Equal(a.renewals[node]) || old[node].IsZero():
+		a.renewals[node] = renew
+		leases[node] = now.Add(time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, config.SpeakerLeaseDuration)) * time.Second)
+	default:
+		a.mu.Unlock()
+		return // not renewed (a change of labels, say): no later expiry
+	}
+	a.leases = leases
+	st := a.statuses[node]
+	a.mu.Unlock()
+	if st != nil && old.live(st, now) != leases.live(st, now) {
+		a.enqueueIPs(listedIPs(st))
+		a.enqueuePending()
+	}
 }
 
 // enqueueIPs queues the Services holding any of ips.
@@ -445,9 +530,11 @@ func (a *announcedWriter) decide(ctx context.Context, key string) (svc *corev1.S
 		a.config = cfg
 	}
 	a.mu.Lock()
-	h, speakers := a.history[key], a.speakers
+	h, speakers, leases := a.history[key], a.speakers, a.leases
 	a.mu.Unlock()
-	want, recheck, h := announcedCondition(svc, speakers, a.config, h, time.Now())
+	cfg := *a.config
+	cfg.leases = leases
+	want, recheck, h := announcedCondition(svc, speakers, &cfg, h, time.Now())
 	a.remember(key, h)
 	if recheck > 0 {
 		a.queue.AddAfter(key, recheck)

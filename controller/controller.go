@@ -8,6 +8,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -50,8 +52,9 @@ type Options struct {
 	Workers int
 	Logger  *slog.Logger
 	Metrics *Metrics
-	// SecretNamespace is where a BGPPeer's passwordSecret without a namespace lives (Herald's own;
-	// DefaultSecretNamespace when empty), for the BGP objects' Valid condition.
+	// SecretNamespace is Herald's own namespace (DefaultSecretNamespace when empty): where a
+	// BGPPeer's passwordSecret without a namespace lives, for the BGP objects' Valid condition,
+	// and where the speakers renew their Leases (config.SpeakerLeaseName).
 	SecretNamespace string
 }
 
@@ -71,7 +74,9 @@ type Controller struct {
 	// factory runs the built-in kinds' informers (protobuf; the upstream service controller of
 	// cloud-provider mode shares them).
 	factory informers.SharedInformerFactory
-	svcInf  cache.SharedIndexInformer
+	// leaseFactory runs the informer of the speakers' Leases (Herald's namespace, their label).
+	leaseFactory informers.SharedInformerFactory
+	svcInf       cache.SharedIndexInformer
 	// services is the informer's store overlaid with our own patch results, so a reconcile that runs
 	// before the watch delivers our write does not see the old status and write again.
 	services   cache.MutationCache
@@ -114,6 +119,9 @@ func New(cs kubernetes.Interface, rc *rest.Config, opts Options) (*Controller, e
 	}
 	// Services are the bulk of the memory: drop managedFields, which the controller never reads.
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTransform(stripManagedFields))
+	ns := cmp.Or(opts.SecretNamespace, DefaultSecretNamespace)
+	leaseFactory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = config.LabelSpeakerLease }))
 	sch := scheme.New()
 	// One transform for every kind (ByObject would ask the API server about the kinds already here).
 	crds, err := crcache.New(rc, crcache.Options{Scheme: sch, DefaultTransform: transformHeraldKinds})
@@ -125,14 +133,15 @@ func New(cs kubernetes.Interface, rc *rest.Config, opts Options) (*Controller, e
 		return nil, fmt.Errorf("client of Herald's kinds: %w", err)
 	}
 	c := &Controller{
-		opts:       opts,
-		log:        opts.Logger,
-		client:     cs,
-		crds:       crds,
-		crdClient:  crdClient,
-		factory:    factory,
-		svcInf:     factory.Core().V1().Services().Informer(),
-		namespaces: factory.Core().V1().Namespaces().Lister(),
+		opts:         opts,
+		log:          opts.Logger,
+		client:       cs,
+		crds:         crds,
+		crdClient:    crdClient,
+		factory:      factory,
+		leaseFactory: leaseFactory,
+		svcInf:       factory.Core().V1().Services().Informer(),
+		namespaces:   factory.Core().V1().Namespaces().Lister(),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "services", MetricsProvider: opts.Metrics.queues}),
 		poolQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -209,6 +218,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	c.spawn(func() { c.bgp.run(ctx) })
+	c.leaseFactory.Start(ctx.Done()) // after newAnnouncedWriter registered on it
 	c.spawn(func() { c.announced.run(ctx) })
 	for range c.opts.Workers {
 		c.spawn(func() {
@@ -281,6 +291,21 @@ func (c *Controller) stop(cancel context.CancelFunc) {
 	c.poolQueue.ShutDown()
 	c.running.Wait()
 	c.factory.Shutdown()
+	c.leaseFactory.Shutdown()
+}
+
+// removeSpeaker deletes a gone speaker's SpeakerStatus and Lease (either may be gone already).
+func (c *Controller) removeSpeaker(ctx context.Context, node string) error {
+	ns := cmp.Or(c.opts.SecretNamespace, DefaultSecretNamespace)
+	err := c.crdClient.Delete(ctx, &v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: node}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	err = c.client.CoordinationV1().Leases(ns).Delete(ctx, config.SpeakerLeaseName(node), metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	return nil
 }
 
 // restore records the current addresses of every LoadBalancer Service, ours or not, oldest first

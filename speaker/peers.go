@@ -11,12 +11,14 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
-// StaleStatusAfter: a SpeakerStatus whose lastUpdate is this far behind the newest one belongs to
-// a speaker that is gone (uninstalled from its node, or the node is off): live speakers rewrite
-// theirs every minute.
+// StaleStatusAfter: a SpeakerStatus of a speaker without a Lease whose lastUpdate is this far
+// behind the newest such one belongs to a speaker that is gone (uninstalled from its node, or the
+// node is off): live speakers without a Lease rewrite theirs every minute. The controller deletes
+// a speaker's SpeakerStatus and Lease once its Lease has been expired this long.
 const StaleStatusAfter = 5 * time.Minute
 
 // MembershipPeers lists the speakers this node exchanges heartbeats with, by node name, at the
@@ -30,14 +32,19 @@ const StaleStatusAfter = 5 * time.Minute
 func MembershipPeers(nodes []corev1.Node, statuses []v1beta1.SpeakerStatus, port uint16) map[string]netip.AddrPort {
 	var newest time.Time
 	for _, s := range statuses {
-		if s.Status.LastUpdate != nil && s.Status.LastUpdate.After(newest) {
+		if s.Labels[config.LabelSpeakerLease] != "true" && s.Status.LastUpdate != nil && s.Status.LastUpdate.After(newest) {
 			newest = s.Status.LastUpdate.Time
 		}
 	}
 	running := map[string]bool{}
 	for _, s := range statuses {
-		// A status not yet written (no lastUpdate) is a speaker starting: it counts.
-		running[s.Name] = s.Status.LastUpdate == nil || newest.Sub(s.Status.LastUpdate.Time) <= StaleStatusAfter
+		// A status not yet written (no lastUpdate) is a speaker starting: it counts. So does one
+		// whose speaker renews a Lease (labelled config.LabelSpeakerLease): its lastUpdate is when
+		// its content last changed, and the controller deletes it once the Lease has expired for
+		// StaleStatusAfter (speakers do not watch the Leases: at 1,000 nodes each would receive
+		// 100 renewals a second).
+		running[s.Name] = s.Status.LastUpdate == nil || s.Labels[config.LabelSpeakerLease] == "true" ||
+			newest.Sub(s.Status.LastUpdate.Time) <= StaleStatusAfter
 	}
 	out := map[string]netip.AddrPort{}
 	for _, n := range nodes {

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
@@ -20,6 +21,10 @@ func TestMembershipPeersLeaveOutStaleStatuses(t *testing.T) {
 			at := metav1.NewTime(now.Add(-age))
 			s.Status.LastUpdate = &at
 		}
+		return s
+	}
+	leased := func(s v1beta1.SpeakerStatus) v1beta1.SpeakerStatus {
+		s.Labels = map[string]string{config.LabelSpeakerLease: "true"}
 		return s
 	}
 	nodes := []corev1.Node{*node("a", nil, "10.0.0.1"), *node("b", nil, "10.0.0.2"), *node("c", nil, "10.0.0.3"), *node("d", nil, "10.0.0.4")}
@@ -36,6 +41,10 @@ func TestMembershipPeersLeaveOutStaleStatuses(t *testing.T) {
 			[]v1beta1.SpeakerStatus{status("a", time.Hour), status("b", time.Hour+time.Minute), status("c", time.Hour+30*time.Second)}, []string{"a", "b", "c"}},
 		{"a status not written yet is a starting speaker",
 			[]v1beta1.SpeakerStatus{status("a", 0), status("d", -1)}, []string{"a", "d"}},
+		{"with a Lease, an old lastUpdate is a status that did not change: it counts, and is not the newest",
+			[]v1beta1.SpeakerStatus{leased(status("a", time.Hour)), status("b", 0), status("c", 20*time.Minute)}, []string{"a", "b"}},
+		{"upgraded: every speaker has a Lease, statuses of all ages count",
+			[]v1beta1.SpeakerStatus{leased(status("a", 0)), leased(status("b", time.Hour)), leased(status("c", 24*time.Hour))}, []string{"a", "b", "c"}},
 	} {
 		got := slices.Sorted(maps.Keys(MembershipPeers(nodes, tc.statuses, 9652)))
 		if !slices.Equal(got, tc.want) {

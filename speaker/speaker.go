@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -49,6 +50,11 @@ type Config struct {
 	// before it does (for at most maxDataplaneWait): an IP announced from a freshly booted node
 	// whose rules are not in yet draws traffic that the node cannot forward.
 	DataplaneForwards func() bool
+	// LeaseNamespace is Herald's namespace, where this node's speaker Lease is renewed
+	// (config.SpeakerLeaseName): liveness is read from it, and the SpeakerStatus is written only
+	// when its content changes. Empty: no Lease, and the SpeakerStatus is rewritten every minute
+	// to show the speaker alive (speakers before the Leases did that; bench/scale measures it).
+	LeaseNamespace string
 }
 
 // maxDataplaneWait bounds how long the first announcement waits for the data plane: a data
@@ -82,6 +88,9 @@ type Speaker struct {
 	// only): the next write starts from it instead of reading the object again, which with
 	// thousands of announcements cost the API server as much as the write; nil after a failure.
 	written *v1beta1.SpeakerStatus
+	// statusGone: this node's SpeakerStatus was deleted (the controller removes those of speakers
+	// whose Lease expired long ago); the next write creates it again.
+	statusGone atomic.Bool
 }
 
 // New connects to the API server (nothing is watched until Run).
@@ -184,9 +193,18 @@ func (s *Speaker) Run(ctx context.Context) error {
 		unsubscribe := s.cfg.Endpoints.Subscribe(func(types.NamespacedName) { s.Changed() })
 		defer unsubscribe()
 	}
+	if s.cfg.LeaseNamespace != "" {
+		if err := s.watchOwnStatus(ctx); err != nil {
+			return err
+		}
+	}
 	cacheErr := make(chan error, 1)
 	wg.Add(1)
 	go func() { defer wg.Done(); cacheErr <- s.cache.Start(ctx) }()
+	if s.cfg.LeaseNamespace != "" {
+		// Renewed from the start: the Lease, not the status, says this speaker is alive.
+		wg.Go(func() { s.leaseLoop(ctx) })
+	}
 	if s.watchPeers != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.watchPeers(ctx) }()
@@ -389,8 +407,23 @@ func ptrs[T any](items []T) []*T {
 	return out
 }
 
-// statusLoop writes this node's SpeakerStatus when asked and every minute, so a reader can tell
-// a live speaker from a dead one by lastUpdate. Writes are spaced as v1beta1.StatusWriteSpacing
+// RunStatusWriter only writes this node's SpeakerStatus (from the announcers' Announcements, when
+// StatusChanged asks) and renews its Lease, until ctx ends: no watches, snapshots or announcers.
+// bench/scale drives it for many simulated nodes in one process; Run runs the same two loops.
+func (s *Speaker) RunStatusWriter(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if s.cfg.LeaseNamespace != "" {
+		wg.Go(func() { s.leaseLoop(ctx) })
+	}
+	s.StatusChanged()
+	s.statusLoop(ctx)
+}
+
+// statusLoop writes this node's SpeakerStatus when asked and its content changed. Without a
+// Lease (Config.LeaseNamespace empty) it also rewrites it every minute, so a reader can tell a
+// live speaker from a dead one by lastUpdate; with one, a node whose announcements, sessions and
+// data plane hold still writes nothing (the Lease's renewals are its only writes). Writes are spaced as v1beta1.StatusWriteSpacing
 // says: each sends the whole object to the API server and to every speaker watching it (measured
 // in the BGP lab bench at 400 Services, writing every 500 ms cost the API server 50 ms of CPU per
 // Service created, three quarters of its work).
@@ -398,15 +431,19 @@ func ptrs[T any](items []T) []*T {
 // The count of speakers this node hears is checked every second, and a change written at once: a
 // reader (heraldctl status, an operator after a restart) must not see a stale count for a minute.
 func (s *Speaker) statusLoop(ctx context.Context) {
-	tick := time.NewTicker(time.Minute)
-	defer tick.Stop()
+	var refresh <-chan time.Time // the minute's rewrite, without a Lease only
+	if s.cfg.LeaseNamespace == "" {
+		tick := time.NewTicker(time.Minute)
+		defer tick.Stop()
+		refresh = tick.C
+	}
 	members := time.NewTicker(time.Second)
 	defer members.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-refresh:
 		case <-s.statusKick:
 		case <-members.C:
 			if s.cfg.MembersAlive == nil || s.written == nil || int32(s.cfg.MembersAlive()) == s.written.Status.MembersAlive {
@@ -420,9 +457,16 @@ func (s *Speaker) statusLoop(ctx context.Context) {
 		slices.SortFunc(anns, func(a, b v1beta1.Announcement) int {
 			return cmp.Or(strings.Compare(a.IP, b.IP), strings.Compare(string(a.Protocol), string(b.Protocol)))
 		})
-		if err := s.writeStatus(ctx, anns); err != nil {
+		if s.statusGone.Swap(false) {
+			s.written = nil
+		}
+		wrote, err := s.writeStatus(ctx, anns)
+		if err != nil {
 			s.log.Error("cannot write SpeakerStatus", "err", err)
 			s.StatusChanged() // retry after the pause below
+		}
+		if !wrote && err == nil {
+			continue // nothing changed: no write to space the next one from
 		}
 		select {
 		case <-ctx.Done():
@@ -432,18 +476,18 @@ func (s *Speaker) statusLoop(ctx context.Context) {
 	}
 }
 
-func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) error {
+// writeStatus writes this node's SpeakerStatus with anns and what the status sources fill in,
+// and reports whether it wrote: with a Lease, a status whose content (all but lastUpdate) is
+// what was last written is not written again. lastUpdate is then when the content last changed.
+func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) (bool, error) {
 	if s.written == nil {
 		st, err := s.readOrCreateStatus(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		s.written = st
 	}
-	st := s.written
-	s.written = nil // until this write succeeds
-	now := metav1.Now()
-	st.Status.LastUpdate = &now
+	st := s.written.DeepCopy()
 	st.Status.Announcements = anns[:min(len(anns), v1beta1.MaxListedAnnouncements)]
 	st.Status.AnnouncedIPs = int32(len(anns))
 	if s.cfg.MembersAlive != nil {
@@ -452,12 +496,44 @@ func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) 
 	for _, fill := range s.statusFns {
 		fill(&st.Status)
 	}
+	if s.cfg.LeaseNamespace != "" && st.Status.LastUpdate != nil && sameContent(&st.Status, &s.written.Status) {
+		return false, nil
+	}
+	now := metav1.Now()
+	st.Status.LastUpdate = &now
+	s.written = nil // until this write succeeds
 	// A conflict (the object changed since: say, recreated) makes the next write read it again.
 	if err := s.client.Status().Update(ctx, st); err != nil {
-		return err
+		return false, err
 	}
 	s.written = st
-	return nil
+	return true, nil
+}
+
+// sameContent reports whether two statuses say the same, whatever their lastUpdate.
+func sameContent(a, b *v1beta1.SpeakerStatusStatus) bool {
+	x, y := *a, *b
+	x.LastUpdate, y.LastUpdate = nil, nil
+	return equality.Semantic.DeepEqual(&x, &y)
+}
+
+// watchOwnStatus notices the deletion of this node's SpeakerStatus, to create it again: its
+// writes come only with a change of content.
+func (s *Speaker) watchOwnStatus(ctx context.Context) error {
+	inf, err := s.cache.GetInformer(ctx, &v1beta1.SpeakerStatus{})
+	if err != nil {
+		return fmt.Errorf("speaker: SpeakerStatus informer: %w", err)
+	}
+	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
+		if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		if st, ok := obj.(*v1beta1.SpeakerStatus); ok && st.Name == s.cfg.NodeName {
+			s.statusGone.Store(true)
+			s.StatusChanged()
+		}
+	}})
+	return err
 }
 
 // readOrCreateStatus reads this node's SpeakerStatus, creating it if it does not exist.
@@ -465,11 +541,9 @@ func (s *Speaker) readOrCreateStatus(ctx context.Context) (*v1beta1.SpeakerStatu
 	var st v1beta1.SpeakerStatus
 	err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &st)
 	if apierrors.IsNotFound(err) {
-		st = v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.NodeName}}
-		// Owned by the Node, so the status goes when the node does.
-		var node corev1.Node
-		if err := s.client.Get(ctx, client.ObjectKey{Name: s.cfg.NodeName}, &node); err == nil {
-			st.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}
+		st = v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.NodeName, OwnerReferences: s.nodeOwner(ctx)}}
+		if s.cfg.LeaseNamespace != "" {
+			st.Labels = map[string]string{config.LabelSpeakerLease: "true"}
 		}
 		if err := s.client.Create(ctx, &st); err != nil && !apierrors.IsAlreadyExists(err) {
 			return nil, err
@@ -479,6 +553,18 @@ func (s *Speaker) readOrCreateStatus(ctx context.Context) (*v1beta1.SpeakerStatu
 		}
 	} else if err != nil {
 		return nil, err
+	}
+	if s.cfg.LeaseNamespace != "" && st.Labels[config.LabelSpeakerLease] != "true" {
+		// An older speaker's status: the label tells readers that this node's liveness is in its
+		// Lease, and that an old lastUpdate does not mean a dead speaker.
+		base := st.DeepCopy()
+		if st.Labels == nil {
+			st.Labels = map[string]string{}
+		}
+		st.Labels[config.LabelSpeakerLease] = "true"
+		if err := s.client.Patch(ctx, &st, client.MergeFrom(base)); err != nil {
+			return nil, err
+		}
 	}
 	return &st, nil
 }

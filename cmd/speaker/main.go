@@ -206,7 +206,8 @@ func run() (err error) {
 	var dataplaneRunning atomic.Pointer[embedded.DataPlane]
 	spk, err := speaker.New(speaker.Config{
 		NodeName: *nodeName, RestConfig: restCfg, LBClass: *lbClass, Logger: log, Endpoints: localEndpoints,
-		MembersAlive: func() int { return len(members.View().Alive) },
+		LeaseNamespace: podNamespace(),
+		MembersAlive:   func() int { return len(members.View().Alive) },
 		DataplaneForwards: func() bool {
 			dp := dataplaneRunning.Load()
 			return dp != nil && dp.Forwards()

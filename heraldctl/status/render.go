@@ -33,7 +33,7 @@ func (r Report) WriteTable(w io.Writer, now time.Time) error {
 			orDash(s.Pool), s.ProxyMode, orDash(announcers(s.AnnouncedBy)), s.state()})
 	}
 
-	nodes := [][]string{{"NODE", "ANNOUNCES", "MEMBERS", "DATAPLANE", "UPDATED"}}
+	nodes := [][]string{{"NODE", "ANNOUNCES", "MEMBERS", "DATAPLANE", "UPDATED", "LEASE RENEWED"}}
 	if len(r.Nodes) == 0 {
 		nodes = append(nodes, []string{"(no SpeakerStatus: are the speakers running? kubectl -n herald-system get pods)"})
 	}
@@ -44,7 +44,7 @@ func (r Report) WriteTable(w io.Writer, now time.Time) error {
 			dataplane += fmt.Sprintf(", userspace proxy: %d Service ports", n.UserspacePorts)
 		}
 		nodes = append(nodes, []string{n.Name, fmt.Sprint(n.AnnouncedIPs), fmt.Sprint(n.MembersAlive),
-			dataplane, age(n.LastUpdate, now)})
+			dataplane, age(n.LastUpdate, now), age(n.LeaseRenewed, now)})
 		for _, s := range n.Sessions {
 			sessions = append(sessions, []string{n.Name, s.Peer, s.PeerAddress, s.State, orDash(s.BFDState),
 				age(s.Since, now), fmt.Sprint(s.PrefixesAdvertised), orDash(s.LastError)})

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -75,8 +77,12 @@ type Announcer struct {
 
 // Node is one node's speaker as its SpeakerStatus tells.
 type Node struct {
-	Name         string       `json:"name"`
+	Name string `json:"name"`
+	// LastUpdate is when the SpeakerStatus last changed; LeaseRenewed when the node's speaker
+	// last renewed its Lease (how a live speaker shows it; none from speakers before the Leases,
+	// which rewrite their status every minute instead).
 	LastUpdate   *metav1.Time `json:"lastUpdate,omitempty"`
+	LeaseRenewed *metav1.Time `json:"leaseRenewed,omitempty"`
 	AnnouncedIPs int32        `json:"announcedIPs"`
 	MembersAlive int32        `json:"membersAlive"`
 	Dataplane    string       `json:"dataplane,omitempty"`
@@ -100,7 +106,26 @@ func Collect(ctx context.Context, c client.Reader) (Report, error) {
 	if err := c.List(ctx, &services); err != nil {
 		return Report{}, listError("services", err)
 	}
-	return Build(pools.Items, services.Items, speakers.Items), nil
+	var leases coordinationv1.LeaseList
+	if err := c.List(ctx, &leases, client.HasLabels{config.LabelSpeakerLease}); err != nil {
+		return Report{}, listError("leases.coordination.k8s.io", err)
+	}
+	r := Build(pools.Items, services.Items, speakers.Items)
+	r.AddLeases(leases.Items)
+	return r, nil
+}
+
+// AddLeases records, for each node of the report, when its speaker last renewed its Lease.
+func (r *Report) AddLeases(leases []coordinationv1.Lease) {
+	renewed := map[string]*metav1.Time{}
+	for _, l := range leases {
+		if node, ok := strings.CutPrefix(l.Name, config.SpeakerLeasePrefix); ok && l.Spec.RenewTime != nil {
+			renewed[node] = &metav1.Time{Time: l.Spec.RenewTime.Time}
+		}
+	}
+	for i := range r.Nodes {
+		r.Nodes[i].LeaseRenewed = renewed[r.Nodes[i].Name]
+	}
 }
 
 func listError(what string, err error) error {
