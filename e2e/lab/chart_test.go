@@ -30,7 +30,7 @@ func TestTranslateChart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantArgv := []string{"/lab/bin/speaker", "--node-name=node1", "--secret-file=/lab/speaker-key/key", "--dataplane=nftables",
+	wantArgv := []string{"/lab/bin/speaker", "--node-name=node1", "--secret-file=/lab/speaker-key/key", "--dataplane=nftables", "--nodeport-addresses=primary",
 		"--metrics-addr=:9651", "--lb-class=herald.io/lb", "--log-level=debug"}
 	if !slices.Equal(spk.Argv, wantArgv) {
 		t.Errorf("speaker argv %q\nwant %q", spk.Argv, wantArgv)
