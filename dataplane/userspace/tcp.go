@@ -261,7 +261,12 @@ func (c *tcpConn) copyToBackend() error {
 				return err
 			}
 			// A switch of endpoints after this point half-closes the new one (clientEOF).
-			return be.CloseWrite()
+			// Before the commit, a failed half-close is the backend resetting, as with a
+			// failed write above: copyFromBackend sees the reset and moves on.
+			if cerr := be.CloseWrite(); cerr != nil && committed {
+				return cerr
+			}
+			return nil
 		}
 		if committed {
 			break
