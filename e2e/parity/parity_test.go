@@ -266,18 +266,7 @@ func waitProgrammed(t *testing.T, cs kubernetes.Interface, procs map[string]proc
 	for _, v6 := range []bool{false, true} {
 		c := &svcCase{name: fmt.Sprintf("canary-%d-%v", round, v6), proto: corev1.ProtocolTCP, v6: v6, ranges: rangesNone,
 			topology: topoNone, endpoints: []endpoint{{endpointPods[0], conditions[0]}}, index: 10000 + len(canaries)}
-		c.addresses()
-		svc, slice := c.objects()
-		svc.Name, slice.Name = c.name, c.name+"-1"
-		slice.Labels["kubernetes.io/service-name"] = c.name
-		created, err := cs.CoreV1().Services(namespace).Create(t.Context(), svc, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cs.DiscoveryV1().EndpointSlices(namespace).Create(t.Context(), slice, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		c.clusterIP = netip.MustParseAddr(created.Spec.ClusterIP)
+		createNamed(t, cs, c)
 		canaries = append(canaries, c)
 	}
 	deadline := time.Now().Add(3 * time.Minute)
@@ -563,4 +552,22 @@ func readParityTable(path string) ([]tableRow, error) {
 		rows = append(rows, r)
 	}
 	return rows, nil
+}
+
+// createNamed creates c's Service and EndpointSlice under c's own name (outside the corpus's
+// numbering) and sets c.clusterIP to the address the apiserver gave it.
+func createNamed(t *testing.T, cs kubernetes.Interface, c *svcCase) {
+	t.Helper()
+	c.addresses()
+	svc, slice := c.objects()
+	svc.Name, slice.Name = c.name, c.name+"-1"
+	slice.Labels["kubernetes.io/service-name"] = c.name
+	created, err := cs.CoreV1().Services(namespace).Create(t.Context(), svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices(namespace).Create(t.Context(), slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.clusterIP = netip.MustParseAddr(created.Spec.ClusterIP)
 }

@@ -22,18 +22,8 @@ func checkZoneChange(t *testing.T, cs kubernetes.Interface, procs map[string]pro
 	t.Helper()
 	c := &svcCase{name: "zone-change", proto: corev1.ProtocolTCP, ranges: rangesNone, topology: topoHints,
 		endpoints: []endpoint{{endpointPods[0], conditions[0]}, {endpointPods[2], conditions[0]}}, index: 10100}
-	c.addresses()
-	svc, slice := c.objects()
-	svc.Name, slice.Name = c.name, c.name+"-1"
-	slice.Labels["kubernetes.io/service-name"] = c.name
-	created, err := cs.CoreV1().Services(namespace).Create(t.Context(), svc, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.DiscoveryV1().EndpointSlices(namespace).Create(t.Context(), slice, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	dst := netip.AddrPortFrom(netip.MustParseAddr(created.Spec.ClusterIP), c.port())
+	createNamed(t, cs, c)
+	dst := netip.AddrPortFrom(c.clusterIP, c.port())
 
 	// answersFrom waits until 8 requests in a row from the client pod are answered by backend
 	// on each side (one side after the other), and returns how long that took in all.
@@ -77,7 +67,7 @@ func checkZoneChange(t *testing.T, cs kubernetes.Interface, procs map[string]pro
 	if err := cs.CoreV1().Services(namespace).Delete(t.Context(), c.name, metav1.DeleteOptions{}); err != nil {
 		t.Error(fmt.Errorf("deleting %s: %w", c.name, err))
 	}
-	if err := cs.DiscoveryV1().EndpointSlices(namespace).Delete(t.Context(), slice.Name, metav1.DeleteOptions{}); err != nil {
-		t.Error(fmt.Errorf("deleting %s: %w", slice.Name, err))
+	if err := cs.DiscoveryV1().EndpointSlices(namespace).Delete(t.Context(), c.name+"-1", metav1.DeleteOptions{}); err != nil {
+		t.Error(fmt.Errorf("deleting %s: %w", c.name+"-1", err))
 	}
 }
