@@ -8,5 +8,5 @@
 # About 8 minutes on a busy 2-core machine (each size: a minute of steady state before, 30 s after).
 set -e
 cd "$(dirname "$0")/../.."
-out=$(go test -run '^$' -bench '^Benchmark(StatusWriters|Heartbeats)$' -benchtime 1x -timeout 60m ./bench/scale) || { echo "$out" >&2; exit 1; }
+out=$(go test -run '^$' -bench '^Benchmark(StatusWriters|Heartbeats|FailoverAt100Members)$' -benchtime 1x -timeout 60m ./bench/scale) || { echo "$out" >&2; exit 1; }
 echo "$out" | grep '^BENCH '

@@ -268,9 +268,10 @@ func (a *Announcer) round(ctx context.Context) {
 	}
 	recovering := now.Before(a.recoveringUntil)
 	gained, lost := a.election.Decide(Round{Now: now, Quorum: view.Quorum, QuorumSince: view.QuorumSince,
-		Members: members, Unknown: unknown, IPs: ips, Recovering: recovering})
-	if a.election.OverCap() && len(gained) > 0 {
-		a.cfg.Logger.Error("this node should answer for more IPs than fit its heartbeat; some stay unannounced", "max", MaxOwnedIPs)
+		Members: members, Unknown: unknown, IPs: ips, Recovering: recovering, PayloadLimit: view.PayloadLimit})
+	if a.election.OverCap() && (len(gained) > 0 || len(lost) > 0) {
+		a.cfg.Logger.Error("this node should answer for more IPs than its peers can be told of; some stay unannounced",
+			"max", MaxOwnedIPs(view.PayloadLimit), "peersOfEarlierRelease", view.PayloadLimit < membership.MaxChunkedPayload)
 	}
 
 	// Stop answering before anything else, then start, then tell the peers.

@@ -2,9 +2,12 @@ package l2
 
 import (
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/heraldlb/herald/speaker/membership"
 )
 
 // Policy is what the Kubernetes configuration says about one IP.
@@ -51,6 +54,9 @@ type Round struct {
 	// Recovering: this node has just come out of a stall. It takes nothing and yields every IP
 	// another, not recovering, node claims.
 	Recovering bool
+	// PayloadLimit is the largest state every alive peer can receive (membership.View's); it
+	// sets how many IPs this node may own (MaxOwnedIPs). Zero: one heartbeat's worth.
+	PayloadLimit int
 }
 
 // ElectionTiming holds the election's delays.
@@ -75,10 +81,20 @@ var DefaultElectionTiming = ElectionTiming{
 	OfferTimeout:   time.Second,
 }
 
-// MaxOwnedIPs caps the IPs one node answers for, so that its state fits one heartbeat
-// (membership.MaxPayload; an IPv6 address takes 17 bytes of it). IPs beyond the cap that this
-// node should take stay unannounced, and Election.OverCap reports it.
-const MaxOwnedIPs = 3000
+// bytesPerOwnedIP is what one owned IP may take of the node's encoded state: an IPv6 address
+// takes 17 bytes, and the rest leaves room for the offers and links beside them.
+const bytesPerOwnedIP = 20
+
+// MaxOwnedIPs is how many IPs one node may answer for when its peers can receive a state of
+// payloadLimit bytes (membership.View.PayloadLimit): 196,608 when every peer takes chunked state,
+// 3,072 while one does not (a speaker of an earlier release, where state travels in one
+// heartbeat). IPs beyond it stay unannounced, and Election.OverCap reports it.
+func MaxOwnedIPs(payloadLimit int) int {
+	if payloadLimit <= 0 {
+		payloadLimit = membership.MaxPayload
+	}
+	return payloadLimit / bytesPerOwnedIP
+}
 
 // Election decides which IPs this node answers for. Every node runs the same rules on the same
 // gossiped states, so they agree on one owner per IP:
@@ -181,12 +197,23 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 				}
 			}
 		}
+		limit := MaxOwnedIPs(r.PayloadLimit)
 		for _, ip := range fresh {
-			if len(next) >= MaxOwnedIPs {
+			if len(next) >= limit {
 				e.overCap = true
 				break
 			}
 			next[ip] = true
+		}
+		if len(next) > limit {
+			// The limit fell under what this node owns (a peer of an earlier release is back):
+			// state it cannot send that peer would leave the peer claiming the same IPs. The
+			// highest go, so every round keeps the same ones.
+			e.overCap = true
+			kept := slices.SortedFunc(maps.Keys(next), func(a, b netip.Addr) int { return a.Compare(b) })
+			for _, ip := range kept[limit:] {
+				delete(next, ip)
+			}
 		}
 	}
 	for ip := range next {

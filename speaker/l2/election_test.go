@@ -18,6 +18,8 @@ type cluster struct {
 	nodes   map[string]*simNode
 	ips     map[netip.Addr]Policy
 	changes int // ownership changes seen (gains)
+	// payloadLimit is the state the members can send each other (Round.PayloadLimit).
+	payloadLimit int
 }
 
 type simNode struct {
@@ -66,7 +68,8 @@ func (c *cluster) step() {
 		m := members[name]
 		m.State.Links = n.links
 		members[name] = m
-		gained, _ := n.el.Decide(Round{Now: c.now, Quorum: quorum, QuorumSince: n.quorumSince, Members: members, IPs: c.ips})
+		gained, _ := n.el.Decide(Round{Now: c.now, Quorum: quorum, QuorumSince: n.quorumSince, Members: members, IPs: c.ips,
+			PayloadLimit: c.payloadLimit})
 		c.changes += len(gained)
 		m.State.Links = c.nodes[name].published.Links
 		members[name] = m
@@ -361,24 +364,45 @@ func BenchmarkDecide10kIPs(b *testing.B) {
 	}
 }
 
-func TestOwnedIPsAreCapped(t *testing.T) {
+// TestOwnedIPsFitWhatPeersCanReceive: with peers of an earlier release (state in one heartbeat)
+// a node owns at most 3,072 IPs, and its state of as many IPv6 addresses fits one heartbeat; with
+// peers that take chunked state, 10,000 and more, and when a peer of an earlier release comes back
+// the node gives up the highest IPs beyond the cap rather than claim IPs that peer cannot see.
+func TestOwnedIPsFitWhatPeersCanReceive(t *testing.T) {
+	const want = 10000
 	c := newCluster(t, []string{"node-a"}, 0)
-	for i := range MaxOwnedIPs + 10 {
+	for i := range want {
 		c.ips[netip.AddrFrom16([16]byte{0xfd, 14: byte(i >> 8), 15: byte(i)})] = Policy{Candidates: []string{"node-a"}}
 	}
 	v6 := []Link{{Name: "eth0", Prefixes: []netip.Prefix{netip.MustParsePrefix("fd00::1/64")}}}
 	c.nodes["node-a"].links = v6
-	c.run(time.Second)
 	el := c.nodes["node-a"].el
-	if got := len(el.Owned()); got != MaxOwnedIPs || !el.OverCap() {
-		t.Fatalf("owns %d (over cap %v), want the cap %d", got, el.OverCap(), MaxOwnedIPs)
+	owns := func(n int, overCap bool, limit int) {
+		t.Helper()
+		if got := len(el.Owned()); got != n || el.OverCap() != overCap {
+			t.Fatalf("owns %d (over cap %v), want %d (over cap %v)", got, el.OverCap(), n, overCap)
+		}
+		b, err := el.State(v6, false).encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > limit {
+			t.Fatalf("state of %d IPv6 addresses takes %d bytes, more than the peers' %d", n, len(b), limit)
+		}
 	}
-	b, err := el.State(v6, false).encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(b) > membership.MaxPayload {
-		t.Fatalf("state of %d IPv6 addresses takes %d bytes, more than a heartbeat's %d", MaxOwnedIPs, len(b), membership.MaxPayload)
+
+	c.payloadLimit = membership.MaxChunkedPayload
+	c.run(time.Second)
+	owns(want, false, membership.MaxChunkedPayload)
+
+	// A peer of an earlier release joins: the state must fit one heartbeat again.
+	c.payloadLimit = membership.MaxPayload
+	c.run(time.Second)
+	limit := MaxOwnedIPs(membership.MaxPayload)
+	owns(limit, true, membership.MaxPayload)
+	owned := el.Owned()
+	if last := owned[len(owned)-1]; last != netip.AddrFrom16([16]byte{0xfd, 14: byte((limit - 1) >> 8), 15: byte(limit - 1)}) {
+		t.Fatalf("kept up to %v, want the lowest %d IPs", last, limit)
 	}
 }
 

@@ -39,7 +39,10 @@
 // heartbeat acknowledged an older version. A change reaches every peer with the next heartbeat
 // (sent at once), a lost one is repaired by the next ack, and at steady state a heartbeat is about
 // a hundred bytes whatever the payload (wire version 2; version 1 peers, from earlier releases,
-// get the whole payload in every heartbeat, see message.go).
+// get the whole payload in every heartbeat, see message.go). A payload larger than a datagram
+// (MaxPayload) travels in chunks, each an authenticated heartbeat of its own, a few per heartbeat
+// round until the peer acknowledges the version; only to peers whose heartbeats say they take
+// chunks (View.PayloadLimit tells the application how much state every alive peer can receive).
 //
 // Split brain: a speaker that sees at most half of the members alive (itself included) has no
 // quorum and must not announce anything (see View.Quorum): the majority side will have moved its

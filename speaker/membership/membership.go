@@ -65,6 +65,10 @@ type View struct {
 	// Stalls counts the times this process was found stalled (see Membership.Stalled): its view
 	// was stale, and whatever it decided from it must be dropped.
 	Stalls uint64
+	// PayloadLimit is the largest payload every alive peer can receive: MaxChunkedPayload, or
+	// MaxPayload while an alive peer does not take chunks (a speaker of an earlier release). A
+	// larger payload does not reach such a peer, which would keep acting on this node's old state.
+	PayloadLimit int
 }
 
 type peerState struct {
@@ -75,10 +79,49 @@ type peerState struct {
 	epoch, seq uint64 // last accepted; kept after death so replays stay rejected
 	payload    []byte
 	// payloadVersion is the version of payload (0: from a version 1 peer); acked is the version
-	// of this node's payload the peer holds; v1 says it last spoke wire version 1.
+	// of this node's payload the peer holds; v1 says it last spoke wire version 1; takesChunks
+	// says its last heartbeat offered to take chunked payloads.
 	payloadVersion, acked uint64
-	v1                    bool
+	v1, takesChunks       bool
+	// partial collects the chunks of the peer's payload version partial.version.
+	partial reassembly
+	// nextChunk is the first chunk of this node's payload (version chunkedVersion) to send the
+	// peer in the next heartbeat: chunks go chunksPerHeartbeat at a time, round robin, until the
+	// peer acknowledges the version.
+	nextChunk      int
+	chunkedVersion uint64
+	// warnedVersion: the payload version this node last warned it cannot send the peer.
+	warnedVersion uint64
 }
+
+// reassembly holds the chunks of one payload version received so far.
+type reassembly struct {
+	version uint64
+	chunks  [][]byte // nil: not received yet
+	missing int
+}
+
+// add stores chunk i of n of version v and returns the whole payload once every chunk is in.
+func (r *reassembly) add(v uint64, i, n uint16, b []byte) ([]byte, bool) {
+	if r.version != v || len(r.chunks) != int(n) {
+		*r = reassembly{version: v, chunks: make([][]byte, n), missing: int(n)}
+	}
+	if r.chunks[i] == nil {
+		r.chunks[i] = b
+		r.missing--
+	}
+	if r.missing > 0 {
+		return nil, false
+	}
+	whole := bytes.Join(r.chunks, nil)
+	*r = reassembly{}
+	return whole, true
+}
+
+// chunksPerHeartbeat bounds the chunks sent to one peer per heartbeat (8 × 60 KiB), so a large
+// change does not overrun the peer's socket buffer (see listenHeartbeat) and the ones lost are
+// sent again in the next round; a payload of 10,000 IPv6 addresses is 3 chunks, one round.
+const chunksPerHeartbeat = 8
 
 // Membership sends this node's heartbeats and tracks its peers'.
 type Membership struct {
@@ -249,12 +292,13 @@ func (m *Membership) View() View {
 	defer m.mu.Unlock()
 	m.detectStallLocked(m.cfg.Now())
 	v := View{
-		Self:        m.cfg.Name,
-		Members:     len(m.peers) + 1,
-		Alive:       map[string]Peer{m.cfg.Name: {Name: m.cfg.Name, AliveSince: time.Unix(0, int64(m.epoch)), Payload: m.payload}},
-		Quorum:      m.quorum && !m.joined.IsZero() && !m.cfg.Now().Before(m.joined),
-		QuorumSince: m.quorumSince,
-		Stalls:      m.stalls,
+		Self:         m.cfg.Name,
+		Members:      len(m.peers) + 1,
+		Alive:        map[string]Peer{m.cfg.Name: {Name: m.cfg.Name, AliveSince: time.Unix(0, int64(m.epoch)), Payload: m.payload}},
+		Quorum:       m.quorum && !m.joined.IsZero() && !m.cfg.Now().Before(m.joined),
+		QuorumSince:  m.quorumSince,
+		Stalls:       m.stalls,
+		PayloadLimit: MaxChunkedPayload,
 	}
 	if v.QuorumSince.Before(m.joined) {
 		v.QuorumSince = m.joined
@@ -262,6 +306,9 @@ func (m *Membership) View() View {
 	for name, p := range m.peers {
 		if p.alive {
 			v.Alive[name] = Peer{Name: name, AliveSince: p.aliveSince, Payload: p.payload}
+			if p.v1 || !p.takesChunks {
+				v.PayloadLimit = MaxPayload
+			}
 		}
 	}
 	return v
@@ -349,31 +396,67 @@ func (m *Membership) untilFirstExpiry() time.Duration {
 }
 
 // send sends one heartbeat to every peer: to a peer that holds this node's current payload
-// version, without the payload.
+// version, without the payload; to one that does not, with it, or with the next chunks of it.
 func (m *Membership) send() {
 	type datagram struct {
 		to  netip.AddrPort
 		msg message
 	}
 	m.mu.Lock()
-	if m.detectStallLocked(m.cfg.Now()) {
+	now := m.cfg.Now()
+	if m.detectStallLocked(now) {
 		m.notify()
 	}
-	m.seq++
-	head := message{Name: m.cfg.Name, Epoch: m.epoch, Seq: m.seq, SentNS: m.cfg.Now().UnixNano(),
-		PayloadVersion: m.payloadVersion, Payload: m.payload}
+	head := message{Name: m.cfg.Name, Epoch: m.epoch, SentNS: now.UnixNano(),
+		PayloadVersion: m.payloadVersion, TakesChunks: true, Payload: m.payload}
+	chunks := (len(m.payload) + MaxPayload - 1) / MaxPayload
 	out := make([]datagram, 0, len(m.peers))
-	for _, p := range m.peers {
+	// Every datagram gets a sequence number of its own (a peer gets several when chunks go).
+	add := func(to netip.AddrPort, msg message) {
+		m.seq++
+		msg.Seq = m.seq
+		out = append(out, datagram{to, msg})
+	}
+	for name, p := range m.peers {
 		if !p.addr.IsValid() {
 			continue
 		}
 		msg := head
-		if p.v1 {
+		current := p.acked == m.payloadVersion
+		switch {
+		case len(m.payload) <= MaxPayload && p.v1:
 			msg.Version = wireV1
-		} else {
-			msg.Version, msg.Acked, msg.Carries = wireV2, p.payloadVersion, p.acked != m.payloadVersion
+		case len(m.payload) <= MaxPayload:
+			msg.Version, msg.Acked, msg.Carries = wireV2, p.payloadVersion, !current
+		case p.v1 || !p.takesChunks:
+			// Cannot reach it: a heartbeat without state keeps the peer alive and acting on this
+			// node's last state it holds, until this node's election sees View.PayloadLimit and
+			// shrinks its state to fit (a version 1 heartbeat always carries state: none goes).
+			if !p.v1 {
+				msg.Version, msg.Acked = wireV2, p.payloadVersion
+				add(p.addr, msg)
+			}
+			if p.warnedVersion != m.payloadVersion {
+				p.warnedVersion = m.payloadVersion
+				m.cfg.Logger.Warn("this node's state is too large for a peer of an earlier release; it gets none", "peer", name, "bytes", len(m.payload), "max", MaxPayload)
+			}
+			continue
+		case current:
+			msg.Version, msg.Acked = wireV2, p.payloadVersion
+		default:
+			if p.chunkedVersion != m.payloadVersion {
+				p.chunkedVersion, p.nextChunk = m.payloadVersion, 0
+			}
+			msg.Version, msg.Acked, msg.Carries, msg.Chunks = wireV2, p.payloadVersion, true, uint16(chunks)
+			for range min(chunks, chunksPerHeartbeat) {
+				i := p.nextChunk
+				msg.Chunk, msg.Payload = uint16(i), m.payload[i*MaxPayload:min(len(m.payload), (i+1)*MaxPayload)]
+				add(p.addr, msg)
+				p.nextChunk = (i + 1) % chunks
+			}
+			continue
 		}
-		out = append(out, datagram{p.addr, msg})
+		add(p.addr, msg)
 	}
 	m.mu.Unlock()
 	// Each peer's heartbeat is marshalled and MAC'd on its own: a version 2 heartbeat names the
@@ -382,8 +465,8 @@ func (m *Membership) send() {
 	for _, d := range out {
 		b, err := d.msg.marshal(m.cfg.Key)
 		if err != nil {
-			m.cfg.Logger.Error("cannot encode heartbeat", "err", err)
-			return
+			m.cfg.Logger.Error("cannot encode heartbeat", "to", d.to, "err", err)
+			continue
 		}
 		// Errors (no route while a link is down, ICMP refusals) are expected while peers are away.
 		if m.sock.sendTo(b, d.to) == nil {
@@ -436,13 +519,20 @@ func (m *Membership) accept(b []byte) bool {
 	}
 	m.cfg.Metrics.messagesAccepted.Inc()
 	payload, payloadVersion := msg.Payload, msg.PayloadVersion
-	if !msg.Carries {
-		// Unchanged since the version it last sent in full, or changed in a heartbeat that was
-		// lost: either way this node keeps what it holds, and its next heartbeat's ack asks for
-		// the new version.
+	whole := msg.Carries
+	if msg.Chunks > 0 {
+		whole = false
+		if msg.PayloadVersion != p.payloadVersion { // else a chunk of what this node holds
+			payload, whole = p.partial.add(msg.PayloadVersion, msg.Chunk, msg.Chunks, msg.Payload)
+		}
+	}
+	if !whole {
+		// Unchanged since the version it last sent in full, changed in a heartbeat that was
+		// lost, or chunks of it still missing: this node keeps what it holds, and its next
+		// heartbeat's ack asks for the new version.
 		payload, payloadVersion = p.payload, p.payloadVersion
 	}
-	p.v1, p.acked = msg.Version == wireV1, msg.Acked
+	p.v1, p.takesChunks, p.acked = msg.Version == wireV1, msg.TakesChunks, msg.Acked
 	changed := stalled || !p.alive || msg.Epoch != p.epoch || !bytes.Equal(p.payload, payload)
 	if gap := now.Sub(p.lastSeen); p.alive && gap > m.cfg.DeadAfter/2 {
 		// A near miss: half the dead time without a word from a live peer (this node's own

@@ -69,6 +69,8 @@ func TestMessageRoundTripAndTamper(t *testing.T) {
 		{Version: wireV1, Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, Payload: []byte("claims"), Carries: true},
 		{Version: wireV2, Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, PayloadVersion: 41, Acked: 40, Payload: []byte("claims"), Carries: true},
 		{Version: wireV2, Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, PayloadVersion: 41, Acked: 40},
+		{Version: wireV2, Name: "node-a", Epoch: 7, Seq: 9, SentNS: 123, PayloadVersion: 41, Acked: 40, TakesChunks: true,
+			Carries: true, Chunk: 2, Chunks: 3, Payload: []byte("third")},
 	} {
 		b, err := in.marshal(key)
 		if err != nil {
@@ -495,4 +497,105 @@ func TestRealtimeDeniedNamesTheCause(t *testing.T) {
 	if got := realtimeDenied(unix.EPERM); !strings.Contains(got, want) {
 		t.Errorf("EPERM with cpu.rt_runtime_us %s: %q, want it to say %q", strings.TrimSpace(string(budget)), got, want)
 	}
+}
+
+// TestLargePayloadTravelsInChunks: a state larger than one datagram (a node owning 10,000 IPv6
+// addresses: 170 KB) reaches the peer whole, in chunks, and is not sent again once acknowledged;
+// a change of it travels too.
+func TestLargePayloadTravelsInChunks(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	a, b := newMember(t, "a", key), newMember(t, "b", key)
+	connect(a, b)
+	big := make([]byte, 170_000)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	a.SetPayload(big)
+	stopA, stopB := run(a), run(b)
+	defer stopB()
+	defer stopA()
+	payloadOf := func(m *Membership, peer string) []byte { return m.View().Alive[peer].Payload }
+	waitFor(t, "b holds a's 170 KB payload", 2*time.Second, func() bool { return bytes.Equal(payloadOf(b, "a"), big) })
+	if got := a.View().PayloadLimit; got != MaxChunkedPayload {
+		t.Errorf("a's peers take %d bytes of state, want %d (b takes chunks)", got, MaxChunkedPayload)
+	}
+	sent := func() float64 { return testutil.ToFloat64(a.cfg.Metrics.bytesSent) }
+	time.Sleep(100 * time.Millisecond)
+	before := sent()
+	time.Sleep(500 * time.Millisecond) // 25 heartbeats
+	if perBeat := (sent() - before) / 25; perBeat > 200 {
+		t.Errorf("steady-state heartbeats carry %.0f bytes each: the chunks are still sent", perBeat)
+	}
+	changed := append(bytes.Clone(big[:100_000]), big...)
+	a.SetPayload(changed)
+	waitFor(t, "b holds a's changed 270 KB payload", 2*time.Second, func() bool { return bytes.Equal(payloadOf(b, "a"), changed) })
+}
+
+// TestChunksAreReassembledWhateverTheirOrder: chunks may be lost and sent again, so they arrive
+// in any order and more than once; a chunk of a newer version starts over.
+func TestChunksAreReassembledWhateverTheirOrder(t *testing.T) {
+	var r reassembly
+	if _, ok := r.add(5, 2, 3, []byte("c")); ok {
+		t.Fatal("whole after one chunk of three")
+	}
+	if _, ok := r.add(5, 2, 3, []byte("c")); ok {
+		t.Fatal("whole after a duplicate")
+	}
+	if _, ok := r.add(6, 0, 3, []byte("A")); ok { // a new version: version 5's chunk is dropped
+		t.Fatal("whole after the first chunk of a new version")
+	}
+	r.add(6, 2, 3, []byte("C"))
+	got, ok := r.add(6, 1, 3, []byte("B"))
+	if !ok || string(got) != "ABC" {
+		t.Fatalf("got %q (whole %v), want ABC", got, ok)
+	}
+}
+
+// TestPeerWithoutChunksGetsNoChunks: a version 2 speaker of an earlier release cannot read
+// chunks. It never gets any: while it is alive View.PayloadLimit is one heartbeat's worth (so the
+// L2 election shrinks this node's state to fit), and a larger state is not sent to it at all,
+// though its heartbeats still are.
+func TestPeerWithoutChunksGetsNoChunks(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	a := newMember(t, "a", key)
+	old, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	a.SetPeers(map[string]netip.AddrPort{"old": old.LocalAddr().(*net.UDPAddr).AddrPort()})
+	a.SetPayload(make([]byte, 2*MaxPayload))
+	stop := run(a)
+	defer stop()
+	buf := make([]byte, 64<<10)
+	heard := 0
+	for seq := uint64(1); seq <= 20; seq++ {
+		hello, err := (&message{Version: wireV2, Name: "old", Epoch: 1, Seq: seq, SentNS: time.Now().UnixNano(), PayloadVersion: 1, Payload: []byte("mine"), Carries: true}).marshal(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := old.WriteToUDPAddrPort(hello, a.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		_ = old.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := old.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("no heartbeat from a: %v", err)
+		}
+		m, err := unmarshal(buf[:n], key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Chunks > 0 || m.Carries {
+			t.Fatalf("a sent its peer of an earlier release state it cannot read: chunk %d of %d, %d bytes", m.Chunk, m.Chunks, len(m.Payload))
+		}
+		if !m.TakesChunks {
+			t.Fatal("a's heartbeats do not offer to take chunks")
+		}
+		heard++
+	}
+	if v := a.View(); v.PayloadLimit != MaxPayload || string(v.Alive["old"].Payload) != "mine" {
+		t.Errorf("with a peer of an earlier release alive: limit %d (want %d), its state %q", v.PayloadLimit, MaxPayload, v.Alive["old"].Payload)
+	}
+	t.Logf("%d heartbeats, none with state", heard)
 }

@@ -28,6 +28,9 @@ type heartbeatSocket struct {
 	closed bool
 }
 
+// heartbeatRcvBuf is the heartbeat socket's receive buffer.
+const heartbeatRcvBuf = 4 << 20
+
 func listenHeartbeat(addr netip.AddrPort) (*heartbeatSocket, error) {
 	s := &heartbeatSocket{fd: -1, wake: -1, v6: addr.Addr().Is6() && !addr.Addr().Is4In6()}
 	family := unix.AF_INET
@@ -43,6 +46,13 @@ func listenHeartbeat(addr netip.AddrPort) (*heartbeatSocket, error) {
 		err = unix.SetsockoptInt(s.fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
 	}
 	if err == nil {
+		// Room for a burst of chunked state from many peers at once (see chunksPerHeartbeat):
+		// the default (about 200 KiB) holds three full chunks. Beyond net.core.rmem_max only with
+		// CAP_NET_ADMIN (the speaker has it); without it the kernel's cap applies, and chunks lost
+		// are sent again next round.
+		if unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, heartbeatRcvBuf) != nil {
+			_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, heartbeatRcvBuf)
+		}
 		err = unix.Bind(s.fd, sockaddr(addr, s.v6))
 	}
 	if err == nil {
