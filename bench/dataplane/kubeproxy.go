@@ -146,7 +146,8 @@ func versusKubeProxy(services, endpoints int) {
 		atExit(stopProxy)
 		defer stopProxy()
 		start := time.Now()
-		programmed, err := dispatch.waitFor(last, 10*time.Minute, p.Alive)
+		// Ten minutes for the default 10,000 x 2; kube-proxy's first sync grows with the size.
+		programmed, err := dispatch.waitFor(last, max(10*time.Minute, time.Duration(services*endpoints)*30*time.Millisecond), p.Alive)
 		if err != nil {
 			fail("%s: %v\n%s", name, err, p.Tail(3000))
 		}
@@ -190,8 +191,12 @@ func versusKubeProxy(services, endpoints int) {
 	}
 }
 
-// createServices creates n Services (NodePort for even indexes) with one EndpointSlice each, from
-// index first on, 16 at a time, and returns their ClusterIPs.
+// nodePorts is the size of the control plane's NodePortRange in versusKubeProxy (20000-39999).
+const nodePorts = 20000
+
+// createServices creates n Services (NodePort for even indexes, while the NodePort range lasts:
+// the first 40,000) with one EndpointSlice each, from index first on, 16 at a time, and returns
+// their ClusterIPs.
 func createServices(ctx context.Context, cs kubernetes.Interface, first, n, endpoints int) []netip.Addr {
 	ips := make([]netip.Addr, n)
 	var wg sync.WaitGroup
@@ -206,6 +211,9 @@ func createServices(ctx context.Context, cs kubernetes.Interface, first, n, endp
 				svc.Spec.ClusterIP, svc.Spec.ClusterIPs = "", nil
 				if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 					svc.Spec.Type = corev1.ServiceTypeNodePort
+					if first+i >= 2*nodePorts { // the range is full: the rest are ClusterIPs
+						svc.Spec.Type = corev1.ServiceTypeClusterIP
+					}
 					svc.Spec.Ports[0].NodePort = 0
 					svc.Status = corev1.ServiceStatus{}
 				}
