@@ -400,7 +400,7 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 	emit(label+": controller CPU reading the first statuses", (cpu1 - cpu0).Seconds(), "s")
 
 	// Steady state: nothing changes but time.
-	e0, b0, l0, lb0 := statuses.events.Load(), statuses.bytes.Load(), leases.events.Load(), leases.bytes.Load()
+	b0, l0, lb0 := statuses.bytes.Load(), leases.events.Load(), leases.bytes.Load()
 	m0 := readAPIFigures(ctx, b, cs)
 	time.Sleep(window)
 	m1 := readAPIFigures(ctx, b, cs)
@@ -414,7 +414,8 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 	emit(label+": steady state, controller RSS", rss, "B")
 
 	// One Service created: every node announces one more IP.
-	e0, b0, lb0 = statuses.events.Load(), statuses.bytes.Load(), leases.bytes.Load()
+	e0 := statuses.events.Load()
+	b0, lb0 = statuses.bytes.Load(), leases.bytes.Load()
 	m0 = readAPIFigures(ctx, b, cs)
 	for i, a := range ans {
 		a.addOne()
