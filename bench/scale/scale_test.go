@@ -200,10 +200,12 @@ func (w *watcher) total() int {
 }
 
 // quiet waits until the watch has at least min events and none for d; it fails the benchmark if
-// the watch could not go on, whose counts would then be short.
-func (w *watcher) quiet(ctx context.Context, b *testing.B, minEvents int64, d time.Duration) {
+// the watch could not go on, whose counts would then be short, or if the API server outgrows
+// maxAPIServerRSS.
+func (w *watcher) quiet(ctx context.Context, b *testing.B, api *apiServer, minEvents int64, d time.Duration) {
 	for ctx.Err() == nil {
 		time.Sleep(500 * time.Millisecond)
+		api.check(b)
 		if why := w.failed.Load(); why != nil {
 			b.Fatalf("after %d events: %s: the counts would be short", w.events.Load(), *why)
 		}
@@ -265,6 +267,76 @@ func readAPIFigures(ctx context.Context, b *testing.B, cs kubernetes.Interface) 
 	return f
 }
 
+// maxAPIServerRSS: past this the benchmark stops rather than take the memory of the machine it
+// shares (at 100 nodes × 10,000 listed IPs the API server grew past 22 GB: every rewrite of a
+// 0.9 MB status is kept in its watch cache, decoded).
+const maxAPIServerRSS = 6 << 30
+
+// apiServer is the benchmark's kube-apiserver process (envtest's child of this test process).
+type apiServer struct{ pid int }
+
+func findAPIServer(b *testing.B) *apiServer {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		f, err := procStat(pid)
+		if err != nil || f.comm != "kube-apiserver" || f.ppid != os.Getpid() {
+			continue
+		}
+		return &apiServer{pid: pid}
+	}
+	b.Fatal("no kube-apiserver child of this process")
+	return nil
+}
+
+func (a *apiServer) rss(b *testing.B) float64 {
+	f, err := procStat(a.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return f.rss
+}
+
+func (a *apiServer) check(b *testing.B) {
+	if rss := a.rss(b); rss > maxAPIServerRSS {
+		b.Fatalf("the API server's RSS reached %.1f GB: this size does not fit on this machine", rss/1e9)
+	}
+}
+
+// stat is what /proc/<pid>/stat says of a process.
+type stat struct {
+	comm string
+	ppid int
+	cpu  time.Duration // user + system
+	rss  float64       // bytes
+}
+
+func procStat(pid int) (stat, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return stat{}, err
+	}
+	// The command's name is in parentheses; the fields after it are, from 0: state, ppid, …,
+	// utime (11) and stime (12) in clock ticks (100 a second on Linux), rss (21) in pages.
+	open, end := bytes.IndexByte(raw, '('), bytes.LastIndexByte(raw, ')')
+	if open < 0 || end < open {
+		return stat{}, fmt.Errorf("/proc/%d/stat: %q", pid, raw)
+	}
+	f := strings.Fields(string(raw[end+2:]))
+	ppid, _ := strconv.Atoi(f[1])
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	pages, _ := strconv.ParseFloat(f[21], 64)
+	return stat{comm: string(raw[open+1 : end]), ppid: ppid,
+		cpu: time.Duration((utime + stime) * float64(time.Second) / 100), rss: pages * float64(os.Getpagesize())}, nil
+}
+
 // controllerProcess is Herald's real controller (bin/controller built from this tree) run as a
 // process against the API server, so its RSS and CPU are its own, not the simulated nodes'.
 type controllerProcess struct {
@@ -294,17 +366,11 @@ func startController(b *testing.B, bin, kubeconfig string) *controllerProcess {
 
 // usage returns the process's CPU time so far (user + system) and its resident memory.
 func (c *controllerProcess) usage(b *testing.B) (cpu time.Duration, rss float64) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	f, err := procStat(c.cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Fields after the command's name (which is in parentheses): utime and stime are the 12th
-	// and 13th, in clock ticks (100 a second on Linux), rss the 22nd, in pages.
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	pages, _ := strconv.ParseFloat(f[21], 64)
-	return time.Duration((utime + stime) * float64(time.Second) / 100), pages * float64(os.Getpagesize())
+	return f.cpu, f.rss
 }
 
 func (c *controllerProcess) stop(b *testing.B) {
@@ -334,10 +400,10 @@ func BenchmarkStatusWriters(b *testing.B) {
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	// 1,000 nodes × 10,000 announcements is not run: every node's list is ~0.9 MB, 0.9 GB in
-	// etcd (its quota is 2 GB) and in the API server's watch cache, more than this machine has
-	// room for beside the other work on it; 1,000 × 1,000 is the same bytes as 100 × 10,000.
-	sizes := [][2]int{{10, 10000}, {100, 10000}, {1000, 1000}}
+	// Every node listing 10,000 IPs does not fit beyond 10 nodes: at 100 nodes the API server
+	// grew past 22 GB (maxAPIServerRSS), and 1,000 nodes would be 0.9 GB in etcd (its quota is
+	// 2 GB). The larger sizes keep nodes × IPs at 100,000.
+	sizes := [][2]int{{10, 10000}, {100, 1000}, {1000, 100}}
 	if s := os.Getenv("HERALD_SCALE_SIZES"); s != "" { // e.g. "10x1000,100x1000"
 		sizes = nil
 		for _, p := range strings.Split(s, ",") {
@@ -349,6 +415,7 @@ func BenchmarkStatusWriters(b *testing.B) {
 		}
 	}
 	controllerBin := buildController(b)
+	apiProc := findAPIServer(b)
 	nodes := 0
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, size := range sizes {
@@ -364,13 +431,13 @@ func BenchmarkStatusWriters(b *testing.B) {
 			window        time.Duration
 		}{{"before (status rewritten every minute)", "", time.Minute}, {"after (Lease)", ns, 30 * time.Second}} {
 			label := fmt.Sprintf("scale, %d nodes × %d announcements, %s", n, anns, design.name)
-			statusWriters(ctx, b, cs, &cfg, controllerBin, api.Kubeconfig, log, label, n, anns, design.leaseNS, design.window)
+			statusWriters(ctx, b, cs, &cfg, apiProc, controllerBin, api.Kubeconfig, log, label, n, anns, design.leaseNS, design.window)
 		}
 	}
 }
 
 // statusWriters runs one design at one size (see BenchmarkStatusWriters) and removes what it made.
-func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, cfg *rest.Config, controllerBin, kubeconfig string,
+func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, cfg *rest.Config, api *apiServer, controllerBin, kubeconfig string,
 	log *slog.Logger, label string, n, anns int, leaseNS string, window time.Duration) {
 	ctrl := startController(b, controllerBin, kubeconfig)
 	phase, stop := context.WithCancel(ctx)
@@ -394,7 +461,7 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 		wg.Go(func() { spk.RunStatusWriter(phase) })
 	}
 	// Two events a node: its status created (empty), then written.
-	statuses.quiet(phase, b, int64(2*n), 3*time.Second)
+	statuses.quiet(phase, b, api, int64(2*n), 3*time.Second)
 	cpu1, _ := ctrl.usage(b)
 	emit(label+": first status of every node written", time.Unix(0, statuses.last.Load()).Sub(began).Seconds(), "s")
 	emit(label+": controller CPU reading the first statuses", (cpu1 - cpu0).Seconds(), "s")
@@ -412,6 +479,7 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 		float64(statuses.bytes.Load()-b0+leases.bytes.Load()-lb0)/secs, "B/s")
 	emit(label+": steady state, controller CPU", (cpu2-cpu1).Seconds()/secs, "cores")
 	emit(label+": steady state, controller RSS", rss, "B")
+	emit(label+": steady state, API server RSS", api.rss(b), "B")
 
 	// One Service created: every node announces one more IP.
 	e0 := statuses.events.Load()
@@ -421,7 +489,7 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 		a.addOne()
 		writers[i].StatusChanged()
 	}
-	statuses.quiet(phase, b, e0+int64(n), 3*time.Second)
+	statuses.quiet(phase, b, api, e0+int64(n), 3*time.Second)
 	m1 = readAPIFigures(ctx, b, cs)
 	cpu3, _ := ctrl.usage(b)
 	emit(label+": one Service created, API writes", m1.statusWrites-m0.statusWrites, "writes")
