@@ -26,11 +26,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
@@ -102,7 +104,9 @@ type watcher struct {
 	sizes   map[string]int
 }
 
-func watch(ctx context.Context, b *testing.B, wg *sync.WaitGroup, cs kubernetes.Interface, path string) *watcher {
+// watch counts the events of path from now on, until ctx ends. streamTimeout, if set, asks the API
+// server to end each stream after that long (TestWatcherResumes; the benchmark passes 0).
+func watch(ctx context.Context, b testing.TB, wg *sync.WaitGroup, cs kubernetes.Interface, path string, streamTimeout time.Duration) *watcher {
 	w := &watcher{sizes: map[string]int{}}
 	// The list gives the resourceVersion to watch from (an empty collection at the start of a
 	// phase; its objects, if any, are counted as they are later rewritten).
@@ -119,8 +123,12 @@ func watch(ctx context.Context, b *testing.B, wg *sync.WaitGroup, cs kubernetes.
 	rv := list.Metadata.ResourceVersion
 	wg.Go(func() {
 		for ctx.Err() == nil {
-			stream, err := cs.CoreV1().RESTClient().Get().AbsPath(path).Param("watch", "true").
-				Param("resourceVersion", rv).Param("allowWatchBookmarks", "true").Stream(ctx)
+			req := cs.CoreV1().RESTClient().Get().AbsPath(path).Param("watch", "true").
+				Param("resourceVersion", rv).Param("allowWatchBookmarks", "true")
+			if streamTimeout > 0 {
+				req = req.Param("timeoutSeconds", strconv.Itoa(int(streamTimeout.Seconds())))
+			}
+			stream, err := req.Stream(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
 					w.fail(fmt.Sprintf("watching %s from resourceVersion %s: %v", path, rv, err))
@@ -202,7 +210,7 @@ func (w *watcher) total() int {
 // quiet waits until the watch has at least min events and none for d; it fails the benchmark if
 // the watch could not go on, whose counts would then be short, or if the API server outgrows
 // maxAPIServerRSS.
-func (w *watcher) quiet(ctx context.Context, b *testing.B, api *apiServer, minEvents int64, d time.Duration) {
+func (w *watcher) quiet(ctx context.Context, b testing.TB, api *apiServer, minEvents int64, d time.Duration) {
 	for ctx.Err() == nil {
 		time.Sleep(500 * time.Millisecond)
 		api.check(b)
@@ -212,6 +220,61 @@ func (w *watcher) quiet(ctx context.Context, b *testing.B, api *apiServer, minEv
 		if w.events.Load() >= minEvents && time.Since(time.Unix(0, w.last.Load())) >= d {
 			return
 		}
+	}
+}
+
+// TestWatcherResumes: a watch the API server ends (here after a second, as it ends a slow reader's)
+// is opened again from its last resourceVersion, so every write is counted once, and each object's
+// latest size is kept.
+func TestWatcherResumes(t *testing.T) {
+	api := realapi.Start(t)
+	cs := kubernetes.NewForConfigOrDie(api.Config)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w := watch(ctx, t, &wg, cs, "/apis/coordination.k8s.io/v1/namespaces/"+ns+"/leases", time.Second)
+	leases := cs.CoordinationV1().Leases(ns)
+	const n = 3
+	for i := range n {
+		l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("herald-sc-%d", i)}}
+		if _, err := leases.Create(ctx, l, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond) // past the stream's end
+	}
+	for i := range n {
+		l, err := leases.Get(ctx, fmt.Sprintf("herald-sc-%d", i), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Spec.HolderIdentity = ptr.To("a-longer-holder-identity")
+		if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for w.events.Load() < 2*n && time.Now().Before(deadline) && w.failed.Load() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if why := w.failed.Load(); why != nil {
+		t.Fatal(*why)
+	}
+	time.Sleep(time.Second) // an event counted twice would show now
+	if got := w.events.Load(); got != 2*n {
+		t.Errorf("counted %d events of %d writes (streams reopened: %d)", got, 2*n, w.resumed.Load())
+	}
+	if w.resumed.Load() < 2 {
+		t.Errorf("streams reopened %d times: the API server did not end them as asked, the test proves nothing", w.resumed.Load())
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.sizes) != n {
+		t.Errorf("sizes of %d objects, want %d: %v", len(w.sizes), n, w.sizes)
 	}
 }
 
@@ -295,7 +358,7 @@ func findAPIServer(b *testing.B) *apiServer {
 	return nil
 }
 
-func (a *apiServer) rss(b *testing.B) float64 {
+func (a *apiServer) rss(b testing.TB) float64 {
 	f, err := procStat(a.pid)
 	if err != nil {
 		b.Fatal(err)
@@ -303,7 +366,7 @@ func (a *apiServer) rss(b *testing.B) float64 {
 	return f.rss
 }
 
-func (a *apiServer) check(b *testing.B) {
+func (a *apiServer) check(b testing.TB) {
 	if rss := a.rss(b); rss > maxAPIServerRSS {
 		b.Fatalf("the API server's RSS reached %.1f GB: this size does not fit on this machine", rss/1e9)
 	}
@@ -442,8 +505,8 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 	ctrl := startController(b, controllerBin, kubeconfig)
 	phase, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	statuses := watch(phase, b, &wg, cs, "/apis/herald.io/v1beta1/speakerstatuses")
-	leases := watch(phase, b, &wg, cs, "/apis/coordination.k8s.io/v1/namespaces/"+ns+"/leases")
+	statuses := watch(phase, b, &wg, cs, "/apis/herald.io/v1beta1/speakerstatuses", 0)
+	leases := watch(phase, b, &wg, cs, "/apis/coordination.k8s.io/v1/namespaces/"+ns+"/leases", 0)
 	time.Sleep(time.Second)
 	began := time.Now()
 	cpu0, _ := ctrl.usage(b)
