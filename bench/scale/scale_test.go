@@ -15,18 +15,24 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/v1beta1"
@@ -83,51 +89,99 @@ func (a *announcer) addOne() {
 }
 
 // watcher counts the events of one watch (one per write of the watched objects) and their bytes as
-// the API server sends them (JSON), and keeps each object's latest size.
+// the API server sends them (JSON), and keeps each object's latest size. When the API server closes
+// the stream before the context ends (it drops a watcher that reads too slowly, and ends every
+// watch after a timeout), the watcher opens it again from the last resourceVersion it saw, so no
+// event is lost or counted twice.
 type watcher struct {
 	events, bytes atomic.Int64
 	last          atomic.Int64 // unix nanos of the last event
-	// closed: the stream ended before the context did (the API server drops a watcher that
-	// reads too slowly); its counts stop there.
-	closed atomic.Bool
-	mu     sync.Mutex
-	sizes  map[string]int
+	// resumed counts the streams reopened; failed holds why the watch could not go on (the API
+	// server no longer had the events after the last resourceVersion): the counts stop there.
+	resumed atomic.Int64
+	failed  atomic.Pointer[string]
+	mu      sync.Mutex
+	sizes   map[string]int
 }
 
-func watch(ctx context.Context, b *testing.B, cs kubernetes.Interface, path string) *watcher {
+// watch counts the events of path from now on, until ctx ends. streamTimeout, if set, asks the API
+// server to end each stream after that long (TestWatcherResumes; the benchmark passes 0).
+func watch(ctx context.Context, b testing.TB, wg *sync.WaitGroup, cs kubernetes.Interface, path string, streamTimeout time.Duration) *watcher {
 	w := &watcher{sizes: map[string]int{}}
-	stream, err := cs.CoreV1().RESTClient().Get().AbsPath(path).Param("watch", "true").Param("allowWatchBookmarks", "false").Stream(ctx)
+	// The list gives the resourceVersion to watch from (an empty collection at the start of a
+	// phase; its objects, if any, are counted as they are later rewritten).
+	raw, err := cs.CoreV1().RESTClient().Get().AbsPath(path).Param("limit", "1").DoRaw(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	go func() {
-		defer stream.Close()
-		r := bufio.NewReaderSize(stream, 4<<20)
-		for {
-			line, err := r.ReadBytes('\n')
+	var list struct {
+		Metadata metav1.ListMeta `json:"metadata"`
+	}
+	if err := json.Unmarshal(raw, &list); err != nil {
+		b.Fatal(err)
+	}
+	rv := list.Metadata.ResourceVersion
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			req := cs.CoreV1().RESTClient().Get().AbsPath(path).Param("watch", "true").
+				Param("resourceVersion", rv).Param("allowWatchBookmarks", "true")
+			if streamTimeout > 0 {
+				req = req.Param("timeoutSeconds", strconv.Itoa(int(streamTimeout.Seconds())))
+			}
+			stream, err := req.Stream(ctx)
 			if err != nil {
-				w.closed.Store(ctx.Err() == nil)
+				if ctx.Err() == nil {
+					w.fail(fmt.Sprintf("watching %s from resourceVersion %s: %v", path, rv, err))
+				}
 				return
 			}
-			// The event's type and object name, found without decoding the object (up to 1 MB):
-			// a reader that decodes each one falls behind, and the API server drops it.
-			typ, name := field(line, `"type":"`), field(line, `"name":"`)
-			if typ == "" {
-				continue
+			rv = w.read(stream, rv)
+			stream.Close()
+			if ctx.Err() != nil || w.failed.Load() != nil {
+				return
 			}
-			w.events.Add(1)
-			w.bytes.Add(int64(len(line)))
-			w.last.Store(time.Now().UnixNano())
-			w.mu.Lock()
-			if typ == "DELETED" {
-				delete(w.sizes, name)
-			} else {
-				w.sizes[name] = len(line)
-			}
-			w.mu.Unlock()
+			w.resumed.Add(1)
 		}
-	}()
+	})
 	return w
+}
+
+func (w *watcher) fail(why string) { w.failed.Store(&why) }
+
+// read counts the events of one stream until it ends, and returns the last resourceVersion seen.
+func (w *watcher) read(stream io.Reader, rv string) string {
+	r := bufio.NewReaderSize(stream, 4<<20)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return rv
+		}
+		// The event's type, object name and resourceVersion, found without decoding the object
+		// (up to 1 MB): a reader that decodes each one falls behind, and the API server drops it.
+		// (In both kinds' JSON, metadata's name and resourceVersion come before anything else
+		// holding those keys.)
+		typ, name := field(line, `"type":"`), field(line, `"name":"`)
+		if v := field(line, `"resourceVersion":"`); v != "" {
+			rv = v
+		}
+		switch typ {
+		case "", "BOOKMARK":
+			continue
+		case "ERROR": // 410 Gone: the events after rv are compacted away
+			w.fail(fmt.Sprintf("watch error after resourceVersion %s: %.300s", rv, line))
+			return rv
+		}
+		w.events.Add(1)
+		w.bytes.Add(int64(len(line)))
+		w.last.Store(time.Now().UnixNano())
+		w.mu.Lock()
+		if typ == "DELETED" {
+			delete(w.sizes, name)
+		} else {
+			w.sizes[name] = len(line)
+		}
+		w.mu.Unlock()
+	}
 }
 
 // field returns the string value after the first occurrence of key (`"key":"`) in line.
@@ -154,12 +208,14 @@ func (w *watcher) total() int {
 }
 
 // quiet waits until the watch has at least min events and none for d; it fails the benchmark if
-// the API server closed the watch, whose counts would then be short.
-func (w *watcher) quiet(ctx context.Context, b *testing.B, minEvents int64, d time.Duration) {
+// the watch could not go on, whose counts would then be short, or if the API server outgrows
+// maxAPIServerRSS.
+func (w *watcher) quiet(ctx context.Context, b testing.TB, api *apiServer, minEvents int64, d time.Duration) {
 	for ctx.Err() == nil {
 		time.Sleep(500 * time.Millisecond)
-		if w.closed.Load() {
-			b.Fatalf("the API server closed a watch after %d events (a reader too slow on this machine): the counts would be short", w.events.Load())
+		api.check(b)
+		if why := w.failed.Load(); why != nil {
+			b.Fatalf("after %d events: %s: the counts would be short", w.events.Load(), *why)
 		}
 		if w.events.Load() >= minEvents && time.Since(time.Unix(0, w.last.Load())) >= d {
 			return
@@ -167,24 +223,233 @@ func (w *watcher) quiet(ctx context.Context, b *testing.B, minEvents int64, d ti
 	}
 }
 
-func storageBytes(ctx context.Context, cs kubernetes.Interface) float64 {
+// TestWatcherResumes: a watch the API server ends (here after a second, as it ends a slow reader's)
+// is opened again from its last resourceVersion, so every write is counted once, and each object's
+// latest size is kept.
+func TestWatcherResumes(t *testing.T) {
+	api := realapi.Start(t)
+	cs := kubernetes.NewForConfigOrDie(api.Config)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w := watch(ctx, t, &wg, cs, "/apis/coordination.k8s.io/v1/namespaces/"+ns+"/leases", time.Second)
+	leases := cs.CoordinationV1().Leases(ns)
+	const n = 3
+	for i := range n {
+		l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("herald-sc-%d", i)}}
+		if _, err := leases.Create(ctx, l, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond) // past the stream's end
+	}
+	for i := range n {
+		l, err := leases.Get(ctx, fmt.Sprintf("herald-sc-%d", i), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Spec.HolderIdentity = ptr.To("a-longer-holder-identity")
+		if _, err := leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for w.events.Load() < 2*n && time.Now().Before(deadline) && w.failed.Load() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if why := w.failed.Load(); why != nil {
+		t.Fatal(*why)
+	}
+	time.Sleep(time.Second) // an event counted twice would show now
+	if got := w.events.Load(); got != 2*n {
+		t.Errorf("counted %d events of %d writes (streams reopened: %d)", got, 2*n, w.resumed.Load())
+	}
+	if w.resumed.Load() < 2 {
+		t.Errorf("streams reopened %d times: the API server did not end them as asked, the test proves nothing", w.resumed.Load())
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.sizes) != n {
+		t.Errorf("sizes of %d objects, want %d: %v", len(w.sizes), n, w.sizes)
+	}
+}
+
+// apiFigures are the API server's own counts (its /metrics) of what Herald's objects cost it:
+// independent of any watch of the benchmark's, so they hold however slowly it reads.
+type apiFigures struct {
+	// statusWrites: requests writing SpeakerStatuses (creates, updates, patches) the API server
+	// served; etcdWrites: the creates and updates of SpeakerStatuses it sent to etcd.
+	statusWrites, etcdWrites float64
+	// watchBytes: bytes of SpeakerStatus and Lease events the API server sent to all watchers
+	// (here the controller and the benchmark's own watches).
+	watchBytes float64
+	// storage: etcd's database size (apiserver_storage_size_bytes).
+	storage float64
+}
+
+func readAPIFigures(ctx context.Context, b *testing.B, cs kubernetes.Interface) apiFigures {
 	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
-		return 0
+		b.Fatal(err)
 	}
+	var f apiFigures
 	for _, line := range strings.Split(string(raw), "\n") {
-		if strings.HasPrefix(line, "apiserver_storage_size_bytes{") {
-			v, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			return v
+		name, labels, _ := strings.Cut(line, "{")
+		has := func(l ...string) bool {
+			for _, x := range l {
+				if !strings.Contains(labels, x) {
+					return false
+				}
+			}
+			return true
 		}
+		write := has(`verb="POST"`) || has(`verb="PUT"`) || has(`verb="PATCH"`) || has(`verb="APPLY"`)
+		var to *float64
+		switch {
+		case name == "apiserver_request_total" && has(`resource="speakerstatuses"`) && write:
+			to = &f.statusWrites
+		case name == "etcd_requests_total" && has(`resource="speakerstatuses"`) && (has(`operation="create"`) || has(`operation="update"`)):
+			to = &f.etcdWrites
+		case name == "apiserver_watch_events_sizes_sum" && (has(`resource="speakerstatuses"`) || has(`resource="leases"`)):
+			to = &f.watchBytes
+		case name == "apiserver_storage_size_bytes":
+			to = &f.storage
+		default:
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			b.Fatalf("apiserver metrics: %q: %v", line, err)
+		}
+		*to += v
 	}
-	return 0
+	return f
+}
+
+// maxAPIServerRSS: past this the benchmark stops rather than take the memory of the machine it
+// shares (at 100 nodes × 10,000 listed IPs the API server grew past 22 GB: every rewrite of a
+// 0.9 MB status is kept in its watch cache, decoded).
+const maxAPIServerRSS = 6 << 30
+
+// apiServer is the benchmark's kube-apiserver process (envtest's child of this test process).
+type apiServer struct{ pid int }
+
+func findAPIServer(b *testing.B) *apiServer {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		f, err := procStat(pid)
+		if err != nil || f.comm != "kube-apiserver" || f.ppid != os.Getpid() {
+			continue
+		}
+		return &apiServer{pid: pid}
+	}
+	b.Fatal("no kube-apiserver child of this process")
+	return nil
+}
+
+func (a *apiServer) rss(b testing.TB) float64 {
+	f, err := procStat(a.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return f.rss
+}
+
+func (a *apiServer) check(b testing.TB) {
+	if rss := a.rss(b); rss > maxAPIServerRSS {
+		b.Fatalf("the API server's RSS reached %.1f GB: this size does not fit on this machine", rss/1e9)
+	}
+}
+
+// stat is what /proc/<pid>/stat says of a process.
+type stat struct {
+	comm string
+	ppid int
+	cpu  time.Duration // user + system
+	rss  float64       // bytes
+}
+
+func procStat(pid int) (stat, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return stat{}, err
+	}
+	// The command's name is in parentheses; the fields after it are, from 0: state, ppid, …,
+	// utime (11) and stime (12) in clock ticks (100 a second on Linux), rss (21) in pages.
+	open, end := bytes.IndexByte(raw, '('), bytes.LastIndexByte(raw, ')')
+	if open < 0 || end < open {
+		return stat{}, fmt.Errorf("/proc/%d/stat: %q", pid, raw)
+	}
+	f := strings.Fields(string(raw[end+2:]))
+	ppid, _ := strconv.Atoi(f[1])
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	pages, _ := strconv.ParseFloat(f[21], 64)
+	return stat{comm: string(raw[open+1 : end]), ppid: ppid,
+		cpu: time.Duration((utime + stime) * float64(time.Second) / 100), rss: pages * float64(os.Getpagesize())}, nil
+}
+
+// controllerProcess is Herald's real controller (bin/controller built from this tree) run as a
+// process against the API server, so its RSS and CPU are its own, not the simulated nodes'.
+type controllerProcess struct {
+	cmd *exec.Cmd
+}
+
+// buildController builds cmd/controller once for the whole benchmark.
+func buildController(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "controller")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/controller")
+	build.Dir = realapi.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("building the controller: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startController(b *testing.B, bin, kubeconfig string) *controllerProcess {
+	cmd := exec.Command(bin, "--kubeconfig", kubeconfig, "--leader-elect=false", "--namespace", ns,
+		"--metrics-addr=", "--log-level=error")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return &controllerProcess{cmd: cmd}
+}
+
+// usage returns the process's CPU time so far (user + system) and its resident memory.
+func (c *controllerProcess) usage(b *testing.B) (cpu time.Duration, rss float64) {
+	f, err := procStat(c.cmd.Process.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return f.cpu, f.rss
+}
+
+func (c *controllerProcess) stop(b *testing.B) {
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		b.Fatal(err)
+	}
+	if err := c.cmd.Wait(); err != nil {
+		b.Fatalf("the controller, stopped: %v", err)
+	}
 }
 
 // BenchmarkStatusWriters runs, for each design (before: SpeakerStatus rewritten every minute to
 // show liveness; after: a Lease renewed every 10 s and the status written only on change) and each
-// size (nodes × announcements per node), the nodes' real status writers against one API server:
-// steady state, then one Service created (one more announcement on every node, as in BGP mode).
+// size (nodes × announcements per node), the nodes' real status writers against one API server,
+// with Herald's controller running as a process reading them: steady state, then one Service
+// created (one more announcement on every node, as in BGP mode).
 func BenchmarkStatusWriters(b *testing.B) {
 	api := realapi.Start(b)
 	cfg := *api.Config
@@ -198,7 +463,10 @@ func BenchmarkStatusWriters(b *testing.B) {
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	sizes := [][2]int{{10, 1000}, {100, 1000}, {1000, 100}}
+	// Every node listing 10,000 IPs does not fit beyond 10 nodes: at 100 nodes the API server
+	// grew past 22 GB (maxAPIServerRSS), and 1,000 nodes would be 0.9 GB in etcd (its quota is
+	// 2 GB). The larger sizes keep nodes × IPs at 100,000.
+	sizes := [][2]int{{10, 10000}, {100, 1000}, {1000, 100}}
 	if s := os.Getenv("HERALD_SCALE_SIZES"); s != "" { // e.g. "10x1000,100x1000"
 		sizes = nil
 		for _, p := range strings.Split(s, ",") {
@@ -209,6 +477,8 @@ func BenchmarkStatusWriters(b *testing.B) {
 			sizes = append(sizes, [2]int{n, a})
 		}
 	}
+	controllerBin := buildController(b)
+	apiProc := findAPIServer(b)
 	nodes := 0
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, size := range sizes {
@@ -223,62 +493,93 @@ func BenchmarkStatusWriters(b *testing.B) {
 			name, leaseNS string
 			window        time.Duration
 		}{{"before (status rewritten every minute)", "", time.Minute}, {"after (Lease)", ns, 30 * time.Second}} {
-			phase, stop := context.WithCancel(ctx)
-			statuses := watch(phase, b, cs, "/apis/herald.io/v1beta1/speakerstatuses")
-			leases := watch(phase, b, cs, "/apis/coordination.k8s.io/v1/namespaces/"+ns+"/leases")
-			time.Sleep(time.Second)
-			began := time.Now()
-			var wg sync.WaitGroup
-			var writers []*speaker.Speaker
-			var ans []*announcer
-			for i := range n {
-				a := newAnnouncer(anns)
-				spk, err := speaker.New(speaker.Config{NodeName: fmt.Sprintf("node%04d", i), RestConfig: &cfg, Logger: log,
-					LeaseNamespace: design.leaseNS}, record.NewFakeRecorder(1))
-				if err != nil {
-					b.Fatal(err)
-				}
-				spk.AddAnnouncer(a)
-				writers, ans = append(writers, spk), append(ans, a)
-				wg.Go(func() { spk.RunStatusWriter(phase) })
-			}
-			statuses.quiet(phase, b, int64(n), 3*time.Second)
 			label := fmt.Sprintf("scale, %d nodes × %d announcements, %s", n, anns, design.name)
-			emit(label+": first status of every node written", time.Unix(0, statuses.last.Load()).Sub(began).Seconds(), "s")
+			statusWriters(ctx, b, cs, &cfg, apiProc, controllerBin, api.Kubeconfig, log, label, n, anns, design.leaseNS, design.window)
+		}
+	}
+}
 
-			e0, b0, l0, lb0 := statuses.events.Load(), statuses.bytes.Load(), leases.events.Load(), leases.bytes.Load()
-			time.Sleep(design.window)
-			secs := design.window.Seconds()
-			emit(label+": steady state, API writes/s from Herald", float64(statuses.events.Load()-e0+leases.events.Load()-l0)/secs, "writes/s")
-			emit(label+": steady state, bytes/s written by Herald (= watch bytes to a controller)",
-				float64(statuses.bytes.Load()-b0+leases.bytes.Load()-lb0)/secs, "B/s")
+// statusWriters runs one design at one size (see BenchmarkStatusWriters) and removes what it made.
+func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, cfg *rest.Config, api *apiServer, controllerBin, kubeconfig string,
+	log *slog.Logger, label string, n, anns int, leaseNS string, window time.Duration) {
+	ctrl := startController(b, controllerBin, kubeconfig)
+	phase, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	statuses := watch(phase, b, &wg, cs, "/apis/herald.io/v1beta1/speakerstatuses", 0)
+	leases := watch(phase, b, &wg, cs, "/apis/coordination.k8s.io/v1/namespaces/"+ns+"/leases", 0)
+	time.Sleep(time.Second)
+	began := time.Now()
+	cpu0, _ := ctrl.usage(b)
+	var writers []*speaker.Speaker
+	var ans []*announcer
+	for i := range n {
+		a := newAnnouncer(anns)
+		spk, err := speaker.New(speaker.Config{NodeName: fmt.Sprintf("node%04d", i), RestConfig: cfg, Logger: log,
+			LeaseNamespace: leaseNS}, record.NewFakeRecorder(1))
+		if err != nil {
+			b.Fatal(err)
+		}
+		spk.AddAnnouncer(a)
+		writers, ans = append(writers, spk), append(ans, a)
+		wg.Go(func() { spk.RunStatusWriter(phase) })
+	}
+	// Two events a node: its status created (empty), then written.
+	statuses.quiet(phase, b, api, int64(2*n), 3*time.Second)
+	cpu1, _ := ctrl.usage(b)
+	emit(label+": first status of every node written", time.Unix(0, statuses.last.Load()).Sub(began).Seconds(), "s")
+	emit(label+": controller CPU reading the first statuses", (cpu1 - cpu0).Seconds(), "s")
 
-			// One Service created: every node announces one more IP.
-			e0, b0 = statuses.events.Load(), statuses.bytes.Load()
-			for i, a := range ans {
-				a.addOne()
-				writers[i].StatusChanged()
-			}
-			statuses.quiet(phase, b, e0+int64(n), 3*time.Second)
-			emit(label+": one Service created, API writes", float64(statuses.events.Load()-e0), "writes")
-			emit(label+": one Service created, bytes written", float64(statuses.bytes.Load()-b0), "B")
-			emit(label+": Herald's objects in etcd (SpeakerStatuses + Leases, JSON)", float64(statuses.total()+leases.total()), "B")
-			emit(label+": etcd database size (apiserver_storage_size_bytes)", storageBytes(ctx, cs), "B")
+	// Steady state: nothing changes but time.
+	b0, l0, lb0 := statuses.bytes.Load(), leases.events.Load(), leases.bytes.Load()
+	m0 := readAPIFigures(ctx, b, cs)
+	time.Sleep(window)
+	m1 := readAPIFigures(ctx, b, cs)
+	cpu2, rss := ctrl.usage(b)
+	secs := window.Seconds()
+	emit(label+": steady state, API writes/s from Herald", (m1.statusWrites-m0.statusWrites+float64(leases.events.Load()-l0))/secs, "writes/s")
+	emit(label+": steady state, etcd writes/s of SpeakerStatuses", (m1.etcdWrites-m0.etcdWrites)/secs, "writes/s")
+	emit(label+": steady state, bytes/s written by Herald (= watch bytes to a controller)",
+		float64(statuses.bytes.Load()-b0+leases.bytes.Load()-lb0)/secs, "B/s")
+	emit(label+": steady state, controller CPU", (cpu2-cpu1).Seconds()/secs, "cores")
+	emit(label+": steady state, controller RSS", rss, "B")
+	emit(label+": steady state, API server RSS", api.rss(b), "B")
 
-			stop()
-			wg.Wait()
-			for _, del := range []func() error{
-				func() error {
-					return cs.CoreV1().RESTClient().Delete().AbsPath("/apis/herald.io/v1beta1/speakerstatuses").Do(ctx).Error()
-				},
-				func() error {
-					return cs.CoordinationV1().Leases(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: config.LabelSpeakerLease})
-				},
-			} {
-				if err := del(); err != nil {
-					b.Fatal(err)
-				}
-			}
+	// One Service created: every node announces one more IP.
+	e0 := statuses.events.Load()
+	b0, lb0 = statuses.bytes.Load(), leases.bytes.Load()
+	m0 = readAPIFigures(ctx, b, cs)
+	for i, a := range ans {
+		a.addOne()
+		writers[i].StatusChanged()
+	}
+	statuses.quiet(phase, b, api, e0+int64(n), 3*time.Second)
+	m1 = readAPIFigures(ctx, b, cs)
+	cpu3, _ := ctrl.usage(b)
+	emit(label+": one Service created, API writes", m1.statusWrites-m0.statusWrites, "writes")
+	emit(label+": one Service created, bytes written", float64(statuses.bytes.Load()-b0), "B")
+	// The API server's count of watch bytes covers every watcher: the controller's and ours.
+	emit(label+": one Service created, watch bytes sent to the controller",
+		m1.watchBytes-m0.watchBytes-float64(statuses.bytes.Load()-b0+leases.bytes.Load()-lb0), "B")
+	emit(label+": one Service created, controller CPU", (cpu3 - cpu2).Seconds(), "s")
+	emit(label+": Herald's objects in etcd (SpeakerStatuses + Leases, JSON)", float64(statuses.total()+leases.total()), "B")
+	emit(label+": etcd database size (apiserver_storage_size_bytes)", m1.storage, "B")
+	if r := statuses.resumed.Load() + leases.resumed.Load(); r > 0 {
+		b.Logf("%s: the API server closed the watches %d times; each was resumed from its last resourceVersion", label, r)
+	}
+
+	ctrl.stop(b)
+	stop()
+	wg.Wait()
+	for _, del := range []func() error{
+		func() error {
+			return cs.CoreV1().RESTClient().Delete().AbsPath("/apis/herald.io/v1beta1/speakerstatuses").Do(ctx).Error()
+		},
+		func() error {
+			return cs.CoordinationV1().Leases(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: config.LabelSpeakerLease})
+		},
+	} {
+		if err := del(); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
