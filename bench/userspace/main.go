@@ -170,7 +170,7 @@ func run() error {
 	if line, err := bufio.NewReader(nodeOut).ReadString('\n'); err != nil || line != "ready\n" {
 		return fmt.Errorf("node: %q, %w", line, err)
 	}
-	cpuTime := func() time.Duration { return processCPU(nodeCmd.Process.Pid) }
+	cpuTime := func() time.Duration { u, s := processCPU(nodeCmd.Process.Pid); return u + s }
 
 	d, bulkBytes, bulkRounds, window := *duration, int64(1<<30), 5, 1000
 	if *quick {
@@ -207,8 +207,15 @@ func run() error {
 	// Bulk throughput: one transfer lasts well under a second here, so a single one measures
 	// whatever else the two cores did at that moment. The modes take turns, several rounds,
 	// and each reports its median.
-	bulkRuns := map[string][]float64{}
-	var bulkCPU []float64 // the proxy's CPU ms per GiB, each userspace round
+	//
+	// Besides the proxy's own CPU (user and system time apart: Go code against the kernel's
+	// work in its system calls), the whole machine's CPU per GiB in each mode (/proc/stat:
+	// sender, receiver, proxy, and the softirqs that run TCP and forwarding wherever they
+	// land): both cores are saturated during a transfer, so throughput is about the cores
+	// divided by that cost, and the ratio of the two costs bounds the ratio of throughputs.
+	bulkRuns, hostCPU := map[string][]float64{}, map[string][]float64{}
+	var bulkCPU, bulkUserCPU []float64 // the proxy's CPU ms per GiB, each userspace round
+	perGiB := func(d time.Duration) float64 { return d.Seconds() * 1000 * float64(1<<30) / float64(bulkBytes) }
 	for range bulkRounds {
 		for _, mode := range []string{"nftables", "userspace"} {
 			ip := kernelIP
@@ -216,13 +223,17 @@ func run() error {
 				ip = userIP
 			}
 			var mbps float64
-			cpuBefore := cpuTime()
+			userBefore, sysBefore := processCPU(nodeCmd.Process.Pid)
+			hostBefore := machineCPU()
 			if err := helper(client, &mbps, "-load", netip.AddrPortFrom(ip, 9000).String(), "-bulk", fmt.Sprint(bulkBytes)); err != nil {
 				return err
 			}
+			hostCPU[mode] = append(hostCPU[mode], perGiB(machineCPU()-hostBefore))
 			bulkRuns[mode] = append(bulkRuns[mode], mbps)
 			if mode == "userspace" {
-				bulkCPU = append(bulkCPU, (cpuTime()-cpuBefore).Seconds()*1000*float64(1<<30)/float64(bulkBytes))
+				user, sys := processCPU(nodeCmd.Process.Pid)
+				bulkCPU = append(bulkCPU, perGiB(user+sys-userBefore-sysBefore))
+				bulkUserCPU = append(bulkUserCPU, perGiB(user-userBefore))
 			}
 		}
 	}
@@ -232,6 +243,10 @@ func run() error {
 		emit(fmt.Sprintf("userspace bench: bulk TCP throughput through %s, %d MiB, median of %d", mode, bulkBytes>>20, bulkRounds), mbps, "MB/s", "", command)
 	}
 	emit(fmt.Sprintf("userspace bench: proxy CPU per GiB of bulk TCP, median of %d", bulkRounds), median(bulkCPU), "ms", "", command)
+	emit(fmt.Sprintf("userspace bench: proxy CPU per GiB of bulk TCP outside the kernel (user time), median of %d", bulkRounds), median(bulkUserCPU), "ms", "", command)
+	for _, mode := range []string{"nftables", "userspace"} {
+		emit(fmt.Sprintf("userspace bench: machine CPU per GiB of bulk TCP through %s, median of %d", mode, bulkRounds), median(hostCPU[mode]), "ms", "", command)
+	}
 	nc := "new connection per request"
 	emit("userspace bench: new-connection request rate, userspace / nftables",
 		100*results["userspace "+nc].PerSecond/results["nftables "+nc].PerSecond, "%", ">= 50 %", command)
@@ -321,22 +336,42 @@ func benchState() *dataplane.State {
 	return st
 }
 
-// processCPU is the user+system CPU time of process pid (/proc/PID/stat, in clock ticks of
-// 10 ms, the kernel's USER_HZ on Linux).
-func processCPU(pid int) time.Duration {
+// processCPU is the user and system CPU time of process pid (/proc/PID/stat, in clock ticks
+// of 10 ms, the kernel's USER_HZ on Linux).
+func processCPU(pid int) (user, system time.Duration) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	// The command name (field 2) may hold spaces: count fields after its closing parenthesis.
 	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	if len(fields) < 13 {
-		return 0
+		return 0, 0
 	}
 	var utime, stime int64
 	_, _ = fmt.Sscan(fields[11], &utime)
 	_, _ = fmt.Sscan(fields[12], &stime)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return time.Duration(utime) * 10 * time.Millisecond, time.Duration(stime) * 10 * time.Millisecond
+}
+
+// machineCPU is the busy CPU time of the whole machine, all cores (/proc/stat: user, nice,
+// system, irq, softirq and steal, in 10 ms ticks): what a transfer costs wherever it runs.
+func machineCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		if i < len(fields) {
+			var v int64
+			_, _ = fmt.Sscan(fields[i], &v)
+			busy += v
+		}
+	}
+	return time.Duration(busy) * 10 * time.Millisecond
 }
 
 // loadResult is what a load helper prints.
