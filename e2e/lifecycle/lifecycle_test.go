@@ -135,6 +135,25 @@ func TestLifecycle(t *testing.T) {
 			fmt.Sprintf("owners %v, paths %v, %+v", ld.Owners(), paths, total(snap, all))
 	})
 
+	// The controller writes each Service's Announced condition once the speakers' statuses have
+	// followed: the setup's last writes, which must not land in the first event.
+	labsuite.WaitFor(t, time.Minute, "every Service Announced", func() (bool, string) {
+		var missing []string
+		for _, tg := range targets {
+			s, err := cs.CoreV1().Services(ns).Get(ctx, tg.Service, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			if !slices.ContainsFunc(s.Status.Conditions, func(c metav1.Condition) bool {
+				return c.Type == config.ConditionAnnounced && c.Status == metav1.ConditionTrue
+			}) {
+				missing = append(missing, tg.Service)
+			}
+		}
+		return len(missing) == 0, fmt.Sprint("not yet: ", missing)
+	})
+	time.Sleep(2 * time.Second) // the load's watch has seen the last write
+
 	var results []result
 	run := func(name string, targetsZero bool, event func() string) {
 		r := measure(t, ld, name, event)
