@@ -307,6 +307,12 @@ func (m *Membership) runHeartbeats(ctx context.Context) error {
 		defer func() { _ = makeThreadNormal() }()
 	}
 	defer m.sock.close()
+	// The time between New and now is this process starting, not a stall: no peer has heard this
+	// epoch yet, so none can have acted on its silence (a busy node's starting speaker took half a
+	// second to get here, and counted that as a stall: it dropped the IPs it was resuming).
+	m.mu.Lock()
+	m.lastCheck = m.cfg.Now()
+	m.mu.Unlock()
 	stop := context.AfterFunc(ctx, m.sock.wakeUp)
 	defer stop()
 	buf := make([]byte, 64<<10)

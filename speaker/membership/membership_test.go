@@ -277,6 +277,19 @@ func TestStallDefersAndGivesPeersTheBenefitOfTheDoubt(t *testing.T) {
 	}
 }
 
+// TestStartIsNoStall: a member whose Run starts well after New (a busy process starting) counts
+// no stall for that time: nobody has heard it yet.
+func TestStartIsNoStall(t *testing.T) {
+	m := newMember(t, "a", DeriveKey([]byte("k")))
+	time.Sleep(4 * m.cfg.DeadAfter)
+	stop := run(m)
+	defer stop()
+	time.Sleep(2 * m.cfg.Interval)
+	if v := m.View(); v.Stalls != 0 {
+		t.Fatalf("%d stalls counted for the time before Run", v.Stalls)
+	}
+}
+
 // TestRestartedPeerGetsAGrace: a peer heard in a new epoch (it restarted) is declared dead only
 // after four times DeadAfter for its first RestartGrace, as a starting speaker's first heartbeats
 // come late on a busy node; a peer heard for the first time, or past its grace, gets DeadAfter.
