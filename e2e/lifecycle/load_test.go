@@ -424,7 +424,10 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 		}
 	}
 	every := strconv.FormatInt(probeEvery.Milliseconds(), 10)
-	argv := []string{"arping", "-i", "eth0", "-W", strconv.FormatFloat(probeEvery.Seconds(), 'f', -1, 64), ip.String()}
+	// -b: every request broadcast, so whoever answers for the address now answers it (arping
+	// otherwise unicasts to the MAC of the first reply, and a new owner is seen only once a
+	// gratuitous ARP of its reaches the client).
+	argv := []string{"arping", "-b", "-i", "eth0", "-W", strconv.FormatFloat(probeEvery.Seconds(), 'f', -1, 64), ip.String()}
 	if ip.Is6() {
 		argv = []string{"sh", "-c", fmt.Sprintf("while :; do ndisc6 -m -n -r 1 -w %s %s eth0; echo %s; done", every, ip, ndiscRoundEnd)}
 	}
