@@ -1,8 +1,10 @@
 #!/bin/sh
 # Zero-disruption lifecycle (issue 18): e2e/lifecycle on the lab's real nodes, each event (helm
 # upgrade, rollback, speaker pod deleted, controller killed during an upgrade, kubectl drain,
-# kubelet stopped, upgrade from the previous release) under live traffic; prints per event the
-# failed/total new connections, broken streams, IP moves and time to steady state as BENCH lines.
+# kubelet stopped, a node cut off the network, upgrade from the previous release) under live
+# traffic to L2 and BGP Services; prints per event, for L2 and BGP apart, the failed/total new
+# connections and broken streams, the L2 moves, the BGP path changes at the router, the Service
+# writes and the time to steady state as BENCH lines.
 # Needs what make lifecycle needs (root, real-node prerequisites, make build images). About 10
 # minutes on an idle 2-core machine.
 set -e

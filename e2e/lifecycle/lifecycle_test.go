@@ -2,10 +2,12 @@
 // containerd; Herald installed with helm from its image) under live traffic (issue 18): a helm
 // upgrade to a new image, a helm rollback, a speaker pod deleted, the controller killed during an
 // upgrade, a kubectl drain of the node owning the most addresses, a node's kubelet stopped, and an
-// upgrade from the previous release's chart and image. While each happens, clients keep opening new
-// connections and hold long-lived streams to LoadBalancer Services (externalTrafficPolicy Cluster
-// and Local, L2, IPv4 and IPv6); ARP/NDP probes count owner changes of every address and a watch
-// counts writes to the Services. Each event gets its own figures, printed as a table and as
+// upgrade from the previous release's chart and image, and a node cut off the network. While each
+// happens, clients keep opening new connections and hold long-lived streams to LoadBalancer
+// Services (externalTrafficPolicy Cluster and Local, IPv4 and IPv6): L2 Services from the segment's
+// client, BGP Services from the client behind the router, whose BIRD peers with every node's
+// speaker. ARP/NDP probes count owner changes of every L2 address, a watch of BIRD's table the
+// changes of every BGP address's paths, and a watch of the Services their writes. Each event gets its own figures, printed as a table and as
 // `BENCH {json}` lines (bench/lifecycle/run.sh records them in bench/results.json).
 //
 // It takes several minutes, so it runs only with HERALD_LIFECYCLE=1 (make lifecycle); otherwise
@@ -19,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,9 +30,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/e2e/lab"
 	"github.com/heraldlb/herald/e2e/lab/labsuite"
 )
@@ -75,7 +80,23 @@ type result struct {
 	// Load is the machine's 1-minute load average when the event ended (the lab shares the
 	// machine: a saturated one delays pod restarts and heartbeats).
 	Load string
+	// L2 and BGP are the figures of the L2 addresses (from the segment's client) and of the BGP
+	// addresses (from behind the router) apart.
+	L2, BGP counts
+	// L2Failover and BGPFailover (a node cut off only) are how long after the cut the last of
+	// the node's L2 addresses moved and the last of its BGP paths was withdrawn.
+	L2Failover, BGPFailover time.Duration
 }
+
+// crashTarget is the issue's L2 failover target for a node lost (crash, cut off): the chart's
+// failover.detectAfter (250 ms), with margin.
+const crashTarget = 300 * time.Millisecond
+
+// bgpService names start with it: the load's keys (target.String) tell BGP targets by it.
+const bgpService = "lc-bgp-"
+
+func isBGP(key string) bool { return strings.HasPrefix(key, bgpService) }
+func isL2(key string) bool  { return !isBGP(key) }
 
 // TestLifecycle runs every event in turn under the same load, then prints the table.
 func TestLifecycle(t *testing.T) {
@@ -94,25 +115,52 @@ func TestLifecycle(t *testing.T) {
 
 	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "lc", map[string]any{"addresses": []any{lab.L2PoolV4, lab.L2PoolV6}})
 	labsuite.Create(t, dyn, "l2advertisements", "L2Advertisement", "lc", map[string]any{"ipAddressPools": []any{"lc"}})
+	bgpObjects(t, l, dyn)
 	targets := services(t, l, cs)
 	ld := newLoad(l, cs, ns, targets, rate, streams)
 	if err := ld.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer ld.Stop()
-	labsuite.WaitFor(t, 30*time.Second, "every probed address owned and every stream open", func() (bool, string) {
+	labsuite.WaitFor(t, time.Minute, "every L2 address owned, every BGP address with a path from every node, every stream open", func() (bool, string) {
 		snap := ld.Snapshot()
-		return len(ld.Owners()) == len(targets) && total(snap, all).Streams >= len(targets)*streams,
-			fmt.Sprintf("owners %v, %+v", ld.Owners(), total(snap, all))
+		paths := ld.Paths()
+		full := 0
+		for _, p := range paths {
+			if len(p) == len(l.Nodes()) {
+				full++
+			}
+		}
+		return len(ld.Owners()) == len(targets)/2 && full == len(targets)/2 && total(snap, all).Streams >= len(targets)*streams,
+			fmt.Sprintf("owners %v, paths %v, %+v", ld.Owners(), paths, total(snap, all))
 	})
+
+	// The controller writes each Service's Announced condition once the speakers' statuses have
+	// followed: the setup's last writes, which must not land in the first event.
+	labsuite.WaitFor(t, time.Minute, "every Service Announced", func() (bool, string) {
+		var missing []string
+		for _, tg := range targets {
+			s, err := cs.CoreV1().Services(ns).Get(ctx, tg.Service, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			if !slices.ContainsFunc(s.Status.Conditions, func(c metav1.Condition) bool {
+				return c.Type == config.ConditionAnnounced && c.Status == metav1.ConditionTrue
+			}) {
+				missing = append(missing, tg.Service)
+			}
+		}
+		return len(missing) == 0, fmt.Sprint("not yet: ", missing)
+	})
+	time.Sleep(2 * time.Second) // the load's watch has seen the last write
 
 	var results []result
 	run := func(name string, targetsZero bool, event func() string) {
 		r := measure(t, ld, name, event)
 		results = append(results, r)
 		t.Logf("%s: %s", name, r.summary())
-		if targetsZero && (r.Failed > 0 || r.Broken > 0 || r.Moves > 0 || r.Writes > 0) {
-			t.Errorf("%s: want 0 failed connections, 0 broken streams, 0 IP moves, 0 Service writes; got %s", name, r.summary())
+		if targetsZero && (r.Failed > 0 || r.Broken > 0 || r.Moves > 0 || r.Routes > 0 || r.Writes > 0) {
+			t.Errorf("%s: want 0 failed connections, 0 broken streams, 0 IP moves, 0 BGP path changes, 0 Service writes; got %s", name, r.summary())
 		}
 	}
 	run("idle (control)", true, func() string { time.Sleep(10 * time.Second); return "" })
@@ -165,8 +213,8 @@ func TestLifecycle(t *testing.T) {
 		})
 		r.AllowedBroken = r.BrokenOn[drained]
 		t.Logf("kubectl drain: %s", r.summary())
-		if r.Failed > 0 || r.Broken > r.AllowedBroken {
-			t.Errorf("kubectl drain of %s: want 0 failed new connections and no broken stream but those served by %s; got %s", drained, drained, r.summary())
+		if r.Failed > 0 || r.Broken > r.AllowedBroken || r.Gaps > 0 {
+			t.Errorf("kubectl drain of %s: want 0 failed new connections, no broken stream but those served by %s, no BGP address withdrawn before another path was in; got %s", drained, drained, r.summary())
 		}
 		return r
 	}())
@@ -184,6 +232,21 @@ func TestLifecycle(t *testing.T) {
 		stopKubelet(t, l, cs, node)
 		return "on " + node + ", the owner of the most addresses, until NotReady and 10 s more"
 	})
+	results = append(results, func() result {
+		var l2, bgp time.Duration
+		r := measure(t, ld, "node cut off the network", func() string {
+			var note string
+			note, l2, bgp = cutNode(t, l, cs, ld)
+			return note
+		})
+		r.L2Failover, r.BGPFailover = l2, bgp
+		t.Logf("node cut off the network: %s", r.summary())
+		if l2 <= 0 || l2 > crashTarget+probeEvery || bgp <= 0 || bgp > routerHoldTime+routePoll {
+			t.Errorf("node cut off: want every L2 address moved within %s and every BGP path withdrawn within the hold time, %s (+%s of probing); got L2 %s, BGP %s",
+				crashTarget, routerHoldTime, probeEvery, l2, bgp)
+		}
+		return r
+	}())
 	run("idle (control, at the end)", true, func() string { time.Sleep(10 * time.Second); return "" })
 
 	report(t, results)
@@ -215,9 +278,12 @@ func measure(t *testing.T, ld *load, name string, event func() string) result {
 	for k, c := range after {
 		delta[k] = c.Sub(before[k])
 	}
-	r := result{Event: name, counts: total(delta, all), Steady: end.Sub(began), Note: note, Load: loadAverage()}
+	r := result{Event: name, counts: total(delta, all), L2: total(delta, isL2), BGP: total(delta, isBGP),
+		Steady: end.Sub(began), Note: note, Load: loadAverage()}
 	// The streams of the event: those open when it began and those opened since.
 	r.Streams += total(before, all).Open
+	r.L2.Streams += total(before, isL2).Open
+	r.BGP.Streams += total(before, isBGP).Open
 	for k, c := range delta {
 		if c.Failed+c.Broken+c.Moves > 0 {
 			t.Logf("%s: %s: %d/%d failed, %d broken streams (by node %v), %d moves, errors %v", name, k, c.Failed, c.Conns, c.Broken, c.BrokenOn, c.Moves, c.Errors)
@@ -240,8 +306,9 @@ func measure(t *testing.T, ld *load, name string, event func() string) result {
 }
 
 func (r result) summary() string {
-	return fmt.Sprintf("%d/%d new connections failed (%d slower than 1 s), %d/%d streams broken (by backend node %v), %d IP moves (%d ARP requests answered by two MACs), %d Service writes, steady after %s, load %s; %s",
-		r.Failed, r.Conns, r.Slow, r.Broken, r.Streams, r.BrokenOn, r.Moves, r.Dual, r.Writes, r.Steady.Round(100*time.Millisecond), r.Load, r.Note)
+	return fmt.Sprintf("%d/%d new connections failed (L2 %d/%d, BGP %d/%d; %d slower than 1 s), %d/%d streams broken (L2 %d, BGP %d; by backend node %v), %d L2 moves (%d ARP/NDP rounds answered by two MACs), %d BGP path changes (%d withdrawn with no other path in), %d Service writes, steady after %s, load %s; %s",
+		r.Failed, r.Conns, r.L2.Failed, r.L2.Conns, r.BGP.Failed, r.BGP.Conns, r.Slow, r.Broken, r.Streams, r.L2.Broken, r.BGP.Broken, r.BrokenOn,
+		r.Moves, r.Dual, r.Routes, r.Gaps, r.Writes, r.Steady.Round(100*time.Millisecond), r.Load, r.Note)
 }
 
 // loadAverage is the machine's 1-minute load average (/proc/loadavg).
@@ -259,9 +326,10 @@ func loadAverage() string {
 // report prints the table and one BENCH line per figure (bench/report reads them).
 func report(t *testing.T, results []result) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| event | failed/total new connections | broken/total streams | IP moves | Service writes | steady after | load |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\n| event | failed/total new connections, L2 | failed/total, BGP | broken/total streams, L2 | broken/total, BGP | L2 moves (ARP/NDP) | BGP path changes (withdrawn with no path in) | Service writes | steady after | load |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
-		fmt.Fprintf(&b, "| %s | %d/%d | %d/%d | %d | %d | %.1f s | %s |\n", r.Event, r.Failed, r.Conns, r.Broken, r.Streams, r.Moves, r.Writes, r.Steady.Seconds(), r.Load)
+		fmt.Fprintf(&b, "| %s | %d/%d | %d/%d | %d/%d | %d/%d | %d | %d (%d) | %d | %.1f s | %s |\n", r.Event, r.L2.Failed, r.L2.Conns, r.BGP.Failed, r.BGP.Conns,
+			r.L2.Broken, r.L2.Streams, r.BGP.Broken, r.BGP.Streams, r.Moves, r.Routes, r.Gaps, r.Writes, r.Steady.Seconds(), r.Load)
 	}
 	t.Log(b.String())
 	emit := func(figure string, value float64, unit, target string) {
@@ -273,25 +341,71 @@ func report(t *testing.T, results []result) {
 			continue
 		}
 		zero := "0"
-		if strings.HasPrefix(r.Event, "kubelet") || r.Event == "kubectl uncordon" {
+		if strings.HasPrefix(r.Event, "kubelet") || r.Event == "kubectl uncordon" || r.Event == "node cut off the network" {
 			zero = "" // reported, no target
 		}
-		load := fmt.Sprintf(" (%d new connections/s and %d streams per address, 4 addresses)", rate, streams)
-		emit("lifecycle: "+r.Event+": failed new connections of "+fmt.Sprint(r.Conns)+load, float64(r.Failed), "connections", zero)
-		brokenTarget := zero
+		for _, part := range []struct {
+			name, from string
+			c          counts
+		}{{"L2", "the segment's client", r.L2}, {"BGP", "behind the router", r.BGP}} {
+			load := fmt.Sprintf(" (%d new connections/s and %d streams per address, 4 %s addresses, from %s)", rate, streams, part.name, part.from)
+			emit("lifecycle: "+r.Event+": failed new connections, "+part.name+", of "+fmt.Sprint(part.c.Conns)+load, float64(part.c.Failed), "connections", zero)
+			brokenTarget := zero
+			if r.Event == "kubectl drain" {
+				brokenTarget = "only the drained node's"
+			}
+			emit("lifecycle: "+r.Event+": broken streams, "+part.name, float64(part.c.Broken), "streams", brokenTarget)
+		}
 		if r.Event == "kubectl drain" {
-			brokenTarget = "only the drained node's"
 			emit("lifecycle: kubectl drain: broken streams served by the drained node", float64(r.AllowedBroken), "streams", "")
 		}
-		emit("lifecycle: "+r.Event+": broken streams", float64(r.Broken), "streams", brokenTarget)
-		emit("lifecycle: "+r.Event+": IP moves (ARP/NDP owner changes)", float64(r.Moves), "moves", zero)
+		emit("lifecycle: "+r.Event+": L2 IP moves (ARP/NDP owner changes)", float64(r.Moves), "moves", zero)
+		gapTarget := zero
+		if r.Event == "kubectl drain" {
+			gapTarget = "0"
+		}
+		emit("lifecycle: "+r.Event+": BGP path changes at the router (BIRD)", float64(r.Routes), "changes", zero)
+		emit("lifecycle: "+r.Event+": BGP addresses withdrawn before another path was in", float64(r.Gaps), "withdrawals", gapTarget)
+		emit("lifecycle: "+r.Event+": Service writes", float64(r.Writes), "writes", zero)
 		emit("lifecycle: "+r.Event+": time to steady state", r.Steady.Seconds(), "s", "")
+		if r.Event == "node cut off the network" {
+			emit("lifecycle: node cut off the network: L2 failover (the last of its addresses moved)", r.L2Failover.Seconds()*1000, "ms", fmt.Sprintf("< %d ms", crashTarget.Milliseconds()))
+			emit("lifecycle: node cut off the network: BGP failover (the last of its paths withdrawn at BIRD, polled every 100 ms; graceful restart without BFD)", r.BGPFailover.Seconds()*1000, "ms", fmt.Sprintf("the hold time, %d ms", routerHoldTime.Milliseconds()))
+		}
 	}
 }
 
-// services creates the backend Deployment (one pod per node) and two dual-stack LoadBalancer
-// Services in front of it, externalTrafficPolicy Cluster and Local, and returns the load's targets
-// once both have both addresses and every endpoint is Ready.
+// bgpObjects peers every node's speaker with the router's BIRD (an IPv4 and an IPv6 session, with
+// graceful restart) and advertises the lab's BGP pool, which only Services asking for it
+// (bgpService) take. Graceful restart is what a planned speaker restart needs on BGP
+// (speaker/bgp/doc.go): the stopping speaker sends no Cease, BIRD (graceful-restart aware by
+// default) keeps the node's paths as stale, and the new speaker opens its sessions saying the
+// node kept forwarding, so BIRD keeps them until the routes are sent again. The sessions run no
+// BFD: BIRD 2.0 takes the BFD AdminDown a stopping speaker sends for a failure and drops the
+// session at once, graceful restart or not (speaker/bgp's TestGracefulRestartKeepsRoutes); so a
+// node lost is noticed by the hold time (routerHoldTime) here, not in 300 ms (docs/upgrades.md).
+func bgpObjects(t *testing.T, l *lab.Lab, dyn dynamic.Interface) {
+	t.Helper()
+	router := l.Topology.Host(lab.HostRouter)
+	for fam, addr := range map[string]netip.Addr{"v4": router.IPv4, "v6": router.IPv6} {
+		labsuite.Create(t, dyn, "bgppeers", "BGPPeer", "lc-router-"+fam, map[string]any{
+			"myASN": int64(lab.NodeASN), "peerASN": int64(lab.RouterASN), "peerAddress": addr.String(),
+			"enableGracefulRestart": true,
+		})
+	}
+	labsuite.Create(t, dyn, "ipaddresspools", "IPAddressPool", "lc-bgp", map[string]any{
+		"addresses": []any{lab.BGPPoolV4, lab.BGPPoolV6}, "autoAssign": false,
+	})
+	labsuite.Create(t, dyn, "bgpadvertisements", "BGPAdvertisement", "lc-bgp", map[string]any{"ipAddressPools": []any{"lc-bgp"}})
+}
+
+// routerHoldTime is the BGP hold time of the lab's BIRD (e2e/lab/bird.conf.tmpl): without BFD, a
+// node cut off loses its paths once it expires.
+const routerHoldTime = 9 * time.Second
+
+// services creates the backend Deployment (one pod per node) and four dual-stack LoadBalancer
+// Services in front of it, externalTrafficPolicy Cluster and Local, on the L2 pool and on the BGP
+// pool, and returns the load's targets once all have both addresses and every endpoint is Ready.
 func services(t *testing.T, l *lab.Lab, cs kubernetes.Interface) []target {
 	t.Helper()
 	ctx := t.Context()
@@ -311,45 +425,122 @@ func services(t *testing.T, l *lab.Lab, cs kubernetes.Interface) []target {
 	}
 	t.Cleanup(func() { _ = cs.AppsV1().Deployments(ns).Delete(context.Background(), "lc-web", metav1.DeleteOptions{}) })
 	var targets []target
-	for _, policy := range []corev1.ServiceExternalTrafficPolicy{corev1.ServiceExternalTrafficPolicyCluster, corev1.ServiceExternalTrafficPolicyLocal} {
-		name := "lc-" + strings.ToLower(string(policy))
-		svc := lab.LoadBalancerService(ns, name)
-		svc.Spec.Selector = map[string]string{"app": "lc-web"}
-		svc.Spec.ExternalTrafficPolicy = policy
-		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyPreferDualStack)
-		svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
-		if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cs.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
-		var ips []netip.Addr
-		labsuite.WaitFor(t, 2*time.Minute, name+": an IPv4 and an IPv6 LoadBalancer IP", func() (bool, string) {
-			s, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
+	for _, bgp := range []bool{false, true} {
+		for _, policy := range []corev1.ServiceExternalTrafficPolicy{corev1.ServiceExternalTrafficPolicyCluster, corev1.ServiceExternalTrafficPolicyLocal} {
+			name, from := "lc-"+strings.ToLower(string(policy)), lab.HostClient
+			svc := lab.LoadBalancerService(ns, name)
+			if bgp {
+				name, from = bgpService+strings.ToLower(string(policy)), lab.HostExternal
+				svc = lab.LoadBalancerService(ns, name)
+				svc.Annotations = map[string]string{config.AnnotationAddressPool: "lc-bgp"}
 			}
-			ips = nil
-			for _, ing := range s.Status.LoadBalancer.Ingress {
-				if a, err := netip.ParseAddr(ing.IP); err == nil {
-					ips = append(ips, a)
+			svc.Spec.Selector = map[string]string{"app": "lc-web"}
+			svc.Spec.ExternalTrafficPolicy = policy
+			svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyPreferDualStack)
+			svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+			if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cs.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+			var ips []netip.Addr
+			labsuite.WaitFor(t, 2*time.Minute, name+": an IPv4 and an IPv6 LoadBalancer IP", func() (bool, string) {
+				s, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return false, err.Error()
 				}
+				ips = nil
+				for _, ing := range s.Status.LoadBalancer.Ingress {
+					if a, err := netip.ParseAddr(ing.IP); err == nil {
+						ips = append(ips, a)
+					}
+				}
+				return len(ips) == 2, fmt.Sprintf("ingress %v", s.Status.LoadBalancer.Ingress)
+			})
+			port := uint16(svc.Spec.Ports[0].Port)
+			for _, ip := range ips {
+				targets = append(targets, target{Service: name, Local: policy == corev1.ServiceExternalTrafficPolicyLocal,
+					Addr: netip.AddrPortFrom(ip, port), From: from, BGP: bgp})
 			}
-			return len(ips) == 2, fmt.Sprintf("ingress %v", s.Status.LoadBalancer.Ingress)
-		})
-		port := uint16(svc.Spec.Ports[0].Port)
-		for _, ip := range ips {
-			targets = append(targets, target{Service: name, Local: policy == corev1.ServiceExternalTrafficPolicyLocal, Addr: netip.AddrPortFrom(ip, port), From: lab.HostClient})
 		}
 	}
 	waitBackends(t, cs)
 	for _, tg := range targets {
-		labsuite.WaitFor(t, 30*time.Second, tg.String()+" answering", func() (bool, string) {
+		labsuite.WaitFor(t, time.Minute, tg.String()+" answering from "+tg.From, func() (bool, string) {
 			_, err := l.Get(ctx, tg.From, tg.Addr, 2*time.Second)
 			return err == nil, fmt.Sprint(err)
 		})
 	}
 	return targets
 }
+
+// cutNode cuts the node owning the most L2 addresses off the network (its switch port down: its
+// link loses carrier, in the lab only) for cutFor, then restores it and waits until the node is
+// Ready and the backends too. It returns the event's note and how long after the cut the last of
+// the node's L2 addresses moved and the last of its BGP paths was withdrawn (0: one did not).
+func cutNode(t *testing.T, l *lab.Lab, cs kubernetes.Interface, ld *load) (string, time.Duration, time.Duration) {
+	t.Helper()
+	owners, paths := ld.Owners(), ld.Paths()
+	node := mostOwned(owners)
+	cut := time.Now()
+	if err := l.CutLink(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	defer func() {
+		if !restored {
+			if err := l.RestoreLink(context.Background(), node); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	time.Sleep(cutFor)
+	moved := ld.FailedOver(node, cut, owners, paths)
+	if err := l.RestoreLink(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	var l2, bgp time.Duration
+	var l2Want, bgpWant int
+	slowest := func(took time.Duration, ok bool, last *time.Duration) {
+		if !ok || *last < 0 {
+			*last = -1 // an address that did not fail over
+		} else {
+			*last = max(*last, took)
+		}
+	}
+	for a, o := range owners {
+		if o == node {
+			l2Want++
+			took, ok := moved[a]
+			slowest(took, ok, &l2)
+		}
+	}
+	for a, p := range paths {
+		if slices.Contains(p, node) {
+			bgpWant++
+			took, ok := moved[a]
+			slowest(took, ok, &bgp)
+		}
+	}
+	labsuite.WaitFor(t, 2*time.Minute, node+" Ready", func() (bool, string) {
+		n, err := cs.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return nodeIsReady(n), "not Ready"
+	})
+	waitBackends(t, cs)
+	// Back, the node owns no L2 address: rebalancing hands it one once it has been alive for
+	// 10 s (speaker/l2 RebalanceAfter), a move of this event, not of the next.
+	time.Sleep(15 * time.Second)
+	return fmt.Sprintf("%s (owner of %d L2 addresses, a path of %d BGP addresses) cut off for %s; failed over: L2 after %s, BGP after %s (negative: an address did not)",
+		node, l2Want, bgpWant, cutFor, l2.Round(time.Millisecond), bgp.Round(time.Millisecond)), l2, bgp
+}
+
+// cutFor is how long a node stays cut off: beyond the BGP hold time, and shorter than the lab's
+// node-monitor grace period (16 s), so its pods stay endpoints and the figures are Herald's
+// failover alone.
+const cutFor = 12 * time.Second
 
 // waitBackends waits until the backend Deployment has all its replicas Ready and up to date.
 func waitBackends(t *testing.T, cs kubernetes.Interface) {
@@ -438,12 +629,7 @@ func stopKubelet(t *testing.T, l *lab.Lab, cs kubernetes.Interface, node string)
 			if err != nil {
 				return false, err.Error()
 			}
-			for _, c := range n.Status.Conditions {
-				if c.Type == corev1.NodeReady {
-					return (c.Status == corev1.ConditionTrue) == want, string(c.Status)
-				}
-			}
-			return false, "no Ready condition"
+			return nodeIsReady(n) == want, fmt.Sprint(n.Status.Conditions)
 		}
 	}
 	took := labsuite.WaitFor(t, time.Minute, node+" NotReady", ready(false))
@@ -498,6 +684,15 @@ func rolledOut(ds *appsv1.DaemonSet, d *appsv1.Deployment) bool {
 	return ds.Status.ObservedGeneration == ds.Generation && ds.Status.UpdatedNumberScheduled == ds.Status.DesiredNumberScheduled &&
 		ds.Status.NumberReady == ds.Status.DesiredNumberScheduled &&
 		d.Status.ObservedGeneration == d.Generation && d.Status.UpdatedReplicas == *d.Spec.Replicas && d.Status.ReadyReplicas == *d.Spec.Replicas
+}
+
+func nodeIsReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 func podReady(p *corev1.Pod) bool {

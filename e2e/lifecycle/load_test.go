@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,9 @@ type target struct {
 	Local   bool   // externalTrafficPolicy Local
 	Addr    netip.AddrPort
 	From    string // lab host the load starts from
+	// BGP: the address is announced by BGP (reached from behind the router, watched at BIRD),
+	// else by L2 (reached from the segment's client, watched with ARP/NDP).
+	BGP bool
 }
 
 func (t target) String() string { return t.Service + " " + t.Addr.String() }
@@ -45,8 +49,12 @@ type counts struct {
 	BrokenOn map[string]int
 	Moves    int // owner (MAC) changes of the target's IP seen by the client's ARP/NDP probes
 	Dual     int // ARP requests for the target's IP that two MACs answered (a handover's overlap)
-	Writes   int // writes to the target's Service (resourceVersion changes)
-	Errors   map[string]int
+	// Routes counts the changes of the set of nodes BIRD holds a path from for the target's IP
+	// (BGP); Gaps the times that set went empty: a withdrawal before another path was in, which
+	// make-before-break never shows.
+	Routes, Gaps int
+	Writes       int // writes to the target's Service (resourceVersion changes)
+	Errors       map[string]int
 }
 
 func (c counts) clone() counts {
@@ -71,6 +79,8 @@ func (c counts) Sub(o counts) counts {
 	d.Broken -= o.Broken
 	d.Moves -= o.Moves
 	d.Dual -= o.Dual
+	d.Routes -= o.Routes
+	d.Gaps -= o.Gaps
 	d.Writes -= o.Writes
 	for k, v := range o.BrokenOn {
 		if d.BrokenOn[k] -= v; d.BrokenOn[k] == 0 {
@@ -95,9 +105,10 @@ const (
 	connTimeout = 3 * time.Second
 )
 
-// load keeps new connections and long-lived streams going to every target from the client hosts,
-// watches the owners of the L2 addresses with ARP (IPv4) and NDP (IPv6) probes from the segment's
-// client, and counts the writes to the Services. Start starts it; Stop stops and waits for all of
+// load keeps new connections and long-lived streams going to every target from the client hosts
+// (the segment's client for L2 addresses, the one behind the router for BGP addresses), watches
+// the owners of the L2 addresses with ARP (IPv4) and NDP (IPv6) probes from the segment's client
+// and the paths of the BGP addresses at the router's BIRD, and counts the writes to the Services. Start starts it; Stop stops and waits for all of
 // its goroutines.
 type load struct {
 	l       *lab.Lab
@@ -110,8 +121,12 @@ type load struct {
 	mu     sync.Mutex
 	counts map[string]*counts // by target String
 	owner  map[netip.Addr]string
-	last   time.Time // last failure, broken stream or move
-	events []disruption
+	// paths are the nodes BIRD holds a path from, per BGP address (sorted).
+	paths map[netip.Addr][]string
+	// changes are the owner changes (L2) and path changes (BGP), in order.
+	changes []change
+	last    time.Time // last failure, broken stream, move or route change
+	events  []disruption
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -119,7 +134,7 @@ type load struct {
 
 func newLoad(l *lab.Lab, cs kubernetes.Interface, ns string, targets []target, rate, streams int) *load {
 	ld := &load{l: l, cs: cs, ns: ns, targets: targets, rate: rate, streams: streams,
-		counts: map[string]*counts{}, owner: map[netip.Addr]string{}}
+		counts: map[string]*counts{}, owner: map[netip.Addr]string{}, paths: map[netip.Addr][]string{}}
 	for _, t := range targets {
 		ld.counts[t.String()] = &counts{BrokenOn: map[string]int{}, Errors: map[string]int{}}
 	}
@@ -210,10 +225,13 @@ func (ld *load) Start(ctx context.Context) error {
 		for range ld.streams {
 			ld.goRun(func() { ld.stream(ctx, t) })
 		}
-		if ip := t.Addr.Addr(); !probed[ip] && t.From == lab.HostClient {
+		if ip := t.Addr.Addr(); !probed[ip] && !t.BGP {
 			probed[ip] = true
 			ld.goRun(func() { ld.probeOwner(ctx, t) })
 		}
+	}
+	if slices.ContainsFunc(ld.targets, func(t target) bool { return t.BGP }) {
+		ld.goRun(func() { ld.watchRoutes(ctx) })
 	}
 	return nil
 }
@@ -375,13 +393,15 @@ func (ld *load) streamOnce(ctx context.Context, dial func(context.Context, strin
 	}
 }
 
-// probeOwner runs arping (IPv4) for t's address from the segment's client for as long as the load
-// runs, one request every 100 ms, and counts the changes of the MAC that alone answers a request
-// (a request two MACs answer is counted as Dual, not as moves); IPv6 is asked with ndisc6 every
-// 500 ms, and only single answers count.
+// probeOwner watches the owner of t's address from the segment's client for as long as the load
+// runs, one probe every ~100 ms: arping (IPv4) sends a request every 100 ms; ndisc6 (IPv6) has no
+// continuous mode, so a shell in the client runs it round after round, each round one Neighbor
+// Solicitation and 100 ms of collecting every advertisement (-m). A round answered by one MAC
+// alone names the owner, and changes of it are counted as moves; a round two MACs answered is
+// counted as Dual, not as moves.
 func (ld *load) probeOwner(ctx context.Context, t target) {
 	ip := t.Addr.Addr()
-	seen := func(mac string) {
+	seen := func(mac string, at time.Time) {
 		h := ld.l.HostByMAC(mac)
 		name := mac
 		if h != nil {
@@ -390,6 +410,9 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 		ld.mu.Lock()
 		prev, known := ld.owner[ip]
 		ld.owner[ip] = name
+		if known && prev != name {
+			ld.changes = append(ld.changes, change{At: at, Addr: ip, From: []string{prev}, To: []string{name}})
+		}
 		ld.mu.Unlock()
 		if known && prev != name {
 			ld.disrupted(t, "moved from "+prev+" to "+name)
@@ -400,22 +423,17 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 			}
 		}
 	}
+	every := strconv.FormatInt(probeEvery.Milliseconds(), 10)
+	// -b: every request broadcast, so whoever answers for the address now answers it (arping
+	// otherwise unicasts to the MAC of the first reply, and a new owner is seen only once a
+	// gratuitous ARP of its reaches the client).
+	argv := []string{"arping", "-b", "-i", "eth0", "-W", strconv.FormatFloat(probeEvery.Seconds(), 'f', -1, 64), ip.String()}
 	if ip.Is6() {
-		for ctx.Err() == nil {
-			macs, err := ld.l.ResolveMACs(ctx, lab.HostClient, ip, 1)
-			if err == nil && len(macs) == 1 {
-				seen(macs[0])
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
-		return
+		argv = []string{"sh", "-c", fmt.Sprintf("while :; do ndisc6 -m -n -r 1 -w %s %s eth0; echo %s; done", every, ip, ndiscRoundEnd)}
 	}
-	cmd, err := ld.l.Command(ctx, lab.HostClient, "arping", "-i", "eth0", "-W", "0.1", ip.String())
+	cmd, err := ld.l.Command(ctx, lab.HostClient, argv...)
 	if err != nil {
-		ld.add(t, func(c *counts) { c.Errors["arping: "+err.Error()]++ })
+		ld.add(t, func(c *counts) { c.Errors[argv[0]+": "+err.Error()]++ })
 		return
 	}
 	cmd.Cancel = func() error { return cmd.Process.Kill() }
@@ -424,17 +442,23 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 		err = cmd.Start()
 	}
 	if err != nil {
-		ld.add(t, func(c *counts) { c.Errors["arping: "+err.Error()]++ })
+		ld.add(t, func(c *counts) { c.Errors[argv[0]+": "+err.Error()]++ })
 		return
 	}
-	// Lines are "42 bytes from MAC (IP): index=N time=...": the MACs of request N are known once a
-	// reply to a later request arrives.
-	index, macs := "", map[string]bool{}
+	// The MACs that answered the current round, and when its first answer came (a move's time).
+	macs := map[string]bool{}
+	var first time.Time
+	answer := func(mac string) {
+		if len(macs) == 0 {
+			first = time.Now()
+		}
+		macs[mac] = true
+	}
 	decide := func() {
 		switch len(macs) {
 		case 1:
 			for m := range macs {
-				seen(m)
+				seen(m, first)
 			}
 		case 0:
 		default:
@@ -442,9 +466,23 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 		}
 		clear(macs)
 	}
+	// arping's lines are "42 bytes from MAC (IP): index=N time=...": the MACs of request N are
+	// known once a reply to a later request arrives. ndisc6's rounds end with ndiscRoundEnd, and
+	// each advertisement prints "Target link-layer address: MAC".
+	index := ""
 	lines := bufio.NewScanner(out)
 	for lines.Scan() {
 		f := strings.Fields(lines.Text())
+		if ip.Is6() {
+			if len(f) == 1 && f[0] == ndiscRoundEnd {
+				decide()
+			} else if len(f) == 4 && f[1] == "link-layer" {
+				if hw, err := net.ParseMAC(f[3]); err == nil {
+					answer(hw.String())
+				}
+			}
+			continue
+		}
 		if len(f) < 6 || f[1] != "bytes" {
 			continue
 		}
@@ -456,11 +494,135 @@ func (ld *load) probeOwner(ctx context.Context, t target) {
 			decide()
 			index = f[5]
 		}
-		macs[hw.String()] = true
+		answer(hw.String())
 	}
 	if err := cmd.Wait(); ctx.Err() == nil {
-		ld.add(t, func(c *counts) { c.Errors[fmt.Sprintf("arping ended: %v", err)]++ })
+		ld.add(t, func(c *counts) { c.Errors[fmt.Sprintf("%s ended: %v", argv[0], err)]++ })
 	}
+}
+
+// probeEvery is how often the owner of an L2 address is asked: a move is seen up to this late.
+const probeEvery = 100 * time.Millisecond
+
+// ndiscRoundEnd is the line the IPv6 probe's shell prints after each ndisc6 round.
+const ndiscRoundEnd = "ROUND-END"
+
+// routePoll is how often BIRD's table is read: a gap shorter than it can go unseen (the streams
+// and connections from behind the router would still show its damage).
+const routePoll = 100 * time.Millisecond
+
+// watchRoutes reads BIRD's routes every routePoll for as long as the load runs and counts, per
+// BGP address, the changes of the set of nodes BIRD holds a path from (Routes), and the times
+// that set went empty (Gaps).
+func (ld *load) watchRoutes(ctx context.Context) {
+	byAddr := map[netip.Addr][]target{}
+	for _, t := range ld.targets {
+		if t.BGP {
+			byAddr[t.Addr.Addr()] = append(byAddr[t.Addr.Addr()], t)
+		}
+	}
+	tick := time.NewTicker(routePoll)
+	defer tick.Stop()
+	for {
+		routes, err := ld.l.BirdRoutes(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			for _, ts := range byAddr {
+				ld.add(ts[0], func(c *counts) { c.Errors["birdc: "+shortError(err)]++ })
+				break
+			}
+		} else {
+			now := map[netip.Addr][]string{}
+			for _, r := range routes {
+				if a := r.Prefix.Addr(); r.Prefix.IsSingleIP() && byAddr[a] != nil {
+					// BIRD's protocols are named <node>v4 and <node>v6 (e2e/lab/bird.conf.tmpl).
+					now[a] = append(now[a], strings.TrimSuffix(strings.TrimSuffix(r.Protocol, "v4"), "v6"))
+				}
+			}
+			for a, ts := range byAddr {
+				ld.notePaths(a, ts, now[a])
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// notePaths records nodes as the BGP address a's paths at BIRD.
+func (ld *load) notePaths(a netip.Addr, ts []target, nodes []string) {
+	slices.Sort(nodes)
+	nodes = slices.Compact(nodes)
+	ld.mu.Lock()
+	prev, known := ld.paths[a]
+	ld.paths[a] = nodes
+	changed := known && !slices.Equal(prev, nodes)
+	if changed {
+		ld.changes = append(ld.changes, change{At: time.Now(), Addr: a, From: prev, To: nodes})
+	}
+	ld.mu.Unlock()
+	if !changed {
+		return
+	}
+	gap := len(nodes) == 0 && len(prev) > 0
+	what := fmt.Sprintf("BGP paths from %v -> %v", prev, nodes)
+	if gap {
+		what += " (withdrawn with no other path in)"
+	}
+	ld.disrupted(ts[0], what)
+	for _, t := range ts {
+		ld.add(t, func(c *counts) {
+			c.Routes++
+			if gap {
+				c.Gaps++
+			}
+		})
+	}
+}
+
+// change is an owner change of an L2 address (From and To one node each) or a change of the
+// nodes BIRD holds a path from for a BGP address.
+type change struct {
+	At       time.Time
+	Addr     netip.Addr
+	From, To []string
+}
+
+// Paths returns the nodes BIRD holds a path from for each BGP address.
+func (ld *load) Paths() map[netip.Addr][]string {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	out := map[netip.Addr][]string{}
+	for k, v := range ld.paths {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// FailedOver returns, per address node served when the node was cut off at cut, how long after
+// cut it first stopped doing so: an L2 address moved away from node, a BGP address lost node's
+// path. An address still served by node has no entry.
+func (ld *load) FailedOver(node string, cut time.Time, owners map[netip.Addr]string, paths map[netip.Addr][]string) map[netip.Addr]time.Duration {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	out := map[netip.Addr]time.Duration{}
+	for _, c := range ld.changes {
+		if c.At.Before(cut) {
+			continue
+		}
+		if _, done := out[c.Addr]; done {
+			continue
+		}
+		served := owners[c.Addr] == node || slices.Contains(paths[c.Addr], node)
+		if served && slices.Contains(c.From, node) && !slices.Contains(c.To, node) {
+			out[c.Addr] = c.At.Sub(cut)
+		}
+	}
+	return out
 }
 
 // notePods puts Herald's pods' changes (created, Ready, terminating, gone) on the timeline, so a
@@ -589,6 +751,8 @@ func total(snap map[string]counts, keep func(key string) bool) counts {
 		sum.Open += c.Open
 		sum.Moves += c.Moves
 		sum.Dual += c.Dual
+		sum.Routes += c.Routes
+		sum.Gaps += c.Gaps
 		sum.Writes += c.Writes
 		for n, v := range c.BrokenOn {
 			sum.BrokenOn[n] += v

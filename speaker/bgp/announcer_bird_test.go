@@ -463,4 +463,10 @@ func TestGracefulRestartKeepsRoutes(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("route not refreshed after the restart: %v", err)
 	}
+	// The restarted speaker said its forwarding state was preserved (the F bit, RFC 4724 section
+	// 3): without it BIRD flushes the stale routes as soon as the new session opens, before the
+	// speaker has sent them again, and the router's paths through the node go and come back.
+	if proto, _ := topo.Bird.Command("show protocols all n1"); !strings.Contains(proto, "AF preserved: ipv4") {
+		t.Errorf("the restarted speaker's graceful restart capability does not say forwarding was preserved:\n%s", proto)
+	}
 }

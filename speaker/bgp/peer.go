@@ -13,6 +13,11 @@ import (
 // without a Cease (RFC 4724 restart time), in seconds: long enough for a pod restart.
 const gracefulRestartTime = 120
 
+// gracefulRestartDeferral is how long, in seconds, a speaker that opened its graceful-restart
+// sessions as restarting waits for the End-of-RIB of every such peer before it sends its routes
+// anyway: a peer that is down at the start holds the others' routes back at most this long.
+const gracefulRestartDeferral = 5
+
 // idleHoldTimeAfterReset is how long, in seconds, a session waits after a reset before it
 // reconnects.
 const idleHoldTimeAfterReset = 1
@@ -81,7 +86,15 @@ func apiPeer(p Peer) *api.Peer {
 		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
 	}
 	if p.GracefulRestart {
-		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: gracefulRestartTime}
+		// LocalRestarting sets the Restart State and the Forwarding State bits of the session's
+		// first OPEN (RFC 4724 section 3): a speaker always starts with the node's data plane
+		// forwarding (it outlives the speaker), and without the F bit the router flushes the
+		// routes it kept for the node as soon as the new session opens, before the speaker has
+		// sent them again: every planned restart would withdraw the node's paths and add them
+		// back. GoBGP then sends the routes and its End-of-RIB once the router's End-of-RIB is in,
+		// and clears the bits for later sessions.
+		out.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: gracefulRestartTime,
+			LocalRestarting: true, DeferralTime: gracefulRestartDeferral}
 		out.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
 	return out

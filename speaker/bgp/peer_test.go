@@ -32,7 +32,7 @@ func TestAPIPeer(t *testing.T) {
 	if !a.EbgpMultihop.Enabled || a.EbgpMultihop.MultihopTtl != 255 {
 		t.Errorf("multihop = %+v", a.EbgpMultihop)
 	}
-	if !a.GracefulRestart.Enabled || !a.AfiSafis[0].MpGracefulRestart.Config.Enabled {
+	if !a.GracefulRestart.Enabled || !a.AfiSafis[0].MpGracefulRestart.Config.Enabled || !a.GracefulRestart.LocalRestarting {
 		t.Errorf("graceful restart = %+v", a.GracefulRestart)
 	}
 	if f := a.AfiSafis[0].Config.Family; f.Afi != api.Family_AFI_IP6 || len(a.AfiSafis) != 1 {

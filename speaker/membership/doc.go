@@ -4,7 +4,9 @@
 //
 // Mechanism: every speaker sends an authenticated UDP heartbeat to every peer (port 9652) every
 // Interval (50 ms by default) and declares a peer dead when no valid heartbeat arrived for
-// DeadAfter (250 ms by default).
+// DeadAfter (250 ms by default). A peer that has just restarted (heard in a new epoch) gets four
+// times DeadAfter for its first RestartGrace (10 s): a starting speaker's first heartbeats come
+// late on a busy node, and declaring it dead then would move the IPs it has just taken back.
 //
 // Why not hashicorp/memberlist: its SWIM failure detector confirms a death only after an indirect
 // probe round and a suspicion timeout that grows with the cluster (log(n) × ProbeInterval ×

@@ -29,6 +29,14 @@ type Config struct {
 	// on a busy node never cost an ownership change).
 	Interval  time.Duration
 	DeadAfter time.Duration
+	// RestartGrace: for this long after a peer restarted (a heartbeat of a new epoch from a peer
+	// heard before), it is declared dead only after restartDeadFactor times DeadAfter. A starting
+	// speaker loads its caches and programs its data plane at once, and in a pod (no real-time
+	// budget for its heartbeat thread) on a busy node its first heartbeats come late: declared
+	// dead for that, it loses the IPs it has just taken back from its restart hold, and they move
+	// twice. A peer's crash within the grace fails over in restartDeadFactor × DeadAfter. Default
+	// 10 s; negative: none.
+	RestartGrace time.Duration
 	// MaxClockSkew bounds how far a message's send time may be from the receiver's clock (default
 	// 5 s). Nodes are expected to run NTP.
 	MaxClockSkew time.Duration
@@ -77,7 +85,10 @@ type peerState struct {
 	aliveSince time.Time
 	lastSeen   time.Time
 	epoch, seq uint64 // last accepted; kept after death so replays stay rejected
-	payload    []byte
+	// restarted is when a heartbeat of a new epoch came from this peer after an earlier one
+	// (see Config.RestartGrace).
+	restarted time.Time
+	payload   []byte
 	// payloadVersion is the version of payload (0: from a version 1 peer); acked is the version
 	// of this node's payload the peer holds; v1 says it last spoke wire version 1; takesChunks
 	// says its last heartbeat offered to take chunked payloads.
@@ -194,6 +205,9 @@ func New(cfg Config) (*Membership, error) {
 	}
 	if cfg.DeadAfter <= 0 {
 		cfg.DeadAfter = 5 * cfg.Interval
+	}
+	if cfg.RestartGrace == 0 {
+		cfg.RestartGrace = 10 * time.Second
 	}
 	if cfg.MaxClockSkew <= 0 {
 		cfg.MaxClockSkew = 5 * time.Second
@@ -340,6 +354,12 @@ func (m *Membership) runHeartbeats(ctx context.Context) error {
 		defer func() { _ = makeThreadNormal() }()
 	}
 	defer m.sock.close()
+	// The time between New and now is this process starting, not a stall: no peer has heard this
+	// epoch yet, so none can have acted on its silence (a busy node's starting speaker took half a
+	// second to get here, and counted that as a stall: it dropped the IPs it was resuming).
+	m.mu.Lock()
+	m.lastCheck = m.cfg.Now()
+	m.mu.Unlock()
 	stop := context.AfterFunc(ctx, m.sock.wakeUp)
 	defer stop()
 	buf := make([]byte, 64<<10)
@@ -389,10 +409,21 @@ func (m *Membership) untilFirstExpiry() time.Duration {
 	first := time.Duration(math.MaxInt64)
 	for _, p := range m.peers {
 		if p.alive {
-			first = min(first, p.lastSeen.Add(m.cfg.DeadAfter).Sub(now)+time.Millisecond)
+			first = min(first, p.lastSeen.Add(m.deadAfterLocked(p, now)).Sub(now)+time.Millisecond)
 		}
 	}
 	return max(first, 0)
+}
+
+// restartDeadFactor multiplies DeadAfter for a peer within its RestartGrace.
+const restartDeadFactor = 4
+
+// deadAfterLocked is how long p may stay silent before it is declared dead.
+func (m *Membership) deadAfterLocked(p *peerState, now time.Time) time.Duration {
+	if !p.restarted.IsZero() && now.Sub(p.restarted) < m.cfg.RestartGrace {
+		return restartDeadFactor * m.cfg.DeadAfter
+	}
+	return m.cfg.DeadAfter
 }
 
 // send sends one heartbeat to every peer: to a peer that holds this node's current payload
@@ -540,6 +571,9 @@ func (m *Membership) accept(b []byte) bool {
 		// one turns into a false failover.
 		m.cfg.Logger.Info("late heartbeat", "peer", msg.Name, "silentFor", gap)
 	}
+	if p.epoch != 0 && msg.Epoch != p.epoch {
+		p.restarted = now
+	}
 	if !p.alive || msg.Epoch != p.epoch {
 		// A restarted peer (new epoch) starts a new life even if it came back within DeadAfter.
 		p.aliveSince = now
@@ -560,7 +594,7 @@ func (m *Membership) expire() {
 	changed := m.detectStallLocked(now)
 	m.lastCheck = now
 	for name, p := range m.peers {
-		if p.alive && now.Sub(p.lastSeen) > m.cfg.DeadAfter {
+		if p.alive && now.Sub(p.lastSeen) > m.deadAfterLocked(p, now) {
 			p.alive = false
 			changed = true
 			m.cfg.Logger.Info("peer dead", "peer", name, "silentFor", now.Sub(p.lastSeen))

@@ -279,6 +279,71 @@ func TestStallDefersAndGivesPeersTheBenefitOfTheDoubt(t *testing.T) {
 	}
 }
 
+// TestStartIsNoStall: a member whose Run starts well after New (a busy process starting) counts
+// no stall for that time: nobody has heard it yet.
+func TestStartIsNoStall(t *testing.T) {
+	m := newMember(t, "a", DeriveKey([]byte("k")))
+	time.Sleep(4 * m.cfg.DeadAfter)
+	stop := run(m)
+	defer stop()
+	time.Sleep(2 * m.cfg.Interval)
+	if v := m.View(); v.Stalls != 0 {
+		t.Fatalf("%d stalls counted for the time before Run", v.Stalls)
+	}
+}
+
+// TestRestartedPeerGetsAGrace: a peer heard in a new epoch (it restarted) is declared dead only
+// after four times DeadAfter for its first RestartGrace, as a starting speaker's first heartbeats
+// come late on a busy node; a peer heard for the first time, or past its grace, gets DeadAfter.
+func TestRestartedPeerGetsAGrace(t *testing.T) {
+	key := DeriveKey([]byte("k"))
+	now := time.Unix(1000, 0)
+	m, err := New(Config{Name: "a", Key: key, Listen: netip.MustParseAddrPort("127.0.0.1:0"),
+		Interval: 50 * time.Millisecond, DeadAfter: 250 * time.Millisecond, RestartGrace: 10 * time.Second,
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.sock.close()
+	m.SetPeers(map[string]netip.AddrPort{"b": netip.MustParseAddrPort("127.0.0.1:1"), "c": netip.MustParseAddrPort("127.0.0.1:2")})
+	seq := uint64(0)
+	from := func(name string, epoch uint64) {
+		seq++
+		b, _ := (&message{Name: name, Epoch: epoch, Seq: seq, SentNS: now.UnixNano()}).marshal(key)
+		if m.accept(b); m.View().Alive[name].Name != name {
+			t.Fatalf("%s not alive after its heartbeat", name)
+		}
+	}
+	// silentFor advances the clock by d in steps, running the expiry check as Run does, and
+	// reports whether name is still alive.
+	silentFor := func(name string, d time.Duration) bool {
+		for end := now.Add(d); now.Before(end); {
+			now = now.Add(10 * time.Millisecond)
+			m.expire()
+		}
+		_, ok := m.View().Alive[name]
+		return ok
+	}
+	from("b", 1)
+	from("c", 1)
+	if silentFor("c", 300*time.Millisecond) {
+		t.Fatal("c, heard for the first time, still alive 300 ms after its last heartbeat (DeadAfter 250 ms)")
+	}
+	from("b", 2) // b restarted
+	if !silentFor("b", 600*time.Millisecond) {
+		t.Fatal("b, restarted, declared dead 600 ms after its last heartbeat, within its grace")
+	}
+	if silentFor("b", 500*time.Millisecond) {
+		t.Fatal("b, restarted, still alive 1.1 s after its last heartbeat (4 x DeadAfter)")
+	}
+	from("b", 2)
+	now = now.Add(10 * time.Second) // past the grace; nothing ran meanwhile, so b is given DeadAfter from now
+	m.expire()
+	if silentFor("b", 300*time.Millisecond) {
+		t.Fatal("b still alive 300 ms after its last heartbeat once its grace is over")
+	}
+}
+
 // threadStat returns, per thread of this process, the value of field n (1-based, as in proc(5))
 // of /proc/self/task/TID/stat.
 func threadStat(n int) map[string]string {

@@ -258,7 +258,9 @@ func TestNDPAsksOnlyJoinedResponders(t *testing.T) {
 func TestFailover(t *testing.T) {
 	ip := ServiceIPv4(0)
 	// Handovers to a returning node are pushed out of the observation window; TestRebalance covers them.
-	l := up(t, policies([]string{"n1", "n2", "n3"}, ip), "--rebalance-after", "1h")
+	// The breakages follow each other within seconds, so the owner broken may have been restarted
+	// by the one before: without a restart grace, each fails over after DeadAfter.
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ip), "--rebalance-after", "1h", "--restart-grace", "-1ns")
 	p, err := l.StartProber([]netip.Addr{ip}, 5*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,7 @@ func run() error {
 		deadAfter      = flag.Duration("dead-after", 250*time.Millisecond, "silence before a peer is dead")
 		rebalanceAfter = flag.Duration("rebalance-after", l2.DefaultElectionTiming.RebalanceAfter, "age before a node receives handovers")
 		restartHold    = flag.Duration("restart-hold", 0, "on SIGTERM, hold this node's IPs for a restart this long (0: release them)")
+		restartGrace   = flag.Duration("restart-grace", 0, "a restarted peer's grace (membership.Config.RestartGrace; 0: its default, negative: none)")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", *name)
@@ -65,7 +66,7 @@ func run() error {
 	}
 	m, err := membership.New(membership.Config{Name: *name, Key: membership.DeriveKey(secret),
 		Listen:   netip.AddrPortFrom(netip.IPv6Unspecified(), membership.Port),
-		Interval: *interval, DeadAfter: *deadAfter, Logger: log})
+		Interval: *interval, DeadAfter: *deadAfter, RestartGrace: *restartGrace, Logger: log})
 	if err != nil {
 		return err
 	}
