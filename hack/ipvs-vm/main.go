@@ -91,51 +91,66 @@ func main() {
 	if err != nil {
 		fatalf("%v", err)
 	}
-	defer os.RemoveAll(work)
+	// The work directory holds the payload archive (hundreds of MB with the Kubernetes
+	// binaries): removed on every way out, so it runs in a function of its own.
+	code, err := runVM(ctx, env, work, *testPkg, *buildPkg, *binPath, files, envVars, *timeout, *memory, *console)
+	if rmErr := os.RemoveAll(work); rmErr != nil {
+		fmt.Fprintf(os.Stderr, "ipvs-vm: %v\n", rmErr)
+	}
+	cancel()
+	if err != nil {
+		fatalf("%v", err)
+	}
+	os.Exit(code)
+}
 
+// runVM builds the payloads in work, boots the VM and returns the exit status for the run.
+func runVM(ctx context.Context, env *vmEnv, work, testPkg, buildPkg, binPath string, files []extraFile, envVars []string,
+	timeout time.Duration, memory string, console bool) (int, error) {
 	var payloads []payload
-	if *testPkg != "" {
-		for i, pkg := range strings.Split(*testPkg, ",") {
+	if testPkg != "" {
+		for i, pkg := range strings.Split(testPkg, ",") {
 			p := payload{pkg: pkg, file: filepath.Join(work, fmt.Sprintf("payload%d", i)), dir: path.Join(treeDir, path.Clean(pkg)),
 				// Verbose output is how results are counted; a later -test.v in args still wins.
 				args: append([]string{"-test.v"}, flag.Args()...)}
 			if err := goBuild(ctx, p.file, "test", "-c", pkg); err != nil {
-				fatalf("%v", err)
+				return 0, err
 			}
 			payloads = append(payloads, p)
 		}
-	} else if *buildPkg != "" {
-		p := payload{pkg: *buildPkg, file: filepath.Join(work, "payload0"), args: flag.Args()}
-		if err := goBuild(ctx, p.file, "build", *buildPkg); err != nil {
-			fatalf("%v", err)
+	} else if buildPkg != "" {
+		p := payload{pkg: buildPkg, file: filepath.Join(work, "payload0"), args: flag.Args()}
+		if err := goBuild(ctx, p.file, "build", buildPkg); err != nil {
+			return 0, err
 		}
 		payloads = append(payloads, p)
 	} else {
-		p := payload{pkg: *binPath, file: filepath.Join(work, "payload0"), args: flag.Args()}
-		if err := copyFile(*binPath, p.file, 0o755); err != nil {
-			fatalf("%v", err)
+		p := payload{pkg: binPath, file: filepath.Join(work, "payload0"), args: flag.Args()}
+		if err := copyFile(binPath, p.file, 0o755); err != nil {
+			return 0, err
 		}
 		payloads = append(payloads, p)
 	}
 	initrd := filepath.Join(work, "initrd")
-	if err := writeInitrd(initrd, env.baseArchive, payloads, files, envVars, *timeout); err != nil {
-		fatalf("initrd: %v", err)
+	if err := writeInitrd(initrd, env.baseArchive, payloads, files, envVars, timeout); err != nil {
+		return 0, fmt.Errorf("initrd: %w", err)
 	}
 	start := time.Now()
-	res, err := boot(ctx, env, initrd, work, *memory, *console)
+	res, err := boot(ctx, env, initrd, work, memory, console)
 	if err != nil {
-		fatalf("%v", err)
+		return 0, err
 	}
 	fmt.Printf("ipvs-vm: kernel %s, %.1fs in the VM: %d passed, %d failed, %d skipped, exit status %d\n",
 		env.version, time.Since(start).Seconds(), res.passed, res.failed, res.skipped, res.exit)
 	switch {
 	case res.exit < 0:
-		fatalf("the payload did not finish (no %q marker): see the console above", strings.TrimSpace(exitMarker))
+		return 0, fmt.Errorf("the payload did not finish (no %q marker): see the console above", strings.TrimSpace(exitMarker))
 	case res.exit != 0 || res.failed > 0:
-		os.Exit(1)
-	case *testPkg != "" && res.passed == 0:
-		fatalf("no test passed in the VM")
+		return 1, nil
+	case testPkg != "" && res.passed == 0:
+		return 0, errors.New("no test passed in the VM")
 	}
+	return 0, nil
 }
 
 func btoi(b bool) int {
