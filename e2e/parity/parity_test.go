@@ -18,6 +18,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -541,6 +542,15 @@ func report(t *testing.T, table []tableRow, diffs []difference, probes int, mode
 			break
 		}
 		t.Errorf("difference not in the %s table of docs/parity.md: %s\n  case %s\n  kube-proxy: %s\n  herald:     %s", mode.name, d.p, d.c.describe(), d.kubeProxy, d.herald)
+	}
+	// All of them by the attributes rows usually name, for writing a row (only 40 are shown).
+	groups := map[string]int{}
+	for _, d := range unexplained {
+		groups[fmt.Sprintf("src=%s dst=%s proto=%s etp=%s itp=%s affinity=%s ranges=%s local-endpoints=%s", d.attrs["src"], d.attrs["dst"],
+			d.attrs["proto"], d.attrs["etp"], d.attrs["itp"], d.attrs["affinity"], d.attrs["ranges"], d.attrs["local-endpoints"])]++
+	}
+	for _, g := range slices.Sorted(maps.Keys(groups)) {
+		t.Logf("not in the table: %d x %s", groups[g], g)
 	}
 }
 
