@@ -63,6 +63,8 @@ type parityMode struct {
 	tools []string
 	// programmed bounds the wait for both sides to program a batch (the canaries).
 	programmed time.Duration
+	// zoneChange bounds the wait for a proxy to follow node A's zone label.
+	zoneChange time.Duration
 	// patient is the timeout of the resampled requests: longer than a SYN's retransmits
 	// within it (1 s, then 2 s more), for IPVS drops the SYN of a new connection that reuses
 	// the tuple of one it still tracks, on either side, and the probes open many.
@@ -70,10 +72,10 @@ type parityMode struct {
 }
 
 var modes = map[string]parityMode{
-	"nftables": {name: "nftables", marker: "<!-- parity-table: read by e2e/parity -->", programmed: 3 * time.Minute, patient: 3 * time.Second},
+	"nftables": {name: "nftables", marker: "<!-- parity-table: read by e2e/parity -->", programmed: 3 * time.Minute, zoneChange: 30 * time.Second, patient: 3 * time.Second},
 	// In the VM, under emulation: kube-proxy runs ipset once per entry, and everything is slower.
 	"ipvs": {name: "ipvs", marker: "<!-- parity-table-ipvs: read by e2e/parity -->", tools: []string{"iptables", "ipset"},
-		programmed: 10 * time.Minute, patient: 4 * time.Second},
+		programmed: 10 * time.Minute, zoneChange: 2 * time.Minute, patient: 4 * time.Second},
 }
 
 // currentMode is the mode HERALD_PARITY_MODE names.
@@ -232,8 +234,9 @@ func TestKubeProxyParity(t *testing.T) {
 			deleteBatch(t, cs)
 		}
 	}
-	checkZoneChange(t, cs, procs)
+	// The table's verdict first: the zone change stops the test when it fails.
 	report(t, table, diffs, probes, mode)
+	checkZoneChange(t, cs, procs, mode.zoneChange)
 }
 
 // createNodes creates node A (the proxies' node) and node B with zones and addresses.
