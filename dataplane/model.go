@@ -208,6 +208,31 @@ func (n NodePortAddresses) Prefixes(st *State, ipv6 bool) []netip.Prefix {
 	return DisjointPrefixes(out)
 }
 
+// All reports whether NodePorts are open on every address of one family (ipv6 or not), given
+// st's node IPs: n names no address of it, or its whole range (kube-proxy's matchAll).
+func (n NodePortAddresses) All(st *State, ipv6 bool) bool {
+	ps := n.Prefixes(st, ipv6)
+	return len(ps) == 0 || slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Bits() == 0 })
+}
+
+// Restricts reports whether n leaves out any address of the node (given st's node IPs): false
+// when NodePorts are open on every address of both families.
+func (n NodePortAddresses) Restricts(st *State) bool { return !n.All(st, false) || !n.All(st, true) }
+
+// Select keeps the addresses of addrs NodePorts are open on (given st's node IPs): the one rule
+// for which node addresses a NodePort listens on, shared by the IPVS backend, the userspace proxy
+// and the healthCheckNodePort listeners (nftables matches the same prefixes in the kernel).
+func (n NodePortAddresses) Select(addrs []netip.Addr, st *State) []netip.Addr {
+	prefixes := [2][]netip.Prefix{n.Prefixes(st, false), n.Prefixes(st, true)}
+	return slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
+		ps := prefixes[0]
+		if a.Is6() {
+			ps = prefixes[1]
+		}
+		return len(ps) > 0 && !slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+	})
+}
+
 // DisjointPrefixes sorts ps and drops every prefix another one contains (an nftables interval
 // set refuses overlapping elements).
 func DisjointPrefixes(ps []netip.Prefix) []netip.Prefix {

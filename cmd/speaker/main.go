@@ -59,7 +59,7 @@ func run() (err error) {
 		dataplaneMode = flag.String("dataplane", "auto", "service proxy: auto, ipvs, nftables, userspace (every Service through the userspace proxy, for nodes where neither nftables nor IPVS can run; auto never picks it) or off")
 		clusterCIDR   = flag.String("cluster-cidr", "", "the pods' CIDRs, comma-separated (as kube-proxy's --cluster-cidr): the data plane (nftables) masquerades traffic from outside them to ClusterIPs, and sends pods' traffic to an externalTrafficPolicy: Local address to any endpoint")
 		masqAll       = flag.Bool("masquerade-all", false, "the data plane (nftables) masquerades all traffic to ClusterIPs (as kube-proxy's --masquerade-all)")
-		nodePortAddrs = flag.String("nodeport-addresses", "primary", "the node addresses NodePorts are open on (nftables, IPVS), as kube-proxy's --nodeport-addresses: primary (the Node object's InternalIP of each family) or CIDRs, comma-separated; a family with no CIDR listed is open on all its addresses")
+		nodePortAddrs = flag.String("nodeport-addresses", "primary", "the node addresses NodePorts and healthCheckNodePorts are open on, as kube-proxy's --nodeport-addresses: primary (the Node object's InternalIP of each family) or CIDRs, comma-separated; a family with no CIDR listed is open on all its addresses")
 		metricsAddr   = flag.String("metrics-addr", ":9651", "address of /metrics and of the probes /healthz and /readyz")
 		lbClass       = flag.String("lb-class", config.DefaultLoadBalancerClass, "spec.loadBalancerClass of the Services to announce (Services without a class are announced too)")
 		cleanup       = flag.Bool("cleanup", false, "remove everything the speaker made on this node, then exit")

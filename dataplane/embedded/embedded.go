@@ -51,8 +51,9 @@ type Options struct {
 	// HealthTimeout is how long a change may wait for a sync before /healthz says unhealthy;
 	// default 60 s (kube-proxy: twice its 30 s sync period).
 	HealthTimeout time.Duration
-	// ListenHealthCheck opens a healthCheckNodePort listener; default: all addresses.
-	ListenHealthCheck func(port int32) (net.Listener, error)
+	// ListenHealthCheck opens a healthCheckNodePort listener (healthcheck.Binds says where);
+	// default net.Listen.
+	ListenHealthCheck func(network, address string) (net.Listener, error)
 	// ClusterCIDRs are the pods' addresses (--cluster-cidr): with them, traffic from outside
 	// the cluster to a ClusterIP is masqueraded and pods' traffic to an externalTrafficPolicy:
 	// Local address reaches any endpoint, as under kube-proxy with --cluster-cidr. nftables
@@ -61,8 +62,8 @@ type Options struct {
 	// MasqueradeAll masquerades all traffic to ClusterIPs (kube-proxy's --masquerade-all).
 	// nftables only.
 	MasqueradeAll bool
-	// NodePortAddresses are the node addresses NodePorts are open on (--nodeport-addresses;
-	// nftables and IPVS); the zero value: all of them.
+	// NodePortAddresses are the node addresses NodePorts and the healthCheckNodePort listeners
+	// are open on (--nodeport-addresses); the zero value: all of them.
 	NodePortAddresses dataplane.NodePortAddresses
 	// Services and EndpointSlices are informers the caller runs already (the speaker's cache);
 	// the proxy then adds its handlers there instead of keeping a second copy of every Service
@@ -195,8 +196,10 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 		b.nft.SetNodePortAddresses(opts.NodePortAddresses)
 	case b.ipvs != nil:
 		b.ipvs.SetNodePortAddresses(opts.NodePortAddresses)
-	case opts.NodePortAddresses.Primary || len(opts.NodePortAddresses.CIDRs) > 0:
-		opts.Logger.Info("the userspace data plane opens NodePorts on every address of the node; --nodeport-addresses applies to nftables and IPVS")
+	}
+	if b.userspace != nil {
+		// Where it binds NodePorts itself (--dataplane=userspace, and IPVS's userspace ports).
+		b.userspace.SetNodePortAddresses(opts.NodePortAddresses)
 	}
 	if b.nft != nil {
 		b.nft.SetLocalTraffic(nftables.LocalTraffic{ClusterCIDRs: opts.ClusterCIDRs, MasqueradeAll: opts.MasqueradeAll})
@@ -236,7 +239,7 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 		NodeName:  opts.NodeName,
 		Backend:   d.backend,
 		Conntrack: dataplane.KernelConntrack{},
-		OnSynced:  func(st *dataplane.State) { d.checks.Sync(healthcheck.Ports(st)) },
+		OnSynced:  d.syncHealthChecks,
 		OnRepair: func(what string) {
 			if opts.Recorder != nil {
 				node := &corev1.ObjectReference{Kind: "Node", Name: opts.NodeName, UID: types.UID(opts.NodeName)}
@@ -350,6 +353,25 @@ func (d *DataPlane) Run(ctx context.Context) error {
 }
 
 func (d *DataPlane) health() (bool, time.Time) { return d.proxy.Health(d.opts.HealthTimeout) }
+
+// syncHealthChecks brings the healthCheckNodePort listeners in line with a synced state, on the
+// node addresses --nodeport-addresses selects, as kube-proxy binds them.
+func (d *DataPlane) syncHealthChecks(st *dataplane.State) {
+	ports := healthcheck.Ports(st)
+	if len(ports) == 0 {
+		d.checks.Sync(nil, nil) // nothing to listen on: no need to list the node's addresses
+		return
+	}
+	binds, err := healthcheck.Binds(d.opts.NodePortAddresses, st, func() ([]netip.Addr, error) {
+		return dataplane.NodeAddrs(nil, ipvs.DummyLinkName)
+	})
+	if err != nil {
+		// The listeners stay as they are; the next sync tries again.
+		d.opts.Logger.Error("healthCheckNodePort listeners", "err", err)
+		return
+	}
+	d.checks.Sync(ports, binds)
+}
 
 func (d *DataPlane) node() *corev1.Node {
 	n, err := d.nodes.Core().V1().Nodes().Lister().Get(d.opts.NodeName)

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -42,23 +44,65 @@ type ServiceServers struct {
 	node   string
 	view   *dataplane.LocalEndpoints
 	health ProxyHealth
-	listen func(port int32) (net.Listener, error)
+	listen func(network, address string) (net.Listener, error)
 	log    *slog.Logger
 
 	mu      sync.Mutex
 	servers map[types.NamespacedName]*serviceServer
+	// binds are where the open listeners are bound (see Sync).
+	binds []Bind
 }
 
 type serviceServer struct {
 	port int32
-	addr string // where it listens
+	addr string // where its first listener listens
 	srv  *http.Server
 }
 
-// NewServiceServers returns the listeners' manager; listen opens a port (nil: all addresses).
-func NewServiceServers(node string, view *dataplane.LocalEndpoints, health ProxyHealth, listen func(port int32) (net.Listener, error), log *slog.Logger) *ServiceServers {
+// Bind is where a healthCheckNodePort listener binds: a network ("tcp" for both families, "tcp4",
+// "tcp6") and a host ("" for every address of the network).
+type Bind struct{ Network, Host string }
+
+// AllAddresses is one listener on every address of both families.
+var AllAddresses = []Bind{{Network: "tcp"}}
+
+// Binds are where kube-proxy v1.34 (pkg/proxy/healthcheck) opens a healthCheckNodePort: on the
+// node addresses its --nodeport-addresses selects, those NodePorts are open on (np.Select of the
+// node's addresses, given st's node IPs: nodeAddrs lists them, called only when np leaves some
+// out), one listener each; a family np names no address of, on every address of it. A family
+// with no selected address gets no listener (kube-proxy's too).
+func Binds(np dataplane.NodePortAddresses, st *dataplane.State, nodeAddrs func() ([]netip.Addr, error)) ([]Bind, error) {
+	if !np.Restricts(st) {
+		return AllAddresses, nil
+	}
+	addrs, err := nodeAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("listing the node's addresses: %w", err)
+	}
+	selected := np.Select(addrs, st)
+	slices.SortFunc(selected, netip.Addr.Compare)
+	var out []Bind
+	for _, f := range []struct {
+		ipv6    bool
+		network string
+	}{{false, "tcp4"}, {true, "tcp6"}} {
+		if np.All(st, f.ipv6) {
+			out = append(out, Bind{Network: f.network})
+			continue
+		}
+		for _, a := range selected {
+			if a.Is6() == f.ipv6 {
+				out = append(out, Bind{Network: f.network, Host: a.String()})
+			}
+		}
+	}
+	return out, nil
+}
+
+// NewServiceServers returns the listeners' manager; listen opens a listener (nil: net.Listen).
+func NewServiceServers(node string, view *dataplane.LocalEndpoints, health ProxyHealth, listen func(network, address string) (net.Listener, error), log *slog.Logger) *ServiceServers {
 	if listen == nil {
-		listen = func(port int32) (net.Listener, error) { return net.Listen("tcp", ":"+strconv.Itoa(int(port))) }
+		listen = net.Listen
 	}
 	if log == nil {
 		log = slog.Default()
@@ -80,13 +124,16 @@ func Ports(st *dataplane.State) map[types.NamespacedName]int32 {
 	return out
 }
 
-// Sync opens listeners for new Services (or moved ports) and closes the ones no longer wanted.
-// A port that cannot be opened is logged and retried at the next Sync.
-func (s *ServiceServers) Sync(want map[types.NamespacedName]int32) {
+// Sync opens listeners for new Services (or moved ports) on binds and closes the ones no longer
+// wanted; when binds changed (the node's addresses did), every listener moves. A port that cannot
+// be opened on all of binds is logged and retried at the next Sync.
+func (s *ServiceServers) Sync(want map[types.NamespacedName]int32, binds []Bind) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	moved := !slices.Equal(binds, s.binds)
+	s.binds = binds
 	for svc, cur := range s.servers {
-		if port, ok := want[svc]; !ok || port != cur.port {
+		if port, ok := want[svc]; !ok || port != cur.port || moved {
 			cur.srv.Close()
 			delete(s.servers, svc)
 		}
@@ -95,24 +142,39 @@ func (s *ServiceServers) Sync(want map[types.NamespacedName]int32) {
 		if _, ok := s.servers[svc]; ok {
 			continue
 		}
-		ln, err := s.listen(port)
-		if err != nil {
-			s.log.Error("healthCheckNodePort: cannot listen", "service", svc, "port", port, "error", err)
+		var lns []net.Listener
+		var err error
+		for _, b := range binds {
+			var ln net.Listener
+			if ln, err = s.listen(b.Network, net.JoinHostPort(b.Host, strconv.Itoa(int(port)))); err != nil {
+				break
+			}
+			lns = append(lns, ln)
+		}
+		if err != nil || len(lns) == 0 {
+			for _, ln := range lns {
+				ln.Close()
+			}
+			if err != nil {
+				s.log.Error("healthCheckNodePort: cannot listen", "service", svc, "port", port, "error", err)
+			}
 			continue
 		}
 		srv := &http.Server{Handler: s.handler(svc), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			// Sync's Close ends it with ErrServerClosed; anything else is the listener failing.
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				s.log.Error("healthCheckNodePort: serving ended", "service", svc, "port", port, "error", err)
-			}
-		}()
-		s.servers[svc] = &serviceServer{port: port, addr: ln.Addr().String(), srv: srv}
+		for _, ln := range lns {
+			go func() {
+				// Sync's Close ends it with ErrServerClosed; anything else is the listener failing.
+				if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+					s.log.Error("healthCheckNodePort: serving ended", "service", svc, "port", port, "addr", ln.Addr().String(), "error", err)
+				}
+			}()
+		}
+		s.servers[svc] = &serviceServer{port: port, addr: lns[0].Addr().String(), srv: srv}
 	}
 }
 
 // Close stops every listener.
-func (s *ServiceServers) Close() { s.Sync(nil) }
+func (s *ServiceServers) Close() { s.Sync(nil, nil) }
 
 func (s *ServiceServers) handler(svc types.NamespacedName) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -52,10 +53,12 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 	})
 	healthy := true
 	ports := map[int32]string{}
-	listen := func(port int32) (net.Listener, error) {
+	listen := func(_, addr string) (net.Listener, error) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err == nil {
-			ports[port] = ln.Addr().String()
+			_, p, _ := net.SplitHostPort(addr)
+			port, _ := strconv.Atoi(p)
+			ports[int32(port)] = ln.Addr().String()
 		}
 		return ln, err
 	}
@@ -80,7 +83,7 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 	n1 := NewServiceServers("n1", view, func() (bool, time.Time) { return healthy, time.Now() }, listen, nil)
 	n1.Metrics = metrics
 	defer n1.Close()
-	n1.Sync(map[types.NamespacedName]int32{svc: 32000})
+	n1.Sync(map[types.NamespacedName]int32{svc: 32000}, AllAddresses)
 	code, header, body := get(n1, 32000)
 	if code != 200 || body != kubeProxyBody {
 		t.Fatalf("n1: %d %q, want 200 %q", code, body, kubeProxyBody)
@@ -95,7 +98,7 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 	n3 := NewServiceServers("n3", view, func() (bool, time.Time) { return true, time.Now() }, listen, nil)
 	n3.Metrics = metrics
 	defer n3.Close()
-	n3.Sync(map[types.NamespacedName]int32{svc: 32001})
+	n3.Sync(map[types.NamespacedName]int32{svc: 32001}, AllAddresses)
 	code, header, body = get(n3, 32001)
 	if code != 503 || header.Get("X-Load-Balancing-Endpoint-Weight") != "0" {
 		t.Fatalf("n3: %d %s", code, body)
@@ -117,7 +120,7 @@ func TestServiceServerAnswersLikeKubeProxy(t *testing.T) {
 	checkAnswers(t, reg, "service", 1, 2)
 
 	// Removing the Service closes its listener.
-	n1.Sync(nil)
+	n1.Sync(nil, nil)
 	if resp, err := http.Get("http://" + ports[32000] + "/"); err == nil {
 		resp.Body.Close()
 		t.Fatal("listener still open after the Service went away")

@@ -104,12 +104,12 @@ func TestSameAnswerAsKubeProxy(t *testing.T) {
 
 	// Herald's server for the same Service, from the same endpoints.
 	view := dataplane.NewLocalEndpoints()
-	herald := NewServiceServers(node, view, func() (bool, time.Time) { return true, time.Now() }, func(int32) (net.Listener, error) {
+	herald := NewServiceServers(node, view, func() (bool, time.Time) { return true, time.Now() }, func(string, string) (net.Listener, error) {
 		return net.Listen("tcp", "127.0.0.1:0")
 	}, nil)
 	defer herald.Close()
 	key := types.NamespacedName{Namespace: "default", Name: "web"}
-	herald.Sync(map[types.NamespacedName]int32{key: svc.Spec.HealthCheckNodePort})
+	herald.Sync(map[types.NamespacedName]int32{key: svc.Spec.HealthCheckNodePort}, AllAddresses)
 	heraldAddr := herald.servers[key].addr
 
 	kubeProxyURL := "http://127.0.0.1:" + strconv.Itoa(int(svc.Spec.HealthCheckNodePort)) + "/"

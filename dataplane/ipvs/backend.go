@@ -130,7 +130,7 @@ func (b *Backend) Sync(ctx context.Context, req dataplane.SyncRequest) error {
 	if err != nil {
 		return fmt.Errorf("listing node addresses: %w", err)
 	}
-	nodeAddrs = nodePortAddrs(nodeAddrs, b.nodePorts, req.State)
+	nodeAddrs = b.nodePorts.Select(nodeAddrs, req.State)
 	full := req.Full || !slices.Equal(nodeAddrs, b.nodeAddrs)
 	b.nodeAddrs = nodeAddrs
 	var d *delta
@@ -276,18 +276,6 @@ func (b *Backend) SetNodePortAddresses(np dataplane.NodePortAddresses) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.nodePorts = np
-}
-
-// nodePortAddrs keeps the addresses of addrs NodePorts are open on (np, given st's node IPs).
-func nodePortAddrs(addrs []netip.Addr, np dataplane.NodePortAddresses, st *dataplane.State) []netip.Addr {
-	prefixes := [2][]netip.Prefix{np.Prefixes(st, false), np.Prefixes(st, true)}
-	return slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
-		ps := prefixes[0]
-		if a.Is6() {
-			ps = prefixes[1]
-		}
-		return len(ps) > 0 && !slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
-	})
 }
 
 // expand adds fr's virtual servers, NodePorts expanded over the node's addresses, to into.

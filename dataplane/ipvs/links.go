@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/heraldlb/herald/dataplane"
 )
 
 // DummyLinkName is the link that carries every Service IP (ClusterIP, LoadBalancer ingress IP,
@@ -165,31 +167,11 @@ func (l *netlinkLinks) DelServiceIP(a netip.Addr) error {
 }
 
 func (l *netlinkLinks) NodeAddrs() ([]netip.Addr, error) {
-	links, err := l.h.LinkList()
-	if err != nil {
-		return nil, err
+	exclude := l.name
+	if l.loopback {
+		exclude = "" // lo is skipped as a loopback link; its routes are no addresses
 	}
-	skip := map[int]bool{}
-	for _, link := range links {
-		if attrs := link.Attrs(); (attrs.Name == l.name && !l.loopback) || attrs.Flags&net.FlagLoopback != 0 {
-			skip[attrs.Index] = true
-		}
-	}
-	// One dump of every address, rather than one per link (each of which is a full dump too).
-	addrs, err := l.h.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, err
-	}
-	var out []netip.Addr
-	for _, a := range addrs {
-		if skip[a.LinkIndex] {
-			continue
-		}
-		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
-			out = append(out, ip.Unmap())
-		}
-	}
-	return out, nil
+	return dataplane.NodeAddrs(l.h, exclude)
 }
 
 func (l *netlinkLinks) DeleteDummy() error {

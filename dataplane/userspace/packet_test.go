@@ -188,7 +188,13 @@ func (pl *packetLab) kill(n int) {
 
 func (pl *packetLab) sync(ports ...*dataplane.ServicePort) {
 	pl.t.Helper()
-	st := &dataplane.State{Services: map[types.NamespacedName][]*dataplane.ServicePort{}}
+	pl.syncNode(nil, ports...)
+}
+
+// syncNode is sync with the node's primary IPs (the Node object's) in the state.
+func (pl *packetLab) syncNode(nodeIPs []netip.Addr, ports ...*dataplane.ServicePort) {
+	pl.t.Helper()
+	st := &dataplane.State{NodeIPs: nodeIPs, Services: map[types.NamespacedName][]*dataplane.ServicePort{}}
 	for _, p := range ports {
 		st.Services[p.Name.NamespacedName] = append(st.Services[p.Name.NamespacedName], p)
 	}
@@ -621,5 +627,51 @@ func TestStandaloneOverRealPackets(t *testing.T) {
 		if answer, err := ask(pl.client, netip.MustParseAddrPort("172.31.1.1:30080")); err == nil {
 			t.Errorf("the NodePort still answers: %q", answer)
 		}
+	})
+}
+
+// TestStandaloneNodePortAddresses: --dataplane=userspace opens NodePorts only on the node
+// addresses --nodeport-addresses selects, as the kernel backends do (issue 16 item 5): with
+// primary, on the Node object's IPv4 address and every IPv6 address (it has no IPv6 one); the
+// listeners move when that address changes; with a list of CIDRs, on the addresses within them.
+func TestStandaloneNodePortAddresses(t *testing.T) {
+	netnstest.Require(t, "nft")
+	pl := newStandaloneLab(t, Options{ConnectTimeout: 300 * time.Millisecond})
+	for n := 1; n <= 3; n++ {
+		pl.start(n)
+	}
+	tcp := lbService("svc", v1.ProtocolTCP, 8080, false)
+	tcp.NodePort = 30080
+	on := func(t *testing.T, ns, addr string, want bool) {
+		t.Helper()
+		a := netip.AddrPortFrom(netip.MustParseAddr(addr), 30080)
+		answer, err := ask(ns, a)
+		if got := err == nil && strings.HasPrefix(answer, "be"); got != want {
+			t.Errorf("NodePort %s from %s: %q, %v; want answered %v", a, ns, answer, err, want)
+		}
+	}
+	primary := func(a string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(a)} }
+	t.Run("primary", func(t *testing.T) {
+		pl.proxy.SetNodePortAddresses(dataplane.NodePortAddresses{Primary: true})
+		pl.syncNode(primary("172.31.1.1"), tcp)
+		on(t, pl.client, "172.31.1.1", true)
+		on(t, pl.c2, "172.31.2.1", false)
+		on(t, pl.client, "fd00:1::1", true)
+	})
+	t.Run("the node's primary IP changes", func(t *testing.T) {
+		pl.syncNode(primary("172.31.2.1"), tcp)
+		on(t, pl.client, "172.31.1.1", false)
+		on(t, pl.c2, "172.31.2.1", true)
+	})
+	t.Run("CIDRs", func(t *testing.T) {
+		np, err := dataplane.ParseNodePortAddresses("172.31.1.0/24,fd00:244::/32")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl.proxy.SetNodePortAddresses(np)
+		pl.syncNode(primary("172.31.2.1"), tcp)
+		on(t, pl.client, "172.31.1.1", true)
+		on(t, pl.c2, "172.31.2.1", false)
+		on(t, pl.client, "fd00:1::1", false)
 	})
 }

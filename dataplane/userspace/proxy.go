@@ -30,6 +30,7 @@ import (
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/dataplane"
+	"github.com/heraldlb/herald/dataplane/ipvs"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -60,7 +61,11 @@ type Options struct {
 	// ServeAll serves every TCP and UDP port, those not annotated with the default settings
 	// (Standalone: there is no kernel backend to leave them to).
 	ServeAll bool
-	Logger   *slog.Logger
+	// NodeAddrs lists the node's addresses, which Direct mode binds NodePorts on when
+	// SetNodePortAddresses leaves some out; default dataplane.NodeAddrs in the calling thread's
+	// network namespace (the speaker's: the node's).
+	NodeAddrs func() ([]netip.Addr, error)
+	Logger    *slog.Logger
 }
 
 // Proxy is the userspace proxy: a listener per userspace-proxied Service port and kind of
@@ -84,6 +89,10 @@ type Proxy struct {
 	// unserved are the ports ServeAll leaves without traffic: SCTP, which the proxy does not
 	// speak. Only Standalone has them (a kernel backend serves what the proxy does not).
 	unserved map[dataplane.ServicePortName]bool
+	// nodePorts says which node addresses Direct mode binds NodePorts on (SetNodePortAddresses),
+	// nodePortHosts are those addresses as of the last sync (nil: every address, one socket).
+	nodePorts     dataplane.NodePortAddresses
+	nodePortHosts []netip.Addr
 }
 
 // portListeners are the listeners of one Service port.
@@ -121,6 +130,9 @@ func New(opts Options) *Proxy {
 	}
 	if opts.Dial == nil {
 		opts.Dial = (&net.Dialer{}).DialContext
+	}
+	if opts.NodeAddrs == nil {
+		opts.NodeAddrs = func() ([]netip.Addr, error) { return dataplane.NodeAddrs(nil, ipvs.DummyLinkName) }
 	}
 	if opts.ConnectTimeout == 0 {
 		opts.ConnectTimeout = time.Second
@@ -180,6 +192,35 @@ func (p *Proxy) Services() []dataplane.ServicePortName {
 	return out
 }
 
+// SetNodePortAddresses sets the node addresses Direct mode binds NodePorts on, as the kernel
+// backends open them (--nodeport-addresses; the zero value: every address). Call it before the
+// first sync.
+func (p *Proxy) SetNodePortAddresses(np dataplane.NodePortAddresses) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.nodePorts = np
+}
+
+// updateNodePortHosts recomputes the addresses Direct mode binds NodePorts on (for st) and
+// reports whether they changed: the NodePort listeners must then move.
+func (p *Proxy) updateNodePortHosts(st *dataplane.State) (bool, error) {
+	var hosts []netip.Addr
+	if p.opts.Direct && p.nodePorts.Restricts(st) {
+		addrs, err := p.opts.NodeAddrs()
+		if err != nil {
+			return false, fmt.Errorf("listing the node's addresses for NodePorts: %w", err)
+		}
+		hosts = p.nodePorts.Select(addrs, st)
+		slices.SortFunc(hosts, netip.Addr.Compare)
+		if hosts == nil {
+			hosts = []netip.Addr{} // restricted to none: no NodePort socket, not every address
+		}
+	}
+	changed := !slices.Equal(hosts, p.nodePortHosts) || (hosts == nil) != (p.nodePortHosts == nil)
+	p.nodePortHosts = hosts
+	return changed, nil
+}
+
 // open brings the listeners in line with the request's Services before the kernel backend
 // syncs (so it finds the ports to redirect to): new userspace ports get listeners, changed
 // ones their new state; ports that left are retired, to be closed by closeRetired after the
@@ -188,6 +229,14 @@ func (p *Proxy) Services() []dataplane.ServicePortName {
 func (p *Proxy) open(req dataplane.SyncRequest) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	moved, err := p.updateNodePortHosts(req.State)
+	if err != nil {
+		return err
+	}
+	if moved {
+		// Every port's NodePort listener may bind elsewhere now: look at them all.
+		req.Full = true
+	}
 	desired := map[dataplane.ServicePortName]*dataplane.ServicePort{}
 	consider := func(svc types.NamespacedName) {
 		for name := range p.unserved {
@@ -290,8 +339,8 @@ func (p *Proxy) closeListeners(pls []*portListeners) {
 // binds are the socket addresses of a port's cluster or external listener; nil: no listener.
 // With a kernel backend redirecting to the proxy, each listener is one dual-stack socket on a
 // port the kernel picks (external only when the port has external traffic). In Direct mode they
-// are the Service's own addresses and port, and the NodePort on every address of the node
-// (as kube-proxy's old userspace mode opened it).
+// are the Service's own addresses and port, and the NodePort on the node addresses
+// --nodeport-addresses selects (one socket on every address when it selects them all).
 func (p *Proxy) binds(sp *dataplane.ServicePort, external bool) []string {
 	if !p.opts.Direct {
 		if external && !hasExternal(sp) {
@@ -308,7 +357,12 @@ func (p *Proxy) binds(sp *dataplane.ServicePort, external bool) []string {
 		out = append(out, netip.AddrPortFrom(a, uint16(sp.Port)).String())
 	}
 	if external && sp.NodePort != 0 {
-		out = append(out, fmt.Sprintf(":%d", sp.NodePort))
+		if p.nodePortHosts == nil {
+			out = append(out, fmt.Sprintf(":%d", sp.NodePort))
+		}
+		for _, a := range p.nodePortHosts {
+			out = append(out, netip.AddrPortFrom(a, uint16(sp.NodePort)).String())
+		}
 	}
 	return out
 }

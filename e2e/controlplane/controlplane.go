@@ -43,6 +43,16 @@ type Binaries struct {
 // CachedBinaries returns the binaries hack/k8s-bins.sh leaves in ${HERALD_CACHE:-$HOME/.cache/herald},
 // or an error telling how to build them.
 func CachedBinaries() (Binaries, error) {
+	return cached("kubectl", "kube-controller-manager")
+}
+
+// CachedAPIServer is CachedBinaries for a control plane of Config.APIServerOnly: it needs etcd and
+// kube-apiserver only (the IPVS VM carries no more).
+func CachedAPIServer() (Binaries, error) { return cached() }
+
+// cached returns the cached binaries after checking that etcd, kube-apiserver and the named
+// binaries of KubeDir are there.
+func cached(more ...string) (Binaries, error) {
 	cache := os.Getenv("HERALD_CACHE")
 	if cache == "" {
 		home, err := os.UserHomeDir()
@@ -55,8 +65,11 @@ func CachedBinaries() (Binaries, error) {
 		KubeDir: filepath.Join(cache, "k8s-"+KubernetesVersion),
 		Etcd:    filepath.Join(cache, "etcd-"+EtcdVersion, "etcd"),
 	}
-	for _, p := range []string{b.Etcd, b.Kubectl(), filepath.Join(b.KubeDir, "kube-apiserver"),
-		filepath.Join(b.KubeDir, "kube-controller-manager")} {
+	need := []string{b.Etcd, filepath.Join(b.KubeDir, "kube-apiserver")}
+	for _, m := range more {
+		need = append(need, filepath.Join(b.KubeDir, m))
+	}
+	for _, p := range need {
 		if _, err := os.Stat(p); err != nil {
 			return Binaries{}, fmt.Errorf("%s missing: build the Kubernetes binaries once with hack/k8s-bins.sh", p)
 		}
@@ -88,6 +101,13 @@ type Config struct {
 	// then runs kube-scheduler and kube-controller-manager's default controllers (node lifecycle,
 	// EndpointSlice, DaemonSet, Deployment, ...), and the apiserver reaches kubelets by address.
 	RealNodes bool
+	// APIServerOnly runs etcd and kube-apiserver only: no controller manager (nothing needs its
+	// controllers when no Pods are made and no namespace is deleted; the differential test in the
+	// IPVS VM, where every process costs under emulation).
+	APIServerOnly bool
+	// ReadyTimeout bounds the wait for the apiserver's /readyz; default 60 s (under the IPVS VM's
+	// emulation it takes minutes).
+	ReadyTimeout time.Duration
 	// NodeMonitorGracePeriod (RealNodes): how long a Node may go without its kubelet's heartbeat
 	// before the node lifecycle controller marks it NotReady; zero: Kubernetes' default.
 	NodeMonitorGracePeriod time.Duration
@@ -116,6 +136,9 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	}
 	if cfg.Wrap == nil {
 		cfg.Wrap = func(argv []string) []string { return argv }
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 60 * time.Second
 	}
 	if err := os.RemoveAll(cfg.Dir); err != nil {
 		return nil, err
@@ -187,8 +210,11 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	if err := cp.start(cfg, "kube-apiserver", filepath.Join(cfg.Binaries.KubeDir, "kube-apiserver"), apiserverArgs...); err != nil {
 		return nil, err
 	}
-	if err := cp.waitReady(ctx, cfg.Dial); err != nil {
+	if err := cp.waitReady(ctx, cfg.Dial, cfg.ReadyTimeout); err != nil {
 		return nil, err
+	}
+	if cfg.APIServerOnly {
+		return cp, nil
 	}
 	kcmArgs := []string{
 		"--kubeconfig=" + cp.Kubeconfig,
@@ -265,7 +291,7 @@ func (cp *ControlPlane) start(cfg Config, name, binary string, args ...string) e
 	return nil
 }
 
-func (cp *ControlPlane) waitReady(ctx context.Context, dial func(ctx context.Context, network, address string) (net.Conn, error)) error {
+func (cp *ControlPlane) waitReady(ctx context.Context, dial func(ctx context.Context, network, address string) (net.Conn, error), timeout time.Duration) error {
 	rc, err := cp.RESTConfig(dial)
 	if err != nil {
 		return err
@@ -275,7 +301,7 @@ func (cp *ControlPlane) waitReady(ctx context.Context, dial func(ctx context.Con
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
 	for {

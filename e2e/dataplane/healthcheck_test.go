@@ -135,7 +135,7 @@ func expectedHealth(cs kubernetes.Interface, svc *corev1.Service, node string) (
 	}
 	var addr string
 	servers := healthcheck.NewServiceServers(node, view, func() (bool, time.Time) { return true, time.Now() },
-		func(int32) (net.Listener, error) {
+		func(string, string) (net.Listener, error) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err == nil {
 				addr = ln.Addr().String()
@@ -143,7 +143,7 @@ func expectedHealth(cs kubernetes.Interface, svc *corev1.Service, node string) (
 			return ln, err
 		}, nil)
 	defer servers.Close()
-	servers.Sync(map[types.NamespacedName]int32{{Namespace: svc.Namespace, Name: svc.Name}: svc.Spec.HealthCheckNodePort})
+	servers.Sync(map[types.NamespacedName]int32{{Namespace: svc.Namespace, Name: svc.Name}: svc.Spec.HealthCheckNodePort}, healthcheck.AllAddresses)
 	if addr == "" {
 		return lab.HTTPAnswer{}, fmt.Errorf("the reference health-check server did not start")
 	}

@@ -26,6 +26,8 @@ import (
 type Config struct {
 	Kubeconfig string
 	NodeName   string
+	// Backend is the --dataplane to run: "nftables" (the default) or "ipvs".
+	Backend string
 	// HealthAddr is where /healthz is served (embedded.Options.HealthAddr).
 	HealthAddr string
 	// ClusterCIDRs and MasqueradeAll: see embedded.Options.
@@ -36,10 +38,13 @@ type Config struct {
 	Logger            *slog.Logger
 }
 
-// Run runs the nftables data plane until ctx ends.
+// Run runs the data plane until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Backend == "" {
+		cfg.Backend = "nftables"
 	}
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
@@ -75,7 +80,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if !cache.WaitForCacheSync(ctx.Done(), view.HasSynced) {
 		return errors.New("caches did not sync")
 	}
-	backend, err := embedded.Prepare(ctx, "nftables", cfg.Logger)
+	backend, err := embedded.Prepare(ctx, cfg.Backend, cfg.Logger)
 	if err != nil {
 		return err
 	}

@@ -8,12 +8,17 @@
 //
 // The corpus is the issue's rows plus generated Services (seeded). HERALD_PARITY_CASES sets its
 // size (default 520, as in `make test`; the long run uses thousands), HERALD_PARITY_SEED its seed.
+//
+// HERALD_PARITY_MODE=ipvs runs both sides in IPVS mode instead (kube-proxy --proxy-mode=ipvs,
+// Herald --dataplane=ipvs): in the VM of hack/ipvs-vm (hack/ipvs-vm/run-tests.sh), as this
+// machine's kernel has no ip_vs. Differences are then looked up in the IPVS table of the doc.
 package parity_test
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -46,17 +51,62 @@ import (
 // instead of the tests: the test starts it that way inside Herald's node namespace.
 const heraldEnv = "HERALD_PARITY_RUN_HERALD"
 
+// modeEnv picks the proxy mode both sides run: nftables (the default) or ipvs.
+const modeEnv = "HERALD_PARITY_MODE"
+
+// parityMode is a proxy mode the test runs both sides in, and the table of the doc it reads.
+type parityMode struct {
+	name string
+	// marker is the line before the mode's table in docs/parity.md.
+	marker string
+	// tools are the programs the mode needs besides ip, nft and sysctl (kube-proxy's).
+	tools []string
+	// programmed bounds the wait for both sides to program a batch (the canaries).
+	programmed time.Duration
+	// zoneChange bounds the wait for a proxy to follow node A's zone label.
+	zoneChange time.Duration
+	// patient is the timeout of the resampled requests: longer than a SYN's retransmits
+	// within it (1 s, then 2 s more), for IPVS drops the SYN of a new connection that reuses
+	// the tuple of one it still tracks, on either side, and the probes open many.
+	patient time.Duration
+}
+
+var modes = map[string]parityMode{
+	"nftables": {name: "nftables", marker: "<!-- parity-table: read by e2e/parity -->", programmed: 3 * time.Minute, zoneChange: 30 * time.Second, patient: 3 * time.Second},
+	// In the VM, under emulation: kube-proxy runs ipset once per entry, and everything is slower.
+	"ipvs": {name: "ipvs", marker: "<!-- parity-table-ipvs: read by e2e/parity -->", tools: []string{"iptables", "ipset"},
+		programmed: 10 * time.Minute, zoneChange: 2 * time.Minute, patient: 4 * time.Second},
+}
+
+// currentMode is the mode HERALD_PARITY_MODE names.
+func currentMode() (parityMode, error) {
+	name := os.Getenv(modeEnv)
+	if name == "" {
+		name = "nftables"
+	}
+	m, ok := modes[name]
+	if !ok {
+		return parityMode{}, fmt.Errorf("%s=%q: want nftables or ipvs", modeEnv, name)
+	}
+	return m, nil
+}
+
 func TestMain(m *testing.M) {
 	if kubeconfig := os.Getenv(heraldEnv); kubeconfig != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
+		mode, err := currentMode()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
 		var cidrs []netip.Prefix
 		for _, c := range strings.Split(clusterCIDRs, ",") {
 			cidrs = append(cidrs, netip.MustParsePrefix(c))
 		}
 		// As kube-proxy gets --cluster-cidr, Herald gets the speaker's --cluster-cidr; both open
 		// NodePorts on the node's primary IPs (their defaults).
-		err := heraldproxy.Run(ctx, heraldproxy.Config{Kubeconfig: kubeconfig, NodeName: nodeA, HealthAddr: "127.0.0.1:10256",
+		err = heraldproxy.Run(ctx, heraldproxy.Config{Kubeconfig: kubeconfig, NodeName: nodeA, Backend: mode.name, HealthAddr: "127.0.0.1:10256",
 			ClusterCIDRs: cidrs, NodePortAddresses: dataplane.NodePortAddresses{Primary: true},
 			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 		if err != nil {
@@ -82,8 +132,12 @@ func TestKubeProxyParity(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Missing(t, "needs root for network namespaces")
 	}
-	testenv.Tools(t, "ip", "nft", "sysctl")
-	bins, err := controlplane.CachedBinaries()
+	mode, err := currentMode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Tools(t, append([]string{"ip", "nft", "sysctl"}, mode.tools...)...)
+	bins, err := controlplane.CachedAPIServer()
 	if err != nil {
 		testenv.Missing(t, "%v", err)
 	}
@@ -91,7 +145,7 @@ func TestKubeProxyParity(t *testing.T) {
 	if _, err := os.Stat(kubeProxy); err != nil {
 		testenv.Missing(t, "%s missing: build it once with hack/k8s-bins.sh", kubeProxy)
 	}
-	table, err := readParityTable("../../docs/parity.md")
+	table, err := readParityTable("../../docs/parity.md", mode.marker)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +169,7 @@ func TestKubeProxyParity(t *testing.T) {
 		return c, err
 	}
 	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: filepath.Join(dir, "cp"), Binaries: bins, Address: "127.0.0.1",
-		ServiceCIDRs: serviceCIDRs, NodePortRange: "30000-32767", Dial: dialAPI,
+		ServiceCIDRs: serviceCIDRs, NodePortRange: "30000-32767", Dial: dialAPI, APIServerOnly: true, ReadyTimeout: 5 * time.Minute,
 		Wrap: func(argv []string) []string { return append([]string{"ip", "netns", "exec", api}, argv...) }})
 	if err != nil {
 		t.Fatalf("control plane: %v", err)
@@ -155,7 +209,7 @@ func TestKubeProxyParity(t *testing.T) {
 			}
 		})
 	}
-	start(sideKubeProxy, "kube-proxy", []string{kubeProxy, "--kubeconfig=" + cp.Kubeconfig, "--proxy-mode=nftables",
+	start(sideKubeProxy, "kube-proxy", []string{kubeProxy, "--kubeconfig=" + cp.Kubeconfig, "--proxy-mode=" + mode.name,
 		"--hostname-override=" + nodeA, "--cluster-cidr=" + clusterCIDRs,
 		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249", "--conntrack-max-per-core=0"}, nil)
 	start(sideHerald, "herald", []string{self, "-test.run=^$"}, []string{heraldEnv + "=" + cp.Kubeconfig})
@@ -163,16 +217,16 @@ func TestKubeProxyParity(t *testing.T) {
 	n := envInt("HERALD_PARITY_CASES", 520)
 	seed := uint64(envInt("HERALD_PARITY_SEED", 16))
 	cases := corpus(seed, n)
-	t.Logf("corpus: %d cases from seed %d (HERALD_PARITY_CASES, HERALD_PARITY_SEED)", len(cases), seed)
+	t.Logf("corpus: %d cases from seed %d (HERALD_PARITY_CASES, HERALD_PARITY_SEED), both sides in %s mode", len(cases), seed, mode.name)
 	var diffs []difference
 	probes := 0
 	for first := 0; first < len(cases); first += batchSize {
 		batch := cases[first:min(first+batchSize, len(cases))]
 		began := time.Now()
 		apply(t, cs, batch)
-		waitProgrammed(t, cs, procs, first)
+		waitProgrammed(t, cs, procs, first, mode.programmed)
 		applied := time.Now()
-		d, p := compare(batch)
+		d, p := compare(batch, mode.patient)
 		diffs, probes = append(diffs, d...), probes+p
 		t.Logf("cases %d-%d: applied and programmed in %v, %d probes compared on both sides in %v, %d differences",
 			first, first+len(batch)-1, applied.Sub(began).Round(time.Millisecond), p, time.Since(applied).Round(time.Millisecond), len(d))
@@ -180,8 +234,9 @@ func TestKubeProxyParity(t *testing.T) {
 			deleteBatch(t, cs)
 		}
 	}
-	checkZoneChange(t, cs, procs)
-	report(t, table, diffs, probes)
+	// The table's verdict first: the zone change stops the test when it fails.
+	report(t, table, diffs, probes, mode)
+	checkZoneChange(t, cs, procs, mode.zoneChange)
 }
 
 // createNodes creates node A (the proxies' node) and node B with zones and addresses.
@@ -260,7 +315,7 @@ func applyOne(ctx context.Context, cs kubernetes.Interface, c *svcCase) error {
 // sides answer at its ClusterIP. Each proxy reads Services and EndpointSlices in the order they
 // were written, and programs the whole state it has read in each sync: once a canary answers,
 // the batch written before it is in the kernel.
-func waitProgrammed(t *testing.T, cs kubernetes.Interface, procs map[string]proc.Process, round int) {
+func waitProgrammed(t *testing.T, cs kubernetes.Interface, procs map[string]proc.Process, round int, within time.Duration) {
 	t.Helper()
 	var canaries []*svcCase
 	for _, v6 := range []bool{false, true} {
@@ -269,7 +324,7 @@ func waitProgrammed(t *testing.T, cs kubernetes.Interface, procs map[string]proc
 		createNamed(t, cs, c)
 		canaries = append(canaries, c)
 	}
-	deadline := time.Now().Add(3 * time.Minute)
+	deadline := time.Now().Add(within)
 	for _, side := range sides {
 		for _, c := range canaries {
 			dst := netip.AddrPortFrom(c.clusterIP, c.port())
@@ -281,7 +336,7 @@ func waitProgrammed(t *testing.T, cs kubernetes.Interface, procs map[string]proc
 					t.Fatalf("%s exited:\n%s", procs[side].Name, procs[side].Tail(4000))
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("%s did not program canary %s within 3 minutes:\n%s", procs[side].Name, dst, procs[side].Tail(4000))
+					t.Fatalf("%s did not program canary %s within %v:\n%s", procs[side].Name, dst, within, procs[side].Tail(4000))
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
@@ -319,7 +374,7 @@ type difference struct {
 // number of probes. 32 Services are probed at a time, each one's probes in order: with session
 // affinity, which endpoint a probe finds depends on the probes before it from the same source,
 // and the order must be the same on both sides.
-func compare(batch []*svcCase) ([]difference, int) {
+func compare(batch []*svcCase, patient time.Duration) ([]difference, int) {
 	work := make(chan *svcCase)
 	var mu sync.Mutex
 	var diffs []difference
@@ -331,7 +386,7 @@ func compare(batch []*svcCase) ([]difference, int) {
 			defer wg.Done()
 			for c := range work {
 				for _, p := range c.probes() {
-					k, h := outcomes(c, p)
+					k, h := outcomes(c, p, patient)
 					mu.Lock()
 					probes++
 					if k != h {
@@ -360,11 +415,10 @@ const (
 	sampleRequests   = 8
 	resampleRequests = 48
 	dropTimeout      = 800 * time.Millisecond
-	patientTimeout   = 3 * time.Second
 )
 
 // outcomes probes both sides at once and returns what each did.
-func outcomes(c *svcCase, p probe) (k, h string) {
+func outcomes(c *svcCase, p probe, patient time.Duration) (k, h string) {
 	sample := func(n int, timeout time.Duration) map[string]*tally {
 		results := make([]*tally, 2)
 		var wg sync.WaitGroup
@@ -381,7 +435,7 @@ func outcomes(c *svcCase, p probe) (k, h string) {
 	t := sample(sampleRequests, dropTimeout)
 	if t[sideKubeProxy].String(c) != t[sideHerald].String(c) {
 		// A random miss, or a slow first packet under load: look harder before calling it a difference.
-		more := sample(resampleRequests, patientTimeout)
+		more := sample(resampleRequests, patient)
 		for _, side := range sides {
 			t[side].merge(more[side])
 		}
@@ -463,7 +517,7 @@ func sampleSide(ns, proto string, p probe, n int, timeout time.Duration) *tally 
 
 // report matches every difference against the parity table and fails the test on the ones no
 // row explains.
-func report(t *testing.T, table []tableRow, diffs []difference, probes int) {
+func report(t *testing.T, table []tableRow, diffs []difference, probes int, mode parityMode) {
 	t.Helper()
 	explained := make([]int, len(table))
 	var unexplained []difference
@@ -482,15 +536,24 @@ func report(t *testing.T, table []tableRow, diffs []difference, probes int) {
 		explained[row]++
 	}
 	for i, r := range table {
-		t.Logf("parity table row %q (%s): %d differences", r.item, r.when, explained[i])
+		t.Logf("%s parity table row %q (%s): %d differences", mode.name, r.item, r.when, explained[i])
 	}
-	t.Logf("%d probes, %d differences, %d explained by docs/parity.md, %d not", probes, len(diffs), len(diffs)-len(unexplained), len(unexplained))
+	t.Logf("%d probes, %d differences, %d explained by the %s table of docs/parity.md, %d not", probes, len(diffs), len(diffs)-len(unexplained), mode.name, len(unexplained))
 	for i, d := range unexplained {
 		if i == 40 {
 			t.Errorf("... and %d more", len(unexplained)-i)
 			break
 		}
-		t.Errorf("difference not in docs/parity.md: %s\n  case %s\n  kube-proxy: %s\n  herald:     %s", d.p, d.c.describe(), d.kubeProxy, d.herald)
+		t.Errorf("difference not in the %s table of docs/parity.md: %s\n  case %s\n  kube-proxy: %s\n  herald:     %s", mode.name, d.p, d.c.describe(), d.kubeProxy, d.herald)
+	}
+	// All of them by the attributes rows usually name, for writing a row (only 40 are shown).
+	groups := map[string]int{}
+	for _, d := range unexplained {
+		groups[fmt.Sprintf("src=%s dst=%s proto=%s etp=%s itp=%s affinity=%s ranges=%s local-endpoints=%s", d.attrs["src"], d.attrs["dst"],
+			d.attrs["proto"], d.attrs["etp"], d.attrs["itp"], d.attrs["affinity"], d.attrs["ranges"], d.attrs["local-endpoints"])]++
+	}
+	for _, g := range slices.Sorted(maps.Keys(groups)) {
+		t.Logf("not in the table: %d x %s", groups[g], g)
 	}
 }
 
@@ -513,14 +576,14 @@ func (r tableRow) matches(attrs map[string]string) bool {
 // readParityTable reads the rows of the table that follows the marker line in path. The second
 // column holds the condition in backquotes: space-separated key=value, a value may list
 // alternatives with "|", escaped in the Markdown (`src=pod\|node dst=lb etp=Local`).
-func readParityTable(path string) ([]tableRow, error) {
+func readParityTable(path, marker string) ([]tableRow, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	_, after, ok := strings.Cut(string(b), "<!-- parity-table: read by e2e/parity -->")
+	_, after, ok := strings.Cut(string(b), marker)
 	if !ok {
-		return nil, fmt.Errorf("%s: no parity-table marker", path)
+		return nil, fmt.Errorf("%s: no line %s", path, marker)
 	}
 	var rows []tableRow
 	header := false

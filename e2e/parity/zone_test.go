@@ -18,7 +18,7 @@ import (
 // endpoint hinted for the node's new zone (issue 16 item 2). A Service with zone hints has one
 // endpoint on each node, each hinted for its own node's zone: from node A's pod its ClusterIP
 // answers from a1 while node A is in zone A, from b1 once it is in zone B.
-func checkZoneChange(t *testing.T, cs kubernetes.Interface, procs map[string]proc.Process) {
+func checkZoneChange(t *testing.T, cs kubernetes.Interface, procs map[string]proc.Process, within time.Duration) {
 	t.Helper()
 	c := &svcCase{name: "zone-change", proto: corev1.ProtocolTCP, ranges: rangesNone, topology: topoHints,
 		endpoints: []endpoint{{endpointPods[0], conditions[0]}, {endpointPods[2], conditions[0]}}, index: 10100}
@@ -30,7 +30,7 @@ func checkZoneChange(t *testing.T, cs kubernetes.Interface, procs map[string]pro
 	answersFrom := func(backend string) time.Duration {
 		began := time.Now()
 		for _, side := range sides {
-			deadline := time.Now().Add(30 * time.Second)
+			deadline := time.Now().Add(within)
 			for run := 0; run < 8; {
 				r := request(nsName(side, "ac"), "TCP", netip.Addr{}, dst, 500*time.Millisecond)
 				if r.kind == answered && r.backend == backend {
@@ -42,7 +42,7 @@ func checkZoneChange(t *testing.T, cs kubernetes.Interface, procs map[string]pro
 					t.Fatalf("%s exited:\n%s", procs[side].Name, procs[side].Tail(4000))
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("%s: %s still not answered only by %s after 30 s (last: %s %s %v)", procs[side].Name, dst, backend, r.kind, r.backend, r.err)
+					t.Fatalf("%s: %s still not answered only by %s after %v (last: %s %s %v)", procs[side].Name, dst, backend, within, r.kind, r.backend, r.err)
 				}
 				time.Sleep(100 * time.Millisecond)
 			}

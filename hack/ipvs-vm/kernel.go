@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"os/exec"
@@ -17,7 +18,7 @@ import (
 type vmEnv struct {
 	version     string // kernel ABI, e.g. 6.1.0-56-cloud-amd64
 	vmlinuz     string
-	baseArchive string // uncompressed newc cpio: busybox, modules, nft, ipvsadm, /init
+	baseArchive string // uncompressed newc cpio: busybox, modules, the tools of imageTools, /init
 }
 
 // hostTools are what the runner needs on the host, with the Debian package that provides each.
@@ -28,6 +29,37 @@ var hostTools = []struct{ bin, pkg string }{
 	{"cpio", "cpio"},
 	{"nft", "nftables"},
 	{"ipvsadm", "ipvsadm"},
+	{"ip", "iproute2"},
+	{"xtables-nft-multi", "iptables"},
+	{"ipset", "ipset"},
+}
+
+// imageTools are the host binaries copied into the image with their libraries: nft for Herald's
+// backends (knftables runs it), ipvsadm for the tests, iproute2's ip for the tests' `ip netns`
+// (busybox's ip has none), and iptables (its nft flavour) and ipset for kube-proxy's IPVS mode,
+// which the differential test runs there (e2e/parity).
+var imageTools = []string{"nft", "ipvsadm", "ip", "ipset", "xtables-nft-multi"}
+
+// iptablesNames are the names kube-proxy calls iptables by; each is xtables-nft-multi, which
+// acts by the name it is called under.
+var iptablesNames = []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"}
+
+// etcFiles are copied from the host: ipset parses "tcp" and "udp" in kube-proxy's entries with
+// getprotobyname, which reads /etc/protocols.
+var etcFiles = []string{"/etc/protocols", "/etc/services"}
+
+// xtablesDir holds iptables' match and target extensions, which it loads with dlopen (ldd does
+// not list them).
+const xtablesDir = "/usr/lib/x86_64-linux-gnu/xtables"
+
+// recipe names the base image's contents: the image is cached per kernel and recipe, so a change
+// of what goes into it builds a new one instead of reusing a stale one.
+func recipe() string {
+	h := fnv.New32a()
+	for _, part := range [][]string{loadAtBoot, imageTools, iptablesNames, etcFiles, {xtablesDir, imageModules.String(), initScript}} {
+		fmt.Fprintln(h, strings.Join(part, "\x00"))
+	}
+	return fmt.Sprintf("%08x", h.Sum32())
 }
 
 // loadAtBoot are the modules init loads explicitly; everything else in the image is loaded on demand
@@ -57,20 +89,21 @@ func prepare(ctx context.Context, version string) (*vmEnv, error) {
 		}
 		cache = filepath.Join(home, ".cache", "herald")
 	}
+	suffix := "-" + recipe()
 	if version == "" {
 		v, err := candidateKernel(ctx)
 		if err != nil {
-			// Offline: fall back to the newest kernel already cached.
-			cached, _ := filepath.Glob(filepath.Join(cache, "ipvs-vm-*", "base.cpio"))
+			// Offline: fall back to the newest kernel already cached with this recipe.
+			cached, _ := filepath.Glob(filepath.Join(cache, "ipvs-vm-*"+suffix, "base.cpio"))
 			if len(cached) == 0 {
 				return nil, skipError{fmt.Sprintf("cannot find Debian's cloud kernel with apt-cache (%v) and none is cached", err)}
 			}
 			sort.Strings(cached)
-			v = strings.TrimPrefix(filepath.Base(filepath.Dir(cached[len(cached)-1])), "ipvs-vm-")
+			v = strings.TrimSuffix(strings.TrimPrefix(filepath.Base(filepath.Dir(cached[len(cached)-1])), "ipvs-vm-"), suffix)
 		}
 		version = v
 	}
-	dir := filepath.Join(cache, "ipvs-vm-"+version)
+	dir := filepath.Join(cache, "ipvs-vm-"+version+suffix)
 	env := &vmEnv{version: version, vmlinuz: filepath.Join(dir, "vmlinuz"), baseArchive: filepath.Join(dir, "base.cpio")}
 	if _, err := os.Stat(env.baseArchive); err == nil {
 		return env, nil
@@ -176,8 +209,25 @@ func buildImage(ctx context.Context, version, tmp string) error {
 	if err := copyFile(busybox, filepath.Join(root, "bin", "busybox"), 0o755); err != nil {
 		return err
 	}
-	for _, bin := range []string{"nft", "ipvsadm"} {
+	for _, bin := range imageTools {
 		if err := stageDynamicBinary(bin, root); err != nil {
+			return err
+		}
+	}
+	multi, err := exec.LookPath("xtables-nft-multi")
+	if err != nil {
+		return err
+	}
+	for _, name := range iptablesNames {
+		if err := os.Symlink("xtables-nft-multi", filepath.Join(root, filepath.Dir(multi), name)); err != nil {
+			return err
+		}
+	}
+	if err := copyDir(xtablesDir, filepath.Join(root, xtablesDir)); err != nil {
+		return err
+	}
+	for _, f := range etcFiles {
+		if err := copyFile(f, filepath.Join(root, f), 0o644); err != nil {
 			return err
 		}
 	}
@@ -294,6 +344,22 @@ func stageDynamicBinary(name, root string) error {
 		}
 		if err := copyFile(real, filepath.Join(root, f), 0o755); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// copyDir copies the files of src (symbolic links followed; not its subdirectories) into dst.
+func copyDir(src, dst string) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			if err := copyFile(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name()), 0o644); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

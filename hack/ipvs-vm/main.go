@@ -4,6 +4,13 @@
 //
 //	go run ./hack/ipvs-vm -test ./dataplane/ipvs,./dataplane/backendspec
 //	go run ./hack/ipvs-vm -build ./bench/ipvs -- -services 10000
+//	go run ./hack/ipvs-vm -m 4096 -test ./e2e/parity -file docs/parity.md \
+//		-file $HERALD_CACHE/etcd-v3.6.5/etcd=/herald/cache/etcd-v3.6.5/etcd -env HERALD_CACHE=/herald/cache
+//
+// A test binary runs in /herald/tree/<its package's directory>, as `go test` runs it in the
+// package's directory; -file PATH puts the file PATH (relative to the module) at the same place
+// under /herald/tree, so a test reading ../../docs/x.md finds it; -file SRC=DEST puts SRC at the
+// absolute path DEST (binaries the tests run). -env K=V sets a variable for every payload.
 //
 // The kernel package is fetched once with apt-get download and cached, with a base initramfs (busybox,
 // modules, nft, ipvsadm and their libraries), under ${HERALD_CACHE:-$HOME/.cache/herald}/ipvs-vm-<ver>/.
@@ -26,6 +33,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -43,7 +51,21 @@ func main() {
 		timeout  = flag.Duration("timeout", 20*time.Minute, "hard limit for the whole VM run")
 		memory   = flag.String("m", "2048", "VM memory in MiB")
 		console  = flag.Bool("console", false, "print the kernel console as well (it is always printed on failure)")
+		files    []extraFile
+		envVars  []string
 	)
+	flag.Func("file", "PATH (relative, put at /herald/tree/PATH) or SRC=DEST (DEST absolute): a file the payload needs; repeatable", func(v string) error {
+		f, err := parseExtraFile(v)
+		files = append(files, f)
+		return err
+	})
+	flag.Func("env", "K=V: an environment variable for every payload; repeatable", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+			return fmt.Errorf("%q is not K=V", v)
+		}
+		envVars = append(envVars, v)
+		return nil
+	})
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: ipvs-vm (-test PKG[,PKG...] | -build PKG | -bin FILE) [flags] [-- payload args]\n")
 		flag.PrintDefaults()
@@ -69,51 +91,66 @@ func main() {
 	if err != nil {
 		fatalf("%v", err)
 	}
-	defer os.RemoveAll(work)
+	// The work directory holds the payload archive (hundreds of MB with the Kubernetes
+	// binaries): removed on every way out, so it runs in a function of its own.
+	code, err := runVM(ctx, env, work, *testPkg, *buildPkg, *binPath, files, envVars, *timeout, *memory, *console)
+	if rmErr := os.RemoveAll(work); rmErr != nil {
+		fmt.Fprintf(os.Stderr, "ipvs-vm: %v\n", rmErr)
+	}
+	cancel()
+	if err != nil {
+		fatalf("%v", err)
+	}
+	os.Exit(code)
+}
 
+// runVM builds the payloads in work, boots the VM and returns the exit status for the run.
+func runVM(ctx context.Context, env *vmEnv, work, testPkg, buildPkg, binPath string, files []extraFile, envVars []string,
+	timeout time.Duration, memory string, console bool) (int, error) {
 	var payloads []payload
-	if *testPkg != "" {
-		for i, pkg := range strings.Split(*testPkg, ",") {
-			p := payload{pkg: pkg, file: filepath.Join(work, fmt.Sprintf("payload%d", i)),
+	if testPkg != "" {
+		for i, pkg := range strings.Split(testPkg, ",") {
+			p := payload{pkg: pkg, file: filepath.Join(work, fmt.Sprintf("payload%d", i)), dir: path.Join(treeDir, path.Clean(pkg)),
 				// Verbose output is how results are counted; a later -test.v in args still wins.
 				args: append([]string{"-test.v"}, flag.Args()...)}
 			if err := goBuild(ctx, p.file, "test", "-c", pkg); err != nil {
-				fatalf("%v", err)
+				return 0, err
 			}
 			payloads = append(payloads, p)
 		}
-	} else if *buildPkg != "" {
-		p := payload{pkg: *buildPkg, file: filepath.Join(work, "payload0"), args: flag.Args()}
-		if err := goBuild(ctx, p.file, "build", *buildPkg); err != nil {
-			fatalf("%v", err)
+	} else if buildPkg != "" {
+		p := payload{pkg: buildPkg, file: filepath.Join(work, "payload0"), args: flag.Args()}
+		if err := goBuild(ctx, p.file, "build", buildPkg); err != nil {
+			return 0, err
 		}
 		payloads = append(payloads, p)
 	} else {
-		p := payload{pkg: *binPath, file: filepath.Join(work, "payload0"), args: flag.Args()}
-		if err := copyFile(*binPath, p.file, 0o755); err != nil {
-			fatalf("%v", err)
+		p := payload{pkg: binPath, file: filepath.Join(work, "payload0"), args: flag.Args()}
+		if err := copyFile(binPath, p.file, 0o755); err != nil {
+			return 0, err
 		}
 		payloads = append(payloads, p)
 	}
 	initrd := filepath.Join(work, "initrd")
-	if err := writeInitrd(initrd, env.baseArchive, payloads, *timeout); err != nil {
-		fatalf("initrd: %v", err)
+	if err := writeInitrd(initrd, env.baseArchive, payloads, files, envVars, timeout); err != nil {
+		return 0, fmt.Errorf("initrd: %w", err)
 	}
 	start := time.Now()
-	res, err := boot(ctx, env, initrd, work, *memory, *console)
+	res, err := boot(ctx, env, initrd, work, memory, console)
 	if err != nil {
-		fatalf("%v", err)
+		return 0, err
 	}
 	fmt.Printf("ipvs-vm: kernel %s, %.1fs in the VM: %d passed, %d failed, %d skipped, exit status %d\n",
 		env.version, time.Since(start).Seconds(), res.passed, res.failed, res.skipped, res.exit)
 	switch {
 	case res.exit < 0:
-		fatalf("the payload did not finish (no %q marker): see the console above", strings.TrimSpace(exitMarker))
+		return 0, fmt.Errorf("the payload did not finish (no %q marker): see the console above", strings.TrimSpace(exitMarker))
 	case res.exit != 0 || res.failed > 0:
-		os.Exit(1)
-	case *testPkg != "" && res.passed == 0:
-		fatalf("no test passed in the VM")
+		return 1, nil
+	case testPkg != "" && res.passed == 0:
+		return 0, errors.New("no test passed in the VM")
 	}
+	return 0, nil
 }
 
 func btoi(b bool) int {
@@ -150,11 +187,36 @@ type payload struct {
 	pkg  string
 	file string
 	args []string
+	// dir is where it runs (a test: its package's directory under treeDir); empty: /tmp.
+	dir string
 }
 
-// writeInitrd concatenates the cached base archive with a second cpio archive holding the payloads
-// and the script init runs; the kernel unpacks concatenated archives in order.
-func writeInitrd(dst, base string, payloads []payload, timeout time.Duration) error {
+// treeDir mirrors the module's tree in the VM: test binaries run in their package's directory
+// there, and -file PATH puts files at their place in it.
+const treeDir = "/herald/tree"
+
+// extraFile is a file of -file: src on the host, dst in the VM.
+type extraFile struct{ src, dst string }
+
+func parseExtraFile(v string) (extraFile, error) {
+	src, dst, ok := strings.Cut(v, "=")
+	switch {
+	case !ok && !filepath.IsLocal(src):
+		return extraFile{}, fmt.Errorf("-file %s: a path without =DEST must be relative, inside the module", v)
+	case !ok:
+		return extraFile{src: src, dst: path.Join(treeDir, filepath.ToSlash(src))}, nil
+	case !path.IsAbs(dst):
+		return extraFile{}, fmt.Errorf("-file %s: DEST must be absolute", v)
+	}
+	return extraFile{src: src, dst: path.Clean(dst)}, nil
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// writeInitrd concatenates the cached base archive with a second cpio archive holding the payloads,
+// the extra files and the script init runs; the kernel unpacks concatenated archives in order.
+func writeInitrd(dst, base string, payloads []payload, files []extraFile, env []string, timeout time.Duration) error {
 	stage, err := os.MkdirTemp(filepath.Dir(dst), "stage-")
 	if err != nil {
 		return err
@@ -162,8 +224,16 @@ func writeInitrd(dst, base string, payloads []payload, timeout time.Duration) er
 	if err := os.MkdirAll(filepath.Join(stage, "herald"), 0o755); err != nil {
 		return err
 	}
+	for _, f := range files {
+		if err := linkOrCopy(f.src, filepath.Join(stage, filepath.FromSlash(f.dst))); err != nil {
+			return fmt.Errorf("-file %s: %w", f.src, err)
+		}
+	}
 	// The run script runs every payload, even after a failure, and exits non-zero if any failed.
 	run := "#!/bin/sh\nrc=0\n"
+	for _, e := range env {
+		run += "export " + shellQuote(e) + "\n"
+	}
 	for i, p := range payloads {
 		name := fmt.Sprintf("payload%d", i)
 		if err := os.Rename(p.file, filepath.Join(stage, "herald", name)); err != nil {
@@ -171,9 +241,16 @@ func writeInitrd(dst, base string, payloads []payload, timeout time.Duration) er
 		}
 		quoted := make([]string, len(p.args))
 		for j, a := range p.args {
-			quoted[j] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+			quoted[j] = shellQuote(a)
 		}
-		run += fmt.Sprintf("echo '### %s'\n/herald/%s %s || rc=1\n", p.pkg, name, strings.Join(quoted, " "))
+		dir := "/tmp"
+		if p.dir != "" {
+			dir = p.dir
+			if err := os.MkdirAll(filepath.Join(stage, filepath.FromSlash(dir)), 0o755); err != nil {
+				return err
+			}
+		}
+		run += fmt.Sprintf("echo '### %s'\n(cd %s && /herald/%s %s) || rc=1\n", p.pkg, shellQuote(dir), name, strings.Join(quoted, " "))
 	}
 	run += "exit $rc\n"
 	if err := os.WriteFile(filepath.Join(stage, "herald", "run"), []byte(run), 0o755); err != nil {
@@ -198,6 +275,25 @@ func writeInitrd(dst, base string, payloads []payload, timeout time.Duration) er
 		return err
 	}
 	return cpioDir(stage, out)
+}
+
+// linkOrCopy puts src at dst, a hard link where it can (the Kubernetes binaries are 100 MB each).
+func linkOrCopy(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	real, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return err
+	}
+	if os.Link(real, dst) == nil {
+		return nil
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return err
+	}
+	return copyFile(real, dst, fi.Mode().Perm())
 }
 
 // cpioDir writes dir as a newc cpio archive to w.
