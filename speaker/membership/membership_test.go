@@ -500,34 +500,12 @@ func TestPayloadTravelsUntilAcked(t *testing.T) {
 func TestVersion1PeerGetsVersion1(t *testing.T) {
 	key := DeriveKey([]byte("k"))
 	a := newMember(t, "a", key)
-	old, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	oldAddr := old.LocalAddr().(*net.UDPAddr).AddrPort()
-	a.SetPeers(map[string]netip.AddrPort{"old": oldAddr})
+	old := listenOldPeer(t, a)
 	a.SetPayload([]byte("claims"))
 	stop := run(a)
 	defer stop()
-	hello, err := (&message{Version: wireV1, Name: "old", Epoch: 1, Seq: 1, SentNS: time.Now().UnixNano(), Payload: []byte("mine"), Carries: true}).marshal(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64<<10)
-	for seq := uint64(2); ; seq++ {
-		if _, err := old.WriteToUDPAddrPort(hello, a.LocalAddr()); err != nil {
-			t.Fatal(err)
-		}
-		_ = old.SetReadDeadline(time.Now().Add(2 * time.Second))
-		n, _, err := old.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			t.Fatalf("no heartbeat from a: %v", err)
-		}
-		m, err := unmarshal(buf[:n], key)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for seq := uint64(1); ; seq++ {
+		m := old.exchange(t, message{Version: wireV1, Name: "old", Epoch: 1, Seq: seq, SentNS: time.Now().UnixNano(), Payload: []byte("mine"), Carries: true})
 		if m.Version == wireV1 {
 			if string(m.Payload) != "claims" {
 				t.Fatalf("version 1 heartbeat carries %q", m.Payload)
@@ -537,11 +515,51 @@ func TestVersion1PeerGetsVersion1(t *testing.T) {
 		if seq > 50 {
 			t.Fatal("a never spoke version 1 to its version 1 peer")
 		}
-		hello, _ = (&message{Version: wireV1, Name: "old", Epoch: 1, Seq: seq, SentNS: time.Now().UnixNano(), Payload: []byte("mine"), Carries: true}).marshal(key)
 	}
 	if got := string(a.View().Alive["old"].Payload); got != "mine" {
 		t.Errorf("a holds %q from its version 1 peer, want mine", got)
 	}
+}
+
+// oldPeer is a peer of an earlier release, played by the test on a socket of its own: a's only
+// peer, named "old".
+type oldPeer struct {
+	conn *net.UDPConn
+	a    *Membership
+	buf  []byte
+}
+
+func listenOldPeer(t *testing.T, a *Membership) *oldPeer {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	a.SetPeers(map[string]netip.AddrPort{"old": conn.LocalAddr().(*net.UDPAddr).AddrPort()})
+	return &oldPeer{conn: conn, a: a, buf: make([]byte, 64<<10)}
+}
+
+// exchange sends hello to a and returns the next heartbeat a sends back.
+func (o *oldPeer) exchange(t *testing.T, hello message) *message {
+	t.Helper()
+	b, err := hello.marshal(o.a.cfg.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.conn.WriteToUDPAddrPort(b, o.a.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	_ = o.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, _, err := o.conn.ReadFromUDPAddrPort(o.buf)
+	if err != nil {
+		t.Fatalf("no heartbeat from a: %v", err)
+	}
+	m, err := unmarshal(o.buf[:n], o.a.cfg.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // TestRealtimeDeniedNamesTheCause: EPERM from sched_setattr means a missing CAP_SYS_NICE only
@@ -625,34 +643,13 @@ func TestChunksAreReassembledWhateverTheirOrder(t *testing.T) {
 func TestPeerWithoutChunksGetsNoChunks(t *testing.T) {
 	key := DeriveKey([]byte("k"))
 	a := newMember(t, "a", key)
-	old, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	a.SetPeers(map[string]netip.AddrPort{"old": old.LocalAddr().(*net.UDPAddr).AddrPort()})
+	old := listenOldPeer(t, a)
 	a.SetPayload(make([]byte, 2*MaxPayload))
 	stop := run(a)
 	defer stop()
-	buf := make([]byte, 64<<10)
 	heard := 0
 	for seq := uint64(1); seq <= 20; seq++ {
-		hello, err := (&message{Version: wireV2, Name: "old", Epoch: 1, Seq: seq, SentNS: time.Now().UnixNano(), PayloadVersion: 1, Payload: []byte("mine"), Carries: true}).marshal(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := old.WriteToUDPAddrPort(hello, a.LocalAddr()); err != nil {
-			t.Fatal(err)
-		}
-		_ = old.SetReadDeadline(time.Now().Add(2 * time.Second))
-		n, _, err := old.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			t.Fatalf("no heartbeat from a: %v", err)
-		}
-		m, err := unmarshal(buf[:n], key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := old.exchange(t, message{Version: wireV2, Name: "old", Epoch: 1, Seq: seq, SentNS: time.Now().UnixNano(), PayloadVersion: 1, Payload: []byte("mine"), Carries: true})
 		if m.Chunks > 0 || m.Carries {
 			t.Fatalf("a sent its peer of an earlier release state it cannot read: chunk %d of %d, %d bytes", m.Chunk, m.Chunks, len(m.Payload))
 		}
