@@ -98,18 +98,7 @@ func BenchmarkFailoverAt100Members(b *testing.B) {
 	allAlive()
 
 	// Steady state: CPU per heartbeat handled (sent or received, each with its HMAC), all members.
-	accepted := func() float64 {
-		t := 0.0
-		for _, r := range regs {
-			mf, _ := r.Gather()
-			for _, f := range mf {
-				if f.GetName() == "herald_membership_messages_accepted_total" {
-					t += f.GetMetric()[0].GetCounter().GetValue()
-				}
-			}
-		}
-		return t
-	}
+	accepted := func() float64 { return counterSum(regs, "herald_membership_messages_accepted_total") }
 	a0, c0 := accepted(), processCPU()
 	time.Sleep(3 * time.Second)
 	perHeartbeat := (processCPU() - c0).Seconds() / (2 * (accepted() - a0)) // each accepted one was also sent

@@ -628,18 +628,7 @@ func BenchmarkHeartbeats(b *testing.B) {
 				})
 			}
 			time.Sleep(2 * time.Second) // converge: every state delivered and acknowledged
-			sent := func() float64 {
-				t := 0.0
-				for _, r := range regs {
-					mf, _ := r.Gather()
-					for _, f := range mf {
-						if f.GetName() == "herald_membership_bytes_sent_total" {
-							t += f.GetMetric()[0].GetCounter().GetValue()
-						}
-					}
-				}
-				return t
-			}
+			sent := func() float64 { return counterSum(regs, "herald_membership_bytes_sent_total") }
 			s0, t0 := sent(), time.Now()
 			time.Sleep(3 * time.Second)
 			perNode := (sent() - s0) / time.Since(t0).Seconds() / float64(members)
@@ -652,4 +641,18 @@ func BenchmarkHeartbeats(b *testing.B) {
 			emit(label+": bytes/s sent per node (wire v1, before, from its format)", v1, "B/s")
 		}
 	}
+}
+
+// counterSum adds up the counter name (a metric without labels) over the members' registries.
+func counterSum(regs []*prometheus.Registry, name string) float64 {
+	t := 0.0
+	for _, r := range regs {
+		mf, _ := r.Gather()
+		for _, f := range mf {
+			if f.GetName() == name {
+				t += f.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+	}
+	return t
 }
