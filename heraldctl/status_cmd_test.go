@@ -74,7 +74,7 @@ func TestStatusAgainstRealAPIServer(t *testing.T) {
 	spk.Status = v1beta1.SpeakerStatusStatus{
 		LastUpdate: &since, AnnouncedIPs: 1, MembersAlive: 3, BGPSessionsUp: 1, BGPSessionsTotal: 1,
 		Announcements: []v1beta1.Announcement{{IP: "192.0.2.3", Protocol: v1beta1.ProtocolBGP, Peers: []string{"tor"}}},
-		BGPSessions:   []v1beta1.BGPSessionStatus{{Peer: "tor", PeerAddress: "10.0.0.1", State: "Established", BFDState: "Up", Since: &since, PrefixesAdvertised: 1}},
+		BGPSessions:   []v1beta1.BGPSessionStatus{{Peer: "tor", PeerAddress: "10.0.0.1", State: "Established", BFDState: "Up", Since: &since}},
 		Dataplane:     v1beta1.DataplaneStatus{Backend: "nftables"},
 	}
 	mustUpdateStatus(t, c, spk)

@@ -34,6 +34,27 @@ type SpeakerStatusStatus struct {
 
 	// AnnouncedIPs counts this node's announcements (all of them, also beyond the listed ones).
 	AnnouncedIPs int32 `json:"announcedIPs"`
+	// BGPListing says which BGP announcements are listed. Deviations: only those of
+	// externalTrafficPolicy: Local Services (they follow this node's endpoints), the others
+	// being derived by readers from the sessions, the BGPAdvertisements and the Nodes' labels
+	// (bgpconfig.BGPAnnouncers), less bgpDeviations and everything when bgpWithheld is set.
+	// Absent: an older speaker's status, listing every IP it advertises.
+	// +optional
+	BGPListing BGPListing `json:"bgpListing,omitempty"`
+	// BGPWithheld says why this node advertises no Service IP by BGP at all, though sessions
+	// may be up (the node is cordoned, or labelled to be excluded from load balancers); empty
+	// when it advertises.
+	// +optional
+	BGPWithheld string `json:"bgpWithheld,omitempty"`
+	// BGPDeviationsTotal counts this node's deviations (also beyond the listed ones).
+	// +optional
+	BGPDeviationsTotal int32 `json:"bgpDeviationsTotal,omitempty"`
+	// BGPDeviations: IPs this node's BGP translation selects for an Established session but that
+	// it does not advertise, with the reason, sorted by IP; at most MaxListedDeviations. Empty
+	// at steady state.
+	// +listType=atomic
+	// +optional
+	BGPDeviations []BGPDeviation `json:"bgpDeviations,omitempty"`
 	// Announcements: each IP this node makes reachable, and how, sorted by IP; at most
 	// MaxListedAnnouncements are listed (announcedIPs has the total). Written at most every
 	// few seconds on a node with many IPs (see the speaker's statusLoop).
@@ -74,6 +95,27 @@ const (
 	ProtocolL2  AnnouncementProtocol = "L2"
 	ProtocolBGP AnnouncementProtocol = "BGP"
 )
+
+// BGPListing is what a SpeakerStatus lists of its BGP announcements.
+// +kubebuilder:validation:Enum=Deviations
+type BGPListing string
+
+// BGPListingDeviations: the status lists the BGP IPs of externalTrafficPolicy: Local Services
+// and the deviations only.
+const BGPListingDeviations BGPListing = "Deviations"
+
+// MaxListedDeviations bounds SpeakerStatus's bgpDeviations: at steady state the list is empty,
+// and a node that cannot advertise more than this many IPs is counted as advertising none of
+// the derived ones (readers cannot tell which).
+const MaxListedDeviations = 100
+
+// BGPDeviation is one IP the node's translation selects for an Established session that the
+// node does not advertise.
+type BGPDeviation struct {
+	IP string `json:"ip"`
+	// Reason: why (the route was refused, and the error).
+	Reason string `json:"reason"`
+}
 
 // MaxListedAnnouncements bounds SpeakerStatus's announcements, so that the object stays far below
 // etcd's request size limit (1.5 MiB) however many Services there are: at about 100 bytes an entry,
@@ -117,9 +159,6 @@ type BGPSessionStatus struct {
 	// Since the session entered State.
 	// +optional
 	Since *metav1.Time `json:"since,omitempty"`
-	// PrefixesAdvertised to this peer.
-	// +optional
-	PrefixesAdvertised int32 `json:"prefixesAdvertised,omitempty"`
 	// LastError says why a session is not established, and what to check.
 	// +optional
 	LastError string `json:"lastError,omitempty"`

@@ -37,7 +37,7 @@ func (r Report) WriteTable(w io.Writer, now time.Time) error {
 	if len(r.Nodes) == 0 {
 		nodes = append(nodes, []string{"(no SpeakerStatus: are the speakers running? kubectl -n herald-system get pods)"})
 	}
-	sessions := [][]string{{"NODE", "PEER", "ADDRESS", "BGP", "BFD", "SINCE", "PREFIXES", "LAST ERROR"}}
+	sessions := [][]string{{"NODE", "PEER", "ADDRESS", "BGP", "BFD", "SINCE", "LAST ERROR"}}
 	for _, n := range r.Nodes {
 		dataplane := orDash(n.Dataplane)
 		if n.UserspacePorts > 0 {
@@ -47,7 +47,7 @@ func (r Report) WriteTable(w io.Writer, now time.Time) error {
 			dataplane, age(n.LastUpdate, now), age(n.LeaseRenewed, now)})
 		for _, s := range n.Sessions {
 			sessions = append(sessions, []string{n.Name, s.Peer, s.PeerAddress, s.State, orDash(s.BFDState),
-				age(s.Since, now), fmt.Sprint(s.PrefixesAdvertised), orDash(s.LastError)})
+				age(s.Since, now), orDash(s.LastError)})
 		}
 	}
 

@@ -63,7 +63,7 @@ func fixture() ([]v1beta1.IPAddressPool, []corev1.Service, []v1beta1.SpeakerStat
 			LastUpdate: ago(5 * time.Second), AnnouncedIPs: 1, MembersAlive: 2,
 			Announcements: []v1beta1.Announcement{{IP: "192.0.2.1", Protocol: v1beta1.ProtocolBGP, Peers: []string{"tor"}}},
 			BGPSessions: []v1beta1.BGPSessionStatus{
-				{Peer: "tor", PeerAddress: "10.0.0.1", State: "Established", BFDState: "Up", Since: ago(time.Minute), PrefixesAdvertised: 1},
+				{Peer: "tor", PeerAddress: "10.0.0.1", State: "Established", BFDState: "Up", Since: ago(time.Minute)},
 			},
 			Dataplane: v1beta1.DataplaneStatus{Backend: "nftables", Reason: "kernel has no ip_vs",
 				UserspaceServices: []string{"shop/web/tcp/"}, UserspaceServicesTotal: 1},
