@@ -117,6 +117,9 @@ type Result struct {
 // Announced is one advertised IP.
 type Announced struct {
 	Peers []string
+	// ClusterPolicy: a Service with externalTrafficPolicy Cluster has it advertised, so readers
+	// derive this node's announcement of it (Announcers) and the node's status does not list it.
+	ClusterPolicy bool
 }
 
 // Default BGPPeer timers (MetalLB's) and BFDProfile values.
@@ -505,6 +508,7 @@ func (t *translation) advertisements() {
 					routes[prefix] = old.merge(ad.attrs)
 					an := t.res.Announced[ip]
 					an.Peers = appendUnique(an.Peers, peer)
+					an.ClusterPolicy = an.ClusterPolicy || !svc.LocalTrafficOnly
 					t.res.Announced[ip] = an
 				}
 			}

@@ -103,7 +103,7 @@ func TestTranslateRoutesAndAttributes(t *testing.T) {
 	if got := res.Desired.RouterID; got != netip.MustParseAddr("10.0.0.5") {
 		t.Errorf("router ID = %v, want the node's IPv4 address", got)
 	}
-	if got := res.Announced[netip.MustParseAddr("192.0.2.10")]; !reflect.DeepEqual(got, Announced{Peers: []string{"tor4"}}) {
+	if got := res.Announced[netip.MustParseAddr("192.0.2.10")]; !reflect.DeepEqual(got, Announced{Peers: []string{"tor4"}, ClusterPolicy: true}) {
 		t.Errorf("announced = %+v", got)
 	}
 	p := res.Desired.Peers["tor4"]
@@ -143,6 +143,13 @@ func TestTranslateSelection(t *testing.T) {
 	want := map[string]map[netip.Prefix]Attributes{"tor4": {pfx("192.0.2.1/32"): {}, pfx("192.0.2.3/32"): {}}}
 	if !reflect.DeepEqual(res.Desired.Routes, want) {
 		t.Errorf("routes = %+v, want %+v", res.Desired.Routes, want)
+	}
+	// A Local Service's IP is listed in the node's status; a Cluster one is derived by readers.
+	if an := res.Announced[netip.MustParseAddr("192.0.2.3")]; an.ClusterPolicy {
+		t.Error("the IP of an externalTrafficPolicy: Local Service is marked ClusterPolicy")
+	}
+	if an := res.Announced[netip.MustParseAddr("192.0.2.1")]; !an.ClusterPolicy {
+		t.Error("the IP of an externalTrafficPolicy: Cluster Service is not marked ClusterPolicy")
 	}
 }
 
