@@ -2,6 +2,7 @@ package speaker
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/bgpconfig"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/speaker/bgp"
@@ -39,6 +41,10 @@ type BGP struct {
 	since     map[netip.Addr]time.Time
 	sessions  []bgp.PeerStatus
 	reported  map[bgpconfig.Problem]bool
+	// withheld says why this node advertises no Service IP ("": it does); refused are the
+	// prefixes the announcer could not advertise, with why (both from the last sync).
+	withheld string
+	refused  map[netip.Prefix]string
 }
 
 // NewBGP builds the BGP announcer of this speaker and registers its SpeakerStatus part.
@@ -122,8 +128,15 @@ func (b *BGP) sync(ctx context.Context) bool {
 	if err != nil {
 		b.speaker.log.Error("BGP", "err", err)
 	}
+	refused := b.announcer.Refused()
+	withheld := ""
+	if node := snap.Nodes[snap.NodeName]; node != nil && excludedFromAnnouncing(node) {
+		withheld = withheldReason(node)
+	}
 	now := time.Now()
 	b.mu.Lock()
+	changed := withheld != b.withheld || !maps.Equal(refused, b.refused)
+	b.withheld, b.refused = withheld, refused
 	b.announced = res.Announced
 	for ip := range b.since {
 		if _, ok := res.Announced[ip]; !ok {
@@ -136,6 +149,9 @@ func (b *BGP) sync(ctx context.Context) bool {
 		}
 	}
 	b.mu.Unlock()
+	if changed {
+		b.speaker.StatusChanged()
+	}
 	b.refreshSessions(ctx)
 	return err == nil
 }
@@ -333,7 +349,10 @@ func (b *BGP) refreshSessions(ctx context.Context) {
 	}
 }
 
-// Announcements implements Announcer: the IPs advertised to at least one established session.
+// Announcements implements Announcer: the IPs of externalTrafficPolicy: Local Services advertised
+// to at least one established session. The others are not listed: readers derive them
+// (bgpconfig.Announcers), and listing them would rewrite this node's status for every Service
+// created; those this node cannot advertise are its deviations (fillStatus).
 func (b *BGP) Announcements() []v1beta1.Announcement {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -343,6 +362,9 @@ func (b *BGP) Announcements() []v1beta1.Announcement {
 	}
 	var out []v1beta1.Announcement
 	for ip, an := range b.announced {
+		if an.ClusterPolicy {
+			continue
+		}
 		var peers []string
 		for _, p := range an.Peers {
 			if up[p] {
@@ -360,16 +382,22 @@ func (b *BGP) Announcements() []v1beta1.Announcement {
 	return out
 }
 
-// fillStatus writes the BGP sessions into the node's SpeakerStatus.
+// fillStatus writes the BGP sessions, the listing's marker, whether the node withholds its
+// announcements, and the deviations into the node's SpeakerStatus.
 func (b *BGP) fillStatus(st *v1beta1.SpeakerStatusStatus) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	st.BGPListing = v1beta1.BGPListingDeviations
+	st.BGPWithheld = b.withheld
+	devs := b.deviationsLocked()
+	st.BGPDeviationsTotal = int32(len(devs))
+	st.BGPDeviations = devs[:min(len(devs), v1beta1.MaxListedDeviations)]
 	st.BGPSessions = nil
 	st.BGPSessionsUp, st.BGPSessionsTotal = 0, int32(len(b.sessions))
 	for _, s := range b.sessions {
 		out := v1beta1.BGPSessionStatus{
 			Peer: s.Name, PeerAddress: s.Address.String(), State: s.State, BFDState: s.BFD,
-			PrefixesAdvertised: int32(s.PrefixesAdvertised), LastError: s.Reason,
+			LastError: s.Reason,
 		}
 		if s.Established {
 			st.BGPSessionsUp++
@@ -378,4 +406,47 @@ func (b *BGP) fillStatus(st *v1beta1.SpeakerStatusStatus) {
 		}
 		st.BGPSessions = append(st.BGPSessions, out)
 	}
+}
+
+// deviationsLocked lists, sorted by IP, the Cluster-policy IPs the translation selects for an
+// established session whose route the announcer could not advertise (b.mu held). At steady state
+// nothing is refused and the walk is over no IP.
+func (b *BGP) deviationsLocked() []v1beta1.BGPDeviation {
+	if len(b.refused) == 0 {
+		return nil
+	}
+	up := map[string]bool{}
+	for _, s := range b.sessions {
+		up[s.Name] = s.Established
+	}
+	type deviation struct {
+		ip     netip.Addr
+		reason string
+	}
+	var devs []deviation
+	for ip, an := range b.announced {
+		if !an.ClusterPolicy || !slices.ContainsFunc(an.Peers, func(p string) bool { return up[p] }) {
+			continue
+		}
+		for prefix, reason := range b.refused {
+			if prefix.Contains(ip) {
+				devs = append(devs, deviation{ip, reason})
+				break
+			}
+		}
+	}
+	slices.SortFunc(devs, func(x, y deviation) int { return x.ip.Compare(y.ip) })
+	out := make([]v1beta1.BGPDeviation, len(devs))
+	for i, d := range devs {
+		out[i] = v1beta1.BGPDeviation{IP: d.ip.String(), Reason: d.reason}
+	}
+	return out
+}
+
+// withheldReason says why an excluded node advertises nothing (excludedFromAnnouncing).
+func withheldReason(node *corev1.Node) string {
+	if _, labelled := node.Labels[config.LabelExcludeFromLB]; labelled {
+		return "the node is labelled " + config.LabelExcludeFromLB
+	}
+	return "the node is cordoned (spec.unschedulable)"
 }

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,6 +13,7 @@ import (
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/bgpconfig"
 	"github.com/heraldlb/herald/config/v1beta1"
+	"github.com/heraldlb/herald/speaker/bgp"
 )
 
 func TestBGPInputToRoutes(t *testing.T) {
@@ -129,4 +131,51 @@ func TestBGPEntriesReused(t *testing.T) {
 	step("a Service sharing web's IP, and one more IP", true)
 	x.set(types.NamespacedName{Namespace: "default", Name: "local"}, nil)
 	step("local deleted", true)
+}
+
+// TestBGPStatusListsDeviationsOnly: the node's status lists the Local-policy IPs it advertises
+// and the Cluster-policy IPs it cannot, never the Cluster-policy IPs it advertises; so a
+// Cluster-policy Service created leaves the status as it was (the writer then writes nothing).
+func TestBGPStatusListsDeviationsOnly(t *testing.T) {
+	b := &BGP{
+		since:    map[netip.Addr]time.Time{},
+		sessions: []bgp.PeerStatus{{Name: "tor", Address: netip.MustParseAddr("10.0.0.254"), State: "Established", Established: true}},
+		announced: map[netip.Addr]bgpconfig.Announced{
+			netip.MustParseAddr("10.0.0.1"): {Peers: []string{"tor"}, ClusterPolicy: true},
+			netip.MustParseAddr("10.0.0.2"): {Peers: []string{"tor"}},
+		},
+	}
+	status := func() v1beta1.SpeakerStatusStatus {
+		var st v1beta1.SpeakerStatusStatus
+		st.Announcements = b.Announcements()
+		b.fillStatus(&st)
+		return st
+	}
+	before := status()
+	if before.BGPListing != v1beta1.BGPListingDeviations {
+		t.Errorf("bgpListing %q, want %q", before.BGPListing, v1beta1.BGPListingDeviations)
+	}
+	if len(before.Announcements) != 1 || before.Announcements[0].IP != "10.0.0.2" {
+		t.Errorf("announcements %+v, want the Local-policy IP 10.0.0.2 only", before.Announcements)
+	}
+	if before.BGPDeviationsTotal != 0 || len(before.BGPDeviations) != 0 {
+		t.Errorf("deviations %+v at steady state", before.BGPDeviations)
+	}
+
+	b.announced[netip.MustParseAddr("10.0.0.3")] = bgpconfig.Announced{Peers: []string{"tor"}, ClusterPolicy: true}
+	if after := status(); !sameContent(&before, &after) {
+		t.Errorf("a Cluster-policy IP added changed the status:\n%+v\n%+v", before, after)
+	}
+
+	b.refused = map[netip.Prefix]string{netip.MustParsePrefix("10.0.0.3/32"): "refused"}
+	got := status()
+	want := []v1beta1.BGPDeviation{{IP: "10.0.0.3", Reason: "refused"}}
+	if got.BGPDeviationsTotal != 1 || !reflect.DeepEqual(got.BGPDeviations, want) {
+		t.Errorf("deviations %d %+v, want %+v", got.BGPDeviationsTotal, got.BGPDeviations, want)
+	}
+	// Not a deviation without an established session: readers derive nothing from it then.
+	b.sessions[0].Established, b.sessions[0].State = false, "Active"
+	if got := status(); got.BGPDeviationsTotal != 0 {
+		t.Errorf("deviations %+v without an established session", got.BGPDeviations)
+	}
 }

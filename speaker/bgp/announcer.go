@@ -48,6 +48,8 @@ type Announcer struct {
 	routes map[string]map[netip.Prefix]string
 	// paths counts, per prefix in the RIB, the peers it is advertised to.
 	paths map[netip.Prefix]int
+	// refused are the prefixes the last Apply could not advertise, with why (Refused).
+	refused map[netip.Prefix]error
 	// bfd runs the BFD sessions of the peers with a BFD profile; bfdFailed holds the peers whose
 	// BFD session failed and has not come back Up.
 	bfd       *bfd.Server
@@ -220,6 +222,7 @@ func (a *Announcer) Apply(ctx context.Context, d Desired) error {
 // the plan says what changes, and its steps apply it in the order routers must see it.
 func (a *Announcer) applyRoutes(ctx context.Context, d Desired) error {
 	p := planRoutes(d, a.routes, a.paths)
+	a.refused = nil
 	errs := a.addToGroups(ctx, p)
 	errs = append(errs, a.applyPaths(p)...)
 	errs = append(errs, a.removeFromGroups(ctx, p)...)
@@ -328,12 +331,16 @@ func (a *Announcer) addToGroups(ctx context.Context, p routePlan) []error {
 			grp = &routeGroup{peer: p.groups[g].peer, attrs: p.groups[g].attrs, prefixes: map[netip.Prefix]struct{}{}}
 		}
 		if err := a.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: prefixSet(g, prefixes)}); err != nil {
-			errs = append(errs, fmt.Errorf("peer %s: adding prefixes: %w", grp.peer, err))
+			err = fmt.Errorf("peer %s: adding prefixes: %w", grp.peer, err)
+			errs = append(errs, err)
+			a.refuse(prefixes, err)
 			continue
 		}
 		if !exists {
 			if err := a.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: groupPolicy(grp.peer, g, grp.attrs)}); err != nil {
-				errs = append(errs, fmt.Errorf("peer %s: adding export policy: %w", grp.peer, err))
+				err = fmt.Errorf("peer %s: adding export policy: %w", grp.peer, err)
+				errs = append(errs, err)
+				a.refuse(prefixes, err)
 				continue
 			}
 			a.groups[g] = grp
@@ -367,12 +374,19 @@ func (a *Announcer) applyPaths(p routePlan) []error {
 		}
 		rsp, err := a.srv.AddPath(apiutil.AddPathRequest{Paths: newPaths})
 		if err != nil {
-			errs = append(errs, fmt.Errorf("adding %d routes: %w", len(newPaths), err))
+			err = fmt.Errorf("adding %d routes: %w", len(newPaths), err)
+			errs = append(errs, err)
+			if len(rsp) == 0 {
+				failed = p.newPaths
+				a.refuse(failed, err)
+			}
 		}
 		for i, r := range rsp {
 			if r.Error != nil {
-				errs = append(errs, fmt.Errorf("adding route %s: %w", newPaths[i].Nlri, r.Error))
+				err := fmt.Errorf("adding route %s: %w", newPaths[i].Nlri, r.Error)
+				errs = append(errs, err)
 				failed = append(failed, p.newPaths[i])
+				a.refuse(p.newPaths[i:i+1], err)
 			}
 		}
 	}
@@ -390,6 +404,29 @@ func (a *Announcer) applyPaths(p routePlan) []error {
 		delete(a.paths, prefix) // added again by the next Apply
 	}
 	return errs
+}
+
+// refuse records prefixes the current Apply could not advertise.
+func (a *Announcer) refuse(prefixes []netip.Prefix, err error) {
+	if a.refused == nil {
+		a.refused = map[netip.Prefix]error{}
+	}
+	for _, prefix := range prefixes {
+		a.refused[prefix] = err
+	}
+}
+
+// Refused returns the prefixes the last Apply wanted to advertise and could not (GoBGP refused
+// the path, the prefix set or the export policy), with the error: the node's SpeakerStatus lists
+// them as deviations. The next Apply tries them again.
+func (a *Announcer) Refused() map[netip.Prefix]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make(map[netip.Prefix]string, len(a.refused))
+	for prefix, err := range a.refused {
+		out[prefix] = err.Error()
+	}
+	return out
 }
 
 // removeFromGroups takes the plan's prefixes out of their groups, after the withdrawals, so no
