@@ -45,13 +45,31 @@ const (
 )
 
 // announceConfig is what the controller knows of the configuration deciding who may announce an
-// IP, for the reason of a False condition.
+// IP, for the reason of a False condition, and who announces a Cluster-policy IP by BGP.
 type announceConfig struct {
 	l2, bgp []advertised
 	// pools says which pool owns an address, as the allocator and the speakers have it.
 	pools *addresspool.Set
 	// leases says until when each speaker's Lease holds (none: only SpeakerStatuses' lastUpdate).
 	leases leaseExpiry
+	// bgpIn holds the BGP objects (advertisements, peers, communities, pools) derived reads.
+	bgpIn bgpconfig.Input
+	// derived says which nodes with a marked status (bgpListing: Deviations) advertise a
+	// Cluster-policy IP by BGP (their statuses do not list it); nil when not derived (derive).
+	derived *bgpconfig.Announcers
+}
+
+// derive reads, from the marked statuses among speakers and the Nodes' labels, which nodes
+// advertise what by BGP at now. Unmarked statuses (older speakers) list their IPs: they are read
+// as lists, so a cluster half upgraded is counted whole.
+func (cfg *announceConfig) derive(speakers []*v1beta1.SpeakerStatus, nodeLabels map[string]map[string]string, now time.Time) {
+	var nodes []bgpconfig.NodeBGP
+	for _, st := range speakers {
+		if st.Status.BGPListing == v1beta1.BGPListingDeviations {
+			nodes = append(nodes, bgpconfig.NodeFromStatus(st, nodeLabels[st.Name], cfg.leases.live(st, now)))
+		}
+	}
+	cfg.derived = bgpconfig.NewAnnouncers(cfg.bgpIn, nodes)
 }
 
 // leaseExpiry is, by node, until when the node's speaker Lease holds: its duration after the
@@ -85,14 +103,17 @@ type advertised struct {
 // does not parse) counts as selecting nothing; its Valid condition says why. (The L2 announcer
 // still announces the pools such an L2Advertisement names that do exist: that case can only make
 // the reason of an IP nobody announces NoAdvertisement rather than NoEligibleNode.)
-func newAnnounceConfig(pools []v1beta1.IPAddressPool, l2 []v1beta1.L2Advertisement, bgp []v1beta1.BGPAdvertisement) *announceConfig {
+func newAnnounceConfig(pools []v1beta1.IPAddressPool, l2 []v1beta1.L2Advertisement, bgp []v1beta1.BGPAdvertisement,
+	peers []v1beta1.BGPPeer, communities []v1beta1.Community) *announceConfig {
 	byName := make(map[string]v1beta1.IPAddressPool, len(pools))
 	parsed := make([]addresspool.Pool, len(pools))
 	for i := range pools {
 		byName[pools[i].Name] = pools[i]
 		parsed[i] = addresspool.Parse(&pools[i])
 	}
-	cfg := &announceConfig{pools: addresspool.NewSet(parsed)}
+	cfg := &announceConfig{pools: addresspool.NewSet(parsed), bgpIn: bgpconfig.Input{
+		Pools: pools, Advertisements: bgp, Peers: peers, Communities: communities,
+	}}
 	add := func(list []advertised, om metav1.ObjectMeta, s v1beta1.AdvertisementSelection, peers []string) []advertised {
 		sel, problem := bgpconfig.Select(s, byName)
 		if problem != nil || om.DeletionTimestamp != nil {
@@ -162,7 +183,7 @@ func announcedCondition(svc *corev1.Service, speakers []*v1beta1.SpeakerStatus, 
 	var lines, missing []string
 	unknown := false
 	for _, ip := range ips {
-		switch by := announcersOf(live, ip); {
+		switch by := announcersOf(svc, live, cfg, ip); {
 		case by != "":
 			lines = append(lines, ip+": "+by)
 		case capped:
@@ -268,9 +289,10 @@ func announcementsOf(st *v1beta1.SpeakerStatus, ip string) []v1beta1.Announcemen
 	return anns[i:j]
 }
 
-// announcersOf says how and by whom ip is announced, e.g. "L2 from node2" or "L2 from node2,
-// BGP from node1, node2"; "" when no live speaker lists it.
-func announcersOf(live []*v1beta1.SpeakerStatus, ip string) string {
+// announcersOf says how and by whom svc's ip is announced, e.g. "L2 from node2" or "L2 from
+// node2, BGP from node1, node2"; "" when no live speaker lists it, nor derives it (cfg.derived,
+// for a Service with externalTrafficPolicy: Cluster).
+func announcersOf(svc *corev1.Service, live []*v1beta1.SpeakerStatus, cfg *announceConfig, ip string) string {
 	var parts []string
 	for _, proto := range []v1beta1.AnnouncementProtocol{v1beta1.ProtocolL2, v1beta1.ProtocolBGP} {
 		var nodes []string
@@ -279,11 +301,29 @@ func announcersOf(live []*v1beta1.SpeakerStatus, ip string) string {
 				nodes = append(nodes, st.Name)
 			}
 		}
+		if proto == v1beta1.ProtocolBGP {
+			nodes = slices.Concat(nodes, derivedNodes(svc, cfg, ip))
+			slices.Sort(nodes)
+			nodes = slices.Compact(nodes)
+		}
 		if len(nodes) > 0 {
 			parts = append(parts, string(proto)+" from "+nameList(nodes, "nodes"))
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// derivedNodes are the nodes with a marked status that advertise svc's ip by BGP (none for
+// externalTrafficPolicy: Local: those nodes list it).
+func derivedNodes(svc *corev1.Service, cfg *announceConfig, ip string) []string {
+	if cfg.derived == nil || svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+		return nil
+	}
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return nil
+	}
+	return cfg.derived.Nodes(addr, cfg.poolOf(ip), svc.Labels)
 }
 
 // nameList joins names, at most maxNamedNodes of them ("a, b, … and 5 more nodes").

@@ -191,3 +191,53 @@ func TestAnnouncedFromSpeakerStatuses(t *testing.T) {
 		t.Errorf("routed, its pool being deleted: message %q", c.Message)
 	}
 }
+
+// TestAnnouncedDerivedFromSessions: speakers of this version list no Cluster-policy BGP IP, only
+// their sessions (bgpListing: Deviations); the controller derives who announces from the
+// Established sessions, the BGPAdvertisements' nodeSelectors and the Nodes' labels (fails on a
+// controller that needs the lists: it finds nobody). A cluster half upgraded is counted whole: an
+// older speaker's status (unmarked) is read as the full list it is. A node listing the IP among
+// its deviations does not announce it.
+func TestAnnouncedDerivedFromSessions(t *testing.T) {
+	f := newFixture(t)
+	stop := f.runController(t, controller.Options{LoadBalancerClass: config.DefaultLoadBalancerClass, TakeClassless: true}, false)
+	defer stop()
+	ctx := context.Background()
+	for name, rack := range map[string]string{"der-a": "a", "der-b": "b", "der-old": "a"} {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"rack": rack}}}
+		if _, err := f.cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.namespace("der", nil)
+	f.pool("der-bgp", onlyNamespace("der", map[string]any{"addresses": addrs("10.21.1.0/29")}))
+	f.herald("bgpadvertisements", "BGPAdvertisement", "der-rack-a", map[string]any{"ipAddressPools": []any{"der-bgp"},
+		"nodeSelectors": []any{map[string]any{"matchLabels": map[string]any{"rack": "a"}}}})
+	ip := map[string]string{}
+	for _, name := range []string{"fresh", "mixed", "refused"} {
+		f.service("der", name, annotate(config.AnnotationAddressPool, "der-bgp"))
+	}
+	for _, name := range []string{"fresh", "mixed", "refused"} {
+		ip[name] = ingressIPs(f.waitReason("der", name, config.ReasonAllocated))[0]
+	}
+
+	established := []v1beta1.BGPSessionStatus{{Peer: "router", PeerAddress: "10.21.9.1", State: "Established"}}
+	// der-a: selected (rack a), session up; it lists nothing but its deviation, refused's IP.
+	f.writeSpeakerStatus("der-a", v1beta1.SpeakerStatusStatus{BGPListing: v1beta1.BGPListingDeviations, BGPSessions: established,
+		BGPDeviationsTotal: 1, BGPDeviations: []v1beta1.BGPDeviation{{IP: ip["refused"], Reason: "adding route: refused"}}})
+	// der-b: session up, but its rack is not selected.
+	f.writeSpeakerStatus("der-b", v1beta1.SpeakerStatusStatus{BGPListing: v1beta1.BGPListingDeviations, BGPSessions: established})
+	// der-old: an older speaker (no marker), listing what it advertises.
+	f.writeSpeakerStatus("der-old", v1beta1.SpeakerStatusStatus{BGPSessions: established, Announcements: []v1beta1.Announcement{
+		{IP: ip["mixed"], Protocol: v1beta1.ProtocolBGP, Peers: []string{"router"}}}})
+
+	for name, want := range map[string]string{"fresh": ip["fresh"] + ": BGP from der-a", "mixed": ip["mixed"] + ": BGP from der-a, der-old"} {
+		if c := f.waitAnnounced("der", name, metav1.ConditionTrue, config.ReasonAnnounced); c.Message != want {
+			t.Errorf("%s: message %q, want %q", name, c.Message, want)
+		}
+	}
+	c := f.waitAnnounced("der", "refused", metav1.ConditionFalse, config.ReasonNoEligibleNode)
+	if !strings.Contains(c.Message, "selected by BGPAdvertisement der-rack-a") {
+		t.Errorf("refused: message %q", c.Message)
+	}
+}

@@ -49,6 +49,19 @@ func session(peer, state string) speakerOpt {
 	}
 }
 
+// derivedListing: the status lists its deviations only (bgpListing: Deviations), with an
+// Established session with router, and deviations.
+func derivedListing(deviations ...string) speakerOpt {
+	return func(st *v1beta1.SpeakerStatus) {
+		st.Status.BGPListing = v1beta1.BGPListingDeviations
+		st.Status.BGPSessions = append(st.Status.BGPSessions, v1beta1.BGPSessionStatus{Peer: "router", PeerAddress: "10.0.0.254", State: bgpEstablished})
+		for _, ip := range deviations {
+			st.Status.BGPDeviations = append(st.Status.BGPDeviations, v1beta1.BGPDeviation{IP: ip, Reason: "refused"})
+		}
+		st.Status.BGPDeviationsTotal = int32(len(deviations))
+	}
+}
+
 // cappedAt: the speaker announces total IPs and lists only those given.
 func cappedAt(total int32) speakerOpt {
 	return func(st *v1beta1.SpeakerStatus) { st.Status.AnnouncedIPs = total }
@@ -115,7 +128,9 @@ func testConfig() *announceConfig {
 	bgp := []v1beta1.BGPAdvertisement{
 		{ObjectMeta: metav1.ObjectMeta{Name: "bgp"}, Spec: v1beta1.BGPAdvertisementSpec{AdvertisementSelection: sel("bgppool"), Peers: []string{"router"}}},
 	}
-	return newAnnounceConfig(pools, l2, bgp)
+	peers := []v1beta1.BGPPeer{{ObjectMeta: metav1.ObjectMeta{Name: "router"},
+		Spec: v1beta1.BGPPeerSpec{MyASN: 64512, PeerASN: 64500, PeerAddress: "10.0.0.254"}}}
+	return newAnnounceConfig(pools, l2, bgp, peers, nil)
 }
 
 // unannouncedFor is the history of a Service found unannounced d ago.
@@ -431,11 +446,62 @@ func TestSpeakerChanges(t *testing.T) {
 		{"a silent one appears", nil, speakerStatus("node1", time.Hour), nil, true},
 	}
 	for _, tc := range cases {
-		ips, others := speakerChanges(tc.old, tc.cur, nil, now)
+		ips, others, derived := speakerChanges(tc.old, tc.cur, nil, now)
 		slices.Sort(ips)
-		if !slices.Equal(ips, tc.ips) || others != tc.others {
-			t.Errorf("%s: %v, %v; want %v, %v", tc.name, ips, others, tc.ips, tc.others)
+		if !slices.Equal(ips, tc.ips) || others != tc.others || derived {
+			t.Errorf("%s: %v, %v, %v; want %v, %v, false", tc.name, ips, others, derived, tc.ips, tc.others)
 		}
+	}
+
+	// Marked statuses: what is derived of them changes with their sessions, liveness, marker and
+	// withholding (every Service is examined again); a deviation concerns its IP only.
+	marked := speakerStatus("node1", 0, derivedListing())
+	withheld := speakerStatus("node1", 0, derivedListing())
+	withheld.Status.BGPWithheld = "cordoned"
+	derivedCases := []struct {
+		name     string
+		old, cur *v1beta1.SpeakerStatus
+		ips      []string
+		derived  bool
+	}{
+		{"rewritten, nothing changed", marked, speakerStatus("node1", 0, derivedListing()), nil, false},
+		{"a deviation", marked, speakerStatus("node1", 0, derivedListing("10.0.0.7")), []string{"10.0.0.7"}, false},
+		{"session down", marked, speakerStatus("node1", 0, session("router", "Active"), func(st *v1beta1.SpeakerStatus) {
+			st.Status.BGPListing = v1beta1.BGPListingDeviations
+		}), nil, true},
+		{"upgraded: marked now", base, marked, []string{"10.0.0.1", "10.0.0.3"}, true},
+		{"withheld", marked, withheld, nil, true},
+		{"new", nil, marked, nil, true},
+		{"went silent", marked, speakerStatus("node1", time.Hour, derivedListing()), nil, true},
+	}
+	for _, tc := range derivedCases {
+		ips, _, derived := speakerChanges(tc.old, tc.cur, nil, now)
+		slices.Sort(ips)
+		if !slices.Equal(ips, tc.ips) || derived != tc.derived {
+			t.Errorf("marked, %s: %v, %v; want %v, %v", tc.name, ips, derived, tc.ips, tc.derived)
+		}
+	}
+}
+
+// TestAnnouncedDerived: a marked status's BGP announcements of Cluster-policy IPs are derived
+// (and named beside an older speaker's listed ones); a deviation, a dead speaker or
+// externalTrafficPolicy: Local leaves the node out.
+func TestAnnouncedDerived(t *testing.T) {
+	speakers := []*v1beta1.SpeakerStatus{
+		speakerStatus("node1", 0, announces(v1beta1.ProtocolBGP, "198.51.100.10"), session("router", bgpEstablished)), // an older speaker: full list
+		speakerStatus("node2", 0, derivedListing()),
+		speakerStatus("node3", 0, derivedListing("198.51.100.10")),
+		speakerStatus("node4", time.Hour, derivedListing()), // silent
+	}
+	cfg := testConfig()
+	cfg.derive(speakers, map[string]map[string]string{"node2": {"rack": "a"}}, now)
+	svc := lbService([]string{"198.51.100.10"}, withCondition(metav1.ConditionTrue, config.ReasonAnnounced, "198.51.100.10: BGP from node1, node2"))
+	if cond, _, _ := announcedCondition(svc, speakers, cfg, announcedHistory{}, now); cond == nil || cond.Message != "198.51.100.10: BGP from node1, node2" {
+		t.Errorf("condition %+v, want True from node1 (listed) and node2 (derived)", cond)
+	}
+	local := lbService([]string{"198.51.100.10"}, localPolicy, withCondition(metav1.ConditionTrue, config.ReasonAnnounced, "198.51.100.10: BGP from node1"))
+	if cond, _, _ := announcedCondition(local, speakers, cfg, announcedHistory{}, now); cond == nil || cond.Message != "198.51.100.10: BGP from node1" {
+		t.Errorf("Local policy: condition %+v, want True from node1 only (marked nodes list their Local IPs)", cond)
 	}
 }
 
@@ -460,7 +526,7 @@ func TestCompactSpeakerStatus(t *testing.T) {
 	}
 	want := v1beta1.SpeakerStatusStatus{LastUpdate: &since, AnnouncedIPs: 2,
 		Announcements: []v1beta1.Announcement{{IP: "10.0.0.1", Protocol: v1beta1.ProtocolBGP}, {IP: "10.0.0.2", Protocol: v1beta1.ProtocolL2}},
-		BGPSessions:   []v1beta1.BGPSessionStatus{{Peer: "r", State: bgpEstablished}}}
+		BGPSessions:   []v1beta1.BGPSessionStatus{{Peer: "r", PeerAddress: "10.0.0.254", State: bgpEstablished}}}
 	if got.ManagedFields != nil || got.Name != "node1" || !reflect.DeepEqual(got.Status, want) {
 		t.Errorf("got %+v\nwant %+v", got.Status, want)
 	}

@@ -67,12 +67,13 @@ type announcedWriter struct {
 	speakerInf crcache.Informer
 	queue      workqueue.TypedRateLimitingInterface[string]
 	limiter    flowcontrol.RateLimiter
-	// l2Inf and bgpInf are the advertisements' informers.
-	l2Inf, bgpInf crcache.Informer
-	// configDirty: a pool or advertisement changed since config was read. Only the worker reads
-	// and replaces config.
-	configDirty atomic.Bool
-	config      *announceConfig
+	// configInfs are the informers of what config holds: advertisements, BGPPeers, Communities.
+	configInfs []crcache.Informer
+	// configDirty: a pool, advertisement, peer or community changed since config was read.
+	// derivedDirty: what config.derive reads (marked statuses, liveness, the Nodes' labels, the
+	// configuration) changed since it ran. Only the worker reads and replaces config.
+	configDirty, derivedDirty atomic.Bool
+	config                    *announceConfig
 
 	mu       sync.Mutex
 	statuses map[string]*v1beta1.SpeakerStatus // by node
@@ -82,6 +83,8 @@ type announcedWriter struct {
 	renewals map[string]time.Time
 	// speakers are statuses' values, replaced (never modified) on each change.
 	speakers []*v1beta1.SpeakerStatus
+	// nodeLabels are the Nodes' labels, by name, replaced (never modified) on each change.
+	nodeLabels map[string]map[string]string
 	// history holds the Services with something to remember (announcedHistory), by key.
 	history map[string]announcedHistory
 }
@@ -109,6 +112,9 @@ type announcedDeps struct {
 	leases        cache.SharedIndexInformer
 	removeSpeaker func(ctx context.Context, node string) error
 	recorder      record.EventRecorder
+	// nodes is a metadata-only informer of the Nodes: their labels select the nodes of
+	// BGPAdvertisements (announceConfig.derive).
+	nodes cache.SharedIndexInformer
 }
 
 // announcedDeps hands the announced writer what it uses of the controller.
@@ -127,6 +133,7 @@ func (c *Controller) announcedDeps() announcedDeps {
 		recorder:       c.recorder,
 		leases:         c.leaseFactory.Coordination().V1().Leases().Informer(),
 		removeSpeaker:  c.removeSpeaker,
+		nodes:          c.nodeFactory.ForResource(corev1.SchemeGroupVersion.WithResource("nodes")).Informer(),
 	}
 }
 
@@ -139,21 +146,24 @@ func newAnnouncedWriter(ctx context.Context, deps announcedDeps) (*announcedWrit
 		deps: deps,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "announced", MetricsProvider: deps.queues}),
-		limiter:  flowcontrol.NewTokenBucketRateLimiter(announcedWritesPerSecond, announcedWritesPerSecond),
-		statuses: map[string]*v1beta1.SpeakerStatus{},
-		leases:   leaseExpiry{},
-		renewals: map[string]time.Time{},
-		history:  map[string]announcedHistory{},
+		limiter:    flowcontrol.NewTokenBucketRateLimiter(announcedWritesPerSecond, announcedWritesPerSecond),
+		statuses:   map[string]*v1beta1.SpeakerStatus{},
+		nodeLabels: map[string]map[string]string{},
+		leases:     leaseExpiry{},
+		renewals:   map[string]time.Time{},
+		history:    map[string]announcedHistory{},
 	}
-	for _, inf := range []struct {
-		obj client.Object
-		to  *crcache.Informer
-	}{{&v1beta1.SpeakerStatus{}, &a.speakerInf}, {&v1beta1.L2Advertisement{}, &a.l2Inf}, {&v1beta1.BGPAdvertisement{}, &a.bgpInf}} {
-		i, err := deps.informer(ctx, inf.obj)
+	i, err := deps.informer(ctx, &v1beta1.SpeakerStatus{})
+	if err != nil {
+		return nil, err
+	}
+	a.speakerInf = i
+	for _, obj := range []client.Object{&v1beta1.L2Advertisement{}, &v1beta1.BGPAdvertisement{}, &v1beta1.BGPPeer{}, &v1beta1.Community{}} {
+		i, err := deps.informer(ctx, obj)
 		if err != nil {
 			return nil, err
 		}
-		*inf.to = i
+		a.configInfs = append(a.configInfs, i)
 	}
 	a.configDirty.Store(true)
 	if err := deps.services.AddIndexers(cache.Indexers{ingressIPIndex: indexIngressIPs}); err != nil {
@@ -171,10 +181,17 @@ func newAnnouncedWriter(ctx context.Context, deps announcedDeps) (*announcedWrit
 		},
 		DeleteFunc: func(any) { a.configChanged() },
 	}
-	for _, inf := range []crcache.Informer{a.l2Inf, a.bgpInf} {
+	for _, inf := range a.configInfs {
 		if _, err := inf.AddEventHandler(configHandlers); err != nil {
 			return nil, err
 		}
+	}
+	// Node objects carry large managedFields (the kubelet's status writes); only labels are read.
+	if err := deps.nodes.SetTransform(stripManagedFields); err != nil {
+		return nil, err
+	}
+	if _, err := deps.nodes.AddEventHandler(a.nodeHandlers()); err != nil {
+		return nil, err
 	}
 	if _, err := a.speakerInf.AddEventHandler(a.speakerHandlers()); err != nil {
 		return nil, err
@@ -191,9 +208,13 @@ func (a *announcedWriter) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer a.queue.ShutDown() // before the wait: it ends the worker
-	if !cache.WaitForCacheSync(ctx.Done(), a.speakerInf.HasSynced, a.l2Inf.HasSynced, a.bgpInf.HasSynced, a.deps.leases.HasSynced) {
+	synced := []cache.InformerSynced{a.speakerInf.HasSynced, a.deps.leases.HasSynced, a.deps.nodes.HasSynced}
+	for _, inf := range a.configInfs {
+		synced = append(synced, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		if ctx.Err() == nil {
-			a.deps.log.Error("herald.io/Announced: the SpeakerStatus, Lease or advertisement caches did not sync; the condition is not written")
+			a.deps.log.Error("herald.io/Announced: the SpeakerStatus, Lease, Node or BGP configuration caches did not sync; the condition is not written")
 		}
 		return
 	}
@@ -204,14 +225,58 @@ func (a *announcedWriter) run(ctx context.Context) {
 	<-ctx.Done()
 }
 
-// configChanged re-examines the Services waiting to be announced: the reason they are not may
-// have changed. Safe on a nil writer (cloud-provider mode has none).
+// configChanged re-examines every Service: the reason they are not announced may have changed,
+// and so may the nodes that announce them by BGP (derived from the configuration). Safe on a nil
+// writer (cloud-provider mode has none).
 func (a *announcedWriter) configChanged() {
 	if a == nil {
 		return
 	}
 	a.configDirty.Store(true)
-	a.enqueuePending()
+	a.derivedChanged()
+}
+
+// derivedChanged re-examines every Service after a change of what announceConfig.derive reads.
+// It is a change of nodes (a session, a label, a liveness) or of the configuration: rare, and
+// the writes it leads to are paced, and settle (announcedSettle).
+func (a *announcedWriter) derivedChanged() {
+	a.derivedDirty.Store(true)
+	for _, k := range a.deps.services.GetIndexer().ListKeys() {
+		a.queue.Add(k)
+	}
+}
+
+// nodeHandlers follow the Nodes' labels (the informer holds their metadata only).
+func (a *announcedWriter) nodeHandlers() cache.ResourceEventHandler {
+	set := func(obj any, deleted bool) {
+		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		m, err := meta.Accessor(obj)
+		if err != nil {
+			return
+		}
+		a.mu.Lock()
+		old, had := a.nodeLabels[m.GetName()]
+		if (deleted && !had) || (!deleted && had && maps.Equal(old, m.GetLabels())) {
+			a.mu.Unlock()
+			return
+		}
+		labels := maps.Clone(a.nodeLabels)
+		if deleted {
+			delete(labels, m.GetName())
+		} else {
+			labels[m.GetName()] = m.GetLabels()
+		}
+		a.nodeLabels = labels
+		a.mu.Unlock()
+		a.derivedChanged()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { set(obj, false) },
+		UpdateFunc: func(_, obj any) { set(obj, false) },
+		DeleteFunc: func(obj any) { set(obj, true) },
+	}
 }
 
 // serviceHandlers queue the LoadBalancer Services, and those still carrying the condition (one
@@ -267,30 +332,75 @@ func (a *announcedWriter) speakerChanged(old, cur *v1beta1.SpeakerStatus) {
 	a.speakers = slices.Collect(maps.Values(a.statuses))
 	leases := a.leases
 	a.mu.Unlock()
-	ips, others := speakerChanges(old, cur, leases, time.Now())
+	ips, others, derived := speakerChanges(old, cur, leases, time.Now())
 	a.enqueueIPs(ips)
-	if others {
+	switch {
+	case derived:
+		a.derivedChanged()
+	case others:
 		a.enqueuePending()
 	}
 }
 
+// marked reports whether a status lists only its deviations (bgpListing: Deviations): the
+// Cluster-policy IPs it advertises by BGP are derived.
+func marked(st *v1beta1.SpeakerStatus) bool {
+	return st != nil && st.Status.BGPListing == v1beta1.BGPListingDeviations
+}
+
 // speakerChanges compares two versions of one SpeakerStatus (nil: absent). It returns the IPs
-// whose announcement by this node changed, and whether the change may matter to Services whose IPs
-// no node lists: a status appearing or going, a speaker going silent or coming back, a change of
-// its cap or of its established BGP sessions.
-func speakerChanges(old, cur *v1beta1.SpeakerStatus, leases leaseExpiry, now time.Time) (ips []string, others bool) {
+// whose announcement by this node changed, whether the change may matter to Services whose IPs
+// no node lists (a status appearing or going, a speaker going silent or coming back, a change of
+// its cap or of its established BGP sessions), and whether it changes what is derived of a
+// marked status, so of every Service (the same, of a marked status; its listing, withholding or
+// capped deviations).
+func speakerChanges(old, cur *v1beta1.SpeakerStatus, leases leaseExpiry, now time.Time) (ips []string, others, derived bool) {
 	wasLive, isLive := leases.live(old, now), leases.live(cur, now)
+	anyMarked := marked(old) || marked(cur)
 	switch {
 	case !wasLive && !isLive:
-		return nil, old == nil || cur == nil
+		return nil, old == nil || cur == nil, false
 	case wasLive && !isLive:
-		return listedIPs(old), true
+		return listedIPs(old), true, anyMarked
 	case !wasLive && isLive:
-		return listedIPs(cur), true
+		return listedIPs(cur), true, anyMarked
 	}
 	ips = diffAnnouncements(old.Status.Announcements, cur.Status.Announcements)
-	others = isCapped(old) != isCapped(cur) || !slices.Equal(establishedPeers(old), establishedPeers(cur))
-	return ips, others
+	sessions := !slices.Equal(establishedPeers(old), establishedPeers(cur))
+	others = isCapped(old) != isCapped(cur) || sessions
+	o, c := old.Status, cur.Status
+	derived = anyMarked && (sessions || marked(old) != marked(cur) || (o.BGPWithheld == "") != (c.BGPWithheld == "") ||
+		(int(o.BGPDeviationsTotal) > len(o.BGPDeviations)) != (int(c.BGPDeviationsTotal) > len(c.BGPDeviations)))
+	if anyMarked && !derived && !slices.Equal(o.BGPDeviations, c.BGPDeviations) {
+		// A deviation more or less: the Services of those IPs.
+		ips = append(ips, diffDeviations(o.BGPDeviations, c.BGPDeviations)...)
+	}
+	return ips, others, derived
+}
+
+// diffDeviations returns the IPs in one list of deviations and not the other.
+func diffDeviations(a, b []v1beta1.BGPDeviation) []string {
+	in := func(list []v1beta1.BGPDeviation) map[string]bool {
+		m := make(map[string]bool, len(list))
+		for _, d := range list {
+			m[d.IP] = true
+		}
+		return m
+	}
+	ina, inb := in(a), in(b)
+	var out []string
+	for ip := range ina {
+		if !inb[ip] {
+			out = append(out, ip)
+		}
+	}
+	for ip := range inb {
+		if !ina[ip] {
+			out = append(out, ip)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func listedIPs(st *v1beta1.SpeakerStatus) []string {
@@ -301,11 +411,13 @@ func listedIPs(st *v1beta1.SpeakerStatus) []string {
 	return out
 }
 
+// establishedPeers lists a status's Established sessions as "peer/address" (the address's family
+// decides which IPs it takes).
 func establishedPeers(st *v1beta1.SpeakerStatus) []string {
 	var out []string
 	for _, s := range st.Status.BGPSessions {
 		if s.State == bgpEstablished {
-			out = append(out, s.Peer)
+			out = append(out, s.Peer+"/"+s.PeerAddress)
 		}
 	}
 	slices.Sort(out)
@@ -351,8 +463,8 @@ func diffAnnouncements(a, b []v1beta1.Announcement) []string {
 }
 
 // compactSpeakerStatus is the cache's transform of a SpeakerStatus: it keeps what the condition
-// reads (the node, lastUpdate, each announcement's IP and protocol, the count, the sessions' peers
-// and states). On a node with thousands of IPs the rest (interfaces, peers and a time per entry)
+// reads (the node, lastUpdate, each announcement's IP and protocol, the count, the sessions' peers,
+// addresses and states, the BGP listing's marker, withholding and deviations' IPs). On a node with thousands of IPs the rest (interfaces, peers and a time per entry)
 // is most of the object. It also sorts the announcements, as the API says they are, should a
 // writer not have.
 func compactSpeakerStatus(obj any) (any, error) {
@@ -370,10 +482,15 @@ func compactSpeakerStatus(obj any) (any, error) {
 	}
 	sessions := st.Status.BGPSessions
 	for i, s := range sessions {
-		sessions[i] = v1beta1.BGPSessionStatus{Peer: s.Peer, State: s.State}
+		sessions[i] = v1beta1.BGPSessionStatus{Peer: s.Peer, PeerAddress: s.PeerAddress, State: s.State}
+	}
+	devs := st.Status.BGPDeviations
+	for i, d := range devs {
+		devs[i] = v1beta1.BGPDeviation{IP: d.IP}
 	}
 	st.Status = v1beta1.SpeakerStatusStatus{LastUpdate: st.Status.LastUpdate, AnnouncedIPs: st.Status.AnnouncedIPs,
-		Announcements: anns, BGPSessions: sessions}
+		Announcements: anns, BGPSessions: sessions, BGPListing: st.Status.BGPListing, BGPWithheld: st.Status.BGPWithheld,
+		BGPDeviationsTotal: st.Status.BGPDeviationsTotal, BGPDeviations: devs}
 	return st, nil
 }
 
@@ -383,15 +500,18 @@ func (a *announcedWriter) sweep(ctx context.Context) {
 	last := time.Now()
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		now := time.Now()
-		silent := false
+		silent, derived := false, false
 		speakers, leases := a.speakerList()
 		for _, st := range speakers {
 			if leases.live(st, last) && !leases.live(st, now) {
-				silent = true
+				silent, derived = true, derived || marked(st)
 				a.enqueueIPs(listedIPs(st))
 			}
 		}
-		if silent {
+		switch {
+		case derived:
+			a.derivedChanged()
+		case silent:
 			a.enqueuePending()
 		}
 		for node, until := range leases {
@@ -459,7 +579,11 @@ func (a *announcedWriter) leaseChanged(obj any, deleted bool) {
 	a.mu.Unlock()
 	if st != nil && old.live(st, now) != leases.live(st, now) {
 		a.enqueueIPs(listedIPs(st))
-		a.enqueuePending()
+		if marked(st) {
+			a.derivedChanged()
+		} else {
+			a.enqueuePending()
+		}
 	}
 }
 
@@ -528,10 +652,15 @@ func (a *announcedWriter) decide(ctx context.Context, key string) (svc *corev1.S
 			return nil, nil, false, err
 		}
 		a.config = cfg
+		a.derivedDirty.Store(true)
 	}
 	a.mu.Lock()
-	h, speakers, leases := a.history[key], a.speakers, a.leases
+	h, speakers, leases, nodeLabels := a.history[key], a.speakers, a.leases, a.nodeLabels
 	a.mu.Unlock()
+	if a.derivedDirty.Swap(false) {
+		a.config.leases = leases
+		a.config.derive(speakers, nodeLabels, time.Now())
+	}
 	cfg := *a.config
 	cfg.leases = leases
 	want, recheck, h := announcedCondition(svc, speakers, &cfg, h, time.Now())
@@ -553,14 +682,17 @@ func (a *announcedWriter) remember(key string, h announcedHistory) {
 	}
 }
 
-// loadConfig reads the pools and advertisements from the cache.
+// loadConfig reads the pools, advertisements, BGPPeers and Communities from the cache.
 func (a *announcedWriter) loadConfig(ctx context.Context) (*announceConfig, error) {
 	var l2 v1beta1.L2AdvertisementList
 	var bgp v1beta1.BGPAdvertisementList
-	if err := errors.Join(a.deps.crds.List(ctx, &l2), a.deps.crds.List(ctx, &bgp)); err != nil {
-		return nil, fmt.Errorf("listing the cached advertisements: %w", err)
+	var peers v1beta1.BGPPeerList
+	var communities v1beta1.CommunityList
+	if err := errors.Join(a.deps.crds.List(ctx, &l2), a.deps.crds.List(ctx, &bgp), a.deps.crds.List(ctx, &peers),
+		a.deps.crds.List(ctx, &communities)); err != nil {
+		return nil, fmt.Errorf("listing the cached advertisements, BGPPeers and Communities: %w", err)
 	}
-	return newAnnounceConfig(listPools(ctx, a.deps.crds, a.deps.log), l2.Items, bgp.Items), nil
+	return newAnnounceConfig(listPools(ctx, a.deps.crds, a.deps.log), l2.Items, bgp.Items, peers.Items, communities.Items), nil
 }
 
 // pace waits for the writer's turn: its own rate, then a quiet moment of the allocation path.

@@ -30,6 +30,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -76,7 +78,10 @@ type Controller struct {
 	factory informers.SharedInformerFactory
 	// leaseFactory runs the informer of the speakers' Leases (Herald's namespace, their label).
 	leaseFactory informers.SharedInformerFactory
-	svcInf       cache.SharedIndexInformer
+	// nodeFactory runs the metadata-only informer of the Nodes: the announced writer reads their
+	// labels (which nodes a BGPAdvertisement selects), and nothing else of them.
+	nodeFactory metadatainformer.SharedInformerFactory
+	svcInf      cache.SharedIndexInformer
 	// services is the informer's store overlaid with our own patch results, so a reconcile that runs
 	// before the watch delivers our write does not see the old status and write again.
 	services   cache.MutationCache
@@ -132,6 +137,10 @@ func New(cs kubernetes.Interface, rc *rest.Config, opts Options) (*Controller, e
 	if err != nil {
 		return nil, fmt.Errorf("client of Herald's kinds: %w", err)
 	}
+	mc, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("metadata client: %w", err)
+	}
 	c := &Controller{
 		opts:         opts,
 		log:          opts.Logger,
@@ -140,6 +149,7 @@ func New(cs kubernetes.Interface, rc *rest.Config, opts Options) (*Controller, e
 		crdClient:    crdClient,
 		factory:      factory,
 		leaseFactory: leaseFactory,
+		nodeFactory:  metadatainformer.NewFilteredSharedInformerFactory(mc, 0, "", nil),
 		svcInf:       factory.Core().V1().Services().Informer(),
 		namespaces:   factory.Core().V1().Namespaces().Lister(),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -219,6 +229,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.spawn(func() { c.bgp.run(ctx) })
 	c.leaseFactory.Start(ctx.Done()) // after newAnnouncedWriter registered on it
+	c.nodeFactory.Start(ctx.Done())
 	c.spawn(func() { c.announced.run(ctx) })
 	for range c.opts.Workers {
 		c.spawn(func() {
@@ -292,6 +303,7 @@ func (c *Controller) stop(cancel context.CancelFunc) {
 	c.running.Wait()
 	c.factory.Shutdown()
 	c.leaseFactory.Shutdown()
+	c.nodeFactory.Shutdown()
 }
 
 // removeSpeaker deletes a gone speaker's SpeakerStatus and Lease (either may be gone already).

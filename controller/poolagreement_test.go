@@ -16,7 +16,7 @@ import (
 func TestPoolOwnerAgreement(t *testing.T) {
 	poolagreement.Run(t, map[string]poolagreement.Caller{
 		"controller Announced": func(pools []v1beta1.IPAddressPool, services []corev1.Service) map[string]string {
-			cfg := newAnnounceConfig(pools, nil, nil)
+			cfg := newAnnounceConfig(pools, nil, nil, nil, nil)
 			out := map[string]string{}
 			for _, svc := range services {
 				out[svc.Name] = cfg.poolOf(svc.Status.LoadBalancer.Ingress[0].IP)
