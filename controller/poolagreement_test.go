@@ -25,7 +25,7 @@ func TestPoolOwnerAgreement(t *testing.T) {
 		},
 		"heraldctl status": func(pools []v1beta1.IPAddressPool, services []corev1.Service) map[string]string {
 			out := map[string]string{}
-			for _, svc := range status.Build(pools, services, nil).Services {
+			for _, svc := range status.Build(pools, services, nil, nil).Services {
 				out[svc.Name] = svc.Pool
 			}
 			return out

@@ -7,10 +7,12 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -79,6 +81,21 @@ func TestStatusAgainstRealAPIServer(t *testing.T) {
 	}
 	mustUpdateStatus(t, c, spk)
 
+	// node-b's speaker is of this version: it lists no Cluster-policy BGP IP (bgpListing:
+	// Deviations); heraldctl derives that it announces web's IP, as the controller does, from its
+	// Established session, its Node's labels, its Lease and the BGPAdvertisement.
+	mustCreate(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b", Labels: map[string]string{"rack": "b"}}})
+	mustCreate(t, c, &v1beta1.BGPAdvertisement{ObjectMeta: metav1.ObjectMeta{Name: "rack-b"}, Spec: v1beta1.BGPAdvertisementSpec{
+		AdvertisementSelection: v1beta1.AdvertisementSelection{NodeSelectors: []metav1.LabelSelector{{MatchLabels: map[string]string{"rack": "b"}}}}}})
+	renewed := metav1.NewMicroTime(time.Now())
+	mustCreate(t, c, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: config.SpeakerLeasePrefix + "node-b",
+		Labels: map[string]string{config.LabelSpeakerLease: "true"}}, Spec: coordinationv1.LeaseSpec{RenewTime: &renewed, LeaseDurationSeconds: ptr.To(int32(40))}})
+	spkB := &v1beta1.SpeakerStatus{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}}
+	mustCreate(t, c, spkB)
+	spkB.Status = v1beta1.SpeakerStatusStatus{LastUpdate: &since, BGPListing: v1beta1.BGPListingDeviations, BGPSessionsUp: 1, BGPSessionsTotal: 1,
+		BGPSessions: []v1beta1.BGPSessionStatus{{Peer: "tor", PeerAddress: "10.0.0.1", State: "Established", Since: &since}}}
+	mustUpdateStatus(t, c, spkB)
+
 	code, out, errOut := run(t, "", "status", "--kubeconfig", api.Kubeconfig, "-o", "json")
 	if code != 0 {
 		t.Fatalf("status -o json: exit %d: %s", code, errOut)
@@ -97,11 +114,13 @@ func TestStatusAgainstRealAPIServer(t *testing.T) {
 	if p.Name != "pending" || p.Allocated == nil || p.Allocated.Reason != config.ReasonNoPool {
 		t.Errorf("pending Service: %+v", p)
 	}
-	if w.Pool != "web" || len(w.IPs) != 1 || w.IPs[0] != "192.0.2.3" || len(w.AnnouncedBy) != 1 ||
-		w.AnnouncedBy[0].Node != "node-a" || w.AnnouncedBy[0].Protocol != v1beta1.ProtocolBGP {
+	if w.Pool != "web" || len(w.IPs) != 1 || w.IPs[0] != "192.0.2.3" || len(w.AnnouncedBy) != 2 ||
+		w.AnnouncedBy[0].Node != "node-a" || w.AnnouncedBy[0].Protocol != v1beta1.ProtocolBGP ||
+		w.AnnouncedBy[1].Node != "node-b" || w.AnnouncedBy[1].Protocol != v1beta1.ProtocolBGP {
 		t.Errorf("web Service: %+v", w)
 	}
-	if len(r.Nodes) != 1 || len(r.Nodes[0].Sessions) != 1 || r.Nodes[0].Sessions[0].State != "Established" || r.Nodes[0].Sessions[0].BFDState != "Up" {
+	if len(r.Nodes) != 2 || len(r.Nodes[0].Sessions) != 1 || r.Nodes[0].Sessions[0].State != "Established" || r.Nodes[0].Sessions[0].BFDState != "Up" ||
+		r.Nodes[1].AnnouncedIPs != 1 {
 		t.Errorf("nodes: %+v", r.Nodes)
 	}
 
@@ -115,7 +134,7 @@ func TestStatusAgainstRealAPIServer(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"default/web", "node-a (BGP to tor)", `pending: NoPool: IPAddressPool "gone" does not exist`, "Established  Up"} {
+	for _, want := range []string{"default/web", "node-a (BGP to tor)", "node-b (BGP)", `pending: NoPool: IPAddressPool "gone" does not exist`, "Established  Up"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status table lacks %q:\n%s", want, out)
 		}

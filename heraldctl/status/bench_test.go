@@ -33,7 +33,7 @@ func BenchmarkBuild(b *testing.B) {
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		r := Build(pools, services, speakers)
+		r := Build(pools, services, speakers, nil)
 		if len(r.Services) != 10000 || r.Services[0].Pool == "" {
 			b.Fatal("wrong report")
 		}

@@ -7,18 +7,22 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
 	"github.com/heraldlb/herald/config/addresspool"
+	"github.com/heraldlb/herald/config/bgpconfig"
 	"github.com/heraldlb/herald/config/v1beta1"
 )
 
@@ -110,9 +114,57 @@ func Collect(ctx context.Context, c client.Reader) (Report, error) {
 	if err := c.List(ctx, &leases, client.HasLabels{config.LabelSpeakerLease}); err != nil {
 		return Report{}, listError("leases.coordination.k8s.io", err)
 	}
-	r := Build(pools.Items, services.Items, speakers.Items)
+	derived, err := collectDerived(ctx, c, pools.Items, speakers.Items, leases.Items, time.Now())
+	if err != nil {
+		return Report{}, err
+	}
+	r := Build(pools.Items, services.Items, speakers.Items, derived)
 	r.AddLeases(leases.Items)
 	return r, nil
+}
+
+// collectDerived reads what tells which nodes announce Cluster-policy IPs by BGP without listing
+// them (statuses with bgpListing: Deviations): the BGP objects, the Nodes' labels (metadata
+// only) and the speakers' Leases (a node counts while its Lease holds at now), as the
+// controller's herald.io/Announced condition does. Nil when no status is marked.
+func collectDerived(ctx context.Context, c client.Reader, pools []v1beta1.IPAddressPool, speakers []v1beta1.SpeakerStatus,
+	leases []coordinationv1.Lease, now time.Time) (*bgpconfig.Announcers, error) {
+	if !slices.ContainsFunc(speakers, func(st v1beta1.SpeakerStatus) bool { return st.Status.BGPListing == v1beta1.BGPListingDeviations }) {
+		return nil, nil
+	}
+	var (
+		ads         v1beta1.BGPAdvertisementList
+		peers       v1beta1.BGPPeerList
+		communities v1beta1.CommunityList
+	)
+	for what, list := range map[string]client.ObjectList{"bgpadvertisements.herald.io": &ads, "bgppeers.herald.io": &peers, "communities.herald.io": &communities} {
+		if err := c.List(ctx, list); err != nil {
+			return nil, listError(what, err)
+		}
+	}
+	nodes := &metav1.PartialObjectMetadataList{}
+	nodes.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NodeList"))
+	if err := c.List(ctx, nodes); err != nil {
+		return nil, listError("nodes", err)
+	}
+	labels := map[string]map[string]string{}
+	for _, n := range nodes.Items {
+		labels[n.Name] = n.Labels
+	}
+	holds := map[string]bool{}
+	for _, l := range leases {
+		if node, ok := strings.CutPrefix(l.Name, config.SpeakerLeasePrefix); ok && l.Spec.RenewTime != nil {
+			d := time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, config.SpeakerLeaseDuration)) * time.Second
+			holds[node] = !now.After(l.Spec.RenewTime.Add(d))
+		}
+	}
+	var in []bgpconfig.NodeBGP
+	for i := range speakers {
+		if st := &speakers[i]; st.Status.BGPListing == v1beta1.BGPListingDeviations {
+			in = append(in, bgpconfig.NodeFromStatus(st, labels[st.Name], holds[st.Name]))
+		}
+	}
+	return bgpconfig.NewAnnouncers(bgpconfig.Input{Pools: pools, Advertisements: ads.Items, Peers: peers.Items, Communities: communities.Items}, in), nil
 }
 
 // AddLeases records, for each node of the report, when its speaker last renewed its Lease.
@@ -140,7 +192,9 @@ func listError(what string, err error) error {
 }
 
 // Build assembles the report from the objects: pure, so its rules are testable without a cluster.
-func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []v1beta1.SpeakerStatus) Report {
+// derived (nil: none) names the nodes announcing Cluster-policy IPs by BGP that their statuses
+// do not list (bgpListing: Deviations).
+func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []v1beta1.SpeakerStatus, derived *bgpconfig.Announcers) Report {
 	r := Report{Pools: []Pool{}, Services: []Service{}, Nodes: []Node{}}
 	parsed := make([]addresspool.Pool, len(pools))
 	for i, p := range pools {
@@ -187,6 +241,8 @@ func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []
 		r.Nodes = append(r.Nodes, n)
 	}
 
+	// derivedIPs: by node, the IPs it announces without listing them (counted in its ANNOUNCES).
+	derivedIPs := map[string][]string{}
 	for _, svc := range services {
 		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
 			continue
@@ -203,14 +259,30 @@ func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []
 				continue
 			}
 			out.IPs = append(out.IPs, ing.IP)
-			if ip, err := netip.ParseAddr(ing.IP); err == nil && out.Pool == "" {
+			ip, err := netip.ParseAddr(ing.IP)
+			if err == nil && out.Pool == "" {
 				out.Pool = poolOf(ip)
 			}
 			out.AnnouncedBy = append(out.AnnouncedBy, announcers[ing.IP]...)
+			if derived == nil || err != nil || svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+				continue
+			}
+			for _, node := range derived.Nodes(ip, poolOf(ip), svc.Labels) {
+				if !slices.ContainsFunc(announcers[ing.IP], func(a Announcer) bool { return a.Node == node && a.Protocol == v1beta1.ProtocolBGP }) {
+					out.AnnouncedBy = append(out.AnnouncedBy, Announcer{Node: node, IP: ing.IP, Protocol: v1beta1.ProtocolBGP})
+					derivedIPs[node] = append(derivedIPs[node], ing.IP)
+				}
+			}
 		}
 		out.Allocated = condition(svc.Status.Conditions, config.ConditionAllocated)
 		out.Announced = condition(svc.Status.Conditions, config.ConditionAnnounced)
 		r.Services = append(r.Services, out)
+	}
+
+	for i := range r.Nodes {
+		ips := derivedIPs[r.Nodes[i].Name]
+		slices.Sort(ips)
+		r.Nodes[i].AnnouncedIPs += int32(len(slices.Compact(ips)))
 	}
 
 	sort.Slice(r.Pools, func(i, j int) bool { return r.Pools[i].Name < r.Pools[j].Name })
