@@ -28,6 +28,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -95,6 +97,8 @@ func (a *announcer) addOne() {
 // event is lost or counted twice.
 type watcher struct {
 	events, bytes atomic.Int64
+	// modifiedBytes are the bytes of MODIFIED events alone (writes to existing objects).
+	modifiedBytes atomic.Int64
 	last          atomic.Int64 // unix nanos of the last event
 	// resumed counts the streams reopened; failed holds why the watch could not go on (the API
 	// server no longer had the events after the last resourceVersion): the counts stop there.
@@ -173,6 +177,9 @@ func (w *watcher) read(stream io.Reader, rv string) string {
 		}
 		w.events.Add(1)
 		w.bytes.Add(int64(len(line)))
+		if typ == "MODIFIED" {
+			w.modifiedBytes.Add(int64(len(line)))
+		}
 		w.last.Store(time.Now().UnixNano())
 		w.mu.Lock()
 		if typ == "DELETED" {
@@ -284,6 +291,8 @@ type apiFigures struct {
 	// statusWrites: requests writing SpeakerStatuses (creates, updates, patches) the API server
 	// served; etcdWrites: the creates and updates of SpeakerStatuses it sent to etcd.
 	statusWrites, etcdWrites float64
+	// serviceStatusWrites: requests writing Services' status (the controller's patches).
+	serviceStatusWrites float64
 	// watchBytes: bytes of SpeakerStatus and Lease events the API server sent to all watchers
 	// (here the controller and the benchmark's own watches).
 	watchBytes float64
@@ -312,6 +321,8 @@ func readAPIFigures(ctx context.Context, b *testing.B, cs kubernetes.Interface) 
 		switch {
 		case name == "apiserver_request_total" && has(`resource="speakerstatuses"`) && write:
 			to = &f.statusWrites
+		case name == "apiserver_request_total" && has(`resource="services"`, `subresource="status"`) && write:
+			to = &f.serviceStatusWrites
 		case name == "etcd_requests_total" && has(`resource="speakerstatuses"`) && (has(`operation="create"`) || has(`operation="update"`)):
 			to = &f.etcdWrites
 		case name == "apiserver_watch_events_sizes_sum" && (has(`resource="speakerstatuses"`) || has(`resource="leases"`)):
@@ -477,6 +488,12 @@ func BenchmarkStatusWriters(b *testing.B) {
 			sizes = append(sizes, [2]int{n, a})
 		}
 	}
+	// What the derived design's controller reads: a pool for the Service created, a BGPAdvertisement
+	// of it to every node.
+	mustCreate(ctx, b, cs, "/apis/herald.io/v1beta1/ipaddresspools", `{"apiVersion":"herald.io/v1beta1","kind":"IPAddressPool",`+
+		`"metadata":{"name":"scale"},"spec":{"addresses":["10.200.0.0/16"]}}`)
+	mustCreate(ctx, b, cs, "/apis/herald.io/v1beta1/bgpadvertisements", `{"apiVersion":"herald.io/v1beta1","kind":"BGPAdvertisement",`+
+		`"metadata":{"name":"scale"},"spec":{"ipAddressPools":["scale"]}}`)
 	controllerBin := buildController(b)
 	apiProc := findAPIServer(b)
 	nodes := 0
@@ -492,21 +509,50 @@ func BenchmarkStatusWriters(b *testing.B) {
 		for _, design := range []struct {
 			name, leaseNS string
 			window        time.Duration
-		}{{"before (status rewritten every minute)", "", time.Minute}, {"after (Lease)", ns, 30 * time.Second}} {
+			derived       bool
+		}{
+			{"before (status rewritten every minute)", "", time.Minute, false},
+			{"after (Lease)", ns, 30 * time.Second, false},
+			{"derived (Lease; statuses list no Cluster-policy IP)", ns, 30 * time.Second, true},
+		} {
+			if os.Getenv("HERALD_SCALE_DESIGNS") == "derived" && !design.derived {
+				continue
+			}
 			label := fmt.Sprintf("scale, %d nodes × %d announcements, %s", n, anns, design.name)
-			statusWriters(ctx, b, cs, &cfg, apiProc, controllerBin, api.Kubeconfig, log, label, n, anns, design.leaseNS, design.window)
+			statusWriters(ctx, b, cs, &cfg, apiProc, controllerBin, api.Kubeconfig, log, label, n, anns, design.leaseNS, design.window, design.derived)
 		}
 	}
 }
 
+// mustCreate posts one object (JSON) to path.
+func mustCreate(ctx context.Context, b *testing.B, cs kubernetes.Interface, path, body string) {
+	if err := cs.CoreV1().RESTClient().Post().AbsPath(path).Body([]byte(body)).SetHeader("Content-Type", "application/json").Do(ctx).Error(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// derivedStatus is what a node's speaker of the derived design reports beside its (empty) list:
+// the marker and an Established session.
+func derivedStatus(st *v1beta1.SpeakerStatusStatus) {
+	st.BGPListing = v1beta1.BGPListingDeviations
+	st.BGPSessionsUp, st.BGPSessionsTotal = 1, 1
+	st.BGPSessions = []v1beta1.BGPSessionStatus{{Peer: "router", PeerAddress: "10.255.0.1", State: "Established"}}
+}
+
 // statusWriters runs one design at one size (see BenchmarkStatusWriters) and removes what it made.
+// In the derived design the nodes list none of the IPs (they are Cluster-policy BGP IPs, which the
+// controller derives), and the Service created is a real one: the controller allocates it and
+// writes its herald.io/Announced condition, derived from the nodes' sessions.
 func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, cfg *rest.Config, api *apiServer, controllerBin, kubeconfig string,
-	log *slog.Logger, label string, n, anns int, leaseNS string, window time.Duration) {
+	log *slog.Logger, label string, n, anns int, leaseNS string, window time.Duration, derived bool) {
 	ctrl := startController(b, controllerBin, kubeconfig)
 	phase, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	statuses := watch(phase, b, &wg, cs, "/apis/herald.io/v1beta1/speakerstatuses", 0)
 	leases := watch(phase, b, &wg, cs, "/apis/coordination.k8s.io/v1/namespaces/"+ns+"/leases", 0)
+	// The Service created in the derived design: its events after its creation are the
+	// controller's writes.
+	services := watch(phase, b, &wg, cs, "/api/v1/namespaces/default/services", 0)
 	time.Sleep(time.Second)
 	began := time.Now()
 	cpu0, _ := ctrl.usage(b)
@@ -514,12 +560,18 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 	var ans []*announcer
 	for i := range n {
 		a := newAnnouncer(anns)
+		if derived {
+			a = newAnnouncer(0)
+		}
 		spk, err := speaker.New(speaker.Config{NodeName: fmt.Sprintf("node%04d", i), RestConfig: cfg, Logger: log,
 			LeaseNamespace: leaseNS}, record.NewFakeRecorder(1))
 		if err != nil {
 			b.Fatal(err)
 		}
 		spk.AddAnnouncer(a)
+		if derived {
+			spk.AddStatusSource(derivedStatus)
+		}
 		writers, ans = append(writers, spk), append(ans, a)
 		wg.Go(func() { spk.RunStatusWriter(phase) })
 	}
@@ -544,19 +596,27 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 	emit(label+": steady state, controller RSS", rss, "B")
 	emit(label+": steady state, API server RSS", api.rss(b), "B")
 
-	// One Service created: every node announces one more IP.
+	// One Service created: every node announces one more IP (listing it, except in the derived
+	// design).
 	e0 := statuses.events.Load()
 	b0, lb0 = statuses.bytes.Load(), leases.bytes.Load()
 	m0 = readAPIFigures(ctx, b, cs)
-	for i, a := range ans {
-		a.addOne()
-		writers[i].StatusChanged()
+	s0 := services.modifiedBytes.Load()
+	if derived {
+		createAnnouncedService(phase, b, cs)
+	} else {
+		for i, a := range ans {
+			a.addOne()
+			writers[i].StatusChanged()
+		}
+		statuses.quiet(phase, b, api, e0+int64(n), 3*time.Second)
 	}
-	statuses.quiet(phase, b, api, e0+int64(n), 3*time.Second)
 	m1 = readAPIFigures(ctx, b, cs)
 	cpu3, _ := ctrl.usage(b)
-	emit(label+": one Service created, API writes", m1.statusWrites-m0.statusWrites, "writes")
-	emit(label+": one Service created, bytes written", float64(statuses.bytes.Load()-b0), "B")
+	emit(label+": one Service created, API writes", m1.statusWrites-m0.statusWrites+m1.serviceStatusWrites-m0.serviceStatusWrites, "writes")
+	emit(label+": one Service created, speaker writes", m1.statusWrites-m0.statusWrites, "writes")
+	emit(label+": one Service created, controller writes (Service status)", m1.serviceStatusWrites-m0.serviceStatusWrites, "writes")
+	emit(label+": one Service created, bytes written", float64(statuses.bytes.Load()-b0+services.modifiedBytes.Load()-s0), "B")
 	// The API server's count of watch bytes covers every watcher: the controller's and ours.
 	emit(label+": one Service created, watch bytes sent to the controller",
 		m1.watchBytes-m0.watchBytes-float64(statuses.bytes.Load()-b0+leases.bytes.Load()-lb0), "B")
@@ -571,6 +631,13 @@ func statusWriters(ctx context.Context, b *testing.B, cs kubernetes.Interface, c
 	stop()
 	wg.Wait()
 	for _, del := range []func() error{
+		func() error {
+			err := cs.CoreV1().Services("default").Delete(ctx, "scale", metav1.DeleteOptions{})
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return err
+		},
 		func() error {
 			return cs.CoreV1().RESTClient().Delete().AbsPath("/apis/herald.io/v1beta1/speakerstatuses").Do(ctx).Error()
 		},
@@ -655,4 +722,30 @@ func counterSum(regs []*prometheus.Registry, name string) float64 {
 		}
 	}
 	return t
+}
+
+// createAnnouncedService creates a LoadBalancer Service and waits until the controller has
+// allocated it and written its herald.io/Announced condition True (derived from the nodes'
+// sessions), then for any write after it.
+func createAnnouncedService(ctx context.Context, b *testing.B, cs kubernetes.Interface) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "scale"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Ports: []corev1.ServicePort{{Port: 80}}}}
+	if _, err := cs.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		got, err := cs.CoreV1().Services("default").Get(ctx, "scale", metav1.GetOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if c := apimeta.FindStatusCondition(got.Status.Conditions, config.ConditionAnnounced); c != nil && c.Status == metav1.ConditionTrue {
+			time.Sleep(3 * time.Second)
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("the Service created was not Announced within 2 minutes: %+v", got.Status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
