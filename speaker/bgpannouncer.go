@@ -352,7 +352,8 @@ func (b *BGP) refreshSessions(ctx context.Context) {
 // Announcements implements Announcer: the IPs of externalTrafficPolicy: Local Services advertised
 // to at least one established session. The others are not listed: readers derive them
 // (bgpconfig.Announcers), and listing them would rewrite this node's status for every Service
-// created; those this node cannot advertise are its deviations (fillStatus).
+// created; those this node cannot advertise are its deviations (fillStatus). All are listed,
+// unmarked, while the CRD lacks the marker (Speaker.BGPListingPruned).
 func (b *BGP) Announcements() []v1beta1.Announcement {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -361,8 +362,9 @@ func (b *BGP) Announcements() []v1beta1.Announcement {
 		up[s.Name] = s.Established
 	}
 	var out []v1beta1.Announcement
+	listAll := b.speaker.BGPListingPruned()
 	for ip, an := range b.announced {
-		if an.ClusterPolicy {
+		if an.ClusterPolicy && !listAll {
 			continue
 		}
 		var peers []string
@@ -387,7 +389,9 @@ func (b *BGP) Announcements() []v1beta1.Announcement {
 func (b *BGP) fillStatus(st *v1beta1.SpeakerStatusStatus) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	st.BGPListing = v1beta1.BGPListingDeviations
+	if !b.speaker.BGPListingPruned() {
+		st.BGPListing = v1beta1.BGPListingDeviations
+	}
 	st.BGPWithheld = b.withheld
 	devs := b.deviationsLocked()
 	st.BGPDeviationsTotal = int32(len(devs))

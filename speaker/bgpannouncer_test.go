@@ -138,6 +138,7 @@ func TestBGPEntriesReused(t *testing.T) {
 // Cluster-policy Service created leaves the status as it was (the writer then writes nothing).
 func TestBGPStatusListsDeviationsOnly(t *testing.T) {
 	b := &BGP{
+		speaker:  &Speaker{},
 		since:    map[netip.Addr]time.Time{},
 		sessions: []bgp.PeerStatus{{Name: "tor", Address: netip.MustParseAddr("10.0.0.254"), State: "Established", Established: true}},
 		announced: map[netip.Addr]bgpconfig.Announced{
@@ -177,5 +178,12 @@ func TestBGPStatusListsDeviationsOnly(t *testing.T) {
 	b.sessions[0].Established, b.sessions[0].State = false, "Active"
 	if got := status(); got.BGPDeviationsTotal != 0 {
 		t.Errorf("deviations %+v without an established session", got.BGPDeviations)
+	}
+
+	// A CRD without the marker: every IP listed, unmarked, as older speakers do.
+	b.sessions[0].Established, b.sessions[0].State = true, "Established"
+	b.speaker.bgpListingPruned.Store(true)
+	if got := status(); got.BGPListing != "" || len(got.Announcements) != 3 {
+		t.Errorf("with the marker pruned: bgpListing %q, announcements %+v; want none, and all 3 IPs", got.BGPListing, got.Announcements)
 	}
 }

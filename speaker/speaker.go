@@ -91,7 +91,16 @@ type Speaker struct {
 	// statusGone: this node's SpeakerStatus was deleted (the controller removes those of speakers
 	// whose Lease expired long ago); the next write creates it again.
 	statusGone atomic.Bool
+	// bgpListingPruned: the API server dropped bgpListing from a write (the SpeakerStatus CRD is
+	// older than this speaker: Helm does not upgrade CRDs). Readers would then take the status
+	// for an older speaker's full list and find the Cluster-policy BGP IPs missing, so the
+	// speaker lists them all, as older speakers do, until it restarts.
+	bgpListingPruned atomic.Bool
 }
+
+// BGPListingPruned reports whether the SpeakerStatus CRD lacks bgpListing (see the field): the
+// BGP announcer then lists every IP it advertises, unmarked.
+func (s *Speaker) BGPListingPruned() bool { return s.bgpListingPruned.Load() }
 
 // New connects to the API server (nothing is watched until Run).
 func New(cfg Config, recorder record.EventRecorder) (*Speaker, error) {
@@ -502,11 +511,17 @@ func (s *Speaker) writeStatus(ctx context.Context, anns []v1beta1.Announcement) 
 	now := metav1.Now()
 	st.Status.LastUpdate = &now
 	s.written = nil // until this write succeeds
+	marked := st.Status.BGPListing != ""
 	// A conflict (the object changed since: say, recreated) makes the next write read it again.
 	if err := s.client.Status().Update(ctx, st); err != nil {
 		return false, err
 	}
-	s.written = st
+	s.written = st // as the API server returned it
+	if marked && st.Status.BGPListing == "" && !s.bgpListingPruned.Swap(true) {
+		s.log.Warn("the SpeakerStatus CRD has no bgpListing field (apply config/crd: helm upgrade does not change CRDs); " +
+			"listing every BGP IP, as older speakers do, until this speaker restarts")
+		s.StatusChanged()
+	}
 	return true, nil
 }
 
