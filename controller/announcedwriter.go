@@ -238,9 +238,13 @@ func (a *announcedWriter) configChanged() {
 
 // derivedChanged re-examines every Service after a change of what announceConfig.derive reads.
 // It is a change of nodes (a session, a label, a liveness) or of the configuration: rare, and
-// the writes it leads to are paced, and settle (announcedSettle).
+// the writes it leads to are paced, and settle (announcedSettle). While a change is pending (no
+// Service decided since the last), the Services are all queued already: a burst (every status
+// and Lease arriving at the controller's start) queues them once.
 func (a *announcedWriter) derivedChanged() {
-	a.derivedDirty.Store(true)
+	if a.derivedDirty.Swap(true) {
+		return
+	}
 	for _, k := range a.deps.services.GetIndexer().ListKeys() {
 		a.queue.Add(k)
 	}
