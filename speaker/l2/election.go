@@ -123,6 +123,8 @@ type Election struct {
 	heldIPs map[netip.Addr]bool
 	// leaving: owned IPs this node may no longer announce, since when (see keepUntilTaken).
 	leaving map[netip.Addr]time.Time
+	// departing: this node's speaker is stopping and the node is leaving (Depart).
+	departing bool
 }
 
 type pendingOffer struct {
@@ -144,6 +146,11 @@ func (e *Election) Resume(ips []netip.Addr) {
 	}
 }
 
+// Depart makes this node a candidate for nothing from the next round on, and says so in its state
+// (NodeState.Leaving): its speaker is stopping and the node is leaving. Each owned IP is kept, as
+// for a cordon used to be, until an eligible peer claims it (keepUntilTaken): make before break.
+func (e *Election) Depart() { e.departing = true }
+
 // Owns reports whether this node owns ip.
 func (e *Election) Owns(ip netip.Addr) bool { return e.owned[ip] }
 
@@ -162,7 +169,7 @@ func (e *Election) Owned() []netip.Addr {
 
 // State is this node's NodeState for its heartbeats.
 func (e *Election) State(links []Link, recovering bool) NodeState {
-	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering, HonoursHolds: true}
+	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering, HonoursHolds: true, Leaving: e.departing}
 	for ip, o := range e.offers {
 		s.Offers = append(s.Offers, Offer{IP: ip, To: o.to})
 	}
@@ -237,7 +244,7 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 			delete(e.offers, ip)
 		}
 	}
-	if r.Quorum && !r.Recovering && len(e.offers) == 0 && r.Now.Sub(e.lastOffer) >= e.timing.RebalanceEvery {
+	if r.Quorum && !r.Recovering && !e.departing && len(e.offers) == 0 && r.Now.Sub(e.lastOffer) >= e.timing.RebalanceEvery {
 		e.offerOne(r)
 	}
 	slices.SortFunc(gained, netip.Addr.Compare)
@@ -310,8 +317,8 @@ func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bo
 	return rendezvousWinner(ip, claimants) == e.self
 }
 
-// keepUntilTaken: this node owns ip but may no longer announce it (cordoned or drained, excluded,
-// its local endpoints gone, its advertisement changed). It answers on until an eligible node
+// keepUntilTaken: this node owns ip but may no longer announce it (excluded, leaving, its local
+// endpoints gone, its advertisement changed). It answers on until an eligible node
 // claims the IP, at most OfferTimeout: make before break, as a rebalancing handover, so a client
 // asking meanwhile is always answered. Not when nobody eligible could take it, nor while
 // recovering from a stall.
@@ -332,12 +339,16 @@ func (e *Election) keepUntilTaken(r Round, ip netip.Addr, eligible []string) boo
 }
 
 // eligible lists the alive candidates that have a link to answer for ip, in the candidates' order
-// (sorted: SetIPs sorts them). The slice is reused by the next call.
+// (sorted: SetIPs sorts them), leaving out the nodes that are leaving (Depart). The slice is
+// reused by the next call.
 func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
 	out := e.eligibleBuf[:0]
 	for _, n := range pol.Candidates {
 		m, alive := r.Members[n]
-		if alive && !m.Held && canAnswer(m.State.Links, ip, pol.InterfacesOf(n)) {
+		if n == e.self && e.departing {
+			continue
+		}
+		if alive && !m.Held && !m.State.Leaving && canAnswer(m.State.Links, ip, pol.InterfacesOf(n)) {
 			out = append(out, n)
 		}
 	}

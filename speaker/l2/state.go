@@ -25,6 +25,11 @@ type NodeState struct {
 	// HonoursHolds: this speaker keeps a restarting peer's claims. A speaker holds its IPs over a
 	// restart only when every alive peer does; an older one, without the field, does not.
 	HonoursHolds bool
+	// Leaving: the node's speaker is stopping and the node is leaving (cordoned or drained,
+	// excluded, deleted, NotReady): it is a candidate for nothing, and answers for its IPs only
+	// until an eligible peer claims them. A speaker of an earlier release ignores the field (gob
+	// skips it) and takes those IPs once the leaving node stops claiming them.
+	Leaving bool
 
 	ownedSet map[netip.Addr]struct{} // index of Owned, built once per received state
 }
