@@ -1,12 +1,14 @@
 // Package lifecycle runs the operator's weekly events against Herald on real nodes (kubelet,
 // containerd; Herald installed with helm from its image) under live traffic (issue 18): a helm
 // upgrade to a new image, a helm rollback, a speaker pod deleted, the controller killed during an
-// upgrade, a kubectl drain of the node owning the most addresses, a node's kubelet stopped, and an
+// upgrade, a kubectl drain of the node owning the most addresses, that node's speaker stopped while
+// it is cordoned (the node leaving), its uncordon, a node's kubelet stopped, and an
 // upgrade from the previous release's chart and image, and a node cut off the network. While each
 // happens, clients keep opening new connections and hold long-lived streams to LoadBalancer
 // Services (externalTrafficPolicy Cluster and Local, IPv4 and IPv6): L2 Services from the segment's
 // client, BGP Services from the client behind the router, whose BIRD peers with every node's
-// speaker. ARP/NDP probes count owner changes of every L2 address, a watch of BIRD's table the
+// speaker. ARP/NDP probes count owner changes of every L2 address (a packet socket at the client
+// records the new owners' gratuitous ARP/NA, which time a node cut's failover), a watch of BIRD's table the
 // changes of every BGP address's paths, and a watch of the Services their writes. Each event gets its own figures, printed as a table and as
 // `BENCH {json}` lines (bench/lifecycle/run.sh records them in bench/results.json).
 //
