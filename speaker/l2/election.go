@@ -39,6 +39,9 @@ type Member struct {
 	// ended). Its claims stand and nobody else takes them; it takes nothing new and is offered
 	// nothing.
 	Held bool
+	// Restarted: the node's speaker came back from such a hold (AliveSince is its new start). It
+	// kept its IPs over the restart: it has not joined, and balance offers it nothing.
+	Restarted bool
 }
 
 // Round is everything one election round looks at.
@@ -67,6 +70,13 @@ type ElectionTiming struct {
 	// RebalanceAfter: a node must have been alive this long before IPs are handed to it, so a
 	// flapping node never pulls IPs back and forth.
 	RebalanceAfter time.Duration
+	// RebalanceWindow: IPs are handed to a node only for this long after RebalanceAfter: balance
+	// fills a node that joined (a new node, one back from a crash or a cut), and otherwise leaves
+	// healthy owners alone, since every move breaks the established connections through the IP
+	// (the new owner has no conntrack entry for them). So an imbalance left by
+	// externalTrafficPolicy Local addresses following their endpoints (a drain) moves nothing
+	// more. Zero: no limit.
+	RebalanceWindow time.Duration
 	// RebalanceEvery: at most one handover offer per this period from each owner.
 	RebalanceEvery time.Duration
 	// OfferTimeout: an offer not taken up by then is withdrawn.
@@ -75,10 +85,11 @@ type ElectionTiming struct {
 
 // DefaultElectionTiming suits the default membership timers (50 ms heartbeats, 250 ms dead).
 var DefaultElectionTiming = ElectionTiming{
-	Settle:         300 * time.Millisecond,
-	RebalanceAfter: 10 * time.Second,
-	RebalanceEvery: 500 * time.Millisecond,
-	OfferTimeout:   time.Second,
+	Settle:          300 * time.Millisecond,
+	RebalanceAfter:  10 * time.Second,
+	RebalanceWindow: 2 * time.Minute,
+	RebalanceEvery:  500 * time.Millisecond,
+	OfferTimeout:    time.Second,
 }
 
 // bytesPerOwnedIP is what one owned IP may take of the node's encoded state: an IPv6 address
@@ -105,8 +116,9 @@ func MaxOwnedIPs(payloadLimit int) int {
 //     it to wins, else the highest rendezvous hash; the other stops at once.
 //   - An IP nobody eligible claims goes to the eligible node with the highest rendezvous hash of
 //     (IP, node): a deterministic choice every node computes alike, spreading orphans evenly.
-//   - Balance: an owner holding at least two IPs more than another eligible node that has been
-//     alive for RebalanceAfter offers it one IP. The receiver starts answering (with its gratuitous
+//   - Balance: an owner holding at least two IPs more than another eligible node that joined
+//     (alive for RebalanceAfter, and not longer than RebalanceWindow more; not back from a restart
+//     hold) offers it one IP. The receiver starts answering (with its gratuitous
 //     burst) when it sees the offer; the giver stops when it sees the receiver's claim, so a planned
 //     move has no window without an answer.
 //   - Without quorum a node owns nothing.
@@ -356,18 +368,25 @@ func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
 	return out
 }
 
-// offerOne offers one IP to the least loaded eligible node if this node holds at least two more.
+// offerOne offers one IP to the least loaded eligible node that joined (joining) if this node
+// holds at least two more. A node's load leaves out the IPs this node owns too: its claims of a
+// handover still in flight, which would make it look loaded (and send the offer elsewhere).
 func (e *Election) offerOne(r Round) {
 	load := map[string]int{}
 	for n, m := range r.Members {
-		if n != e.self && !m.Held {
-			load[n] = len(m.State.Owned)
+		if n != e.self && !m.Held && e.joining(r, m) {
+			load[n] = 0
+			for _, ip := range m.State.Owned {
+				if !e.owned[ip] {
+					load[n]++
+				}
+			}
 		}
 	}
 	mine := len(e.owned)
 	underloaded := false
-	for n, l := range load {
-		underloaded = underloaded || (mine-l >= 2 && r.Now.Sub(r.Members[n].AliveSince) >= e.timing.RebalanceAfter)
+	for _, l := range load {
+		underloaded = underloaded || mine-l >= 2
 	}
 	if !underloaded {
 		return
@@ -376,7 +395,7 @@ func (e *Election) offerOne(r Round) {
 	bestTo := ""
 	for _, ip := range e.Owned() {
 		for _, n := range slices.Clone(e.eligible(r, ip, r.IPs[ip])) {
-			if n == e.self || r.Now.Sub(r.Members[n].AliveSince) < e.timing.RebalanceAfter || mine-load[n] < 2 {
+			if l, ok := load[n]; n == e.self || !ok || mine-l < 2 {
 				continue
 			}
 			if bestTo == "" || load[n] < load[bestTo] || (load[n] == load[bestTo] && n < bestTo) {
@@ -388,6 +407,13 @@ func (e *Election) offerOne(r Round) {
 		e.offers[bestIP] = pendingOffer{to: bestTo, at: r.Now}
 		e.lastOffer = r.Now
 	}
+}
+
+// joining: m joined (alive for RebalanceAfter, within RebalanceWindow after it, not back from a
+// restart hold), so balance may hand it IPs.
+func (e *Election) joining(r Round, m Member) bool {
+	age := r.Now.Sub(m.AliveSince)
+	return !m.Restarted && age >= e.timing.RebalanceAfter && (e.timing.RebalanceWindow <= 0 || age < e.timing.RebalanceAfter+e.timing.RebalanceWindow)
 }
 
 // rendezvousWinner is the node with the highest hash of (ip, node): a choice every node computes

@@ -623,3 +623,38 @@ func TestDepartingOwnerHandsOverBeforeStopping(t *testing.T) {
 		}
 	}
 }
+
+// Balance fills a node that joined (alive for RebalanceAfter, within RebalanceWindow after it),
+// and otherwise leaves healthy owners alone: an imbalance among nodes alive for long (Local-policy
+// addresses that followed their endpoints away from a drained node) moves nothing, since every
+// move breaks the established connections through the address. A node back from a restart hold
+// kept its IPs: it has not joined either.
+func TestBalanceFillsOnlyNodesThatJoined(t *testing.T) {
+	ips := map[netip.Addr]Policy{}
+	for i := range 4 {
+		ips[netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)})] = Policy{Candidates: []string{"a", "b", "c"}}
+	}
+	start := time.Unix(1000, 0)
+	now := start.Add(time.Hour)
+	offers := func(c Member) []Offer {
+		a := NewElection("a", DefaultElectionTiming)
+		a.Resume(slices.Collect(maps.Keys(ips)))
+		members := map[string]Member{
+			"a": {AliveSince: start, State: NodeState{Links: segment}},
+			"b": {AliveSince: start, State: NodeState{Links: segment}},
+			"c": c,
+		}
+		a.Decide(Round{Now: now, Quorum: true, QuorumSince: start, Members: members, IPs: ips})
+		return a.State(segment, false).Offers
+	}
+	if o := offers(Member{AliveSince: start, State: NodeState{Links: segment}}); len(o) != 0 {
+		t.Errorf("a owns 4 IPs, b and c (alive for an hour) none: a offers %v, want nothing moved", o)
+	}
+	joined := now.Add(-DefaultElectionTiming.RebalanceAfter - time.Second)
+	if o := offers(Member{AliveSince: joined, State: NodeState{Links: segment}}); len(o) != 1 || o[0].To != "c" {
+		t.Errorf("c joined %v ago: a offers %v, want one IP to c", now.Sub(joined), o)
+	}
+	if o := offers(Member{AliveSince: joined, Restarted: true, State: NodeState{Links: segment}}); len(o) != 0 {
+		t.Errorf("c is back from a restart hold: a offers %v, want nothing", o)
+	}
+}
