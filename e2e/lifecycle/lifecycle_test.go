@@ -423,6 +423,10 @@ func targetsOf(event string) eventTargets {
 		return eventTargets{failed: "0", broken: "only the drained node's", moves: "only Local-policy addresses", gaps: "0", writes: "0"}
 	case "drained node's speaker stopped":
 		return eventTargets{failed: "0", gaps: "0", writes: "0"}
+	case "kubectl uncordon":
+		// Its writes are the Announced conditions naming the nodes the drain's Local-policy
+		// addresses moved to, written once the change has held for a minute (controller).
+		return eventTargets{failed: "0", broken: "0", moves: "0", gaps: "0"}
 	case "kubelet stopped (NotReady)", "node cut off the network":
 		return eventTargets{}
 	}
