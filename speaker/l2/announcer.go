@@ -88,8 +88,6 @@ type Announcer struct {
 	bursts     map[netip.Addr]context.CancelFunc
 	// held are the claims of peers restarting with a hold, kept until the peer is back or until.
 	held map[string]heldPeer
-	// restarted: the start (AliveSince) of each peer that came back from a restart hold.
-	restarted map[string]time.Time
 	// resumed are the IPs this node's previous speaker left held in the kernel (IP → link), until
 	// this one answers for them itself.
 	resumed map[netip.Addr]string
@@ -132,7 +130,6 @@ func New(cfg Config) *Announcer {
 		responders: map[responderKey]responder{},
 		bursts:     map[netip.Addr]context.CancelFunc{},
 		held:       map[string]heldPeer{},
-		restarted:  map[string]time.Time{},
 	}
 }
 
@@ -235,14 +232,12 @@ func (a *Announcer) round(ctx context.Context) {
 			unknown++
 		default:
 			st := a.decode(name, p.Payload)
+			members[name] = Member{AliveSince: p.AliveSince, State: st, Restarted: st.Resumed}
 			if st.HoldFor > 0 {
 				a.held[name] = heldPeer{state: st, until: now.Add(st.HoldFor + HoldMargin)}
-			} else if _, back := a.held[name]; back {
-				// Back from its restart hold: a new start, but not a node that joined.
-				a.restarted[name] = p.AliveSince
+			} else {
 				delete(a.held, name)
 			}
-			members[name] = Member{AliveSince: p.AliveSince, State: st, Restarted: a.restarted[name].Equal(p.AliveSince)}
 		}
 	}
 	for name, h := range a.held {

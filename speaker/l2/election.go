@@ -39,8 +39,9 @@ type Member struct {
 	// ended). Its claims stand and nobody else takes them; it takes nothing new and is offered
 	// nothing.
 	Held bool
-	// Restarted: the node's speaker came back from such a hold (AliveSince is its new start). It
-	// kept its IPs over the restart: it has not joined, and balance offers it nothing.
+	// Restarted: the node's speaker came back from such a hold (its state says Resumed;
+	// AliveSince is its new start). It kept its IPs over the restart: it has not joined, and
+	// balance offers it nothing.
 	Restarted bool
 }
 
@@ -137,6 +138,8 @@ type Election struct {
 	leaving map[netip.Addr]time.Time
 	// departing: this node's speaker is stopping and the node is leaving (Depart).
 	departing bool
+	// resumed: this node started owning IPs its previous speaker held over a restart (Resume).
+	resumed bool
 }
 
 type pendingOffer struct {
@@ -156,6 +159,7 @@ func (e *Election) Resume(ips []netip.Addr) {
 	for _, ip := range ips {
 		e.owned[ip] = true
 	}
+	e.resumed = e.resumed || len(ips) > 0
 }
 
 // Depart makes this node a candidate for nothing from the next round on, and says so in its state
@@ -181,7 +185,7 @@ func (e *Election) Owned() []netip.Addr {
 
 // State is this node's NodeState for its heartbeats.
 func (e *Election) State(links []Link, recovering bool) NodeState {
-	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering, HonoursHolds: true, Leaving: e.departing}
+	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering, HonoursHolds: true, Leaving: e.departing, Resumed: e.resumed}
 	for ip, o := range e.offers {
 		s.Offers = append(s.Offers, Offer{IP: ip, To: o.to})
 	}

@@ -654,6 +654,11 @@ func TestBalanceFillsOnlyNodesThatJoined(t *testing.T) {
 	if o := offers(Member{AliveSince: joined, State: NodeState{Links: segment}}); len(o) != 1 || o[0].To != "c" {
 		t.Errorf("c joined %v ago: a offers %v, want one IP to c", now.Sub(joined), o)
 	}
+	back := NewElection("c", DefaultElectionTiming)
+	back.Resume([]netip.Addr{netip.MustParseAddr("10.0.0.200")})
+	if st := back.State(segment, false); !st.Resumed {
+		t.Fatal("a speaker that resumed held IPs does not say so")
+	}
 	if o := offers(Member{AliveSince: joined, Restarted: true, State: NodeState{Links: segment}}); len(o) != 0 {
 		t.Errorf("c is back from a restart hold: a offers %v, want nothing", o)
 	}

@@ -30,6 +30,9 @@ type NodeState struct {
 	// until an eligible peer claims them. A speaker of an earlier release ignores the field (gob
 	// skips it) and takes those IPs once the leaving node stops claiming them.
 	Leaving bool
+	// Resumed: this speaker took back the IPs its node's previous speaker held over a restart. It
+	// has not joined: balance offers it nothing (a restart moves nothing).
+	Resumed bool
 
 	ownedSet map[netip.Addr]struct{} // index of Owned, built once per received state
 }
