@@ -176,7 +176,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 	// Rounds also run on a timer: settling, offers and their timeouts depend on time alone.
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	defer a.stopAll()
+	defer a.stopAll(ctx)
 	for {
 		a.round(ctx)
 		select {
@@ -446,12 +446,12 @@ func (a *Announcer) publishState(s NodeState) {
 // stopAll stops answering. Stopping for a restart, it hands its IPs to the kernel and asks the
 // peers to hold them (see Handover); otherwise it hands them to its peers (handOver) and tells the
 // peers this node owns nothing, so they take over at once instead of after DeadAfter.
-func (a *Announcer) stopAll() {
+func (a *Announcer) stopAll(ctx context.Context) {
 	var held []netip.Addr
 	if a.mayHold() {
 		held = a.holdOwned()
 	} else {
-		a.handOver()
+		a.handOver(ctx)
 	}
 	for _, cancel := range a.bursts {
 		cancel()
@@ -484,14 +484,15 @@ const handOverRound = 10 * time.Millisecond
 // (Election.Depart), answers on until an eligible peer claims each IP (each at most OfferTimeout),
 // and returns once it owns nothing. Its membership outlives the announcer (cmd/speaker), so the
 // peers hear the departure and this node their claims.
-func (a *Announcer) handOver() {
+func (a *Announcer) handOver(ctx context.Context) {
 	owned := len(a.election.owned)
 	if owned == 0 {
 		return
 	}
 	a.election.Depart()
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Timing.OfferTimeout+5*handOverRound)
+	// ctx has ended (the stop): the handover has its own bound.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Timing.OfferTimeout+5*handOverRound)
 	defer cancel()
 	tick := time.NewTicker(handOverRound)
 	defer tick.Stop()
