@@ -398,7 +398,7 @@ func whyNotAnnounced(svc *corev1.Service, ip string, live []*v1beta1.SpeakerStat
 		return config.ReasonNoEligibleNode, fmt.Sprintf("no speaker is alive (no speaker Lease %s<node> in Herald's namespace holds, nor was a SpeakerStatus written in the last %v): check the speaker pods, one per node", config.SpeakerLeasePrefix, speakerLiveFor)
 	default:
 		return config.ReasonNoEligibleNode, fmt.Sprintf("selected by %s, but no node is selected, alive and usable: "+
-			"check the advertisements' nodeSelectors, the %s label on the nodes, whether they are cordoned, and the speaker pods", ads, config.LabelExcludeFromLB)
+			"check the advertisements' nodeSelectors, the %s label on the nodes, and the speaker pods", ads, config.LabelExcludeFromLB)
 	}
 }
 

@@ -184,7 +184,7 @@ func TestAnnouncedCondition(t *testing.T) {
 			speakers:    []*v1beta1.SpeakerStatus{speakerStatus("node1", 4*time.Minute, announces(v1beta1.ProtocolL2, "192.0.2.10")), speakerStatus("node2", 0)},
 			unannounced: long, status: metav1.ConditionFalse, reason: config.ReasonNoEligibleNode,
 			message: "192.0.2.10: selected by L2Advertisement l2, but no node is selected, alive and usable: check the advertisements' nodeSelectors, " +
-				"the node.kubernetes.io/exclude-from-external-load-balancers label on the nodes, whether they are cordoned, and the speaker pods"},
+				"the node.kubernetes.io/exclude-from-external-load-balancers label on the nodes, and the speaker pods"},
 		{name: "a speaker written 2 minutes ago still counts", svc: lbService([]string{"192.0.2.10"}),
 			speakers: []*v1beta1.SpeakerStatus{speakerStatus("node1", 2*time.Minute, announces(v1beta1.ProtocolL2, "192.0.2.10"))},
 			status:   metav1.ConditionTrue, reason: config.ReasonAnnounced, message: "192.0.2.10: L2 from node1"},
@@ -457,7 +457,7 @@ func TestSpeakerChanges(t *testing.T) {
 	// withholding (every Service is examined again); a deviation concerns its IP only.
 	marked := speakerStatus("node1", 0, derivedListing())
 	withheld := speakerStatus("node1", 0, derivedListing())
-	withheld.Status.BGPWithheld = "cordoned"
+	withheld.Status.BGPWithheld = "the node is labelled node.kubernetes.io/exclude-from-external-load-balancers"
 	derivedCases := []struct {
 		name     string
 		old, cur *v1beta1.SpeakerStatus

@@ -34,6 +34,8 @@ type BGP struct {
 
 	// entries is sync's: the Services' translation entries of the last snapshot it applied.
 	entries bgpEntries
+	// applied is sync's: the last configuration it gave the announcer (its peers, for leave).
+	applied bgpconfig.Desired
 
 	mu        sync.Mutex
 	snap      *Snapshot
@@ -90,9 +92,9 @@ func (b *BGP) Prepare(ctx context.Context, snap *Snapshot) {
 
 // Run implements Announcer. On return every session is closed: with a Cease, so routers move
 // traffic to the other nodes at once, except on peers with graceful restart, which keep
-// forwarding to this node until the speaker is back.
+// forwarding to this node until the speaker is back; a leaving node's too (see stop).
 func (b *BGP) Run(ctx context.Context) error {
-	defer b.announcer.Stop(ctx, true)
+	defer b.stop(ctx)
 	retry := time.NewTicker(bgpRetry)
 	defer retry.Stop()
 	failed := false
@@ -113,6 +115,32 @@ func (b *BGP) Run(ctx context.Context) error {
 	}
 }
 
+// stop closes the sessions. A restarting speaker keeps the paths of its graceful-restart peers
+// (the router keeps them as stale until the new speaker sends them again). A leaving node's
+// (cordoned or drained, then shut down; see leaving) withdraws every path first, on the sessions
+// still up, as an excluded node's does while it runs: the other nodes' paths are in already, so
+// the router moves the flows to them at once, instead of keeping this node's stale paths for the
+// restart time. Then it ends every session with a Cease.
+func (b *BGP) stop(ctx context.Context) {
+	b.mu.Lock()
+	snap := b.snap
+	b.mu.Unlock()
+	if snap == nil || !leaving(snap.Nodes[snap.NodeName]) {
+		b.announcer.Stop(ctx, true)
+		return
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	withdrawn := b.applied
+	withdrawn.Routes = nil
+	if err := b.announcer.Apply(wctx, withdrawn); err != nil {
+		b.speaker.log.Warn("the node is leaving: withdrawing its BGP paths before stopping", "err", err)
+	} else {
+		b.speaker.log.Info("the node is leaving: its BGP paths are withdrawn, its sessions end")
+	}
+	b.announcer.Stop(ctx, false)
+}
+
 // sync applies the latest snapshot; false when the announcer reported an error (retried later).
 func (b *BGP) sync(ctx context.Context) bool {
 	b.mu.Lock()
@@ -128,10 +156,11 @@ func (b *BGP) sync(ctx context.Context) bool {
 	if err != nil {
 		b.speaker.log.Error("BGP", "err", err)
 	}
+	b.applied = res.Desired
 	refused := b.announcer.Refused()
 	withheld := ""
 	if node := snap.Nodes[snap.NodeName]; node != nil && excludedFromAnnouncing(node) {
-		withheld = withheldReason(node)
+		withheld = "the node is labelled " + config.LabelExcludeFromLB
 	}
 	now := time.Now()
 	b.mu.Lock()
@@ -445,12 +474,4 @@ func (b *BGP) deviationsLocked() []v1beta1.BGPDeviation {
 		out[i] = v1beta1.BGPDeviation{IP: d.ip.String(), Reason: d.reason}
 	}
 	return out
-}
-
-// withheldReason says why an excluded node advertises nothing (excludedFromAnnouncing).
-func withheldReason(node *corev1.Node) string {
-	if _, labelled := node.Labels[config.LabelExcludeFromLB]; labelled {
-		return "the node is labelled " + config.LabelExcludeFromLB
-	}
-	return "the node is cordoned (spec.unschedulable)"
 }

@@ -58,11 +58,12 @@ func TestBGPInputToRoutes(t *testing.T) {
 	if len(res.Desired.Peers) != 1 || len(res.Desired.Routes) != 0 {
 		t.Errorf("excluded node: peers %v, routes %v", res.Desired.Peers, res.Desired.Routes)
 	}
-	// So does a cordoned one.
+	// A cordoned (drained) one announces as before: a cordon is not an exclusion (its data plane
+	// still runs; withdrawing would re-hash the router's flows of the other nodes too).
 	snap.NodeName = "d"
 	res = bgpconfig.Translate(new(bgpEntries).input(snap, "herald-system", nil))
-	if len(res.Desired.Peers) != 1 || len(res.Desired.Routes) != 0 {
-		t.Errorf("cordoned node: peers %v, routes %v", res.Desired.Peers, res.Desired.Routes)
+	if len(res.Desired.Peers) != 1 || !reflect.DeepEqual(res.Desired.Routes, map[string]map[netip.Prefix]bgpconfig.Attributes{"tor": {netip.MustParsePrefix("10.0.0.100/32"): {}}}) {
+		t.Errorf("cordoned node: peers %v, routes %v; want the Cluster-policy address advertised", res.Desired.Peers, res.Desired.Routes)
 	}
 }
 

@@ -39,23 +39,13 @@ func NewL2(s *Speaker, cfg l2.Config) *L2 {
 	return a
 }
 
-// restarting tells, when the speaker stops, a restart (hold the IPs: a rolling upgrade, a
-// deleted speaker pod) from the node leaving: cordoned or drained, excluded from load balancers,
-// being deleted, or NotReady (the kubelet's graceful node shutdown marks it so before it stops
-// pods). A leaving node releases its IPs at once, so its peers answer before it goes.
+// restarting tells, when the speaker stops, a restart (hold the IPs) from the node leaving (see
+// leaving): a leaving node hands its IPs over before it stops, so its peers answer before it goes.
 func (a *L2) restarting() bool {
 	a.mu.Lock()
 	node := a.snap.Nodes[a.node]
 	a.mu.Unlock()
-	if node == nil || node.DeletionTimestamp != nil || excludedFromAnnouncing(node) {
-		return false
-	}
-	for _, c := range node.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	return !leaving(node)
 }
 
 // L2Policies computes, for every IP an L2Advertisement covers, the nodes that may answer for it and

@@ -144,11 +144,32 @@ func anySelectorMatches(selectors []metav1.LabelSelector, l map[string]string) b
 // String is for logs.
 func (s ServiceIP) String() string { return fmt.Sprintf("%s%v", s.IP, s.ServiceNames()) }
 
-// excludedFromAnnouncing: a node labelled node.kubernetes.io/exclude-from-external-load-balancers,
-// or cordoned (spec.unschedulable: `kubectl cordon`, `kubectl drain`), announces nothing. Its
-// speaker still runs the data plane. Cordoning is how operators take a node out of service
-// before maintenance; its L2 addresses move and its BGP routes are withdrawn before it goes down.
+// excludedFromAnnouncing: a node labelled node.kubernetes.io/exclude-from-external-load-balancers
+// announces nothing; its speaker still runs the data plane. A cordon (spec.unschedulable:
+// `kubectl cordon`, `kubectl drain`) is not an exclusion: it stops new pods, not traffic. A drained
+// node's speaker and data plane keep running (a drain evicts no DaemonSet pod), so moving its L2
+// addresses or withdrawing its BGP paths would only break established connections (the new owner
+// has no conntrack entry for them; a router's ECMP hash re-maps flows of the other nodes too).
+// Kubernetes' service controller stopped excluding unschedulable nodes in v1.19, and MetalLB does
+// not look at cordons either; the node leaves the load balancer when its speaker stops (leaving).
 func excludedFromAnnouncing(node *corev1.Node) bool {
 	_, labelled := node.Labels[config.LabelExcludeFromLB]
-	return labelled || node.Spec.Unschedulable
+	return labelled
+}
+
+// leaving tells, when this node's speaker stops, the node going away from a restart of the speaker
+// (a rolling upgrade, a deleted speaker pod): a node cordoned or drained (a drain, then a shutdown;
+// the kubelet's graceful node shutdown), excluded from load balancers, being deleted, NotReady, or
+// unknown. A leaving node hands its L2 addresses over make-before-break and withdraws its BGP paths
+// before it stops; a restarting one keeps them over the restart.
+func leaving(node *corev1.Node) bool {
+	if node == nil || node.DeletionTimestamp != nil || node.Spec.Unschedulable || excludedFromAnnouncing(node) {
+		return true
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status != corev1.ConditionTrue
+		}
+	}
+	return true
 }

@@ -80,15 +80,14 @@ func TestL2Policies(t *testing.T) {
 	if len(pols) != 2 {
 		t.Fatalf("policies for %v: the dmz pool is not advertised", pols)
 	}
-	if got := pols[netip.MustParseAddr("10.0.0.100")]; !slices.Equal(got.Candidates, []string{"a", "b"}) || got.Interfaces != nil {
-		t.Errorf("web: %+v, want candidates a, b (c is excluded, d cordoned) on the subnet's interface", got)
+	if got := pols[netip.MustParseAddr("10.0.0.100")]; !slices.Equal(got.Candidates, []string{"a", "b", "d"}) || got.Interfaces != nil {
+		t.Errorf("web: %+v, want candidates a, b, d (c is excluded; d is cordoned, which is no exclusion) on the subnet's interface", got)
 	}
 	if got := pols[netip.MustParseAddr("10.0.0.101")]; !slices.Equal(got.Candidates, []string{"b"}) {
 		t.Errorf("local: candidates %v, want only b (ready endpoint, not excluded)", got.Candidates)
 	}
 
-	// A second advertisement for the dmz pool, on named interfaces, only on zone 2 nodes... which
-	// are all excluded: no candidates, but the IP is covered.
+	// A second advertisement for the dmz pool, on named interfaces, only on zone 1 nodes.
 	snap.L2Advertisements = append(snap.L2Advertisements, &v1beta1.L2Advertisement{
 		ObjectMeta: metav1.ObjectMeta{Name: "dmz"},
 		Spec: v1beta1.L2AdvertisementSpec{Interfaces: []string{"eth1"}, AdvertisementSelection: v1beta1.AdvertisementSelection{
@@ -98,7 +97,7 @@ func TestL2Policies(t *testing.T) {
 		}},
 	})
 	pols = L2Policies(snap)
-	want := l2.Policy{Candidates: []string{"a", "b"}, Interfaces: []string{"eth1"}}
+	want := l2.Policy{Candidates: []string{"a", "b", "d"}, Interfaces: []string{"eth1"}}
 	if got := pols[netip.MustParseAddr("192.0.2.3")]; !slices.Equal(got.Candidates, want.Candidates) || !slices.Equal(got.Interfaces, want.Interfaces) {
 		t.Errorf("dmz: %+v, want %+v", got, want)
 	}
@@ -115,5 +114,34 @@ func TestMembershipPeers(t *testing.T) {
 	got := MembershipPeers(nodes, statuses, 9652)
 	if len(got) != 2 || got["a"] != netip.MustParseAddrPort("10.0.0.1:9652") || got["b"] != netip.MustParseAddrPort("[fd00::2]:9652") {
 		t.Fatalf("peers %v: want a and b (cp runs no speaker)", got)
+	}
+}
+
+// TestLeavingOrRestarting: a speaker stopping on a Ready, schedulable node is restarting (its L2
+// addresses are held, its graceful-restart paths kept); on a node cordoned or drained, excluded,
+// being deleted, NotReady or unknown, the node is leaving (handed over, withdrawn).
+func TestLeavingOrRestarting(t *testing.T) {
+	ready := func(n *corev1.Node, s corev1.ConditionStatus) *corev1.Node {
+		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: s}}
+		return n
+	}
+	deleted := ready(node("e", nil, "10.0.0.5"), corev1.ConditionTrue)
+	deleted.DeletionTimestamp = &metav1.Time{}
+	for _, c := range []struct {
+		name    string
+		node    *corev1.Node
+		leaving bool
+	}{
+		{"ready", ready(node("a", nil, "10.0.0.1"), corev1.ConditionTrue), false},
+		{"cordoned", cordoned(ready(node("b", nil, "10.0.0.2"), corev1.ConditionTrue)), true},
+		{"excluded", ready(node("c", map[string]string{config.LabelExcludeFromLB: ""}, "10.0.0.3"), corev1.ConditionTrue), true},
+		{"NotReady", ready(node("d", nil, "10.0.0.4"), corev1.ConditionFalse), true},
+		{"deleted", deleted, true},
+		{"no Ready condition", node("f", nil, "10.0.0.6"), true},
+		{"unknown", nil, true},
+	} {
+		if got := leaving(c.node); got != c.leaving {
+			t.Errorf("%s: leaving %v, want %v", c.name, got, c.leaving)
+		}
 	}
 }

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Zero-disruption lifecycle (issue 18): e2e/lifecycle on the lab's real nodes, each event (helm
-# upgrade, rollback, speaker pod deleted, controller killed during an upgrade, kubectl drain,
-# kubelet stopped, a node cut off the network, upgrade from the previous release) under live
+# upgrade, rollback, speaker pod deleted, controller killed during an upgrade, kubectl drain, the
+# drained node's speaker stopped, kubectl uncordon, kubelet stopped, a node cut off the network, upgrade from the previous release) under live
 # traffic to L2 and BGP Services; prints per event, for L2 and BGP apart, the failed/total new
 # connections and broken streams, the L2 moves, the BGP path changes at the router, the Service
 # writes and the time to steady state as BENCH lines.

@@ -66,7 +66,7 @@ func run() (err error) {
 		prepare       = flag.Bool("prepare-sysctls", false, "set the sysctls the data plane chosen by --dataplane needs (IPVS), then exit: for a privileged init step, so the speaker itself needs no write access to /proc/sys")
 		l2On          = flag.Bool("l2", true, "announce Service IPs with ARP/NDP (L2Advertisements); false: never answer ARP/NDP")
 		bgpOn         = flag.Bool("bgp", true, "announce Service IPs to BGP peers (BGPAdvertisements, BGPPeers); false: no BGP session, nothing listens on TCP 179")
-		restartHold   = flag.Duration("l2-restart-hold", 30*time.Second, "on SIGTERM (a restart, e.g. a rolling upgrade), how long the node's kernel keeps answering for its L2 addresses and the peers wait before taking them over; not when the node is leaving (cordoned, excluded, NotReady, deleted). 0: release them at once")
+		restartHold   = flag.Duration("l2-restart-hold", 30*time.Second, "on SIGTERM (a restart, e.g. a rolling upgrade), how long the node's kernel keeps answering for its L2 addresses and the peers wait before taking them over; not when the node is leaving (cordoned or drained, excluded, NotReady, deleted): then they are handed over to the peers before the speaker stops. 0: hand them over always")
 		detectAfter   = flag.Duration("failover-detect-after", 0, "how long a silent speaker is given before another node takes its L2 addresses over; heartbeats go every fifth of it (at least 100ms; 0: the built-in 250ms, heartbeats every 50ms)")
 		logLevel      slog.Level
 	)

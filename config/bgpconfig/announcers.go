@@ -11,7 +11,7 @@ import (
 // A node's speaker does not list the externalTrafficPolicy: Cluster IPs it advertises by BGP:
 // that list grows with the Services and would be rewritten on every node for every Service
 // created. Readers derive it instead, from what does not grow with the Services: a node
-// advertises such an IP when its speaker is live and advertises at all (not cordoned or
+// advertises such an IP when its speaker is live and advertises at all (not labelled to be
 // excluded), a usable BGPAdvertisement selects the IP's pool and the Service's labels and the
 // node's labels, the node has an Established session with a peer of the IP's family that the
 // advertisement goes to, and the node does not list the IP among its deviations. The speakers'

@@ -37,12 +37,12 @@ type SpeakerStatusStatus struct {
 	// BGPListing says which BGP announcements are listed. Deviations: only those of
 	// externalTrafficPolicy: Local Services (they follow this node's endpoints), the others
 	// being derived by readers from the sessions, the BGPAdvertisements and the Nodes' labels
-	// (bgpconfig.BGPAnnouncers), less bgpDeviations and everything when bgpWithheld is set.
+	// (bgpconfig.Announcers), less bgpDeviations and everything when bgpWithheld is set.
 	// Absent: an older speaker's status, listing every IP it advertises.
 	// +optional
 	BGPListing BGPListing `json:"bgpListing,omitempty"`
 	// BGPWithheld says why this node advertises no Service IP by BGP at all, though sessions
-	// may be up (the node is cordoned, or labelled to be excluded from load balancers); empty
+	// may be up (the node is labelled to be excluded from load balancers; a cordon is no exclusion); empty
 	// when it advertises.
 	// +optional
 	BGPWithheld string `json:"bgpWithheld,omitempty"`

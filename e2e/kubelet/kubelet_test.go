@@ -159,42 +159,44 @@ func announcer(ctx context.Context, l *lab.Lab, ip netip.Addr) (string, string) 
 	return "", "neighbour entry: " + strings.TrimSpace(string(out))
 }
 
-// TestCordonAndExcludeLabelStopAnnouncing: `kubectl cordon` and the
-// node.kubernetes.io/exclude-from-external-load-balancers label each move the IP off the node,
-// and it stays reachable; undone, the node may announce again.
-func TestCordonAndExcludeLabelStopAnnouncing(t *testing.T) {
+// TestCordonKeepsAndExcludeLabelMoves: `kubectl cordon` is not an exclusion: the node keeps
+// answering for the IP (its speaker and data plane still run, and a move would break the
+// connections through it; Kubernetes' service controller keeps unschedulable nodes in load
+// balancers since v1.19). The node.kubernetes.io/exclude-from-external-load-balancers label moves
+// the IP off the node, and it stays reachable; undone, the node may announce again.
+func TestCordonKeepsAndExcludeLabelMoves(t *testing.T) {
 	l := labsuite.Lab(t)
 	cs, dyn := labsuite.Clients(t, l)
 	ctx := t.Context()
 	heraldInstalled(t, l, cs)
 	ip := webService(t, l, cs, dyn, "cordon")
-	for _, tc := range []struct {
-		what      string
-		out, undo string // JSON merge patches of the Node
-	}{
-		{"cordon", `{"spec":{"unschedulable":true}}`, `{"spec":{"unschedulable":null}}`},
-		{"exclude label", `{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":""}}}`,
-			`{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":null}}}`},
-	} {
-		var owner string
-		labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
-			var desc string
-			owner, desc = announcer(ctx, l, ip)
-			return owner != "", desc
-		})
-		patch := func(p string) {
-			if _, err := cs.CoreV1().Nodes().Patch(ctx, owner, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
-				t.Fatal(err)
-			}
+	var owner string
+	labsuite.WaitFor(t, 30*time.Second, "one node answering ARP for "+ip.String(), func() (bool, string) {
+		var desc string
+		owner, desc = announcer(ctx, l, ip)
+		return owner != "", desc
+	})
+	patch := func(p string) {
+		if _, err := cs.CoreV1().Nodes().Patch(ctx, owner, types.MergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
 		}
-		patch(tc.out)
-		took := labsuite.WaitFor(t, 30*time.Second, tc.what+" of "+owner+" moving "+ip.String(), func() (bool, string) {
-			now, desc := announcer(ctx, l, ip)
-			return now != "" && now != owner, desc
-		})
-		t.Logf("%s of %s: IP moved in %s", tc.what, owner, took.Round(time.Millisecond))
-		patch(tc.undo)
 	}
+	patch(`{"spec":{"unschedulable":true}}`)
+	// The speakers see the cordon within a second; five more show it changed nothing.
+	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if now, desc := announcer(ctx, l, ip); now != "" && now != owner {
+			t.Fatalf("cordon of %s: %s moved (%s); a cordon is not an exclusion", owner, ip, desc)
+		}
+	}
+	patch(`{"spec":{"unschedulable":null}}`)
+
+	patch(`{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":""}}}`)
+	took := labsuite.WaitFor(t, 30*time.Second, "exclude label of "+owner+" moving "+ip.String(), func() (bool, string) {
+		now, desc := announcer(ctx, l, ip)
+		return now != "" && now != owner, desc
+	})
+	t.Logf("exclude label of %s: IP moved in %s", owner, took.Round(time.Millisecond))
+	patch(`{"metadata":{"labels":{"node.kubernetes.io/exclude-from-external-load-balancers":null}}}`)
 }
 
 // TestSpeakerPodDeletedMovesNothing: deleting the announcing node's speaker pod is a restart (the

@@ -1,12 +1,14 @@
 // Package lifecycle runs the operator's weekly events against Herald on real nodes (kubelet,
 // containerd; Herald installed with helm from its image) under live traffic (issue 18): a helm
 // upgrade to a new image, a helm rollback, a speaker pod deleted, the controller killed during an
-// upgrade, a kubectl drain of the node owning the most addresses, a node's kubelet stopped, and an
+// upgrade, a kubectl drain of the node owning the most addresses, that node's speaker stopped while
+// it is cordoned (the node leaving), its uncordon, a node's kubelet stopped, and an
 // upgrade from the previous release's chart and image, and a node cut off the network. While each
 // happens, clients keep opening new connections and hold long-lived streams to LoadBalancer
 // Services (externalTrafficPolicy Cluster and Local, IPv4 and IPv6): L2 Services from the segment's
 // client, BGP Services from the client behind the router, whose BIRD peers with every node's
-// speaker. ARP/NDP probes count owner changes of every L2 address, a watch of BIRD's table the
+// speaker. ARP/NDP probes count owner changes of every L2 address (a packet socket at the client
+// records the new owners' gratuitous ARP/NA, which time a node cut's failover), a watch of BIRD's table the
 // changes of every BGP address's paths, and a watch of the Services their writes. Each event gets its own figures, printed as a table and as
 // `BENCH {json}` lines (bench/lifecycle/run.sh records them in bench/results.json).
 //
@@ -81,11 +83,11 @@ type result struct {
 	// machine: a saturated one delays pod restarts and heartbeats).
 	Load string
 	// L2 and BGP are the figures of the L2 addresses (from the segment's client) and of the BGP
-	// addresses (from behind the router) apart.
-	L2, BGP counts
-	// L2Failover and BGPFailover (a node cut off only) are how long after the cut the last of
-	// the node's L2 addresses moved and the last of its BGP paths was withdrawn.
-	L2Failover, BGPFailover time.Duration
+	// addresses (from behind the router) apart; Cluster those of the externalTrafficPolicy
+	// Cluster addresses (L2 and BGP).
+	L2, BGP, Cluster counts
+	// Failover (a node cut off only) is how long after the cut its addresses failed over.
+	Failover failover
 }
 
 // crashTarget is the issue's L2 failover target for a node lost (crash, cut off): the chart's
@@ -97,6 +99,12 @@ const bgpService = "lc-bgp-"
 
 func isBGP(key string) bool { return strings.HasPrefix(key, bgpService) }
 func isL2(key string) bool  { return !isBGP(key) }
+
+// isCluster: the key's Service has externalTrafficPolicy Cluster (services names them so).
+func isCluster(key string) bool {
+	svc, _, _ := strings.Cut(key, " ")
+	return strings.HasSuffix(svc, "-cluster")
+}
 
 // TestLifecycle runs every event in turn under the same load, then prints the table.
 func TestLifecycle(t *testing.T) {
@@ -213,37 +221,76 @@ func TestLifecycle(t *testing.T) {
 		})
 		r.AllowedBroken = r.BrokenOn[drained]
 		t.Logf("kubectl drain: %s", r.summary())
-		if r.Failed > 0 || r.Broken > r.AllowedBroken || r.Gaps > 0 {
-			t.Errorf("kubectl drain of %s: want 0 failed new connections, no broken stream but those served by %s, no BGP address withdrawn before another path was in; got %s", drained, drained, r.summary())
+		// A cordon is no exclusion (the drained node keeps announcing while its speaker runs):
+		// only the Local-policy addresses move or lose the node's path, when its endpoint goes;
+		// the only streams that break are those served by its evicted backends.
+		if r.Failed > 0 || r.Broken > r.AllowedBroken || r.Gaps > 0 || r.Cluster.Moves > 0 || r.Cluster.Routes > 0 {
+			t.Errorf("kubectl drain of %s: want 0 failed new connections, no broken stream but those served by %s, no BGP address withdrawn before another path was in, no Cluster-policy address moved or its paths changed; got %s (Cluster policy: %d moves, %d path changes)",
+				drained, drained, r.summary(), r.Cluster.Moves, r.Cluster.Routes)
 		}
 		return r
 	}())
-	// Uncordoned, the node is a candidate again and rebalancing may hand it addresses: measured
-	// apart, so its moves are not counted against the next event.
-	run("kubectl uncordon", false, func() string {
-		if out, err := kubectl(ctx, l, "uncordon", drained); err != nil {
-			t.Fatalf("kubectl uncordon %s: %v\n%s", drained, err, out)
+	// The drained node leaves: its speaker stops by SIGTERM while the node is cordoned (as at the
+	// shutdown after a drain). It hands its L2 addresses over make before break and withdraws its
+	// BGP paths; the DaemonSet starts it again (the node is still there), and rebalancing hands it
+	// addresses back once it has been alive for 10 s: both counted here.
+	results = append(results, func() result {
+		var stopped, left time.Time
+		r := measure(t, ld, "drained node's speaker stopped", func() string {
+			before := ld.Owners()
+			stopped = time.Now()
+			deletePods(t, cs, "app.kubernetes.io/component=speaker", drained, 30)
+			heraldReady(t, l, cs, "")
+			left = time.Now()
+			time.Sleep(15 * time.Second) // rebalancing hands the node addresses back
+			owned := 0
+			for _, o := range before {
+				if o == drained {
+					owned++
+				}
+			}
+			return fmt.Sprintf("on the cordoned %s (owner of %d L2 addresses); its speaker pod deleted (SIGTERM), recreated by the DaemonSet", drained, owned)
+		})
+		away, back := ld.MovesOf(drained, stopped, left)
+		r.Note += fmt.Sprintf("; until the new speaker was Ready: %d L2 addresses moved away from it, %d to it", away, back)
+		t.Logf("drained node's speaker stopped: %s", r.summary())
+		if r.Failed > 0 || r.Gaps > 0 {
+			t.Errorf("drained node's speaker stopped: want 0 failed new connections and no BGP address withdrawn before another path was in (a make-before-break leave); got %s", r.summary())
 		}
-		time.Sleep(15 * time.Second) // time for rebalancing offers to reach it
-		return "of " + drained
-	})
+		return r
+	}())
+	// Uncordoned, the node changes nothing: a cordon took it out of nothing.
+	results = append(results, func() result {
+		r := measure(t, ld, "kubectl uncordon", func() string {
+			if out, err := kubectl(ctx, l, "uncordon", drained); err != nil {
+				t.Fatalf("kubectl uncordon %s: %v\n%s", drained, err, out)
+			}
+			time.Sleep(15 * time.Second) // time for rebalancing offers, were there any
+			return "of " + drained
+		})
+		t.Logf("kubectl uncordon: %s", r.summary())
+		if r.Failed > 0 || r.Broken > 0 || r.Moves > 0 || r.Routes > 0 {
+			t.Errorf("kubectl uncordon: want 0 failed connections, 0 broken streams, 0 L2 moves, 0 BGP path changes; got %s", r.summary())
+		}
+		return r
+	}())
 	run("kubelet stopped (NotReady)", false, func() string {
 		node := mostOwned(ld.Owners())
 		stopKubelet(t, l, cs, node)
 		return "on " + node + ", the owner of the most addresses, until NotReady and 10 s more"
 	})
 	results = append(results, func() result {
-		var l2, bgp time.Duration
+		var f failover
 		r := measure(t, ld, "node cut off the network", func() string {
 			var note string
-			note, l2, bgp = cutNode(t, l, cs, ld)
+			note, f = cutNode(t, l, cs, ld)
 			return note
 		})
-		r.L2Failover, r.BGPFailover = l2, bgp
+		r.Failover = f
 		t.Logf("node cut off the network: %s", r.summary())
-		if l2 <= 0 || l2 > crashTarget+probeEvery || bgp <= 0 || bgp > routerHoldTime+routePoll {
-			t.Errorf("node cut off: want every L2 address moved within %s and every BGP path withdrawn within the hold time, %s (+%s of probing); got L2 %s, BGP %s",
-				crashTarget, routerHoldTime, probeEvery, l2, bgp)
+		if f.L2Announced <= 0 || f.L2Announced > crashTarget || f.L2Probed <= 0 || f.L2Probed > crashTarget+probeEvery || f.BGP <= 0 || f.BGP > routerHoldTime+routePoll {
+			t.Errorf("node cut off: want every L2 address announced by another node within %s (seen by the probes within %s more) and every BGP path withdrawn within the hold time, %s (+%s of polling); got L2 %s (probes %s), BGP %s",
+				crashTarget, probeEvery, routerHoldTime, routePoll, f.L2Announced, f.L2Probed, f.BGP)
 		}
 		return r
 	}())
@@ -278,7 +325,7 @@ func measure(t *testing.T, ld *load, name string, event func() string) result {
 	for k, c := range after {
 		delta[k] = c.Sub(before[k])
 	}
-	r := result{Event: name, counts: total(delta, all), L2: total(delta, isL2), BGP: total(delta, isBGP),
+	r := result{Event: name, counts: total(delta, all), L2: total(delta, isL2), BGP: total(delta, isBGP), Cluster: total(delta, isCluster),
 		Steady: end.Sub(began), Note: note, Load: loadAverage()}
 	// The streams of the event: those open when it began and those opened since.
 	r.Streams += total(before, all).Open
@@ -340,39 +387,50 @@ func report(t *testing.T, results []result) {
 		if strings.HasPrefix(r.Event, "idle") {
 			continue
 		}
-		zero := "0"
-		if strings.HasPrefix(r.Event, "kubelet") || r.Event == "kubectl uncordon" || r.Event == "node cut off the network" {
-			zero = "" // reported, no target
-		}
+		tg := targetsOf(r.Event)
 		for _, part := range []struct {
 			name, from string
 			c          counts
 		}{{"L2", "the segment's client", r.L2}, {"BGP", "behind the router", r.BGP}} {
 			load := fmt.Sprintf(" (%d new connections/s and %d streams per address, 4 %s addresses, from %s)", rate, streams, part.name, part.from)
-			emit("lifecycle: "+r.Event+": failed new connections, "+part.name+", of "+fmt.Sprint(part.c.Conns)+load, float64(part.c.Failed), "connections", zero)
-			brokenTarget := zero
-			if r.Event == "kubectl drain" {
-				brokenTarget = "only the drained node's"
-			}
-			emit("lifecycle: "+r.Event+": broken streams, "+part.name, float64(part.c.Broken), "streams", brokenTarget)
+			emit("lifecycle: "+r.Event+": failed new connections, "+part.name+", of "+fmt.Sprint(part.c.Conns)+load, float64(part.c.Failed), "connections", tg.failed)
+			emit("lifecycle: "+r.Event+": broken streams, "+part.name, float64(part.c.Broken), "streams", tg.broken)
 		}
 		if r.Event == "kubectl drain" {
 			emit("lifecycle: kubectl drain: broken streams served by the drained node", float64(r.AllowedBroken), "streams", "")
+			emit("lifecycle: kubectl drain: Cluster-policy L2 moves and BGP path changes", float64(r.Cluster.Moves+r.Cluster.Routes), "changes", "0")
 		}
-		emit("lifecycle: "+r.Event+": L2 IP moves (ARP/NDP owner changes)", float64(r.Moves), "moves", zero)
-		gapTarget := zero
-		if r.Event == "kubectl drain" {
-			gapTarget = "0"
-		}
-		emit("lifecycle: "+r.Event+": BGP path changes at the router (BIRD)", float64(r.Routes), "changes", zero)
-		emit("lifecycle: "+r.Event+": BGP addresses withdrawn before another path was in", float64(r.Gaps), "withdrawals", gapTarget)
-		emit("lifecycle: "+r.Event+": Service writes", float64(r.Writes), "writes", zero)
+		emit("lifecycle: "+r.Event+": L2 IP moves (ARP/NDP owner changes)", float64(r.Moves), "moves", tg.moves)
+		emit("lifecycle: "+r.Event+": BGP path changes at the router (BIRD)", float64(r.Routes), "changes", tg.moves)
+		emit("lifecycle: "+r.Event+": BGP addresses withdrawn before another path was in", float64(r.Gaps), "withdrawals", tg.gaps)
+		emit("lifecycle: "+r.Event+": Service writes", float64(r.Writes), "writes", tg.writes)
 		emit("lifecycle: "+r.Event+": time to steady state", r.Steady.Seconds(), "s", "")
 		if r.Event == "node cut off the network" {
-			emit("lifecycle: node cut off the network: L2 failover (the last of its addresses moved)", r.L2Failover.Seconds()*1000, "ms", fmt.Sprintf("< %d ms", crashTarget.Milliseconds()))
-			emit("lifecycle: node cut off the network: BGP failover (the last of its paths withdrawn at BIRD, polled every 100 ms; graceful restart without BFD)", r.BGPFailover.Seconds()*1000, "ms", fmt.Sprintf("the hold time, %d ms", routerHoldTime.Milliseconds()))
+			emit("lifecycle: node cut off the network: L2 failover (the last of its addresses announced by another node: gratuitous ARP/NA at the client, from the cut)", r.Failover.L2Announced.Seconds()*1000, "ms", fmt.Sprintf("< %d ms", crashTarget.Milliseconds()))
+			emit("lifecycle: node cut off the network: L2 failover seen by the probes (the last of its addresses answered by another node; probes every 100 ms)", r.Failover.L2Probed.Seconds()*1000, "ms", "")
+			emit("lifecycle: node cut off the network: BGP failover (the last of its paths withdrawn at BIRD, polled every 100 ms; graceful restart without BFD)", r.Failover.BGP.Seconds()*1000, "ms", fmt.Sprintf("the hold time, %d ms", routerHoldTime.Milliseconds()))
 		}
 	}
+}
+
+// eventTargets are the targets of an event's figures ("": reported, no target).
+type eventTargets struct{ failed, broken, moves, gaps, writes string }
+
+// targetsOf: the issue's zeros, but where an event's nature allows more (see docs/upgrades.md).
+func targetsOf(event string) eventTargets {
+	switch event {
+	case "kubectl drain":
+		return eventTargets{failed: "0", broken: "only the drained node's", moves: "only Local-policy addresses", gaps: "0", writes: "0"}
+	case "drained node's speaker stopped":
+		return eventTargets{failed: "0", gaps: "0", writes: "0"}
+	case "kubectl uncordon":
+		// Its writes are the Announced conditions naming the nodes the drain's Local-policy
+		// addresses moved to, written once the change has held for a minute (controller).
+		return eventTargets{failed: "0", broken: "0", moves: "0", gaps: "0"}
+	case "kubelet stopped (NotReady)", "node cut off the network":
+		return eventTargets{}
+	}
+	return eventTargets{failed: "0", broken: "0", moves: "0", gaps: "0", writes: "0"}
 }
 
 // bgpObjects peers every node's speaker with the router's BIRD (an IPv4 and an IPv6 session, with
@@ -473,16 +531,25 @@ func services(t *testing.T, l *lab.Lab, cs kubernetes.Interface) []target {
 	return targets
 }
 
+// failover is how long after a node was cut off the last of its addresses was served by others.
+type failover struct {
+	// L2Announced: the last of its L2 addresses announced by another node (its gratuitous ARP or
+	// unsolicited NA received by the segment's client); L2Probed: the probes saw the last one
+	// answered by another node (up to probeEvery later); BGP: the last of its paths withdrawn at
+	// BIRD (polled every routePoll). Negative: an address did not fail over.
+	L2Announced, L2Probed, BGP time.Duration
+}
+
 // cutNode cuts the node owning the most L2 addresses off the network (its switch port down: its
 // link loses carrier, in the lab only) for cutFor, then restores it and waits until the node is
-// Ready and the backends too. It returns the event's note and how long after the cut the last of
-// the node's L2 addresses moved and the last of its BGP paths was withdrawn (0: one did not).
-func cutNode(t *testing.T, l *lab.Lab, cs kubernetes.Interface, ld *load) (string, time.Duration, time.Duration) {
+// Ready and the backends too. It returns the event's note and how long after the cut its
+// addresses failed over.
+func cutNode(t *testing.T, l *lab.Lab, cs kubernetes.Interface, ld *load) (string, failover) {
 	t.Helper()
 	owners, paths := ld.Owners(), ld.Paths()
 	node := mostOwned(owners)
-	cut := time.Now()
-	if err := l.CutLink(t.Context(), node); err != nil {
+	cut, err := cutPort(l, node)
+	if err != nil {
 		t.Fatal(err)
 	}
 	restored := false
@@ -499,7 +566,7 @@ func cutNode(t *testing.T, l *lab.Lab, cs kubernetes.Interface, ld *load) (strin
 		t.Fatal(err)
 	}
 	restored = true
-	var l2, bgp time.Duration
+	var l2, bgp, announced time.Duration
 	var l2Want, bgpWant int
 	slowest := func(took time.Duration, ok bool, last *time.Duration) {
 		if !ok || *last < 0 {
@@ -513,6 +580,9 @@ func cutNode(t *testing.T, l *lab.Lab, cs kubernetes.Interface, ld *load) (strin
 			l2Want++
 			took, ok := moved[a]
 			slowest(took, ok, &l2)
+			an, ok := ld.FirstAnnouncement(a, cut, l.Topology.Host(node).MAC)
+			slowest(an.At.Sub(cut), ok, &announced)
+			t.Logf("node cut off: %s announced by %s %s after the cut (a gratuitous ARP/NA seen at the client: %v); the probes saw it move after %s", a, an.MAC, an.At.Sub(cut).Round(time.Millisecond), ok, took.Round(time.Millisecond))
 		}
 	}
 	for a, p := range paths {
@@ -533,8 +603,8 @@ func cutNode(t *testing.T, l *lab.Lab, cs kubernetes.Interface, ld *load) (strin
 	// Back, the node owns no L2 address: rebalancing hands it one once it has been alive for
 	// 10 s (speaker/l2 RebalanceAfter), a move of this event, not of the next.
 	time.Sleep(15 * time.Second)
-	return fmt.Sprintf("%s (owner of %d L2 addresses, a path of %d BGP addresses) cut off for %s; failed over: L2 after %s, BGP after %s (negative: an address did not)",
-		node, l2Want, bgpWant, cutFor, l2.Round(time.Millisecond), bgp.Round(time.Millisecond)), l2, bgp
+	return fmt.Sprintf("%s (owner of %d L2 addresses, a path of %d BGP addresses) cut off for %s; failed over: L2 announced by others after %s (probes: %s), BGP after %s (negative: an address did not)",
+		node, l2Want, bgpWant, cutFor, announced.Round(time.Millisecond), l2.Round(time.Millisecond), bgp.Round(time.Millisecond)), failover{L2Announced: announced, L2Probed: l2, BGP: bgp}
 }
 
 // cutFor is how long a node stays cut off: beyond the BGP hold time, and shorter than the lab's

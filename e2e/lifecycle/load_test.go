@@ -127,6 +127,9 @@ type load struct {
 	changes []change
 	last    time.Time // last failure, broken stream, move or route change
 	events  []disruption
+	// announced are the gratuitous ARPs and unsolicited NAs of the L2 addresses the client
+	// received, in order (watchAnnouncements).
+	announced []announcement
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -232,6 +235,9 @@ func (ld *load) Start(ctx context.Context) error {
 	}
 	if slices.ContainsFunc(ld.targets, func(t target) bool { return t.BGP }) {
 		ld.goRun(func() { ld.watchRoutes(ctx) })
+	}
+	if slices.ContainsFunc(ld.targets, func(t target) bool { return !t.BGP }) {
+		ld.goRun(func() { ld.watchAnnouncements(ctx) })
 	}
 	return nil
 }
@@ -590,6 +596,24 @@ type change struct {
 	At       time.Time
 	Addr     netip.Addr
 	From, To []string
+}
+
+// MovesOf counts the L2 owner changes between from and to away from node and to it.
+func (ld *load) MovesOf(node string, from, to time.Time) (away, back int) {
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	for _, c := range ld.changes {
+		if c.At.Before(from) || c.At.After(to) || len(c.From) != 1 || len(c.To) != 1 || ld.paths[c.Addr] != nil {
+			continue // outside, or a BGP address's paths
+		}
+		if c.From[0] == node {
+			away++
+		}
+		if c.To[0] == node {
+			back++
+		}
+	}
+	return away, back
 }
 
 // Paths returns the nodes BIRD holds a path from for each BGP address.

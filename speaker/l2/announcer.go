@@ -176,7 +176,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 	// Rounds also run on a timer: settling, offers and their timeouts depend on time alone.
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	defer a.stopAll()
+	defer a.stopAll(ctx)
 	for {
 		a.round(ctx)
 		select {
@@ -232,7 +232,7 @@ func (a *Announcer) round(ctx context.Context) {
 			unknown++
 		default:
 			st := a.decode(name, p.Payload)
-			members[name] = Member{AliveSince: p.AliveSince, State: st}
+			members[name] = Member{AliveSince: p.AliveSince, State: st, Restarted: st.Resumed}
 			if st.HoldFor > 0 {
 				a.held[name] = heldPeer{state: st, until: now.Add(st.HoldFor + HoldMargin)}
 			} else {
@@ -444,15 +444,17 @@ func (a *Announcer) publishState(s NodeState) {
 }
 
 // stopAll stops answering. Stopping for a restart, it hands its IPs to the kernel and asks the
-// peers to hold them (see Handover); otherwise it tells the peers this node owns nothing, so they
-// take over at once instead of after DeadAfter.
-func (a *Announcer) stopAll() {
-	for _, cancel := range a.bursts {
-		cancel()
-	}
+// peers to hold them (see Handover); otherwise it hands them to its peers (handOver) and tells the
+// peers this node owns nothing, so they take over at once instead of after DeadAfter.
+func (a *Announcer) stopAll(ctx context.Context) {
 	var held []netip.Addr
 	if a.mayHold() {
 		held = a.holdOwned()
+	} else {
+		a.handOver(ctx)
+	}
+	for _, cancel := range a.bursts {
+		cancel()
 	}
 	// The kernel answers for the held IPs now; the responders may go.
 	for k, r := range a.responders {
@@ -464,12 +466,50 @@ func (a *Announcer) stopAll() {
 		a.publishState(s)
 		a.cfg.Logger.Info("stopping for a restart: the node's kernel answers for this node's IPs meanwhile", "ips", len(held), "hold", a.cfg.RestartHold)
 	} else {
+		// Owning nothing, and still leaving if it was: peers offer it nothing in its last moments.
+		departing := a.election.departing
 		a.election = NewElection(a.cfg.Node, a.cfg.Timing)
+		a.election.departing = departing
 		a.publishState(a.election.State(nil, false))
 	}
 	a.mu.Lock()
 	a.announced = map[netip.Addr]Announced{}
 	a.mu.Unlock()
+}
+
+// handOverRound spaces the rounds of a handover beyond those membership changes bring.
+const handOverRound = 10 * time.Millisecond
+
+// handOver hands the owned IPs to their next owners make before break: the node says it is leaving
+// (Election.Depart), answers on until an eligible peer claims each IP (each at most OfferTimeout),
+// and returns once it owns nothing. Its membership outlives the announcer (cmd/speaker), so the
+// peers hear the departure and this node their claims.
+func (a *Announcer) handOver(ctx context.Context) {
+	owned := len(a.election.owned)
+	if owned == 0 {
+		return
+	}
+	a.election.Depart()
+	start := time.Now()
+	// ctx has ended (the stop): the handover has its own bound.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Timing.OfferTimeout+5*handOverRound)
+	defer cancel()
+	tick := time.NewTicker(handOverRound)
+	defer tick.Stop()
+	for {
+		a.round(ctx)
+		if len(a.election.owned) == 0 {
+			a.cfg.Logger.Info("the node is leaving: its IPs are handed over", "ips", owned, "took", time.Since(start))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			a.cfg.Logger.Warn("the node is leaving: some IPs were not taken over in time; released", "ips", len(a.election.owned))
+			return
+		case <-a.cfg.Membership.Changes():
+		case <-tick.C:
+		}
+	}
 }
 
 // mayHold: holds are configured, this stop is a restart, and every alive peer honours holds.
@@ -478,7 +518,7 @@ func (a *Announcer) mayHold() bool {
 		return false
 	}
 	if a.cfg.HoldOnStop != nil && !a.cfg.HoldOnStop() {
-		a.cfg.Logger.Info("the node is leaving, not restarting: its IPs are released at once")
+		a.cfg.Logger.Info("the node is leaving, not restarting: its IPs are handed over before it stops")
 		return false
 	}
 	for name, p := range a.cfg.Membership.View().Alive {

@@ -39,6 +39,10 @@ type Member struct {
 	// ended). Its claims stand and nobody else takes them; it takes nothing new and is offered
 	// nothing.
 	Held bool
+	// Restarted: the node's speaker came back from such a hold (its state says Resumed;
+	// AliveSince is its new start). It kept its IPs over the restart: it has not joined, and
+	// balance offers it nothing.
+	Restarted bool
 }
 
 // Round is everything one election round looks at.
@@ -67,6 +71,13 @@ type ElectionTiming struct {
 	// RebalanceAfter: a node must have been alive this long before IPs are handed to it, so a
 	// flapping node never pulls IPs back and forth.
 	RebalanceAfter time.Duration
+	// RebalanceWindow: IPs are handed to a node only for this long after RebalanceAfter: balance
+	// fills a node that joined (a new node, one back from a crash or a cut), and otherwise leaves
+	// healthy owners alone, since every move breaks the established connections through the IP
+	// (the new owner has no conntrack entry for them). So an imbalance left by
+	// externalTrafficPolicy Local addresses following their endpoints (a drain) moves nothing
+	// more. Zero: no limit.
+	RebalanceWindow time.Duration
 	// RebalanceEvery: at most one handover offer per this period from each owner.
 	RebalanceEvery time.Duration
 	// OfferTimeout: an offer not taken up by then is withdrawn.
@@ -75,10 +86,11 @@ type ElectionTiming struct {
 
 // DefaultElectionTiming suits the default membership timers (50 ms heartbeats, 250 ms dead).
 var DefaultElectionTiming = ElectionTiming{
-	Settle:         300 * time.Millisecond,
-	RebalanceAfter: 10 * time.Second,
-	RebalanceEvery: 500 * time.Millisecond,
-	OfferTimeout:   time.Second,
+	Settle:          300 * time.Millisecond,
+	RebalanceAfter:  10 * time.Second,
+	RebalanceWindow: 2 * time.Minute,
+	RebalanceEvery:  500 * time.Millisecond,
+	OfferTimeout:    time.Second,
 }
 
 // bytesPerOwnedIP is what one owned IP may take of the node's encoded state: an IPv6 address
@@ -105,8 +117,9 @@ func MaxOwnedIPs(payloadLimit int) int {
 //     it to wins, else the highest rendezvous hash; the other stops at once.
 //   - An IP nobody eligible claims goes to the eligible node with the highest rendezvous hash of
 //     (IP, node): a deterministic choice every node computes alike, spreading orphans evenly.
-//   - Balance: an owner holding at least two IPs more than another eligible node that has been
-//     alive for RebalanceAfter offers it one IP. The receiver starts answering (with its gratuitous
+//   - Balance: an owner holding at least two IPs more than another eligible node that joined
+//     (alive for RebalanceAfter, and not longer than RebalanceWindow more; not back from a restart
+//     hold) offers it one IP. The receiver starts answering (with its gratuitous
 //     burst) when it sees the offer; the giver stops when it sees the receiver's claim, so a planned
 //     move has no window without an answer.
 //   - Without quorum a node owns nothing.
@@ -123,6 +136,10 @@ type Election struct {
 	heldIPs map[netip.Addr]bool
 	// leaving: owned IPs this node may no longer announce, since when (see keepUntilTaken).
 	leaving map[netip.Addr]time.Time
+	// departing: this node's speaker is stopping and the node is leaving (Depart).
+	departing bool
+	// resumed: this node started owning IPs its previous speaker held over a restart (Resume).
+	resumed bool
 }
 
 type pendingOffer struct {
@@ -142,7 +159,13 @@ func (e *Election) Resume(ips []netip.Addr) {
 	for _, ip := range ips {
 		e.owned[ip] = true
 	}
+	e.resumed = e.resumed || len(ips) > 0
 }
+
+// Depart makes this node a candidate for nothing from the next round on, and says so in its state
+// (NodeState.Leaving): its speaker is stopping and the node is leaving. Each owned IP is kept, as
+// for a cordon used to be, until an eligible peer claims it (keepUntilTaken): make before break.
+func (e *Election) Depart() { e.departing = true }
 
 // Owns reports whether this node owns ip.
 func (e *Election) Owns(ip netip.Addr) bool { return e.owned[ip] }
@@ -162,7 +185,7 @@ func (e *Election) Owned() []netip.Addr {
 
 // State is this node's NodeState for its heartbeats.
 func (e *Election) State(links []Link, recovering bool) NodeState {
-	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering, HonoursHolds: true}
+	s := NodeState{Links: links, Owned: e.Owned(), Recovering: recovering, HonoursHolds: true, Leaving: e.departing, Resumed: e.resumed}
 	for ip, o := range e.offers {
 		s.Offers = append(s.Offers, Offer{IP: ip, To: o.to})
 	}
@@ -237,7 +260,7 @@ func (e *Election) Decide(r Round) (gained, lost []netip.Addr) {
 			delete(e.offers, ip)
 		}
 	}
-	if r.Quorum && !r.Recovering && len(e.offers) == 0 && r.Now.Sub(e.lastOffer) >= e.timing.RebalanceEvery {
+	if r.Quorum && !r.Recovering && !e.departing && len(e.offers) == 0 && r.Now.Sub(e.lastOffer) >= e.timing.RebalanceEvery {
 		e.offerOne(r)
 	}
 	slices.SortFunc(gained, netip.Addr.Compare)
@@ -310,8 +333,8 @@ func (e *Election) decideIP(r Round, ip netip.Addr, pol Policy, settled bool) bo
 	return rendezvousWinner(ip, claimants) == e.self
 }
 
-// keepUntilTaken: this node owns ip but may no longer announce it (cordoned or drained, excluded,
-// its local endpoints gone, its advertisement changed). It answers on until an eligible node
+// keepUntilTaken: this node owns ip but may no longer announce it (excluded, leaving, its local
+// endpoints gone, its advertisement changed). It answers on until an eligible node
 // claims the IP, at most OfferTimeout: make before break, as a rebalancing handover, so a client
 // asking meanwhile is always answered. Not when nobody eligible could take it, nor while
 // recovering from a stall.
@@ -332,12 +355,16 @@ func (e *Election) keepUntilTaken(r Round, ip netip.Addr, eligible []string) boo
 }
 
 // eligible lists the alive candidates that have a link to answer for ip, in the candidates' order
-// (sorted: SetIPs sorts them). The slice is reused by the next call.
+// (sorted: SetIPs sorts them), leaving out the nodes that are leaving (Depart). The slice is
+// reused by the next call.
 func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
 	out := e.eligibleBuf[:0]
 	for _, n := range pol.Candidates {
 		m, alive := r.Members[n]
-		if alive && !m.Held && canAnswer(m.State.Links, ip, pol.InterfacesOf(n)) {
+		if n == e.self && e.departing {
+			continue
+		}
+		if alive && !m.Held && !m.State.Leaving && canAnswer(m.State.Links, ip, pol.InterfacesOf(n)) {
 			out = append(out, n)
 		}
 	}
@@ -345,18 +372,25 @@ func (e *Election) eligible(r Round, ip netip.Addr, pol Policy) []string {
 	return out
 }
 
-// offerOne offers one IP to the least loaded eligible node if this node holds at least two more.
+// offerOne offers one IP to the least loaded eligible node that joined (joining) if this node
+// holds at least two more. A node's load leaves out the IPs this node owns too: its claims of a
+// handover still in flight, which would make it look loaded (and send the offer elsewhere).
 func (e *Election) offerOne(r Round) {
 	load := map[string]int{}
 	for n, m := range r.Members {
-		if n != e.self && !m.Held {
-			load[n] = len(m.State.Owned)
+		if n != e.self && !m.Held && e.joining(r, m) {
+			load[n] = 0
+			for _, ip := range m.State.Owned {
+				if !e.owned[ip] {
+					load[n]++
+				}
+			}
 		}
 	}
 	mine := len(e.owned)
 	underloaded := false
-	for n, l := range load {
-		underloaded = underloaded || (mine-l >= 2 && r.Now.Sub(r.Members[n].AliveSince) >= e.timing.RebalanceAfter)
+	for _, l := range load {
+		underloaded = underloaded || mine-l >= 2
 	}
 	if !underloaded {
 		return
@@ -365,7 +399,7 @@ func (e *Election) offerOne(r Round) {
 	bestTo := ""
 	for _, ip := range e.Owned() {
 		for _, n := range slices.Clone(e.eligible(r, ip, r.IPs[ip])) {
-			if n == e.self || r.Now.Sub(r.Members[n].AliveSince) < e.timing.RebalanceAfter || mine-load[n] < 2 {
+			if l, ok := load[n]; n == e.self || !ok || mine-l < 2 {
 				continue
 			}
 			if bestTo == "" || load[n] < load[bestTo] || (load[n] == load[bestTo] && n < bestTo) {
@@ -377,6 +411,13 @@ func (e *Election) offerOne(r Round) {
 		e.offers[bestIP] = pendingOffer{to: bestTo, at: r.Now}
 		e.lastOffer = r.Now
 	}
+}
+
+// joining: m joined (alive for RebalanceAfter, within RebalanceWindow after it, not back from a
+// restart hold), so balance may hand it IPs.
+func (e *Election) joining(r Round, m Member) bool {
+	age := r.Now.Sub(m.AliveSince)
+	return !m.Restarted && age >= e.timing.RebalanceAfter && (e.timing.RebalanceWindow <= 0 || age < e.timing.RebalanceAfter+e.timing.RebalanceWindow)
 }
 
 // rendezvousWinner is the node with the highest hash of (ip, node): a choice every node computes

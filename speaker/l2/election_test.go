@@ -2,6 +2,7 @@ package l2
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -516,14 +517,14 @@ func TestResumeKeepsHeldIPs(t *testing.T) {
 	}
 }
 
-// An owner that may no longer announce its IP (cordoned, excluded, its endpoints gone) answers on
+// An owner that may no longer announce its IP (excluded, its endpoints gone) answers on
 // until the new owner's claim arrives. The nodes learn of the change at different moments (each
 // from its own watch of the API server): here the owner a first, b one heartbeat later. At every
 // heartbeat someone answers.
 func TestIneligibleOwnerHandsOverBeforeStopping(t *testing.T) {
 	ip := netip.MustParseAddr("10.0.0.100")
 	before := map[netip.Addr]Policy{ip: {Candidates: []string{"a", "b"}}}
-	after := map[netip.Addr]Policy{ip: {Candidates: []string{"b"}}} // a is cordoned
+	after := map[netip.Addr]Policy{ip: {Candidates: []string{"b"}}} // a is excluded
 	start := time.Unix(1000, 0)
 	a, b := NewElection("a", DefaultElectionTiming), NewElection("b", DefaultElectionTiming)
 	a.Resume([]netip.Addr{ip}) // a owns it
@@ -558,5 +559,107 @@ func TestIneligibleOwnerHandsOverBeforeStopping(t *testing.T) {
 	// Nobody else may take it: the owner stops at once (keeping it would answer for nothing).
 	if owners := step(after, map[netip.Addr]Policy{ip: {}}); slices.Contains(owners, "b") {
 		t.Fatalf("b still owns %s with no candidate left", ip)
+	}
+}
+
+// A node whose speaker stops while the node leaves (cordoned or drained, then shut down) is still
+// every node's candidate in the configuration: it says it is leaving (Depart, NodeState.Leaving),
+// and hands each IP over make before break, as a rebalancing offer: it answers until the next
+// owner's claim arrives, at every heartbeat someone answers, and the IPs go to the others.
+// Nothing is offered to the leaving node meanwhile.
+func TestDepartingOwnerHandsOverBeforeStopping(t *testing.T) {
+	ips := map[netip.Addr]Policy{}
+	for i := range 4 {
+		ips[netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)})] = Policy{Candidates: []string{"a", "b", "c"}}
+	}
+	start := time.Unix(1000, 0)
+	els := map[string]*Election{}
+	for _, n := range []string{"a", "b", "c"} {
+		els[n] = NewElection(n, DefaultElectionTiming)
+	}
+	els["a"].Resume(slices.Collect(maps.Keys(ips))) // a owns them all
+	now := start.Add(time.Minute)
+	step := func() {
+		now = now.Add(50 * time.Millisecond)
+		members := map[string]Member{}
+		for n, el := range els {
+			members[n] = Member{AliveSince: start, State: el.State(segment, false)}
+		}
+		for _, el := range els {
+			el.Decide(Round{Now: now, Quorum: true, QuorumSince: start, Members: members, IPs: ips})
+		}
+	}
+	els["a"].Depart()
+	if !els["a"].State(segment, false).Leaving {
+		t.Fatal("a departing node's state does not say it is leaving")
+	}
+	for i := range 4 {
+		step()
+		for ip := range ips {
+			var owners []string
+			for n, el := range els {
+				if el.Owns(ip) {
+					owners = append(owners, n)
+				}
+			}
+			if len(owners) == 0 {
+				t.Fatalf("heartbeat %d: nobody answers for %s (break before make)", i+1, ip)
+			}
+		}
+	}
+	if owned := els["a"].Owned(); len(owned) != 0 {
+		t.Fatalf("the departing node still owns %v", owned)
+	}
+	for ip := range ips {
+		if els["b"].Owns(ip) == els["c"].Owns(ip) {
+			t.Errorf("%s: want it with one of b and c; b owns %v, c %v", ip, els["b"].Owned(), els["c"].Owned())
+		}
+	}
+	for _, n := range []string{"b", "c"} {
+		for _, o := range els[n].State(segment, false).Offers {
+			if o.To == "a" {
+				t.Errorf("%s offers %s to the leaving node", n, o.IP)
+			}
+		}
+	}
+}
+
+// Balance fills a node that joined (alive for RebalanceAfter, within RebalanceWindow after it),
+// and otherwise leaves healthy owners alone: an imbalance among nodes alive for long (Local-policy
+// addresses that followed their endpoints away from a drained node) moves nothing, since every
+// move breaks the established connections through the address. A node back from a restart hold
+// kept its IPs: it has not joined either.
+func TestBalanceFillsOnlyNodesThatJoined(t *testing.T) {
+	ips := map[netip.Addr]Policy{}
+	for i := range 4 {
+		ips[netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)})] = Policy{Candidates: []string{"a", "b", "c"}}
+	}
+	start := time.Unix(1000, 0)
+	now := start.Add(time.Hour)
+	offers := func(c Member) []Offer {
+		a := NewElection("a", DefaultElectionTiming)
+		a.Resume(slices.Collect(maps.Keys(ips)))
+		members := map[string]Member{
+			"a": {AliveSince: start, State: NodeState{Links: segment}},
+			"b": {AliveSince: start, State: NodeState{Links: segment}},
+			"c": c,
+		}
+		a.Decide(Round{Now: now, Quorum: true, QuorumSince: start, Members: members, IPs: ips})
+		return a.State(segment, false).Offers
+	}
+	if o := offers(Member{AliveSince: start, State: NodeState{Links: segment}}); len(o) != 0 {
+		t.Errorf("a owns 4 IPs, b and c (alive for an hour) none: a offers %v, want nothing moved", o)
+	}
+	joined := now.Add(-DefaultElectionTiming.RebalanceAfter - time.Second)
+	if o := offers(Member{AliveSince: joined, State: NodeState{Links: segment}}); len(o) != 1 || o[0].To != "c" {
+		t.Errorf("c joined %v ago: a offers %v, want one IP to c", now.Sub(joined), o)
+	}
+	back := NewElection("c", DefaultElectionTiming)
+	back.Resume([]netip.Addr{netip.MustParseAddr("10.0.0.200")})
+	if st := back.State(segment, false); !st.Resumed {
+		t.Fatal("a speaker that resumed held IPs does not say so")
+	}
+	if o := offers(Member{AliveSince: joined, Restarted: true, State: NodeState{Links: segment}}); len(o) != 0 {
+		t.Errorf("c is back from a restart hold: a offers %v, want nothing", o)
 	}
 }

@@ -25,6 +25,14 @@ type NodeState struct {
 	// HonoursHolds: this speaker keeps a restarting peer's claims. A speaker holds its IPs over a
 	// restart only when every alive peer does; an older one, without the field, does not.
 	HonoursHolds bool
+	// Leaving: the node's speaker is stopping and the node is leaving (cordoned or drained,
+	// excluded, deleted, NotReady): it is a candidate for nothing, and answers for its IPs only
+	// until an eligible peer claims them. A speaker of an earlier release ignores the field (gob
+	// skips it) and takes those IPs once the leaving node stops claiming them.
+	Leaving bool
+	// Resumed: this speaker took back the IPs its node's previous speaker held over a restart. It
+	// has not joined: balance offers it nothing (a restart moves nothing).
+	Resumed bool
 
 	ownedSet map[netip.Addr]struct{} // index of Owned, built once per received state
 }

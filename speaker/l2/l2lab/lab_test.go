@@ -816,3 +816,64 @@ func ownerV6(t *testing.T, l *Lab, ip netip.Addr) *Node {
 	}
 	return n
 }
+
+// TestLeaveHandsOverBeforeStopping: a speaker stopped without a hold (its node leaving: cordoned
+// or drained, excluded, NotReady, deleted; here --restart-hold 0) hands its IPs over make before
+// break: it answers until the next owner claims them. The only other candidate is frozen
+// (SIGSTOP, for less than DeadAfter) when the owner stops, so it claims the IP only once it
+// thaws, 150 ms later: the leaving owner answers all along, and no probe round (every 10 ms) goes
+// unanswered. (A stop used to release the IPs at once: nobody answered until the other node,
+// thawed, took over.)
+func TestLeaveHandsOverBeforeStopping(t *testing.T) {
+	ip := ServiceIPv4(40)
+	l := up(t, policies([]string{"n1", "n2"}, ip), "--rebalance-after", "1h")
+	p, err := l.StartProber([]netip.Addr{ip}, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	leaving := owner(t, l, p, ip)
+	other := l.Node("n1")
+	if other == leaving {
+		other = l.Node("n2")
+	}
+	if err := l.Signal(other.Name, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- l.Stop(leaving.Name) }()
+	time.Sleep(150 * time.Millisecond)
+	if err := l.Signal(other.Name, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if !WaitFor(3*time.Second, func() bool {
+		_, ok := p.FirstReplyAfter(ip, t0, leaving.MAC)
+		return ok
+	}) {
+		t.Fatalf("%s was not taken over by %s", ip, other.Name)
+	}
+	time.Sleep(100 * time.Millisecond)
+	r, _ := p.FirstReplyAfter(ip, t0, leaving.MAC)
+	t.Logf("%s answered %s %v after %s's stop", r.MAC, ip, r.At.Sub(t0).Round(time.Millisecond), leaving.Name)
+	if macs := p.MACsSince(ip, t0); !slices.Contains(macs, leaving.MAC.String()) || !slices.Contains(macs, other.MAC.String()) {
+		t.Errorf("after the stop %s was answered by %v; want the leaving %s, then %s", ip, macs, leaving.MAC, other.MAC)
+	}
+	// Until the new owner's first answer (afterwards it recovers from its own stall: it was
+	// frozen, and answers nothing for a moment whatever the leaving node did).
+	last, gap := t0, time.Duration(0)
+	var answers []string
+	for _, a := range p.Replies() {
+		if a.IP == ip && a.At.After(t0) && !a.At.After(r.At) {
+			gap = max(gap, a.At.Sub(last))
+			last = a.At
+			answers = append(answers, fmt.Sprintf("+%v %s", a.At.Sub(t0).Round(time.Millisecond), a.MAC))
+		}
+	}
+	if gap > 60*time.Millisecond {
+		t.Errorf("%s went %v without an answer while %s left (break before make); answers: %v", ip, gap, leaving.Name, answers)
+	}
+}
