@@ -94,6 +94,10 @@ type result struct {
 // failover.detectAfter (250 ms), with margin.
 const crashTarget = 300 * time.Millisecond
 
+// announcedSettle is the controller's: a True herald.io/Announced condition whose announcing
+// nodes changed is rewritten once the new nodes have held this long (plus a margin here).
+const announcedSettle = 70 * time.Second
+
 // bgpService names start with it: the load's keys (target.String) tell BGP targets by it.
 const bgpService = "lc-bgp-"
 
@@ -294,6 +298,10 @@ func TestLifecycle(t *testing.T) {
 		}
 		return r
 	}())
+	// The cut's moves reach the Services' Announced conditions after announcedSettle: those
+	// writes are the cut's, not the idle control's.
+	t.Logf("waiting %s for the Announced conditions to follow the cut's moves", announcedSettle)
+	time.Sleep(announcedSettle)
 	run("idle (control, at the end)", true, func() string { time.Sleep(10 * time.Second); return "" })
 
 	report(t, results)
