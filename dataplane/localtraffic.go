@@ -1,6 +1,10 @@
 package dataplane
 
-import "net/netip"
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
 
 // LocalTraffic tells the cluster's pods' traffic from other traffic, as kube-proxy's
 // --cluster-cidr (its local-traffic detector) and --masquerade-all do (issue 16 items 3 and 4).
@@ -32,4 +36,24 @@ func (lt LocalTraffic) PodCIDRs(ipv6 bool) []netip.Prefix {
 // all of it with MasqueradeAll, else what comes from outside the family's cluster CIDRs.
 func (lt LocalTraffic) MasqueradesClusterIPs(ipv6 bool) bool {
 	return lt.MasqueradeAll || len(lt.PodCIDRs(ipv6)) > 0
+}
+
+// NFTSources is the nftables match for sources in the family's cluster CIDRs (with not, outside
+// them), as both kernel backends write it in their rules; "" when the family has none.
+func (lt LocalTraffic) NFTSources(ipv6, not bool) string {
+	var cidrs []string
+	for _, p := range lt.PodCIDRs(ipv6) {
+		cidrs = append(cidrs, p.String())
+	}
+	if len(cidrs) == 0 {
+		return ""
+	}
+	kw, op := "ip", ""
+	if ipv6 {
+		kw = "ip6"
+	}
+	if not {
+		op = "!= "
+	}
+	return fmt.Sprintf("%s saddr %s{ %s }", kw, op, strings.Join(cidrs, ", "))
 }

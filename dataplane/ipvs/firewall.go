@@ -238,7 +238,7 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 		rule := func(chain string, parts ...any) {
 			tx.Add(&knftables.Rule{Chain: chain, Rule: knftables.Concat(append([]any{l4}, parts...)...)})
 		}
-		pods := podSources(fw.local, f, "")
+		pods := fw.local.NFTSources(f.ipv6, false)
 		// Incoming traffic: source ranges, the pods' short circuit, Services without (local)
 		// endpoints, unused ports of Service IPs, then the masquerade mark for what must come
 		// back through this node.
@@ -268,7 +268,7 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 		// may have come by a route to the Service range: its reply must come back here.
 		if fw.local.MasqueradeAll {
 			rule(chainInput, dst, "@"+f.set(setClusterIPMasq), markMasq)
-		} else if outside := podSources(fw.local, f, "!= "); outside != "" {
+		} else if outside := fw.local.NFTSources(f.ipv6, true); outside != "" {
 			rule(chainInput, dst, "@"+f.set(setClusterIPMasq), outside, markMasq)
 		}
 		nodePort := knftables.Concat("fib daddr type local", f.match, "daddr", "!=", "@"+f.set(setServiceIPs),
@@ -301,16 +301,3 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 }
 
 func splitKey(key string) []string { return strings.Split(key, keySeparator) }
-
-// podSources is the nft match for sources in the family's cluster CIDRs, op "" (or outside them,
-// op "!= "); "" when the family has none.
-func podSources(lt dataplane.LocalTraffic, f ipFamily, op string) string {
-	var cidrs []string
-	for _, p := range lt.PodCIDRs(f.ipv6) {
-		cidrs = append(cidrs, p.String())
-	}
-	if len(cidrs) == 0 {
-		return ""
-	}
-	return fmt.Sprintf("%s saddr %s{ %s }", f.match, op, strings.Join(cidrs, ", "))
-}

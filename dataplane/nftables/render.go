@@ -223,7 +223,7 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *us
 					fr.addChain(to, forward(shortCircuitEps, false))
 				}
 				// Pods' traffic is not external either (kube-proxy's "short-circuit pod traffic").
-				if pods := podSources(lt, f, false); pods != "" {
+				if pods := lt.NFTSources(f == ipv6, false); pods != "" {
 					rules = append(rules, pods+" goto "+to)
 				}
 				rules = append(rules, "fib saddr type local jump "+markForMasqueradeChain, "fib saddr type local goto "+to)
