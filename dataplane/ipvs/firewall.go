@@ -265,11 +265,16 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 		rule(chainInput, "ct state new", f.match, "daddr", "@"+f.set(setServiceIPs), dst, "!=", "@"+f.set(setServicePorts), "reject")
 		rule(chainInput, dst, "@"+f.set(setMasquerade), markMasq)
 		// Traffic to a ClusterIP from outside the cluster CIDRs (all of it with masquerade-all)
-		// may have come by a route to the Service range: its reply must come back here.
+		// may have come by a route to the Service range: its reply must come back here. The
+		// node's own traffic too (below), as kube-proxy marks it in its nat OUTPUT chain.
+		var clusterIPMasq []any
 		if fw.local.MasqueradeAll {
-			rule(chainInput, dst, "@"+f.set(setClusterIPMasq), markMasq)
+			clusterIPMasq = []any{dst, "@" + f.set(setClusterIPMasq), markMasq}
 		} else if outside := fw.local.NFTSources(f.ipv6, true); outside != "" {
-			rule(chainInput, dst, "@"+f.set(setClusterIPMasq), outside, markMasq)
+			clusterIPMasq = []any{dst, "@" + f.set(setClusterIPMasq), outside, markMasq}
+		}
+		if clusterIPMasq != nil {
+			rule(chainInput, clusterIPMasq...)
 		}
 		nodePort := knftables.Concat("fib daddr type local", f.match, "daddr", "!=", "@"+f.set(setServiceIPs),
 			"meta l4proto . th dport")
@@ -284,14 +289,19 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 		rule(chainMarkOutput, "meta mark set", dst, "map", "@"+f.set(mapShortCircuit))
 		rule(chainMarkOutput, f.match, "daddr", "@"+f.set(setNodePortAddrs),
 			"meta mark set meta l4proto . th dport map", "@"+f.set(mapNodePortShortCircuit))
+		if clusterIPMasq != nil {
+			// The masquerade bit leaves IPVS's firewall-mark lookup empty-handed (no short-circuit
+			// mark has it), so the address's virtual server takes the packet.
+			rule(chainMarkOutput, clusterIPMasq...)
+		}
 		// Hairpin: an endpoint that reached its own Service and was picked itself must see the
 		// node as the source, or its reply would skip IPVS.
 		tx.Add(&knftables.Rule{Chain: chainPostrouting, Rule: knftables.Concat(
 			f.match, "saddr .", f.match, "daddr", "@"+f.set(setHairpin), "masquerade")})
-		// The node's own connections to a Service IP leave with that address as their source
-		// (it is local on the dummy link, so the kernel picks it): masquerade them, so replies
-		// come back to an address the node really owns on that path. No mark can say so
-		// earlier: IPVS takes these packets in LOCAL_OUT before any filter chain sees them.
+		// The node's own IPv4 connections to a Service IP leave with that address as their
+		// source (it has a local route on the dummy link, so the kernel picks it): masquerade
+		// them, so replies come back to an address the node really owns on that path, whatever
+		// the cluster CIDRs say. (IPv6 picks one of the node's addresses instead.)
 		tx.Add(&knftables.Rule{Chain: chainPostrouting, Rule: knftables.Concat(
 			f.match, "saddr", "@"+f.set(setServiceIPs), "masquerade")})
 	}

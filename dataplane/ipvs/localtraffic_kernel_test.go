@@ -34,11 +34,12 @@ func nodeRequest(dst netip.AddrPort) (backend, source string, err error) {
 	return backend, source, nil
 }
 
-// TestLocalTrafficWithRealPackets (issue 16 items 3 and 4, IPVS): with the cluster CIDR
-// 10.1.0.0/16 (the backends' addresses), a client off the cluster reaching a ClusterIP is
-// masqueraded and a pod keeps its address; the node's own connection to a ClusterIP is
-// masqueraded (not sent with the ClusterIP as its source); a pod reaching the LoadBalancer IP
-// of an externalTrafficPolicy: Local Service without a local endpoint, and the node reaching its
+// TestLocalTrafficWithRealPackets (issue 16 items 3 and 4, IPVS): with the cluster CIDRs
+// 10.1.0.0/16 and fd01::/16 (the backends' addresses), a client off the cluster reaching a
+// ClusterIP is masqueraded and a pod keeps its address; the node's own connections to a
+// ClusterIP are masqueraded (IPv4: not sent with the ClusterIP as their source; IPv6: the
+// endpoint sees the node's address on its link); a pod reaching the LoadBalancer IP of an
+// externalTrafficPolicy: Local Service without a local endpoint, and the node reaching its
 // NodePort or LoadBalancer IP, are answered by the Service's endpoints elsewhere (the pod
 // keeping its address), while the client off the cluster is still dropped there. Then with
 // masquerade-all, the pod's connection to the ClusterIP is masqueraded too. In the IPVS VM
@@ -72,7 +73,10 @@ func TestLocalTrafficWithRealPackets(t *testing.T) {
 	local.ExternalPolicyLocal = true
 	local.ClusterEndpoints, local.ShortCircuitEndpoints = endpoints(elsewhere...), endpoints(elsewhere...)
 	// ExternalEndpoints stays empty: the Service's endpoints run on other nodes.
-	state := stateOf(cluster, local)
+	cluster6 := port("cluster6", "fd00:96::21", "fd00:255::21", 30023)
+	ep6 := dataplane.Endpoint{Addr: elsewhere[0].Addrs6[0], Port: 8080, Ready: true, Serving: true}
+	cluster6.ClusterEndpoints, cluster6.ExternalEndpoints = []dataplane.Endpoint{ep6}, []dataplane.Endpoint{ep6}
+	state := stateOf(cluster, local, cluster6)
 
 	newBackend := func(lt dataplane.LocalTraffic) *Backend {
 		b, err := New(Options{Handle: h, Links: links, NFT: nft, Sysctls: ProcSysctls{},
@@ -86,7 +90,7 @@ func TestLocalTrafficWithRealPackets(t *testing.T) {
 		}
 		return b
 	}
-	b := newBackend(dataplane.LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}})
+	b := newBackend(dataplane.LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("fd01::/16")}})
 	t.Cleanup(func() { _ = b.Cleanup(context.Background()) })
 
 	clusterIP := netip.MustParseAddrPort("10.96.0.21:80")
@@ -100,6 +104,12 @@ func TestLocalTrafficWithRealPackets(t *testing.T) {
 	}
 	if be, src, err := nodeRequest(clusterIP); err != nil || src == clusterIP.Addr().String() {
 		t.Errorf("the node to the ClusterIP: answered by %q seeing %q, %v; want it masqueraded", be, src, err)
+	}
+	// IPv6 picks a node address as the source, not the ClusterIP: masqueraded, the endpoint sees
+	// the node's address on its own link.
+	gateway6 := elsewhere[0].Addrs6[0].Prev().String()
+	if be, src, err := nodeRequest(netip.MustParseAddrPort("[fd00:96::21]:80")); err != nil || src != gateway6 {
+		t.Errorf("the node to the IPv6 ClusterIP: answered by %q seeing %q, %v; want it masqueraded to %s", be, src, err, gateway6)
 	}
 
 	lb := netip.MustParseAddrPort("10.255.0.22:80")

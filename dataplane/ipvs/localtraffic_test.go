@@ -46,12 +46,14 @@ func TestLocalTrafficRules(t *testing.T) {
 		outsideMasq     = "add rule inet herald-ipvs filter-input meta l4proto { tcp, udp, sctp } ip daddr . meta l4proto . th dport @clusterip-masquerade-v4 ip saddr != { 10.244.0.0/16 } meta mark set meta mark | 0x4000"
 		allMasq         = "add rule inet herald-ipvs filter-input meta l4proto { tcp, udp, sctp } ip daddr . meta l4proto . th dport @clusterip-masquerade-v4 meta mark set meta mark | 0x4000"
 		nodeShort       = "add rule inet herald-ipvs mark-output meta l4proto { tcp, udp, sctp } meta mark set ip daddr . meta l4proto . th dport map @short-circuit-v4"
+		nodeOutsideMasq = "add rule inet herald-ipvs mark-output meta l4proto { tcp, udp, sctp } ip daddr . meta l4proto . th dport @clusterip-masquerade-v4 ip saddr != { 10.244.0.0/16 } meta mark set meta mark | 0x4000"
+		nodeAllMasq     = "add rule inet herald-ipvs mark-output meta l4proto { tcp, udp, sctp } ip daddr . meta l4proto . th dport @clusterip-masquerade-v4 meta mark set meta mark | 0x4000"
 		nodeMasq        = "add rule inet herald-ipvs nat-postrouting ip saddr @service-ips-v4 masquerade"
 	)
 	withCIDR := dump(dataplane.LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.7.0/16")}})
-	check("cluster CIDR", withCIDR, []string{podShortCircuit, podNodePort, outsideMasq, nodeShort, nodeMasq,
+	check("cluster CIDR", withCIDR, []string{podShortCircuit, podNodePort, outsideMasq, nodeShort, nodeOutsideMasq, nodeMasq,
 		"add element inet herald-ipvs clusterip-masquerade-v4 { 10.96.0.1 . tcp . 80 }"}, []string{"saddr { fd", allMasq})
-	check("masquerade all", dump(dataplane.LocalTraffic{MasqueradeAll: true}), []string{allMasq, nodeShort, nodeMasq},
+	check("masquerade all", dump(dataplane.LocalTraffic{MasqueradeAll: true}), []string{allMasq, nodeShort, nodeAllMasq, nodeMasq},
 		[]string{"saddr { ", "saddr != { "})
 	check("none", dump(dataplane.LocalTraffic{}), []string{nodeShort, nodeMasq},
 		[]string{"saddr { ", "saddr != { ", "add element inet herald-ipvs clusterip-masquerade-v4"})
