@@ -56,11 +56,11 @@ type Options struct {
 	ListenHealthCheck func(network, address string) (net.Listener, error)
 	// ClusterCIDRs are the pods' addresses (--cluster-cidr): with them, traffic from outside
 	// the cluster to a ClusterIP is masqueraded and pods' traffic to an externalTrafficPolicy:
-	// Local address reaches any endpoint, as under kube-proxy with --cluster-cidr. nftables
-	// only; nil: neither.
+	// Local address reaches any endpoint, as under kube-proxy with --cluster-cidr. Both kernel
+	// backends (not the userspace data plane); nil: neither.
 	ClusterCIDRs []netip.Prefix
 	// MasqueradeAll masquerades all traffic to ClusterIPs (kube-proxy's --masquerade-all).
-	// nftables only.
+	// Both kernel backends.
 	MasqueradeAll bool
 	// NodePortAddresses are the node addresses NodePorts and the healthCheckNodePort listeners
 	// are open on (--nodeport-addresses); the zero value: all of them.
@@ -191,20 +191,20 @@ func New(ctx context.Context, b Backend, opts Options) (*DataPlane, error) {
 	if b.Decision.Backend == mode.Off {
 		return d, nil
 	}
+	local := dataplane.LocalTraffic{ClusterCIDRs: opts.ClusterCIDRs, MasqueradeAll: opts.MasqueradeAll}
 	switch {
 	case b.nft != nil:
 		b.nft.SetNodePortAddresses(opts.NodePortAddresses)
+		b.nft.SetLocalTraffic(local)
 	case b.ipvs != nil:
 		b.ipvs.SetNodePortAddresses(opts.NodePortAddresses)
+		b.ipvs.SetLocalTraffic(local)
+	case len(opts.ClusterCIDRs) > 0 || opts.MasqueradeAll:
+		opts.Logger.Info("the cluster CIDRs and masquerade-all apply to the kernel backends only; " + b.Decision.Backend + " ignores them")
 	}
 	if b.userspace != nil {
 		// Where it binds NodePorts itself (--dataplane=userspace, and IPVS's userspace ports).
 		b.userspace.SetNodePortAddresses(opts.NodePortAddresses)
-	}
-	if b.nft != nil {
-		b.nft.SetLocalTraffic(nftables.LocalTraffic{ClusterCIDRs: opts.ClusterCIDRs, MasqueradeAll: opts.MasqueradeAll})
-	} else if len(opts.ClusterCIDRs) > 0 || opts.MasqueradeAll {
-		opts.Logger.Info("the cluster CIDRs and masquerade-all apply to the nftables backend only; " + b.Decision.Backend + " ignores them")
 	}
 
 	services, slices := opts.Services, opts.EndpointSlices

@@ -62,6 +62,8 @@ type Backend struct {
 	serviceIPs map[netip.Addr]struct{}
 	// initialized is set once the kernel state was adopted after a start.
 	initialized bool
+	// local tells pods' traffic from other traffic; see SetLocalTraffic.
+	local dataplane.LocalTraffic
 	// userspace is the userspace proxy (SetUserspaceListeners), nil without.
 	userspace dataplane.UserspaceListeners
 	// formerlyOwned are the addresses of what the backend had committed when a drift check
@@ -148,7 +150,7 @@ func (b *Backend) fullDelta(state *dataplane.State) *delta {
 	b.ipRefs, b.setRefs = map[netip.Addr]int{}, map[fwElement]int{}
 	d := &delta{vsSet: map[vsKey]*virtualServer{}}
 	for svc, ports := range state.Services {
-		fr := render(ports, b.userspace)
+		fr := render(ports, b.userspace, b.local)
 		b.fragments[svc] = fr
 		for a := range fr.serviceIPs {
 			b.ipRefs[a]++
@@ -174,6 +176,14 @@ func (b *Backend) fullDelta(state *dataplane.State) *delta {
 	for e := range b.setRefs {
 		desiredSets.add(e.set, e.key)
 	}
+	// The node addresses change only with a full sync.
+	for _, a := range b.nodeAddrs {
+		f := familyIPv4
+		if a.Is6() {
+			f = familyIPv6
+		}
+		desiredSets.add(f.set(setNodePortAddrs), a.String())
+	}
 	d.setAdd, d.setDel = b.fw.diff(desiredSets)
 	for k := range b.vs.committed {
 		if _, ok := d.vsSet[k]; !ok {
@@ -193,7 +203,7 @@ func (b *Backend) incrementalDelta(state *dataplane.State, changed map[types.Nam
 		}
 		next := newFragment()
 		if ports, ok := state.Services[svc]; ok {
-			next = render(ports, b.userspace)
+			next = render(ports, b.userspace, b.local)
 			b.fragments[svc] = next
 		} else {
 			delete(b.fragments, svc)
@@ -278,6 +288,15 @@ func (b *Backend) SetNodePortAddresses(np dataplane.NodePortAddresses) {
 	b.nodePorts = np
 }
 
+// SetLocalTraffic sets how pods' traffic is told from other traffic (the cluster CIDRs and
+// masquerade-all, shared with the nftables backend). Call it before the first sync.
+func (b *Backend) SetLocalTraffic(lt dataplane.LocalTraffic) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.local = lt
+	b.fw.local = lt
+}
+
 // expand adds fr's virtual servers, NodePorts expanded over the node's addresses, to into.
 func (b *Backend) expand(fr *fragment, into map[vsKey]*virtualServer) {
 	for k, v := range fr.virtualServers {
@@ -330,7 +349,13 @@ func (b *Backend) adopt() error {
 	for a := range b.formerlyOwned {
 		owned[a] = struct{}{}
 	}
-	if err := b.vs.Adopt(func(k vsKey) bool { _, ok := owned[k.Addr]; return ok }); err != nil {
+	if err := b.vs.Adopt(func(k vsKey) bool {
+		if k.FWMark != 0 {
+			return isShortCircuitMark(k.FWMark)
+		}
+		_, ok := owned[k.Addr]
+		return ok
+	}); err != nil {
 		return err
 	}
 	b.formerlyOwned = nil

@@ -3,7 +3,9 @@
 // servers, with a dummy link (herald-ipvs0) carrying the Service IPs as local routes so IPVS sees
 // their packets in LOCAL_IN, and a small nftables table next to it for what IPVS does not do:
 // masquerade, filtering of unknown ports, loadBalancerSourceRanges, rejecting Services without
-// endpoints and hairpin traffic (no iptables, no ipset).
+// endpoints and hairpin traffic (no iptables, no ipset), and the packet marks that send pods' and
+// the node's own traffic to an externalTrafficPolicy: Local address to a second, firewall-mark
+// virtual server over every endpoint (the short circuit; firewall.go says why).
 //
 // Kernel access sits behind small interfaces (Handle for IPVS, Links for the dummy link, Sysctls),
 // so syncs are unit-tested with fakes; the real kernel is exercised inside a VM booted from Debian's

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/heraldlb/herald/dataplane"
 )
 
 // TableName is the nftables table (family inet) that sits next to IPVS.
@@ -29,11 +31,33 @@ const (
 	setNodePortNoLoc = "nodeport-no-local"     // proto . port: drop on node addresses
 	setNodePortMasq  = "nodeport-masquerade"   // proto . port: masquerade on node addresses
 	setHairpin       = "hairpin"               // endpoint . endpoint: an endpoint reaching itself
-	chainInput       = "filter-input"
-	chainOutput      = "filter-output"
-	chainPostrouting = "nat-postrouting"
-	keySeparator     = " . "
+	// Local traffic (dataplane.LocalTraffic, issue 16 items 3 and 4).
+	setClusterIPMasq        = "clusterip-masquerade"   // addr . proto . port of a ClusterIP: masqueraded from outside the cluster CIDRs
+	mapShortCircuit         = "short-circuit"          // addr . proto . port : the mark of its short-circuit virtual server
+	mapNodePortShortCircuit = "nodeport-short-circuit" // proto . port : likewise for NodePorts
+	setNodePortAddrs        = "nodeport-addrs"         // the node addresses with NodePort virtual servers
+	chainInput              = "filter-input"
+	chainOutput             = "filter-output"
+	chainMarkOutput         = "mark-output"
+	chainPostrouting        = "nat-postrouting"
+	keySeparator            = " . "
+	// valueSeparator separates a map element's key from its value in a firewallSets entry.
+	valueSeparator = " : "
 )
+
+// shortCircuitMarkTag is in every short-circuit mark (bits 8-15), so a restarted backend knows
+// its firewall-mark virtual servers; it leaves the masquerade bit 0x4000 (and kube-proxy's drop
+// bit 0x8000) clear.
+const shortCircuitMarkTag = 0x1200
+
+// shortCircuitMark is the packet mark (and IPVS firewall mark) selecting the short-circuit
+// virtual server of a Service port: its NodePort and protocol, unique in the cluster (a NodePort
+// number belongs to one Service) and stable without any allocation to remember across restarts.
+func shortCircuitMark(proto, nodePort uint16) uint32 {
+	return uint32(nodePort)<<16 | shortCircuitMarkTag | uint32(proto&0xff)
+}
+
+func isShortCircuitMark(m uint32) bool { return m>>16 != 0 && m&0xff00 == shortCircuitMarkTag }
 
 // firewallSets is the content of the table's sets: set name -> element keys, each the nft text of a
 // key with concatenated components joined by " . ".
@@ -44,6 +68,12 @@ func (f firewallSets) add(set string, key ...string) {
 		f[set] = map[string]struct{}{}
 	}
 	f[set][strings.Join(key, keySeparator)] = struct{}{}
+}
+
+// addMapping adds an element with a value to the map named set; the value is part of the entry,
+// so a changed value is one element deleted and another added.
+func (f firewallSets) addMapping(set, value string, key ...string) {
+	f.add(set, strings.Join(key, keySeparator)+valueSeparator+value)
 }
 
 type ipFamily struct {
@@ -67,7 +97,9 @@ func (f ipFamily) set(name string) string { return name + f.suffix }
 // firewall keeps the nftables table next to IPVS. It remembers the elements it committed, so each
 // sync sends only added and deleted elements in one transaction and never lists the table.
 type firewall struct {
-	nft       knftables.Interface
+	nft knftables.Interface
+	// local tells pods' traffic from other traffic in the table's rules (set before the first sync).
+	local     dataplane.LocalTraffic
 	committed firewallSets
 	// defined is false until the table, its sets, chains and rules have been (re)created.
 	defined bool
@@ -101,8 +133,17 @@ func (fw *firewall) diff(desired firewallSets) (add, del []fwElement) {
 	return add, del
 }
 
-// fwElement is one element of one set.
+// fwElement is one element of one set, or of one map (then key ends with valueSeparator and the
+// value).
 type fwElement struct{ set, key string }
+
+func (e fwElement) element() *knftables.Element {
+	key, value, isMap := strings.Cut(e.key, valueSeparator)
+	if isMap {
+		return &knftables.Element{Map: e.set, Key: splitKey(key), Value: []string{value}}
+	}
+	return &knftables.Element{Set: e.set, Key: splitKey(key)}
+}
 
 // Apply adds and deletes elements in one transaction, defining the table first when needed (the
 // first time, and after a failure, so leftovers of an older version never survive). The caller
@@ -114,11 +155,12 @@ func (fw *firewall) Apply(ctx context.Context, add, del []fwElement) error {
 		fw.committed = firewallSets{}
 		del = nil // the table was just recreated empty
 	}
-	for _, e := range add {
-		tx.Add(&knftables.Element{Set: e.set, Key: splitKey(e.key)})
-	}
+	// Deletions first: an element whose map value changed is deleted and added again.
 	for _, e := range del {
-		tx.Delete(&knftables.Element{Set: e.set, Key: splitKey(e.key)})
+		tx.Delete(e.element())
+	}
+	for _, e := range add {
+		tx.Add(e.element())
 	}
 	if tx.NumOperations() == 0 {
 		return nil
@@ -168,6 +210,10 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 			tx.Add(&knftables.Set{Name: f.set(name), Type: "inet_proto . inet_service"})
 		}
 		tx.Add(&knftables.Set{Name: f.set(setHairpin), Type: f.addrType + " . " + f.addrType})
+		tx.Add(&knftables.Set{Name: f.set(setClusterIPMasq), Type: addrPort})
+		tx.Add(&knftables.Set{Name: f.set(setNodePortAddrs), Type: f.addrType})
+		tx.Add(&knftables.Map{Name: f.set(mapShortCircuit), Type: addrPort + " : mark"})
+		tx.Add(&knftables.Map{Name: f.set(mapNodePortShortCircuit), Type: "inet_proto . inet_service : mark"})
 	}
 
 	// Filter chains run at priority filter (0), before IPVS takes packets in LOCAL_IN (98).
@@ -178,6 +224,10 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 		tx.Add(&knftables.Chain{Name: c.name, Type: knftables.PtrTo(knftables.FilterType),
 			Hook: knftables.PtrTo(c.hook), Priority: knftables.PtrTo(knftables.FilterPriority)})
 	}
+	// The node's own traffic meets IPVS in LOCAL_OUT at priority -98 (NF_IP_PRI_NAT_DST + 2):
+	// what must steer it to another virtual server runs before, at mangle (-150).
+	tx.Add(&knftables.Chain{Name: chainMarkOutput, Type: knftables.PtrTo(knftables.FilterType),
+		Hook: knftables.PtrTo(knftables.OutputHook), Priority: knftables.PtrTo(knftables.ManglePriority)})
 	tx.Add(&knftables.Chain{Name: chainPostrouting, Type: knftables.PtrTo(knftables.NATType),
 		Hook: knftables.PtrTo(knftables.PostroutingHook), Priority: knftables.PtrTo(knftables.SNATPriority)})
 
@@ -188,27 +238,72 @@ func (fw *firewall) define(tx *knftables.Transaction) {
 		rule := func(chain string, parts ...any) {
 			tx.Add(&knftables.Rule{Chain: chain, Rule: knftables.Concat(append([]any{l4}, parts...)...)})
 		}
-		// Incoming traffic: source ranges, Services without (local) endpoints, unknown ports on
-		// Service IPs, then the masquerade mark for what must come back through this node.
+		pods := fw.local.NFTSources(f.ipv6, false)
+		// Incoming traffic: source ranges, the pods' short circuit, Services without (local)
+		// endpoints, unused ports of Service IPs, then the masquerade mark for what must come
+		// back through this node.
 		rule(chainInput, dst, "@"+f.set(setFirewall), dst, ".", f.match, "saddr", "!=", "@"+f.set(setFirewallAllow), "drop")
+		if pods != "" {
+			// Pods' traffic to an externalTrafficPolicy: Local address is not external: it goes
+			// to every endpoint, keeping its source, as kube-proxy's nftables mode short-circuits
+			// it (kube-proxy's IPVS mode falls back to every endpoint for all traffic instead,
+			// external traffic included). An IPVS virtual server has one list of real servers,
+			// so the short circuit is a second, firewall-mark virtual server: IPVS looks marks
+			// up before addresses, and the mark set here (priority filter, 0) is on the packet
+			// when IPVS takes it in LOCAL_IN (priority 99). The mark replaces the packet's: IPVS
+			// matches the whole mark. accept skips the drop of external traffic below.
+			rule(chainInput, pods, "meta mark set", dst, "map", "@"+f.set(mapShortCircuit), "accept")
+			rule(chainInput, pods, f.match, "daddr", "@"+f.set(setNodePortAddrs),
+				"meta mark set meta l4proto . th dport map", "@"+f.set(mapNodePortShortCircuit), "accept")
+		}
 		rule(chainInput, dst, "@"+f.set(setNoEndpoints), "reject")
 		rule(chainInput, dst, "@"+f.set(setNoLocal), "drop")
-		rule(chainInput, f.match, "daddr", "@"+f.set(setServiceIPs), dst, "!=", "@"+f.set(setServicePorts), "drop")
+		// A new connection to a port of a Service IP no Service uses is rejected, as kube-proxy's
+		// IPVS mode does (KUBE-IPVS-FILTER) and Herald's nftables backend does for ClusterIPs: a
+		// listener of the node on all addresses must not answer there. Only new ones: the
+		// replies to the node's own connections from a Service IP come back to such ports.
+		rule(chainInput, "ct state new", f.match, "daddr", "@"+f.set(setServiceIPs), dst, "!=", "@"+f.set(setServicePorts), "reject")
 		rule(chainInput, dst, "@"+f.set(setMasquerade), markMasq)
+		// Traffic to a ClusterIP from outside the cluster CIDRs (all of it with masquerade-all)
+		// may have come by a route to the Service range: its reply must come back here. The
+		// node's own traffic too (below), as kube-proxy marks it in its nat OUTPUT chain.
+		var clusterIPMasq []any
+		if fw.local.MasqueradeAll {
+			clusterIPMasq = []any{dst, "@" + f.set(setClusterIPMasq), markMasq}
+		} else if outside := fw.local.NFTSources(f.ipv6, true); outside != "" {
+			clusterIPMasq = []any{dst, "@" + f.set(setClusterIPMasq), outside, markMasq}
+		}
+		if clusterIPMasq != nil {
+			rule(chainInput, clusterIPMasq...)
+		}
 		nodePort := knftables.Concat("fib daddr type local", f.match, "daddr", "!=", "@"+f.set(setServiceIPs),
 			"meta l4proto . th dport")
 		rule(chainInput, nodePort, "@"+f.set(setNodePortNoEP), "reject")
 		rule(chainInput, nodePort, "@"+f.set(setNodePortNoLoc), "drop")
 		rule(chainInput, nodePort, "@"+f.set(setNodePortMasq), markMasq)
-		// Traffic from this node itself to a Service: reject or drop like incoming traffic, and
-		// masquerade so replies come back to an address the node really owns on that path.
+		// Traffic from this node itself to a Service: reject or drop like incoming traffic.
 		rule(chainOutput, dst, "@"+f.set(setNoEndpoints), "reject")
 		rule(chainOutput, dst, "@"+f.set(setNoLocal), "drop")
-		rule(chainOutput, dst, "@"+f.set(setServicePorts), markMasq)
+		// The node's own traffic to an externalTrafficPolicy: Local address is not external
+		// either: the short circuit, as for pods (above), before IPVS sees it.
+		rule(chainMarkOutput, "meta mark set", dst, "map", "@"+f.set(mapShortCircuit))
+		rule(chainMarkOutput, f.match, "daddr", "@"+f.set(setNodePortAddrs),
+			"meta mark set meta l4proto . th dport map", "@"+f.set(mapNodePortShortCircuit))
+		if clusterIPMasq != nil {
+			// The masquerade bit leaves IPVS's firewall-mark lookup empty-handed (no short-circuit
+			// mark has it), so the address's virtual server takes the packet.
+			rule(chainMarkOutput, clusterIPMasq...)
+		}
 		// Hairpin: an endpoint that reached its own Service and was picked itself must see the
 		// node as the source, or its reply would skip IPVS.
 		tx.Add(&knftables.Rule{Chain: chainPostrouting, Rule: knftables.Concat(
 			f.match, "saddr .", f.match, "daddr", "@"+f.set(setHairpin), "masquerade")})
+		// The node's own IPv4 connections to a Service IP leave with that address as their
+		// source (it has a local route on the dummy link, so the kernel picks it): masquerade
+		// them, so replies come back to an address the node really owns on that path, whatever
+		// the cluster CIDRs say. (IPv6 picks one of the node's addresses instead.)
+		tx.Add(&knftables.Rule{Chain: chainPostrouting, Rule: knftables.Concat(
+			f.match, "saddr", "@"+f.set(setServiceIPs), "masquerade")})
 	}
 	tx.Add(&knftables.Rule{Chain: chainPostrouting, Rule: knftables.Concat(
 		"meta mark &", masqueradeMark, "==", masqueradeMark,

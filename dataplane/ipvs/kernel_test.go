@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -163,16 +164,31 @@ func TestKernelDataPath(t *testing.T) {
 			t.Fatalf("NodePort spread %v", got)
 		}
 	})
-	t.Run("unknown port dropped, no endpoints rejected", func(t *testing.T) {
-		start := time.Now()
-		if _, err := client.Request(backendspec.TCP, netip.Addr{}, netip.AddrPortFrom(lb, 82)); err == nil {
-			t.Fatal("port 82 of the LB IP answered")
+	t.Run("unused port and no endpoints rejected", func(t *testing.T) {
+		// A listener of the node on every address must not answer on a Service IP.
+		l, err := net.Listen("tcp", ":82")
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Since(start) < time.Second {
-			t.Fatalf("port 82 failed fast (%v): want a silent drop", time.Since(start))
+		served := make(chan struct{})
+		defer func() { l.Close(); <-served }()
+		go func() {
+			defer close(served)
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = c.Write([]byte("node 0.0.0.0\n"))
+				c.Close()
+			}
+		}()
+		start := time.Now()
+		if r, err := client.Request(backendspec.TCP, netip.Addr{}, netip.AddrPortFrom(lb, 82)); err == nil || time.Since(start) > time.Second {
+			t.Fatalf("port 82 of the LB IP: %+v, %v after %v; want an immediate rejection", r, err, time.Since(start))
 		}
 		start = time.Now()
-		_, err := client.Request(backendspec.TCP, netip.Addr{}, netip.AddrPortFrom(lb, 81))
+		_, err = client.Request(backendspec.TCP, netip.Addr{}, netip.AddrPortFrom(lb, 81))
 		if err == nil || time.Since(start) > time.Second {
 			t.Fatalf("Service without endpoints: err=%v after %v, want an immediate rejection", err, time.Since(start))
 		}

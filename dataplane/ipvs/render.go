@@ -51,8 +51,8 @@ func protoNumber(p v1.Protocol) (uint16, bool) {
 // render computes a Service's fragment. A port with an invalid scheduler annotation uses the default
 // one: the controller reports the mistake on the Service (condition and event), once, rather than
 // every node on every sync. A port the userspace proxy serves (us, nil without) gets no virtual
-// server: see userspace.go.
-func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fragment {
+// server: see userspace.go. lt says whether ClusterIPs are masqueraded.
+func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners, lt dataplane.LocalTraffic) *fragment {
 	fr := newFragment()
 	for _, p := range ports {
 		proto, ok := protoNumber(p.Protocol)
@@ -62,14 +62,15 @@ func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners) *fr
 		sched, _ := config.ParseIPVSScheduler(p.Scheduler)
 		proxied := proxiedInUserspace(p, us)
 		for _, f := range families {
-			renderFamily(fr, p, f, proto, sched, proxied)
+			renderFamily(fr, p, f, proto, sched, proxied, lt.MasqueradesClusterIPs(f.ipv6))
 		}
 	}
 	return fr
 }
 
-// renderFamily renders one Service port for one address family; proxied: without virtual servers.
-func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint16, sched string, proxied bool) {
+// renderFamily renders one Service port for one address family; proxied: without virtual servers;
+// masqueradeClusterIPs: the ClusterIPs go to the set the masquerade rules of the table match.
+func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint16, sched string, proxied, masqueradeClusterIPs bool) {
 	clusterIPs := addrsOf(p.ClusterIPs, f)
 	externalIPs := addrsOf(p.ExternalAddrs(), f)
 	if len(clusterIPs) == 0 && len(externalIPs) == 0 {
@@ -88,6 +89,7 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint
 	}
 	serve := func(addr netip.Addr, eps []dataplane.Endpoint, masquerade bool) {
 		fr.serviceIPs[addr] = struct{}{}
+		fr.sets.add(f.set(setServiceIPs), addr.String())
 		if !proxied {
 			fr.virtualServers[vsKey{Addr: addr, Proto: proto, Port: port}] = newVirtualServer(sched, affinity, eps)
 		}
@@ -101,12 +103,30 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint
 	}
 	for _, ip := range clusterIPs {
 		serve(ip, clusterEps, false)
+		if masqueradeClusterIPs {
+			fr.sets.add(f.set(setClusterIPMasq), ip.String(), pr, portText)
+		}
 	}
 	for _, ip := range externalIPs {
 		serve(ip, externalEps, !p.ExternalPolicyLocal)
 	}
+	nodePort := strconv.Itoa(int(p.NodePort))
+	// The short circuit (see the table's rules): with externalTrafficPolicy: Local, the pods'
+	// and the node's own traffic to the external addresses goes to every endpoint, through a
+	// firewall-mark virtual server. Its mark is derived from the NodePort: a Service without one
+	// (allocateLoadBalancerNodePorts: false, or a ClusterIP Service with externalIPs) has none,
+	// and that traffic is served as external traffic.
+	shortCircuitEps := endpointsOf(p.ShortCircuitEndpoints, f)
+	if p.ExternalPolicyLocal && len(shortCircuitEps) > 0 && p.NodePort != 0 && !proxied {
+		mark := shortCircuitMark(proto, uint16(p.NodePort))
+		fr.virtualServers[fwmarkKey(f.ipv6, mark)] = newVirtualServer(sched, affinity, shortCircuitEps)
+		markText := "0x" + strconv.FormatUint(uint64(mark), 16)
+		for _, ip := range externalIPs {
+			fr.sets.addMapping(f.set(mapShortCircuit), markText, ip.String(), pr, portText)
+		}
+		fr.sets.addMapping(f.set(mapNodePortShortCircuit), markText, pr, nodePort)
+	}
 	if p.NodePort != 0 {
-		nodePort := strconv.Itoa(int(p.NodePort))
 		if !proxied {
 			fr.nodePorts[nodePortKey{IPv6: f.ipv6, Proto: proto, Port: uint16(p.NodePort)}] = newVirtualServer(sched, affinity, externalEps)
 		}
@@ -129,7 +149,7 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f ipFamily, proto uint
 		}
 	}
 	// Hairpin traffic leaves a pod through its own node, so only this node's endpoints need it.
-	for _, eps := range [][]dataplane.Endpoint{clusterEps, externalEps} {
+	for _, eps := range [][]dataplane.Endpoint{clusterEps, externalEps, shortCircuitEps} {
 		for _, ep := range eps {
 			if ep.Local {
 				fr.sets.add(f.set(setHairpin), ep.Addr.String(), ep.Addr.String())

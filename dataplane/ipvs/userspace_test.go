@@ -36,7 +36,7 @@ func TestUserspacePortGetsNoVirtualServer(t *testing.T) {
 		{"the proxy has no listener for it", listeners{}, false},
 		{"proxied", listeners{sp.Name: true}, true},
 	} {
-		fr := render([]*dataplane.ServicePort{sp}, tc.us)
+		fr := render([]*dataplane.ServicePort{sp}, tc.us, dataplane.LocalTraffic{})
 		if got := len(fr.virtualServers) == 0 && len(fr.nodePorts) == 0; got != tc.proxied {
 			t.Errorf("%s: %d virtual servers, %d NodePort ones; want none only when proxied", tc.name, len(fr.virtualServers), len(fr.nodePorts))
 		}

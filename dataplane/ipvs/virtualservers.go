@@ -15,14 +15,28 @@ import (
 // for Timeout seconds (sessionAffinity: ClientIP).
 const flagPersistent = 0x1
 
-// vsKey identifies one virtual server: an address, a protocol (unix.IPPROTO_*) and a port.
+// vsKey identifies one virtual server: an address, a protocol (unix.IPPROTO_*) and a port; or,
+// for a firewall-mark virtual server, the mark and the family's unspecified address (Proto and
+// Port 0).
 type vsKey struct {
-	Addr  netip.Addr
-	Proto uint16
-	Port  uint16
+	Addr   netip.Addr
+	Proto  uint16
+	Port   uint16
+	FWMark uint32
+}
+
+// fwmarkKey is the key of the firewall-mark virtual server of mark in the family of addr.
+func fwmarkKey(ipv6 bool, mark uint32) vsKey {
+	if ipv6 {
+		return vsKey{Addr: netip.IPv6Unspecified(), FWMark: mark}
+	}
+	return vsKey{Addr: netip.IPv4Unspecified(), FWMark: mark}
 }
 
 func (k vsKey) String() string {
+	if k.FWMark != 0 {
+		return fmt.Sprintf("fwmark %#x (IPv%s)", k.FWMark, map[bool]string{false: "4", true: "6"}[k.Addr.Is6()])
+	}
 	return fmt.Sprintf("%s/%s", protoName(k.Proto), netip.AddrPortFrom(k.Addr, k.Port))
 }
 
@@ -253,12 +267,14 @@ func (v *virtualServers) clearTerminating(key vsKey, rk realKey) {
 // service builds the moby/ipvs form of a virtual server; vs may be nil when only the key matters.
 func (v *virtualServers) service(key vsKey, vs *virtualServer) *ipvs.Service {
 	s := &ipvs.Service{
-		Address:       net.IP(key.Addr.AsSlice()),
-		Protocol:      key.Proto,
-		Port:          key.Port,
 		AddressFamily: family(key.Addr),
 		SchedName:     ipvs.RoundRobin,
 		Netmask:       0xffffffff,
+	}
+	if key.FWMark != 0 {
+		s.FWMark = key.FWMark
+	} else {
+		s.Address, s.Protocol, s.Port = net.IP(key.Addr.AsSlice()), key.Proto, key.Port
 	}
 	if key.Addr.Is6() {
 		s.Netmask = 128
@@ -285,7 +301,7 @@ func destination(rk realKey, weight int) *ipvs.Destination {
 
 func keyOf(s *ipvs.Service) (vsKey, bool) {
 	if s.FWMark != 0 {
-		return vsKey{}, false
+		return fwmarkKey(s.AddressFamily == unix.AF_INET6, s.FWMark), true
 	}
 	addr, ok := netip.AddrFromSlice(s.Address)
 	if !ok {

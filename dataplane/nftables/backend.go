@@ -64,7 +64,7 @@ type Backend struct {
 	// userspace are the userspace proxy's listeners (nil: none runs); see SetUserspaceListeners.
 	userspace dataplane.UserspaceListeners
 	// local tells pods' traffic from other traffic; see SetLocalTraffic.
-	local LocalTraffic
+	local dataplane.LocalTraffic
 	// nodePorts says which node addresses NodePorts are open on; see SetNodePortAddresses.
 	nodePorts dataplane.NodePortAddresses
 }

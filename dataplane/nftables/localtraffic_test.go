@@ -17,7 +17,7 @@ import (
 // externalTrafficPolicy: Local chain sends pods' traffic to the Service chain; a family without
 // a CIDR gets neither; MasqueradeAll marks all traffic to the ClusterIP.
 func TestLocalTrafficRules(t *testing.T) {
-	dump := func(lt LocalTraffic) string {
+	dump := func(lt dataplane.LocalTraffic) string {
 		fake := knftables.NewFake(knftables.InetFamily, TableName)
 		b := NewWithInterface(fake)
 		b.SetLocalTraffic(lt)
@@ -39,7 +39,7 @@ func TestLocalTrafficRules(t *testing.T) {
 			}
 		}
 	}
-	withCIDR := dump(LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
+	withCIDR := dump(dataplane.LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
 	check("cluster CIDR", withCIDR, []string{
 		"add rule inet herald svc4-ns/web/tcp/http ip daddr 10.96.0.10 tcp dport 80 ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade",
 		"add rule inet herald ext4-ns/local/tcp/http ip saddr { 10.244.0.0/16 } goto svc4-ns/local/tcp/http",
@@ -50,11 +50,11 @@ func TestLocalTrafficRules(t *testing.T) {
 	if !strings.Contains(withCIDR, "add rule inet herald svc4-ns/web/tcp/http ip daddr 10.96.0.10 tcp dport 80 ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade\nadd rule inet herald svc4-ns/web/tcp/http ip saddr @aff4") {
 		t.Error("the masquerade rule does not come first in the Service chain")
 	}
-	check("masquerade all", dump(LocalTraffic{MasqueradeAll: true}), []string{
+	check("masquerade all", dump(dataplane.LocalTraffic{MasqueradeAll: true}), []string{
 		"add rule inet herald svc4-ns/web/tcp/http ip daddr 10.96.0.10 tcp dport 80 jump mark-for-masquerade",
 		"add rule inet herald svc6-ns/dual/tcp/http ip6 daddr fd00:96::15 tcp dport 80 jump mark-for-masquerade",
 	}, []string{"goto svc4-ns/local/tcp/http\nadd rule inet herald ext4-ns/local/tcp/http fib"})
-	check("none", dump(LocalTraffic{}), nil, []string{"dport 80 jump mark-for-masquerade", "saddr { "})
+	check("none", dump(dataplane.LocalTraffic{}), nil, []string{"dport 80 jump mark-for-masquerade", "saddr { "})
 }
 
 // TestClusterCIDRWithRealPackets (issue 16 items 3 and 4): with the cluster CIDR 10.244.0.0/16,
@@ -66,7 +66,7 @@ func TestClusterCIDRWithRealPackets(t *testing.T) {
 	pl := newPacketLabNamed(t, "herald-dd-cidr-")
 	pl.lab.Run(pl.client, "ip", "route", "add", "10.96.0.0/16", "via", "172.31.1.1")
 	pl.lab.Run(pl.client, "ip", "route", "add", "192.0.2.0/24", "via", "172.31.1.1")
-	pl.backend.SetLocalTraffic(LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
+	pl.backend.SetLocalTraffic(dataplane.LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
 	cluster := svcPort("ns", "cluster", "10.96.0.21", 80, beEP(2, 8080))
 	local := svcPort("ns", "local", "10.96.0.22", 80, beEP(3, 8080))
 	local.LoadBalancerIPs = addrs("192.0.2.22")
@@ -100,7 +100,7 @@ func TestShortCircuitIgnoresInternalPolicy(t *testing.T) {
 	both.ShortCircuitEndpoints = []dataplane.Endpoint{ep("10.1.0.31", 80, true), ep("10.2.0.31", 80, false)}
 	fake := knftables.NewFake(knftables.InetFamily, TableName)
 	b := NewWithInterface(fake)
-	b.SetLocalTraffic(LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
+	b.SetLocalTraffic(dataplane.LocalTraffic{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
 	st := state(both)
 	if err := b.Sync(context.Background(), dataplane.SyncRequest{State: st, Changed: all(st), Full: true}); err != nil {
 		t.Fatal(err)

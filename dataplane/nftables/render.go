@@ -128,7 +128,7 @@ func renderNode(st *dataplane.State, np dataplane.NodePortAddresses) *fragment {
 // render computes a Service's fragment from its ports (nil when it contributes nothing). us
 // says where the userspace proxy listens for the ports in that mode (nil: no proxy runs); lt
 // tells pods' traffic from other traffic.
-func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners, lt LocalTraffic) *fragment {
+func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners, lt dataplane.LocalTraffic) *fragment {
 	fr := &fragment{}
 	for _, p := range ports {
 		if proto(p.Protocol) == protocolOfUnknownForNFT {
@@ -147,7 +147,7 @@ func render(ports []*dataplane.ServicePort, us dataplane.UserspaceListeners, lt 
 
 // renderFamily renders one Service port for one address family. With redirect, the port's
 // traffic goes to the userspace proxy instead of being translated to an endpoint here.
-func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *userspaceRedirect, lt LocalTraffic) {
+func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *userspaceRedirect, lt dataplane.LocalTraffic) {
 	clusterIPs := filterAddrs(p.ClusterIPs, f)
 	externalIPs := filterAddrs(p.ExternalAddrs(), f)
 	lbIPs := filterAddrs(p.LoadBalancerIPs, f)
@@ -177,7 +177,7 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *us
 	if len(clusterEps) > 0 {
 		var rules []string
 		for _, ip := range clusterIPs {
-			if r := lt.clusterIPMasquerade(f, ip, pr, port(p.Port)); r != "" {
+			if r := clusterIPMasquerade(lt, f, ip, pr, port(p.Port)); r != "" {
 				rules = append(rules, r)
 			}
 		}
@@ -223,7 +223,7 @@ func renderFamily(fr *fragment, p *dataplane.ServicePort, f family, redirect *us
 					fr.addChain(to, forward(shortCircuitEps, false))
 				}
 				// Pods' traffic is not external either (kube-proxy's "short-circuit pod traffic").
-				if pods := lt.podSources(f, false); pods != "" {
+				if pods := lt.NFTSources(f == ipv6, false); pods != "" {
 					rules = append(rules, pods+" goto "+to)
 				}
 				rules = append(rules, "fib saddr type local jump "+markForMasqueradeChain, "fib saddr type local goto "+to)

@@ -26,7 +26,7 @@ func TestUserspacePortsRedirectToTheProxy(t *testing.T) {
 	p.Userspace = &dataplane.UserspaceOptions{ConnectTries: 3}
 	us := fixedListeners{p.Name: {40001, 40002}}
 
-	fr := render([]*dataplane.ServicePort{p}, us, LocalTraffic{})
+	fr := render([]*dataplane.ServicePort{p}, us, dataplane.LocalTraffic{})
 	svc, _ := fr.chain(chainName(chainPrefixService, ipv4, p))
 	if !slices.Equal(svc, []string{"meta l4proto tcp redirect to :40001"}) {
 		t.Errorf("service chain %q, want only the redirect to the cluster listener", svc)
@@ -52,7 +52,7 @@ func TestUserspacePortsRedirectToTheProxy(t *testing.T) {
 	}
 
 	// Without a listener (the proxy could not open one) the port is forwarded by nftables.
-	fr = render([]*dataplane.ServicePort{p}, fixedListeners{}, LocalTraffic{})
+	fr = render([]*dataplane.ServicePort{p}, fixedListeners{}, dataplane.LocalTraffic{})
 	svc, _ = fr.chain(chainName(chainPrefixService, ipv4, p))
 	if len(svc) == 0 || strings.Contains(strings.Join(svc, "\n"), "redirect") {
 		t.Errorf("service chain %q without a listener, want DNAT rules", svc)
