@@ -311,11 +311,24 @@ func TestFailover(t *testing.T) {
 			if macs := p.MACsSince(ip, t1); len(macs) != 1 || macs[0] != r.MAC.String() {
 				t.Errorf("after %s returned, %s was answered by %v; want only the new owner %s", old.Name, ip, macs, r.MAC)
 			}
-			if d := p.DoubleAnswers(); len(d) > 0 {
+			for _, d := range p.DoubleAnswers() {
+				// A graceful stop hands the IP over make before break: the new owner answers before
+				// the old one stops, an overlap of about one message delay (see TestRebalance). One
+				// round may catch both, between the stop and the new owner's first answer.
+				if breakage.name == "SIGTERM" && handoverOverlap(d, old.MAC.String(), r.MAC.String(), t0, r.At.Add(breakage.within)) {
+					continue
+				}
 				t.Errorf("two MACs answered in one round: %v", d)
 			}
 		})
 	}
+}
+
+// handoverOverlap: d is the one round in which a handover's giver and taker both answered,
+// between from and to.
+func handoverOverlap(d Double, giver, taker string, from, to time.Time) bool {
+	macs := []string{d.First, d.Too}
+	return slices.Contains(macs, giver) && slices.Contains(macs, taker) && !d.At.Before(from) && !d.At.After(to)
 }
 
 // TestFrozenOwnerStaysQuietWhenThawed: the owner is frozen (SIGSTOP) for a second; another node
