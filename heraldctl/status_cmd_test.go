@@ -134,7 +134,7 @@ func TestStatusAgainstRealAPIServer(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"default/web", "node-a (BGP to tor)", "node-b (BGP)", `pending: NoPool: IPAddressPool "gone" does not exist`, "Established  Up"} {
+	for _, want := range []string{"default/web", "node-a (BGP to tor)", "node-b (BGP to tor)", `pending: NoPool: IPAddressPool "gone" does not exist`, "Established  Up"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status table lacks %q:\n%s", want, out)
 		}

@@ -76,7 +76,14 @@ type Announcers struct {
 // derivedAd is one usable BGPAdvertisement and the nodes it advertises from, per family.
 type derivedAd struct {
 	selection  Selection
-	ipv4, ipv6 []string // sorted
+	ipv4, ipv6 []NodeAnnouncement // sorted by node
+}
+
+// NodeAnnouncement is one node advertising an IP and the BGPPeers (sorted) it advertises it to:
+// those of its Established sessions of the IP's family that the advertisements go to.
+type NodeAnnouncement struct {
+	Node  string
+	Peers []string
 }
 
 // NewAnnouncers reads in's BGPAdvertisements (with the BGPPeers, Communities and Pools they
@@ -114,17 +121,22 @@ func NewAnnouncers(in Input, nodes []NodeBGP) *Announcers {
 			if selected, _ := nodeSelected(ba.Spec.NodeSelectors, n.Labels); !selected {
 				continue
 			}
-			v4, v6 := false, false
+			v4, v6 := NodeAnnouncement{Node: n.Name}, NodeAnnouncement{Node: n.Name}
 			for _, s := range n.Established {
-				if len(ba.Spec.Peers) == 0 || slices.Contains(ba.Spec.Peers, s.Peer) {
-					v4, v6 = v4 || s.Address.Is4(), v6 || s.Address.Is6()
+				if len(ba.Spec.Peers) > 0 && !slices.Contains(ba.Spec.Peers, s.Peer) {
+					continue
+				}
+				if s.Address.Is4() {
+					v4.Peers = append(v4.Peers, s.Peer)
+				} else {
+					v6.Peers = append(v6.Peers, s.Peer)
 				}
 			}
-			if v4 {
-				d.ipv4 = append(d.ipv4, n.Name)
+			if len(v4.Peers) > 0 {
+				d.ipv4 = append(d.ipv4, v4)
 			}
-			if v6 {
-				d.ipv6 = append(d.ipv6, n.Name)
+			if len(v6.Peers) > 0 {
+				d.ipv6 = append(d.ipv6, v6)
 			}
 		}
 		a.ads = append(a.ads, d)
@@ -135,8 +147,18 @@ func NewAnnouncers(in Input, nodes []NodeBGP) *Announcers {
 // Nodes returns, sorted, the nodes advertising ip, of pool, by BGP for a Service with
 // externalTrafficPolicy: Cluster and these labels.
 func (a *Announcers) Nodes(ip netip.Addr, pool string, serviceLabels map[string]string) []string {
-	ip = ip.Unmap()
 	var out []string
+	for _, n := range a.Announcements(ip, pool, serviceLabels) {
+		out = append(out, n.Node)
+	}
+	return out
+}
+
+// Announcements is Nodes with the peers each node advertises ip to (the union over the
+// advertisements that select it), sorted by node.
+func (a *Announcers) Announcements(ip netip.Addr, pool string, serviceLabels map[string]string) []NodeAnnouncement {
+	ip = ip.Unmap()
+	peers := map[string][]string{}
 	for _, ad := range a.ads {
 		if !ad.selection.Selects(pool, serviceLabels) {
 			continue
@@ -146,11 +168,16 @@ func (a *Announcers) Nodes(ip netip.Addr, pool string, serviceLabels map[string]
 			nodes = ad.ipv6
 		}
 		for _, n := range nodes {
-			if !a.deviations[n][ip] {
-				out = append(out, n)
+			if !a.deviations[n.Node][ip] {
+				peers[n.Node] = append(peers[n.Node], n.Peers...)
 			}
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	out := make([]NodeAnnouncement, 0, len(peers))
+	for node, p := range peers {
+		slices.Sort(p)
+		out = append(out, NodeAnnouncement{Node: node, Peers: slices.Compact(p)})
+	}
+	slices.SortFunc(out, func(x, y NodeAnnouncement) int { return strings.Compare(x.Node, y.Node) })
+	return out
 }

@@ -115,17 +115,44 @@ func TestAnnouncersAgreeWithTranslate(t *testing.T) {
 	derived := NewAnnouncers(in, nodes)
 	for _, s := range in.Services {
 		for _, ip := range s.IPs {
-			var want []string
+			var want []NodeAnnouncement
 			for _, n := range nodes {
 				node := in
 				node.Node = Node{Name: n.Name, Labels: n.Labels}
-				if _, ok := Translate(node).Announced[ip]; ok {
-					want = append(want, n.Name)
+				if an, ok := Translate(node).Announced[ip]; ok {
+					want = append(want, NodeAnnouncement{Node: n.Name, Peers: slices.Sorted(slices.Values(an.Peers))})
 				}
 			}
-			if got := derived.Nodes(ip, s.Pool, s.Labels); !slices.Equal(got, want) {
+			got := derived.Announcements(ip, s.Pool, s.Labels)
+			if !slices.EqualFunc(got, want, func(x, y NodeAnnouncement) bool { return x.Node == y.Node && slices.Equal(x.Peers, y.Peers) }) {
 				t.Errorf("%s: derived %v, translated %v", ip, got, want)
 			}
 		}
+	}
+}
+
+// TestAnnouncementsPeers: each node is named with the peers its advertisements go to, over its
+// Established sessions of the IP's family, the union when several advertisements select the IP.
+func TestAnnouncementsPeers(t *testing.T) {
+	in := baseInput()
+	in.Peers = append(in.Peers, bgpPeer("tor4b", "10.0.0.2", nil))
+	in.Advertisements = []v1beta1.BGPAdvertisement{
+		adv("to-tor4", v1beta1.BGPAdvertisementSpec{Peers: []string{"tor4"}}),
+		adv("rack-b-everywhere", v1beta1.BGPAdvertisementSpec{AdvertisementSelection: v1beta1.AdvertisementSelection{
+			NodeSelectors: []metav1.LabelSelector{{MatchLabels: map[string]string{"rack": "b"}}}}}),
+	}
+	sessions := []Session{
+		{Peer: "tor4", Address: netip.MustParseAddr("10.0.0.1")},
+		{Peer: "tor4b", Address: netip.MustParseAddr("10.0.0.2")},
+		{Peer: "tor6", Address: netip.MustParseAddr("fd00::1")},
+	}
+	nodes := []NodeBGP{
+		{Name: "a1", Labels: map[string]string{"rack": "a"}, Live: true, Established: sessions},
+		{Name: "b1", Labels: map[string]string{"rack": "b"}, Live: true, Established: sessions},
+	}
+	got := NewAnnouncers(in, nodes).Announcements(netip.MustParseAddr("192.0.2.10"), "web", nil)
+	want := []NodeAnnouncement{{Node: "a1", Peers: []string{"tor4"}}, {Node: "b1", Peers: []string{"tor4", "tor4b"}}}
+	if !slices.EqualFunc(got, want, func(x, y NodeAnnouncement) bool { return x.Node == y.Node && slices.Equal(x.Peers, y.Peers) }) {
+		t.Errorf("announcements %v, want %v", got, want)
 	}
 }

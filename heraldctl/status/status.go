@@ -267,10 +267,10 @@ func Build(pools []v1beta1.IPAddressPool, services []corev1.Service, speakers []
 			if derived == nil || err != nil || svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
 				continue
 			}
-			for _, node := range derived.Nodes(ip, poolOf(ip), svc.Labels) {
-				if !slices.ContainsFunc(announcers[ing.IP], func(a Announcer) bool { return a.Node == node && a.Protocol == v1beta1.ProtocolBGP }) {
-					out.AnnouncedBy = append(out.AnnouncedBy, Announcer{Node: node, IP: ing.IP, Protocol: v1beta1.ProtocolBGP})
-					derivedIPs[node] = append(derivedIPs[node], ing.IP)
+			for _, an := range derived.Announcements(ip, poolOf(ip), svc.Labels) {
+				if !slices.ContainsFunc(announcers[ing.IP], func(a Announcer) bool { return a.Node == an.Node && a.Protocol == v1beta1.ProtocolBGP }) {
+					out.AnnouncedBy = append(out.AnnouncedBy, Announcer{Node: an.Node, IP: ing.IP, Protocol: v1beta1.ProtocolBGP, Peers: an.Peers})
+					derivedIPs[an.Node] = append(derivedIPs[an.Node], ing.IP)
 				}
 			}
 		}
