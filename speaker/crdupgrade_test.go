@@ -10,7 +10,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/internal/realapi"
 )
@@ -23,10 +22,7 @@ func TestMarkerPrunedByAnOlderCRD(t *testing.T) {
 	api := realapi.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := client.New(api.Config, client.Options{Scheme: heraldscheme.New()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := api.Client(t)
 	written := func(node string) *v1beta1.SpeakerStatus {
 		t.Helper()
 		var st v1beta1.SpeakerStatus

@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/heraldlb/herald/config"
-	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/config/v1beta1"
 	"github.com/heraldlb/herald/internal/realapi"
 )
@@ -55,10 +54,7 @@ func TestSteadyStateWritesOnlyTheLease(t *testing.T) {
 	api := realapi.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := client.NewWithWatch(api.Config, client.Options{Scheme: heraldscheme.New()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := api.Client(t)
 	const ns = "herald-system"
 	for _, obj := range []client.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, node("a", nil, "")} {
 		if err := c.Create(ctx, obj); err != nil {

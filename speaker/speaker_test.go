@@ -82,10 +82,7 @@ func TestSpeakerAgainstARealAPIServer(t *testing.T) {
 	api := realapi.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := client.New(api.Config, client.Options{Scheme: heraldscheme.New()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := api.Client(t)
 	create := func(obj client.Object) {
 		t.Helper()
 		if err := c.Create(ctx, obj); err != nil {

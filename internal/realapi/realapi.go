@@ -24,9 +24,11 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	heraldscheme "github.com/heraldlb/herald/config/scheme"
 	"github.com/heraldlb/herald/internal/testenv"
 )
 
@@ -97,6 +99,17 @@ func Start(t testing.TB) API {
 		t.Fatal(err)
 	}
 	return API{Config: cfg, Kubeconfig: path}
+}
+
+// Client is a controller-runtime client of the apiserver (with watches) for the kinds Herald's
+// binaries read and write: the built-in ones and herald.io/v1beta1.
+func (a API) Client(t testing.TB) client.WithWatch {
+	t.Helper()
+	c, err := client.NewWithWatch(a.Config, client.Options{Scheme: heraldscheme.New()})
+	if err != nil {
+		t.Fatalf("client of the test apiserver: %v", err)
+	}
+	return c
 }
 
 // RepoRoot is the repository's top directory.
