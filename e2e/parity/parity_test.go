@@ -481,8 +481,10 @@ func (t *tally) merge(o *tally) {
 	if t.failure == "" {
 		t.failure = o.failure
 	}
-	// What one patient look answered, a hasty one may have called dropped.
-	if len(o.answers) > 0 && o.kinds[dropped] == 0 {
+	// What one patient look answered or refused without a drop, a hasty one may have called
+	// dropped: a SYN that IPVS drops (a reused tuple) is answered or refused on its retransmit,
+	// after the hasty timeout. Seen for refusals too, on either side at random, in the long IPVS run.
+	if (len(o.answers) > 0 || o.kinds[refused] > 0) && o.kinds[dropped] == 0 {
 		delete(t.kinds, dropped)
 	}
 }
