@@ -7,7 +7,7 @@
 # It prints "N passed, M failed"; it fails when anything failed or the suite did not run, and
 # skips only when qemu or the kernel cannot be obtained (no apt), unless HERALD_REQUIRE_REAL=1.
 # HERALD_PARITY_CASES sets the differential test's corpus (default 20 here; the long run:
-# HERALD_PARITY_CASES=200 HERALD_VM_TIMEOUT=90m hack/ipvs-vm/run-tests.sh -- -test.run TestKubeProxyParity), HERALD_PARITY_SEED its seed.
+# HERALD_PARITY_CASES=100 HERALD_VM_TIMEOUT=60m hack/ipvs-vm/run-tests.sh -- -test.run TestKubeProxyParity), HERALD_PARITY_SEED its seed.
 set -e
 cd "$(dirname "$0")/../.."
 k8sdir=$(hack/k8s-bins.sh)
