@@ -67,6 +67,8 @@ type benchLab struct {
 	hasController bool
 	nodes         []*lab.Host
 	protos        []bgptest.BirdPeer
+	// noNodePorts creates the Services without NodePorts (allocateLoadBalancerNodePorts false).
+	noNodePorts bool
 }
 
 // startLab builds the binaries, brings the lab up and configures BGP; close tears it all down.
@@ -156,6 +158,9 @@ func startLab(dir string, chartValues []string) (b *benchLab, closeLab func(), e
 // Service's status itself, as the controller would.
 func (b *benchLab) create(ctx context.Context, i int) (netip.Addr, error) {
 	svc, ip := labService(i)
+	if b.noNodePorts {
+		svc.Spec.AllocateLoadBalancerNodePorts = new(bool)
+	}
 	created, err := b.c.CoreV1().Services(labNamespace).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil || b.hasController {
 		return ip, err
