@@ -52,6 +52,7 @@ func runPresent(dir string, n int, sizes []int, chartValues []string) error {
 			return err
 		}
 		created := time.Since(start)
+		total = size
 		if err := b.l.StartController(); err != nil {
 			return err
 		}
