@@ -198,7 +198,7 @@ func (b *benchLab) createMany(ctx context.Context, from, to int) error {
 // timeOneByOne creates Services from..from+n-1 one at a time, each timed from the create call to
 // its route from every node in BIRD. It returns the times from the call sent and from the call
 // returned, and, where a watch saw the IP in the Service's status, the two stages around it.
-func (b *benchLab) timeOneByOne(ctx context.Context, from, n int) (took, sinceCreated, createCall, toStatus, fromStatus []time.Duration, err error) {
+func (b *benchLab) timeOneByOne(from, n int) (took, sinceCreated, createCall, toStatus, fromStatus []time.Duration, err error) {
 	statusAt, stopWatch, err := watchIngress(b.c)
 	if err != nil {
 		return nil, nil, nil, nil, nil, err
@@ -206,7 +206,7 @@ func (b *benchLab) timeOneByOne(ctx context.Context, from, n int) (took, sinceCr
 	defer stopWatch()
 	for i := from; i < from+n; i++ {
 		start := time.Now()
-		ip, err := b.create(ctx, i)
+		ip, err := b.create(context.Background(), i)
 		if err != nil {
 			return nil, nil, nil, nil, nil, err
 		}
@@ -250,7 +250,7 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 	logCPUPerSecond(l, idleFrom, time.Since(idleStart))
 	cpuBefore := processCPU(l)
 	phaseStart := time.Now()
-	took, sinceCreated, createCall, toStatus, fromStatus, err := b.timeOneByOne(ctx, 0, n)
+	took, sinceCreated, createCall, toStatus, fromStatus, err := b.timeOneByOne(0, n)
 	if err != nil {
 		return err
 	}

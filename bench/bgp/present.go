@@ -75,7 +75,7 @@ func runPresent(dir string, n int, sizes []int, chartValues []string) error {
 		stopPerf := profileSpeaker(b.l, b.nodes[0].Name, size)
 		cpuBefore := processCPU(b.l)
 		phaseStart := time.Now()
-		_, sinceCreated, _, toStatus, fromStatus, err := b.timeOneByOne(ctx, total, n)
+		_, sinceCreated, _, toStatus, fromStatus, err := b.timeOneByOne(total, n)
 		if err != nil {
 			return err
 		}
