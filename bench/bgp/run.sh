@@ -3,10 +3,9 @@
 # needs). Three parts: "announcer" (namespaces + BIRD only, about 40 s), "lab" (the real API
 # server, controller and speakers in e2e/lab, 1,000 Services timed one by one then 5,000 in all:
 # about 10 minutes on a busy 2-core machine) and "present" (the lab with 1,000, 10,000 then
-# 20,000 Services already there, 200 more timed one by one at each, speakers announcing only
-# (about 25 minutes: creating 20,000 Services is most of it):
-# dataplane.mode=off; BGP_BENCH_PRESENT sets the sizes). BGP_BENCH_PARTS=announcer runs the first
-# part alone.
+# 20,000 Services already there, 200 more timed one by one at each, speakers announcing only,
+# dataplane.mode=off; about 25 minutes, creating the Services most of it; BGP_BENCH_PRESENT sets
+# the sizes). BGP_BENCH_PARTS=announcer runs the first part alone.
 set -e
 cd "$(dirname "$0")/../.."
 go build -o "${TMPDIR:-/tmp}/herald-bench-bgp" ./bench/bgp
