@@ -57,7 +57,22 @@ func labService(i int) (*corev1.Service, netip.Addr) {
 	}, ip
 }
 
-func runLab(dir string, n, restartN int, chartValues []string) error {
+// benchLab is a lab brought up for the benchmark: BIRD peering with every node, the benchmark's
+// pool and advertisement, its namespace.
+type benchLab struct {
+	l             *lab.Lab
+	bird          *bgptest.Bird
+	c             kubernetes.Interface
+	dyn           dynamic.Interface
+	hasController bool
+	nodes         []*lab.Host
+	protos        []bgptest.BirdPeer
+	// noNodePorts creates the Services without NodePorts (allocateLoadBalancerNodePorts false).
+	noNodePorts bool
+}
+
+// startLab builds the binaries, brings the lab up and configures BGP; close tears it all down.
+func startLab(dir string, chartValues []string) (b *benchLab, closeLab func(), err error) {
 	ctx := context.Background()
 	bin := filepath.Join(dir, "bin")
 	for _, name := range []string{"speaker", "controller"} {
@@ -65,33 +80,43 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 			continue
 		}
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), "./cmd/"+name).CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %w\n%s", name, err, out)
+			return nil, nil, fmt.Errorf("building %s: %w\n%s", name, err, out)
 		}
 	}
 	labDir := filepath.Join(dir, "lab")
-	l, err := lab.Up(ctx, lab.Config{Dir: labDir, Prefix: labPrefix, BinDir: bin, CRDDir: filepath.Join("config", "crd"), ChartValues: chartValues})
+	var closers []func()
+	closeLab = func() {
+		for _, f := range slices.Backward(closers) {
+			f()
+		}
+	}
 	defer func() {
+		if err != nil {
+			closeLab()
+		}
+	}()
+	l, err := lab.Up(ctx, lab.Config{Dir: labDir, Prefix: labPrefix, BinDir: bin, CRDDir: filepath.Join("config", "crd"), ChartValues: chartValues})
+	closers = append(closers, func() {
 		if os.Getenv("BGP_BENCH_KEEP") != "" {
 			_ = exec.Command("cp", "-r", filepath.Join(labDir, "logs"), filepath.Join(dir, "lab-logs")).Run()
 		}
 		_ = lab.Down(context.Background(), labDir, labPrefix)
-	}()
+	})
 	if err != nil {
-		return fmt.Errorf("lab up: %w", err)
+		return nil, nil, fmt.Errorf("lab up: %w", err)
 	}
 	bird, err := bgptest.DialBird(l.BirdSocket)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer bird.Close()
+	closers = append(closers, func() { bird.Close() })
 	rc, err := l.RESTConfig()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	rc.QPS, rc.Burst = 1000, 2000 // the benchmark's own writes must not be what is measured
-	c := kubernetes.NewForConfigOrDie(rc)
-	dyn := dynamic.NewForConfigOrDie(rc)
-	_, hasController := l.Processes[lab.RoleController]
+	b = &benchLab{l: l, bird: bird, c: kubernetes.NewForConfigOrDie(rc), dyn: dynamic.NewForConfigOrDie(rc), nodes: l.Nodes()}
+	_, b.hasController = l.Processes[lab.RoleController]
 
 	router := l.Topology.Host(lab.HostRouter)
 	for _, o := range []struct {
@@ -113,63 +138,81 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 			"apiVersion": "herald.io/v1beta1", "kind": o.kind, "metadata": map[string]any{"name": o.name}, "spec": o.spec,
 		}}
 		gvr := schema.GroupVersionResource{Group: "herald.io", Version: "v1beta1", Resource: o.resource}
-		if _, err := dyn.Resource(gvr).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("%s %s: %w", o.kind, o.name, err)
+		if _, err := b.dyn.Resource(gvr).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			return nil, nil, fmt.Errorf("%s %s: %w", o.kind, o.name, err)
 		}
 	}
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: labNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
+	if _, err := b.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: labNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, nil, err
 	}
-	nodes := l.Nodes()
-	var protos []bgptest.BirdPeer
-	for _, h := range nodes {
-		protos = append(protos, bgptest.BirdPeer{Name: h.Name + "v4"})
+	for _, h := range b.nodes {
+		b.protos = append(b.protos, bgptest.BirdPeer{Name: h.Name + "v4"})
 	}
-	if err := waitEstablishedBird(bird, protos, 60*time.Second); err != nil {
-		return err
+	if err := waitEstablishedBird(bird, b.protos, 60*time.Second); err != nil {
+		return nil, nil, err
 	}
+	return b, closeLab, nil
+}
 
-	create := func(i int) (netip.Addr, error) {
-		svc, ip := labService(i)
-		created, err := c.CoreV1().Services(labNamespace).Create(ctx, svc, metav1.CreateOptions{})
-		if err != nil || hasController {
-			return ip, err
-		}
-		created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip.String()}}
-		_, err = c.CoreV1().Services(labNamespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+// create creates the i-th benchmark Service; without a controller in the lab it writes the
+// Service's status itself, as the controller would.
+func (b *benchLab) create(ctx context.Context, i int) (netip.Addr, error) {
+	svc, ip := labService(i)
+	if b.noNodePorts {
+		svc.Spec.AllocateLoadBalancerNodePorts = new(bool)
+	}
+	created, err := b.c.CoreV1().Services(labNamespace).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil || b.hasController {
 		return ip, err
 	}
+	created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip.String()}}
+	_, err = b.c.CoreV1().Services(labNamespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+	return ip, err
+}
 
-	// 1. Services one at a time: from the create call to the route from every node in BIRD, and,
-	// to tell the controller's part from the speakers', from the moment a watch sees the IP in the
-	// Service's status.
-	statusAt, stopWatch, err := watchIngress(c)
+// createMany creates Services from..to-1 with 16 parallel clients.
+func (b *benchLab) createMany(ctx context.Context, from, to int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, to-from)
+	next := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if _, err := b.create(ctx, i); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for i := from; i < to; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// timeOneByOne creates Services from..from+n-1 one at a time, each timed from the create call to
+// its route from every node in BIRD. It returns the times from the call sent and from the call
+// returned, and, where a watch saw the IP in the Service's status, the two stages around it.
+func (b *benchLab) timeOneByOne(from, n int) (took, sinceCreated, createCall, toStatus, fromStatus []time.Duration, err error) {
+	statusAt, stopWatch, err := watchIngress(b.c)
 	if err != nil {
-		return err
+		return nil, nil, nil, nil, nil, err
 	}
 	defer stopWatch()
-	// The Service exists once the create call returns: the target is measured from there. The
-	// call itself (admission, ClusterIP and NodePort allocation, the write to etcd: the API
-	// server's work, none of it Herald's) is reported too, with the whole from call sent. The
-	// stages show where the time goes: create returned -> IP seen in status (the controller and
-	// two watches), IP seen -> routes (the speakers, GoBGP and BIRD).
-	var took, sinceCreated, createCall, toStatus, fromStatus []time.Duration
-	// Background CPU (heartbeats, keepalives, BFD) over a quiet moment, so the CPU per Service
-	// below can be read net of it.
-	idleFrom, idleStart := processCPU(l), time.Now()
-	time.Sleep(3 * time.Second)
-	logCPUPerSecond(l, idleFrom, time.Since(idleStart))
-	cpuBefore := processCPU(l)
-	phaseStart := time.Now()
-	for i := range n {
+	for i := from; i < from+n; i++ {
 		start := time.Now()
-		ip, err := create(i)
+		ip, err := b.create(context.Background(), i)
 		if err != nil {
-			return err
+			return nil, nil, nil, nil, nil, err
 		}
 		created := time.Now()
-		if err := waitRoutesBird(bird, netip.PrefixFrom(ip, 32), len(nodes), 30*time.Second); err != nil {
-			return fmt.Errorf("service %d: %w", i, err)
+		if err := waitRoutesBird(b.bird, netip.PrefixFrom(ip, 32), len(b.nodes), 30*time.Second); err != nil {
+			return nil, nil, nil, nil, nil, fmt.Errorf("service %d: %w", i, err)
 		}
 		end := time.Now()
 		took = append(took, end.Sub(start))
@@ -179,6 +222,37 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 			toStatus = append(toStatus, at.Sub(created))
 			fromStatus = append(fromStatus, end.Sub(at))
 		}
+	}
+	return took, sinceCreated, createCall, toStatus, fromStatus, nil
+}
+
+func runLab(dir string, n, restartN int, chartValues []string) error {
+	ctx := context.Background()
+	b, closeLab, err := startLab(dir, chartValues)
+	if err != nil {
+		return err
+	}
+	defer closeLab()
+	l, bird, dyn, nodes := b.l, b.bird, b.dyn, b.nodes
+
+	// 1. Services one at a time: from the create call to the route from every node in BIRD, and,
+	// to tell the controller's part from the speakers', from the moment a watch sees the IP in the
+	// Service's status.
+	// The Service exists once the create call returns: the target is measured from there. The
+	// call itself (admission, ClusterIP and NodePort allocation, the write to etcd: the API
+	// server's work, none of it Herald's) is reported too, with the whole from call sent. The
+	// stages show where the time goes: create returned -> IP seen in status (the controller and
+	// two watches), IP seen -> routes (the speakers, GoBGP and BIRD).
+	// Background CPU (heartbeats, keepalives, BFD) over a quiet moment, so the CPU per Service
+	// below can be read net of it.
+	idleFrom, idleStart := processCPU(l), time.Now()
+	time.Sleep(3 * time.Second)
+	logCPUPerSecond(l, idleFrom, time.Since(idleStart))
+	cpuBefore := processCPU(l)
+	phaseStart := time.Now()
+	took, sinceCreated, createCall, toStatus, fromStatus, err := b.timeOneByOne(0, n)
+	if err != nil {
+		return err
 	}
 	logCPUPerService(l, cpuBefore, n, time.Since(phaseStart))
 	percentiles("BGP lab: Service created (create call returned) -> route from all 3 nodes in BIRD", sinceCreated, "< 50 ms")
@@ -191,27 +265,7 @@ func runLab(dir string, n, restartN int, chartValues []string) error {
 		return nil // -restart-routes 0: the per-Service figures alone (iterating on them)
 	}
 	// 2. Up to restartN Services, then node1's speaker stops (SIGTERM) and starts again.
-	var wg sync.WaitGroup
-	errs := make(chan error, restartN)
-	next := make(chan int)
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if _, err := create(i); err != nil {
-					errs <- err
-				}
-			}
-		}()
-	}
-	for i := n; i < restartN; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := b.createMany(ctx, n, restartN); err != nil {
 		return err
 	}
 	node1 := nodes[0].Name

@@ -29,6 +29,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,13 +52,28 @@ func main() {
 	lab.RunBackendIfAsked() // the lab runs this program as its backend pods
 	routes := flag.Int("routes", 1000, "route additions (Services) timed one by one")
 	restartRoutes := flag.Int("restart-routes", 5000, "routes (Services) of the restarted speaker; 0 skips the restart, SIGTERM and SIGSTOP figures of the lab")
-	parts := flag.String("parts", "announcer,lab", "which figures: announcer (namespaces and BIRD only), lab (the whole product in the lab)")
+	parts := flag.String("parts", "announcer,lab", "which figures: announcer (namespaces and BIRD only), lab (the whole product in the lab), present (the lab with -present Services already there)")
+	presentRoutes := flag.Int("present-routes", 200, "Services timed one by one at each -present size")
+	var present []int
+	flag.Func("present", "Services already present for the present part, ascending sizes separated by commas (default 1000,10000,20000); -present-routes more are timed at each", func(v string) error {
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				return err
+			}
+			present = append(present, n)
+		}
+		return nil
+	})
 	var chartValues []string
 	flag.Func("lab-set", "a helm --set value (KEY=VALUE) for the lab's controller and speakers, e.g. dataplane.mode=off; repeatable", func(v string) error {
 		chartValues = append(chartValues, v)
 		return nil
 	})
 	flag.Parse()
+	if present == nil {
+		present = []int{1000, 10000, 20000}
+	}
 	if err := bgptest.Available(); err != nil {
 		log.Fatalf("bench/bgp: %v", err)
 	}
@@ -71,6 +87,8 @@ func main() {
 			err = run(dir, *routes, *restartRoutes)
 		case "lab":
 			err = runLab(dir, *routes, *restartRoutes, chartValues)
+		case "present":
+			err = runPresent(dir, *presentRoutes, present, chartValues)
 		default:
 			err = fmt.Errorf("-parts: unknown %q", part)
 		}

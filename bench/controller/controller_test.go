@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -88,6 +89,7 @@ func allocate(b *testing.B, n int) {
 		b.Fatalf("%d of %d Services have addresses; duplicates: %v", len(addrs), n, dup)
 	}
 	perService := float64(writesAfter-writesBefore) / float64(n)
+	present := withServicesPresent(b, p, cs, n, 100)
 	p.Kill()
 	floor := statusPatchFloor(b, cs, addrs)
 	b.Logf("the floor: %d status patches alone took %v", n, floor.Round(time.Millisecond))
@@ -95,21 +97,111 @@ func allocate(b *testing.B, n int) {
 	b.ReportMetric(perService, "status-writes/service")
 	b.ReportMetric(float64(rss)/(1<<20), "MiB-peak-RSS")
 	b.ReportMetric(cpu, "controller-CPU-s")
-	for _, fig := range []struct {
-		figure string
-		value  float64
-		unit   string
-		target string
-	}{
+	for _, fig := range append([]figure{
 		{fmt.Sprintf("controller: %d pending Services allocated", n), took.Seconds(), "s", targets[n]},
 		{fmt.Sprintf("controller: status writes per Service (%d Services)", n), perService, "writes", "= 1"},
 		{fmt.Sprintf("controller: peak RSS (%d Services)", n), float64(rss) / (1 << 20), "MiB", ""},
 		{fmt.Sprintf("controller: CPU time to allocate %d Services", n), cpu, "s", ""},
 		{fmt.Sprintf("controller: the floor, %d status patches alone (a client doing only the controller's writes)", n), floor.Seconds(), "s", ""},
-	} {
-		line, _ := json.Marshal(map[string]any{"figure": fig.figure, "value": fig.value, "unit": fig.unit,
-			"target": fig.target, "command": command})
-		fmt.Printf("BENCH %s\n", line)
+	}, present...) {
+		printFigure(fig)
+	}
+}
+
+type figure struct {
+	figure string
+	value  float64
+	unit   string
+	target string
+}
+
+func printFigure(f figure) {
+	line, _ := json.Marshal(map[string]any{"figure": f.figure, "value": f.value, "unit": f.unit, "target": f.target, "command": command})
+	fmt.Printf("BENCH %s\n", line)
+}
+
+// withServicesPresent measures the controller once the n Services are allocated (issue 20): its
+// RSS and CPU at steady state (10 s with nothing changing), then m Services created one at a
+// time, each timed from the create call returned to its address in a watch, and the controller's
+// CPU per Service over them.
+func withServicesPresent(b *testing.B, p *controllere2e.Process, cs kubernetes.Interface, n, m int) []figure {
+	b.Helper()
+	ctx := context.Background()
+	cpu0, err := p.CPUSeconds()
+	if err != nil {
+		b.Fatal(err)
+	}
+	quiet := time.Now()
+	time.Sleep(10 * time.Second)
+	cpu1, err := p.CPUSeconds()
+	if err != nil {
+		b.Fatal(err)
+	}
+	steadyCores := (cpu1 - cpu0) / time.Since(quiet).Seconds()
+	steadyRSS, err := p.RSS()
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// From now on: a watch without a version would first replay the n Services as added.
+	now, err := cs.CoreV1().Services("bench").List(ctx, metav1.ListOptions{Limit: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := cs.CoreV1().Services("bench").Watch(ctx, metav1.ListOptions{ResourceVersion: now.ResourceVersion})
+	if err != nil {
+		b.Fatal(err)
+	}
+	finished := make(chan struct{})
+	defer func() { w.Stop(); <-finished }()
+	allocated := make(chan string, m) // each of the m once: the watcher never blocks
+	waited := map[string]bool{}
+	for i := n; i < n+m; i++ {
+		waited[fmt.Sprintf("svc-%d", i)] = true
+	}
+	go func() { // ends when w.Stop closes the result channel
+		defer close(finished)
+		for ev := range w.ResultChan() {
+			if svc, ok := ev.Object.(*corev1.Service); ok && len(svc.Status.LoadBalancer.Ingress) > 0 && waited[svc.Name] {
+				delete(waited, svc.Name)
+				allocated <- svc.Name
+			}
+		}
+	}()
+	var took []time.Duration
+	for i := n; i < n+m; i++ {
+		controllere2e.CreateServicesFrom(b, cs, "bench", i, i+1)
+		created := time.Now()
+		name := fmt.Sprintf("svc-%d", i)
+		for got := ""; got != name; {
+			select {
+			case got = <-allocated:
+			case <-time.After(30 * time.Second):
+				b.Fatalf("%s not allocated after 30 s", name)
+			}
+		}
+		took = append(took, time.Since(created))
+	}
+	cpu2, err := p.CPUSeconds()
+	if err != nil {
+		b.Fatal(err)
+	}
+	rss, err := p.RSS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	slices.Sort(took)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	label := fmt.Sprintf("with %d Services present", n)
+	b.Logf("%s: steady %.3f cores, RSS %d MiB; %d created one by one: p50 %v, p99 %v, CPU %.1f ms each",
+		label, steadyCores, steadyRSS>>20, m, took[m/2], took[m*99/100], (cpu2-cpu1)*1000/float64(m))
+	return []figure{
+		{"controller: steady state RSS, " + label, float64(steadyRSS) / (1 << 20), "MiB", ""},
+		{"controller: steady state CPU, " + label, steadyCores, "cores", ""},
+		{fmt.Sprintf("controller: one Service created (create call returned) -> address seen in a watch, %s, p50 of %d", label, m), ms(took[m/2]), "ms", ""},
+		{fmt.Sprintf("controller: one Service created (create call returned) -> address seen in a watch, %s, p99 of %d", label, m), ms(took[m*99/100]), "ms", ""},
+		{"controller: CPU per Service created one by one, " + label, (cpu2 - cpu1) * 1000 / float64(m), "ms", ""},
+		{fmt.Sprintf("controller: RSS after %d more created one by one, %s", m, label), float64(rss) / (1 << 20), "MiB", ""},
 	}
 }
 

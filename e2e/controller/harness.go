@@ -113,7 +113,13 @@ func (p *Process) Kill() {
 }
 
 // PeakRSS is the process's peak resident memory (VmHWM) in bytes; read it while the process runs.
-func (p *Process) PeakRSS() (int64, error) {
+func (p *Process) PeakRSS() (int64, error) { return p.memory("VmHWM") }
+
+// RSS is the process's resident memory now (VmRSS) in bytes.
+func (p *Process) RSS() (int64, error) { return p.memory("VmRSS") }
+
+// memory reads one kB field of the process's /proc status, in bytes.
+func (p *Process) memory(field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	if err != nil {
 		return 0, err
@@ -121,12 +127,12 @@ func (p *Process) PeakRSS() (int64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb * 1024, err
 		}
 	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.Cmd.Process.Pid)
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, p.Cmd.Process.Pid)
 }
 
 // CPUSeconds is the user+system CPU time the process has used so far.
