@@ -42,10 +42,18 @@ type Handover interface {
 	// Hold makes the kernel answer for ip on link until lifetime (rounded up to whole seconds)
 	// has passed.
 	Hold(link string, ip netip.Addr, lifetime time.Duration) error
-	// Held lists the IPs a previous speaker left held, with their links.
-	Held() (map[netip.Addr]string, error)
+	// Held lists the IPs a previous speaker left held, with their links and how long the kernel
+	// still answers for them.
+	Held() (map[netip.Addr]HeldAddr, error)
 	// Release stops the kernel answering for ip on link.
 	Release(link string, ip netip.Addr) error
+}
+
+// HeldAddr is where an IP is held and until when.
+type HeldAddr struct {
+	Link string
+	// Lifetime is what is left of the hold (whole seconds, as the kernel counts it).
+	Lifetime time.Duration
 }
 
 // NetlinkHandover holds IPs as addresses of the current network namespace's links.
@@ -97,12 +105,12 @@ func (NetlinkHandover) Release(link string, ip netip.Addr) error {
 }
 
 // Held implements Handover.
-func (NetlinkHandover) Held() (map[netip.Addr]string, error) {
+func (NetlinkHandover) Held() (map[netip.Addr]HeldAddr, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, err
 	}
-	out := map[netip.Addr]string{}
+	out := map[netip.Addr]HeldAddr{}
 	for _, l := range links {
 		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
@@ -110,7 +118,8 @@ func (NetlinkHandover) Held() (map[netip.Addr]string, error) {
 		}
 		for _, ad := range addrs {
 			if ip, ok := netip.AddrFromSlice(ad.IP); ok && isHeld(ad) {
-				out[ip.Unmap()] = l.Attrs().Name
+				// ValidLft is what is left of the lifetime, in seconds.
+				out[ip.Unmap()] = HeldAddr{Link: l.Attrs().Name, Lifetime: time.Duration(ad.ValidLft) * time.Second}
 			}
 		}
 	}
@@ -140,8 +149,8 @@ func ReleaseHeld(h Handover) error {
 		return err
 	}
 	var errs []error
-	for ip, link := range held {
-		errs = append(errs, h.Release(link, ip))
+	for ip, at := range held {
+		errs = append(errs, h.Release(at.Link, ip))
 	}
 	return errors.Join(errs...)
 }
