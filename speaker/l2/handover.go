@@ -23,9 +23,14 @@ import (
 //   - Its last heartbeats carry HoldFor: its peers keep its claims for HoldFor plus HoldMargin
 //     after its last heartbeat (longer than the kernel keeps the addresses, so no two MACs ever
 //     answer), and take nothing it holds meanwhile.
+//   - Peers keep those claims even if their election never ran while the last heartbeats were
+//     in (membership's View.Departed keeps a dead peer's last state): a busy node's rounds can
+//     miss those moments.
 //   - The restarted speaker finds the held addresses (Handover.Held), claims them in its first
-//     heartbeats, answers for them itself once it has its configuration and quorum, and removes
-//     them from the kernel.
+//     heartbeats, still with HoldFor (what is left of the kernel's lifetime: were it declared
+//     dead while it starts, its peers must not answer beside the kernel), answers for them itself
+//     once it has its configuration and quorum, removes them from the kernel, and only then
+//     claims them without HoldFor.
 //
 // A crash (SIGKILL, node loss) leaves no held addresses and sends no HoldFor: peers fail over
 // after DeadAfter as before. Peers that do not honour holds (an older speaker during an upgrade to
