@@ -998,3 +998,67 @@ func TestRestartUnderCPULoad(t *testing.T) {
 		t.Errorf("%d of %d restarts under CPU load had rounds answered by two MACs", bad, restarts)
 	}
 }
+
+// TestFrozenResumingSpeakerKeepsItsHold: a restarted speaker resumes its held IPs (its node's
+// kernel answers for them) and is silent for longer than its peers wait for a restarted peer
+// (frozen here; on a busy node a starting speaker in a pod, without a real-time heartbeat thread,
+// was silent that long) before it answers for them itself. Its peers declare it dead, but keep
+// its claims as a hold: no round of the ARP probes is answered by two MACs. (Its claims used to
+// be plain ones: the peers took the IPs beside the kernel and gave them back when it thawed,
+// the second MAC of issue 18's rolling upgrades.)
+func TestFrozenResumingSpeakerKeepsItsHold(t *testing.T) {
+	const hold = 10 * time.Second
+	var ips []netip.Addr
+	for i := range 6 {
+		ips = append(ips, ServiceIPv4(20+i))
+	}
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ips...), "--restart-hold", hold.String(), "--rebalance-after", "1h")
+	p, err := l.StartProber(ips, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	owners := map[netip.Addr]*Node{}
+	for _, ip := range ips {
+		owners[ip] = owner(t, l, p, ip)
+	}
+	n := owners[ips[0]]
+	t0 := time.Now()
+	if err := l.Stop(n.Name); err != nil {
+		t.Fatal(err)
+	}
+	// The restarted speaker gets its configuration 3 s after it starts (a speaker's data plane
+	// takes that long to forward): until then it resumes, and the kernel answers.
+	l.SetNodeArgs("--restart-hold", hold.String(), "--rebalance-after", "1h", "--configure-after", "3s")
+	if err := l.Start(n.Name, ""); err != nil {
+		t.Fatal(err)
+	}
+	logged := func(what string) bool {
+		b, _ := os.ReadFile(filepath.Join(l.Dir, n.Name+".log"))
+		return strings.Contains(string(b), what)
+	}
+	if !WaitFor(5*time.Second, func() bool { return logged("resuming the IPs held over the restart") }) {
+		t.Fatalf("the restarted %s did not resume its IPs", n.Name)
+	}
+	time.Sleep(300 * time.Millisecond) // its claims reach the peers
+	// Silent for 1.5 s: a restarted peer is declared dead after 1 s (4 × DeadAfter).
+	if err := l.Signal(n.Name, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if err := l.Signal(n.Name, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if !WaitFor(hold, func() bool { return logged("answering again after the restart") }) {
+		t.Errorf("the restarted %s did not answer for its IPs again", n.Name)
+	}
+	time.Sleep(time.Second)
+	for _, ip := range ips {
+		if macs := p.MACsSince(ip, t0); len(macs) != 1 {
+			t.Errorf("%s was answered by %v after %s's restart; want only its owner %s", ip, macs, n.Name, owners[ip].Name)
+		}
+	}
+	if d := p.DoubleAnswers(); len(d) > 0 {
+		t.Errorf("two MACs answered in %d rounds: %v", len(d), d)
+	}
+}
