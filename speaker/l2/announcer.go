@@ -88,9 +88,10 @@ type Announcer struct {
 	bursts     map[netip.Addr]context.CancelFunc
 	// held are the claims of peers restarting with a hold, kept until the peer is back or until.
 	held map[string]heldPeer
-	// resumed are the IPs this node's previous speaker left held in the kernel (IP → link), until
-	// this one answers for them itself.
-	resumed map[netip.Addr]string
+	// resumed are the IPs this node's previous speaker left held in the kernel, until this one
+	// answers for them itself; the kernel answers for them until resumedUntil.
+	resumed      map[netip.Addr]HeldAddr
+	resumedUntil time.Time
 }
 
 type heldPeer struct {
@@ -214,6 +215,11 @@ func (a *Announcer) resume() {
 		return
 	}
 	a.resumed = held
+	for _, at := range held {
+		if until := time.Now().Add(at.Lifetime); until.After(a.resumedUntil) {
+			a.resumedUntil = until
+		}
+	}
 	a.election.Resume(slices.Collect(maps.Keys(held)))
 	a.cfg.Logger.Info("resuming the IPs held over the restart", "ips", len(held))
 }
@@ -240,6 +246,19 @@ func (a *Announcer) round(ctx context.Context) {
 			}
 		}
 	}
+	for name, p := range view.Departed {
+		// A peer that stopped with a hold and died before this node's rounds saw it alive with
+		// it (rounds wait for CPU; on a busy node they can miss the moments between a speaker's
+		// last heartbeats and its death): its hold binds all the same, from its last heartbeat.
+		if _, ok := a.held[name]; ok {
+			continue
+		}
+		if st := a.decode(name, p.Payload); st.HoldFor > 0 {
+			if until := p.LastSeen.Add(st.HoldFor + HoldMargin); now.Before(until) {
+				a.held[name] = heldPeer{state: st, until: until}
+			}
+		}
+	}
 	for name, h := range a.held {
 		switch {
 		case members[name].State.HoldFor > 0:
@@ -255,9 +274,14 @@ func (a *Announcer) round(ctx context.Context) {
 	ips := a.ips
 	a.mu.Unlock()
 	if a.resumed != nil && (!a.configured.Load() || !view.Quorum) {
-		// Resuming: claim the held IPs (the kernel still answers for them) until this speaker
-		// knows its configuration and its peers; deciding earlier would drop them.
-		a.publish(false)
+		// Resuming: claim the held IPs until this speaker knows its configuration and its peers;
+		// deciding earlier would drop them. The kernel still answers for them, so the claims go
+		// out as a hold: were this speaker declared dead meanwhile (a starting speaker on a busy
+		// node can be silent for a second), its peers must keep off them as long as the kernel
+		// answers, not take them after DeadAfter while the node still answers too.
+		s := a.election.State(a.links, false)
+		s.HoldFor = max(0, time.Until(a.resumedUntil))
+		a.publishState(s)
 		return
 	}
 	if view.Stalls != a.stallsHandled.Load() {
@@ -293,13 +317,13 @@ func (a *Announcer) round(ctx context.Context) {
 		// The held IPs this node kept are answered by its responders now: take them back from
 		// the kernel, and report them as this speaker's (no burst: the MAC is the same).
 		kept = map[netip.Addr]bool{}
-		for ip, link := range a.resumed {
+		for ip, at := range a.resumed {
 			if a.election.Owns(ip) {
 				_, names := a.respondersFor(ip, ips[ip])
 				changes = append(changes, Change{IP: ip, Gained: true, Interfaces: names})
 				kept[ip] = true
 			}
-			if err := a.cfg.Handover.Release(link, ip); err != nil {
+			if err := a.cfg.Handover.Release(at.Link, ip); err != nil {
 				a.cfg.Logger.Error("cannot release an IP held over the restart; the kernel answers for it until its hold ends", "ip", ip, "err", err)
 			}
 		}

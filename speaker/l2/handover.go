@@ -23,9 +23,14 @@ import (
 //   - Its last heartbeats carry HoldFor: its peers keep its claims for HoldFor plus HoldMargin
 //     after its last heartbeat (longer than the kernel keeps the addresses, so no two MACs ever
 //     answer), and take nothing it holds meanwhile.
+//   - Peers keep those claims even if their election never ran while the last heartbeats were
+//     in (membership's View.Departed keeps a dead peer's last state): a busy node's rounds can
+//     miss those moments.
 //   - The restarted speaker finds the held addresses (Handover.Held), claims them in its first
-//     heartbeats, answers for them itself once it has its configuration and quorum, and removes
-//     them from the kernel.
+//     heartbeats, still with HoldFor (what is left of the kernel's lifetime: were it declared
+//     dead while it starts, its peers must not answer beside the kernel), answers for them itself
+//     once it has its configuration and quorum, removes them from the kernel, and only then
+//     claims them without HoldFor.
 //
 // A crash (SIGKILL, node loss) leaves no held addresses and sends no HoldFor: peers fail over
 // after DeadAfter as before. Peers that do not honour holds (an older speaker during an upgrade to
@@ -42,10 +47,18 @@ type Handover interface {
 	// Hold makes the kernel answer for ip on link until lifetime (rounded up to whole seconds)
 	// has passed.
 	Hold(link string, ip netip.Addr, lifetime time.Duration) error
-	// Held lists the IPs a previous speaker left held, with their links.
-	Held() (map[netip.Addr]string, error)
+	// Held lists the IPs a previous speaker left held, with their links and how long the kernel
+	// still answers for them.
+	Held() (map[netip.Addr]HeldAddr, error)
 	// Release stops the kernel answering for ip on link.
 	Release(link string, ip netip.Addr) error
+}
+
+// HeldAddr is where an IP is held and until when.
+type HeldAddr struct {
+	Link string
+	// Lifetime is what is left of the hold (whole seconds, as the kernel counts it).
+	Lifetime time.Duration
 }
 
 // NetlinkHandover holds IPs as addresses of the current network namespace's links.
@@ -97,12 +110,12 @@ func (NetlinkHandover) Release(link string, ip netip.Addr) error {
 }
 
 // Held implements Handover.
-func (NetlinkHandover) Held() (map[netip.Addr]string, error) {
+func (NetlinkHandover) Held() (map[netip.Addr]HeldAddr, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, err
 	}
-	out := map[netip.Addr]string{}
+	out := map[netip.Addr]HeldAddr{}
 	for _, l := range links {
 		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
@@ -110,7 +123,8 @@ func (NetlinkHandover) Held() (map[netip.Addr]string, error) {
 		}
 		for _, ad := range addrs {
 			if ip, ok := netip.AddrFromSlice(ad.IP); ok && isHeld(ad) {
-				out[ip.Unmap()] = l.Attrs().Name
+				// ValidLft is what is left of the lifetime, in seconds.
+				out[ip.Unmap()] = HeldAddr{Link: l.Attrs().Name, Lifetime: time.Duration(ad.ValidLft) * time.Second}
 			}
 		}
 	}
@@ -140,8 +154,8 @@ func ReleaseHeld(h Handover) error {
 		return err
 	}
 	var errs []error
-	for ip, link := range held {
-		errs = append(errs, h.Release(link, ip))
+	for ip, at := range held {
+		errs = append(errs, h.Release(at.Link, ip))
 	}
 	return errors.Join(errs...)
 }

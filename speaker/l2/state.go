@@ -18,9 +18,10 @@ type NodeState struct {
 	// Recovering: the node has just come out of a stall (see membership.Membership.Stalled); its
 	// claims yield to those of any node that is not recovering.
 	Recovering bool
-	// HoldFor is set in the last heartbeats of a speaker stopping for a restart: keep its claims
-	// for this long (plus HoldMargin) after its last heartbeat; the node's kernel answers for
-	// them meanwhile (see Handover).
+	// HoldFor is set in the last heartbeats of a speaker stopping for a restart, and in the first
+	// ones of the restarted speaker until it answers for its IPs itself: keep its claims for this
+	// long (plus HoldMargin) after its last heartbeat; the node's kernel answers for them
+	// meanwhile (see Handover).
 	HoldFor time.Duration
 	// HonoursHolds: this speaker keeps a restarting peer's claims. A speaker holds its IPs over a
 	// restart only when every alive peer does; an older one, without the field, does not.

@@ -52,11 +52,12 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Peer is one alive member as this node sees it.
+// Peer is one member as this node sees it.
 type Peer struct {
 	Name       string
 	AliveSince time.Time // since when it has been continuously alive in this epoch
 	Payload    []byte    // the last state it sent
+	LastSeen   time.Time // its last heartbeat (set in View.Departed)
 }
 
 // View is one consistent picture of the membership.
@@ -64,6 +65,10 @@ type View struct {
 	Self    string
 	Members int             // configured peers + this node
 	Alive   map[string]Peer // alive members, this node included (with its own payload)
+	// Departed are the dead peers whose last state is known: what a peer said in its last
+	// heartbeats may still bind its peers after its death (a hold over a restart), and the
+	// application may not have looked at the view in the moments it was alive to say it.
+	Departed map[string]Peer
 	// Quorum: this node sees a strict majority of the members alive (always true with fewer than
 	// three members), and knows its peers (see Config.JoinGrace). Without quorum a node must not
 	// announce anything.
@@ -318,11 +323,17 @@ func (m *Membership) View() View {
 		v.QuorumSince = m.joined
 	}
 	for name, p := range m.peers {
-		if p.alive {
+		switch {
+		case p.alive:
 			v.Alive[name] = Peer{Name: name, AliveSince: p.aliveSince, Payload: p.payload}
 			if p.v1 || !p.takesChunks {
 				v.PayloadLimit = MaxPayload
 			}
+		case len(p.payload) > 0:
+			if v.Departed == nil {
+				v.Departed = map[string]Peer{}
+			}
+			v.Departed[name] = Peer{Name: name, AliveSince: p.aliveSince, Payload: p.payload, LastSeen: p.lastSeen}
 		}
 	}
 	return v

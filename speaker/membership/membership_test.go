@@ -125,6 +125,12 @@ func TestLivenessQuorumAndPayload(t *testing.T) {
 	if took > 300*time.Millisecond {
 		t.Errorf("death detected after %v, want about DeadAfter (100ms)", took)
 	}
+	// Its last state stays known, with the time of its last heartbeat (what it said may bind
+	// after its death: a hold over a restart).
+	if d, ok := a.View().Departed["c"]; !ok || string(d.Payload) != "owned: 10.0.0.1" ||
+		d.LastSeen.IsZero() || time.Since(d.LastSeen) < 100*time.Millisecond {
+		t.Errorf("a's view of the dead c: %+v (departed: %v), want its last payload and its last heartbeat over DeadAfter ago", d, ok)
+	}
 	// With 2 of 3 alive, a has quorum. Waited for rather than read at once: on a saturated machine
 	// (the whole test suite at once) b's heartbeats can be late by more than this test's short
 	// DeadAfter, and b is then dead for a moment too.

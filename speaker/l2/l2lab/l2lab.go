@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -49,6 +50,8 @@ type Lab struct {
 	mu    sync.Mutex
 	procs map[string]*exec.Cmd
 	args  []string
+	// cgroups: node name → the cgroup v1 cpu directory its l2node runs in (ConfineLikePods).
+	cgroups map[string]string
 }
 
 // Segment addresses: 10.78.0.0/24 and fd78::/64; node i is .1i, the client .100.
@@ -104,6 +107,11 @@ func Cleanup(prefix string) {
 			}
 		}
 		_ = sh("ip", "netns", "del", ns)
+	}
+	// The cgroups of ConfineLikePods, empty now.
+	cgroups, _ := filepath.Glob(filepath.Join(cgroupV1CPU, prefix+"*"))
+	for _, cg := range cgroups {
+		_ = os.Remove(cg)
 	}
 }
 
@@ -172,7 +180,7 @@ func Up(prefix string, n int, binary, dir string) (*Lab, error) {
 	return l, nil
 }
 
-// Down stops every node and deletes the namespaces.
+// Down stops every node and deletes the namespaces and cgroups.
 func (l *Lab) Down() {
 	l.mu.Lock()
 	for _, c := range l.procs {
@@ -182,6 +190,32 @@ func (l *Lab) Down() {
 	l.procs = map[string]*exec.Cmd{}
 	l.mu.Unlock()
 	Cleanup(l.Prefix)
+}
+
+// cgroupV1CPU is the cgroup v1 cpu hierarchy, where real-time group scheduling gives every new
+// cgroup a real-time budget of 0.
+const cgroupV1CPU = "/sys/fs/cgroup/cpu"
+
+// ConfineLikePods runs each node's l2node from now on in a cpu cgroup of its own, as a kubelet
+// runs a pod: cpu.shares shares against the rest of the machine, and, with real-time group
+// scheduling (cgroup v1), no real-time budget, so the heartbeat thread runs at a normal priority
+// as it does in a pod. It fails where there is no such hierarchy.
+func (l *Lab) ConfineLikePods(shares int) error {
+	if _, err := os.Stat(filepath.Join(cgroupV1CPU, "cpu.rt_runtime_us")); err != nil {
+		return fmt.Errorf("no cgroup v1 cpu hierarchy with real-time group scheduling: %w", err)
+	}
+	l.cgroups = map[string]string{}
+	for _, n := range l.Nodes {
+		cg := filepath.Join(cgroupV1CPU, l.Prefix+n.Name)
+		if err := os.Mkdir(cg, 0o755); err != nil && !os.IsExist(err) {
+			return err
+		}
+		l.cgroups[n.Name] = cg
+		if err := os.WriteFile(filepath.Join(cg, "cpu.shares"), []byte(strconv.Itoa(shares)), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Node returns a node by name.
@@ -255,6 +289,11 @@ func (l *Lab) Start(name string, secretFile string) error {
 	argv := append([]string{"netns", "exec", n.NS, l.Binary, "--name", name, "--peers", strings.Join(peers, ","),
 		"--secret-file", secretFile, "--config", filepath.Join(l.Dir, "ips.json")}, l.args...)
 	cmd := exec.Command("ip", argv...)
+	if cg := l.cgroups[name]; cg != "" {
+		// Into the cgroup before l2node starts: a thread already in the real-time class could
+		// not be moved into a cgroup without a real-time budget.
+		cmd = exec.Command("sh", append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec ip "$@"`, cg}, argv...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,9 +62,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// up starts a lab with three nodes and ips (all nodes candidates), and waits until every IPv4 IP
-// answers.
+// up starts a lab with three nodes and ips (all nodes candidates).
 func up(t *testing.T, ips map[netip.Addr]l2.Policy, nodeArgs ...string) *Lab {
+	t.Helper()
+	l := newLab(t)
+	startNodes(t, l, ips, nodeArgs...)
+	return l
+}
+
+// newLab builds a lab with three nodes, none started; it goes when the test ends.
+func newLab(t *testing.T) *Lab {
 	t.Helper()
 	if err := Prerequisites(); err != nil {
 		testenv.Missing(t, "L2 lab: %v", err)
@@ -81,6 +89,12 @@ func up(t *testing.T, ips map[netip.Addr]l2.Policy, nodeArgs ...string) *Lab {
 		}
 		l.Down()
 	})
+	return l
+}
+
+// startNodes starts every node of l with ips (all nodes candidates) and nodeArgs.
+func startNodes(t *testing.T, l *Lab, ips map[netip.Addr]l2.Policy, nodeArgs ...string) {
+	t.Helper()
 	if err := l.SetIPs(ips); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +104,6 @@ func up(t *testing.T, ips map[netip.Addr]l2.Policy, nodeArgs ...string) *Lab {
 			t.Fatal(err)
 		}
 	}
-	return l
 }
 
 func tail(s string, n int) string {
@@ -624,28 +637,7 @@ func TestIdleUnderCPULoad(t *testing.T) {
 	lateBefore := count(`msg="late heartbeat"`)
 	before := changes()
 	start := time.Now()
-	// Each burner runs in a session of its own: with the kernel's autogroup scheduling (on by
-	// default) every session is a scheduling group with an equal share, so burners sharing the
-	// speakers' session would only compete inside that group, a much milder load than a node's
-	// other workloads (or other users' builds) in groups of their own. Eight per CPU brings the load
-	// average near the 15-30 under which earlier runs lost heartbeats.
-	var burners []*exec.Cmd
-	for range 8 * runtime.NumCPU() {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		// Pdeathsig: a test killed by its timeout runs no deferred function; the burners must
-		// not outlive it.
-		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		burners = append(burners, c)
-	}
-	defer func() {
-		for _, c := range burners {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	}()
+	burnCPUs(t, 8)
 	time.Sleep(soak)
 	// Near misses (a live peer silent for over half the dead time) tell how much margin was left.
 	t.Logf("late heartbeats during the soak: %d", count(`msg="late heartbeat"`)-lateBefore)
@@ -664,6 +656,33 @@ func TestIdleUnderCPULoad(t *testing.T) {
 		if macs := p.MACsSince(ip, start); len(macs) != 1 {
 			t.Errorf("%s answered by %v during the soak, want one MAC", ip, macs)
 		}
+	}
+}
+
+// burnCPUs keeps every CPU busy until the test ends: perCPU busy loops per CPU, each in a session
+// of its own. With the kernel's autogroup scheduling (on by default) every session is a scheduling
+// group with an equal share, so burners sharing the speakers' session would only compete inside
+// that group, a much milder load than a node's other workloads (or other users' builds) in groups
+// of their own. Eight per CPU brings the load average near the 15-30 under which earlier runs lost
+// heartbeats.
+func burnCPUs(t *testing.T, perCPU int) {
+	t.Helper()
+	var burners []*exec.Cmd
+	t.Cleanup(func() {
+		for _, c := range burners {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	})
+	for range perCPU * runtime.NumCPU() {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		// Pdeathsig: a test killed by its timeout runs no deferred function; the burners must
+		// not outlive it.
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		burners = append(burners, c)
 	}
 }
 
@@ -888,5 +907,158 @@ func TestLeaveHandsOverBeforeStopping(t *testing.T) {
 	}
 	if gap > 60*time.Millisecond {
 		t.Errorf("%s went %v without an answer while %s left (break before make); answers: %v", ip, gap, leaving.Name, answers)
+	}
+}
+
+// TestRestartUnderCPULoad: speakers restarted over and over (SIGTERM, started again up to 2 s
+// later, as a rolling upgrade does) with every CPU kept busy: with the holds, no round of the
+// 5 ms ARP probes is ever answered by two MACs. It burns every CPU, so it runs only when asked
+// (HERALD_L2_LOAD_RESTARTS, the number of restarts), alone:
+// HERALD_L2_LOAD_RESTARTS=20 go test -count=1 -run TestRestartUnderCPULoad ./speaker/l2/l2lab
+func TestRestartUnderCPULoad(t *testing.T) {
+	v := os.Getenv("HERALD_L2_LOAD_RESTARTS")
+	if v == "" {
+		t.Skip("set HERALD_L2_LOAD_RESTARTS=20 to restart speakers under CPU load (it burns every CPU; run it alone)")
+	}
+	restarts, err := strconv.Atoi(v)
+	if err != nil || restarts <= 0 {
+		t.Fatalf("HERALD_L2_LOAD_RESTARTS=%q: want a positive count", v)
+	}
+	const hold = 10 * time.Second
+	loadPerCPU := 6
+	if v := os.Getenv("HERALD_L2_LOAD_PER_CPU"); v != "" {
+		if loadPerCPU, err = strconv.Atoi(v); err != nil {
+			t.Fatalf("HERALD_L2_LOAD_PER_CPU=%q: %v", v, err)
+		}
+	}
+	var ips []netip.Addr
+	for i := range 6 {
+		ips = append(ips, ServiceIPv4(20+i))
+	}
+	l := newLab(t)
+	// Each node in a cgroup of its own, as a kubelet's node: the weight of a top-level cgroup,
+	// and no real-time budget (in pods the heartbeat thread runs at a normal priority).
+	if err := l.ConfineLikePods(1024); err != nil {
+		testenv.Missing(t, "pod-like cgroups: %v", err)
+	}
+	// Configured 3 s after it starts, as a speaker whose data plane takes that long to forward:
+	// meanwhile it resumes its held IPs, which the node's kernel answers for.
+	startNodes(t, l, policies([]string{"n1", "n2", "n3"}, ips...), "--restart-hold", hold.String(), "--rebalance-after", "1h",
+		"--configure-after", "3s")
+	p, err := l.StartProber(ips, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, ip := range ips {
+		owner(t, l, p, ip)
+	}
+	burnCPUs(t, loadPerCPU)
+	resumed := func(n *Node) int {
+		b, _ := os.ReadFile(filepath.Join(l.Dir, n.Name+".log"))
+		return strings.Count(string(b), "answering again after the restart")
+	}
+	bad := 0
+	for i := range restarts {
+		n := l.Nodes[i%len(l.Nodes)]
+		before := resumed(n)
+		t0 := time.Now()
+		if err := l.Stop(n.Name); err != nil {
+			t.Fatal(err)
+		}
+		// Down for 0.5 to 2 s: a pod's restart, and the peers' heartbeats of the old process's
+		// last moments and of the new one's first at several offsets.
+		time.Sleep(500*time.Millisecond + time.Duration(i%4)*500*time.Millisecond)
+		if err := l.Start(n.Name, ""); err != nil {
+			t.Fatal(err)
+		}
+		back := WaitFor(hold, func() bool { return resumed(n) > before })
+		time.Sleep(time.Second)
+		var doubles []Double
+		for _, d := range p.DoubleAnswers() {
+			if d.At.After(t0) {
+				doubles = append(doubles, d)
+			}
+		}
+		t.Logf("restart %d of %s (down %v, resumed %v): %d rounds answered by two MACs %v", i+1, n.Name,
+			500*time.Millisecond+time.Duration(i%4)*500*time.Millisecond, back, len(doubles), doubles)
+		if len(doubles) > 0 {
+			bad++
+		}
+	}
+	if keep := os.Getenv("HERALD_LAB_DIR"); keep != "" {
+		// The logs go with the test's temporary directory: keep them for a look.
+		for _, n := range l.Nodes {
+			if b, err := os.ReadFile(filepath.Join(l.Dir, n.Name+".log")); err == nil && os.MkdirAll(keep, 0o755) == nil {
+				_ = os.WriteFile(filepath.Join(keep, n.Name+".log"), b, 0o644)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d restarts under CPU load had rounds answered by two MACs", bad, restarts)
+	}
+}
+
+// TestFrozenResumingSpeakerKeepsItsHold: a restarted speaker resumes its held IPs (its node's
+// kernel answers for them) and is silent for longer than its peers wait for a restarted peer
+// (frozen here; on a busy node a starting speaker in a pod, without a real-time heartbeat thread,
+// was silent that long) before it answers for them itself. Its peers declare it dead, but keep
+// its claims as a hold: no round of the ARP probes is answered by two MACs. (Its claims used to
+// be plain ones: the peers took the IPs beside the kernel and gave them back when it thawed,
+// the second MAC of issue 18's rolling upgrades.)
+func TestFrozenResumingSpeakerKeepsItsHold(t *testing.T) {
+	const hold = 10 * time.Second
+	var ips []netip.Addr
+	for i := range 6 {
+		ips = append(ips, ServiceIPv4(20+i))
+	}
+	l := up(t, policies([]string{"n1", "n2", "n3"}, ips...), "--restart-hold", hold.String(), "--rebalance-after", "1h")
+	p, err := l.StartProber(ips, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	owners := map[netip.Addr]*Node{}
+	for _, ip := range ips {
+		owners[ip] = owner(t, l, p, ip)
+	}
+	n := owners[ips[0]]
+	t0 := time.Now()
+	if err := l.Stop(n.Name); err != nil {
+		t.Fatal(err)
+	}
+	// The restarted speaker gets its configuration 3 s after it starts (a speaker's data plane
+	// takes that long to forward): until then it resumes, and the kernel answers.
+	l.SetNodeArgs("--restart-hold", hold.String(), "--rebalance-after", "1h", "--configure-after", "3s")
+	if err := l.Start(n.Name, ""); err != nil {
+		t.Fatal(err)
+	}
+	logged := func(what string) bool {
+		b, _ := os.ReadFile(filepath.Join(l.Dir, n.Name+".log"))
+		return strings.Contains(string(b), what)
+	}
+	if !WaitFor(5*time.Second, func() bool { return logged("resuming the IPs held over the restart") }) {
+		t.Fatalf("the restarted %s did not resume its IPs", n.Name)
+	}
+	time.Sleep(300 * time.Millisecond) // its claims reach the peers
+	// Silent for 1.5 s: a restarted peer is declared dead after 1 s (4 × DeadAfter).
+	if err := l.Signal(n.Name, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if err := l.Signal(n.Name, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if !WaitFor(hold, func() bool { return logged("answering again after the restart") }) {
+		t.Errorf("the restarted %s did not answer for its IPs again", n.Name)
+	}
+	time.Sleep(time.Second)
+	for _, ip := range ips {
+		if macs := p.MACsSince(ip, t0); len(macs) != 1 {
+			t.Errorf("%s was answered by %v after %s's restart; want only its owner %s", ip, macs, n.Name, owners[ip].Name)
+		}
+	}
+	if d := p.DoubleAnswers(); len(d) > 0 {
+		t.Errorf("two MACs answered in %d rounds: %v", len(d), d)
 	}
 }

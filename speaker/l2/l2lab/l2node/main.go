@@ -42,6 +42,7 @@ func run() error {
 		rebalanceAfter = flag.Duration("rebalance-after", l2.DefaultElectionTiming.RebalanceAfter, "age before a node receives handovers")
 		restartHold    = flag.Duration("restart-hold", 0, "on SIGTERM, hold this node's IPs for a restart this long (0: release them)")
 		restartGrace   = flag.Duration("restart-grace", 0, "a restarted peer's grace (membership.Config.RestartGrace; 0: its default, negative: none)")
+		configureAfter = flag.Duration("configure-after", 0, "read --config this long after the announcer started, as the speaker configures its announcer only once its data plane forwards")
 	)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", *name)
@@ -89,8 +90,10 @@ func run() error {
 		a.SetIPs(ips)
 		return nil
 	}
-	if err := load(); err != nil {
-		return err
+	if *configureAfter == 0 {
+		if err := load(); err != nil {
+			return err
+		}
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -110,6 +113,14 @@ func run() error {
 			log.Error("membership", "err", err)
 		}
 	}()
+	if *configureAfter > 0 {
+		configure := time.AfterFunc(*configureAfter, func() {
+			if err := load(); err != nil {
+				log.Error("configure", "err", err)
+			}
+		})
+		defer configure.Stop()
+	}
 	err = a.Run(ctx)
 	time.Sleep(150 * time.Millisecond) // let the last state ("owns nothing", or the hold) reach the peers
 	stopMembership()
