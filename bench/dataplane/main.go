@@ -142,9 +142,12 @@ func inProcessFigures(services, endpoints, changes int) {
 	slices.Sort(times)
 	bench("nftables data plane: one change with "+strconv.Itoa(services)+" Services present, to live (median)", ms(times[len(times)/2]), "ms", target(services, "< 50 ms"))
 	bench("nftables data plane: one change with "+strconv.Itoa(services)+" Services present, to live (max)", ms(times[len(times)-1]), "ms", "")
-	bench("nftables data plane: one change, CPU time of the speaker (mean)", ms(changeCPU.self)/float64(changes), "ms", "")
-	bench("nftables data plane: one change, CPU time of nft (mean)", ms(changeCPU.children)/float64(changes), "ms", "")
-	bench("nftables data plane: transaction of one new Service", float64(backend.LastTransactionSize()), "operations", "")
+	// Every figure names the size: a run at another size must not replace it (bench/report keeps
+	// one value per name).
+	present := " with " + strconv.Itoa(services) + " Services present"
+	bench("nftables data plane: one change"+present+", CPU time of the speaker (mean)", ms(changeCPU.self)/float64(changes), "ms", "")
+	bench("nftables data plane: one change"+present+", CPU time of nft (mean)", ms(changeCPU.children)/float64(changes), "ms", "")
+	bench("nftables data plane: transaction of one new Service"+present, float64(backend.LastTransactionSize()), "operations", "")
 
 	rss, hwm := memory()
 	bench("nftables data plane: RSS with "+desc, rss, "MiB", "")
